@@ -1,0 +1,299 @@
+// Package entropy codes one byte stream at a time with whichever of its
+// methods gives the fewest bytes: raw, run-length, huff0 (4 interleaved
+// Huffman streams) or zstd.
+//
+// An Encoder and a Decoder each hold scratch space that is reused across
+// calls, so the hot path does not allocate; neither is safe for concurrent
+// use, so keep one per goroutine.
+package entropy
+
+import (
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/klauspost/compress/huff0"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tpde/tpde/core/errs"
+)
+
+// Method is how one stream is stored. The values are part of the frame
+// format (docs/FORMAT.md §Stream methods).
+type Method uint8
+
+const (
+	Raw   Method = 0 // the bytes themselves
+	RLE   Method = 1 // one byte, repeated for the stream's length
+	Huff0 Method = 2 // a huff0 4X block: table, then four bitstreams
+	Zstd  Method = 3 // one zstd frame (RFC 8878)
+)
+
+// MaxMethod is the largest defined method.
+const MaxMethod = Zstd
+
+func (m Method) String() string {
+	switch m {
+	case Raw:
+		return "raw"
+	case RLE:
+		return "rle"
+	case Huff0:
+		return "huff0"
+	case Zstd:
+		return "zstd"
+	}
+	return fmt.Sprintf("method(%d)", uint8(m))
+}
+
+// MaxStreamLen caps one stream's decoded length. It bounds what a decoder
+// allocates for untrusted input.
+const MaxStreamLen = 1 << 24
+
+// Effort chooses which candidates the encoder tries.
+type Effort uint8
+
+const (
+	// Balanced (the default) tries raw, run-length and huff0, and zstd where
+	// zstd can plausibly beat huff0: when the stream's order-0 entropy is
+	// under MatchEntropyBits (huff0 cannot code a symbol in less than one
+	// bit; zstd's sequences can), or when a sample of the stream shows
+	// repeated 8-byte windows (structure an order-0 coder cannot see). On
+	// float mantissa planes neither holds and zstd is skipped; those planes
+	// are nearly all the bytes of a checkpoint.
+	Balanced Effort = 0
+	// Fast tries raw, run-length and huff0 only.
+	Fast Effort = 1
+	// Max tries every method on every stream.
+	Max Effort = 2
+)
+
+// MatchEntropyBits is the order-0 entropy (bits per byte) under which
+// Balanced tries zstd.
+const MatchEntropyBits = 2.0
+
+var (
+	sharedZstdEnc *zstd.Encoder
+	sharedZstdDec *zstd.Decoder
+)
+
+func init() {
+	var err error
+	// EncodeAll and DecodeAll are safe for concurrent use; one instance of
+	// each serves every goroutine.
+	sharedZstdEnc, err = zstd.NewWriter(nil,
+		zstd.WithEncoderLevel(zstd.SpeedDefault),
+		zstd.WithEncoderConcurrency(1),
+		zstd.WithZeroFrames(true),
+		zstd.WithEncoderCRC(false)) // frames carry their own CRC32C
+	if err != nil {
+		panic(err)
+	}
+	sharedZstdDec, err = zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(0),
+		zstd.WithDecoderMaxMemory(MaxStreamLen),
+		zstd.WithDecoderMaxWindow(MaxStreamLen),
+		zstd.IgnoreChecksum(true))
+	if err != nil {
+		panic(err)
+	}
+}
+
+// Histogram counts byte values in src.
+func Histogram(src []byte, h *[256]uint32) {
+	// Four tables break the store-to-load dependency on runs of equal bytes.
+	var c [4][256]uint32
+	i := 0
+	for ; i+4 <= len(src); i += 4 {
+		c[0][src[i]]++
+		c[1][src[i+1]]++
+		c[2][src[i+2]]++
+		c[3][src[i+3]]++
+	}
+	for ; i < len(src); i++ {
+		c[0][src[i]]++
+	}
+	for b := range h {
+		h[b] = c[0][b] + c[1][b] + c[2][b] + c[3][b]
+	}
+}
+
+// EntropyBits is the order-0 Shannon entropy of a histogram, in bits for the
+// whole stream (not per symbol): the lower bound for any order-0 coder.
+func EntropyBits(h *[256]uint32) float64 {
+	var n float64
+	for _, c := range h {
+		n += float64(c)
+	}
+	if n == 0 {
+		return 0
+	}
+	var bits float64
+	for _, c := range h {
+		if c > 0 {
+			p := float64(c) / n
+			bits -= float64(c) * math.Log2(p)
+		}
+	}
+	return bits
+}
+
+// Encoder codes streams. The zero value is not usable; call NewEncoder.
+type Encoder struct {
+	Effort Effort
+	huff   huff0.Scratch
+	hist   [256]uint32
+	seen   [1 << 12]int32
+}
+
+// NewEncoder returns an encoder with the given effort.
+func NewEncoder(e Effort) *Encoder {
+	enc := &Encoder{Effort: e}
+	enc.huff.Reuse = huff0.ReusePolicyNone
+	return enc
+}
+
+// Encode appends src's smallest encoding to dst and returns the method used
+// and the extended slice. An empty stream is always Raw.
+func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
+	if len(src) == 0 {
+		return Raw, dst
+	}
+	best, bestOut := Raw, src
+	if len(src) <= huff0.BlockSizeMax {
+		out, _, err := huff0.Compress4X(src, &e.huff)
+		switch {
+		case err == nil && len(out) < len(bestOut):
+			best, bestOut = Huff0, out
+		case errors.Is(err, huff0.ErrUseRLE) && allEqual(src):
+			return RLE, append(dst, src[0])
+		}
+		// ErrIncompressible leaves raw, or zstd below, as the candidates.
+	} else if allEqual(src) {
+		return RLE, append(dst, src[0])
+	}
+	if e.tryZstd(src) {
+		// zstd output is built in dst's spare capacity and compared there.
+		start := len(dst)
+		out := sharedZstdEnc.EncodeAll(src, dst[start:start])
+		if len(out) < len(bestOut) {
+			return Zstd, append(dst[:start], out...)
+		}
+	}
+	return best, append(dst, bestOut...)
+}
+
+func allEqual(src []byte) bool {
+	for _, b := range src {
+		if b != src[0] {
+			return false
+		}
+	}
+	return true
+}
+
+func (e *Encoder) tryZstd(src []byte) bool {
+	switch e.Effort {
+	case Fast:
+		return false
+	case Max:
+		return true
+	}
+	// Every 8th byte is enough to tell a sub-2-bit stream from an 8-bit one;
+	// a full count here would cost as much as huff0's own.
+	const step = 8
+	for i := range e.hist {
+		e.hist[i] = 0
+	}
+	n := 0
+	for i := 0; i < len(src); i += step {
+		e.hist[src[i]]++
+		n++
+	}
+	if EntropyBits(&e.hist) < MatchEntropyBits*float64(n) {
+		return true
+	}
+	return e.repetitive(src)
+}
+
+// repetitive samples 8-byte windows at a stride and reports whether enough
+// of them occurred earlier in the stream for LZ matching to pay off.
+func (e *Encoder) repetitive(src []byte) bool {
+	const stride, window = 16, 8
+	if len(src) < 4*window {
+		return false
+	}
+	for i := range e.seen {
+		e.seen[i] = -1
+	}
+	samples, hits := 0, 0
+	for i := 0; i+window <= len(src); i += stride {
+		v := uint64(src[i]) | uint64(src[i+1])<<8 | uint64(src[i+2])<<16 | uint64(src[i+3])<<24 |
+			uint64(src[i+4])<<32 | uint64(src[i+5])<<40 | uint64(src[i+6])<<48 | uint64(src[i+7])<<56
+		slot := (v * 0x9E3779B97F4A7C15) >> 52
+		if p := e.seen[slot]; p >= 0 && string(src[p:p+window]) == string(src[i:i+window]) {
+			hits++
+		}
+		e.seen[slot] = int32(i)
+		samples++
+	}
+	return hits*16 >= samples // at least ~6% of windows repeat
+}
+
+// ErrCorrupt is wrapped by every decoding failure caused by bad input.
+var ErrCorrupt = errs.Corrupt
+
+// Decoder decodes streams. The zero value is ready to use.
+type Decoder struct {
+	huff huff0.Scratch
+}
+
+// Decode decodes src, coded with m, into exactly len(dst) bytes of dst.
+func (d *Decoder) Decode(m Method, src, dst []byte) error {
+	if len(dst) > MaxStreamLen {
+		return fmt.Errorf("%w: stream of %d bytes exceeds the %d cap", ErrCorrupt, len(dst), MaxStreamLen)
+	}
+	switch m {
+	case Raw:
+		if len(src) != len(dst) {
+			return fmt.Errorf("%w: raw stream is %d bytes, want %d", ErrCorrupt, len(src), len(dst))
+		}
+		copy(dst, src)
+		return nil
+	case RLE:
+		if len(src) != 1 {
+			return fmt.Errorf("%w: rle stream is %d bytes, want 1", ErrCorrupt, len(src))
+		}
+		b := src[0]
+		for i := range dst {
+			dst[i] = b
+		}
+		return nil
+	case Huff0:
+		if len(dst) == 0 || len(dst) > huff0.BlockSizeMax {
+			return fmt.Errorf("%w: huff0 stream of %d bytes is out of range", ErrCorrupt, len(dst))
+		}
+		s, rem, err := huff0.ReadTable(src, &d.huff)
+		if err != nil {
+			return fmt.Errorf("%w: huff0 table: %v", ErrCorrupt, err)
+		}
+		out, err := s.Decoder().Decompress4X(dst[:0:len(dst)], rem)
+		if err != nil {
+			return fmt.Errorf("%w: huff0: %v", ErrCorrupt, err)
+		}
+		if len(out) != len(dst) {
+			return fmt.Errorf("%w: huff0 gave %d bytes, want %d", ErrCorrupt, len(out), len(dst))
+		}
+		return nil
+	case Zstd:
+		out, err := sharedZstdDec.DecodeAll(src, dst[:0:len(dst)])
+		if err != nil {
+			return fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
+		}
+		if len(out) != len(dst) || (len(out) > 0 && &out[0] != &dst[0]) {
+			return fmt.Errorf("%w: zstd gave %d bytes, want %d", ErrCorrupt, len(out), len(dst))
+		}
+		return nil
+	}
+	return fmt.Errorf("%w: unknown stream method %d", ErrCorrupt, uint8(m))
+}

@@ -1,0 +1,140 @@
+package entropy
+
+import (
+	"math/rand"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func roundTrip(t testing.TB, e *Encoder, src []byte) Method {
+	m, out := e.Encode(nil, src)
+	var d Decoder
+	dst := make([]byte, len(src))
+	require.NoError(t, d.Decode(m, out, dst))
+	require.Equal(t, len(src), len(dst))
+	if len(src) > 0 {
+		require.Equal(t, src, dst)
+	}
+	return m
+}
+
+func skewed(r *rand.Rand, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(120 + int(r.NormFloat64()*2))
+	}
+	return b
+}
+
+func TestMethodChoice(t *testing.T) {
+	r := rand.New(rand.NewSource(1))
+	e := NewEncoder(Balanced)
+	random := make([]byte, 100000)
+	r.Read(random)
+	assert.Equal(t, Raw, roundTrip(t, e, random), "random bytes stay raw")
+	assert.Equal(t, Huff0, roundTrip(t, e, skewed(r, 100000)), "a skewed exponent plane is huffman coded")
+	same := make([]byte, 5000)
+	for i := range same {
+		same[i] = 7
+	}
+	assert.Equal(t, RLE, roundTrip(t, e, same))
+	rows := make([]byte, 100000)
+	row := make([]byte, 333)
+	r.Read(row)
+	for i := range rows {
+		rows[i] = row[i%len(row)]
+	}
+	assert.Equal(t, Zstd, roundTrip(t, e, rows), "repeated rows need a match coder")
+	assert.Equal(t, Raw, roundTrip(t, e, nil))
+}
+
+func TestFastNeverUsesZstd(t *testing.T) {
+	rows := make([]byte, 100000)
+	for i := range rows {
+		rows[i] = byte(i % 251)
+	}
+	assert.NotEqual(t, Zstd, roundTrip(t, NewEncoder(Fast), rows))
+}
+
+func TestMaxIsNeverLarger(t *testing.T) {
+	r := rand.New(rand.NewSource(2))
+	for i := 0; i < 20; i++ {
+		src := skewed(r, 1+r.Intn(200000))
+		_, b := NewEncoder(Balanced).Encode(nil, src)
+		_, m := NewEncoder(Max).Encode(nil, src)
+		assert.LessOrEqual(t, len(m), len(b))
+		assert.LessOrEqual(t, len(b), len(src))
+	}
+}
+
+func TestEntropyBits(t *testing.T) {
+	var h [256]uint32
+	Histogram([]byte{0, 1, 0, 1}, &h)
+	assert.InDelta(t, 4.0, EntropyBits(&h), 1e-12)
+	Histogram(nil, &h)
+	assert.Equal(t, 0.0, EntropyBits(&h))
+}
+
+func TestDecodeRejectsBadInput(t *testing.T) {
+	var d Decoder
+	dst := make([]byte, 10)
+	assert.ErrorIs(t, d.Decode(Raw, make([]byte, 9), dst), ErrCorrupt)
+	assert.ErrorIs(t, d.Decode(RLE, nil, dst), ErrCorrupt)
+	assert.ErrorIs(t, d.Decode(Huff0, []byte{1, 2, 3}, dst), ErrCorrupt)
+	assert.ErrorIs(t, d.Decode(Zstd, []byte{1, 2, 3}, dst), ErrCorrupt)
+	assert.ErrorIs(t, d.Decode(Method(9), nil, dst), ErrCorrupt)
+	assert.ErrorIs(t, d.Decode(Raw, nil, make([]byte, MaxStreamLen+1)), ErrCorrupt)
+}
+
+// FuzzDecode feeds arbitrary bytes to every method: no panic, and any
+// success must re-encode-decode to the same bytes.
+func FuzzDecode(f *testing.F) {
+	r := rand.New(rand.NewSource(3))
+	e := NewEncoder(Max)
+	for _, src := range [][]byte{skewed(r, 1000), {1, 1, 1, 1}, []byte("abcabcabcabcabcabc")} {
+		m, out := e.Encode(nil, src)
+		f.Add(uint8(m), out, uint16(len(src)))
+	}
+	f.Fuzz(func(t *testing.T, m uint8, src []byte, n uint16) {
+		var d Decoder
+		dst := make([]byte, n)
+		if err := d.Decode(Method(m), src, dst); err != nil {
+			require.ErrorIs(t, err, ErrCorrupt)
+			return
+		}
+		roundTrip(t, NewEncoder(Balanced), dst)
+	})
+}
+
+// FuzzRoundTrip encodes arbitrary bytes with every effort and checks the
+// decoded bytes are identical.
+func FuzzRoundTrip(f *testing.F) {
+	f.Add([]byte("hello hello hello"), uint8(1))
+	f.Add([]byte{0, 0, 0, 0}, uint8(2))
+	f.Fuzz(func(t *testing.T, src []byte, effort uint8) {
+		roundTrip(t, NewEncoder(Effort(effort%3)), src)
+	})
+}
+
+func BenchmarkEncodeSkewed(b *testing.B) {
+	src := skewed(rand.New(rand.NewSource(1)), 1<<17)
+	e := NewEncoder(Balanced)
+	var dst []byte
+	b.SetBytes(int64(len(src)))
+	for i := 0; i < b.N; i++ {
+		_, dst = e.Encode(dst[:0], src)
+	}
+}
+
+func BenchmarkDecodeSkewed(b *testing.B) {
+	src := skewed(rand.New(rand.NewSource(1)), 1<<17)
+	m, enc := NewEncoder(Balanced).Encode(nil, src)
+	var d Decoder
+	dst := make([]byte, len(src))
+	b.SetBytes(int64(len(src)))
+	for i := 0; i < b.N; i++ {
+		_ = d.Decode(m, enc, dst)
+	}
+}

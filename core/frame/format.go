@@ -1,0 +1,258 @@
+// Package frame reads and writes tpde frames: one tensor's bytes, split into
+// fixed-size chunks that are transformed, entropy coded and checksummed, and
+// coded or decoded in parallel. docs/FORMAT.md is the normative description of
+// every byte here; change both together.
+package frame
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"math/bits"
+
+	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/entropy"
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/transform"
+)
+
+// Magic opens every frame. The high first byte makes a text or 7-bit
+// transfer mangle it visibly, as in PNG.
+var Magic = [4]byte{0x89, 'T', 'P', 'F'}
+
+const (
+	// VersionMajor changes when a reader of the previous major version could
+	// misread a new frame. Readers refuse majors they do not know.
+	VersionMajor = 1
+	// VersionMinor changes for additions an older reader of the same major
+	// may ignore (it skips the extension area).
+	VersionMinor = 0
+
+	// KindKeyframe is a self-contained frame (the only kind in 1.0).
+	KindKeyframe = 0
+
+	fixedHeaderLen = 32
+	// MaxNDim caps the shape rank.
+	MaxNDim = 32
+	// DefaultChunkElems keeps every plane of a chunk within one huff0 block
+	// (BlockSizeMax is 256 KiB - 1) while giving a 22M-parameter model
+	// ~170 chunks to share among cores.
+	DefaultChunkElems = 1 << 17
+	// MaxChunkElems bounds the scratch a decoder allocates per chunk.
+	MaxChunkElems = entropy.MaxStreamLen
+	maxStreams    = 8
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func crc(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// chunk is one row of the chunk table.
+type chunk struct {
+	crc     uint32 // CRC32C of the decoded raw bytes
+	scrc    uint32 // CRC32C of the stored (encoded) bytes
+	methods [maxStreams]entropy.Method
+	lens    [maxStreams]uint32
+	off     uint64 // payload offset from the frame start (derived)
+}
+
+// Header is a parsed, validated frame header and chunk table.
+type Header struct {
+	VersionMajor, VersionMinor uint8
+	Kind                       uint8
+	DType                      dtype.DType
+	Transform                  transform.Kind
+	NStreams                   int
+	Shape                      []uint64
+	ChunkElems                 uint32
+	RawSize                    uint64
+	NChunks                    int
+	HeaderLen                  int    // bytes up to and including the header CRC
+	TableLen                   int    // chunk table bytes, including the table CRC
+	FrameLen                   uint64 // total frame bytes
+	chunks                     []chunk
+}
+
+func entryLen(nstreams int) int { return 8 + 5*nstreams }
+
+func headerLen(ndim int) int { return fixedHeaderLen + 8*ndim + 4 }
+
+// ChunkRaw returns the raw byte offset and length of chunk i.
+func (h *Header) ChunkRaw(i int) (off, n uint64) {
+	w := uint64(h.DType.Width())
+	per := uint64(h.ChunkElems) * w
+	off = uint64(i) * per
+	n = per
+	if off+n > h.RawSize {
+		n = h.RawSize - off
+	}
+	return off, n
+}
+
+// Methods returns the stream methods chosen for chunk i.
+func (h *Header) Methods(i int) []entropy.Method {
+	return h.chunks[i].methods[:h.NStreams]
+}
+
+// PayloadLen returns the stored bytes of chunk i.
+func (h *Header) PayloadLen(i int) uint64 {
+	var n uint64
+	for s := 0; s < h.NStreams; s++ {
+		n += uint64(h.chunks[i].lens[s])
+	}
+	return n
+}
+
+// elems returns the element count of a shape and whether it overflowed.
+func elems(shape []uint64) (uint64, bool) {
+	n := uint64(1)
+	for _, d := range shape {
+		hi, lo := bits.Mul64(n, d)
+		if hi != 0 {
+			return 0, false
+		}
+		n = lo
+	}
+	return n, true
+}
+
+func nchunksFor(nelem uint64, chunkElems uint32) uint64 {
+	if nelem == 0 {
+		return 0
+	}
+	return (nelem-1)/uint64(chunkElems) + 1
+}
+
+func corrupt(format string, a ...any) error {
+	return fmt.Errorf("%w: frame: %s", errs.Corrupt, fmt.Sprintf(format, a...))
+}
+
+// Parse validates a frame's header and chunk table. blob must hold the whole
+// frame; bytes after it are ignored (see FrameLen). Nothing in blob is
+// trusted: every count is capped and every offset is computed with overflow
+// checks before it is used.
+func Parse(blob []byte) (*Header, error) {
+	if len(blob) < fixedHeaderLen+4 {
+		return nil, corrupt("truncated header: %d bytes", len(blob))
+	}
+	if [4]byte(blob[0:4]) != Magic {
+		return nil, corrupt("bad magic % x", blob[0:4])
+	}
+	h := &Header{VersionMajor: blob[4], VersionMinor: blob[5], Kind: blob[6]}
+	if h.VersionMajor != VersionMajor {
+		return nil, fmt.Errorf("%w: frame version %d.%d (this build reads %d.x)",
+			errs.Unsupported, h.VersionMajor, h.VersionMinor, VersionMajor)
+	}
+	ndim := int(blob[10])
+	extLen := int(binary.LittleEndian.Uint16(blob[28:]))
+	if ndim > MaxNDim {
+		return nil, corrupt("ndim %d exceeds %d", ndim, MaxNDim)
+	}
+	hl := headerLen(ndim) + extLen
+	if len(blob) < hl {
+		return nil, corrupt("truncated header: %d of %d bytes", len(blob), hl)
+	}
+	if got, want := crc(blob[:hl-4]), binary.LittleEndian.Uint32(blob[hl-4:]); got != want {
+		return nil, corrupt("header checksum mismatch (stored %08x, computed %08x)", want, got)
+	}
+	// From here the header bytes are what the writer wrote; values are still
+	// checked because a buggy or hostile writer can compute a CRC too.
+	if h.Kind != KindKeyframe {
+		return nil, fmt.Errorf("%w: frame kind %d", errs.Unsupported, h.Kind)
+	}
+	h.DType = dtype.DType(blob[7])
+	if !h.DType.Valid() {
+		return nil, fmt.Errorf("%w: dtype code %d", errs.Unsupported, blob[7])
+	}
+	tk, ns := transform.For(h.DType)
+	h.Transform = transform.Kind(blob[8])
+	h.NStreams = int(blob[9])
+	if h.Transform != tk || h.NStreams != ns {
+		return nil, corrupt("transform %d with %d streams does not match dtype %s", h.Transform, h.NStreams, h.DType)
+	}
+	if blob[11] != 0 || blob[30] != 0 || blob[31] != 0 {
+		return nil, corrupt("reserved header bytes are not zero")
+	}
+	h.ChunkElems = binary.LittleEndian.Uint32(blob[12:])
+	if h.ChunkElems == 0 || h.ChunkElems > MaxChunkElems {
+		return nil, corrupt("chunk size %d elements is out of range", h.ChunkElems)
+	}
+	h.RawSize = binary.LittleEndian.Uint64(blob[16:])
+	nchunks := uint64(binary.LittleEndian.Uint32(blob[24:]))
+	h.Shape = make([]uint64, ndim)
+	for i := range h.Shape {
+		h.Shape[i] = binary.LittleEndian.Uint64(blob[fixedHeaderLen+8*i:])
+	}
+	nelem, ok := elems(h.Shape)
+	w := uint64(h.DType.Width())
+	if !ok || nelem > (1<<62)/w || nelem*w != h.RawSize {
+		return nil, corrupt("shape %v of %s does not match %d raw bytes", h.Shape, h.DType, h.RawSize)
+	}
+	if nchunksFor(nelem, h.ChunkElems) != nchunks {
+		return nil, corrupt("%d chunks recorded, %d expected", nchunks, nchunksFor(nelem, h.ChunkElems))
+	}
+	h.NChunks = int(nchunks)
+	h.HeaderLen = hl
+	el := entryLen(h.NStreams)
+	// nchunks < 2^32 and el <= 48, so this cannot overflow.
+	tl := uint64(h.NChunks)*uint64(el) + 4
+	if uint64(len(blob)-hl) < tl {
+		return nil, corrupt("truncated chunk table: %d of %d bytes", len(blob)-hl, tl)
+	}
+	h.TableLen = int(tl)
+	table := blob[hl : hl+h.TableLen]
+	if got, want := crc(table[:len(table)-4]), binary.LittleEndian.Uint32(table[len(table)-4:]); got != want {
+		return nil, corrupt("chunk table checksum mismatch (stored %08x, computed %08x)", want, got)
+	}
+	h.chunks = make([]chunk, h.NChunks)
+	off := uint64(hl) + tl
+	for i := range h.chunks {
+		e := table[i*el:]
+		c := &h.chunks[i]
+		c.crc = binary.LittleEndian.Uint32(e)
+		c.scrc = binary.LittleEndian.Uint32(e[4:])
+		c.off = off
+		_, raw := h.ChunkRaw(i)
+		streamLen := raw / w
+		for s := 0; s < h.NStreams; s++ {
+			c.methods[s] = entropy.Method(e[8+5*s])
+			c.lens[s] = binary.LittleEndian.Uint32(e[9+5*s:])
+			if c.methods[s] > entropy.MaxMethod {
+				return nil, corrupt("chunk %d stream %d: unknown method %d", i, s, c.methods[s])
+			}
+			// Every method is chosen only when it is no larger than raw.
+			if uint64(c.lens[s]) > streamLen {
+				return nil, corrupt("chunk %d stream %d: %d stored bytes for a %d-byte stream", i, s, c.lens[s], streamLen)
+			}
+			off += uint64(c.lens[s])
+		}
+	}
+	h.FrameLen = off
+	if uint64(len(blob)) < off {
+		return nil, corrupt("truncated payload: frame is %d bytes, %d present", off, len(blob))
+	}
+	return h, nil
+}
+
+// Bound is the largest frame Encode can produce for rawSize bytes of d with
+// ndim dimensions. chunkElems 0 means the default.
+func Bound(rawSize uint64, d dtype.DType, ndim int, chunkElems uint32) (uint64, error) {
+	if !d.Valid() {
+		return 0, fmt.Errorf("%w: dtype code %d", errs.Invalid, uint8(d))
+	}
+	if ndim < 0 || ndim > MaxNDim {
+		return 0, fmt.Errorf("%w: ndim %d (max %d)", errs.Invalid, ndim, MaxNDim)
+	}
+	if chunkElems == 0 {
+		chunkElems = DefaultChunkElems
+	}
+	if chunkElems > MaxChunkElems {
+		return 0, fmt.Errorf("%w: chunk size %d elements (max %d)", errs.Invalid, chunkElems, MaxChunkElems)
+	}
+	_, ns := transform.For(d)
+	nchunks := nchunksFor(rawSize/uint64(d.Width()), chunkElems)
+	if nchunks > 1<<32-1 || rawSize > 1<<56 {
+		return 0, fmt.Errorf("%w: tensor of %d bytes is too large", errs.Invalid, rawSize)
+	}
+	return uint64(headerLen(ndim)) + nchunks*uint64(entryLen(ns)) + 4 + rawSize, nil
+}

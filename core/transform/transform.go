@@ -1,0 +1,131 @@
+// Package transform holds tpde's reversible byte regroupings.
+//
+// A tensor of n elements, w bytes each, is split into w streams ("planes") of
+// n bytes: plane 0 holds every element's most significant byte, plane w-1 its
+// least significant one. Bytes of one significance are alike across a tensor,
+// so each plane has a much lower order-0 entropy than the interleaved buffer.
+//
+// Floats wider than one byte are first rotated left by one bit, moving the
+// sign from the top bit to the bottom one. For BF16 and F32 that puts the
+// whole 8-bit exponent in plane 0 (the skewed, highly compressible byte) and
+// the sign beside the near-random low mantissa bits, as ZipNN and DFloat11
+// do. For F16 and F64 the exponent does not fit one byte; the same rule still
+// puts its top bits first. One-byte types use a single identity plane.
+//
+// Every mapping here is a bijection on bit patterns: NaN payloads, -0.0,
+// subnormals and infinities survive unchanged.
+package transform
+
+import (
+	"encoding/binary"
+	"math/bits"
+
+	"github.com/tpde/tpde/core/dtype"
+)
+
+// Kind identifies a transform in the frame header (docs/FORMAT.md).
+type Kind uint8
+
+const (
+	// Planes splits elements into byte planes, most significant first.
+	Planes Kind = 0
+	// RotatedPlanes rotates each element left by one bit, then splits planes.
+	RotatedPlanes Kind = 1
+)
+
+// For returns the transform tpde uses for d and the number of streams.
+func For(d dtype.DType) (Kind, int) {
+	l := d.Layout()
+	if l.Float && l.Width > 1 {
+		return RotatedPlanes, l.Width
+	}
+	return Planes, l.Width
+}
+
+// Split writes the planes of src (whole elements of width w) into planes,
+// each of which must have len(src)/w bytes.
+func Split(k Kind, w int, src []byte, planes [][]byte) {
+	n := len(src) / w
+	rot := k == RotatedPlanes
+	switch w {
+	case 1:
+		copy(planes[0][:n], src)
+	case 2:
+		p0, p1 := planes[0][:n], planes[1][:n]
+		for i := range p0 {
+			v := binary.LittleEndian.Uint16(src[2*i:])
+			if rot {
+				v = bits.RotateLeft16(v, 1)
+			}
+			p0[i] = byte(v >> 8)
+			p1[i] = byte(v)
+		}
+	case 4:
+		p0, p1, p2, p3 := planes[0][:n], planes[1][:n], planes[2][:n], planes[3][:n]
+		for i := range p0 {
+			v := binary.LittleEndian.Uint32(src[4*i:])
+			if rot {
+				v = bits.RotateLeft32(v, 1)
+			}
+			p0[i] = byte(v >> 24)
+			p1[i] = byte(v >> 16)
+			p2[i] = byte(v >> 8)
+			p3[i] = byte(v)
+		}
+	case 8:
+		for i := 0; i < n; i++ {
+			v := binary.LittleEndian.Uint64(src[8*i:])
+			if rot {
+				v = bits.RotateLeft64(v, 1)
+			}
+			for p := 0; p < 8; p++ {
+				planes[p][i] = byte(v >> (56 - 8*p))
+			}
+		}
+	default:
+		panic("transform: unsupported width")
+	}
+}
+
+// Merge is the inverse of Split: it rebuilds len(dst)/w elements in dst.
+func Merge(k Kind, w int, planes [][]byte, dst []byte) {
+	n := len(dst) / w
+	rot := k == RotatedPlanes
+	switch w {
+	case 1:
+		copy(dst, planes[0][:n])
+	case 2:
+		p0, p1 := planes[0][:n], planes[1][:n]
+		dst = dst[:2*len(p0)]
+		for i := range p0 {
+			v := uint16(p0[i])<<8 | uint16(p1[i])
+			if rot {
+				v = bits.RotateLeft16(v, -1)
+			}
+			binary.LittleEndian.PutUint16(dst[2*i:], v)
+		}
+	case 4:
+		p0, p1, p2, p3 := planes[0][:n], planes[1][:n], planes[2][:n], planes[3][:n]
+		dst = dst[:4*len(p0)]
+		for i := range p0 {
+			v := uint32(p0[i])<<24 | uint32(p1[i])<<16 | uint32(p2[i])<<8 | uint32(p3[i])
+			if rot {
+				v = bits.RotateLeft32(v, -1)
+			}
+			binary.LittleEndian.PutUint32(dst[4*i:], v)
+		}
+	case 8:
+		for i := 0; i < n; i++ {
+			var v uint64
+			for p := 0; p < 8; p++ {
+				v |= uint64(planes[p][i]) << (56 - 8*p)
+			}
+			if rot {
+				v = bits.RotateLeft64(v, -1)
+			}
+			binary.LittleEndian.PutUint64(dst[8*i:], v)
+		}
+	default:
+		panic("transform: unsupported width")
+	}
+}
