@@ -88,8 +88,8 @@ func TestIdenticalChunksAreRLE(t *testing.T) {
 	for _, m := range h.Methods(0) {
 		assert.Equal(t, entropy.RLE, m)
 	}
-	// header 40 + table 8+4*5+4 + four 1-byte streams
-	assert.Equal(t, 76, len(blob))
+	// header 32+8+4, table 8+4*5+4, four 1-byte streams
+	assert.Equal(t, 80, len(blob))
 }
 
 func TestEncodeRejectsBadArguments(t *testing.T) {
