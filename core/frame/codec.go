@@ -8,7 +8,7 @@ import (
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/entropy"
 	"github.com/tpde/tpde/core/errs"
-	"github.com/tpde/tpde/core/internal/par"
+	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/transform"
 )
 

@@ -18,9 +18,12 @@ package transform
 
 import (
 	"encoding/binary"
+	"fmt"
+	"math"
 	"math/bits"
 
 	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/errs"
 )
 
 // Kind identifies a transform in the frame header (docs/FORMAT.md).
@@ -129,3 +132,46 @@ func Merge(k Kind, w int, planes [][]byte, dst []byte) {
 		panic("transform: unsupported width")
 	}
 }
+
+// EntropyBits returns the sum over d's planes of each plane's order-0
+// entropy, in bits for the whole buffer: the floor for coding the planes
+// independently with one byte model each.
+func EntropyBits(d dtype.DType, src []byte) (float64, error) {
+	if !d.Valid() {
+		return 0, fmt.Errorf("%w: dtype code %d", errs.Invalid, uint8(d))
+	}
+	k, w := For(d)
+	if len(src)%w != 0 {
+		return 0, fmt.Errorf("%w: %d bytes is not a whole number of %s elements", errs.Invalid, len(src), d)
+	}
+	n := len(src) / w
+	var hist [maxWidth][256]uint64
+	const block = 1 << 16
+	planes := make([][]byte, w)
+	for p := range planes {
+		planes[p] = make([]byte, min(n, block))
+	}
+	for lo := 0; lo < n; lo += block {
+		hi := min(lo+block, n)
+		for p := range planes {
+			planes[p] = planes[p][:hi-lo]
+		}
+		Split(k, w, src[lo*w:hi*w], planes)
+		for p := range planes {
+			for _, b := range planes[p] {
+				hist[p][b]++
+			}
+		}
+	}
+	var bits float64
+	for p := 0; p < w; p++ {
+		for _, c := range hist[p] {
+			if c > 0 {
+				bits -= float64(c) * math.Log2(float64(c)/float64(n))
+			}
+		}
+	}
+	return bits, nil
+}
+
+const maxWidth = 8

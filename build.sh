@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# tpde build entry point. Every command sets up what it needs on a fresh
+# machine (Go modules, the cached Python venv) and can be rerun at will.
+#
+#   ./build.sh            build python/tpde/libtpde.so (same as ./build.sh lib)
+#   ./build.sh demo       the main job: real MiniLM weights, compress + restore + compare
+#   ./build.sh test       every test: Go (with short fuzz runs), the C ABI, Python
+#   ./build.sh bench      the benchmarks behind every figure in README.md and docs/
+#   ./build.sh venv       print the path of the cached venv (creating it if needed)
+#   ./build.sh wheel      build a platform wheel into dist/
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+LIB="python/tpde/libtpde.so"
+LOCK=".ci/requirements.lock"
+CACHE="${TPDE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tpde}"
+FUZZTIME="${TPDE_FUZZTIME:-5s}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+need_go() {
+	command -v go >/dev/null 2>&1 || { echo "build.sh: Go is required (https://go.dev/dl/)" >&2; exit 2; }
+}
+
+build_lib() {
+	need_go
+	log "go build -buildmode=c-shared -> $LIB"
+	go mod download
+	CGO_ENABLED=1 go build -trimpath -buildmode=c-shared -o "$LIB" ./capi
+	rm -f "${LIB%.so}.h" # the generated header is not the contract; include/tpde.h is
+}
+
+# ensure_venv creates the test/bench venv once per lock-file hash, outside the
+# repo, so torch (a ~3 GB CUDA build on PyPI) is downloaded once per machine.
+ensure_venv() {
+	local hash venv
+	hash="$(sha256sum "$LOCK" | cut -c1-16)"
+	venv="$CACHE/venv-$hash"
+	if [ ! -f "$venv/.complete" ]; then
+		log "creating venv $venv from $LOCK (once per lock file)"
+		rm -rf "$venv"
+		mkdir -p "$CACHE"
+		python3 -m venv "$venv"
+		"$venv/bin/pip" install -q --upgrade pip wheel setuptools >&2
+		"$venv/bin/pip" install -r "$LOCK" >&2
+		touch "$venv/.complete"
+	fi
+	echo "$venv"
+}
+
+py() { PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 "$VENV/bin/python" "$@"; }
+
+run_go_tests() {
+	log "go vet + go test"
+	go vet ./...
+	go test -count=1 ./...
+	log "fuzz targets, $FUZZTIME each"
+	local pkg target
+	for pkg in $(go list ./core/...); do
+		for target in $(go test -list '^Fuzz' "$pkg" | grep '^Fuzz' || true); do
+			go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/dev/null \
+				|| { echo "fuzz $pkg $target failed" >&2; go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg"; exit 1; }
+			echo "fuzz ok: $pkg $target"
+		done
+	done
+}
+
+run_c_tests() {
+	log "C ABI test (include/tpde.h against the built library)"
+	local out
+	out="$(mktemp -d)"
+	cc -std=c11 -Wall -Wextra -Werror -Iinclude tests/c/abi_test.c -Lpython/tpde -ltpde \
+		-Wl,-rpath,"$ROOT/python/tpde" -lpthread -o "$out/abi_test"
+	"$out/abi_test"
+	rm -rf "$out"
+}
+
+cmd="${1:-lib}"
+shift || true
+case "$cmd" in
+lib | build)
+	build_lib
+	;;
+venv)
+	ensure_venv
+	;;
+test)
+	build_lib
+	VENV="$(ensure_venv)"
+	run_go_tests
+	run_c_tests
+	log "pytest"
+	py -m pytest -q tests "$@"
+	;;
+demo)
+	build_lib
+	VENV="$(ensure_venv)"
+	py bench/demo.py "$@"
+	;;
+bench)
+	build_lib
+	VENV="$(ensure_venv)"
+	py bench/run.py "$@"
+	;;
+wheel)
+	VENV="$(ensure_venv)"
+	"$VENV/bin/pip" wheel --no-deps -w dist . "$@"
+	;;
+*)
+	sed -n '2,12p' "$0" >&2
+	exit 2
+	;;
+esac

@@ -1,0 +1,307 @@
+// Command capi is the C ABI of tpde, built with
+//
+//	go build -buildmode=c-shared -o libtpde.so ./capi
+//
+// It is glue only: it turns C arguments into Go values without copying
+// tensor bytes, calls core/, and turns Go errors into status codes and
+// messages. include/tpde.h documents every function; keep them in step.
+package main
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../include
+#define TPDE_NO_PROTOTYPES
+#include <stdlib.h>
+#include <string.h>
+#include "tpde.h"
+
+static void tpde_write_err(char *err, size_t err_len, const char *msg, size_t msg_len) {
+	if (err == NULL || err_len == 0) return;
+	if (msg_len > err_len - 1) msg_len = err_len - 1;
+	memcpy(err, msg, msg_len);
+	err[msg_len] = 0;
+}
+*/
+import "C"
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/tpde/tpde/core/container"
+	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/entropy"
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/par"
+	"github.com/tpde/tpde/core/transform"
+)
+
+// Version is the library version; python/tpde reads it through tpde_version.
+const Version = "0.1.0"
+
+var cVersion = C.CString(Version) // static for the life of the process
+
+func main() {}
+
+// status maps an error to a status code and writes its message.
+func status(err error, cerr *C.char, cerrLen C.size_t) C.int {
+	if err == nil {
+		return C.TPDE_OK
+	}
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	if len(msg) > 0 {
+		cmsg := unsafe.Pointer(unsafe.StringData(msg))
+		C.tpde_write_err(cerr, cerrLen, (*C.char)(cmsg), C.size_t(len(msg)))
+	} else {
+		C.tpde_write_err(cerr, cerrLen, nil, 0)
+	}
+	switch {
+	case errors.Is(err, errs.Invalid):
+		return C.TPDE_E_INVALID
+	case errors.Is(err, errs.Corrupt):
+		return C.TPDE_E_CORRUPT
+	case errors.Is(err, errs.Unsupported):
+		return C.TPDE_E_UNSUPPORTED
+	case errors.Is(err, errs.BufferTooSmall):
+		return C.TPDE_E_BUFFER_TOO_SMALL
+	case errors.Is(err, errs.IO):
+		return C.TPDE_E_IO
+	}
+	return C.TPDE_E_INTERNAL
+}
+
+// guard turns a panic into TPDE_E_INTERNAL so that none crosses the ABI. Use
+// as: defer guard(&rc, err, errLen).
+func guard(rc *C.int, cerr *C.char, cerrLen C.size_t) {
+	if r := recover(); r != nil {
+		stack := string(debug.Stack())
+		if len(stack) > 300 {
+			stack = stack[:300]
+		}
+		*rc = status(fmt.Errorf("internal error (please report): %v: %s", r, stack), cerr, cerrLen)
+		*rc = C.TPDE_E_INTERNAL
+	}
+}
+
+// bytesAt views C memory as a Go slice without copying. Go keeps it only for
+// the duration of the call.
+func bytesAt(p unsafe.Pointer, n C.uint64_t, what string) ([]byte, error) {
+	if n == 0 {
+		return []byte{}, nil
+	}
+	if p == nil {
+		return nil, fmt.Errorf("%w: %s is NULL with length %d", errs.Invalid, what, uint64(n))
+	}
+	if uint64(n) > 1<<62 {
+		return nil, fmt.Errorf("%w: %s length %d", errs.Invalid, what, uint64(n))
+	}
+	return unsafe.Slice((*byte)(p), int(n)), nil
+}
+
+func dtypeArg(d C.int32_t) (dtype.DType, error) {
+	if d < 0 || d >= dtype.Count {
+		return 0, fmt.Errorf("%w: dtype code %d", errs.Invalid, int32(d))
+	}
+	return dtype.DType(d), nil
+}
+
+//export tpde_version
+func tpde_version() *C.char { return cVersion }
+
+//export tpde_abi_version
+func tpde_abi_version() C.int { return C.TPDE_ABI_VERSION }
+
+//export tpde_set_num_threads
+func tpde_set_num_threads(n C.int32_t) { par.SetDefaultThreads(int(n)) }
+
+//export tpde_get_num_threads
+func tpde_get_num_threads() C.int32_t { return C.int32_t(par.Threads(0)) }
+
+//export tpde_encode_bound
+func tpde_encode_bound(rawSize C.uint64_t, dt C.int32_t, ndim C.int32_t, chunkElems C.uint32_t,
+	bound *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	d, err := dtypeArg(dt)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	if bound == nil {
+		return status(fmt.Errorf("%w: bound is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	b, err := frame.Bound(uint64(rawSize), d, int(ndim), uint32(chunkElems))
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*bound = C.uint64_t(b)
+	return C.TPDE_OK
+}
+
+//export tpde_encode
+func tpde_encode(src unsafe.Pointer, srcLen C.uint64_t, dt C.int32_t, shape *C.uint64_t, ndim C.int32_t,
+	chunkElems C.uint32_t, effort C.int32_t, nthreads C.int32_t, dst unsafe.Pointer, dstCap C.uint64_t,
+	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	d, err := dtypeArg(dt)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	if ndim < 0 || ndim > frame.MaxNDim || (ndim > 0 && shape == nil) || outLen == nil {
+		return status(fmt.Errorf("%w: ndim %d with shape %p, out_len %p", errs.Invalid, int32(ndim), shape, outLen), cerr, cerrLen)
+	}
+	if effort < 0 || effort > C.int32_t(entropy.Max) {
+		return status(fmt.Errorf("%w: effort %d", errs.Invalid, int32(effort)), cerr, cerrLen)
+	}
+	in, err := bytesAt(src, srcLen, "src")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	out, err := bytesAt(dst, dstCap, "dst")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	dims := make([]uint64, int(ndim))
+	if ndim > 0 {
+		copy(dims, unsafe.Slice((*uint64)(unsafe.Pointer(shape)), int(ndim)))
+	}
+	n, err := frame.Encode(out, in, d, dims, frame.Options{
+		ChunkElems: uint32(chunkElems), Threads: int(nthreads), Effort: entropy.Effort(effort)})
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*outLen = C.uint64_t(n)
+	return C.TPDE_OK
+}
+
+//export tpde_decode
+func tpde_decode(src unsafe.Pointer, srcLen C.uint64_t, dst unsafe.Pointer, dstCap C.uint64_t, nthreads C.int32_t,
+	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	if outLen == nil {
+		return status(fmt.Errorf("%w: out_len is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	in, err := bytesAt(src, srcLen, "src")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	out, err := bytesAt(dst, dstCap, "dst")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	h, err := frame.Decode(in, out, int(nthreads))
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*outLen = C.uint64_t(h.RawSize)
+	return C.TPDE_OK
+}
+
+//export tpde_inspect
+func tpde_inspect(src unsafe.Pointer, srcLen C.uint64_t, info *C.tpde_frame_info, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	if info == nil {
+		return status(fmt.Errorf("%w: info is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	in, err := bytesAt(src, srcLen, "src")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	h, err := frame.Parse(in)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*info = C.tpde_frame_info{}
+	info.version_major = C.uint8_t(h.VersionMajor)
+	info.version_minor = C.uint8_t(h.VersionMinor)
+	info.kind = C.uint8_t(h.Kind)
+	info.dtype = C.uint8_t(h.DType)
+	info.ndim = C.uint32_t(len(h.Shape))
+	for i, d := range h.Shape {
+		info.shape[i] = C.uint64_t(d)
+	}
+	info.raw_size = C.uint64_t(h.RawSize)
+	info.frame_size = C.uint64_t(h.FrameLen)
+	info.chunk_elems = C.uint32_t(h.ChunkElems)
+	info.nchunks = C.uint32_t(h.NChunks)
+	return C.TPDE_OK
+}
+
+//export tpde_entropy_bound
+func tpde_entropy_bound(src unsafe.Pointer, srcLen C.uint64_t, dt C.int32_t, bitsOut *C.double, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	d, err := dtypeArg(dt)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	if bitsOut == nil {
+		return status(fmt.Errorf("%w: bits is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	in, err := bytesAt(src, srcLen, "src")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	b, err := transform.EntropyBits(d, in)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*bitsOut = C.double(b)
+	return C.TPDE_OK
+}
+
+// progressTo returns a callback storing into a caller's counter, or nil.
+func progressTo(p *C.uint64_t) func(uint64) {
+	if p == nil {
+		return nil
+	}
+	return func(done uint64) { atomic.StoreUint64((*uint64)(unsafe.Pointer(p)), done) }
+}
+
+//export tpde_compress_file
+func tpde_compress_file(srcPath, dstPath *C.char, nthreads C.int32_t, progress *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	if srcPath == nil || dstPath == nil {
+		return status(fmt.Errorf("%w: path is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	return status(container.CompressFile(C.GoString(srcPath), C.GoString(dstPath), container.Options{
+		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress)}), cerr, cerrLen)
+}
+
+//export tpde_decompress_file
+func tpde_decompress_file(srcPath, dstPath *C.char, nthreads C.int32_t, progress *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	if srcPath == nil || dstPath == nil {
+		return status(fmt.Errorf("%w: path is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	return status(container.DecompressFile(C.GoString(srcPath), C.GoString(dstPath), container.Options{
+		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress)}), cerr, cerrLen)
+}
+
+//export tpde_file_info
+func tpde_file_info(path *C.char, out *C.char, capacity C.uint64_t, needed *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	if path == nil || needed == nil {
+		return status(fmt.Errorf("%w: path or needed is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	fi, err := container.Info(C.GoString(path))
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	js, err := json.Marshal(fi)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*needed = C.uint64_t(len(js))
+	buf, err := bytesAt(unsafe.Pointer(out), capacity, "json")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	copy(buf, js)
+	if uint64(len(js)) > uint64(capacity) {
+		return status(fmt.Errorf("%w: JSON is %d bytes, %d given", errs.BufferTooSmall, len(js), uint64(capacity)), cerr, cerrLen)
+	}
+	return C.TPDE_OK
+}

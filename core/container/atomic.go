@@ -1,0 +1,60 @@
+package container
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/tpde/tpde/core/errs"
+)
+
+// atomicFile is written under a temporary name in the destination's
+// directory and renamed over the destination only after an fsync, so a crash
+// or an error leaves either the old file or the complete new one, never a
+// torn one.
+type atomicFile struct {
+	*os.File
+	dst  string
+	done bool
+}
+
+func createAtomic(dst string) (*atomicFile, error) {
+	dir, base := filepath.Split(dst)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("%w: create temporary file for %s: %v", errs.IO, dst, err)
+	}
+	return &atomicFile{File: f, dst: dst}, nil
+}
+
+// commit fsyncs, renames over the destination and fsyncs the directory.
+func (a *atomicFile) commit() error {
+	if err := a.Sync(); err != nil {
+		return fmt.Errorf("%w: fsync %s: %v", errs.IO, a.Name(), err)
+	}
+	if err := a.Close(); err != nil {
+		return fmt.Errorf("%w: close %s: %v", errs.IO, a.Name(), err)
+	}
+	if err := os.Rename(a.Name(), a.dst); err != nil {
+		return fmt.Errorf("%w: rename to %s: %v", errs.IO, a.dst, err)
+	}
+	a.done = true
+	if d, err := os.Open(filepath.Dir(a.dst)); err == nil {
+		// Best effort: some filesystems refuse fsync on directories, and
+		// the data itself is already durable.
+		_ = d.Sync()
+		_ = d.Close()
+	}
+	return nil
+}
+
+// abort removes the temporary file unless commit succeeded.
+func (a *atomicFile) abort() {
+	if !a.done {
+		_ = a.Close()
+		_ = os.Remove(a.Name())
+	}
+}

@@ -1,0 +1,269 @@
+package container
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/par"
+	"github.com/tpde/tpde/core/safetensors"
+)
+
+// Options tune file compression.
+type Options struct {
+	Frame frame.Options
+	// Progress, if set, receives the running count of bytes processed
+	// (input bytes when compressing, output bytes when decompressing).
+	// It may be called from several goroutines.
+	Progress func(done uint64)
+}
+
+// planned is one segment to write: a byte range of the source and how to
+// store it.
+type planned struct {
+	kind       SegKind
+	begin, end uint64
+	dt         dtype.DType
+	shape      []uint64
+}
+
+// plan splits a file into segments. A safetensors file becomes its header
+// (zstd-coded if that is smaller), one frame per non-empty tensor, and any
+// bytes between or after tensors verbatim. Any other file, or one whose
+// safetensors header does not parse, is one byte frame: still lossless, just
+// without per-dtype modelling.
+func plan(data []byte) (Source, []planned) {
+	n := uint64(len(data))
+	if safetensors.Sniff(data) {
+		if st, err := safetensors.Parse(data); err == nil {
+			segs := []planned{{kind: SegZstd, begin: 0, end: st.DataStart}}
+			pos := st.DataStart
+			for _, t := range st.Tensors {
+				if t.Begin == t.End {
+					continue
+				}
+				if t.Begin > pos {
+					segs = append(segs, planned{kind: SegStored, begin: pos, end: t.Begin})
+				}
+				p := planned{kind: SegFrame, begin: t.Begin, end: t.End, dt: dtype.U8, shape: []uint64{t.End - t.Begin}}
+				// Tensors of a dtype without its own codec (F4, C64, ...)
+				// are coded as bytes. Shapes deeper than a frame allows are
+				// flattened: the safetensors header keeps the real shape.
+				if d, ok := dtype.FromName(t.DType); ok && len(t.Shape) <= frame.MaxNDim {
+					p.dt, p.shape = d, t.Shape
+				} else if ok {
+					p.dt, p.shape = d, []uint64{(t.End - t.Begin) / uint64(d.Width())}
+				}
+				segs = append(segs, p)
+				pos = t.End
+			}
+			if pos < n {
+				segs = append(segs, planned{kind: SegStored, begin: pos, end: n})
+			}
+			return SourceSafetensors, segs
+		}
+	}
+	if n == 0 {
+		return SourceBytes, nil
+	}
+	return SourceBytes, []planned{{kind: SegFrame, begin: 0, end: n, dt: dtype.U8, shape: []uint64{n}}}
+}
+
+// CompressFile compresses the file at src into a tpde file at dst, written
+// atomically. The source is memory-mapped, never read into memory whole.
+func CompressFile(src, dst string, opt Options) (err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errs.IO, err)
+	}
+	defer in.Close()
+	data, unmap, err := mapFile(in)
+	if err != nil {
+		return err
+	}
+	defer unmap()
+	out, err := createAtomic(dst)
+	if err != nil {
+		return err
+	}
+	defer out.abort()
+
+	source, plans := plan(data)
+	segs := make([]Segment, len(plans))
+	prefix := headerLen + tableLen(len(segs))
+	// The table's size is known up front, so it is written last into the
+	// space reserved here and readers still find it at the start.
+	if _, err := out.Write(make([]byte, prefix)); err != nil {
+		return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
+	}
+	var buf []byte
+	var done uint64
+	for i, p := range plans {
+		orig := data[p.begin:p.end]
+		var stored []byte
+		kind := p.kind
+		switch p.kind {
+		case SegStored:
+			stored = orig
+		case SegZstd:
+			buf = zstdEncoder.EncodeAll(orig, buf[:0])
+			stored = buf
+			if len(stored) >= len(orig) {
+				kind, stored = SegStored, orig
+			}
+		case SegFrame:
+			bound, err := frame.Bound(uint64(len(orig)), p.dt, len(p.shape), opt.Frame.ChunkElems)
+			if err != nil {
+				return err
+			}
+			if uint64(cap(buf)) < bound {
+				buf = make([]byte, bound)
+			}
+			n, err := frame.Encode(buf[:bound], orig, p.dt, p.shape, opt.Frame)
+			if err != nil {
+				return fmt.Errorf("segment %d (bytes %d-%d): %w", i, p.begin, p.end, err)
+			}
+			stored = buf[:n]
+		}
+		segs[i] = Segment{Kind: kind, CRC: crc(stored), OrigLen: uint64(len(orig)), StoredLen: uint64(len(stored))}
+		if _, err := out.Write(stored); err != nil {
+			return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
+		}
+		done += uint64(len(orig))
+		if opt.Progress != nil {
+			opt.Progress(done)
+		}
+	}
+	hdr := make([]byte, prefix)
+	putHeader(hdr, source, uint64(len(data)), segs)
+	if _, err := out.WriteAt(hdr, 0); err != nil {
+		return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
+	}
+	return out.commit()
+}
+
+var zstdEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1))
+
+// maxZstdWindow bounds the memory a zstd segment may make the decoder use.
+const maxZstdWindow = 1 << 27
+
+// DecompressFile rebuilds the original file from the tpde file at src into
+// dst, written atomically. Every segment is checksummed before its bytes are
+// used and every frame chunk after decoding; on any error dst is untouched.
+// Memory stays bounded: chunks are decoded into per-worker buffers and
+// written at their offsets, so the output is never held in memory.
+func DecompressFile(src, dst string, opt Options) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errs.IO, err)
+	}
+	defer in.Close()
+	data, unmap, err := mapFile(in)
+	if err != nil {
+		return err
+	}
+	defer unmap()
+	h, err := Parse(data)
+	if err != nil {
+		return err
+	}
+	out, err := createAtomic(dst)
+	if err != nil {
+		return err
+	}
+	defer out.abort()
+	if err := out.Truncate(int64(h.OrigSize)); err != nil {
+		return fmt.Errorf("%w: size %s: %v", errs.IO, out.Name(), err)
+	}
+	var done atomic.Uint64
+	report := func(n uint64) {
+		v := done.Add(n)
+		if opt.Progress != nil {
+			opt.Progress(v)
+		}
+	}
+	for i, s := range h.Segments {
+		stored := data[s.StoredOff : s.StoredOff+s.StoredLen]
+		if got := crc(stored); got != s.CRC {
+			return corrupt("segment %d checksum mismatch (stored %08x, computed %08x)", i, s.CRC, got)
+		}
+		var err error
+		switch s.Kind {
+		case SegStored:
+			_, err = out.WriteAt(stored, int64(s.OrigOff))
+			if err != nil {
+				err = fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
+			}
+		case SegZstd:
+			err = unzstdTo(stored, s, out.File)
+		case SegFrame:
+			err = unframeTo(stored, s, out.File, opt.Frame.Threads, report)
+			if err == nil {
+				continue // progress reported per chunk
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("segment %d: %w", i, err)
+		}
+		report(s.OrigLen)
+	}
+	return out.commit()
+}
+
+func unzstdTo(stored []byte, s Segment, out *os.File) error {
+	dec, err := zstd.NewReader(bytes.NewReader(stored), zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxWindow(maxZstdWindow), zstd.WithDecoderMaxMemory(maxZstdWindow))
+	if err != nil {
+		return fmt.Errorf("%w: zstd: %v", errs.Corrupt, err)
+	}
+	defer dec.Close()
+	w := io.NewOffsetWriter(out, int64(s.OrigOff))
+	n, err := io.Copy(w, io.LimitReader(dec, int64(s.OrigLen)+1))
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("%w: %v", errs.IO, err)
+		}
+		return fmt.Errorf("%w: zstd: %v", errs.Corrupt, err)
+	}
+	if uint64(n) != s.OrigLen {
+		return corrupt("zstd segment decodes to %d bytes, want %d", n, s.OrigLen)
+	}
+	return nil
+}
+
+func unframeTo(stored []byte, s Segment, out *os.File, threads int, report func(uint64)) error {
+	fh, err := frame.Parse(stored)
+	if err != nil {
+		return err
+	}
+	if fh.FrameLen != s.StoredLen || fh.RawSize != s.OrigLen {
+		return corrupt("frame of %d bytes decoding to %d does not fill a segment of %d stored, %d original bytes",
+			fh.FrameLen, fh.RawSize, s.StoredLen, s.OrigLen)
+	}
+	threads = min(par.Threads(threads), fh.NChunks)
+	bufs := make([][]byte, max(threads, 1))
+	return par.For(fh.NChunks, threads, func(wk, i int) error {
+		off, n := fh.ChunkRaw(i)
+		if uint64(cap(bufs[wk])) < n {
+			bufs[wk] = make([]byte, n)
+		}
+		b := bufs[wk][:n]
+		if err := fh.DecodeChunkInto(stored, i, b); err != nil {
+			return err
+		}
+		if _, err := out.WriteAt(b, int64(s.OrigOff+off)); err != nil {
+			return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
+		}
+		report(n)
+		return nil
+	})
+}

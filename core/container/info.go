@@ -1,0 +1,141 @@
+package container
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/safetensors"
+)
+
+// SegmentInfo describes one segment for tools.
+type SegmentInfo struct {
+	Kind         string   `json:"kind"`
+	OriginalSize uint64   `json:"original_size"`
+	StoredSize   uint64   `json:"stored_size"`
+	Name         string   `json:"name,omitempty"`
+	DType        string   `json:"dtype,omitempty"`
+	Shape        []uint64 `json:"shape,omitempty"`
+	Chunks       int      `json:"chunks,omitempty"`
+	// Methods counts the streams coded by each method across the frame.
+	Methods map[string]int `json:"methods,omitempty"`
+}
+
+// FileInfo describes a tpde file, or a single frame, for tools.
+type FileInfo struct {
+	Format         string        `json:"format"` // "file" or "frame"
+	Version        string        `json:"version"`
+	Source         string        `json:"source,omitempty"`
+	OriginalSize   uint64        `json:"original_size"`
+	CompressedSize uint64        `json:"compressed_size"`
+	Segments       []SegmentInfo `json:"segments"`
+}
+
+func frameInfo(fh *frame.Header) SegmentInfo {
+	si := SegmentInfo{Kind: "frame", OriginalSize: fh.RawSize, StoredSize: fh.FrameLen,
+		DType: fh.DType.String(), Shape: fh.Shape, Chunks: fh.NChunks, Methods: map[string]int{}}
+	if si.Shape == nil {
+		si.Shape = []uint64{}
+	}
+	for i := 0; i < fh.NChunks; i++ {
+		for _, m := range fh.Methods(i) {
+			si.Methods[m.String()]++
+		}
+	}
+	return si
+}
+
+// Info validates and describes the tpde file or frame at path. It checks
+// headers and tables (and the safetensors header, to name tensors) but does
+// not decode tensor data.
+func Info(path string) (*FileInfo, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errs.IO, err)
+	}
+	defer f.Close()
+	data, unmap, err := mapFile(f)
+	if err != nil {
+		return nil, err
+	}
+	defer unmap()
+	if len(data) >= 4 && [4]byte(data[:4]) == frame.Magic {
+		fh, err := frame.Parse(data)
+		if err != nil {
+			return nil, err
+		}
+		if fh.FrameLen != uint64(len(data)) {
+			return nil, fmt.Errorf("%w: frame: %d bytes after the end of the frame", errs.Corrupt, uint64(len(data))-fh.FrameLen)
+		}
+		return &FileInfo{Format: "frame", Version: fmt.Sprintf("%d.%d", fh.VersionMajor, fh.VersionMinor),
+			OriginalSize: fh.RawSize, CompressedSize: fh.FrameLen, Segments: []SegmentInfo{frameInfo(fh)}}, nil
+	}
+	h, err := Parse(data)
+	if err != nil {
+		return nil, err
+	}
+	fi := &FileInfo{Format: "file", Version: fmt.Sprintf("%d.%d", h.VersionMajor, h.VersionMinor),
+		Source: h.Source.String(), OriginalSize: h.OrigSize, CompressedSize: h.FileLen}
+	var names map[uint64]string
+	for i, s := range h.Segments {
+		stored := data[s.StoredOff : s.StoredOff+s.StoredLen]
+		if got := crc(stored); got != s.CRC {
+			return nil, corrupt("segment %d checksum mismatch (stored %08x, computed %08x)", i, s.CRC, got)
+		}
+		var si SegmentInfo
+		switch s.Kind {
+		case SegStored, SegZstd:
+			si = SegmentInfo{Kind: map[SegKind]string{SegStored: "stored", SegZstd: "zstd"}[s.Kind]}
+			if i == 0 && h.Source == SourceSafetensors {
+				if names, err = tensorNames(stored, s, h.OrigSize); err != nil {
+					return nil, err
+				}
+				si.Name = "safetensors header"
+			}
+		case SegFrame:
+			fh, err := frame.Parse(stored)
+			if err != nil {
+				return nil, fmt.Errorf("segment %d: %w", i, err)
+			}
+			si = frameInfo(fh)
+			si.Name = names[s.OrigOff]
+		}
+		si.OriginalSize, si.StoredSize = s.OrigLen, s.StoredLen
+		fi.Segments = append(fi.Segments, si)
+	}
+	return fi, nil
+}
+
+// tensorNames decodes a safetensors header segment and maps each tensor's
+// file offset to its name.
+func tensorNames(stored []byte, s Segment, fileSize uint64) (map[uint64]string, error) {
+	hdr := stored
+	if s.Kind == SegZstd {
+		dec, err := zstd.NewReader(bytes.NewReader(stored), zstd.WithDecoderConcurrency(1),
+			zstd.WithDecoderMaxMemory(maxZstdWindow))
+		if err != nil {
+			return nil, fmt.Errorf("%w: zstd: %v", errs.Corrupt, err)
+		}
+		defer dec.Close()
+		hdr, err = io.ReadAll(io.LimitReader(dec, int64(s.OrigLen)+1))
+		if err != nil || uint64(len(hdr)) != s.OrigLen {
+			return nil, corrupt("safetensors header segment does not decode to %d bytes", s.OrigLen)
+		}
+	}
+	st, err := safetensors.ParseHeader(hdr, fileSize)
+	if err != nil {
+		return nil, err
+	}
+	names := make(map[uint64]string, len(st.Tensors))
+	for _, t := range st.Tensors {
+		if t.End > t.Begin {
+			names[t.Begin] = t.Name
+		}
+	}
+	return names, nil
+}
