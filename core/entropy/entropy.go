@@ -8,6 +8,7 @@
 package entropy
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -143,7 +144,8 @@ type Encoder struct {
 	Effort Effort
 	huff   huff0.Scratch
 	hist   [256]uint32
-	seen   [1 << 12]int32
+	seen   [1 << seenBits]seenSlot
+	gen    uint32
 }
 
 // NewEncoder returns an encoder with the given effort.
@@ -159,8 +161,9 @@ func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
 	if len(src) == 0 {
 		return Raw, dst
 	}
+	bitsPerByte := e.sampledEntropy(src)
 	best, bestOut := Raw, src
-	if len(src) <= huff0.BlockSizeMax {
+	if len(src) <= huff0.BlockSizeMax && (bitsPerByte < NoiseBits || e.Effort == Max) {
 		out, _, err := huff0.Compress4X(src, &e.huff)
 		switch {
 		case err == nil && len(out) < len(bestOut):
@@ -169,10 +172,10 @@ func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
 			return RLE, append(dst, src[0])
 		}
 		// ErrIncompressible leaves raw, or zstd below, as the candidates.
-	} else if allEqual(src) {
+	} else if bitsPerByte == 0 && allEqual(src) {
 		return RLE, append(dst, src[0])
 	}
-	if e.tryZstd(src) {
+	if e.tryZstd(src, bitsPerByte) {
 		// zstd output is built in dst's spare capacity and compared there.
 		start := len(dst)
 		out := sharedZstdEnc.EncodeAll(src, dst[start:start])
@@ -183,6 +186,13 @@ func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
 	return best, append(dst, bestOut...)
 }
 
+// NoiseBits is the sampled order-0 entropy (bits per byte) from which a
+// stream is treated as noise and stored raw without trying huff0: at 7.95
+// bits an order-0 coder could save at most 0.6%, less its ~100-byte table,
+// while counting the stream would cost as much time as coding an exponent
+// plane. Low mantissa planes of float weights sit here.
+const NoiseBits = 7.95
+
 func allEqual(src []byte) bool {
 	for _, b := range src {
 		if b != src[0] {
@@ -192,16 +202,15 @@ func allEqual(src []byte) bool {
 	return true
 }
 
-func (e *Encoder) tryZstd(src []byte) bool {
-	switch e.Effort {
-	case Fast:
-		return false
-	case Max:
-		return true
+// sampledEntropy estimates src's order-0 entropy in bits per byte from every
+// 8th byte (every byte of short streams). The estimate is biased low by
+// about 0.01 bit at 16K samples, which only makes huff0 slightly more likely
+// to be tried.
+func (e *Encoder) sampledEntropy(src []byte) float64 {
+	step := 8
+	if len(src) < 1<<13 {
+		step = 1
 	}
-	// Every 8th byte is enough to tell a sub-2-bit stream from an 8-bit one;
-	// a full count here would cost as much as huff0's own.
-	const step = 8
 	for i := range e.hist {
 		e.hist[i] = 0
 	}
@@ -210,34 +219,50 @@ func (e *Encoder) tryZstd(src []byte) bool {
 		e.hist[src[i]]++
 		n++
 	}
-	if EntropyBits(&e.hist) < MatchEntropyBits*float64(n) {
+	return EntropyBits(&e.hist) / float64(n)
+}
+
+func (e *Encoder) tryZstd(src []byte, bitsPerByte float64) bool {
+	switch e.Effort {
+	case Fast:
+		return false
+	case Max:
 		return true
 	}
-	return e.repetitive(src)
+	return bitsPerByte < MatchEntropyBits || e.repetitive(src)
 }
 
 // repetitive samples 8-byte windows at a stride and reports whether enough
 // of them occurred earlier in the stream for LZ matching to pay off.
 func (e *Encoder) repetitive(src []byte) bool {
-	const stride, window = 16, 8
+	const stride, window = 32, 8
 	if len(src) < 4*window {
 		return false
 	}
-	for i := range e.seen {
-		e.seen[i] = -1
+	// A generation number instead of clearing the table on every call.
+	e.gen++
+	if e.gen == 0 {
+		e.seen = [len(e.seen)]seenSlot{}
+		e.gen = 1
 	}
 	samples, hits := 0, 0
 	for i := 0; i+window <= len(src); i += stride {
-		v := uint64(src[i]) | uint64(src[i+1])<<8 | uint64(src[i+2])<<16 | uint64(src[i+3])<<24 |
-			uint64(src[i+4])<<32 | uint64(src[i+5])<<40 | uint64(src[i+6])<<48 | uint64(src[i+7])<<56
-		slot := (v * 0x9E3779B97F4A7C15) >> 52
-		if p := e.seen[slot]; p >= 0 && string(src[p:p+window]) == string(src[i:i+window]) {
+		v := binary.LittleEndian.Uint64(src[i:])
+		slot := &e.seen[(v*0x9E3779B97F4A7C15)>>(64-seenBits)]
+		if slot.gen == e.gen && slot.v == v {
 			hits++
 		}
-		e.seen[slot] = int32(i)
+		slot.gen, slot.v = e.gen, v
 		samples++
 	}
 	return hits*16 >= samples // at least ~6% of windows repeat
+}
+
+const seenBits = 12
+
+type seenSlot struct {
+	v   uint64
+	gen uint32
 }
 
 // ErrCorrupt is wrapped by every decoding failure caused by bad input.

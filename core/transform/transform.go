@@ -54,15 +54,7 @@ func Split(k Kind, w int, src []byte, planes [][]byte) {
 	case 1:
 		copy(planes[0][:n], src)
 	case 2:
-		p0, p1 := planes[0][:n], planes[1][:n]
-		for i := range p0 {
-			v := binary.LittleEndian.Uint16(src[2*i:])
-			if rot {
-				v = bits.RotateLeft16(v, 1)
-			}
-			p0[i] = byte(v >> 8)
-			p1[i] = byte(v)
-		}
+		split2(rot, src[:2*n], planes[0][:n], planes[1][:n])
 	case 4:
 		p0, p1, p2, p3 := planes[0][:n], planes[1][:n], planes[2][:n], planes[3][:n]
 		for i := range p0 {

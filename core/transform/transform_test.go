@@ -102,3 +102,22 @@ func BenchmarkMergeBF16(b *testing.B) {
 		Merge(RotatedPlanes, 2, pl, dst)
 	}
 }
+
+func BenchmarkSplitBF16(b *testing.B) {
+	src := make([]byte, 1<<20)
+	rand.New(rand.NewSource(1)).Read(src)
+	pl := planesFor(2, len(src)/2)
+	b.SetBytes(int64(len(src)))
+	for i := 0; i < b.N; i++ {
+		Split(RotatedPlanes, 2, src, pl)
+	}
+}
+
+func BenchmarkMergeF32(b *testing.B) {
+	dst := make([]byte, 1<<20)
+	pl := planesFor(4, len(dst)/4)
+	b.SetBytes(int64(len(dst)))
+	for i := 0; i < b.N; i++ {
+		Merge(RotatedPlanes, 4, pl, dst)
+	}
+}

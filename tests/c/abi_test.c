@@ -1,0 +1,123 @@
+/* Links include/tpde.h against the built libtpde.so and checks the contract
+ * from C: round trip, bounds, error codes with per-call messages, inspect,
+ * and concurrent calls from several threads. Exits non-zero on any failure. */
+#include "tpde.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures = 0;
+#define CHECK(cond, ...)                                                  \
+    do {                                                                  \
+        if (!(cond)) {                                                    \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);          \
+            fprintf(stderr, __VA_ARGS__);                                 \
+            fprintf(stderr, "\n");                                        \
+            failures++;                                                   \
+        }                                                                 \
+    } while (0)
+
+static float *make_floats(size_t n, unsigned seed) {
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        x[i] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * 0.04f;
+    }
+    return x;
+}
+
+static int round_trip(size_t n, unsigned seed, int32_t nthreads) {
+    char err[256];
+    float *src = make_floats(n, seed);
+    uint64_t shape[2] = {n / 4, 4};
+    uint64_t bound = 0, len = 0, out_len = 0;
+    int ok = 1;
+    if (tpde_encode_bound(n * 4, TPDE_F32, 2, 0, &bound, err, sizeof err) != TPDE_OK) return 0;
+    unsigned char *frame = malloc(bound);
+    float *back = malloc(n * sizeof(float));
+    int rc = tpde_encode(src, n * 4, TPDE_F32, shape, 2, 0, TPDE_EFFORT_BALANCED, nthreads, frame, bound,
+                         &len, err, sizeof err);
+    if (rc != TPDE_OK) ok = 0;
+    if (ok && tpde_decode(frame, len, back, n * 4, nthreads, &out_len, err, sizeof err) != TPDE_OK) ok = 0;
+    if (ok && (out_len != n * 4 || memcmp(src, back, n * 4) != 0)) ok = 0;
+    free(src);
+    free(frame);
+    free(back);
+    return ok;
+}
+
+static void *worker(void *arg) {
+    size_t id = (size_t)arg;
+    for (int i = 0; i < 20; i++) {
+        if (!round_trip(4096 + 4 * id, (unsigned)(id * 100 + i), 1)) return (void *)1;
+    }
+    return NULL;
+}
+
+int main(void) {
+    char err[256];
+    CHECK(tpde_abi_version() == TPDE_ABI_VERSION, "abi version %d", tpde_abi_version());
+    CHECK(strlen(tpde_version()) > 0, "empty version");
+    CHECK(round_trip(1 << 20, 1, 0), "round trip of 1M floats");
+
+    /* inspect */
+    size_t n = 1000;
+    float *src = make_floats(n, 7);
+    uint64_t shape[1] = {n}, bound = 0, len = 0, out_len = 0;
+    CHECK(tpde_encode_bound(n * 4, TPDE_F32, 1, 0, &bound, err, sizeof err) == TPDE_OK, "bound");
+    unsigned char *frame = malloc(bound);
+    CHECK(tpde_encode(src, n * 4, TPDE_F32, shape, 1, 0, 0, 0, frame, bound, &len, err, sizeof err) == TPDE_OK,
+          "encode: %s", err);
+    tpde_frame_info info;
+    CHECK(tpde_inspect(frame, len, &info, err, sizeof err) == TPDE_OK, "inspect: %s", err);
+    CHECK(info.dtype == TPDE_F32 && info.ndim == 1 && info.shape[0] == n && info.raw_size == n * 4 &&
+              info.frame_size == len,
+          "inspect fields");
+
+    /* errors carry a code and a message for that call */
+    err[0] = 0;
+    CHECK(tpde_encode(src, n * 4 - 1, TPDE_F32, shape, 1, 0, 0, 0, frame, bound, &len, err, sizeof err) ==
+              TPDE_E_INVALID,
+          "size mismatch must be TPDE_E_INVALID");
+    CHECK(strlen(err) > 0, "message for invalid argument");
+    CHECK(tpde_encode_bound(10, 99, 1, 0, &bound, err, sizeof err) == TPDE_E_INVALID, "bad dtype");
+    float *back = malloc(n * 4);
+    frame[len / 2] ^= 0x40;
+    err[0] = 0;
+    CHECK(tpde_decode(frame, len, back, n * 4, 0, &out_len, err, sizeof err) == TPDE_E_CORRUPT,
+          "flipped byte must be TPDE_E_CORRUPT");
+    CHECK(strstr(err, "checksum") != NULL, "message names the checksum: %s", err);
+    frame[len / 2] ^= 0x40;
+    CHECK(tpde_decode(frame, len - 1, back, n * 4, 0, &out_len, err, sizeof err) == TPDE_E_CORRUPT, "truncated");
+    CHECK(tpde_decode(frame, len, back, n * 4 - 4, 0, &out_len, err, sizeof err) == TPDE_E_BUFFER_TOO_SMALL,
+          "small output buffer");
+    CHECK(tpde_decode(NULL, 10, back, n * 4, 0, &out_len, NULL, 0) == TPDE_E_INVALID, "NULL src, NULL err");
+    frame[4] = 9;
+    CHECK(tpde_inspect(frame, len, &info, err, sizeof err) == TPDE_E_UNSUPPORTED, "future major version");
+    CHECK(tpde_decompress_file("/nonexistent/x.tpde", "/nonexistent/y", 0, NULL, err, sizeof err) == TPDE_E_IO,
+          "missing file is TPDE_E_IO");
+    free(src);
+    free(frame);
+    free(back);
+
+    /* threads */
+    pthread_t th[8];
+    for (size_t i = 0; i < 8; i++) pthread_create(&th[i], NULL, worker, (void *)i);
+    for (size_t i = 0; i < 8; i++) {
+        void *r;
+        pthread_join(th[i], &r);
+        CHECK(r == NULL, "thread %zu", i);
+    }
+    tpde_set_num_threads(1);
+    CHECK(tpde_get_num_threads() == 1, "set_num_threads");
+    tpde_set_num_threads(0);
+
+    if (failures) {
+        fprintf(stderr, "abi_test: %d failed\n", failures);
+        return 1;
+    }
+    printf("abi_test: all checks passed\n");
+    return 0;
+}
