@@ -121,23 +121,40 @@ func Histogram(src []byte, h *[256]uint32) {
 
 // EntropyBits is the order-0 Shannon entropy of a histogram, in bits for the
 // whole stream (not per symbol): the lower bound for any order-0 coder.
+// It uses H = N log2 N - sum c log2 c, with c log2 c tabulated for small
+// counts, because this runs on every stream the encoder sees.
 func EntropyBits(h *[256]uint32) float64 {
-	var n float64
+	var n uint64
+	var sum float64
+	// No test for c == 0 (the table holds 0 there): a data-dependent branch
+	// per bin mispredicts on sparse histograms and dominated small streams.
 	for _, c := range h {
-		n += float64(c)
+		n += uint64(c)
+		if c < clog2cTableLen {
+			sum += clog2cTable[c]
+		} else {
+			sum += float64(c) * math.Log2(float64(c))
+		}
 	}
 	if n == 0 {
 		return 0
 	}
-	var bits float64
-	for _, c := range h {
-		if c > 0 {
-			p := float64(c) / n
-			bits -= float64(c) * math.Log2(p)
-		}
+	nf := float64(n)
+	bits := nf*math.Log2(nf) - sum
+	if bits < 0 { // rounding on a single-symbol stream
+		return 0
 	}
 	return bits
 }
+
+const clog2cTableLen = 1 << 13
+
+var clog2cTable = func() (t [clog2cTableLen]float64) {
+	for c := 1; c < clog2cTableLen; c++ {
+		t[c] = float64(c) * math.Log2(float64(c))
+	}
+	return t
+}()
 
 // Encoder codes streams. The zero value is not usable; call NewEncoder.
 type Encoder struct {
@@ -163,7 +180,7 @@ func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
 	}
 	bitsPerByte := e.sampledEntropy(src)
 	best, bestOut := Raw, src
-	if len(src) <= huff0.BlockSizeMax && (bitsPerByte < NoiseBits || e.Effort == Max) {
+	if len(src) <= huff0.BlockSizeMax && (e.Effort == Max || huffmanMayPay(len(src), bitsPerByte)) {
 		out, _, err := huff0.Compress4X(src, &e.huff)
 		switch {
 		case err == nil && len(out) < len(bestOut):
@@ -188,10 +205,25 @@ func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
 
 // NoiseBits is the sampled order-0 entropy (bits per byte) from which a
 // stream is treated as noise and stored raw without trying huff0: at 7.95
-// bits an order-0 coder could save at most 0.6%, less its ~100-byte table,
-// while counting the stream would cost as much time as coding an exponent
-// plane. Low mantissa planes of float weights sit here.
+// bits an order-0 coder could save at most 0.6%, less its table, while
+// counting the stream would cost as much time as coding an exponent plane.
+// Low mantissa planes of float weights sit here.
 const NoiseBits = 7.95
+
+// huffTableBytes is a typical size of a huff0 table description for a
+// stream using most byte values.
+const huffTableBytes = 64
+
+// huffmanMayPay reports whether the order-0 bound promises a saving larger
+// than a Huffman table. The entropy of a short stream is estimated from few
+// samples and biased low, so short noise streams (planes of a 1 KiB tensor)
+// would otherwise pay ~10 µs each for a table that cannot win.
+func huffmanMayPay(n int, bitsPerByte float64) bool {
+	if bitsPerByte >= NoiseBits {
+		return false
+	}
+	return float64(n)*(8-bitsPerByte)/8 > huffTableBytes
+}
 
 func allEqual(src []byte) bool {
 	for _, b := range src {

@@ -225,3 +225,31 @@ func BenchmarkEncodeF32x1(b *testing.B)  { benchWeights(b, dtype.F32, 1, false) 
 func BenchmarkDecodeF32x1(b *testing.B)  { benchWeights(b, dtype.F32, 1, true) }
 func BenchmarkEncodeF32x2(b *testing.B)  { benchWeights(b, dtype.F32, 2, false) }
 func BenchmarkDecodeF32x2(b *testing.B)  { benchWeights(b, dtype.F32, 2, true) }
+
+// Per-call overhead: 10,000 tensors of 1 KiB against the same bytes in one
+// tensor (bench/run.py measures the same through Python).
+func BenchmarkManySmall(b *testing.B) {
+	src := weights(rand.New(rand.NewSource(6)), dtype.F32, 256*10000)
+	bound, _ := Bound(1024, dtype.F32, 1, 0)
+	dst := make([]byte, bound)
+	b.SetBytes(int64(len(src)))
+	for i := 0; i < b.N; i++ {
+		for t := 0; t < 10000; t++ {
+			if _, err := Encode(dst, src[t*1024:(t+1)*1024], dtype.F32, []uint64{256}, Options{Threads: 1}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+func BenchmarkOneLarge(b *testing.B) {
+	src := weights(rand.New(rand.NewSource(6)), dtype.F32, 256*10000)
+	bound, _ := Bound(uint64(len(src)), dtype.F32, 1, 0)
+	dst := make([]byte, bound)
+	b.SetBytes(int64(len(src)))
+	for i := 0; i < b.N; i++ {
+		if _, err := Encode(dst, src, dtype.F32, []uint64{256 * 10000}, Options{Threads: 1}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -35,3 +35,32 @@ func split2(rot bool, src, p0, p1 []byte) {
 		p0[i], p1[i] = byte(v>>8), byte(v)
 	}
 }
+
+// spread16 moves the 4 bytes of x into the low byte of each 16-bit lane.
+func spread16(x uint64) uint64 {
+	x = (x | x<<16) & 0x0000FFFF_0000FFFF
+	return (x | x<<8) & 0x00FF00FF_00FF00FF
+}
+
+// merge2 is split2's inverse, four elements per 64-bit store.
+func merge2(rot bool, p0, p1, dst []byte) {
+	n := len(p0)
+	p1 = p1[:n]
+	dst = dst[:2*n]
+	i := 0
+	for ; i+4 <= n; i += 4 {
+		v := spread16(uint64(binary.LittleEndian.Uint32(p0[i:])))<<8 | spread16(uint64(binary.LittleEndian.Uint32(p1[i:])))
+		if rot {
+			// Rotate each 16-bit lane right by one.
+			v = (v>>1)&^(lanes16Lo<<15) | (v&lanes16Lo)<<15
+		}
+		binary.LittleEndian.PutUint64(dst[2*i:], v)
+	}
+	for ; i < n; i++ {
+		v := uint16(p0[i])<<8 | uint16(p1[i])
+		if rot {
+			v = bits.RotateLeft16(v, -1)
+		}
+		binary.LittleEndian.PutUint16(dst[2*i:], v)
+	}
+}

@@ -90,15 +90,7 @@ func Merge(k Kind, w int, planes [][]byte, dst []byte) {
 	case 1:
 		copy(dst, planes[0][:n])
 	case 2:
-		p0, p1 := planes[0][:n], planes[1][:n]
-		dst = dst[:2*len(p0)]
-		for i := range p0 {
-			v := uint16(p0[i])<<8 | uint16(p1[i])
-			if rot {
-				v = bits.RotateLeft16(v, -1)
-			}
-			binary.LittleEndian.PutUint16(dst[2*i:], v)
-		}
+		merge2(rot, planes[0][:n], planes[1][:n], dst[:2*n])
 	case 4:
 		p0, p1, p2, p3 := planes[0][:n], planes[1][:n], planes[2][:n], planes[3][:n]
 		dst = dst[:4*len(p0)]
