@@ -74,7 +74,7 @@ func Encode(dst, src []byte, d dtype.DType, shape []uint64, opt Options) (int, e
 	}
 	ce := opt.ChunkElems
 	if ce == 0 {
-		ce = DefaultChunkElems
+		ce = AutoChunkElems(nelem)
 	}
 	bound, err := Bound(uint64(len(src)), d, len(shape), ce)
 	if err != nil {

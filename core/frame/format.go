@@ -38,6 +38,11 @@ const (
 	// (BlockSizeMax is 256 KiB - 1) while giving a 22M-parameter model
 	// ~170 chunks to share among cores.
 	DefaultChunkElems = 1 << 17
+	// MinAutoChunkElems is the smallest chunk AutoChunkElems picks.
+	MinAutoChunkElems = 1 << 14
+	// autoChunks is how many chunks AutoChunkElems aims for in a
+	// mid-sized tensor.
+	autoChunks = 8
 	// MaxChunkElems bounds the scratch a decoder allocates per chunk.
 	MaxChunkElems = entropy.MaxStreamLen
 	maxStreams    = 8
@@ -234,6 +239,18 @@ func Parse(blob []byte) (*Header, error) {
 	return h, nil
 }
 
+// AutoChunkElems is the chunk size used when the caller sets none. Typical
+// weight matrices (384x384 to 4096x4096) would otherwise fall into one to a
+// handful of default chunks that cores cannot share evenly, so mid-sized
+// tensors are cut into about autoChunks chunks, never smaller than
+// MinAutoChunkElems (where huff0 tables start to cost) and never larger
+// than DefaultChunkElems. It depends on the tensor alone, never on the
+// thread count, so the same tensor always gives the same frame.
+func AutoChunkElems(nelem uint64) uint32 {
+	ce := (nelem + autoChunks - 1) / autoChunks
+	return uint32(min(max(ce, MinAutoChunkElems), DefaultChunkElems))
+}
+
 // Bound is the largest frame Encode can produce for rawSize bytes of d with
 // ndim dimensions. chunkElems 0 means the default.
 func Bound(rawSize uint64, d dtype.DType, ndim int, chunkElems uint32) (uint64, error) {
@@ -244,7 +261,7 @@ func Bound(rawSize uint64, d dtype.DType, ndim int, chunkElems uint32) (uint64, 
 		return 0, fmt.Errorf("%w: ndim %d (max %d)", errs.Invalid, ndim, MaxNDim)
 	}
 	if chunkElems == 0 {
-		chunkElems = DefaultChunkElems
+		chunkElems = AutoChunkElems(rawSize / uint64(d.Width()))
 	}
 	if chunkElems > MaxChunkElems {
 		return 0, fmt.Errorf("%w: chunk size %d elements (max %d)", errs.Invalid, chunkElems, MaxChunkElems)
