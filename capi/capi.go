@@ -257,7 +257,18 @@ func progressTo(p *C.uint64_t) func(uint64) {
 	if p == nil {
 		return nil
 	}
-	return func(done uint64) { atomic.StoreUint64((*uint64)(unsafe.Pointer(p)), done) }
+	// Chunks finish out of order on several goroutines, so keep the maximum
+	// rather than the last value stored: the counter must never go back.
+	ctr := (*uint64)(unsafe.Pointer(p))
+	atomic.StoreUint64(ctr, 0)
+	return func(done uint64) {
+		for {
+			old := atomic.LoadUint64(ctr)
+			if done <= old || atomic.CompareAndSwapUint64(ctr, old, done) {
+				return
+			}
+		}
+	}
 }
 
 //export tpde_compress_file

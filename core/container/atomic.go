@@ -27,6 +27,17 @@ func createAtomic(dst string) (*atomicFile, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: create temporary file for %s: %v", errs.IO, dst, err)
 	}
+	// CreateTemp makes 0600 files. Keep the mode of a file being replaced;
+	// give a new one the usual 0644.
+	mode := os.FileMode(0o644)
+	if st, err := os.Stat(dst); err == nil {
+		mode = st.Mode().Perm()
+	}
+	if err := f.Chmod(mode); err != nil {
+		_ = f.Close()
+		_ = os.Remove(f.Name())
+		return nil, fmt.Errorf("%w: chmod %s: %v", errs.IO, f.Name(), err)
+	}
 	return &atomicFile{File: f, dst: dst}, nil
 }
 

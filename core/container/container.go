@@ -151,7 +151,8 @@ func Parse(data []byte) (*Header, error) {
 		s := &h.Segments[i]
 		s.Kind = SegKind(e[0])
 		if s.Kind > SegFrame {
-			return nil, corrupt("segment %d: unknown kind %d", i, e[0])
+			// The table CRC matched, so a newer writer put it there.
+			return nil, fmt.Errorf("%w: segment %d: segment kind %d", errs.Unsupported, i, e[0])
 		}
 		if e[1] != 0 || e[2] != 0 || e[3] != 0 {
 			return nil, corrupt("segment %d: reserved bytes are not zero", i)

@@ -180,9 +180,9 @@ func DecompressFile(src, dst string, opt Options) error {
 		return err
 	}
 	defer out.abort()
-	if err := out.Truncate(int64(h.OrigSize)); err != nil {
-		return fmt.Errorf("%w: size %s: %v", errs.IO, out.Name(), err)
-	}
+	// No up-front Truncate to OrigSize: a hostile header could then make a
+	// huge sparse file before any segment was checked. WriteAt grows the
+	// file as verified bytes arrive, and the segments tile it exactly.
 	var done atomic.Uint64
 	report := func(n uint64) {
 		v := done.Add(n)

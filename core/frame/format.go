@@ -223,7 +223,8 @@ func Parse(blob []byte) (*Header, error) {
 			c.methods[s] = entropy.Method(e[8+5*s])
 			c.lens[s] = binary.LittleEndian.Uint32(e[9+5*s:])
 			if c.methods[s] > entropy.MaxMethod {
-				return nil, corrupt("chunk %d stream %d: unknown method %d", i, s, c.methods[s])
+				// The table CRC matched, so a newer writer put it there.
+				return nil, fmt.Errorf("%w: chunk %d stream %d: stream method %d", errs.Unsupported, i, s, c.methods[s])
 			}
 			// Every method is chosen only when it is no larger than raw.
 			if uint64(c.lens[s]) > streamLen {
