@@ -1,0 +1,60 @@
+"""tpde: lossless compression for deep-learning checkpoints and tensors.
+
+    blob = tpde.compress_tensor(t)            # torch.Tensor or numpy.ndarray
+    t2 = tpde.decompress_tensor(blob)         # bit-identical
+    tpde.compress_file("model.safetensors")   # -> model.safetensors.tpde
+    tpde.decompress_file("model.safetensors.tpde")
+
+Importing tpde loads neither torch, numpy nor the native library; libtpde is
+loaded on the first call that needs it ($TPDE_LIBRARY overrides its path).
+"""
+
+from __future__ import annotations
+
+# Kept literal (not read from the library) so that reading it loads nothing;
+# the packaging backend parses this line and a test checks it against
+# tpde_version().
+__version__ = "0.1.0"
+
+from .codec import (
+    DTYPES,
+    compress_file,
+    compress_tensor,
+    decompress_file,
+    decompress_tensor,
+    entropy_bound_bits,
+    file_info,
+    get_num_threads,
+    inspect,
+    set_num_threads,
+)
+from .errors import (
+    BufferTooSmallError,
+    CorruptDataError,
+    InternalError,
+    InvalidArgumentError,
+    TPDEError,
+    TPDEIOError,
+    UnsupportedFormatError,
+)
+
+__all__ = [
+    "__version__",
+    "DTYPES",
+    "compress_tensor",
+    "decompress_tensor",
+    "inspect",
+    "compress_file",
+    "decompress_file",
+    "file_info",
+    "entropy_bound_bits",
+    "set_num_threads",
+    "get_num_threads",
+    "TPDEError",
+    "InvalidArgumentError",
+    "CorruptDataError",
+    "UnsupportedFormatError",
+    "BufferTooSmallError",
+    "TPDEIOError",
+    "InternalError",
+]

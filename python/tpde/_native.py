@@ -1,0 +1,158 @@
+"""ctypes binding of libtpde (include/tpde.h), loaded on first use.
+
+The library is looked up in $TPDE_LIBRARY, else as libtpde.so beside this
+file. Functions are called through :func:`call`, which passes a fresh error
+buffer per call (the ABI writes messages there, so concurrent calls never
+share one) and turns a non-zero status into the matching exception.
+ctypes.CDLL releases the GIL for the duration of each foreign call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from ctypes import POINTER, c_char, c_char_p, c_double, c_int, c_int32, c_size_t, c_uint8, c_uint32, c_uint64, c_void_p
+from pathlib import Path
+from typing import Optional
+
+from .errors import (
+    BufferTooSmallError,
+    CorruptDataError,
+    InternalError,
+    InvalidArgumentError,
+    TPDEError,
+    TPDEIOError,
+    UnsupportedFormatError,
+)
+
+#: The TPDE_ABI_VERSION this binding was written against.
+ABI_VERSION = 1
+MAX_NDIM = 32
+ERR_LEN = 1024
+
+# Status codes (TPDE_E_*).
+OK = 0
+E_BUFFER_TOO_SMALL = 4
+
+_ERRORS: dict[int, type[TPDEError]] = {
+    1: InvalidArgumentError,
+    2: CorruptDataError,
+    3: UnsupportedFormatError,
+    4: BufferTooSmallError,
+    5: TPDEIOError,
+    6: InternalError,
+}
+
+
+class FrameInfo(ctypes.Structure):
+    """struct tpde_frame_info."""
+
+    _fields_ = [
+        ("version_major", c_uint8),
+        ("version_minor", c_uint8),
+        ("kind", c_uint8),
+        ("dtype", c_uint8),
+        ("ndim", c_uint32),
+        ("shape", c_uint64 * MAX_NDIM),
+        ("raw_size", c_uint64),
+        ("frame_size", c_uint64),
+        ("chunk_elems", c_uint32),
+        ("nchunks", c_uint32),
+    ]
+
+
+_ERRBUF = POINTER(c_char)
+_U64P = POINTER(c_uint64)
+
+# name: (restype, argtypes). Every status-returning function ends in
+# (char *err, size_t err_len).
+_SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
+    "tpde_version": (c_char_p, []),
+    "tpde_abi_version": (c_int, []),
+    "tpde_set_num_threads": (None, [c_int32]),
+    "tpde_get_num_threads": (c_int32, []),
+    "tpde_encode_bound": (c_int, [c_uint64, c_int32, c_int32, c_uint32, _U64P, _ERRBUF, c_size_t]),
+    "tpde_encode": (
+        c_int,
+        [c_void_p, c_uint64, c_int32, _U64P, c_int32, c_uint32, c_int32, c_int32, c_void_p, c_uint64, _U64P,
+         _ERRBUF, c_size_t],
+    ),
+    "tpde_decode": (c_int, [c_void_p, c_uint64, c_void_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
+    "tpde_inspect": (c_int, [c_void_p, c_uint64, POINTER(FrameInfo), _ERRBUF, c_size_t]),
+    "tpde_entropy_bound": (c_int, [c_void_p, c_uint64, c_int32, POINTER(c_double), _ERRBUF, c_size_t]),
+    "tpde_compress_file": (c_int, [c_char_p, c_char_p, c_int32, _U64P, _ERRBUF, c_size_t]),
+    "tpde_decompress_file": (c_int, [c_char_p, c_char_p, c_int32, _U64P, _ERRBUF, c_size_t]),
+    "tpde_file_info": (c_int, [c_char_p, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
+}
+
+_lib: Optional[ctypes.CDLL] = None
+_lock = threading.Lock()
+
+
+def library_path() -> Path:
+    """Where libtpde is looked for: $TPDE_LIBRARY, else libtpde.so beside this module."""
+    env = os.environ.get("TPDE_LIBRARY")
+    return Path(env) if env else Path(__file__).with_name("libtpde.so")
+
+
+def _load() -> ctypes.CDLL:
+    path = library_path()
+    if not path.is_file():
+        raise TPDEError(
+            f"libtpde not found at {path}: build it with `./build.sh lib` in the tpde source tree"
+            " (or set TPDE_LIBRARY to its path)"
+        )
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise TPDEError(f"cannot load libtpde from {path}: {e}; rebuild it with `./build.sh lib`") from e
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError as e:
+            raise TPDEError(f"{path} has no {name}: it is not a libtpde of this version; rebuild it") from e
+        fn.restype = restype
+        fn.argtypes = argtypes
+    abi = lib.tpde_abi_version()
+    if abi != ABI_VERSION:
+        raise TPDEError(f"{path} has ABI version {abi}, this tpde package needs {ABI_VERSION}; rebuild it")
+    return lib
+
+
+def lib() -> ctypes.CDLL:
+    """The loaded library, loading it on the first call."""
+    global _lib
+    if _lib is None:
+        with _lock:
+            if _lib is None:
+                _lib = _load()
+    return _lib
+
+
+def error_for(status: int, message: bytes, what: str) -> TPDEError:
+    """The exception for a non-zero status and the message the library wrote."""
+    text = message.decode("utf-8", "replace").strip() or f"{what} failed with status {status}"
+    cls = _ERRORS.get(status)
+    if cls is None:
+        return InternalError(f"{what} returned unknown status {status}: {text}")
+    return cls(text)
+
+
+def call(name: str, *args: object, allow: tuple[int, ...] = ()) -> int:
+    """Call a status-returning function, appending a per-call error buffer.
+
+    Raises the mapped exception unless the status is OK or listed in allow;
+    returns the status.
+    """
+    err = ctypes.create_string_buffer(ERR_LEN)
+    rc = int(getattr(lib(), name)(*args, err, ERR_LEN))
+    if rc != OK and rc not in allow:
+        raise error_for(rc, err.value, name)
+    return rc
+
+
+def library_version() -> str:
+    """tpde_version() of the loaded library."""
+    v = lib().tpde_version()
+    return v.decode("ascii") if v else ""

@@ -1,0 +1,208 @@
+"""The ``tpde`` command.
+
+    tpde compress FILE [-o OUT] [--threads N] [--quiet]
+    tpde decompress FILE [-o OUT] [--threads N] [--quiet]
+    tpde info FILE [--json]
+
+Exit status: 0 success; 1 corrupt or unsupported input, or an I/O or other
+failure; 2 usage errors (bad arguments, missing input file). Every error is
+one line on stderr, ``tpde: error: ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import IO, Any, Dict, List, NoReturn, Optional, Sequence
+
+from . import __version__
+from .codec import _original_size, compress_file, decompress_file, file_info
+from .errors import CorruptDataError, InvalidArgumentError, TPDEError, UnsupportedFormatError
+
+PROG = "tpde"
+#: Inputs at least this large get a progress bar (on a terminal, without --quiet).
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints usage plus a message and exits; tpde reports every
+    # error as a single line, so usage errors are raised to main instead.
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see '{PROG} --help')")
+
+
+def _threads_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid thread count {text!r}") from None
+    if not 0 <= n < 2**31:
+        raise argparse.ArgumentTypeError(f"thread count must be >= 0, got {n}")
+    return n
+
+
+def _parser() -> _Parser:
+    p = _Parser(prog=PROG, description="Lossless compression for deep-learning checkpoints.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, what in (("compress", "compress FILE (a .safetensors checkpoint or any file) into FILE.tpde"),
+                       ("decompress", "restore the original file from a .tpde file")):
+        c = sub.add_parser(name, help=what, description=what)
+        c.add_argument("file", metavar="FILE")
+        c.add_argument("-o", "--output", metavar="OUT",
+                       help="output path (default: FILE.tpde; for decompress FILE without .tpde, else FILE.restored)")
+        c.add_argument("--threads", type=_threads_arg, default=0, metavar="N", help="worker threads (0: all CPUs)")
+        c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    i = sub.add_parser("info", help="describe a .tpde file", description="describe a .tpde file")
+    i.add_argument("file", metavar="FILE")
+    i.add_argument("--json", action="store_true", help="print the description as JSON")
+    return p
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _ratio(orig: int, stored: int) -> str:
+    return f"{orig / stored:.3f}x" if stored else "-"
+
+
+class _Bar:
+    """A one-line progress bar redrawn in place with carriage returns."""
+
+    width = 30
+
+    def __init__(self, label: str, stream: IO[str]) -> None:
+        self.label, self.stream, self.drawn = label, stream, False
+
+    def __call__(self, done: int, total: int) -> None:
+        frac = min(done / total, 1.0) if total else 1.0
+        fill = int(frac * self.width)
+        bar = "#" * fill + "." * (self.width - fill)
+        self.stream.write(f"\r{self.label} [{bar}] {frac * 100:5.1f}% {_human(done)} / {_human(total)}")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+def _check_input(path: str) -> None:
+    if not os.path.exists(path):
+        raise _UsageError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise _UsageError(f"{path}: is a directory")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    _check_input(args.file)
+    compress = args.command == "compress"
+    size = os.path.getsize(args.file) if compress else _original_size(args.file)
+    bar = None
+    if not args.quiet and size >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
+        bar = _Bar(args.command, sys.stderr)
+    op = compress_file if compress else decompress_file
+    try:
+        out = op(args.file, args.output, threads=args.threads, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if not args.quiet:
+        a, b = os.path.getsize(args.file), os.path.getsize(out)
+        orig, stored = (a, b) if compress else (b, a)
+        print(f"{args.file} -> {out}: {_human(a)} -> {_human(b)} (ratio {_ratio(orig, stored)})")
+    return 0
+
+
+def _methods(seg: Dict[str, Any]) -> str:
+    m = seg.get("methods") or {}
+    if not m:
+        return str(seg.get("kind", ""))
+    return " ".join(f"{k}:{v}" for k, v in sorted(m.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _info(args: argparse.Namespace) -> int:
+    _check_input(args.file)
+    fi = file_info(args.file)
+    if args.json:
+        print(json.dumps(fi, indent=2))
+        return 0
+    orig, stored = fi.get("original_size", 0), fi.get("compressed_size", 0)
+    kind = "tpde file" if fi.get("format") == "file" else "tpde frame"
+    src = f", source {fi['source']}" if fi.get("source") else ""
+    lines = [
+        f"{args.file}: {kind} {fi.get('version', '?')}{src}",
+        f"size: {orig:,} -> {stored:,} bytes ({_human(orig)} -> {_human(stored)}), ratio {_ratio(orig, stored)}",
+        "",
+    ]
+    rows = [("name", "dtype", "shape", "original -> stored", "methods")]
+    for n, seg in enumerate(fi.get("segments") or []):
+        name = seg.get("name") or (f"[{seg['kind']} segment {n}]" if seg.get("kind") != "frame" else f"[frame {n}]")
+        shape = seg.get("shape")
+        rows.append((
+            name,
+            seg.get("dtype") or "-",
+            "x".join(str(d) for d in shape) if shape else ("scalar" if shape == [] else "-"),
+            f"{seg.get('original_size', 0):,} -> {seg.get('stored_size', 0):,}",
+            _methods(seg),
+        ))
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for r in rows:
+        lines.append("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4])
+    print("\n".join(line.rstrip() for line in lines))
+    return 0
+
+
+def _fail(message: str) -> None:
+    # One line, whatever the message holds.
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the tpde command with argv (default sys.argv[1:]); return the exit status."""
+    try:
+        args = _parser().parse_args(list(argv) if argv is not None else None)
+    except _UsageError as e:
+        _fail(str(e))
+        return 2
+    except SystemExit as e:  # --help / --version
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        return _info(args) if args.command == "info" else _convert(args)
+    except _UsageError as e:
+        _fail(str(e))
+        return 2
+    except (CorruptDataError, UnsupportedFormatError) as e:
+        _fail(f"{args.file}: {e}")
+        return 1
+    except InvalidArgumentError as e:
+        _fail(str(e))
+        return 2
+    except BrokenPipeError:
+        # The reader of our stdout went away (e.g. `tpde info f | head`):
+        # stop quietly, and keep Python from complaining at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except (TPDEError, OSError) as e:
+        _fail(str(e) if isinstance(e, TPDEError) else f"{getattr(e, 'filename', None) or args.file}: {e.strerror or e}")
+        return 1
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return 130
+
+
+__all__: List[str] = ["main"]

@@ -1,0 +1,518 @@
+"""Tensor and file compression on top of libtpde.
+
+torch and numpy are optional: they are imported only inside the functions
+that create their objects, and inputs are recognised through sys.modules, so
+a numpy user never imports torch (and neither is imported by ``import tpde``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import mmap
+import os
+import sys
+import threading
+from ctypes import addressof, byref, c_char, c_double, c_uint64
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+
+from . import _native
+from ._native import call
+from .errors import InternalError, InvalidArgumentError
+
+__all__ = [
+    "compress_tensor",
+    "decompress_tensor",
+    "inspect",
+    "compress_file",
+    "decompress_file",
+    "file_info",
+    "entropy_bound_bits",
+    "set_num_threads",
+    "get_num_threads",
+    "DTYPES",
+]
+
+PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+Buffer = Union[bytes, bytearray, memoryview]
+Progress = Callable[[int, int], Any]
+
+#: tpde dtype names (the safetensors spellings), indexed by their TPDE_* code.
+DTYPES: Tuple[str, ...] = (
+    "BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64",
+    "F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2",
+)
+_WIDTHS = (1, 1, 1, 2, 2, 4, 4, 8, 8, 2, 2, 4, 8, 1, 1)
+# torch attribute names by code; getattr'd so an old torch lacking one
+# (uint16 before 2.3, float8 before 2.1) fails only for that dtype.
+_TORCH = (
+    "bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+    "float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2",
+)
+# numpy dtypes by code. numpy has no bfloat16 or float8: those frames decode
+# to their raw bit patterns as unsigned integers of the same width.
+_NUMPY = (
+    "bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+    "float16", "uint16", "float32", "float64", "uint8", "uint8",
+)
+_NUMPY_NATIVE = frozenset(i for i, name in enumerate(_NUMPY) if name == _TORCH[i])
+_BY_NAME = {name.lower(): i for i, name in enumerate(DTYPES)}
+_BY_NAME.update({name: i for i, name in enumerate(_TORCH)})
+
+_EFFORTS = {"balanced": 0, "fast": 1, "max": 2}
+_MAX_NDIM = _native.MAX_NDIM
+# Outputs larger than this are staged in an anonymous mmap rather than a
+# bytearray: its pages are only touched where the encoder writes, so a large
+# compressible tensor does not cost a second tensor-sized allocation.
+_MMAP_MIN = 1 << 20
+# Initial tpde_file_info buffer; grown to the reported size when too small.
+_INFO_CAP = 1 << 14
+_POLL_S = 0.1
+_FILE_MAGIC = b"\x89TPC"
+
+
+# --- argument checks ------------------------------------------------------
+
+def _int_arg(value: object, name: str, lo: int, hi: int) -> int:
+    # ctypes silently wraps out-of-range integers, so range-check here.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise InvalidArgumentError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _threads(threads: object) -> int:
+    return _int_arg(threads, "threads", 0, 2**31 - 1)
+
+
+def _dtype_code(name: str) -> int:
+    code = _BY_NAME.get(str(name).lower())
+    if code is None:
+        raise InvalidArgumentError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
+    return code
+
+
+# --- input tensors --------------------------------------------------------
+
+class _Src:
+    """A tensor's bytes as the library sees them; keeps the owner alive."""
+
+    __slots__ = ("ptr", "nbytes", "code", "shape", "owner")
+
+    def __init__(self, ptr: int, nbytes: int, code: int, shape: Tuple[int, ...], owner: object) -> None:
+        self.ptr, self.nbytes, self.code, self.shape, self.owner = ptr, nbytes, code, shape, owner
+
+
+def _torch_code(torch: Any, dt: Any) -> int:
+    for code, name in enumerate(_TORCH):
+        if getattr(torch, name, None) == dt:
+            return code
+    raise InvalidArgumentError(f"unsupported tensor dtype {dt}")
+
+
+def _source(x: object) -> _Src:
+    """Locate x's bytes, copying only when they are not contiguous CPU memory."""
+    # A torch tensor or numpy array can only exist once its module is
+    # imported, so checking sys.modules never imports either.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        code = _torch_code(torch, x.dtype)
+        if x.layout != torch.strided:
+            raise InvalidArgumentError(f"unsupported tensor layout {x.layout}; convert with .to_dense()")
+        if x.device.type == "meta":
+            raise InvalidArgumentError("a meta tensor has no data")
+        t = x.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        if not t.is_contiguous():
+            t = t.contiguous()
+        return _Src(t.data_ptr(), t.numel() * t.element_size(), code, tuple(t.shape), t)
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(x, np.ndarray):
+        a = x
+        if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and sys.byteorder == "big"):
+            a = a.astype(a.dtype.newbyteorder("<"))
+        code = -1
+        for i in _NUMPY_NATIVE:
+            if a.dtype == np.dtype(_NUMPY[i]):
+                code = i
+                break
+        if code < 0:
+            raise InvalidArgumentError(f"unsupported array dtype {x.dtype}")
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)  # note: this makes 0-d arrays 1-d; shape comes from x
+        return _Src(a.ctypes.data, a.nbytes, code, tuple(x.shape), a)
+    raise TypeError(f"expected a torch.Tensor or numpy.ndarray, not {type(x).__module__}.{type(x).__qualname__}")
+
+
+def compress_tensor(
+    x: Any,
+    *,
+    chunk_elems: int = 0,
+    effort: str = "balanced",
+    threads: int = 0,
+    dtype: Optional[str] = None,
+) -> bytes:
+    """Compress one tensor into a self-contained tpde frame.
+
+    x is a torch.Tensor or numpy.ndarray of bool, (u)int8/16/32/64, float16,
+    bfloat16, float32, float64, float8_e4m3fn or float8_e5m2. A contiguous
+    CPU tensor is read in place (no copy); a non-contiguous one is first
+    copied with .contiguous() (numpy: ascontiguousarray), a CUDA tensor with
+    .cpu(), and a big-endian numpy array is byte-swapped to a copy.
+
+    chunk_elems: elements per independently coded chunk (0: automatic).
+    effort: "fast", "balanced" or "max". threads: 0 uses get_num_threads().
+    dtype: a tpde dtype name (e.g. "BF16") to record instead of x's own, of
+    the same width: lets numpy hold bfloat16/float8 as uint16/uint8 bits.
+    """
+    src = _source(x)
+    code = src.code
+    if dtype is not None:
+        code = _dtype_code(dtype)
+        if _WIDTHS[code] != _WIDTHS[src.code]:
+            raise InvalidArgumentError(
+                f"dtype {DTYPES[code]} is {_WIDTHS[code]} bytes wide, the input's elements are {_WIDTHS[src.code]}")
+    ce = _int_arg(chunk_elems, "chunk_elems", 0, 2**32 - 1)
+    if effort not in _EFFORTS:
+        raise InvalidArgumentError(f"effort must be one of {', '.join(_EFFORTS)}, got {effort!r}")
+    th = _threads(threads)
+    ndim = len(src.shape)
+    if ndim > _MAX_NDIM:
+        raise InvalidArgumentError(f"{ndim} dimensions exceed the limit of {_MAX_NDIM}")
+    shape = (c_uint64 * max(ndim, 1))(*src.shape)
+    bound = c_uint64()
+    call("tpde_encode_bound", src.nbytes, code, ndim, ce, byref(bound))
+
+    def encode(dst: int, cap: int) -> int:
+        n = c_uint64()
+        call("tpde_encode", src.ptr, src.nbytes, code, shape, ndim, ce, _EFFORTS[effort], th, dst, cap, byref(n))
+        return n.value
+
+    return _into_new_bytes(bound.value, encode)
+
+
+def _into_new_bytes(cap: int, fill: Callable[[int, int], int]) -> bytes:
+    """Run fill(address, cap) on a fresh writable buffer; return its first n bytes."""
+    buf: Union[bytearray, mmap.mmap] = bytearray(cap) if cap <= _MMAP_MIN else mmap.mmap(-1, cap)
+    try:
+        arr = (c_char * cap).from_buffer(buf)
+        try:
+            n = fill(addressof(arr), cap)
+        finally:
+            del arr  # release the export so the mmap can close
+        if n > cap:
+            raise InternalError(f"library reported {n} bytes written into a {cap}-byte buffer")
+        if isinstance(buf, mmap.mmap):
+            # The encoder touched pages past n (each chunk is coded in its
+            # worst-case slot, then compacted); drop them before the copy.
+            tail = -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
+            if tail < cap and hasattr(buf, "madvise"):
+                buf.madvise(mmap.MADV_DONTNEED, tail, cap - tail)
+            return buf[:n]
+        return bytes(memoryview(buf)[:n])
+    finally:
+        if isinstance(buf, mmap.mmap):
+            buf.close()
+
+
+# --- frames ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def _readable(blob: Buffer) -> Iterator[Tuple[object, int]]:
+    """Yield (pointer argument, length) for a bytes-like object, zero-copy where possible."""
+    if isinstance(blob, bytes):
+        yield blob, len(blob)  # ctypes passes a bytes object's own buffer to void *
+        return
+    try:
+        mv = memoryview(blob)
+    except TypeError:
+        raise TypeError(f"expected bytes, bytearray or memoryview, not {type(blob).__name__}") from None
+    with mv:
+        n = mv.nbytes
+        if n == 0:
+            yield None, 0
+        elif mv.readonly or not mv.c_contiguous:
+            # ctypes can only take the address of a writable buffer; a
+            # read-only one other than bytes is copied once.
+            data = mv.tobytes()
+            yield data, n
+        else:
+            flat = mv.cast("B") if (mv.ndim != 1 or mv.format != "B") else mv
+            arr = (c_char * n).from_buffer(flat)
+            try:
+                yield addressof(arr), n
+            finally:
+                del arr
+                if flat is not mv:
+                    flat.release()
+
+
+def _frame_info(src: object, n: int) -> _native.FrameInfo:
+    info = _native.FrameInfo()
+    call("tpde_inspect", src, n, byref(info))
+    return info
+
+
+def _check_out(out: Any, code: int, shape: Tuple[int, ...], raw_size: int) -> int:
+    """Validate a caller's destination; return its data address."""
+    torch = sys.modules.get("torch")
+    np = sys.modules.get("numpy")
+    if torch is not None and isinstance(out, torch.Tensor):
+        want = getattr(torch, _TORCH[code], None)
+        if out.dtype != want:
+            raise InvalidArgumentError(f"out has dtype {out.dtype}, the frame holds {DTYPES[code]}")
+        if out.device.type != "cpu" or out.layout != torch.strided or not out.is_contiguous():
+            raise InvalidArgumentError("out must be a contiguous CPU tensor")
+        got, ptr = tuple(out.shape), out.data_ptr()
+    elif np is not None and isinstance(out, np.ndarray):
+        want = np.dtype(_NUMPY[code])
+        if out.dtype != want:
+            raise InvalidArgumentError(f"out has dtype {out.dtype}, the frame holds {DTYPES[code]} (numpy {want})")
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise InvalidArgumentError("out must be a writable C-contiguous array")
+        got, ptr = tuple(out.shape), out.ctypes.data
+    else:
+        raise TypeError(f"out must be a torch.Tensor or numpy.ndarray, not {type(out).__name__}")
+    if got != shape:
+        raise InvalidArgumentError(f"out has shape {got}, the frame holds {shape}")
+    if out.nbytes != raw_size:
+        raise InternalError(f"out holds {out.nbytes} bytes, the frame {raw_size}")
+    return int(ptr)
+
+
+def decompress_tensor(blob: Buffer, *, out: Any = None, like: str = "torch", threads: int = 0) -> Any:
+    """Decompress a frame from compress_tensor.
+
+    Returns a new torch.Tensor (like="torch") or numpy.ndarray (like="numpy")
+    of the frame's dtype and shape, decoded straight into its memory. numpy
+    has no bfloat16 or float8: such frames come back as their raw bit
+    patterns in a uint16 / uint8 array (view them with ml_dtypes if needed).
+
+    out: a contiguous CPU tensor or writable C-contiguous array of exactly
+    the frame's dtype and shape to decode into; it is returned. On error its
+    contents are unspecified.
+    blob: bytes, bytearray or memoryview; only a read-only buffer that is not
+    bytes is copied.
+    """
+    th = _threads(threads)
+    if out is None and like not in ("torch", "numpy"):
+        raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
+    with _readable(blob) as (src, n):
+        info = _frame_info(src, n)
+        code, raw = info.dtype, info.raw_size
+        shape = tuple(int(d) for d in info.shape[: info.ndim])
+        if out is not None:
+            dst = _check_out(out, code, shape, raw)
+            result = out
+        elif like == "torch":
+            import torch
+
+            tdt = getattr(torch, _TORCH[code], None)
+            if tdt is None:
+                raise InvalidArgumentError(f"this torch has no {_TORCH[code]}; use like='numpy'")
+            result = torch.empty(shape, dtype=tdt)
+            dst = result.data_ptr()
+        else:
+            import numpy as np
+
+            result = np.empty(shape, dtype=np.dtype(_NUMPY[code]))
+            dst = result.ctypes.data
+        got = c_uint64()
+        call("tpde_decode", src, n, dst, raw, th, byref(got))
+        if got.value != raw:
+            raise InternalError(f"decoded {got.value} bytes, the frame header says {raw}")
+    return result
+
+
+def inspect(blob: Buffer) -> Dict[str, Any]:
+    """Describe a frame without decoding it.
+
+    Returns dtype (tpde name, e.g. "BF16"), shape, raw_size (decoded bytes),
+    frame_size (bytes of the frame; blob may extend past it), chunk_elems,
+    nchunks, version ("major.minor") and kind (0: keyframe).
+    """
+    with _readable(blob) as (src, n):
+        info = _frame_info(src, n)
+    return {
+        "dtype": DTYPES[info.dtype],
+        "shape": tuple(int(d) for d in info.shape[: info.ndim]),
+        "raw_size": int(info.raw_size),
+        "frame_size": int(info.frame_size),
+        "chunk_elems": int(info.chunk_elems),
+        "nchunks": int(info.nchunks),
+        "version": f"{info.version_major}.{info.version_minor}",
+        "kind": int(info.kind),
+    }
+
+
+def entropy_bound_bits(x: Any) -> float:
+    """Sum of the order-0 entropies, in bits, of the byte streams tpde splits x into.
+
+    A floor for coders that code each stream independently byte by byte;
+    accepts the same inputs as compress_tensor.
+    """
+    src = _source(x)
+    bits = c_double()
+    call("tpde_entropy_bound", src.ptr, src.nbytes, src.code, byref(bits))
+    return float(bits.value)
+
+
+# --- threads --------------------------------------------------------------
+
+def set_num_threads(n: int) -> None:
+    """Set the worker count used when a call passes threads=0; n <= 0 restores the CPU count."""
+    _native.lib().tpde_set_num_threads(_int_arg(n, "n", -(2**31), 2**31 - 1))
+
+
+def get_num_threads() -> int:
+    """The worker count used when a call passes threads=0."""
+    return int(_native.lib().tpde_get_num_threads())
+
+
+# --- files ----------------------------------------------------------------
+
+def _path_bytes(p: Union[str, bytes]) -> bytes:
+    b = os.fsencode(p)
+    if b"\0" in b:
+        raise InvalidArgumentError(f"path contains a NUL byte: {p!r}")
+    return b
+
+
+def _refuse_same(src: Union[str, bytes], dst: Union[str, bytes]) -> None:
+    # The library writes dst atomically, so dst == src would replace the
+    # input with its own (de)compressed form.
+    _path_bytes(src), _path_bytes(dst)  # NUL bytes: a clear error before any OS call
+    try:
+        same = os.path.samefile(src, dst)
+    except OSError:
+        return
+    if same:
+        raise InvalidArgumentError(f"{os.fsdecode(dst)}: output is the input file")
+
+
+def _file_op(fn: str, src: Union[str, bytes], dst: Union[str, bytes], threads: int,
+             progress: Optional[Progress], total: int) -> None:
+    th = _threads(threads)
+    s, d = _path_bytes(src), _path_bytes(dst)
+    _native.lib()  # load (and report a missing library) on this thread
+    if progress is None:
+        call(fn, s, d, th, None)
+        return
+    counter = c_uint64(0)
+    failure: List[BaseException] = []
+
+    def work() -> None:
+        try:
+            call(fn, s, d, th, byref(counter))
+        except BaseException as e:  # re-raised on the calling thread
+            failure.append(e)
+
+    worker = threading.Thread(target=work, name=f"tpde-{fn}", daemon=True)
+    worker.start()
+    try:
+        progress(0, total)
+        last = 0
+        while worker.is_alive():
+            worker.join(_POLL_S)
+            done = counter.value  # stored atomically by the library
+            if done != last and worker.is_alive():
+                progress(done, max(total, done))
+                last = done
+    except BaseException:
+        # libtpde cannot cancel a file operation; wait for it so that on
+        # return nothing still touches the files. A second Ctrl-C abandons
+        # it (the write is atomic, so dst is never left half-written).
+        worker.join()
+        raise
+    if failure:
+        raise failure[0]
+    done = counter.value
+    progress(done, max(total, done))
+
+
+def _with_suffix(p: Union[str, bytes], suffix: str) -> Union[str, bytes]:
+    return p + os.fsencode(suffix) if isinstance(p, bytes) else p + suffix
+
+
+def compress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int = 0,
+                  progress: Optional[Progress] = None) -> str:
+    """Compress a file (a .safetensors checkpoint, or any file) into a tpde file.
+
+    dst defaults to src + ".tpde" and is written atomically. progress, if
+    given, is called as progress(done_bytes, total_bytes) at the start, about
+    every 0.1 s while the work runs on a helper thread, and at the end. If it
+    raises, the exception propagates once the work has finished (libtpde
+    cannot cancel). Returns the output path.
+    """
+    s = os.fspath(src)
+    d = os.fspath(dst) if dst is not None else _with_suffix(s, ".tpde")
+    _refuse_same(s, d)
+    total = 0
+    if progress is not None:
+        with contextlib.suppress(OSError):  # the library reports a missing input
+            total = os.path.getsize(s)
+    _file_op("tpde_compress_file", s, d, threads, progress, total)
+    return os.fsdecode(d)
+
+
+def _original_size(path: Union[str, bytes]) -> int:
+    # Only for the progress total: the file header's original size (docs/
+    # FORMAT.md, "Files"). 0 when unreadable; the library reports why.
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return 0
+    return int.from_bytes(head[8:16], "little") if len(head) == 16 and head[:4] == _FILE_MAGIC else 0
+
+
+def decompress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int = 0,
+                    progress: Optional[Progress] = None) -> str:
+    """Restore the original file, byte for byte, from a tpde file.
+
+    dst defaults to src without its ".tpde" suffix, else src + ".restored".
+    It is written atomically: on any error (CorruptDataError for damaged
+    input) it is neither created nor changed. progress as for compress_file,
+    counting output bytes. Returns the output path.
+    """
+    s = os.fspath(src)
+    if dst is not None:
+        d = os.fspath(dst)
+    else:
+        suffix = b".tpde" if isinstance(s, bytes) else ".tpde"
+        d = s[: -len(suffix)] if s.endswith(suffix) and len(s) > len(suffix) else _with_suffix(s, ".restored")  # type: ignore[arg-type]
+    _refuse_same(s, d)
+    total = _original_size(s) if progress is not None else 0
+    _file_op("tpde_decompress_file", s, d, threads, progress, total)
+    return os.fsdecode(d)
+
+
+def file_info(path: PathLike) -> Dict[str, Any]:
+    """Describe a tpde file (or a file holding one frame) without decoding tensor data.
+
+    Returns the library's JSON as a dict: format ("file" or "frame"),
+    version, source, original_size, compressed_size, and segments, each with
+    kind, original_size, stored_size and, for tensors, name, dtype, shape,
+    chunks and methods (streams per coding method). A scalar tensor has
+    shape [].
+    """
+    p = _path_bytes(os.fspath(path))
+    cap = _INFO_CAP
+    for _ in range(8):  # the file could change between calls; do not loop forever
+        buf = ctypes.create_string_buffer(cap)
+        needed = c_uint64()
+        rc = call("tpde_file_info", p, buf, cap, byref(needed), allow=(_native.E_BUFFER_TOO_SMALL,))
+        if rc == _native.OK and needed.value <= cap:
+            info: Dict[str, Any] = json.loads(buf.raw[: needed.value])
+            for seg in info.get("segments") or ():
+                # The library's JSON omits empty shapes; a frame without one is a scalar.
+                if seg.get("kind") == "frame":
+                    seg.setdefault("shape", [])
+            return info
+        if needed.value <= cap:
+            raise InternalError(f"tpde_file_info asked for {needed.value} bytes with {cap} given")
+        cap = needed.value
+    raise InternalError("tpde_file_info kept asking for a larger buffer")

