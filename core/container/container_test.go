@@ -178,7 +178,11 @@ func TestRoundTripSafetensors(t *testing.T) {
 
 func TestInfoNamesTensors(t *testing.T) {
 	dir := t.TempDir()
-	data := synthetic()
+	// synthetic() with a first tensor large enough to be worth a frame.
+	ts := syntheticTensors()
+	ts[0] = tensor{name: "emb.weight", dtype: "BF16", shape: []uint64{64, 64},
+		data: bf16Weights(rand.New(rand.NewSource(8)), 4096)}
+	data := safetensorsFile(map[string]string{"format": "pt", "producer": "tpde tests"}, ts, 200, []byte("TRAILER!"))
 	src := writeFile(t, dir, "model.safetensors", data)
 	packed := filepath.Join(dir, "model.tpde")
 	require.NoError(t, CompressFile(src, packed, Options{}))
@@ -195,17 +199,17 @@ func TestInfoNamesTensors(t *testing.T) {
 	want := []segWant{
 		// A 200-space pad makes zstd worth it for the header.
 		{kind: "zstd", name: "safetensors header"},
-		{"frame", "emb.weight", "BF16", []uint64{16, 8}},
-		{"frame", "ln.bias", "F32", []uint64{8}},
-		{"frame", "pos_ids", "I64", []uint64{1, 12}},
-		{"frame", "mask", "BOOL", []uint64{10}},
+		{"frame", "emb.weight", "BF16", []uint64{64, 64}},
+		// Tensors whose frame would not be smaller than their bytes are
+		// kept verbatim, still named from the header.
+		{"stored", "ln.bias", "F32", []uint64{8}},
+		{"stored", "pos_ids", "I64", []uint64{1, 12}},
+		{"stored", "mask", "BOOL", []uint64{10}},
 		{kind: "stored"}, // the hole
-		// No codec for F4 and C64: bytes.
-		{"frame", "packed", "U8", []uint64{3}},
-		{"frame", "cplx", "U8", []uint64{16}},
-		// 33 dimensions: flattened, dtype kept.
-		{"frame", "deep", "F16", []uint64{3}},
-		{"frame", "scalar", "F64", []uint64{}},
+		{"stored", "packed", "F4", []uint64{2, 3}},
+		{"stored", "cplx", "C64", []uint64{2}},
+		{"stored", "deep", "F16", syntheticTensors()[7].shape},
+		{"stored", "scalar", "F64", nil},
 		{kind: "stored"}, // the trailer
 	}
 	require.Len(t, fi.Segments, len(want))
@@ -215,8 +219,11 @@ func TestInfoNamesTensors(t *testing.T) {
 		assert.Equal(t, w.kind, s.Kind, "segment %d", i)
 		assert.Equal(t, w.name, s.Name, "segment %d", i)
 		assert.Equal(t, w.dtype, s.DType, "segment %d", i)
-		if w.kind == "frame" {
+		assert.Equal(t, len(w.shape), len(s.Shape), "segment %d", i)
+		if len(w.shape) > 0 {
 			assert.Equal(t, w.shape, s.Shape, "segment %d", i)
+		}
+		if w.kind == "frame" {
 			assert.Equal(t, 1, s.Chunks, "segment %d", i)
 			n := 0
 			for _, c := range s.Methods {
@@ -255,7 +262,7 @@ func TestSmallHeaderIsStored(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, h.Segments, 2)
 	assert.Equal(t, SegStored, h.Segments[0].Kind, "zstd cannot shrink a 60-byte header")
-	assert.Equal(t, SegFrame, h.Segments[1].Kind)
+	assert.Equal(t, SegStored, h.Segments[1].Kind, "a frame cannot shrink a 4-byte tensor")
 }
 
 func TestOnlyEmptyTensors(t *testing.T) {
@@ -305,7 +312,14 @@ func TestRoundTripOtherFiles(t *testing.T) {
 			assert.Equal(t, SourceBytes, h.Source)
 			if len(data) > 0 {
 				require.Len(t, h.Segments, 1)
-				assert.Equal(t, SegFrame, h.Segments[0].Kind)
+				// Compressible bytes become a frame; noise and scraps
+				// too small for a frame header stay verbatim.
+				want := SegStored
+				if name == "text" {
+					want = SegFrame
+				}
+				assert.Equal(t, want, h.Segments[0].Kind)
+				assert.LessOrEqual(t, h.FileLen, uint64(len(data)+headerLen+tableLen(1)))
 			}
 		})
 	}
@@ -642,4 +656,34 @@ func TestOutputPermissions(t *testing.T) {
 	st, err = os.Stat(restored)
 	require.NoError(t, err)
 	assert.Equal(t, os.FileMode(0o640), st.Mode().Perm())
+}
+
+// A single frame on disk (what compress_tensor returns) decompresses to its
+// raw bytes; a noise file is stored verbatim rather than grown by a frame.
+func TestFrameFileAndNoise(t *testing.T) {
+	dir := t.TempDir()
+	raw := make([]byte, 4000)
+	for i := range raw {
+		raw[i] = byte(i % 7)
+	}
+	bound, err := frame.Bound(uint64(len(raw)), dtype.F32, 1, 0)
+	require.NoError(t, err)
+	blob := make([]byte, bound)
+	n, err := frame.Encode(blob, raw, dtype.F32, []uint64{1000}, frame.Options{})
+	require.NoError(t, err)
+	fp := filepath.Join(dir, "t.tpdf")
+	require.NoError(t, os.WriteFile(fp, blob[:n], 0o644))
+	require.NoError(t, DecompressFile(fp, filepath.Join(dir, "t.raw"), Options{}))
+	got, err := os.ReadFile(filepath.Join(dir, "t.raw"))
+	require.NoError(t, err)
+	assert.Equal(t, raw, got)
+
+	noise := make([]byte, 100000)
+	rand.New(rand.NewSource(9)).Read(noise)
+	np := filepath.Join(dir, "noise.bin")
+	require.NoError(t, os.WriteFile(np, noise, 0o644))
+	require.NoError(t, CompressFile(np, np+".tpde", Options{}))
+	st, err := os.Stat(np + ".tpde")
+	require.NoError(t, err)
+	assert.LessOrEqual(t, st.Size(), int64(len(noise)+headerLen+tableLen(1)))
 }

@@ -71,11 +71,18 @@ func plan(data []byte) (Source, []planned) {
 			return SourceSafetensors, segs
 		}
 	}
-	if n == 0 {
-		return SourceBytes, nil
+	// Cut other files into pieces so that memory stays bounded and progress
+	// moves on a large file.
+	var segs []planned
+	for b := uint64(0); b < n; b += bytesSegment {
+		e := min(b+bytesSegment, n)
+		segs = append(segs, planned{kind: SegFrame, begin: b, end: e, dt: dtype.U8, shape: []uint64{e - b}})
 	}
-	return SourceBytes, []planned{{kind: SegFrame, begin: 0, end: n, dt: dtype.U8, shape: []uint64{n}}}
+	return SourceBytes, segs
 }
+
+// bytesSegment is the piece size for files without tensor structure.
+const bytesSegment = 64 << 20
 
 // CompressFile compresses the file at src into a tpde file at dst, written
 // atomically. The source is memory-mapped, never read into memory whole.
@@ -132,6 +139,11 @@ func CompressFile(src, dst string, opt Options) (err error) {
 				return fmt.Errorf("segment %d (bytes %d-%d): %w", i, p.begin, p.end, err)
 			}
 			stored = buf[:n]
+			if len(stored) >= len(orig) {
+				// Noise, or a tensor too small to carry a frame header:
+				// verbatim is smaller.
+				kind, stored = SegStored, orig
+			}
 		}
 		segs[i] = Segment{Kind: kind, CRC: crc(stored), OrigLen: uint64(len(orig)), StoredLen: uint64(len(stored))}
 		if _, err := out.Write(stored); err != nil {
@@ -171,7 +183,7 @@ func DecompressFile(src, dst string, opt Options) error {
 		return err
 	}
 	defer unmap()
-	h, err := Parse(data)
+	h, err := parseFileOrFrame(data)
 	if err != nil {
 		return err
 	}
@@ -216,6 +228,24 @@ func DecompressFile(src, dst string, opt Options) error {
 		report(s.OrigLen)
 	}
 	return out.commit()
+}
+
+// parseFileOrFrame accepts a tpde file, or a single frame (what
+// compress_tensor returns, saved to disk), which decodes to its raw bytes.
+func parseFileOrFrame(data []byte) (*Header, error) {
+	if len(data) < 4 || [4]byte(data[:4]) != frame.Magic {
+		return Parse(data)
+	}
+	fh, err := frame.Parse(data)
+	if err != nil {
+		return nil, err
+	}
+	if fh.FrameLen != uint64(len(data)) {
+		return nil, corrupt("%d bytes after the end of the frame", uint64(len(data))-fh.FrameLen)
+	}
+	return &Header{VersionMajor: fh.VersionMajor, VersionMinor: fh.VersionMinor, Source: SourceBytes,
+		OrigSize: fh.RawSize, FileLen: fh.FrameLen,
+		Segments: []Segment{{Kind: SegFrame, CRC: crc(data), OrigLen: fh.RawSize, StoredLen: fh.FrameLen}}}, nil
 }
 
 func unzstdTo(stored []byte, s Segment, out *os.File) error {

@@ -20,7 +20,7 @@ type SegmentInfo struct {
 	StoredSize   uint64   `json:"stored_size"`
 	Name         string   `json:"name,omitempty"`
 	DType        string   `json:"dtype,omitempty"`
-	Shape        []uint64 `json:"shape,omitempty"`
+	Shape        []uint64 `json:"shape"` // [] for a scalar; null for a verbatim segment
 	Chunks       int      `json:"chunks,omitempty"`
 	// Methods counts the streams coded by each method across the frame.
 	Methods map[string]int `json:"methods,omitempty"`
@@ -81,7 +81,7 @@ func Info(path string) (*FileInfo, error) {
 	}
 	fi := &FileInfo{Format: "file", Version: fmt.Sprintf("%d.%d", h.VersionMajor, h.VersionMinor),
 		Source: h.Source.String(), OriginalSize: h.OrigSize, CompressedSize: h.FileLen}
-	var names map[uint64]string
+	var tensors map[uint64]safetensors.Tensor
 	for i, s := range h.Segments {
 		stored := data[s.StoredOff : s.StoredOff+s.StoredLen]
 		if got := crc(stored); got != s.CRC {
@@ -92,10 +92,13 @@ func Info(path string) (*FileInfo, error) {
 		case SegStored, SegZstd:
 			si = SegmentInfo{Kind: map[SegKind]string{SegStored: "stored", SegZstd: "zstd"}[s.Kind]}
 			if i == 0 && h.Source == SourceSafetensors {
-				if names, err = tensorNames(stored, s, h.OrigSize); err != nil {
+				if tensors, err = tensorsByOffset(stored, s, h.OrigSize); err != nil {
 					return nil, err
 				}
 				si.Name = "safetensors header"
+			} else if t, ok := tensors[s.OrigOff]; ok {
+				// A tensor kept verbatim (too small, or noise).
+				si.Name, si.DType, si.Shape = t.Name, t.DType, t.Shape
 			}
 		case SegFrame:
 			fh, err := frame.Parse(stored)
@@ -103,7 +106,9 @@ func Info(path string) (*FileInfo, error) {
 				return nil, fmt.Errorf("segment %d: %w", i, err)
 			}
 			si = frameInfo(fh)
-			si.Name = names[s.OrigOff]
+			if t, ok := tensors[s.OrigOff]; ok {
+				si.Name, si.DType, si.Shape = t.Name, t.DType, t.Shape
+			}
 		}
 		si.OriginalSize, si.StoredSize = s.OrigLen, s.StoredLen
 		fi.Segments = append(fi.Segments, si)
@@ -111,9 +116,9 @@ func Info(path string) (*FileInfo, error) {
 	return fi, nil
 }
 
-// tensorNames decodes a safetensors header segment and maps each tensor's
-// file offset to its name.
-func tensorNames(stored []byte, s Segment, fileSize uint64) (map[uint64]string, error) {
+// tensorsByOffset decodes a safetensors header segment and maps each
+// non-empty tensor's file offset to its entry.
+func tensorsByOffset(stored []byte, s Segment, fileSize uint64) (map[uint64]safetensors.Tensor, error) {
 	hdr := stored
 	if s.Kind == SegZstd {
 		dec, err := zstd.NewReader(bytes.NewReader(stored), zstd.WithDecoderConcurrency(1),
@@ -131,11 +136,11 @@ func tensorNames(stored []byte, s Segment, fileSize uint64) (map[uint64]string, 
 	if err != nil {
 		return nil, err
 	}
-	names := make(map[uint64]string, len(st.Tensors))
+	byOff := make(map[uint64]safetensors.Tensor, len(st.Tensors))
 	for _, t := range st.Tensors {
 		if t.End > t.Begin {
-			names[t.Begin] = t.Name
+			byOff[t.Begin] = t
 		}
 	}
-	return names, nil
+	return byOff, nil
 }

@@ -9,12 +9,13 @@ import (
 
 var defaultThreads atomic.Int32
 
+// MaxThreads caps any requested thread count.
+const MaxThreads = 1024
+
 // SetDefaultThreads sets the thread count used when a caller passes 0.
 // n <= 0 restores the default, the number of CPUs.
 func SetDefaultThreads(n int) {
-	if n < 0 {
-		n = 0
-	}
+	n = max(0, min(n, MaxThreads))
 	defaultThreads.Store(int32(n))
 }
 
@@ -22,7 +23,8 @@ func SetDefaultThreads(n int) {
 // the process default.
 func Threads(n int) int {
 	if n > 0 {
-		return n
+		// More goroutines than this only costs memory (one scratch each).
+		return min(n, MaxThreads)
 	}
 	if d := int(defaultThreads.Load()); d > 0 {
 		return d
