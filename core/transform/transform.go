@@ -57,7 +57,7 @@ func Split(k Kind, w int, src []byte, planes [][]byte) {
 		split2(rot, src[:2*n], planes[0][:n], planes[1][:n])
 	case 4:
 		p0, p1, p2, p3 := planes[0][:n], planes[1][:n], planes[2][:n], planes[3][:n]
-		for i := range p0 {
+		for i := vectorSplit4(rot, src[:4*n], p0, p1, p2, p3); i < n; i++ {
 			v := binary.LittleEndian.Uint32(src[4*i:])
 			if rot {
 				v = bits.RotateLeft32(v, 1)
@@ -94,7 +94,7 @@ func Merge(k Kind, w int, planes [][]byte, dst []byte) {
 	case 4:
 		p0, p1, p2, p3 := planes[0][:n], planes[1][:n], planes[2][:n], planes[3][:n]
 		dst = dst[:4*len(p0)]
-		for i := range p0 {
+		for i := vectorMerge4(rot, p0, p1, p2, p3, dst); i < n; i++ {
 			v := uint32(p0[i])<<24 | uint32(p1[i])<<16 | uint32(p2[i])<<8 | uint32(p3[i])
 			if rot {
 				v = bits.RotateLeft32(v, -1)
