@@ -277,8 +277,12 @@ func (e *Encoder) repetitive(src []byte) bool {
 		e.seen = [len(e.seen)]seenSlot{}
 		e.gen = 1
 	}
+	// 2048 samples (the first 64 KiB) tell repetitive from not; scanning
+	// further only costs time on every exponent plane.
+	const maxSamples = 2048
+	end := min(len(src), maxSamples*stride)
 	samples, hits := 0, 0
-	for i := 0; i+window <= len(src); i += stride {
+	for i := 0; i+window <= end; i += stride {
 		v := binary.LittleEndian.Uint64(src[i:])
 		slot := &e.seen[(v*0x9E3779B97F4A7C15)>>(64-seenBits)]
 		if slot.gen == e.gen && slot.v == v {

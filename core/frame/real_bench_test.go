@@ -62,6 +62,7 @@ func benchReal(b *testing.B, threads int, decode bool) {
 		}
 	}
 	b.ReportMetric(float64(total)/float64(packed), "ratio")
+	b.ReportMetric(float64(packed), "packed-bytes")
 }
 
 func BenchmarkRealEncode1(b *testing.B) { benchReal(b, 1, false) }
