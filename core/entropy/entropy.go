@@ -159,7 +159,16 @@ var clog2cTable = func() (t [clog2cTableLen]float64) {
 // Encoder codes streams. The zero value is not usable; call NewEncoder.
 type Encoder struct {
 	Effort Effort
-	huff   huff0.Scratch
+	// MatchBits, if > 0, replaces MatchEntropyBits as the sampled entropy
+	// under which Balanced tries zstd. The zero value keeps the keyframe
+	// behaviour.
+	MatchBits float64
+	// ZstdOnlyBits, if > 0: a stream whose sampled entropy is under it is
+	// not tried with huff0 when zstd will be tried (huff0 cannot code a
+	// byte in less than one bit, so on such streams it cannot win). The
+	// zero value keeps the keyframe behaviour.
+	ZstdOnlyBits float64
+	huff         huff0.Scratch
 	hist   [256]uint32
 	seen   [1 << seenBits]seenSlot
 	gen    uint32
@@ -180,7 +189,14 @@ func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
 	}
 	bitsPerByte := e.sampledEntropy(src)
 	best, bestOut := Raw, src
-	if len(src) <= huff0.BlockSizeMax && (e.Effort == Max || huffmanMayPay(len(src), bitsPerByte)) {
+	withZstd := e.tryZstd(src, bitsPerByte)
+	zstdOnly := withZstd && e.ZstdOnlyBits > 0 && bitsPerByte < e.ZstdOnlyBits && e.Effort != Max
+	if zstdOnly && bitsPerByte == 0 && allEqual(src) {
+		return RLE, append(dst, src[0])
+	}
+	if zstdOnly {
+		// Straight to zstd below.
+	} else if len(src) <= huff0.BlockSizeMax && (e.Effort == Max || huffmanMayPay(len(src), bitsPerByte)) {
 		out, _, err := huff0.Compress4X(src, &e.huff)
 		switch {
 		case err == nil && len(out) < len(bestOut):
@@ -192,7 +208,7 @@ func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
 	} else if bitsPerByte == 0 && allEqual(src) {
 		return RLE, append(dst, src[0])
 	}
-	if e.tryZstd(src, bitsPerByte) {
+	if withZstd {
 		// zstd output is built in dst's spare capacity and compared there.
 		start := len(dst)
 		out := sharedZstdEnc.EncodeAll(src, dst[start:start])
@@ -243,15 +259,36 @@ func (e *Encoder) sampledEntropy(src []byte) float64 {
 	if len(src) < 1<<13 {
 		step = 1
 	}
-	for i := range e.hist {
-		e.hist[i] = 0
-	}
+	// sum of c*log2(c) over the histogram, kept up to date per sample so
+	// that no pass over all 256 bins is needed: on the planes of a small
+	// tensor that pass cost more than the counting.
+	h := &e.hist
+	var sum float64
 	n := 0
 	for i := 0; i < len(src); i += step {
-		e.hist[src[i]]++
+		c := h[src[i]]
+		h[src[i]] = c + 1
+		if c+1 < clog2cTableLen {
+			sum += clog2cTable[c+1] - clog2cTable[c]
+		} else {
+			f := float64(c + 1)
+			sum += f*math.Log2(f) - float64(c)*math.Log2(float64(c))
+		}
 		n++
 	}
-	return EntropyBits(&e.hist) / float64(n)
+	if n < len(h) {
+		for i := 0; i < len(src); i += step {
+			h[src[i]] = 0
+		}
+	} else {
+		*h = [256]uint32{}
+	}
+	nf := float64(n)
+	bits := nf*math.Log2(nf) - sum
+	if bits < 0 { // rounding on a single-symbol stream
+		bits = 0
+	}
+	return bits / nf
 }
 
 func (e *Encoder) tryZstd(src []byte, bitsPerByte float64) bool {
@@ -261,7 +298,11 @@ func (e *Encoder) tryZstd(src []byte, bitsPerByte float64) bool {
 	case Max:
 		return true
 	}
-	return bitsPerByte < MatchEntropyBits || e.repetitive(src)
+	match := MatchEntropyBits
+	if e.MatchBits > 0 {
+		match = e.MatchBits
+	}
+	return bitsPerByte < match || e.repetitive(src)
 }
 
 // repetitive samples 8-byte windows at a stride and reports whether enough

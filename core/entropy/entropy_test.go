@@ -138,3 +138,24 @@ func BenchmarkDecodeSkewed(b *testing.B) {
 		_ = d.Decode(m, enc, dst)
 	}
 }
+
+func TestSampledEntropyMatchesHistogram(t *testing.T) {
+	r := rand.New(rand.NewSource(5))
+	e := NewEncoder(Balanced)
+	for _, n := range []int{1, 7, 255, 256, 1000, 8191, 8192, 100000} {
+		src := skewed(r, n)
+		got := e.sampledEntropy(src)
+		var h [256]uint32
+		step := 8
+		if n < 1<<13 {
+			step = 1
+		}
+		m := 0
+		for i := 0; i < n; i += step {
+			h[src[i]]++
+			m++
+		}
+		assert.InDelta(t, EntropyBits(&h)/float64(m), got, 1e-9, "n=%d", n)
+		assert.Equal(t, [256]uint32{}, e.hist, "histogram left clean, n=%d", n)
+	}
+}

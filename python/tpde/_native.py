@@ -1,9 +1,10 @@
 """ctypes binding of libtpde (include/tpde.h), loaded on first use.
 
 The library is looked up in $TPDE_LIBRARY, else as libtpde.so beside this
-file. Functions are called through :func:`call`, which passes a fresh error
-buffer per call (the ABI writes messages there, so concurrent calls never
-share one) and turns a non-zero status into the matching exception.
+file. Functions are called through :func:`call`, which passes the calling
+thread's error buffer (the ABI writes messages there, so concurrent calls on
+other threads never share one) and turns a non-zero status into the matching
+exception.
 ctypes.CDLL releases the GIL for the duration of each foreign call.
 """
 
@@ -139,14 +140,27 @@ def error_for(status: int, message: bytes, what: str) -> TPDEError:
     return cls(text)
 
 
+_local = threading.local()
+
+
+def _errbuf() -> ctypes.Array:
+    # One buffer per thread: a thread makes one call at a time, so the
+    # message read after a call is that call's, and hot paths do not
+    # allocate a buffer per call.
+    buf = getattr(_local, "err", None)
+    if buf is None:
+        buf = _local.err = ctypes.create_string_buffer(ERR_LEN)
+    return buf
+
+
 def call(name: str, *args: object, allow: tuple[int, ...] = ()) -> int:
-    """Call a status-returning function, appending a per-call error buffer.
+    """Call a status-returning function, appending this thread's error buffer.
 
     Raises the mapped exception unless the status is OK or listed in allow;
     returns the status.
     """
-    err = ctypes.create_string_buffer(ERR_LEN)
-    rc = int(getattr(lib(), name)(*args, err, ERR_LEN))
+    err = _errbuf()
+    rc = getattr(_lib or lib(), name)(*args, err, ERR_LEN)
     if rc != OK and rc not in allow:
         raise error_for(rc, err.value, name)
     return rc

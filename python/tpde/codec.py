@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import json
 import mmap
 import os
@@ -105,11 +106,21 @@ class _Src:
         self.ptr, self.nbytes, self.code, self.shape, self.owner = ptr, nbytes, code, shape, owner
 
 
+_torch_codes: Dict[Any, int] = {}
+
+
 def _torch_code(torch: Any, dt: Any) -> int:
-    for code, name in enumerate(_TORCH):
-        if getattr(torch, name, None) == dt:
-            return code
-    raise InvalidArgumentError(f"unsupported tensor dtype {dt}")
+    # Built once: a scan of 15 getattr's per call was a visible share of the
+    # cost of compressing a small tensor.
+    if not _torch_codes:
+        for code, name in enumerate(_TORCH):
+            tdt = getattr(torch, name, None)
+            if tdt is not None:
+                _torch_codes[tdt] = code
+    code = _torch_codes.get(dt)
+    if code is None:
+        raise InvalidArgumentError(f"unsupported tensor dtype {dt}")
+    return code
 
 
 def _source(x: object) -> _Src:
@@ -123,12 +134,12 @@ def _source(x: object) -> _Src:
             raise InvalidArgumentError(f"unsupported tensor layout {x.layout}; convert with .to_dense()")
         if x.device.type == "meta":
             raise InvalidArgumentError("a meta tensor has no data")
-        t = x.detach()
+        t = x
         if t.device.type != "cpu":
-            t = t.cpu()
+            t = t.detach().cpu()
         if not t.is_contiguous():
-            t = t.contiguous()
-        return _Src(t.data_ptr(), t.numel() * t.element_size(), code, tuple(t.shape), t)
+            t = t.detach().contiguous()
+        return _Src(t.data_ptr(), t.nbytes, code, tuple(t.shape), t)
     np = sys.modules.get("numpy")
     if np is not None and isinstance(x, np.ndarray):
         a = x
@@ -183,20 +194,33 @@ def compress_tensor(
     if ndim > _MAX_NDIM:
         raise InvalidArgumentError(f"{ndim} dimensions exceed the limit of {_MAX_NDIM}")
     shape = (c_uint64 * max(ndim, 1))(*src.shape)
-    bound = c_uint64()
-    call("tpde_encode_bound", src.nbytes, code, ndim, ce, byref(bound))
+    bound = _encode_bound(src.nbytes, code, ndim, ce)
 
     def encode(dst: int, cap: int) -> int:
         n = c_uint64()
         call("tpde_encode", src.ptr, src.nbytes, code, shape, ndim, ce, _EFFORTS[effort], th, dst, cap, byref(n))
         return n.value
 
-    return _into_new_bytes(bound.value, encode)
+    return _into_new_bytes(bound, encode)
+
+
+@functools.lru_cache(maxsize=1024)
+def _encode_bound(nbytes: int, code: int, ndim: int, chunk_elems: int) -> int:
+    # Cached: checkpoints repeat shapes, and the bound depends on nothing else.
+    bound = c_uint64()
+    call("tpde_encode_bound", nbytes, code, ndim, chunk_elems, byref(bound))
+    return bound.value
 
 
 def _into_new_bytes(cap: int, fill: Callable[[int, int], int]) -> bytes:
     """Run fill(address, cap) on a fresh writable buffer; return its first n bytes."""
-    buf: Union[bytearray, mmap.mmap] = bytearray(cap) if cap <= _MMAP_MIN else mmap.mmap(-1, cap)
+    if cap <= _MMAP_MIN:
+        small = ctypes.create_string_buffer(cap)
+        n = fill(addressof(small), cap)
+        if n > cap:
+            raise InternalError(f"library reported {n} bytes written into a {cap}-byte buffer")
+        return ctypes.string_at(small, n)
+    buf = mmap.mmap(-1, cap)
     try:
         arr = (c_char * cap).from_buffer(buf)
         try:
@@ -205,17 +229,14 @@ def _into_new_bytes(cap: int, fill: Callable[[int, int], int]) -> bytes:
             del arr  # release the export so the mmap can close
         if n > cap:
             raise InternalError(f"library reported {n} bytes written into a {cap}-byte buffer")
-        if isinstance(buf, mmap.mmap):
-            # The encoder touched pages past n (each chunk is coded in its
-            # worst-case slot, then compacted); drop them before the copy.
-            tail = -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
-            if tail < cap and hasattr(buf, "madvise"):
-                buf.madvise(mmap.MADV_DONTNEED, tail, cap - tail)
-            return buf[:n]
-        return bytes(memoryview(buf)[:n])
+        # The encoder touched pages past n (each chunk is coded in its
+        # worst-case slot, then compacted); drop them before the copy.
+        tail = -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
+        if tail < cap and hasattr(buf, "madvise"):
+            buf.madvise(mmap.MADV_DONTNEED, tail, cap - tail)
+        return buf[:n]
     finally:
-        if isinstance(buf, mmap.mmap):
-            buf.close()
+        buf.close()
 
 
 # --- frames ---------------------------------------------------------------
@@ -300,30 +321,37 @@ def decompress_tensor(blob: Buffer, *, out: Any = None, like: str = "torch", thr
     th = _threads(threads)
     if out is None and like not in ("torch", "numpy"):
         raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
+    if isinstance(blob, bytes):
+        # The common case, without the context manager's cost.
+        return _decode(blob, len(blob), out, like, th)
     with _readable(blob) as (src, n):
-        info = _frame_info(src, n)
-        code, raw = info.dtype, info.raw_size
-        shape = tuple(int(d) for d in info.shape[: info.ndim])
-        if out is not None:
-            dst = _check_out(out, code, shape, raw)
-            result = out
-        elif like == "torch":
-            import torch
+        return _decode(src, n, out, like, th)
 
-            tdt = getattr(torch, _TORCH[code], None)
-            if tdt is None:
-                raise InvalidArgumentError(f"this torch has no {_TORCH[code]}; use like='numpy'")
-            result = torch.empty(shape, dtype=tdt)
-            dst = result.data_ptr()
-        else:
-            import numpy as np
 
-            result = np.empty(shape, dtype=np.dtype(_NUMPY[code]))
-            dst = result.ctypes.data
-        got = c_uint64()
-        call("tpde_decode", src, n, dst, raw, th, byref(got))
-        if got.value != raw:
-            raise InternalError(f"decoded {got.value} bytes, the frame header says {raw}")
+def _decode(src: object, n: int, out: Any, like: str, th: int) -> Any:
+    info = _frame_info(src, n)
+    code, raw = info.dtype, info.raw_size
+    shape = tuple(info.shape[: info.ndim])
+    if out is not None:
+        dst = _check_out(out, code, shape, raw)
+        result = out
+    elif like == "torch":
+        import torch
+
+        tdt = getattr(torch, _TORCH[code], None)
+        if tdt is None:
+            raise InvalidArgumentError(f"this torch has no {_TORCH[code]}; use like='numpy'")
+        result = torch.empty(shape, dtype=tdt)
+        dst = result.data_ptr()
+    else:
+        import numpy as np
+
+        result = np.empty(shape, dtype=np.dtype(_NUMPY[code]))
+        dst = result.ctypes.data
+    got = c_uint64()
+    call("tpde_decode", src, n, dst, raw, th, byref(got))
+    if got.value != raw:
+        raise InternalError(f"decoded {got.value} bytes, the frame header says {raw}")
     return result
 
 
