@@ -63,10 +63,6 @@ _BY_NAME.update({name: i for i, name in enumerate(_TORCH)})
 
 _EFFORTS = {"balanced": 0, "fast": 1, "max": 2}
 _MAX_NDIM = _native.MAX_NDIM
-# Outputs larger than this are staged in an anonymous mmap rather than a
-# bytearray: its pages are only touched where the encoder writes, so a large
-# compressible tensor does not cost a second tensor-sized allocation.
-_MMAP_MIN = 1 << 20
 # Initial tpde_file_info buffer; grown to the reported size when too small.
 _INFO_CAP = 1 << 14
 _POLL_S = 0.1
@@ -212,17 +208,27 @@ def _encode_bound(nbytes: int, code: int, ndim: int, chunk_elems: int) -> int:
     return bound.value
 
 
+_scratch = threading.local()
+# Per-thread encode buffers up to this size are kept for reuse: the encoder
+# writes each chunk into its worst-case slot, so a fresh buffer costs a page
+# fault and a zero-fill per page on every call. Larger ones are mmapped per
+# call and their unused pages dropped, so a huge tensor is not held on to.
+_KEEP_MAX = 64 << 20
+
+
 def _into_new_bytes(cap: int, fill: Callable[[int, int], int]) -> bytes:
-    """Run fill(address, cap) on a fresh writable buffer; return its first n bytes."""
-    if cap <= _MMAP_MIN:
-        small = ctypes.create_string_buffer(cap)
-        n = fill(addressof(small), cap)
+    """Run fill(address, cap) on a writable buffer; return its first n bytes as bytes."""
+    if cap <= _KEEP_MAX:
+        buf = getattr(_scratch, "buf", None)
+        if buf is None or len(buf) < cap:
+            buf = _scratch.buf = ctypes.create_string_buffer(max(cap, 1 << 16))
+        n = fill(addressof(buf), cap)
         if n > cap:
             raise InternalError(f"library reported {n} bytes written into a {cap}-byte buffer")
-        return ctypes.string_at(small, n)
-    buf = mmap.mmap(-1, cap)
+        return ctypes.string_at(buf, n)
+    big = mmap.mmap(-1, cap)
     try:
-        arr = (c_char * cap).from_buffer(buf)
+        arr = (c_char * cap).from_buffer(big)
         try:
             n = fill(addressof(arr), cap)
         finally:
@@ -232,11 +238,11 @@ def _into_new_bytes(cap: int, fill: Callable[[int, int], int]) -> bytes:
         # The encoder touched pages past n (each chunk is coded in its
         # worst-case slot, then compacted); drop them before the copy.
         tail = -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
-        if tail < cap and hasattr(buf, "madvise"):
-            buf.madvise(mmap.MADV_DONTNEED, tail, cap - tail)
-        return buf[:n]
+        if tail < cap and hasattr(big, "madvise"):
+            big.madvise(mmap.MADV_DONTNEED, tail, cap - tail)
+        return big[:n]
     finally:
-        buf.close()
+        big.close()
 
 
 # --- frames ---------------------------------------------------------------
