@@ -111,48 +111,63 @@ func CompressFile(src, dst string, opt Options) (err error) {
 	if _, err := out.Write(make([]byte, prefix)); err != nil {
 		return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
 	}
-	var buf []byte
 	var done uint64
-	for i, p := range plans {
-		orig := data[p.begin:p.end]
-		var stored []byte
-		kind := p.kind
-		switch p.kind {
-		case SegStored:
-			stored = orig
-		case SegZstd:
-			buf = zstdEncoder.EncodeAll(orig, buf[:0])
-			stored = buf
-			if len(stored) >= len(orig) {
-				kind, stored = SegStored, orig
-			}
-		case SegFrame:
-			bound, err := frame.Bound(uint64(len(orig)), p.dt, len(p.shape), opt.Frame.ChunkElems)
-			if err != nil {
-				return err
-			}
-			if uint64(cap(buf)) < bound {
-				buf = make([]byte, bound)
-			}
-			n, err := frame.Encode(buf[:bound], orig, p.dt, p.shape, opt.Frame)
-			if err != nil {
-				return fmt.Errorf("segment %d (bytes %d-%d): %w", i, p.begin, p.end, err)
-			}
-			stored = buf[:n]
-			if len(stored) >= len(orig) {
-				// Noise, or a tensor too small to carry a frame header:
-				// verbatim is smaller.
-				kind, stored = SegStored, orig
-			}
-		}
-		segs[i] = Segment{Kind: kind, CRC: crc(stored), OrigLen: uint64(len(orig)), StoredLen: uint64(len(stored))}
+	write := func(i int, kind SegKind, stored []byte) error {
+		p := plans[i]
+		segs[i] = Segment{Kind: kind, CRC: crc(stored), OrigLen: p.end - p.begin, StoredLen: uint64(len(stored))}
 		if _, err := out.Write(stored); err != nil {
 			return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
 		}
-		done += uint64(len(orig))
+		done += p.end - p.begin
 		if opt.Progress != nil {
 			opt.Progress(done)
 		}
+		return nil
+	}
+	threads := par.Threads(opt.Frame.Threads)
+	var big []byte // reused by large segments, which are coded one at a time
+	for i := 0; i < len(plans); {
+		if plans[i].end-plans[i].begin >= smallSegment {
+			kind, stored, err := encodeSegment(data, plans[i], opt.Frame, &big)
+			if err != nil {
+				return fmt.Errorf("segment %d: %w", i, err)
+			}
+			if err := write(i, kind, stored); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		// A run of small segments (biases, norms, small matrices) has too
+		// few chunks to keep cores busy one segment at a time, so the run
+		// is coded segment-parallel, one thread each, and written in order.
+		j, window := i, uint64(0)
+		for j < len(plans) && plans[j].end-plans[j].begin < smallSegment && window < smallWindow {
+			window += plans[j].end - plans[j].begin
+			j++
+		}
+		kinds := make([]SegKind, j-i)
+		stored := make([][]byte, j-i)
+		one := opt.Frame
+		one.Threads = 1
+		err := par.For(j-i, threads, func(_, k int) error {
+			var own []byte
+			var err error
+			kinds[k], stored[k], err = encodeSegment(data, plans[i+k], one, &own)
+			if err != nil {
+				return fmt.Errorf("segment %d: %w", i+k, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for k := range stored {
+			if err := write(i+k, kinds[k], stored[k]); err != nil {
+				return err
+			}
+		}
+		i = j
 	}
 	hdr := make([]byte, prefix)
 	putHeader(hdr, source, uint64(len(data)), segs)
@@ -160,6 +175,44 @@ func CompressFile(src, dst string, opt Options) (err error) {
 		return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
 	}
 	return out.commit()
+}
+
+// Segments under smallSegment bytes are coded several at a time, in runs of
+// up to smallWindow input bytes, which bounds the memory held for them.
+const (
+	smallSegment = 4 << 20
+	smallWindow  = 64 << 20
+)
+
+// encodeSegment stores one planned segment, using *buf for coded output
+// (grown as needed). A segment that coding cannot shrink is stored verbatim.
+func encodeSegment(data []byte, p planned, fopt frame.Options, buf *[]byte) (SegKind, []byte, error) {
+	orig := data[p.begin:p.end]
+	switch p.kind {
+	case SegZstd:
+		*buf = zstdEncoder.EncodeAll(orig, (*buf)[:0])
+		if len(*buf) < len(orig) {
+			return SegZstd, *buf, nil
+		}
+	case SegFrame:
+		bound, err := frame.Bound(uint64(len(orig)), p.dt, len(p.shape), fopt.ChunkElems)
+		if err != nil {
+			return 0, nil, err
+		}
+		if uint64(cap(*buf)) < bound {
+			*buf = make([]byte, bound)
+		}
+		n, err := frame.Encode((*buf)[:bound], orig, p.dt, p.shape, fopt)
+		if err != nil {
+			return 0, nil, fmt.Errorf("bytes %d-%d: %w", p.begin, p.end, err)
+		}
+		// Noise, or a tensor too small to carry a frame header, is kept
+		// verbatim instead.
+		if n < len(orig) {
+			return SegFrame, (*buf)[:n], nil
+		}
+	}
+	return SegStored, orig, nil
 }
 
 var zstdEncoder, _ = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBetterCompression), zstd.WithEncoderConcurrency(1))
@@ -202,7 +255,9 @@ func DecompressFile(src, dst string, opt Options) error {
 			opt.Progress(v)
 		}
 	}
-	for i, s := range h.Segments {
+	// One segment: verify its checksum, then write its original bytes.
+	restore := func(i, threads int) error {
+		s := h.Segments[i]
 		stored := data[s.StoredOff : s.StoredOff+s.StoredLen]
 		if got := crc(stored); got != s.CRC {
 			return corrupt("segment %d checksum mismatch (stored %08x, computed %08x)", i, s.CRC, got)
@@ -210,22 +265,41 @@ func DecompressFile(src, dst string, opt Options) error {
 		var err error
 		switch s.Kind {
 		case SegStored:
-			_, err = out.WriteAt(stored, int64(s.OrigOff))
-			if err != nil {
+			if _, err = out.WriteAt(stored, int64(s.OrigOff)); err != nil {
 				err = fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
 			}
 		case SegZstd:
 			err = unzstdTo(stored, s, out.File)
 		case SegFrame:
-			err = unframeTo(stored, s, out.File, opt.Frame.Threads, report)
-			if err == nil {
-				continue // progress reported per chunk
+			if err = unframeTo(stored, s, out.File, threads, report); err == nil {
+				return nil // progress reported per chunk
 			}
 		}
 		if err != nil {
 			return fmt.Errorf("segment %d: %w", i, err)
 		}
 		report(s.OrigLen)
+		return nil
+	}
+	threads := par.Threads(opt.Frame.Threads)
+	for i := 0; i < len(h.Segments); {
+		if h.Segments[i].OrigLen >= smallSegment {
+			if err := restore(i, threads); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		// As in CompressFile: runs of small segments go segment-parallel.
+		j, window := i, uint64(0)
+		for j < len(h.Segments) && h.Segments[j].OrigLen < smallSegment && window < smallWindow {
+			window += h.Segments[j].OrigLen
+			j++
+		}
+		if err := par.For(j-i, threads, func(_, k int) error { return restore(i+k, 1) }); err != nil {
+			return err
+		}
+		i = j
 	}
 	return out.commit()
 }
