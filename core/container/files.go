@@ -87,16 +87,11 @@ const bytesSegment = 64 << 20
 // CompressFile compresses the file at src into a tpde file at dst, written
 // atomically. The source is memory-mapped, never read into memory whole.
 func CompressFile(src, dst string, opt Options) (err error) {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("%w: %v", errs.IO, err)
-	}
-	defer in.Close()
-	data, unmap, err := mapFile(in)
+	data, release, err := openMapped(src)
 	if err != nil {
 		return err
 	}
-	defer unmap()
+	defer release()
 	out, err := createAtomic(dst)
 	if err != nil {
 		return err
@@ -226,16 +221,11 @@ const maxZstdWindow = 1 << 27
 // Memory stays bounded: chunks are decoded into per-worker buffers and
 // written at their offsets, so the output is never held in memory.
 func DecompressFile(src, dst string, opt Options) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("%w: %v", errs.IO, err)
-	}
-	defer in.Close()
-	data, unmap, err := mapFile(in)
+	data, release, err := openMapped(src)
 	if err != nil {
 		return err
 	}
-	defer unmap()
+	defer release()
 	h, err := parseFileOrFrame(data)
 	if err != nil {
 		return err

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/klauspost/compress/zstd"
 
@@ -54,16 +53,11 @@ func frameInfo(fh *frame.Header) SegmentInfo {
 // headers and tables (and the safetensors header, to name tensors) but does
 // not decode tensor data.
 func Info(path string) (*FileInfo, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", errs.IO, err)
-	}
-	defer f.Close()
-	data, unmap, err := mapFile(f)
+	data, release, err := openMapped(path)
 	if err != nil {
 		return nil, err
 	}
-	defer unmap()
+	defer release()
 	if len(data) >= 4 && [4]byte(data[:4]) == frame.Magic {
 		fh, err := frame.Parse(data)
 		if err != nil {

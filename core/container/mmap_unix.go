@@ -30,3 +30,17 @@ func mapFile(f *os.File) ([]byte, func(), error) {
 	}
 	return data, func() { _ = syscall.Munmap(data) }, nil
 }
+
+// openMapped opens and maps the file at path; release unmaps and closes it.
+func openMapped(path string) (data []byte, release func(), err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", errs.IO, err)
+	}
+	data, unmap, err := mapFile(f)
+	if err != nil {
+		_ = f.Close()
+		return nil, nil, err
+	}
+	return data, func() { unmap(); _ = f.Close() }, nil
+}
