@@ -33,6 +33,7 @@ import (
 	"unsafe"
 
 	"github.com/tpde/tpde/core/container"
+	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/entropy"
 	"github.com/tpde/tpde/core/errs"
@@ -61,6 +62,8 @@ func status(err error, cerr *C.char, cerrLen C.size_t) C.int {
 		C.tpde_write_err(cerr, cerrLen, nil, 0)
 	}
 	switch {
+	case errors.Is(err, errs.ReferenceMismatch):
+		return C.TPDE_E_REFERENCE
 	case errors.Is(err, errs.Invalid):
 		return C.TPDE_E_INVALID
 	case errors.Is(err, errs.Corrupt):
@@ -314,5 +317,250 @@ func tpde_file_info(path *C.char, out *C.char, capacity C.uint64_t, needed *C.ui
 	if uint64(len(js)) > uint64(capacity) {
 		return status(fmt.Errorf("%w: JSON is %d bytes, %d given", errs.BufferTooSmall, len(js), uint64(capacity)), cerr, cerrLen)
 	}
+	return C.TPDE_OK
+}
+
+// Delta frames (docs/FORMAT.md section 16).
+
+//export tpde_encode_delta_bound
+func tpde_encode_delta_bound(rawSize C.uint64_t, dt C.int32_t, ndim C.int32_t, chunkElems C.uint32_t,
+	bound *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	d, err := dtypeArg(dt)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	if bound == nil {
+		return status(fmt.Errorf("%w: bound is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	b, err := frame.DeltaBound(uint64(rawSize), d, int(ndim), uint32(chunkElems))
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*bound = C.uint64_t(b)
+	return C.TPDE_OK
+}
+
+// optionalBytes is bytesAt for an argument that may be NULL (nil result).
+func optionalBytes(p unsafe.Pointer, n C.uint64_t, what string) ([]byte, error) {
+	if p == nil && n == 0 {
+		return nil, nil
+	}
+	return bytesAt(p, n, what)
+}
+
+const (
+	deltaDenseOnly   = 1
+	deltaSparseOnly  = 2
+	deltaNoContext   = 4
+	deltaFullContext = 8
+	deltaFlagsKnown  = deltaDenseOnly | deltaSparseOnly | deltaNoContext | deltaFullContext
+)
+
+// deltaOptions turns tpde_encode_delta's arguments into options.
+func deltaOptions(kind C.int32_t, threshold C.double, quantBits C.int32_t, flags C.uint32_t,
+	chunkElems C.uint32_t, effort C.int32_t, nthreads C.int32_t) (frame.DeltaOptions, error) {
+	opt := frame.DeltaOptions{ChunkElems: uint32(chunkElems), Threads: int(nthreads),
+		Threshold: float64(threshold), QuantBits: int(quantBits)}
+	switch {
+	case kind == C.TPDE_RESIDUAL_AUTO:
+		opt.Residual = delta.Auto
+	case kind >= 0 && kind <= C.int32_t(delta.MaxKind):
+		opt.Residual = delta.Kind(kind)
+	default:
+		return opt, fmt.Errorf("%w: residual kind %d", errs.Invalid, int32(kind))
+	}
+	if effort < 0 || effort > C.int32_t(entropy.Max) {
+		return opt, fmt.Errorf("%w: effort %d", errs.Invalid, int32(effort))
+	}
+	opt.Effort = entropy.Effort(effort)
+	f := uint32(flags)
+	if f&^deltaFlagsKnown != 0 || f&(deltaDenseOnly|deltaSparseOnly) == deltaDenseOnly|deltaSparseOnly ||
+		f&(deltaNoContext|deltaFullContext) == deltaNoContext|deltaFullContext {
+		return opt, fmt.Errorf("%w: delta flags %#x", errs.Invalid, f)
+	}
+	switch {
+	case f&deltaDenseOnly != 0:
+		opt.Sparse = delta.SparseNever
+	case f&deltaSparseOnly != 0:
+		opt.Sparse = delta.SparseAlways
+	}
+	switch {
+	case f&deltaNoContext != 0:
+		opt.Context = delta.ContextOff
+	case f&deltaFullContext != 0:
+		opt.Context = delta.ContextOn
+	}
+	return opt, nil
+}
+
+//export tpde_encode_delta
+func tpde_encode_delta(src unsafe.Pointer, srcLen C.uint64_t, ref unsafe.Pointer, refLen C.uint64_t,
+	ref2 unsafe.Pointer, ref2Len C.uint64_t, dt C.int32_t, shape *C.uint64_t, ndim C.int32_t,
+	residualKind C.int32_t, threshold C.double, quantBits C.int32_t, flags C.uint32_t,
+	chunkElems C.uint32_t, effort C.int32_t, nthreads C.int32_t,
+	dst unsafe.Pointer, dstCap C.uint64_t, outLen *C.uint64_t, recon unsafe.Pointer, reconCap C.uint64_t,
+	cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	d, err := dtypeArg(dt)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	if ndim < 0 || ndim > frame.MaxNDim || (ndim > 0 && shape == nil) || outLen == nil {
+		return status(fmt.Errorf("%w: ndim %d with shape %p, out_len %p", errs.Invalid, int32(ndim), shape, outLen), cerr, cerrLen)
+	}
+	opt, err := deltaOptions(residualKind, threshold, quantBits, flags, chunkElems, effort, nthreads)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	in, err := bytesAt(src, srcLen, "src")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	r, err := bytesAt(ref, refLen, "ref")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	r2, err := optionalBytes(ref2, ref2Len, "ref2")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	out, err := bytesAt(dst, dstCap, "dst")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	if recon != nil {
+		if reconCap < srcLen {
+			return status(fmt.Errorf("%w: recon holds %d bytes, %d needed", errs.BufferTooSmall, uint64(reconCap), uint64(srcLen)), cerr, cerrLen)
+		}
+		if opt.Recon, err = bytesAt(recon, srcLen, "recon"); err != nil {
+			return status(err, cerr, cerrLen)
+		}
+	}
+	dims := make([]uint64, int(ndim))
+	if ndim > 0 {
+		copy(dims, unsafe.Slice((*uint64)(unsafe.Pointer(shape)), int(ndim)))
+	}
+	res, err := frame.EncodeDelta(out, in, r, r2, d, dims, opt)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*outLen = C.uint64_t(res.Len)
+	return C.TPDE_OK
+}
+
+//export tpde_decode_delta
+func tpde_decode_delta(src unsafe.Pointer, srcLen C.uint64_t, ref unsafe.Pointer, refLen C.uint64_t,
+	ref2 unsafe.Pointer, ref2Len C.uint64_t, dst unsafe.Pointer, dstCap C.uint64_t, nthreads C.int32_t,
+	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	if outLen == nil {
+		return status(fmt.Errorf("%w: out_len is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	in, err := bytesAt(src, srcLen, "src")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	r, err := optionalBytes(ref, refLen, "ref")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	r2, err := optionalBytes(ref2, ref2Len, "ref2")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	out, err := bytesAt(dst, dstCap, "dst")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	h, err := frame.DecodeDelta(in, r, r2, out, int(nthreads))
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*outLen = C.uint64_t(h.RawSize)
+	return C.TPDE_OK
+}
+
+//export tpde_inspect_delta
+func tpde_inspect_delta(src unsafe.Pointer, srcLen C.uint64_t, info *C.tpde_delta_info, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	if info == nil {
+		return status(fmt.Errorf("%w: info is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	in, err := bytesAt(src, srcLen, "src")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	h, err := frame.ParseAny(in)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*info = C.tpde_delta_info{}
+	fi := &info.frame
+	fi.version_major = C.uint8_t(h.VersionMajor)
+	fi.version_minor = C.uint8_t(h.VersionMinor)
+	fi.kind = C.uint8_t(h.Kind)
+	fi.dtype = C.uint8_t(h.DType)
+	fi.ndim = C.uint32_t(len(h.Shape))
+	for i, d := range h.Shape {
+		fi.shape[i] = C.uint64_t(d)
+	}
+	fi.raw_size = C.uint64_t(h.RawSize)
+	fi.frame_size = C.uint64_t(h.FrameLen)
+	fi.chunk_elems = C.uint32_t(h.ChunkElems)
+	fi.nchunks = C.uint32_t(h.NChunks)
+	info.residual_kind = -1
+	di := h.Delta
+	if di == nil {
+		return C.TPDE_OK
+	}
+	info.residual_kind = C.int32_t(di.Residual)
+	if di.Identical {
+		info.identical = 1
+	}
+	if di.Lossy {
+		info.lossy = 1
+		info.bound = C.double(di.Bound)
+		info.max_error = C.double(di.MaxErr)
+	}
+	info.quant_bits = C.int32_t(di.QuantBits)
+	info.ref_crc = C.uint32_t(di.RefCRC)
+	info.ref2_crc = C.uint32_t(di.Ref2CRC)
+	if di.NeedsRef2() {
+		info.needs_ref2 = 1
+	}
+	info.changed_elems = C.uint64_t(di.Changed)
+	info.sparsity = C.double(h.Sparsity())
+	info.chunks_copy = C.uint32_t(di.Modes[delta.Copy])
+	info.chunks_dense = C.uint32_t(di.Modes[delta.Dense] + di.Modes[delta.DenseQ])
+	info.chunks_sparse = C.uint32_t(di.Modes[delta.Sparse] + di.Modes[delta.SparseQ])
+	info.chunks_quantized = C.uint32_t(di.Modes[delta.DenseQ] + di.Modes[delta.SparseQ])
+	return C.TPDE_OK
+}
+
+//export tpde_delta_threshold
+func tpde_delta_threshold(src, ref unsafe.Pointer, n C.uint64_t, dt C.int32_t, percentile C.double,
+	threshold *C.double, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen)
+	d, err := dtypeArg(dt)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	if threshold == nil {
+		return status(fmt.Errorf("%w: threshold is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	a, err := bytesAt(src, n, "src")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	b, err := bytesAt(ref, n, "ref")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	t, err := delta.PercentileThreshold(d, a, b, float64(percentile))
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*threshold = C.double(t)
 	return C.TPDE_OK
 }

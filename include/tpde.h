@@ -45,6 +45,8 @@ extern "C" {
 #define TPDE_E_BUFFER_TOO_SMALL 4 /* output buffer too small; see the bound functions */
 #define TPDE_E_IO 5               /* the operating system refused a file operation */
 #define TPDE_E_INTERNAL 6         /* a bug in libtpde; the message says where */
+#define TPDE_E_REFERENCE 7        /* a delta frame was given a reference tensor other than the one it
+                                     was encoded against (wrong size or checksum), or none */
 
 /* Element types. The codes are stored in frames and never change meaning. */
 #define TPDE_BOOL 0
@@ -74,7 +76,7 @@ extern "C" {
 typedef struct tpde_frame_info {
     uint8_t version_major;
     uint8_t version_minor;
-    uint8_t kind;  /* 0: keyframe */
+    uint8_t kind;  /* 0: keyframe, 1: delta frame (see tpde_inspect_delta) */
     uint8_t dtype; /* TPDE_* dtype code */
     uint32_t ndim;
     uint64_t shape[TPDE_MAX_NDIM];
@@ -83,6 +85,45 @@ typedef struct tpde_frame_info {
     uint32_t chunk_elems;
     uint32_t nchunks;
 } tpde_frame_info;
+
+/* Delta frames (frame kind 1, docs/FORMAT.md section 16): a tensor coded
+ * against a reference tensor of the same dtype and shape. Residual kinds: */
+#define TPDE_RESIDUAL_AUTO -1 /* tpde_encode_delta picks from a sample (PRED only given ref2) */
+#define TPDE_RESIDUAL_XOR 0   /* cur ^ ref, on bit patterns */
+#define TPDE_RESIDUAL_DIFF 1  /* zigzag(cur - ref), bit patterns as integers, wrapping */
+#define TPDE_RESIDUAL_PRED 2  /* zigzag(cur - (ref + (ref - ref2) / 2)), needs ref2 */
+
+/* Flags of tpde_encode_delta. With none (0) the encoder chooses per chunk
+ * between the dense and the sparse coding, whichever is smaller, and, at
+ * TPDE_EFFORT_MAX only, how many exponent contexts to use (they make some
+ * frames ~18% smaller but encoding and decoding several times slower). */
+#define TPDE_DELTA_DENSE_ONLY 1u   /* never the sparse coding */
+#define TPDE_DELTA_SPARSE_ONLY 2u  /* the sparse coding ("elias_delta_zstd": positions of the changed
+                                      elements, then their residuals) for every changed chunk */
+#define TPDE_DELTA_NO_CONTEXT 4u   /* one context: no grouping by the reference's exponent */
+#define TPDE_DELTA_FULL_CONTEXT 8u /* always 16 exponent contexts (float dtypes) */
+
+/* What tpde_inspect_delta reports about a frame of either kind. */
+typedef struct tpde_delta_info {
+    tpde_frame_info frame;   /* as tpde_inspect fills it; frame.kind is 0 or 1 */
+    int32_t residual_kind;   /* TPDE_RESIDUAL_XOR/DIFF/PRED; -1 for a keyframe */
+    uint32_t identical;      /* 1: every residual is zero (a header-only frame) */
+    uint32_t lossy;          /* 1: elements are within `bound` of the input, not exact */
+    int32_t quant_bits;      /* 0, 8 or 4 */
+    uint32_t ref_crc;        /* CRC32C of the reference's bytes */
+    uint32_t ref2_crc;       /* CRC32C of the second reference's (when needs_ref2) */
+    uint32_t needs_ref2;     /* 1: decoding needs the second reference too */
+    uint32_t reserved;
+    double bound;            /* lossy: the error bound (the threshold); 0 when lossless */
+    double max_error;        /* lossy: the largest |input - decoded| the encoder measured */
+    uint64_t changed_elems;  /* elements whose residual is not zero */
+    double sparsity;         /* percent of elements whose residual is zero (100 for an identical
+                                or empty tensor; 0 for a keyframe) */
+    uint32_t chunks_copy;    /* chunks equal to the reference */
+    uint32_t chunks_dense;   /* chunks coded densely (exact or quantized) */
+    uint32_t chunks_sparse;  /* chunks coded sparsely (exact or quantized) */
+    uint32_t chunks_quantized; /* of the dense and sparse chunks, those quantized */
+} tpde_delta_info;
 
 #ifndef TPDE_NO_PROTOTYPES
 
@@ -147,6 +188,70 @@ int tpde_decompress_file(const char *src_path, const char *dst_path, int32_t nth
  * TPDE_E_BUFFER_TOO_SMALL). */
 int tpde_file_info(const char *path, char *json, uint64_t cap, uint64_t *needed, char *err,
                    size_t err_len);
+
+/* Largest frame tpde_encode_delta can write for raw_size bytes of dtype with
+ * ndim dimensions (chunk_elems 0: the default). tpde_encode_bound does not
+ * bound delta frames. */
+int tpde_encode_delta_bound(uint64_t raw_size, int32_t dtype, int32_t ndim, uint32_t chunk_elems,
+                            uint64_t *bound, char *err, size_t err_len);
+
+/* Code one tensor as a delta frame against a reference. src and ref (and
+ * ref2, which may be NULL unless residual_kind is TPDE_RESIDUAL_PRED; with
+ * TPDE_RESIDUAL_AUTO a given ref2 makes prediction a candidate) hold
+ * src_len bytes each: the product of shape[0..ndim) elements of dtype; the
+ * caller vouches that the references have that dtype and shape. The frame
+ * records the references' CRC32C so that decoding with another reference
+ * fails (TPDE_E_REFERENCE).
+ *
+ * threshold 0 is lossless (the default everywhere). threshold > 0 (float
+ * dtypes only, else TPDE_E_INVALID) makes the frame lossy: an element within
+ * threshold of its reference element (|cur - ref| as real numbers) is
+ * replaced by it, so every decoded element is within threshold of src.
+ * quant_bits 8 or 4 (with threshold > 0; F16, BF16, F32, F64) additionally
+ * quantizes the other residuals to int8/int4 codes of a per-chunk scale,
+ * keeping the same bound (elements it cannot keep within it stay exact).
+ * NaNs and infinities are never approximated. flags: TPDE_DELTA_*.
+ * chunk_elems 0: default; effort: TPDE_EFFORT_* (MAX also weighs exponent
+ * contexts and sparse chunks with up to half the elements changed: the
+ * smallest frames, slower to write and read); nthreads 0: default.
+ * dst must have room for tpde_encode_delta_bound bytes; *out_len receives
+ * the frame's length. recon, if not NULL, must have room for src_len bytes
+ * (recon_cap) and receives what tpde_decode_delta will return: src itself
+ * when lossless. For a chain of lossy checkpoints, code each one against the
+ * previous recon (closed loop): the error then stays within the bound at
+ * every step instead of accumulating. recon may be src. */
+int tpde_encode_delta(const void *src, uint64_t src_len, const void *ref, uint64_t ref_len,
+                      const void *ref2, uint64_t ref2_len, int32_t dtype, const uint64_t *shape,
+                      int32_t ndim, int32_t residual_kind, double threshold, int32_t quant_bits,
+                      uint32_t flags, uint32_t chunk_elems, int32_t effort, int32_t nthreads,
+                      void *dst, uint64_t dst_cap, uint64_t *out_len, void *recon,
+                      uint64_t recon_cap, char *err, size_t err_len);
+
+/* Decode one frame (exactly src_len bytes) into dst (dst_cap >= raw_size).
+ * A delta frame needs the reference it was coded against (ref, ref_len)
+ * and, when tpde_inspect_delta reports needs_ref2, the second one; a
+ * missing reference, or one of another size or checksum, is refused with
+ * TPDE_E_REFERENCE (never garbage: the checksum is checked before success
+ * is returned). ref2 may be NULL otherwise and is then ignored. A keyframe decodes as with tpde_decode (the
+ * references are ignored). dst must not overlap the references. On
+ * success *out_len is raw_size; on any failure dst's contents are
+ * unspecified. */
+int tpde_decode_delta(const void *src, uint64_t src_len, const void *ref, uint64_t ref_len,
+                      const void *ref2, uint64_t ref2_len, void *dst, uint64_t dst_cap,
+                      int32_t nthreads, uint64_t *out_len, char *err, size_t err_len);
+
+/* Read and validate a frame of either kind without decoding it: the fields
+ * of tpde_inspect plus, for a delta frame, the residual kind, the
+ * reference checksums, the lossy bound and maximum error, and sparsity. */
+int tpde_inspect_delta(const void *src, uint64_t src_len, tpde_delta_info *info, char *err,
+                       size_t err_len);
+
+/* An adaptive lossy threshold: the given percentile (0 to 100) of
+ * |src - ref| over the elements of a float tensor (as real numbers; NaN and
+ * infinite differences are left out), e.g. 50 gives a threshold that drops
+ * about half of the elements. Exact (nearest rank). */
+int tpde_delta_threshold(const void *src, const void *ref, uint64_t len, int32_t dtype,
+                         double percentile, double *threshold, char *err, size_t err_len);
 
 #endif /* TPDE_NO_PROTOTYPES */
 

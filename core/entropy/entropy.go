@@ -75,13 +75,23 @@ const MatchEntropyBits = 2.0
 
 var (
 	sharedZstdEnc *zstd.Encoder
-	sharedZstdDec *zstd.Decoder
+	// sharedZstdFast is zstd's fastest level, for Encoder.FastZstd.
+	sharedZstdFast *zstd.Encoder
+	sharedZstdDec  *zstd.Decoder
 )
 
 func init() {
 	var err error
 	// EncodeAll and DecodeAll are safe for concurrent use; one instance of
 	// each serves every goroutine.
+	sharedZstdFast, err = zstd.NewWriter(nil,
+		zstd.WithEncoderLevel(zstd.SpeedFastest),
+		zstd.WithEncoderConcurrency(1),
+		zstd.WithZeroFrames(true),
+		zstd.WithEncoderCRC(false))
+	if err != nil {
+		panic(err)
+	}
 	sharedZstdEnc, err = zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(zstd.SpeedDefault),
 		zstd.WithEncoderConcurrency(1),
@@ -112,6 +122,25 @@ func Histogram(src []byte, h *[256]uint32) {
 		c[3][src[i+3]]++
 	}
 	for ; i < len(src); i++ {
+		c[0][src[i]]++
+	}
+	for b := range h {
+		h[b] = c[0][b] + c[1][b] + c[2][b] + c[3][b]
+	}
+}
+
+// Histogram4 counts every step-th byte of src into h, with four tables to
+// break the store-to-load dependency on runs of equal bytes.
+func Histogram4(src []byte, step int, h *[256]uint32) {
+	var c [4][256]uint32
+	i := 0
+	for ; i+3*step < len(src); i += 4 * step {
+		c[0][src[i]]++
+		c[1][src[i+step]]++
+		c[2][src[i+2*step]]++
+		c[3][src[i+3*step]]++
+	}
+	for ; i < len(src); i += step {
 		c[0][src[i]]++
 	}
 	for b := range h {
@@ -159,19 +188,24 @@ var clog2cTable = func() (t [clog2cTableLen]float64) {
 // Encoder codes streams. The zero value is not usable; call NewEncoder.
 type Encoder struct {
 	Effort Effort
-	// MatchBits, if > 0, replaces MatchEntropyBits as the sampled entropy
-	// under which Balanced tries zstd. The zero value keeps the keyframe
-	// behaviour.
+	// MatchBits, if > 0, replaces Balanced's rule for trying zstd: zstd is
+	// tried when the sampled entropy is under MatchBits, and only then (no
+	// test for repeated windows: on streams of small residuals, whose
+	// alphabet is small, it fires without zstd winning). The zero value
+	// keeps the keyframe behaviour.
 	MatchBits float64
 	// ZstdOnlyBits, if > 0: a stream whose sampled entropy is under it is
 	// not tried with huff0 when zstd will be tried (huff0 cannot code a
 	// byte in less than one bit, so on such streams it cannot win). The
 	// zero value keeps the keyframe behaviour.
 	ZstdOnlyBits float64
-	huff         huff0.Scratch
-	hist   [256]uint32
-	seen   [1 << seenBits]seenSlot
-	gen    uint32
+	// FastZstd selects zstd's fastest level instead of its default one.
+	// The zero value keeps the keyframe behaviour.
+	FastZstd bool
+	huff     huff0.Scratch
+	hist     [256]uint32
+	seen     [1 << seenBits]seenSlot
+	gen      uint32
 }
 
 // NewEncoder returns an encoder with the given effort.
@@ -211,7 +245,11 @@ func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
 	if withZstd {
 		// zstd output is built in dst's spare capacity and compared there.
 		start := len(dst)
-		out := sharedZstdEnc.EncodeAll(src, dst[start:start])
+		enc := sharedZstdEnc
+		if e.FastZstd {
+			enc = sharedZstdFast
+		}
+		out := enc.EncodeAll(src, dst[start:start])
 		if len(out) < len(bestOut) {
 			return Zstd, append(dst[:start], out...)
 		}
@@ -242,8 +280,20 @@ func huffmanMayPay(n int, bitsPerByte float64) bool {
 }
 
 func allEqual(src []byte) bool {
-	for _, b := range src {
-		if b != src[0] {
+	if len(src) == 0 {
+		return true
+	}
+	// Eight bytes at a time: constant planes (zero mantissas, unchanged
+	// residuals) are common and long.
+	v := uint64(src[0]) * 0x0101_0101_0101_0101
+	i := 0
+	for ; i+8 <= len(src); i += 8 {
+		if binary.LittleEndian.Uint64(src[i:]) != v {
+			return false
+		}
+	}
+	for ; i < len(src); i++ {
+		if src[i] != src[0] {
 			return false
 		}
 	}
@@ -258,6 +308,17 @@ func (e *Encoder) sampledEntropy(src []byte) float64 {
 	step := 8
 	if len(src) < 1<<13 {
 		step = 1
+	}
+	if (len(src)+step-1)/step > clog2cTableLen {
+		// Counts may outgrow the table, where the running sum below
+		// would cost two Log2 calls per sample (a 128 KiB plane of one
+		// dominant byte took ~250 us): count, then evaluate the
+		// histogram once.
+		Histogram4(src, step, &e.hist)
+		n := (len(src) + step - 1) / step
+		bits := EntropyBits(&e.hist)
+		e.hist = [256]uint32{}
+		return bits / float64(n)
 	}
 	// sum of c*log2(c) over the histogram, kept up to date per sample so
 	// that no pass over all 256 bins is needed: on the planes of a small
@@ -298,11 +359,10 @@ func (e *Encoder) tryZstd(src []byte, bitsPerByte float64) bool {
 	case Max:
 		return true
 	}
-	match := MatchEntropyBits
 	if e.MatchBits > 0 {
-		match = e.MatchBits
+		return bitsPerByte < e.MatchBits
 	}
-	return bitsPerByte < match || e.repetitive(src)
+	return bitsPerByte < MatchEntropyBits || e.repetitive(src)
 }
 
 // repetitive samples 8-byte windows at a stride and reports whether enough
@@ -342,6 +402,22 @@ type seenSlot struct {
 	gen uint32
 }
 
+// fill sets every byte of dst to b: a memclr for zero (the common run, a
+// plane of unchanged residuals or zero mantissas), else by doubling copies.
+func fill(dst []byte, b byte) {
+	if b == 0 {
+		clear(dst)
+		return
+	}
+	if len(dst) == 0 {
+		return
+	}
+	dst[0] = b
+	for n := 1; n < len(dst); n *= 2 {
+		copy(dst[n:], dst[:n])
+	}
+}
+
 // ErrCorrupt is wrapped by every decoding failure caused by bad input.
 var ErrCorrupt = errs.Corrupt
 
@@ -366,10 +442,7 @@ func (d *Decoder) Decode(m Method, src, dst []byte) error {
 		if len(src) != 1 {
 			return fmt.Errorf("%w: rle stream is %d bytes, want 1", ErrCorrupt, len(src))
 		}
-		b := src[0]
-		for i := range dst {
-			dst[i] = b
-		}
+		fill(dst, src[0])
 		return nil
 	case Huff0:
 		if len(dst) == 0 || len(dst) > huff0.BlockSizeMax {

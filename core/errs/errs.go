@@ -4,7 +4,10 @@
 // Wrap them with fmt.Errorf("%w: ...", errs.Corrupt) and add what failed.
 package errs
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 var (
 	// Corrupt: input bytes that are not a valid tpde object (checksum
@@ -20,4 +23,9 @@ var (
 	BufferTooSmall = errors.New("buffer too small")
 	// IO: the operating system refused a file operation.
 	IO = errors.New("i/o error")
+	// ReferenceMismatch: a delta frame was given a reference tensor (or a
+	// second reference) other than the one it was encoded against: wrong
+	// length, or a checksum that differs from the one the frame records. It
+	// is a caller error, so it also matches Invalid.
+	ReferenceMismatch = fmt.Errorf("%w: reference mismatch", Invalid)
 )

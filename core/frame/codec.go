@@ -203,6 +203,9 @@ func (h *Header) DecodeChunkInto(blob []byte, i int, dst []byte) error {
 // DecodeChunk decodes chunk i of the frame in blob into dst, which must be
 // exactly the chunk's raw length, and verifies its checksum.
 func (h *Header) DecodeChunk(blob []byte, i int, dst []byte, s *scratch) error {
+	if h.Kind != KindKeyframe {
+		return fmt.Errorf("%w: frame kind %d: decode it with DecodeDelta and its reference", errs.Unsupported, h.Kind)
+	}
 	c := &h.chunks[i]
 	w := h.DType.Width()
 	n := len(dst) / w

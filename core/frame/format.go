@@ -28,8 +28,12 @@ const (
 	// may ignore (it skips the extension area).
 	VersionMinor = 0
 
-	// KindKeyframe is a self-contained frame (the only kind in 1.0).
+	// KindKeyframe is a self-contained frame.
 	KindKeyframe = 0
+	// KindDelta is a delta frame: a tensor coded against one or two
+	// reference tensors (delta.go). Parse and Decode refuse it; ParseAny
+	// and DecodeDelta read it.
+	KindDelta = 1
 
 	fixedHeaderLen = 32
 	// MaxNDim caps the shape rank.
@@ -75,7 +79,10 @@ type Header struct {
 	HeaderLen                  int    // bytes up to and including the header CRC
 	TableLen                   int    // chunk table bytes, including the table CRC
 	FrameLen                   uint64 // total frame bytes
-	chunks                     []chunk
+	// Delta holds the delta fields of a kind 1 frame (nil for keyframes).
+	Delta   *DeltaInfo
+	chunks  []chunk
+	dchunks []deltaChunk
 }
 
 func entryLen(nstreams int) int { return 8 + 5*nstreams }
@@ -95,12 +102,20 @@ func (h *Header) ChunkRaw(i int) (off, n uint64) {
 }
 
 // Methods returns the stream methods chosen for chunk i.
+// It returns nil for a delta frame, whose chunks are not stored as streams
+// of the table (see DeltaChunk).
 func (h *Header) Methods(i int) []entropy.Method {
+	if h.Kind != KindKeyframe {
+		return nil
+	}
 	return h.chunks[i].methods[:h.NStreams]
 }
 
 // PayloadLen returns the stored bytes of chunk i.
 func (h *Header) PayloadLen(i int) uint64 {
+	if h.Kind == KindDelta {
+		return uint64(h.dchunks[i].len)
+	}
 	var n uint64
 	for s := 0; s < h.NStreams; s++ {
 		n += uint64(h.chunks[i].lens[s])
@@ -132,11 +147,20 @@ func corrupt(format string, a ...any) error {
 	return fmt.Errorf("%w: frame: %s", errs.Corrupt, fmt.Sprintf(format, a...))
 }
 
-// Parse validates a frame's header and chunk table. blob must hold the whole
-// frame; bytes after it are ignored (see FrameLen). Nothing in blob is
+// Parse validates a keyframe's header and chunk table. blob must hold the
+// whole frame; bytes after it are ignored (see FrameLen). Nothing in blob is
 // trusted: every count is capped and every offset is computed with overflow
-// checks before it is used.
-func Parse(blob []byte) (*Header, error) {
+// checks before it is used. A delta frame (kind 1) is refused as
+// unsupported, since it cannot be decoded without its reference; ParseAny
+// accepts both kinds.
+func Parse(blob []byte) (*Header, error) { return parse(blob, false) }
+
+// ParseAny is Parse that also accepts delta frames (kind 1), whose delta
+// fields and chunk table it validates (docs/FORMAT.md §16). Decode them with
+// DecodeDelta.
+func ParseAny(blob []byte) (*Header, error) { return parse(blob, true) }
+
+func parse(blob []byte, acceptDelta bool) (*Header, error) {
 	if len(blob) < fixedHeaderLen+4 {
 		return nil, corrupt("truncated header: %d bytes", len(blob))
 	}
@@ -162,7 +186,10 @@ func Parse(blob []byte) (*Header, error) {
 	}
 	// From here the header bytes are what the writer wrote; values are still
 	// checked because a buggy or hostile writer can compute a CRC too.
-	if h.Kind != KindKeyframe {
+	if h.Kind == KindDelta && !acceptDelta {
+		return nil, fmt.Errorf("%w: frame kind 1 is a delta frame: it decodes only against its reference tensor (DecodeDelta, tpde_decode_delta)", errs.Unsupported)
+	}
+	if h.Kind != KindKeyframe && h.Kind != KindDelta {
 		return nil, fmt.Errorf("%w: frame kind %d", errs.Unsupported, h.Kind)
 	}
 	h.DType = dtype.DType(blob[7])
@@ -192,6 +219,9 @@ func Parse(blob []byte) (*Header, error) {
 	w := uint64(h.DType.Width())
 	if !ok || nelem > (1<<62)/w || nelem*w != h.RawSize {
 		return nil, corrupt("shape %v of %s does not match %d raw bytes", h.Shape, h.DType, h.RawSize)
+	}
+	if h.Kind == KindDelta {
+		return parseDelta(blob, h, nelem, nchunks, extLen)
 	}
 	if nchunksFor(nelem, h.ChunkElems) != nchunks {
 		return nil, corrupt("%d chunks recorded, %d expected", nchunks, nchunksFor(nelem, h.ChunkElems))

@@ -86,7 +86,7 @@ const docExample = "" +
 // header) and recomputes the header CRC.
 func withHeaderEdit(fn func(hdr []byte) []byte) func([]byte) []byte {
 	return func(blob []byte) []byte {
-		h, err := Parse(blob)
+		h, err := ParseAny(blob)
 		if err != nil {
 			panic(err)
 		}
