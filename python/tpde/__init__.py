@@ -32,6 +32,7 @@ from .errors import (
     BufferTooSmallError,
     CorruptDataError,
     InternalError,
+    ReferenceMismatchError,
     InvalidArgumentError,
     TPDEError,
     TPDEIOError,
@@ -57,4 +58,5 @@ __all__ = [
     "BufferTooSmallError",
     "TPDEIOError",
     "InternalError",
+    "ReferenceMismatchError",
 ]

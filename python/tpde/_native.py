@@ -22,6 +22,7 @@ from .errors import (
     CorruptDataError,
     InternalError,
     InvalidArgumentError,
+    ReferenceMismatchError,
     TPDEError,
     TPDEIOError,
     UnsupportedFormatError,
@@ -43,6 +44,7 @@ _ERRORS: dict[int, type[TPDEError]] = {
     4: BufferTooSmallError,
     5: TPDEIOError,
     6: InternalError,
+    7: ReferenceMismatchError,
 }
 
 
@@ -60,6 +62,30 @@ class FrameInfo(ctypes.Structure):
         ("frame_size", c_uint64),
         ("chunk_elems", c_uint32),
         ("nchunks", c_uint32),
+    ]
+
+
+class DeltaInfo(ctypes.Structure):
+    """struct tpde_delta_info."""
+
+    _fields_ = [
+        ("frame", FrameInfo),
+        ("residual_kind", c_int32),
+        ("identical", c_uint32),
+        ("lossy", c_uint32),
+        ("quant_bits", c_int32),
+        ("ref_crc", c_uint32),
+        ("ref2_crc", c_uint32),
+        ("needs_ref2", c_uint32),
+        ("reserved", c_uint32),
+        ("bound", c_double),
+        ("max_error", c_double),
+        ("changed_elems", c_uint64),
+        ("sparsity", c_double),
+        ("chunks_copy", c_uint32),
+        ("chunks_dense", c_uint32),
+        ("chunks_sparse", c_uint32),
+        ("chunks_quantized", c_uint32),
     ]
 
 
@@ -85,6 +111,23 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_compress_file": (c_int, [c_char_p, c_char_p, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_decompress_file": (c_int, [c_char_p, c_char_p, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_file_info": (c_int, [c_char_p, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
+    # Delta frames (kind 1). The Python API over them is not written yet;
+    # declaring them here keeps every function of tpde.h typed.
+    "tpde_encode_delta_bound": (c_int, [c_uint64, c_int32, c_int32, c_uint32, _U64P, _ERRBUF, c_size_t]),
+    "tpde_encode_delta": (
+        c_int,
+        [c_void_p, c_uint64, c_void_p, c_uint64, c_void_p, c_uint64, c_int32, _U64P, c_int32, c_int32, c_double,
+         c_int32, c_uint32, c_uint32, c_int32, c_int32, c_void_p, c_uint64, _U64P, c_void_p, c_uint64,
+         _ERRBUF, c_size_t],
+    ),
+    "tpde_decode_delta": (
+        c_int,
+        [c_void_p, c_uint64, c_void_p, c_uint64, c_void_p, c_uint64, c_void_p, c_uint64, c_int32, _U64P,
+         _ERRBUF, c_size_t],
+    ),
+    "tpde_inspect_delta": (c_int, [c_void_p, c_uint64, POINTER(DeltaInfo), _ERRBUF, c_size_t]),
+    "tpde_delta_threshold": (
+        c_int, [c_void_p, c_void_p, c_uint64, c_int32, c_double, POINTER(c_double), _ERRBUF, c_size_t]),
 }
 
 _lib: Optional[ctypes.CDLL] = None

@@ -14,6 +14,7 @@ __all__ = [
     "BufferTooSmallError",
     "TPDEIOError",
     "InternalError",
+    "ReferenceMismatchError",
 ]
 
 
@@ -63,3 +64,10 @@ class InternalError(TPDEError):
     """A bug in libtpde; the message says where (TPDE_E_INTERNAL)."""
 
     status = 6
+
+
+class ReferenceMismatchError(InvalidArgumentError):
+    """A delta frame was given a reference other than the one it was made
+    against (TPDE_E_REFERENCE); nothing is returned rather than wrong data."""
+
+    status = 7
