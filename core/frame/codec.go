@@ -221,6 +221,13 @@ func (h *Header) DecodeChunk(blob []byte, i int, dst []byte, s *scratch) error {
 		pos = end
 		out := dst
 		if h.NStreams > 1 {
+			if c.methods[p] == entropy.Raw && len(src) == n {
+				// Merge reads a raw plane where it lies in the frame:
+				// copying it to scratch first was a pass over the
+				// mantissa half of every float chunk.
+				planes[p] = src
+				continue
+			}
 			out = s.plane(p, n)
 			planes[p] = out
 		}
