@@ -217,6 +217,12 @@ func tpde_inspect(src unsafe.Pointer, srcLen C.uint64_t, info *C.tpde_frame_info
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
+	fillFrameInfo(info, h)
+	return C.TPDE_OK
+}
+
+// fillFrameInfo writes what tpde_inspect reports about any frame.
+func fillFrameInfo(info *C.tpde_frame_info, h *frame.Header) {
 	*info = C.tpde_frame_info{}
 	info.version_major = C.uint8_t(h.VersionMajor)
 	info.version_minor = C.uint8_t(h.VersionMinor)
@@ -230,7 +236,6 @@ func tpde_inspect(src unsafe.Pointer, srcLen C.uint64_t, info *C.tpde_frame_info
 	info.frame_size = C.uint64_t(h.FrameLen)
 	info.chunk_elems = C.uint32_t(h.ChunkElems)
 	info.nchunks = C.uint32_t(h.NChunks)
-	return C.TPDE_OK
 }
 
 //export tpde_entropy_bound
@@ -496,19 +501,7 @@ func tpde_inspect_delta(src unsafe.Pointer, srcLen C.uint64_t, info *C.tpde_delt
 		return status(err, cerr, cerrLen)
 	}
 	*info = C.tpde_delta_info{}
-	fi := &info.frame
-	fi.version_major = C.uint8_t(h.VersionMajor)
-	fi.version_minor = C.uint8_t(h.VersionMinor)
-	fi.kind = C.uint8_t(h.Kind)
-	fi.dtype = C.uint8_t(h.DType)
-	fi.ndim = C.uint32_t(len(h.Shape))
-	for i, d := range h.Shape {
-		fi.shape[i] = C.uint64_t(d)
-	}
-	fi.raw_size = C.uint64_t(h.RawSize)
-	fi.frame_size = C.uint64_t(h.FrameLen)
-	fi.chunk_elems = C.uint32_t(h.ChunkElems)
-	fi.nchunks = C.uint32_t(h.NChunks)
+	fillFrameInfo(&info.frame, h)
 	info.residual_kind = -1
 	di := h.Delta
 	if di == nil {
