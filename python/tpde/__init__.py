@@ -28,6 +28,7 @@ from .codec import (
     inspect,
     set_num_threads,
 )
+from .delta import compress_delta, decompress_delta, inspect_delta
 from .errors import (
     BufferTooSmallError,
     CorruptDataError,
@@ -51,6 +52,9 @@ __all__ = [
     "entropy_bound_bits",
     "set_num_threads",
     "get_num_threads",
+    "compress_delta",
+    "decompress_delta",
+    "inspect_delta",
     "TPDEError",
     "InvalidArgumentError",
     "CorruptDataError",

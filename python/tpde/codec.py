@@ -200,11 +200,15 @@ def compress_tensor(
     return _into_new_bytes(bound, encode)
 
 
-@functools.lru_cache(maxsize=1024)
 def _encode_bound(nbytes: int, code: int, ndim: int, chunk_elems: int) -> int:
+    return _encode_bound_of("tpde_encode_bound", nbytes, code, ndim, chunk_elems)
+
+
+@functools.lru_cache(maxsize=1024)
+def _encode_bound_of(fn: str, nbytes: int, code: int, ndim: int, chunk_elems: int) -> int:
     # Cached: checkpoints repeat shapes, and the bound depends on nothing else.
     bound = c_uint64()
-    call("tpde_encode_bound", nbytes, code, ndim, chunk_elems, byref(bound))
+    call(fn, nbytes, code, ndim, chunk_elems, byref(bound))
     return bound.value
 
 
@@ -329,13 +333,22 @@ def decompress_tensor(blob: Buffer, *, out: Any = None, like: str = "torch", thr
         raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
     if isinstance(blob, bytes):
         # The common case, without the context manager's cost.
-        return _decode(blob, len(blob), out, like, th)
+        return _decode_into(blob, len(blob), out, like, th)
     with _readable(blob) as (src, n):
-        return _decode(src, n, out, like, th)
+        return _decode_into(src, n, out, like, th)
 
 
-def _decode(src: object, n: int, out: Any, like: str, th: int) -> Any:
-    info = _frame_info(src, n)
+def _decode_into(src: object, n: int, out: Any, like: str, th: int, fn: str = "tpde_decode",
+                 refs: Tuple[object, ...] = ()) -> Any:
+    """Allocate (or check) the destination from the frame's header, then run
+    fn(src, n, *refs, dst, raw, threads, &got): tpde_decode, or
+    tpde_decode_delta with its references."""
+    if refs:
+        dinfo = _native.DeltaInfo()
+        call("tpde_inspect_delta", src, n, byref(dinfo))
+        info = dinfo.frame
+    else:
+        info = _frame_info(src, n)
     code, raw = info.dtype, info.raw_size
     shape = tuple(info.shape[: info.ndim])
     if out is not None:
@@ -355,7 +368,7 @@ def _decode(src: object, n: int, out: Any, like: str, th: int) -> Any:
         result = np.empty(shape, dtype=np.dtype(_NUMPY[code]))
         dst = result.ctypes.data
     got = c_uint64()
-    call("tpde_decode", src, n, dst, raw, th, byref(got))
+    call(fn, src, n, *refs, dst, raw, th, byref(got))
     if got.value != raw:
         raise InternalError(f"decoded {got.value} bytes, the frame header says {raw}")
     return result

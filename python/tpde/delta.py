@@ -1,0 +1,151 @@
+"""Delta frames: one tensor coded against a reference tensor (kind 1 frames,
+docs/FORMAT.md section 16). The building block of checkpoint series; the
+seed's TemporalPositionDeltaEncoder API will sit on top of it.
+
+Lossless by default. ``threshold > 0`` (float tensors only) is the opt-in
+lossy mode: every decoded element is within ``threshold`` of the input, and
+the frame records the bound and the measured maximum error. For a chain of
+lossy checkpoints, code each one against the previous *decoded* checkpoint
+(``compress_delta(..., return_recon=True)``): the error then stays within
+the bound at every step instead of accumulating.
+"""
+
+from __future__ import annotations
+
+from ctypes import byref, c_uint64
+from typing import Any, Dict, Optional, Tuple, Union
+
+from . import _native
+from ._native import call
+from .codec import DTYPES, _EFFORTS, _decode_into, _encode_bound_of, _int_arg, _into_new_bytes, _readable, _source, _threads
+from .errors import InvalidArgumentError
+
+__all__ = ["compress_delta", "decompress_delta", "inspect_delta", "RESIDUALS", "POSITION_CODINGS"]
+
+#: Residual kinds by name (TPDE_RESIDUAL_*).
+RESIDUALS = {"auto": -1, "xor": 0, "diff": 1, "pred": 2}
+#: Position codings for changed elements (TPDE_DELTA_* flags). "auto" lets
+#: the encoder choose per chunk; "elias_delta_zstd" is the seed's method.
+POSITION_CODINGS = {"auto": 0, "dense": 1, "elias_delta_zstd": 2}
+
+
+def _same_layout(x: Any, ref: Any, what: str) -> Any:
+    src, r = _source(x), _source(ref)
+    if (r.code, r.shape) != (src.code, src.shape):
+        raise InvalidArgumentError(
+            f"{what} is {DTYPES[r.code]}{list(r.shape)}, the tensor is {DTYPES[src.code]}{list(src.shape)}")
+    return r
+
+
+def compress_delta(
+    x: Any,
+    ref: Any,
+    *,
+    ref2: Any = None,
+    residual: str = "auto",
+    threshold: float = 0.0,
+    quant_bits: int = 0,
+    positions: str = "auto",
+    chunk_elems: int = 0,
+    effort: str = "balanced",
+    threads: int = 0,
+    return_recon: bool = False,
+) -> Union[bytes, Tuple[bytes, Any]]:
+    """Code tensor x as a delta frame against ref (same dtype and shape).
+
+    ref2: an older reference, for residual="pred" (or as a candidate for
+    "auto"). threshold: 0 is lossless; > 0 drops residuals within it (float
+    dtypes only). quant_bits: 0, 8 or 4, quantize the kept residuals (needs a
+    threshold). positions: "auto", "dense" or "elias_delta_zstd".
+    return_recon: also return what decompress_delta will give back (x
+    itself when lossless), to use as the next reference in a closed loop.
+    """
+    src = _source(x)
+    r = _same_layout(x, ref, "ref")
+    r2 = _same_layout(x, ref2, "ref2") if ref2 is not None else None
+    if residual not in RESIDUALS:
+        raise InvalidArgumentError(f"residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
+    if positions not in POSITION_CODINGS:
+        raise InvalidArgumentError(f"positions must be one of {', '.join(POSITION_CODINGS)}, got {positions!r}")
+    if effort not in _EFFORTS:
+        raise InvalidArgumentError(f"effort must be one of {', '.join(_EFFORTS)}, got {effort!r}")
+    if not threshold >= 0.0:
+        raise InvalidArgumentError(f"threshold must be >= 0, got {threshold!r}")
+    qb = _int_arg(quant_bits, "quant_bits", 0, 8)
+    ce = _int_arg(chunk_elems, "chunk_elems", 0, 2**32 - 1)
+    th = _threads(threads)
+    ndim = len(src.shape)
+    shape = (c_uint64 * max(ndim, 1))(*src.shape)
+    bound = _encode_bound_of("tpde_encode_delta_bound", src.nbytes, src.code, ndim, ce)
+    recon = None
+    recon_ptr, recon_cap = None, 0
+    if return_recon:
+        recon = _empty_like_source(x)
+        recon_ptr, recon_cap = _data_ptr(recon), src.nbytes
+
+    def encode(dst: int, cap: int) -> int:
+        n = c_uint64()
+        call("tpde_encode_delta", src.ptr, src.nbytes, r.ptr, r.nbytes,
+             r2.ptr if r2 else None, r2.nbytes if r2 else 0, src.code, shape, ndim,
+             RESIDUALS[residual], float(threshold), qb, POSITION_CODINGS[positions], ce, _EFFORTS[effort], th,
+             dst, cap, byref(n), recon_ptr, recon_cap)
+        return n.value
+
+    blob = _into_new_bytes(bound, encode)
+    return (blob, recon) if return_recon else blob
+
+
+def _empty_like_source(x: Any) -> Any:
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return torch.empty(tuple(x.shape), dtype=x.dtype)
+    import numpy as np
+
+    return np.empty(x.shape, dtype=x.dtype)
+
+
+def _data_ptr(t: Any) -> int:
+    return t.data_ptr() if hasattr(t, "data_ptr") else t.ctypes.data
+
+
+def decompress_delta(blob: Any, ref: Any, *, ref2: Any = None, out: Any = None, like: str = "torch",
+                     threads: int = 0) -> Any:
+    """Decode a frame from compress_delta against the reference it was made
+    with (and ref2 when the frame needs it). A wrong reference raises
+    ReferenceMismatchError; nothing is returned. Keyframes decode too."""
+    th = _threads(threads)
+    r = _source(ref)
+    r2 = _source(ref2) if ref2 is not None else None
+    with _readable(blob) as (src, n):
+        return _decode_into(src, n, out, like, th, "tpde_decode_delta",
+                            (r.ptr, r.nbytes, r2.ptr if r2 else None, r2.nbytes if r2 else 0))
+
+
+def inspect_delta(blob: Any) -> Dict[str, Any]:
+    """Describe a frame of either kind without decoding it: dtype, shape and
+    sizes, and for a delta frame the residual kind, whether it is lossy with
+    its bound and measured max_error, and sparsity (percent of elements
+    whose residual is zero)."""
+    info = _native.DeltaInfo()
+    with _readable(blob) as (src, n):
+        call("tpde_inspect_delta", src, n, byref(info))
+    f = info.frame
+    kinds = {v: k for k, v in RESIDUALS.items()}
+    return {
+        "kind": "delta" if f.kind == 1 else "keyframe",
+        "dtype": DTYPES[f.dtype],
+        "shape": tuple(f.shape[: f.ndim]),
+        "raw_size": f.raw_size,
+        "frame_size": f.frame_size,
+        "residual": kinds.get(info.residual_kind) if f.kind == 1 else None,
+        "identical": bool(info.identical),
+        "lossy": bool(info.lossy),
+        "bound": info.bound,
+        "max_error": info.max_error,
+        "quant_bits": info.quant_bits,
+        "needs_ref2": bool(info.needs_ref2),
+        "changed_elems": info.changed_elems,
+        "sparsity": info.sparsity,
+    }
