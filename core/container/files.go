@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/tpde/tpde/core/atomicfile"
 	"io"
 	"os"
 	"sync/atomic"
@@ -92,11 +93,11 @@ func CompressFile(src, dst string, opt Options) (err error) {
 		return err
 	}
 	defer release()
-	out, err := createAtomic(dst)
+	out, err := atomicfile.Create(dst)
 	if err != nil {
 		return err
 	}
-	defer out.abort()
+	defer out.Abort()
 
 	source, plans := plan(data)
 	segs := make([]Segment, len(plans))
@@ -169,7 +170,7 @@ func CompressFile(src, dst string, opt Options) (err error) {
 	if _, err := out.WriteAt(hdr, 0); err != nil {
 		return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
 	}
-	return out.commit()
+	return out.Commit()
 }
 
 // Segments under smallSegment bytes are coded several at a time, in runs of
@@ -230,11 +231,11 @@ func DecompressFile(src, dst string, opt Options) error {
 	if err != nil {
 		return err
 	}
-	out, err := createAtomic(dst)
+	out, err := atomicfile.Create(dst)
 	if err != nil {
 		return err
 	}
-	defer out.abort()
+	defer out.Abort()
 	// No up-front Truncate to OrigSize: a hostile header could then make a
 	// huge sparse file before any segment was checked. WriteAt grows the
 	// file as verified bytes arrive, and the segments tile it exactly.
@@ -291,7 +292,7 @@ func DecompressFile(src, dst string, opt Options) error {
 		}
 		i = j
 	}
-	return out.commit()
+	return out.Commit()
 }
 
 // parseFileOrFrame accepts a tpde file, or a single frame (what

@@ -1,4 +1,8 @@
-package container
+// Package atomicfile writes a file so that readers, and a crash, see either
+// the old file or the complete new one: the data goes to a temporary file in
+// the destination's directory, is fsynced, and is renamed over the
+// destination.
+package atomicfile
 
 import (
 	"fmt"
@@ -8,17 +12,18 @@ import (
 	"github.com/tpde/tpde/core/errs"
 )
 
-// atomicFile is written under a temporary name in the destination's
-// directory and renamed over the destination only after an fsync, so a crash
-// or an error leaves either the old file or the complete new one, never a
-// torn one.
-type atomicFile struct {
+// File is written under a temporary name in the destination's directory and
+// renamed over the destination only after an fsync, so a crash or an error
+// leaves either the old file or the complete new one, never a torn one.
+type File struct {
 	*os.File
 	dst  string
 	done bool
 }
 
-func createAtomic(dst string) (*atomicFile, error) {
+// Create opens a temporary file for dst. Call Commit to publish it and defer
+// Abort to remove it on any other path.
+func Create(dst string) (*File, error) {
 	dir, base := filepath.Split(dst)
 	if dir == "" {
 		dir = "."
@@ -38,11 +43,11 @@ func createAtomic(dst string) (*atomicFile, error) {
 		_ = os.Remove(f.Name())
 		return nil, fmt.Errorf("%w: chmod %s: %v", errs.IO, f.Name(), err)
 	}
-	return &atomicFile{File: f, dst: dst}, nil
+	return &File{File: f, dst: dst}, nil
 }
 
-// commit fsyncs, renames over the destination and fsyncs the directory.
-func (a *atomicFile) commit() error {
+// Commit fsyncs, renames over the destination and fsyncs the directory.
+func (a *File) Commit() error {
 	if err := a.Sync(); err != nil {
 		return fmt.Errorf("%w: fsync %s: %v", errs.IO, a.Name(), err)
 	}
@@ -62,8 +67,8 @@ func (a *atomicFile) commit() error {
 	return nil
 }
 
-// abort removes the temporary file unless commit succeeded.
-func (a *atomicFile) abort() {
+// Abort removes the temporary file unless Commit succeeded.
+func (a *File) Abort() {
 	if !a.done {
 		_ = a.Close()
 		_ = os.Remove(a.Name())
