@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/tpde/tpde/core/atomicfile"
 	"io"
 	"os"
 	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
 
+	"github.com/tpde/tpde/core/atomicfile"
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
