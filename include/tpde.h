@@ -125,6 +125,51 @@ typedef struct tpde_delta_info {
     uint32_t chunks_quantized; /* of the dense and sparse chunks, those quantized */
 } tpde_delta_info;
 
+/* Checkpoint bundles (docs/FORMAT.md section 17): the named tensors of one
+ * checkpoint, each a keyframe or a delta frame against the tensor of the
+ * same name in a reference checkpoint, plus a JSON metadata object. */
+
+/* One tensor to code into a bundle. The library reads the inputs and
+ * writes the outputs of each item; it keeps no pointer after the call. */
+typedef struct tpde_bundle_item {
+    /* inputs */
+    const char *name;       /* UTF-8, not NUL-terminated; unique in the bundle */
+    uint64_t name_len;      /* 1..65535 */
+    int32_t dtype;          /* TPDE_* element type */
+    int32_t ndim;           /* 0..32 */
+    const uint64_t *shape;  /* ndim dimensions (may be NULL when ndim is 0) */
+    const void *data;       /* the tensor, C-contiguous */
+    uint64_t nbytes;
+    const void *ref;        /* NULL: a keyframe; else the reference (same dtype and shape) */
+    uint64_t ref_nbytes;
+    const void *ref2;       /* NULL, or the older reference (see tpde_encode_delta) */
+    uint64_t ref2_nbytes;
+    int32_t residual_kind;  /* TPDE_RESIDUAL_* (delta items) */
+    uint32_t flags;         /* TPDE_DELTA_* (delta items) */
+    double threshold;       /* 0: lossless; > 0 lossy, float dtypes, delta items only */
+    int32_t quant_bits;     /* 0, 8 or 4 (with threshold > 0) */
+    int32_t reserved;       /* must be 0 */
+    void *recon;            /* NULL, or nbytes of room for what a decoder will get back */
+    uint64_t recon_cap;
+    /* outputs */
+    uint64_t frame_size;    /* bytes of this tensor's frame */
+    double max_error;       /* largest |src - decoded| (lossy items; else 0) */
+    uint64_t changed_elems; /* delta items: elements with a non-zero residual */
+    int32_t residual_used;  /* delta items: the TPDE_RESIDUAL_* kind chosen; -1 for keyframes */
+    int32_t identical;      /* 1 when equal to its reference (a header-only frame) */
+} tpde_bundle_item;
+
+/* One tensor to decode from a bundle. */
+typedef struct tpde_bundle_out {
+    uint64_t index;         /* entry number, from tpde_bundle_index */
+    void *dst;
+    uint64_t dst_cap;       /* >= the entry's raw_size */
+    const void *ref;        /* the reference tensor for a delta entry; ignored for keyframes */
+    uint64_t ref_nbytes;
+    const void *ref2;       /* the second reference when the entry needs_ref2, else NULL */
+    uint64_t ref2_nbytes;
+} tpde_bundle_out;
+
 #ifndef TPDE_NO_PROTOTYPES
 
 /* Library version string, e.g. "0.1.0". Static; never free it. */
@@ -252,6 +297,54 @@ int tpde_inspect_delta(const void *src, uint64_t src_len, tpde_delta_info *info,
  * about half of the elements. Exact (nearest rank). */
 int tpde_delta_threshold(const void *src, const void *ref, uint64_t len, int32_t dtype,
                          double percentile, double *threshold, char *err, size_t err_len);
+
+/* Largest bundle tpde_bundle_encode can write for these items with
+ * meta_len bytes of metadata. */
+int tpde_bundle_bound(const tpde_bundle_item *items, uint64_t n, uint64_t meta_len,
+                      uint64_t *bound, char *err, size_t err_len);
+
+/* Code n tensors and meta (a UTF-8 JSON object, meta_len bytes; 0 bytes
+ * is {}) into one bundle in dst. Small tensors are coded several at a time
+ * on nthreads threads (0: the default), large ones one at a time with their
+ * chunks in parallel; the output does not depend on nthreads. dst_cap
+ * >= tpde_bundle_bound always suffices; *out_len receives the bundle's
+ * length. Each item's output fields are filled in. An error names the
+ * tensor that failed. */
+int tpde_bundle_encode(tpde_bundle_item *items, uint64_t n, const char *meta, uint64_t meta_len,
+                       int32_t effort, int32_t nthreads, void *dst, uint64_t dst_cap,
+                       uint64_t *out_len, char *err, size_t err_len);
+
+/* Stream a bundle to a file with memory bounded by the tensors of one
+ * tpde_bundle_writer_add call: open writes to a temporary file beside path
+ * and returns a handle; add codes and appends items (callable many times);
+ * close with commit = 1 appends meta and the index, fsyncs and renames the
+ * file over path, and sets *out_len (may be NULL) to its size; with commit
+ * = 0, or after any failed call, close removes the temporary file. close
+ * always releases the handle; a handle is used by one thread at a time. */
+int tpde_bundle_writer_open(const char *path, uint64_t *handle, char *err, size_t err_len);
+int tpde_bundle_writer_add(uint64_t handle, tpde_bundle_item *items, uint64_t n, int32_t effort,
+                           int32_t nthreads, char *err, size_t err_len);
+int tpde_bundle_writer_close(uint64_t handle, const char *meta, uint64_t meta_len, int32_t commit,
+                             uint64_t *out_len, char *err, size_t err_len);
+
+/* Validate a bundle (exactly src_len bytes) and describe it as JSON:
+ *   {"version_minor": m, "size": bytes, "metadata": {...},
+ *    "tensors": [{"name", "offset", "length", "kind": "keyframe"|"delta",
+ *                 "dtype": code, "shape": [...], "raw_size", "needs_ref2",
+ *                 "residual": kind or -1, "identical", "lossy", "bound",
+ *                 "max_error", "changed_elems"}, ...]}
+ * Writes at most cap bytes (not NUL-terminated) and sets *needed; call
+ * again with a larger buffer if *needed > cap (TPDE_E_BUFFER_TOO_SMALL). */
+int tpde_bundle_index(const void *src, uint64_t src_len, char *json, uint64_t cap,
+                      uint64_t *needed, char *err, size_t err_len);
+
+/* Decode n entries of a bundle into their destinations, small ones several
+ * at a time. Every requested frame header is validated before any is
+ * decoded; a wrong or missing reference is TPDE_E_REFERENCE. An error
+ * names the tensor; on failure the destinations' contents are
+ * unspecified. */
+int tpde_bundle_decode(const void *src, uint64_t src_len, const tpde_bundle_out *outs, uint64_t n,
+                       int32_t nthreads, char *err, size_t err_len);
 
 #endif /* TPDE_NO_PROTOTYPES */
 

@@ -5,6 +5,10 @@
     tpde.compress_file("model.safetensors")   # -> model.safetensors.tpde
     tpde.decompress_file("model.safetensors.tpde")
 
+    enc = tpde.TemporalPositionDeltaEncoder()  # checkpoint series, lossless
+    data, meta = enc.compress_checkpoint(model.state_dict())
+    delta, meta = enc.compress_checkpoint_delta(model.state_dict(), previous)
+
 Importing tpde loads neither torch, numpy nor the native library; libtpde is
 loaded on the first call that needs it ($TPDE_LIBRARY overrides its path).
 """
@@ -28,7 +32,15 @@ from .codec import (
     inspect,
     set_num_threads,
 )
-from .delta import compress_delta, decompress_delta, inspect_delta
+from .checkpoint import (
+    CompressedCheckpoint,
+    TemporalPositionDeltaEncoder,
+    TPDECheckpointCompressor,
+    checkpoint_info,
+    load_checkpoint,
+    state_dict_nbytes,
+)
+from .delta import compress_delta, decompress_delta, delta_threshold, inspect_delta
 from .errors import (
     BufferTooSmallError,
     CorruptDataError,
@@ -55,6 +67,13 @@ __all__ = [
     "compress_delta",
     "decompress_delta",
     "inspect_delta",
+    "delta_threshold",
+    "TemporalPositionDeltaEncoder",
+    "TPDECheckpointCompressor",
+    "CompressedCheckpoint",
+    "checkpoint_info",
+    "load_checkpoint",
+    "state_dict_nbytes",
     "TPDEError",
     "InvalidArgumentError",
     "CorruptDataError",

@@ -89,6 +89,50 @@ class DeltaInfo(ctypes.Structure):
     ]
 
 
+class BundleItem(ctypes.Structure):
+    """struct tpde_bundle_item."""
+
+    _fields_ = [
+        ("name", c_void_p),
+        ("name_len", c_uint64),
+        ("dtype", c_int32),
+        ("ndim", c_int32),
+        ("shape", c_void_p),
+        ("data", c_void_p),
+        ("nbytes", c_uint64),
+        ("ref", c_void_p),
+        ("ref_nbytes", c_uint64),
+        ("ref2", c_void_p),
+        ("ref2_nbytes", c_uint64),
+        ("residual_kind", c_int32),
+        ("flags", c_uint32),
+        ("threshold", c_double),
+        ("quant_bits", c_int32),
+        ("reserved", c_int32),
+        ("recon", c_void_p),
+        ("recon_cap", c_uint64),
+        ("frame_size", c_uint64),
+        ("max_error", c_double),
+        ("changed_elems", c_uint64),
+        ("residual_used", c_int32),
+        ("identical", c_int32),
+    ]
+
+
+class BundleOut(ctypes.Structure):
+    """struct tpde_bundle_out."""
+
+    _fields_ = [
+        ("index", c_uint64),
+        ("dst", c_void_p),
+        ("dst_cap", c_uint64),
+        ("ref", c_void_p),
+        ("ref_nbytes", c_uint64),
+        ("ref2", c_void_p),
+        ("ref2_nbytes", c_uint64),
+    ]
+
+
 _ERRBUF = POINTER(c_char)
 _U64P = POINTER(c_uint64)
 
@@ -111,8 +155,7 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_compress_file": (c_int, [c_char_p, c_char_p, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_decompress_file": (c_int, [c_char_p, c_char_p, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_file_info": (c_int, [c_char_p, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
-    # Delta frames (kind 1). The Python API over them is not written yet;
-    # declaring them here keeps every function of tpde.h typed.
+    # Delta frames (kind 1): python/tpde/delta.py.
     "tpde_encode_delta_bound": (c_int, [c_uint64, c_int32, c_int32, c_uint32, _U64P, _ERRBUF, c_size_t]),
     "tpde_encode_delta": (
         c_int,
@@ -128,6 +171,19 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_inspect_delta": (c_int, [c_void_p, c_uint64, POINTER(DeltaInfo), _ERRBUF, c_size_t]),
     "tpde_delta_threshold": (
         c_int, [c_void_p, c_void_p, c_uint64, c_int32, c_double, POINTER(c_double), _ERRBUF, c_size_t]),
+    # Checkpoint bundles: python/tpde/checkpoint.py.
+    "tpde_bundle_bound": (c_int, [POINTER(BundleItem), c_uint64, c_uint64, _U64P, _ERRBUF, c_size_t]),
+    "tpde_bundle_encode": (
+        c_int,
+        [POINTER(BundleItem), c_uint64, c_char_p, c_uint64, c_int32, c_int32, c_void_p, c_uint64, _U64P,
+         _ERRBUF, c_size_t],
+    ),
+    "tpde_bundle_writer_open": (c_int, [c_char_p, _U64P, _ERRBUF, c_size_t]),
+    "tpde_bundle_writer_add": (
+        c_int, [c_uint64, POINTER(BundleItem), c_uint64, c_int32, c_int32, _ERRBUF, c_size_t]),
+    "tpde_bundle_writer_close": (c_int, [c_uint64, c_char_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
+    "tpde_bundle_index": (c_int, [c_void_p, c_uint64, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
+    "tpde_bundle_decode": (c_int, [c_void_p, c_uint64, POINTER(BundleOut), c_uint64, c_int32, _ERRBUF, c_size_t]),
 }
 
 _lib: Optional[ctypes.CDLL] = None

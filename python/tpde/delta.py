@@ -12,7 +12,7 @@ the bound at every step instead of accumulating.
 
 from __future__ import annotations
 
-from ctypes import byref, c_uint64
+from ctypes import byref, c_double, c_uint64
 from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _native
@@ -20,7 +20,7 @@ from ._native import call
 from .codec import DTYPES, _EFFORTS, _decode_into, _encode_bound_of, _int_arg, _into_new_bytes, _readable, _source, _threads
 from .errors import InvalidArgumentError
 
-__all__ = ["compress_delta", "decompress_delta", "inspect_delta", "RESIDUALS", "POSITION_CODINGS"]
+__all__ = ["compress_delta", "decompress_delta", "inspect_delta", "delta_threshold", "RESIDUALS", "POSITION_CODINGS"]
 
 #: Residual kinds by name (TPDE_RESIDUAL_*).
 RESIDUALS = {"auto": -1, "xor": 0, "diff": 1, "pred": 2}
@@ -149,3 +149,18 @@ def inspect_delta(blob: Any) -> Dict[str, Any]:
         "changed_elems": info.changed_elems,
         "sparsity": info.sparsity,
     }
+
+
+def delta_threshold(x: Any, ref: Any, percentile: float) -> float:
+    """The given percentile (0 to 100) of |x - ref| over the elements of a
+    float tensor, as real numbers (NaN and infinite differences left out):
+    an adaptive lossy threshold (design document section 7.1). E.g. 99 gives
+    a threshold under which about 99% of the changes fall. Exact (nearest
+    rank), computed in the library without copying either tensor."""
+    src = _source(x)
+    r = _same_layout(x, ref, "ref")
+    if not 0.0 <= percentile <= 100.0:
+        raise InvalidArgumentError(f"percentile must be in [0, 100], got {percentile!r}")
+    out = c_double()
+    call("tpde_delta_threshold", src.ptr, r.ptr, src.nbytes, src.code, float(percentile), byref(out))
+    return out.value

@@ -1,0 +1,804 @@
+"""Whole checkpoints: the design document's encoder API over checkpoint bundles.
+
+    enc = tpde.TemporalPositionDeltaEncoder()             # lossless
+    full, meta = enc.compress_checkpoint(model.state_dict())
+    ...train...
+    delta, meta = enc.compress_checkpoint_delta(model.state_dict(), previous)
+    sd = enc.decompress_checkpoint(delta, previous=decoded_previous)
+
+A checkpoint is a state dict: a mapping of names to tensors (torch or
+numpy), or any nesting of dicts, lists and tuples of tensors and JSON-like
+values (str, int, float, bool, None), such as an optimizer's state_dict().
+It is stored as one bundle (docs/FORMAT.md section 17): a keyframe per
+tensor for a full checkpoint, or per tensor a delta frame against the tensor
+of the same name in a reference checkpoint.
+
+Lossless is the default everywhere. The design document's examples pass
+threshold=1e-3; here that turns on the opt-in lossy mode (delta frames of
+float tensors only; every element within the threshold, the bound and the
+measured max error recorded per tensor and reported in the metadata).
+
+References and closed loop. A delta is coded against the checkpoint the
+*decoder* will hold. The encoder therefore keeps a private copy of what
+decoding its last output gives (the reconstruction: the checkpoint itself
+when lossless) and codes the next delta against that copy whenever
+``previous`` is the checkpoint it compressed last or is omitted. This also
+makes the design document's loop correct: ``model.state_dict()`` returns
+the live parameters, which training overwrites in place, so by the next
+epoch the "previous" dict already holds the new values. Lossy errors never
+accumulate along a chain, since each delta is coded against the decoded
+previous state. keep_reference=False drops the copy (one checkpoint of
+memory); ``previous`` must then be passed and must be what the decoder will
+have.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import math
+import mmap
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+from . import _bundle
+from .codec import DTYPES, _NUMPY, _TORCH, _WIDTHS, _readable, _source, _threads
+from .errors import InvalidArgumentError, ReferenceMismatchError, TPDEIOError, UnsupportedFormatError
+
+__all__ = [
+    "TemporalPositionDeltaEncoder",
+    "TPDECheckpointCompressor",
+    "CompressedCheckpoint",
+    "checkpoint_info",
+    "load_checkpoint",
+    "state_dict_nbytes",
+    "FORMAT_VERSION",
+    "COMPRESSION_METHODS",
+]
+
+#: Version of the checkpoint bundle format written (docs/FORMAT.md §17).
+FORMAT_VERSION = "1.0"
+#: compression_method names -> TPDE_DELTA_* position-coding flags. "auto"
+#: lets the encoder pick per chunk (dense or sparse, whichever is smaller);
+#: "elias_delta_zstd" forces the design document's sparse coding (positions
+#: as Elias-delta gaps, then zstd); "dense" never codes positions.
+COMPRESSION_METHODS = {"auto": 0, "dense": 1, "elias_delta_zstd": 2}
+_RESIDUALS = {"auto": -1, "xor": 0, "diff": 1, "pred": 2}
+_FLOAT_CODES = frozenset(i for i, n in enumerate(DTYPES) if n.startswith("F"))
+# Lossy coding needs at least 2-byte floats (F8 stays lossless).
+_LOSSY_CODES = frozenset(i for i in _FLOAT_CODES if _WIDTHS[i] >= 2)
+
+Checkpoint = Any  # a state dict (see the module docstring)
+Source = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# --- state dict structure ---------------------------------------------------
+
+def _is_tensor(x: Any) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return True
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(x, np.ndarray)
+
+
+def _key_json(k: Any, path: str) -> Any:
+    if k is None or isinstance(k, (str, bool, int)):
+        return k
+    if isinstance(k, float) and math.isfinite(k):
+        return k
+    raise InvalidArgumentError(f"{path}: a key of type {type(k).__name__} cannot be stored (str, int, float, bool or None)")
+
+
+class _Flat:
+    """A checkpoint taken apart: its tensors by unique name, plus a JSON
+    skeleton of everything else (None when it is a flat name -> tensor
+    mapping, the common case)."""
+
+    def __init__(self, ckpt: Checkpoint, what: str = "checkpoint") -> None:
+        self.tensors: Dict[str, Any] = {}
+        self.aliases: Dict[str, str] = {}  # name -> earlier name of the same tensor
+        self._seen: Dict[Tuple[Any, ...], str] = {}
+        self.state_dict_metadata: Any = None
+        if not isinstance(ckpt, Mapping):
+            raise InvalidArgumentError(f"{what} must be a mapping (a state dict), not {type(ckpt).__name__}")
+        md = getattr(ckpt, "_metadata", None)
+        if isinstance(md, Mapping):
+            # nn.Module.state_dict() versions its modules here; load_state_dict reads it.
+            self.state_dict_metadata = self._plain(md, f"{what}._metadata")
+        if all(isinstance(k, str) and _is_tensor(v) for k, v in ckpt.items()):
+            self.skeleton = None
+            for k, v in ckpt.items():
+                self._add(k, v)
+        else:
+            self.skeleton = self._walk(ckpt, what, "")
+
+    @staticmethod
+    def _identity(t: Any) -> Tuple[Any, ...]:
+        if hasattr(t, "data_ptr"):
+            return ("t", t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()), t.device.type)
+        return ("n", t.ctypes.data, t.dtype.str, t.shape, t.strides)
+
+    def _add(self, name: str, t: Any) -> str:
+        if not name:
+            name = "<root>"
+        base, k = name, 1
+        while name in self.tensors or name in self.aliases:
+            k += 1
+            name = f"{base}#{k}"
+        nbytes = t.nbytes if hasattr(t, "nbytes") else 0
+        ident = self._identity(t) if nbytes else None
+        if ident is not None and ident in self._seen:
+            # The same memory under two names (tied weights): stored once,
+            # restored as one shared tensor, as torch.save does.
+            self.aliases[name] = self._seen[ident]
+        else:
+            if ident is not None:
+                self._seen[ident] = name
+            self.tensors[name] = t
+        return name
+
+    def _plain(self, x: Any, path: str) -> Any:
+        if x is None or isinstance(x, (str, bool, int)):
+            return x
+        if isinstance(x, float):
+            return x if math.isfinite(x) else {"$float": repr(x)}
+        if isinstance(x, Mapping):
+            return {"$dict": [[_key_json(k, path), self._plain(v, f"{path}[{k!r}]")] for k, v in x.items()]}
+        if isinstance(x, list):
+            return [self._plain(v, f"{path}[{i}]") for i, v in enumerate(x)]
+        if isinstance(x, tuple):
+            return {"$tuple": [self._plain(v, f"{path}[{i}]") for i, v in enumerate(x)]}
+        raise InvalidArgumentError(
+            f"{path} is a {type(x).__module__}.{type(x).__qualname__}: tpde stores tensors and JSON-like values "
+            "(str, int, float, bool, None, and dicts, lists and tuples of them); save other objects separately")
+
+    def _walk(self, x: Any, path: str, name: str) -> Any:
+        if _is_tensor(x):
+            return {"$tensor": self._add(name, x)}
+        sub = (lambda k: f"{name}.{k}" if name else str(k))
+        if isinstance(x, Mapping):
+            return {"$dict": [[_key_json(k, path), self._walk(v, f"{path}[{k!r}]", sub(k))] for k, v in x.items()]}
+        if isinstance(x, list):
+            return [self._walk(v, f"{path}[{i}]", sub(i)) for i, v in enumerate(x)]
+        if isinstance(x, tuple):
+            return {"$tuple": [self._walk(v, f"{path}[{i}]", sub(i)) for i, v in enumerate(x)]}
+        return self._plain(x, path)
+
+    def get(self, name: str) -> Any:
+        return self.tensors.get(name if name not in self.aliases else self.aliases[name])
+
+
+def _rebuild(skel: Any, tensors: Mapping[str, Any]) -> Any:
+    if isinstance(skel, list):
+        return [_rebuild(v, tensors) for v in skel]
+    if isinstance(skel, dict):
+        if "$tensor" in skel:
+            return tensors[skel["$tensor"]]
+        if "$dict" in skel:
+            return {k: _rebuild(v, tensors) for k, v in skel["$dict"]}
+        if "$tuple" in skel:
+            return tuple(_rebuild(v, tensors) for v in skel["$tuple"])
+        if "$float" in skel:
+            return float(skel["$float"])
+        raise UnsupportedFormatError(f"unknown checkpoint structure node {sorted(skel)}")
+    return skel
+
+
+def _with_state_dict_metadata(d: Dict[str, Any], md: Any) -> Any:
+    out = collections.OrderedDict(d)
+    if md is not None:
+        out._metadata = _rebuild(md, {})  # type: ignore[attr-defined]
+    return out
+
+
+def state_dict_nbytes(ckpt: Checkpoint) -> int:
+    """Bytes of tensor data in a checkpoint (shared tensors counted once)."""
+    return sum(_source_nbytes(t) for t in _Flat(ckpt).tensors.values())
+
+
+def _source_nbytes(t: Any) -> int:
+    return int(t.nbytes) if hasattr(t, "nbytes") else int(t.numel() * t.element_size())
+
+
+def _empty_like(t: Any) -> Any:
+    """A new contiguous CPU tensor (or array) of t's dtype and shape."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(t, torch.Tensor):
+        return torch.empty(tuple(t.shape), dtype=t.dtype)
+    import numpy as np
+
+    return np.empty(t.shape, dtype=t.dtype)
+
+
+def _alloc(code: int, shape: Tuple[int, ...], like: str) -> Any:
+    if like == "torch":
+        import torch
+
+        tdt = getattr(torch, _TORCH[code], None)
+        if tdt is None:
+            raise InvalidArgumentError(f"this torch has no {_TORCH[code]}; use like='numpy'")
+        return torch.empty(shape, dtype=tdt)
+    import numpy as np
+
+    return np.empty(shape, dtype=np.dtype(_NUMPY[code]))
+
+
+def _layout(t: Any) -> Tuple[int, Tuple[int, ...]]:
+    s = _source(t)
+    return s.code, s.shape
+
+
+# --- the compressed object ----------------------------------------------------
+
+class CompressedCheckpoint(bytes):
+    """The bytes of a compressed checkpoint, with its metadata attached.
+
+    The design document uses compress_checkpoint's result two ways: as a
+    pair (``data, metadata = ...``, §3.4) and as the bytes themselves
+    (``len(data)``, ``decompress_checkpoint(data)``, §5.1). This object is
+    both: it is bytes (writable to a file, picklable as plain bytes), and
+    unpacking it gives ``(bytes, metadata)``. Iterating it therefore yields
+    those two items, not the bytes' integers; use ``bytes(c)`` or a
+    memoryview for the raw bytes.
+    """
+
+    metadata: Dict[str, Any]
+
+    def __new__(cls, data: bytes, metadata: Dict[str, Any]) -> "CompressedCheckpoint":
+        obj = super().__new__(cls, data)
+        obj.metadata = metadata
+        return obj
+
+    def __iter__(self):  # type: ignore[override]
+        return iter((bytes(self), self.metadata))
+
+    def __reduce__(self):  # pickles (and torch.save's) as plain bytes
+        return (bytes, (bytes(self),))
+
+    def __repr__(self) -> str:
+        return f"<CompressedCheckpoint {len(self)} bytes, {self.metadata.get('checkpoint_type')}>"
+
+
+# --- reading ------------------------------------------------------------------
+
+class _Opened:
+    """A bundle in memory, validated, with its index."""
+
+    def __init__(self, data: Any) -> None:
+        self._ctx: Any = _readable(data)
+        self.src, self.n = self._ctx.__enter__()
+        try:
+            self.index = _bundle.index(self.src, self.n)
+        except BaseException:
+            self.close()
+            raise
+        self.meta = self.index.get("metadata", {})
+        self.tpde = self.meta.get("tpde", {})
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            ctx.__exit__(None, None, None)
+
+    def __enter__(self) -> "_Opened":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _open(data: Source) -> _Opened:
+    if isinstance(data, (str, os.PathLike)):
+        return _OpenedFile(data)
+    return _Opened(data)
+
+
+class _OpenedFile(_Opened):
+    """A file, memory-mapped and read in place. The map is private and
+    writable (copy-on-write, never written) because ctypes takes the
+    address only of writable buffers."""
+
+    def __init__(self, path: Any) -> None:
+        p = os.fspath(path)
+        try:
+            with open(p, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE) \
+                    if size else None
+        except OSError as e:
+            raise TPDEIOError(f"{p}: {e.strerror or e}") from e
+        self._keepmap = m
+        super().__init__(memoryview(m) if m is not None else b"")
+
+    def close(self) -> None:
+        super().close()
+        m = getattr(self, "_keepmap", None)
+        if m is not None:
+            self._keepmap = None
+            try:
+                m.close()
+            except BufferError:
+                pass  # a view is still exported; the map closes with it
+
+
+def checkpoint_info(data: Source) -> Dict[str, Any]:
+    """Describe a compressed checkpoint (bytes or a path) without decoding
+    it: its stored metadata, compressed size and, per tensor, dtype, shape,
+    kind (keyframe or delta), sizes and lossy bound/max error."""
+    with _open(data) as b:
+        tensors = []
+        for t in b.index["tensors"]:
+            tensors.append({
+                "name": t["name"], "dtype": DTYPES[t["dtype"]], "shape": tuple(t["shape"]), "kind": t["kind"],
+                "raw_size": t["raw_size"], "frame_size": t["length"], "identical": t["identical"],
+                "lossy": t["lossy"], "bound": t["bound"], "max_error": t["max_error"],
+                "changed_elems": t["changed_elems"],
+            })
+        info = dict(b.meta.get("checkpoint", {}))
+        info["user"] = b.meta.get("user", {})
+        info["compressed_size"] = b.index["size"]
+        info["format_version"] = f"1.{b.index['version_minor']}"
+        info["tensors"] = tensors
+        return info
+
+
+def _decode(data: Source, previous: Optional[Checkpoint], previous2: Optional[Checkpoint], like: str,
+            threads: int) -> Checkpoint:
+    if like not in ("torch", "numpy"):
+        raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
+    th = _threads(threads)
+    with _open(data) as b:
+        tp = b.tpde
+        if tp.get("format") != "tpde-checkpoint":
+            raise UnsupportedFormatError("this bundle holds no tpde checkpoint metadata (was it written by "
+                                         "TemporalPositionDeltaEncoder?)")
+        prev = _Flat(previous, "previous") if previous is not None else None
+        prev2 = _Flat(previous2, "previous2") if previous2 is not None else None
+        out: Dict[str, Any] = {}
+        reqs = []
+        for k, t in enumerate(b.index["tensors"]):
+            name = t["name"]
+            dst = _alloc(t["dtype"], tuple(t["shape"]), like)
+            out[name] = dst
+            ref = ref2 = None
+            if t["kind"] == "delta":
+                ref = _reference(prev, name, t, "previous", b.meta)
+                if t["needs_ref2"]:
+                    ref2 = _reference(prev2, name, t, "previous2", b.meta)
+            reqs.append((k, dst, ref, ref2))
+        try:
+            _bundle.decode(b.src, b.n, reqs, threads=th)
+        except ReferenceMismatchError as e:
+            raise ReferenceMismatchError(f"{e} ({_reference_hint(b.meta)})") from None
+        for alias, name in tp.get("aliases", {}).items():
+            out[alias] = out[name]
+        skel = tp.get("skeleton")
+        if skel is None:
+            return _with_state_dict_metadata(out, tp.get("state_dict_metadata"))
+        return _rebuild(skel, out)
+
+
+def _reference_hint(meta: Dict[str, Any]) -> str:
+    c = meta.get("checkpoint", {})
+    ref = c.get("reference_epoch")
+    here = c.get("epoch")
+    s = "this checkpoint is a delta"
+    if here is not None:
+        s += f" (epoch {here})"
+    s += f" against the {c.get('reference') or 'previous'} checkpoint"
+    if ref is not None:
+        s += f" of epoch {ref}"
+    return s + "; pass exactly that decoded checkpoint as previous"
+
+
+def _reference(prev: Optional[_Flat], name: str, t: Dict[str, Any], what: str, meta: Dict[str, Any]) -> Any:
+    if prev is None:
+        raise ReferenceMismatchError(f"tensor {name!r} is a delta frame and no {what} checkpoint was given "
+                                     f"({_reference_hint(meta)})")
+    r = prev.get(name)
+    if r is None:
+        raise ReferenceMismatchError(f"tensor {name!r} is a delta against the {what} checkpoint's {name!r}, "
+                                     f"which the {what} checkpoint given lacks ({_reference_hint(meta)})")
+    code, shape = _layout(r)
+    if code != t["dtype"] or tuple(shape) != tuple(t["shape"]):
+        raise ReferenceMismatchError(
+            f"tensor {name!r}: the {what} checkpoint's tensor is {DTYPES[code]}{list(shape)}, the delta was made "
+            f"against {DTYPES[t['dtype']]}{list(t['shape'])} ({_reference_hint(meta)})")
+    return r
+
+
+def load_checkpoint(path: Source, previous: Optional[Checkpoint] = None, *, previous2: Optional[Checkpoint] = None,
+                    like: str = "torch", threads: int = 0) -> Checkpoint:
+    """Decode a compressed checkpoint from a file (memory-mapped, read in
+    place) or bytes. A delta checkpoint needs the decoded checkpoint it was
+    made against as previous (a wrong one raises ReferenceMismatchError)."""
+    return _decode(path, previous, previous2, like, threads)
+
+
+# --- the encoder ----------------------------------------------------------------
+
+class TemporalPositionDeltaEncoder:
+    """Compress checkpoints of one training run: full (keyframes) or as
+    deltas against an earlier checkpoint (Temporal Position Delta Encoding).
+
+    threshold: 0.0 (the default) is lossless: every bit of every tensor is
+    restored, NaN payloads and -0.0 included. The design document's default
+    of 1e-3 is *lossy*: threshold > 0 lets delta frames of float tensors
+    replace any element within threshold of its reference element by it,
+    so each restored element is within threshold of the original; the
+    bound and the measured max error are recorded per tensor and reported
+    as metadata['max_error']. Integer and bool tensors, and full
+    (keyframe) checkpoints, are always lossless.
+    adaptive: per-tensor thresholds from the given percentile of |delta|
+    (design document §7.1: percentile=99 drops the 99% smallest changes);
+    capped by threshold when that is > 0. Lossy, opt-in.
+    quant_bits: 8 or 4 additionally quantizes the kept residuals (lossy
+    only), within the same bound.
+    compression_method: how the positions of changed elements are coded:
+    "auto" (per chunk, whichever is smaller), "elias_delta_zstd" (always the
+    design document's sparse coding) or "dense".
+    residual: "auto", "xor", "diff" (integer difference of bit patterns).
+    keep_reference: keep a copy of the last checkpoint as the decoder will
+    see it, the reference of the next delta (see the module docstring).
+    output_dir: where save_checkpoint and save_compressed_delta write.
+    """
+
+    def __init__(self, threshold: float = 0.0, adaptive: bool = False, compression_method: str = "auto", *,
+                 percentile: float = 99.0, quant_bits: int = 0, residual: str = "auto",
+                 keep_reference: bool = True, output_dir: Union[str, "os.PathLike[str]"] = "tpde_checkpoints",
+                 effort: str = "balanced", threads: int = 0) -> None:
+        if not (isinstance(threshold, (int, float)) and threshold >= 0 and math.isfinite(threshold)):
+            raise InvalidArgumentError(f"threshold must be a finite number >= 0, got {threshold!r}")
+        if compression_method not in COMPRESSION_METHODS:
+            raise InvalidArgumentError(
+                f"compression_method must be one of {', '.join(COMPRESSION_METHODS)}, got {compression_method!r}")
+        if residual not in _RESIDUALS or residual == "pred":
+            raise InvalidArgumentError(f"residual must be 'auto', 'xor' or 'diff', got {residual!r}")
+        if not (isinstance(percentile, (int, float)) and 0 < percentile < 100):
+            raise InvalidArgumentError(f"percentile must be in (0, 100), got {percentile!r}")
+        if quant_bits not in (0, 4, 8):
+            raise InvalidArgumentError(f"quant_bits must be 0, 4 or 8, got {quant_bits!r}")
+        if quant_bits and not (threshold > 0 or adaptive):
+            raise InvalidArgumentError("quant_bits needs a lossy mode (threshold > 0 or adaptive=True)")
+        self.threshold = float(threshold)
+        self.adaptive = bool(adaptive)
+        self.compression_method = compression_method
+        self.percentile = float(percentile)
+        self.quant_bits = quant_bits
+        self.residual = residual
+        self.keep_reference = keep_reference
+        self.output_dir = Path(output_dir)
+        self.effort = effort
+        self.threads = _threads(threads)
+        self.last_metadata: Optional[Dict[str, Any]] = None
+        # The reconstruction of the last checkpoint compressed, by name,
+        # and the object it was made from.
+        self._reference: Optional[Dict[str, Any]] = None
+        self._reference2: Optional[Dict[str, Any]] = None
+        self._reference_source: Any = None
+        self._reference_epoch: Optional[int] = None
+        self._thresholds: Mapping[str, float] = {}
+
+    @property
+    def lossy(self) -> bool:
+        return self.threshold > 0 or self.adaptive or bool(self._thresholds)
+
+    # -- compression --
+
+    def compress_checkpoint(self, state_dict: Checkpoint, checkpoint_type: str = "full", *,
+                            epoch: Optional[int] = None, previous: Optional[Checkpoint] = None,
+                            metadata: Optional[Mapping[str, Any]] = None) -> CompressedCheckpoint:
+        """Compress a checkpoint. checkpoint_type "full" stores every tensor
+        alone (a keyframe: decodable without any other checkpoint, always
+        lossless); "delta" is compress_checkpoint_delta(state_dict,
+        previous). Returns a CompressedCheckpoint: bytes that unpack as
+        (bytes, metadata). metadata: extra JSON-serializable fields stored
+        with the checkpoint (e.g. model_name)."""
+        if checkpoint_type == "delta":
+            return self.compress_checkpoint_delta(state_dict, previous, epoch=epoch, metadata=metadata)
+        if checkpoint_type != "full":
+            raise InvalidArgumentError(f"checkpoint_type must be 'full' or 'delta', got {checkpoint_type!r}")
+        return self._compress(state_dict, None, None, epoch, metadata, "full")
+
+    def compress_checkpoint_delta(self, current: Checkpoint, previous: Optional[Checkpoint] = None, *,
+                                  epoch: Optional[int] = None, method: Optional[str] = None,
+                                  metadata: Optional[Mapping[str, Any]] = None) -> CompressedCheckpoint:
+        """Compress current as deltas against previous: each tensor against
+        the tensor of the same name (tensors new or reshaped since are
+        stored as keyframes). previous omitted, or the checkpoint this
+        encoder compressed last, means this encoder's copy of it as the
+        decoder will see it. Returns a CompressedCheckpoint (bytes that
+        unpack as (bytes, metadata)); decode it with
+        decompress_checkpoint(data, previous=<that checkpoint, decoded>).
+        method: a compression_method for this call only."""
+        ref, ref_epoch = self._resolve_previous(previous)
+        return self._compress(current, ref, None, epoch, metadata, "previous", ref_epoch, method=method)
+
+    def _resolve_previous(self, previous: Optional[Checkpoint]) -> Tuple[Dict[str, Any], Optional[int]]:
+        """The reference tensors for a delta, and their epoch when known."""
+        if previous is None or (previous is self._reference_source and self._reference is not None):
+            if self._reference is None:
+                raise InvalidArgumentError(
+                    "no previous checkpoint: pass previous=, or compress a full checkpoint with this encoder first"
+                    + ("" if self.keep_reference else " (keep_reference=False keeps none)"))
+            return self._reference, self._reference_epoch
+        return _Flat(previous, "previous").tensors_with_aliases(), None
+
+    def _compress(self, ckpt: Checkpoint, ref: Optional[Dict[str, Any]], ref2: Optional[Dict[str, Any]],
+                  epoch: Optional[int], user: Optional[Mapping[str, Any]], reference: str,
+                  reference_epoch: Optional[int] = None, method: Optional[str] = None, path: Optional[str] = None,
+                  chunk_size: Optional[int] = None, update_reference: bool = True) -> CompressedCheckpoint:
+        t0 = time.perf_counter()
+        flat = _Flat(ckpt)
+        method = method or self.compression_method
+        if method not in COMPRESSION_METHODS:
+            raise InvalidArgumentError(f"method must be one of {', '.join(COMPRESSION_METHODS)}, got {method!r}")
+        keep = self.keep_reference and update_reference
+        specs: List[_bundle.ItemSpec] = []
+        bound = 0.0
+        for name, t in flat.tensors.items():
+            spec = _bundle.ItemSpec(name, t)
+            r = ref.get(name) if ref is not None else None
+            if r is not None and _layout(r) == _layout(t):
+                spec.ref = r
+                r2 = ref2.get(name) if ref2 is not None else None
+                if r2 is not None and _layout(r2) == _layout(t):
+                    spec.ref2 = r2
+                spec.residual = _RESIDUALS[self.residual]
+                spec.flags = COMPRESSION_METHODS[method]
+                th = self._threshold_for(name, t, r)
+                if th > 0:
+                    spec.threshold, spec.quant_bits = th, self.quant_bits
+                    bound = max(bound, th)
+            if keep:
+                spec.recon = _empty_like(t)
+            specs.append(spec)
+        ckpt_meta = {
+            "checkpoint_type": "full" if ref is None else "delta",
+            "reference": None if ref is None else reference,
+            "epoch": epoch,
+            "reference_epoch": None if ref is None else reference_epoch,
+            "tpde_version": _version(),
+            "format_version": FORMAT_VERSION,
+            "compression_method": method,
+            "threshold": self.threshold,
+            "adaptive": self.adaptive,
+            "percentile": self.percentile if self.adaptive else None,
+            "quant_bits": self.quant_bits,
+            "lossless": bound == 0,
+            "error_bound": bound,
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "num_tensors": len(flat.tensors),
+            "original_size": sum(_source_nbytes(t) for t in flat.tensors.values()),
+        }
+        ckpt_meta["original_size_mb"] = ckpt_meta["original_size"] / 1e6
+        tp = {"format": "tpde-checkpoint", "skeleton": flat.skeleton, "aliases": flat.aliases,
+              "state_dict_metadata": flat.state_dict_metadata}
+        stored = {"tpde": tp, "checkpoint": ckpt_meta, "user": dict(user or {})}
+        if path is None:
+            blob, results = _bundle.encode(specs, stored, effort=self.effort, threads=self.threads)
+            size = len(blob)
+        else:
+            blob, results, size = b"", [], 0
+            w = _bundle.StreamWriter(path, effort=self.effort, threads=self.threads)
+            try:
+                group: List[_bundle.ItemSpec] = []
+                group_bytes = 0
+                for s in specs:
+                    nb = _source_nbytes(s.tensor)
+                    if group and group_bytes + nb > (chunk_size or 0):
+                        results += w.add(group)
+                        group, group_bytes = [], 0
+                    group.append(s)
+                    group_bytes += nb
+                if group:
+                    results += w.add(group)
+                size = w.close(stored, True)
+            finally:
+                w.close(None, False)
+        meta = dict(ckpt_meta)
+        meta.update(stored["user"])
+        changed = sum(r.changed_elems if s.ref is not None else r.nelem for s, r in zip(specs, results))
+        total = sum(r.nelem for r in results)
+        meta["sparsity"] = 0.0 if ref is None or total == 0 else 100.0 * (1 - changed / total)
+        meta["max_error"] = max((r.max_error for r in results), default=0.0)
+        meta["compressed_size"] = size
+        meta["compressed_size_mb"] = size / 1e6
+        meta["ratio"] = meta["original_size"] / size if size else float("inf")
+        meta["method"] = "tpde-keyframe" if ref is None else f"tpde-delta-{reference}"
+        meta["time"] = time.perf_counter() - t0
+        if keep:
+            recon = {s.name: s.recon for s in specs}
+            for alias, name in flat.aliases.items():
+                recon[alias] = recon[name]
+            self._reference2 = self._reference if ref is not None else None
+            self._reference, self._reference_source, self._reference_epoch = recon, ckpt, epoch
+        self.last_metadata = meta
+        return CompressedCheckpoint(blob, meta)
+
+    def _threshold_for(self, name: str, t: Any, ref: Any) -> float:
+        code, _ = _layout(t)
+        if code not in _LOSSY_CODES:
+            return 0.0
+        if name in self._thresholds:
+            return float(self._thresholds[name])
+        th = self.threshold
+        if self.adaptive:
+            from .delta import delta_threshold
+
+            a = delta_threshold(t, ref, self.percentile)
+            th = min(a, th) if th > 0 else a
+        return th
+
+    # -- decompression --
+
+    def decompress_checkpoint(self, data: Source, previous: Optional[Checkpoint] = None, *,
+                              previous2: Optional[Checkpoint] = None, like: str = "torch",
+                              threads: int = 0) -> Checkpoint:
+        """Decode a compressed checkpoint (bytes, or a path to one). A delta
+        needs previous: the decoded checkpoint it was made against (a
+        different one raises ReferenceMismatchError, never wrong data).
+        Returns the state dict, with tensors on the CPU."""
+        return _decode(data, previous, previous2, like, threads or self.threads)
+
+    def decompress_parallel(self, data: Source, num_threads: int = 0, previous: Optional[Checkpoint] = None) -> Checkpoint:
+        """decompress_checkpoint on num_threads threads (design document
+        §8.2). Decoding is always parallel; 0 uses tpde.get_num_threads()."""
+        return self.decompress_checkpoint(data, previous, threads=num_threads)
+
+    # -- files --
+
+    def _path(self, epoch: Any) -> Path:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        return self.output_dir / f"checkpoint_epoch_{epoch}.tpde"
+
+    def save_checkpoint(self, state_dict: Checkpoint, epoch: int) -> int:
+        """Write a full checkpoint to output_dir/checkpoint_epoch_{epoch}.tpde
+        (atomically) and return its size in bytes. The metadata is in
+        last_metadata."""
+        path = self._path(epoch)
+        c = self._compress(state_dict, None, None, epoch, None, "full", path=str(path), chunk_size=1 << 28)
+        return int(c.metadata["compressed_size"])
+
+    def save_compressed_delta(self, state_dict: Checkpoint, previous_checkpoint: Optional[Checkpoint] = None,
+                              epoch: Optional[int] = None) -> int:
+        """Write state_dict as a delta against previous_checkpoint (see
+        compress_checkpoint_delta) to output_dir/checkpoint_epoch_{epoch}.tpde
+        and return its size in bytes."""
+        ref, ref_epoch = self._resolve_previous(previous_checkpoint)
+        path = self._path(epoch)
+        c = self._compress(state_dict, ref, None, epoch, None, "previous", ref_epoch, path=str(path),
+                           chunk_size=1 << 28)
+        return int(c.metadata["compressed_size"])
+
+    def load_checkpoint(self, epoch_or_path: Any, previous: Optional[Checkpoint] = None, **kw: Any) -> Checkpoint:
+        """Decode a checkpoint written by save_checkpoint/save_compressed_delta
+        (an epoch number) or any compressed checkpoint file (a path)."""
+        p = epoch_or_path if isinstance(epoch_or_path, (str, os.PathLike)) else self.output_dir / \
+            f"checkpoint_epoch_{epoch_or_path}.tpde"
+        return self.decompress_checkpoint(p, previous, **kw)
+
+    def stream_compress_to_file(self, checkpoint: Checkpoint, path: Union[str, "os.PathLike[str]"],
+                                chunk_size: Union[int, float] = 1 << 28, *,
+                                previous: Optional[Checkpoint] = None, epoch: Optional[int] = None) -> int:
+        """Compress a checkpoint straight to a file (design document §8.2):
+        tensors are coded and written about chunk_size bytes of input at a
+        time, so the extra memory is about the compressed size of chunk_size
+        bytes (at least one tensor's worth) rather than of the checkpoint.
+        Full unless previous is given. It does not keep a reference copy
+        (that would cost a checkpoint of memory), so it leaves this
+        encoder's chain as it was. Returns the file's size in bytes."""
+        cs = int(chunk_size)
+        if cs <= 0:
+            raise InvalidArgumentError(f"chunk_size must be > 0, got {chunk_size!r}")
+        ref = None if previous is None else _Flat(previous, "previous").tensors_with_aliases()
+        c = self._compress(checkpoint, ref, None, epoch, None, "previous" if ref is not None else "full",
+                           path=os.fspath(path), chunk_size=cs, update_reference=False)
+        return int(c.metadata["compressed_size"])
+
+
+def _tensors_with_aliases(self: _Flat) -> Dict[str, Any]:
+    d = dict(self.tensors)
+    for alias, name in self.aliases.items():
+        d[alias] = self.tensors[name]
+    return d
+
+
+_Flat.tensors_with_aliases = _tensors_with_aliases  # type: ignore[attr-defined]
+
+
+class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
+    """A stateful chain of checkpoints (design document §4.2, §10): the
+    first compress() is a full checkpoint, every later one a delta against
+    the previous checkpoint (reference="previous", approach A) or against
+    the first one (reference="base", approach B: each checkpoint decodes
+    with the base alone). keyframe_interval N > 0 makes every N-th
+    checkpoint full, which bounds the replay needed to reach any one.
+    predict=True (approach A) also keeps the checkpoint before the previous
+    and lets the encoder predict each element from the last two (one more
+    checkpoint of memory on both sides; often smaller deltas).
+
+    decompress() is the mirror image: feed it the checkpoints in the order
+    they were compressed (a full one starts a chain) and it returns each
+    decoded state dict.
+
+    adaptive_threshold=True is the design document's per-layer adaptive
+    threshold (lossy); adaptive_thresholds={name: threshold} gives explicit
+    per-tensor thresholds (§7.1). Both are opt-in; the default is lossless.
+    """
+
+    def __init__(self, adaptive_threshold: bool = False, compression_method: str = "auto", *,
+                 threshold: float = 0.0, adaptive_thresholds: Optional[Mapping[str, float]] = None,
+                 reference: str = "previous", keyframe_interval: int = 0, predict: bool = False,
+                 version: Optional[str] = None, **kw: Any) -> None:
+        if version is not None and str(version).split(".")[:1] != _version().split(".")[:1]:
+            raise UnsupportedFormatError(f"tpde {_version()} cannot act as version {version}")
+        if reference not in ("previous", "base"):
+            raise InvalidArgumentError(f"reference must be 'previous' or 'base', got {reference!r}")
+        if not isinstance(keyframe_interval, int) or keyframe_interval < 0:
+            raise InvalidArgumentError(f"keyframe_interval must be an int >= 0, got {keyframe_interval!r}")
+        super().__init__(threshold=threshold, adaptive=adaptive_threshold, compression_method=compression_method,
+                         **kw)
+        if adaptive_thresholds is not None:
+            for k, v in adaptive_thresholds.items():
+                if not (isinstance(v, (int, float)) and v >= 0 and math.isfinite(v)):
+                    raise InvalidArgumentError(f"adaptive_thresholds[{k!r}] must be a finite number >= 0, got {v!r}")
+            self._thresholds = dict(adaptive_thresholds)
+        if not self.keep_reference:
+            raise InvalidArgumentError("TPDECheckpointCompressor needs keep_reference=True: it is a chain")
+        self.reference = reference
+        self.keyframe_interval = keyframe_interval
+        self.predict = predict and reference == "previous"
+        self._count = 0
+        self._base: Optional[Dict[str, Any]] = None
+        self._base_epoch: Optional[int] = None
+        # Decoder side.
+        self._dec_prev: Optional[Checkpoint] = None
+        self._dec_prev2: Optional[Checkpoint] = None
+        self._dec_base: Optional[Checkpoint] = None
+
+    def compress(self, checkpoint: Checkpoint, epoch: Optional[int] = None, *,
+                 metadata: Optional[Mapping[str, Any]] = None) -> CompressedCheckpoint:
+        """Compress the next checkpoint of the chain; returns bytes (a
+        CompressedCheckpoint, whose .metadata has the statistics)."""
+        full = self._reference is None or (self.keyframe_interval and self._count % self.keyframe_interval == 0)
+        self._count += 1
+        if full:
+            c = self._compress(checkpoint, None, None, epoch, metadata, "full")
+            self._base, self._base_epoch = self._reference, epoch
+            self._reference2 = None
+            return c
+        if self.reference == "base":
+            assert self._base is not None
+            return self._compress(checkpoint, self._base, None, epoch, metadata, "base", self._base_epoch)
+        ref2 = self._reference2 if self.predict else None
+        return self._compress(checkpoint, self._reference, ref2, epoch, metadata, "previous", self._reference_epoch)
+
+    def decompress(self, data: Source, *, like: str = "torch", threads: int = 0) -> Checkpoint:
+        """Decode the next checkpoint of a chain made by compress()."""
+        with _open(data) as b:
+            c = b.meta.get("checkpoint", {})
+        kind, refkind = c.get("checkpoint_type"), c.get("reference")
+        if kind == "full":
+            sd = _decode(data, None, None, like, threads or self.threads)
+            self._dec_base, self._dec_prev, self._dec_prev2 = sd, sd, None
+            return sd
+        if self._dec_prev is None:
+            raise ReferenceMismatchError("this checkpoint is a delta and this decoder has not decoded the full "
+                                         "checkpoint its chain starts with")
+        if refkind == "base":
+            sd = _decode(data, self._dec_base, None, like, threads or self.threads)
+        else:
+            sd = _decode(data, self._dec_prev, self._dec_prev2, like, threads or self.threads)
+        self._dec_prev2, self._dec_prev = self._dec_prev, sd
+        return sd
