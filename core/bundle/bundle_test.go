@@ -148,6 +148,25 @@ func TestReconIsWhatDecodes(t *testing.T) {
 	}
 }
 
+// A tensor that changed wholesale is stored as a keyframe when that is
+// smaller than its delta; it still decodes, with or without the reference.
+func TestWholesaleChangeFallsBackToKeyframe(t *testing.T) {
+	rng := rand.New(rand.NewSource(6))
+	a, _ := randomWalk(rng, 20000, 0)
+	b, _ := randomWalk(rng, 20000, 0)
+	items := []Item{{Name: "reinit", DType: dtype.F32, Shape: []uint64{20000}, Data: f32s(b), Ref: f32s(a),
+		Delta: frame.DeltaOptions{Residual: delta.Auto}, Recon: make([]byte, 80000)}}
+	blob, res := encodeBuffer(t, items, nil, 1)
+	require.True(t, res[0].Keyframe)
+	require.Equal(t, items[0].Data, items[0].Recon)
+	bd, err := Open(blob)
+	require.NoError(t, err)
+	require.Equal(t, items[0].Data, decodeAll(t, bd, items, 1)[0])
+	kf, err := frame.Bound(80000, dtype.F32, 1, 0)
+	require.NoError(t, err)
+	require.Less(t, res[0].FrameLen, kf)
+}
+
 func TestWrongReferenceNamesTheTensor(t *testing.T) {
 	items := testItems(rand.New(rand.NewSource(3)))
 	blob, _ := encodeBuffer(t, items, nil, 2)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/tpde/tpde/core/dtype"
@@ -328,7 +329,51 @@ func encodeItem(dst []byte, it *Item, threads int, effort entropy.Effort, res *I
 		return 0, fmt.Errorf("tensor %q: %w", it.Name, err)
 	}
 	*res = ItemResult{FrameLen: uint64(r.Len), Delta: r}
+	if len(it.Data) >= keyframeTryMin && uint64(r.Len)*keyframeTryDen > uint64(len(it.Data))*keyframeTryNum {
+		return tryKeyframe(dst, it, threads, effort, res)
+	}
 	return r.Len, nil
+}
+
+// A delta frame above keyframeTryNum/keyframeTryDen of the raw size is
+// compared with a keyframe, and the smaller is kept: a tensor that changed
+// wholesale (re-initialised, or a large step in a wide float) codes better
+// alone, and a delta checkpoint should never cost more than a full one.
+// Real fine-tuning deltas stay well below the mark, so the second encode is
+// rare. Tensors under keyframeTryMin bytes are left alone: their frames are
+// mostly header either way.
+const (
+	keyframeTryNum = 3
+	keyframeTryDen = 4
+	keyframeTryMin = 4096
+)
+
+var keyframeScratch = sync.Pool{New: func() any { return new([]byte) }}
+
+func tryKeyframe(dst []byte, it *Item, threads int, effort entropy.Effort, res *ItemResult) (int, error) {
+	bound, err := frame.Bound(uint64(len(it.Data)), it.DType, len(it.Shape), 0)
+	if err != nil {
+		return 0, fmt.Errorf("tensor %q: %w", it.Name, err)
+	}
+	sp := keyframeScratch.Get().(*[]byte)
+	defer keyframeScratch.Put(sp)
+	if uint64(cap(*sp)) < bound {
+		*sp = make([]byte, bound)
+	}
+	buf := (*sp)[:bound]
+	n, err := frame.Encode(buf, it.Data, it.DType, it.Shape, frame.Options{Threads: threads, Effort: effort})
+	if err != nil {
+		return 0, fmt.Errorf("tensor %q: %w", it.Name, err)
+	}
+	if uint64(n) >= res.FrameLen {
+		return int(res.FrameLen), nil
+	}
+	copy(dst, buf[:n])
+	if it.Recon != nil {
+		copy(it.Recon, it.Data) // a keyframe is lossless
+	}
+	*res = ItemResult{FrameLen: uint64(n), Keyframe: true}
+	return n, nil
 }
 
 // Close appends the index with meta (a JSON object; nil or empty is {})

@@ -246,8 +246,9 @@ class CompressedCheckpoint(bytes):
     The design document uses compress_checkpoint's result two ways: as a
     pair (``data, metadata = ...``, §3.4) and as the bytes themselves
     (``len(data)``, ``decompress_checkpoint(data)``, §5.1). This object is
-    both: it is bytes (writable to a file, picklable as plain bytes), and
-    unpacking it gives ``(bytes, metadata)``. Iterating it therefore yields
+    both: it is bytes (write it to a file as is), and unpacking it gives
+    ``(bytes, metadata)``. Pickling it, or torch.save, stores the bytes
+    alone, which load back as a bytearray. Iterating it therefore yields
     those two items, not the bytes' integers; use ``bytes(c)`` or a
     memoryview for the raw bytes.
     """
@@ -262,8 +263,12 @@ class CompressedCheckpoint(bytes):
     def __iter__(self):  # type: ignore[override]
         return iter((bytes(self), self.metadata))
 
-    def __reduce__(self):  # pickles (and torch.save's) as plain bytes
-        return (bytes, (bytes(self),))
+    def __reduce__(self):
+        # Pickled (and torch.save'd) as a bytearray of the same bytes: any
+        # subclass of bytes pickles through a global, and bytearray is one
+        # that torch.load's default weights_only unpickler allows (bytes
+        # is not). Everything in tpde that reads bytes reads a bytearray.
+        return (bytearray, (bytes(self),))
 
     def __repr__(self) -> str:
         return f"<CompressedCheckpoint {len(self)} bytes, {self.metadata.get('checkpoint_type')}>"
@@ -549,7 +554,9 @@ class TemporalPositionDeltaEncoder:
         for name, t in flat.tensors.items():
             spec = _bundle.ItemSpec(name, t)
             r = ref.get(name) if ref is not None else None
-            if r is not None and _layout(r) == _layout(t):
+            # An empty tensor has nothing to delta against (and may have no
+            # data pointer at all): it is stored as a keyframe.
+            if r is not None and _source_nbytes(t) > 0 and _layout(r) == _layout(t):
                 spec.ref = r
                 r2 = ref2.get(name) if ref2 is not None else None
                 if r2 is not None and _layout(r2) == _layout(t):
