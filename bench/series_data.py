@@ -59,11 +59,11 @@ OUT = ROOT / "bench" / "out"
 
 #: Bump when the data generation or the training loop changes in a way that
 #: changes the checkpoints: it is part of the cache key.
-DATA_VERSION = 1
+DATA_VERSION = 2
 
 FIRST_WORD_ID = 1996  # BERT uncased vocab: [PAD], [unusedN], [UNK], [CLS], [SEP], [MASK], characters, then words
 CLS_ID, SEP_ID = 101, 102
-EVAL_SEQS = 64
+EVAL_SEQS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -277,7 +277,7 @@ def continue_training(weights: Dict[str, Any], optim_state: Dict[str, Any], step
     and train `steps` more steps on the same deterministic data stream.
 
     Returns train_loss (the mean training loss of the last `tail` steps),
-    eval_loss (cross entropy on a fixed held-out set of 64 sequences, dropout
+    eval_loss (cross entropy on a fixed held-out set of EVAL_SEQS (256) sequences, dropout
     off, after the last step) and losses (every step's training loss).
     Deterministic for given inputs (same thread count)."""
     tr = Trainer(params, weights, optim_state, start_step)
