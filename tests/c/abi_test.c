@@ -1,12 +1,14 @@
 /* Links include/tpde.h against the built libtpde.so and checks the contract
  * from C: round trip, bounds, error codes with per-call messages, inspect,
- * and concurrent calls from several threads. Exits non-zero on any failure. */
+ * checkpoint bundles, and concurrent calls from several threads. Exits non-zero on any failure. */
+#define _POSIX_C_SOURCE 200809L /* mkstemp */
 #include "tpde.h"
 
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int failures = 0;
 #define CHECK(cond, ...)                                                  \
@@ -56,6 +58,81 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+/* A two-tensor bundle from C: a keyframe and a delta, buffered and streamed;
+ * index, decode, a wrong reference, a damaged index. */
+static void bundle_checks(void) {
+    char err[256];
+    const size_t n = 5000;
+    float *ref = make_floats(n, 7), *cur = make_floats(n, 7), *back = malloc(n * 4), *recon = malloc(n * 4);
+    for (size_t i = 0; i < n; i += 3) cur[i] += 1e-3f;
+    uint64_t shape[2] = {50, 100};
+    tpde_bundle_item items[2];
+    memset(items, 0, sizeof items);
+    items[0].name = "w";
+    items[0].name_len = 1;
+    items[0].dtype = TPDE_F32;
+    items[0].ndim = 2;
+    items[0].shape = shape;
+    items[0].data = cur;
+    items[0].nbytes = n * 4;
+    items[0].ref = ref;
+    items[0].ref_nbytes = n * 4;
+    items[0].residual_kind = TPDE_RESIDUAL_AUTO;
+    items[0].recon = recon;
+    items[0].recon_cap = n * 4;
+    items[1] = items[0];
+    items[1].name = "key";
+    items[1].name_len = 3;
+    items[1].ref = NULL;
+    items[1].ref_nbytes = 0;
+    items[1].recon = NULL;
+    items[1].recon_cap = 0;
+    const char *meta = "{\"epoch\": 2}";
+    uint64_t bound = 0, len = 0, flen = 0;
+    CHECK(tpde_bundle_bound(items, 2, strlen(meta), &bound, err, sizeof err) == TPDE_OK, "bundle bound: %s", err);
+    uint8_t *blob = malloc(bound);
+    CHECK(tpde_bundle_encode(items, 2, meta, strlen(meta), TPDE_EFFORT_BALANCED, 0, blob, bound, &len, err,
+                             sizeof err) == TPDE_OK, "bundle encode: %s", err);
+    CHECK(items[0].residual_used >= 0 && items[1].residual_used == -1 && items[0].frame_size > 0 &&
+          memcmp(recon, cur, n * 4) == 0, "bundle item outputs");
+    /* The same bundle, streamed to a file. */
+    char path[] = "/tmp/tpde_abi_bundleXXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    uint64_t h = 0;
+    CHECK(tpde_bundle_writer_open(path, &h, err, sizeof err) == TPDE_OK, "writer open: %s", err);
+    CHECK(tpde_bundle_writer_add(h, items, 1, 0, 1, err, sizeof err) == TPDE_OK, "writer add: %s", err);
+    CHECK(tpde_bundle_writer_add(h, items + 1, 1, 0, 1, err, sizeof err) == TPDE_OK, "writer add: %s", err);
+    CHECK(tpde_bundle_writer_close(h, meta, strlen(meta), 1, &flen, err, sizeof err) == TPDE_OK, "close: %s", err);
+    CHECK(flen == len, "streamed %llu vs buffered %llu bytes", (unsigned long long)flen, (unsigned long long)len);
+    FILE *f = fopen(path, "rb");
+    uint8_t *fblob = malloc(len);
+    CHECK(f && fread(fblob, 1, len, f) == len && memcmp(fblob, blob, len) == 0, "streamed file equals buffer");
+    if (f) fclose(f);
+    remove(path);
+    free(fblob);
+    CHECK(tpde_bundle_writer_add(h, items, 1, 0, 1, err, sizeof err) == TPDE_E_INVALID, "closed handle");
+
+    char json[4096];
+    uint64_t needed = 0;
+    CHECK(tpde_bundle_index(blob, len, json, sizeof json, &needed, err, sizeof err) == TPDE_OK, "index: %s", err);
+    CHECK(needed < sizeof json && strstr(json, "\"epoch\":2") != NULL && strstr(json, "\"kind\":\"delta\""),
+          "index JSON");
+    tpde_bundle_out outs[2] = {{0, back, n * 4, ref, n * 4, NULL, 0}, {1, recon, n * 4, NULL, 0, NULL, 0}};
+    CHECK(tpde_bundle_decode(blob, len, outs, 2, 0, err, sizeof err) == TPDE_OK, "bundle decode: %s", err);
+    CHECK(memcmp(back, cur, n * 4) == 0 && memcmp(recon, cur, n * 4) == 0, "bundle round trip");
+    outs[0].ref = cur;
+    CHECK(tpde_bundle_decode(blob, len, outs, 1, 0, err, sizeof err) == TPDE_E_REFERENCE, "wrong reference");
+    CHECK(strstr(err, "\"w\"") != NULL, "message names the tensor: %s", err);
+    blob[len - 20] ^= 1;
+    CHECK(tpde_bundle_index(blob, len, json, sizeof json, &needed, err, sizeof err) == TPDE_E_CORRUPT, "damaged");
+    free(blob);
+    free(ref);
+    free(cur);
+    free(back);
+    free(recon);
+}
+
 int main(void) {
     char err[256];
     CHECK(tpde_abi_version() == TPDE_ABI_VERSION, "abi version %d", tpde_abi_version());
@@ -101,6 +178,8 @@ int main(void) {
     free(src);
     free(frame);
     free(back);
+
+    bundle_checks();
 
     /* threads */
     pthread_t th[8];
