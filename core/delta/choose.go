@@ -44,6 +44,12 @@ func prepareT[T word](p *Params, s *Scratch, cur, ref, ref2 []byte) {
 		}
 		p.Kind = best
 	}
+	if oneBucket(p) {
+		// The plan can only be one bucket: nothing to estimate.
+		p.ctx = ctxCfg{k: 1}
+		p.prepared = true
+		return
+	}
 	n := len(cur) / size[T]()
 	ns := sampleExact[T](s, cur, ref, ref2, p.Kind, prepareScale)
 	if p.Lossy() {
@@ -116,4 +122,13 @@ func dropSampled[T word](s *Scratch, ns int, p *Params) {
 			store(s.sv, i, T(0))
 		}
 	}
+}
+
+// oneBucket reports whether makePlan's dense plan is sure to be one bucket
+// (as e.candidates decides), so that Prepare need not sample for it.
+func oneBucket(p *Params) bool {
+	if expFieldOf(p.DType).mask == 0 || p.Context == ContextOff {
+		return true
+	}
+	return p.Context == ContextAuto && p.Effort != entropy.Max
 }

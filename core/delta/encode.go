@@ -357,6 +357,16 @@ func base[T word](k Kind, ref, ref2 []byte, j int) T {
 func gatherExact[T word](s *Scratch, x, ref, ref2 []byte, k Kind) int {
 	n := len(x) / size[T]()
 	pos, vals := s.pos[:n], s.vals
+	if k != Pred {
+		// The sparse coding is tried only when few elements changed, so
+		// most 8-byte words of residuals are zero: test a word at a time.
+		switch size[T]() {
+		case 2:
+			return gatherWords16(k == Diff, x, ref, pos, vals)
+		case 4:
+			return gatherWords32(k == Diff, x, ref, pos, vals)
+		}
+	}
 	m := 0
 	// Branch-free: every element is written at m, which advances only
 	// past the non-zero ones (m <= j, so the writes stay in bounds).

@@ -353,3 +353,73 @@ func gather4(diff bool, p0, p1, p2, p3, bk []byte, qc *[4][MaxContexts]int, k in
 	}
 	return nz
 }
+
+// gatherWords16 is gatherExact for 2-byte elements and the xor or diff
+// residual, four elements per 8-byte word, skipping words whose residuals
+// are all zero.
+func gatherWords16(diff bool, x, ref []byte, pos []uint32, vals []byte) int {
+	n := len(x) / 2
+	m, j := 0, 0
+	for ; j+4 <= n; j += 4 {
+		a := binary.LittleEndian.Uint64(x[2*j:])
+		b := binary.LittleEndian.Uint64(ref[2*j:])
+		z := a ^ b
+		if z == 0 {
+			continue
+		}
+		if diff {
+			z = zigzag16(sub16(a, b))
+		}
+		for l := 0; l < 4; l++ {
+			v := uint16(z >> (16 * l))
+			pos[m] = uint32(j + l)
+			binary.LittleEndian.PutUint16(vals[2*m:], v)
+			m += nonzero(v)
+		}
+	}
+	for ; j < n; j++ {
+		c, r := binary.LittleEndian.Uint16(x[2*j:]), binary.LittleEndian.Uint16(ref[2*j:])
+		v := c ^ r
+		if diff {
+			v = zigzag(c - r)
+		}
+		pos[m] = uint32(j)
+		binary.LittleEndian.PutUint16(vals[2*m:], v)
+		m += nonzero(v)
+	}
+	return m
+}
+
+// gatherWords32 is gatherWords16 for 4-byte elements, two per word.
+func gatherWords32(diff bool, x, ref []byte, pos []uint32, vals []byte) int {
+	n := len(x) / 4
+	m, j := 0, 0
+	for ; j+2 <= n; j += 2 {
+		a := binary.LittleEndian.Uint64(x[4*j:])
+		b := binary.LittleEndian.Uint64(ref[4*j:])
+		z := a ^ b
+		if z == 0 {
+			continue
+		}
+		if diff {
+			z = zigzag32(sub32(a, b))
+		}
+		for l := 0; l < 2; l++ {
+			v := uint32(z >> (32 * l))
+			pos[m] = uint32(j + l)
+			binary.LittleEndian.PutUint32(vals[4*m:], v)
+			m += nonzero(v)
+		}
+	}
+	for ; j < n; j++ {
+		c, r := binary.LittleEndian.Uint32(x[4*j:]), binary.LittleEndian.Uint32(ref[4*j:])
+		v := c ^ r
+		if diff {
+			v = zigzag(c - r)
+		}
+		pos[m] = uint32(j)
+		binary.LittleEndian.PutUint32(vals[4*m:], v)
+		m += nonzero(v)
+	}
+	return m
+}

@@ -1,6 +1,10 @@
 package frame
 
-import "github.com/tpde/tpde/core/par"
+import (
+	"sync"
+
+	"github.com/tpde/tpde/core/par"
+)
 
 // CRC32C of a concatenation from the CRCs of its parts (zlib's
 // crc32_combine, for the Castagnoli polynomial): lets workers checksum the
@@ -94,6 +98,20 @@ func gf2Compose(dst, a, b *[32]uint32) {
 	*dst = c
 }
 
+// crcShifts caches operators by length: a checkpoint's tensors share a
+// handful of chunk sizes, and building one costs about 1 µs per combine.
+var crcShifts sync.Map // uint64 -> *crcShift
+
+// shiftFor returns the (cached) operator for n appended bytes.
+func shiftFor(n uint64) *crcShift {
+	if s, ok := crcShifts.Load(n); ok {
+		return s.(*crcShift)
+	}
+	s := newCRCShift(n)
+	crcShifts.Store(n, s)
+	return s
+}
+
 // newCRCShift returns the operator for n appended bytes.
 func newCRCShift(n uint64) *crcShift {
 	var base, op [32]uint32
@@ -134,13 +152,13 @@ func combineChunks(crcs []uint32, chunkBytes, last uint64) uint32 {
 	if len(crcs) == 0 {
 		return 0
 	}
-	full := newCRCShift(chunkBytes)
+	full := shiftFor(chunkBytes)
 	sum := crcs[0]
 	for i := 1; i < len(crcs)-1; i++ {
 		sum = full.combine(sum, crcs[i])
 	}
 	if len(crcs) > 1 {
-		sum = newCRCShift(last).combine(sum, crcs[len(crcs)-1])
+		sum = shiftFor(last).combine(sum, crcs[len(crcs)-1])
 	}
 	return sum
 }

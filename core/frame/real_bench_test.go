@@ -4,6 +4,7 @@ import (
 	"os"
 	"testing"
 
+	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/safetensors"
 )
@@ -69,3 +70,84 @@ func BenchmarkRealEncode1(b *testing.B) { benchReal(b, 1, false) }
 func BenchmarkRealDecode1(b *testing.B) { benchReal(b, 1, true) }
 func BenchmarkRealEncode2(b *testing.B) { benchReal(b, 2, false) }
 func BenchmarkRealDecode2(b *testing.B) { benchReal(b, 2, true) }
+
+// Delta benchmarks on two checkpoints of a real run: set
+// TPDE_BENCH_DELTA_REF and TPDE_BENCH_DELTA_CUR to .safetensors files with
+// the same tensors (bench/series.py makes such a series).
+func realPair(b *testing.B) (ref, cur []byte, ts []safetensors.Tensor) {
+	rp, cp := os.Getenv("TPDE_BENCH_DELTA_REF"), os.Getenv("TPDE_BENCH_DELTA_CUR")
+	if rp == "" || cp == "" {
+		b.Skip("set TPDE_BENCH_DELTA_REF and TPDE_BENCH_DELTA_CUR to .safetensors files")
+	}
+	ref, err := os.ReadFile(rp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cur, err = os.ReadFile(cp)
+	if err != nil {
+		b.Fatal(err)
+	}
+	f, err := safetensors.Parse(cur)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return ref, cur, f.Tensors
+}
+
+func benchRealDelta(b *testing.B, decode, keyframe bool) {
+	ref, cur, ts := realPair(b)
+	var total, packed int64
+	blobs := make([][]byte, len(ts))
+	outs := make([][]byte, len(ts))
+	for i, t := range ts {
+		d, _ := dtype.FromName(t.DType)
+		src, r := cur[t.Begin:t.End], ref[t.Begin:t.End]
+		bound, _ := DeltaBound(uint64(len(src)), d, len(t.Shape), 0)
+		blobs[i] = make([]byte, bound)
+		outs[i] = make([]byte, len(src))
+		var n int
+		if keyframe {
+			var err error
+			if n, err = Encode(blobs[i], src, d, t.Shape, Options{Threads: 1}); err != nil {
+				b.Fatal(err)
+			}
+		} else {
+			res, err := EncodeDelta(blobs[i], src, r, nil, d, t.Shape, DeltaOptions{Threads: 1, Residual: delta.Auto})
+			if err != nil {
+				b.Fatal(err)
+			}
+			n = res.Len
+		}
+		if decode {
+			blobs[i] = blobs[i][:n]
+		}
+		total += int64(len(src))
+		packed += int64(n)
+	}
+	b.SetBytes(total)
+	b.ReportMetric(float64(total)/float64(packed), "ratio")
+	b.ResetTimer()
+	for k := 0; k < b.N; k++ {
+		for i, t := range ts {
+			d, _ := dtype.FromName(t.DType)
+			src, r := cur[t.Begin:t.End], ref[t.Begin:t.End]
+			var err error
+			switch {
+			case decode:
+				_, err = DecodeDelta(blobs[i], r, nil, outs[i], 1)
+			case keyframe:
+				_, err = Encode(blobs[i], src, d, t.Shape, Options{Threads: 1})
+			default:
+				_, err = EncodeDelta(blobs[i], src, r, nil, d, t.Shape, DeltaOptions{Threads: 1, Residual: delta.Auto})
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+func BenchmarkRealDeltaEncode(b *testing.B)    { benchRealDelta(b, false, false) }
+func BenchmarkRealDeltaDecode(b *testing.B)    { benchRealDelta(b, true, false) }
+func BenchmarkRealKeyframeEncode(b *testing.B) { benchRealDelta(b, false, true) }
+func BenchmarkRealKeyframeDecode(b *testing.B) { benchRealDelta(b, true, true) }
