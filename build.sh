@@ -31,8 +31,13 @@ build_lib() {
 	need_go
 	log "go build -buildmode=c-shared -> $LIB"
 	go mod download
-	CGO_ENABLED=1 go build -trimpath -buildmode=c-shared -o "$LIB" ./capi
-	rm -f "${LIB%.so}.h" # the generated header is not the contract; include/tpde.h is
+	# Built beside the target and renamed over it: a process that has the
+	# old library loaded keeps its mapping intact (overwriting in place
+	# would change the code under it).
+	local tmp="${LIB%.so}.tmp-$$.so"
+	CGO_ENABLED=1 go build -trimpath -buildmode=c-shared -o "$tmp" ./capi
+	mv -f "$tmp" "$LIB"
+	rm -f "${tmp%.so}.h" "${LIB%.so}.h" # the generated header is not the contract; include/tpde.h is
 }
 
 # ensure_venv creates the test/bench venv once per lock-file hash, outside the

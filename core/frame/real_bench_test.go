@@ -125,8 +125,8 @@ func benchRealDelta(b *testing.B, decode, keyframe bool) {
 		packed += int64(n)
 	}
 	b.SetBytes(total)
-	b.ReportMetric(float64(total)/float64(packed), "ratio")
 	b.ResetTimer()
+	defer func() { b.ReportMetric(float64(total)/float64(packed), "ratio") }()
 	for k := 0; k < b.N; k++ {
 		for i, t := range ts {
 			d, _ := dtype.FromName(t.DType)
