@@ -426,3 +426,21 @@ def test_failed_stream_leaves_no_file(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["x.tpde"]
     with pytest.raises(tpde.TPDEIOError):
         tpde.load_checkpoint(tmp_path / "missing.tpde")
+
+
+def test_cli_info_describes_a_checkpoint(tmp_path: Path, run_py: Any) -> None:
+    g = torch.Generator().manual_seed(12)
+    a = random_state(g, torch.float32)
+    enc = tpde.TemporalPositionDeltaEncoder(output_dir=tmp_path)
+    enc.save_checkpoint(a, epoch=1)
+    enc.save_compressed_delta(step_state(a, g), epoch=2)
+    r = run_py("-m", "tpde", "info", str(tmp_path / "checkpoint_epoch_2.tpde"))
+    assert r.returncode == 0, r.stderr
+    assert "tpde checkpoint 1.0, delta against the previous checkpoint, epoch 2, lossless" in r.stdout
+    assert "layer.weight" in r.stdout and "frozen" in r.stdout and "(identical)" in r.stdout
+    r = run_py("-m", "tpde", "info", "--json", str(tmp_path / "checkpoint_epoch_1.tpde"))
+    assert r.returncode == 0, r.stderr
+    import json
+
+    info = json.loads(r.stdout)
+    assert info["checkpoint_type"] == "full" and len(info["tensors"]) == len(a)

@@ -59,7 +59,7 @@ def _parser() -> _Parser:
                        help="output path (default: FILE.tpde; for decompress FILE without .tpde, else FILE.restored)")
         c.add_argument("--threads", type=_threads_arg, default=0, metavar="N", help="worker threads (0: all CPUs)")
         c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-    i = sub.add_parser("info", help="describe a .tpde file", description="describe a .tpde file")
+    i = sub.add_parser("info", help="describe a .tpde file or checkpoint", description="describe a .tpde file or compressed checkpoint")
     i.add_argument("file", metavar="FILE")
     i.add_argument("--json", action="store_true", help="print the description as JSON")
     return p
@@ -134,8 +134,47 @@ def _methods(seg: Dict[str, Any]) -> str:
     return " ".join(f"{k}:{v}" for k, v in sorted(m.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def _is_bundle(path: str) -> bool:
+    from ._bundle import BUNDLE_MAGIC
+
+    with open(path, "rb") as f:
+        return f.read(4) == BUNDLE_MAGIC
+
+
+def _bundle_info(args: argparse.Namespace) -> int:
+    from .checkpoint import checkpoint_info
+
+    ci = checkpoint_info(args.file)
+    if args.json:
+        print(json.dumps(ci, indent=2, default=list))
+        return 0
+    orig, stored = ci.get("original_size", 0), ci.get("compressed_size", 0)
+    kind = ci.get("checkpoint_type", "?")
+    ref = f" against the {ci['reference']} checkpoint" if ci.get("reference") else ""
+    ep = f", epoch {ci['epoch']}" if ci.get("epoch") is not None else ""
+    lossy = "lossless" if ci.get("lossless", True) else f"lossy, bound {ci.get('error_bound')}"
+    lines = [
+        f"{args.file}: tpde checkpoint {ci.get('format_version', '?')}, {kind}{ref}{ep}, {lossy}",
+        f"size: {orig:,} -> {stored:,} bytes ({_human(orig)} -> {_human(stored)}), ratio {_ratio(orig, stored)}",
+        "",
+    ]
+    rows = [("name", "dtype", "shape", "original -> stored", "kind")]
+    for t in ci["tensors"]:
+        k = t["kind"] + (" (identical)" if t["identical"] else "") + (
+            f" lossy max_error {t['max_error']:.3g}" if t["lossy"] else "")
+        rows.append((t["name"], t["dtype"], "x".join(str(d) for d in t["shape"]) or "scalar",
+                     f"{t['raw_size']:,} -> {t['frame_size']:,}", k))
+    widths = [max(len(r[c]) for r in rows) for c in range(4)]
+    for r in rows:
+        lines.append("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4])
+    print("\n".join(line.rstrip() for line in lines))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     _check_input(args.file)
+    if _is_bundle(args.file):
+        return _bundle_info(args)
     fi = file_info(args.file)
     if args.json:
         print(json.dumps(fi, indent=2))
