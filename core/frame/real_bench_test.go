@@ -6,6 +6,7 @@ import (
 
 	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/entropy"
 	"github.com/tpde/tpde/core/safetensors"
 )
 
@@ -96,6 +97,14 @@ func realPair(b *testing.B) (ref, cur []byte, ts []safetensors.Tensor) {
 
 func benchRealDelta(b *testing.B, decode, keyframe bool) {
 	ref, cur, ts := realPair(b)
+	effort := entropy.Balanced
+	if os.Getenv("TPDE_BENCH_EFFORT") == "max" {
+		effort = entropy.Max
+	}
+	ctx := delta.ContextAuto
+	if os.Getenv("TPDE_BENCH_CONTEXT") == "on" {
+		ctx = delta.ContextOn
+	}
 	var total, packed int64
 	blobs := make([][]byte, len(ts))
 	outs := make([][]byte, len(ts))
@@ -108,11 +117,11 @@ func benchRealDelta(b *testing.B, decode, keyframe bool) {
 		var n int
 		if keyframe {
 			var err error
-			if n, err = Encode(blobs[i], src, d, t.Shape, Options{Threads: 1}); err != nil {
+			if n, err = Encode(blobs[i], src, d, t.Shape, Options{Threads: 1, Effort: effort}); err != nil {
 				b.Fatal(err)
 			}
 		} else {
-			res, err := EncodeDelta(blobs[i], src, r, nil, d, t.Shape, DeltaOptions{Threads: 1, Residual: delta.Auto})
+			res, err := EncodeDelta(blobs[i], src, r, nil, d, t.Shape, DeltaOptions{Threads: 1, Residual: delta.Auto, Effort: effort, Context: ctx})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -136,9 +145,9 @@ func benchRealDelta(b *testing.B, decode, keyframe bool) {
 			case decode:
 				_, err = DecodeDelta(blobs[i], r, nil, outs[i], 1)
 			case keyframe:
-				_, err = Encode(blobs[i], src, d, t.Shape, Options{Threads: 1})
+				_, err = Encode(blobs[i], src, d, t.Shape, Options{Threads: 1, Effort: effort})
 			default:
-				_, err = EncodeDelta(blobs[i], src, r, nil, d, t.Shape, DeltaOptions{Threads: 1, Residual: delta.Auto})
+				_, err = EncodeDelta(blobs[i], src, r, nil, d, t.Shape, DeltaOptions{Threads: 1, Residual: delta.Auto, Effort: effort, Context: ctx})
 			}
 			if err != nil {
 				b.Fatal(err)
