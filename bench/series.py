@@ -179,7 +179,8 @@ def baseline_sizes(tools: Tools, name: str, cur: Any, prev: Optional[Any]) -> Di
 
 
 def tpde_checkpoint_sizes(cur: Dict[str, Any], prev: Optional[Dict[str, Any]], prev2: Optional[Dict[str, Any]],
-                          base: Optional[Dict[str, Any]], stats: Dict[str, Any]) -> Tuple[Dict[str, int], Dict[str, Any]]:
+                          base: Optional[Dict[str, Any]],
+                          stats: Dict[str, Any]) -> Tuple[Dict[str, int], Dict[str, Any]]:
     """tpde on a whole checkpoint, from per-tensor frames, each decoded and compared bit-exactly.
 
     key: keyframes (compress_tensor); dprev: delta against prev (approach A;
@@ -234,12 +235,13 @@ def tpde_checkpoint_sizes(cur: Dict[str, Any], prev: Optional[Dict[str, Any]], p
 
 
 def checkpoint_part(tools: Tools, cur: Dict[str, Any], prev: Optional[Dict[str, Any]],
-                    prev2: Optional[Dict[str, Any]], base: Optional[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+                    prev2: Optional[Dict[str, Any]],
+                    base: Optional[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Every lossless measurement of one part (bf16, fp32 or optim) of one checkpoint."""
     import tpde
 
     res: Dict[str, Any] = {k: 0 for k in SIZE_KEYS}
-    res.update(elements=0, unchanged=0)
+    res.update(elements=0, unchanged=0, elements_noemb=0, unchanged_noemb=0)
     stats: Dict[str, Any] = {}
     for name, t in cur.items():
         res["raw"] += t.numel() * t.element_size()
@@ -252,7 +254,12 @@ def checkpoint_part(tools: Tools, cur: Dict[str, Any], prev: Optional[Dict[str, 
             res["h_xor"] += hx / 8
             res["h_diff"] += hd / 8
             res["h_best"] += min(hx, hd) / 8
-            res["unchanged"] += int((_uint(t) == _uint(prev[name])).sum())
+            same = int((_uint(t) == _uint(prev[name])).sum())
+            res["unchanged"] += same
+            if not name.startswith("embeddings."):
+                res["unchanged_noemb"] += same
+        if not name.startswith("embeddings."):
+            res["elements_noemb"] += t.numel()
     sizes, decoded = tpde_checkpoint_sizes(cur, prev, prev2, base, stats)
     res.update(sizes)
     res["stats"] = stats
@@ -324,7 +331,7 @@ def measure_lossless(rep: Report, series: series_data.Series, log: Callable[[str
     # full = fp32 + optim
     full = []
     for a, b in zip(per["fp32"], per["optim"]):
-        r = {k: a[k] + b[k] for k in (*SIZE_KEYS, "elements", "unchanged")}
+        r = {k: a[k] + b[k] for k in (*SIZE_KEYS, "elements", "unchanged", "elements_noemb", "unchanged_noemb")}
         r["step"] = a["step"]
         r["stats"] = {"fp32": a["stats"], "optim": b["stats"]}
         full.append(r)
@@ -336,7 +343,8 @@ def _ratio(raw: float, size: float) -> str:
     return f"{raw / size:.2f}" if size > 0 else "inf"
 
 
-def report_stream(rep: Report, stream: str, rows_in: List[Dict[str, Any]], bundle: Optional[List[int]]) -> Dict[str, Any]:
+def report_stream(rep: Report, stream: str, rows_in: List[Dict[str, Any]],
+                  bundle: Optional[List[int]]) -> Dict[str, Any]:
     n = len(rows_in)
     headers = ["ckpt", "step", "raw MB", "unchg %", "zstd-3", "ZipNN", "ZipNN xor", "tpde key", "H0 key",
                "tpde prev", "tpde pred", "tpde base", "H0 xor", "H0 diff", "H0 best"]
@@ -510,8 +518,6 @@ def lossy_chain(series: series_data.Series, st: LossySetting, keep_last: bool) -
     """Closed-loop lossy chain of the full training state over checkpoints 1..N
     (checkpoint 0 kept exact). Every frame is decoded and compared with the
     reconstruction compress_delta promised, and its error with the bound."""
-    import torch
-
     import tpde
 
     ref = stream_state(series, 0, "full")
@@ -578,6 +584,54 @@ def lossy_chain(series: series_data.Series, st: LossySetting, keep_last: bool) -
     return res
 
 
+def bundle_lossy(series: series_data.Series, pct: float, quant_bits: int) -> Optional[Dict[str, Any]]:
+    """TemporalPositionDeltaEncoder(adaptive=True, percentile=pct) over the full
+    training state: a keyframe, then compress_checkpoint_delta(current) with the
+    previous omitted (the encoder's own reconstruction: closed loop). Each
+    delta is decoded against the previous *decoded* checkpoint (a reference
+    that differs from the encoder's would be refused) and every element's
+    error is checked against the recorded bound. None without the API."""
+    import tpde
+
+    cls = getattr(tpde, "TemporalPositionDeltaEncoder", None)
+    if cls is None:
+        return None
+    try:
+        enc = cls(adaptive=True, percentile=pct, quant_bits=quant_bits)
+        s0 = stream_state(series, 0, "full")
+        data, _ = enc.compress_checkpoint(s0)
+        prev = dict(enc.decompress_checkpoint(data))
+        if not common.tensors_equal(s0, prev):
+            raise BenchError("TemporalPositionDeltaEncoder (adaptive) keyframe did not restore checkpoint 0")
+        raw = size = 0
+        max_err = 0.0
+        meta_err = 0.0
+        for k in range(1, len(series)):
+            cur = stream_state(series, k, "full")
+            data, meta = enc.compress_checkpoint_delta(cur)
+            back = dict(enc.decompress_checkpoint(data, previous=prev))
+            bound = float(meta["error_bound"])
+            for name, x in cur.items():
+                if x.is_floating_point():
+                    e = float((back[name].double() - x.double()).abs().max())
+                    if e > bound:
+                        raise BenchError(f"TemporalPositionDeltaEncoder (adaptive): {name} checkpoint {k} error "
+                                         f"{e!r} > bound {bound!r}")
+                    max_err = max(max_err, e)
+                elif not _bits_equal(back[name], x):
+                    raise BenchError(f"TemporalPositionDeltaEncoder (adaptive): {name} (not float) changed")
+            meta_err = max(meta_err, float(meta["max_error"]))
+            raw += int(meta["original_size"])
+            size += len(data)
+            prev = back
+    except BenchError:
+        raise
+    except Exception as e:  # report, do not abort: the API is new
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {"percentile": pct, "quant_bits": quant_bits, "raw": raw, "size": size, "ratio": raw / size,
+            "max_error": max_err, "metadata_max_error": meta_err}
+
+
 def lossy_section(rep: Report, series: series_data.Series, settings: List[LossySetting], cont_steps: int,
                   log: Callable[[str], None]) -> Dict[str, Any]:
     import torch
@@ -627,15 +681,31 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
     rep.note(f"Closed-loop chain over checkpoints 1..N of the full training state (checkpoint 0 exact, not "
              "counted); per tensor and checkpoint, threshold = the given percentile of |x - previous recon| "
              "(the definition of tpde_delta_threshold, computed with numpy; the two agreed on "
-             f"{checked} tensor/percentile pairs checked), q = quant_bits. ratio = raw bytes / frame bytes over the deltas (weights, "
+             f"{checked} tensor/percentile pairs checked), q = quant_bits. ratio = raw bytes / frame bytes over "
+             "the deltas (weights, "
              "optim: the two parts alone; min/ckpt: the worst checkpoint). kept % = elements whose residual was "
              "kept. max|err|: largest absolute error of any element; err/RMS: the largest over tensors of "
              "(max error / RMS of the tensor); rel RMS: sqrt(sum of squared errors / sum of squared values) over "
-             "every element of every checkpoint (w: weights, opt: exp_avg + exp_avg_sq). exp_avg_sq<0: decoded second moments below zero (quantization "
+             "every element of every checkpoint (w: weights, opt: exp_avg + exp_avg_sq). exp_avg_sq<0: decoded "
+             "second moments below zero (quantization "
              "can cross zero); the continuation clamps them to 0.")
     worst = max(results, key=lambda r: r["ratio"])
     rep.note(f"largest err/RMS ({worst['setting']}): weights {worst['worst_rel_w']}; "
              f"optimizer {worst['worst_rel_o']}")
+
+    bl = bundle_lossy(series, 99.0, 0)
+    if bl is None:
+        rep.note("tpde bundle: TemporalPositionDeltaEncoder does not exist in this tpde (no bundle row).")
+    elif "error" in bl:
+        rep.note(f"tpde bundle: TemporalPositionDeltaEncoder(adaptive=True, percentile=99) failed: {bl['error']}")
+    else:
+        same = next((r for r in results if r["percentile"] == 99.0 and r["quant_bits"] == 0), None)
+        rep.note(f"tpde bundle: TemporalPositionDeltaEncoder(adaptive=True, percentile=99) over the same chain "
+                 f"(closed loop by the encoder itself, whole-checkpoint blobs): ratio {bl['ratio']:.1f}"
+                 + (f" (per-tensor frames, p99 q0 above: {same['ratio']:.1f})" if same else "")
+                 + f", max |error| {bl['max_error']:.3g} (metadata max_error {bl['metadata_max_error']:.3g}); "
+                 f"every delta decoded against the previous decoded checkpoint.")
+    log("  lossy bundle done")
 
     # continuation test
     last = len(series) - 1
@@ -661,6 +731,7 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
                 "rel_eval": abs(c["eval_loss"] / a["eval_loss"] - 1)}
     crow.append(["weights rounded to bf16", "-", f"{c['train_loss']:.6f}", f"{c['eval_loss']:.6f}",
                  f"{bf16_ref['rel_train']:.2e}", f"{bf16_ref['rel_eval']:.2e}"])
+    split: List[Dict[str, Any]] = []
     for lab in candidates():
         rec = kept[lab]
         r = next(x for x in results if x["setting"] == lab)
@@ -674,15 +745,30 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
                       "rel_train": rt, "rel_eval": re_, "losses": c["losses"]})
         crow.append([f"lossy {lab}", f"{r['ratio']:.1f}", f"{c['train_loss']:.6f}", f"{c['eval_loss']:.6f}",
                      f"{rt:.2e}", f"{re_:.2e}"])
+        if lab == candidates()[-1]:
+            # where the difference comes from: one half lossy, the other exact
+            for what, ww, oo in (("weights lossy, optimizer exact", w, orig_o),
+                                 ("weights exact, optimizer lossy", orig_w, o)):
+                c = series_data.continue_training(ww, oo, cont_steps, start_step=step, params=p)
+                torch.set_num_threads(1)
+                rt = abs(c["train_loss"] / a["train_loss"] - 1)
+                re_ = abs(c["eval_loss"] / a["eval_loss"] - 1)
+                split.append({"setting": lab, "what": what, "train_loss": c["train_loss"],
+                              "eval_loss": c["eval_loss"], "rel_train": rt, "rel_eval": re_})
+                crow.append([f"  {lab}: {what}", "-", f"{c['train_loss']:.6f}", f"{c['eval_loss']:.6f}",
+                             f"{rt:.2e}", f"{re_:.2e}"])
     rep.table(["continued from checkpoint %d" % last, "ratio", "train loss", "eval loss", "rel. diff train",
                "rel. diff eval"], crow, "lrrrrr")
     rep.note(f"{cont_steps} more AdamW steps from checkpoint {last} (step {step}) on the same data stream and "
              f"dropout masks (series_data.continue_training); train loss = mean of the last 10 steps' training "
-             f"losses, eval loss = cross entropy on {series_data.EVAL_SEQS} fixed held-out sequences (dropout off) after the "
+             f"losses, eval loss = cross entropy on {series_data.EVAL_SEQS} fixed held-out sequences (dropout off) "
+             f"after the "
              f"last step. 'weights rounded to bf16': the original state with the weights cast to bf16 and back "
              f"(optimizer exact), a reference point for the size of these differences. Lossless "
              f"continued twice: {'identical' if determ else 'DIFFERENT (not deterministic)'}. Lossy rows: the most "
-             f"aggressive setting, and the lowest-error setting reaching {T_LOSSY:g}x.")
+             f"aggressive setting, and the lowest-error setting reaching {T_LOSSY:g}x (by rel RMS w), the latter "
+             f"also with "
+             f"only its weights or only its optimizer state lossy (the other half exact).")
     ok = [c for c in conts if c["ratio"] >= T_LOSSY and c["rel_train"] <= T_LOSS_REL and c["rel_eval"] <= T_LOSS_REL]
     best = max(results, key=lambda r: r["ratio"])
     if ok:
@@ -700,7 +786,8 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
         rep.note("WARNING: the lossless continuation is not deterministic; the lossy comparison is not meaningful.")
     return {"settings": results, "continuation": {"steps": cont_steps, "start_step": step, "lossless": a,
                                                   "lossless_again": b, "deterministic": determ, "lossy": conts,
-                                                  "bf16_weights_reference": bf16_ref}}
+                                                  "bf16_weights_reference": bf16_ref, "split": split},
+            "bundle_adaptive_p99": bl}
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -784,7 +871,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         rep.note(f"tpde bundle: TemporalPositionDeltaEncoder failed to run: {bundle['error']}")
     else:
         rep.note("tpde bundle: tpde.TemporalPositionDeltaEncoder() (lossless defaults) compress_checkpoint / "
-                 "compress_checkpoint_delta(current, previous): bytes of the whole-checkpoint blob, round trip checked.")
+                 "compress_checkpoint_delta(current, previous): bytes of the whole-checkpoint blob, round trip "
+                 "checked.")
 
     b = streams_out["bf16"]
     rep.target(f"bf16 weights lossless >= {T_BF16:g}x per delta checkpoint (tpde vs previous)",
@@ -804,8 +892,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     rep.section("unchanged elements vs the previous checkpoint, per stream")
     urows = [[s, *(f"{u:.1f}" for u in streams_out[s]["unchanged_pct"])] for s in STREAMS]
     urows.append(["optim only", *(f"{100 * r['unchanged'] / r['elements']:.1f}" for r in lossless["optim"][1:])])
+    for s_, rows_ in (("bf16", lossless["streams"]["bf16"]), ("optim", lossless["optim"])):
+        urows.append([f"{s_} w/o embeddings",
+                      *(f"{100 * r['unchanged_noemb'] / r['elements_noemb']:.1f}" for r in rows_[1:])])
     rep.table(["stream", *(f"{k}" for k in range(1, len(series)))], urows)
-    rep.note("percent of elements whose bit pattern equals the previous checkpoint's, per checkpoint 1..N")
+    emb = 1 - lossless["streams"]["bf16"][0]["elements_noemb"] / lossless["streams"]["bf16"][0]["elements"]
+    rep.note("percent of elements whose bit pattern equals the previous checkpoint's, per checkpoint 1..N. "
+             f"'w/o embeddings': leaving out the embeddings.* tensors ({100 * emb:.0f}% of the elements), whose "
+             "rows for tokens and positions not seen in an interval move only by weight decay (below half a bf16 "
+             "ulp) and keep zero Adam moments until first seen.")
 
     rep.section("identical tensor: compress_delta(t, t.clone())")
     ident = identical_frames(rep, series)
