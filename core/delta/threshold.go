@@ -1,6 +1,7 @@
 package delta
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 
@@ -32,9 +33,16 @@ func PercentileThreshold(d dtype.DType, cur, ref []byte, pct float64) (float64, 
 	n := len(cur) / w
 	diff := func(j int) (uint64, bool) {
 		var c, r uint64
-		for b := 0; b < w; b++ {
-			c |= uint64(cur[j*w+b]) << (8 * b)
-			r |= uint64(ref[j*w+b]) << (8 * b)
+		switch w {
+		case 2:
+			c, r = uint64(binary.LittleEndian.Uint16(cur[2*j:])), uint64(binary.LittleEndian.Uint16(ref[2*j:]))
+		case 4:
+			c, r = uint64(binary.LittleEndian.Uint32(cur[4*j:])), uint64(binary.LittleEndian.Uint32(ref[4*j:]))
+		default:
+			for b := 0; b < w; b++ {
+				c |= uint64(cur[j*w+b]) << (8 * b)
+				r |= uint64(ref[j*w+b]) << (8 * b)
+			}
 		}
 		x := math.Abs(f.value(c) - f.value(r))
 		if !(x <= math.MaxFloat64) {
@@ -42,12 +50,16 @@ func PercentileThreshold(d dtype.DType, cur, ref []byte, pct float64) (float64, 
 		}
 		return math.Float64bits(x), true
 	}
+	// Radix select on the float64 bit patterns of |cur - ref| (ordered like
+	// the values, since they are non-negative), 16 bits at a time: one pass
+	// counts the top 16 bits, a second collects the elements of the chosen
+	// bucket, and the remaining digits are selected among those alone.
 	var hist [1 << 16]uint64
-	var prefix, mask uint64 // bits fixed so far
 	count := uint64(0)
 	for j := 0; j < n; j++ {
-		if _, ok := diff(j); ok {
+		if v, ok := diff(j); ok {
 			count++
+			hist[v>>48]++
 		}
 	}
 	if count == 0 {
@@ -55,21 +67,37 @@ func PercentileThreshold(d dtype.DType, cur, ref []byte, pct float64) (float64, 
 	}
 	k := uint64(math.Ceil(pct / 100 * float64(count))) // 1-based rank
 	k = min(max(k, 1), count)
-	for shift := 48; shift >= 0; shift -= 16 {
-		clear(hist[:])
-		for j := 0; j < n; j++ {
-			if v, ok := diff(j); ok && v&mask == prefix {
-				hist[(v>>uint(shift))&0xFFFF]++
-			}
-		}
+	pick := func() uint64 {
 		for b, c := range hist {
 			if k <= c {
-				prefix |= uint64(b) << uint(shift)
-				break
+				return uint64(b)
 			}
 			k -= c
 		}
-		mask |= 0xFFFF << uint(shift)
+		return 1<<16 - 1 // unreachable: the counts sum to at least k
+	}
+	top := pick()
+	bucket := make([]uint64, 0, hist[top])
+	for j := 0; j < n; j++ {
+		if v, ok := diff(j); ok && v>>48 == top {
+			bucket = append(bucket, v)
+		}
+	}
+	prefix := top << 48
+	for shift := 32; shift >= 0; shift -= 16 {
+		clear(hist[:])
+		for _, v := range bucket {
+			hist[(v>>uint(shift))&0xFFFF]++
+		}
+		digit := pick()
+		prefix |= digit << uint(shift)
+		kept := bucket[:0]
+		for _, v := range bucket {
+			if (v>>uint(shift))&0xFFFF == digit {
+				kept = append(kept, v)
+			}
+		}
+		bucket = kept
 	}
 	return math.Float64frombits(prefix), nil
 }
