@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 import tpde
 
-FLOATS = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-INTS = [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8]
+FLOATS = [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.float8_e4m3fn, torch.float8_e5m2]
+INTS = [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.uint16, torch.uint32, torch.uint64]
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -130,14 +130,15 @@ def test_integer_only_chain_and_prediction() -> None:
     g = torch.Generator().manual_seed(4)
     enc = tpde.TPDECheckpointCompressor(predict=True)
     dec = tpde.TPDECheckpointCompressor(predict=True)
-    state = collections.OrderedDict((f"t{i}", torch.randint(0, 5, (200,), generator=g, dtype=d))
+    # Drawn and stepped in int64: torch has no arithmetic on uint16/32/64.
+    state = collections.OrderedDict((f"t{i}", torch.randint(0, 5, (200,), generator=g).to(d))
                                     for i, d in enumerate(INTS))
     state["w"] = torch.randn(4000, generator=g)
     drift = torch.randn(4000, generator=g) * 1e-4
     for epoch in range(21):
         assert_same_state(dec.decompress(enc.compress(state, epoch)), state)
-        state = collections.OrderedDict((k, v + 1 if not v.is_floating_point() else v + drift)
-                                        for k, v in state.items())
+        state = collections.OrderedDict((k, (v.to(torch.int64) + 1).to(v.dtype) if not v.is_floating_point()
+                                         else v + drift) for k, v in state.items())
 
 
 def test_identical_checkpoint_costs_at_most_64_bytes_per_tensor() -> None:
