@@ -6,6 +6,7 @@
 #   ./build.sh demo       the main job: real MiniLM weights, compress + restore + compare
 #   ./build.sh test       every test: Go (with short fuzz runs), the C ABI, Python
 #   ./build.sh bench      the benchmarks behind every figure in README.md and docs/
+#   ./build.sh series     the checkpoint-series benchmark (trains MiniLM on the CPU once, cached)
 #   ./build.sh venv       print the path of the cached venv (creating it if needed)
 #   ./build.sh wheel      build a platform wheel into dist/
 set -euo pipefail
@@ -120,12 +121,17 @@ bench)
 	VENV="$(ensure_venv)"
 	py bench/run.py "$@"
 	;;
+series)
+	build_lib
+	VENV="$(ensure_venv)"
+	py bench/series.py "$@"
+	;;
 wheel)
 	VENV="$(ensure_venv)"
 	"$VENV/bin/pip" wheel --no-deps -w dist . "$@"
 	;;
 *)
-	sed -n '2,12p' "$0" >&2
+	sed -n '2,13p' "$0" >&2
 	exit 2
 	;;
 esac
