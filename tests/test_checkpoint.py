@@ -367,6 +367,10 @@ def test_damaged_bundles_raise_typed_errors() -> None:
     frame = tpde.compress_tensor(torch.zeros(10))
     with pytest.raises(tpde.InvalidArgumentError, match="single tensor frame"):
         tpde.load_checkpoint(frame + bytes(16))
+    with pytest.raises(tpde.InvalidArgumentError, match="decompress_file"):
+        tpde.load_checkpoint(b"\x89TPC" + bytes(100))
+    with pytest.raises(TypeError):
+        tpde.load_checkpoint(12345)  # type: ignore[arg-type]
 
 
 def test_bad_arguments() -> None:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _bundle
-from .codec import DTYPES, _NUMPY, _TORCH, _WIDTHS, _readable, _source, _threads
+from .codec import _FILE_MAGIC, DTYPES, _NUMPY, _TORCH, _WIDTHS, _readable, _source, _threads
 from .errors import InvalidArgumentError, ReferenceMismatchError, TPDEIOError, UnsupportedFormatError
 
 __all__ = [
@@ -280,7 +280,15 @@ class _Opened:
     """A bundle in memory, validated, with its index."""
 
     def __init__(self, data: Any) -> None:
-        self._ctx: Any = _readable(data)
+        self._ctx: Any = None
+        try:
+            head = bytes(memoryview(data)[:4])
+        except TypeError:
+            raise TypeError(f"expected bytes, bytearray, memoryview or a path, not {type(data).__name__}") from None
+        if head == _FILE_MAGIC:
+            raise InvalidArgumentError("this is a compressed file (tpde.compress_file), not a checkpoint: restore it "
+                                       "with tpde.decompress_file")
+        self._ctx = _readable(data)
         self.src, self.n = self._ctx.__enter__()
         try:
             self.index = _bundle.index(self.src, self.n)
