@@ -10,11 +10,13 @@ bench/out/). Three streams are measured per checkpoint and in total: the bf16
 weights, the fp32 weights, and the full training state (fp32 weights + AdamW
 exp_avg + exp_avg_sq). Tools: zstd-3, ZipNN (per tensor), ZipNN's XOR delta
 against the previous checkpoint, tpde keyframes, tpde delta frames against the
-previous checkpoint (a chain), with linear prediction from the two previous
-ones, and against the base checkpoint 0; next to order-0 entropy bounds.
-Then: unchanged elements, the identical-tensor frame, delta vs keyframe
-throughput, and (unless --no-lossy) the lossy ratio/error curve with a
-training-continuation check.
+previous checkpoint (a chain) at the default effort and at effort="max",
+with linear prediction from the two previous ones, and against the base
+checkpoint 0; next to order-0 entropy bounds. Then: unchanged elements, the
+identical-tensor frame, delta vs keyframe throughput (both efforts), and
+(unless --no-lossy) the lossy ratio/error curve, uniform and mixed settings
+(lossy weights, optimizer moments partly exact), with a training-continuation
+check.
 
 This script reports; it asserts nothing about sizes or speed: targets are
 PASS/FAIL lines. It exits 1 only when some output does not decode bit-exactly
@@ -31,7 +33,6 @@ import math
 import statistics
 import sys
 import time
-from ctypes import byref, c_double
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -49,11 +50,12 @@ STREAM_TITLES = {
 }
 # Per-part measurements; "full" = "fp32" + "optim".
 PARTS = ("bf16", "fp32", "optim")
-SIZE_KEYS = ("raw", "zstd", "zipnn", "zipnn_delta", "key", "dprev", "dpred", "dbase", "h_key", "h_xor", "h_diff",
-             "h_best")
+SIZE_KEYS = ("raw", "zstd", "zipnn", "zipnn_delta", "key", "dprev", "dmax", "dpred", "dbase", "h_key", "h_xor",
+             "h_diff", "h_best")
+# effort="max" (weighs exponent contexts and more coders: smaller frames, slower) next to the default
+EFFORT_MAX = "max"
 LOSSY_PERCENTILES_FULL = (90.0, 99.0, 99.9)
 LOSSY_QUANT_FULL = (0, 8, 4)
-LOSSY_QUICK = ((99.0, 0), (99.9, 4))
 
 # Targets (issue 3).
 T_BF16 = 5.0
@@ -184,13 +186,15 @@ def tpde_checkpoint_sizes(cur: Dict[str, Any], prev: Optional[Dict[str, Any]], p
     """tpde on a whole checkpoint, from per-tensor frames, each decoded and compared bit-exactly.
 
     key: keyframes (compress_tensor); dprev: delta against prev (approach A;
-    prev must be the decoded previous checkpoint); dpred: the same with prev2
-    as second reference (residual auto, so linear prediction is a candidate);
-    dbase: delta against base (approach B). Returns the summed frame sizes and
-    the decoded checkpoint (the next link of the chain)."""
+    prev must be the decoded previous checkpoint); dmax: the same at
+    effort="max"; dpred: the same as dprev with prev2 as second reference
+    (residual auto, so linear prediction is a candidate); dbase: delta against
+    base (approach B). key_max: the keyframe at effort="max", for the first
+    checkpoint only (the start of the max chain). Returns the summed frame
+    sizes and the decoded checkpoint (the next link of the chain)."""
     import tpde
 
-    sizes = {"key": 0, "dprev": 0, "dpred": 0, "dbase": 0}
+    sizes = {"key": 0, "key_max": 0, "dprev": 0, "dmax": 0, "dpred": 0, "dbase": 0}
     decoded: Dict[str, Any] = {}
     kinds = stats.setdefault("residual_kinds", {})
     for name, t in cur.items():
@@ -200,6 +204,10 @@ def tpde_checkpoint_sizes(cur: Dict[str, Any], prev: Optional[Dict[str, Any]], p
             raise BenchError(f"tpde keyframe did not restore {name}")
         sizes["key"] += len(blob)
         if prev is None:
+            blob = tpde.compress_tensor(t, effort=EFFORT_MAX)
+            if not _bits_equal(tpde.decompress_tensor(blob), t):
+                raise BenchError(f"tpde keyframe (effort {EFFORT_MAX}) did not restore {name}")
+            sizes["key_max"] += len(blob)
             decoded[name] = back
             continue
         r = prev[name]
@@ -213,6 +221,10 @@ def tpde_checkpoint_sizes(cur: Dict[str, Any], prev: Optional[Dict[str, Any]], p
         k = "identical" if info["identical"] else (info["residual"] or "?")
         kinds[k] = kinds.get(k, 0) + 1
         decoded[name] = back
+        blob = tpde.compress_delta(t, r, effort=EFFORT_MAX)
+        if not _bits_equal(tpde.decompress_delta(blob, r), t):
+            raise BenchError(f"tpde delta (vs previous, effort {EFFORT_MAX}) did not restore {name}")
+        sizes["dmax"] += len(blob)
         if prev2 is not None:
             blob = tpde.compress_delta(t, r, ref2=prev2[name])
             got = tpde.decompress_delta(blob, r, ref2=prev2[name])
@@ -241,6 +253,7 @@ def checkpoint_part(tools: Tools, cur: Dict[str, Any], prev: Optional[Dict[str, 
     import tpde
 
     res: Dict[str, Any] = {k: 0 for k in SIZE_KEYS}
+    res["key_max"] = 0
     res.update(elements=0, unchanged=0, elements_noemb=0, unchanged_noemb=0)
     stats: Dict[str, Any] = {}
     for name, t in cur.items():
@@ -331,7 +344,8 @@ def measure_lossless(rep: Report, series: series_data.Series, log: Callable[[str
     # full = fp32 + optim
     full = []
     for a, b in zip(per["fp32"], per["optim"]):
-        r = {k: a[k] + b[k] for k in (*SIZE_KEYS, "elements", "unchanged", "elements_noemb", "unchanged_noemb")}
+        r = {k: a[k] + b[k] for k in (*SIZE_KEYS, "key_max", "elements", "unchanged", "elements_noemb",
+                                      "unchanged_noemb")}
         r["step"] = a["step"]
         r["stats"] = {"fp32": a["stats"], "optim": b["stats"]}
         full.append(r)
@@ -347,7 +361,7 @@ def report_stream(rep: Report, stream: str, rows_in: List[Dict[str, Any]],
                   bundle: Optional[List[int]]) -> Dict[str, Any]:
     n = len(rows_in)
     headers = ["ckpt", "step", "raw MB", "unchg %", "zstd-3", "ZipNN", "ZipNN xor", "tpde key", "H0 key",
-               "tpde prev", "tpde pred", "tpde base", "H0 xor", "H0 diff", "H0 best"]
+               "tpde prev", "tpde prev max", "tpde pred", "tpde base", "H0 xor", "H0 diff", "H0 best"]
     if bundle:
         headers.append("tpde bundle")
     rows = []
@@ -360,10 +374,11 @@ def report_stream(rep: Report, stream: str, rows_in: List[Dict[str, Any]],
                  _ratio(raw, r["zipnn_delta"]) if delta else "-",
                  _ratio(raw, r["key"]), _ratio(raw, r["h_key"])]
         if delta:
-            cells += [_ratio(raw, r["dprev"]), _ratio(raw, r["dpred"]), _ratio(raw, r["dbase"]),
-                      _ratio(raw, r["h_xor"]), _ratio(raw, r["h_diff"]), _ratio(raw, r["h_best"])]
+            cells += [_ratio(raw, r["dprev"]), _ratio(raw, r["dmax"]), _ratio(raw, r["dpred"]),
+                      _ratio(raw, r["dbase"]), _ratio(raw, r["h_xor"]), _ratio(raw, r["h_diff"]),
+                      _ratio(raw, r["h_best"])]
         else:
-            cells += ["-"] * 6
+            cells += ["-"] * 7
         if bundle:
             cells.append(_ratio(raw, bund) if bund else "-")
         return cells
@@ -384,6 +399,7 @@ def report_stream(rep: Report, stream: str, rows_in: List[Dict[str, Any]],
         allr[key] = tot[key] + k0["zipnn"]
     for key in ("dprev", "dpred", "dbase"):
         allr[key] = tot[key] + k0["key"]
+    allr["dmax"] = tot["dmax"] + k0["key_max"]  # the max chain starts with a keyframe at effort max
     for key in ("h_xor", "h_diff", "h_best"):
         allr[key] = tot[key] + k0["h_key"]
     r_all = row(f"0..{n - 1}", "", allr, True, sum(bundle) if bundle else None)
@@ -391,12 +407,14 @@ def report_stream(rep: Report, stream: str, rows_in: List[Dict[str, Any]],
     rows.append(r_all)
     rep.table(headers, rows)
     dprev = [r["raw"] / r["dprev"] for r in deltas]
+    dmax = [r["raw"] / r["dmax"] for r in deltas]
     unchg = [100 * r["unchanged"] / r["elements"] for r in deltas]
     return {
         "rows": [{k: v for k, v in r.items() if k != "stats"} for r in rows_in],
         "stats": [r.get("stats") for r in rows_in],
         "total_deltas": tot, "total_all": allr,
         "dprev_ratio": dprev, "dprev_min": min(dprev), "dprev_median": statistics.median(dprev),
+        "dmax_ratio": dmax, "dmax_min": min(dmax), "dmax_median": statistics.median(dmax),
         "dpred_ratio": [r["raw"] / r["dpred"] for r in deltas],
         "dbase_ratio": [r["raw"] / r["dbase"] for r in deltas],
         "zipnn_delta_ratio": [r["raw"] / r["zipnn_delta"] for r in deltas],
@@ -445,11 +463,18 @@ def throughput(rep: Report, series: series_data.Series, reps: int) -> Dict[str, 
         raw = sum(t.numel() * t.element_size() for t in cur.values())
         keys = {k: tpde.compress_tensor(t, threads=1) for k, t in cur.items()}
         deltas = {k: tpde.compress_delta(t, prev[k], threads=1) for k, t in cur.items()}
+        dmax = {k: tpde.compress_delta(t, prev[k], effort=EFFORT_MAX, threads=1) for k, t in cur.items()}
+        for k, blob in dmax.items():
+            if not _bits_equal(tpde.decompress_delta(blob, prev[k], threads=1), cur[k]):
+                raise BenchError(f"tpde delta (effort {EFFORT_MAX}) did not restore {k}")
         ops: Dict[str, Callable[[], Any]] = {
             "key enc": lambda: [tpde.compress_tensor(t, threads=1) for t in cur.values()],
             "key dec": lambda: [tpde.decompress_tensor(b, threads=1) for b in keys.values()],
             "delta enc": lambda: [tpde.compress_delta(t, prev[k], threads=1) for k, t in cur.items()],
             "delta dec": lambda: [tpde.decompress_delta(b, prev[k], threads=1) for k, b in deltas.items()],
+            "delta enc max": lambda: [tpde.compress_delta(t, prev[k], effort=EFFORT_MAX, threads=1)
+                                      for k, t in cur.items()],
+            "delta dec max": lambda: [tpde.decompress_delta(b, prev[k], threads=1) for k, b in dmax.items()],
         }
         times: Dict[str, List[float]] = {k: [] for k in ops}
         for _ in range(reps):  # interleaved, as in run.py
@@ -458,31 +483,43 @@ def throughput(rep: Report, series: series_data.Series, reps: int) -> Dict[str, 
                 times[k].append(t)
                 del res
         mbps = {k: raw / MB / min(v) for k, v in times.items()}
-        out[s] = {"raw_bytes": raw, "times_s": times, "MBps_best": mbps,
-                  "enc_ratio": mbps["delta enc"] / mbps["key enc"], "dec_ratio": mbps["delta dec"] / mbps["key dec"]}
-        rows.append([STREAM_TITLES[s].split(" (")[0], f"{raw / MB:.1f}", f"{mbps['key enc']:.0f}",
-                     f"{mbps['delta enc']:.0f}", f"{out[s]['enc_ratio']:.2f}x", f"{mbps['key dec']:.0f}",
-                     f"{mbps['delta dec']:.0f}", f"{out[s]['dec_ratio']:.2f}x"])
-    rep.table(["stream", "raw MB", "key enc MB/s", "delta enc MB/s", "delta/key", "key dec MB/s", "delta dec MB/s",
-               "delta/key"], rows)
+        ratio = {"default": raw / sum(len(b) for b in deltas.values()),
+                 EFFORT_MAX: raw / sum(len(b) for b in dmax.values())}
+        out[s] = {"raw_bytes": raw, "times_s": times, "MBps_best": mbps, "delta_ratio": ratio,
+                  "enc_ratio": mbps["delta enc"] / mbps["key enc"], "dec_ratio": mbps["delta dec"] / mbps["key dec"],
+                  "enc_ratio_max": mbps["delta enc max"] / mbps["key enc"],
+                  "dec_ratio_max": mbps["delta dec max"] / mbps["key dec"]}
+        title = STREAM_TITLES[s].split(" (")[0]
+        for eff, sfx in (("default", ""), (EFFORT_MAX, " max")):
+            rows.append([title, eff, f"{raw / MB:.1f}", f"{ratio[eff]:.2f}", f"{mbps['key enc']:.0f}",
+                         f"{mbps['delta enc' + sfx]:.0f}", f"{mbps['delta enc' + sfx] / mbps['key enc']:.2f}x",
+                         f"{mbps['key dec']:.0f}", f"{mbps['delta dec' + sfx]:.0f}",
+                         f"{mbps['delta dec' + sfx] / mbps['key dec']:.2f}x"])
+    rep.table(["stream", "delta effort", "raw MB", "delta ratio", "key enc MB/s", "delta enc MB/s", "delta/key",
+               "key dec MB/s", "delta dec MB/s", "delta/key"], rows, "llrrrrrrrr")
     rep.note(f"1 thread (threads=1), per tensor through the Python API, checkpoint {last} against {last - 1}; "
-             f"MB/s of raw tensor bytes, best of {reps}, operations interleaved.")
+             f"MB/s of raw tensor bytes, best of {reps}, operations interleaved. delta effort: the delta frames' "
+             f"effort (default, or effort=\"{EFFORT_MAX}\" at encode; decoding takes no effort argument); the key "
+             f"columns are keyframes at the default effort on both rows, so delta/key on a {EFFORT_MAX} row is "
+             f"the {EFFORT_MAX} delta's speed over the default keyframe's. delta ratio: raw bytes / delta frame "
+             f"bytes of this checkpoint.")
     for s in ("bf16", "full"):
         for which, label in (("enc", "encode"), ("dec", "decode")):
             r = out[s][f"{which}_ratio"]
             m = out[s]["MBps_best"]
             rep.target(f"{s} delta {label} throughput >= {T_SPEED}x keyframe's", r >= T_SPEED,
-                       f"{r:.2f}x ({m[f'delta {which}']:.0f} vs {m[f'key {which}']:.0f} MB/s, 1 thread)")
+                       f"{r:.2f}x ({m[f'delta {which}']:.0f} vs {m[f'key {which}']:.0f} MB/s, 1 thread; effort "
+                       f"{EFFORT_MAX}, not judged: {out[s][f'{which}_ratio_max']:.2f}x)")
     return out
 
 
 # --- lossy ---------------------------------------------------------------------------------
 
-def percentile_threshold(x: Any, ref: Any, pct: float) -> float:
+def numpy_threshold(x: Any, ref: Any, pct: float) -> float:
     """The pct-th percentile of |x - ref| (in float64, NaN and infinite
-    differences left out), exact nearest rank: the definition of tpde's
-    tpde_delta_threshold, computed with numpy.partition (about 3x faster here
-    than the library's radix select; lossy_section cross-checks the two)."""
+    differences left out), exact nearest rank, with numpy.partition: the
+    definition of tpde.delta_threshold, for a cross-check of the library on a
+    few tensors (lossy_section)."""
     import numpy as np
 
     d = np.abs(x.double().numpy() - ref.double().numpy())
@@ -493,25 +530,82 @@ def percentile_threshold(x: Any, ref: Any, pct: float) -> float:
     return float(np.partition(d, k - 1)[k - 1])
 
 
-def library_threshold(x: Any, ref: Any, pct: float) -> float:
-    """The same through the library (tpde_delta_threshold; tpde._native is private)."""
-    from tpde import _native
-    from tpde.codec import _source
+@dataclasses.dataclass(frozen=True)
+class GroupCoding:
+    """How one group of tensors is coded in the lossy chain: percentile None =
+    lossless (compress_delta without a threshold), else threshold = that
+    percentile of |x - previous recon| (tpde.delta_threshold) and quant_bits."""
+    percentile: Optional[float] = None
+    quant_bits: int = 0
 
-    s, r = _source(x), _source(ref)
-    out = c_double()
-    _native.call("tpde_delta_threshold", s.ptr, r.ptr, s.nbytes, s.code, float(pct), byref(out))
-    return float(out.value)
+    @property
+    def lossless(self) -> bool:
+        return self.percentile is None
+
+    @property
+    def label(self) -> str:
+        return "lossless" if self.lossless else f"p{self.percentile:g} q{self.quant_bits}"
+
+
+LOSSLESS = GroupCoding()
+# tensor groups of the full training state: weights, AdamW exp_avg (m), exp_avg_sq (v)
+GROUPS = ("w", "m", "v")
+
+
+def group_of(name: str) -> str:
+    if name.endswith(".exp_avg_sq"):
+        return "v"
+    return "m" if name.endswith(".exp_avg") else "w"
 
 
 @dataclasses.dataclass(frozen=True)
 class LossySetting:
-    percentile: float
-    quant_bits: int
+    """A lossy setting of the full training state, per tensor group."""
+    w: GroupCoding
+    m: GroupCoding
+    v: GroupCoding
+
+    @classmethod
+    def uniform(cls, percentile: float, quant_bits: int) -> "LossySetting":
+        g = GroupCoding(percentile, quant_bits)
+        return cls(g, g, g)
+
+    def group(self, name: str) -> GroupCoding:
+        return getattr(self, group_of(name))
+
+    @property
+    def mixed(self) -> bool:
+        return not self.w == self.m == self.v
 
     @property
     def label(self) -> str:
-        return f"p{self.percentile:g} q{self.quant_bits}"
+        if not self.mixed:
+            return self.w.label
+        if self.m == self.v:
+            return f"w {self.w.label}, opt {self.m.label}"
+        return f"w {self.w.label}, m {self.m.label}, v {self.v.label}"
+
+
+# Mixed settings: the weights lossy at p99 q8 (as in the uniform p99 q8 row),
+# the optimizer moments (a) exact, (b) exp_avg lossy at p90 q8, exp_avg_sq
+# exact, (c) exp_avg as lossy as the weights, exp_avg_sq nearly exact (p50 q0:
+# half its changes kept, unquantized). Adam divides by sqrt(exp_avg_sq), so its
+# small elements need small errors, which a per-tensor absolute threshold gives
+# only at a low percentile. (d) is (c) with the weights at p90 q8: at p99 the
+# closed-loop chain leaves most weight elements at checkpoint 0's values (see
+# the note on stale weights), which moves the loss more than any optimizer
+# setting, so (a)-(c) cannot show the optimizer's part on their own. With the
+# uniform rows (exp_avg_sq as lossy as the rest) they show which part of the
+# state moves the continuation loss, and what keeping it exact costs in ratio.
+MIXED = (
+    LossySetting(GroupCoding(99.0, 8), LOSSLESS, LOSSLESS),
+    LossySetting(GroupCoding(99.0, 8), GroupCoding(90.0, 8), LOSSLESS),
+    LossySetting(GroupCoding(99.0, 8), GroupCoding(99.0, 8), GroupCoding(50.0, 0)),
+    LossySetting(GroupCoding(90.0, 8), GroupCoding(99.0, 8), GroupCoding(50.0, 0)),
+)
+LOSSY_FULL = tuple(LossySetting.uniform(p_, q) for p_ in LOSSY_PERCENTILES_FULL for q in LOSSY_QUANT_FULL) + MIXED
+# --quick: two uniform settings (one >= 30x at moderate error, the most aggressive) and one mixed setting
+LOSSY_QUICK = (LossySetting.uniform(99.0, 0), LossySetting.uniform(99.9, 4), MIXED[2])
 
 
 def lossy_chain(series: series_data.Series, st: LossySetting, keep_last: bool) -> Dict[str, Any]:
@@ -521,10 +615,12 @@ def lossy_chain(series: series_data.Series, st: LossySetting, keep_last: bool) -
     import tpde
 
     ref = stream_state(series, 0, "full")
+    base_w = series.weights(0, "fp32")
     opt_names = set(series.optim(0))
     acc = {"raw_w": 0, "raw_o": 0, "size_w": 0, "size_o": 0, "elements": 0, "changed": 0,
            "max_abs_w": 0.0, "max_rel_w": 0.0, "max_abs_o": 0.0, "max_rel_o": 0.0, "neg_v": 0,
            "err2_w": 0.0, "x2_w": 0.0, "err2_o": 0.0, "x2_o": 0.0, "worst_rel_w": "", "worst_rel_o": ""}
+    group_bytes = {g: [0, 0] for g in GROUPS}  # raw, frame bytes
     per_k = []
     for k in range(1, len(series)):
         cur = stream_state(series, k, "full")
@@ -532,9 +628,10 @@ def lossy_chain(series: series_data.Series, st: LossySetting, keep_last: bool) -
         nxt = {}
         for name, x in cur.items():
             r = ref[name]
-            thr = percentile_threshold(x, r, st.percentile) if x.is_floating_point() else 0.0
+            gc = st.group(name)
+            thr = tpde.delta_threshold(x, r, gc.percentile) if x.is_floating_point() and not gc.lossless else 0.0
             if thr > 0:
-                blob, recon = tpde.compress_delta(x, r, threshold=thr, quant_bits=st.quant_bits, return_recon=True)
+                blob, recon = tpde.compress_delta(x, r, threshold=thr, quant_bits=gc.quant_bits, return_recon=True)
             else:
                 blob, recon = tpde.compress_delta(x, r), x
             back = tpde.decompress_delta(blob, r)
@@ -547,6 +644,9 @@ def lossy_chain(series: series_data.Series, st: LossySetting, keep_last: bool) -
             is_o = name in opt_names
             acc["raw_o" if is_o else "raw_w"] += nb
             acc["size_o" if is_o else "size_w"] += len(blob)
+            gb = group_bytes[group_of(name)]
+            gb[0] += nb
+            gb[1] += len(blob)
             size_k += len(blob)
             raw_k += nb
             sfx = "o" if is_o else "w"
@@ -572,11 +672,28 @@ def lossy_chain(series: series_data.Series, st: LossySetting, keep_last: bool) -
             nxt[name] = back
         ref = nxt
         per_k.append(raw_k / size_k)
+    # stale weights: elements of the last reconstruction still at checkpoint 0's value, and how far the
+    # reconstruction lags: ||recon_N - x_N|| / ||x_0 - x_N|| (0: exact, 1: as far as the base checkpoint)
+    at0 = nw = 0
+    lag2 = move2 = 0.0
+    for name, x0 in base_w.items():
+        if not x0.is_floating_point():
+            continue
+        xn, rn = cur[name].double(), ref[name]
+        at0 += int((rn == x0).sum())
+        nw += x0.numel()
+        lag2 += float((rn.double() - xn).square().sum())
+        move2 += float((x0.double() - xn).square().sum())
+    del base_w
     raw = acc["raw_w"] + acc["raw_o"]
     size = acc["size_w"] + acc["size_o"]
-    res = dict(acc, setting=st.label, percentile=st.percentile, quant_bits=st.quant_bits,
+    uni = None if st.mixed else st.w
+    res = dict(acc, setting=st.label, mixed=st.mixed, groups={g: getattr(st, g).label for g in GROUPS},
+               percentile=uni.percentile if uni else None, quant_bits=uni.quant_bits if uni else None,
                ratio=raw / size, ratio_w=acc["raw_w"] / acc["size_w"], ratio_o=acc["raw_o"] / acc["size_o"],
+               ratio_group={g: gb[0] / gb[1] for g, gb in group_bytes.items() if gb[1]},
                ratio_per_ckpt=per_k, kept_pct=100 * acc["changed"] / acc["elements"],
+               w_at_base_pct=100 * at0 / nw if nw else 0.0, w_lag=math.sqrt(lag2 / move2) if move2 > 0 else 0.0,
                rel_rms_w=math.sqrt(acc["err2_w"] / acc["x2_w"]) if acc["x2_w"] > 0 else 0.0,
                rel_rms_o=math.sqrt(acc["err2_o"] / acc["x2_o"]) if acc["x2_o"] > 0 else 0.0)
     if keep_last:
@@ -633,11 +750,14 @@ def bundle_lossy(series: series_data.Series, pct: float, quant_bits: int) -> Opt
 
 
 def lossy_section(rep: Report, series: series_data.Series, settings: List[LossySetting], cont_steps: int,
-                  log: Callable[[str], None]) -> Dict[str, Any]:
+                  log: Callable[[str], None], split: bool = True) -> Dict[str, Any]:
     import torch
 
+    import tpde
+
     results: List[Dict[str, Any]] = []
-    kept: Dict[str, Dict[str, Any]] = {}  # setting label -> last recon, only for continuation candidates
+    kept: Dict[str, Dict[str, Any]] = {}  # setting label -> last recon, only for the settings continued
+    mixed_labels = [st.label for st in settings if st.mixed]
 
     def candidates() -> List[str]:
         if not results:
@@ -647,17 +767,28 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
         best_ok = min(ok, key=lambda r: r["rel_rms_w"])["setting"] if ok else None
         return [x for x in dict.fromkeys([top, best_ok]) if x]
 
-    # percentile_threshold must agree with the library's helper
+    # tpde.delta_threshold must agree with its definition (numpy, exact nearest rank)
     xs, rs = stream_state(series, len(series) - 1, "full"), stream_state(series, len(series) - 2, "full")
-    checked = 0
+    checked, t_np, t_lib, elems = 0, 0.0, 0.0, 0
+    pcts = sorted({g.percentile for st in settings for g in (st.w, st.m, st.v) if not g.lossless})
     for name in ("encoder.layer.0.attention.self.query.weight", "embeddings.word_embeddings.weight.exp_avg_sq",
                  "classifier.weight.exp_avg"):
         if name in xs:
-            for pc in sorted({st.percentile for st in settings}):
-                a_, b_ = percentile_threshold(xs[name], rs[name], pc), library_threshold(xs[name], rs[name], pc)
+            for pc in pcts:
+                tn = tl = math.inf
+                for _ in range(3):  # best of 3, interleaved
+                    t0 = time.perf_counter()
+                    a_ = numpy_threshold(xs[name], rs[name], pc)
+                    t1 = time.perf_counter()
+                    b_ = tpde.delta_threshold(xs[name], rs[name], pc)
+                    tl = min(tl, time.perf_counter() - t1)
+                    tn = min(tn, t1 - t0)
+                t_lib += tl
+                t_np += tn
                 if a_ != b_:
                     raise BenchError(f"percentile threshold of {name} p{pc:g}: numpy {a_!r} vs tpde {b_!r}")
                 checked += 1
+                elems += xs[name].numel()
     del xs, rs
 
     for st in settings:
@@ -665,11 +796,12 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
         r = lossy_chain(series, st, keep_last=True)
         last = r.pop("_last")
         results.append(r)
-        if st.label in candidates():
+        if st.label in candidates() or st.mixed:
             kept[st.label] = last
         for lab in list(kept):
-            if lab not in candidates():
+            if lab not in candidates() and lab not in mixed_labels:
                 del kept[lab]
+        del last
         log(f"  lossy {st.label}: ratio {r['ratio']:.1f} in {time.perf_counter() - t0:.0f}s")
     rows = [[r["setting"], f"{r['ratio']:.1f}", f"{r['ratio_w']:.1f}", f"{r['ratio_o']:.1f}",
              f"{min(r['ratio_per_ckpt']):.1f}", f"{r['kept_pct']:.2f}", f"{r['max_abs_w']:.3g}",
@@ -680,18 +812,35 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
                "max|err| opt", "err/RMS opt", "rel RMS opt", "exp_avg_sq<0"], rows)
     rep.note(f"Closed-loop chain over checkpoints 1..N of the full training state (checkpoint 0 exact, not "
              "counted); per tensor and checkpoint, threshold = the given percentile of |x - previous recon| "
-             "(the definition of tpde_delta_threshold, computed with numpy; the two agreed on "
-             f"{checked} tensor/percentile pairs checked), q = quant_bits. ratio = raw bytes / frame bytes over "
-             "the deltas (weights, "
+             f"(tpde.delta_threshold; it agreed with numpy's exact nearest rank on {checked} tensor/percentile "
+             f"pairs, {elems / 1e6:.0f}M elements in all; summed best-of-3 times: tpde {t_lib:.2f}s, numpy "
+             f"{t_np:.2f}s (numpy_threshold, float64 copies + partition)), q = "
+             "quant_bits. 'pX qB' alone: every tensor so; mixed settings name the groups: w = weights, m = "
+             "exp_avg, v = exp_avg_sq, opt = both moments; 'lossless' = compress_delta without a threshold "
+             "(default effort). ratio = raw bytes / frame bytes over the deltas (weights, "
              "optim: the two parts alone; min/ckpt: the worst checkpoint). kept % = elements whose residual was "
-             "kept. max|err|: largest absolute error of any element; err/RMS: the largest over tensors of "
+             "kept (every changed element of a lossless group). max|err|: largest absolute error of any element; "
+             "err/RMS: the largest over tensors of "
              "(max error / RMS of the tensor); rel RMS: sqrt(sum of squared errors / sum of squared values) over "
              "every element of every checkpoint (w: weights, opt: exp_avg + exp_avg_sq). exp_avg_sq<0: decoded "
              "second moments below zero (quantization "
              "can cross zero); the continuation clamps them to 0.")
+    mixed_res = [r for r in results if r["mixed"]]
+    if mixed_res:
+        rep.note("mixed settings, ratio per group (w / m / v): " + "; ".join(
+            f"{r['setting']}: " + " / ".join(f"{r['ratio_group'][g]:.1f}" for g in GROUPS) for r in mixed_res))
     worst = max(results, key=lambda r: r["ratio"])
     rep.note(f"largest err/RMS ({worst['setting']}): weights {worst['worst_rel_w']}; "
              f"optimizer {worst['worst_rel_o']}")
+    stale: Dict[str, Dict[str, Any]] = {}
+    for r in results:  # one entry per weights coding (the weights' chain does not depend on the optimizer's)
+        stale.setdefault(r["groups"]["w"], r)
+    rep.note(f"stale weights after the chain (checkpoint {len(series) - 1}): elements still at checkpoint 0's "
+             "value, and lag = ||recon - x|| / ||checkpoint 0 - x|| (0: exact, 1: as far off as the base "
+             "checkpoint), per weights coding: " + "; ".join(
+                 f"{g}: {r['w_at_base_pct']:.1f}%, lag {r['w_lag']:.3f}" for g, r in stale.items())
+             + ". A percentile threshold keeps the same share of elements at every checkpoint, so the "
+             "closed-loop chain refreshes only that share and the rest stay where they were.")
 
     bl = bundle_lossy(series, 99.0, 0)
     if bl is None:
@@ -731,21 +880,32 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
                 "rel_eval": abs(c["eval_loss"] / a["eval_loss"] - 1)}
     crow.append(["weights rounded to bf16", "-", f"{c['train_loss']:.6f}", f"{c['eval_loss']:.6f}",
                  f"{bf16_ref['rel_train']:.2e}", f"{bf16_ref['rel_eval']:.2e}"])
-    split: List[Dict[str, Any]] = []
-    for lab in candidates():
-        rec = kept[lab]
-        r = next(x for x in results if x["setting"] == lab)
+    split_rows: List[Dict[str, Any]] = []
+    cands = candidates()
+    split_for = cands[-1] if split and cands else None
+    ok_r = [x for x in results if x["ratio"] >= T_LOSSY]
+    best_ok = min(ok_r, key=lambda x: x["rel_rms_w"])["setting"] if ok_r else None
+    for r in results:  # in the order of the sweep
+        lab = r["setting"]
+        if lab not in kept:
+            continue
+        t0 = time.perf_counter()
+        rec = kept.pop(lab)
         w = {k: v for k, v in rec.items() if k in orig_w}
         o = {k: (v.clamp(min=0) if k.endswith(".exp_avg_sq") else v) for k, v in rec.items() if k in orig_o}
+        del rec
         c = series_data.continue_training(w, o, cont_steps, start_step=step, params=p)
         torch.set_num_threads(1)
         rt = abs(c["train_loss"] / a["train_loss"] - 1)
         re_ = abs(c["eval_loss"] / a["eval_loss"] - 1)
-        conts.append({"setting": lab, "ratio": r["ratio"], "train_loss": c["train_loss"], "eval_loss": c["eval_loss"],
+        why = [x for x, y in (("mixed", r["mixed"]), ("top ratio", lab == cands[0]),
+                              (f"lowest rel RMS w >= {T_LOSSY:g}x", lab == best_ok)) if y]
+        conts.append({"setting": lab, "mixed": r["mixed"], "chosen_as": why, "ratio": r["ratio"],
+                      "train_loss": c["train_loss"], "eval_loss": c["eval_loss"],
                       "rel_train": rt, "rel_eval": re_, "losses": c["losses"]})
         crow.append([f"lossy {lab}", f"{r['ratio']:.1f}", f"{c['train_loss']:.6f}", f"{c['eval_loss']:.6f}",
                      f"{rt:.2e}", f"{re_:.2e}"])
-        if lab == candidates()[-1]:
+        if lab == split_for:
             # where the difference comes from: one half lossy, the other exact
             for what, ww, oo in (("weights lossy, optimizer exact", w, orig_o),
                                  ("weights exact, optimizer lossy", orig_w, o)):
@@ -753,10 +913,12 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
                 torch.set_num_threads(1)
                 rt = abs(c["train_loss"] / a["train_loss"] - 1)
                 re_ = abs(c["eval_loss"] / a["eval_loss"] - 1)
-                split.append({"setting": lab, "what": what, "train_loss": c["train_loss"],
-                              "eval_loss": c["eval_loss"], "rel_train": rt, "rel_eval": re_})
+                split_rows.append({"setting": lab, "what": what, "train_loss": c["train_loss"],
+                                   "eval_loss": c["eval_loss"], "rel_train": rt, "rel_eval": re_})
                 crow.append([f"  {lab}: {what}", "-", f"{c['train_loss']:.6f}", f"{c['eval_loss']:.6f}",
                              f"{rt:.2e}", f"{re_:.2e}"])
+        del w, o
+        log(f"  continuation {lab}: {time.perf_counter() - t0:.0f}s")
     rep.table(["continued from checkpoint %d" % last, "ratio", "train loss", "eval loss", "rel. diff train",
                "rel. diff eval"], crow, "lrrrrr")
     rep.note(f"{cont_steps} more AdamW steps from checkpoint {last} (step {step}) on the same data stream and "
@@ -765,28 +927,38 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
              f"after the "
              f"last step. 'weights rounded to bf16': the original state with the weights cast to bf16 and back "
              f"(optimizer exact), a reference point for the size of these differences. Lossless "
-             f"continued twice: {'identical' if determ else 'DIFFERENT (not deterministic)'}. Lossy rows: the most "
-             f"aggressive setting, and the lowest-error setting reaching {T_LOSSY:g}x (by rel RMS w), the latter "
-             f"also with "
-             f"only its weights or only its optimizer state lossy (the other half exact).")
+             f"continued twice: {'identical' if determ else 'DIFFERENT (not deterministic)'}. Lossy rows: every "
+             f"mixed setting, the most aggressive setting, and the lowest-error setting reaching {T_LOSSY:g}x (by "
+             f"rel RMS w)"
+             + (", the latter also with only its weights or only its optimizer state lossy (the other half exact)"
+                if split_for else "")
+             + ".")
     ok = [c for c in conts if c["ratio"] >= T_LOSSY and c["rel_train"] <= T_LOSS_REL and c["rel_eval"] <= T_LOSS_REL]
     best = max(results, key=lambda r: r["ratio"])
+
+    def cdesc(c: Dict[str, Any]) -> str:
+        return f"{c['setting']}: {c['ratio']:.1f}x, rel. diff train {c['rel_train']:.2e} eval {c['rel_eval']:.2e}"
+
     if ok:
         c = max(ok, key=lambda c: c["ratio"])
         detail = (f"{c['setting']}: {c['ratio']:.1f}x, continuation loss rel. diff train {c['rel_train']:.2e}, "
-                  f"eval {c['rel_eval']:.2e}")
-    elif conts:
-        detail = "; ".join(f"{c['setting']}: {c['ratio']:.1f}x, rel. diff train {c['rel_train']:.2e} eval "
-                           f"{c['rel_eval']:.2e}" for c in conts)
+                  f"eval {c['rel_eval']:.2e} (best of {len(ok)} passing among {len(conts)} settings continued)")
     else:
-        detail = f"best ratio {best['ratio']:.1f}x ({best['setting']})"
+        within = [c for c in conts if c["rel_train"] <= T_LOSS_REL and c["rel_eval"] <= T_LOSS_REL]
+        bc = next((c for c in conts if c["setting"] == best["setting"]), None)
+        detail = (f"no setting passes ({len(conts)} continued); best ratio within {T_LOSS_REL:.0%}: "
+                  + (cdesc(max(within, key=lambda c: c["ratio"])) if within else "none")
+                  + "; best ratio overall: "
+                  + (cdesc(bc) if bc else f"{best['setting']}: {best['ratio']:.1f}x (not continued)"))
     rep.target(f"lossy weights+optimizer >= {T_LOSSY:g}x with continuation loss within {T_LOSS_REL:.0%}", bool(ok),
                detail)
     if not determ:
         rep.note("WARNING: the lossless continuation is not deterministic; the lossy comparison is not meaningful.")
-    return {"settings": results, "continuation": {"steps": cont_steps, "start_step": step, "lossless": a,
-                                                  "lossless_again": b, "deterministic": determ, "lossy": conts,
-                                                  "bf16_weights_reference": bf16_ref, "split": split},
+    return {"settings": results, "threshold_check": {"pairs": checked, "elements": elems, "tpde_s": t_lib,
+                                                     "numpy_s": t_np},
+            "continuation": {"steps": cont_steps, "start_step": step, "lossless": a,
+                             "lossless_again": b, "deterministic": determ, "lossy": conts,
+                             "bf16_weights_reference": bf16_ref, "split": split_rows},
             "bundle_adaptive_p99": bl}
 
 
@@ -795,7 +967,8 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
-                    help=f"the quick series ({series_data.QUICK.describe()}), 3 lossy settings, 3 reps")
+                    help=f"the quick series ({series_data.QUICK.describe()}), {len(LOSSY_QUICK)} lossy settings "
+                    "and no split continuation rows, 3 reps")
     ap.add_argument("--checkpoints", type=int, help="checkpoints after the base (default 8, --quick 4)")
     ap.add_argument("--steps-between", type=int, help="training steps between checkpoints (default 100, --quick 25)")
     ap.add_argument("--lr", type=float, help="AdamW learning rate (default 2e-5)")
@@ -855,8 +1028,10 @@ def main(argv: Optional[List[str]] = None) -> int:
              "bit-exactly. unchg % = elements whose bit pattern equals the previous checkpoint's. zstd-3, ZipNN, "
              "tpde key: each checkpoint alone (per tensor). ZipNN xor: ZipNN's delta mode (XOR with the previous "
              "checkpoint, then its usual coding). tpde prev: delta frame against the previous checkpoint (a chain, "
-             "approach A); tpde pred: the same with the checkpoint before as second reference (linear prediction "
-             "a candidate); tpde base: against checkpoint 0 (approach B). H0 key: order-0 bound of tpde's keyframe "
+             f"approach A), default effort; tpde prev max: the same at effort=\"{EFFORT_MAX}\" (its 0..N row "
+             f"counts checkpoint 0 as a keyframe at effort {EFFORT_MAX}); tpde pred: tpde prev with the checkpoint "
+             "before as second reference (linear prediction a candidate); tpde base: against checkpoint 0 "
+             "(approach B). H0 key: order-0 bound of tpde's keyframe "
              "byte planes; H0 xor / H0 diff: order-0 bound of the xor / zigzag(integer difference) residual vs the "
              "previous checkpoint, per byte plane, per tensor; H0 best: the smaller of the two per tensor. "
              "1..N: the deltas; 0..N: the whole series, checkpoint 0 counted as a keyframe (ZipNN for ZipNN xor, "
@@ -879,15 +1054,24 @@ def main(argv: Optional[List[str]] = None) -> int:
                b["dprev_min"] >= T_BF16,
                f"min {b['dprev_min']:.2f}x, median {b['dprev_median']:.2f}x over {len(b['dprev_ratio'])} deltas "
                f"(ZipNN xor median {statistics.median(b['zipnn_delta_ratio']):.2f}x; unchanged "
-               f"{min(b['unchanged_pct']):.1f}-{max(b['unchanged_pct']):.1f}%)")
+               f"{min(b['unchanged_pct']):.1f}-{max(b['unchanged_pct']):.1f}%; effort {EFFORT_MAX}: min "
+               f"{b['dmax_min']:.2f}x, median {b['dmax_median']:.2f}x)")
     f = streams_out["full"]
     rest = f["dprev_ratio"][1:]
-    rep.target(f"full training state lossless >= {T_FULL:g}x per delta checkpoint (tpde vs previous)",
+    rep.target(f"full training state lossless >= {T_FULL:g}x per delta checkpoint (tpde vs previous, default "
+               f"effort)",
                f["dprev_min"] >= T_FULL,
                f"min {f['dprev_min']:.2f}x, median {f['dprev_median']:.2f}x over {len(f['dprev_ratio'])} deltas"
                + (f" (min without delta 1, whose optimizer reference is all zeros: {min(rest):.2f}x)" if rest else "")
                + f"; best tpde option median: pred {statistics.median(f['dpred_ratio']):.2f}x, "
-               f"base {statistics.median(f['dbase_ratio']):.2f}x")
+               f"base {statistics.median(f['dbase_ratio']):.2f}x; effort {EFFORT_MAX} (not judged here): min "
+               f"{f['dmax_min']:.2f}x, median {f['dmax_median']:.2f}x. PASS/FAIL judged on the default effort")
+    rep.target(f"full training state lossless >= {T_FULL:g}x per delta checkpoint at effort {EFFORT_MAX} "
+               f"(informational, not counted)",
+               f["dmax_min"] >= T_FULL,
+               f"min {f['dmax_min']:.2f}x, median {f['dmax_median']:.2f}x over {len(f['dmax_ratio'])} deltas"
+               + (f" (min without delta 1: {min(f['dmax_ratio'][1:]):.2f}x)" if rest else ""))
+    rep.targets[-1]["informational"] = True
 
     rep.section("unchanged elements vs the previous checkpoint, per stream")
     urows = [[s, *(f"{u:.1f}" for u in streams_out[s]["unchanged_pct"])] for s in STREAMS]
@@ -910,17 +1094,20 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     lossy = None
     if not args.no_lossy:
-        settings = ([LossySetting(p_, q) for p_, q in LOSSY_QUICK] if args.quick else
-                    [LossySetting(p_, q) for p_ in LOSSY_PERCENTILES_FULL for q in LOSSY_QUANT_FULL])
-        rep.section(f"lossy (opt-in): full training state, {len(settings)} settings, closed loop")
-        lossy = lossy_section(rep, series, settings, cont_steps, log)
+        settings = list(LOSSY_QUICK if args.quick else LOSSY_FULL)
+        nmix = sum(st.mixed for st in settings)
+        rep.section(f"lossy (opt-in): full training state, {len(settings)} settings ({nmix} mixed), closed loop")
+        lossy = lossy_section(rep, series, settings, cont_steps, log, split=not args.quick)
 
     rep.section("targets")
     for t in rep.targets:
         rep.out(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']}: {t['detail']}")
-    npass = sum(t["pass"] for t in rep.targets)
-    rep.out(f"{npass}/{len(rep.targets)} targets met; total time {time.perf_counter() - rep.t0:.0f}s")
-    rep.md.append(f"\n{npass}/{len(rep.targets)} targets met.")
+    counted = [t for t in rep.targets if not t.get("informational")]
+    npass = sum(t["pass"] for t in counted)
+    ninfo = len(rep.targets) - len(counted)
+    info = f" ({ninfo} informational line{'s' if ninfo != 1 else ''} not counted)" if ninfo else ""
+    rep.out(f"{npass}/{len(counted)} targets met{info}; total time {time.perf_counter() - rep.t0:.0f}s")
+    rep.md.append(f"\n{npass}/{len(counted)} targets met{info}.")
 
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
