@@ -105,6 +105,21 @@ func fillItemResults(cs []C.tpde_bundle_item, res []bundle.ItemResult) {
 	}
 }
 
+// itemArgs decodes the items and coding options of tpde_bundle_encode and
+// tpde_bundle_writer_add.
+func itemArgs(items *C.tpde_bundle_item, n C.uint64_t, effort, nthreads C.int32_t) ([]C.tpde_bundle_item, []bundle.Item, bundle.Options, error) {
+	opt, err := bundleOptions(effort, nthreads)
+	if err != nil {
+		return nil, nil, opt, err
+	}
+	cs, err := itemsAt(items, n)
+	if err != nil {
+		return nil, nil, opt, err
+	}
+	its, err := bundleItems(cs)
+	return cs, its, opt, err
+}
+
 func bundleOptions(effort, nthreads C.int32_t) (bundle.Options, error) {
 	if effort < 0 || effort > C.int32_t(entropy.Max) {
 		return bundle.Options{}, fmt.Errorf("%w: effort %d", errs.Invalid, int32(effort))
@@ -150,19 +165,11 @@ func tpde_bundle_encode(items *C.tpde_bundle_item, n C.uint64_t, meta *C.char, m
 	if outLen == nil {
 		return status(fmt.Errorf("%w: out_len is NULL", errs.Invalid), cerr, cerrLen)
 	}
-	opt, err := bundleOptions(effort, nthreads)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
 	m, err := metaArg(meta, metaLen)
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
-	cs, err := itemsAt(items, n)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	its, err := bundleItems(cs)
+	cs, its, opt, err := itemArgs(items, n, effort, nthreads)
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
@@ -240,15 +247,7 @@ func tpde_bundle_writer_add(handle C.uint64_t, items *C.tpde_bundle_item, n C.ui
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
-	opt, err := bundleOptions(effort, nthreads)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	cs, err := itemsAt(items, n)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	its, err := bundleItems(cs)
+	cs, its, opt, err := itemArgs(items, n, effort, nthreads)
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
@@ -353,20 +352,7 @@ func tpde_bundle_index(src unsafe.Pointer, srcLen C.uint64_t, out *C.char, capac
 		}
 		info.Tensors[i] = t
 	}
-	js, err := json.Marshal(info)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	*needed = C.uint64_t(len(js))
-	buf, err := bytesAt(unsafe.Pointer(out), capacity, "json")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	copy(buf, js)
-	if uint64(len(js)) > uint64(capacity) {
-		return status(fmt.Errorf("%w: JSON is %d bytes, %d given", errs.BufferTooSmall, len(js), uint64(capacity)), cerr, cerrLen)
-	}
-	return C.TPDE_OK
+	return status(writeJSON(info, out, capacity, needed), cerr, cerrLen)
 }
 
 //export tpde_bundle_decode

@@ -309,20 +309,27 @@ func tpde_file_info(path *C.char, out *C.char, capacity C.uint64_t, needed *C.ui
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
-	js, err := json.Marshal(fi)
+	return status(writeJSON(fi, out, capacity, needed), cerr, cerrLen)
+}
+
+// writeJSON marshals v into the caller's buffer (at most capacity bytes,
+// not NUL-terminated) and sets *needed to its full length: the
+// grow-and-call-again protocol of tpde_file_info and tpde_bundle_index.
+func writeJSON(v any, out *C.char, capacity C.uint64_t, needed *C.uint64_t) error {
+	js, err := json.Marshal(v)
 	if err != nil {
-		return status(err, cerr, cerrLen)
+		return err
 	}
 	*needed = C.uint64_t(len(js))
 	buf, err := bytesAt(unsafe.Pointer(out), capacity, "json")
 	if err != nil {
-		return status(err, cerr, cerrLen)
+		return err
 	}
 	copy(buf, js)
 	if uint64(len(js)) > uint64(capacity) {
-		return status(fmt.Errorf("%w: JSON is %d bytes, %d given", errs.BufferTooSmall, len(js), uint64(capacity)), cerr, cerrLen)
+		return fmt.Errorf("%w: JSON is %d bytes, %d given", errs.BufferTooSmall, len(js), uint64(capacity))
 	}
-	return C.TPDE_OK
+	return nil
 }
 
 // Delta frames (docs/FORMAT.md section 16).
