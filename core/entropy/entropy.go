@@ -360,7 +360,7 @@ func (e *Encoder) tryZstd(src []byte, bitsPerByte float64) bool {
 		return true
 	}
 	if e.MatchBits > 0 {
-		return bitsPerByte < e.MatchBits
+		return bitsPerByte < e.MatchBits || zeroRuns(src)
 	}
 	return bitsPerByte < MatchEntropyBits || e.repetitive(src)
 }
@@ -471,4 +471,26 @@ func (d *Decoder) Decode(m Method, src, dst []byte) error {
 		return nil
 	}
 	return fmt.Errorf("%w: unknown stream method %d", ErrCorrupt, uint8(m))
+}
+
+// zeroRuns samples 8-byte windows spread over src and reports whether at
+// least 1/8 of them are all zero: runs of zeros (residuals of unchanged
+// stretches, such as embedding rows no step touched) that LZ matching codes
+// in a few bytes while huff0 spends at least one bit per byte. Scattered
+// zeros rarely fill a window, so streams of small residuals, whose alphabet
+// is small, do not trigger it.
+func zeroRuns(src []byte) bool {
+	const window, maxSamples = 8, 2048
+	if len(src) < 64*window {
+		return false
+	}
+	stride := max(4*window, len(src)/maxSamples)
+	samples, zero := 0, 0
+	for i := 0; i+window <= len(src); i += stride {
+		samples++
+		if binary.LittleEndian.Uint64(src[i:]) == 0 {
+			zero++
+		}
+	}
+	return 8*zero >= samples
 }

@@ -159,3 +159,34 @@ func TestSampledEntropyMatchesHistogram(t *testing.T) {
 		assert.Equal(t, [256]uint32{}, e.hist, "histogram left clean, n=%d", n)
 	}
 }
+
+// Delta encoders (MatchBits set) try zstd on streams with runs of zeros,
+// which huff0 cannot code below one bit per byte, but not on streams whose
+// zeros are scattered.
+func TestZeroRunsTriggerZstd(t *testing.T) {
+	r := rand.New(rand.NewSource(3))
+	runs := make([]byte, 1<<16)
+	r.Read(runs)
+	for i := 0; i < len(runs); i += 4096 {
+		clear(runs[i : i+2048]) // half the stream in long zero runs
+	}
+	scattered := make([]byte, 1<<16)
+	for i := range scattered {
+		if r.Intn(2) == 0 {
+			scattered[i] = byte(1 + r.Intn(15))
+		}
+	}
+	require.True(t, zeroRuns(runs))
+	require.False(t, zeroRuns(scattered))
+	require.False(t, zeroRuns(make([]byte, 100)), "too short to sample")
+
+	e := NewEncoder(Balanced)
+	e.MatchBits, e.FastZstd = 0.3, true
+	m, out := e.Encode(nil, runs)
+	require.Equal(t, Zstd, m)
+	assert.Less(t, len(out), len(runs)*6/10)
+	var d Decoder
+	got := make([]byte, len(runs))
+	require.NoError(t, d.Decode(m, out, got))
+	require.Equal(t, runs, got)
+}
