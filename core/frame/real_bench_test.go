@@ -102,8 +102,11 @@ func benchRealDelta(b *testing.B, decode, keyframe bool) {
 		effort = entropy.Max
 	}
 	ctx := delta.ContextAuto
-	if os.Getenv("TPDE_BENCH_CONTEXT") == "on" {
+	switch os.Getenv("TPDE_BENCH_CONTEXT") {
+	case "on":
 		ctx = delta.ContextOn
+	case "off":
+		ctx = delta.ContextOff
 	}
 	var total, packed int64
 	blobs := make([][]byte, len(ts))
