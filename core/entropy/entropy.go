@@ -224,7 +224,8 @@ func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
 	bitsPerByte := e.sampledEntropy(src)
 	best, bestOut := Raw, src
 	withZstd := e.tryZstd(src, bitsPerByte)
-	zstdOnly := withZstd && e.ZstdOnlyBits > 0 && bitsPerByte < e.ZstdOnlyBits && e.Effort != Max
+	zstdOnly := withZstd && e.ZstdOnlyBits > 0 && e.Effort != Max &&
+		(bitsPerByte < e.ZstdOnlyBits || (e.MatchBits > 0 && zeroWindows(src) >= zstdOnlyZeroWindows))
 	if zstdOnly && bitsPerByte == 0 && allEqual(src) {
 		return RLE, append(dst, src[0])
 	}
@@ -360,7 +361,7 @@ func (e *Encoder) tryZstd(src []byte, bitsPerByte float64) bool {
 		return true
 	}
 	if e.MatchBits > 0 {
-		return bitsPerByte < e.MatchBits || zeroRuns(src)
+		return bitsPerByte < e.MatchBits || zeroWindows(src) >= 1.0/8
 	}
 	return bitsPerByte < MatchEntropyBits || e.repetitive(src)
 }
@@ -473,16 +474,16 @@ func (d *Decoder) Decode(m Method, src, dst []byte) error {
 	return fmt.Errorf("%w: unknown stream method %d", ErrCorrupt, uint8(m))
 }
 
-// zeroRuns samples 8-byte windows spread over src and reports whether at
-// least 1/8 of them are all zero: runs of zeros (residuals of unchanged
+// zeroWindows samples 8-byte windows spread over src and returns the
+// fraction of them that are all zero: runs of zeros (residuals of unchanged
 // stretches, such as embedding rows no step touched) that LZ matching codes
-// in a few bytes while huff0 spends at least one bit per byte. Scattered
-// zeros rarely fill a window, so streams of small residuals, whose alphabet
-// is small, do not trigger it.
-func zeroRuns(src []byte) bool {
+// in a few bytes while huff0 spends at least one bit per byte. Delta
+// encoders try zstd from 1/8. Scattered zeros rarely fill a window, so
+// streams of small residuals, whose alphabet is small, do not reach it.
+func zeroWindows(src []byte) float64 {
 	const window, maxSamples = 8, 2048
 	if len(src) < 64*window {
-		return false
+		return 0
 	}
 	stride := max(4*window, len(src)/maxSamples)
 	samples, zero := 0, 0
@@ -492,5 +493,9 @@ func zeroRuns(src []byte) bool {
 			zero++
 		}
 	}
-	return 8*zero >= samples
+	return float64(zero) / float64(samples)
 }
+
+// zstdOnlyZeroWindows: from this fraction of zero windows a delta stream
+// goes to zstd without trying huff0, which cannot win there.
+const zstdOnlyZeroWindows = 0.5
