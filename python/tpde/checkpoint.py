@@ -454,7 +454,10 @@ class TemporalPositionDeltaEncoder:
     (keyframe) checkpoints, are always lossless.
     adaptive: per-tensor thresholds from the given percentile of |delta|
     (design document §7.1: percentile=99 drops the 99% smallest changes);
-    capped by threshold when that is > 0. Lossy, opt-in.
+    capped by threshold when that is > 0. Lossy, opt-in. Each checkpoint
+    is within its own recorded bound, but with high percentiles the dropped
+    changes pile up and the bound grows from checkpoint to checkpoint; a
+    fixed threshold (or the cap) gives one bound for the whole chain.
     quant_bits: 8 or 4 additionally quantizes the kept residuals (lossy
     only), within the same bound.
     compression_method: how the positions of changed elements are coded:
