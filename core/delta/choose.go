@@ -127,8 +127,5 @@ func dropSampled[T word](s *Scratch, ns int, p *Params) {
 // oneBucket reports whether makePlan's dense plan is sure to be one bucket
 // (as e.candidates decides), so that Prepare need not sample for it.
 func oneBucket(p *Params) bool {
-	if expFieldOf(p.DType).mask == 0 || p.Context == ContextOff {
-		return true
-	}
-	return p.Context == ContextAuto && p.Effort != entropy.Max
+	return oneBucketMode(effectiveContext(p), expFieldOf(p.DType))
 }

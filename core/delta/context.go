@@ -215,7 +215,7 @@ func (e *estimator) cost(c ctxCfg, P int, dense bool, scale float64) float64 {
 
 // candidates returns the context maps worth estimating.
 func (e *estimator) candidates(mode ContextMode, ef expField) []ctxCfg {
-	if ef.mask == 0 || mode == ContextOff || mode == contextAutoOff {
+	if oneBucketMode(mode, ef) {
 		return []ctxCfg{{k: 1}}
 	}
 	span := min(fineBuckets, int(ef.mask)+1)
@@ -258,4 +258,10 @@ func positionsCost(m, n int) float64 {
 		bitmap = float64(n) * -(p*math.Log2(p) + (1-p)*math.Log2(1-p)) / 8 * 1.03
 	}
 	return math.Min(elias, bitmap+40) + posHdrLen
+}
+
+// oneBucketMode reports whether mode allows only one context bucket for a
+// dtype with exponent field ef.
+func oneBucketMode(mode ContextMode, ef expField) bool {
+	return ef.mask == 0 || mode == ContextOff || mode == contextAutoOff
 }

@@ -232,14 +232,20 @@ type plan struct {
 // makePlan estimates, from the sample in s.sv and s.sr (ns elements), the
 // best context map for the dense and the sparse coding and which of them
 // to try.
+// effectiveContext resolves ContextAuto: contexts are weighed only at
+// effort Max.
+func effectiveContext(p *Params) ContextMode {
+	if p.Context == ContextAuto && p.Effort != entropy.Max {
+		return contextAutoOff
+	}
+	return p.Context
+}
+
 func makePlan[T, V word](s *Scratch, ns, n int, p *Params, ef expField) plan {
 	e := &s.est
 	fill[T, V](e, s.sv, s.sr, ns, ef)
 	P := size[V]()
-	mode := p.Context
-	if mode == ContextAuto && p.Effort != entropy.Max {
-		mode = contextAutoOff
-	}
+	mode := effectiveContext(p)
 	cands := e.candidates(mode, ef)
 	pl := plan{dense: cands[0], sparse: cands[0]}
 	pick := func(dense bool, scale float64) (ctxCfg, float64) {

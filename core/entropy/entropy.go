@@ -223,9 +223,13 @@ func (e *Encoder) Encode(dst, src []byte) (Method, []byte) {
 	}
 	bitsPerByte := e.sampledEntropy(src)
 	best, bestOut := Raw, src
-	withZstd := e.tryZstd(src, bitsPerByte)
+	zeros := 0.0 // sampled once, for both decisions below
+	if e.MatchBits > 0 && e.Effort == Balanced {
+		zeros = zeroWindows(src)
+	}
+	withZstd := e.tryZstd(src, bitsPerByte, zeros)
 	zstdOnly := withZstd && e.ZstdOnlyBits > 0 && e.Effort != Max &&
-		(bitsPerByte < e.ZstdOnlyBits || (e.MatchBits > 0 && zeroWindows(src) >= zstdOnlyZeroWindows))
+		(bitsPerByte < e.ZstdOnlyBits || zeros >= zstdOnlyZeroWindows)
 	if zstdOnly && bitsPerByte == 0 && allEqual(src) {
 		return RLE, append(dst, src[0])
 	}
@@ -353,7 +357,7 @@ func (e *Encoder) sampledEntropy(src []byte) float64 {
 	return bits / nf
 }
 
-func (e *Encoder) tryZstd(src []byte, bitsPerByte float64) bool {
+func (e *Encoder) tryZstd(src []byte, bitsPerByte, zeros float64) bool {
 	switch e.Effort {
 	case Fast:
 		return false
@@ -361,7 +365,7 @@ func (e *Encoder) tryZstd(src []byte, bitsPerByte float64) bool {
 		return true
 	}
 	if e.MatchBits > 0 {
-		return bitsPerByte < e.MatchBits || zeroWindows(src) >= 1.0/8
+		return bitsPerByte < e.MatchBits || zeros >= tryZstdZeroWindows
 	}
 	return bitsPerByte < MatchEntropyBits || e.repetitive(src)
 }
@@ -477,8 +481,7 @@ func (d *Decoder) Decode(m Method, src, dst []byte) error {
 // zeroWindows samples 8-byte windows spread over src and returns the
 // fraction of them that are all zero: runs of zeros (residuals of unchanged
 // stretches, such as embedding rows no step touched) that LZ matching codes
-// in a few bytes while huff0 spends at least one bit per byte. Delta
-// encoders try zstd from 1/8. Scattered zeros rarely fill a window, so
+// in a few bytes while huff0 spends at least one bit per byte. Scattered zeros rarely fill a window, so
 // streams of small residuals, whose alphabet is small, do not reach it.
 func zeroWindows(src []byte) float64 {
 	const window, maxSamples = 8, 2048
@@ -495,6 +498,10 @@ func zeroWindows(src []byte) float64 {
 	}
 	return float64(zero) / float64(samples)
 }
+
+// tryZstdZeroWindows: from this fraction of zero windows a delta stream
+// is also tried with zstd.
+const tryZstdZeroWindows = 1.0 / 8
 
 // zstdOnlyZeroWindows: from this fraction of zero windows a delta stream
 // goes to zstd without trying huff0, which cannot win there.

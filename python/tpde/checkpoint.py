@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from . import _bundle
-from .codec import _FILE_MAGIC, DTYPES, _NUMPY, _TORCH, _WIDTHS, _readable, _source, _threads
+from .codec import _FILE_MAGIC, _NUMPY_NATIVE, DTYPES, _NUMPY, _TORCH, _WIDTHS, _readable, _source, _threads, _torch_code
 from .errors import InvalidArgumentError, ReferenceMismatchError, TPDEIOError, UnsupportedFormatError
 
 __all__ = [
@@ -177,6 +177,10 @@ class _Flat:
     def get(self, name: str) -> Any:
         return self.tensors.get(name if name not in self.aliases else self.aliases[name])
 
+    def tensors_with_aliases(self) -> Dict[str, Any]:
+        """Every name, aliases included, to its tensor."""
+        return {name: self.get(name) for name in (*self.tensors, *self.aliases)}
+
 
 def _rebuild(skel: Any, tensors: Mapping[str, Any]) -> Any:
     if isinstance(skel, list):
@@ -234,8 +238,17 @@ def _alloc(code: int, shape: Tuple[int, ...], like: str) -> Any:
 
 
 def _layout(t: Any) -> Tuple[int, Tuple[int, ...]]:
-    s = _source(t)
-    return s.code, s.shape
+    """t's tpde dtype code and shape, from its metadata alone: unlike
+    _source, never copies a CUDA or non-contiguous tensor."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(t, torch.Tensor):
+        return _torch_code(torch, t.dtype), tuple(t.shape)
+    import numpy as np
+
+    for code in _NUMPY_NATIVE:
+        if t.dtype == np.dtype(_NUMPY[code]).newbyteorder(t.dtype.byteorder):
+            return code, tuple(t.shape)
+    raise InvalidArgumentError(f"unsupported array dtype {t.dtype}")
 
 
 # --- the compressed object ----------------------------------------------------
@@ -367,38 +380,43 @@ def checkpoint_info(data: Source) -> Dict[str, Any]:
 
 def _decode(data: Source, previous: Optional[Checkpoint], previous2: Optional[Checkpoint], like: str,
             threads: int) -> Checkpoint:
+    with _open(data) as b:
+        return _decode_opened(b, previous, previous2, like, threads)
+
+
+def _decode_opened(b: _Opened, previous: Optional[Checkpoint], previous2: Optional[Checkpoint], like: str,
+                   threads: int) -> Checkpoint:
     if like not in ("torch", "numpy"):
         raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
     th = _threads(threads)
-    with _open(data) as b:
-        tp = b.tpde
-        if tp.get("format") != "tpde-checkpoint":
-            raise UnsupportedFormatError("this bundle holds no tpde checkpoint metadata (was it written by "
-                                         "TemporalPositionDeltaEncoder?)")
-        prev = _Flat(previous, "previous") if previous is not None else None
-        prev2 = _Flat(previous2, "previous2") if previous2 is not None else None
-        out: Dict[str, Any] = {}
-        reqs = []
-        for k, t in enumerate(b.index["tensors"]):
-            name = t["name"]
-            dst = _alloc(t["dtype"], tuple(t["shape"]), like)
-            out[name] = dst
-            ref = ref2 = None
-            if t["kind"] == "delta":
-                ref = _reference(prev, name, t, "previous", b.meta)
-                if t["needs_ref2"]:
-                    ref2 = _reference(prev2, name, t, "previous2", b.meta)
-            reqs.append((k, dst, ref, ref2))
-        try:
-            _bundle.decode(b.src, b.n, reqs, threads=th)
-        except ReferenceMismatchError as e:
-            raise ReferenceMismatchError(f"{e} ({_reference_hint(b.meta)})") from None
-        for alias, name in tp.get("aliases", {}).items():
-            out[alias] = out[name]
-        skel = tp.get("skeleton")
-        if skel is None:
-            return _with_state_dict_metadata(out, tp.get("state_dict_metadata"))
-        return _rebuild(skel, out)
+    tp = b.tpde
+    if tp.get("format") != "tpde-checkpoint":
+        raise UnsupportedFormatError("this bundle holds no tpde checkpoint metadata (was it written by "
+                                     "TemporalPositionDeltaEncoder?)")
+    prev = _Flat(previous, "previous") if previous is not None else None
+    prev2 = _Flat(previous2, "previous2") if previous2 is not None else None
+    out: Dict[str, Any] = {}
+    reqs = []
+    for k, t in enumerate(b.index["tensors"]):
+        name = t["name"]
+        dst = _alloc(t["dtype"], tuple(t["shape"]), like)
+        out[name] = dst
+        ref = ref2 = None
+        if t["kind"] == "delta":
+            ref = _reference(prev, name, t, "previous", b.meta)
+            if t["needs_ref2"]:
+                ref2 = _reference(prev2, name, t, "previous2", b.meta)
+        reqs.append((k, dst, ref, ref2))
+    try:
+        _bundle.decode(b.src, b.n, reqs, threads=th)
+    except ReferenceMismatchError as e:
+        raise ReferenceMismatchError(f"{e} ({_reference_hint(b.meta)})") from None
+    for alias, name in tp.get("aliases", {}).items():
+        out[alias] = out[name]
+    skel = tp.get("skeleton")
+    if skel is None:
+        return _with_state_dict_metadata(out, tp.get("state_dict_metadata"))
+    return _rebuild(skel, out)
 
 
 def _reference_hint(meta: Dict[str, Any]) -> str:
@@ -725,15 +743,6 @@ class TemporalPositionDeltaEncoder:
         return int(c.metadata["compressed_size"])
 
 
-def _tensors_with_aliases(self: _Flat) -> Dict[str, Any]:
-    d = dict(self.tensors)
-    for alias, name in self.aliases.items():
-        d[alias] = self.tensors[name]
-    return d
-
-
-_Flat.tensors_with_aliases = _tensors_with_aliases  # type: ignore[attr-defined]
-
 
 class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
     """A stateful chain of checkpoints (design document §4.2, §10): the
@@ -804,19 +813,19 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
 
     def decompress(self, data: Source, *, like: str = "torch", threads: int = 0) -> Checkpoint:
         """Decode the next checkpoint of a chain made by compress()."""
+        th = threads or self.threads
         with _open(data) as b:
             c = b.meta.get("checkpoint", {})
-        kind, refkind = c.get("checkpoint_type"), c.get("reference")
-        if kind == "full":
-            sd = _decode(data, None, None, like, threads or self.threads)
-            self._dec_base, self._dec_prev, self._dec_prev2 = sd, sd, None
-            return sd
-        if self._dec_prev is None:
-            raise ReferenceMismatchError("this checkpoint is a delta and this decoder has not decoded the full "
-                                         "checkpoint its chain starts with")
-        if refkind == "base":
-            sd = _decode(data, self._dec_base, None, like, threads or self.threads)
-        else:
-            sd = _decode(data, self._dec_prev, self._dec_prev2, like, threads or self.threads)
+            if c.get("checkpoint_type") == "full":
+                sd = _decode_opened(b, None, None, like, th)
+                self._dec_base, self._dec_prev, self._dec_prev2 = sd, sd, None
+                return sd
+            if self._dec_prev is None:
+                raise ReferenceMismatchError("this checkpoint is a delta and this decoder has not decoded the full "
+                                             "checkpoint its chain starts with")
+            if c.get("reference") == "base":
+                sd = _decode_opened(b, self._dec_base, None, like, th)
+            else:
+                sd = _decode_opened(b, self._dec_prev, self._dec_prev2, like, th)
         self._dec_prev2, self._dec_prev = self._dec_prev, sd
         return sd
