@@ -17,6 +17,9 @@ type Options struct {
 	ChunkElems uint32         // elements per chunk; 0 means DefaultChunkElems
 	Threads    int            // goroutines; 0 means the process default
 	Effort     entropy.Effort // which stream methods to try
+	// Stop, if set, is called before each chunk; an error it returns ends
+	// the encoding with that error (how file operations are cancelled).
+	Stop func() error
 }
 
 // scratch is one goroutine's reusable state. Pooled so that encoding many
@@ -106,13 +109,15 @@ func Encode(dst, src []byte, d dtype.DType, shape []uint64, opt Options) (int, e
 	binary.LittleEndian.PutUint32(hdr[hl-4:], crc(hdr[:hl-4]))
 
 	table := dst[hl : hl+tl]
-	threads := par.Threads(opt.Threads)
-	if threads > nchunks {
-		threads = nchunks
-	}
-	sc := getScratches(max(threads, 1))
+	threads := par.Workers(opt.Threads, nchunks)
+	sc := getScratches(threads)
 	defer sc.release()
 	err = par.For(nchunks, threads, func(wk, i int) error {
+		if opt.Stop != nil {
+			if err := opt.Stop(); err != nil {
+				return err
+			}
+		}
 		s := sc[wk]
 		s.enc.Effort = opt.Effort
 		lo := i * chunkBytes
@@ -183,8 +188,8 @@ func Decode(blob, dst []byte, threads int) (*Header, error) {
 
 // DecodeChunks decodes every chunk of a parsed frame into dst (RawSize bytes).
 func (h *Header) DecodeChunks(blob, dst []byte, threads int) error {
-	threads = min(par.Threads(threads), h.NChunks)
-	sc := getScratches(max(threads, 1))
+	threads = par.Workers(threads, h.NChunks)
+	sc := getScratches(threads)
 	defer sc.release()
 	return par.For(h.NChunks, threads, func(wk, i int) error {
 		off, n := h.ChunkRaw(i)

@@ -333,7 +333,11 @@ func EncodeDelta(dst, src, ref, ref2 []byte, d dtype.DType, shape []uint64, opt 
 		res.Residual, res.Identical = p.Kind, true
 		return res, nil
 	}
-	scr := make([]*delta.Scratch, max(min(par.Threads(opt.Threads), int(nchunksFor(nelem, ce))), 1))
+	nchunks := int(nchunksFor(nelem, ce))
+	// One read of the thread count sizes the scratch and the fan-out alike:
+	// the process default may change meanwhile, from another thread.
+	threads := par.Workers(opt.Threads, nchunks)
+	scr := make([]*delta.Scratch, threads)
 	for i := range scr {
 		scr[i] = deltaPool.Get().(*delta.Scratch)
 	}
@@ -346,15 +350,12 @@ func EncodeDelta(dst, src, ref, ref2 []byte, d dtype.DType, shape []uint64, opt 
 	if p.Kind != delta.Pred {
 		ref2 = nil
 	}
-	threads := par.Threads(opt.Threads)
-	nchunks := int(nchunksFor(nelem, ce))
 	hl := headerLen(len(shape)) + deltaExtLen(p.Kind, lossy)
 	tl := nchunks*deltaEntryLen + 4
 	p0 := hl + tl
 	chunkBytes := int(ce) * w
 	slotLen := chunkBytes + delta.ChunkOverhead(w)
 	table := dst[hl : hl+tl]
-	threads = min(threads, nchunks)
 	type chunkStat struct {
 		maxErr        float64
 		mode          delta.Mode
@@ -529,8 +530,8 @@ func DecodeDelta(blob, ref, ref2, dst []byte, threads int) (*Header, error) {
 		delta.FillBase(h.DType, di.Residual, ref, ref2, dst)
 		return h, nil
 	}
-	threads = min(par.Threads(threads), h.NChunks)
-	scr := make([]*delta.Scratch, max(threads, 1))
+	threads = par.Workers(threads, h.NChunks)
+	scr := make([]*delta.Scratch, threads)
 	for i := range scr {
 		scr[i] = deltaPool.Get().(*delta.Scratch)
 	}

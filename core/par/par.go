@@ -1,10 +1,33 @@
 // Package par runs indexed jobs on a bounded number of goroutines.
+//
+// It is the only place in tpde that starts goroutines, so it carries the
+// two promises of include/tpde.h that goroutines could break:
+//
+//   - No panic escapes. A panic in a job, on whichever goroutine it runs,
+//     is recovered and returned as a *PanicError (which matches
+//     errs.Internal), so it reaches the caller as an error instead of
+//     aborting the process: a recover in the C ABI glue only covers the
+//     goroutine that entered the library.
+//   - Memory faults are errors. Jobs run with debug.SetPanicOnFault, so a
+//     fault reading memory that went away (a memory-mapped file truncated
+//     by another process while tpde reads it) becomes a *PanicError whose
+//     Fault() is true, which callers report as an I/O error, instead of
+//     the runtime's fatal "unexpected fault address".
+//
+// Callers size per-worker scratch with the count that Workers returns and
+// pass that same count to For: the process default (SetDefaultThreads) can
+// change between two reads of it, from another thread.
 package par
 
 import (
+	"fmt"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
+
+	"github.com/tpde/tpde/core/errs"
 )
 
 var defaultThreads atomic.Int32
@@ -20,7 +43,7 @@ func SetDefaultThreads(n int) {
 }
 
 // Threads resolves a requested thread count: n > 0 is taken as is, 0 means
-// the process default.
+// the process default. Read it once per operation (see Workers).
 func Threads(n int) int {
 	if n > 0 {
 		// More goroutines than this only costs memory (one scratch each).
@@ -32,22 +55,81 @@ func Threads(n int) int {
 	return runtime.NumCPU()
 }
 
+// Workers is the number of goroutines For will use for jobs jobs at the
+// requested thread count: at least 1, at most jobs. Size per-worker scratch
+// with it and hand the same value to For.
+func Workers(requested, jobs int) int {
+	return max(1, min(Threads(requested), jobs))
+}
+
+// PanicError is a panic recovered from a job.
+type PanicError struct {
+	Value any
+	Stack []byte
+}
+
+func (e *PanicError) Error() string {
+	if e.Fault() {
+		return fmt.Sprintf("%v: memory tpde was reading became unreadable (a memory-mapped file truncated by another process?): %v", errs.IO, e.Value)
+	}
+	stack := e.Stack
+	if len(stack) > 400 {
+		stack = stack[:400]
+	}
+	return fmt.Sprintf("%v (please report): panic: %v: %s", errs.Internal, e.Value, stack)
+}
+
+// Unwrap makes a fault match errs.IO and syscall.EIO, anything else
+// errs.Internal.
+func (e *PanicError) Unwrap() []error {
+	if e.Fault() {
+		return []error{errs.IO, syscall.EIO}
+	}
+	return []error{errs.Internal}
+}
+
+// Fault reports whether the panic was a memory fault (SIGBUS or SIGSEGV at a
+// non-nil address), such as reading a mapped file that was truncated.
+func (e *PanicError) Fault() bool {
+	re, ok := e.Value.(runtime.Error)
+	if !ok {
+		return false
+	}
+	_, hasAddr := re.(interface{ Addr() uintptr })
+	return hasAddr
+}
+
+// Guard runs fn on the calling goroutine with the protections of For: a
+// panic becomes a *PanicError, a memory fault a *PanicError with Fault().
+func Guard(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = &PanicError{Value: r, Stack: debug.Stack()}
+		}
+	}()
+	return fn()
+}
+
 // For calls fn(worker, i) for every i in [0, n) on at most threads
 // goroutines; worker is in [0, threads) and identifies the goroutine, so fn
-// can index per-worker scratch. It returns the error of the lowest i that
-// failed, so the result does not depend on scheduling; after a failure no
-// new jobs start.
+// can index per-worker scratch sized by threads. It returns the error of
+// the lowest i that failed, so the result does not depend on scheduling;
+// after a failure no new jobs start. A panicking job fails like one that
+// returned a *PanicError.
 func For(n, threads int, fn func(worker, i int) error) error {
 	if threads > n {
 		threads = n
 	}
 	if threads <= 1 {
-		for i := 0; i < n; i++ {
-			if err := fn(0, i); err != nil {
-				return err
+		return Guard(func() error {
+			for i := 0; i < n; i++ {
+				if err := fn(0, i); err != nil {
+					return err
+				}
 			}
-		}
-		return nil
+			return nil
+		})
 	}
 	var (
 		next    atomic.Int64
@@ -57,23 +139,33 @@ func For(n, threads int, fn func(worker, i int) error) error {
 		firstEr error
 		wg      sync.WaitGroup
 	)
+	fail := func(i int, err error) {
+		mu.Lock()
+		if i < firstI {
+			firstI, firstEr = i, err
+		}
+		mu.Unlock()
+		failed.Store(true)
+	}
 	for w := 0; w < threads; w++ {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			for !failed.Load() {
-				i := int(next.Add(1) - 1)
-				if i >= n {
-					return
-				}
-				if err := fn(w, i); err != nil {
-					mu.Lock()
-					if i < firstI {
-						firstI, firstEr = i, err
+			i := -1
+			err := Guard(func() error {
+				for !failed.Load() {
+					i = int(next.Add(1) - 1)
+					if i >= n {
+						return nil
 					}
-					mu.Unlock()
-					failed.Store(true)
+					if err := fn(w, i); err != nil {
+						return err
+					}
 				}
+				return nil
+			})
+			if err != nil {
+				fail(i, err)
 			}
 		}(w)
 	}

@@ -7,6 +7,9 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tpde/tpde/core/errs"
 )
 
 func TestForVisitsEveryIndexOnce(t *testing.T) {
@@ -41,4 +44,41 @@ func TestThreads(t *testing.T) {
 	assert.Equal(t, 5, Threads(5))
 	SetDefaultThreads(0)
 	assert.Greater(t, Threads(0), 0)
+}
+
+func TestWorkersIsAtLeastOneAndAtMostJobs(t *testing.T) {
+	assert.Equal(t, 1, Workers(8, 0))
+	assert.Equal(t, 3, Workers(8, 3))
+	assert.Equal(t, 2, Workers(2, 100))
+	SetDefaultThreads(5)
+	defer SetDefaultThreads(0)
+	assert.Equal(t, 5, Workers(0, 100))
+}
+
+// A panic in a job must come back as an error from every goroutine For
+// uses, not only from the caller's: a recover in the C ABI glue does not
+// cover goroutines For starts, and an unrecovered panic there aborts the
+// whole process.
+func TestForTurnsPanicsIntoInternalErrors(t *testing.T) {
+	for _, threads := range []int{1, 2, 8} {
+		err := For(64, threads, func(w, i int) error {
+			if i == 37 {
+				var s []int
+				_ = s[i] // index out of range, as a real bug would be
+			}
+			return nil
+		})
+		var pe *PanicError
+		require.ErrorAs(t, err, &pe, "threads %d", threads)
+		assert.ErrorIs(t, err, errs.Internal)
+		assert.False(t, pe.Fault())
+		assert.Contains(t, err.Error(), "index out of range")
+	}
+}
+
+func TestGuardRecoversOnTheCallingGoroutine(t *testing.T) {
+	err := Guard(func() error { panic("boom") })
+	assert.ErrorIs(t, err, errs.Internal)
+	assert.Contains(t, err.Error(), "boom")
+	assert.NoError(t, Guard(func() error { return nil }))
 }
