@@ -13,6 +13,7 @@ import "C"
 import (
 	"encoding/json"
 	"fmt"
+	"runtime/debug"
 	"sync"
 	"unsafe"
 
@@ -130,7 +131,7 @@ func bundleOptions(effort, nthreads C.int32_t) (bundle.Options, error) {
 //export tpde_bundle_bound
 func tpde_bundle_bound(items *C.tpde_bundle_item, n C.uint64_t, metaLen C.uint64_t, bound *C.uint64_t,
 	cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if bound == nil || uint64(metaLen) > bundle.MaxMetaLen {
 		return status(fmt.Errorf("%w: bound %p, meta_len %d", errs.Invalid, bound, uint64(metaLen)), cerr, cerrLen)
 	}
@@ -161,7 +162,7 @@ func metaArg(meta *C.char, metaLen C.uint64_t) ([]byte, error) {
 func tpde_bundle_encode(items *C.tpde_bundle_item, n C.uint64_t, meta *C.char, metaLen C.uint64_t,
 	effort C.int32_t, nthreads C.int32_t, dst unsafe.Pointer, dstCap C.uint64_t, outLen *C.uint64_t,
 	cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if outLen == nil {
 		return status(fmt.Errorf("%w: out_len is NULL", errs.Invalid), cerr, cerrLen)
 	}
@@ -218,11 +219,11 @@ func writerAt(h C.uint64_t) (*openWriter, error) {
 
 //export tpde_bundle_writer_open
 func tpde_bundle_writer_open(path *C.char, handle *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if path == nil || handle == nil {
 		return status(fmt.Errorf("%w: path or handle is NULL", errs.Invalid), cerr, cerrLen)
 	}
-	f, err := atomicfile.Create(C.GoString(path))
+	f, err := atomicfile.Create(C.GoString(path), atomicfile.Options{})
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
@@ -242,7 +243,7 @@ func tpde_bundle_writer_open(path *C.char, handle *C.uint64_t, cerr *C.char, cer
 //export tpde_bundle_writer_add
 func tpde_bundle_writer_add(handle C.uint64_t, items *C.tpde_bundle_item, n C.uint64_t, effort C.int32_t,
 	nthreads C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	ow, err := writerAt(handle)
 	if err != nil {
 		return status(err, cerr, cerrLen)
@@ -262,7 +263,7 @@ func tpde_bundle_writer_add(handle C.uint64_t, items *C.tpde_bundle_item, n C.ui
 //export tpde_bundle_writer_close
 func tpde_bundle_writer_close(handle C.uint64_t, meta *C.char, metaLen C.uint64_t, commit C.int32_t,
 	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	writersMu.Lock()
 	ow, ok := writers[uint64(handle)]
 	delete(writers, uint64(handle))
@@ -319,7 +320,7 @@ type bundleInfo struct {
 //export tpde_bundle_index
 func tpde_bundle_index(src unsafe.Pointer, srcLen C.uint64_t, out *C.char, capacity C.uint64_t, needed *C.uint64_t,
 	cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if needed == nil {
 		return status(fmt.Errorf("%w: needed is NULL", errs.Invalid), cerr, cerrLen)
 	}
@@ -358,7 +359,7 @@ func tpde_bundle_index(src unsafe.Pointer, srcLen C.uint64_t, out *C.char, capac
 //export tpde_bundle_decode
 func tpde_bundle_decode(src unsafe.Pointer, srcLen C.uint64_t, outs *C.tpde_bundle_out, n C.uint64_t, nthreads C.int32_t,
 	cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	in, err := bytesAt(src, srcLen, "src")
 	if err != nil {
 		return status(err, cerr, cerrLen)

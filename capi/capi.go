@@ -30,6 +30,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"unsafe"
 
 	"github.com/tpde/tpde/core/container"
@@ -49,18 +50,31 @@ var cVersion = C.CString(Version) // static for the life of the process
 
 func main() {}
 
-// status maps an error to a status code and writes its message.
+// status maps an error to a status code and writes its message. An I/O
+// error that carries an OS error number ends with " [errno N]"
+// (include/tpde.h), so that bindings can raise their OSError equivalents.
 func status(err error, cerr *C.char, cerrLen C.size_t) C.int {
 	if err == nil {
 		return C.TPDE_OK
 	}
+	code := statusCode(err)
 	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	if code == C.TPDE_E_IO {
+		var en syscall.Errno
+		if errors.As(err, &en) && en != 0 {
+			msg += fmt.Sprintf(" [errno %d]", int(en))
+		}
+	}
 	if len(msg) > 0 {
 		cmsg := unsafe.Pointer(unsafe.StringData(msg))
 		C.tpde_write_err(cerr, cerrLen, (*C.char)(cmsg), C.size_t(len(msg)))
 	} else {
 		C.tpde_write_err(cerr, cerrLen, nil, 0)
 	}
+	return code
+}
+
+func statusCode(err error) C.int {
 	switch {
 	case errors.Is(err, errs.ReferenceMismatch):
 		return C.TPDE_E_REFERENCE
@@ -74,20 +88,27 @@ func status(err error, cerr *C.char, cerrLen C.size_t) C.int {
 		return C.TPDE_E_BUFFER_TOO_SMALL
 	case errors.Is(err, errs.IO):
 		return C.TPDE_E_IO
+	case errors.Is(err, errs.Limit):
+		return C.TPDE_E_LIMIT
+	case errors.Is(err, errs.Cancelled):
+		return C.TPDE_E_CANCELLED
 	}
 	return C.TPDE_E_INTERNAL
 }
 
-// guard turns a panic into TPDE_E_INTERNAL so that none crosses the ABI. Use
-// as: defer guard(&rc, err, errLen).
-func guard(rc *C.int, cerr *C.char, cerrLen C.size_t) {
+// guard turns a panic into TPDE_E_INTERNAL so that none crosses the ABI, and
+// a memory fault (debug.SetPanicOnFault, switched on at entry) into
+// TPDE_E_IO. Use as:
+//
+//	defer guard(&rc, err, errLen, debug.SetPanicOnFault(true))
+//
+// which switches faults to panics for this goroutine at entry and restores
+// the caller's setting on return. Goroutines the core starts are covered
+// by core/par, which recovers in each of them.
+func guard(rc *C.int, cerr *C.char, cerrLen C.size_t, prevPanicOnFault bool) {
+	debug.SetPanicOnFault(prevPanicOnFault)
 	if r := recover(); r != nil {
-		stack := string(debug.Stack())
-		if len(stack) > 300 {
-			stack = stack[:300]
-		}
-		*rc = status(fmt.Errorf("internal error (please report): %v: %s", r, stack), cerr, cerrLen)
-		*rc = C.TPDE_E_INTERNAL
+		*rc = status(&par.PanicError{Value: r, Stack: debug.Stack()}, cerr, cerrLen)
 	}
 }
 
@@ -128,7 +149,7 @@ func tpde_get_num_threads() C.int32_t { return C.int32_t(par.Threads(0)) }
 //export tpde_encode_bound
 func tpde_encode_bound(rawSize C.uint64_t, dt C.int32_t, ndim C.int32_t, chunkElems C.uint32_t,
 	bound *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	d, err := dtypeArg(dt)
 	if err != nil {
 		return status(err, cerr, cerrLen)
@@ -148,7 +169,7 @@ func tpde_encode_bound(rawSize C.uint64_t, dt C.int32_t, ndim C.int32_t, chunkEl
 func tpde_encode(src unsafe.Pointer, srcLen C.uint64_t, dt C.int32_t, shape *C.uint64_t, ndim C.int32_t,
 	chunkElems C.uint32_t, effort C.int32_t, nthreads C.int32_t, dst unsafe.Pointer, dstCap C.uint64_t,
 	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	d, err := dtypeArg(dt)
 	if err != nil {
 		return status(err, cerr, cerrLen)
@@ -183,7 +204,7 @@ func tpde_encode(src unsafe.Pointer, srcLen C.uint64_t, dt C.int32_t, shape *C.u
 //export tpde_decode
 func tpde_decode(src unsafe.Pointer, srcLen C.uint64_t, dst unsafe.Pointer, dstCap C.uint64_t, nthreads C.int32_t,
 	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if outLen == nil {
 		return status(fmt.Errorf("%w: out_len is NULL", errs.Invalid), cerr, cerrLen)
 	}
@@ -205,7 +226,7 @@ func tpde_decode(src unsafe.Pointer, srcLen C.uint64_t, dst unsafe.Pointer, dstC
 
 //export tpde_inspect
 func tpde_inspect(src unsafe.Pointer, srcLen C.uint64_t, info *C.tpde_frame_info, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if info == nil {
 		return status(fmt.Errorf("%w: info is NULL", errs.Invalid), cerr, cerrLen)
 	}
@@ -240,7 +261,7 @@ func fillFrameInfo(info *C.tpde_frame_info, h *frame.Header) {
 
 //export tpde_entropy_bound
 func tpde_entropy_bound(src unsafe.Pointer, srcLen C.uint64_t, dt C.int32_t, bitsOut *C.double, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	d, err := dtypeArg(dt)
 	if err != nil {
 		return status(err, cerr, cerrLen)
@@ -279,33 +300,46 @@ func progressTo(p *C.uint64_t) func(uint64) {
 	}
 }
 
+// cancelFrom returns a poll of a caller's cancel flag, or nil.
+func cancelFrom(p *C.int32_t) func() bool {
+	if p == nil {
+		return nil
+	}
+	flag := (*int32)(unsafe.Pointer(p))
+	return func() bool { return atomic.LoadInt32(flag) != 0 }
+}
+
 //export tpde_compress_file
-func tpde_compress_file(srcPath, dstPath *C.char, nthreads C.int32_t, progress *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+func tpde_compress_file(srcPath, dstPath *C.char, nthreads C.int32_t, progress *C.uint64_t, cancel *C.int32_t,
+	cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if srcPath == nil || dstPath == nil {
 		return status(fmt.Errorf("%w: path is NULL", errs.Invalid), cerr, cerrLen)
 	}
 	return status(container.CompressFile(C.GoString(srcPath), C.GoString(dstPath), container.Options{
-		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress)}), cerr, cerrLen)
+		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress), Cancelled: cancelFrom(cancel)}), cerr, cerrLen)
 }
 
 //export tpde_decompress_file
-func tpde_decompress_file(srcPath, dstPath *C.char, nthreads C.int32_t, progress *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+func tpde_decompress_file(srcPath, dstPath *C.char, nthreads C.int32_t, maxOutput C.uint64_t, progress *C.uint64_t,
+	cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if srcPath == nil || dstPath == nil {
 		return status(fmt.Errorf("%w: path is NULL", errs.Invalid), cerr, cerrLen)
 	}
 	return status(container.DecompressFile(C.GoString(srcPath), C.GoString(dstPath), container.Options{
-		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress)}), cerr, cerrLen)
+		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress), MaxOutput: uint64(maxOutput),
+		Cancelled: cancelFrom(cancel)}), cerr, cerrLen)
 }
 
 //export tpde_file_info
-func tpde_file_info(path *C.char, out *C.char, capacity C.uint64_t, needed *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+func tpde_file_info(path *C.char, maxSegments C.uint32_t, out *C.char, capacity C.uint64_t, needed *C.uint64_t,
+	cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if path == nil || needed == nil {
 		return status(fmt.Errorf("%w: path or needed is NULL", errs.Invalid), cerr, cerrLen)
 	}
-	fi, err := container.Info(C.GoString(path))
+	fi, err := container.Info(C.GoString(path), int(min(uint32(maxSegments), 1<<30)))
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
@@ -337,7 +371,7 @@ func writeJSON(v any, out *C.char, capacity C.uint64_t, needed *C.uint64_t) erro
 //export tpde_encode_delta_bound
 func tpde_encode_delta_bound(rawSize C.uint64_t, dt C.int32_t, ndim C.int32_t, chunkElems C.uint32_t,
 	bound *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	d, err := dtypeArg(dt)
 	if err != nil {
 		return status(err, cerr, cerrLen)
@@ -413,7 +447,7 @@ func tpde_encode_delta(src unsafe.Pointer, srcLen C.uint64_t, ref unsafe.Pointer
 	chunkElems C.uint32_t, effort C.int32_t, nthreads C.int32_t,
 	dst unsafe.Pointer, dstCap C.uint64_t, outLen *C.uint64_t, recon unsafe.Pointer, reconCap C.uint64_t,
 	cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	d, err := dtypeArg(dt)
 	if err != nil {
 		return status(err, cerr, cerrLen)
@@ -465,7 +499,7 @@ func tpde_encode_delta(src unsafe.Pointer, srcLen C.uint64_t, ref unsafe.Pointer
 func tpde_decode_delta(src unsafe.Pointer, srcLen C.uint64_t, ref unsafe.Pointer, refLen C.uint64_t,
 	ref2 unsafe.Pointer, ref2Len C.uint64_t, dst unsafe.Pointer, dstCap C.uint64_t, nthreads C.int32_t,
 	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if outLen == nil {
 		return status(fmt.Errorf("%w: out_len is NULL", errs.Invalid), cerr, cerrLen)
 	}
@@ -495,7 +529,7 @@ func tpde_decode_delta(src unsafe.Pointer, srcLen C.uint64_t, ref unsafe.Pointer
 
 //export tpde_inspect_delta
 func tpde_inspect_delta(src unsafe.Pointer, srcLen C.uint64_t, info *C.tpde_delta_info, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if info == nil {
 		return status(fmt.Errorf("%w: info is NULL", errs.Invalid), cerr, cerrLen)
 	}
@@ -541,7 +575,7 @@ func tpde_inspect_delta(src unsafe.Pointer, srcLen C.uint64_t, info *C.tpde_delt
 //export tpde_delta_threshold
 func tpde_delta_threshold(src, ref unsafe.Pointer, n C.uint64_t, dt C.int32_t, percentile C.double,
 	threshold *C.double, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen)
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	d, err := dtypeArg(dt)
 	if err != nil {
 		return status(err, cerr, cerrLen)

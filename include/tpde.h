@@ -17,8 +17,29 @@
  *  - The library keeps no pointer the caller passed after the call returns,
  *    and returns no pointer into its own memory (except tpde_version, which
  *    returns a static string).
- *  - No Go panic crosses this boundary: an unexpected internal failure is
- *    returned as TPDE_E_INTERNAL.
+ *  - No Go panic crosses this boundary, from any thread the library
+ *    starts: an unexpected internal failure is returned as
+ *    TPDE_E_INTERNAL. Memory that becomes unreadable while the library
+ *    reads it (a memory-mapped file truncated by another process) is
+ *    TPDE_E_IO, not a crash.
+ *  - A TPDE_E_IO message that has an operating-system error number ends
+ *    with " [errno N]", N the decimal errno value (ENOENT, ENOSPC, ...).
+ *  - Do not call the library in a child made by fork() of a process that
+ *    had already called it: its Go runtime's threads stay in the parent,
+ *    and calls in the child may hang. Start workers with exec (Python:
+ *    the 'spawn' or 'forkserver' start method); a child of a process that
+ *    never called the library may use it freely. The Python package
+ *    enforces this (tpde.ForkedProcessError).
+ *  - Files written (tpde_compress_file, tpde_decompress_file, the bundle
+ *    writer) are written to a temporary file in the destination's
+ *    directory, fsynced and renamed into place. On Linux the temporary
+ *    file is unnamed (O_TMPFILE), so a killed process leaves nothing;
+ *    elsewhere it is named ".<name>.tpde-tmp-<pid>-<hex>" and locked, and
+ *    later writes in that directory remove those whose writer is gone. New
+ *    files get 0666 less the umask; a replaced file keeps its mode; a
+ *    compressed or restored file never gets a permission bit its source
+ *    lacks. A destination that is a symlink is written through (its
+ *    target is replaced); a directory, device or FIFO is refused.
  *  - Buffers are raw bytes in the tensor's native little-endian layout,
  *    C-contiguous (row-major).
  *
@@ -35,7 +56,7 @@ extern "C" {
 #endif
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 1
+#define TPDE_ABI_VERSION 2
 
 /* Status codes. */
 #define TPDE_OK 0
@@ -47,6 +68,8 @@ extern "C" {
 #define TPDE_E_INTERNAL 6         /* a bug in libtpde; the message says where */
 #define TPDE_E_REFERENCE 7        /* a delta frame was given a reference tensor other than the one it
                                      was encoded against (wrong size or checksum), or none */
+#define TPDE_E_LIMIT 8            /* decoding would exceed the caller's output limit (max_output) */
+#define TPDE_E_CANCELLED 9        /* the caller's cancel flag was set; nothing was written */
 
 /* Element types. The codes are stored in frames and never change meaning. */
 #define TPDE_BOOL 0
@@ -213,26 +236,38 @@ int tpde_inspect(const void *src, uint64_t src_len, tpde_frame_info *info, char 
 int tpde_entropy_bound(const void *src, uint64_t src_len, int32_t dtype, double *bits, char *err,
                        size_t err_len);
 
-/* Compress a .safetensors file into a tpde file (docs/FORMAT.md, "Files").
- * The input is memory-mapped; the output is written to a temporary file in
- * dst_path's directory, fsynced and renamed over dst_path. If progress is
- * not NULL, the library stores there, atomically, the count of input bytes
- * processed so far, so another thread may poll it for a progress bar. */
+/* Compress a file into a tpde file (docs/FORMAT.md, "Files"): a
+ * .safetensors file tensor by tensor, any other file as bytes. A regular
+ * input is memory-mapped; anything else that can be read (a pipe, FIFO,
+ * /dev/stdin, a /proc file) is first copied to an unnamed temporary file
+ * in dst_path's directory. The output is written atomically (see the
+ * conventions above). If progress is not NULL, the library stores there,
+ * atomically, the count of input bytes processed so far, so another thread
+ * may poll it for a progress bar. If cancel is not NULL, the library polls
+ * it (read atomically) between chunks; once it is non-zero the call stops
+ * with TPDE_E_CANCELLED and leaves no output. */
 int tpde_compress_file(const char *src_path, const char *dst_path, int32_t nthreads,
-                       uint64_t *progress, char *err, size_t err_len);
+                       uint64_t *progress, const int32_t *cancel, char *err, size_t err_len);
 
-/* Restore the original file, byte for byte, from a tpde file; written
- * atomically like tpde_compress_file. progress counts output bytes. */
+/* Restore the original file, byte for byte, from a tpde file (or from a
+ * file holding one frame); written atomically like tpde_compress_file.
+ * max_output: 0 for no limit, else the most bytes the restored file may
+ * have; a larger one is refused with TPDE_E_LIMIT before anything is
+ * written. progress counts output bytes; cancel as for
+ * tpde_compress_file. */
 int tpde_decompress_file(const char *src_path, const char *dst_path, int32_t nthreads,
-                         uint64_t *progress, char *err, size_t err_len);
+                         uint64_t max_output, uint64_t *progress, const int32_t *cancel, char *err,
+                         size_t err_len);
 
-/* Describe a tpde file (or a raw frame file) as JSON: the container fields
- * and, per tensor, name, dtype, shape and sizes. Writes at most cap bytes
- * (not NUL-terminated) and sets *needed to the full length; call again with
- * a larger buffer if *needed > cap (the status is then
+/* Describe a tpde file (or a raw frame file) as JSON: the container fields,
+ * segment_count, and per segment (the first max_segments of them; 0 means
+ * 10000) kind, sizes and, for tensors, name, dtype and shape. Every
+ * segment's checksum is verified whether listed or not. Writes at most cap
+ * bytes (not NUL-terminated) and sets *needed to the full length; call
+ * again with a larger buffer if *needed > cap (the status is then
  * TPDE_E_BUFFER_TOO_SMALL). */
-int tpde_file_info(const char *path, char *json, uint64_t cap, uint64_t *needed, char *err,
-                   size_t err_len);
+int tpde_file_info(const char *path, uint32_t max_segments, char *json, uint64_t cap, uint64_t *needed,
+                   char *err, size_t err_len);
 
 /* Largest frame tpde_encode_delta can write for raw_size bytes of dtype with
  * ndim dimensions (chunk_elems 0: the default). tpde_encode_bound does not

@@ -126,8 +126,8 @@ def test_progress_is_reported(tmp_path: Path) -> None:
     assert Path(out).read_bytes() == data
 
 
-def test_progress_callback_error_propagates_after_the_work_ends(tmp_path: Path) -> None:
-    data = os.urandom(8 << 20)
+def test_progress_callback_error_stops_the_work_and_leaves_nothing(tmp_path: Path) -> None:
+    data = os.urandom(8 << 20) + bytes(24 << 20)
     src = tmp_path / "x.bin"
     src.write_bytes(data)
     before = threading.active_count()
@@ -139,11 +139,27 @@ def test_progress_callback_error_propagates_after_the_work_ends(tmp_path: Path) 
 
     with pytest.raises(RuntimeError, match="stop"):
         tpde.compress_file(src, progress=boom, threads=1)
-    # The first call comes at the start; the error waited for the worker.
+    # The first call comes at the start; the error set the library's cancel
+    # flag and waited for the worker, which stopped and removed its output.
     assert calls == [(0, len(data))]
     assert threading.active_count() == before
-    # The library cannot be cancelled, so the (atomic) output is complete.
-    assert Path(tpde.decompress_file(tmp_path / "x.bin.tpde", tmp_path / "y")).read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+
+
+def test_a_cancel_event_stops_the_work_with_cancelled_error(tmp_path: Path) -> None:
+    data = os.urandom(8 << 20) + bytes(24 << 20)
+    src = tmp_path / "x.bin"
+    src.write_bytes(data)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(tpde.CancelledError, match="no output was written"):
+        tpde.compress_file(src, threads=1, cancel=stop)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.bin"]
+    packed = tpde.compress_file(src, threads=1, cancel=threading.Event())
+    with pytest.raises(tpde.CancelledError):
+        tpde.decompress_file(packed, tmp_path / "y", cancel=stop)
+    assert not (tmp_path / "y").exists()
+    assert Path(tpde.decompress_file(packed, tmp_path / "y")).read_bytes() == data
 
 
 def test_errors_from_the_worker_thread_are_raised(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
@@ -186,7 +187,7 @@ func TestInfoNamesTensors(t *testing.T) {
 	src := writeFile(t, dir, "model.safetensors", data)
 	packed := filepath.Join(dir, "model.tpde")
 	require.NoError(t, CompressFile(src, packed, Options{}))
-	fi, err := Info(packed)
+	fi, err := Info(packed, 0)
 	require.NoError(t, err)
 	st, err := os.Stat(packed)
 	require.NoError(t, err)
@@ -437,10 +438,10 @@ func TestInfoRefusesCorruptFiles(t *testing.T) {
 	for _, i := range []int{0, 10, 30, len(blob) / 2, len(blob) - 1} {
 		bad := append([]byte(nil), blob...)
 		bad[i] ^= 0x10
-		_, err := Info(writeFile(t, dir, "bad", bad))
+		_, err := Info(writeFile(t, dir, "bad", bad), 0)
 		require.ErrorIs(t, err, errs.Corrupt, "byte %d", i)
 	}
-	_, err := Info(filepath.Join(dir, "missing"))
+	_, err := Info(filepath.Join(dir, "missing"), 0)
 	require.ErrorIs(t, err, errs.IO)
 }
 
@@ -452,7 +453,7 @@ func TestInfoOfAFrame(t *testing.T) {
 	n, err := frame.Encode(buf, src, dtype.U32, []uint64{2, 3}, frame.Options{})
 	require.NoError(t, err)
 	dir := t.TempDir()
-	fi, err := Info(writeFile(t, dir, "t.tpdf", buf[:n]))
+	fi, err := Info(writeFile(t, dir, "t.tpdf", buf[:n]), 0)
 	require.NoError(t, err)
 	assert.Equal(t, "frame", fi.Format)
 	assert.Equal(t, "1.0", fi.Version)
@@ -461,7 +462,7 @@ func TestInfoOfAFrame(t *testing.T) {
 	require.Len(t, fi.Segments, 1)
 	assert.Equal(t, "U32", fi.Segments[0].DType)
 	assert.Equal(t, []uint64{2, 3}, fi.Segments[0].Shape)
-	_, err = Info(writeFile(t, dir, "t2.tpdf", append(buf[:n:n], 0)))
+	_, err = Info(writeFile(t, dir, "t2.tpdf", append(buf[:n:n], 0)), 0)
 	require.ErrorIs(t, err, errs.Corrupt)
 }
 
@@ -579,7 +580,7 @@ func TestGolden(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "restored")
 	require.NoError(t, DecompressFile(packed, out, Options{}))
 	assert.Equal(t, want, mustRead(t, out))
-	fi, err := Info(packed)
+	fi, err := Info(packed, 0)
 	require.NoError(t, err)
 	assert.Equal(t, "safetensors", fi.Source)
 	var names []string
@@ -640,22 +641,35 @@ func FuzzRoundTrip(f *testing.F) {
 
 // A replaced destination keeps its permissions; a new one gets 0644 rather
 // than CreateTemp's 0600.
-func TestOutputPermissions(t *testing.T) {
+// A compressed or restored file never gets a permission bit its source
+// lacks: a private checkpoint stays private whatever the umask. (The umask
+// and symlink rules themselves are tested in core/atomicfile.)
+func TestOutputPermissionsNeverExceedTheSource(t *testing.T) {
+	defer syscall.Umask(syscall.Umask(0o022))
 	dir := t.TempDir()
 	src := filepath.Join(dir, "in.bin")
 	require.NoError(t, os.WriteFile(src, []byte("some bytes to keep"), 0o600))
+	require.NoError(t, os.Chmod(src, 0o600))
 	packed := filepath.Join(dir, "in.tpde")
 	require.NoError(t, CompressFile(src, packed, Options{}))
 	st, err := os.Stat(packed)
 	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o644), st.Mode().Perm())
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
 
 	restored := filepath.Join(dir, "out.bin")
 	require.NoError(t, os.WriteFile(restored, nil, 0o640))
+	require.NoError(t, os.Chmod(restored, 0o640))
 	require.NoError(t, DecompressFile(packed, restored, Options{}))
 	st, err = os.Stat(restored)
 	require.NoError(t, err)
-	assert.Equal(t, os.FileMode(0o640), st.Mode().Perm())
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), "the replaced file's 0640, less what the 0600 source lacks")
+
+	require.NoError(t, os.Chmod(src, 0o644))
+	fresh := filepath.Join(dir, "fresh.tpde")
+	require.NoError(t, CompressFile(src, fresh, Options{}))
+	st, err = os.Stat(fresh)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o644), st.Mode().Perm(), "0666 less the umask 022")
 }
 
 // A single frame on disk (what compress_tensor returns) decompresses to its

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sync/atomic"
 
 	"github.com/klauspost/compress/zstd"
@@ -25,7 +26,29 @@ type Options struct {
 	// (input bytes when compressing, output bytes when decompressing).
 	// It may be called from several goroutines.
 	Progress func(done uint64)
+	// MaxOutput, if not 0, is the most bytes DecompressFile may write; a
+	// file whose header promises more is refused (errs.Limit) before
+	// anything is written.
+	MaxOutput uint64
+	// Cancelled, if set, is polled between chunks; once it returns true
+	// the operation stops with errs.Cancelled and leaves no output.
+	Cancelled func() bool
 }
+
+// stopper is the frame.Options.Stop of a file operation.
+func (o *Options) stopper() func() error {
+	if o.Cancelled == nil {
+		return nil
+	}
+	return func() error {
+		if o.Cancelled() {
+			return errCancelled
+		}
+		return nil
+	}
+}
+
+var errCancelled = fmt.Errorf("%w: stopped at the caller's request; no output was written", errs.Cancelled)
 
 // planned is one segment to write: a byte range of the source and how to
 // store it.
@@ -86,18 +109,27 @@ func plan(data []byte) (Source, []planned) {
 const bytesSegment = 64 << 20
 
 // CompressFile compresses the file at src into a tpde file at dst, written
-// atomically. The source is memory-mapped, never read into memory whole.
-func CompressFile(src, dst string, opt Options) (err error) {
-	data, release, err := openMapped(src)
+// atomically. The source is memory-mapped, never read into memory whole (a
+// stream, such as a pipe, is first copied to an unnamed temporary file
+// beside dst). If another process truncates the source meanwhile, the
+// result is an errs.IO error naming it, and dst is left as it was.
+func CompressFile(src, dst string, opt Options) error {
+	in, err := openInput(src, filepath.Dir(dst))
 	if err != nil {
 		return err
 	}
-	defer release()
-	out, err := atomicfile.Create(dst)
+	defer in.release()
+	return readingMapped(src, func() error { return compressMapped(in, dst, opt) })
+}
+
+func compressMapped(in *input, dst string, opt Options) error {
+	data := in.data
+	out, err := atomicfile.Create(dst, atomicfile.Options{SourcePerm: in.perm, HasSource: in.hasPerm})
 	if err != nil {
 		return err
 	}
 	defer out.Abort()
+	opt.Frame.Stop = opt.stopper()
 
 	source, plans := plan(data)
 	segs := make([]Segment, len(plans))
@@ -105,14 +137,14 @@ func CompressFile(src, dst string, opt Options) (err error) {
 	// The table's size is known up front, so it is written last into the
 	// space reserved here and readers still find it at the start.
 	if _, err := out.Write(make([]byte, prefix)); err != nil {
-		return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
+		return fmt.Errorf("%w: write %s: %w", errs.IO, out.Name(), err)
 	}
 	var done uint64
 	write := func(i int, kind SegKind, stored []byte) error {
 		p := plans[i]
 		segs[i] = Segment{Kind: kind, CRC: crc(stored), OrigLen: p.end - p.begin, StoredLen: uint64(len(stored))}
 		if _, err := out.Write(stored); err != nil {
-			return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
+			return fmt.Errorf("%w: write %s: %w", errs.IO, out.Name(), err)
 		}
 		done += p.end - p.begin
 		if opt.Progress != nil {
@@ -123,6 +155,9 @@ func CompressFile(src, dst string, opt Options) (err error) {
 	threads := par.Threads(opt.Frame.Threads)
 	var big []byte // reused by large segments, which are coded one at a time
 	for i := 0; i < len(plans); {
+		if opt.Cancelled != nil && opt.Cancelled() {
+			return errCancelled
+		}
 		if plans[i].end-plans[i].begin >= smallSegment {
 			kind, stored, err := encodeSegment(data, plans[i], opt.Frame, &big)
 			if err != nil {
@@ -168,7 +203,10 @@ func CompressFile(src, dst string, opt Options) (err error) {
 	hdr := make([]byte, prefix)
 	putHeader(hdr, source, uint64(len(data)), segs)
 	if _, err := out.WriteAt(hdr, 0); err != nil {
-		return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
+		return fmt.Errorf("%w: write %s: %w", errs.IO, out.Name(), err)
+	}
+	if opt.Cancelled != nil && opt.Cancelled() {
+		return errCancelled
 	}
 	return out.Commit()
 }
@@ -222,20 +260,29 @@ const maxZstdWindow = 1 << 27
 // Memory stays bounded: chunks are decoded into per-worker buffers and
 // written at their offsets, so the output is never held in memory.
 func DecompressFile(src, dst string, opt Options) error {
-	data, release, err := openMapped(src)
+	in, err := openInput(src, filepath.Dir(dst))
 	if err != nil {
 		return err
 	}
-	defer release()
+	defer in.release()
+	return readingMapped(src, func() error { return decompressMapped(in, dst, opt) })
+}
+
+func decompressMapped(in *input, dst string, opt Options) error {
+	data := in.data
 	h, err := parseFileOrFrame(data)
 	if err != nil {
 		return err
 	}
-	out, err := atomicfile.Create(dst)
+	if opt.MaxOutput != 0 && h.OrigSize > opt.MaxOutput {
+		return fmt.Errorf("%w: the file decodes to %d bytes, more than the limit of %d", errs.Limit, h.OrigSize, opt.MaxOutput)
+	}
+	out, err := atomicfile.Create(dst, atomicfile.Options{SourcePerm: in.perm, HasSource: in.hasPerm})
 	if err != nil {
 		return err
 	}
 	defer out.Abort()
+	stop := opt.stopper()
 	// No up-front Truncate to OrigSize: a hostile header could then make a
 	// huge sparse file before any segment was checked. WriteAt grows the
 	// file as verified bytes arrive, and the segments tile it exactly.
@@ -248,6 +295,11 @@ func DecompressFile(src, dst string, opt Options) error {
 	}
 	// One segment: verify its checksum, then write its original bytes.
 	restore := func(i, threads int) error {
+		if stop != nil {
+			if err := stop(); err != nil {
+				return err
+			}
+		}
 		s := h.Segments[i]
 		stored := data[s.StoredOff : s.StoredOff+s.StoredLen]
 		if got := crc(stored); got != s.CRC {
@@ -257,12 +309,12 @@ func DecompressFile(src, dst string, opt Options) error {
 		switch s.Kind {
 		case SegStored:
 			if _, err = out.WriteAt(stored, int64(s.OrigOff)); err != nil {
-				err = fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
+				err = fmt.Errorf("%w: write %s: %w", errs.IO, out.Name(), err)
 			}
 		case SegZstd:
 			err = unzstdTo(stored, s, out.File)
 		case SegFrame:
-			if err = unframeTo(stored, s, out.File, threads, report); err == nil {
+			if err = unframeTo(stored, s, out.File, threads, report, stop); err == nil {
 				return nil // progress reported per chunk
 			}
 		}
@@ -291,6 +343,11 @@ func DecompressFile(src, dst string, opt Options) error {
 			return err
 		}
 		i = j
+	}
+	if stop != nil {
+		if err := stop(); err != nil {
+			return err
+		}
 	}
 	return out.Commit()
 }
@@ -325,7 +382,7 @@ func unzstdTo(stored []byte, s Segment, out *os.File) error {
 	if err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) {
-			return fmt.Errorf("%w: %v", errs.IO, err)
+			return fmt.Errorf("%w: %w", errs.IO, err)
 		}
 		return fmt.Errorf("%w: zstd: %v", errs.Corrupt, err)
 	}
@@ -335,7 +392,7 @@ func unzstdTo(stored []byte, s Segment, out *os.File) error {
 	return nil
 }
 
-func unframeTo(stored []byte, s Segment, out *os.File, threads int, report func(uint64)) error {
+func unframeTo(stored []byte, s Segment, out *os.File, threads int, report func(uint64), stop func() error) error {
 	fh, err := frame.Parse(stored)
 	if err != nil {
 		return err
@@ -344,9 +401,14 @@ func unframeTo(stored []byte, s Segment, out *os.File, threads int, report func(
 		return corrupt("frame of %d bytes decoding to %d does not fill a segment of %d stored, %d original bytes",
 			fh.FrameLen, fh.RawSize, s.StoredLen, s.OrigLen)
 	}
-	threads = min(par.Threads(threads), fh.NChunks)
-	bufs := make([][]byte, max(threads, 1))
+	threads = par.Workers(threads, fh.NChunks)
+	bufs := make([][]byte, threads)
 	return par.For(fh.NChunks, threads, func(wk, i int) error {
+		if stop != nil {
+			if err := stop(); err != nil {
+				return err
+			}
+		}
 		off, n := fh.ChunkRaw(i)
 		if uint64(cap(bufs[wk])) < n {
 			bufs[wk] = make([]byte, n)
@@ -356,7 +418,7 @@ func unframeTo(stored []byte, s Segment, out *os.File, threads int, report func(
 			return err
 		}
 		if _, err := out.WriteAt(b, int64(s.OrigOff+off)); err != nil {
-			return fmt.Errorf("%w: write %s: %v", errs.IO, out.Name(), err)
+			return fmt.Errorf("%w: write %s: %w", errs.IO, out.Name(), err)
 		}
 		report(n)
 		return nil

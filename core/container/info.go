@@ -32,8 +32,16 @@ type FileInfo struct {
 	Source         string        `json:"source,omitempty"`
 	OriginalSize   uint64        `json:"original_size"`
 	CompressedSize uint64        `json:"compressed_size"`
-	Segments       []SegmentInfo `json:"segments"`
+	// SegmentCount is the number of segments; Segments lists the first
+	// of them, at most the maxSegments asked for.
+	SegmentCount int           `json:"segment_count"`
+	Segments     []SegmentInfo `json:"segments"`
 }
+
+// DefaultInfoSegments is how many segments Info lists when asked for 0: a
+// file's segment count is the writer's choice (a hostile one can make
+// millions), so describing every one would cost memory in proportion.
+const DefaultInfoSegments = 10000
 
 func frameInfo(fh *frame.Header) SegmentInfo {
 	si := SegmentInfo{Kind: "frame", OriginalSize: fh.RawSize, StoredSize: fh.FrameLen,
@@ -50,14 +58,27 @@ func frameInfo(fh *frame.Header) SegmentInfo {
 }
 
 // Info validates and describes the tpde file or frame at path. It checks
-// headers and tables (and the safetensors header, to name tensors) but does
-// not decode tensor data.
-func Info(path string) (*FileInfo, error) {
-	data, release, err := openMapped(path)
+// headers, tables and every segment's checksum (and the safetensors
+// header, to name tensors) but does not decode tensor data. It lists at
+// most maxSegments segments (0: DefaultInfoSegments); SegmentCount says
+// how many there are.
+func Info(path string, maxSegments int) (fi *FileInfo, err error) {
+	if maxSegments <= 0 {
+		maxSegments = DefaultInfoSegments
+	}
+	in, err := openInput(path, "")
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	defer in.release()
+	err = readingMapped(path, func() error {
+		fi, err = info(in.data, maxSegments)
+		return err
+	})
+	return fi, err
+}
+
+func info(data []byte, maxSegments int) (*FileInfo, error) {
 	if len(data) >= 4 && [4]byte(data[:4]) == frame.Magic {
 		fh, err := frame.Parse(data)
 		if err != nil {
@@ -67,19 +88,30 @@ func Info(path string) (*FileInfo, error) {
 			return nil, fmt.Errorf("%w: frame: %d bytes after the end of the frame", errs.Corrupt, uint64(len(data))-fh.FrameLen)
 		}
 		return &FileInfo{Format: "frame", Version: fmt.Sprintf("%d.%d", fh.VersionMajor, fh.VersionMinor),
-			OriginalSize: fh.RawSize, CompressedSize: fh.FrameLen, Segments: []SegmentInfo{frameInfo(fh)}}, nil
+			OriginalSize: fh.RawSize, CompressedSize: fh.FrameLen, SegmentCount: 1, Segments: []SegmentInfo{frameInfo(fh)}}, nil
 	}
 	h, err := Parse(data)
 	if err != nil {
 		return nil, err
 	}
 	fi := &FileInfo{Format: "file", Version: fmt.Sprintf("%d.%d", h.VersionMajor, h.VersionMinor),
-		Source: h.Source.String(), OriginalSize: h.OrigSize, CompressedSize: h.FileLen}
+		Source: h.Source.String(), OriginalSize: h.OrigSize, CompressedSize: h.FileLen, SegmentCount: len(h.Segments),
+		Segments: make([]SegmentInfo, 0, min(len(h.Segments), maxSegments))}
 	var tensors map[uint64]safetensors.Tensor
 	for i, s := range h.Segments {
 		stored := data[s.StoredOff : s.StoredOff+s.StoredLen]
 		if got := crc(stored); got != s.CRC {
 			return nil, corrupt("segment %d checksum mismatch (stored %08x, computed %08x)", i, s.CRC, got)
+		}
+		if i >= maxSegments && i > 0 {
+			// Past the listing every segment is still checked; the frames'
+			// own headers and tables are what a decode would check next.
+			if s.Kind == SegFrame {
+				if _, err := frame.Parse(stored); err != nil {
+					return nil, fmt.Errorf("segment %d: %w", i, err)
+				}
+			}
+			continue
 		}
 		var si SegmentInfo
 		switch s.Kind {

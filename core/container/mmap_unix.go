@@ -3,44 +3,126 @@
 package container
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"syscall"
 
 	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/par"
 )
 
-// mapFile maps a file read-only. Pages are read on demand and are clean, so
-// the kernel can drop them under pressure instead of swapping.
-func mapFile(f *os.File) ([]byte, func(), error) {
+// input is a source file's bytes, read in place.
+type input struct {
+	data []byte
+	// perm is the source's permission bits; hasPerm is false for a stream
+	// (a pipe, /dev/stdin, /proc/...), whose mode says nothing about how
+	// private its content is.
+	perm    fs.FileMode
+	hasPerm bool
+	release func()
+}
+
+// openInput maps the file at path. A regular file is mapped read-only in
+// place: pages are read on demand and are clean, so the kernel can drop
+// them under pressure instead of swapping. Anything else that can be read
+// (a pipe, /dev/stdin, a FIFO, a /proc file whose size reads as 0) is first
+// copied to an unnamed temporary file in spoolDir and that is mapped: its
+// size is not known in advance, and taking Stat's 0 for it would silently
+// compress nothing.
+func openInput(path, spoolDir string) (*input, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errs.IO, err)
+	}
 	st, err := f.Stat()
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", errs.IO, err)
+		_ = f.Close()
+		return nil, fmt.Errorf("%w: %w", errs.IO, err)
 	}
-	size := st.Size()
-	if size == 0 {
-		return []byte{}, func() {}, nil
+	if st.IsDir() {
+		_ = f.Close()
+		return nil, errs.IOf(path, syscall.EISDIR, "is a directory")
 	}
+	if st.Mode().IsRegular() && st.Size() > 0 {
+		data, unmap, err := mapFile(f, st.Size())
+		if err != nil {
+			_ = f.Close()
+			return nil, err
+		}
+		return &input{data: data, perm: st.Mode().Perm(), hasPerm: true,
+			release: func() { unmap(); _ = f.Close() }}, nil
+	}
+	in, err := spool(f, path, spoolDir)
+	_ = f.Close()
+	if err != nil {
+		return nil, err
+	}
+	if st.Mode().IsRegular() {
+		in.perm, in.hasPerm = st.Mode().Perm(), true
+	}
+	return in, nil
+}
+
+// spool copies a stream to an unlinked temporary file and maps that.
+func spool(src *os.File, path, dir string) (*input, error) {
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	tmp, err := os.CreateTemp(dir, ".tpde-spool-*")
+	if err != nil {
+		return nil, fmt.Errorf("%w: a temporary file to hold %s (a stream): %w", errs.IO, path, err)
+	}
+	// Unlinked at once: it lives as long as the descriptor, and nothing is
+	// left behind whatever happens to this process.
+	_ = os.Remove(tmp.Name())
+	n, err := io.Copy(tmp, src)
+	if err != nil {
+		_ = tmp.Close()
+		var pe *fs.PathError
+		if errors.As(err, &pe) && pe.Path == tmp.Name() {
+			return nil, fmt.Errorf("%w: copying %s to a temporary file in %s: %w", errs.IO, path, dir, err)
+		}
+		return nil, fmt.Errorf("%w: read %s: %w", errs.IO, path, err)
+	}
+	if n == 0 {
+		_ = tmp.Close()
+		return &input{data: []byte{}, release: func() {}}, nil
+	}
+	data, unmap, err := mapFile(tmp, n)
+	if err != nil {
+		_ = tmp.Close()
+		return nil, err
+	}
+	return &input{data: data, release: func() { unmap(); _ = tmp.Close() }}, nil
+}
+
+// mapFile maps size bytes of f read-only.
+func mapFile(f *os.File, size int64) ([]byte, func(), error) {
 	if int64(int(size)) != size {
 		return nil, nil, fmt.Errorf("%w: %s is too large to map", errs.IO, f.Name())
 	}
 	data, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w: mmap %s: %v", errs.IO, f.Name(), err)
+		return nil, nil, fmt.Errorf("%w: mmap %s: %w", errs.IO, f.Name(), err)
 	}
 	return data, func() { _ = syscall.Munmap(data) }, nil
 }
 
-// openMapped opens and maps the file at path; release unmaps and closes it.
-func openMapped(path string) (data []byte, release func(), err error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", errs.IO, err)
+// readingMapped runs fn, which reads the mapping of path, and reports a
+// memory fault in it (the file was truncated by another process while it
+// was mapped: reading past its new end raises SIGBUS) as an I/O error
+// naming the file, instead of the crash it would otherwise be. fn's own
+// deferred cleanup (removing a temporary output) runs as the fault
+// unwinds.
+func readingMapped(path string, fn func() error) error {
+	err := par.Guard(fn)
+	var pe *par.PanicError
+	if errors.As(err, &pe) && pe.Fault() {
+		return errs.IOf(path, syscall.EIO, "the file changed while tpde was reading it (truncated by another process?): %v", pe.Value)
 	}
-	data, unmap, err := mapFile(f)
-	if err != nil {
-		_ = f.Close()
-		return nil, nil, err
-	}
-	return data, func() { unmap(); _ = f.Close() }, nil
+	return err
 }
+

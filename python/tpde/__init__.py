@@ -43,12 +43,16 @@ from .checkpoint import (
 from .delta import compress_delta, decompress_delta, delta_threshold, inspect_delta
 from .errors import (
     BufferTooSmallError,
+    CancelledError,
     CorruptDataError,
+    DecodeLimitError,
+    ForkedProcessError,
     InternalError,
     ReferenceMismatchError,
     InvalidArgumentError,
     TPDEError,
     TPDEIOError,
+    TPDEMemoryError,
     UnsupportedFormatError,
 )
 
@@ -82,4 +86,8 @@ __all__ = [
     "TPDEIOError",
     "InternalError",
     "ReferenceMismatchError",
+    "DecodeLimitError",
+    "TPDEMemoryError",
+    "CancelledError",
+    "ForkedProcessError",
 ]

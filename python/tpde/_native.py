@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import threading
 from ctypes import POINTER, c_char, c_char_p, c_double, c_int, c_int32, c_size_t, c_uint8, c_uint32, c_uint64, c_void_p
 from pathlib import Path
@@ -19,7 +20,10 @@ from typing import Optional
 
 from .errors import (
     BufferTooSmallError,
+    CancelledError,
     CorruptDataError,
+    DecodeLimitError,
+    ForkedProcessError,
     InternalError,
     InvalidArgumentError,
     ReferenceMismatchError,
@@ -29,13 +33,15 @@ from .errors import (
 )
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 1
+ABI_VERSION = 2
 MAX_NDIM = 32
 ERR_LEN = 1024
 
 # Status codes (TPDE_E_*).
 OK = 0
 E_BUFFER_TOO_SMALL = 4
+E_IO = 5
+E_CANCELLED = 9
 
 _ERRORS: dict[int, type[TPDEError]] = {
     1: InvalidArgumentError,
@@ -45,7 +51,11 @@ _ERRORS: dict[int, type[TPDEError]] = {
     5: TPDEIOError,
     6: InternalError,
     7: ReferenceMismatchError,
+    8: DecodeLimitError,
+    9: CancelledError,
 }
+# An I/O error's message ends with its errno (include/tpde.h).
+_ERRNO_SUFFIX = re.compile(r" \[errno (\d+)\]$")
 
 
 class FrameInfo(ctypes.Structure):
@@ -135,6 +145,7 @@ class BundleOut(ctypes.Structure):
 
 _ERRBUF = POINTER(c_char)
 _U64P = POINTER(c_uint64)
+_I32P = POINTER(c_int32)
 
 # name: (restype, argtypes). Every status-returning function ends in
 # (char *err, size_t err_len).
@@ -152,9 +163,9 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_decode": (c_int, [c_void_p, c_uint64, c_void_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_inspect": (c_int, [c_void_p, c_uint64, POINTER(FrameInfo), _ERRBUF, c_size_t]),
     "tpde_entropy_bound": (c_int, [c_void_p, c_uint64, c_int32, POINTER(c_double), _ERRBUF, c_size_t]),
-    "tpde_compress_file": (c_int, [c_char_p, c_char_p, c_int32, _U64P, _ERRBUF, c_size_t]),
-    "tpde_decompress_file": (c_int, [c_char_p, c_char_p, c_int32, _U64P, _ERRBUF, c_size_t]),
-    "tpde_file_info": (c_int, [c_char_p, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
+    "tpde_compress_file": (c_int, [c_char_p, c_char_p, c_int32, _U64P, _I32P, _ERRBUF, c_size_t]),
+    "tpde_decompress_file": (c_int, [c_char_p, c_char_p, c_int32, c_uint64, _U64P, _I32P, _ERRBUF, c_size_t]),
+    "tpde_file_info": (c_int, [c_char_p, c_uint32, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
     # Delta frames (kind 1): python/tpde/delta.py.
     "tpde_encode_delta_bound": (c_int, [c_uint64, c_int32, c_int32, c_uint32, _U64P, _ERRBUF, c_size_t]),
     "tpde_encode_delta": (
@@ -188,6 +199,31 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
 
 _lib: Optional[ctypes.CDLL] = None
 _lock = threading.Lock()
+# Set in a child forked after the library was loaded: the pid of the parent
+# that had loaded it. The Go runtime's threads do not survive fork(), so any
+# call in such a child could hang forever; every entry point refuses
+# instead (ForkedProcessError).
+_forked_from: Optional[int] = None
+_loaded_in: Optional[int] = None
+
+
+def _after_fork_in_child() -> None:
+    global _forked_from
+    if _lib is not None and _forked_from is None:
+        _forked_from = _loaded_in
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _refuse_forked() -> None:
+    raise ForkedProcessError(
+        f"tpde cannot run in this process ({os.getpid()}): it was forked from process {_forked_from}, which had "
+        "already loaded libtpde, and the Go runtime inside libtpde does not survive fork() (its threads stay in "
+        "the parent, so calls here could hang). Start worker processes with the 'spawn' or 'forkserver' method "
+        "instead, e.g. multiprocessing.get_context('spawn') or DataLoader(..., multiprocessing_context='spawn'); "
+        "a child forked before the parent first used tpde may use it")
 
 
 def library_path() -> Path:
@@ -222,10 +258,13 @@ def _load() -> ctypes.CDLL:
 
 def lib() -> ctypes.CDLL:
     """The loaded library, loading it on the first call."""
-    global _lib
+    global _lib, _loaded_in
+    if _forked_from is not None:
+        _refuse_forked()
     if _lib is None:
         with _lock:
             if _lib is None:
+                _loaded_in = os.getpid()
                 _lib = _load()
     return _lib
 
@@ -236,6 +275,10 @@ def error_for(status: int, message: bytes, what: str) -> TPDEError:
     cls = _ERRORS.get(status)
     if cls is None:
         return InternalError(f"{what} returned unknown status {status}: {text}")
+    if status == E_IO:
+        m = _ERRNO_SUFFIX.search(text)
+        if m is not None:
+            return TPDEIOError(int(m.group(1)), text[: m.start()])
     return cls(text)
 
 
@@ -259,6 +302,8 @@ def call(name: str, *args: object, allow: tuple[int, ...] = ()) -> int:
     returns the status.
     """
     err = _errbuf()
+    if _forked_from is not None:
+        _refuse_forked()
     rc = getattr(_lib or lib(), name)(*args, err, ERR_LEN)
     if rc != OK and rc not in allow:
         raise error_for(rc, err.value, name)

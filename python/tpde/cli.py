@@ -5,21 +5,37 @@
     tpde info FILE [--json]
 
 Exit status: 0 success; 1 corrupt or unsupported input, or an I/O or other
-failure; 2 usage errors (bad arguments, missing input file). Every error is
-one line on stderr, ``tpde: error: ...``.
+failure; 2 usage errors (bad arguments, missing input file); 130 / 143 when
+Ctrl-C / SIGTERM stopped a compress or decompress (nothing was written). An
+interrupt either stops the work and leaves nothing, or, if it comes too late
+to stop it, the work completes and is reported as a success: never both.
+Every error is one line on stderr, ``tpde: error: ...``; set TPDE_DEBUG=1 to
+see the traceback of an unexpected one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from typing import IO, Any, Dict, List, NoReturn, Optional, Sequence
+import threading
+import traceback
+from typing import IO, Any, Dict, Iterator, List, NoReturn, Optional, Sequence
 
 from . import __version__
+from ._memory import parse_size
 from .codec import _original_size, compress_file, decompress_file, file_info
-from .errors import CorruptDataError, InvalidArgumentError, TPDEError, UnsupportedFormatError
+from .errors import (
+    CancelledError,
+    CorruptDataError,
+    DecodeLimitError,
+    InvalidArgumentError,
+    TPDEError,
+    UnsupportedFormatError,
+)
 
 PROG = "tpde"
 #: Inputs at least this large get a progress bar (on a terminal, without --quiet).
@@ -59,10 +75,23 @@ def _parser() -> _Parser:
                        help="output path (default: FILE.tpde; for decompress FILE without .tpde, else FILE.restored)")
         c.add_argument("--threads", type=_threads_arg, default=0, metavar="N", help="worker threads (0: all CPUs)")
         c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+        if name == "decompress":
+            c.add_argument("--max-output", type=_size_arg, default=None, metavar="SIZE",
+                           help="refuse a file that restores to more than SIZE bytes (K/M/G/T suffixes; "
+                                "default $TPDE_MAX_OUTPUT, else no limit)")
     i = sub.add_parser("info", help="describe a .tpde file or checkpoint", description="describe a .tpde file or compressed checkpoint")
     i.add_argument("file", metavar="FILE")
     i.add_argument("--json", action="store_true", help="print the description as JSON")
+    i.add_argument("--limit", type=int, default=10000, metavar="N",
+                   help="list at most N segments of a file (default 10000; all are checked)")
     return p
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text, "--max-output")
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _human(n: float) -> str:
@@ -107,22 +136,65 @@ def _check_input(path: str) -> None:
         raise _UsageError(f"{path}: is a directory")
 
 
+class _Stop:
+    """Turns SIGINT and SIGTERM into a request to stop the file operation in
+    progress (its cancel flag), instead of an exception that would leave the
+    question of whether the output was completed to chance."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signum: Optional[int] = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        self.event.set()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["_Stop"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signal handlers can only be set on the main thread
+            return
+        old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+
 def _convert(args: argparse.Namespace) -> int:
     _check_input(args.file)
     compress = args.command == "compress"
-    size = os.path.getsize(args.file) if compress else _original_size(args.file)
+    size = (os.path.getsize(args.file) if compress else _original_size(args.file)) if os.path.isfile(args.file) else 0
     bar = None
     if not args.quiet and size >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
         bar = _Bar(args.command, sys.stderr)
-    op = compress_file if compress else decompress_file
+    stop = _Stop()
     try:
-        out = op(args.file, args.output, threads=args.threads, progress=bar)
+        with stop.installed():
+            if compress:
+                out = compress_file(args.file, args.output, threads=args.threads, progress=bar, cancel=stop.event)
+            else:
+                out = decompress_file(args.file, args.output, threads=args.threads, progress=bar, cancel=stop.event,
+                                      max_output_bytes=args.max_output)
+    except CancelledError:
+        if bar is not None:
+            bar.close()
+        name = signal.Signals(stop.signum).name if stop.signum else "a signal"
+        _fail(f"interrupted by {name}: stopped, nothing was written")
+        return 128 + (stop.signum or signal.SIGINT)
     finally:
         if bar is not None:
             bar.close()
     if not args.quiet:
-        a, b = os.path.getsize(args.file), os.path.getsize(out)
-        orig, stored = (a, b) if compress else (b, a)
+        # Sizes from the output: the input may have been a pipe.
+        if compress:
+            orig, stored = _original_size(out), os.path.getsize(out)
+            a, b = orig, stored
+        else:
+            orig = os.path.getsize(out)
+            a = stored = os.path.getsize(args.file) if os.path.isfile(args.file) else 0
+            b = orig
         print(f"{args.file} -> {out}: {_human(a)} -> {_human(b)} (ratio {_ratio(orig, stored)})")
     return 0
 
@@ -175,7 +247,9 @@ def _info(args: argparse.Namespace) -> int:
     _check_input(args.file)
     if _is_bundle(args.file):
         return _bundle_info(args)
-    fi = file_info(args.file)
+    if args.limit < 1:
+        raise _UsageError(f"--limit must be at least 1, got {args.limit}")
+    fi = file_info(args.file, max_segments=args.limit)
     if args.json:
         print(json.dumps(fi, indent=2))
         return 0
@@ -201,6 +275,9 @@ def _info(args: argparse.Namespace) -> int:
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     for r in rows:
         lines.append("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4])
+    more = int(fi.get("segment_count", 0)) - len(fi.get("segments") or [])
+    if more > 0:
+        lines.append(f"... and {more:,} more segments, all checked (--limit N lists more)")
     print("\n".join(line.rstrip() for line in lines))
     return 0
 
@@ -224,7 +301,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except _UsageError as e:
         _fail(str(e))
         return 2
-    except (CorruptDataError, UnsupportedFormatError) as e:
+    except (CorruptDataError, UnsupportedFormatError, DecodeLimitError) as e:
         _fail(f"{args.file}: {e}")
         return 1
     except InvalidArgumentError as e:
@@ -242,6 +319,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         _fail("interrupted")
         return 130
+    except Exception as e:  # noqa: BLE001 - the promise is one line, never a traceback
+        if os.environ.get("TPDE_DEBUG"):
+            traceback.print_exc()
+        _fail(f"internal error (please report, with TPDE_DEBUG=1 for the traceback): {type(e).__name__}: {e}")
+        return 1
 
 
 __all__: List[str] = ["main"]

@@ -15,10 +15,10 @@ import mmap
 import os
 import sys
 import threading
-from ctypes import addressof, byref, c_char, c_double, c_uint64
+from ctypes import addressof, byref, c_char, c_double, c_int32, c_uint64
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import _native
+from . import _memory, _native
 from ._native import call
 from .errors import InternalError, InvalidArgumentError
 
@@ -314,7 +314,8 @@ def _check_out(out: Any, code: int, shape: Tuple[int, ...], raw_size: int) -> in
     return int(ptr)
 
 
-def decompress_tensor(blob: Buffer, *, out: Any = None, like: str = "torch", threads: int = 0) -> Any:
+def decompress_tensor(blob: Buffer, *, out: Any = None, like: str = "torch", threads: int = 0,
+                      max_output_bytes: Optional[int] = None) -> Any:
     """Decompress a frame from compress_tensor.
 
     Returns a new torch.Tensor (like="torch") or numpy.ndarray (like="numpy")
@@ -327,22 +328,27 @@ def decompress_tensor(blob: Buffer, *, out: Any = None, like: str = "torch", thr
     contents are unspecified.
     blob: bytes, bytearray or memoryview; only a read-only buffer that is not
     bytes is copied.
+    max_output_bytes: the most bytes the decoded tensor may have (default
+    $TPDE_MAX_OUTPUT, else the machine's physical memory); a frame that
+    claims more raises DecodeLimitError before anything is allocated.
     """
     th = _threads(threads)
     if out is None and like not in ("torch", "numpy"):
         raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
+    limit = _memory.output_limit(max_output_bytes)
     if isinstance(blob, bytes):
         # The common case, without the context manager's cost.
-        return _decode_into(blob, len(blob), out, like, th)
+        return _decode_into(blob, len(blob), out, like, th, limit)
     with _readable(blob) as (src, n):
-        return _decode_into(src, n, out, like, th)
+        return _decode_into(src, n, out, like, th, limit)
 
 
-def _decode_into(src: object, n: int, out: Any, like: str, th: int, fn: str = "tpde_decode",
+def _decode_into(src: object, n: int, out: Any, like: str, th: int, limit: int, fn: str = "tpde_decode",
                  refs: Tuple[object, ...] = ()) -> Any:
     """Allocate (or check) the destination from the frame's header, then run
     fn(src, n, *refs, dst, raw, threads, &got): tpde_decode, or
-    tpde_decode_delta with its references."""
+    tpde_decode_delta with its references. A frame decoding to more than
+    limit bytes is refused before anything is allocated."""
     if refs:
         dinfo = _native.DeltaInfo()
         call("tpde_inspect_delta", src, n, byref(dinfo))
@@ -354,19 +360,10 @@ def _decode_into(src: object, n: int, out: Any, like: str, th: int, fn: str = "t
     if out is not None:
         dst = _check_out(out, code, shape, raw)
         result = out
-    elif like == "torch":
-        import torch
-
-        tdt = getattr(torch, _TORCH[code], None)
-        if tdt is None:
-            raise InvalidArgumentError(f"this torch has no {_TORCH[code]}; use like='numpy'")
-        result = torch.empty(shape, dtype=tdt)
-        dst = result.data_ptr()
     else:
-        import numpy as np
-
-        result = np.empty(shape, dtype=np.dtype(_NUMPY[code]))
-        dst = result.ctypes.data
+        _memory.check_output(raw, limit, "the frame")
+        result = _memory.empty(_TORCH[code], _NUMPY[code], shape, like)
+        dst = result.data_ptr() if like == "torch" else result.ctypes.data
     got = c_uint64()
     call(fn, src, n, *refs, dst, raw, th, byref(got))
     if got.value != raw:
@@ -441,43 +438,56 @@ def _refuse_same(src: Union[str, bytes], dst: Union[str, bytes]) -> None:
 
 
 def _file_op(fn: str, src: Union[str, bytes], dst: Union[str, bytes], threads: int,
-             progress: Optional[Progress], total: int) -> None:
+             progress: Optional[Progress], total: int, extra: Tuple[object, ...] = (),
+             cancel: Optional[Any] = None) -> None:
+    """Run tpde_compress_file / tpde_decompress_file on a helper thread.
+
+    The calling thread waits in short, interruptible steps, so a signal
+    handler (Ctrl-C) runs promptly; the exception it raises (or one from
+    progress) sets the library's cancel flag, and the call stops between
+    chunks and removes its temporary file before the exception propagates.
+    cancel: an object with is_set() (a threading.Event) that another thread
+    may set to stop the operation with CancelledError.
+    """
     th = _threads(threads)
     s, d = _path_bytes(src), _path_bytes(dst)
     _native.lib()  # load (and report a missing library) on this thread
-    if progress is None:
-        call(fn, s, d, th, None)
-        return
     counter = c_uint64(0)
+    stop = c_int32(1 if cancel is not None and cancel.is_set() else 0)
     failure: List[BaseException] = []
 
     def work() -> None:
         try:
-            call(fn, s, d, th, byref(counter))
+            call(fn, s, d, th, *extra, byref(counter), byref(stop))
         except BaseException as e:  # re-raised on the calling thread
             failure.append(e)
 
     worker = threading.Thread(target=work, name=f"tpde-{fn}", daemon=True)
     worker.start()
     try:
-        progress(0, total)
+        if progress is not None:
+            progress(0, total)
         last = 0
         while worker.is_alive():
             worker.join(_POLL_S)
+            if cancel is not None and cancel.is_set():
+                stop.value = 1
             done = counter.value  # stored atomically by the library
-            if done != last and worker.is_alive():
+            if progress is not None and done != last and worker.is_alive():
                 progress(done, max(total, done))
                 last = done
     except BaseException:
-        # libtpde cannot cancel a file operation; wait for it so that on
-        # return nothing still touches the files. A second Ctrl-C abandons
-        # it (the write is atomic, so dst is never left half-written).
+        # Ctrl-C, SystemExit from a signal handler, or an error in progress:
+        # stop the library and wait for it, so that on return nothing still
+        # touches the files and no temporary file is left.
+        stop.value = 1
         worker.join()
         raise
     if failure:
         raise failure[0]
-    done = counter.value
-    progress(done, max(total, done))
+    if progress is not None:
+        done = counter.value
+        progress(done, max(total, done))
 
 
 def _with_suffix(p: Union[str, bytes], suffix: str) -> Union[str, bytes]:
@@ -485,14 +495,21 @@ def _with_suffix(p: Union[str, bytes], suffix: str) -> Union[str, bytes]:
 
 
 def compress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int = 0,
-                  progress: Optional[Progress] = None) -> str:
+                  progress: Optional[Progress] = None, cancel: Optional[Any] = None) -> str:
     """Compress a file (a .safetensors checkpoint, or any file) into a tpde file.
 
-    dst defaults to src + ".tpde" and is written atomically. progress, if
-    given, is called as progress(done_bytes, total_bytes) at the start, about
-    every 0.1 s while the work runs on a helper thread, and at the end. If it
-    raises, the exception propagates once the work has finished (libtpde
-    cannot cancel). Returns the output path.
+    src may also be a pipe, FIFO or /dev/stdin: it is read to its end
+    (through an unnamed temporary file beside dst) and compressed like a
+    file of that content. dst defaults to src + ".tpde" and is written
+    atomically: a temporary file in its directory, fsynced and renamed; it
+    gets 0666 less the umask, never a permission bit src lacks (a replaced
+    file keeps its mode, less those bits); a symlink is written through.
+    progress, if given, is called as progress(done_bytes, total_bytes) at
+    the start, about every 0.1 s while the work runs on a helper thread,
+    and at the end. If it raises, or Ctrl-C interrupts the wait, the work
+    stops and leaves nothing, and the exception propagates. cancel: a
+    threading.Event (anything with is_set()) that stops the work with
+    CancelledError. Returns the output path.
     """
     s = os.fspath(src)
     d = os.fspath(dst) if dst is not None else _with_suffix(s, ".tpde")
@@ -501,13 +518,16 @@ def compress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int
     if progress is not None:
         with contextlib.suppress(OSError):  # the library reports a missing input
             total = os.path.getsize(s)
-    _file_op("tpde_compress_file", s, d, threads, progress, total)
+    _file_op("tpde_compress_file", s, d, threads, progress, total, cancel=cancel)
     return os.fsdecode(d)
 
 
 def _original_size(path: Union[str, bytes]) -> int:
     # Only for the progress total: the file header's original size (docs/
-    # FORMAT.md, "Files"). 0 when unreadable; the library reports why.
+    # FORMAT.md, "Files"). 0 when unreadable; the library reports why. A
+    # stream (a pipe) is not peeked at: that would take its first bytes.
+    if not os.path.isfile(path):
+        return 0
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -517,13 +537,18 @@ def _original_size(path: Union[str, bytes]) -> int:
 
 
 def decompress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int = 0,
-                    progress: Optional[Progress] = None) -> str:
+                    progress: Optional[Progress] = None, cancel: Optional[Any] = None,
+                    max_output_bytes: Optional[int] = None) -> str:
     """Restore the original file, byte for byte, from a tpde file.
 
     dst defaults to src without its ".tpde" suffix, else src + ".restored".
-    It is written atomically: on any error (CorruptDataError for damaged
-    input) it is neither created nor changed. progress as for compress_file,
-    counting output bytes. Returns the output path.
+    It is written atomically, as for compress_file: on any error
+    (CorruptDataError for damaged input) it is neither created nor changed.
+    progress and cancel as for compress_file, counting output bytes.
+    max_output_bytes: the most bytes the restored file may have (default
+    $TPDE_MAX_OUTPUT, else no limit: the output streams to disk); a file
+    that promises more raises DecodeLimitError before anything is written.
+    Returns the output path.
     """
     s = os.fspath(src)
     if dst is not None:
@@ -532,28 +557,35 @@ def decompress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: i
         suffix = b".tpde" if isinstance(s, bytes) else ".tpde"
         d = s[: -len(suffix)] if s.endswith(suffix) and len(s) > len(suffix) else _with_suffix(s, ".restored")  # type: ignore[arg-type]
     _refuse_same(s, d)
+    limit = _memory.output_limit(max_output_bytes, to_memory=False)
     total = _original_size(s) if progress is not None else 0
-    _file_op("tpde_decompress_file", s, d, threads, progress, total)
+    _file_op("tpde_decompress_file", s, d, threads, progress, total,
+             extra=(0 if limit >= _memory.UNLIMITED else limit,), cancel=cancel)
     return os.fsdecode(d)
 
 
-def file_info(path: PathLike) -> Dict[str, Any]:
+def file_info(path: PathLike, *, max_segments: int = 10000) -> Dict[str, Any]:
     """Describe a tpde file (or a file holding one frame) without decoding tensor data.
 
     Returns the library's JSON as a dict: format ("file" or "frame"),
-    version, source, original_size, compressed_size, and segments, each with
-    kind, original_size, stored_size and, for tensors, name, dtype, shape,
-    chunks and methods (streams per coding method). A scalar tensor has
-    shape [].
+    version, source, original_size, compressed_size, segment_count, and
+    segments (the first max_segments of them: a file can have millions),
+    each with kind, original_size, stored_size and, for tensors, name,
+    dtype, shape, chunks and methods (streams per coding method). A scalar
+    tensor has shape []. Every segment's checksum is verified, listed or not.
     """
     p = _path_bytes(os.fspath(path))
+    ms = _int_arg(max_segments, "max_segments", 1, 2**30)
     cap = _INFO_CAP
     for _ in range(8):  # the file could change between calls; do not loop forever
         buf = ctypes.create_string_buffer(cap)
         needed = c_uint64()
-        rc = call("tpde_file_info", p, buf, cap, byref(needed), allow=(_native.E_BUFFER_TOO_SMALL,))
+        rc = call("tpde_file_info", p, ms, buf, cap, byref(needed), allow=(_native.E_BUFFER_TOO_SMALL,))
         if rc == _native.OK and needed.value <= cap:
-            info: Dict[str, Any] = json.loads(buf.raw[: needed.value])
+            try:
+                info: Dict[str, Any] = json.loads(buf.raw[: needed.value])
+            except ValueError as e:
+                raise InternalError(f"tpde_file_info returned invalid JSON: {e}") from None
             for seg in info.get("segments") or ():
                 # The library's JSON omits empty shapes; a frame without one is a scalar.
                 if seg.get("kind") == "frame":

@@ -15,7 +15,7 @@ from __future__ import annotations
 from ctypes import byref, c_double, c_uint64
 from typing import Any, Dict, Optional, Tuple, Union
 
-from . import _native
+from . import _memory, _native
 from ._native import call
 from .codec import DTYPES, _EFFORTS, _decode_into, _encode_bound_of, _int_arg, _into_new_bytes, _readable, _source, _threads
 from .errors import InvalidArgumentError
@@ -111,15 +111,19 @@ def _data_ptr(t: Any) -> int:
 
 
 def decompress_delta(blob: Any, ref: Any, *, ref2: Any = None, out: Any = None, like: str = "torch",
-                     threads: int = 0) -> Any:
+                     threads: int = 0, max_output_bytes: Optional[int] = None) -> Any:
     """Decode a frame from compress_delta against the reference it was made
     with (and ref2 when the frame needs it). A wrong reference raises
-    ReferenceMismatchError; nothing is returned. Keyframes decode too."""
+    ReferenceMismatchError; nothing is returned. Keyframes decode too.
+    max_output_bytes as for decompress_tensor."""
     th = _threads(threads)
+    if out is None and like not in ("torch", "numpy"):
+        raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
+    limit = _memory.output_limit(max_output_bytes)
     r = _source(ref)
     r2 = _source(ref2) if ref2 is not None else None
     with _readable(blob) as (src, n):
-        return _decode_into(src, n, out, like, th, "tpde_decode_delta",
+        return _decode_into(src, n, out, like, th, limit, "tpde_decode_delta",
                             (r.ptr, r.nbytes, r2.ptr if r2 else None, r2.nbytes if r2 else 0))
 
 

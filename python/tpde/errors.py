@@ -15,6 +15,10 @@ __all__ = [
     "TPDEIOError",
     "InternalError",
     "ReferenceMismatchError",
+    "DecodeLimitError",
+    "CancelledError",
+    "TPDEMemoryError",
+    "ForkedProcessError",
 ]
 
 
@@ -50,13 +54,18 @@ class BufferTooSmallError(TPDEError):
 
 
 class TPDEIOError(TPDEError, OSError):
-    """The operating system refused a file operation (TPDE_E_IO)."""
+    """The operating system refused a file operation, or a file changed
+    while tpde read it (TPDE_E_IO). Raised as TPDEIOError(errno, message)
+    when the OS gave an error number: .errno is then set (errno.ENOENT,
+    errno.ENOSPC, ...) and .strerror is the message."""
 
     status = 5
 
     def __str__(self) -> str:
-        # OSError's __str__ would format "[Errno ...]" from several args;
-        # tpde raises it with one message, which is all there is to show.
+        # OSError's __str__ would format "[Errno N] ..."; tpde's message
+        # already names the file and the problem.
+        if self.strerror is not None:
+            return str(self.strerror)
         return str(self.args[0]) if self.args else ""
 
 
@@ -71,3 +80,31 @@ class ReferenceMismatchError(InvalidArgumentError):
     against (TPDE_E_REFERENCE); nothing is returned rather than wrong data."""
 
     status = 7
+
+
+class CancelledError(TPDEError):
+    """The operation was asked to stop (TPDE_E_CANCELLED) and left no output.
+    tpde's own functions turn this back into the KeyboardInterrupt that
+    asked for it."""
+
+    status = 9
+
+
+class DecodeLimitError(TPDEError):
+    """Decoding would produce more bytes than allowed: the max_output_bytes
+    argument, else $TPDE_MAX_OUTPUT, else the machine's physical memory for
+    decodes into memory. Raised before anything is allocated."""
+
+    status = 8
+
+
+class TPDEMemoryError(TPDEError, MemoryError):
+    """Memory for a decoded tensor (or another buffer) could not be allocated."""
+
+
+class ForkedProcessError(TPDEError, RuntimeError):
+    """libtpde was used in a process that has since forked, and this is the
+    child. The Go runtime inside libtpde does not survive fork(): its
+    threads stay behind in the parent, so calls in the child could hang.
+    Start workers with the 'spawn' or 'forkserver' method instead (see the
+    README, "Processes and fork")."""

@@ -2,6 +2,7 @@
  * from C: round trip, bounds, error codes with per-call messages, inspect,
  * checkpoint bundles, and concurrent calls from several threads. Exits non-zero on any failure. */
 #define _POSIX_C_SOURCE 200809L /* mkstemp */
+#define _DEFAULT_SOURCE /* mkdtemp */
 #include "tpde.h"
 
 #include <pthread.h>
@@ -173,8 +174,42 @@ int main(void) {
     CHECK(tpde_decode(NULL, 10, back, n * 4, 0, &out_len, NULL, 0) == TPDE_E_INVALID, "NULL src, NULL err");
     frame[4] = 9;
     CHECK(tpde_inspect(frame, len, &info, err, sizeof err) == TPDE_E_UNSUPPORTED, "future major version");
-    CHECK(tpde_decompress_file("/nonexistent/x.tpde", "/nonexistent/y", 0, NULL, err, sizeof err) == TPDE_E_IO,
+    CHECK(tpde_decompress_file("/nonexistent/x.tpde", "/nonexistent/y", 0, 0, NULL, NULL, err, sizeof err) == TPDE_E_IO,
           "missing file is TPDE_E_IO");
+    CHECK(strstr(err, " [errno 2]") != NULL, "an I/O error ends with its errno: %s", err);
+    {
+        /* A file round trip with a cancel flag that is never set, one that
+         * is, and a decode limit. */
+        char dir[] = "/tmp/tpde-abi-XXXXXX";
+        CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+        char in[64], packed[64], out[64];
+        snprintf(in, sizeof in, "%s/in", dir);
+        snprintf(packed, sizeof packed, "%s/in.tpde", dir);
+        snprintf(out, sizeof out, "%s/out", dir);
+        FILE *f = fopen(in, "wb");
+        for (int i = 0; i < 100000; i++) fputc(i % 251, f);
+        fclose(f);
+        int32_t cancel = 0;
+        uint64_t progress = 0;
+        CHECK(tpde_compress_file(in, packed, 0, &progress, &cancel, err, sizeof err) == TPDE_OK, "compress_file: %s", err);
+        CHECK(progress == 100000, "progress %llu", (unsigned long long)progress);
+        CHECK(tpde_decompress_file(packed, out, 0, 99999, NULL, NULL, err, sizeof err) == TPDE_E_LIMIT,
+              "a decode limit below the size is TPDE_E_LIMIT: %s", err);
+        CHECK(access(out, F_OK) != 0, "nothing written past the limit");
+        cancel = 1;
+        CHECK(tpde_decompress_file(packed, out, 0, 0, NULL, &cancel, err, sizeof err) == TPDE_E_CANCELLED,
+              "a set cancel flag is TPDE_E_CANCELLED: %s", err);
+        CHECK(access(out, F_OK) != 0, "nothing written when cancelled");
+        CHECK(tpde_decompress_file(packed, out, 0, 100000, NULL, NULL, err, sizeof err) == TPDE_OK, "decompress: %s", err);
+        char json[4096];
+        uint64_t needed = 0;
+        CHECK(tpde_file_info(packed, 1, json, sizeof json, &needed, err, sizeof err) == TPDE_OK, "file_info: %s", err);
+        CHECK(needed < sizeof json && strstr(json, "\"segment_count\":1") != NULL, "segment_count in %.*s", (int)needed, json);
+        unlink(in);
+        unlink(packed);
+        unlink(out);
+        rmdir(dir);
+    }
     free(src);
     free(frame);
     free(back);

@@ -1,0 +1,70 @@
+package atomicfile
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"unsafe"
+
+	"github.com/tpde/tpde/core/errs"
+)
+
+// O_TMPFILE (__O_TMPFILE | O_DIRECTORY) on the architectures Go's linux
+// ports use, alpha, parisc and sparc aside.
+const oTmpfile = 0o20000000 | syscall.O_DIRECTORY
+
+const atSymlinkFollow = 0x400
+
+// openUnnamed makes a file with no name in dir (O_TMPFILE), or returns nil
+// where the kernel or filesystem cannot, so that Create falls back to a
+// named temporary file. It is locked like a named one: Commit gives it a
+// name for a moment, and a concurrent stale-file sweep must not take it.
+func openUnnamed(dir, dst string) (*os.File, error) {
+	fd, err := syscall.Open(dir, oTmpfile|syscall.O_RDWR|syscall.O_CLOEXEC, 0o666)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = syscall.Close(fd)
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), dst+" (temporary file)"), nil
+}
+
+// linkUnnamed gives an O_TMPFILE file a temporary name in dir, for the
+// rename over the destination (link(2) cannot replace a file).
+func linkUnnamed(f *os.File, dir, base string) (string, error) {
+	src := "/proc/self/fd/" + strconv.Itoa(int(f.Fd()))
+	for attempt := 0; ; attempt++ {
+		name := filepath.Join(dir, tempName(base))
+		err := linkat(src, name)
+		if err == nil {
+			return name, nil
+		}
+		if !errors.Is(err, syscall.EEXIST) || attempt >= 10 {
+			return "", fmt.Errorf("%w: link the temporary file for %s: %w", errs.IO, filepath.Join(dir, base), err)
+		}
+	}
+}
+
+func linkat(oldpath, newpath string) error {
+	o, err := syscall.BytePtrFromString(oldpath)
+	if err != nil {
+		return err
+	}
+	n, err := syscall.BytePtrFromString(newpath)
+	if err != nil {
+		return err
+	}
+	_, _, e := syscall.Syscall6(syscall.SYS_LINKAT, uintptr(_atFDCWD), uintptr(unsafe.Pointer(o)),
+		uintptr(_atFDCWD), uintptr(unsafe.Pointer(n)), atSymlinkFollow, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+var _atFDCWD = -0x64 // a variable: converting the negative constant to uintptr is a compile error
