@@ -428,6 +428,31 @@ def test_a_signal_stops_promptly_and_leaves_nothing(sig: int, big_checkpoint, tm
     assert stopped_after < 30  # a generous sanity bound, not a timing: it must not run to the end of a long job
 
 
+def test_ctrl_c_in_a_library_call_stops_it_and_leaves_nothing(big_checkpoint, tmp_path: Path, run_py) -> None:
+    """compress_file waits on a helper thread, so Ctrl-C (a real SIGINT) is
+    handled while the library works; it cancels the work, which removes
+    its output before KeyboardInterrupt propagates."""
+    src, _ = big_checkpoint
+    code = textwrap.dedent(f"""
+        import os, signal, threading, time, tpde
+        out_dir = {str(tmp_path)!r}
+        def interrupt_when_writing():
+            while not any(os.readlink(f"/proc/self/fd/{{fd}}").startswith(out_dir + "/")
+                          for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{{fd}}")):
+                time.sleep(0.002)
+            os.kill(os.getpid(), signal.SIGINT)
+        threading.Thread(target=interrupt_when_writing, daemon=True).start()
+        try:
+            tpde.compress_file({str(src)!r}, os.path.join(out_dir, "out.tpde"), threads=1)
+            print("completed")
+        except KeyboardInterrupt:
+            print("interrupted", sorted(os.listdir(out_dir)))
+    """)
+    p = run_py("-c", code, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == "interrupted []", p.stdout
+
+
 @pytest.mark.parametrize("umask,src_mode,want", [(0o077, 0o644, 0o600), (0o022, 0o600, 0o600),
                                                  (0o022, 0o644, 0o644), (0o002, 0o664, 0o664),
                                                  (0o027, 0o666, 0o640)])
