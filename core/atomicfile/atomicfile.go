@@ -80,7 +80,7 @@ func Create(dst string, opt Options) (*File, error) {
 	if dir == "" {
 		dir = "."
 	}
-	perm := fs.FileMode(0) // 0: keep what the kernel gave (0666 &^ umask)
+	perm, replacing := fs.FileMode(0), false
 	if st, err := os.Stat(final); err == nil {
 		if st.IsDir() {
 			return nil, errs.IOf(dst, syscall.EISDIR, "is a directory")
@@ -88,7 +88,7 @@ func Create(dst string, opt Options) (*File, error) {
 		if !st.Mode().IsRegular() {
 			return nil, errs.IOf(dst, syscall.EINVAL, "is not a regular file (a device, FIFO or socket): tpde writes its output to a temporary file and renames it into place, which would replace it")
 		}
-		perm = st.Mode().Perm()
+		perm, replacing = st.Mode().Perm(), true
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %w", errs.IO, err)
 	}
@@ -100,34 +100,40 @@ func Create(dst string, opt Options) (*File, error) {
 	removeStale(dir)
 	a := &File{dst: final}
 	if useTmpfile {
-		a.File, err = openUnnamed(dir, final)
+		// Any failure (no O_TMPFILE in this kernel or filesystem) falls
+		// back to a named file, which reports a real problem itself.
+		if f, err := openUnnamed(dir, final); err == nil {
+			a.File = f
+		}
 	}
 	if a.File == nil {
 		if a.File, a.named, err = createNamed(dir, base); err != nil {
 			return nil, err
 		}
 	}
-	if err := a.setPerm(perm, opt); err != nil {
+	if err := a.setPerm(perm, replacing, opt); err != nil {
 		a.Abort()
 		return nil, err
 	}
 	return a, nil
 }
 
-// setPerm gives the temporary file the destination's final mode.
-func (a *File) setPerm(perm fs.FileMode, opt Options) error {
-	if perm == 0 {
-		st, err := a.Stat()
-		if err != nil {
-			return fmt.Errorf("%w: stat %s: %w", errs.IO, a.Name(), err)
-		}
+// setPerm gives the temporary file the destination's final mode: the
+// replaced file's perm, or for a new file what the kernel gave it (0666
+// less the umask), less the bits the source lacks.
+func (a *File) setPerm(perm fs.FileMode, replacing bool, opt Options) error {
+	st, err := a.Stat()
+	if err != nil {
+		return fmt.Errorf("%w: stat %s: %w", errs.IO, a.Name(), err)
+	}
+	if !replacing {
 		perm = st.Mode().Perm()
 	}
 	want := perm
 	if opt.HasSource {
 		want &= opt.SourcePerm.Perm()
 	}
-	if st, err := a.Stat(); err == nil && st.Mode().Perm() == want {
+	if st.Mode().Perm() == want {
 		return nil
 	}
 	if err := a.Chmod(want); err != nil {

@@ -103,7 +103,7 @@ func info(data []byte, maxSegments int) (*FileInfo, error) {
 		if got := crc(stored); got != s.CRC {
 			return nil, corrupt("segment %d checksum mismatch (stored %08x, computed %08x)", i, s.CRC, got)
 		}
-		if i >= maxSegments && i > 0 {
+		if i >= maxSegments {
 			// Past the listing every segment is still checked; the frames'
 			// own headers and tables are what a decode would check next.
 			if s.Kind == SegFrame {
