@@ -45,12 +45,24 @@ const (
 	// index (u32) and TrailerMagic.
 	TrailerLen = 16
 
-	// MaxEntries caps the tensors in one bundle.
-	MaxEntries = 1 << 24
+	// MaxEntries caps the tensors in one bundle. Reading the index costs a
+	// reader time and memory per entry (a parsed frame header, an entry of
+	// tpde_bundle_index's JSON, Python objects): about 2 KiB for an entry
+	// of 73 bytes with its frame, so the cap bounds what a bundle of tiny
+	// frames can make a reader spend. Checkpoints of the largest public
+	// models hold around 10^5 tensors, a few times that with optimizer
+	// state.
+	MaxEntries = 1 << 20
 	// MaxNameLen is the longest tensor name (it is stored in a u16).
 	MaxNameLen = 1<<16 - 1
 	// MaxMetaLen caps the metadata JSON.
 	MaxMetaLen = 1 << 28
+	// MaxMetaDepth caps how deeply the metadata's arrays and objects nest.
+	// JSON parsers that recurse (Python's, and tpde's own rebuild of a
+	// checkpoint's structure) would otherwise exhaust their stack on a few
+	// kilobytes of brackets. tpde's checkpoint metadata nests about three
+	// levels per level of the checkpoint's structure (§17.6).
+	MaxMetaDepth = 100
 	// minFrameLen is the smallest frame: a 0-d keyframe header.
 	minFrameLen = 36
 
@@ -204,10 +216,21 @@ func (b *Bundle) parseIndex(index []byte) error {
 	return nil
 }
 
-// checkMeta accepts a JSON object (empty metadata is written as {}).
+// checkMeta accepts a UTF-8 JSON object nested at most MaxMetaDepth deep
+// (empty metadata is written as {}). Open and Writer.Close both use it, so
+// a bundle this package writes is one it reads.
 func checkMeta(meta []byte) error {
 	if len(meta) > MaxMetaLen {
 		return fmt.Errorf("metadata of %d bytes (max %d)", len(meta), MaxMetaLen)
+	}
+	// encoding/json accepts invalid UTF-8 inside strings (it would
+	// substitute U+FFFD when decoding); RFC 8259 text is UTF-8, and other
+	// readers reject it.
+	if !utf8.Valid(meta) {
+		return fmt.Errorf("metadata is not valid UTF-8")
+	}
+	if depth := jsonDepth(meta, MaxMetaDepth); depth > MaxMetaDepth {
+		return fmt.Errorf("metadata nests more than %d levels deep", MaxMetaDepth)
 	}
 	if !json.Valid(meta) {
 		return fmt.Errorf("metadata is not valid JSON")
@@ -216,6 +239,41 @@ func checkMeta(meta []byte) error {
 		return nil
 	}
 	return fmt.Errorf("metadata is not a JSON object")
+}
+
+// jsonDepth is how deeply the arrays and objects of the JSON text b nest
+// ({} is 1), scanning no further once the depth passes limit. Brackets
+// inside strings do not count; b need not be valid JSON (json.Valid judges
+// that), the count is then meaningless but finite.
+func jsonDepth(b []byte, limit int) int {
+	depth, deepest := 0, 0
+	inString, escaped := false, false
+	for _, c := range b {
+		switch {
+		case inString:
+			switch {
+			case escaped:
+				escaped = false
+			case c == '\\':
+				escaped = true
+			case c == '"':
+				inString = false
+			}
+		case c == '"':
+			inString = true
+		case c == '[' || c == '{':
+			depth++
+			if depth > deepest {
+				deepest = depth
+				if deepest > limit {
+					return deepest
+				}
+			}
+		case c == ']' || c == '}':
+			depth--
+		}
+	}
+	return deepest
 }
 
 // Lookup returns the index of the entry named name.

@@ -9,6 +9,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -218,10 +219,89 @@ func TestWriterRefusesBadItems(t *testing.T) {
 	require.NoError(t, w.Add([]Item{one}, Options{}, nil))
 	require.ErrorIs(t, w.Add([]Item{one}, Options{}, nil), errs.Invalid, "duplicate name")
 
-	w, err = NewWriter(&bytes.Buffer{})
+	for what, c := range badMeta() {
+		w, err = NewWriter(&bytes.Buffer{})
+		require.NoError(t, err)
+		_, err = w.Close([]byte(c.meta))
+		require.ErrorIs(t, err, errs.Invalid, what)
+		assert.Contains(t, err.Error(), c.says, what)
+	}
+}
+
+// nestedMeta is a metadata object whose arrays and objects nest depth deep.
+func nestedMeta(depth int) string {
+	return `{"a": ` + strings.Repeat("[", depth-1) + strings.Repeat("]", depth-1) + `}`
+}
+
+// badMeta is metadata that neither Open nor Writer.Close accepts, with
+// what the error says.
+func badMeta() map[string]struct{ meta, says string } {
+	return map[string]struct{ meta, says string }{
+		"not an object":       {`[1, 2]`, "not a JSON object"},
+		"a string":            {`"{}"`, "not a JSON object"},
+		"not JSON":            {`{"a":}`, "not valid JSON"},
+		"invalid UTF-8":       {"{\"a\":\"\xff\"}", "not valid UTF-8"},
+		"UTF-8 surrogate":     {"{\"a\":\"\xed\xa0\x80\"}", "not valid UTF-8"},
+		"nested 5000 deep":    {nestedMeta(5000), "more than 100 levels"},
+		"nested one too deep": {nestedMeta(MaxMetaDepth + 1), "more than 100 levels"},
+	}
+}
+
+func TestMetaChecks(t *testing.T) {
+	ok := map[string]string{
+		"empty object":        `{}`,
+		"padded":              " \n{\"a\": 1}\t",
+		"non-ASCII":           `{"ünïcode": "名前"}`,
+		"escaped surrogate":   `{"a": "\ud800"}`, // valid UTF-8 text: JSON's own business
+		"brackets in strings": `{"a": "` + strings.Repeat("[{", 500) + `\"]"}`,
+		"nested at the cap":   nestedMeta(MaxMetaDepth),
+	}
+	for what, meta := range ok {
+		assert.NoError(t, checkMeta([]byte(meta)), what)
+	}
+	for what, c := range badMeta() {
+		err := checkMeta([]byte(c.meta))
+		if assert.Error(t, err, what) {
+			assert.Contains(t, err.Error(), c.says, what)
+		}
+	}
+	assert.Equal(t, 0, jsonDepth([]byte(`1`), 10))
+	assert.Equal(t, 3, jsonDepth([]byte(`{"a":[{}],"b":[]}`), 10))
+	assert.Equal(t, 1, jsonDepth([]byte(`{"a":"]}}[[["}`), 10))
+	assert.Equal(t, 1, jsonDepth([]byte(`{"a\"[":1}`), 10))
+	assert.Equal(t, 4, jsonDepth([]byte(strings.Repeat("[", 1000)), 3), "stops past the limit")
+}
+
+// Metadata that is not a UTF-8 JSON object nested at most MaxMetaDepth
+// deep is refused by Open as corrupt, even behind a valid index checksum.
+func TestOpenRefusesBadMeta(t *testing.T) {
+	items := []Item{{Name: "a", DType: dtype.F32, Shape: []uint64{16}, Data: make([]byte, 64)}}
+	good, _ := encodeBuffer(t, items, []byte(`{}`), 1)
+	for what, c := range badMeta() {
+		t.Run(what, func(t *testing.T) {
+			_, err := Open(withMeta(t, good, []byte(c.meta)))
+			require.ErrorIs(t, err, errs.Corrupt)
+			assert.Contains(t, err.Error(), c.says)
+		})
+	}
+	b, err := Open(withMeta(t, good, []byte(`{"x": [1, {"y": null}]}`)))
+	require.NoError(t, err, "withMeta itself makes valid bundles")
+	assert.Equal(t, `{"x": [1, {"y": null}]}`, string(b.Meta))
+}
+
+// withMeta is blob (a valid bundle) with its metadata replaced by meta and
+// the index checksum recomputed.
+func withMeta(t *testing.T, blob, meta []byte) []byte {
+	b, err := Open(blob)
 	require.NoError(t, err)
-	_, err = w.Close([]byte(`[1, 2]`))
-	require.ErrorIs(t, err, errs.Invalid, "metadata must be an object")
+	metaAt := uint64(len(blob)) - TrailerLen - uint64(len(b.Meta))
+	out := append([]byte(nil), blob[:metaAt-4]...)
+	out = binary.LittleEndian.AppendUint32(out, uint32(len(meta)))
+	out = append(out, meta...)
+	index := out[b.indexAt:]
+	out = binary.LittleEndian.AppendUint64(out, uint64(len(index)))
+	out = binary.LittleEndian.AppendUint32(out, indexCRC(out[:PreambleLen], index))
+	return append(out, TrailerMagic[:]...)
 }
 
 func TestBufferTooSmall(t *testing.T) {
@@ -295,7 +375,9 @@ func TestIndexAttacks(t *testing.T) {
 		{Name: "a", DType: dtype.F32, Shape: []uint64{16}, Data: make([]byte, 64)},
 		{Name: "b", DType: dtype.F32, Shape: []uint64{16}, Data: make([]byte, 64)},
 	}
-	blob, _ := encodeBuffer(t, items, []byte(`{}`), 1)
+	// Room for the metadata attacks, which rewrite it in place.
+	meta := []byte(`{"pad": "` + strings.Repeat("x", 300) + `"}`)
+	blob, _ := encodeBuffer(t, items, meta, 1)
 	b, err := Open(blob)
 	require.NoError(t, err)
 	indexAt := b.indexAt
@@ -306,11 +388,19 @@ func TestIndexAttacks(t *testing.T) {
 		binary.LittleEndian.PutUint32(bl[len(bl)-8:], indexCRC(bl[:PreambleLen], idx))
 		return bl
 	}
+	// setMeta overwrites the metadata with text, padded with spaces.
+	setMeta := func(bl []byte, text string) []byte {
+		m := bl[len(bl)-TrailerLen-len(meta) : len(bl)-TrailerLen]
+		require.LessOrEqual(t, len(text), len(m))
+		copy(m, text+strings.Repeat(" ", len(m)-len(text)))
+		return reseal(bl)
+	}
+	tooDeep := nestedMeta(MaxMetaDepth + 1)
 	// Entry layout: count(4) | 2+1+8+8 per entry | meta_len(4) | meta.
 	e0, e1 := 4, 4+19
 	attacks := map[string]func([]byte) []byte{
 		"huge count": func(bl []byte) []byte {
-			binary.LittleEndian.PutUint32(index(bl), 1<<24)
+			binary.LittleEndian.PutUint32(index(bl), MaxEntries+1)
 			return reseal(bl)
 		},
 		"count beyond index": func(bl []byte) []byte {
@@ -343,7 +433,12 @@ func TestIndexAttacks(t *testing.T) {
 			binary.LittleEndian.PutUint32(index(bl)[2*19+4:], 1000)
 			return reseal(bl)
 		},
-		"meta not json": func(bl []byte) []byte { index(bl)[2*19+8] = '['; return reseal(bl) },
+		"meta not json":        func(bl []byte) []byte { index(bl)[2*19+8] = '['; return reseal(bl) },
+		"meta an array":        func(bl []byte) []byte { return setMeta(bl, `[1, 2]`) },
+		"meta a string":        func(bl []byte) []byte { return setMeta(bl, `"{}"`) },
+		"meta not utf8":        func(bl []byte) []byte { return setMeta(bl, "{\"a\": \"\xff\"}") },
+		"meta a surrogate":     func(bl []byte) []byte { return setMeta(bl, "{\"a\": \"\xed\xb0\x80\"}") },
+		"meta nested too deep": func(bl []byte) []byte { return setMeta(bl, tooDeep) },
 		"index length huge": func(bl []byte) []byte {
 			binary.LittleEndian.PutUint64(bl[len(bl)-16:], 1<<63)
 			return bl
