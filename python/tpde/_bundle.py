@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 from ctypes import byref, c_uint64
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -18,10 +19,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from . import _native
 from ._native import call
 from .codec import _EFFORTS, _into_new_bytes, _source
-from .errors import InternalError, InvalidArgumentError
+from .errors import CorruptDataError, InternalError, InvalidArgumentError
 
-#: Index buffer first tried; grown to the size the library reports.
+#: Index buffer first tried, plus a guess from the index length (at most
+#: _INDEX_GUESS_MAX); grown to the size the library reports.
 _INDEX_CAP = 1 << 16
+_INDEX_GUESS_MAX = 1 << 30
 BUNDLE_MAGIC = b"\x89TPB"
 
 
@@ -62,7 +65,10 @@ class _Items:
         for i, s in enumerate(specs):
             src = _source(s.tensor)
             it = self.array[i]
-            name = s.name.encode("utf-8")
+            try:
+                name = s.name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgumentError(f"tensor name {s.name!r} is not valid Unicode (a lone surrogate)") from None
             shape = (c_uint64 * max(len(src.shape), 1))(*src.shape)
             self.keep += [src, name, shape]
             it.name, it.name_len = ctypes.cast(ctypes.c_char_p(name), ctypes.c_void_p).value, len(name)
@@ -101,10 +107,15 @@ class _Items:
 
 
 def _meta_bytes(meta: Dict[str, Any]) -> bytes:
+    # ValueError covers NaN, circular references and lone surrogates
+    # (UnicodeEncodeError); nesting deep enough to exhaust Python's stack
+    # would be refused by the library anyway (docs/FORMAT.md section 17.5).
     try:
         return json.dumps(meta, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise InvalidArgumentError(f"checkpoint metadata is not JSON-serializable: {e}") from None
+    except RecursionError:
+        raise InvalidArgumentError("checkpoint metadata is nested too deeply to store") from None
 
 
 def _effort(effort: str) -> int:
@@ -170,32 +181,100 @@ class StreamWriter:
                 pass
 
 
-def index(src: object, n: int) -> Dict[str, Any]:
-    """Validate a bundle and return its index (tpde_bundle_index's JSON)."""
-    cap = _INDEX_CAP
+def _index_cap(n: int, trailer: Optional[bytes]) -> int:
+    """A first buffer size for tpde_bundle_index's JSON, from the index
+    length in the bundle's 16-byte trailer (not trusted: the library
+    validates it; a wrong guess only costs a second call). Each index
+    entry, at least 19 bytes, becomes a JSON object of about 250 bytes plus
+    its name."""
+    if trailer is None or len(trailer) < 8:
+        return _INDEX_CAP
+    index_len = min(int.from_bytes(trailer[:8], "little"), n)
+    return _INDEX_CAP + min(index_len * 14, _INDEX_GUESS_MAX)
+
+
+def index(src: object, n: int, *, trailer: Optional[bytes] = None) -> Dict[str, Any]:
+    """Validate a bundle and return its index (tpde_bundle_index's JSON).
+    trailer: the bundle's last 16 bytes, if the caller has them (for a
+    mapped file: read from the file, not the map).
+
+    The JSON is written into an anonymous map, so pages past its end cost
+    nothing, decoded from it, and the map closed before the text is parsed:
+    at most two copies of the text at a time, not three."""
+    if trailer is None and isinstance(src, bytes):
+        trailer = src[-16:]
+    cap = _index_cap(n, trailer)
     while True:
-        buf = ctypes.create_string_buffer(cap)
         needed = c_uint64()
-        rc = call("tpde_bundle_index", src, n, buf, cap, byref(needed), allow=(_native.E_BUFFER_TOO_SMALL,))
-        if rc == _native.OK:
-            return json.loads(buf.raw[: needed.value])
+        text = None
+        buf = mmap.mmap(-1, cap)
+        try:
+            out = (ctypes.c_char * cap).from_buffer(buf)
+            try:
+                # The address, not the array: a traceback through call()
+                # would keep the array, and with it an export of the map.
+                rc = call("tpde_bundle_index", src, n, ctypes.c_char_p(ctypes.addressof(out)), cap, byref(needed),
+                          allow=(_native.E_BUFFER_TOO_SMALL,))
+            finally:
+                del out  # release the export so the map can close
+            if rc == _native.OK:
+                if needed.value > cap:
+                    raise InternalError(f"tpde_bundle_index wrote {needed.value} bytes into a {cap}-byte buffer")
+                with memoryview(buf) as whole, whole[: needed.value] as js:
+                    text = _utf8(js)
+        finally:
+            buf.close()
+        if text is not None:
+            return _parse_index(text)
         if needed.value <= cap:
             raise InternalError(f"tpde_bundle_index wants {needed.value} bytes of a {cap}-byte buffer")
         cap = needed.value
+
+
+# The library checks that the metadata is a UTF-8 JSON object nested at
+# most 100 deep (docs/FORMAT.md section 17.5); an older library did not,
+# and Python's parser recurses, so these failures are still the input's.
+
+def _utf8(js: memoryview) -> str:
+    try:
+        return str(js, "utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptDataError(f"bundle metadata is not valid UTF-8 ({e.reason} at byte {e.start} of the index JSON)") \
+            from None
+
+
+def _parse_index(text: str) -> Dict[str, Any]:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise CorruptDataError("bundle metadata nests too deeply to parse") from None
+    except ValueError as e:
+        raise CorruptDataError(f"bundle metadata is not valid JSON ({e})") from None
+
+
+def _dst_address(dst: Any) -> Tuple[int, int]:
+    """The address and size of a destination the caller allocated: without
+    _source's dtype lookup, which costs more than decoding a small tensor
+    (and a bundle may hold a million of them)."""
+    data_ptr = getattr(dst, "data_ptr", None)
+    if data_ptr is not None:  # torch
+        if not dst.is_contiguous() or dst.device.type != "cpu":
+            raise InternalError("decode destination must be contiguous CPU memory")
+        return data_ptr(), dst.nbytes
+    if not dst.flags.c_contiguous or not dst.flags.writeable:
+        raise InternalError("decode destination must be contiguous, writable memory")
+    return dst.ctypes.data, dst.nbytes
 
 
 def decode(src: object, n: int, requests: Sequence[Tuple[int, Any, Any, Any]], *, threads: int = 0) -> None:
     """Decode bundle entries: requests are (index, dst, ref, ref2) with dst
     allocated by the caller (contiguous CPU, the entry's dtype and shape)."""
     outs = (_native.BundleOut * max(len(requests), 1))()
-    keep = []
+    keep = []  # the references' sources (copies, for CUDA or strided ones)
     for i, (k, dst, ref, ref2) in enumerate(requests):
         o = outs[i]
-        d = _source(dst)
-        if d.owner is not dst:
-            raise InternalError("decode destination must be contiguous CPU memory")
-        keep.append(d)
-        o.index, o.dst, o.dst_cap = k, d.ptr, d.nbytes
+        o.index = k
+        o.dst, o.dst_cap = _dst_address(dst)
         if ref is not None:
             r = _source(ref)
             keep.append(r)

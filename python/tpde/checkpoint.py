@@ -44,9 +44,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from . import _bundle
+from . import _bundle, _memory
 from .codec import _FILE_MAGIC, _NUMPY_NATIVE, DTYPES, _NUMPY, _TORCH, _WIDTHS, _readable, _source, _threads, _torch_code
-from .errors import InvalidArgumentError, ReferenceMismatchError, TPDEIOError, UnsupportedFormatError
+from .errors import (
+    CorruptDataError,
+    InvalidArgumentError,
+    ReferenceMismatchError,
+    TPDEIOError,
+    UnsupportedFormatError,
+)
 
 __all__ = [
     "TemporalPositionDeltaEncoder",
@@ -70,6 +76,15 @@ _RESIDUALS = {"auto": -1, "xor": 0, "diff": 1, "pred": 2}
 _FLOAT_CODES = frozenset(i for i, n in enumerate(DTYPES) if n.startswith("F"))
 # Lossy coding needs at least 2-byte floats (F8 stays lossless).
 _LOSSY_CODES = frozenset(i for i in _FLOAT_CODES if _WIDTHS[i] >= 2)
+
+#: How deeply a bundle's metadata JSON may nest (bundle.MaxMetaDepth,
+#: docs/FORMAT.md §17.5). The library refuses deeper metadata, in a bundle
+#: as corrupt and from a writer as invalid; the encoder refuses a
+#: checkpoint whose structure would need it before coding anything.
+_MAX_META_DEPTH = 100
+#: The JSON depth of the skeleton's (and state_dict_metadata's) top node:
+#: inside the metadata object and its "tpde" member.
+_SKELETON_DEPTH = 3
 
 Checkpoint = Any  # a state dict (see the module docstring)
 Source = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
@@ -114,13 +129,13 @@ class _Flat:
         md = getattr(ckpt, "_metadata", None)
         if isinstance(md, Mapping):
             # nn.Module.state_dict() versions its modules here; load_state_dict reads it.
-            self.state_dict_metadata = self._plain(md, f"{what}._metadata")
+            self.state_dict_metadata = self._plain(md, f"{what}._metadata", _SKELETON_DEPTH)
         if all(isinstance(k, str) and _is_tensor(v) for k, v in ckpt.items()):
             self.skeleton = None
             for k, v in ckpt.items():
                 self._add(k, v)
         else:
-            self.skeleton = self._walk(ckpt, what, "")
+            self.skeleton = self._walk(ckpt, what, "", _SKELETON_DEPTH)
 
     @staticmethod
     def _identity(t: Any) -> Tuple[Any, ...]:
@@ -147,32 +162,46 @@ class _Flat:
             self.tensors[name] = t
         return name
 
-    def _plain(self, x: Any, path: str) -> Any:
+    # depth is the JSON nesting level of the node made for x, if x makes a
+    # container: a mapping nests its values 3 levels down ({"$dict": [[k,
+    # v]]}), a tuple 2, a list 1. Refusing more than _MAX_META_DEPTH here
+    # also stops a list that contains itself.
+
+    def _plain(self, x: Any, path: str, depth: int) -> Any:
         if x is None or isinstance(x, (str, bool, int)):
             return x
+        if isinstance(x, float) and math.isfinite(x):
+            return x
+        _check_depth(depth, path)
         if isinstance(x, float):
-            return x if math.isfinite(x) else {"$float": repr(x)}
+            return {"$float": repr(x)}
         if isinstance(x, Mapping):
-            return {"$dict": [[_key_json(k, path), self._plain(v, f"{path}[{k!r}]")] for k, v in x.items()]}
+            return {"$dict": [[_key_json(k, path), self._plain(v, f"{path}[{k!r}]", depth + 3)]
+                              for k, v in x.items()]}
         if isinstance(x, list):
-            return [self._plain(v, f"{path}[{i}]") for i, v in enumerate(x)]
+            return [self._plain(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(x)]
         if isinstance(x, tuple):
-            return {"$tuple": [self._plain(v, f"{path}[{i}]") for i, v in enumerate(x)]}
+            return {"$tuple": [self._plain(v, f"{path}[{i}]", depth + 2) for i, v in enumerate(x)]}
         raise InvalidArgumentError(
             f"{path} is a {type(x).__module__}.{type(x).__qualname__}: tpde stores tensors and JSON-like values "
             "(str, int, float, bool, None, and dicts, lists and tuples of them); save other objects separately")
 
-    def _walk(self, x: Any, path: str, name: str) -> Any:
+    def _walk(self, x: Any, path: str, name: str, depth: int) -> Any:
         if _is_tensor(x):
+            _check_depth(depth, path)
             return {"$tensor": self._add(name, x)}
         sub = (lambda k: f"{name}.{k}" if name else str(k))
         if isinstance(x, Mapping):
-            return {"$dict": [[_key_json(k, path), self._walk(v, f"{path}[{k!r}]", sub(k))] for k, v in x.items()]}
+            _check_depth(depth, path)
+            return {"$dict": [[_key_json(k, path), self._walk(v, f"{path}[{k!r}]", sub(k), depth + 3)]
+                              for k, v in x.items()]}
         if isinstance(x, list):
-            return [self._walk(v, f"{path}[{i}]", sub(i)) for i, v in enumerate(x)]
+            _check_depth(depth, path)
+            return [self._walk(v, f"{path}[{i}]", sub(i), depth + 1) for i, v in enumerate(x)]
         if isinstance(x, tuple):
-            return {"$tuple": [self._walk(v, f"{path}[{i}]", sub(i)) for i, v in enumerate(x)]}
-        return self._plain(x, path)
+            _check_depth(depth, path)
+            return {"$tuple": [self._walk(v, f"{path}[{i}]", sub(i), depth + 2) for i, v in enumerate(x)]}
+        return self._plain(x, path, depth)
 
     def get(self, name: str) -> Any:
         return self.tensors.get(name if name not in self.aliases else self.aliases[name])
@@ -182,26 +211,102 @@ class _Flat:
         return {name: self.get(name) for name in (*self.tensors, *self.aliases)}
 
 
-def _rebuild(skel: Any, tensors: Mapping[str, Any]) -> Any:
-    if isinstance(skel, list):
-        return [_rebuild(v, tensors) for v in skel]
-    if isinstance(skel, dict):
-        if "$tensor" in skel:
-            return tensors[skel["$tensor"]]
-        if "$dict" in skel:
-            return {k: _rebuild(v, tensors) for k, v in skel["$dict"]}
-        if "$tuple" in skel:
-            return tuple(_rebuild(v, tensors) for v in skel["$tuple"])
-        if "$float" in skel:
-            return float(skel["$float"])
-        raise UnsupportedFormatError(f"unknown checkpoint structure node {sorted(skel)}")
-    return skel
+def _check_depth(depth: int, path: str) -> None:
+    if depth > _MAX_META_DEPTH:
+        raise InvalidArgumentError(
+            f"{path} is nested too deeply: a checkpoint's structure is stored as JSON nested at most "
+            f"{_MAX_META_DEPTH} levels deep (3 per level of dicts, 2 of tuples, 1 of lists)")
 
 
-def _with_state_dict_metadata(d: Dict[str, Any], md: Any) -> Any:
-    out = collections.OrderedDict(d)
+# --- the structure read back -----------------------------------------------------
+
+_FLOAT_NODES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+_NODE_TAGS = ("$tensor", "$dict", "$tuple", "$float")
+# The JSON types a $dict key may have (docs/FORMAT.md §17.6).
+_KEY_TYPES = (str, int, float, bool, type(None))
+_ABSENT = object()
+
+# A node's place in the metadata, built as it is walked and spelled out
+# only for an error: (parent trail or None, key or index or root name).
+_Trail = Tuple[Any, Any]
+
+
+def _spell(trail: _Trail) -> str:
+    steps: List[str] = []
+    while trail[0] is not None:
+        trail, key = trail
+        steps.append(f"[{key!r}]")
+    return str(trail[1]) + "".join(reversed(steps))
+
+
+def _bad_node(trail: _Trail, problem: str) -> CorruptDataError:
+    return CorruptDataError(f"checkpoint metadata: {_spell(trail)} {problem}")
+
+
+def _rebuild(node: Any, tensors: Mapping[str, Any], trail: _Trail = (None, "tpde.skeleton"), depth: int = 1) -> Any:
+    """The value a structure node (docs/FORMAT.md §17.6) stands for, with
+    each {"$tensor": name} looked up in tensors. Anything else is corrupt
+    (the metadata is checksummed, so it is a writer's bug or a forgery,
+    nothing to guess at): an unknown tag, a malformed node, a name that
+    tensors lacks, or nesting deeper than any bundle may hold."""
+    if depth > _MAX_META_DEPTH:
+        raise _bad_node(trail, f"nests more than {_MAX_META_DEPTH} levels deep")
+    if isinstance(node, list):
+        return [_rebuild(v, tensors, (trail, i), depth + 1) for i, v in enumerate(node)]
+    if not isinstance(node, dict):
+        return node  # a string, number, boolean or null (json gives nothing else)
+    if len(node) != 1:
+        keys = ", ".join(repr(k) for k in list(node)[:4]) + (", ..." if len(node) > 4 else "")
+        raise _bad_node(trail, f"is an object with keys {keys or 'none'}; a node has exactly one of "
+                               f"{', '.join(_NODE_TAGS)}")
+    ((tag, arg),) = node.items()
+    if tag == "$tensor":
+        if not isinstance(arg, str):
+            raise _bad_node(trail, f"is a $tensor node whose name is {_json_type(arg)}, not a string")
+        t = tensors.get(arg, _ABSENT)
+        if t is _ABSENT:
+            raise _bad_node(trail, f"refers to tensor {arg!r}, which the bundle does not hold")
+        return t
+    if tag in ("$dict", "$tuple") and not isinstance(arg, list):
+        raise _bad_node(trail, f"is a {tag} node holding {_json_type(arg)}, not an array")
+    if tag == "$dict":
+        out = {}
+        for i, pair in enumerate(arg):
+            if not (isinstance(pair, list) and len(pair) == 2):
+                raise _bad_node(trail, f"is a $dict node whose item {i} is not a [key, value] pair")
+            k, v = pair
+            if not isinstance(k, _KEY_TYPES):
+                raise _bad_node(trail, f"is a $dict node whose key {i} is {_json_type(k)}")
+            out[k] = _rebuild(v, tensors, (trail, k), depth + 1)
+        return out
+    if tag == "$tuple":
+        return tuple(_rebuild(v, tensors, (trail, i), depth + 1) for i, v in enumerate(arg))
+    if tag == "$float":
+        f = _FLOAT_NODES.get(arg) if isinstance(arg, str) else None
+        if f is None:
+            raise _bad_node(trail, f"is a $float node of {arg!r}, not one of {', '.join(map(repr, _FLOAT_NODES))}")
+        return f
+    raise _bad_node(trail, f"has the unknown tag {tag!r} (a node is one of {', '.join(_NODE_TAGS)})")
+
+
+def _json_type(v: Any) -> str:
+    """What a JSON value is, for a message: 'an array', 'the string 'x''."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"the boolean {'true' if v else 'false'}"
+    if isinstance(v, (int, float)):
+        return f"the number {v!r}"
+    if isinstance(v, str):
+        return f"the string {v[:40]!r}"
+    if isinstance(v, tuple):
+        return "a tuple"
+    return "an array" if isinstance(v, list) else "an object"
+
+
+def _with_state_dict_metadata(out: "collections.OrderedDict[str, Any]", md: Any) -> Any:
     if md is not None:
-        out._metadata = _rebuild(md, {})  # type: ignore[attr-defined]
+        out._metadata = _rebuild(md, {}, (None, "tpde.state_dict_metadata"))  # type: ignore[attr-defined]
     return out
 
 
@@ -225,16 +330,7 @@ def _empty_like(t: Any) -> Any:
 
 
 def _alloc(code: int, shape: Tuple[int, ...], like: str) -> Any:
-    if like == "torch":
-        import torch
-
-        tdt = getattr(torch, _TORCH[code], None)
-        if tdt is None:
-            raise InvalidArgumentError(f"this torch has no {_TORCH[code]}; use like='numpy'")
-        return torch.empty(shape, dtype=tdt)
-    import numpy as np
-
-    return np.empty(shape, dtype=np.dtype(_NUMPY[code]))
+    return _memory.empty(_TORCH[code], _NUMPY[code], shape, like)
 
 
 def _layout(t: Any) -> Tuple[int, Tuple[int, ...]]:
@@ -289,27 +385,172 @@ class CompressedCheckpoint(bytes):
 
 # --- reading ------------------------------------------------------------------
 
-class _Opened:
-    """A bundle in memory, validated, with its index."""
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
-    def __init__(self, data: Any) -> None:
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# The JSON types of the "checkpoint" member's fields (docs/FORMAT.md §17.6),
+# checked where present: they are informative, but checkpoint_info returns
+# them and the CLI formats them.
+_JSON_KINDS = {
+    "null": lambda v: v is None,
+    "a boolean": lambda v: isinstance(v, bool),
+    "an integer": _is_int,
+    "a number": _is_number,
+    "a string": lambda v: isinstance(v, str),
+}
+_CHECKPOINT_FIELDS: Dict[str, Tuple[str, ...]] = {
+    "checkpoint_type": ("a string",),
+    "reference": ("a string", "null"),
+    # An integer as a rule, but the encoder stores what it is given.
+    "epoch": ("a number", "a string", "null"),
+    "reference_epoch": ("a number", "a string", "null"),
+    "tpde_version": ("a string",),
+    "format_version": ("a string",),
+    "compression_method": ("a string",),
+    "threshold": ("a number",),
+    "adaptive": ("a boolean",),
+    "percentile": ("a number", "null"),
+    "quant_bits": ("an integer",),
+    "lossless": ("a boolean",),
+    "error_bound": ("a number",),
+    "timestamp": ("a string",),
+    "num_tensors": ("an integer",),
+    "original_size": ("an integer",),
+    "original_size_mb": ("a number",),
+}
+_REFERENCES = {"full": (None,), "delta": ("previous", "base")}
+
+
+def _corrupt_meta(problem: str) -> CorruptDataError:
+    return CorruptDataError(f"checkpoint metadata: {problem}")
+
+
+def _member(obj: Dict[str, Any], key: str, where: str) -> Any:
+    if key not in obj:
+        raise _corrupt_meta(f"{where} has no {key!r} member")
+    return obj[key]
+
+
+class _Meta:
+    """A bundle's metadata as a tpde checkpoint (docs/FORMAT.md §17.6),
+    checked once, when the bundle is opened, before anything uses it: every
+    reader then sees the same verdict, and no later step meets a wrong type.
+
+    A bundle that is not a tpde checkpoint ("tpde" absent, or another
+    "format") is unsupported; one that says it is but breaks the schema is
+    corrupt, with the field (and tensor) named."""
+
+    def __init__(self, meta: Any, tensors: List[Dict[str, Any]]) -> None:
+        if not isinstance(meta, dict):
+            raise _corrupt_meta(f"the metadata is {_json_type(meta)}, not an object")
+        tp = meta.get("tpde", _ABSENT)
+        if tp is _ABSENT:
+            raise UnsupportedFormatError("this bundle holds no tpde checkpoint metadata (no 'tpde' member): it was "
+                                         "not written by TemporalPositionDeltaEncoder")
+        if not isinstance(tp, dict):
+            raise _corrupt_meta(f"'tpde' is {_json_type(tp)}, not an object")
+        fmt = _member(tp, "format", "'tpde'")
+        if not isinstance(fmt, str):
+            raise _corrupt_meta(f"'tpde.format' is {_json_type(fmt)}, not a string")
+        if fmt != "tpde-checkpoint":
+            raise UnsupportedFormatError(f"this bundle holds a {fmt[:60]!r}, not a 'tpde-checkpoint'")
+
+        c = _member(meta, "checkpoint", "the metadata")
+        if not isinstance(c, dict):
+            raise _corrupt_meta(f"'checkpoint' is {_json_type(c)}, not an object")
+        for key, kinds in _CHECKPOINT_FIELDS.items():
+            v = c.get(key, _ABSENT)
+            if v is not _ABSENT and not any(_JSON_KINDS[k](v) for k in kinds):
+                raise _corrupt_meta(f"'checkpoint.{key}' is {_json_type(v)}, not {' or '.join(kinds)}")
+        version = c.get("format_version")
+        if version is not None:
+            major, dot, minor = version.partition(".")
+            if not (major.isdigit() and dot and minor.isdigit()):
+                raise _corrupt_meta(f"'checkpoint.format_version' is {version[:40]!r}, not MAJOR.MINOR")
+            if int(major) != int(FORMAT_VERSION.partition(".")[0]):
+                raise UnsupportedFormatError(f"checkpoint format version {version}: this tpde reads "
+                                             f"{FORMAT_VERSION.partition('.')[0]}.x")
+        self.checkpoint_type: str = _member(c, "checkpoint_type", "'checkpoint'")
+        if self.checkpoint_type not in _REFERENCES:
+            raise _corrupt_meta(f"'checkpoint.checkpoint_type' is {self.checkpoint_type[:40]!r}, not 'full' or "
+                                "'delta'")
+        self.reference: Optional[str] = _member(c, "reference", "'checkpoint'")
+        if self.reference not in _REFERENCES[self.checkpoint_type]:
+            raise _corrupt_meta(f"a {self.checkpoint_type} checkpoint whose 'checkpoint.reference' is "
+                                f"{_json_type(self.reference)}, not "
+                                f"{' or '.join(repr(r) if r else 'null' for r in _REFERENCES[self.checkpoint_type])}")
+        if self.checkpoint_type == "full":
+            for t in tensors:
+                if t["kind"] != "keyframe":
+                    raise _corrupt_meta(f"a full checkpoint (decodable alone) whose tensor {t['name']!r} is a "
+                                        "delta frame")
+        self.checkpoint: Dict[str, Any] = c
+        self.user = meta.get("user", {})
+        if not isinstance(self.user, dict):
+            raise _corrupt_meta(f"'user' is {_json_type(self.user)}, not an object")
+
+        aliases = _member(tp, "aliases", "'tpde'")
+        if not isinstance(aliases, dict):
+            raise _corrupt_meta(f"'tpde.aliases' is {_json_type(aliases)}, not an object")
+        self.skeleton = _member(tp, "skeleton", "'tpde'")
+        # Names -> placeholders, for the checks below; a flat checkpoint
+        # without aliases (the common state_dict()) needs none.
+        stored = {t["name"]: None for t in tensors} if aliases or self.skeleton is not None else {}
+        for alias, target in aliases.items():
+            if not isinstance(target, str):
+                raise _corrupt_meta(f"alias {alias!r} is {_json_type(target)}, not a tensor name")
+            if target not in stored:
+                raise _corrupt_meta(f"alias {alias!r} refers to tensor {target!r}, which the bundle does not hold")
+            if alias in stored:
+                raise _corrupt_meta(f"alias {alias!r} is also the name of a stored tensor")
+        self.aliases: Dict[str, str] = aliases
+        # Walked now with placeholders, so that a bad node is found before
+        # anything is decoded (and by checkpoint_info too); decoding walks
+        # it again with the tensors.
+        if self.skeleton is not None:
+            stored.update(dict.fromkeys(aliases))
+            top = _rebuild(self.skeleton, stored)
+            if not isinstance(top, dict):
+                raise _corrupt_meta(f"'tpde.skeleton' stands for {_json_type(top)}, not a mapping")
+        self.state_dict_metadata = _member(tp, "state_dict_metadata", "'tpde'")
+        if self.state_dict_metadata is not None:
+            md = _rebuild(self.state_dict_metadata, {}, (None, "tpde.state_dict_metadata"))
+            if not isinstance(md, dict):
+                raise _corrupt_meta(f"'tpde.state_dict_metadata' stands for {_json_type(md)}, not a mapping")
+
+
+class _Opened:
+    """A bundle in memory, validated, with its index and checked metadata."""
+
+    def __init__(self, data: Any, head: Optional[bytes] = None, trailer: Optional[bytes] = None) -> None:
+        """head and trailer: the first 4 and last 16 bytes, when the caller
+        read them already (from a file, rather than from its mapping, which
+        another process could truncate under Python: a SIGBUS there could
+        not be caught)."""
         self._ctx: Any = None
-        try:
-            head = bytes(memoryview(data)[:4])
-        except TypeError:
-            raise TypeError(f"expected bytes, bytearray, memoryview or a path, not {type(data).__name__}") from None
+        if head is None:
+            try:
+                head = bytes(memoryview(data)[:4])
+            except TypeError:
+                raise TypeError(f"expected bytes, bytearray, memoryview or a path, not {type(data).__name__}") \
+                    from None
         if head == _FILE_MAGIC:
             raise InvalidArgumentError("this is a compressed file (tpde.compress_file), not a checkpoint: restore it "
                                        "with tpde.decompress_file")
         self._ctx = _readable(data)
         self.src, self.n = self._ctx.__enter__()
         try:
-            self.index = _bundle.index(self.src, self.n)
+            self.index = _bundle.index(self.src, self.n, trailer=trailer)
+            self.tensors: List[Dict[str, Any]] = self.index["tensors"]
+            self.meta = _Meta(self.index["metadata"], self.tensors)
         except BaseException:
             self.close()
             raise
-        self.meta = self.index.get("metadata", {})
-        self.tpde = self.meta.get("tpde", {})
 
     def close(self) -> None:
         if self._ctx is not None:
@@ -339,12 +580,14 @@ class _OpenedFile(_Opened):
         try:
             with open(p, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
+                head = os.pread(f.fileno(), 4, 0)
+                trailer = os.pread(f.fileno(), 16, max(size - 16, 0))
                 m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE) \
                     if size else None
         except OSError as e:
-            raise TPDEIOError(f"{p}: {e.strerror or e}") from e
+            raise TPDEIOError(e.errno, f"{p}: {e.strerror or e}") from e
         self._keepmap = m
-        super().__init__(memoryview(m) if m is not None else b"")
+        super().__init__(memoryview(m) if m is not None else b"", head, trailer)
 
     def close(self) -> None:
         super().close()
@@ -362,77 +605,84 @@ def checkpoint_info(data: Source) -> Dict[str, Any]:
     it: its stored metadata, compressed size and, per tensor, dtype, shape,
     kind (keyframe or delta), sizes and lossy bound/max error."""
     with _open(data) as b:
-        tensors = []
-        for t in b.index["tensors"]:
-            tensors.append({
-                "name": t["name"], "dtype": DTYPES[t["dtype"]], "shape": tuple(t["shape"]), "kind": t["kind"],
-                "raw_size": t["raw_size"], "frame_size": t["length"], "identical": t["identical"],
-                "lossy": t["lossy"], "bound": t["bound"], "max_error": t["max_error"],
-                "changed_elems": t["changed_elems"],
-            })
-        info = dict(b.meta.get("checkpoint", {}))
-        info["user"] = b.meta.get("user", {})
+        # The index's own dicts, trimmed and renamed in place: a bundle may
+        # hold a million entries, and a second set of dicts would double
+        # the memory this takes.
+        for t in b.tensors:
+            t["dtype"] = DTYPES[t["dtype"]]
+            t["shape"] = tuple(t["shape"])
+            t["frame_size"] = t.pop("length")
+            del t["offset"], t["needs_ref2"], t["residual"]
+        info = dict(b.meta.checkpoint)
+        info["user"] = b.meta.user
         info["compressed_size"] = b.index["size"]
         info["format_version"] = f"1.{b.index['version_minor']}"
-        info["tensors"] = tensors
+        info["tensors"] = b.tensors
         return info
 
 
 def _decode(data: Source, previous: Optional[Checkpoint], previous2: Optional[Checkpoint], like: str,
-            threads: int) -> Checkpoint:
+            threads: int, max_output_bytes: Optional[int]) -> Checkpoint:
+    limit = _memory.output_limit(max_output_bytes)
     with _open(data) as b:
-        return _decode_opened(b, previous, previous2, like, threads)
+        return _decode_opened(b, previous, previous2, like, threads, limit)
 
 
 def _decode_opened(b: _Opened, previous: Optional[Checkpoint], previous2: Optional[Checkpoint], like: str,
-                   threads: int) -> Checkpoint:
+                   threads: int, limit: int) -> Checkpoint:
     if like not in ("torch", "numpy"):
         raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
     th = _threads(threads)
-    tp = b.tpde
-    if tp.get("format") != "tpde-checkpoint":
-        raise UnsupportedFormatError("this bundle holds no tpde checkpoint metadata (was it written by "
-                                     "TemporalPositionDeltaEncoder?)")
+    # Each raw size is the library's reading of a checksummed frame header,
+    # but a forged bundle can claim any size: the total is checked before
+    # the first tensor is allocated.
+    _memory.check_output(sum(t["raw_size"] for t in b.tensors), limit,
+                         f"this checkpoint ({len(b.tensors):,} tensors)")
+    meta = b.meta
     prev = _Flat(previous, "previous") if previous is not None else None
     prev2 = _Flat(previous2, "previous2") if previous2 is not None else None
-    out: Dict[str, Any] = {}
-    reqs = []
-    for k, t in enumerate(b.index["tensors"]):
-        name = t["name"]
-        dst = _alloc(t["dtype"], tuple(t["shape"]), like)
-        out[name] = dst
+    refs = []
+    for t in b.tensors:
         ref = ref2 = None
         if t["kind"] == "delta":
-            ref = _reference(prev, name, t, "previous", b.meta)
+            ref = _reference(prev, t, "previous", meta)
             if t["needs_ref2"]:
-                ref2 = _reference(prev2, name, t, "previous2", b.meta)
+                ref2 = _reference(prev2, t, "previous2", meta)
+        refs.append((ref, ref2))
+    # An OrderedDict, as nn.Module.state_dict() returns, so that
+    # _metadata can be set on it.
+    out: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+    reqs = []
+    for k, (t, (ref, ref2)) in enumerate(zip(b.tensors, refs)):
+        dst = _alloc(t["dtype"], tuple(t["shape"]), like)
+        out[t["name"]] = dst
         reqs.append((k, dst, ref, ref2))
     try:
         _bundle.decode(b.src, b.n, reqs, threads=th)
     except ReferenceMismatchError as e:
-        raise ReferenceMismatchError(f"{e} ({_reference_hint(b.meta)})") from None
-    for alias, name in tp.get("aliases", {}).items():
+        raise ReferenceMismatchError(f"{e} ({_reference_hint(meta)})") from None
+    for alias, name in meta.aliases.items():
         out[alias] = out[name]
-    skel = tp.get("skeleton")
-    if skel is None:
-        return _with_state_dict_metadata(out, tp.get("state_dict_metadata"))
-    return _rebuild(skel, out)
+    if meta.skeleton is None:
+        return _with_state_dict_metadata(out, meta.state_dict_metadata)
+    return _rebuild(meta.skeleton, out)
 
 
-def _reference_hint(meta: Dict[str, Any]) -> str:
-    c = meta.get("checkpoint", {})
+def _reference_hint(meta: _Meta) -> str:
+    c = meta.checkpoint
     ref = c.get("reference_epoch")
     here = c.get("epoch")
     s = "this checkpoint is a delta"
     if here is not None:
         s += f" (epoch {here})"
-    s += f" against the {c.get('reference') or 'previous'} checkpoint"
+    s += f" against the {meta.reference or 'previous'} checkpoint"
     if ref is not None:
         s += f" of epoch {ref}"
     return s + "; pass exactly that decoded checkpoint as previous"
 
 
-def _reference(prev: Optional[_Flat], name: str, t: Dict[str, Any], what: str, meta: Dict[str, Any]) -> Any:
+def _reference(prev: Optional[_Flat], t: Dict[str, Any], what: str, meta: _Meta) -> Any:
+    name = t["name"]
     if prev is None:
         raise ReferenceMismatchError(f"tensor {name!r} is a delta frame and no {what} checkpoint was given "
                                      f"({_reference_hint(meta)})")
@@ -449,11 +699,15 @@ def _reference(prev: Optional[_Flat], name: str, t: Dict[str, Any], what: str, m
 
 
 def load_checkpoint(path: Source, previous: Optional[Checkpoint] = None, *, previous2: Optional[Checkpoint] = None,
-                    like: str = "torch", threads: int = 0) -> Checkpoint:
+                    like: str = "torch", threads: int = 0, max_output_bytes: Optional[int] = None) -> Checkpoint:
     """Decode a compressed checkpoint from a file (memory-mapped, read in
     place) or bytes. A delta checkpoint needs the decoded checkpoint it was
-    made against as previous (a wrong one raises ReferenceMismatchError)."""
-    return _decode(path, previous, previous2, like, threads)
+    made against as previous (a wrong one raises ReferenceMismatchError).
+    max_output_bytes: the most bytes of tensor data it may decode to
+    (default $TPDE_MAX_OUTPUT, else the machine's physical memory); a
+    checkpoint claiming more raises DecodeLimitError before anything is
+    allocated."""
+    return _decode(path, previous, previous2, like, threads, max_output_bytes)
 
 
 # --- the encoder ----------------------------------------------------------------
@@ -508,7 +762,7 @@ class TemporalPositionDeltaEncoder:
         self.adaptive = bool(adaptive)
         self.compression_method = compression_method
         self.percentile = float(percentile)
-        self.quant_bits = quant_bits
+        self.quant_bits = int(quant_bits)  # stored as a JSON integer even if given False
         self.residual = residual
         self.keep_reference = keep_reference
         self.output_dir = Path(output_dir)
@@ -680,17 +934,19 @@ class TemporalPositionDeltaEncoder:
 
     def decompress_checkpoint(self, data: Source, previous: Optional[Checkpoint] = None, *,
                               previous2: Optional[Checkpoint] = None, like: str = "torch",
-                              threads: int = 0) -> Checkpoint:
+                              threads: int = 0, max_output_bytes: Optional[int] = None) -> Checkpoint:
         """Decode a compressed checkpoint (bytes, or a path to one). A delta
         needs previous: the decoded checkpoint it was made against (a
         different one raises ReferenceMismatchError, never wrong data).
-        Returns the state dict, with tensors on the CPU."""
-        return _decode(data, previous, previous2, like, threads or self.threads)
+        Returns the state dict, with tensors on the CPU. max_output_bytes:
+        as for tpde.load_checkpoint."""
+        return _decode(data, previous, previous2, like, threads or self.threads, max_output_bytes)
 
-    def decompress_parallel(self, data: Source, num_threads: int = 0, previous: Optional[Checkpoint] = None) -> Checkpoint:
+    def decompress_parallel(self, data: Source, num_threads: int = 0, previous: Optional[Checkpoint] = None, *,
+                            max_output_bytes: Optional[int] = None) -> Checkpoint:
         """decompress_checkpoint on num_threads threads (design document
         §8.2). Decoding is always parallel; 0 uses tpde.get_num_threads()."""
-        return self.decompress_checkpoint(data, previous, threads=num_threads)
+        return self.decompress_checkpoint(data, previous, threads=num_threads, max_output_bytes=max_output_bytes)
 
     # -- files --
 
@@ -717,12 +973,14 @@ class TemporalPositionDeltaEncoder:
                            chunk_size=1 << 28)
         return int(c.metadata["compressed_size"])
 
-    def load_checkpoint(self, epoch_or_path: Any, previous: Optional[Checkpoint] = None, **kw: Any) -> Checkpoint:
+    def load_checkpoint(self, epoch_or_path: Any, previous: Optional[Checkpoint] = None, *,
+                        max_output_bytes: Optional[int] = None, **kw: Any) -> Checkpoint:
         """Decode a checkpoint written by save_checkpoint/save_compressed_delta
-        (an epoch number) or any compressed checkpoint file (a path)."""
+        (an epoch number) or any compressed checkpoint file (a path); keywords
+        as for decompress_checkpoint."""
         p = epoch_or_path if isinstance(epoch_or_path, (str, os.PathLike)) else self.output_dir / \
             f"checkpoint_epoch_{epoch_or_path}.tpde"
-        return self.decompress_checkpoint(p, previous, **kw)
+        return self.decompress_checkpoint(p, previous, max_output_bytes=max_output_bytes, **kw)
 
     def stream_compress_to_file(self, checkpoint: Checkpoint, path: Union[str, "os.PathLike[str]"],
                                 chunk_size: Union[int, float] = 1 << 28, *,
@@ -811,21 +1069,23 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
         ref2 = self._reference2 if self.predict else None
         return self._compress(checkpoint, self._reference, ref2, epoch, metadata, "previous", self._reference_epoch)
 
-    def decompress(self, data: Source, *, like: str = "torch", threads: int = 0) -> Checkpoint:
-        """Decode the next checkpoint of a chain made by compress()."""
+    def decompress(self, data: Source, *, like: str = "torch", threads: int = 0,
+                   max_output_bytes: Optional[int] = None) -> Checkpoint:
+        """Decode the next checkpoint of a chain made by compress().
+        max_output_bytes: as for tpde.load_checkpoint."""
         th = threads or self.threads
+        limit = _memory.output_limit(max_output_bytes)
         with _open(data) as b:
-            c = b.meta.get("checkpoint", {})
-            if c.get("checkpoint_type") == "full":
-                sd = _decode_opened(b, None, None, like, th)
+            if b.meta.checkpoint_type == "full":
+                sd = _decode_opened(b, None, None, like, th, limit)
                 self._dec_base, self._dec_prev, self._dec_prev2 = sd, sd, None
                 return sd
             if self._dec_prev is None:
                 raise ReferenceMismatchError("this checkpoint is a delta and this decoder has not decoded the full "
                                              "checkpoint its chain starts with")
-            if c.get("reference") == "base":
-                sd = _decode_opened(b, self._dec_base, None, like, th)
+            if b.meta.reference == "base":
+                sd = _decode_opened(b, self._dec_base, None, like, th, limit)
             else:
-                sd = _decode_opened(b, self._dec_prev, self._dec_prev2, like, th)
+                sd = _decode_opened(b, self._dec_prev, self._dec_prev2, like, th, limit)
         self._dec_prev2, self._dec_prev = self._dec_prev, sd
         return sd
