@@ -8,6 +8,8 @@ import io
 import math
 import os
 import pickle
+import sys
+import zlib
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -87,7 +89,9 @@ def step_state(sd: Dict[str, torch.Tensor], g: torch.Generator, scale: float = 1
 @pytest.mark.parametrize("dtype", FLOATS)
 @pytest.mark.parametrize("reference", ["previous", "base"])
 def test_lossless_chain_of_21_every_dtype(dtype: torch.dtype, reference: str) -> None:
-    g = torch.Generator().manual_seed(hash((str(dtype), reference)) % 2**31)
+    # A seed of the parameters alone: hash() of a str changes with every
+    # process (PYTHONHASHSEED), so a failure could not be replayed.
+    g = torch.Generator().manual_seed(zlib.crc32(f"{dtype}/{reference}".encode()))
     enc = tpde.TPDECheckpointCompressor(reference=reference)
     dec = tpde.TPDECheckpointCompressor(reference=reference)
     state = random_state(g, dtype)
@@ -452,28 +456,43 @@ def test_cli_info_describes_a_checkpoint(tmp_path: Path, run_py: Any) -> None:
 
 
 _STREAM_MEMORY = r"""
-import resource, sys, numpy as np, tpde
+import sys, numpy as np, tpde
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
 mode, out = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(0)
 # 96 tensors of 4 MB: 384 MB of float32 noise (it barely compresses, so
 # the compressed checkpoint is about as big as the input).
 ckpt = {f"t{i}": rng.standard_normal(1 << 20, dtype=np.float32) for i in range(96)}
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+tpde.compress_tensor(ckpt["t0"][:1000])  # load the library, start its runtime
+# Peak RSS of this process from here on: VmHWM, reset to the current RSS.
+# (Not ru_maxrss: that is a high-water mark inherited across fork and
+# exec, so a child of a big pytest process starts at pytest's peak.)
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = status("VmRSS")
 enc = tpde.TemporalPositionDeltaEncoder(keep_reference=False)
 if mode == "stream":
     enc.stream_compress_to_file(ckpt, out, chunk_size=8 << 20)
 else:
     data = enc.compress_checkpoint(ckpt)
     open(out, "wb").write(data)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print((after - before) // 1024)  # MiB of peak growth
+print((status("VmHWM") - before) >> 20)  # MiB of peak growth
 """
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
 def test_stream_compress_memory_is_bounded_by_chunk_size(tmp_path: Path, run_py: Any) -> None:
     """stream_compress_to_file holds about one chunk of frames, not the
     checkpoint: its peak memory growth stays far below the in-memory path's
     (which must hold the whole compressed checkpoint)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:
+        pytest.skip(f"cannot reset peak RSS here: {e}")
     script = tmp_path / "mem.py"
     script.write_text(_STREAM_MEMORY)
     growth = {}
