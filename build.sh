@@ -65,6 +65,11 @@ run_go_tests() {
 	log "go vet + go test"
 	go vet ./...
 	go test -count=1 ./...
+	# The pure-Go fallback (what non-amd64 machines run) of the SSE2 kernels
+	# in core/transform and core/delta; it must keep building and passing.
+	log "go vet + go test, -tags purego"
+	go vet -tags purego ./...
+	go test -count=1 -tags purego ./core/...
 	log "fuzz targets, $FUZZTIME executions each"
 	local pkg target fuzzlog
 	fuzzlog="$(mktemp)"
@@ -129,6 +134,12 @@ series)
 wheel)
 	VENV="$(ensure_venv)"
 	"$VENV/bin/pip" wheel --no-deps -w dist . "$@"
+	;;
+fuzz-corpus)
+	# Fuzz every core/ target for a while and keep what the fuzzer found in
+	# each package's testdata/fuzz (commit it); see .ci/fuzz-corpus.sh.
+	need_go
+	.ci/fuzz-corpus.sh "$@"
 	;;
 *)
 	sed -n '2,13p' "$0" >&2
