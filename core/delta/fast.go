@@ -48,13 +48,27 @@ func spread16(x uint64) uint64 {
 	return (x | x<<8) & 0x00FF00FF_00FF00FF
 }
 
+// Each of split2, merge2, split4 and merge4 is a wrapper (inlined) of a
+// *With function that takes whether to run the SSE2 kernels first. With
+// vector false only the SWAR and scalar loops run, as on other
+// architectures, so the tests can compare both paths on the same input on
+// amd64; the choice costs one branch per call, not per element.
+
 // split2 writes the planes of the residuals of 2-byte elements and returns
 // how many residuals are not zero and the OR of all of them.
 func split2(diff bool, x, ref, p0, p1 []byte) (int, uint64) {
+	return split2With(true, diff, x, ref, p0, p1)
+}
+
+func split2With(vector, diff bool, x, ref, p0, p1 []byte) (int, uint64) {
 	n := len(p0)
 	p1 = p1[:n]
 	x, ref = x[:2*n], ref[:2*n]
-	j, zeros, or := vectorSplit2(diff, x, ref, p0, p1)
+	var j, zeros int
+	var or uint64
+	if vector {
+		j, zeros, or = vectorSplit2(diff, x, ref, p0, p1)
+	}
 	nz := j - zeros
 	for ; j+4 <= n; j += 4 {
 		a := binary.LittleEndian.Uint64(x[2*j:])
@@ -83,10 +97,17 @@ func split2(diff bool, x, ref, p0, p1 []byte) (int, uint64) {
 
 // merge2 inverts split2 into dst and counts the non-zero residuals.
 func merge2(diff bool, p0, p1, ref, dst []byte) int {
+	return merge2With(true, diff, p0, p1, ref, dst)
+}
+
+func merge2With(vector, diff bool, p0, p1, ref, dst []byte) int {
 	n := len(p0)
 	p1 = p1[:n]
 	ref, dst = ref[:2*n], dst[:2*n]
-	j, zeros := vectorMerge2(diff, p0, p1, ref, dst)
+	var j, zeros int
+	if vector {
+		j, zeros = vectorMerge2(diff, p0, p1, ref, dst)
+	}
 	nz := j - zeros
 	for ; j+4 <= n; j += 4 {
 		z := spread16(uint64(binary.LittleEndian.Uint32(p0[j:])))<<8 | spread16(uint64(binary.LittleEndian.Uint32(p1[j:])))
@@ -116,10 +137,18 @@ func merge2(diff bool, p0, p1, ref, dst []byte) int {
 // split4 writes the planes of the residuals of 4-byte elements, two per
 // 64-bit word, and returns the count of non-zero ones and their OR.
 func split4(diff bool, x, ref, p0, p1, p2, p3 []byte) (int, uint64) {
+	return split4With(true, diff, x, ref, p0, p1, p2, p3)
+}
+
+func split4With(vector, diff bool, x, ref, p0, p1, p2, p3 []byte) (int, uint64) {
 	n := len(p0)
 	p1, p2, p3 = p1[:n], p2[:n], p3[:n]
 	x, ref = x[:4*n], ref[:4*n]
-	j, zeros, or := vectorSplit4(diff, x, ref, p0, p1, p2, p3)
+	var j, zeros int
+	var or uint64
+	if vector {
+		j, zeros, or = vectorSplit4(diff, x, ref, p0, p1, p2, p3)
+	}
 	nz := j - zeros
 	for ; j+2 <= n; j += 2 {
 		a := binary.LittleEndian.Uint64(x[4*j:])
@@ -176,10 +205,17 @@ func zeroPlanes4(or uint64) uint8 {
 
 // merge4 inverts split4.
 func merge4(diff bool, p0, p1, p2, p3, ref, dst []byte) int {
+	return merge4With(true, diff, p0, p1, p2, p3, ref, dst)
+}
+
+func merge4With(vector, diff bool, p0, p1, p2, p3, ref, dst []byte) int {
 	n := len(p0)
 	p1, p2, p3 = p1[:n], p2[:n], p3[:n]
 	ref, dst = ref[:4*n], dst[:4*n]
-	j, zeros := vectorMerge4(diff, p0, p1, p2, p3, ref, dst)
+	var j, zeros int
+	if vector {
+		j, zeros = vectorMerge4(diff, p0, p1, p2, p3, ref, dst)
+	}
 	nz := j - zeros
 	for ; j+2 <= n; j += 2 {
 		z := uint64(p0[j])<<24 | uint64(p1[j])<<16 | uint64(p2[j])<<8 | uint64(p3[j]) |

@@ -6,17 +6,21 @@ import (
 )
 
 // split2 and merge2 first run the SSE2 kernels (planes_amd64.s) where
-// available; the rest, and every element elsewhere, moves four 16-bit
-// elements per 64-bit load with all lanes rotated at once (SWAR).
+// available and vector is set; the rest, and every element elsewhere,
+// moves four 16-bit elements per 64-bit load with all lanes rotated at once
+// (SWAR).
 
 const (
 	lanes16Hi = 0xFFFE_FFFE_FFFE_FFFE
 	lanes16Lo = 0x0001_0001_0001_0001
 )
 
-func split2(rot bool, src, p0, p1 []byte) {
+func split2(vector, rot bool, src, p0, p1 []byte) {
 	n := len(p0)
-	i := vectorSplit2(rot, src, p0, p1)
+	i := 0
+	if vector {
+		i = vectorSplit2(rot, src, p0, p1)
+	}
 	for ; i+4 <= n; i += 4 {
 		v := binary.LittleEndian.Uint64(src[2*i:])
 		if rot {
@@ -42,11 +46,14 @@ func spread16(x uint64) uint64 {
 }
 
 // merge2 is split2's inverse, four elements per 64-bit store.
-func merge2(rot bool, p0, p1, dst []byte) {
+func merge2(vector, rot bool, p0, p1, dst []byte) {
 	n := len(p0)
 	p1 = p1[:n]
 	dst = dst[:2*n]
-	i := vectorMerge2(rot, p0, p1, dst)
+	i := 0
+	if vector {
+		i = vectorMerge2(rot, p0, p1, dst)
+	}
 	for ; i+4 <= n; i += 4 {
 		v := spread16(uint64(binary.LittleEndian.Uint32(p0[i:])))<<8 | spread16(uint64(binary.LittleEndian.Uint32(p1[i:])))
 		if rot {

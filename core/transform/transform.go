@@ -47,17 +47,27 @@ func For(d dtype.DType) (Kind, int) {
 
 // Split writes the planes of src (whole elements of width w) into planes,
 // each of which must have len(src)/w bytes.
-func Split(k Kind, w int, src []byte, planes [][]byte) {
+func Split(k Kind, w int, src []byte, planes [][]byte) { split(true, k, w, src, planes) }
+
+// split is Split with the vector kernels on or off. Off, only the scalar
+// loops run (what every element gets without the kernels), so the tests
+// can compare both paths on the same input on amd64; the choice costs one
+// branch per call, not per element.
+func split(vector bool, k Kind, w int, src []byte, planes [][]byte) {
 	n := len(src) / w
 	rot := k == RotatedPlanes
 	switch w {
 	case 1:
 		copy(planes[0][:n], src)
 	case 2:
-		split2(rot, src[:2*n], planes[0][:n], planes[1][:n])
+		split2(vector, rot, src[:2*n], planes[0][:n], planes[1][:n])
 	case 4:
 		p0, p1, p2, p3 := planes[0][:n], planes[1][:n], planes[2][:n], planes[3][:n]
-		for i := vectorSplit4(rot, src[:4*n], p0, p1, p2, p3); i < n; i++ {
+		i := 0
+		if vector {
+			i = vectorSplit4(rot, src[:4*n], p0, p1, p2, p3)
+		}
+		for ; i < n; i++ {
 			v := binary.LittleEndian.Uint32(src[4*i:])
 			if rot {
 				v = bits.RotateLeft32(v, 1)
@@ -83,18 +93,25 @@ func Split(k Kind, w int, src []byte, planes [][]byte) {
 }
 
 // Merge is the inverse of Split: it rebuilds len(dst)/w elements in dst.
-func Merge(k Kind, w int, planes [][]byte, dst []byte) {
+func Merge(k Kind, w int, planes [][]byte, dst []byte) { merge(true, k, w, planes, dst) }
+
+// merge is Merge with the vector kernels on or off (see split).
+func merge(vector bool, k Kind, w int, planes [][]byte, dst []byte) {
 	n := len(dst) / w
 	rot := k == RotatedPlanes
 	switch w {
 	case 1:
 		copy(dst, planes[0][:n])
 	case 2:
-		merge2(rot, planes[0][:n], planes[1][:n], dst[:2*n])
+		merge2(vector, rot, planes[0][:n], planes[1][:n], dst[:2*n])
 	case 4:
 		p0, p1, p2, p3 := planes[0][:n], planes[1][:n], planes[2][:n], planes[3][:n]
 		dst = dst[:4*len(p0)]
-		for i := vectorMerge4(rot, p0, p1, p2, p3, dst); i < n; i++ {
+		i := 0
+		if vector {
+			i = vectorMerge4(rot, p0, p1, p2, p3, dst)
+		}
+		for ; i < n; i++ {
 			v := uint32(p0[i])<<24 | uint32(p1[i])<<16 | uint32(p2[i])<<8 | uint32(p3[i])
 			if rot {
 				v = bits.RotateLeft32(v, -1)
