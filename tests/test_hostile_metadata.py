@@ -24,31 +24,10 @@ import pytest
 import torch
 
 import tpde
+from crc32c import crc32c
 from tpde import checkpoint as tpde_checkpoint
 
 # --- CRC32C and bundle surgery (docs/FORMAT.md §1, §17) --------------------------
-
-
-def _crc32c_table() -> List[int]:
-    table = []
-    for byte in range(256):
-        c = byte
-        for _ in range(8):
-            c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-        table.append(c)
-    return table
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def crc32c(data: bytes, crc: int = 0) -> int:
-    """CRC32C (Castagnoli, reflected), continuing from crc."""
-    crc ^= 0xFFFFFFFF
-    table = _CRC32C_TABLE
-    for b in data:
-        crc = table[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
 
 
 PREAMBLE = b"\x89TPB\x01\x00\x00\x00"
@@ -369,6 +348,31 @@ def test_hostile_metadata_raises_one_typed_error(bundles: Dict[str, bytes], case
         READERS[reader](blob, tmp_path)
     assert type(caught.value) is c.error, f"{type(caught.value).__name__}: {caught.value}"
     assert c.says in str(caught.value)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_tpde_info_reports_hostile_metadata_in_one_line(bundles: Dict[str, bytes], case: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`tpde info` printed a 20-40 line traceback for these; one line now."""
+    from tpde import cli
+
+    path = _to_file(_hostile(bundles, CASES[case]), tmp_path)
+    for args in (["info", str(path)], ["info", str(path), "--json"]):
+        assert cli.main(args) == 1
+        out, err = capsys.readouterr()
+        lines = err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tpde: error: "), err
+        assert "Traceback" not in err and "internal error" not in err, err
+        assert CASES[case].says in lines[0]
+
+
+def test_tpde_info_on_deeply_nested_metadata_in_a_real_process(bundles: Dict[str, bytes], tmp_path: Path,
+                                                               run_py: Any) -> None:
+    deep = b'{"a":' * 5000 + b"1" + b"}" * 5000
+    path = _to_file(with_meta(bundles["flat"], deep), tmp_path)
+    p = run_py("-m", "tpde", "info", str(path))
+    assert p.returncode == 1, p.stderr
+    assert len(p.stderr.splitlines()) == 1 and "Traceback" not in p.stderr, p.stderr
 
 
 def test_the_cases_start_from_valid_bundles(bundles: Dict[str, bytes], tmp_path: Path) -> None:
