@@ -23,6 +23,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -140,9 +141,23 @@ def versions() -> Dict[str, str]:
         from tpde import _native
 
         v["libtpde"] = _native.library_version()
+        # which build ran (the version string does not change between builds)
+        v["libtpde_sha256"] = sha256_file(_native.library_path())
     except Exception as e:  # report, do not fail: the versions line is informational
         v["libtpde"] = f"unavailable ({e})"
     return v
+
+
+def _virtual() -> Optional[bool]:
+    """True when /proc/cpuinfo flags a hypervisor (a VM), False when it does not, None when unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "hypervisor" in line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return None
 
 
 def machine() -> Dict[str, Any]:
@@ -151,7 +166,58 @@ def machine() -> Dict[str, Any]:
         "cores": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(),
+        "virtual": _virtual(),
     }
+
+
+def load_average() -> Optional[List[float]]:
+    """1, 5 and 15-minute load averages (how busy the machine was), or None."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def git_state() -> Dict[str, Any]:
+    """The commit the benchmark ran on and whether tracked files differed from it (read-only git calls)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> Optional[str]:
+        try:
+            # GIT_OPTIONAL_LOCKS=0: git status must not refresh (write) the index
+            p = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30,
+                               env=dict(os.environ, GIT_OPTIONAL_LOCKS="0"))
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return p.stdout.strip() if p.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def run_info() -> Dict[str, Any]:
+    """When and where a run happened: the start of a benchmark's JSON record."""
+    return {
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git": git_state(),
+        "load_average_start": load_average(),
+    }
+
+
+def write_json(path: str, obj: Any, **kw: Any) -> None:
+    """obj as indented JSON at path, written beside it and renamed over it (a
+    run that dies mid-write leaves the previous results, e.g. the committed ones)."""
+    import json
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, **kw)
+        f.write("\n")
+    os.replace(tmp, p)
 
 
 def command_line() -> str:

@@ -63,8 +63,17 @@ class Report:
         self.md.append("")
         self.md.append(s)
 
-    def target(self, name: str, ok: bool, detail: str) -> None:
-        self.targets.append({"target": name, "pass": ok, "detail": detail})
+    def target(self, name: str, ok: bool, detail: str, key: Optional[str] = None,
+               values: Optional[Dict[str, Any]] = None) -> None:
+        """A PASS/FAIL line. key: a stable id for bench/render.py; values: the
+        figures the line quotes (and those the README states about it), so
+        the README can be rendered from the JSON without parsing detail."""
+        t: Dict[str, Any] = {"target": name, "pass": ok, "detail": detail}
+        if key is not None:
+            t["key"] = key
+        if values is not None:
+            t["values"] = values
+        self.targets.append(t)
         self.out(f"{'PASS' if ok else 'FAIL'}  {name}: {detail}")
         self.md.append(f"- **{'PASS' if ok else 'FAIL'}** {name}: {detail}")
 
@@ -152,24 +161,49 @@ def bench_dtype(rep: Report, dt: str, path: Path, workdir: Path, reps: int, quic
 
     bz_ratio = max(zips, key=lambda r: r.ratio)
     rep.target(f"{dt} ratio tpde >= ZipNN", tp1.ratio >= bz_ratio.ratio,
-               f"tpde per-tensor {tp1.ratio:.4f} vs best ZipNN ({bz_ratio.codec.name}) {bz_ratio.ratio:.4f}")
+               f"tpde per-tensor {tp1.ratio:.4f} vs best ZipNN ({bz_ratio.codec.name}) {bz_ratio.ratio:.4f}",
+               key=f"{dt}.ratio_vs_zipnn",
+               values={"tpde_ratio": tp1.ratio, "zipnn_ratio": bz_ratio.ratio, "zipnn_tool": bz_ratio.codec.name,
+                       "tpde_bytes": tp1.size, "zipnn_bytes": bz_ratio.size})
     rep.target(f"{dt} tpde within 2% of the order-0 bound", tp1.size <= bound * 1.02,
-               f"{gap:+.2f}% ({tp1.size:,} vs {bound:,.0f} bytes)")
+               f"{gap:+.2f}% ({tp1.size:,} vs {bound:,.0f} bytes)",
+               key=f"{dt}.bound", values={"gap_pct": gap, "tpde_bytes": tp1.size, "bound_bytes": bound,
+                                          "limit_pct": 2.0})
     for which, label in (("c", "compress"), ("d", "decompress")):
         bz = max(zips, key=lambda r: r.mbps(which))
         rep.target(f"{dt} 1-thread {label} MB/s tpde >= ZipNN", tp1.mbps(which) >= bz.mbps(which),
                    f"tpde per-tensor {tp1.mbps(which):.0f} vs fastest ZipNN ({bz.codec.name}) "
-                   f"{bz.mbps(which):.0f} MB/s")
+                   f"{bz.mbps(which):.0f} MB/s",
+                   key=f"{dt}.speed_vs_zipnn.{label}",
+                   values={"tpde_MBps": tp1.mbps(which), "zipnn_MBps": bz.mbps(which), "zipnn_tool": bz.codec.name,
+                           "tpde_over_zipnn": tp1.mbps(which) / bz.mbps(which)})
     for label, a, b in (("per-tensor", tp1, tp2), ("file", tf1, tf2)):
         for which, wl in (("c", "compress"), ("d", "decompress")):
             s = a.best(which) / b.best(which)
             rep.target(f"{dt} tpde {label} {wl} 2 threads >= 1.8x 1 thread", s >= 1.8,
-                       f"{s:.2f}x ({a.mbps(which):.0f} -> {b.mbps(which):.0f} MB/s)")
+                       f"{s:.2f}x ({a.mbps(which):.0f} -> {b.mbps(which):.0f} MB/s)",
+                       key=f"{dt}.threads.{label}.{wl}",
+                       values={"speedup": s, "MBps_1": a.mbps(which), "MBps_2": b.mbps(which), "limit": 1.8})
+
+    # One row per tool, 1 thread and 2 threads: what README.md's table quotes (bench/render.py).
+    summary: Dict[str, Any] = {}
+    for name, per in tools.items():
+        r1, r2 = per[1], per.get(2)
+        row: Dict[str, Any] = {"group": r1.codec.group, "input_bytes": r1.codec.input_bytes,
+                               "compressed_bytes": r1.size, "ratio": r1.ratio,
+                               "compress_MBps_1": r1.mbps("c"), "decompress_MBps_1": r1.mbps("d")}
+        if r2 is not None:
+            row.update(compress_MBps_2=r2.mbps("c"), compress_speedup_2=r1.best("c") / r2.best("c"),
+                       compressed_bytes_2=r2.size)
+            if r1.codec.decompress_threads:
+                row.update(decompress_MBps_2=r2.mbps("d"), decompress_speedup_2=r1.best("d") / r2.best("d"))
+        summary[name] = row
 
     return {
-        "file": str(path), "file_bytes": len(data), "tensor_bytes": tensor_bytes, "tensors": len(tensors),
-        "entropy_bound_bytes": bound, "tpde_vs_bound_pct": gap,
-        "results": [r.as_dict() for r in results], "repetitions": reps_note,
+        "file": path.name, "file_sha256": sha, "file_bytes": len(data), "tensor_bytes": tensor_bytes,
+        "tensors": len(tensors),
+        "entropy_bound_bytes": bound, "entropy_bound_ratio": tensor_bytes / bound, "tpde_vs_bound_pct": gap,
+        "tools": summary, "results": [r.as_dict() for r in results], "repetitions": reps_note,
     }
 
 
@@ -267,10 +301,15 @@ def bench_overhead(rep: Report, reps: int) -> Dict[str, Any]:
                  "(no Python wrapper); helper call: tpde_encode_bound / tpde_inspect, which the Python API "
                  "also calls once per tensor. The rest of the Python API column is wrapper code.")
         data["library_only"] = raw
-    for what in ("compress", "decompress"):
+    for what, lib_key in (("compress", "encode_us"), ("decompress", "decode_us")):
         d = data[f"{what}_threads1"]
         rep.target(f"call overhead, {what} (1 thread): {OVERHEAD_N:,} x 1 KiB <= 2x one {OVERHEAD_N:,} KiB tensor",
-                   d["ratio"] <= 2.0, f"{d['ratio']:.2f}x, {d['overhead_us_per_call']:.1f} us per call")
+                   d["ratio"] <= 2.0, f"{d['ratio']:.2f}x, {d['overhead_us_per_call']:.1f} us per call",
+                   key=f"overhead.{what}",
+                   values={"ratio": d["ratio"], "limit": 2.0, "overhead_us_per_call": d["overhead_us_per_call"],
+                           "python_us_per_call": d["many_s"] / OVERHEAD_N * 1e6,
+                           "library_us_per_call": raw[lib_key] if raw else None,
+                           "calls": OVERHEAD_N, "small_bytes": OVERHEAD_ELEMS * 4})
     return data
 
 
@@ -333,7 +372,10 @@ def bench_memory(rep: Report, fp32: Path, workdir: Path) -> Dict[str, Any]:
     rep.table(["", "MiB"], rows, "lr")
     rep.target("memory: decompress_file peak RSS <= N + 64 MiB", peak <= limit,
                f"peak {peak / MiB:.1f} MiB (baseline {base / MiB:.1f}, +{(peak - base) / MiB:.1f}) "
-               f"vs {limit / MiB:.1f} MiB")
+               f"vs {limit / MiB:.1f} MiB",
+               key="memory",
+               values={"peak_MiB": peak / MiB, "baseline_MiB": base / MiB, "limit_MiB": limit / MiB,
+                       "compressed_MiB": n / MiB, "original_MiB": fp32.stat().st_size / MiB})
     return {"compressed_bytes": n, "limit_bytes": limit, "status": st,
             "peak_bytes": peak, "baseline_bytes": base, "after_load_bytes": loaded}
 
@@ -362,6 +404,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     torch.set_num_threads(1)  # the dtype conversions are the only torch work; keep it off the tools' cores
     rep = Report()
+    info = common.run_info()
     mach, vers = common.machine(), common.versions()
     with tempfile.TemporaryDirectory(prefix="tpde-bench-", dir=args.tmpdir) as tmp:
         work = Path(tmp)
@@ -369,7 +412,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         rep.out(f"command:  {common.command_line()}")
         rep.out(f"machine:  {mach['cpu']}, {mach['cores']} cores ({mach['affinity']} usable), {mach['platform']}")
         rep.out("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
-        rep.out(f"temp dir: {work} ({common.fs_type(work)})")
+        fs = common.fs_type(work)
+        rep.out(f"temp dir: {work} ({fs})")
         rep.out(f"timing:   best of {reps} repetitions, tools interleaved round-robin; "
                 f"tpde default threads = {tpde.get_num_threads()}")
         rep.md += ["# tpde benchmark", "", f"- command: `{common.command_line()}`",
@@ -392,12 +436,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     rep.md.append(f"\n{npass}/{len(rep.targets)} targets met.")
 
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"command": common.command_line(), "machine": mach, "versions": vers, "quick": args.quick,
-                       "repetitions": reps, "timing": "best (minimum) of the repetitions; all times in seconds",
-                       "dtypes": per_dtype, "overhead": overhead, "memory": memory, "targets": rep.targets},
-                      f, indent=1)
+        counted = {"met": npass, "total": len(rep.targets)}
+        common.write_json(args.json, {"benchmark": "bench/run.py", "command": common.command_line(), **info,
+                          "load_average_end": common.load_average(), "total_seconds": time.perf_counter() - rep.t0,
+                          "machine": mach, "versions": vers, "quick": args.quick, "dtypes_run": dts,
+                          "temp_dir_fs": fs, "default_threads": tpde.get_num_threads(),
+                          "repetitions": reps, "timing": "best (minimum) of the repetitions; all times in seconds",
+                          "dtypes": per_dtype, "overhead": overhead, "memory": memory, "targets": rep.targets,
+                          "targets_met": counted})
         rep.out(f"wrote {args.json}")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

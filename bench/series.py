@@ -2,7 +2,7 @@
 
     PYTHONPATH=python HF_HUB_OFFLINE=1 python bench/series.py            # full run (reference series)
     PYTHONPATH=python HF_HUB_OFFLINE=1 python bench/series.py --quick    # smaller series, fewer settings
-    ... bench/series.py --json bench/out/series.json --markdown bench/out/series.md
+    ... bench/series.py --json bench/results/series.json --markdown bench/out/series.md
 
 The series comes from bench/series_data.py: all-MiniLM-L6-v2 fine-tuned with
 AdamW on the CPU, a checkpoint every --steps-between steps (cached under
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import statistics
 import sys
@@ -448,8 +447,13 @@ def identical_frames(rep: Report, series: series_data.Series) -> Dict[str, Any]:
                          "identical_flag": info["identical"]})
     rep.table(["tensor", "dtype", "shape", "raw bytes", "frame bytes", "identical flag"], rows, "lllrrl")
     worst = max(d["bytes"] for d in data)
+    shapes = sorted({tuple(d["shape"]) for d in data}, key=lambda sh: math.prod(sh))
     rep.target(f"identical tensor delta frame <= {T_IDENT} bytes (2-D)", worst <= T_IDENT,
-               f"largest {worst} bytes over {len(data)} 2-D tensors (fp32/bf16, 384x384 to 30522x384)")
+               f"largest {worst} bytes over {len(data)} 2-D tensors (fp32/bf16, "
+               f"{'x'.join(map(str, shapes[0]))} to {'x'.join(map(str, shapes[-1]))})",
+               key="identical",
+               values={"max_bytes": worst, "limit": T_IDENT, "tensors": len(data),
+                       "smallest_shape": list(shapes[0]), "largest_shape": list(shapes[-1])})
     return {"frames": data, "max_bytes": worst}
 
 
@@ -509,7 +513,11 @@ def throughput(rep: Report, series: series_data.Series, reps: int) -> Dict[str, 
             m = out[s]["MBps_best"]
             rep.target(f"{s} delta {label} throughput >= {T_SPEED}x keyframe's", r >= T_SPEED,
                        f"{r:.2f}x ({m[f'delta {which}']:.0f} vs {m[f'key {which}']:.0f} MB/s, 1 thread; effort "
-                       f"{EFFORT_MAX}, not judged: {out[s][f'{which}_ratio_max']:.2f}x)")
+                       f"{EFFORT_MAX}, not judged: {out[s][f'{which}_ratio_max']:.2f}x)",
+                       key=f"throughput.{s}.{label}",
+                       values={"ratio": r, "limit": T_SPEED, "delta_MBps": m[f"delta {which}"],
+                               "key_MBps": m[f"key {which}"], "delta_max_MBps": m[f"delta {which} max"],
+                               "ratio_max": out[s][f"{which}_ratio_max"]})
     return out
 
 
@@ -950,8 +958,22 @@ def lossy_section(rep: Report, series: series_data.Series, settings: List[LossyS
                   + (cdesc(max(within, key=lambda c: c["ratio"])) if within else "none")
                   + "; best ratio overall: "
                   + (cdesc(bc) if bc else f"{best['setting']}: {best['ratio']:.1f}x (not continued)"))
+    within_all = [c for c in conts if c["rel_train"] <= T_LOSS_REL and c["rel_eval"] <= T_LOSS_REL]
+
+    def brief(c: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+        return None if c is None else {k: c[k] for k in ("setting", "ratio", "train_loss", "eval_loss", "rel_train",
+                                                        "rel_eval")}
+
     rep.target(f"lossy weights+optimizer >= {T_LOSSY:g}x with continuation loss within {T_LOSS_REL:.0%}", bool(ok),
-               detail)
+               detail, key="lossy",
+               values={"limit_ratio": T_LOSSY, "limit_rel_loss": T_LOSS_REL, "continued": len(conts),
+                       "passing": len(ok), "within_loss": len(within_all),
+                       "best_passing": brief(max(ok, key=lambda c: c["ratio"]) if ok else None),
+                       "best_within_loss": brief(max(within_all, key=lambda c: c["ratio"]) if within_all else None),
+                       "best_ratio_setting": best["setting"], "best_ratio": best["ratio"],
+                       "best_ratio_continued": brief(next((c for c in conts if c["setting"] == best["setting"]),
+                                                          None)),
+                       "lossless_train_loss": a["train_loss"], "lossless_eval_loss": a["eval_loss"]})
     if not determ:
         rep.note("WARNING: the lossless continuation is not deterministic; the lossy comparison is not meaningful.")
     return {"settings": results, "threshold_check": {"pairs": checked, "elements": elems, "tpde_s": t_lib,
@@ -993,6 +1015,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     torch.set_num_threads(1)
     rep = Report()
+    run_info = common.run_info()
     mach, vers = common.machine(), common.versions()
     vers["transformers"] = _version("transformers")
     rep.out("tpde checkpoint-series benchmark" + (" (--quick)" if args.quick else ""))
@@ -1055,7 +1078,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                f"min {b['dprev_min']:.2f}x, median {b['dprev_median']:.2f}x over {len(b['dprev_ratio'])} deltas "
                f"(ZipNN xor median {statistics.median(b['zipnn_delta_ratio']):.2f}x; unchanged "
                f"{min(b['unchanged_pct']):.1f}-{max(b['unchanged_pct']):.1f}%; effort {EFFORT_MAX}: min "
-               f"{b['dmax_min']:.2f}x, median {b['dmax_median']:.2f}x)")
+               f"{b['dmax_min']:.2f}x, median {b['dmax_median']:.2f}x)",
+               key="bf16",
+               values={"limit": T_BF16, "min": b["dprev_min"], "median": b["dprev_median"],
+                       "deltas": len(b["dprev_ratio"]),
+                       "zipnn_delta_median": statistics.median(b["zipnn_delta_ratio"]),
+                       "unchanged_pct_min": min(b["unchanged_pct"]), "unchanged_pct_max": max(b["unchanged_pct"]),
+                       "max_min": b["dmax_min"], "max_median": b["dmax_median"]})
     f = streams_out["full"]
     rest = f["dprev_ratio"][1:]
     rep.target(f"full training state lossless >= {T_FULL:g}x per delta checkpoint (tpde vs previous, default "
@@ -1065,12 +1094,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                + (f" (min without delta 1, whose optimizer reference is all zeros: {min(rest):.2f}x)" if rest else "")
                + f"; best tpde option median: pred {statistics.median(f['dpred_ratio']):.2f}x, "
                f"base {statistics.median(f['dbase_ratio']):.2f}x; effort {EFFORT_MAX} (not judged here): min "
-               f"{f['dmax_min']:.2f}x, median {f['dmax_median']:.2f}x. PASS/FAIL judged on the default effort")
+               f"{f['dmax_min']:.2f}x, median {f['dmax_median']:.2f}x. PASS/FAIL judged on the default effort",
+               key="full",
+               values={"limit": T_FULL, "min": f["dprev_min"], "median": f["dprev_median"],
+                       "deltas": len(f["dprev_ratio"]), "min_without_delta1": min(rest) if rest else None,
+                       "pred_median": statistics.median(f["dpred_ratio"]),
+                       "base_median": statistics.median(f["dbase_ratio"]),
+                       "max_min": f["dmax_min"], "max_median": f["dmax_median"]})
     rep.target(f"full training state lossless >= {T_FULL:g}x per delta checkpoint at effort {EFFORT_MAX} "
                f"(informational, not counted)",
                f["dmax_min"] >= T_FULL,
                f"min {f['dmax_min']:.2f}x, median {f['dmax_median']:.2f}x over {len(f['dmax_ratio'])} deltas"
-               + (f" (min without delta 1: {min(f['dmax_ratio'][1:]):.2f}x)" if rest else ""))
+               + (f" (min without delta 1: {min(f['dmax_ratio'][1:]):.2f}x)" if rest else ""),
+               key="full_max",
+               values={"limit": T_FULL, "min": f["dmax_min"], "median": f["dmax_median"],
+                       "deltas": len(f["dmax_ratio"]),
+                       "min_without_delta1": min(f["dmax_ratio"][1:]) if rest else None})
     rep.targets[-1]["informational"] = True
 
     rep.section("unchanged elements vs the previous checkpoint, per stream")
@@ -1110,15 +1149,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     rep.md.append(f"\n{npass}/{len(counted)} targets met{info}.")
 
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump({"command": common.command_line(), "machine": mach, "versions": vers, "quick": args.quick,
-                       "series": {"dir": str(series.root), "params": dataclasses.asdict(params), "info": series.info,
-                                  "generated_now": made,
-                                  "eval_loss": [series.meta(k)["eval_loss"] for k in range(len(series))]},
-                       "streams": streams_out, "identical": ident, "throughput": thr, "lossy": lossy,
-                       "targets": rep.targets, "total_seconds": time.perf_counter() - rep.t0},
-                      fh, indent=1, default=_json_default)
+        common.write_json(args.json, {"benchmark": "bench/series.py", "command": common.command_line(), **run_info,
+                          "load_average_end": common.load_average(), "machine": mach, "versions": vers,
+                          "quick": args.quick, "no_lossy": args.no_lossy, "repetitions": reps,
+                          "default_threads": tpde.get_num_threads(),
+                          "series": {"dir": _rel(series.root), "params": dataclasses.asdict(params),
+                                     "info": series.info, "generated_now": made,
+                                     "eval_loss": [series.meta(k)["eval_loss"] for k in range(len(series))]},
+                          "streams": streams_out, "bundle_ok": bundle_ok, "identical": ident, "throughput": thr,
+                          "lossy": lossy, "targets": rep.targets,
+                          "targets_met": {"met": npass, "total": len(counted), "informational": ninfo},
+                          "total_seconds": time.perf_counter() - rep.t0}, default=_json_default)
         rep.out(f"wrote {args.json}")
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
@@ -1136,6 +1177,14 @@ def _merge_kinds(rows: List[Dict[str, Any]]) -> Dict[str, int]:
             for k, v in (p.get("residual_kinds") or {}).items():
                 out[k] = out.get(k, 0) + v
     return out
+
+
+def _rel(p: Path) -> str:
+    """p relative to the repository when inside it (the committed JSON names no home directory)."""
+    try:
+        return str(Path(p).resolve().relative_to(Path(__file__).resolve().parents[1]))
+    except ValueError:
+        return str(p)
 
 
 def _json_default(o: Any) -> Any:
