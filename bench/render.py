@@ -1,0 +1,561 @@
+"""Render the measured blocks of README.md (and docs/*.md) from committed bench results.
+
+    python bench/render.py            # rewrite the marked blocks in place
+    python bench/render.py --check    # exit 1, with a diff, when a file differs from its rendering
+
+The blocks are the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`
+lines; NAME is one of the names below, each rendered from one JSON file in
+bench/results/ (written by `./build.sh bench` and `./build.sh series`):
+
+    bench    bench/results/run.json      bench/run.py --json
+    series   bench/results/series.json   bench/series.py --json
+
+Every measured figure in a block comes from that JSON, and so do the
+targets' thresholds; the templates below hold words, names that contain
+digits (zstd-3, fp32, order-0, int8, 2-D, 1 thread) and one rule of this
+renderer (TIE: a speed ratio this close to its line is called out). A block
+whose file is missing, or whose JSON is from a --quick or partial run, is an
+error: those are not the figures to quote. Standard library only, so tests/test_figures.py
+runs without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DTYPE_ORDER = ("fp32", "bf16", "fp16")
+STREAMS = ("bf16", "fp32", "full")
+STREAM_LABELS = {"bf16": "bf16 weights", "fp32": "fp32 weights", "full": "full training state"}
+# How the README names the files (relative to the repository, so the text is the same on every machine).
+RUN_JSON = "bench/results/run.json"
+SERIES_JSON = "bench/results/series.json"
+# A speed ratio within this fraction of its target line is flagged "within N% of the line": on a shared
+# machine runs spread by 10-30% (bench/README.md, "Reading the numbers"), so such a PASS or FAIL is a tie.
+TIE = 0.05
+
+
+class RenderError(RuntimeError):
+    """The results cannot be rendered (missing, partial, or inconsistent)."""
+
+
+# --- formatting helpers ---------------------------------------------------------------
+
+def _num_words(n: int) -> str:
+    return {2: "both", 3: "all three"}.get(n, f"all {n}")
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _range(vals: Iterable[float], fmt: str, unit: str = "") -> str:
+    vs = sorted(vals)
+    lo, hi = format(vs[0], fmt), format(vs[-1], fmt)
+    return f"{lo}{unit}" if lo == hi else f"{lo}-{hi}{unit}"
+
+
+def _g(x: float) -> str:
+    """2e-05 -> 2e-5"""
+    return re.sub(r"e([+-])0*(\d)", r"e\1\2", f"{x:g}").replace("e+", "e")
+
+
+def _short(commit: Optional[str]) -> str:
+    return commit[:7] if commit else "unknown"
+
+
+def _provenance(d: Dict[str, Any], path: str) -> str:
+    """'recorded in PATH: DATE, commit C (uncommitted changes in the tree)'."""
+    g = d.get("git") or {}
+    dirty = " with uncommitted changes in the tree" if g.get("dirty") else ""
+    return f"recorded in `{path}`: {d['date']}, at commit `{_short(g.get('commit'))}`{dirty}"
+
+
+def _machine(d: Dict[str, Any]) -> str:
+    m = d["machine"]
+    kind = " VM" if m.get("virtual") else ""
+    usable = m.get("affinity")
+    cores = f"{m['cores']}-core" + (f" ({usable} usable)" if usable and usable != m["cores"] else "")
+    return f"a {cores} {m['cpu']}{kind} ({m['platform'].split('-with-')[0]})"
+
+
+def _load(d: Dict[str, Any]) -> str:
+    """A sentence on how busy the machine was (absolute speeds depend on it)."""
+    a, b = d.get("load_average_start"), d.get("load_average_end")
+    if not a or not b:
+        return ""
+    return (f" The machine's 1-minute load average was {a[0]:.2f} at the start of the run and {b[0]:.2f} at "
+            f"the end.")
+
+
+def _versions(d: Dict[str, Any], keys: Sequence[Tuple[str, str]]) -> str:
+    v = d["versions"]
+    return ", ".join(f"{label} {v[k]}" for k, label in keys if k in v)
+
+
+def _targets(d: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
+    out = {}
+    for t in d["targets"]:
+        if "key" not in t:
+            raise RenderError(f"target {t['target']!r} has no key: results from an older bench script, rerun it")
+        out[t["key"]] = t
+    return out
+
+
+def _yes_no(results: Sequence[Tuple[str, bool, str]]) -> str:
+    """[(dtype, passed, figure)] -> 'yes on fp32 (1.31x) and fp16 (1.02x), no on bf16 (0.94x)'.
+    figure may be '' (no parenthesis)."""
+    yes = [(n, f) for n, ok, f in results if ok]
+    no = [(n, f) for n, ok, f in results if not ok]
+
+    def part(word: str, items: List[Tuple[str, str]]) -> str:
+        if len(items) == len(results) and len(items) > 1:
+            figs = [f for _, f in items if f]
+            return f"{word} on {_num_words(len(items))}" + (f" ({', '.join(figs)})" if figs else "")
+        return f"{word} on " + _join([f"{n} ({f})" if f else n for n, f in items])
+
+    return ", ".join(part(w, it) for w, it in (("yes", yes), ("no", no)) if it)
+
+
+def _met(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+# --- bench block (bench/run.py) ---------------------------------------------------------
+
+def render_bench(run: Dict[str, Any]) -> str:
+    if run.get("quick"):
+        raise RenderError(f"{RUN_JSON} is from a --quick run: rerun ./build.sh bench (no options)")
+    dts = [d for d in DTYPE_ORDER if d in run["dtypes"]]
+    if dts != list(DTYPE_ORDER):
+        raise RenderError(f"{RUN_JSON} covers {dts}, not all of {list(DTYPE_ORDER)}: rerun ./build.sh bench")
+    T = _targets(run)
+    reps = run["repetitions"]
+    out = Block()
+    out.para(f"All figures below come from one run of `./build.sh bench` (bench/run.py), "
+             f"{_provenance(run, RUN_JSON)}; on {_machine(run)}; "
+             + _versions(run, (("tpde", "tpde"), ("libtpde", "libtpde"), ("zipnn", "ZipNN"),
+                               ("zstandard", "zstandard"), ("torch", "torch"), ("python", "Python")))
+             + ". The real all-MiniLM-L6-v2 weights (fp32 original, bf16 and fp16 copies), every tool "
+             f"round-trip-checked, timings the best of {reps} with tools interleaved. Two kinds of figure: "
+             "**ratios** (compressed sizes, and one tool's speed over another's in the same run) are what to "
+             "compare; sizes are deterministic, and tools timed interleaved in one run share the machine's "
+             "state, so their speed ratios are fair to within its noise. **MB/s** are absolute speeds, "
+             "single-thread, per tensor, in memory: they move with the machine and its load, so compare the "
+             f"tools within a row, not across runs.{_load(run)} Full "
+             "tables: `./build.sh bench --markdown out.md`.")
+    add = out.line
+    add("| dtype | tpde ratio | ZipNN ratio | zstd-3 ratio | order-0 bound | tpde vs bound "
+        "| tpde comp / decomp MB/s | ZipNN comp / decomp MB/s | tpde / ZipNN speed, comp / decomp |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for dt in dts:
+        d = run["dtypes"][dt]
+        tools = d["tools"]
+        rt, bt = T[f"{dt}.ratio_vs_zipnn"]["values"], T[f"{dt}.bound"]["values"]
+        sc, sd = T[f"{dt}.speed_vs_zipnn.compress"]["values"], T[f"{dt}.speed_vs_zipnn.decompress"]["values"]
+        add(f"| {dt} | {rt['tpde_ratio']:.4f} | {rt['zipnn_ratio']:.4f} | {tools['zstd-3']['ratio']:.4f} "
+            f"| {d['entropy_bound_ratio']:.4f} | {bt['gap_pct']:+.2f}% "
+            f"| {sc['tpde_MBps']:.0f} / {sd['tpde_MBps']:.0f} | {sc['zipnn_MBps']:.0f} / {sd['zipnn_MBps']:.0f} "
+            f"| {sc['tpde_over_zipnn']:.2f}x / {sd['tpde_over_zipnn']:.2f}x |")
+    files = " / ".join(f"{run['dtypes'][dt]['tools']['tpde file']['ratio']:.4f}" for dt in dts)
+    out.para("Ratios are input bytes over compressed bytes. tpde, ZipNN and the bound code each tensor on its "
+             "own (tpde per tensor; ZipNN in the better of its two modes for each column, per tensor or on the "
+             "concatenated tensors, as the targets judge); zstd-3 codes the whole file. Whole files, header "
+             f"included: `tpde compress` gives {files} ({' / '.join(dts)}). A negative distance to the bound "
+             "means some planes were coded below their order-0 entropy (run-length and zstd).")
+    tm = run["targets_met"]
+    out.para(f"Where the issue's targets stand (PASS/FAIL lines of the same run, {tm['met']} of {tm['total']} "
+             "met):")
+    # ratio vs ZipNN
+    res = []
+    for dt in dts:
+        t = T[f"{dt}.ratio_vs_zipnn"]
+        v = t["values"]
+        fig = "" if t["pass"] else (f"behind by {100 * (v['tpde_bytes'] / v['zipnn_bytes'] - 1):.3f}%: "
+                                    f"{v['tpde_bytes']:,} vs {v['zipnn_bytes']:,} bytes")
+        res.append((dt, t["pass"], fig))
+    behind = "" if all(ok for _, ok, _ in res) else \
+        " (tpde's frames carry per-chunk Huffman tables and two checksums per chunk)"
+    bullets = [f"ratio at least ZipNN's: {_yes_no(res)}{behind};"]
+    # bound
+    lim = T[f"{dts[0]}.bound"]["values"]["limit_pct"]
+    res = [(dt, T[f"{dt}.bound"]["pass"], "" if T[f"{dt}.bound"]["pass"] else
+            f"{T[f'{dt}.bound']['values']['gap_pct']:+.2f}%") for dt in dts]
+    bullets.append(f"within {lim:g}% of the order-0 bound: {_yes_no(res)};")
+    # speed vs ZipNN
+    parts = []
+    noun = {"compress": "compression", "decompress": "decompression"}
+    for label in ("compress", "decompress"):
+        res = [(dt, T[f"{dt}.speed_vs_zipnn.{label}"]["pass"],
+                f"{T[f'{dt}.speed_vs_zipnn.{label}']['values']['tpde_over_zipnn']:.2f}x") for dt in dts]
+        parts.append(f"{noun[label]} {_yes_no(res)}")
+    bullets.append("single-thread speed at least ZipNN's (tpde's MB/s over ZipNN's, same run): "
+                   + "; ".join(parts) + ";")
+    # threads
+    lim = T[f"{dts[0]}.threads.per-tensor.compress"]["values"]["limit"]
+    thr = {label: [T[f"{dt}.threads.{label}.{wl}"] for dt in dts for wl in ("compress", "decompress")]
+           for label in ("per-tensor", "file")}
+    allt = thr["per-tensor"] + thr["file"]
+    npass = sum(t["pass"] for t in allt)
+    verdict = "yes" if npass == len(allt) else ("no" if npass == 0 else f"{npass} of {len(allt)} rows")
+    zipnn_sp = [row[k] for dt in dts for name, row in run["dtypes"][dt]["tools"].items() if name.startswith("ZipNN")
+                for k in ("compress_speedup_2", "decompress_speedup_2") if k in row]
+    zstd_sp = [run["dtypes"][dt]["tools"]["zstd-3"]["compress_speedup_2"] for dt in dts]
+    bullets.append(
+        f"2 threads at least {lim:g}x one thread: {verdict}, "
+        f"{_range((t['values']['speedup'] for t in thr['per-tensor']), '.2f', 'x')} per tensor and "
+        f"{_range((t['values']['speedup'] for t in thr['file']), '.2f', 'x')} per file (file rows include "
+        f"reading, writing and fsync); in the same run ZipNN reaches "
+        f"{_range(zipnn_sp, '.2f', 'x')} and zstd-3 {_range(zstd_sp, '.2f', 'x')} (compression);")
+    # call overhead
+    oc, od = T["overhead.compress"], T["overhead.decompress"]
+    vc, vd = oc["values"], od["values"]
+    yn = {(True, True): "yes", (False, False): "no"}.get((oc["pass"], od["pass"]), "partly")
+    lib = ""
+    if vc.get("library_us_per_call") is not None and vd.get("library_us_per_call") is not None:
+        lib = (f", of which the library calls themselves take {vc['library_us_per_call']:.1f} and "
+               f"{vd['library_us_per_call']:.1f} us")
+    bullets.append(
+        f"{vc['calls']:,} x {vc['small_bytes'] // 1024} KiB tensors at most {vc['limit']:g}x one "
+        f"{vc['calls'] * vc['small_bytes'] // 1024:,} KiB tensor: {yn}, {vc['ratio']:.1f}x to compress and "
+        f"{vd['ratio']:.1f}x to decompress ({vc['python_us_per_call']:.1f} and {vd['python_us_per_call']:.1f} us "
+        f"per call through Python{lib});")
+    m = T["memory"]
+    mv = m["values"]
+    bullets.append(f"`decompress_file` peak memory at most N + {mv['limit_MiB'] - mv['compressed_MiB']:.0f} MiB: "
+                   f"{'yes' if m['pass'] else 'no'}, {mv['peak_MiB']:.1f} MiB against {mv['limit_MiB']:.0f} MiB "
+                   f"for the {mv['compressed_MiB']:.0f} MiB compressed fp32 file.")
+    out.bullets(bullets)
+    out.para("A speed ratio within a few percent of its line is a tie on a shared machine (bench/README.md, "
+             "\"Reading the numbers\").")
+    return out.text()
+
+
+# --- series block (bench/series.py) -------------------------------------------------------
+
+def _r(raw: float, size: float, fmt: str = ".2f") -> str:
+    return format(raw / size, fmt) if size > 0 else "inf"
+
+
+def render_series(ser: Dict[str, Any], run: Optional[Dict[str, Any]] = None) -> str:
+    if ser.get("quick"):
+        raise RenderError(f"{SERIES_JSON} is from a --quick run: rerun ./build.sh series (no options)")
+    if ser.get("no_lossy") or not ser.get("lossy"):
+        raise RenderError(f"{SERIES_JSON} has no lossy section (--no-lossy): rerun ./build.sh series")
+    T = _targets(ser)
+    p = ser["series"]["params"]
+    n = p["checkpoints"]
+    same = run is not None and all(run["machine"].get(k) == ser["machine"].get(k) for k in ("cpu", "cores",
+                                                                                           "platform"))
+    where = "on the same machine as the run above" if same else f"on {_machine(ser)}"
+    out = Block()
+    out.para(f"From one run of `./build.sh series` (bench/series.py), {_provenance(ser, SERIES_JSON)}, "
+             f"{where}: all-MiniLM-L6-v2 fine-tuned on the CPU from the real pretrained weights "
+             f"with AdamW (lr {_g(p['lr'])}, weight decay {_g(p['weight_decay'])}), {n} checkpoints "
+             f"{p['steps_between']} steps apart after the base; each checkpoint saved as fp32 weights, as bf16 "
+             "weights, and as the full training state (fp32 weights + `exp_avg` + `exp_avg_sq`). Every output "
+             f"is decoded and compared bit for bit. Ratios are tensor bytes over compressed bytes, over the {n} "
+             "deltas together; they depend only on the series and the codecs, not on the machine's speed."
+             f"{_load(ser)}")
+    add = out.line
+    add("| stream | zstd-3 | ZipNN | ZipNN xor delta | tpde alone | tpde delta vs previous | at effort max "
+        "| tpde delta vs base | order-0 bound of the residual |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    streams = ser["streams"]
+    for s in STREAMS:
+        t = streams[s]["total_deltas"]
+        raw = t["raw"]
+        add(f"| {STREAM_LABELS[s]} | {_r(raw, t['zstd'])} | {_r(raw, t['zipnn'])} | {_r(raw, t['zipnn_delta'])} "
+            f"| {_r(raw, t['key'])} | **{_r(raw, t['dprev'])}** | {_r(raw, t['dmax'])} | {_r(raw, t['dbase'])} "
+            f"| {_r(raw, t['h_best'])} |")
+    note = ("\"ZipNN xor delta\" is ZipNN's own delta mode (`delta_second_data`: XOR with the previous "
+            "checkpoint). The order-0 bound is that of the better of the xor and integer-difference residuals, "
+            "byte plane by byte plane; tpde goes below it where its sparse chunks and zstd code runs of "
+            "unchanged elements.")
+    if ser.get("bundle_ok") and all(streams[s].get("bundle") for s in STREAMS):
+        diffs = []
+        for s in STREAMS:
+            t = streams[s]["total_deltas"]
+            diffs.append(abs(t["raw"] / sum(streams[s]["bundle"][1:]) - t["raw"] / t["dprev"]))
+        note += (" The whole-checkpoint API (`TemporalPositionDeltaEncoder`) gives the ratios of the per-tensor "
+                 f"frames to within {max(diffs):.3f} (its blobs add an index and metadata).")
+    u16, u32 = streams["bf16"]["unchanged_pct"], streams["fp32"]["unchanged_pct"]
+    f32 = ("none of the fp32 ones" if max(u32) == 0 else
+           f"{_range(u32, '.1f' if min(u32) >= 0.1 else '.2g', '%')} of the fp32 ones")
+    note += f" Between checkpoints {_range(u16, '.0f', '%')} of bf16 elements and {f32} were unchanged."
+    out.para(note)
+    tm = ser["targets_met"]
+    out.para(f"Targets of the issue, from the same run ({tm['met']} of {tm['total']} met):")
+    bullets: List[str] = []
+
+    t = T["bf16"]
+    v = t["values"]
+    bullets.append(f"bf16 weight series, lossless, at least {v['limit']:g}x per delta: {_met(t['pass'])}, "
+                   f"min {v['min']:.2f}x, median {v['median']:.2f}x (ZipNN's delta: median "
+                   f"{v['zipnn_delta_median']:.2f}x).")
+    t, tmx = T["full"], T["full_max"]
+    v, vm = t["values"], tmx["values"]
+    fth = ser["throughput"]["full"]["MBps_best"]
+    bullets.append(
+        f"full training state, lossless, at least {v['limit']:g}x per delta: {_met(t['pass'])}, min "
+        f"{v['min']:.2f}x, median {v['median']:.2f}x (`effort=\"max\"`, not judged: min {vm['min']:.2f}x, median "
+        f"{vm['median']:.2f}x, encoding at {fth['delta enc max'] / fth['delta enc']:.2f}x and decoding at "
+        f"{fth['delta dec max'] / fth['delta dec']:.2f}x the default effort's delta speed).")
+    t = T["identical"]
+    v = t["values"]
+    bullets.append(f"an identical tensor at most {v['limit']} bytes: {_met(t['pass'])}, {v['max_bytes']} bytes "
+                   f"(2-D tensors up to {'x'.join(map(str, v['largest_shape']))}).")
+
+    def speed(s: str, label: str) -> str:
+        t = T[f"throughput.{s}.{label}"]
+        v = t["values"]
+        tie = (f", within {100 * TIE:g}% of the line" if abs(v["ratio"] / v["limit"] - 1) < TIE else "")
+        return (f"{label} {_met(t['pass'])} ({v['delta_MBps']:.0f} vs {v['key_MBps']:.0f} MB/s, "
+                f"{v['ratio']:.2f}x{tie})")
+
+    lim = T["throughput.full.encode"]["values"]["limit"]
+    slow_dec = any(T[f"throughput.{s}.decode"]["values"]["ratio"] < 1 for s in ("full", "bf16"))
+    bullets.append(
+        f"delta encode and decode at least {lim:g}x the keyframe codec's speed (1 thread, MB/s of tensor "
+        f"bytes; the figure that counts is the ratio of the two codecs in the same run, the MB/s are "
+        f"absolute and move with the machine): for the full state, {speed('full', 'encode')} and "
+        f"{speed('full', 'decode')}; for bf16, {speed('bf16', 'encode')} and {speed('bf16', 'decode')}."
+        + (" A delta decode does more entropy decoding per byte than a keyframe (fewer planes are stored "
+           "raw) and checksums the reference too." if slow_dec else "")
+        + " A ratio within a few percent of the line is a tie on a shared machine.")
+
+    lossy = ser["lossy"]
+    t = T["lossy"]
+    v = t["values"]
+    settings = lossy["settings"]
+    uni = [st for st in settings if not st["mixed"]]
+    mixed = [st for st in settings if st["mixed"]]
+    base = v["lossless_train_loss"], v["lossless_eval_loss"]
+
+    def loss(c: Dict[str, Any]) -> str:
+        return (f"loss {100 * (c['train_loss'] / base[0] - 1):+.2f}% train, "
+                f"{100 * (c['eval_loss'] / base[1] - 1):+.2f}% eval")
+
+    head = (f"lossy, at least {v['limit_ratio']:g}x on weights + optimizer state with the loss after "
+            f"{lossy['continuation']['steps']} more training steps within {100 * v['limit_rel_loss']:g}% of the "
+            f"lossless run's: {_met(t['pass'])}")
+    curve = (f"The ratio/error curve (closed loop, thresholds at a percentile of |delta|, with and without "
+             f"int8/int4 quantization) runs from {min(st['ratio'] for st in uni):.1f}x to "
+             f"{max(st['ratio'] for st in uni):.1f}x over {len(uni)} uniform settings"
+             + (f"; {len(mixed)} mixed ones (weights and optimizer moments coded apart, some exact) reach "
+                f"{_range((st['ratio'] for st in mixed), '.1f', 'x')}" if mixed else "") + ".")
+    if t["pass"]:
+        c = v["best_passing"]
+        body = (f", `{c['setting']}` at {c['ratio']:.1f}x ({loss(c)}; {v['passing']} of {v['continued']} settings "
+                f"continued pass). {curve}")
+    else:
+        bw, bc = v["best_within_loss"], v["best_ratio_continued"]
+        within = (f"the best ratio among them is `{bw['setting']}`, {bw['ratio']:.1f}x ({loss(bw)})"
+                  if bw else "none does")
+        top = (f"; the best ratio overall, `{bc['setting']}` at {bc['ratio']:.1f}x, moves them by "
+               f"{100 * bc['rel_train']:.1f}% (train) and {100 * bc['rel_eval']:.1f}% (eval)" if bc else "")
+        body = (f". {curve} Of the {v['continued']} settings continued, {v['within_loss']} "
+                f"{'keeps' if v['within_loss'] == 1 else 'keep'} both losses "
+                f"within {100 * v['limit_rel_loss']:g}%: {within}{top}.")
+    stale: Dict[str, Dict[str, Any]] = {}
+    for st in settings:
+        stale.setdefault(st["groups"]["w"], st)
+    ws = sorted(stale.items(), key=lambda kv: kv[1]["w_at_base_pct"])
+    (glo, slo), (ghi, shi) = ws[0], ws[-1]
+    stale_txt = (f"A percentile threshold refreshes the same share of elements at every checkpoint, so in a "
+                 f"closed-loop chain most values fall further behind: after {n} checkpoints "
+                 f"{slo['w_at_base_pct']:.1f}% (weights at {glo}) to {shi['w_at_base_pct']:.1f}% (at {ghi}) of "
+                 f"the weights are still at their checkpoint-0 values. Settings: w weights, m `exp_avg`, v "
+                 f"`exp_avg_sq`; pN the percentile, qB the quantization bits. bench/series.py prints the whole "
+                 f"curve.")
+    bullets.append(f"{head}{body} {stale_txt}")
+    out.bullets(bullets)
+    return out.text()
+
+
+# --- blocks and files ----------------------------------------------------------------------
+
+WIDTH = 78
+
+
+class Block:
+    """Markdown text built from paragraphs, bullet lists and raw lines (tables)."""
+
+    def __init__(self) -> None:
+        self.parts: List[List[str]] = []
+
+    def para(self, text: str) -> None:
+        self.parts.append(_wrap(text, "", ""))
+
+    def bullets(self, items: Sequence[str]) -> None:
+        self.parts.append([ln for it in items for ln in _wrap(it, "- ", "  ")])
+
+    def line(self, text: str) -> None:
+        """A raw line (a table row), appended to the current table part."""
+        if not self.parts or not self.parts[-1] or not self.parts[-1][0].startswith("|"):
+            self.parts.append([])
+        self.parts[-1].append(text)
+
+    def text(self) -> str:
+        return "\n\n".join("\n".join(p) for p in self.parts)
+
+
+def _wrap(text: str, first: str, rest: str, width: int = WIDTH) -> List[str]:
+    """text wrapped at width (first/rest: line prefixes); never breaks inside `code`."""
+    out: List[str] = []
+    cur = ""
+    for w in _words(text):
+        prefix = rest if out else first
+        if cur and len(prefix) + len(cur) + 1 + len(w) > width:
+            out.append(prefix + cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}" if cur else w
+    out.append((rest if out else first) + cur)
+    return out
+
+
+def _words(text: str) -> List[str]:
+    """Split on spaces outside backticks."""
+    words, cur, code = [], "", False
+    for ch in text:
+        if ch == "`":
+            code = not code
+        if ch == " " and not code:
+            if cur:
+                words.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur:
+        words.append(cur)
+    return words
+
+
+def load_results(results: Path = RESULTS) -> Dict[str, Optional[Dict[str, Any]]]:
+    out: Dict[str, Optional[Dict[str, Any]]] = {}
+    for name, fname in (("run", "run.json"), ("series", "series.json")):
+        p = results / fname
+        out[name] = json.loads(p.read_text()) if p.is_file() else None
+    return out
+
+
+def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
+    """Block name -> a function rendering it (lazy: a file without that block needs no JSON)."""
+    data = load_results(results)
+
+    def need(name: str, fname: str) -> Dict[str, Any]:
+        d = data[name]
+        if d is None:
+            raise RenderError(f"{results / fname} is missing: run ./build.sh {'bench' if name == 'run' else name}")
+        return d
+
+    return {
+        "bench": lambda: render_bench(need("run", "run.json")),
+        "series": lambda: render_series(need("series", "series.json"), data["run"]),
+    }
+
+
+_MARK = re.compile(r"^<!-- ([a-z0-9_-]+):(begin|end) -->[ \t]*$", re.M)
+
+
+def render_text(text: str, blocks: Dict[str, Callable[[], str]], where: str = "text") -> str:
+    """text with the content of every known marked block replaced by its rendering.
+    Markers with other names are left alone; a known name must have exactly one
+    begin line followed by one end line."""
+    for name, fn in blocks.items():
+        begin = f"<!-- {name}:begin -->"
+        end = f"<!-- {name}:end -->"
+        nb = len(re.findall(rf"^{re.escape(begin)}[ \t]*$", text, re.M))
+        ne = len(re.findall(rf"^{re.escape(end)}[ \t]*$", text, re.M))
+        if nb == 0 and ne == 0:
+            continue
+        if nb != 1 or ne != 1:
+            raise RenderError(f"{where}: {name} markers: {nb} begin and {ne} end lines (need one of each)")
+        m = re.search(rf"^{re.escape(begin)}[ \t]*\n(.*?)^{re.escape(end)}[ \t]*$", text, re.M | re.S)
+        if m is None:
+            raise RenderError(f"{where}: {end} comes before {begin}")
+        text = text[:m.start(1)] + fn().rstrip("\n") + "\n" + text[m.end(1):]
+    return text
+
+
+def block_contents(text: str) -> Dict[str, str]:
+    """name -> content between its markers (without the marker lines), for every marked block."""
+    out = {}
+    for m in re.finditer(r"^<!-- ([a-z0-9_-]+):begin -->[ \t]*\n(.*?)^<!-- \1:end -->[ \t]*$", text, re.M | re.S):
+        out[m.group(1)] = m.group(2)
+    return out
+
+
+def default_files() -> List[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def check_file(path: Path, blocks: Dict[str, Callable[[], str]]) -> Tuple[str, str]:
+    """(current text, rendered text) of one file."""
+    text = path.read_text()
+    return text, render_text(text, blocks, str(path))
+
+
+def _write(path: Path, text: str) -> None:
+    # a temporary file beside it, renamed over it: a reader never sees half a file
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 with a diff if a file differs")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="directory of run.json and series.json")
+    ap.add_argument("files", nargs="*", type=Path, help="files to render (default README.md and docs/*.md)")
+    args = ap.parse_args(argv)
+    blocks = render_blocks(args.results)
+    files = args.files or default_files()
+    stale = 0
+    try:
+        for path in files:
+            text, new = check_file(path, blocks)
+            if text == new:
+                continue
+            rel = os.path.relpath(path, ROOT)
+            if args.check:
+                stale += 1
+                sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True),
+                                                           f"{rel} (as is)", f"{rel} (rendered)"))
+            else:
+                _write(path, new)
+                print(f"rendered {rel}")
+    except RenderError as e:
+        print(f"render: {e}", file=sys.stderr)
+        return 2
+    if stale:
+        print(f"render: {stale} file(s) differ from the rendering of {os.path.relpath(args.results, ROOT)}; "
+              f"run: python bench/render.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
