@@ -7,6 +7,8 @@
 #   ./build.sh test       every test: Go (with short fuzz runs), the C ABI, Python
 #   ./build.sh bench      the benchmarks behind every figure in README.md and docs/
 #   ./build.sh series     the checkpoint-series benchmark (trains MiniLM on the CPU once, cached)
+#   ./build.sh render     README.md's measured blocks from bench/results/*.json (--check: diff only)
+#   ./build.sh fuzz-corpus  fuzz every core/ target a while, keep the inputs in testdata/fuzz
 #   ./build.sh venv       print the path of the cached venv (creating it if needed)
 #   ./build.sh wheel      build a platform wheel into dist/
 set -euo pipefail
@@ -124,12 +126,22 @@ demo)
 bench)
 	build_lib
 	VENV="$(ensure_venv)"
+	# No options: the full run, recorded in the committed bench/results/run.json
+	# (then ./build.sh render). With options (--quick, ...): exactly as given.
+	[ "$#" -gt 0 ] || set -- --json bench/results/run.json
 	py bench/run.py "$@"
 	;;
 series)
 	build_lib
 	VENV="$(ensure_venv)"
+	# No options: the full run, recorded in the committed bench/results/series.json.
+	[ "$#" -gt 0 ] || set -- --json bench/results/series.json
 	py bench/series.py "$@"
+	;;
+render)
+	# README.md's (and docs/*.md's) measured blocks from bench/results/*.json;
+	# --check: change nothing, exit 1 with a diff when they differ. Standard library only.
+	python3 bench/render.py "$@"
 	;;
 wheel)
 	VENV="$(ensure_venv)"
@@ -142,7 +154,7 @@ fuzz-corpus)
 	.ci/fuzz-corpus.sh "$@"
 	;;
 *)
-	sed -n '2,13p' "$0" >&2
+	sed -n '2,15p' "$0" >&2
 	exit 2
 	;;
 esac
