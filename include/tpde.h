@@ -119,7 +119,7 @@ typedef struct tpde_frame_info {
 /* Flags of tpde_encode_delta. With none (0) the encoder chooses per chunk
  * between the dense and the sparse coding, whichever is smaller, and, at
  * TPDE_EFFORT_MAX only, how many exponent contexts to use (they make some
- * frames ~18% smaller but encoding and decoding several times slower). */
+ * frames smaller but encoding and decoding several times slower). */
 #define TPDE_DELTA_DENSE_ONLY 1u   /* never the sparse coding */
 #define TPDE_DELTA_SPARSE_ONLY 2u  /* the sparse coding ("elias_delta_zstd": positions of the changed
                                       elements, then their residuals) for every changed chunk */
