@@ -25,6 +25,7 @@ import torch
 
 import tpde
 from crc32c import crc32c
+from tpde import _tensors as tpde_tensors
 from tpde import checkpoint as tpde_checkpoint
 
 # --- CRC32C and bundle surgery (docs/FORMAT.md §1, §17) --------------------------
@@ -480,7 +481,7 @@ def _forbid_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any) -> Any:
         raise AssertionError(f"allocated {args} before checking the decode limit")
 
-    monkeypatch.setattr(tpde_checkpoint._memory, "empty", refuse)
+    monkeypatch.setattr(tpde_tensors, "empty", refuse)
 
 
 @pytest.mark.parametrize("decoder", list(DECODERS))

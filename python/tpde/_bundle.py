@@ -16,9 +16,9 @@ from ctypes import byref, c_uint64
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import _native
+from . import _native, _tensors
 from ._native import call
-from .codec import _EFFORTS, _into_new_bytes, _source
+from .codec import _EFFORTS, _into_new_bytes
 from .errors import CorruptDataError, InternalError, InvalidArgumentError
 
 #: Index buffer first tried, plus a guess from the index length (at most
@@ -63,7 +63,7 @@ class _Items:
         self.keep: List[Any] = []
         self.nelem: List[int] = []
         for i, s in enumerate(specs):
-            src = _source(s.tensor)
+            src = _tensors.source(s.tensor)
             it = self.array[i]
             try:
                 name = s.name.encode("utf-8")
@@ -80,17 +80,17 @@ class _Items:
                 n_el *= d
             self.nelem.append(n_el)
             if s.ref is not None:
-                r = _source(s.ref)
+                r = _tensors.source(s.ref)
                 self.keep.append(r)
                 it.ref, it.ref_nbytes = r.ptr, r.nbytes
                 if s.ref2 is not None:
-                    r2 = _source(s.ref2)
+                    r2 = _tensors.source(s.ref2)
                     self.keep.append(r2)
                     it.ref2, it.ref2_nbytes = r2.ptr, r2.nbytes
                 it.residual_kind, it.flags = s.residual, s.flags
                 it.threshold, it.quant_bits = float(s.threshold), int(s.quant_bits)
             if s.recon is not None:
-                rc = _source(s.recon)
+                rc = _tensors.source(s.recon)
                 if rc.owner is not s.recon:
                     raise InternalError("recon buffer must be contiguous CPU memory")
                 self.keep.append(rc)
@@ -252,20 +252,6 @@ def _parse_index(text: str) -> Dict[str, Any]:
         raise CorruptDataError(f"bundle metadata is not valid JSON ({e})") from None
 
 
-def _dst_address(dst: Any) -> Tuple[int, int]:
-    """The address and size of a destination the caller allocated: without
-    _source's dtype lookup, which costs more than decoding a small tensor
-    (and a bundle may hold a million of them)."""
-    data_ptr = getattr(dst, "data_ptr", None)
-    if data_ptr is not None:  # torch
-        if not dst.is_contiguous() or dst.device.type != "cpu":
-            raise InternalError("decode destination must be contiguous CPU memory")
-        return data_ptr(), dst.nbytes
-    if not dst.flags.c_contiguous or not dst.flags.writeable:
-        raise InternalError("decode destination must be contiguous, writable memory")
-    return dst.ctypes.data, dst.nbytes
-
-
 def decode(src: object, n: int, requests: Sequence[Tuple[int, Any, Any, Any]], *, threads: int = 0) -> None:
     """Decode bundle entries: requests are (index, dst, ref, ref2) with dst
     allocated by the caller (contiguous CPU, the entry's dtype and shape)."""
@@ -274,13 +260,13 @@ def decode(src: object, n: int, requests: Sequence[Tuple[int, Any, Any, Any]], *
     for i, (k, dst, ref, ref2) in enumerate(requests):
         o = outs[i]
         o.index = k
-        o.dst, o.dst_cap = _dst_address(dst)
+        o.dst, o.dst_cap = _tensors.address(dst)
         if ref is not None:
-            r = _source(ref)
+            r = _tensors.source(ref)
             keep.append(r)
             o.ref, o.ref_nbytes = r.ptr, r.nbytes
         if ref2 is not None:
-            r2 = _source(ref2)
+            r2 = _tensors.source(ref2)
             keep.append(r2)
             o.ref2, o.ref2_nbytes = r2.ptr, r2.nbytes
     call("tpde_bundle_decode", src, n, outs, len(requests), threads)

@@ -1,10 +1,11 @@
-"""Output limits and guarded allocation for everything tpde decodes into memory.
+"""Output limits for everything tpde decodes.
 
 A frame or bundle says how large its decoded tensors are, and a hostile one
 can claim terabytes (or expand a few kilobytes of run-length codes to
 gigabytes). Every decoder therefore checks the total it is about to
 allocate against a limit first, as zstd's decoders check a frame's window
-size, and turns an allocation that fails anyway into a TPDEError.
+size (_tensors.empty then turns an allocation that fails anyway into a
+TPDEError).
 
 The limit is, in order: the call's ``max_output_bytes`` argument;
 ``$TPDE_MAX_OUTPUT`` (bytes, or with a K/M/G/T suffix, powers of 1024);
@@ -17,11 +18,11 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional, Tuple
+from typing import Optional
 
-from .errors import DecodeLimitError, InvalidArgumentError, TPDEMemoryError
+from .errors import DecodeLimitError, InvalidArgumentError
 
-__all__ = ["output_limit", "check_output", "empty", "ENV_MAX_OUTPUT"]
+__all__ = ["output_limit", "check_output", "parse_size", "ENV_MAX_OUTPUT", "UNLIMITED"]
 
 ENV_MAX_OUTPUT = "TPDE_MAX_OUTPUT"
 _SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
@@ -65,31 +66,3 @@ def check_output(nbytes: int, limit: int, what: str) -> None:
         raise DecodeLimitError(
             f"{what} decodes to {nbytes:,} bytes, more than the limit of {limit:,} "
             f"(pass max_output_bytes= or set {ENV_MAX_OUTPUT} to allow more)")
-
-
-def empty(torch_name: str, numpy_name: str, shape: Tuple[int, ...], like: str) -> Any:
-    """A new uninitialised torch tensor or numpy array; a failed allocation
-    raises TPDEMemoryError instead of MemoryError or torch's RuntimeError."""
-    n = 1
-    for d in shape:
-        n *= d
-    try:
-        if like == "torch":
-            import torch
-
-            tdt = getattr(torch, torch_name, None)
-            if tdt is None:
-                raise InvalidArgumentError(f"this torch has no {torch_name}; use like='numpy'")
-            return torch.empty(shape, dtype=tdt)
-        import numpy as np
-
-        return np.empty(shape, dtype=np.dtype(numpy_name))
-    except MemoryError as e:
-        raise TPDEMemoryError(f"cannot allocate {n:,} elements of {numpy_name if like != 'torch' else torch_name} "
-                              f"for shape {list(shape)}: out of memory") from e
-    except RuntimeError as e:
-        # torch reports a failed allocation as RuntimeError ("DefaultCPUAllocator:
-        # can't allocate memory ..."); its other RuntimeErrors are not ours.
-        if "alloc" in str(e).lower() or "memory" in str(e).lower():
-            raise TPDEMemoryError(f"cannot allocate a tensor of shape {list(shape)}: {e}") from e
-        raise

@@ -39,13 +39,13 @@ import datetime
 import math
 import mmap
 import os
-import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from . import _bundle, _memory
-from .codec import _FILE_MAGIC, _NUMPY_NATIVE, DTYPES, _NUMPY, _TORCH, _WIDTHS, _readable, _source, _threads, _torch_code
+from . import _bundle, _memory, _tensors
+from ._tensors import DTYPES, WIDTHS
+from .codec import _FILE_MAGIC, _readable, _threads
 from .errors import (
     CorruptDataError,
     InvalidArgumentError,
@@ -75,7 +75,7 @@ COMPRESSION_METHODS = {"auto": 0, "dense": 1, "elias_delta_zstd": 2}
 _RESIDUALS = {"auto": -1, "xor": 0, "diff": 1, "pred": 2}
 _FLOAT_CODES = frozenset(i for i, n in enumerate(DTYPES) if n.startswith("F"))
 # Lossy coding needs at least 2-byte floats (F8 stays lossless).
-_LOSSY_CODES = frozenset(i for i in _FLOAT_CODES if _WIDTHS[i] >= 2)
+_LOSSY_CODES = frozenset(i for i in _FLOAT_CODES if WIDTHS[i] >= 2)
 
 #: How deeply a bundle's metadata JSON may nest (bundle.MaxMetaDepth,
 #: docs/FORMAT.md §17.5). The library refuses deeper metadata, in a bundle
@@ -97,14 +97,6 @@ def _version() -> str:
 
 
 # --- state dict structure ---------------------------------------------------
-
-def _is_tensor(x: Any) -> bool:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return True
-    np = sys.modules.get("numpy")
-    return np is not None and isinstance(x, np.ndarray)
-
 
 def _key_json(k: Any, path: str) -> Any:
     if k is None or isinstance(k, (str, bool, int)):
@@ -130,7 +122,7 @@ class _Flat:
         if isinstance(md, Mapping):
             # nn.Module.state_dict() versions its modules here; load_state_dict reads it.
             self.state_dict_metadata = self._plain(md, f"{what}._metadata", _SKELETON_DEPTH)
-        if all(isinstance(k, str) and _is_tensor(v) for k, v in ckpt.items()):
+        if all(isinstance(k, str) and _tensors.is_tensor(v) for k, v in ckpt.items()):
             self.skeleton = None
             for k, v in ckpt.items():
                 self._add(k, v)
@@ -187,7 +179,7 @@ class _Flat:
             "(str, int, float, bool, None, and dicts, lists and tuples of them); save other objects separately")
 
     def _walk(self, x: Any, path: str, name: str, depth: int) -> Any:
-        if _is_tensor(x):
+        if _tensors.is_tensor(x):
             _check_depth(depth, path)
             return {"$tensor": self._add(name, x)}
         sub = (lambda k: f"{name}.{k}" if name else str(k))
@@ -312,39 +304,7 @@ def _with_state_dict_metadata(out: "collections.OrderedDict[str, Any]", md: Any)
 
 def state_dict_nbytes(ckpt: Checkpoint) -> int:
     """Bytes of tensor data in a checkpoint (shared tensors counted once)."""
-    return sum(_source_nbytes(t) for t in _Flat(ckpt).tensors.values())
-
-
-def _source_nbytes(t: Any) -> int:
-    return int(t.nbytes) if hasattr(t, "nbytes") else int(t.numel() * t.element_size())
-
-
-def _empty_like(t: Any) -> Any:
-    """A new contiguous CPU tensor (or array) of t's dtype and shape."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(t, torch.Tensor):
-        return torch.empty(tuple(t.shape), dtype=t.dtype)
-    import numpy as np
-
-    return np.empty(t.shape, dtype=t.dtype)
-
-
-def _alloc(code: int, shape: Tuple[int, ...], like: str) -> Any:
-    return _memory.empty(_TORCH[code], _NUMPY[code], shape, like)
-
-
-def _layout(t: Any) -> Tuple[int, Tuple[int, ...]]:
-    """t's tpde dtype code and shape, from its metadata alone: unlike
-    _source, never copies a CUDA or non-contiguous tensor."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(t, torch.Tensor):
-        return _torch_code(torch, t.dtype), tuple(t.shape)
-    import numpy as np
-
-    for code in _NUMPY_NATIVE:
-        if t.dtype == np.dtype(_NUMPY[code]).newbyteorder(t.dtype.byteorder):
-            return code, tuple(t.shape)
-    raise InvalidArgumentError(f"unsupported array dtype {t.dtype}")
+    return sum(_tensors.nbytes(t) for t in _Flat(ckpt).tensors.values())
 
 
 # --- the compressed object ----------------------------------------------------
@@ -654,7 +614,7 @@ def _decode_opened(b: _Opened, previous: Optional[Checkpoint], previous2: Option
     out: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
     reqs = []
     for k, (t, (ref, ref2)) in enumerate(zip(b.tensors, refs)):
-        dst = _alloc(t["dtype"], tuple(t["shape"]), like)
+        dst = _tensors.empty(t["dtype"], tuple(t["shape"]), like)
         out[t["name"]] = dst
         reqs.append((k, dst, ref, ref2))
     try:
@@ -690,7 +650,7 @@ def _reference(prev: Optional[_Flat], t: Dict[str, Any], what: str, meta: _Meta)
     if r is None:
         raise ReferenceMismatchError(f"tensor {name!r} is a delta against the {what} checkpoint's {name!r}, "
                                      f"which the {what} checkpoint given lacks ({_reference_hint(meta)})")
-    code, shape = _layout(r)
+    code, shape = _tensors.layout(r)
     if code != t["dtype"] or tuple(shape) != tuple(t["shape"]):
         raise ReferenceMismatchError(
             f"tensor {name!r}: the {what} checkpoint's tensor is {DTYPES[code]}{list(shape)}, the delta was made "
@@ -839,10 +799,10 @@ class TemporalPositionDeltaEncoder:
             r = ref.get(name) if ref is not None else None
             # An empty tensor has nothing to delta against (and may have no
             # data pointer at all): it is stored as a keyframe.
-            if r is not None and _source_nbytes(t) > 0 and _layout(r) == _layout(t):
+            if r is not None and _tensors.nbytes(t) > 0 and _tensors.layout(r) == _tensors.layout(t):
                 spec.ref = r
                 r2 = ref2.get(name) if ref2 is not None else None
-                if r2 is not None and _layout(r2) == _layout(t):
+                if r2 is not None and _tensors.layout(r2) == _tensors.layout(t):
                     spec.ref2 = r2
                 spec.residual = _RESIDUALS[self.residual]
                 spec.flags = COMPRESSION_METHODS[method]
@@ -851,7 +811,7 @@ class TemporalPositionDeltaEncoder:
                     spec.threshold, spec.quant_bits = th, self.quant_bits
                     bound = max(bound, th)
             if keep:
-                spec.recon = _empty_like(t)
+                spec.recon = _tensors.empty_like(t)
             specs.append(spec)
         ckpt_meta = {
             "checkpoint_type": "full" if ref is None else "delta",
@@ -869,7 +829,7 @@ class TemporalPositionDeltaEncoder:
             "error_bound": bound,
             "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "num_tensors": len(flat.tensors),
-            "original_size": sum(_source_nbytes(t) for t in flat.tensors.values()),
+            "original_size": sum(_tensors.nbytes(t) for t in flat.tensors.values()),
         }
         ckpt_meta["original_size_mb"] = ckpt_meta["original_size"] / 1e6
         tp = {"format": "tpde-checkpoint", "skeleton": flat.skeleton, "aliases": flat.aliases,
@@ -885,7 +845,7 @@ class TemporalPositionDeltaEncoder:
                 group: List[_bundle.ItemSpec] = []
                 group_bytes = 0
                 for s in specs:
-                    nb = _source_nbytes(s.tensor)
+                    nb = _tensors.nbytes(s.tensor)
                     if group and group_bytes + nb > (chunk_size or 0):
                         results += w.add(group)
                         group, group_bytes = [], 0
@@ -917,7 +877,7 @@ class TemporalPositionDeltaEncoder:
         return CompressedCheckpoint(blob, meta)
 
     def _threshold_for(self, name: str, t: Any, ref: Any) -> float:
-        code, _ = _layout(t)
+        code, _ = _tensors.layout(t)
         if code not in _LOSSY_CODES:
             return 0.0
         if name in self._thresholds:

@@ -1,8 +1,7 @@
 """Tensor and file compression on top of libtpde.
 
-torch and numpy are optional: they are imported only inside the functions
-that create their objects, and inputs are recognised through sys.modules, so
-a numpy user never imports torch (and neither is imported by ``import tpde``).
+torch and numpy are optional, and only _tensors knows them: a numpy user
+never imports torch, and neither is imported by ``import tpde``.
 """
 
 from __future__ import annotations
@@ -13,12 +12,11 @@ import functools
 import json
 import mmap
 import os
-import sys
 import threading
 from ctypes import addressof, byref, c_char, c_double, c_int32, c_uint64
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
-from . import _memory, _native
+from . import _memory, _native, _tensors
 from ._native import call
 from .errors import InternalError, InvalidArgumentError
 
@@ -35,31 +33,11 @@ __all__ = [
     "DTYPES",
 ]
 
+DTYPES = _tensors.DTYPES
+
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 Buffer = Union[bytes, bytearray, memoryview]
 Progress = Callable[[int, int], Any]
-
-#: tpde dtype names (the safetensors spellings), indexed by their TPDE_* code.
-DTYPES: Tuple[str, ...] = (
-    "BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64",
-    "F16", "BF16", "F32", "F64", "F8_E4M3", "F8_E5M2",
-)
-_WIDTHS = (1, 1, 1, 2, 2, 4, 4, 8, 8, 2, 2, 4, 8, 1, 1)
-# torch attribute names by code; getattr'd so an old torch lacking one
-# (uint16 before 2.3, float8 before 2.1) fails only for that dtype.
-_TORCH = (
-    "bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-    "float16", "bfloat16", "float32", "float64", "float8_e4m3fn", "float8_e5m2",
-)
-# numpy dtypes by code. numpy has no bfloat16 or float8: those frames decode
-# to their raw bit patterns as unsigned integers of the same width.
-_NUMPY = (
-    "bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-    "float16", "uint16", "float32", "float64", "uint8", "uint8",
-)
-_NUMPY_NATIVE = frozenset(i for i, name in enumerate(_NUMPY) if name == _TORCH[i])
-_BY_NAME = {name.lower(): i for i, name in enumerate(DTYPES)}
-_BY_NAME.update({name: i for i, name in enumerate(_TORCH)})
 
 _EFFORTS = {"balanced": 0, "fast": 1, "max": 2}
 _MAX_NDIM = _native.MAX_NDIM
@@ -84,76 +62,6 @@ def _threads(threads: object) -> int:
     return _int_arg(threads, "threads", 0, 2**31 - 1)
 
 
-def _dtype_code(name: str) -> int:
-    code = _BY_NAME.get(str(name).lower())
-    if code is None:
-        raise InvalidArgumentError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
-    return code
-
-
-# --- input tensors --------------------------------------------------------
-
-class _Src:
-    """A tensor's bytes as the library sees them; keeps the owner alive."""
-
-    __slots__ = ("ptr", "nbytes", "code", "shape", "owner")
-
-    def __init__(self, ptr: int, nbytes: int, code: int, shape: Tuple[int, ...], owner: object) -> None:
-        self.ptr, self.nbytes, self.code, self.shape, self.owner = ptr, nbytes, code, shape, owner
-
-
-_torch_codes: Dict[Any, int] = {}
-
-
-def _torch_code(torch: Any, dt: Any) -> int:
-    # Built once: a scan of 15 getattr's per call was a visible share of the
-    # cost of compressing a small tensor.
-    if not _torch_codes:
-        for code, name in enumerate(_TORCH):
-            tdt = getattr(torch, name, None)
-            if tdt is not None:
-                _torch_codes[tdt] = code
-    code = _torch_codes.get(dt)
-    if code is None:
-        raise InvalidArgumentError(f"unsupported tensor dtype {dt}")
-    return code
-
-
-def _source(x: object) -> _Src:
-    """Locate x's bytes, copying only when they are not contiguous CPU memory."""
-    # A torch tensor or numpy array can only exist once its module is
-    # imported, so checking sys.modules never imports either.
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        code = _torch_code(torch, x.dtype)
-        if x.layout != torch.strided:
-            raise InvalidArgumentError(f"unsupported tensor layout {x.layout}; convert with .to_dense()")
-        if x.device.type == "meta":
-            raise InvalidArgumentError("a meta tensor has no data")
-        t = x
-        if t.device.type != "cpu":
-            t = t.detach().cpu()
-        if not t.is_contiguous():
-            t = t.detach().contiguous()
-        return _Src(t.data_ptr(), t.nbytes, code, tuple(t.shape), t)
-    np = sys.modules.get("numpy")
-    if np is not None and isinstance(x, np.ndarray):
-        a = x
-        if a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and sys.byteorder == "big"):
-            a = a.astype(a.dtype.newbyteorder("<"))
-        code = -1
-        for i in _NUMPY_NATIVE:
-            if a.dtype == np.dtype(_NUMPY[i]):
-                code = i
-                break
-        if code < 0:
-            raise InvalidArgumentError(f"unsupported array dtype {x.dtype}")
-        if not a.flags.c_contiguous:
-            a = np.ascontiguousarray(a)  # note: this makes 0-d arrays 1-d; shape comes from x
-        return _Src(a.ctypes.data, a.nbytes, code, tuple(x.shape), a)
-    raise TypeError(f"expected a torch.Tensor or numpy.ndarray, not {type(x).__module__}.{type(x).__qualname__}")
-
-
 def compress_tensor(
     x: Any,
     *,
@@ -175,13 +83,13 @@ def compress_tensor(
     dtype: a tpde dtype name (e.g. "BF16") to record instead of x's own, of
     the same width: lets numpy hold bfloat16/float8 as uint16/uint8 bits.
     """
-    src = _source(x)
+    src = _tensors.source(x)
     code = src.code
     if dtype is not None:
-        code = _dtype_code(dtype)
-        if _WIDTHS[code] != _WIDTHS[src.code]:
+        code = _tensors.dtype_code(dtype)
+        if _tensors.WIDTHS[code] != _tensors.WIDTHS[src.code]:
             raise InvalidArgumentError(
-                f"dtype {DTYPES[code]} is {_WIDTHS[code]} bytes wide, the input's elements are {_WIDTHS[src.code]}")
+                f"dtype {DTYPES[code]} is {_tensors.WIDTHS[code]} bytes wide, the input's elements are {_tensors.WIDTHS[src.code]}")
     ce = _int_arg(chunk_elems, "chunk_elems", 0, 2**32 - 1)
     if effort not in _EFFORTS:
         raise InvalidArgumentError(f"effort must be one of {', '.join(_EFFORTS)}, got {effort!r}")
@@ -287,33 +195,6 @@ def _frame_info(src: object, n: int) -> _native.FrameInfo:
     return info
 
 
-def _check_out(out: Any, code: int, shape: Tuple[int, ...], raw_size: int) -> int:
-    """Validate a caller's destination; return its data address."""
-    torch = sys.modules.get("torch")
-    np = sys.modules.get("numpy")
-    if torch is not None and isinstance(out, torch.Tensor):
-        want = getattr(torch, _TORCH[code], None)
-        if out.dtype != want:
-            raise InvalidArgumentError(f"out has dtype {out.dtype}, the frame holds {DTYPES[code]}")
-        if out.device.type != "cpu" or out.layout != torch.strided or not out.is_contiguous():
-            raise InvalidArgumentError("out must be a contiguous CPU tensor")
-        got, ptr = tuple(out.shape), out.data_ptr()
-    elif np is not None and isinstance(out, np.ndarray):
-        want = np.dtype(_NUMPY[code])
-        if out.dtype != want:
-            raise InvalidArgumentError(f"out has dtype {out.dtype}, the frame holds {DTYPES[code]} (numpy {want})")
-        if not out.flags.c_contiguous or not out.flags.writeable:
-            raise InvalidArgumentError("out must be a writable C-contiguous array")
-        got, ptr = tuple(out.shape), out.ctypes.data
-    else:
-        raise TypeError(f"out must be a torch.Tensor or numpy.ndarray, not {type(out).__name__}")
-    if got != shape:
-        raise InvalidArgumentError(f"out has shape {got}, the frame holds {shape}")
-    if out.nbytes != raw_size:
-        raise InternalError(f"out holds {out.nbytes} bytes, the frame {raw_size}")
-    return int(ptr)
-
-
 def decompress_tensor(blob: Buffer, *, out: Any = None, like: str = "torch", threads: int = 0,
                       max_output_bytes: Optional[int] = None) -> Any:
     """Decompress a frame from compress_tensor.
@@ -358,11 +239,11 @@ def _decode_into(src: object, n: int, out: Any, like: str, th: int, limit: int, 
     code, raw = info.dtype, info.raw_size
     shape = tuple(info.shape[: info.ndim])
     if out is not None:
-        dst = _check_out(out, code, shape, raw)
+        dst = _tensors.check_out(out, code, shape, raw)
         result = out
     else:
         _memory.check_output(raw, limit, "the frame")
-        result = _memory.empty(_TORCH[code], _NUMPY[code], shape, like)
+        result = _tensors.empty(code, shape, like)
         dst = result.data_ptr() if like == "torch" else result.ctypes.data
     got = c_uint64()
     call(fn, src, n, *refs, dst, raw, th, byref(got))
@@ -398,7 +279,7 @@ def entropy_bound_bits(x: Any) -> float:
     A floor for coders that code each stream independently byte by byte;
     accepts the same inputs as compress_tensor.
     """
-    src = _source(x)
+    src = _tensors.source(x)
     bits = c_double()
     call("tpde_entropy_bound", src.ptr, src.nbytes, src.code, byref(bits))
     return float(bits.value)

@@ -15,9 +15,10 @@ from __future__ import annotations
 from ctypes import byref, c_double, c_uint64
 from typing import Any, Dict, Optional, Tuple, Union
 
-from . import _memory, _native
+from . import _memory, _native, _tensors
 from ._native import call
-from .codec import DTYPES, _EFFORTS, _decode_into, _encode_bound_of, _int_arg, _into_new_bytes, _readable, _source, _threads
+from ._tensors import DTYPES
+from .codec import _EFFORTS, _decode_into, _encode_bound_of, _int_arg, _into_new_bytes, _readable, _threads
 from .errors import InvalidArgumentError
 
 __all__ = ["compress_delta", "decompress_delta", "inspect_delta", "delta_threshold", "RESIDUALS", "POSITION_CODINGS"]
@@ -30,7 +31,7 @@ POSITION_CODINGS = {"auto": 0, "dense": 1, "elias_delta_zstd": 2}
 
 
 def _same_layout(x: Any, ref: Any, what: str) -> Any:
-    src, r = _source(x), _source(ref)
+    src, r = _tensors.source(x), _tensors.source(ref)
     if (r.code, r.shape) != (src.code, src.shape):
         raise InvalidArgumentError(
             f"{what} is {DTYPES[r.code]}{list(r.shape)}, the tensor is {DTYPES[src.code]}{list(src.shape)}")
@@ -60,7 +61,7 @@ def compress_delta(
     return_recon: also return what decompress_delta will give back (x
     itself when lossless), to use as the next reference in a closed loop.
     """
-    src = _source(x)
+    src = _tensors.source(x)
     r = _same_layout(x, ref, "ref")
     r2 = _same_layout(x, ref2, "ref2") if ref2 is not None else None
     if residual not in RESIDUALS:
@@ -80,8 +81,8 @@ def compress_delta(
     recon = None
     recon_ptr, recon_cap = None, 0
     if return_recon:
-        recon = _empty_like_source(x)
-        recon_ptr, recon_cap = _data_ptr(recon), src.nbytes
+        recon = _tensors.empty_like(x)
+        recon_ptr, recon_cap = _tensors.address(recon)[0], src.nbytes
 
     def encode(dst: int, cap: int) -> int:
         n = c_uint64()
@@ -95,21 +96,6 @@ def compress_delta(
     return (blob, recon) if return_recon else blob
 
 
-def _empty_like_source(x: Any) -> Any:
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(x, torch.Tensor):
-        return torch.empty(tuple(x.shape), dtype=x.dtype)
-    import numpy as np
-
-    return np.empty(x.shape, dtype=x.dtype)
-
-
-def _data_ptr(t: Any) -> int:
-    return t.data_ptr() if hasattr(t, "data_ptr") else t.ctypes.data
-
-
 def decompress_delta(blob: Any, ref: Any, *, ref2: Any = None, out: Any = None, like: str = "torch",
                      threads: int = 0, max_output_bytes: Optional[int] = None) -> Any:
     """Decode a frame from compress_delta against the reference it was made
@@ -120,8 +106,8 @@ def decompress_delta(blob: Any, ref: Any, *, ref2: Any = None, out: Any = None, 
     if out is None and like not in ("torch", "numpy"):
         raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
     limit = _memory.output_limit(max_output_bytes)
-    r = _source(ref)
-    r2 = _source(ref2) if ref2 is not None else None
+    r = _tensors.source(ref)
+    r2 = _tensors.source(ref2) if ref2 is not None else None
     with _readable(blob) as (src, n):
         return _decode_into(src, n, out, like, th, limit, "tpde_decode_delta",
                             (r.ptr, r.nbytes, r2.ptr if r2 else None, r2.nbytes if r2 else 0))
@@ -161,7 +147,7 @@ def delta_threshold(x: Any, ref: Any, percentile: float) -> float:
     an adaptive lossy threshold (design document section 7.1). E.g. 99 gives
     a threshold under which about 99% of the changes fall. Exact (nearest
     rank), computed in the library without copying either tensor."""
-    src = _source(x)
+    src = _tensors.source(x)
     r = _same_layout(x, ref, "ref")
     if not 0.0 <= percentile <= 100.0:
         raise InvalidArgumentError(f"percentile must be in [0, 100], got {percentile!r}")
