@@ -25,6 +25,7 @@ import torch
 
 import tpde
 from crc32c import crc32c
+from tpde import _structure as tpde_structure
 from tpde import _tensors as tpde_tensors
 from tpde import checkpoint as tpde_checkpoint
 
@@ -423,11 +424,11 @@ def test_rebuild_refuses_excessive_depth_by_itself() -> None:
     for _ in range(150):
         node = [node]
     with pytest.raises(tpde.CorruptDataError, match="nests more than 100 levels deep"):
-        tpde_checkpoint._rebuild(node, {"w": 1})
+        tpde_structure.rebuild(node, {"w": 1})
     for _ in range(10_000):
         node = {"$tuple": [node]}
     with pytest.raises(tpde.CorruptDataError, match="nests more than 100 levels deep"):
-        tpde_checkpoint._rebuild(node, {"w": 1})
+        tpde_structure.rebuild(node, {"w": 1})
 
 
 # --- the encoder never writes what the readers refuse -------------------------------

@@ -43,7 +43,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from . import _bundle, _memory, _tensors
+from . import _bundle, _memory, _structure, _tensors
+from ._structure import state_dict_nbytes
 from ._tensors import DTYPES, WIDTHS
 from .codec import _FILE_MAGIC, _readable, _threads
 from .errors import (
@@ -77,15 +78,6 @@ _FLOAT_CODES = frozenset(i for i, n in enumerate(DTYPES) if n.startswith("F"))
 # Lossy coding needs at least 2-byte floats (F8 stays lossless).
 _LOSSY_CODES = frozenset(i for i in _FLOAT_CODES if WIDTHS[i] >= 2)
 
-#: How deeply a bundle's metadata JSON may nest (bundle.MaxMetaDepth,
-#: docs/FORMAT.md §17.5). The library refuses deeper metadata, in a bundle
-#: as corrupt and from a writer as invalid; the encoder refuses a
-#: checkpoint whose structure would need it before coding anything.
-_MAX_META_DEPTH = 100
-#: The JSON depth of the skeleton's (and state_dict_metadata's) top node:
-#: inside the metadata object and its "tpde" member.
-_SKELETON_DEPTH = 3
-
 Checkpoint = Any  # a state dict (see the module docstring)
 Source = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
 
@@ -94,217 +86,6 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-
-
-# --- state dict structure ---------------------------------------------------
-
-def _key_json(k: Any, path: str) -> Any:
-    if k is None or isinstance(k, (str, bool, int)):
-        return k
-    if isinstance(k, float) and math.isfinite(k):
-        return k
-    raise InvalidArgumentError(f"{path}: a key of type {type(k).__name__} cannot be stored (str, int, float, bool or None)")
-
-
-class _Flat:
-    """A checkpoint taken apart: its tensors by unique name, plus a JSON
-    skeleton of everything else (None when it is a flat name -> tensor
-    mapping, the common case)."""
-
-    def __init__(self, ckpt: Checkpoint, what: str = "checkpoint") -> None:
-        self.tensors: Dict[str, Any] = {}
-        self.aliases: Dict[str, str] = {}  # name -> earlier name of the same tensor
-        self._seen: Dict[Tuple[Any, ...], str] = {}
-        self.state_dict_metadata: Any = None
-        if not isinstance(ckpt, Mapping):
-            raise InvalidArgumentError(f"{what} must be a mapping (a state dict), not {type(ckpt).__name__}")
-        md = getattr(ckpt, "_metadata", None)
-        if isinstance(md, Mapping):
-            # nn.Module.state_dict() versions its modules here; load_state_dict reads it.
-            self.state_dict_metadata = self._plain(md, f"{what}._metadata", _SKELETON_DEPTH)
-        if all(isinstance(k, str) and _tensors.is_tensor(v) for k, v in ckpt.items()):
-            self.skeleton = None
-            for k, v in ckpt.items():
-                self._add(k, v)
-        else:
-            self.skeleton = self._walk(ckpt, what, "", _SKELETON_DEPTH)
-
-    @staticmethod
-    def _identity(t: Any) -> Tuple[Any, ...]:
-        if hasattr(t, "data_ptr"):
-            return ("t", t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()), t.device.type)
-        return ("n", t.ctypes.data, t.dtype.str, t.shape, t.strides)
-
-    def _add(self, name: str, t: Any) -> str:
-        if not name:
-            name = "<root>"
-        base, k = name, 1
-        while name in self.tensors or name in self.aliases:
-            k += 1
-            name = f"{base}#{k}"
-        nbytes = t.nbytes if hasattr(t, "nbytes") else 0
-        ident = self._identity(t) if nbytes else None
-        if ident is not None and ident in self._seen:
-            # The same memory under two names (tied weights): stored once,
-            # restored as one shared tensor, as torch.save does.
-            self.aliases[name] = self._seen[ident]
-        else:
-            if ident is not None:
-                self._seen[ident] = name
-            self.tensors[name] = t
-        return name
-
-    # depth is the JSON nesting level of the node made for x, if x makes a
-    # container: a mapping nests its values 3 levels down ({"$dict": [[k,
-    # v]]}), a tuple 2, a list 1. Refusing more than _MAX_META_DEPTH here
-    # also stops a list that contains itself.
-
-    def _plain(self, x: Any, path: str, depth: int) -> Any:
-        if x is None or isinstance(x, (str, bool, int)):
-            return x
-        if isinstance(x, float) and math.isfinite(x):
-            return x
-        _check_depth(depth, path)
-        if isinstance(x, float):
-            return {"$float": repr(x)}
-        if isinstance(x, Mapping):
-            return {"$dict": [[_key_json(k, path), self._plain(v, f"{path}[{k!r}]", depth + 3)]
-                              for k, v in x.items()]}
-        if isinstance(x, list):
-            return [self._plain(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(x)]
-        if isinstance(x, tuple):
-            return {"$tuple": [self._plain(v, f"{path}[{i}]", depth + 2) for i, v in enumerate(x)]}
-        raise InvalidArgumentError(
-            f"{path} is a {type(x).__module__}.{type(x).__qualname__}: tpde stores tensors and JSON-like values "
-            "(str, int, float, bool, None, and dicts, lists and tuples of them); save other objects separately")
-
-    def _walk(self, x: Any, path: str, name: str, depth: int) -> Any:
-        if _tensors.is_tensor(x):
-            _check_depth(depth, path)
-            return {"$tensor": self._add(name, x)}
-        sub = (lambda k: f"{name}.{k}" if name else str(k))
-        if isinstance(x, Mapping):
-            _check_depth(depth, path)
-            return {"$dict": [[_key_json(k, path), self._walk(v, f"{path}[{k!r}]", sub(k), depth + 3)]
-                              for k, v in x.items()]}
-        if isinstance(x, list):
-            _check_depth(depth, path)
-            return [self._walk(v, f"{path}[{i}]", sub(i), depth + 1) for i, v in enumerate(x)]
-        if isinstance(x, tuple):
-            _check_depth(depth, path)
-            return {"$tuple": [self._walk(v, f"{path}[{i}]", sub(i), depth + 2) for i, v in enumerate(x)]}
-        return self._plain(x, path, depth)
-
-    def get(self, name: str) -> Any:
-        return self.tensors.get(name if name not in self.aliases else self.aliases[name])
-
-    def tensors_with_aliases(self) -> Dict[str, Any]:
-        """Every name, aliases included, to its tensor."""
-        return {name: self.get(name) for name in (*self.tensors, *self.aliases)}
-
-
-def _check_depth(depth: int, path: str) -> None:
-    if depth > _MAX_META_DEPTH:
-        raise InvalidArgumentError(
-            f"{path} is nested too deeply: a checkpoint's structure is stored as JSON nested at most "
-            f"{_MAX_META_DEPTH} levels deep (3 per level of dicts, 2 of tuples, 1 of lists)")
-
-
-# --- the structure read back -----------------------------------------------------
-
-_FLOAT_NODES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-_NODE_TAGS = ("$tensor", "$dict", "$tuple", "$float")
-# The JSON types a $dict key may have (docs/FORMAT.md §17.6).
-_KEY_TYPES = (str, int, float, bool, type(None))
-_ABSENT = object()
-
-# A node's place in the metadata, built as it is walked and spelled out
-# only for an error: (parent trail or None, key or index or root name).
-_Trail = Tuple[Any, Any]
-
-
-def _spell(trail: _Trail) -> str:
-    steps: List[str] = []
-    while trail[0] is not None:
-        trail, key = trail
-        steps.append(f"[{key!r}]")
-    return str(trail[1]) + "".join(reversed(steps))
-
-
-def _bad_node(trail: _Trail, problem: str) -> CorruptDataError:
-    return CorruptDataError(f"checkpoint metadata: {_spell(trail)} {problem}")
-
-
-def _rebuild(node: Any, tensors: Mapping[str, Any], trail: _Trail = (None, "tpde.skeleton"), depth: int = 1) -> Any:
-    """The value a structure node (docs/FORMAT.md §17.6) stands for, with
-    each {"$tensor": name} looked up in tensors. Anything else is corrupt
-    (the metadata is checksummed, so it is a writer's bug or a forgery,
-    nothing to guess at): an unknown tag, a malformed node, a name that
-    tensors lacks, or nesting deeper than any bundle may hold."""
-    if depth > _MAX_META_DEPTH:
-        raise _bad_node(trail, f"nests more than {_MAX_META_DEPTH} levels deep")
-    if isinstance(node, list):
-        return [_rebuild(v, tensors, (trail, i), depth + 1) for i, v in enumerate(node)]
-    if not isinstance(node, dict):
-        return node  # a string, number, boolean or null (json gives nothing else)
-    if len(node) != 1:
-        keys = ", ".join(repr(k) for k in list(node)[:4]) + (", ..." if len(node) > 4 else "")
-        raise _bad_node(trail, f"is an object with keys {keys or 'none'}; a node has exactly one of "
-                               f"{', '.join(_NODE_TAGS)}")
-    ((tag, arg),) = node.items()
-    if tag == "$tensor":
-        if not isinstance(arg, str):
-            raise _bad_node(trail, f"is a $tensor node whose name is {_json_type(arg)}, not a string")
-        t = tensors.get(arg, _ABSENT)
-        if t is _ABSENT:
-            raise _bad_node(trail, f"refers to tensor {arg!r}, which the bundle does not hold")
-        return t
-    if tag in ("$dict", "$tuple") and not isinstance(arg, list):
-        raise _bad_node(trail, f"is a {tag} node holding {_json_type(arg)}, not an array")
-    if tag == "$dict":
-        out = {}
-        for i, pair in enumerate(arg):
-            if not (isinstance(pair, list) and len(pair) == 2):
-                raise _bad_node(trail, f"is a $dict node whose item {i} is not a [key, value] pair")
-            k, v = pair
-            if not isinstance(k, _KEY_TYPES):
-                raise _bad_node(trail, f"is a $dict node whose key {i} is {_json_type(k)}")
-            out[k] = _rebuild(v, tensors, (trail, k), depth + 1)
-        return out
-    if tag == "$tuple":
-        return tuple(_rebuild(v, tensors, (trail, i), depth + 1) for i, v in enumerate(arg))
-    if tag == "$float":
-        f = _FLOAT_NODES.get(arg) if isinstance(arg, str) else None
-        if f is None:
-            raise _bad_node(trail, f"is a $float node of {arg!r}, not one of {', '.join(map(repr, _FLOAT_NODES))}")
-        return f
-    raise _bad_node(trail, f"has the unknown tag {tag!r} (a node is one of {', '.join(_NODE_TAGS)})")
-
-
-def _json_type(v: Any) -> str:
-    """What a JSON value is, for a message: 'an array', 'the string 'x''."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return f"the boolean {'true' if v else 'false'}"
-    if isinstance(v, (int, float)):
-        return f"the number {v!r}"
-    if isinstance(v, str):
-        return f"the string {v[:40]!r}"
-    if isinstance(v, tuple):
-        return "a tuple"
-    return "an array" if isinstance(v, list) else "an object"
-
-
-def _with_state_dict_metadata(out: "collections.OrderedDict[str, Any]", md: Any) -> Any:
-    if md is not None:
-        out._metadata = _rebuild(md, {}, (None, "tpde.state_dict_metadata"))  # type: ignore[attr-defined]
-    return out
-
-
-def state_dict_nbytes(ckpt: Checkpoint) -> int:
-    """Bytes of tensor data in a checkpoint (shared tensors counted once)."""
-    return sum(_tensors.nbytes(t) for t in _Flat(ckpt).tensors.values())
 
 
 # --- the compressed object ----------------------------------------------------
@@ -407,26 +188,26 @@ class _Meta:
 
     def __init__(self, meta: Any, tensors: List[Dict[str, Any]]) -> None:
         if not isinstance(meta, dict):
-            raise _corrupt_meta(f"the metadata is {_json_type(meta)}, not an object")
-        tp = meta.get("tpde", _ABSENT)
-        if tp is _ABSENT:
+            raise _corrupt_meta(f"the metadata is {_structure.json_type(meta)}, not an object")
+        tp = meta.get("tpde", _structure.ABSENT)
+        if tp is _structure.ABSENT:
             raise UnsupportedFormatError("this bundle holds no tpde checkpoint metadata (no 'tpde' member): it was "
                                          "not written by TemporalPositionDeltaEncoder")
         if not isinstance(tp, dict):
-            raise _corrupt_meta(f"'tpde' is {_json_type(tp)}, not an object")
+            raise _corrupt_meta(f"'tpde' is {_structure.json_type(tp)}, not an object")
         fmt = _member(tp, "format", "'tpde'")
         if not isinstance(fmt, str):
-            raise _corrupt_meta(f"'tpde.format' is {_json_type(fmt)}, not a string")
+            raise _corrupt_meta(f"'tpde.format' is {_structure.json_type(fmt)}, not a string")
         if fmt != "tpde-checkpoint":
             raise UnsupportedFormatError(f"this bundle holds a {fmt[:60]!r}, not a 'tpde-checkpoint'")
 
         c = _member(meta, "checkpoint", "the metadata")
         if not isinstance(c, dict):
-            raise _corrupt_meta(f"'checkpoint' is {_json_type(c)}, not an object")
+            raise _corrupt_meta(f"'checkpoint' is {_structure.json_type(c)}, not an object")
         for key, kinds in _CHECKPOINT_FIELDS.items():
-            v = c.get(key, _ABSENT)
-            if v is not _ABSENT and not any(_JSON_KINDS[k](v) for k in kinds):
-                raise _corrupt_meta(f"'checkpoint.{key}' is {_json_type(v)}, not {' or '.join(kinds)}")
+            v = c.get(key, _structure.ABSENT)
+            if v is not _structure.ABSENT and not any(_JSON_KINDS[k](v) for k in kinds):
+                raise _corrupt_meta(f"'checkpoint.{key}' is {_structure.json_type(v)}, not {' or '.join(kinds)}")
         version = c.get("format_version")
         if version is not None:
             major, dot, minor = version.partition(".")
@@ -442,7 +223,7 @@ class _Meta:
         self.reference: Optional[str] = _member(c, "reference", "'checkpoint'")
         if self.reference not in _REFERENCES[self.checkpoint_type]:
             raise _corrupt_meta(f"a {self.checkpoint_type} checkpoint whose 'checkpoint.reference' is "
-                                f"{_json_type(self.reference)}, not "
+                                f"{_structure.json_type(self.reference)}, not "
                                 f"{' or '.join(repr(r) if r else 'null' for r in _REFERENCES[self.checkpoint_type])}")
         if self.checkpoint_type == "full":
             for t in tensors:
@@ -452,18 +233,18 @@ class _Meta:
         self.checkpoint: Dict[str, Any] = c
         self.user = meta.get("user", {})
         if not isinstance(self.user, dict):
-            raise _corrupt_meta(f"'user' is {_json_type(self.user)}, not an object")
+            raise _corrupt_meta(f"'user' is {_structure.json_type(self.user)}, not an object")
 
         aliases = _member(tp, "aliases", "'tpde'")
         if not isinstance(aliases, dict):
-            raise _corrupt_meta(f"'tpde.aliases' is {_json_type(aliases)}, not an object")
+            raise _corrupt_meta(f"'tpde.aliases' is {_structure.json_type(aliases)}, not an object")
         self.skeleton = _member(tp, "skeleton", "'tpde'")
         # Names -> placeholders, for the checks below; a flat checkpoint
         # without aliases (the common state_dict()) needs none.
         stored = {t["name"]: None for t in tensors} if aliases or self.skeleton is not None else {}
         for alias, target in aliases.items():
             if not isinstance(target, str):
-                raise _corrupt_meta(f"alias {alias!r} is {_json_type(target)}, not a tensor name")
+                raise _corrupt_meta(f"alias {alias!r} is {_structure.json_type(target)}, not a tensor name")
             if target not in stored:
                 raise _corrupt_meta(f"alias {alias!r} refers to tensor {target!r}, which the bundle does not hold")
             if alias in stored:
@@ -474,14 +255,14 @@ class _Meta:
         # it again with the tensors.
         if self.skeleton is not None:
             stored.update(dict.fromkeys(aliases))
-            top = _rebuild(self.skeleton, stored)
+            top = _structure.rebuild(self.skeleton, stored)
             if not isinstance(top, dict):
-                raise _corrupt_meta(f"'tpde.skeleton' stands for {_json_type(top)}, not a mapping")
+                raise _corrupt_meta(f"'tpde.skeleton' stands for {_structure.json_type(top)}, not a mapping")
         self.state_dict_metadata = _member(tp, "state_dict_metadata", "'tpde'")
         if self.state_dict_metadata is not None:
-            md = _rebuild(self.state_dict_metadata, {}, (None, "tpde.state_dict_metadata"))
+            md = _structure.rebuild(self.state_dict_metadata, {}, (None, "tpde.state_dict_metadata"))
             if not isinstance(md, dict):
-                raise _corrupt_meta(f"'tpde.state_dict_metadata' stands for {_json_type(md)}, not a mapping")
+                raise _corrupt_meta(f"'tpde.state_dict_metadata' stands for {_structure.json_type(md)}, not a mapping")
 
 
 class _Opened:
@@ -599,8 +380,8 @@ def _decode_opened(b: _Opened, previous: Optional[Checkpoint], previous2: Option
     _memory.check_output(sum(t["raw_size"] for t in b.tensors), limit,
                          f"this checkpoint ({len(b.tensors):,} tensors)")
     meta = b.meta
-    prev = _Flat(previous, "previous") if previous is not None else None
-    prev2 = _Flat(previous2, "previous2") if previous2 is not None else None
+    prev = _structure.Flat(previous, "previous") if previous is not None else None
+    prev2 = _structure.Flat(previous2, "previous2") if previous2 is not None else None
     refs = []
     for t in b.tensors:
         ref = ref2 = None
@@ -624,8 +405,8 @@ def _decode_opened(b: _Opened, previous: Optional[Checkpoint], previous2: Option
     for alias, name in meta.aliases.items():
         out[alias] = out[name]
     if meta.skeleton is None:
-        return _with_state_dict_metadata(out, meta.state_dict_metadata)
-    return _rebuild(meta.skeleton, out)
+        return _structure.with_state_dict_metadata(out, meta.state_dict_metadata)
+    return _structure.rebuild(meta.skeleton, out)
 
 
 def _reference_hint(meta: _Meta) -> str:
@@ -641,7 +422,7 @@ def _reference_hint(meta: _Meta) -> str:
     return s + "; pass exactly that decoded checkpoint as previous"
 
 
-def _reference(prev: Optional[_Flat], t: Dict[str, Any], what: str, meta: _Meta) -> Any:
+def _reference(prev: Optional[_structure.Flat], t: Dict[str, Any], what: str, meta: _Meta) -> Any:
     name = t["name"]
     if prev is None:
         raise ReferenceMismatchError(f"tensor {name!r} is a delta frame and no {what} checkpoint was given "
@@ -780,14 +561,14 @@ class TemporalPositionDeltaEncoder:
                     "no previous checkpoint: pass previous=, or compress a full checkpoint with this encoder first"
                     + ("" if self.keep_reference else " (keep_reference=False keeps none)"))
             return self._reference, self._reference_epoch
-        return _Flat(previous, "previous").tensors_with_aliases(), None
+        return _structure.Flat(previous, "previous").tensors_with_aliases(), None
 
     def _compress(self, ckpt: Checkpoint, ref: Optional[Dict[str, Any]], ref2: Optional[Dict[str, Any]],
                   epoch: Optional[int], user: Optional[Mapping[str, Any]], reference: str,
                   reference_epoch: Optional[int] = None, method: Optional[str] = None, path: Optional[str] = None,
                   chunk_size: Optional[int] = None, update_reference: bool = True) -> CompressedCheckpoint:
         t0 = time.perf_counter()
-        flat = _Flat(ckpt)
+        flat = _structure.Flat(ckpt)
         method = method or self.compression_method
         if method not in COMPRESSION_METHODS:
             raise InvalidArgumentError(f"method must be one of {', '.join(COMPRESSION_METHODS)}, got {method!r}")
@@ -955,7 +736,7 @@ class TemporalPositionDeltaEncoder:
         cs = int(chunk_size)
         if cs <= 0:
             raise InvalidArgumentError(f"chunk_size must be > 0, got {chunk_size!r}")
-        ref = None if previous is None else _Flat(previous, "previous").tensors_with_aliases()
+        ref = None if previous is None else _structure.Flat(previous, "previous").tensors_with_aliases()
         c = self._compress(checkpoint, ref, None, epoch, None, "previous" if ref is not None else "full",
                            path=os.fspath(path), chunk_size=cs, update_reference=False)
         return int(c.metadata["compressed_size"])
