@@ -126,23 +126,6 @@ func BenchmarkMergeF32(b *testing.B) {
 // and alignment, with and without rotation.
 func TestVectorKernelsMatchScalar(t *testing.T) {
 	r := rand.New(rand.NewSource(11))
-	scalar := func(k Kind, w int, src []byte) [][]byte {
-		n := len(src) / w
-		pl := planesFor(w, n)
-		for i := 0; i < n; i++ {
-			var v uint64
-			for j := 0; j < w; j++ {
-				v |= uint64(src[i*w+j]) << (8 * j)
-			}
-			if k == RotatedPlanes {
-				v = (v<<1 | v>>(8*w-1)) & (1<<(8*w) - 1)
-			}
-			for p := 0; p < w; p++ {
-				pl[p][i] = byte(v >> (8 * (w - 1 - p)))
-			}
-		}
-		return pl
-	}
 	for _, w := range []int{2, 4} {
 		for _, k := range []Kind{Planes, RotatedPlanes} {
 			for _, n := range []int{0, 1, 15, 16, 17, 31, 32, 33, 100, 1000, 4099} {
@@ -150,7 +133,7 @@ func TestVectorKernelsMatchScalar(t *testing.T) {
 					buf := make([]byte, n*w+off)
 					r.Read(buf)
 					src := buf[off:]
-					want := scalar(k, w, src)
+					want := referencePlanes(k, w, src)
 					got := planesFor(w, n)
 					Split(k, w, src, got)
 					require.Equal(t, want, got, "split w=%d k=%d n=%d off=%d", w, k, n, off)
