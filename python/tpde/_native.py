@@ -41,7 +41,6 @@ ERR_LEN = 1024
 OK = 0
 E_BUFFER_TOO_SMALL = 4
 E_IO = 5
-E_CANCELLED = 9
 
 _ERRORS: dict[int, type[TPDEError]] = {
     1: InvalidArgumentError,
