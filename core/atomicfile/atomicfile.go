@@ -287,4 +287,3 @@ func (a *File) Abort() {
 
 // Dst is the file Commit replaces (dst with symlinks followed).
 func (a *File) Dst() string { return a.dst }
-

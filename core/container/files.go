@@ -15,6 +15,7 @@ import (
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/mapped"
 	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/safetensors"
 )
@@ -114,17 +115,17 @@ const bytesSegment = 64 << 20
 // beside dst). If another process truncates the source meanwhile, the
 // result is an errs.IO error naming it, and dst is left as it was.
 func CompressFile(src, dst string, opt Options) error {
-	in, err := openInput(src, filepath.Dir(dst))
+	in, err := mapped.Open(src, filepath.Dir(dst))
 	if err != nil {
 		return err
 	}
-	defer in.release()
-	return readingMapped(src, func() error { return compressMapped(in, dst, opt) })
+	defer in.Release()
+	return mapped.Reading(src, func() error { return compressMapped(in, dst, opt) })
 }
 
-func compressMapped(in *input, dst string, opt Options) error {
-	data := in.data
-	out, err := atomicfile.Create(dst, atomicfile.Options{SourcePerm: in.perm, HasSource: in.hasPerm})
+func compressMapped(in *mapped.Input, dst string, opt Options) error {
+	data := in.Data
+	out, err := atomicfile.Create(dst, atomicfile.Options{SourcePerm: in.Perm, HasSource: in.HasPerm})
 	if err != nil {
 		return err
 	}
@@ -260,16 +261,16 @@ const maxZstdWindow = 1 << 27
 // Memory stays bounded: chunks are decoded into per-worker buffers and
 // written at their offsets, so the output is never held in memory.
 func DecompressFile(src, dst string, opt Options) error {
-	in, err := openInput(src, filepath.Dir(dst))
+	in, err := mapped.Open(src, filepath.Dir(dst))
 	if err != nil {
 		return err
 	}
-	defer in.release()
-	return readingMapped(src, func() error { return decompressMapped(in, dst, opt) })
+	defer in.Release()
+	return mapped.Reading(src, func() error { return decompressMapped(in, dst, opt) })
 }
 
-func decompressMapped(in *input, dst string, opt Options) error {
-	data := in.data
+func decompressMapped(in *mapped.Input, dst string, opt Options) error {
+	data := in.Data
 	h, err := parseFileOrFrame(data)
 	if err != nil {
 		return err
@@ -277,7 +278,7 @@ func decompressMapped(in *input, dst string, opt Options) error {
 	if opt.MaxOutput != 0 && h.OrigSize > opt.MaxOutput {
 		return fmt.Errorf("%w: the file decodes to %d bytes, more than the limit of %d", errs.Limit, h.OrigSize, opt.MaxOutput)
 	}
-	out, err := atomicfile.Create(dst, atomicfile.Options{SourcePerm: in.perm, HasSource: in.hasPerm})
+	out, err := atomicfile.Create(dst, atomicfile.Options{SourcePerm: in.Perm, HasSource: in.HasPerm})
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/mapped"
 	"github.com/tpde/tpde/core/safetensors"
 )
 
@@ -27,11 +28,11 @@ type SegmentInfo struct {
 
 // FileInfo describes a tpde file, or a single frame, for tools.
 type FileInfo struct {
-	Format         string        `json:"format"` // "file" or "frame"
-	Version        string        `json:"version"`
-	Source         string        `json:"source,omitempty"`
-	OriginalSize   uint64        `json:"original_size"`
-	CompressedSize uint64        `json:"compressed_size"`
+	Format         string `json:"format"` // "file" or "frame"
+	Version        string `json:"version"`
+	Source         string `json:"source,omitempty"`
+	OriginalSize   uint64 `json:"original_size"`
+	CompressedSize uint64 `json:"compressed_size"`
 	// SegmentCount is the number of segments; Segments lists the first
 	// of them, at most the maxSegments asked for.
 	SegmentCount int           `json:"segment_count"`
@@ -66,13 +67,13 @@ func Info(path string, maxSegments int) (fi *FileInfo, err error) {
 	if maxSegments <= 0 {
 		maxSegments = DefaultInfoSegments
 	}
-	in, err := openInput(path, "")
+	in, err := mapped.Open(path, "")
 	if err != nil {
 		return nil, err
 	}
-	defer in.release()
-	err = readingMapped(path, func() error {
-		fi, err = info(in.data, maxSegments)
+	defer in.Release()
+	err = mapped.Reading(path, func() error {
+		fi, err = info(in.Data, maxSegments)
 		return err
 	})
 	return fi, err

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/mapped"
 )
 
 func dirEntries(t *testing.T, dir string) []string {
@@ -105,20 +106,20 @@ func TestAnInputTruncatedWhileMappedIsAnIOErrorNotACrash(t *testing.T) {
 
 	for _, tc := range []struct {
 		name, path, out string
-		run             func(*input, string) error
+		run             func(*mapped.Input, string) error
 	}{
-		{"compress", src, filepath.Join(dir, "again.tpde"), func(in *input, dst string) error { return compressMapped(in, dst, Options{}) }},
-		{"decompress", packed, filepath.Join(dir, "restored"), func(in *input, dst string) error { return decompressMapped(in, dst, Options{}) }},
-		{"info", packed, "", func(in *input, _ string) error { _, err := info(in.data, 0); return err }},
+		{"compress", src, filepath.Join(dir, "again.tpde"), func(in *mapped.Input, dst string) error { return compressMapped(in, dst, Options{}) }},
+		{"decompress", packed, filepath.Join(dir, "restored"), func(in *mapped.Input, dst string) error { return decompressMapped(in, dst, Options{}) }},
+		{"info", packed, "", func(in *mapped.Input, _ string) error { _, err := info(in.Data, 0); return err }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			keep := mustRead(t, tc.path)
 			defer func() { require.NoError(t, os.WriteFile(tc.path, keep, 0o644)) }()
-			in, err := openInput(tc.path, dir)
+			in, err := mapped.Open(tc.path, dir)
 			require.NoError(t, err)
-			defer in.release()
+			defer in.Release()
 			require.NoError(t, os.Truncate(tc.path, 4096)) // a trainer rewriting the file
-			err = readingMapped(tc.path, func() error { return tc.run(in, tc.out) })
+			err = mapped.Reading(tc.path, func() error { return tc.run(in, tc.out) })
 			require.ErrorIs(t, err, errs.IO)
 			assert.ErrorIs(t, err, syscall.EIO)
 			assert.Contains(t, err.Error(), tc.path)

@@ -1,6 +1,9 @@
 //go:build unix
 
-package container
+// Package mapped reads input files in place: regular files are memory-mapped,
+// streams are spooled to an unlinked temporary file first, and faults from a
+// file truncated while mapped become I/O errors instead of crashes.
+package mapped
 
 import (
 	"errors"
@@ -14,25 +17,25 @@ import (
 	"github.com/tpde/tpde/core/par"
 )
 
-// input is a source file's bytes, read in place.
-type input struct {
-	data []byte
+// Input is a source file's bytes, read in place.
+type Input struct {
+	Data []byte
 	// perm is the source's permission bits; hasPerm is false for a stream
 	// (a pipe, /dev/stdin, /proc/...), whose mode says nothing about how
 	// private its content is.
-	perm    fs.FileMode
-	hasPerm bool
+	Perm    fs.FileMode
+	HasPerm bool
 	release func()
 }
 
-// openInput maps the file at path. A regular file is mapped read-only in
+// Open maps the file at path. A regular file is mapped read-only in
 // place: pages are read on demand and are clean, so the kernel can drop
 // them under pressure instead of swapping. Anything else that can be read
 // (a pipe, /dev/stdin, a FIFO, a /proc file whose size reads as 0) is first
 // copied to an unnamed temporary file in spoolDir and that is mapped: its
 // size is not known in advance, and taking Stat's 0 for it would silently
 // compress nothing.
-func openInput(path, spoolDir string) (*input, error) {
+func Open(path, spoolDir string) (*Input, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errs.IO, err)
@@ -52,7 +55,7 @@ func openInput(path, spoolDir string) (*input, error) {
 			_ = f.Close()
 			return nil, err
 		}
-		return &input{data: data, perm: st.Mode().Perm(), hasPerm: true,
+		return &Input{Data: data, Perm: st.Mode().Perm(), HasPerm: true,
 			release: func() { unmap(); _ = f.Close() }}, nil
 	}
 	in, err := spool(f, path, spoolDir)
@@ -61,13 +64,13 @@ func openInput(path, spoolDir string) (*input, error) {
 		return nil, err
 	}
 	if st.Mode().IsRegular() {
-		in.perm, in.hasPerm = st.Mode().Perm(), true
+		in.Perm, in.HasPerm = st.Mode().Perm(), true
 	}
 	return in, nil
 }
 
 // spool copies a stream to an unlinked temporary file and maps that.
-func spool(src *os.File, path, dir string) (*input, error) {
+func spool(src *os.File, path, dir string) (*Input, error) {
 	if dir == "" {
 		dir = os.TempDir()
 	}
@@ -89,14 +92,14 @@ func spool(src *os.File, path, dir string) (*input, error) {
 	}
 	if n == 0 {
 		_ = tmp.Close()
-		return &input{data: []byte{}, release: func() {}}, nil
+		return &Input{Data: []byte{}, release: func() {}}, nil
 	}
 	data, unmap, err := mapFile(tmp, n)
 	if err != nil {
 		_ = tmp.Close()
 		return nil, err
 	}
-	return &input{data: data, release: func() { unmap(); _ = tmp.Close() }}, nil
+	return &Input{Data: data, release: func() { unmap(); _ = tmp.Close() }}, nil
 }
 
 // mapFile maps size bytes of f read-only.
@@ -111,13 +114,13 @@ func mapFile(f *os.File, size int64) ([]byte, func(), error) {
 	return data, func() { _ = syscall.Munmap(data) }, nil
 }
 
-// readingMapped runs fn, which reads the mapping of path, and reports a
+// Reading runs fn, which reads the mapping of path, and reports a
 // memory fault in it (the file was truncated by another process while it
 // was mapped: reading past its new end raises SIGBUS) as an I/O error
 // naming the file, instead of the crash it would otherwise be. fn's own
 // deferred cleanup (removing a temporary output) runs as the fault
 // unwinds.
-func readingMapped(path string, fn func() error) error {
+func Reading(path string, fn func() error) error {
 	err := par.Guard(fn)
 	var pe *par.PanicError
 	if errors.As(err, &pe) && pe.Fault() {
@@ -126,3 +129,5 @@ func readingMapped(path string, fn func() error) error {
 	return err
 }
 
+// Release unmaps the input and closes its file.
+func (in *Input) Release() { in.release() }
