@@ -80,7 +80,7 @@ func parallelCRC(buf []byte, piece, threads int) uint32 {
 		crcs[i] = crc(buf[i*piece : min((i+1)*piece, len(buf))])
 		return nil
 	})
-	return combineChunks(crcs, uint64(piece), uint64(len(buf)-(n-1)*piece))
+	return combineTensorChunks(crcs, uint64(piece), uint64(len(buf)))
 }
 
 // crcShift is the linear operator that appends a fixed number of bytes to
@@ -161,4 +161,13 @@ func combineChunks(crcs []uint32, chunkBytes, last uint64) uint32 {
 		sum = shiftFor(last).combine(sum, crcs[len(crcs)-1])
 	}
 	return sum
+}
+
+// combineTensorChunks is combineChunks for the chunks of chunkBytes bytes
+// of a tensor of rawSize bytes (one CRC per chunk, the last one shorter).
+func combineTensorChunks(crcs []uint32, chunkBytes, rawSize uint64) uint32 {
+	if len(crcs) == 0 {
+		return 0
+	}
+	return combineChunks(crcs, chunkBytes, rawSize-uint64(len(crcs)-1)*chunkBytes)
 }

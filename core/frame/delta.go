@@ -12,14 +12,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
-	"sync"
 
 	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/entropy"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/par"
-	"github.com/tpde/tpde/core/transform"
 )
 
 // Delta extension area and chunk table layout.
@@ -159,19 +157,14 @@ func parseDelta(blob []byte, h *Header, nelem, nchunks uint64, extLen int) (*Hea
 		h.FrameLen = uint64(hl)
 		return h, nil
 	}
-	tl := uint64(h.NChunks)*deltaEntryLen + 4
-	if uint64(len(blob)-hl) < tl {
-		return nil, corrupt("truncated chunk table: %d of %d bytes", len(blob)-hl, tl)
-	}
-	h.TableLen = int(tl)
-	table := blob[hl : hl+h.TableLen]
-	if got, want := crc(table[:len(table)-4]), binary.LittleEndian.Uint32(table[len(table)-4:]); got != want {
-		return nil, corrupt("chunk table checksum mismatch (stored %08x, computed %08x)", want, got)
+	table, err := h.readChunkTable(blob, deltaEntryLen)
+	if err != nil {
+		return nil, err
 	}
 	w := uint64(h.DType.Width())
 	ov := uint64(delta.ChunkOverhead(int(w)))
 	h.dchunks = make([]deltaChunk, h.NChunks)
-	pos := uint64(hl) + tl
+	pos := uint64(hl + h.TableLen)
 	for i := range h.dchunks {
 		e := table[i*deltaEntryLen:]
 		c := &h.dchunks[i]
@@ -244,28 +237,15 @@ type DeltaResult struct {
 // DeltaBound is the largest delta frame EncodeDelta can produce for rawSize
 // bytes of d with ndim dimensions; chunkElems 0 means the default.
 func DeltaBound(rawSize uint64, d dtype.DType, ndim int, chunkElems uint32) (uint64, error) {
-	if !d.Valid() {
-		return 0, fmt.Errorf("%w: dtype code %d", errs.Invalid, uint8(d))
+	nchunks, err := boundChunks(rawSize, d, ndim, chunkElems)
+	if err != nil {
+		return 0, err
 	}
-	if ndim < 0 || ndim > MaxNDim {
-		return 0, fmt.Errorf("%w: ndim %d (max %d)", errs.Invalid, ndim, MaxNDim)
-	}
-	w := uint64(d.Width())
-	if chunkElems == 0 {
-		chunkElems = AutoChunkElems(rawSize / w)
-	}
-	if chunkElems > MaxChunkElems {
-		return 0, fmt.Errorf("%w: chunk size %d elements (max %d)", errs.Invalid, chunkElems, MaxChunkElems)
-	}
-	nchunks := nchunksFor(rawSize/w, chunkElems)
-	if nchunks > 1<<32-1 || rawSize > 1<<56 {
-		return 0, fmt.Errorf("%w: tensor of %d bytes is too large", errs.Invalid, rawSize)
-	}
-	per := uint64(deltaEntryLen + delta.ChunkOverhead(int(w)))
+	per := uint64(deltaEntryLen + delta.ChunkOverhead(d.Width()))
 	return uint64(headerLen(ndim)+deltaExtMax) + 4 + nchunks*per + rawSize, nil
 }
 
-var deltaPool = sync.Pool{New: func() any { return delta.NewScratch() }}
+var deltaPool = newScratchPool(delta.NewScratch)
 
 // EncodeDelta writes the delta frame of src (dtype d, the given shape)
 // against ref (and ref2, for prediction; may be nil otherwise) into dst,
@@ -273,16 +253,9 @@ var deltaPool = sync.Pool{New: func() any { return delta.NewScratch() }}
 // the caller vouches that they have its dtype and shape too.
 func EncodeDelta(dst, src, ref, ref2 []byte, d dtype.DType, shape []uint64, opt DeltaOptions) (DeltaResult, error) {
 	var res DeltaResult
-	if !d.Valid() {
-		return res, fmt.Errorf("%w: dtype code %d", errs.Invalid, uint8(d))
-	}
-	if len(shape) > MaxNDim {
-		return res, fmt.Errorf("%w: ndim %d (max %d)", errs.Invalid, len(shape), MaxNDim)
-	}
-	w := d.Width()
-	nelem, ok := elems(shape)
-	if !ok || nelem > uint64(len(src)) || nelem*uint64(w) != uint64(len(src)) {
-		return res, fmt.Errorf("%w: shape %v of %s needs a different size than the %d bytes given", errs.Invalid, shape, d, len(src))
+	nelem, err := checkTensor(src, d, shape)
+	if err != nil {
+		return res, err
 	}
 	if len(ref) != len(src) {
 		return res, fmt.Errorf("%w: the reference is %d bytes, the tensor %d: a delta needs a reference of the same dtype and shape", errs.Invalid, len(ref), len(src))
@@ -307,16 +280,13 @@ func EncodeDelta(dst, src, ref, ref2 []byte, d dtype.DType, shape []uint64, opt 
 	if err := pv.Validate(); err != nil {
 		return res, err
 	}
-	ce := opt.ChunkElems
-	if ce == 0 {
-		ce = AutoChunkElems(nelem)
-	}
+	ce := chunkElemsFor(opt.ChunkElems, nelem)
 	bound, err := DeltaBound(uint64(len(src)), d, len(shape), ce)
+	if err == nil {
+		err = checkRoom(dst, bound)
+	}
 	if err != nil {
 		return res, err
-	}
-	if uint64(len(dst)) < bound {
-		return res, fmt.Errorf("%w: %d bytes given, up to %d needed", errs.BufferTooSmall, len(dst), bound)
 	}
 	lossy := p.Lossy()
 	if !lossy && bytes.Equal(src, ref) {
@@ -333,69 +303,42 @@ func EncodeDelta(dst, src, ref, ref2 []byte, d dtype.DType, shape []uint64, opt 
 		res.Residual, res.Identical = p.Kind, true
 		return res, nil
 	}
-	nchunks := int(nchunksFor(nelem, ce))
-	// One read of the thread count sizes the scratch and the fan-out alike:
-	// the process default may change meanwhile, from another thread.
-	threads := par.Workers(opt.Threads, nchunks)
-	scr := make([]*delta.Scratch, threads)
-	for i := range scr {
-		scr[i] = deltaPool.Get().(*delta.Scratch)
-	}
-	defer func() {
-		for _, s := range scr {
-			deltaPool.Put(s)
-		}
-	}()
-	delta.Prepare(&p, scr[0], src, ref, ref2)
+	w := d.Width()
+	l := chunkLayout{entryLen: deltaEntryLen, rawSize: len(src), chunkBytes: int(ce) * w, overhead: delta.ChunkOverhead(w)}
+	nchunks := l.nchunks()
+	crew := hireWorkers(deltaPool, opt.Threads, nchunks)
+	defer crew.release()
+	delta.Prepare(&p, crew.scratch[0], src, ref, ref2)
 	if p.Kind != delta.Pred {
 		ref2 = nil
 	}
-	hl := headerLen(len(shape)) + deltaExtLen(p.Kind, lossy)
-	tl := nchunks*deltaEntryLen + 4
-	p0 := hl + tl
-	chunkBytes := int(ce) * w
-	slotLen := chunkBytes + delta.ChunkOverhead(w)
-	table := dst[hl : hl+tl]
+	// The extension area's length depends on the kind Prepare resolved.
+	l.headerLen = headerLen(len(shape)) + deltaExtLen(p.Kind, lossy)
 	type chunkStat struct {
 		maxErr        float64
 		mode          delta.Mode
 		contexts      int
+		count         uint32
 		refCRC, r2CRC uint32 // of the references' chunk, combined below
 	}
 	stats := make([]chunkStat, nchunks)
-	err = par.For(nchunks, threads, func(wk, i int) error {
-		lo := i * chunkBytes
-		hi := min(lo+chunkBytes, len(src))
-		var r2 []byte
-		if ref2 != nil {
-			r2 = ref2[lo:hi]
-		}
-		slot := p0 + i*slotLen
-		room := hi - lo + delta.ChunkOverhead(w)
-		r, err := scr[wk].EncodeInto(dst[slot:slot:slot+room], src[lo:hi], ref[lo:hi], r2, &p)
+	n, err := encodeChunks(dst, l, crew, nil, func(s *delta.Scratch, i, lo, hi int, e, slot []byte) ([]byte, uint32, error) {
+		r2 := chunkOf(ref2, lo, hi)
+		r, err := s.EncodeInto(slot, src[lo:hi], ref[lo:hi], r2, &p)
 		if err != nil {
-			return err
+			return nil, 0, err
 		}
-		if len(r.Payload) > room {
-			return fmt.Errorf("internal error: chunk %d payload of %d bytes exceeds its slot", i, len(r.Payload))
-		}
-		if len(r.Payload) > 0 && &r.Payload[0] != &dst[slot] {
-			copy(dst[slot:], r.Payload)
-		}
-		e := table[i*deltaEntryLen : (i+1)*deltaEntryLen]
-		binary.LittleEndian.PutUint32(e, crc(r.Recon))
-		binary.LittleEndian.PutUint32(e[4:], crc(r.Payload))
 		e[8] = byte(r.Mode)
 		binary.LittleEndian.PutUint32(e[9:], r.Count)
 		binary.LittleEndian.PutUint32(e[13:], uint32(len(r.Payload)))
 		if opt.Recon != nil && (len(r.Recon) == 0 || &opt.Recon[lo] != &r.Recon[0]) {
 			copy(opt.Recon[lo:hi], r.Recon)
 		}
-		stats[i] = chunkStat{maxErr: r.MaxErr, mode: r.Mode, contexts: r.Contexts, refCRC: crc(ref[lo:hi])}
+		stats[i] = chunkStat{maxErr: r.MaxErr, mode: r.Mode, contexts: r.Contexts, count: r.Count, refCRC: crc(ref[lo:hi])}
 		if ref2 != nil {
 			stats[i].r2CRC = crc(r2)
 		}
-		return nil
+		return r.Payload, crc(r.Recon), nil
 	})
 	if err != nil {
 		return res, err
@@ -406,40 +349,31 @@ func EncodeDelta(dst, src, ref, ref2 []byte, d dtype.DType, shape []uint64, opt 
 	for i, st := range stats {
 		crcs[i], crcs[nchunks+i] = st.refCRC, st.r2CRC
 	}
-	lastLen := uint64(len(src) - (nchunks-1)*chunkBytes)
-	refCRC := combineChunks(crcs[:nchunks], uint64(chunkBytes), lastLen)
+	refCRC := combineTensorChunks(crcs[:nchunks], uint64(l.chunkBytes), uint64(l.rawSize))
 	var ref2CRC uint32
 	if ref2 != nil {
-		ref2CRC = combineChunks(crcs[nchunks:], uint64(chunkBytes), lastLen)
+		ref2CRC = combineTensorChunks(crcs[nchunks:], uint64(l.chunkBytes), uint64(l.rawSize))
 	}
 	res.Residual = p.Kind
 	allCopy := true
-	for i, st := range stats {
+	for _, st := range stats {
 		res.MaxErr = max(res.MaxErr, st.maxErr)
 		res.Modes[st.mode]++
 		if st.mode != delta.Copy {
 			allCopy = false
 			res.Contexts[st.contexts]++
 		}
-		res.Changed += uint64(binary.LittleEndian.Uint32(table[i*deltaEntryLen+9:]))
+		res.Changed += uint64(st.count)
 	}
 	if allCopy {
+		// Every chunk matched its base: the table and the (empty)
+		// payloads encodeChunks wrote give way to a header-only frame.
 		res.Identical = true
 		res.Len = putDeltaHeader(dst, d, shape, ce, uint64(len(src)), 0, &p, DeltaFlagIdentical, refCRC, ref2CRC, res.MaxErr)
 		return res, nil
 	}
-	// Compact the slots (each starts at or after the end of the packed
-	// chunks before it, so a forward copy never overwrites unread bytes).
-	cur := p0
-	for i := 0; i < nchunks; i++ {
-		n := int(binary.LittleEndian.Uint32(table[i*deltaEntryLen+13:]))
-		slot := p0 + i*slotLen
-		copy(dst[cur:cur+n], dst[slot:slot+n])
-		cur += n
-	}
-	binary.LittleEndian.PutUint32(table[tl-4:], crc(table[:tl-4]))
 	putDeltaHeader(dst, d, shape, ce, uint64(len(src)), nchunks, &p, 0, refCRC, ref2CRC, res.MaxErr)
-	res.Len = cur
+	res.Len = n
 	return res, nil
 }
 
@@ -450,22 +384,7 @@ func putDeltaHeader(dst []byte, d dtype.DType, shape []uint64, ce uint32, rawSiz
 	if lossy {
 		flags |= DeltaFlagLossy
 	}
-	extLen := deltaExtLen(p.Kind, lossy)
-	hl := headerLen(len(shape)) + extLen
-	hdr := dst[:hl]
-	tk, ns := transform.For(d)
-	copy(hdr, Magic[:])
-	hdr[4], hdr[5], hdr[6], hdr[7] = VersionMajor, VersionMinor, KindDelta, byte(d)
-	hdr[8], hdr[9], hdr[10], hdr[11] = byte(tk), byte(ns), byte(len(shape)), 0
-	binary.LittleEndian.PutUint32(hdr[12:], ce)
-	binary.LittleEndian.PutUint64(hdr[16:], rawSize)
-	binary.LittleEndian.PutUint32(hdr[24:], uint32(nchunks))
-	binary.LittleEndian.PutUint16(hdr[28:], uint16(extLen))
-	hdr[30], hdr[31] = 0, 0
-	for i, dim := range shape {
-		binary.LittleEndian.PutUint64(hdr[fixedHeaderLen+8*i:], dim)
-	}
-	ext := hdr[fixedHeaderLen+8*len(shape):]
+	hdr, ext := putHeader(dst, KindDelta, d, shape, ce, rawSize, nchunks, deltaExtLen(p.Kind, lossy))
 	ext[0], ext[1], ext[2], ext[3] = byte(p.Kind), flags, byte(p.QuantBits), 0
 	binary.LittleEndian.PutUint32(ext[4:], refCRC)
 	off := deltaExtBase
@@ -477,8 +396,8 @@ func putDeltaHeader(dst []byte, d dtype.DType, shape []uint64, ce uint32, rawSiz
 		binary.LittleEndian.PutUint64(ext[off:], math.Float64bits(p.Threshold))
 		binary.LittleEndian.PutUint64(ext[off+8:], math.Float64bits(maxErr))
 	}
-	binary.LittleEndian.PutUint32(hdr[hl-4:], crc(hdr[:hl-4]))
-	return hl
+	sealHeader(hdr)
+	return len(hdr)
 }
 
 // DecodeDelta decodes the frame in blob (exactly one frame) into dst (at
@@ -492,17 +411,10 @@ func putDeltaHeader(dst []byte, d dtype.DType, shape []uint64, ce uint32, rawSiz
 // A keyframe decodes as with Decode; the references are then ignored. On
 // error dst holds unspecified bytes and must not be used.
 func DecodeDelta(blob, ref, ref2, dst []byte, threads int) (*Header, error) {
-	h, err := ParseAny(blob)
+	h, dst, err := wholeFrame(blob, dst, ParseAny)
 	if err != nil {
 		return nil, err
 	}
-	if h.FrameLen != uint64(len(blob)) {
-		return nil, corrupt("%d bytes after the end of the frame", uint64(len(blob))-h.FrameLen)
-	}
-	if uint64(len(dst)) < h.RawSize {
-		return nil, fmt.Errorf("%w: %d bytes given, %d needed", errs.BufferTooSmall, len(dst), h.RawSize)
-	}
-	dst = dst[:h.RawSize]
 	if h.Kind == KindKeyframe {
 		return h, h.DecodeChunks(blob, dst, threads)
 	}
@@ -530,16 +442,8 @@ func DecodeDelta(blob, ref, ref2, dst []byte, threads int) (*Header, error) {
 		delta.FillBase(h.DType, di.Residual, ref, ref2, dst)
 		return h, nil
 	}
-	threads = par.Workers(threads, h.NChunks)
-	scr := make([]*delta.Scratch, threads)
-	for i := range scr {
-		scr[i] = deltaPool.Get().(*delta.Scratch)
-	}
-	defer func() {
-		for _, s := range scr {
-			deltaPool.Put(s)
-		}
-	}()
+	crew := hireWorkers(deltaPool, threads, h.NChunks)
+	defer crew.release()
 	// Each worker checksums its chunk of the references before decoding
 	// it (which then finds the bytes in cache); the combined checksums are
 	// compared at the end, and a mismatch is reported as such whatever the
@@ -554,26 +458,19 @@ func DecodeDelta(blob, ref, ref2, dst []byte, threads int) (*Header, error) {
 		}
 		refDone[i] = true
 	}
-	err = par.For(h.NChunks, threads, func(wk, i int) error {
+	err = crew.run(h.NChunks, func(s *delta.Scratch, i int) error {
 		chunkRefCRC(i)
 		c := &h.dchunks[i]
 		off, n := h.ChunkRaw(i)
 		stored := blob[c.off : c.off+uint64(c.len)]
-		if got := crc(stored); got != c.scrc {
-			return corrupt("chunk %d stored-bytes checksum mismatch (stored %08x, computed %08x)", i, c.scrc, got)
-		}
-		var r2 []byte
-		if ref2 != nil {
-			r2 = ref2[off : off+n]
+		if err := checkStored(i, stored, c.scrc); err != nil {
+			return err
 		}
 		out := dst[off : off+n]
-		if err := scr[wk].Decode(c.mode, c.count, stored, ref[off:off+n], r2, out, &p); err != nil {
+		if err := s.Decode(c.mode, c.count, stored, ref[off:off+n], chunkOf(ref2, off, off+n), out, &p); err != nil {
 			return fmt.Errorf("frame chunk %d: %w", i, err)
 		}
-		if got := crc(out); got != c.crc {
-			return corrupt("chunk %d checksum mismatch (stored %08x, computed %08x)", i, c.crc, got)
-		}
-		return nil
+		return checkDecoded(i, out, c.crc)
 	})
 	// After a failure the workers stop early: checksum what they left.
 	for i := 0; i < h.NChunks; i++ {
@@ -582,12 +479,11 @@ func DecodeDelta(blob, ref, ref2, dst []byte, threads int) (*Header, error) {
 		}
 	}
 	per := uint64(h.ChunkElems) * uint64(h.DType.Width())
-	_, last := h.ChunkRaw(h.NChunks - 1)
-	if e := checkRefCRC("reference", combineChunks(refCRCs[:h.NChunks], per, last), di.RefCRC); e != nil {
+	if e := checkRefCRC("reference", combineTensorChunks(refCRCs[:h.NChunks], per, h.RawSize), di.RefCRC); e != nil {
 		return nil, e
 	}
 	if ref2 != nil {
-		if e := checkRefCRC("second reference", combineChunks(refCRCs[h.NChunks:], per, last), di.Ref2CRC); e != nil {
+		if e := checkRefCRC("second reference", combineTensorChunks(refCRCs[h.NChunks:], per, h.RawSize), di.Ref2CRC); e != nil {
 			return nil, e
 		}
 	}
@@ -595,6 +491,14 @@ func DecodeDelta(blob, ref, ref2, dst []byte, threads int) (*Header, error) {
 		return nil, err
 	}
 	return h, nil
+}
+
+// chunkOf is bytes [lo, hi) of an optional reference: nil when it is.
+func chunkOf[I int | uint64](ref []byte, lo, hi I) []byte {
+	if ref == nil {
+		return nil
+	}
+	return ref[lo:hi]
 }
 
 // crcPiece is the piece size in which reference checksums are computed in

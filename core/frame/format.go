@@ -229,18 +229,12 @@ func parse(blob []byte, acceptDelta bool) (*Header, error) {
 	h.NChunks = int(nchunks)
 	h.HeaderLen = hl
 	el := entryLen(h.NStreams)
-	// nchunks < 2^32 and el <= 48, so this cannot overflow.
-	tl := uint64(h.NChunks)*uint64(el) + 4
-	if uint64(len(blob)-hl) < tl {
-		return nil, corrupt("truncated chunk table: %d of %d bytes", len(blob)-hl, tl)
-	}
-	h.TableLen = int(tl)
-	table := blob[hl : hl+h.TableLen]
-	if got, want := crc(table[:len(table)-4]), binary.LittleEndian.Uint32(table[len(table)-4:]); got != want {
-		return nil, corrupt("chunk table checksum mismatch (stored %08x, computed %08x)", want, got)
+	table, err := h.readChunkTable(blob, el)
+	if err != nil {
+		return nil, err
 	}
 	h.chunks = make([]chunk, h.NChunks)
-	off := uint64(hl) + tl
+	off := uint64(hl + h.TableLen)
 	for i := range h.chunks {
 		e := table[i*el:]
 		c := &h.chunks[i]
@@ -285,22 +279,10 @@ func AutoChunkElems(nelem uint64) uint32 {
 // Bound is the largest frame Encode can produce for rawSize bytes of d with
 // ndim dimensions. chunkElems 0 means the default.
 func Bound(rawSize uint64, d dtype.DType, ndim int, chunkElems uint32) (uint64, error) {
-	if !d.Valid() {
-		return 0, fmt.Errorf("%w: dtype code %d", errs.Invalid, uint8(d))
-	}
-	if ndim < 0 || ndim > MaxNDim {
-		return 0, fmt.Errorf("%w: ndim %d (max %d)", errs.Invalid, ndim, MaxNDim)
-	}
-	if chunkElems == 0 {
-		chunkElems = AutoChunkElems(rawSize / uint64(d.Width()))
-	}
-	if chunkElems > MaxChunkElems {
-		return 0, fmt.Errorf("%w: chunk size %d elements (max %d)", errs.Invalid, chunkElems, MaxChunkElems)
+	nchunks, err := boundChunks(rawSize, d, ndim, chunkElems)
+	if err != nil {
+		return 0, err
 	}
 	_, ns := transform.For(d)
-	nchunks := nchunksFor(rawSize/uint64(d.Width()), chunkElems)
-	if nchunks > 1<<32-1 || rawSize > 1<<56 {
-		return 0, fmt.Errorf("%w: tensor of %d bytes is too large", errs.Invalid, rawSize)
-	}
 	return uint64(headerLen(ndim)) + nchunks*uint64(entryLen(ns)) + 4 + rawSize, nil
 }
