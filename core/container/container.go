@@ -31,6 +31,7 @@ type Source uint8
 const (
 	SourceBytes       Source = 0 // any file, stored as one byte frame
 	SourceSafetensors Source = 1 // header verbatim, one frame per tensor
+	SourceTorchZip    Source = 2 // torch.save zip: one frame per storage, the rest zstd
 )
 
 func (s Source) String() string {
@@ -39,6 +40,8 @@ func (s Source) String() string {
 		return "bytes"
 	case SourceSafetensors:
 		return "safetensors"
+	case SourceTorchZip:
+		return "torch-zip"
 	}
 	return fmt.Sprintf("source(%d)", uint8(s))
 }
@@ -127,7 +130,7 @@ func Parse(data []byte) (*Header, error) {
 	if data[7] != 0 || binary.LittleEndian.Uint32(data[20:]) != 0 {
 		return nil, corrupt("reserved header bytes are not zero")
 	}
-	if h.Source > SourceSafetensors {
+	if h.Source > SourceTorchZip {
 		return nil, fmt.Errorf("%w: source kind %d", errs.Unsupported, h.Source)
 	}
 	h.OrigSize = binary.LittleEndian.Uint64(data[8:])

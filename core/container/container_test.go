@@ -532,7 +532,7 @@ func TestHostileContainers(t *testing.T) {
 	}{
 		{"major version 2", edit(func(b []byte) { b[4] = 2 }), errs.Unsupported},
 		{"major version 0", edit(func(b []byte) { b[4] = 0 }), errs.Unsupported},
-		{"unknown source", edit(func(b []byte) { b[6] = 2 }), errs.Unsupported},
+		{"unknown source", edit(func(b []byte) { b[6] = 3 }), errs.Unsupported},
 		{"reserved header byte", edit(func(b []byte) { b[7] = 1 }), errs.Corrupt},
 		{"reserved header word", edit(func(b []byte) { b[22] = 1 }), errs.Corrupt},
 		{"unknown segment kind", edit(func(b []byte) { b[headerLen] = 3 }), errs.Unsupported},
@@ -700,4 +700,43 @@ func TestFrameFileAndNoise(t *testing.T) {
 	st, err := os.Stat(np + ".tpde")
 	require.NoError(t, err)
 	assert.LessOrEqual(t, st.Size(), int64(len(noise)+headerLen+tableLen(1)))
+}
+
+// A torch.save zip with its storages' dtypes (here all U8: any dtype whose
+// width divides the payload is a valid hint) becomes frames for the
+// storages and zstd for the rest, and restores byte for byte; without
+// hints, or for a file that is not a torch zip, it is bytes.
+func TestRoundTripTorchZip(t *testing.T) {
+	src := filepath.Join("..", "torchzip", "testdata", "state.pt")
+	orig, err := os.ReadFile(src)
+	require.NoError(t, err)
+	hints := map[string]string{}
+	for k := 0; k < 15; k++ {
+		hints[strconv.Itoa(k)] = "U8"
+	}
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name   string
+		hints  map[string]string
+		source string
+	}{{"hints", hints, "torch-zip"}, {"no hints", nil, "bytes"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			packed, back := filepath.Join(dir, tc.name+".tpde"), filepath.Join(dir, tc.name+".pt")
+			require.NoError(t, CompressFile(src, packed, Options{TorchDTypes: tc.hints}))
+			require.NoError(t, DecompressFile(packed, back, Options{}))
+			got, err := os.ReadFile(back)
+			require.NoError(t, err)
+			assert.Equal(t, orig, got)
+			fi, err := Info(packed, 0)
+			require.NoError(t, err)
+			assert.Equal(t, tc.source, fi.Source)
+		})
+	}
+	// Hints for a file that is not a torch zip change nothing.
+	other := filepath.Join(dir, "notes.txt")
+	require.NoError(t, os.WriteFile(other, bytes.Repeat([]byte("not a zip "), 100), 0o644))
+	require.NoError(t, CompressFile(other, other+".tpde", Options{TorchDTypes: hints}))
+	fi, err := Info(other+".tpde", 0)
+	require.NoError(t, err)
+	assert.Equal(t, "bytes", fi.Source)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/layout"
 	"github.com/tpde/tpde/core/mapped"
 	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/safetensors"
@@ -34,6 +35,10 @@ type Options struct {
 	// Cancelled, if set, is polled between chunks; once it returns true
 	// the operation stops with errs.Cancelled and leaves no output.
 	Cancelled func() bool
+	// TorchDTypes, for a torch.save zip, is the dtype name of each storage
+	// key, read from its data.pkl by the caller (Go never reads pickles);
+	// nil for any other file.
+	TorchDTypes map[string]string
 }
 
 // stopper is the frame.Options.Stop of a file operation.
@@ -62,39 +67,39 @@ type planned struct {
 
 // plan splits a file into segments. A safetensors file becomes its header
 // (zstd-coded if that is smaller), one frame per non-empty tensor, and any
-// bytes between or after tensors verbatim. Any other file, or one whose
-// safetensors header does not parse, is one byte frame: still lossless, just
+// bytes between or after tensors verbatim. A torch zip (when the caller
+// gives its storages' dtypes) becomes one frame per storage, with the zip
+// structure and pickle between them zstd-coded. Any other file, or one
+// whose structure does not check out, is byte frames: still lossless, just
 // without per-dtype modelling.
-func plan(data []byte) (Source, []planned) {
+func plan(data []byte, torchDTypes map[string]string) (Source, []planned) {
 	n := uint64(len(data))
-	if safetensors.Sniff(data) {
-		if st, err := safetensors.Parse(data); err == nil {
-			segs := []planned{{kind: SegZstd, begin: 0, end: st.DataStart}}
-			pos := st.DataStart
-			for _, t := range st.Tensors {
-				if t.Begin == t.End {
-					continue
-				}
-				if t.Begin > pos {
-					segs = append(segs, planned{kind: SegStored, begin: pos, end: t.Begin})
-				}
-				p := planned{kind: SegFrame, begin: t.Begin, end: t.End, dt: dtype.U8, shape: []uint64{t.End - t.Begin}}
-				// Tensors of a dtype without its own codec (F4, C64, ...)
-				// are coded as bytes. Shapes deeper than a frame allows are
-				// flattened: the safetensors header keeps the real shape.
-				if d, ok := dtype.FromName(t.DType); ok && len(t.Shape) <= frame.MaxNDim {
-					p.dt, p.shape = d, t.Shape
-				} else if ok {
-					p.dt, p.shape = d, []uint64{(t.End - t.Begin) / uint64(d.Width())}
-				}
-				segs = append(segs, p)
-				pos = t.End
+	kind, regions, _ := layout.Plan(data, torchDTypes)
+	if kind != layout.Raw {
+		var segs []planned
+		pos := uint64(0)
+		gapKind := SegStored
+		if kind == layout.Safetensors {
+			st, _ := safetensors.ParseHeader(data, n) // Plan has checked it
+			segs = append(segs, planned{kind: SegZstd, begin: 0, end: st.DataStart})
+			pos = st.DataStart
+		} else {
+			gapKind = SegZstd
+		}
+		for _, r := range regions {
+			if r.Begin > pos {
+				segs = append(segs, planned{kind: gapKind, begin: pos, end: r.Begin})
 			}
-			if pos < n {
-				segs = append(segs, planned{kind: SegStored, begin: pos, end: n})
-			}
+			segs = append(segs, planned{kind: SegFrame, begin: r.Begin, end: r.End, dt: r.DType, shape: r.Shape})
+			pos = r.End
+		}
+		if pos < n {
+			segs = append(segs, planned{kind: gapKind, begin: pos, end: n})
+		}
+		if kind == layout.Safetensors {
 			return SourceSafetensors, segs
 		}
+		return SourceTorchZip, segs
 	}
 	// Cut other files into pieces so that memory stays bounded and progress
 	// moves on a large file.
@@ -132,7 +137,7 @@ func compressMapped(in *mapped.Input, dst string, opt Options) error {
 	defer out.Abort()
 	opt.Frame.Stop = opt.stopper()
 
-	source, plans := plan(data)
+	source, plans := plan(data, opt.TorchDTypes)
 	segs := make([]Segment, len(plans))
 	prefix := headerLen + tableLen(len(segs))
 	// The table's size is known up front, so it is written last into the

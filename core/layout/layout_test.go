@@ -1,0 +1,66 @@
+package layout
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tpde/tpde/core/dtype"
+)
+
+func TestPlanFindsSafetensorsTensorsInFileOrder(t *testing.T) {
+	hdr := []byte(`{"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},"a":{"dtype":"BF16","shape":[4],"data_offsets":[0,8]},"z":{"dtype":"F32","shape":[0],"data_offsets":[16,16]}}`)
+	data := binary.LittleEndian.AppendUint64(nil, uint64(len(hdr)))
+	data = append(append(data, hdr...), make([]byte, 16)...)
+	kind, regs, why := Plan(data, nil)
+	require.Equal(t, Safetensors, kind, why)
+	require.Len(t, regs, 2, "the empty tensor has no region")
+	start := uint64(8 + len(hdr))
+	assert.Equal(t, Region{Name: "a", Begin: start, End: start + 8, DType: dtype.BF16, Shape: []uint64{4}}, regs[0])
+	assert.Equal(t, "b", regs[1].Name)
+}
+
+func TestPlanTellsWhyABrokenContainerIsRaw(t *testing.T) {
+	data := binary.LittleEndian.AppendUint64(nil, 10)
+	data = append(data, []byte(`{"a": 1}  `)...)
+	kind, regs, why := Plan(data, nil)
+	assert.Equal(t, Raw, kind)
+	assert.Empty(t, regs)
+	assert.Contains(t, why, "not a valid safetensors file")
+
+	kind, _, why = Plan([]byte("PK\x03\x04 but not a zip"), map[string]string{"0": "F32"})
+	assert.Equal(t, Raw, kind)
+	assert.Contains(t, why, "torch file stored whole")
+
+	kind, _, why = Plan([]byte("plain text"), nil)
+	assert.Equal(t, Raw, kind)
+	assert.Empty(t, why)
+}
+
+func TestPlanTakesTheStoragesATorchZipsHintsType(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "torchzip", "testdata", "state.pt"))
+	require.NoError(t, err)
+	hints := map[string]string{"0": "F32", "1": "F64", "2": "NOPE", "99": "F32"}
+	for k := 3; k < 15; k++ {
+		hints[strconv.Itoa(k)] = "U8"
+	}
+	kind, regs, _ := Plan(data, hints)
+	require.Equal(t, TorchZip, kind)
+	names := map[string]dtype.DType{}
+	for i, r := range regs {
+		names[r.Name] = r.DType
+		if i > 0 {
+			assert.GreaterOrEqual(t, r.Begin, regs[i-1].End, "in file order, not overlapping")
+		}
+		assert.Equal(t, (r.End-r.Begin)/uint64(r.DType.Width()), r.Shape[0])
+	}
+	assert.Equal(t, dtype.F32, names["data/0"])
+	assert.Equal(t, dtype.F64, names["data/1"])
+	assert.NotContains(t, names, "data/2", "an unknown dtype stays verbatim")
+	assert.NotContains(t, names, "data/99", "a key the zip lacks is ignored")
+}
