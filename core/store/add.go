@@ -1,0 +1,670 @@
+package store
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/tpde/tpde/core/delta"
+	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/layout"
+	"github.com/tpde/tpde/core/mapped"
+)
+
+// MinRegion is the smallest tensor that gets its own object; smaller ones
+// (biases, norms) stay in their file's zstd-coded skeleton, where an object
+// per tensor would cost more than it saves.
+const MinRegion = 4096
+
+// Tx adds one checkpoint. Nothing it writes is visible until Commit
+// publishes the next manifest generation; Abort, or a crash, leaves the
+// store as it was (the objects it wrote are removed by the next cleanup).
+type Tx struct {
+	s    *Store
+	sn   *snapshot
+	base bool
+	cp   *Checkpoint
+	// prev is the index of the checkpoint that was the newest; its
+	// keyframes become deltas as this one's regions arrive (convert).
+	prev      int
+	converted map[string]Region
+	// tails[r] is how many deltas already chain into keyframe r of prev.
+	tails map[*Region]int
+	// keyframes by raw content: the same bytes are stored once.
+	keyframes map[string]Object
+	// skeletons of raw files by the file's sha256.
+	rawFiles map[string]File
+	paths    map[string]bool
+	bufA     []byte // frames being encoded
+	bufB     []byte // the reference-side tensor decoded
+	bufC     []byte // a third tensor: a base or keyframe reference
+	done     bool
+	// Progress, if set, is told the bytes of input done so far.
+	Progress func(done uint64)
+	Stop     func() error
+	doneIn   uint64
+}
+
+func contentKey(sha string, d string, shape []uint64) string {
+	return fmt.Sprintf("%s/%s/%v", sha, d, shape)
+}
+
+// Begin starts adding a checkpoint at step (the newest step + 1 when
+// hasStep is false). Steps only grow: the newest is the one a resume loads.
+func (s *Store) Begin(step int64, hasStep bool, tags []string) (*Tx, error) {
+	return s.begin(step, hasStep, tags, false)
+}
+
+// BeginBase starts adding the base that reference="base" codes against.
+func (s *Store) BeginBase() (*Tx, error) { return s.begin(0, true, nil, true) }
+
+func (s *Store) begin(step int64, hasStep bool, tags []string, base bool) (*Tx, error) {
+	if !s.write {
+		return nil, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
+	}
+	sn, err := s.snapshot()
+	if err != nil {
+		return nil, err
+	}
+	if len(tags) > maxTags {
+		return nil, fmt.Errorf("%w: %d tags (max %d)", errs.Invalid, len(tags), maxTags)
+	}
+	if base {
+		if s.cfg.Reference != RefBase {
+			return nil, fmt.Errorf("%w: a base is only used with reference=%q", errs.Invalid, RefBase)
+		}
+	} else {
+		if s.cfg.Reference == RefBase && sn.base == nil {
+			return nil, fmt.Errorf("%w: reference=%q needs the base added first", errs.Invalid, RefBase)
+		}
+		last := sn.latest()
+		if !hasStep {
+			step = 0
+			if last >= 0 {
+				step = sn.m.Checkpoints[last].Step + 1
+			}
+		} else if last >= 0 && step <= sn.m.Checkpoints[last].Step {
+			return nil, fmt.Errorf("%w: step %d is not after the newest checkpoint, %d", errs.Invalid, step, sn.m.Checkpoints[last].Step)
+		}
+		if step < 0 {
+			return nil, fmt.Errorf("%w: step %d is negative", errs.Invalid, step)
+		}
+	}
+	if tags == nil {
+		tags = []string{}
+	}
+	tx := &Tx{s: s, sn: sn, base: base, prev: -1,
+		cp:        &Checkpoint{Format: checkpointFormat, Version: Version, Step: step, Tags: tags, Created: time.Now().UTC().Format(time.RFC3339Nano), Files: []File{}},
+		converted: map[string]Region{}, tails: map[*Region]int{}, keyframes: map[string]Object{},
+		rawFiles: map[string]File{}, paths: map[string]bool{}}
+	if !base {
+		tx.prev = sn.latest()
+	}
+	tx.index()
+	return tx, nil
+}
+
+// index builds the lookups Add needs from the committed records.
+func (tx *Tx) index() {
+	visit := func(c *Checkpoint) {
+		for _, f := range c.Files {
+			if f.Layout == LayoutRaw && len(f.Regions) == 0 {
+				tx.rawFiles[f.SHA256] = f
+			}
+			for i := range f.Regions {
+				r := &f.Regions[i]
+				if r.Ref == nil && r.MaxError == 0 {
+					tx.keyframes[contentKey(r.SHA256, r.DType, r.Shape)] = r.Object
+				}
+			}
+		}
+	}
+	if tx.sn.base != nil {
+		visit(tx.sn.base)
+	}
+	for i, c := range tx.sn.cps {
+		visit(c)
+		for _, f := range c.Files {
+			for j := range f.Regions {
+				r := &f.Regions[j]
+				if r.Ref == nil || r.MaxError != 0 {
+					continue
+				}
+				ch, err := tx.sn.chain(r)
+				if err != nil {
+					continue // link() has already refused such a store
+				}
+				if key := ch[len(ch)-1]; key != nil {
+					tx.tails[key] = max(tx.tails[key], len(ch)-1)
+				}
+			}
+		}
+		_ = i
+	}
+}
+
+func (tx *Tx) claim(rel string) error {
+	if tx.done {
+		return fmt.Errorf("%w: the checkpoint was already committed or aborted", errs.Invalid)
+	}
+	if err := validPath(rel); err != nil {
+		return fmt.Errorf("%w: %v", errs.Invalid, err)
+	}
+	if tx.paths[rel] {
+		return fmt.Errorf("%w: %q added twice", errs.Invalid, rel)
+	}
+	tx.paths[rel] = true
+	return nil
+}
+
+// span is a piece of a file: a region (reg != nil) or verbatim bytes.
+type planned struct {
+	reg   *Region
+	dt    dtype.DType
+	begin uint64
+	end   uint64
+}
+
+// AddFile adds the file at src as rel. hints, for a torch zip, give the
+// dtype of each storage key (from data.pkl, which only Python reads); note
+// says why a file that looks like a container is stored whole.
+func (tx *Tx) AddFile(rel, src string, hints map[string]string, note string) error {
+	if err := tx.claim(rel); err != nil {
+		return err
+	}
+	in, err := mapped.Open(src, tx.s.path("tmp"))
+	if err != nil {
+		return err
+	}
+	defer in.Release()
+	mode := uint32(0o644)
+	if in.HasPerm {
+		mode = uint32(in.Perm & 0o777)
+	}
+	return mapped.Reading(src, func() error { return tx.addMapped(rel, in.Data, mode, hints, note) })
+}
+
+func (tx *Tx) addMapped(rel string, data []byte, mode uint32, hints map[string]string, note string) error {
+	f := File{Path: rel, Mode: mode, Size: uint64(len(data)), Layout: LayoutRaw, Note: note, Regions: []Region{}}
+	sum := sha256.Sum256(data)
+	f.SHA256 = hex.EncodeToString(sum[:])
+	layout, regions, why := planFile(data, hints)
+	if why != "" && f.Note == "" {
+		f.Note = why
+	}
+	if layout == LayoutRaw {
+		if old, ok := tx.rawFiles[f.SHA256]; ok && old.Size == f.Size {
+			f.Skeleton = old.Skeleton
+			tx.cp.Files = append(tx.cp.Files, f)
+			tx.advance(f.Size)
+			return nil
+		}
+	}
+	f.Layout = layout
+	return tx.store(&f, data, regions)
+}
+
+// Tensor is a tensor of a state dict given from memory.
+type Tensor struct {
+	Name   string
+	DType  dtype.DType
+	Shape  []uint64
+	Offset uint64 // where it lies in the state dict's file (see AddStateDict)
+	Data   []byte
+}
+
+// AddStateDict adds a state dict given from memory as a file rel whose
+// bytes are header followed by each tensor at its Offset (ascending, after
+// the header), zeros between: Python lays that file out, Go stores it.
+func (tx *Tx) AddStateDict(rel string, header []byte, tensors []Tensor) error {
+	if err := tx.claim(rel); err != nil {
+		return err
+	}
+	pos := uint64(len(header))
+	var regions []planned
+	for i := range tensors {
+		t := &tensors[i]
+		if !t.DType.Valid() {
+			return fmt.Errorf("%w: tensor %q: dtype code %d", errs.Invalid, t.Name, uint8(t.DType))
+		}
+		n := uint64(t.DType.Width())
+		for _, s := range t.Shape {
+			n *= s
+		}
+		if n != uint64(len(t.Data)) || len(t.Shape) > frame.MaxNDim {
+			return fmt.Errorf("%w: tensor %q: shape %v of %s is not %d bytes", errs.Invalid, t.Name, t.Shape, t.DType, len(t.Data))
+		}
+		if t.Offset < pos || t.Offset+n < t.Offset {
+			return fmt.Errorf("%w: tensor %q at %d overlaps what comes before it", errs.Invalid, t.Name, t.Offset)
+		}
+		pos = t.Offset + n
+		regions = append(regions, planned{
+			reg: &Region{Name: t.Name, Offset: t.Offset, Size: n, DType: t.DType.String(), Shape: append([]uint64{}, t.Shape...)},
+			dt:  t.DType, begin: t.Offset, end: t.Offset + n})
+	}
+	// The file is virtual: build it once so every path below reads one
+	// byte slice, as for a mapped file. Python holds the tensors already,
+	// so this costs one copy of the state dict, freed at return.
+	data := make([]byte, pos)
+	copy(data, header)
+	for i := range tensors {
+		copy(data[tensors[i].Offset:], tensors[i].Data)
+	}
+	f := File{Path: rel, Mode: 0o644, Size: pos, Layout: LayoutStateDict, Regions: []Region{}}
+	sum := sha256.Sum256(data)
+	f.SHA256 = hex.EncodeToString(sum[:])
+	return tx.store(&f, data, keepLarge(regions))
+}
+
+func keepLarge(ps []planned) []planned {
+	out := ps[:0]
+	for _, p := range ps {
+		if p.end-p.begin >= MinRegion {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// planFile finds the typed regions of a file (core/layout), keeping those
+// large enough for an object of their own.
+func planFile(data []byte, hints map[string]string) (string, []planned, string) {
+	kind, regs, why := layout.Plan(data, hints)
+	ps := make([]planned, 0, len(regs))
+	for _, r := range regs {
+		ps = append(ps, planned{reg: &Region{Name: r.Name, Offset: r.Begin, Size: r.End - r.Begin, DType: r.DType.String(), Shape: r.Shape},
+			dt: r.DType, begin: r.Begin, end: r.End})
+	}
+	return string(kind), keepLarge(ps), why
+}
+
+func (tx *Tx) advance(n uint64) {
+	tx.doneIn += n
+	if tx.Progress != nil {
+		tx.Progress(tx.doneIn)
+	}
+}
+
+// store codes a file's regions and skeleton.
+func (tx *Tx) store(f *File, data []byte, ps []planned) error {
+	skel, err := tx.s.newObject()
+	if err != nil {
+		return err
+	}
+	defer skel.abort()
+	zw, err := zstd.NewWriter(skel, zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true), zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithWindowSize(skeletonWindow))
+	if err != nil {
+		return fmt.Errorf("%w: zstd: %v", errs.Internal, err)
+	}
+	pos := uint64(0)
+	for _, p := range ps {
+		if tx.Stop != nil {
+			if err := tx.Stop(); err != nil {
+				return err
+			}
+		}
+		if _, err := zw.Write(data[pos:p.begin]); err != nil {
+			return ioErr(tx.s.dir, err)
+		}
+		r := *p.reg
+		if err := tx.region(f.Path, &r, p.dt, data[p.begin:p.end]); err != nil {
+			return fmt.Errorf("%s: tensor %q: %w", f.Path, r.Name, err)
+		}
+		f.Regions = append(f.Regions, r)
+		tx.advance(p.begin - pos + r.Size)
+		pos = p.end
+	}
+	if _, err := zw.Write(data[pos:]); err != nil {
+		return ioErr(tx.s.dir, err)
+	}
+	if err := zw.Close(); err != nil {
+		return ioErr(tx.s.dir, err)
+	}
+	tx.advance(uint64(len(data)) - pos)
+	f.Skeleton, err = skel.commit()
+	if err != nil {
+		return err
+	}
+	if f.Layout == LayoutRaw {
+		tx.rawFiles[f.SHA256] = *f
+	}
+	tx.cp.Files = append(tx.cp.Files, *f)
+	return nil
+}
+
+func grow(b *[]byte, n uint64) []byte {
+	if uint64(cap(*b)) < n {
+		*b = make([]byte, n)
+	}
+	return (*b)[:n]
+}
+
+// region stores one tensor as a keyframe, then turns the previous newest
+// checkpoint's keyframe of the same tensor into a delta (convert).
+func (tx *Tx) region(file string, r *Region, d dtype.DType, raw []byte) error {
+	sum := sha256.Sum256(raw)
+	r.SHA256 = hex.EncodeToString(sum[:])
+	key := contentKey(r.SHA256, r.DType, r.Shape)
+	if obj, ok := tx.keyframes[key]; ok {
+		r.Object = obj
+	} else {
+		obj, err := tx.keyframe(raw, d, r.Shape)
+		if err != nil {
+			return err
+		}
+		r.Object = obj
+		tx.keyframes[key] = obj
+	}
+	if tx.prev < 0 {
+		return nil
+	}
+	return tx.convert(file, r, d, raw)
+}
+
+func (tx *Tx) keyframe(raw []byte, d dtype.DType, shape []uint64) (Object, error) {
+	bound, err := frame.Bound(uint64(len(raw)), d, len(shape), 0)
+	if err != nil {
+		return Object{}, err
+	}
+	buf := grow(&tx.bufA, bound)
+	n, err := frame.Encode(buf, raw, d, shape, frame.Options{Threads: tx.s.threads, Stop: tx.Stop})
+	if err != nil {
+		return Object{}, err
+	}
+	return tx.s.putBytes(buf[:n])
+}
+
+// lossyThreshold is the bound the store's lossy rules give a tensor; 0 for
+// lossless (the default, and always for non-float dtypes).
+func lossyThreshold(cfg *Config, file, region string, d dtype.DType) float64 {
+	if !delta.CanQuantize(d) {
+		return 0
+	}
+	for _, rule := range cfg.Lossy {
+		if glob(rule.Pattern, file+":"+region) || glob(rule.Pattern, region) {
+			return rule.Threshold
+		}
+	}
+	return 0
+}
+
+// convert re-codes the previous newest checkpoint's keyframe of this
+// tensor as a delta, so that the store keeps the newest checkpoint whole
+// (a resume decodes one frame per tensor) and older ones as reverse
+// deltas, as git packs do.
+//
+//   - reference "previous", lossless: against this checkpoint's tensor, if
+//     the chains through it stay within K frames;
+//   - reference "base": against the base's tensor;
+//   - lossy: against the nearest older keyframe within K checkpoints, never
+//     against another lossy frame, so errors never add up along a chain.
+func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
+	key := regionKey(file, r.Name)
+	old, ok := tx.sn.index[tx.prev][key]
+	if !ok || old.Ref != nil || old.MaxError != 0 || old.DType != r.DType || old.Size != r.Size || old.SHA256 == r.SHA256 {
+		return nil
+	}
+	cfg := &tx.sn.m.Config
+	threshold := lossyThreshold(cfg, file, r.Name, d)
+	var ref *Ref
+	var refRaw []byte
+	switch {
+	case tx.tails[old] > 0 && (cfg.Reference == RefBase || threshold > 0):
+		return nil // others decode through it: it stays an exact keyframe
+	case cfg.Reference == RefBase:
+		br, ok := tx.sn.index[-1][key]
+		if !ok {
+			br = tx.baseByName(r.Name)
+		}
+		if br == nil || br.DType != r.DType || br.Size != r.Size || br.Ref != nil {
+			return nil
+		}
+		ref = &Ref{Base: true, File: tx.baseFile(br), Region: br.Name}
+	case threshold > 0:
+		ci, kr := tx.olderKeyframe(key, old)
+		if kr == nil {
+			return nil
+		}
+		ref = &Ref{Step: tx.sn.m.Checkpoints[ci].Step, File: file, Region: kr.Name}
+	default:
+		if tx.tails[old]+2 > cfg.KeyframeInterval {
+			return nil // old stays a keyframe: the chains below it are K long
+		}
+		ref = &Ref{Step: tx.cp.Step, File: file, Region: r.Name}
+		refRaw = raw
+	}
+	if refRaw == nil {
+		target, _, err := tx.sn.resolve(ref)
+		if err != nil {
+			return err
+		}
+		refRaw = grow(&tx.bufC, target.Size)
+		if err := tx.s.decodeRegion(tx.sn, target, refRaw, tx.s.threads, &tx.bufB); err != nil {
+			return err
+		}
+	}
+	oldRaw := grow(&tx.bufB, old.Size)
+	if err := tx.s.decodeKeyframe(old, oldRaw, tx.s.threads); err != nil {
+		return fmt.Errorf("the previous checkpoint's copy: %w", err)
+	}
+	bound, err := frame.DeltaBound(old.Size, d, len(old.Shape), 0)
+	if err != nil {
+		return err
+	}
+	buf := grow(&tx.bufA, bound)
+	res, err := frame.EncodeDelta(buf, oldRaw, refRaw, nil, d, old.Shape, frame.DeltaOptions{Threads: tx.s.threads, Residual: delta.Auto, Threshold: threshold})
+	if err != nil {
+		return err
+	}
+	if uint64(res.Len) >= old.Stored {
+		return nil // the keyframe is smaller: keep it
+	}
+	obj, err := tx.s.putBytes(buf[:res.Len])
+	if err != nil {
+		return err
+	}
+	nr := *old
+	nr.Object, nr.Ref, nr.MaxError = obj, ref, res.MaxErr
+	nr.Changed = 0
+	if n := old.Size / uint64(d.Width()); n > 0 {
+		nr.Changed = float64(res.Changed) / float64(n)
+	}
+	tx.converted[key] = nr
+	return nil
+}
+
+func (tx *Tx) baseByName(name string) *Region {
+	if tx.sn.base == nil {
+		return nil
+	}
+	for _, f := range tx.sn.base.Files {
+		for i := range f.Regions {
+			if f.Regions[i].Name == name {
+				return &f.Regions[i]
+			}
+		}
+	}
+	return nil
+}
+
+func (tx *Tx) baseFile(r *Region) string {
+	for _, f := range tx.sn.base.Files {
+		for i := range f.Regions {
+			if &f.Regions[i] == r {
+				return f.Path
+			}
+		}
+	}
+	return ""
+}
+
+// olderKeyframe is the newest exact keyframe of key before prev, within K
+// checkpoints of it.
+func (tx *Tx) olderKeyframe(key string, like *Region) (int, *Region) {
+	k := tx.sn.m.Config.KeyframeInterval
+	for ci := tx.prev - 1; ci >= 0 && tx.prev-ci < k; ci-- {
+		r, ok := tx.sn.index[ci][key]
+		if !ok || r.DType != like.DType || r.Size != like.Size {
+			return 0, nil
+		}
+		if r.Ref == nil && r.MaxError == 0 {
+			return ci, r
+		}
+	}
+	return 0, nil
+}
+
+// Info describes a committed checkpoint.
+type Info struct {
+	Step       int64 `json:"step"`
+	Generation uint64
+	Files      int
+	RawBytes   uint64
+	NewBytes   uint64 // bytes of objects this commit added
+}
+
+// Commit makes the checkpoint durable and visible.
+func (tx *Tx) Commit() (*Checkpoint, error) {
+	if tx.done {
+		return nil, fmt.Errorf("%w: the checkpoint was already committed or aborted", errs.Invalid)
+	}
+	tx.done = true
+	s, sn := tx.s, tx.sn
+	m := *sn.m
+	m.Config = s.cfg
+	m.Checkpoints = append([]CheckpointRef{}, sn.m.Checkpoints...)
+	if tx.base {
+		src := tx.sourceHash()
+		if sn.base != nil {
+			if sn.base.Source == src {
+				return sn.base, nil // the same base again: stored once
+			}
+			return nil, fmt.Errorf("%w: the store already has a different base", errs.Invalid)
+		}
+		if len(sn.cps) > 0 {
+			return nil, fmt.Errorf("%w: a base must be added before the first checkpoint", errs.Invalid)
+		}
+		tx.cp.Source = src
+		obj, err := tx.putRecord(tx.cp)
+		if err != nil {
+			return nil, err
+		}
+		m.Base = &CheckpointRef{Object: obj}
+	} else {
+		if len(tx.converted) > 0 {
+			prev := *sn.cps[tx.prev]
+			prev.Files = append([]File{}, prev.Files...)
+			for i := range prev.Files {
+				f := &prev.Files[i]
+				f.Regions = append([]Region{}, f.Regions...)
+				for j := range f.Regions {
+					if nr, ok := tx.converted[regionKey(f.Path, f.Regions[j].Name)]; ok {
+						f.Regions[j] = nr
+					}
+				}
+			}
+			obj, err := tx.putRecord(&prev)
+			if err != nil {
+				return nil, err
+			}
+			m.Checkpoints[tx.prev] = CheckpointRef{Step: prev.Step, Object: obj}
+		}
+		sort.Slice(tx.cp.Files, func(i, j int) bool { return tx.cp.Files[i].Path < tx.cp.Files[j].Path })
+		obj, err := tx.putRecord(tx.cp)
+		if err != nil {
+			return nil, err
+		}
+		m.Checkpoints = append(m.Checkpoints, CheckpointRef{Step: tx.cp.Step, Object: obj})
+	}
+	if err := s.publish(&m); err != nil {
+		return nil, err
+	}
+	_, _ = s.cleanup() // best effort: a reader may hold old objects; the next open retries
+	return tx.cp, nil
+}
+
+func (tx *Tx) sourceHash() string {
+	h := sha256.New()
+	files := append([]File{}, tx.cp.Files...)
+	sort.Slice(files, func(i, j int) bool { return files[i].Path < files[j].Path })
+	for _, f := range files {
+		fmt.Fprintf(h, "%s\x00%s\n", f.Path, f.SHA256)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func (tx *Tx) putRecord(c *Checkpoint) (string, error) {
+	b, err := json.MarshalIndent(c, "", " ")
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", errs.Internal, err)
+	}
+	if len(b) > maxCheckpointBytes {
+		return "", fmt.Errorf("%w: the checkpoint's record would be %d bytes (max %d)", errs.Invalid, len(b), maxCheckpointBytes)
+	}
+	obj, err := tx.s.putBytes(b)
+	return obj.Object, err
+}
+
+// publish makes every object durable, then writes the next generation.
+func (s *Store) publish(m *Manifest) error {
+	if err := s.syncAll(); err != nil {
+		return err
+	}
+	m.Generation = s.gen + 1
+	if gens, err := s.generations(); err == nil && len(gens) > 0 && gens[0] >= m.Generation {
+		m.Generation = gens[0] + 1
+	}
+	b, err := json.MarshalIndent(m, "", " ")
+	if err != nil {
+		return fmt.Errorf("%w: %v", errs.Internal, err)
+	}
+	if err := writeDurable(s.path("tmp"), s.path("manifests", manifestName(m.Generation)), append(b, '\n'), true); err != nil {
+		return err
+	}
+	s.gen = m.Generation
+	return nil
+}
+
+// Abort drops the checkpoint; its objects go at the next cleanup.
+func (tx *Tx) Abort() {
+	if !tx.done {
+		tx.done = true
+		_, _ = tx.s.cleanup()
+	}
+}
+
+// glob matches * (any run of characters, dots and slashes included) and ?
+// (one character), as fnmatch does on tensor names.
+func glob(pattern, s string) bool {
+	p, n := []rune(pattern), []rune(s)
+	var pi, ni, star, mark = 0, 0, -1, 0
+	for ni < len(n) {
+		switch {
+		case pi < len(p) && (p[pi] == '?' || p[pi] == n[ni]):
+			pi, ni = pi+1, ni+1
+		case pi < len(p) && p[pi] == '*':
+			star, mark = pi, ni
+			pi++
+		case star >= 0:
+			pi, mark = star+1, mark+1
+			ni = mark
+		default:
+			return false
+		}
+	}
+	for pi < len(p) && p[pi] == '*' {
+		pi++
+	}
+	return pi == len(p)
+}
+
+// skeletonWindow is the zstd window of skeleton objects: a decoder needs no
+// more memory than this, whatever a file's size.
+const skeletonWindow = 8 << 20

@@ -1,0 +1,460 @@
+package store
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/bits"
+	"path"
+	"sort"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/frame"
+)
+
+// Version is the store layout version (docs/FORMAT.md §18). A reader
+// refuses any other: objects and manifests of a later layout may mean
+// something this one cannot check.
+const Version = 1
+
+const (
+	manifestFormat   = "tpde-store-manifest"
+	checkpointFormat = "tpde-store-checkpoint"
+	markerFormat     = "tpde-store"
+
+	// Caps on what a reader accepts before it allocates for it. A store
+	// of hundreds of checkpoints of a large model stays far below them.
+	maxManifestBytes   = 64 << 20
+	maxCheckpointBytes = 256 << 20
+	maxCheckpoints     = 1 << 20
+	maxFiles           = 1 << 20
+	maxRegions         = 1 << 22
+	maxPathBytes       = 4096
+	maxNameBytes       = 1 << 16
+	maxTags            = 256
+	// MaxKeyframeInterval bounds K, and so the frames one region's decode
+	// may walk; a chain longer than the manifest's K is refused.
+	MaxKeyframeInterval = 1000
+)
+
+// Reference policies: what an older checkpoint's tensor is coded against.
+const (
+	// RefPrevious codes each checkpoint against its neighbour: the design
+	// document's approach A. The chains run backwards from the newest
+	// checkpoint (see Tx.convert).
+	RefPrevious = "previous"
+	// RefBase codes every checkpoint against one base (approach B), such
+	// as the pretrained weights a run started from.
+	RefBase = "base"
+)
+
+// Config is fixed when a store is created.
+type Config struct {
+	KeyframeInterval int         `json:"keyframe_interval"`
+	Reference        string      `json:"reference"`
+	Lossy            []LossyRule `json:"lossy"`
+}
+
+// LossyRule makes the tensors whose "file:region" or region name matches
+// Pattern (a glob: * any run of characters, ? one) lossy within Threshold,
+// an absolute bound on every element's error.
+type LossyRule struct {
+	Pattern   string  `json:"pattern"`
+	Threshold float64 `json:"threshold"`
+}
+
+// Manifest is one generation of the store's table of contents. It is the
+// only thing a commit publishes; every object it names is durable before
+// it is.
+type Manifest struct {
+	Format      string          `json:"format"`
+	Version     int             `json:"version"`
+	Generation  uint64          `json:"generation"`
+	Config      Config          `json:"config"`
+	Base        *CheckpointRef  `json:"base"`
+	Checkpoints []CheckpointRef `json:"checkpoints"`
+}
+
+// CheckpointRef names one checkpoint's record object.
+type CheckpointRef struct {
+	Step   int64  `json:"step"`
+	Object string `json:"object"`
+}
+
+// Checkpoint is a checkpoint's record: its files and how each byte of them
+// is stored. It is itself a content-addressed object.
+type Checkpoint struct {
+	Format  string   `json:"format"`
+	Version int      `json:"version"`
+	Step    int64    `json:"step"`
+	Tags    []string `json:"tags"`
+	Created string   `json:"created"`
+	// Source is the sha256 of what was added, for a base: the same base
+	// given again is recognised and never stored twice.
+	Source string `json:"source,omitempty"`
+	Files  []File `json:"files"`
+}
+
+// Layouts of a stored file.
+const (
+	LayoutSafetensors = "safetensors"
+	LayoutTorchZip    = "torch-zip"
+	LayoutRaw         = "raw"
+	LayoutStateDict   = "state-dict"
+)
+
+// File is one file of a checkpoint. Its bytes are the skeleton's bytes with
+// each region's bytes inserted at the region's offset.
+type File struct {
+	Path   string `json:"path"`
+	Mode   uint32 `json:"mode"`
+	Size   uint64 `json:"size"`
+	SHA256 string `json:"sha256"`
+	Layout string `json:"layout"`
+	// Note says why a file that looks like a container was stored whole.
+	Note     string   `json:"note,omitempty"`
+	Skeleton Object   `json:"skeleton"`
+	Regions  []Region `json:"regions"`
+}
+
+// Object names one stored object and its size.
+type Object struct {
+	Object string `json:"object"`
+	Stored uint64 `json:"stored"`
+}
+
+// Region is one tensor's bytes inside a file.
+type Region struct {
+	Name   string   `json:"name"`
+	Offset uint64   `json:"offset"`
+	Size   uint64   `json:"size"`
+	DType  string   `json:"dtype"`
+	Shape  []uint64 `json:"shape"`
+	SHA256 string   `json:"sha256"`
+	Object
+	// Ref is nil for a keyframe (a whole frame), else the region the delta
+	// frame is coded against.
+	Ref *Ref `json:"ref"`
+	// MaxError is the largest |original - stored| of a lossy delta; 0 when
+	// the region decodes bit-exactly.
+	MaxError float64 `json:"max_error"`
+	// Changed is the fraction of elements a delta changes.
+	Changed float64 `json:"changed"`
+}
+
+// Ref names a region of another checkpoint, or of the base.
+type Ref struct {
+	Base   bool   `json:"base,omitempty"`
+	Step   int64  `json:"step"`
+	File   string `json:"file"`
+	Region string `json:"region"`
+}
+
+func corrupt(what, format string, a ...any) error {
+	return fmt.Errorf("%w: %s: %s", errs.Corrupt, what, fmt.Sprintf(format, a...))
+}
+
+// decodeJSON parses b strictly into v: unknown fields, trailing data and
+// duplicate keys are refused, so that what a reader checks is what it uses.
+func decodeJSON(what string, b []byte, v any) error {
+	if !utf8.Valid(b) {
+		return corrupt(what, "not UTF-8")
+	}
+	if err := checkDuplicateKeys(b); err != nil {
+		return corrupt(what, "%v", err)
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return corrupt(what, "%v", err)
+	}
+	if dec.More() {
+		return corrupt(what, "trailing data after the JSON value")
+	}
+	return nil
+}
+
+// checkDuplicateKeys refuses an object with a key twice: encoding/json
+// keeps the last, another reader might keep the first.
+func checkDuplicateKeys(b []byte) error {
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	type frameT struct {
+		obj  bool
+		keys map[string]bool
+		key  bool // the next token is a key
+	}
+	var stack []*frameT
+	for depth := 0; ; {
+		tok, err := dec.Token()
+		if err != nil {
+			if err.Error() == "EOF" {
+				return nil
+			}
+			return err
+		}
+		var top *frameT
+		if len(stack) > 0 {
+			top = stack[len(stack)-1]
+		}
+		switch t := tok.(type) {
+		case json.Delim:
+			switch t {
+			case '{', '[':
+				depth++
+				if depth > 64 {
+					return fmt.Errorf("nested deeper than 64")
+				}
+				if top != nil && top.obj {
+					top.key = true
+				}
+				stack = append(stack, &frameT{obj: t == '{', keys: map[string]bool{}, key: t == '{'})
+				continue
+			default:
+				depth--
+				stack = stack[:len(stack)-1]
+				if len(stack) > 0 && stack[len(stack)-1].obj {
+					stack[len(stack)-1].key = true
+				}
+				continue
+			}
+		case string:
+			if top != nil && top.obj && top.key {
+				if top.keys[t] {
+					return fmt.Errorf("key %q appears twice", t)
+				}
+				top.keys[t] = true
+				top.key = false
+				continue
+			}
+		}
+		if top != nil && top.obj {
+			top.key = true
+		}
+	}
+}
+
+func validHash(h string) bool {
+	if len(h) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(h)
+	return err == nil && strings.ToLower(h) == h
+}
+
+// validPath accepts a relative, clean, slash-separated path that stays
+// inside the folder it is restored into.
+func validPath(p string) error {
+	switch {
+	case p == "" || len(p) > maxPathBytes:
+		return fmt.Errorf("path of %d bytes", len(p))
+	case !utf8.ValidString(p) || strings.ContainsAny(p, "\x00\\"):
+		return fmt.Errorf("path %q has a NUL, a backslash or invalid UTF-8", p)
+	case strings.HasPrefix(p, "/"):
+		return fmt.Errorf("path %q is absolute", p)
+	case path.Clean(p) != p:
+		return fmt.Errorf("path %q is not clean", p)
+	}
+	for _, part := range strings.Split(p, "/") {
+		if part == ".." || part == "." {
+			return fmt.Errorf("path %q leaves its folder", p)
+		}
+	}
+	return nil
+}
+
+func (c *Config) validate() error {
+	if c.KeyframeInterval < 1 || c.KeyframeInterval > MaxKeyframeInterval {
+		return fmt.Errorf("keyframe_interval %d (must be 1..%d)", c.KeyframeInterval, MaxKeyframeInterval)
+	}
+	if c.Reference != RefPrevious && c.Reference != RefBase {
+		return fmt.Errorf("reference %q (must be %q or %q)", c.Reference, RefPrevious, RefBase)
+	}
+	if len(c.Lossy) > 1024 {
+		return fmt.Errorf("%d lossy rules", len(c.Lossy))
+	}
+	for _, r := range c.Lossy {
+		if r.Pattern == "" || len(r.Pattern) > maxNameBytes {
+			return fmt.Errorf("lossy pattern of %d bytes", len(r.Pattern))
+		}
+		if !(r.Threshold > 0) || math.IsInf(r.Threshold, 0) {
+			return fmt.Errorf("lossy threshold %v for %q (must be finite and > 0)", r.Threshold, r.Pattern)
+		}
+	}
+	return nil
+}
+
+// parseManifest decodes and checks a manifest generation.
+func parseManifest(b []byte, generation uint64) (*Manifest, error) {
+	what := fmt.Sprintf("manifest generation %d", generation)
+	if len(b) > maxManifestBytes {
+		return nil, corrupt(what, "%d bytes (max %d)", len(b), maxManifestBytes)
+	}
+	var m Manifest
+	if err := decodeJSON(what, b, &m); err != nil {
+		return nil, err
+	}
+	if m.Format != manifestFormat {
+		return nil, corrupt(what, "format %q", m.Format)
+	}
+	if m.Version != Version {
+		return nil, fmt.Errorf("%w: %s: layout version %d (this tpde reads %d)", errs.Unsupported, what, m.Version, Version)
+	}
+	if m.Generation != generation {
+		return nil, corrupt(what, "says it is generation %d", m.Generation)
+	}
+	if err := m.Config.validate(); err != nil {
+		return nil, corrupt(what, "%v", err)
+	}
+	if len(m.Checkpoints) > maxCheckpoints {
+		return nil, corrupt(what, "%d checkpoints", len(m.Checkpoints))
+	}
+	if m.Base != nil && !validHash(m.Base.Object) {
+		return nil, corrupt(what, "base object %q", m.Base.Object)
+	}
+	if m.Base == nil && m.Config.Reference == RefBase {
+		return nil, corrupt(what, "reference policy %q without a base", RefBase)
+	}
+	for i, c := range m.Checkpoints {
+		if !validHash(c.Object) {
+			return nil, corrupt(what, "checkpoint %d: object %q", c.Step, c.Object)
+		}
+		if i > 0 && c.Step <= m.Checkpoints[i-1].Step {
+			return nil, corrupt(what, "steps out of order: %d after %d", c.Step, m.Checkpoints[i-1].Step)
+		}
+	}
+	return &m, nil
+}
+
+// parseCheckpoint decodes and checks a checkpoint record on its own; refs
+// between checkpoints are checked by snapshot.link.
+func parseCheckpoint(b []byte, step int64, base bool) (*Checkpoint, error) {
+	what := fmt.Sprintf("checkpoint %d", step)
+	if base {
+		what = "the base"
+	}
+	if len(b) > maxCheckpointBytes {
+		return nil, corrupt(what, "record of %d bytes (max %d)", len(b), maxCheckpointBytes)
+	}
+	var c Checkpoint
+	if err := decodeJSON(what, b, &c); err != nil {
+		return nil, err
+	}
+	if c.Format != checkpointFormat {
+		return nil, corrupt(what, "format %q", c.Format)
+	}
+	if c.Version != Version {
+		return nil, fmt.Errorf("%w: %s: layout version %d (this tpde reads %d)", errs.Unsupported, what, c.Version, Version)
+	}
+	if !base && c.Step != step {
+		return nil, corrupt(what, "record says step %d", c.Step)
+	}
+	if len(c.Tags) > maxTags {
+		return nil, corrupt(what, "%d tags", len(c.Tags))
+	}
+	if len(c.Files) > maxFiles {
+		return nil, corrupt(what, "%d files", len(c.Files))
+	}
+	if c.Source != "" && !validHash(c.Source) {
+		return nil, corrupt(what, "source hash %q", c.Source)
+	}
+	paths := make(map[string]bool, len(c.Files))
+	regions := 0
+	for i := range c.Files {
+		f := &c.Files[i]
+		if err := validPath(f.Path); err != nil {
+			return nil, corrupt(what, "%v", err)
+		}
+		if paths[f.Path] {
+			return nil, corrupt(what, "file %q listed twice", f.Path)
+		}
+		paths[f.Path] = true
+		regions += len(f.Regions)
+		if regions > maxRegions {
+			return nil, corrupt(what, "more than %d regions", maxRegions)
+		}
+		if err := f.validate(); err != nil {
+			return nil, corrupt(what, "file %q: %v", f.Path, err)
+		}
+	}
+	// A file may not also be a folder of another ("a" and "a/b"):
+	// restoring both would have to replace one with the other.
+	sorted := make([]string, 0, len(paths))
+	for p := range paths {
+		sorted = append(sorted, p)
+	}
+	sort.Strings(sorted)
+	for i := 1; i < len(sorted); i++ {
+		if strings.HasPrefix(sorted[i], sorted[i-1]+"/") {
+			return nil, corrupt(what, "%q is a file and also a folder of %q", sorted[i-1], sorted[i])
+		}
+	}
+	return &c, nil
+}
+
+func (f *File) validate() error {
+	if f.Mode&^0o777 != 0 {
+		return fmt.Errorf("mode %o has bits beyond the permissions", f.Mode)
+	}
+	if !validHash(f.SHA256) || !validHash(f.Skeleton.Object) {
+		return fmt.Errorf("bad hash")
+	}
+	switch f.Layout {
+	case LayoutSafetensors, LayoutTorchZip, LayoutRaw, LayoutStateDict:
+	default:
+		return fmt.Errorf("layout %q", f.Layout)
+	}
+	var pos uint64
+	names := make(map[string]bool, len(f.Regions))
+	for i := range f.Regions {
+		r := &f.Regions[i]
+		if r.Name == "" || len(r.Name) > maxNameBytes || !utf8.ValidString(r.Name) {
+			return fmt.Errorf("region %d: name of %d bytes", i, len(r.Name))
+		}
+		if names[r.Name] {
+			return fmt.Errorf("region %q listed twice", r.Name)
+		}
+		names[r.Name] = true
+		if r.Offset < pos {
+			return fmt.Errorf("region %q at %d overlaps the one before it or is out of order", r.Name, r.Offset)
+		}
+		end := r.Offset + r.Size
+		if end < r.Offset || end > f.Size || r.Size == 0 {
+			return fmt.Errorf("region %q [%d, +%d) does not lie in the file's %d bytes", r.Name, r.Offset, r.Size, f.Size)
+		}
+		pos = end
+		d, ok := dtype.FromName(r.DType)
+		if !ok {
+			return fmt.Errorf("region %q: dtype %q", r.Name, r.DType)
+		}
+		if len(r.Shape) > frame.MaxNDim {
+			return fmt.Errorf("region %q: %d dimensions", r.Name, len(r.Shape))
+		}
+		n := uint64(d.Width())
+		for _, s := range r.Shape {
+			hi, lo := bits.Mul64(n, s)
+			if hi != 0 {
+				return fmt.Errorf("region %q: shape overflows", r.Name)
+			}
+			n = lo
+		}
+		if n != r.Size {
+			return fmt.Errorf("region %q: shape %v of %s is not %d bytes", r.Name, r.Shape, r.DType, r.Size)
+		}
+		if !validHash(r.SHA256) || !validHash(r.Object.Object) {
+			return fmt.Errorf("region %q: bad hash", r.Name)
+		}
+		if r.MaxError < 0 || math.IsNaN(r.MaxError) || math.IsInf(r.MaxError, 0) || r.Changed < 0 || r.Changed > 1 {
+			return fmt.Errorf("region %q: max_error %v, changed %v", r.Name, r.MaxError, r.Changed)
+		}
+		if r.Ref != nil {
+			if err := validPath(r.Ref.File); err != nil {
+				return fmt.Errorf("region %q: reference: %v", r.Name, err)
+			}
+		}
+	}
+	return nil
+}
