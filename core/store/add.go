@@ -208,7 +208,7 @@ func (tx *Tx) addMapped(rel string, data []byte, mode uint32, hints map[string]s
 		}
 	}
 	f.Layout = layout
-	return tx.store(&f, data, regions)
+	return tx.store(&f, mappedFile(data), regions)
 }
 
 // Tensor is a tensor of a state dict given from memory.
@@ -249,18 +249,83 @@ func (tx *Tx) AddStateDict(rel string, header []byte, tensors []Tensor) error {
 			reg: &Region{Name: t.Name, Offset: t.Offset, Size: n, DType: t.DType.String(), Shape: append([]uint64{}, t.Shape...)},
 			dt:  t.DType, begin: t.Offset, end: t.Offset + n})
 	}
-	// The file is virtual: build it once so every path below reads one
-	// byte slice, as for a mapped file. Python holds the tensors already,
-	// so this costs one copy of the state dict, freed at return.
-	data := make([]byte, pos)
-	copy(data, header)
+	v := &virtualFile{size: pos, pieces: make([]piece, 0, len(tensors)+1)}
+	v.add(0, header)
 	for i := range tensors {
-		copy(data[tensors[i].Offset:], tensors[i].Data)
+		v.add(tensors[i].Offset, tensors[i].Data)
 	}
-	f := File{Path: rel, Mode: 0o644, Size: pos, Layout: LayoutStateDict, Regions: []Region{}}
-	sum := sha256.Sum256(data)
-	f.SHA256 = hex.EncodeToString(sum[:])
-	return tx.store(&f, data, keepLarge(regions))
+	f := File{Path: rel, Mode: 0o644, Size: pos, Layout: LayoutStateDict, Regions: []Region{}, SHA256: v.sha256()}
+	return tx.store(&f, v, keepLarge(regions))
+}
+
+// source is a file's bytes as store reads them: a mapped file, or a state
+// dict's virtual file. bytes(begin, end) of a region is its tensor's own
+// memory, never a copy.
+type source interface {
+	bytes(begin, end uint64) []byte
+}
+
+type mappedFile []byte
+
+func (m mappedFile) bytes(begin, end uint64) []byte { return m[begin:end] }
+
+// virtualFile is a state dict's file without building it: the header and
+// each tensor where they lie, zeros between. Only the gaps (the header,
+// padding and tensors too small for an object) are ever copied.
+type virtualFile struct {
+	size   uint64
+	pieces []piece // ascending
+}
+
+type piece struct {
+	off uint64
+	b   []byte
+}
+
+func (v *virtualFile) add(off uint64, b []byte) {
+	if len(b) > 0 {
+		v.pieces = append(v.pieces, piece{off, b})
+	}
+}
+
+func (v *virtualFile) bytes(begin, end uint64) []byte {
+	for _, p := range v.pieces {
+		off, b := p.off, p.b
+		if off <= begin && end <= off+uint64(len(b)) {
+			return b[begin-off : end-off]
+		}
+	}
+	out := make([]byte, end-begin)
+	for _, p := range v.pieces {
+		off, b := p.off, p.b
+		lo, hi := max(off, begin), min(off+uint64(len(b)), end)
+		if lo < hi {
+			copy(out[lo-begin:], b[lo-off:hi-off])
+		}
+	}
+	return out
+}
+
+func (v *virtualFile) sha256() string {
+	h := sha256.New()
+	var zeros [4096]byte
+	pos := uint64(0)
+	for _, p := range v.pieces {
+		off, b := p.off, p.b
+		for pos < off {
+			n := min(off-pos, uint64(len(zeros)))
+			h.Write(zeros[:n])
+			pos += n
+		}
+		h.Write(b)
+		pos = off + uint64(len(b))
+	}
+	for pos < v.size {
+		n := min(v.size-pos, uint64(len(zeros)))
+		h.Write(zeros[:n])
+		pos += n
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 func keepLarge(ps []planned) []planned {
@@ -293,7 +358,7 @@ func (tx *Tx) advance(n uint64) {
 }
 
 // store codes a file's regions and skeleton.
-func (tx *Tx) store(f *File, data []byte, ps []planned) error {
+func (tx *Tx) store(f *File, data source, ps []planned) error {
 	skel, err := tx.s.newObject()
 	if err != nil {
 		return err
@@ -310,24 +375,24 @@ func (tx *Tx) store(f *File, data []byte, ps []planned) error {
 				return err
 			}
 		}
-		if _, err := zw.Write(data[pos:p.begin]); err != nil {
+		if _, err := zw.Write(data.bytes(pos, p.begin)); err != nil {
 			return ioErr(tx.s.dir, err)
 		}
 		r := *p.reg
-		if err := tx.region(f.Path, &r, p.dt, data[p.begin:p.end]); err != nil {
+		if err := tx.region(f.Path, &r, p.dt, data.bytes(p.begin, p.end)); err != nil {
 			return fmt.Errorf("%s: tensor %q: %w", f.Path, r.Name, err)
 		}
 		f.Regions = append(f.Regions, r)
 		tx.advance(p.begin - pos + r.Size)
 		pos = p.end
 	}
-	if _, err := zw.Write(data[pos:]); err != nil {
+	if _, err := zw.Write(data.bytes(pos, f.Size)); err != nil {
 		return ioErr(tx.s.dir, err)
 	}
 	if err := zw.Close(); err != nil {
 		return ioErr(tx.s.dir, err)
 	}
-	tx.advance(uint64(len(data)) - pos)
+	tx.advance(f.Size - pos)
 	f.Skeleton, err = skel.commit()
 	if err != nil {
 		return err

@@ -385,3 +385,39 @@ func TestGlob(t *testing.T) {
 	assert.False(t, glob("a?c", "abbc"))
 	assert.False(t, glob("*.weight", "x.bias"))
 }
+
+// A crafted store whose refs loop, or run longer than K, or point at a
+// lossy region, is refused when it is read, before anything decodes.
+func TestLinkRefusesLoopsLongChainsAndLossyReferences(t *testing.T) {
+	region := func(name string, ref *Ref, maxErr float64) Region {
+		return Region{Name: name, Offset: 0, Size: 4096, DType: "F32", Shape: []uint64{1024}, SHA256: hashHex([]byte(name)),
+			Object: Object{Object: hashHex([]byte("o" + name)), Stored: 10}, Ref: ref, MaxError: maxErr}
+	}
+	cp := func(step int64, r Region) *Checkpoint {
+		return &Checkpoint{Format: checkpointFormat, Version: Version, Step: step,
+			Files: []File{{Path: "m", Size: 4096, SHA256: hashHex(nil), Layout: LayoutRaw, Skeleton: Object{Object: hashHex(nil)}, Regions: []Region{r}}}}
+	}
+	build := func(k int, cps ...*Checkpoint) *snapshot {
+		sn := emptySnapshot(Config{KeyframeInterval: k, Reference: RefPrevious})
+		for i, c := range cps {
+			sn.m.Checkpoints = append(sn.m.Checkpoints, CheckpointRef{Step: c.Step, Object: hashHex([]byte{byte(i)})})
+			sn.cps = append(sn.cps, c)
+			sn.index[i] = indexRegions(c)
+			sn.byStep[c.Step] = i
+		}
+		return sn
+	}
+	loop := build(10, cp(1, region("w", &Ref{Step: 2, File: "m", Region: "w"}, 0)), cp(2, region("w", &Ref{Step: 1, File: "m", Region: "w"}, 0)))
+	require.ErrorContains(t, loop.link(), "longer than the store's keyframe interval")
+	require.ErrorIs(t, loop.link(), errs.Corrupt)
+
+	long := build(2, cp(1, region("w", &Ref{Step: 2, File: "m", Region: "w"}, 0)), cp(2, region("w", &Ref{Step: 3, File: "m", Region: "w"}, 0)), cp(3, region("w", nil, 0)))
+	require.ErrorIs(t, long.link(), errs.Corrupt)
+	require.NoError(t, build(3, long.cps...).link(), "three frames are within K = 3")
+
+	lossy := build(10, cp(1, region("w", &Ref{Step: 2, File: "m", Region: "w"}, 0)), cp(2, region("w", &Ref{Step: 3, File: "m", Region: "w"}, 0.5)), cp(3, region("w", nil, 0)))
+	require.ErrorContains(t, lossy.link(), "lossy")
+
+	dangling := build(10, cp(1, region("w", &Ref{Step: 9, File: "m", Region: "w"}, 0)))
+	require.ErrorContains(t, dangling.link(), "does not hold")
+}
