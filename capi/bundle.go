@@ -1,7 +1,9 @@
 package main
 
 // Checkpoint bundles (docs/FORMAT.md section 17): glue between
-// tpde_bundle_* and core/bundle.
+// tpde_bundle_* and core/bundle. Writers and opened bundles live in
+// core/bundle (Stream, Reader); the tables below only turn the integers C
+// holds into them.
 
 /*
 #cgo CFLAGS: -I${SRCDIR}/../include
@@ -11,28 +13,33 @@ package main
 import "C"
 
 import (
-	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime/debug"
-	"sync"
 	"unsafe"
 
-	"github.com/tpde/tpde/core/atomicfile"
 	"github.com/tpde/tpde/core/bundle"
 	"github.com/tpde/tpde/core/entropy"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/handles"
+)
+
+var (
+	bundleWriters = handles.New[*bundle.Stream]("bundle writer")
+	bundleReaders = handles.New[*bundle.Reader]("bundle")
 )
 
 // maxBundleItems caps n in one call, before any allocation sized by it.
 const maxBundleItems = bundle.MaxEntries
 
-func itemsAt(p *C.tpde_bundle_item, n C.uint64_t) ([]C.tpde_bundle_item, error) {
+// cArray views n C structs at p (nil for n == 0).
+func cArray[T any](p *T, n C.uint64_t, what string) ([]T, error) {
 	if n == 0 {
 		return nil, nil
 	}
 	if p == nil || uint64(n) > maxBundleItems {
-		return nil, fmt.Errorf("%w: %d items at %p", errs.Invalid, uint64(n), p)
+		return nil, fmt.Errorf("%w: %d %s at %p", errs.Invalid, uint64(n), what, p)
 	}
 	return unsafe.Slice(p, int(n)), nil
 }
@@ -89,6 +96,15 @@ func bundleItems(cs []C.tpde_bundle_item) ([]bundle.Item, error) {
 	return items, nil
 }
 
+func itemsArg(items *C.tpde_bundle_item, n C.uint64_t) ([]C.tpde_bundle_item, []bundle.Item, error) {
+	cs, err := cArray(items, n, "items")
+	if err != nil {
+		return nil, nil, err
+	}
+	its, err := bundleItems(cs)
+	return cs, its, err
+}
+
 func fillItemResults(cs []C.tpde_bundle_item, res []bundle.ItemResult) {
 	for i := range cs {
 		c, r := &cs[i], &res[i]
@@ -106,26 +122,18 @@ func fillItemResults(cs []C.tpde_bundle_item, res []bundle.ItemResult) {
 	}
 }
 
-// itemArgs decodes the items and coding options of tpde_bundle_encode and
-// tpde_bundle_writer_add.
-func itemArgs(items *C.tpde_bundle_item, n C.uint64_t, effort, nthreads C.int32_t) ([]C.tpde_bundle_item, []bundle.Item, bundle.Options, error) {
-	opt, err := bundleOptions(effort, nthreads)
-	if err != nil {
-		return nil, nil, opt, err
-	}
-	cs, err := itemsAt(items, n)
-	if err != nil {
-		return nil, nil, opt, err
-	}
-	its, err := bundleItems(cs)
-	return cs, its, opt, err
-}
-
 func bundleOptions(effort, nthreads C.int32_t) (bundle.Options, error) {
 	if effort < 0 || effort > C.int32_t(entropy.Max) {
 		return bundle.Options{}, fmt.Errorf("%w: effort %d", errs.Invalid, int32(effort))
 	}
 	return bundle.Options{Threads: int(nthreads), Effort: entropy.Effort(effort)}, nil
+}
+
+func metaArg(meta *C.char, metaLen C.uint64_t) ([]byte, error) {
+	if uint64(metaLen) > bundle.MaxMetaLen {
+		return nil, fmt.Errorf("%w: metadata of %d bytes (max %d)", errs.Invalid, uint64(metaLen), bundle.MaxMetaLen)
+	}
+	return optionalBytes(unsafe.Pointer(meta), metaLen, "meta")
 }
 
 //export tpde_bundle_bound
@@ -135,11 +143,7 @@ func tpde_bundle_bound(items *C.tpde_bundle_item, n C.uint64_t, metaLen C.uint64
 	if bound == nil || uint64(metaLen) > bundle.MaxMetaLen {
 		return status(fmt.Errorf("%w: bound %p, meta_len %d", errs.Invalid, bound, uint64(metaLen)), cerr, cerrLen)
 	}
-	cs, err := itemsAt(items, n)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	its, err := bundleItems(cs)
+	_, its, err := itemsArg(items, n)
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
@@ -151,238 +155,227 @@ func tpde_bundle_bound(items *C.tpde_bundle_item, n C.uint64_t, metaLen C.uint64
 	return C.TPDE_OK
 }
 
-func metaArg(meta *C.char, metaLen C.uint64_t) ([]byte, error) {
-	if uint64(metaLen) > bundle.MaxMetaLen {
-		return nil, fmt.Errorf("%w: metadata of %d bytes (max %d)", errs.Invalid, uint64(metaLen), bundle.MaxMetaLen)
-	}
-	return optionalBytes(unsafe.Pointer(meta), metaLen, "meta")
-}
-
-//export tpde_bundle_encode
-func tpde_bundle_encode(items *C.tpde_bundle_item, n C.uint64_t, meta *C.char, metaLen C.uint64_t,
-	effort C.int32_t, nthreads C.int32_t, dst unsafe.Pointer, dstCap C.uint64_t, outLen *C.uint64_t,
-	cerr *C.char, cerrLen C.size_t) (rc C.int) {
+//export tpde_bundle_thresholds
+func tpde_bundle_thresholds(items *C.tpde_bundle_item, n C.uint64_t, percentile C.double, nthreads C.int32_t,
+	thresholds *C.double, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if outLen == nil {
-		return status(fmt.Errorf("%w: out_len is NULL", errs.Invalid), cerr, cerrLen)
-	}
-	m, err := metaArg(meta, metaLen)
+	_, its, err := itemsArg(items, n)
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
-	cs, its, opt, err := itemArgs(items, n, effort, nthreads)
+	out, err := cArray(thresholds, n, "thresholds")
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
-	out, err := bytesAt(dst, dstCap, "dst")
+	ts, err := bundle.Thresholds(its, float64(percentile), int(nthreads))
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
-	w, err := bundle.NewBufferWriter(out)
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	for i, t := range ts {
+		out[i] = C.double(t)
 	}
-	res := make([]bundle.ItemResult, len(its))
-	if err := w.Add(its, opt, res); err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	total, err := w.Close(m)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	fillItemResults(cs, res)
-	*outLen = C.uint64_t(total)
 	return C.TPDE_OK
-}
-
-// openWriter is a streaming bundle writer behind a handle.
-type openWriter struct {
-	file *atomicfile.File
-	w    *bundle.Writer
-}
-
-var (
-	writersMu  sync.Mutex
-	writers    = map[uint64]*openWriter{}
-	nextWriter uint64
-)
-
-func writerAt(h C.uint64_t) (*openWriter, error) {
-	writersMu.Lock()
-	defer writersMu.Unlock()
-	ow, ok := writers[uint64(h)]
-	if !ok {
-		return nil, fmt.Errorf("%w: bundle writer handle %d is not open", errs.Invalid, uint64(h))
-	}
-	return ow, nil
 }
 
 //export tpde_bundle_writer_open
 func tpde_bundle_writer_open(path *C.char, handle *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if path == nil || handle == nil {
-		return status(fmt.Errorf("%w: path or handle is NULL", errs.Invalid), cerr, cerrLen)
+	if handle == nil {
+		return status(fmt.Errorf("%w: handle is NULL", errs.Invalid), cerr, cerrLen)
 	}
-	f, err := atomicfile.Create(C.GoString(path), atomicfile.Options{})
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	s := bundle.NewPieces()
+	if path != nil {
+		var err error
+		if s, err = bundle.CreateFile(C.GoString(path)); err != nil {
+			return status(err, cerr, cerrLen)
+		}
 	}
-	w, err := bundle.NewWriter(f)
-	if err != nil {
-		f.Abort()
-		return status(err, cerr, cerrLen)
-	}
-	writersMu.Lock()
-	nextWriter++
-	writers[nextWriter] = &openWriter{file: f, w: w}
-	*handle = C.uint64_t(nextWriter)
-	writersMu.Unlock()
+	*handle = C.uint64_t(bundleWriters.Put(s))
 	return C.TPDE_OK
 }
 
 //export tpde_bundle_writer_add
 func tpde_bundle_writer_add(handle C.uint64_t, items *C.tpde_bundle_item, n C.uint64_t, effort C.int32_t,
-	nthreads C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	nthreads C.int32_t, dst unsafe.Pointer, dstCap C.uint64_t, outLen *C.uint64_t, cerr *C.char,
+	cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	ow, err := writerAt(handle)
+	s, err := bundleWriters.Get(uint64(handle))
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
-	cs, its, opt, err := itemArgs(items, n, effort, nthreads)
+	opt, err := bundleOptions(effort, nthreads)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	cs, its, err := itemsArg(items, n)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	out, err := optionalBytes(dst, dstCap, "dst")
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
 	res := make([]bundle.ItemResult, len(its))
-	if err := ow.w.Add(its, opt, res); err != nil {
+	wrote, err := s.Add(out, its, opt, res)
+	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
 	fillItemResults(cs, res)
+	if outLen != nil {
+		*outLen = C.uint64_t(wrote)
+	}
 	return C.TPDE_OK
 }
 
 //export tpde_bundle_writer_close
 func tpde_bundle_writer_close(handle C.uint64_t, meta *C.char, metaLen C.uint64_t, commit C.int32_t,
-	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	dst unsafe.Pointer, dstCap C.uint64_t, outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	writersMu.Lock()
-	ow, ok := writers[uint64(handle)]
-	delete(writers, uint64(handle))
-	writersMu.Unlock()
-	if !ok {
-		return status(fmt.Errorf("%w: bundle writer handle %d is not open", errs.Invalid, uint64(handle)), cerr, cerrLen)
-	}
-	defer ow.file.Abort() // a no-op once committed
-	if commit == 0 {
-		return C.TPDE_OK
+	s, err := bundleWriters.Get(uint64(handle))
+	if err != nil {
+		return status(err, cerr, cerrLen)
 	}
 	m, err := metaArg(meta, metaLen)
+	var out []byte
+	if err == nil {
+		out, err = optionalBytes(dst, dstCap, "dst")
+	}
 	if err != nil {
+		// Bad arguments end the writer too: close always releases the
+		// handle, but for a memory writer's too-small buffer.
+		s.Close(nil, nil, false)
+		_, _ = bundleWriters.Take(uint64(handle))
 		return status(err, cerr, cerrLen)
 	}
-	total, err := ow.w.Close(m)
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	total, err := s.Close(out, m, commit != 0)
+	if s.Ended() {
+		_, _ = bundleWriters.Take(uint64(handle))
 	}
-	if err := ow.file.Commit(); err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	if outLen != nil {
+	if outLen != nil && (err == nil || errors.Is(err, errs.BufferTooSmall)) {
 		*outLen = C.uint64_t(total)
+	}
+	return status(err, cerr, cerrLen)
+}
+
+//export tpde_bundle_open
+func tpde_bundle_open(src unsafe.Pointer, srcLen C.uint64_t, handle *C.uint64_t, info *C.tpde_bundle_info,
+	cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	if handle == nil || info == nil {
+		return status(fmt.Errorf("%w: handle or info is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	in, err := bytesAt(src, srcLen, "src")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	r, err := bundle.OpenReader(in)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	*info = C.tpde_bundle_info{size: C.uint64_t(r.Size), count: C.uint64_t(len(r.Entries)),
+		meta_len: C.uint64_t(len(r.Meta)), version_minor: C.uint32_t(r.VersionMinor)}
+	for i := range r.Entries {
+		info.names_len += C.uint64_t(len(r.Entries[i].Name))
+		info.dims += C.uint64_t(len(r.Infos[i].Shape))
+	}
+	*handle = C.uint64_t(bundleReaders.Put(r))
+	return C.TPDE_OK
+}
+
+// outputArg views an optional output of tpde_bundle_index: NULL skips it,
+// else it must hold need elements.
+func outputArg[T any](p *T, capacity C.uint64_t, need int, what string) ([]T, error) {
+	if p == nil {
+		return nil, nil
+	}
+	if uint64(capacity) < uint64(need) {
+		return nil, fmt.Errorf("%w: %s holds %d, the bundle has %d", errs.BufferTooSmall, what, uint64(capacity), need)
+	}
+	return unsafe.Slice(p, need), nil
+}
+
+//export tpde_bundle_index
+func tpde_bundle_index(handle C.uint64_t, entries *C.tpde_bundle_entry, n C.uint64_t, names *C.char,
+	namesCap C.uint64_t, dims *C.uint64_t, dimsCap C.uint64_t, meta *C.char, metaCap C.uint64_t,
+	cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	r, err := bundleReaders.Get(uint64(handle))
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	namesLen, ndims := 0, 0
+	for i := range r.Entries {
+		namesLen += len(r.Entries[i].Name)
+		ndims += len(r.Infos[i].Shape)
+	}
+	es, err := outputArg(entries, n, len(r.Entries), "entries")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	ns, err := outputArg((*byte)(unsafe.Pointer(names)), namesCap, namesLen, "names")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	ds, err := outputArg((*uint64)(unsafe.Pointer(dims)), dimsCap, ndims, "dims")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	ms, err := outputArg((*byte)(unsafe.Pointer(meta)), metaCap, len(r.Meta), "meta")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	copy(ms, r.Meta)
+	nameAt, dimAt := 0, 0
+	for i, e := range r.Entries {
+		in := &r.Infos[i]
+		if ns != nil {
+			copy(ns[nameAt:], e.Name)
+		}
+		if ds != nil {
+			copy(ds[dimAt:], in.Shape)
+		}
+		if es != nil {
+			c := &es[i]
+			*c = C.tpde_bundle_entry{offset: C.uint64_t(e.Offset), frame_size: C.uint64_t(e.Length),
+				raw_size: C.uint64_t(in.RawSize), name_offset: C.uint64_t(nameAt), dims_offset: C.uint64_t(dimAt),
+				changed_elems: C.uint64_t(in.Changed), bound: C.double(in.Bound), max_error: C.double(in.MaxErr),
+				name_len: C.uint32_t(len(e.Name)), dtype: C.int32_t(in.DType), ndim: C.uint32_t(len(in.Shape)),
+				residual: C.int32_t(in.Residual)}
+			c.kind, c.identical, c.lossy, c.needs_ref2 = cBool(in.Delta), cBool(in.Identical), cBool(in.Lossy), cBool(in.NeedsRef2)
+		}
+		nameAt += len(e.Name)
+		dimAt += len(in.Shape)
 	}
 	return C.TPDE_OK
 }
 
-// bundleEntryInfo is one tensor of tpde_bundle_index's JSON.
-type bundleEntryInfo struct {
-	Name      string   `json:"name"`
-	Offset    uint64   `json:"offset"`
-	Length    uint64   `json:"length"`
-	Kind      string   `json:"kind"`
-	DType     int      `json:"dtype"`
-	Shape     []uint64 `json:"shape"`
-	RawSize   uint64   `json:"raw_size"`
-	NeedsRef2 bool     `json:"needs_ref2"`
-	Residual  int      `json:"residual"`
-	Identical bool     `json:"identical"`
-	Lossy     bool     `json:"lossy"`
-	Bound     float64  `json:"bound"`
-	MaxError  float64  `json:"max_error"`
-	Changed   uint64   `json:"changed_elems"`
-}
-
-type bundleInfo struct {
-	VersionMinor uint8             `json:"version_minor"`
-	Size         uint64            `json:"size"`
-	Metadata     json.RawMessage   `json:"metadata"`
-	Tensors      []bundleEntryInfo `json:"tensors"`
-}
-
-//export tpde_bundle_index
-func tpde_bundle_index(src unsafe.Pointer, srcLen C.uint64_t, out *C.char, capacity C.uint64_t, needed *C.uint64_t,
-	cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if needed == nil {
-		return status(fmt.Errorf("%w: needed is NULL", errs.Invalid), cerr, cerrLen)
+func cBool(b bool) C.uint8_t {
+	if b {
+		return 1
 	}
-	in, err := bytesAt(src, srcLen, "src")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	b, err := bundle.Open(in)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	info := bundleInfo{VersionMinor: b.VersionMinor, Size: b.Size, Metadata: b.Meta,
-		Tensors: make([]bundleEntryInfo, len(b.Entries))}
-	for i, e := range b.Entries {
-		h, err := b.Header(i)
-		if err != nil {
-			return status(err, cerr, cerrLen)
-		}
-		t := bundleEntryInfo{Name: e.Name, Offset: e.Offset, Length: e.Length, Kind: "keyframe",
-			DType: int(h.DType), Shape: h.Shape, RawSize: h.RawSize, Residual: -1}
-		if t.Shape == nil {
-			t.Shape = []uint64{}
-		}
-		if di := h.Delta; di != nil {
-			t.Kind, t.Residual, t.Identical = "delta", int(di.Residual), di.Identical
-			t.NeedsRef2, t.Changed = di.NeedsRef2(), di.Changed
-			if di.Lossy {
-				t.Lossy, t.Bound, t.MaxError = true, di.Bound, di.MaxErr
-			}
-		}
-		info.Tensors[i] = t
-	}
-	return status(writeJSON(info, out, capacity, needed), cerr, cerrLen)
+	return 0
 }
 
 //export tpde_bundle_decode
-func tpde_bundle_decode(src unsafe.Pointer, srcLen C.uint64_t, outs *C.tpde_bundle_out, n C.uint64_t, nthreads C.int32_t,
+func tpde_bundle_decode(handle C.uint64_t, outs *C.tpde_bundle_out, n C.uint64_t, nthreads C.int32_t,
 	cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	in, err := bytesAt(src, srcLen, "src")
+	r, err := bundleReaders.Get(uint64(handle))
 	if err != nil {
 		return status(err, cerr, cerrLen)
 	}
-	if n > 0 && (outs == nil || uint64(n) > maxBundleItems) {
-		return status(fmt.Errorf("%w: %d outs at %p", errs.Invalid, uint64(n), outs), cerr, cerrLen)
-	}
-	b, err := bundle.Open(in)
+	cs, err := cArray(outs, n, "outs")
 	if err != nil {
 		return status(err, cerr, cerrLen)
-	}
-	var cs []C.tpde_bundle_out
-	if n > 0 {
-		cs = unsafe.Slice(outs, int(n))
 	}
 	req := make([]bundle.Out, len(cs))
 	for i := range cs {
 		c := &cs[i]
-		if uint64(c.index) >= uint64(len(b.Entries)) {
-			return status(fmt.Errorf("%w: entry %d of a %d-tensor bundle", errs.Invalid, uint64(c.index), len(b.Entries)), cerr, cerrLen)
+		if uint64(c.index) >= uint64(len(r.Entries)) {
+			return status(fmt.Errorf("%w: entry %d of a %d-tensor bundle", errs.Invalid, uint64(c.index), len(r.Entries)), cerr, cerrLen)
 		}
 		o := bundle.Out{Index: int(c.index)}
-		name := b.Entries[o.Index].Name
+		name := r.Entries[o.Index].Name
 		if o.Dst, err = bytesAt(c.dst, c.dst_cap, "dst"); err != nil {
 			return status(fmt.Errorf("tensor %q: %w", name, err), cerr, cerrLen)
 		}
@@ -394,8 +387,12 @@ func tpde_bundle_decode(src unsafe.Pointer, srcLen C.uint64_t, outs *C.tpde_bund
 		}
 		req[i] = o
 	}
-	if err := b.Decode(req, int(nthreads)); err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	return C.TPDE_OK
+	return status(r.Decode(req, int(nthreads)), cerr, cerrLen)
+}
+
+//export tpde_bundle_close
+func tpde_bundle_close(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	_, err := bundleReaders.Take(uint64(handle))
+	return status(err, cerr, cerrLen)
 }

@@ -137,8 +137,15 @@ func dtypeArg(d C.int32_t) (dtype.DType, error) {
 //export tpde_version
 func tpde_version() *C.char { return cVersion }
 
+// abiVersion is the TPDE_ABI_VERSION this glue implements: bump both when
+// a function's signature or meaning changes. The array index below fails
+// to compile while include/tpde.h says otherwise.
+const abiVersion = 3
+
+var _ = [1]struct{}{}[abiVersion-C.TPDE_ABI_VERSION]
+
 //export tpde_abi_version
-func tpde_abi_version() C.int { return C.TPDE_ABI_VERSION }
+func tpde_abi_version() C.int { return abiVersion }
 
 //export tpde_set_num_threads
 func tpde_set_num_threads(n C.int32_t) { par.SetDefaultThreads(int(n)) }
@@ -348,7 +355,7 @@ func tpde_file_info(path *C.char, maxSegments C.uint32_t, out *C.char, capacity 
 
 // writeJSON marshals v into the caller's buffer (at most capacity bytes,
 // not NUL-terminated) and sets *needed to its full length: the
-// grow-and-call-again protocol of tpde_file_info and tpde_bundle_index.
+// grow-and-call-again protocol of tpde_file_info.
 func writeJSON(v any, out *C.char, capacity C.uint64_t, needed *C.uint64_t) error {
 	js, err := json.Marshal(v)
 	if err != nil {

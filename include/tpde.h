@@ -14,9 +14,10 @@
  *    NULL. The message belongs to that call alone, so concurrent calls from
  *    many threads never see each other's messages.
  *  - All functions are safe to call from many threads at once.
- *  - The library keeps no pointer the caller passed after the call returns,
- *    and returns no pointer into its own memory (except tpde_version, which
- *    returns a static string).
+ *  - The library keeps no pointer the caller passed after the call returns
+ *    (except tpde_bundle_open, which reads its bundle in place until
+ *    tpde_bundle_close), and returns no pointer into its own memory (except
+ *    tpde_version, which returns a static string).
  *  - No Go panic crosses this boundary, from any thread the library
  *    starts: an unexpected internal failure is returned as
  *    TPDE_E_INTERNAL. Memory that becomes unreadable while the library
@@ -56,7 +57,7 @@ extern "C" {
 #endif
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 2
+#define TPDE_ABI_VERSION 3
 
 /* Status codes. */
 #define TPDE_OK 0
@@ -184,7 +185,7 @@ typedef struct tpde_bundle_item {
 
 /* One tensor to decode from a bundle. */
 typedef struct tpde_bundle_out {
-    uint64_t index;         /* entry number, from tpde_bundle_index */
+    uint64_t index;         /* entry number (tpde_bundle_index's order) */
     void *dst;
     uint64_t dst_cap;       /* >= the entry's raw_size */
     const void *ref;        /* the reference tensor for a delta entry; ignored for keyframes */
@@ -192,6 +193,41 @@ typedef struct tpde_bundle_out {
     const void *ref2;       /* the second reference when the entry needs_ref2, else NULL */
     uint64_t ref2_nbytes;
 } tpde_bundle_out;
+
+/* What tpde_bundle_open reports: the bundle, and the sizes of what
+ * tpde_bundle_index fills in. */
+typedef struct tpde_bundle_info {
+    uint64_t size;          /* bytes of the bundle */
+    uint64_t count;         /* tensors: tpde_bundle_entry records */
+    uint64_t names_len;     /* bytes of all the names, back to back */
+    uint64_t dims;          /* dimensions of all the shapes, back to back */
+    uint64_t meta_len;      /* bytes of the metadata JSON object */
+    uint32_t version_minor;
+    uint32_t reserved;
+} tpde_bundle_info;
+
+/* One tensor of an opened bundle, as its validated frame header describes
+ * it. Its name and shape lie in the names and dims arrays that
+ * tpde_bundle_index fills beside the records. */
+typedef struct tpde_bundle_entry {
+    uint64_t offset;        /* of the frame, from the start of the bundle */
+    uint64_t frame_size;    /* bytes of the frame */
+    uint64_t raw_size;      /* bytes the decoded tensor occupies */
+    uint64_t name_offset;   /* the name is names[name_offset .. name_offset + name_len), UTF-8 */
+    uint64_t dims_offset;   /* the shape is dims[dims_offset .. dims_offset + ndim) */
+    uint64_t changed_elems; /* delta: elements whose residual is not zero; 0 for a keyframe */
+    double bound;           /* lossy: the error bound; else 0 */
+    double max_error;       /* lossy: the largest |input - decoded| the encoder measured; else 0 */
+    uint32_t name_len;
+    int32_t dtype;          /* TPDE_* element type */
+    uint32_t ndim;
+    int32_t residual;       /* TPDE_RESIDUAL_XOR/DIFF/PRED; -1 for a keyframe */
+    uint8_t kind;           /* 0: keyframe, 1: delta frame */
+    uint8_t identical;      /* 1: equal to its reference (a header-only delta frame) */
+    uint8_t lossy;          /* 1: elements are within bound of the input, not exact */
+    uint8_t needs_ref2;     /* 1: decoding needs the second reference too */
+    uint32_t reserved;
+} tpde_bundle_entry;
 
 #ifndef TPDE_NO_PROTOTYPES
 
@@ -333,53 +369,83 @@ int tpde_inspect_delta(const void *src, uint64_t src_len, tpde_delta_info *info,
 int tpde_delta_threshold(const void *src, const void *ref, uint64_t len, int32_t dtype,
                          double percentile, double *threshold, char *err, size_t err_len);
 
-/* Largest bundle tpde_bundle_encode can write for these items with
- * meta_len bytes of metadata. */
+/* Largest bundle these items make with meta_len bytes of metadata; with
+ * meta_len 0, room that always suffices for their tpde_bundle_writer_add. */
 int tpde_bundle_bound(const tpde_bundle_item *items, uint64_t n, uint64_t meta_len,
                       uint64_t *bound, char *err, size_t err_len);
 
-/* Code n tensors and meta (a UTF-8 JSON object, meta_len bytes; 0 bytes
- * is {}) into one bundle in dst. Small tensors are coded several at a time
- * on nthreads threads (0: the default), large ones one at a time with their
- * chunks in parallel; the output does not depend on nthreads. dst_cap
- * >= tpde_bundle_bound always suffices; *out_len receives the bundle's
- * length. Each item's output fields are filled in. An error names the
- * tensor that failed. */
-int tpde_bundle_encode(tpde_bundle_item *items, uint64_t n, const char *meta, uint64_t meta_len,
-                       int32_t effort, int32_t nthreads, void *dst, uint64_t dst_cap,
-                       uint64_t *out_len, char *err, size_t err_len);
+/* The adaptive lossy thresholds of n delta items, as tpde_delta_threshold
+ * gives them (the percentile of |data - ref|), into thresholds[0..n): one
+ * call for the tensors of a checkpoint, several at a time on nthreads
+ * threads (0: the default). Every item needs a reference (ref, ref_nbytes
+ * = nbytes) and a float dtype; the other delta fields are ignored. An
+ * error names the tensor. */
+int tpde_bundle_thresholds(const tpde_bundle_item *items, uint64_t n, double percentile,
+                           int32_t nthreads, double *thresholds, char *err, size_t err_len);
 
-/* Stream a bundle to a file with memory bounded by the tensors of one
- * tpde_bundle_writer_add call: open writes to a temporary file beside path
- * and returns a handle; add codes and appends items (callable many times);
- * close with commit = 1 appends meta and the index, fsyncs and renames the
- * file over path, and sets *out_len (may be NULL) to its size; with commit
- * = 0, or after any failed call, close removes the temporary file. close
- * always releases the handle; a handle is used by one thread at a time. */
+/* Write a bundle across calls: open, then add tensors (callable many
+ * times), then close with the metadata, which may thus say how the
+ * tensors were coded. Small tensors are coded several at a time on
+ * nthreads threads (0: the default), large ones one at a time with their
+ * chunks in parallel; the bytes do not depend on nthreads or on how the
+ * tensors are split between add calls. Each item's output fields are
+ * filled in; an error names the tensor that failed. A handle is used by
+ * one thread at a time.
+ *
+ * open with a path writes to a temporary file beside it (add and close
+ * then take no dst: NULL, 0); close with commit = 1 appends meta (a UTF-8
+ * JSON object, meta_len bytes; 0 bytes is {}) and the index, fsyncs and
+ * renames the file over path.
+ *
+ * open with path NULL writes into the caller's memory, piece by piece:
+ * each add writes its frames (the first add's bytes begin with the
+ * preamble) to dst and sets *out_len to their length, and needs dst_cap >=
+ * tpde_bundle_bound(items, n, 0) (a smaller dst is refused before anything
+ * is coded); close with commit = 1 writes the rest (the metadata, index
+ * and trailer) to dst. The bundle is the concatenation of the pieces, in
+ * call order; the library keeps no pointer to them. If close's dst is too
+ * small, it returns TPDE_E_BUFFER_TOO_SMALL, sets *out_len, and the writer
+ * stays open for another close.
+ *
+ * close sets *out_len (may be NULL) to the bundle's total length. Closing
+ * with commit = 0, or any failure of close other than that too-small dst,
+ * abandons the bundle (removing a temporary file) and releases the handle;
+ * after a failed add, close fails with that add's error. */
 int tpde_bundle_writer_open(const char *path, uint64_t *handle, char *err, size_t err_len);
 int tpde_bundle_writer_add(uint64_t handle, tpde_bundle_item *items, uint64_t n, int32_t effort,
-                           int32_t nthreads, char *err, size_t err_len);
+                           int32_t nthreads, void *dst, uint64_t dst_cap, uint64_t *out_len,
+                           char *err, size_t err_len);
 int tpde_bundle_writer_close(uint64_t handle, const char *meta, uint64_t meta_len, int32_t commit,
-                             uint64_t *out_len, char *err, size_t err_len);
+                             void *dst, uint64_t dst_cap, uint64_t *out_len, char *err,
+                             size_t err_len);
 
-/* Validate a bundle (exactly src_len bytes) and describe it as JSON:
- *   {"version_minor": m, "size": bytes, "metadata": {...},
- *    "tensors": [{"name", "offset", "length", "kind": "keyframe"|"delta",
- *                 "dtype": code, "shape": [...], "raw_size", "needs_ref2",
- *                 "residual": kind or -1, "identical", "lossy", "bound",
- *                 "max_error", "changed_elems"}, ...]}
- * Writes at most cap bytes (not NUL-terminated) and sets *needed; call
- * again with a larger buffer if *needed > cap (TPDE_E_BUFFER_TOO_SMALL). */
-int tpde_bundle_index(const void *src, uint64_t src_len, char *json, uint64_t cap,
-                      uint64_t *needed, char *err, size_t err_len);
+/* Open a bundle (exactly src_len bytes) for reading: its preamble,
+ * trailer, index, metadata and every frame's header and chunk table are
+ * validated once, here; *info receives its sizes and *handle a handle for
+ * tpde_bundle_index and tpde_bundle_decode. The library reads src in place
+ * until tpde_bundle_close: it must stay valid and unchanged until then. */
+int tpde_bundle_open(const void *src, uint64_t src_len, uint64_t *handle, tpde_bundle_info *info,
+                     char *err, size_t err_len);
 
-/* Decode n entries of a bundle into their destinations, small ones several
- * at a time. Every requested frame header is validated before any is
- * decoded; a wrong or missing reference is TPDE_E_REFERENCE. An error
- * names the tensor; on failure the destinations' contents are
+/* Describe an opened bundle: entries[0..count) (n >= count), the names
+ * back to back (names_cap >= names_len), the shapes' dimensions back to
+ * back (dims_cap >= dims) and the metadata JSON (meta_cap >= meta_len), the
+ * sizes being those tpde_bundle_open reported; nothing is NUL-terminated.
+ * Any of the four outputs may be NULL to skip it; one that is too small is
+ * TPDE_E_BUFFER_TOO_SMALL. */
+int tpde_bundle_index(uint64_t handle, tpde_bundle_entry *entries, uint64_t n, char *names,
+                      uint64_t names_cap, uint64_t *dims, uint64_t dims_cap, char *meta,
+                      uint64_t meta_cap, char *err, size_t err_len);
+
+/* Decode n entries of an opened bundle into their destinations, small ones
+ * several at a time. A wrong or missing reference is TPDE_E_REFERENCE. An
+ * error names the tensor; on failure the destinations' contents are
  * unspecified. */
-int tpde_bundle_decode(const void *src, uint64_t src_len, const tpde_bundle_out *outs, uint64_t n,
-                       int32_t nthreads, char *err, size_t err_len);
+int tpde_bundle_decode(uint64_t handle, const tpde_bundle_out *outs, uint64_t n, int32_t nthreads,
+                       char *err, size_t err_len);
+
+/* Release an opened bundle's handle (its src may then go). */
+int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
 
 #endif /* TPDE_NO_PROTOTYPES */
 

@@ -504,3 +504,115 @@ def test_stream_compress_memory_is_bounded_by_chunk_size(tmp_path: Path, run_py:
     assert abs((tmp_path / "stream.tpde").stat().st_size - (tmp_path / "memory.tpde").stat().st_size) < 64
     assert growth["memory"] > 300, growth  # the in-memory path holds ~380 MB of output
     assert growth["stream"] < 120, growth  # 8 MB chunks + the library's scratch
+
+
+# --- what a saved checkpoint says about itself, and what it costs to write and read ---------
+
+def _lossy_pair(seed: int) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    a = {f"layer{i}.w": torch.randn(64, 32, generator=g) for i in range(6)}
+    a["step"] = torch.tensor(3)
+    b = {k: (v + 1e-3 * torch.randn(v.shape, generator=g) * (torch.rand(v.shape, generator=g) < 0.5)
+             if v.is_floating_point() else v + 1) for k, v in a.items()}
+    return a, b
+
+
+@pytest.mark.parametrize("how", ["save_checkpoint", "save_compressed_delta", "stream_compress_to_file",
+                                 "bytes written to a file"])
+def test_a_saved_checkpoints_info_has_its_ratio_sparsity_and_max_error(how: str, tmp_path: Path) -> None:
+    """The statistics compression reports are in the file too: the writer
+    takes the metadata after the tensors are coded, and the ratio is the
+    stored original size over the file's size."""
+    a, b = _lossy_pair(21)
+    enc = tpde.TemporalPositionDeltaEncoder(threshold=1e-3, output_dir=tmp_path)
+    enc.compress_checkpoint(a, epoch=1)
+    if how == "save_checkpoint":
+        enc.save_checkpoint(b, epoch=2)
+        path = tmp_path / "checkpoint_epoch_2.tpde"
+    elif how == "save_compressed_delta":
+        enc.save_compressed_delta(b, epoch=2)
+        path = tmp_path / "checkpoint_epoch_2.tpde"
+    elif how == "stream_compress_to_file":
+        path = tmp_path / "s.tpde"
+        enc.stream_compress_to_file(b, path, chunk_size=4096, previous=a, epoch=2)
+    else:
+        path = tmp_path / "m.tpde"
+        path.write_bytes(enc.compress_checkpoint_delta(b, epoch=2))
+    meta = enc.last_metadata
+    assert meta is not None
+    info = tpde.checkpoint_info(path)
+    assert info["compressed_size"] == path.stat().st_size == meta["compressed_size"]
+    for key in ("ratio", "sparsity", "max_error", "lossless", "error_bound"):
+        assert info[key] == meta[key], key
+    if how != "save_checkpoint":
+        assert 0 < info["sparsity"] < 100 and 0 < info["max_error"] <= info["error_bound"] <= 1e-3
+        assert not info["lossless"]
+    else:
+        assert info["sparsity"] == 0.0 and info["max_error"] == 0.0 and info["lossless"]
+
+
+def _counting_calls(monkeypatch: pytest.MonkeyPatch) -> "collections.Counter[str]":
+    from tpde import _bundle, delta
+
+    calls: "collections.Counter[str]" = collections.Counter()
+    for module in (_bundle, delta):
+        real = module.call
+
+        def counted(name: str, *args: Any, _real: Any = real, **kw: Any) -> int:
+            calls[name] += 1
+            return _real(name, *args, **kw)
+
+        monkeypatch.setattr(module, "call", counted)
+    return calls
+
+
+@pytest.mark.parametrize("tensors", [3, 40])
+def test_adaptive_thresholds_are_one_library_call_per_checkpoint(tensors: int,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/ARCHITECTURE.md: one ABI call per checkpoint, not per tensor;
+    the percentiles are those tpde.delta_threshold gives tensor by tensor."""
+    g = torch.Generator().manual_seed(tensors)
+    a = {f"t{i}": torch.randn(300 + i, generator=g) for i in range(tensors)}
+    a["ints"] = torch.arange(10)
+    b = {k: v + 1e-2 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in a.items()}
+    enc = tpde.TemporalPositionDeltaEncoder(adaptive=True, percentile=80.0)
+    enc.compress_checkpoint(a)
+    calls = _counting_calls(monkeypatch)
+    data, meta = enc.compress_checkpoint_delta(b)
+    assert calls["tpde_bundle_thresholds"] == 1 and calls["tpde_delta_threshold"] == 0, calls
+    assert sum(calls.values()) <= 5, calls  # bound, thresholds, open, add, close: not per tensor
+    bounds = {t["name"]: t["bound"] for t in tpde.checkpoint_info(data)["tensors"]}
+    for k in a:
+        if a[k].is_floating_point():
+            assert bounds[k] == tpde.delta_threshold(b[k], a[k], 80.0), k
+        else:
+            assert bounds[k] == 0.0, k
+    assert meta["error_bound"] == max(bounds.values())
+
+
+def test_decoding_validates_the_bundle_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One open (the library validates the bundle there and keeps it), one
+    index query, one decode, one close: whatever the tensor count."""
+    a, b = _lossy_pair(22)
+    enc = tpde.TemporalPositionDeltaEncoder()
+    full = enc.compress_checkpoint(a)
+    delta = enc.compress_checkpoint_delta(b)
+    calls = _counting_calls(monkeypatch)
+    back = tpde.load_checkpoint(delta, previous=tpde.load_checkpoint(full))
+    assert_same_state(back, b)
+    assert dict(calls) == {"tpde_bundle_open": 2, "tpde_bundle_index": 2, "tpde_bundle_decode": 2,
+                           "tpde_bundle_close": 2}
+
+
+@pytest.mark.parametrize("ckpt", [{}, {"w": torch.arange(3.0)}])
+def test_metadata_larger_than_the_room_the_frames_left(ckpt: Dict[str, Any]) -> None:
+    """The bundle's tail (metadata, index, trailer) goes after the frames
+    when it fits in their buffer, else in a buffer of its own: both make
+    the same bundle."""
+    user = {"notes": "x" * 100_000}
+    enc = tpde.TemporalPositionDeltaEncoder()
+    data, meta = enc.compress_checkpoint(ckpt, metadata=user)
+    assert len(data) == meta["compressed_size"] > 100_000
+    info = tpde.checkpoint_info(data)
+    assert info["user"] == user and info["num_tensors"] == len(ckpt)
+    assert_same_state(tpde.load_checkpoint(data), ckpt)

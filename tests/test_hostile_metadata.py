@@ -27,7 +27,7 @@ import tpde
 from crc32c import crc32c
 from tpde import _structure as tpde_structure
 from tpde import _tensors as tpde_tensors
-from tpde import checkpoint as tpde_checkpoint
+from tpde import _load as tpde_load
 
 # --- CRC32C and bundle surgery (docs/FORMAT.md §1, §17) --------------------------
 
@@ -325,6 +325,7 @@ _WRONG_TYPES = {
     "lossless": ("yes", "the string 'yes'"), "error_bound": (False, "the boolean false"),
     "timestamp": ({}, "an object"), "num_tensors": (2.5, "the number 2.5"),
     "original_size": (None, "null"), "original_size_mb": ("1", "the string '1'"),
+    "sparsity": ("0", "the string '0'"), "max_error": (None, "null"),
 }
 for _field, (_value, _spelled) in _WRONG_TYPES.items():
     CASES[f"checkpoint.{_field} of the wrong type"] = Case(
@@ -332,7 +333,7 @@ for _field, (_value, _spelled) in _WRONG_TYPES.items():
 
 
 def test_every_checkpoint_field_has_a_wrong_type_case() -> None:
-    assert set(_WRONG_TYPES) == set(tpde_checkpoint._CHECKPOINT_FIELDS)
+    assert set(_WRONG_TYPES) == set(tpde_load._CHECKPOINT_FIELDS)
 
 
 def _hostile(bundles: Dict[str, bytes], case: Case) -> bytes:

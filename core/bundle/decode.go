@@ -24,7 +24,19 @@ type Out struct {
 // validated before anything is decoded. On error the destinations hold
 // unspecified bytes.
 func (b *Bundle) Decode(outs []Out, threads int) error {
-	headers := make([]*frame.Header, len(outs))
+	return b.decode(outs, threads, func(i int) (uint64, error) {
+		h, err := b.Header(i)
+		if err != nil {
+			return 0, err
+		}
+		return h.RawSize, nil
+	})
+}
+
+// decode checks every request (rawSize gives an entry's validated raw size)
+// and then decodes them all.
+func (b *Bundle) decode(outs []Out, threads int, rawSize func(i int) (uint64, error)) error {
+	sizes := make([]uint64, len(outs))
 	seen := make(map[int]struct{}, len(outs))
 	for k, o := range outs {
 		if o.Index < 0 || o.Index >= len(b.Entries) {
@@ -34,14 +46,14 @@ func (b *Bundle) Decode(outs []Out, threads int) error {
 			return fmt.Errorf("%w: tensor %q requested twice", errs.Invalid, b.Entries[o.Index].Name)
 		}
 		seen[o.Index] = struct{}{}
-		h, err := b.Header(o.Index)
+		raw, err := rawSize(o.Index)
 		if err != nil {
 			return err
 		}
-		if uint64(len(o.Dst)) < h.RawSize {
-			return fmt.Errorf("%w: tensor %q needs %d bytes, %d given", errs.BufferTooSmall, b.Entries[o.Index].Name, h.RawSize, len(o.Dst))
+		if uint64(len(o.Dst)) < raw {
+			return fmt.Errorf("%w: tensor %q needs %d bytes, %d given", errs.BufferTooSmall, b.Entries[o.Index].Name, raw, len(o.Dst))
 		}
-		headers[k] = h
+		sizes[k] = raw
 	}
 	threads = par.Threads(threads)
 	one := func(k, th int) error {
@@ -52,8 +64,8 @@ func (b *Bundle) Decode(outs []Out, threads int) error {
 		return nil
 	}
 	var small []int
-	for k, h := range headers {
-		if h.RawSize >= smallItem || threads == 1 {
+	for k, raw := range sizes {
+		if raw >= smallItem || threads == 1 {
 			if err := one(k, threads); err != nil {
 				return err
 			}

@@ -65,8 +65,12 @@ func ItemBound(it *Item) (uint64, error) {
 	return frame.DeltaBound(uint64(len(it.Data)), it.DType, len(it.Shape), 0)
 }
 
-// IndexLen is the index size for these names and metaLen bytes of metadata.
+// IndexLen is the index size for these names and metaLen bytes of metadata
+// (0 stands for the {} that Close stores).
 func IndexLen(names []string, metaLen int) uint64 {
+	if metaLen == 0 {
+		metaLen = len(emptyMeta)
+	}
 	n := uint64(8 + metaLen)
 	for _, s := range names {
 		n += entryFixedLen + uint64(len(s))
@@ -387,17 +391,13 @@ func (w *Writer) Close(meta []byte) (uint64, error) {
 	}
 	w.closed = true
 	if len(meta) == 0 {
-		meta = []byte("{}")
+		meta = emptyMeta
 	}
 	if err := checkMeta(meta); err != nil {
 		w.err = fmt.Errorf("%w: bundle: %v", errs.Invalid, err)
 		return 0, w.err
 	}
-	names := make([]string, len(w.entries))
-	for i, e := range w.entries {
-		names[i] = e.Name
-	}
-	index := make([]byte, 0, IndexLen(names, len(meta)))
+	index := make([]byte, 0, w.indexLen(len(meta)))
 	index = binary.LittleEndian.AppendUint32(index, uint32(len(w.entries)))
 	for _, e := range w.entries {
 		index = binary.LittleEndian.AppendUint16(index, uint16(len(e.Name)))
@@ -420,6 +420,22 @@ func (w *Writer) Close(meta []byte) (uint64, error) {
 		return 0, err
 	}
 	return w.off + uint64(len(index)) + TrailerLen, nil
+}
+
+// emptyMeta is what Close stores for empty metadata.
+var emptyMeta = []byte("{}")
+
+// indexLen is the length of the index Close writes for the tensors added
+// so far and metaLen bytes of metadata (0 stands for {}).
+func (w *Writer) indexLen(metaLen int) uint64 {
+	if metaLen == 0 {
+		metaLen = len(emptyMeta)
+	}
+	n := uint64(8 + metaLen)
+	for _, e := range w.entries {
+		n += entryFixedLen + uint64(len(e.Name))
+	}
+	return n
 }
 
 // Len is the number of tensors added so far.

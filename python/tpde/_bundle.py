@@ -1,36 +1,46 @@
 """Checkpoint bundles over the tpde_bundle_* ABI (docs/FORMAT.md section 17).
 
-One call codes a whole list of named tensors (keyframes, or delta frames
-against references) and returns the bundle bytes; another validates a bundle
-and returns its index; a third decodes the requested tensors into memory the
-caller allocated. The library does the per-tensor work, in parallel; Python
-crosses the ABI once per call, not per tensor.
+The one module that calls tpde_bundle_*. Writing: encode() codes a whole
+list of named tensors (keyframes, or delta frames against references) into
+bundle bytes, FileWriter streams them to a file; both ask for the metadata
+only after the tensors are coded, so that it can say how they were.
+Reading: a Reader opens a bundle once (the library validates it then, and
+keeps it until close) and describes it; decode() decodes the requested
+tensors into memory the caller allocated. The library does the per-tensor
+work, in parallel; Python crosses the ABI a fixed number of times per
+checkpoint, not per tensor.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import json
-import mmap
-from ctypes import byref, c_uint64
+import struct
+from ctypes import byref, c_double, c_uint64
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _native, _tensors
+from ._buffers import OutBuffer
 from ._native import call
-from .codec import _EFFORTS, _into_new_bytes
+from ._options import effort_code
 from .errors import CorruptDataError, InternalError, InvalidArgumentError
 
-#: Index buffer first tried, plus a guess from the index length (at most
-#: _INDEX_GUESS_MAX); grown to the size the library reports.
-_INDEX_CAP = 1 << 16
-_INDEX_GUESS_MAX = 1 << 30
+__all__ = ["BUNDLE_MAGIC", "ItemSpec", "ItemResult", "encode", "FileWriter", "Entry", "Reader", "decode"]
+
 BUNDLE_MAGIC = b"\x89TPB"
 
 
+# --- writing ------------------------------------------------------------------
+
 @dataclass
 class ItemSpec:
-    """One tensor to code: a keyframe when ref is None."""
+    """One tensor to code: a keyframe when ref is None.
+
+    A delta item is lossy when threshold > 0, or when percentile > 0: its
+    threshold is then the percentile of |tensor - ref| (capped by threshold
+    when that is > 0). quant_bits applies to a lossy item only."""
 
     name: str
     tensor: Any
@@ -39,6 +49,7 @@ class ItemSpec:
     residual: int = -1
     flags: int = 0
     threshold: float = 0.0
+    percentile: float = 0.0
     quant_bits: int = 0
     recon: Any = None  # a tensor/array of tensor's dtype and shape, or None
 
@@ -52,16 +63,20 @@ class ItemResult:
     identical: bool
     nelem: int
     nbytes: int
+    threshold: float  # the lossy threshold used; 0 when lossless
 
 
 class _Items:
-    """A ctypes array of tpde_bundle_item that keeps every buffer it points to alive."""
+    """A ctypes array of tpde_bundle_item that keeps every buffer it points
+    to alive, with the adaptive thresholds resolved (one library call)."""
 
-    def __init__(self, specs: Sequence[ItemSpec]) -> None:
+    def __init__(self, specs: Sequence[ItemSpec], threads: int) -> None:
         n = len(specs)
         self.array = (_native.BundleItem * max(n, 1))()
         self.keep: List[Any] = []
         self.nelem: List[int] = []
+        self.thresholds: List[float] = [0.0] * n
+        adaptive: Dict[float, List[int]] = {}
         for i, s in enumerate(specs):
             src = _tensors.source(s.tensor)
             it = self.array[i]
@@ -88,7 +103,10 @@ class _Items:
                     self.keep.append(r2)
                     it.ref2, it.ref2_nbytes = r2.ptr, r2.nbytes
                 it.residual_kind, it.flags = s.residual, s.flags
-                it.threshold, it.quant_bits = float(s.threshold), int(s.quant_bits)
+                if s.percentile > 0:
+                    adaptive.setdefault(s.percentile, []).append(i)
+                else:
+                    self.thresholds[i] = float(s.threshold)
             if s.recon is not None:
                 rc = _tensors.source(s.recon)
                 if rc.owner is not s.recon:
@@ -96,13 +114,31 @@ class _Items:
                 self.keep.append(rc)
                 it.recon, it.recon_cap = rc.ptr, rc.nbytes
         self.n = n
+        for pct, which in adaptive.items():
+            for i, a in zip(which, self._percentiles(which, pct, threads)):
+                cap = float(specs[i].threshold)
+                self.thresholds[i] = min(a, cap) if cap > 0 else a
+        for i, (s, th) in enumerate(zip(specs, self.thresholds)):
+            if th > 0:
+                self.array[i].threshold, self.array[i].quant_bits = th, int(s.quant_bits)
+
+    def _percentiles(self, which: List[int], pct: float, threads: int) -> List[float]:
+        """tpde_bundle_thresholds over the items `which` (copies of their
+        descriptors), in one call."""
+        sub = (_native.BundleItem * len(which))()
+        for j, i in enumerate(which):
+            sub[j] = self.array[i]
+        out = (c_double * len(which))()
+        call("tpde_bundle_thresholds", sub, len(which), float(pct), threads, out)
+        return list(out)
 
     def results(self) -> List[ItemResult]:
         out = []
         for i in range(self.n):
             it = self.array[i]
             out.append(ItemResult(int(it.frame_size), float(it.max_error), int(it.changed_elems),
-                                  int(it.residual_used), bool(it.identical), self.nelem[i], int(it.nbytes)))
+                                  int(it.residual_used), bool(it.identical), self.nelem[i], int(it.nbytes),
+                                  self.thresholds[i]))
         return out
 
 
@@ -118,132 +154,215 @@ def _meta_bytes(meta: Dict[str, Any]) -> bytes:
         raise InvalidArgumentError("checkpoint metadata is nested too deeply to store") from None
 
 
-def _effort(effort: str) -> int:
-    if effort not in _EFFORTS:
-        raise InvalidArgumentError(f"effort must be one of {', '.join(_EFFORTS)}, got {effort!r}")
-    return _EFFORTS[effort]
+#: Builds a bundle's metadata once its tensors are coded.
+Finish = Callable[[List[ItemResult]], Dict[str, Any]]
 
 
-def encode(specs: Sequence[ItemSpec], meta: Dict[str, Any], *, effort: str = "balanced",
-           threads: int = 0) -> Tuple[bytes, List[ItemResult]]:
-    """Code specs and meta into one bundle; return its bytes and per-item results."""
-    items = _Items(specs)
-    m = _meta_bytes(meta)
-    eff = _effort(effort)
-    bound = c_uint64()
-    call("tpde_bundle_bound", items.array, items.n, len(m), byref(bound))
+class _Handle:
+    """A library handle, released once: by close(), else when collected
+    (so that an abandoned writer's temporary file goes too)."""
 
-    def fill(dst: int, cap: int) -> int:
-        n = c_uint64()
-        call("tpde_bundle_encode", items.array, items.n, m, len(m), eff, threads, dst, cap, byref(n))
-        return n.value
+    _what = "handle"
+    _handle: Optional[int] = None
 
-    blob = _into_new_bytes(bound.value, fill)
-    return blob, items.results()
+    def _release(self, handle: int) -> None:
+        raise NotImplementedError
 
-
-class StreamWriter:
-    """A bundle written to a file as tensors are added (atomic: the file
-    appears complete at close(commit=True) or not at all)."""
-
-    def __init__(self, path: str, *, effort: str = "balanced", threads: int = 0) -> None:
-        self._effort = _effort(effort)
-        self._threads = threads
-        h = c_uint64()
-        call("tpde_bundle_writer_open", path.encode(), byref(h))
-        self._handle: Optional[int] = h.value
-        self.results: List[ItemResult] = []
-
-    def add(self, specs: Sequence[ItemSpec]) -> List[ItemResult]:
+    @property
+    def handle(self) -> int:
         if self._handle is None:
-            raise InvalidArgumentError("the bundle writer is closed")
-        items = _Items(specs)
-        call("tpde_bundle_writer_add", self._handle, items.array, items.n, self._effort, self._threads)
-        res = items.results()
-        self.results += res
-        return res
+            raise InvalidArgumentError(f"the {self._what} is closed")
+        return self._handle
 
-    def close(self, meta: Optional[Dict[str, Any]], commit: bool) -> int:
-        if self._handle is None:
-            return 0
-        h, self._handle = self._handle, None
-        m = _meta_bytes(meta or {}) if commit else b""
-        n = c_uint64()
-        call("tpde_bundle_writer_close", h, m, len(m), 1 if commit else 0, byref(n))
-        return n.value
+    def close(self) -> None:
+        if self._handle is not None:
+            h, self._handle = self._handle, None
+            self._release(h)
 
     def __del__(self) -> None:
-        # An abandoned writer removes its temporary file.
-        if getattr(self, "_handle", None) is not None:
+        if self._handle is not None:
             try:
-                self.close(None, False)
+                self.close()
             except Exception:  # noqa: BLE001 (interpreter shutdown: nothing to report to)
                 pass
 
 
-def _index_cap(n: int, trailer: Optional[bytes]) -> int:
-    """A first buffer size for tpde_bundle_index's JSON, from the index
-    length in the bundle's 16-byte trailer (not trusted: the library
-    validates it; a wrong guess only costs a second call). Each index
-    entry, at least 19 bytes, becomes a JSON object of about 250 bytes plus
-    its name."""
-    if trailer is None or len(trailer) < 8:
-        return _INDEX_CAP
-    index_len = min(int.from_bytes(trailer[:8], "little"), n)
-    return _INDEX_CAP + min(index_len * 14, _INDEX_GUESS_MAX)
+class _Writer(_Handle):
+    """A tpde_bundle_writer handle: to a file (path), or into memory.
+    close() without a commit drops the bundle (a file writer removes its
+    temporary file)."""
 
+    _what = "bundle writer"
 
-def index(src: object, n: int, *, trailer: Optional[bytes] = None) -> Dict[str, Any]:
-    """Validate a bundle and return its index (tpde_bundle_index's JSON).
-    trailer: the bundle's last 16 bytes, if the caller has them (for a
-    mapped file: read from the file, not the map).
+    def __init__(self, path: Optional[str], effort: str, threads: int) -> None:
+        self._effort = effort_code(effort)
+        self._threads = threads
+        h = c_uint64()
+        call("tpde_bundle_writer_open", None if path is None else path.encode(), byref(h))
+        self._handle = h.value
 
-    The JSON is written into an anonymous map, so pages past its end cost
-    nothing, decoded from it, and the map closed before the text is parsed:
-    at most two copies of the text at a time, not three."""
-    if trailer is None and isinstance(src, bytes):
-        trailer = src[-16:]
-    cap = _index_cap(n, trailer)
-    while True:
-        needed = c_uint64()
-        text = None
-        buf = mmap.mmap(-1, cap)
+    def _release(self, handle: int) -> None:
+        call("tpde_bundle_writer_close", handle, None, 0, 0, None, 0, None)
+
+    def _add(self, items: _Items, dst: Optional[int] = None, cap: int = 0) -> int:
+        n = c_uint64()
+        call("tpde_bundle_writer_add", self.handle, items.array, items.n, self._effort, self._threads, dst,
+             cap, byref(n))
+        return n.value
+
+    def _close(self, meta: bytes, dst: Optional[int] = None, cap: int = 0) -> Tuple[int, int]:
+        """Commit: (status, total length); the handle is gone unless the
+        status is E_BUFFER_TOO_SMALL (a memory writer's dst)."""
+        total = c_uint64()
         try:
-            out = (ctypes.c_char * cap).from_buffer(buf)
-            try:
-                # The address, not the array: a traceback through call()
-                # would keep the array, and with it an export of the map.
-                rc = call("tpde_bundle_index", src, n, ctypes.c_char_p(ctypes.addressof(out)), cap, byref(needed),
-                          allow=(_native.E_BUFFER_TOO_SMALL,))
-            finally:
-                del out  # release the export so the map can close
+            rc = call("tpde_bundle_writer_close", self.handle, meta, len(meta), 1, dst, cap, byref(total),
+                      allow=(_native.E_BUFFER_TOO_SMALL,))
+        except BaseException:
+            self._handle = None  # a failed close released the handle
+            raise
+        if rc == _native.OK:
+            self._handle = None
+        return rc, total.value
+
+
+def encode(specs: Sequence[ItemSpec], finish: Finish, *, effort: str = "balanced",
+           threads: int = 0) -> Tuple[bytes, List[ItemResult]]:
+    """Code specs into one bundle in memory, with the metadata finish()
+    makes of their results; return its bytes and the results.
+
+    The frames are coded straight into one buffer of the items' bound; the
+    rest (metadata, index, trailer) follows them there when it fits in the
+    room the frames left, else in a buffer of its own, and take() copies
+    both out once."""
+    items = _Items(specs, threads)
+    bound = c_uint64()
+    call("tpde_bundle_bound", items.array, items.n, 0, byref(bound))
+    w = _Writer(None, effort, threads)
+    try:
+        with OutBuffer(bound.value) as out:
+            n = w._add(items, out.address, out.cap)
+            results = items.results()
+            meta = _meta_bytes(finish(results))
+            rc, total = w._close(meta, out.address + n, out.cap - n)
             if rc == _native.OK:
-                if needed.value > cap:
-                    raise InternalError(f"tpde_bundle_index wrote {needed.value} bytes into a {cap}-byte buffer")
-                with memoryview(buf) as whole, whole[: needed.value] as js:
-                    text = _utf8(js)
-        finally:
-            buf.close()
-        if text is not None:
-            return _parse_index(text)
-        if needed.value <= cap:
-            raise InternalError(f"tpde_bundle_index wants {needed.value} bytes of a {cap}-byte buffer")
-        cap = needed.value
+                return out.take(total), results
+            with OutBuffer(total - n) as tail:
+                rc, total2 = w._close(meta, tail.address, tail.cap)
+                if rc != _native.OK or total2 != total:
+                    raise InternalError(f"tpde_bundle_writer_close wanted {total - n} bytes, then refused them")
+                return out.take(n, tail.take(total - n)), results
+    finally:
+        w.close()  # a no-op once committed
+
+
+class FileWriter:
+    """A bundle written to a file as tensors are added (atomic: the file
+    appears complete at commit() or not at all)."""
+
+    def __init__(self, path: str, *, effort: str = "balanced", threads: int = 0) -> None:
+        self._w = _Writer(path, effort, threads)
+        self._threads = threads
+
+    def add(self, specs: Sequence[ItemSpec]) -> List[ItemResult]:
+        items = _Items(specs, self._threads)
+        self._w._add(items)
+        return items.results()
+
+    def commit(self, meta: Dict[str, Any]) -> int:
+        """Write meta and the index and put the file in place; return its size."""
+        rc, total = self._w._close(_meta_bytes(meta))
+        if rc != _native.OK:
+            raise InternalError(f"tpde_bundle_writer_close returned {rc} for a file")
+        return total
+
+    def abandon(self) -> None:
+        self._w.close()
+
+    def __enter__(self) -> "FileWriter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.abandon()  # a no-op once committed
+
+
+# --- reading ------------------------------------------------------------------
+
+#: One tensor of an opened bundle (struct tpde_bundle_entry, with its name
+#: and shape): kind is "keyframe" or "delta", dtype a TPDE_* code.
+Entry = collections.namedtuple("Entry", "name kind dtype shape raw_size frame_size offset residual identical lossy "
+                                        "bound max_error changed_elems needs_ref2")
+
+# struct tpde_bundle_entry as the struct module reads it, thousands of
+# times faster than ctypes field by field. No padding: the fields are in
+# order of alignment (tests/test_native_abi.py checks BundleEntry against
+# the C compiler; this against BundleEntry).
+_ENTRY = struct.Struct("<6Q2dIiIi4BI")
+if _ENTRY.size != ctypes.sizeof(_native.BundleEntry):
+    raise InternalError(f"tpde_bundle_entry is {ctypes.sizeof(_native.BundleEntry)} bytes, _ENTRY reads {_ENTRY.size}")
+_KINDS = ("keyframe", "delta")
+
+
+class Reader(_Handle):
+    """A bundle opened with tpde_bundle_open: validated once, described by
+    entries and metadata (its JSON, parsed), then decoded with decode().
+    The library reads src in place until close(), so the caller keeps it
+    alive and unchanged until then."""
+
+    _what = "bundle"
+
+    def __init__(self, src: object, n: int) -> None:
+        h, info = c_uint64(), _native.BundleInfo()
+        call("tpde_bundle_open", src, n, byref(h), byref(info))
+        self._handle = h.value
+        try:
+            self.size = int(info.size)
+            self.version_minor = int(info.version_minor)
+            self.entries, meta = self._index(info)
+            self.metadata = _parse_meta(meta)
+        except BaseException:
+            self.close()
+            raise
+
+    def _index(self, info: Any) -> Tuple[List[Entry], bytes]:
+        count = int(info.count)
+        records = bytearray(count * _ENTRY.size)
+        names = ctypes.create_string_buffer(max(int(info.names_len), 1))
+        dims = (c_uint64 * max(int(info.dims), 1))()
+        meta = ctypes.create_string_buffer(max(int(info.meta_len), 1))
+        entries = (_native.BundleEntry * max(count, 1)).from_buffer(records) if count else None
+        call("tpde_bundle_index", self.handle, entries, count, names, info.names_len, dims, info.dims, meta,
+             info.meta_len)
+        del entries  # release the export of records
+        name_bytes = names.raw[: info.names_len]
+        try:
+            # Byte offsets are character offsets in ASCII, the common case:
+            # one decode instead of one per tensor.
+            text: Optional[str] = name_bytes.decode("ascii")
+        except UnicodeDecodeError:
+            text = None
+        shape = list(dims[: info.dims])
+        out = []
+        for (off, fsize, raw, name_at, dims_at, changed, bound, maxerr, name_len, dtype, ndim, residual, kind,
+             identical, lossy, needs_ref2, _) in _ENTRY.iter_unpack(records):
+            end = name_at + name_len
+            name = text[name_at:end] if text is not None else name_bytes[name_at:end].decode("utf-8")
+            out.append(Entry(name, _KINDS[kind], dtype, tuple(shape[dims_at:dims_at + ndim]), raw, fsize, off, residual,
+                             bool(identical), bool(lossy), bound, maxerr, changed, bool(needs_ref2)))
+        return out, meta.raw[: info.meta_len]
+
+    def _release(self, handle: int) -> None:
+        call("tpde_bundle_close", handle)
 
 
 # The library checks that the metadata is a UTF-8 JSON object nested at
 # most 100 deep (docs/FORMAT.md section 17.5); an older library did not,
 # and Python's parser recurses, so these failures are still the input's.
 
-def _utf8(js: memoryview) -> str:
+def _parse_meta(meta: bytes) -> Any:
     try:
-        return str(js, "utf-8")
+        text = str(meta, "utf-8")
     except UnicodeDecodeError as e:
-        raise CorruptDataError(f"bundle metadata is not valid UTF-8 ({e.reason} at byte {e.start} of the index JSON)") \
-            from None
-
-
-def _parse_index(text: str) -> Dict[str, Any]:
+        raise CorruptDataError(f"bundle metadata is not valid UTF-8 ({e.reason} at byte {e.start})") from None
     try:
         return json.loads(text)
     except RecursionError:
@@ -252,9 +371,10 @@ def _parse_index(text: str) -> Dict[str, Any]:
         raise CorruptDataError(f"bundle metadata is not valid JSON ({e})") from None
 
 
-def decode(src: object, n: int, requests: Sequence[Tuple[int, Any, Any, Any]], *, threads: int = 0) -> None:
-    """Decode bundle entries: requests are (index, dst, ref, ref2) with dst
-    allocated by the caller (contiguous CPU, the entry's dtype and shape)."""
+def decode(reader: Reader, requests: Sequence[Tuple[int, Any, Any, Any]], *, threads: int = 0) -> None:
+    """Decode entries of an opened bundle: requests are (index, dst, ref,
+    ref2) with dst allocated by the caller (contiguous CPU, the entry's
+    dtype and shape)."""
     outs = (_native.BundleOut * max(len(requests), 1))()
     keep = []  # the references' sources (copies, for CUDA or strided ones)
     for i, (k, dst, ref, ref2) in enumerate(requests):
@@ -269,4 +389,4 @@ def decode(src: object, n: int, requests: Sequence[Tuple[int, Any, Any, Any]], *
             r2 = _tensors.source(ref2)
             keep.append(r2)
             o.ref2, o.ref2_nbytes = r2.ptr, r2.nbytes
-    call("tpde_bundle_decode", src, n, outs, len(requests), threads)
+    call("tpde_bundle_decode", reader.handle, outs, len(requests), threads)

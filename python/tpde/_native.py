@@ -18,22 +18,11 @@ from ctypes import POINTER, c_char, c_char_p, c_double, c_int, c_int32, c_size_t
 from pathlib import Path
 from typing import Optional
 
-from .errors import (
-    BufferTooSmallError,
-    CancelledError,
-    CorruptDataError,
-    DecodeLimitError,
-    ForkedProcessError,
-    InternalError,
-    InvalidArgumentError,
-    ReferenceMismatchError,
-    TPDEError,
-    TPDEIOError,
-    UnsupportedFormatError,
-)
+from . import errors
+from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 2
+ABI_VERSION = 3
 MAX_NDIM = 32
 ERR_LEN = 1024
 
@@ -42,16 +31,11 @@ OK = 0
 E_BUFFER_TOO_SMALL = 4
 E_IO = 5
 
+# Each class in errors that stands for a TPDE_E_* code, by that code (the
+# classes say which: TPDEError.status).
 _ERRORS: dict[int, type[TPDEError]] = {
-    1: InvalidArgumentError,
-    2: CorruptDataError,
-    3: UnsupportedFormatError,
-    4: BufferTooSmallError,
-    5: TPDEIOError,
-    6: InternalError,
-    7: ReferenceMismatchError,
-    8: DecodeLimitError,
-    9: CancelledError,
+    cls.status: cls for cls in vars(errors).values()
+    if isinstance(cls, type) and issubclass(cls, TPDEError) and cls.status
 }
 # An I/O error's message ends with its errno (include/tpde.h).
 _ERRNO_SUFFIX = re.compile(r" \[errno (\d+)\]$")
@@ -142,6 +126,44 @@ class BundleOut(ctypes.Structure):
     ]
 
 
+class BundleInfo(ctypes.Structure):
+    """struct tpde_bundle_info."""
+
+    _fields_ = [
+        ("size", c_uint64),
+        ("count", c_uint64),
+        ("names_len", c_uint64),
+        ("dims", c_uint64),
+        ("meta_len", c_uint64),
+        ("version_minor", c_uint32),
+        ("reserved", c_uint32),
+    ]
+
+
+class BundleEntry(ctypes.Structure):
+    """struct tpde_bundle_entry."""
+
+    _fields_ = [
+        ("offset", c_uint64),
+        ("frame_size", c_uint64),
+        ("raw_size", c_uint64),
+        ("name_offset", c_uint64),
+        ("dims_offset", c_uint64),
+        ("changed_elems", c_uint64),
+        ("bound", c_double),
+        ("max_error", c_double),
+        ("name_len", c_uint32),
+        ("dtype", c_int32),
+        ("ndim", c_uint32),
+        ("residual", c_int32),
+        ("kind", c_uint8),
+        ("identical", c_uint8),
+        ("lossy", c_uint8),
+        ("needs_ref2", c_uint8),
+        ("reserved", c_uint32),
+    ]
+
+
 _ERRBUF = POINTER(c_char)
 _U64P = POINTER(c_uint64)
 _I32P = POINTER(c_int32)
@@ -181,19 +203,22 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_inspect_delta": (c_int, [c_void_p, c_uint64, POINTER(DeltaInfo), _ERRBUF, c_size_t]),
     "tpde_delta_threshold": (
         c_int, [c_void_p, c_void_p, c_uint64, c_int32, c_double, POINTER(c_double), _ERRBUF, c_size_t]),
-    # Checkpoint bundles: python/tpde/checkpoint.py.
+    # Checkpoint bundles: python/tpde/_bundle.py.
     "tpde_bundle_bound": (c_int, [POINTER(BundleItem), c_uint64, c_uint64, _U64P, _ERRBUF, c_size_t]),
-    "tpde_bundle_encode": (
-        c_int,
-        [POINTER(BundleItem), c_uint64, c_char_p, c_uint64, c_int32, c_int32, c_void_p, c_uint64, _U64P,
-         _ERRBUF, c_size_t],
-    ),
+    "tpde_bundle_thresholds": (
+        c_int, [POINTER(BundleItem), c_uint64, c_double, c_int32, POINTER(c_double), _ERRBUF, c_size_t]),
     "tpde_bundle_writer_open": (c_int, [c_char_p, _U64P, _ERRBUF, c_size_t]),
     "tpde_bundle_writer_add": (
-        c_int, [c_uint64, POINTER(BundleItem), c_uint64, c_int32, c_int32, _ERRBUF, c_size_t]),
-    "tpde_bundle_writer_close": (c_int, [c_uint64, c_char_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
-    "tpde_bundle_index": (c_int, [c_void_p, c_uint64, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
-    "tpde_bundle_decode": (c_int, [c_void_p, c_uint64, POINTER(BundleOut), c_uint64, c_int32, _ERRBUF, c_size_t]),
+        c_int, [c_uint64, POINTER(BundleItem), c_uint64, c_int32, c_int32, c_void_p, c_uint64, _U64P, _ERRBUF,
+                c_size_t]),
+    "tpde_bundle_writer_close": (
+        c_int, [c_uint64, c_char_p, c_uint64, c_int32, c_void_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
+    "tpde_bundle_open": (c_int, [c_void_p, c_uint64, _U64P, POINTER(BundleInfo), _ERRBUF, c_size_t]),
+    "tpde_bundle_index": (
+        c_int, [c_uint64, POINTER(BundleEntry), c_uint64, c_char_p, c_uint64, _U64P, c_uint64, c_char_p, c_uint64,
+                _ERRBUF, c_size_t]),
+    "tpde_bundle_decode": (c_int, [c_uint64, POINTER(BundleOut), c_uint64, c_int32, _ERRBUF, c_size_t]),
+    "tpde_bundle_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
 }
 
 _lib: Optional[ctypes.CDLL] = None

@@ -34,26 +34,20 @@ have.
 
 from __future__ import annotations
 
-import collections
 import datetime
 import math
-import mmap
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Union
 
-from . import _bundle, _memory, _structure, _tensors
+from . import _bundle, _load, _memory, _structure, _tensors
+from ._load import FORMAT_VERSION, Checkpoint, Source, checkpoint_info, load_checkpoint
+from ._options import POSITION_CODINGS, RESIDUALS, code, threads_arg
 from ._structure import state_dict_nbytes
 from ._tensors import DTYPES, WIDTHS
-from .codec import _FILE_MAGIC, _readable, _threads
-from .errors import (
-    CorruptDataError,
-    InvalidArgumentError,
-    ReferenceMismatchError,
-    TPDEIOError,
-    UnsupportedFormatError,
-)
+from .errors import InvalidArgumentError, ReferenceMismatchError, UnsupportedFormatError
 
 __all__ = [
     "TemporalPositionDeltaEncoder",
@@ -66,26 +60,42 @@ __all__ = [
     "COMPRESSION_METHODS",
 ]
 
-#: Version of the checkpoint bundle format written (docs/FORMAT.md §17).
-FORMAT_VERSION = "1.0"
-#: compression_method names -> TPDE_DELTA_* position-coding flags. "auto"
-#: lets the encoder pick per chunk (dense or sparse, whichever is smaller);
-#: "elias_delta_zstd" forces the design document's sparse coding (positions
-#: as Elias-delta gaps, then zstd); "dense" never codes positions.
-COMPRESSION_METHODS = {"auto": 0, "dense": 1, "elias_delta_zstd": 2}
-_RESIDUALS = {"auto": -1, "xor": 0, "diff": 1, "pred": 2}
+#: compression_method names -> TPDE_DELTA_* position-coding flags (the
+#: table of _options.POSITION_CODINGS).
+COMPRESSION_METHODS = POSITION_CODINGS
 _FLOAT_CODES = frozenset(i for i, n in enumerate(DTYPES) if n.startswith("F"))
 # Lossy coding needs at least 2-byte floats (F8 stays lossless).
 _LOSSY_CODES = frozenset(i for i in _FLOAT_CODES if WIDTHS[i] >= 2)
-
-Checkpoint = Any  # a state dict (see the module docstring)
-Source = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
+# Input bytes per library call when saving to output_dir.
+_SAVE_CHUNK = 1 << 28
 
 
 def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+@dataclass
+class _Reference:
+    """What a delta checkpoint is coded against: tensors by name (aliases
+    included), which checkpoint that is ("previous" or "base"), its epoch
+    when known, and for prediction the checkpoint before it."""
+
+    tensors: Dict[str, Any]
+    kind: str
+    epoch: Optional[int] = None
+    older: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class _Call:
+    """What one compression does beyond the encoder's own settings."""
+
+    method: str  # a COMPRESSION_METHODS name
+    path: Optional[str] = None  # stream to this file rather than return the bytes
+    chunk_size: int = 0  # bytes of input per library call when streaming
+    keep_reference: bool = True  # keep the reconstruction as the next reference
 
 
 # --- the compressed object ----------------------------------------------------
@@ -124,334 +134,7 @@ class CompressedCheckpoint(bytes):
         return f"<CompressedCheckpoint {len(self)} bytes, {self.metadata.get('checkpoint_type')}>"
 
 
-# --- reading ------------------------------------------------------------------
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-# The JSON types of the "checkpoint" member's fields (docs/FORMAT.md §17.6),
-# checked where present: they are informative, but checkpoint_info returns
-# them and the CLI formats them.
-_JSON_KINDS = {
-    "null": lambda v: v is None,
-    "a boolean": lambda v: isinstance(v, bool),
-    "an integer": _is_int,
-    "a number": _is_number,
-    "a string": lambda v: isinstance(v, str),
-}
-_CHECKPOINT_FIELDS: Dict[str, Tuple[str, ...]] = {
-    "checkpoint_type": ("a string",),
-    "reference": ("a string", "null"),
-    # An integer as a rule, but the encoder stores what it is given.
-    "epoch": ("a number", "a string", "null"),
-    "reference_epoch": ("a number", "a string", "null"),
-    "tpde_version": ("a string",),
-    "format_version": ("a string",),
-    "compression_method": ("a string",),
-    "threshold": ("a number",),
-    "adaptive": ("a boolean",),
-    "percentile": ("a number", "null"),
-    "quant_bits": ("an integer",),
-    "lossless": ("a boolean",),
-    "error_bound": ("a number",),
-    "timestamp": ("a string",),
-    "num_tensors": ("an integer",),
-    "original_size": ("an integer",),
-    "original_size_mb": ("a number",),
-}
-_REFERENCES = {"full": (None,), "delta": ("previous", "base")}
-
-
-def _corrupt_meta(problem: str) -> CorruptDataError:
-    return CorruptDataError(f"checkpoint metadata: {problem}")
-
-
-def _member(obj: Dict[str, Any], key: str, where: str) -> Any:
-    if key not in obj:
-        raise _corrupt_meta(f"{where} has no {key!r} member")
-    return obj[key]
-
-
-class _Meta:
-    """A bundle's metadata as a tpde checkpoint (docs/FORMAT.md §17.6),
-    checked once, when the bundle is opened, before anything uses it: every
-    reader then sees the same verdict, and no later step meets a wrong type.
-
-    A bundle that is not a tpde checkpoint ("tpde" absent, or another
-    "format") is unsupported; one that says it is but breaks the schema is
-    corrupt, with the field (and tensor) named."""
-
-    def __init__(self, meta: Any, tensors: List[Dict[str, Any]]) -> None:
-        if not isinstance(meta, dict):
-            raise _corrupt_meta(f"the metadata is {_structure.json_type(meta)}, not an object")
-        tp = meta.get("tpde", _structure.ABSENT)
-        if tp is _structure.ABSENT:
-            raise UnsupportedFormatError("this bundle holds no tpde checkpoint metadata (no 'tpde' member): it was "
-                                         "not written by TemporalPositionDeltaEncoder")
-        if not isinstance(tp, dict):
-            raise _corrupt_meta(f"'tpde' is {_structure.json_type(tp)}, not an object")
-        fmt = _member(tp, "format", "'tpde'")
-        if not isinstance(fmt, str):
-            raise _corrupt_meta(f"'tpde.format' is {_structure.json_type(fmt)}, not a string")
-        if fmt != "tpde-checkpoint":
-            raise UnsupportedFormatError(f"this bundle holds a {fmt[:60]!r}, not a 'tpde-checkpoint'")
-
-        c = _member(meta, "checkpoint", "the metadata")
-        if not isinstance(c, dict):
-            raise _corrupt_meta(f"'checkpoint' is {_structure.json_type(c)}, not an object")
-        for key, kinds in _CHECKPOINT_FIELDS.items():
-            v = c.get(key, _structure.ABSENT)
-            if v is not _structure.ABSENT and not any(_JSON_KINDS[k](v) for k in kinds):
-                raise _corrupt_meta(f"'checkpoint.{key}' is {_structure.json_type(v)}, not {' or '.join(kinds)}")
-        version = c.get("format_version")
-        if version is not None:
-            major, dot, minor = version.partition(".")
-            if not (major.isdigit() and dot and minor.isdigit()):
-                raise _corrupt_meta(f"'checkpoint.format_version' is {version[:40]!r}, not MAJOR.MINOR")
-            if int(major) != int(FORMAT_VERSION.partition(".")[0]):
-                raise UnsupportedFormatError(f"checkpoint format version {version}: this tpde reads "
-                                             f"{FORMAT_VERSION.partition('.')[0]}.x")
-        self.checkpoint_type: str = _member(c, "checkpoint_type", "'checkpoint'")
-        if self.checkpoint_type not in _REFERENCES:
-            raise _corrupt_meta(f"'checkpoint.checkpoint_type' is {self.checkpoint_type[:40]!r}, not 'full' or "
-                                "'delta'")
-        self.reference: Optional[str] = _member(c, "reference", "'checkpoint'")
-        if self.reference not in _REFERENCES[self.checkpoint_type]:
-            raise _corrupt_meta(f"a {self.checkpoint_type} checkpoint whose 'checkpoint.reference' is "
-                                f"{_structure.json_type(self.reference)}, not "
-                                f"{' or '.join(repr(r) if r else 'null' for r in _REFERENCES[self.checkpoint_type])}")
-        if self.checkpoint_type == "full":
-            for t in tensors:
-                if t["kind"] != "keyframe":
-                    raise _corrupt_meta(f"a full checkpoint (decodable alone) whose tensor {t['name']!r} is a "
-                                        "delta frame")
-        self.checkpoint: Dict[str, Any] = c
-        self.user = meta.get("user", {})
-        if not isinstance(self.user, dict):
-            raise _corrupt_meta(f"'user' is {_structure.json_type(self.user)}, not an object")
-
-        aliases = _member(tp, "aliases", "'tpde'")
-        if not isinstance(aliases, dict):
-            raise _corrupt_meta(f"'tpde.aliases' is {_structure.json_type(aliases)}, not an object")
-        self.skeleton = _member(tp, "skeleton", "'tpde'")
-        # Names -> placeholders, for the checks below; a flat checkpoint
-        # without aliases (the common state_dict()) needs none.
-        stored = {t["name"]: None for t in tensors} if aliases or self.skeleton is not None else {}
-        for alias, target in aliases.items():
-            if not isinstance(target, str):
-                raise _corrupt_meta(f"alias {alias!r} is {_structure.json_type(target)}, not a tensor name")
-            if target not in stored:
-                raise _corrupt_meta(f"alias {alias!r} refers to tensor {target!r}, which the bundle does not hold")
-            if alias in stored:
-                raise _corrupt_meta(f"alias {alias!r} is also the name of a stored tensor")
-        self.aliases: Dict[str, str] = aliases
-        # Walked now with placeholders, so that a bad node is found before
-        # anything is decoded (and by checkpoint_info too); decoding walks
-        # it again with the tensors.
-        if self.skeleton is not None:
-            stored.update(dict.fromkeys(aliases))
-            top = _structure.rebuild(self.skeleton, stored)
-            if not isinstance(top, dict):
-                raise _corrupt_meta(f"'tpde.skeleton' stands for {_structure.json_type(top)}, not a mapping")
-        self.state_dict_metadata = _member(tp, "state_dict_metadata", "'tpde'")
-        if self.state_dict_metadata is not None:
-            md = _structure.rebuild(self.state_dict_metadata, {}, (None, "tpde.state_dict_metadata"))
-            if not isinstance(md, dict):
-                raise _corrupt_meta(f"'tpde.state_dict_metadata' stands for {_structure.json_type(md)}, not a mapping")
-
-
-class _Opened:
-    """A bundle in memory, validated, with its index and checked metadata."""
-
-    def __init__(self, data: Any, head: Optional[bytes] = None, trailer: Optional[bytes] = None) -> None:
-        """head and trailer: the first 4 and last 16 bytes, when the caller
-        read them already (from a file, rather than from its mapping, which
-        another process could truncate under Python: a SIGBUS there could
-        not be caught)."""
-        self._ctx: Any = None
-        if head is None:
-            try:
-                head = bytes(memoryview(data)[:4])
-            except TypeError:
-                raise TypeError(f"expected bytes, bytearray, memoryview or a path, not {type(data).__name__}") \
-                    from None
-        if head == _FILE_MAGIC:
-            raise InvalidArgumentError("this is a compressed file (tpde.compress_file), not a checkpoint: restore it "
-                                       "with tpde.decompress_file")
-        self._ctx = _readable(data)
-        self.src, self.n = self._ctx.__enter__()
-        try:
-            self.index = _bundle.index(self.src, self.n, trailer=trailer)
-            self.tensors: List[Dict[str, Any]] = self.index["tensors"]
-            self.meta = _Meta(self.index["metadata"], self.tensors)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        if self._ctx is not None:
-            ctx, self._ctx = self._ctx, None
-            ctx.__exit__(None, None, None)
-
-    def __enter__(self) -> "_Opened":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def _open(data: Source) -> _Opened:
-    if isinstance(data, (str, os.PathLike)):
-        return _OpenedFile(data)
-    return _Opened(data)
-
-
-class _OpenedFile(_Opened):
-    """A file, memory-mapped and read in place. The map is private and
-    writable (copy-on-write, never written) because ctypes takes the
-    address only of writable buffers."""
-
-    def __init__(self, path: Any) -> None:
-        p = os.fspath(path)
-        try:
-            with open(p, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                head = os.pread(f.fileno(), 4, 0)
-                trailer = os.pread(f.fileno(), 16, max(size - 16, 0))
-                m = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE) \
-                    if size else None
-        except OSError as e:
-            raise TPDEIOError(e.errno, f"{p}: {e.strerror or e}") from e
-        self._keepmap = m
-        super().__init__(memoryview(m) if m is not None else b"", head, trailer)
-
-    def close(self) -> None:
-        super().close()
-        m = getattr(self, "_keepmap", None)
-        if m is not None:
-            self._keepmap = None
-            try:
-                m.close()
-            except BufferError:
-                pass  # a view is still exported; the map closes with it
-
-
-def checkpoint_info(data: Source) -> Dict[str, Any]:
-    """Describe a compressed checkpoint (bytes or a path) without decoding
-    it: its stored metadata, compressed size and, per tensor, dtype, shape,
-    kind (keyframe or delta), sizes and lossy bound/max error."""
-    with _open(data) as b:
-        # The index's own dicts, trimmed and renamed in place: a bundle may
-        # hold a million entries, and a second set of dicts would double
-        # the memory this takes.
-        for t in b.tensors:
-            t["dtype"] = DTYPES[t["dtype"]]
-            t["shape"] = tuple(t["shape"])
-            t["frame_size"] = t.pop("length")
-            del t["offset"], t["needs_ref2"], t["residual"]
-        info = dict(b.meta.checkpoint)
-        info["user"] = b.meta.user
-        info["compressed_size"] = b.index["size"]
-        info["format_version"] = f"1.{b.index['version_minor']}"
-        info["tensors"] = b.tensors
-        return info
-
-
-def _decode(data: Source, previous: Optional[Checkpoint], previous2: Optional[Checkpoint], like: str,
-            threads: int, max_output_bytes: Optional[int]) -> Checkpoint:
-    limit = _memory.output_limit(max_output_bytes)
-    with _open(data) as b:
-        return _decode_opened(b, previous, previous2, like, threads, limit)
-
-
-def _decode_opened(b: _Opened, previous: Optional[Checkpoint], previous2: Optional[Checkpoint], like: str,
-                   threads: int, limit: int) -> Checkpoint:
-    if like not in ("torch", "numpy"):
-        raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
-    th = _threads(threads)
-    # Each raw size is the library's reading of a checksummed frame header,
-    # but a forged bundle can claim any size: the total is checked before
-    # the first tensor is allocated.
-    _memory.check_output(sum(t["raw_size"] for t in b.tensors), limit,
-                         f"this checkpoint ({len(b.tensors):,} tensors)")
-    meta = b.meta
-    prev = _structure.Flat(previous, "previous") if previous is not None else None
-    prev2 = _structure.Flat(previous2, "previous2") if previous2 is not None else None
-    refs = []
-    for t in b.tensors:
-        ref = ref2 = None
-        if t["kind"] == "delta":
-            ref = _reference(prev, t, "previous", meta)
-            if t["needs_ref2"]:
-                ref2 = _reference(prev2, t, "previous2", meta)
-        refs.append((ref, ref2))
-    # An OrderedDict, as nn.Module.state_dict() returns, so that
-    # _metadata can be set on it.
-    out: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
-    reqs = []
-    for k, (t, (ref, ref2)) in enumerate(zip(b.tensors, refs)):
-        dst = _tensors.empty(t["dtype"], tuple(t["shape"]), like)
-        out[t["name"]] = dst
-        reqs.append((k, dst, ref, ref2))
-    try:
-        _bundle.decode(b.src, b.n, reqs, threads=th)
-    except ReferenceMismatchError as e:
-        raise ReferenceMismatchError(f"{e} ({_reference_hint(meta)})") from None
-    for alias, name in meta.aliases.items():
-        out[alias] = out[name]
-    if meta.skeleton is None:
-        return _structure.with_state_dict_metadata(out, meta.state_dict_metadata)
-    return _structure.rebuild(meta.skeleton, out)
-
-
-def _reference_hint(meta: _Meta) -> str:
-    c = meta.checkpoint
-    ref = c.get("reference_epoch")
-    here = c.get("epoch")
-    s = "this checkpoint is a delta"
-    if here is not None:
-        s += f" (epoch {here})"
-    s += f" against the {meta.reference or 'previous'} checkpoint"
-    if ref is not None:
-        s += f" of epoch {ref}"
-    return s + "; pass exactly that decoded checkpoint as previous"
-
-
-def _reference(prev: Optional[_structure.Flat], t: Dict[str, Any], what: str, meta: _Meta) -> Any:
-    name = t["name"]
-    if prev is None:
-        raise ReferenceMismatchError(f"tensor {name!r} is a delta frame and no {what} checkpoint was given "
-                                     f"({_reference_hint(meta)})")
-    r = prev.get(name)
-    if r is None:
-        raise ReferenceMismatchError(f"tensor {name!r} is a delta against the {what} checkpoint's {name!r}, "
-                                     f"which the {what} checkpoint given lacks ({_reference_hint(meta)})")
-    code, shape = _tensors.layout(r)
-    if code != t["dtype"] or tuple(shape) != tuple(t["shape"]):
-        raise ReferenceMismatchError(
-            f"tensor {name!r}: the {what} checkpoint's tensor is {DTYPES[code]}{list(shape)}, the delta was made "
-            f"against {DTYPES[t['dtype']]}{list(t['shape'])} ({_reference_hint(meta)})")
-    return r
-
-
-def load_checkpoint(path: Source, previous: Optional[Checkpoint] = None, *, previous2: Optional[Checkpoint] = None,
-                    like: str = "torch", threads: int = 0, max_output_bytes: Optional[int] = None) -> Checkpoint:
-    """Decode a compressed checkpoint from a file (memory-mapped, read in
-    place) or bytes. A delta checkpoint needs the decoded checkpoint it was
-    made against as previous (a wrong one raises ReferenceMismatchError).
-    max_output_bytes: the most bytes of tensor data it may decode to
-    (default $TPDE_MAX_OUTPUT, else the machine's physical memory); a
-    checkpoint claiming more raises DecodeLimitError before anything is
-    allocated."""
-    return _decode(path, previous, previous2, like, threads, max_output_bytes)
-
-
-# --- the encoder ----------------------------------------------------------------
+# --- the encoders ---------------------------------------------------------------
 
 class TemporalPositionDeltaEncoder:
     """Compress checkpoints of one training run: full (keyframes) or as
@@ -488,10 +171,8 @@ class TemporalPositionDeltaEncoder:
                  effort: str = "balanced", threads: int = 0) -> None:
         if not (isinstance(threshold, (int, float)) and threshold >= 0 and math.isfinite(threshold)):
             raise InvalidArgumentError(f"threshold must be a finite number >= 0, got {threshold!r}")
-        if compression_method not in COMPRESSION_METHODS:
-            raise InvalidArgumentError(
-                f"compression_method must be one of {', '.join(COMPRESSION_METHODS)}, got {compression_method!r}")
-        if residual not in _RESIDUALS or residual == "pred":
+        code(COMPRESSION_METHODS, compression_method, "compression_method")
+        if residual not in RESIDUALS or residual == "pred":
             raise InvalidArgumentError(f"residual must be 'auto', 'xor' or 'diff', got {residual!r}")
         if not (isinstance(percentile, (int, float)) and 0 < percentile < 100):
             raise InvalidArgumentError(f"percentile must be in (0, 100), got {percentile!r}")
@@ -508,7 +189,7 @@ class TemporalPositionDeltaEncoder:
         self.keep_reference = keep_reference
         self.output_dir = Path(output_dir)
         self.effort = effort
-        self.threads = _threads(threads)
+        self.threads = threads_arg(threads)
         self.last_metadata: Optional[Dict[str, Any]] = None
         # The reconstruction of the last checkpoint compressed, by name,
         # and the object it was made from.
@@ -537,7 +218,7 @@ class TemporalPositionDeltaEncoder:
             return self.compress_checkpoint_delta(state_dict, previous, epoch=epoch, metadata=metadata)
         if checkpoint_type != "full":
             raise InvalidArgumentError(f"checkpoint_type must be 'full' or 'delta', got {checkpoint_type!r}")
-        return self._compress(state_dict, None, None, epoch, metadata, "full")
+        return self._compress(state_dict, None, epoch, metadata, _Call(self.compression_method))
 
     def compress_checkpoint_delta(self, current: Checkpoint, previous: Optional[Checkpoint] = None, *,
                                   epoch: Optional[int] = None, method: Optional[str] = None,
@@ -550,103 +231,58 @@ class TemporalPositionDeltaEncoder:
         unpack as (bytes, metadata)); decode it with
         decompress_checkpoint(data, previous=<that checkpoint, decoded>).
         method: a compression_method for this call only."""
-        ref, ref_epoch = self._resolve_previous(previous)
-        return self._compress(current, ref, None, epoch, metadata, "previous", ref_epoch, method=method)
+        ref = self._resolve_previous(previous)
+        return self._compress(current, ref, epoch, metadata, _Call(method or self.compression_method))
 
-    def _resolve_previous(self, previous: Optional[Checkpoint]) -> Tuple[Dict[str, Any], Optional[int]]:
-        """The reference tensors for a delta, and their epoch when known."""
+    def _resolve_previous(self, previous: Optional[Checkpoint]) -> _Reference:
+        """What a delta against previous is coded against: this encoder's
+        reconstruction when previous is omitted or is what it compressed
+        last (with that checkpoint's epoch), else previous itself."""
         if previous is None or (previous is self._reference_source and self._reference is not None):
             if self._reference is None:
                 raise InvalidArgumentError(
                     "no previous checkpoint: pass previous=, or compress a full checkpoint with this encoder first"
                     + ("" if self.keep_reference else " (keep_reference=False keeps none)"))
-            return self._reference, self._reference_epoch
-        return _structure.Flat(previous, "previous").tensors_with_aliases(), None
+            return _Reference(self._reference, "previous", self._reference_epoch)
+        return _Reference(_structure.Flat(previous, "previous").tensors_with_aliases(), "previous")
 
-    def _compress(self, ckpt: Checkpoint, ref: Optional[Dict[str, Any]], ref2: Optional[Dict[str, Any]],
-                  epoch: Optional[int], user: Optional[Mapping[str, Any]], reference: str,
-                  reference_epoch: Optional[int] = None, method: Optional[str] = None, path: Optional[str] = None,
-                  chunk_size: Optional[int] = None, update_reference: bool = True) -> CompressedCheckpoint:
+    def _compress(self, ckpt: Checkpoint, ref: Optional[_Reference], epoch: Optional[int],
+                  user: Optional[Mapping[str, Any]], call: _Call) -> CompressedCheckpoint:
+        """Code ckpt in full (ref None) or as deltas against ref; keep its
+        reconstruction as the next reference when call.keep_reference."""
         t0 = time.perf_counter()
         flat = _structure.Flat(ckpt)
-        method = method or self.compression_method
-        if method not in COMPRESSION_METHODS:
-            raise InvalidArgumentError(f"method must be one of {', '.join(COMPRESSION_METHODS)}, got {method!r}")
-        keep = self.keep_reference and update_reference
-        specs: List[_bundle.ItemSpec] = []
-        bound = 0.0
-        for name, t in flat.tensors.items():
-            spec = _bundle.ItemSpec(name, t)
-            r = ref.get(name) if ref is not None else None
-            # An empty tensor has nothing to delta against (and may have no
-            # data pointer at all): it is stored as a keyframe.
-            if r is not None and _tensors.nbytes(t) > 0 and _tensors.layout(r) == _tensors.layout(t):
-                spec.ref = r
-                r2 = ref2.get(name) if ref2 is not None else None
-                if r2 is not None and _tensors.layout(r2) == _tensors.layout(t):
-                    spec.ref2 = r2
-                spec.residual = _RESIDUALS[self.residual]
-                spec.flags = COMPRESSION_METHODS[method]
-                th = self._threshold_for(name, t, r)
-                if th > 0:
-                    spec.threshold, spec.quant_bits = th, self.quant_bits
-                    bound = max(bound, th)
-            if keep:
-                spec.recon = _tensors.empty_like(t)
-            specs.append(spec)
-        ckpt_meta = {
-            "checkpoint_type": "full" if ref is None else "delta",
-            "reference": None if ref is None else reference,
-            "epoch": epoch,
-            "reference_epoch": None if ref is None else reference_epoch,
-            "tpde_version": _version(),
-            "format_version": FORMAT_VERSION,
-            "compression_method": method,
-            "threshold": self.threshold,
-            "adaptive": self.adaptive,
-            "percentile": self.percentile if self.adaptive else None,
-            "quant_bits": self.quant_bits,
-            "lossless": bound == 0,
-            "error_bound": bound,
-            "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "num_tensors": len(flat.tensors),
-            "original_size": sum(_tensors.nbytes(t) for t in flat.tensors.values()),
-        }
-        ckpt_meta["original_size_mb"] = ckpt_meta["original_size"] / 1e6
-        tp = {"format": "tpde-checkpoint", "skeleton": flat.skeleton, "aliases": flat.aliases,
-              "state_dict_metadata": flat.state_dict_metadata}
-        stored = {"tpde": tp, "checkpoint": ckpt_meta, "user": dict(user or {})}
-        if path is None:
-            blob, results = _bundle.encode(specs, stored, effort=self.effort, threads=self.threads)
+        code(COMPRESSION_METHODS, call.method, "method")
+        keep = self.keep_reference and call.keep_reference
+        specs = [self._spec(name, t, ref, call.method, keep) for name, t in flat.tensors.items()]
+        stored = self._stored_metadata(flat, ref, epoch, user, call.method)
+        ckpt_meta = stored["checkpoint"]
+
+        def finish(results: List[_bundle.ItemResult]) -> Dict[str, Any]:
+            # What only coding tells, stored with the rest: the writer
+            # takes the metadata after the tensors.
+            bound = max((r.threshold for r in results), default=0.0)
+            changed = sum(r.changed_elems if s.ref is not None else r.nelem for s, r in zip(specs, results))
+            total = sum(r.nelem for r in results)
+            ckpt_meta["lossless"] = bound == 0
+            ckpt_meta["error_bound"] = bound
+            ckpt_meta["sparsity"] = 0.0 if ref is None or total == 0 else 100.0 * (1 - changed / total)
+            ckpt_meta["max_error"] = max((r.max_error for r in results), default=0.0)
+            return stored
+
+        if call.path is None:
+            blob, _ = _bundle.encode(specs, finish, effort=self.effort, threads=self.threads)
             size = len(blob)
         else:
-            blob, results, size = b"", [], 0
-            w = _bundle.StreamWriter(path, effort=self.effort, threads=self.threads)
-            try:
-                group: List[_bundle.ItemSpec] = []
-                group_bytes = 0
-                for s in specs:
-                    nb = _tensors.nbytes(s.tensor)
-                    if group and group_bytes + nb > (chunk_size or 0):
-                        results += w.add(group)
-                        group, group_bytes = [], 0
-                    group.append(s)
-                    group_bytes += nb
-                if group:
-                    results += w.add(group)
-                size = w.close(stored, True)
-            finally:
-                w.close(None, False)
+            blob, size = b"", self._stream(specs, call, finish)
         meta = dict(ckpt_meta)
         meta.update(stored["user"])
-        changed = sum(r.changed_elems if s.ref is not None else r.nelem for s, r in zip(specs, results))
-        total = sum(r.nelem for r in results)
-        meta["sparsity"] = 0.0 if ref is None or total == 0 else 100.0 * (1 - changed / total)
-        meta["max_error"] = max((r.max_error for r in results), default=0.0)
+        meta["sparsity"] = ckpt_meta["sparsity"]
+        meta["max_error"] = ckpt_meta["max_error"]
         meta["compressed_size"] = size
         meta["compressed_size_mb"] = size / 1e6
         meta["ratio"] = meta["original_size"] / size if size else float("inf")
-        meta["method"] = "tpde-keyframe" if ref is None else f"tpde-delta-{reference}"
+        meta["method"] = "tpde-keyframe" if ref is None else f"tpde-delta-{ref.kind}"
         meta["time"] = time.perf_counter() - t0
         if keep:
             recon = {s.name: s.recon for s in specs}
@@ -657,19 +293,85 @@ class TemporalPositionDeltaEncoder:
         self.last_metadata = meta
         return CompressedCheckpoint(blob, meta)
 
-    def _threshold_for(self, name: str, t: Any, ref: Any) -> float:
-        code, _ = _tensors.layout(t)
-        if code not in _LOSSY_CODES:
-            return 0.0
-        if name in self._thresholds:
-            return float(self._thresholds[name])
-        th = self.threshold
-        if self.adaptive:
-            from .delta import delta_threshold
+    def _spec(self, name: str, t: Any, ref: Optional[_Reference], method: str, keep: bool) -> _bundle.ItemSpec:
+        """How one tensor is coded: as a delta against the reference's
+        tensor of the same name, dtype and shape, else as a keyframe."""
+        spec = _bundle.ItemSpec(name, t)
+        r = ref.tensors.get(name) if ref is not None else None
+        # An empty tensor has nothing to delta against (and may have no
+        # data pointer at all): it is stored as a keyframe.
+        if ref is not None and r is not None and _tensors.nbytes(t) > 0 and _tensors.layout(r) == _tensors.layout(t):
+            spec.ref = r
+            r2 = ref.older.get(name) if ref.older is not None else None
+            if r2 is not None and _tensors.layout(r2) == _tensors.layout(t):
+                spec.ref2 = r2
+            spec.residual = RESIDUALS[self.residual]
+            spec.flags = COMPRESSION_METHODS[method]
+            self._lossy(spec, name, t)
+        if keep:
+            spec.recon = _tensors.empty_like(t)
+        return spec
 
-            a = delta_threshold(t, ref, self.percentile)
-            th = min(a, th) if th > 0 else a
-        return th
+    def _lossy(self, spec: _bundle.ItemSpec, name: str, t: Any) -> None:
+        """A delta item's lossy threshold: the tensor's own (adaptive_thresholds),
+        else the encoder's, with adaptive's percentile (capped by the
+        threshold when that is > 0). Float tensors only; the library
+        computes the percentiles of a checkpoint in one call."""
+        if _tensors.layout(t)[0] not in _LOSSY_CODES:
+            return
+        if name in self._thresholds:
+            spec.threshold = float(self._thresholds[name])
+        else:
+            spec.threshold = self.threshold
+            if self.adaptive:
+                spec.percentile = self.percentile
+        spec.quant_bits = self.quant_bits
+
+    def _stored_metadata(self, flat: _structure.Flat, ref: Optional[_Reference], epoch: Optional[int],
+                         user: Optional[Mapping[str, Any]], method: str) -> Dict[str, Any]:
+        """The bundle's metadata (docs/FORMAT.md §17.6), less what coding
+        tells (lossless, error_bound, sparsity, max_error: see _compress)."""
+        ckpt_meta = {
+            "checkpoint_type": "full" if ref is None else "delta",
+            "reference": None if ref is None else ref.kind,
+            "epoch": epoch,
+            "reference_epoch": None if ref is None else ref.epoch,
+            "tpde_version": _version(),
+            "format_version": FORMAT_VERSION,
+            "compression_method": method,
+            "threshold": self.threshold,
+            "adaptive": self.adaptive,
+            "percentile": self.percentile if self.adaptive else None,
+            "quant_bits": self.quant_bits,
+            "lossless": True,
+            "error_bound": 0.0,
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "num_tensors": len(flat.tensors),
+            "original_size": sum(_tensors.nbytes(t) for t in flat.tensors.values()),
+        }
+        ckpt_meta["original_size_mb"] = ckpt_meta["original_size"] / 1e6
+        tp = {"format": "tpde-checkpoint", "skeleton": flat.skeleton, "aliases": flat.aliases,
+              "state_dict_metadata": flat.state_dict_metadata}
+        return {"tpde": tp, "checkpoint": ckpt_meta, "user": dict(user or {})}
+
+    def _stream(self, specs: List[_bundle.ItemSpec], call: _Call, finish: _bundle.Finish) -> int:
+        """Write specs to call.path, about call.chunk_size bytes of input
+        per library call (at least one tensor); return the file's size."""
+        assert call.path is not None
+        results: List[_bundle.ItemResult] = []
+        with _bundle.FileWriter(call.path, effort=self.effort, threads=self.threads) as w:
+            group: List[_bundle.ItemSpec] = []
+            group_bytes = 0
+            for s in specs:
+                nb = _tensors.nbytes(s.tensor)
+                if group and group_bytes + nb > call.chunk_size:
+                    results += w.add(group)
+                    group, group_bytes = [], 0
+                group.append(s)
+                group_bytes += nb
+            if group:
+                results += w.add(group)
+            return w.commit(finish(results))
 
     # -- decompression --
 
@@ -681,7 +383,7 @@ class TemporalPositionDeltaEncoder:
         different one raises ReferenceMismatchError, never wrong data).
         Returns the state dict, with tensors on the CPU. max_output_bytes:
         as for tpde.load_checkpoint."""
-        return _decode(data, previous, previous2, like, threads or self.threads, max_output_bytes)
+        return _load.decode(data, previous, previous2, like, threads or self.threads, max_output_bytes)
 
     def decompress_parallel(self, data: Source, num_threads: int = 0, previous: Optional[Checkpoint] = None, *,
                             max_output_bytes: Optional[int] = None) -> Checkpoint:
@@ -700,7 +402,7 @@ class TemporalPositionDeltaEncoder:
         (atomically) and return its size in bytes. The metadata is in
         last_metadata."""
         path = self._path(epoch)
-        c = self._compress(state_dict, None, None, epoch, None, "full", path=str(path), chunk_size=1 << 28)
+        c = self._compress(state_dict, None, epoch, None, _Call(self.compression_method, str(path), _SAVE_CHUNK))
         return int(c.metadata["compressed_size"])
 
     def save_compressed_delta(self, state_dict: Checkpoint, previous_checkpoint: Optional[Checkpoint] = None,
@@ -708,10 +410,9 @@ class TemporalPositionDeltaEncoder:
         """Write state_dict as a delta against previous_checkpoint (see
         compress_checkpoint_delta) to output_dir/checkpoint_epoch_{epoch}.tpde
         and return its size in bytes."""
-        ref, ref_epoch = self._resolve_previous(previous_checkpoint)
+        ref = self._resolve_previous(previous_checkpoint)
         path = self._path(epoch)
-        c = self._compress(state_dict, ref, None, epoch, None, "previous", ref_epoch, path=str(path),
-                           chunk_size=1 << 28)
+        c = self._compress(state_dict, ref, epoch, None, _Call(self.compression_method, str(path), _SAVE_CHUNK))
         return int(c.metadata["compressed_size"])
 
     def load_checkpoint(self, epoch_or_path: Any, previous: Optional[Checkpoint] = None, *,
@@ -736,9 +437,10 @@ class TemporalPositionDeltaEncoder:
         cs = int(chunk_size)
         if cs <= 0:
             raise InvalidArgumentError(f"chunk_size must be > 0, got {chunk_size!r}")
-        ref = None if previous is None else _structure.Flat(previous, "previous").tensors_with_aliases()
-        c = self._compress(checkpoint, ref, None, epoch, None, "previous" if ref is not None else "full",
-                           path=os.fspath(path), chunk_size=cs, update_reference=False)
+        ref = None if previous is None else _Reference(
+            _structure.Flat(previous, "previous").tensors_with_aliases(), "previous")
+        c = self._compress(checkpoint, ref, epoch, None,
+                           _Call(self.compression_method, os.fspath(path), cs, keep_reference=False))
         return int(c.metadata["compressed_size"])
 
 
@@ -799,16 +501,19 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
         CompressedCheckpoint, whose .metadata has the statistics)."""
         full = self._reference is None or (self.keyframe_interval and self._count % self.keyframe_interval == 0)
         self._count += 1
+        call = _Call(self.compression_method)
         if full:
-            c = self._compress(checkpoint, None, None, epoch, metadata, "full")
+            c = self._compress(checkpoint, None, epoch, metadata, call)
             self._base, self._base_epoch = self._reference, epoch
             self._reference2 = None
             return c
         if self.reference == "base":
             assert self._base is not None
-            return self._compress(checkpoint, self._base, None, epoch, metadata, "base", self._base_epoch)
-        ref2 = self._reference2 if self.predict else None
-        return self._compress(checkpoint, self._reference, ref2, epoch, metadata, "previous", self._reference_epoch)
+            return self._compress(checkpoint, _Reference(self._base, "base", self._base_epoch), epoch, metadata, call)
+        assert self._reference is not None
+        ref = _Reference(self._reference, "previous", self._reference_epoch,
+                         self._reference2 if self.predict else None)
+        return self._compress(checkpoint, ref, epoch, metadata, call)
 
     def decompress(self, data: Source, *, like: str = "torch", threads: int = 0,
                    max_output_bytes: Optional[int] = None) -> Checkpoint:
@@ -816,17 +521,17 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
         max_output_bytes: as for tpde.load_checkpoint."""
         th = threads or self.threads
         limit = _memory.output_limit(max_output_bytes)
-        with _open(data) as b:
+        with _load.open_checkpoint(data) as b:
             if b.meta.checkpoint_type == "full":
-                sd = _decode_opened(b, None, None, like, th, limit)
+                sd = _load.decode_opened(b, None, None, like, th, limit)
                 self._dec_base, self._dec_prev, self._dec_prev2 = sd, sd, None
                 return sd
             if self._dec_prev is None:
                 raise ReferenceMismatchError("this checkpoint is a delta and this decoder has not decoded the full "
                                              "checkpoint its chain starts with")
             if b.meta.reference == "base":
-                sd = _decode_opened(b, self._dec_base, None, like, th, limit)
+                sd = _load.decode_opened(b, self._dec_base, None, like, th, limit)
             else:
-                sd = _decode_opened(b, self._dec_prev, self._dec_prev2, like, th, limit)
+                sd = _load.decode_opened(b, self._dec_prev, self._dec_prev2, like, th, limit)
         self._dec_prev2, self._dec_prev = self._dec_prev, sd
         return sd

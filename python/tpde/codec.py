@@ -7,17 +7,17 @@ never imports torch, and neither is imported by ``import tpde``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import json
-import mmap
 import os
 import threading
-from ctypes import addressof, byref, c_char, c_double, c_int32, c_uint64
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from ctypes import byref, c_char_p, c_double, c_int32, c_uint64
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from . import _memory, _native, _tensors
+from ._buffers import Buffer, grow_into_bytes, into_new_bytes, readable
 from ._native import call
+from ._options import effort_code, int_arg, threads_arg
 from .errors import InternalError, InvalidArgumentError
 
 __all__ = [
@@ -36,30 +36,13 @@ __all__ = [
 DTYPES = _tensors.DTYPES
 
 PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
-Buffer = Union[bytes, bytearray, memoryview]
 Progress = Callable[[int, int], Any]
 
-_EFFORTS = {"balanced": 0, "fast": 1, "max": 2}
 _MAX_NDIM = _native.MAX_NDIM
 # Initial tpde_file_info buffer; grown to the reported size when too small.
 _INFO_CAP = 1 << 14
 _POLL_S = 0.1
 _FILE_MAGIC = b"\x89TPC"
-
-
-# --- argument checks ------------------------------------------------------
-
-def _int_arg(value: object, name: str, lo: int, hi: int) -> int:
-    # ctypes silently wraps out-of-range integers, so range-check here.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidArgumentError(f"{name} must be an int, not {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise InvalidArgumentError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return value
-
-
-def _threads(threads: object) -> int:
-    return _int_arg(threads, "threads", 0, 2**31 - 1)
 
 
 def compress_tensor(
@@ -90,10 +73,9 @@ def compress_tensor(
         if _tensors.WIDTHS[code] != _tensors.WIDTHS[src.code]:
             raise InvalidArgumentError(
                 f"dtype {DTYPES[code]} is {_tensors.WIDTHS[code]} bytes wide, the input's elements are {_tensors.WIDTHS[src.code]}")
-    ce = _int_arg(chunk_elems, "chunk_elems", 0, 2**32 - 1)
-    if effort not in _EFFORTS:
-        raise InvalidArgumentError(f"effort must be one of {', '.join(_EFFORTS)}, got {effort!r}")
-    th = _threads(threads)
+    ce = int_arg(chunk_elems, "chunk_elems", 0, 2**32 - 1)
+    eff = effort_code(effort)
+    th = threads_arg(threads)
     ndim = len(src.shape)
     if ndim > _MAX_NDIM:
         raise InvalidArgumentError(f"{ndim} dimensions exceed the limit of {_MAX_NDIM}")
@@ -102,10 +84,10 @@ def compress_tensor(
 
     def encode(dst: int, cap: int) -> int:
         n = c_uint64()
-        call("tpde_encode", src.ptr, src.nbytes, code, shape, ndim, ce, _EFFORTS[effort], th, dst, cap, byref(n))
+        call("tpde_encode", src.ptr, src.nbytes, code, shape, ndim, ce, eff, th, dst, cap, byref(n))
         return n.value
 
-    return _into_new_bytes(bound, encode)
+    return into_new_bytes(bound, encode)
 
 
 def _encode_bound(nbytes: int, code: int, ndim: int, chunk_elems: int) -> int:
@@ -120,74 +102,7 @@ def _encode_bound_of(fn: str, nbytes: int, code: int, ndim: int, chunk_elems: in
     return bound.value
 
 
-_scratch = threading.local()
-# Per-thread encode buffers up to this size are kept for reuse: the encoder
-# writes each chunk into its worst-case slot, so a fresh buffer costs a page
-# fault and a zero-fill per page on every call. Larger ones are mmapped per
-# call and their unused pages dropped, so a huge tensor is not held on to.
-_KEEP_MAX = 64 << 20
-
-
-def _into_new_bytes(cap: int, fill: Callable[[int, int], int]) -> bytes:
-    """Run fill(address, cap) on a writable buffer; return its first n bytes as bytes."""
-    if cap <= _KEEP_MAX:
-        buf = getattr(_scratch, "buf", None)
-        if buf is None or len(buf) < cap:
-            buf = _scratch.buf = ctypes.create_string_buffer(max(cap, 1 << 16))
-        n = fill(addressof(buf), cap)
-        if n > cap:
-            raise InternalError(f"library reported {n} bytes written into a {cap}-byte buffer")
-        return ctypes.string_at(buf, n)
-    big = mmap.mmap(-1, cap)
-    try:
-        arr = (c_char * cap).from_buffer(big)
-        try:
-            n = fill(addressof(arr), cap)
-        finally:
-            del arr  # release the export so the mmap can close
-        if n > cap:
-            raise InternalError(f"library reported {n} bytes written into a {cap}-byte buffer")
-        # The encoder touched pages past n (each chunk is coded in its
-        # worst-case slot, then compacted); drop them before the copy.
-        tail = -(-n // mmap.PAGESIZE) * mmap.PAGESIZE
-        if tail < cap and hasattr(big, "madvise"):
-            big.madvise(mmap.MADV_DONTNEED, tail, cap - tail)
-        return big[:n]
-    finally:
-        big.close()
-
-
 # --- frames ---------------------------------------------------------------
-
-@contextlib.contextmanager
-def _readable(blob: Buffer) -> Iterator[Tuple[object, int]]:
-    """Yield (pointer argument, length) for a bytes-like object, zero-copy where possible."""
-    if isinstance(blob, bytes):
-        yield blob, len(blob)  # ctypes passes a bytes object's own buffer to void *
-        return
-    try:
-        mv = memoryview(blob)
-    except TypeError:
-        raise TypeError(f"expected bytes, bytearray or memoryview, not {type(blob).__name__}") from None
-    with mv:
-        n = mv.nbytes
-        if n == 0:
-            yield None, 0
-        elif mv.readonly or not mv.c_contiguous:
-            # ctypes can only take the address of a writable buffer; a
-            # read-only one other than bytes is copied once.
-            data = mv.tobytes()
-            yield data, n
-        else:
-            flat = mv.cast("B") if (mv.ndim != 1 or mv.format != "B") else mv
-            arr = (c_char * n).from_buffer(flat)
-            try:
-                yield addressof(arr), n
-            finally:
-                del arr
-                if flat is not mv:
-                    flat.release()
-
 
 def _frame_info(src: object, n: int) -> _native.FrameInfo:
     info = _native.FrameInfo()
@@ -213,14 +128,14 @@ def decompress_tensor(blob: Buffer, *, out: Any = None, like: str = "torch", thr
     $TPDE_MAX_OUTPUT, else the machine's physical memory); a frame that
     claims more raises DecodeLimitError before anything is allocated.
     """
-    th = _threads(threads)
+    th = threads_arg(threads)
     if out is None and like not in ("torch", "numpy"):
         raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
     limit = _memory.output_limit(max_output_bytes)
     if isinstance(blob, bytes):
         # The common case, without the context manager's cost.
         return _decode_into(blob, len(blob), out, like, th, limit)
-    with _readable(blob) as (src, n):
+    with readable(blob) as (src, n):
         return _decode_into(src, n, out, like, th, limit)
 
 
@@ -259,7 +174,7 @@ def inspect(blob: Buffer) -> Dict[str, Any]:
     frame_size (bytes of the frame; blob may extend past it), chunk_elems,
     nchunks, version ("major.minor") and kind (0: keyframe).
     """
-    with _readable(blob) as (src, n):
+    with readable(blob) as (src, n):
         info = _frame_info(src, n)
     return {
         "dtype": DTYPES[info.dtype],
@@ -289,7 +204,7 @@ def entropy_bound_bits(x: Any) -> float:
 
 def set_num_threads(n: int) -> None:
     """Set the worker count used when a call passes threads=0; n <= 0 restores the CPU count."""
-    _native.lib().tpde_set_num_threads(_int_arg(n, "n", -(2**31), 2**31 - 1))
+    _native.lib().tpde_set_num_threads(int_arg(n, "n", -(2**31), 2**31 - 1))
 
 
 def get_num_threads() -> int:
@@ -330,7 +245,7 @@ def _file_op(fn: str, src: Union[str, bytes], dst: Union[str, bytes], threads: i
     cancel: an object with is_set() (a threading.Event) that another thread
     may set to stop the operation with CancelledError.
     """
-    th = _threads(threads)
+    th = threads_arg(threads)
     s, d = _path_bytes(src), _path_bytes(dst)
     _native.lib()  # load (and report a missing library) on this thread
     counter = c_uint64(0)
@@ -456,23 +371,20 @@ def file_info(path: PathLike, *, max_segments: int = 10000) -> Dict[str, Any]:
     tensor has shape []. Every segment's checksum is verified, listed or not.
     """
     p = _path_bytes(os.fspath(path))
-    ms = _int_arg(max_segments, "max_segments", 1, 2**30)
-    cap = _INFO_CAP
-    for _ in range(8):  # the file could change between calls; do not loop forever
-        buf = ctypes.create_string_buffer(cap)
+    ms = int_arg(max_segments, "max_segments", 1, 2**30)
+
+    def fill(dst: int, cap: int) -> Tuple[bool, int]:
         needed = c_uint64()
-        rc = call("tpde_file_info", p, ms, buf, cap, byref(needed), allow=(_native.E_BUFFER_TOO_SMALL,))
-        if rc == _native.OK and needed.value <= cap:
-            try:
-                info: Dict[str, Any] = json.loads(buf.raw[: needed.value])
-            except ValueError as e:
-                raise InternalError(f"tpde_file_info returned invalid JSON: {e}") from None
-            for seg in info.get("segments") or ():
-                # The library's JSON omits empty shapes; a frame without one is a scalar.
-                if seg.get("kind") == "frame":
-                    seg.setdefault("shape", [])
-            return info
-        if needed.value <= cap:
-            raise InternalError(f"tpde_file_info asked for {needed.value} bytes with {cap} given")
-        cap = needed.value
-    raise InternalError("tpde_file_info kept asking for a larger buffer")
+        rc = call("tpde_file_info", p, ms, c_char_p(dst), cap, byref(needed), allow=(_native.E_BUFFER_TOO_SMALL,))
+        return rc == _native.OK and needed.value <= cap, needed.value
+
+    text = grow_into_bytes(_INFO_CAP, fill, "tpde_file_info")
+    try:
+        info: Dict[str, Any] = json.loads(text)
+    except ValueError as e:
+        raise InternalError(f"tpde_file_info returned invalid JSON: {e}") from None
+    for seg in info.get("segments") or ():
+        # The library's JSON omits empty shapes; a frame without one is a scalar.
+        if seg.get("kind") == "frame":
+            seg.setdefault("shape", [])
+    return info

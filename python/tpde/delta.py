@@ -16,18 +16,14 @@ from ctypes import byref, c_double, c_uint64
 from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _memory, _native, _tensors
+from ._buffers import into_new_bytes, readable
 from ._native import call
+from ._options import POSITION_CODINGS, RESIDUALS, code, effort_code, int_arg, threads_arg
 from ._tensors import DTYPES
-from .codec import _EFFORTS, _decode_into, _encode_bound_of, _int_arg, _into_new_bytes, _readable, _threads
+from .codec import _decode_into, _encode_bound_of
 from .errors import InvalidArgumentError
 
 __all__ = ["compress_delta", "decompress_delta", "inspect_delta", "delta_threshold", "RESIDUALS", "POSITION_CODINGS"]
-
-#: Residual kinds by name (TPDE_RESIDUAL_*).
-RESIDUALS = {"auto": -1, "xor": 0, "diff": 1, "pred": 2}
-#: Position codings for changed elements (TPDE_DELTA_* flags). "auto" lets
-#: the encoder choose per chunk; "elias_delta_zstd" is the seed's method.
-POSITION_CODINGS = {"auto": 0, "dense": 1, "elias_delta_zstd": 2}
 
 
 def _same_layout(x: Any, ref: Any, what: str) -> Any:
@@ -64,17 +60,14 @@ def compress_delta(
     src = _tensors.source(x)
     r = _same_layout(x, ref, "ref")
     r2 = _same_layout(x, ref2, "ref2") if ref2 is not None else None
-    if residual not in RESIDUALS:
-        raise InvalidArgumentError(f"residual must be one of {', '.join(RESIDUALS)}, got {residual!r}")
-    if positions not in POSITION_CODINGS:
-        raise InvalidArgumentError(f"positions must be one of {', '.join(POSITION_CODINGS)}, got {positions!r}")
-    if effort not in _EFFORTS:
-        raise InvalidArgumentError(f"effort must be one of {', '.join(_EFFORTS)}, got {effort!r}")
+    kind = code(RESIDUALS, residual, "residual")
+    flags = code(POSITION_CODINGS, positions, "positions")
+    eff = effort_code(effort)
     if not threshold >= 0.0:
         raise InvalidArgumentError(f"threshold must be >= 0, got {threshold!r}")
-    qb = _int_arg(quant_bits, "quant_bits", 0, 8)
-    ce = _int_arg(chunk_elems, "chunk_elems", 0, 2**32 - 1)
-    th = _threads(threads)
+    qb = int_arg(quant_bits, "quant_bits", 0, 8)
+    ce = int_arg(chunk_elems, "chunk_elems", 0, 2**32 - 1)
+    th = threads_arg(threads)
     ndim = len(src.shape)
     shape = (c_uint64 * max(ndim, 1))(*src.shape)
     bound = _encode_bound_of("tpde_encode_delta_bound", src.nbytes, src.code, ndim, ce)
@@ -88,11 +81,10 @@ def compress_delta(
         n = c_uint64()
         call("tpde_encode_delta", src.ptr, src.nbytes, r.ptr, r.nbytes,
              r2.ptr if r2 else None, r2.nbytes if r2 else 0, src.code, shape, ndim,
-             RESIDUALS[residual], float(threshold), qb, POSITION_CODINGS[positions], ce, _EFFORTS[effort], th,
-             dst, cap, byref(n), recon_ptr, recon_cap)
+             kind, float(threshold), qb, flags, ce, eff, th, dst, cap, byref(n), recon_ptr, recon_cap)
         return n.value
 
-    blob = _into_new_bytes(bound, encode)
+    blob = into_new_bytes(bound, encode)
     return (blob, recon) if return_recon else blob
 
 
@@ -102,13 +94,13 @@ def decompress_delta(blob: Any, ref: Any, *, ref2: Any = None, out: Any = None, 
     with (and ref2 when the frame needs it). A wrong reference raises
     ReferenceMismatchError; nothing is returned. Keyframes decode too.
     max_output_bytes as for decompress_tensor."""
-    th = _threads(threads)
+    th = threads_arg(threads)
     if out is None and like not in ("torch", "numpy"):
         raise InvalidArgumentError(f"like must be 'torch' or 'numpy', got {like!r}")
     limit = _memory.output_limit(max_output_bytes)
     r = _tensors.source(ref)
     r2 = _tensors.source(ref2) if ref2 is not None else None
-    with _readable(blob) as (src, n):
+    with readable(blob) as (src, n):
         return _decode_into(src, n, out, like, th, limit, "tpde_decode_delta",
                             (r.ptr, r.nbytes, r2.ptr if r2 else None, r2.nbytes if r2 else 0))
 
@@ -119,7 +111,7 @@ def inspect_delta(blob: Any) -> Dict[str, Any]:
     its bound and measured max_error, and sparsity (percent of elements
     whose residual is zero)."""
     info = _native.DeltaInfo()
-    with _readable(blob) as (src, n):
+    with readable(blob) as (src, n):
         call("tpde_inspect_delta", src, n, byref(info))
     f = info.frame
     kinds = {v: k for k, v in RESIDUALS.items()}

@@ -59,8 +59,9 @@ static void *worker(void *arg) {
     return NULL;
 }
 
-/* A two-tensor bundle from C: a keyframe and a delta, buffered and streamed;
- * index, decode, a wrong reference, a damaged index. */
+/* A two-tensor bundle from C: a keyframe and a delta, written in memory
+ * (piece by piece) and to a file; opened, described, decoded, a wrong
+ * reference, a damaged index; adaptive thresholds. */
 static void bundle_checks(void) {
     char err[256];
     const size_t n = 5000;
@@ -89,44 +90,75 @@ static void bundle_checks(void) {
     items[1].recon = NULL;
     items[1].recon_cap = 0;
     const char *meta = "{\"epoch\": 2}";
-    uint64_t bound = 0, len = 0, flen = 0;
-    CHECK(tpde_bundle_bound(items, 2, strlen(meta), &bound, err, sizeof err) == TPDE_OK, "bundle bound: %s", err);
-    uint8_t *blob = malloc(bound);
-    CHECK(tpde_bundle_encode(items, 2, meta, strlen(meta), TPDE_EFFORT_BALANCED, 0, blob, bound, &len, err,
-                             sizeof err) == TPDE_OK, "bundle encode: %s", err);
+    uint64_t bound = 0, len = 0, piece = 0, flen = 0, h = 0;
+    CHECK(tpde_bundle_bound(items, 2, 0, &bound, err, sizeof err) == TPDE_OK, "bundle bound: %s", err);
+    uint8_t *blob = malloc(bound + 64);
+    /* In memory: the frames, then (after the item outputs are known) the rest. */
+    CHECK(tpde_bundle_writer_open(NULL, &h, err, sizeof err) == TPDE_OK, "memory writer open: %s", err);
+    CHECK(tpde_bundle_writer_add(h, items, 2, TPDE_EFFORT_BALANCED, 0, blob, bound - 1, &piece, err, sizeof err) ==
+          TPDE_E_BUFFER_TOO_SMALL, "add below the bound");
+    CHECK(tpde_bundle_writer_add(h, items, 2, TPDE_EFFORT_BALANCED, 0, blob, bound, &piece, err, sizeof err) ==
+          TPDE_OK, "memory writer add: %s", err);
     CHECK(items[0].residual_used >= 0 && items[1].residual_used == -1 && items[0].frame_size > 0 &&
           memcmp(recon, cur, n * 4) == 0, "bundle item outputs");
-    /* The same bundle, streamed to a file. */
+    CHECK(tpde_bundle_writer_close(h, meta, strlen(meta), 1, blob + piece, 4, &len, err, sizeof err) ==
+          TPDE_E_BUFFER_TOO_SMALL && len > piece, "close into too small a buffer");
+    CHECK(tpde_bundle_writer_close(h, meta, strlen(meta), 1, blob + piece, bound + 64 - piece, &len, err,
+                                   sizeof err) == TPDE_OK, "memory writer close: %s", err);
+    CHECK(tpde_bundle_writer_close(h, NULL, 0, 0, NULL, 0, NULL, err, sizeof err) == TPDE_E_INVALID, "closed");
+    /* The same bundle, streamed to a file in two calls. */
     char path[] = "/tmp/tpde_abi_bundleXXXXXX";
     int fd = mkstemp(path);
     close(fd);
-    uint64_t h = 0;
     CHECK(tpde_bundle_writer_open(path, &h, err, sizeof err) == TPDE_OK, "writer open: %s", err);
-    CHECK(tpde_bundle_writer_add(h, items, 1, 0, 1, err, sizeof err) == TPDE_OK, "writer add: %s", err);
-    CHECK(tpde_bundle_writer_add(h, items + 1, 1, 0, 1, err, sizeof err) == TPDE_OK, "writer add: %s", err);
-    CHECK(tpde_bundle_writer_close(h, meta, strlen(meta), 1, &flen, err, sizeof err) == TPDE_OK, "close: %s", err);
-    CHECK(flen == len, "streamed %llu vs buffered %llu bytes", (unsigned long long)flen, (unsigned long long)len);
+    CHECK(tpde_bundle_writer_add(h, items, 1, 0, 1, NULL, 0, NULL, err, sizeof err) == TPDE_OK, "add: %s", err);
+    CHECK(tpde_bundle_writer_add(h, items + 1, 1, 0, 1, NULL, 0, NULL, err, sizeof err) == TPDE_OK, "add: %s", err);
+    CHECK(tpde_bundle_writer_close(h, meta, strlen(meta), 1, NULL, 0, &flen, err, sizeof err) == TPDE_OK,
+          "close: %s", err);
+    CHECK(flen == len, "streamed %llu vs in memory %llu bytes", (unsigned long long)flen, (unsigned long long)len);
     FILE *f = fopen(path, "rb");
     uint8_t *fblob = malloc(len);
-    CHECK(f && fread(fblob, 1, len, f) == len && memcmp(fblob, blob, len) == 0, "streamed file equals buffer");
+    CHECK(f && fread(fblob, 1, len, f) == len && memcmp(fblob, blob, len) == 0, "streamed file equals memory");
     if (f) fclose(f);
     remove(path);
     free(fblob);
-    CHECK(tpde_bundle_writer_add(h, items, 1, 0, 1, err, sizeof err) == TPDE_E_INVALID, "closed handle");
+    CHECK(tpde_bundle_writer_add(h, items, 1, 0, 1, NULL, 0, NULL, err, sizeof err) == TPDE_E_INVALID,
+          "closed handle");
 
-    char json[4096];
-    uint64_t needed = 0;
-    CHECK(tpde_bundle_index(blob, len, json, sizeof json, &needed, err, sizeof err) == TPDE_OK, "index: %s", err);
-    CHECK(needed < sizeof json && strstr(json, "\"epoch\":2") != NULL && strstr(json, "\"kind\":\"delta\""),
-          "index JSON");
+    double thr[1] = {-1};
+    CHECK(tpde_bundle_thresholds(items, 1, 90, 0, thr, err, sizeof err) == TPDE_OK, "thresholds: %s", err);
+    double one = -1;
+    CHECK(tpde_delta_threshold(cur, ref, n * 4, TPDE_F32, 90, &one, err, sizeof err) == TPDE_OK && thr[0] == one &&
+          one > 0, "batched threshold %g, single %g", thr[0], one);
+    CHECK(tpde_bundle_thresholds(items + 1, 1, 90, 0, thr, err, sizeof err) == TPDE_E_INVALID, "keyframe threshold");
+
+    tpde_bundle_info info;
+    uint64_t rh = 0;
+    CHECK(tpde_bundle_open(blob, len, &rh, &info, err, sizeof err) == TPDE_OK, "open: %s", err);
+    CHECK(info.size == len && info.count == 2 && info.names_len == 4 && info.dims == 4 &&
+          info.meta_len == strlen(meta) && info.version_minor == 0, "bundle info");
+    tpde_bundle_entry entries[2];
+    char names[4], mjson[64];
+    uint64_t dims[4];
+    CHECK(tpde_bundle_index(rh, entries, 2, names, 4, dims, 3, NULL, 0, err, sizeof err) ==
+          TPDE_E_BUFFER_TOO_SMALL, "dims too small");
+    CHECK(tpde_bundle_index(rh, entries, 2, names, 4, dims, 4, mjson, sizeof mjson, err, sizeof err) == TPDE_OK,
+          "index: %s", err);
+    CHECK(memcmp(names, "wkey", 4) == 0 && memcmp(mjson, meta, strlen(meta)) == 0, "names and metadata");
+    CHECK(entries[0].kind == 1 && entries[1].kind == 0 && entries[0].raw_size == n * 4 && entries[0].ndim == 2 &&
+          dims[entries[1].dims_offset + 1] == 100 && entries[1].name_offset == 1 && entries[1].name_len == 3 &&
+          entries[1].residual == -1 && entries[0].changed_elems > 0 && entries[0].offset == 8 &&
+          entries[1].offset == 8 + entries[0].frame_size, "entries");
     tpde_bundle_out outs[2] = {{0, back, n * 4, ref, n * 4, NULL, 0}, {1, recon, n * 4, NULL, 0, NULL, 0}};
-    CHECK(tpde_bundle_decode(blob, len, outs, 2, 0, err, sizeof err) == TPDE_OK, "bundle decode: %s", err);
+    CHECK(tpde_bundle_decode(rh, outs, 2, 0, err, sizeof err) == TPDE_OK, "bundle decode: %s", err);
     CHECK(memcmp(back, cur, n * 4) == 0 && memcmp(recon, cur, n * 4) == 0, "bundle round trip");
     outs[0].ref = cur;
-    CHECK(tpde_bundle_decode(blob, len, outs, 1, 0, err, sizeof err) == TPDE_E_REFERENCE, "wrong reference");
+    CHECK(tpde_bundle_decode(rh, outs, 1, 0, err, sizeof err) == TPDE_E_REFERENCE, "wrong reference");
     CHECK(strstr(err, "\"w\"") != NULL, "message names the tensor: %s", err);
+    CHECK(tpde_bundle_close(rh, err, sizeof err) == TPDE_OK, "close: %s", err);
+    CHECK(tpde_bundle_decode(rh, outs, 1, 0, err, sizeof err) == TPDE_E_INVALID, "closed reader");
     blob[len - 20] ^= 1;
-    CHECK(tpde_bundle_index(blob, len, json, sizeof json, &needed, err, sizeof err) == TPDE_E_CORRUPT, "damaged");
+    CHECK(tpde_bundle_open(blob, len, &rh, &info, err, sizeof err) == TPDE_E_CORRUPT, "damaged");
     free(blob);
     free(ref);
     free(cur);
