@@ -229,6 +229,18 @@ typedef struct tpde_bundle_entry {
     uint32_t reserved;
 } tpde_bundle_entry;
 
+/* One tensor of a state dict handed to tpde_store_add_state_dict: its bytes
+ * lie at offset in the state dict's file (see that function). */
+typedef struct tpde_store_tensor {
+    const char *name;      /* NUL-terminated UTF-8 */
+    int32_t dtype;         /* a TPDE_DTYPE_* code */
+    int32_t ndim;
+    const uint64_t *shape; /* ndim entries */
+    uint64_t offset;
+    const void *data;      /* nbytes bytes, read during the call only */
+    uint64_t nbytes;
+} tpde_store_tensor;
+
 #ifndef TPDE_NO_PROTOTYPES
 
 /* Library version string, e.g. "0.1.0". Static; never free it. */
@@ -446,6 +458,69 @@ int tpde_bundle_decode(uint64_t handle, const tpde_bundle_out *outs, uint64_t n,
 
 /* Release an opened bundle's handle (its src may then go). */
 int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
+
+/* ---- The checkpoint store (docs/FORMAT.md section 18) ----
+ * A store is a directory holding one run. A store handle holds the open
+ * store (and, when write is non-zero, its one-writer lock) and at most one
+ * checkpoint being added. A reader handle holds one committed snapshot:
+ * what it reads does not change while a writer commits beside it. Calls
+ * that produce JSON keep it in their handle; tpde_store_result copies it
+ * out. Handles are not for use by two threads at once. */
+
+/* Open (write: create if missing or empty, and lock) the store at path.
+ * config: NULL, or JSON {"keyframe_interval": K, "reference": "previous"|
+ * "base", "lossy": [{"pattern", "threshold"}]}, any key omitted meaning
+ * "as stored" (or the default for a new store); a value that differs from
+ * an existing store's is TPDE_E_INVALID. Another writer holding the store
+ * is TPDE_E_IO with errno EWOULDBLOCK. Result: the store's config. */
+int tpde_store_open(const char *path, int32_t write, const char *config, uint64_t config_len,
+                    int32_t nthreads, uint64_t *handle, char *err, size_t err_len);
+int tpde_store_close(uint64_t handle, char *err, size_t err_len);
+
+/* Start adding a checkpoint at step (the newest step + 1 when has_step is
+ * 0), with tags (NULL or a JSON list of strings); or, when base is
+ * non-zero, the base that reference "base" codes against. */
+int tpde_store_begin(uint64_t handle, int64_t step, int32_t has_step, const char *tags,
+                     uint64_t tags_len, int32_t base, char *err, size_t err_len);
+/* Add the file at src as rel (a relative path with '/' separators). hints:
+ * NULL, or for a torch zip a JSON object {storage key: dtype name} read from
+ * its data.pkl; note: NULL, or why a container-like file is stored whole.
+ * progress and cancel as for tpde_compress_file. */
+int tpde_store_add_file(uint64_t handle, const char *rel, const char *src, const char *hints,
+                        uint64_t hints_len, const char *note, uint64_t *progress,
+                        const int32_t *cancel, char *err, size_t err_len);
+/* Add a state dict from memory as the file rel whose bytes are header,
+ * then each tensor at its offset (ascending, after the header), zeros
+ * between. */
+int tpde_store_add_state_dict(uint64_t handle, const char *rel, const void *header,
+                              uint64_t header_len, const tpde_store_tensor *tensors, uint64_t n,
+                              char *err, size_t err_len);
+/* Make the checkpoint durable and visible (result: its record), or drop it. */
+int tpde_store_commit(uint64_t handle, char *err, size_t err_len);
+int tpde_store_abort(uint64_t handle, char *err, size_t err_len);
+/* Remove a checkpoint; what was coded against it is re-coded first. */
+int tpde_store_remove(uint64_t handle, int64_t step, char *err, size_t err_len);
+/* Check every object (deep: decode everything too); repair first removes
+ * leftovers of dead writers. Result: {"problems": [{"step", "file",
+ * "region", "object", "message"}], "cleaned": {...} or null}. */
+int tpde_store_verify(uint64_t handle, int32_t deep, int32_t repair, char *err, size_t err_len);
+
+/* Open a reader on the newest committed state. Result: {"manifest",
+ * "base", "checkpoints": [records]}. */
+int tpde_store_reader_open(uint64_t handle, uint64_t *reader, char *err, size_t err_len);
+int tpde_store_reader_close(uint64_t reader, char *err, size_t err_len);
+/* Read bytes [offset, offset+n) of a stored file of checkpoint step. */
+int tpde_store_read_range(uint64_t reader, int64_t step, const char *rel, uint64_t offset, void *dst,
+                          uint64_t n, char *err, size_t err_len);
+/* Restore checkpoint step: every file under the folder dest (rel NULL), or
+ * the one file rel to the path dest. Files are written atomically, with
+ * their modes, and checked against the hashes they were added with. */
+int tpde_store_restore(uint64_t reader, int64_t step, const char *rel, const char *dest, char *err,
+                       size_t err_len);
+/* Copy the JSON result the last call on handle (a store or a reader) left,
+ * with the grow-and-call-again protocol of tpde_file_info. */
+int tpde_store_result(uint64_t handle, char *json, uint64_t cap, uint64_t *needed, char *err,
+                      size_t err_len);
 
 #endif /* TPDE_NO_PROTOTYPES */
 

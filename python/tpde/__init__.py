@@ -41,6 +41,7 @@ from .checkpoint import (
     state_dict_nbytes,
 )
 from .delta import compress_delta, decompress_delta, delta_threshold, inspect_delta
+from .store import CheckpointInfo, Store, StoreLockedError, VerifyReport, open
 from .errors import (
     BufferTooSmallError,
     CancelledError,
@@ -78,6 +79,11 @@ __all__ = [
     "checkpoint_info",
     "load_checkpoint",
     "state_dict_nbytes",
+    "Store",
+    "open",
+    "CheckpointInfo",
+    "VerifyReport",
+    "StoreLockedError",
     "TPDEError",
     "InvalidArgumentError",
     "CorruptDataError",

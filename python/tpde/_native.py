@@ -221,6 +221,41 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_bundle_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
 }
 
+class StoreTensor(ctypes.Structure):
+    """struct tpde_store_tensor."""
+
+    _fields_ = [
+        ("name", c_char_p),
+        ("dtype", c_int32),
+        ("ndim", c_int32),
+        ("shape", c_void_p),
+        ("offset", c_uint64),
+        ("data", c_void_p),
+        ("nbytes", c_uint64),
+    ]
+
+
+# The checkpoint store: python/tpde/_store.py.
+_SIGNATURES.update({
+    "tpde_store_open": (c_int, [c_char_p, c_int32, c_char_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
+    "tpde_store_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_begin": (c_int, [c_uint64, ctypes.c_int64, c_int32, c_char_p, c_uint64, c_int32, _ERRBUF, c_size_t]),
+    "tpde_store_add_file": (
+        c_int, [c_uint64, c_char_p, c_char_p, c_char_p, c_uint64, c_char_p, _U64P, _I32P, _ERRBUF, c_size_t]),
+    "tpde_store_add_state_dict": (
+        c_int, [c_uint64, c_char_p, c_void_p, c_uint64, POINTER(StoreTensor), c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_commit": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_abort": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_remove": (c_int, [c_uint64, ctypes.c_int64, _ERRBUF, c_size_t]),
+    "tpde_store_verify": (c_int, [c_uint64, c_int32, c_int32, _ERRBUF, c_size_t]),
+    "tpde_store_reader_open": (c_int, [c_uint64, _U64P, _ERRBUF, c_size_t]),
+    "tpde_store_reader_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_read_range": (
+        c_int, [c_uint64, ctypes.c_int64, c_char_p, c_uint64, c_void_p, c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_restore": (c_int, [c_uint64, ctypes.c_int64, c_char_p, c_char_p, _ERRBUF, c_size_t]),
+    "tpde_store_result": (c_int, [c_uint64, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
+})
+
 _lib: Optional[ctypes.CDLL] = None
 _lock = threading.Lock()
 # Set in a child forked after the library was loaded: the pid of the parent

@@ -3,9 +3,11 @@
     tpde compress FILE [-o OUT] [--threads N] [--quiet]
     tpde decompress FILE [-o OUT] [--threads N] [--quiet]
     tpde info FILE [--json]
+    tpde add STORE PATH... [--step N] [--tag T]      (and restore, ls, info, rm, verify, stats:
+                                                    see python/tpde/_cli_store.py)
 
-Exit status: 0 success; 1 corrupt or unsupported input, or an I/O or other
-failure; 2 usage errors (bad arguments, missing input file); 130 / 143 when
+Exit status: 0 success; 1 corrupt or unsupported input, a failed verify, or
+an I/O or other failure; 2 usage errors (bad arguments, missing input file); 130 / 143 when
 Ctrl-C / SIGTERM stopped a compress or decompress (nothing was written). An
 interrupt either stops the work and leaves nothing, or, if it comes too late
 to stop it, the work completes and is reported as a success: never both.
@@ -25,7 +27,7 @@ import threading
 import traceback
 from typing import IO, Any, Dict, Iterator, List, NoReturn, Optional, Sequence
 
-from . import __version__
+from . import __version__, _cli_store
 from ._memory import parse_size
 from .codec import _original_size, compress_file, decompress_file, file_info
 from .errors import (
@@ -80,10 +82,12 @@ def _parser() -> _Parser:
                            help="refuse a file that restores to more than SIZE bytes (K/M/G/T suffixes; "
                                 "default $TPDE_MAX_OUTPUT, else no limit)")
     i = sub.add_parser("info", help="describe a .tpde file or checkpoint", description="describe a .tpde file or compressed checkpoint")
-    i.add_argument("file", metavar="FILE")
+    i.add_argument("file", metavar="FILE", help="a .tpde file, a compressed checkpoint, or a store")
+    i.add_argument("step", metavar="STEP", nargs="?", default=None, help="for a store: the checkpoint to describe")
     i.add_argument("--json", action="store_true", help="print the description as JSON")
     i.add_argument("--limit", type=int, default=10000, metavar="N",
                    help="list at most N segments of a file (default 10000; all are checked)")
+    _cli_store.add_parsers(sub, _UsageError)
     return p
 
 
@@ -127,6 +131,10 @@ class _Bar:
             self.stream.write("\n")
             self.stream.flush()
             self.drawn = False
+
+
+def _bar_for(label: str) -> Optional[_Bar]:
+    return _Bar(label, sys.stderr) if sys.stderr.isatty() else None
 
 
 def _check_input(path: str) -> None:
@@ -296,7 +304,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except SystemExit as e:  # --help / --version
         return e.code if isinstance(e.code, int) else 0
+    store_cmd = args.command in _cli_store.COMMANDS or (args.command == "info" and _cli_store.is_store(args.file))
+    if store_cmd:
+        if args.command == "info":
+            args.store = args.file
+        args.file = args.store  # what error messages name
+    elif args.command == "info" and args.step is not None:
+        _fail(f"{args.file}: not a tpde store, so STEP does not apply")
+        return 2
     try:
+        if store_cmd:
+            return _cli_store.run(args, _UsageError, _bar_for)
         return _info(args) if args.command == "info" else _convert(args)
     except _UsageError as e:
         _fail(str(e))

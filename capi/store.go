@@ -1,0 +1,493 @@
+package main
+
+// The checkpoint store (docs/FORMAT.md section 18): ABI glue over
+// core/store. A store handle holds an open store and at most one
+// checkpoint being added; a reader handle holds one committed snapshot.
+// Calls that produce JSON keep it in their handle for tpde_store_result.
+
+/*
+#include "tpde.h"
+*/
+import "C"
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime/debug"
+	"sync"
+	"unsafe"
+
+	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/handles"
+	"github.com/tpde/tpde/core/store"
+)
+
+type openStore struct {
+	mu     sync.Mutex
+	s      *store.Store
+	tx     *store.Tx
+	result []byte
+}
+
+type openReader struct {
+	mu     sync.Mutex
+	rd     *store.Reader
+	result []byte
+}
+
+var (
+	stores  = handles.New[*openStore]("store")
+	readers = handles.New[*openReader]("store reader")
+)
+
+func storeAt(h C.uint64_t) (*openStore, func(), error) {
+	o, err := stores.Get(uint64(h))
+	if err != nil {
+		return nil, nil, err
+	}
+	o.mu.Lock()
+	return o, o.mu.Unlock, nil
+}
+
+func readerAt(h C.uint64_t) (*openReader, func(), error) {
+	o, err := readers.Get(uint64(h))
+	if err != nil {
+		return nil, nil, err
+	}
+	o.mu.Lock()
+	return o, o.mu.Unlock, nil
+}
+
+func goString(p *C.char, what string) (string, error) {
+	if p == nil {
+		return "", fmt.Errorf("%w: %s is NULL", errs.Invalid, what)
+	}
+	return C.GoString(p), nil
+}
+
+func jsonArg(p *C.char, n C.uint64_t, what string, v any) error {
+	if p == nil || n == 0 {
+		return nil
+	}
+	b, err := bytesAt(unsafe.Pointer(p), n, what)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%w: %s: %v", errs.Invalid, what, err)
+	}
+	return nil
+}
+
+func keep(dst *[]byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("%w: %v", errs.Internal, err)
+	}
+	*dst = b
+	return nil
+}
+
+//export tpde_store_open
+func tpde_store_open(path *C.char, write C.int32_t, config *C.char, configLen C.uint64_t, nthreads C.int32_t,
+	handle *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	dir, err := goString(path, "path")
+	if err != nil || handle == nil {
+		return status(fmt.Errorf("%w: path or handle is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	var cfg struct {
+		KeyframeInterval int                `json:"keyframe_interval"`
+		Reference        string             `json:"reference"`
+		Lossy            *[]store.LossyRule `json:"lossy"`
+	}
+	if err := jsonArg(config, configLen, "config", &cfg); err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	opt := store.Options{Write: write != 0, KeyframeInterval: cfg.KeyframeInterval, Reference: cfg.Reference, Threads: int(nthreads)}
+	if cfg.Lossy != nil {
+		opt.Lossy, opt.LossySet = *cfg.Lossy, true
+	}
+	s, err := store.Open(dir, opt)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	o := &openStore{s: s}
+	if err := keep(&o.result, s.Config()); err != nil {
+		s.Close()
+		return status(err, cerr, cerrLen)
+	}
+	*handle = C.uint64_t(stores.Put(o))
+	return C.TPDE_OK
+}
+
+//export tpde_store_close
+func tpde_store_close(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	o, err := stores.Take(uint64(handle))
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.tx != nil {
+		o.tx.Abort()
+		o.tx = nil
+	}
+	o.s.Close()
+	return C.TPDE_OK
+}
+
+//export tpde_store_begin
+func tpde_store_begin(handle C.uint64_t, step C.int64_t, hasStep C.int32_t, tags *C.char, tagsLen C.uint64_t,
+	base C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	o, unlock, err := storeAt(handle)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	if o.tx != nil {
+		return status(fmt.Errorf("%w: a checkpoint is already being added on this handle", errs.Invalid), cerr, cerrLen)
+	}
+	var tagList []string
+	if err := jsonArg(tags, tagsLen, "tags", &tagList); err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	var tx *store.Tx
+	if base != 0 {
+		tx, err = o.s.BeginBase()
+	} else {
+		tx, err = o.s.Begin(int64(step), hasStep != 0, tagList)
+	}
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	o.tx = tx
+	return C.TPDE_OK
+}
+
+func (o *openStore) current() (*store.Tx, error) {
+	if o.tx == nil {
+		return nil, fmt.Errorf("%w: no checkpoint is being added (call tpde_store_begin)", errs.Invalid)
+	}
+	return o.tx, nil
+}
+
+//export tpde_store_add_file
+func tpde_store_add_file(handle C.uint64_t, rel, src *C.char, hints *C.char, hintsLen C.uint64_t, note *C.char,
+	progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	o, unlock, err := storeAt(handle)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	tx, err := o.current()
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	r, err := goString(rel, "rel")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	p, err := goString(src, "src")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	var h map[string]string
+	if err := jsonArg(hints, hintsLen, "hints", &h); err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	n := ""
+	if note != nil {
+		n = C.GoString(note)
+	}
+	tx.Progress, tx.Stop = progressTo(progress), stopFrom(cancel)
+	defer func() { tx.Progress, tx.Stop = nil, nil }()
+	return status(tx.AddFile(r, p, h, n), cerr, cerrLen)
+}
+
+func stopFrom(cancel *C.int32_t) func() error {
+	c := cancelFrom(cancel)
+	if c == nil {
+		return nil
+	}
+	return func() error {
+		if c() {
+			return errs.Cancelled
+		}
+		return nil
+	}
+}
+
+//export tpde_store_add_state_dict
+func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, header unsafe.Pointer, headerLen C.uint64_t,
+	tensors *C.tpde_store_tensor, n C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	o, unlock, err := storeAt(handle)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	tx, err := o.current()
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	r, err := goString(rel, "rel")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	hdr, err := bytesAt(header, headerLen, "header")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	if n > 0 && tensors == nil || uint64(n) > 1<<24 {
+		return status(fmt.Errorf("%w: %d tensors at NULL or too many", errs.Invalid, uint64(n)), cerr, cerrLen)
+	}
+	var cs []C.tpde_store_tensor
+	if n > 0 {
+		cs = unsafe.Slice(tensors, int(n))
+	}
+	ts := make([]store.Tensor, len(cs))
+	for i := range cs {
+		c := &cs[i]
+		d, err := dtypeArg(c.dtype)
+		if err != nil {
+			return status(err, cerr, cerrLen)
+		}
+		if c.name == nil || c.ndim < 0 || c.ndim > 64 || (c.ndim > 0 && c.shape == nil) {
+			return status(fmt.Errorf("%w: tensor %d: NULL name or bad shape", errs.Invalid, i), cerr, cerrLen)
+		}
+		shape := make([]uint64, int(c.ndim))
+		if c.ndim > 0 {
+			for j, v := range unsafe.Slice((*uint64)(unsafe.Pointer(c.shape)), int(c.ndim)) {
+				shape[j] = v
+			}
+		}
+		data, err := bytesAt(c.data, c.nbytes, "tensor data")
+		if err != nil {
+			return status(err, cerr, cerrLen)
+		}
+		ts[i] = store.Tensor{Name: C.GoString(c.name), DType: dtype.DType(d), Shape: shape, Offset: uint64(c.offset), Data: data}
+	}
+	return status(tx.AddStateDict(r, hdr, ts), cerr, cerrLen)
+}
+
+//export tpde_store_commit
+func tpde_store_commit(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	o, unlock, err := storeAt(handle)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	tx, err := o.current()
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	o.tx = nil
+	c, err := tx.Commit()
+	if err != nil {
+		tx.Abort()
+		return status(err, cerr, cerrLen)
+	}
+	return status(keep(&o.result, c), cerr, cerrLen)
+}
+
+//export tpde_store_abort
+func tpde_store_abort(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	o, unlock, err := storeAt(handle)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	if o.tx != nil {
+		o.tx.Abort()
+		o.tx = nil
+	}
+	return C.TPDE_OK
+}
+
+//export tpde_store_remove
+func tpde_store_remove(handle C.uint64_t, step C.int64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	o, unlock, err := storeAt(handle)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	if o.tx != nil {
+		return status(fmt.Errorf("%w: a checkpoint is being added on this handle", errs.Invalid), cerr, cerrLen)
+	}
+	return status(o.s.Remove(int64(step)), cerr, cerrLen)
+}
+
+//export tpde_store_verify
+func tpde_store_verify(handle C.uint64_t, deep C.int32_t, repair C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	o, unlock, err := storeAt(handle)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	var out struct {
+		Problems []store.Problem `json:"problems"`
+		Cleaned  *store.Cleaned  `json:"cleaned"`
+	}
+	if repair != 0 {
+		c, err := o.s.Repair()
+		if err != nil {
+			return status(err, cerr, cerrLen)
+		}
+		out.Cleaned = &c
+	}
+	out.Problems, err = o.s.Verify(deep != 0)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	if out.Problems == nil {
+		out.Problems = []store.Problem{}
+	}
+	return status(keep(&o.result, out), cerr, cerrLen)
+}
+
+//export tpde_store_reader_open
+func tpde_store_reader_open(handle C.uint64_t, reader *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	o, unlock, err := storeAt(handle)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	if reader == nil {
+		return status(fmt.Errorf("%w: reader is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	rd, err := o.s.Reader()
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	r := &openReader{rd: rd}
+	cps := make([]*store.Checkpoint, 0, len(rd.Steps()))
+	for _, st := range rd.Steps() {
+		c, err := rd.Checkpoint(st, false)
+		if err != nil {
+			rd.Close()
+			return status(err, cerr, cerrLen)
+		}
+		cps = append(cps, c)
+	}
+	snap := struct {
+		Manifest    *store.Manifest     `json:"manifest"`
+		Base        *store.Checkpoint   `json:"base"`
+		Checkpoints []*store.Checkpoint `json:"checkpoints"`
+	}{rd.Manifest(), rd.Base(), cps}
+	if err := keep(&r.result, snap); err != nil {
+		rd.Close()
+		return status(err, cerr, cerrLen)
+	}
+	*reader = C.uint64_t(readers.Put(r))
+	return C.TPDE_OK
+}
+
+//export tpde_store_reader_close
+func tpde_store_reader_close(reader C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	r, err := readers.Take(uint64(reader))
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rd.Close()
+	return C.TPDE_OK
+}
+
+//export tpde_store_read_range
+func tpde_store_read_range(reader C.uint64_t, step C.int64_t, rel *C.char, offset C.uint64_t, dst unsafe.Pointer,
+	n C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	r, unlock, err := readerAt(reader)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	path, err := goString(rel, "rel")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	buf, err := bytesAt(dst, n, "dst")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	c, err := r.rd.Checkpoint(int64(step), false)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	return status(r.rd.ReadRange(c, path, uint64(offset), buf), cerr, cerrLen)
+}
+
+//export tpde_store_restore
+func tpde_store_restore(reader C.uint64_t, step C.int64_t, rel *C.char, dest *C.char, cerr *C.char,
+	cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	r, unlock, err := readerAt(reader)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	d, err := goString(dest, "dest")
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	c, err := r.rd.Checkpoint(int64(step), false)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	if rel == nil {
+		return status(r.rd.Restore(c, d), cerr, cerrLen)
+	}
+	for i := range c.Files {
+		if c.Files[i].Path == C.GoString(rel) {
+			return status(r.rd.RestoreFile(&c.Files[i], d), cerr, cerrLen)
+		}
+	}
+	return status(fmt.Errorf("%w: checkpoint %d has no file %q", errs.Invalid, int64(step), C.GoString(rel)), cerr, cerrLen)
+}
+
+//export tpde_store_result
+func tpde_store_result(handle C.uint64_t, out *C.char, capacity C.uint64_t, needed *C.uint64_t, cerr *C.char,
+	cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	if needed == nil {
+		return status(fmt.Errorf("%w: needed is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	var res []byte
+	if o, unlock, err := storeAt(handle); err == nil {
+		res = o.result
+		unlock()
+	} else if r, unlock, err2 := readerAt(handle); err2 == nil {
+		res = r.result
+		unlock()
+	} else {
+		return status(err, cerr, cerrLen)
+	}
+	return status(writeRaw(res, out, capacity, needed), cerr, cerrLen)
+}
+
+// writeRaw copies JSON already made into the caller's buffer, with the
+// grow-and-call-again protocol of writeJSON.
+func writeRaw(js []byte, out *C.char, capacity C.uint64_t, needed *C.uint64_t) error {
+	*needed = C.uint64_t(len(js))
+	buf, err := bytesAt(unsafe.Pointer(out), capacity, "json")
+	if err != nil {
+		return err
+	}
+	copy(buf, js)
+	if uint64(len(js)) > uint64(capacity) {
+		return fmt.Errorf("%w: JSON is %d bytes, %d given", errs.BufferTooSmall, len(js), uint64(capacity))
+	}
+	return nil
+}

@@ -1,0 +1,287 @@
+"""The store commands of ``tpde``: add, restore, ls, info, rm, verify, stats.
+
+    tpde add STORE PATH... [--step N] [--tag T] [--keyframe-interval K]
+                           [--reference previous|base] [--base PATH] [--lossy PATTERN=BOUND]
+    tpde restore STORE STEP DEST        (STEP may be "latest")
+    tpde ls STORE [--json]
+    tpde info STORE [STEP] [--json]
+    tpde rm STORE STEP
+    tpde verify STORE [--repair] [--shallow] [--json]
+    tpde stats STORE [--json] [--plot FILE.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict
+from typing import Any, Dict, List, Optional
+
+from .store import CheckpointInfo, Store
+
+COMMANDS = ("add", "restore", "ls", "rm", "verify", "stats")
+_STEP_IN_NAME = re.compile(r"(?:^|[-_])(\d+)$")
+
+
+def is_store(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "tpde-store.json"))
+
+
+def add_parsers(sub: Any, usage_error: type) -> None:
+    def step_arg(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid step {text!r}") from None
+
+    a = sub.add_parser("add", help="add checkpoints (files or folders) to a store",
+                       description="add each PATH (a file or a folder, e.g. a Trainer's checkpoint-N/) to STORE "
+                                   "as one checkpoint; the step is --step, else the number ending the folder's "
+                                   "name (checkpoint-500 -> 500), else the newest step + 1")
+    a.add_argument("store", metavar="STORE")
+    a.add_argument("paths", metavar="PATH", nargs="+")
+    a.add_argument("--step", type=step_arg, default=None, metavar="N")
+    a.add_argument("--tag", action="append", default=None, metavar="T", help="a tag (repeat for more)")
+    a.add_argument("--keyframe-interval", type=int, default=None, metavar="K",
+                   help="for a new store: decode at most K frames per tensor (default 10)")
+    a.add_argument("--reference", choices=("previous", "base"), default=None,
+                   help="for a new store: code each checkpoint against the previous one (default) or a base")
+    a.add_argument("--base", default=None, metavar="PATH", help="the base (with --reference base)")
+    a.add_argument("--lossy", action="append", default=None, metavar="PATTERN=BOUND",
+                   help="for a new store: tensors matching PATTERN (file:name or name) may be stored within "
+                        "BOUND (absolute); lossless otherwise")
+    a.add_argument("-q", "--quiet", action="store_true")
+    a.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("restore", help="write a checkpoint's original files", description="write checkpoint STEP "
+                       "of STORE into the folder DEST, every file byte-identical to what was added")
+    r.add_argument("store", metavar="STORE")
+    r.add_argument("step", metavar="STEP")
+    r.add_argument("dest", metavar="DEST")
+    r.add_argument("-q", "--quiet", action="store_true")
+
+    ls = sub.add_parser("ls", help="list a store's checkpoints", description="list the checkpoints of STORE")
+    ls.add_argument("store", metavar="STORE")
+    ls.add_argument("--json", action="store_true")
+
+    rm = sub.add_parser("rm", help="remove a checkpoint", description="remove checkpoint STEP; checkpoints coded "
+                        "against it are re-coded first")
+    rm.add_argument("store", metavar="STORE")
+    rm.add_argument("step", metavar="STEP", type=step_arg)
+
+    v = sub.add_parser("verify", help="check a store", description="check every object and chain of STORE (exit 1 "
+                       "and name what is affected if anything is damaged)")
+    v.add_argument("store", metavar="STORE")
+    v.add_argument("--repair", action="store_true", help="first remove what dead writers left behind")
+    v.add_argument("--shallow", action="store_true", help="check hashes only; do not decode")
+    v.add_argument("--json", action="store_true")
+
+    st = sub.add_parser("stats", help="sizes, ratios and changes per checkpoint",
+                        description="size per checkpoint, ratio per tensor group, change per layer")
+    st.add_argument("store", metavar="STORE")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--plot", metavar="FILE.png", default=None, help="draw the figures with matplotlib")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _info_json(i: CheckpointInfo) -> Dict[str, Any]:
+    d = asdict(i)
+    d["ratio"] = i.ratio
+    d["lossless"] = i.lossless
+    return d
+
+
+def _need_store(path: str, usage_error: type) -> None:
+    if not is_store(path):
+        raise usage_error(f"{path}: not a tpde store")
+
+
+def _parse_step(text: str, usage_error: type) -> Optional[int]:
+    if text == "latest":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise usage_error(f"invalid step {text!r} (a number or 'latest')") from None
+
+
+def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
+    cmd = args.command
+    if cmd == "add":
+        return _add(args, usage_error, bar_factory)
+    _need_store(args.store, usage_error)
+    with Store(args.store) as store:
+        if cmd == "restore":
+            step = _parse_step(args.step, usage_error)
+            t0 = time.perf_counter()
+            out = store.restore(step, args.dest)
+            if not args.quiet:
+                info = store.info(step)
+                print(f"restored checkpoint {info.step}: {len(info.files)} files, {_human(info.raw_bytes)} "
+                      f"into {out} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+            return 0
+        if cmd == "ls":
+            infos = [store.info(s) for s in store.steps()]
+            if args.json:
+                print(json.dumps([_info_json(i) for i in infos], indent=1))
+                return 0
+            print(f"{'step':>10}  {'files':>5}  {'raw':>10}  {'stored':>10}  {'ratio':>7}  {'frames':>6}  tags")
+            for i in infos:
+                print(f"{i.step:>10}  {len(i.files):>5}  {_human(i.raw_bytes):>10}  {_human(i.stored_bytes):>10}  "
+                      f"{i.ratio:>6.2f}x  {i.max_chain:>6}  {','.join(i.tags)}"
+                      + ("" if i.lossless else f"  lossy (max error {i.max_error:.3g})"))
+            return 0
+        if cmd == "info":
+            step = None if args.step is None else _parse_step(args.step, usage_error)
+            if args.step is None and not args.json:
+                cfg = store.config
+                st = store.stats()
+                print(f"store {args.store}: {len(st['checkpoints'])} checkpoints, {_human(st['raw_bytes'])} raw in "
+                      f"{_human(st['disk_bytes'])} on disk ({(st['ratio'] or 0):.2f}x); keyframe interval "
+                      f"{cfg.get('keyframe_interval')}, reference {cfg.get('reference')}, "
+                      f"{'lossless' if not cfg.get('lossy') else 'lossy rules ' + json.dumps(cfg['lossy'])}")
+                return 0
+            if args.step is None:
+                print(json.dumps({"config": store.config, "stats": store.stats()}, indent=1))
+                return 0
+            info = store.info(step)
+            if args.json:
+                print(json.dumps(_info_json(info), indent=1))
+                return 0
+            print(f"checkpoint {info.step} ({info.created}) tags: {','.join(info.tags) or '-'}; "
+                  f"{_human(info.raw_bytes)} in {_human(info.stored_bytes)} ({info.ratio:.2f}x), "
+                  f"at most {info.max_chain} frame(s) per tensor, "
+                  + ("bit-exact" if info.lossless else f"lossy, max error {info.max_error:.3g}"))
+            for f in info.files:
+                print(f"  {f.path:<40} {_human(f.size):>10}  {f.layout:<12} {f.tensors:>4} tensors"
+                      + (f"  ({f.note})" if f.note else ""))
+            return 0
+        if cmd == "rm":
+            store.remove(args.step)
+            return 0
+        if cmd == "verify":
+            rep = store.verify(deep=not args.shallow, repair=args.repair)
+            if args.json:
+                print(json.dumps({"ok": rep.ok, "affected_steps": rep.affected_steps, "cleaned": rep.cleaned,
+                                  "problems": [asdict(p) for p in rep.problems]}, indent=1))
+            else:
+                if rep.cleaned:
+                    c = rep.cleaned
+                    print(f"removed {c['temporary']} unfinished file(s), {c['objects']} unreferenced object(s), "
+                          f"{c['manifests']} old manifest(s)" + (" (readers busy: objects kept)"
+                                                                  if c.get("readers_busy") else ""), file=sys.stderr)
+                for p in rep.problems:
+                    where = "base" if p.base else f"checkpoint {p.step}"
+                    print(f"{where}: {p.file}" + (f" tensor {p.region}" if p.region else "") + f": {p.message}")
+                print("ok" if rep.ok else f"damaged: checkpoints {', '.join(map(str, rep.affected_steps))}",
+                      file=sys.stderr)
+            return 0 if rep.ok else 1
+        if cmd == "stats":
+            st = store.stats()
+            if args.plot:
+                _plot(st, args.plot)
+            if args.json:
+                print(json.dumps(st, indent=1))
+                return 0
+            print(f"{'step':>10}  {'raw':>10}  {'new bytes':>10}")
+            for r in st["checkpoints"]:
+                print(f"{r['step']:>10}  {_human(r['raw_bytes']):>10}  {_human(r['new_bytes']):>10}")
+            print(f"total: {_human(st['raw_bytes'])} raw, {_human(st['disk_bytes'])} on disk "
+                  f"({(st['ratio'] or 0):.2f}x)")
+            print("\nratio per tensor group:")
+            for g, v in st["groups"].items():
+                print(f"  {g:<60} {v['ratio']:.2f}x" if v["ratio"] else f"  {g:<60} -")
+            return 0
+    raise usage_error(f"unknown command {cmd}")
+
+
+def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
+    if args.step is not None and len(args.paths) > 1:
+        raise usage_error("--step takes one PATH")
+    for p in args.paths:
+        if not os.path.exists(p):
+            raise usage_error(f"{p}: no such file or folder")
+    lossy = None
+    if args.lossy:
+        lossy = {}
+        for rule in args.lossy:
+            pattern, sep, bound = rule.rpartition("=")
+            try:
+                lossy[pattern] = float(bound)
+            except ValueError:
+                sep = ""
+            if not sep or not pattern:
+                raise usage_error(f"--lossy {rule!r}: expected PATTERN=BOUND")
+    if args.base is not None and args.reference not in (None, "base"):
+        raise usage_error("--base goes with --reference base")
+    out = []
+    with Store(args.store, keyframe_interval=args.keyframe_interval, reference=args.reference,
+               base=args.base, lossy=lossy) as store:
+        for p in args.paths:
+            step = args.step
+            if step is None:
+                m = _STEP_IN_NAME.search(os.path.basename(os.path.normpath(p)))
+                step = int(m.group(1)) if m and os.path.isdir(p) else None
+            bar = bar_factory(f"adding {os.path.basename(os.path.normpath(p))}") if not args.quiet else None
+            t0 = time.perf_counter()
+            try:
+                info = store.add(p, step=step, tags=args.tag, progress=bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            dt = time.perf_counter() - t0
+            out.append(_info_json(info))
+            if not args.quiet and not args.json:
+                print(f"added checkpoint {info.step}: {len(info.files)} files, {_human(info.raw_bytes)} -> "
+                      f"{_human(info.stored_bytes)} ({info.ratio:.2f}x) in {dt:.2f} s", file=sys.stderr)
+    if args.json:
+        print(json.dumps(out, indent=1))
+    return 0
+
+
+def _plot(st: Dict[str, Any], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .errors import InvalidArgumentError
+
+        raise InvalidArgumentError("--plot needs matplotlib (pip install matplotlib)") from None
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    steps = [r["step"] for r in st["checkpoints"]]
+    axes[0].bar([str(s) for s in steps], [r["new_bytes"] / 2**20 for r in st["checkpoints"]])
+    axes[0].set_title("bytes each checkpoint added (MiB)")
+    axes[0].set_xlabel("step")
+    groups = [(g, v["ratio"]) for g, v in st["groups"].items() if v["ratio"]]
+    groups.sort(key=lambda x: -x[1])
+    groups = groups[:20]
+    axes[1].barh([g[-45:] for g, _ in groups], [r for _, r in groups])
+    axes[1].set_title("ratio per tensor group")
+    axes[1].tick_params(axis="y", labelsize=6)
+    layers = sorted({layer for v in st["changed"].values() for layer in v})
+    for layer in layers[:12]:
+        xs = [int(s) for s, v in st["changed"].items() if layer in v]
+        axes[2].plot(xs, [st["changed"][str(s)][layer] for s in xs], marker="o", label=layer[-30:])
+    axes[2].set_title("fraction of elements changed vs the next checkpoint")
+    axes[2].set_xlabel("step")
+    if layers:
+        axes[2].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+__all__: List[str] = ["COMMANDS", "add_parsers", "run", "is_store"]
