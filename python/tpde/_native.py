@@ -184,7 +184,7 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_decode": (c_int, [c_void_p, c_uint64, c_void_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_inspect": (c_int, [c_void_p, c_uint64, POINTER(FrameInfo), _ERRBUF, c_size_t]),
     "tpde_entropy_bound": (c_int, [c_void_p, c_uint64, c_int32, POINTER(c_double), _ERRBUF, c_size_t]),
-    "tpde_compress_file": (c_int, [c_char_p, c_char_p, c_int32, _U64P, _I32P, _ERRBUF, c_size_t]),
+    "tpde_compress_file": (c_int, [c_char_p, c_char_p, c_int32, c_char_p, c_uint64, _U64P, _I32P, _ERRBUF, c_size_t]),
     "tpde_decompress_file": (c_int, [c_char_p, c_char_p, c_int32, c_uint64, _U64P, _I32P, _ERRBUF, c_size_t]),
     "tpde_file_info": (c_int, [c_char_p, c_uint32, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
     # Delta frames (kind 1): python/tpde/delta.py.

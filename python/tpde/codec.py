@@ -18,7 +18,7 @@ from . import _memory, _native, _tensors
 from ._buffers import Buffer, grow_into_bytes, into_new_bytes, readable
 from ._native import call
 from ._options import effort_code, int_arg, threads_arg
-from .errors import InternalError, InvalidArgumentError
+from .errors import InternalError, InvalidArgumentError, TPDEError
 
 __all__ = [
     "compress_tensor",
@@ -314,8 +314,30 @@ def compress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int
     if progress is not None:
         with contextlib.suppress(OSError):  # the library reports a missing input
             total = os.path.getsize(s)
-    _file_op("tpde_compress_file", s, d, threads, progress, total, cancel=cancel)
+    hints = torch_dtypes(s)
+    js = None if hints is None else json.dumps(hints).encode("utf-8")
+    _file_op("tpde_compress_file", s, d, threads, progress, total, (js, len(js or b"")), cancel=cancel)
     return os.fsdecode(d)
+
+
+def torch_dtypes(path: Union[str, bytes]) -> Optional[Dict[str, str]]:
+    """The storage dtypes of a torch.save zip (from its data.pkl, nothing
+    unpickled), or None for any other file, a stream, or a torch file that
+    is not a plain zip (TorchScript, deflated): those are coded as bytes."""
+    from . import _torchfile
+
+    try:
+        if not os.path.isfile(path):
+            return None
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":
+                return None
+        dtypes, _reason = _torchfile.scan(os.fsdecode(path))
+    except (OSError, TPDEError):
+        # Unreadable: the library reports it. A broken pickle: the file is
+        # still compressed, losslessly, as bytes.
+        return None
+    return dtypes
 
 
 def _original_size(path: Union[str, bytes]) -> int:

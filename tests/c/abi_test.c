@@ -223,7 +223,7 @@ int main(void) {
         fclose(f);
         int32_t cancel = 0;
         uint64_t progress = 0;
-        CHECK(tpde_compress_file(in, packed, 0, &progress, &cancel, err, sizeof err) == TPDE_OK, "compress_file: %s", err);
+        CHECK(tpde_compress_file(in, packed, 0, NULL, 0, &progress, &cancel, err, sizeof err) == TPDE_OK, "compress_file: %s", err);
         CHECK(progress == 100000, "progress %llu", (unsigned long long)progress);
         CHECK(tpde_decompress_file(packed, out, 0, 99999, NULL, NULL, err, sizeof err) == TPDE_E_LIMIT,
               "a decode limit below the size is TPDE_E_LIMIT: %s", err);
