@@ -20,80 +20,17 @@ from __future__ import annotations
 # tpde_version().
 __version__ = "0.1.0"
 
-from .codec import (
-    DTYPES,
-    compress_file,
-    compress_tensor,
-    decompress_file,
-    decompress_tensor,
-    entropy_bound_bits,
-    file_info,
-    get_num_threads,
-    inspect,
-    set_num_threads,
-)
-from .checkpoint import (
-    CompressedCheckpoint,
-    TemporalPositionDeltaEncoder,
-    TPDECheckpointCompressor,
-    checkpoint_info,
-    load_checkpoint,
-    state_dict_nbytes,
-)
-from .delta import compress_delta, decompress_delta, delta_threshold, inspect_delta
-from .store import CheckpointInfo, Store, StoreLockedError, VerifyReport, open
-from .errors import (
-    BufferTooSmallError,
-    CancelledError,
-    CorruptDataError,
-    DecodeLimitError,
-    ForkedProcessError,
-    InternalError,
-    ReferenceMismatchError,
-    InvalidArgumentError,
-    TPDEError,
-    TPDEIOError,
-    TPDEMemoryError,
-    UnsupportedFormatError,
-)
+# Each module's __all__ is the package's: one list per name, kept where the
+# name is defined.
+from . import checkpoint as _checkpoint
+from . import codec as _codec
+from . import delta as _delta
+from . import errors as _errors
+from . import store as _store
+from .checkpoint import *  # noqa: F401,F403
+from .codec import *  # noqa: F401,F403
+from .delta import *  # noqa: F401,F403
+from .errors import *  # noqa: F401,F403
+from .store import *  # noqa: F401,F403
 
-__all__ = [
-    "__version__",
-    "DTYPES",
-    "compress_tensor",
-    "decompress_tensor",
-    "inspect",
-    "compress_file",
-    "decompress_file",
-    "file_info",
-    "entropy_bound_bits",
-    "set_num_threads",
-    "get_num_threads",
-    "compress_delta",
-    "decompress_delta",
-    "inspect_delta",
-    "delta_threshold",
-    "TemporalPositionDeltaEncoder",
-    "TPDECheckpointCompressor",
-    "CompressedCheckpoint",
-    "checkpoint_info",
-    "load_checkpoint",
-    "state_dict_nbytes",
-    "Store",
-    "open",
-    "CheckpointInfo",
-    "VerifyReport",
-    "StoreLockedError",
-    "TPDEError",
-    "InvalidArgumentError",
-    "CorruptDataError",
-    "UnsupportedFormatError",
-    "BufferTooSmallError",
-    "TPDEIOError",
-    "InternalError",
-    "ReferenceMismatchError",
-    "DecodeLimitError",
-    "TPDEMemoryError",
-    "CancelledError",
-    "ForkedProcessError",
-]
+__all__ = ["__version__", *_codec.__all__, *_delta.__all__, *_checkpoint.__all__, *_store.__all__, *_errors.__all__]

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
+from ._text import human as _human
 from .store import CheckpointInfo, Store
 
 COMMANDS = ("add", "restore", "ls", "rm", "verify", "stats")
@@ -85,14 +86,6 @@ def add_parsers(sub: Any, usage_error: type) -> None:
     st.add_argument("store", metavar="STORE")
     st.add_argument("--json", action="store_true")
     st.add_argument("--plot", metavar="FILE.png", default=None, help="draw the figures with matplotlib")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _info_json(i: CheckpointInfo) -> Dict[str, Any]:

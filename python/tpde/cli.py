@@ -27,6 +27,7 @@ import threading
 import traceback
 from typing import IO, Any, Dict, Iterator, List, NoReturn, Optional, Sequence
 
+from ._text import human as _human
 from . import __version__, _cli_store
 from ._memory import parse_size
 from .codec import _original_size, compress_file, decompress_file, file_info
@@ -96,14 +97,6 @@ def _size_arg(text: str) -> int:
         return parse_size(text, "--max-output")
     except InvalidArgumentError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _ratio(orig: int, stored: int) -> str:
