@@ -42,9 +42,9 @@ type Tx struct {
 	// skeletons of raw files by the file's sha256.
 	rawFiles map[string]File
 	paths    map[string]bool
-	bufA     []byte // frames being encoded
-	bufB     []byte // the reference-side tensor decoded
-	bufC     []byte // a third tensor: a base or keyframe reference
+	bufA     buffer // frames being encoded
+	bufB     buffer // the reference-side tensor decoded
+	bufC     buffer // a third tensor: a base or keyframe reference
 	done     bool
 	// Progress, if set, is told the bytes of input done so far.
 	Progress func(done uint64)
@@ -193,8 +193,7 @@ func (tx *Tx) AddFile(rel, src string, hints map[string]string, note string) err
 
 func (tx *Tx) addMapped(rel string, data []byte, mode uint32, hints map[string]string, note string) error {
 	f := File{Path: rel, Mode: mode, Size: uint64(len(data)), Layout: LayoutRaw, Note: note, Regions: []Region{}}
-	sum := sha256.Sum256(data)
-	f.SHA256 = hex.EncodeToString(sum[:])
+	f.SHA256 = hashMapped(data)
 	layout, regions, why := planFile(data, hints)
 	if why != "" && f.Note == "" {
 		f.Note = why
@@ -209,6 +208,19 @@ func (tx *Tx) addMapped(rel string, data []byte, mode uint32, hints map[string]s
 	}
 	f.Layout = layout
 	return tx.store(&f, mappedFile(data), regions)
+}
+
+// hashMapped is the sha256 of a mapped file, read in pieces whose pages are
+// released as it goes: hashing a file must not make all of it resident.
+func hashMapped(data []byte) string {
+	h := sha256.New()
+	const piece = 16 << 20
+	for b := 0; b < len(data); b += piece {
+		e := min(b+piece, len(data))
+		h.Write(data[b:e])
+		release(data[b:e])
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // Tensor is a tensor of a state dict given from memory.
@@ -263,11 +275,16 @@ func (tx *Tx) AddStateDict(rel string, header []byte, tensors []Tensor) error {
 // memory, never a copy.
 type source interface {
 	bytes(begin, end uint64) []byte
+	done(begin, end uint64)
 }
 
 type mappedFile []byte
 
 func (m mappedFile) bytes(begin, end uint64) []byte { return m[begin:end] }
+
+// done: the pages of a region already stored leave this process's memory
+// (they stay in the page cache), so a file larger than RAM is fine.
+func (m mappedFile) done(begin, end uint64) { release(m[begin:end]) }
 
 // virtualFile is a state dict's file without building it: the header and
 // each tensor where they lie, zeros between. Only the gaps (the header,
@@ -305,6 +322,8 @@ func (v *virtualFile) bytes(begin, end uint64) []byte {
 	}
 	return out
 }
+
+func (v *virtualFile) done(begin, end uint64) {}
 
 func (v *virtualFile) sha256() string {
 	h := sha256.New()
@@ -382,6 +401,7 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 		if err := tx.region(f.Path, &r, p.dt, data.bytes(p.begin, p.end)); err != nil {
 			return fmt.Errorf("%s: tensor %q: %w", f.Path, r.Name, err)
 		}
+		data.done(p.begin, p.end)
 		f.Regions = append(f.Regions, r)
 		tx.advance(p.begin - pos + r.Size)
 		pos = p.end
@@ -402,13 +422,6 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 	}
 	tx.cp.Files = append(tx.cp.Files, *f)
 	return nil
-}
-
-func grow(b *[]byte, n uint64) []byte {
-	if uint64(cap(*b)) < n {
-		*b = make([]byte, n)
-	}
-	return (*b)[:n]
 }
 
 // region stores one tensor as a keyframe, then turns the previous newest
@@ -438,7 +451,8 @@ func (tx *Tx) keyframe(raw []byte, d dtype.DType, shape []uint64) (Object, error
 	if err != nil {
 		return Object{}, err
 	}
-	buf := grow(&tx.bufA, bound)
+	buf := tx.bufA.get(bound)
+	defer tx.bufA.drop()
 	n, err := frame.Encode(buf, raw, d, shape, frame.Options{Threads: tx.s.threads, Stop: tx.Stop})
 	if err != nil {
 		return Object{}, err
@@ -510,12 +524,14 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 		if err != nil {
 			return err
 		}
-		refRaw = grow(&tx.bufC, target.Size)
+		refRaw = tx.bufC.get(target.Size)
+		defer tx.bufC.drop()
 		if err := tx.s.decodeRegion(tx.sn, target, refRaw, tx.s.threads, &tx.bufB); err != nil {
 			return err
 		}
 	}
-	oldRaw := grow(&tx.bufB, old.Size)
+	oldRaw := tx.bufB.get(old.Size)
+	defer tx.bufB.drop()
 	if err := tx.s.decodeKeyframe(old, oldRaw, tx.s.threads); err != nil {
 		return fmt.Errorf("the previous checkpoint's copy: %w", err)
 	}
@@ -523,7 +539,8 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 	if err != nil {
 		return err
 	}
-	buf := grow(&tx.bufA, bound)
+	buf := tx.bufA.get(bound)
+	defer tx.bufA.drop()
 	res, err := frame.EncodeDelta(buf, oldRaw, refRaw, nil, d, old.Shape, frame.DeltaOptions{Threads: tx.s.threads, Residual: delta.Auto, Threshold: threshold})
 	if err != nil {
 		return err
@@ -601,6 +618,7 @@ func (tx *Tx) Commit() (*Checkpoint, error) {
 		return nil, fmt.Errorf("%w: the checkpoint was already committed or aborted", errs.Invalid)
 	}
 	tx.done = true
+	tx.freeBuffers()
 	s, sn := tx.s, tx.sn
 	m := *sn.m
 	m.Config = s.cfg
@@ -701,8 +719,15 @@ func (s *Store) publish(m *Manifest) error {
 func (tx *Tx) Abort() {
 	if !tx.done {
 		tx.done = true
+		tx.freeBuffers()
 		_, _ = tx.s.cleanup()
 	}
+}
+
+func (tx *Tx) freeBuffers() {
+	tx.bufA.free()
+	tx.bufB.free()
+	tx.bufC.free()
 }
 
 // glob matches * (any run of characters, dots and slashes included) and ?

@@ -104,7 +104,8 @@ func (s *Store) Remove(step int64) error {
 	}
 	m := *sn.m
 	m.Checkpoints = nil
-	var spare, raw, refRaw, buf []byte
+	var spare, rawB, refB, bufB buffer
+	defer func() { spare.free(); rawB.free(); refB.free(); bufB.free() }()
 	for ci, c := range sn.cps {
 		if ci == gone {
 			continue
@@ -128,7 +129,7 @@ func (s *Store) Remove(step int64) error {
 				if err != nil {
 					return corrupt(fmt.Sprintf("checkpoint %d", c.Step), "%v", err)
 				}
-				raw = grow(&raw, r.Size)
+				raw := rawB.get(r.Size)
 				if err := s.decodeRegion(sn, &c.Files[fi].Regions[ri], raw, s.threads, &spare); err != nil {
 					return err
 				}
@@ -140,7 +141,7 @@ func (s *Store) Remove(step int64) error {
 					if err != nil {
 						return err
 					}
-					refRaw = grow(&refRaw, next.Size)
+					refRaw := refB.get(next.Size)
 					if err := s.decodeRegion(sn, next, refRaw, s.threads, &spare); err != nil {
 						return err
 					}
@@ -148,7 +149,7 @@ func (s *Store) Remove(step int64) error {
 					if err != nil {
 						return err
 					}
-					buf = grow(&buf, bound)
+					buf := bufB.get(bound)
 					res, err := frame.EncodeDelta(buf, raw, refRaw, nil, d, r.Shape, frame.DeltaOptions{Threads: s.threads})
 					if err != nil {
 						return err
@@ -166,7 +167,7 @@ func (s *Store) Remove(step int64) error {
 					if err != nil {
 						return err
 					}
-					buf = grow(&buf, bound)
+					buf := bufB.get(bound)
 					n, err := frame.Encode(buf, raw, d, r.Shape, frame.Options{Threads: s.threads})
 					if err != nil {
 						return err
@@ -246,6 +247,7 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 	}
 	var out []Problem
 	rd := &Reader{s: s, sn: sn, threads: s.threads}
+	defer rd.Close() // its buffers; the read lock is this function's
 	visit := func(c *Checkpoint, step int64, base bool) {
 		for fi := range c.Files {
 			f := &c.Files[fi]

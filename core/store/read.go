@@ -44,12 +44,16 @@ func (s *Store) decodeKeyframe(r *Region, dst []byte, threads int) error {
 // the keyframe up. Two buffers serve the whole chain: dst and *spare take
 // turns as reference and output, so a chain of K frames needs no more
 // memory than a chain of two.
-func (s *Store) decodeRegion(sn *snapshot, r *Region, dst []byte, threads int, spare *[]byte) error {
+func (s *Store) decodeRegion(sn *snapshot, r *Region, dst []byte, threads int, spare *buffer) error {
 	ch, err := sn.chain(r)
 	if err != nil {
 		return fmt.Errorf("%w: tensor %q: %v", errs.Corrupt, r.Name, err)
 	}
-	other := grow(spare, r.Size)
+	if len(ch) == 1 {
+		return s.decodeKeyframe(r, dst, threads)
+	}
+	other := spare.get(r.Size)
+	defer spare.drop()
 	// Pick the first buffer so that the last frame lands in dst.
 	bufs := [2][]byte{dst, other}
 	cur := (len(ch) - 1) % 2
@@ -85,8 +89,8 @@ type Reader struct {
 	sn      *snapshot
 	unlock  func()
 	threads int
-	spare   []byte
-	tmp     []byte
+	spare   buffer
+	tmp     buffer
 	skel    struct {
 		obj  string
 		data []byte
@@ -114,6 +118,8 @@ func (rd *Reader) Close() {
 		rd.unlock()
 		rd.unlock = nil
 	}
+	rd.spare.free()
+	rd.tmp.free()
 }
 
 // Steps lists the checkpoints, oldest first.
@@ -252,7 +258,7 @@ func (rd *Reader) walk(f *File, off, end uint64, emit func(pos uint64, b []byte)
 					return err
 				}
 			} else {
-				buf := grow(&rd.tmp, r.Size)
+				buf := rd.tmp.get(r.Size)
 				if err := rd.s.decodeRegion(rd.sn, r, buf, rd.threads, &rd.spare); err != nil {
 					return err
 				}
