@@ -2,6 +2,7 @@ package store
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -383,10 +384,20 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 		return err
 	}
 	defer skel.abort()
+	// The object starts with the verbatim length, so that a reader can
+	// check a record's file size against it before it reads anything.
+	verbatim := f.Size
+	for _, p := range ps {
+		verbatim -= p.end - p.begin
+	}
+	if _, err := skel.Write(binary.LittleEndian.AppendUint64(nil, verbatim)); err != nil {
+		return ioErr(tx.s.dir, err)
+	}
 	zw, err := zstd.NewWriter(skel, zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(true), zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithWindowSize(skeletonWindow))
 	if err != nil {
 		return fmt.Errorf("%w: zstd: %v", errs.Internal, err)
 	}
+
 	pos := uint64(0)
 	for _, p := range ps {
 		if tx.Stop != nil {
@@ -451,7 +462,10 @@ func (tx *Tx) keyframe(raw []byte, d dtype.DType, shape []uint64) (Object, error
 	if err != nil {
 		return Object{}, err
 	}
-	buf := tx.bufA.get(bound)
+	buf, err := tx.bufA.get(bound)
+	if err != nil {
+		return Object{}, err
+	}
 	defer tx.bufA.drop()
 	n, err := frame.Encode(buf, raw, d, shape, frame.Options{Threads: tx.s.threads, Stop: tx.Stop})
 	if err != nil {
@@ -524,13 +538,18 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 		if err != nil {
 			return err
 		}
-		refRaw = tx.bufC.get(target.Size)
+		if refRaw, err = tx.bufC.get(target.Size); err != nil {
+			return err
+		}
 		defer tx.bufC.drop()
 		if err := tx.s.decodeRegion(tx.sn, target, refRaw, tx.s.threads, &tx.bufB); err != nil {
 			return err
 		}
 	}
-	oldRaw := tx.bufB.get(old.Size)
+	oldRaw, err := tx.bufB.get(old.Size)
+	if err != nil {
+		return err
+	}
 	defer tx.bufB.drop()
 	if err := tx.s.decodeKeyframe(old, oldRaw, tx.s.threads); err != nil {
 		return fmt.Errorf("the previous checkpoint's copy: %w", err)
@@ -539,7 +558,10 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 	if err != nil {
 		return err
 	}
-	buf := tx.bufA.get(bound)
+	buf, err := tx.bufA.get(bound)
+	if err != nil {
+		return err
+	}
 	defer tx.bufA.drop()
 	res, err := frame.EncodeDelta(buf, oldRaw, refRaw, nil, d, old.Shape, frame.DeltaOptions{Threads: tx.s.threads, Residual: delta.Auto, Threshold: threshold})
 	if err != nil {

@@ -1,8 +1,11 @@
 package store
 
 import (
+	"fmt"
 	"syscall"
 	"unsafe"
+
+	"github.com/tpde/tpde/core/errs"
 )
 
 // buffer holds one tensor at a time. It is mapped from the OS, not taken
@@ -12,20 +15,22 @@ import (
 // tensors' worth (docs/FORMAT.md §18.7) whatever the checkpoint's size.
 type buffer struct{ b []byte }
 
-func (s *buffer) get(n uint64) []byte {
+func (s *buffer) get(n uint64) ([]byte, error) {
 	if uint64(len(s.b)) < n {
 		s.free()
 		size := max(n, 1<<16)
+		if size > 1<<47 {
+			return nil, fmt.Errorf("%w: a tensor of %d bytes", errs.Limit, n)
+		}
 		b, err := syscall.Mmap(-1, 0, int(size), syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANON)
 		if err != nil {
-			// Out of address space or memory: the Go heap reports it as
-			// the allocation failure it is.
-			s.b = make([]byte, size)
-		} else {
-			s.b = b
+			// Never the Go heap: a failed allocation there kills the
+			// process instead of reporting an error.
+			return nil, errs.IOf("memory", syscall.ENOMEM, "cannot allocate %d bytes for a tensor: %v", n, err)
 		}
+		s.b = b
 	}
-	return s.b[:n]
+	return s.b[:n], nil
 }
 
 // drop returns the pages to the OS; the next use sees zeros.

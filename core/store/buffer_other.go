@@ -6,11 +6,11 @@ package store
 // plain reused slice.
 type buffer struct{ b []byte }
 
-func (s *buffer) get(n uint64) []byte {
+func (s *buffer) get(n uint64) ([]byte, error) {
 	if uint64(cap(s.b)) < n {
 		s.b = make([]byte, n)
 	}
-	return s.b[:n]
+	return s.b[:n], nil
 }
 
 func (s *buffer) drop() {}

@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -40,19 +41,64 @@ func (s *Store) decodeKeyframe(r *Region, dst []byte, threads int) error {
 	})
 }
 
+// checkFrame reads the header of r's keyframe (not the payload, and
+// without hashing: decoding does that) and checks that it holds r's dtype
+// and size, so that no buffer is sized from a record that lies.
+func (s *Store) checkFrame(r *Region) error {
+	p := s.objectPath(r.Object.Object)
+	in, err := mapped.Open(p, "")
+	if err != nil {
+		return fmt.Errorf("%w: tensor %q: its object %s cannot be read: %v", errs.Corrupt, r.Name, r.Object.Object, err)
+	}
+	defer in.Release()
+	return mapped.Reading(p, func() error {
+		h, err := frame.ParseAny(in.Data)
+		if err != nil {
+			return fmt.Errorf("tensor %q: %w", r.Name, err)
+		}
+		if h.DType.String() != r.DType || h.RawSize != r.Size {
+			return fmt.Errorf("%w: tensor %q: its object holds a %s frame of %d bytes, not the %s of %d bytes the record says", errs.Corrupt, r.Name, h.DType, h.RawSize, r.DType, r.Size)
+		}
+		return nil
+	})
+}
+
 // decodeRegion decodes r into dst (r.Size bytes), walking its chain from
-// the keyframe up. Two buffers serve the whole chain: dst and *spare take
-// turns as reference and output, so a chain of K frames needs no more
+// the keyframe up, and checks that an exact region decodes to the bytes
+// that were added (its sha256): a record that names the wrong object must
+// not return wrong data. Two buffers serve the whole chain: dst and *spare
+// take turns as reference and output, so a chain of K frames needs no more
 // memory than a chain of two.
 func (s *Store) decodeRegion(sn *snapshot, r *Region, dst []byte, threads int, spare *buffer) error {
+	if err := s.decodeChain(sn, r, dst, threads, spare); err != nil {
+		return err
+	}
+	if r.MaxError == 0 {
+		if got := hashHex(dst); got != r.SHA256 {
+			return fmt.Errorf("%w: tensor %q decodes to bytes other than were added (sha256 %s, not %s)", errs.Corrupt, r.Name, got, r.SHA256)
+		}
+	}
+	return nil
+}
+
+func (s *Store) decodeChain(sn *snapshot, r *Region, dst []byte, threads int, spare *buffer) error {
 	ch, err := sn.chain(r)
 	if err != nil {
 		return fmt.Errorf("%w: tensor %q: %v", errs.Corrupt, r.Name, err)
 	}
+	if uint64(len(dst)) != r.Size {
+		return fmt.Errorf("%w: tensor %q is %d bytes, %d given", errs.Invalid, r.Name, r.Size, len(dst))
+	}
 	if len(ch) == 1 {
 		return s.decodeKeyframe(r, dst, threads)
 	}
-	other := spare.get(r.Size)
+	if err := s.checkFrame(ch[len(ch)-1]); err != nil {
+		return err
+	}
+	other, err := spare.get(r.Size)
+	if err != nil {
+		return err
+	}
 	defer spare.drop()
 	// Pick the first buffer so that the last frame lands in dst.
 	bufs := [2][]byte{dst, other}
@@ -68,6 +114,10 @@ func (s *Store) decodeRegion(sn *snapshot, r *Region, dst []byte, threads int, s
 		}
 		err = mapped.Reading(s.objectPath(d.Object.Object), func() error {
 			h, err := frame.DecodeDelta(o.Data, bufs[cur], nil, bufs[1-cur], threads)
+			if errors.Is(err, errs.ReferenceMismatch) {
+				// The store chose the reference: a mismatch is damage.
+				return fmt.Errorf("%w: the region it is coded against is not the one it was coded against (%v)", errs.Corrupt, err)
+			}
 			if err == nil && (h.DType.String() != d.DType || h.RawSize != d.Size) {
 				err = fmt.Errorf("%w: its object holds a %s frame of %d bytes, not %s of %d", errs.Corrupt, h.DType, h.RawSize, d.DType, d.Size)
 			}
@@ -150,6 +200,18 @@ func (rd *Reader) Manifest() *Manifest { return rd.sn.m }
 // Base is the base's record, nil if none.
 func (rd *Reader) Base() *Checkpoint { return rd.sn.base }
 
+// Lossy says whether some region of f decodes only within a bound, so
+// that f restores to other bytes than were added (each exact region, and
+// the verbatim bytes, are still checked).
+func (f *File) Lossy() bool {
+	for i := range f.Regions {
+		if f.Regions[i].MaxError != 0 {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *Checkpoint) file(rel string) (*File, error) {
 	for i := range c.Files {
 		if c.Files[i].Path == rel {
@@ -159,36 +221,117 @@ func (c *Checkpoint) file(rel string) (*File, error) {
 	return nil, fmt.Errorf("%w: checkpoint %d has no file %q", errs.Invalid, c.Step, rel)
 }
 
-// skeleton returns a file's verbatim bytes, decoded once and kept for the
-// next read of the same file (a load reads many ranges of one file).
-func (rd *Reader) skeleton(f *File) ([]byte, error) {
-	if rd.skel.obj == f.Skeleton.Object && rd.skel.data != nil {
-		return rd.skel.data, nil
-	}
+// skeletonCache is the most verbatim bytes of one file a Reader keeps
+// decoded for the next read of the same file (a load reads many ranges of
+// one file); a larger skeleton, such as a big file stored whole, is
+// streamed instead.
+const skeletonCache = 64 << 20
+
+// skeleton streams a file's verbatim bytes in order.
+type skeleton struct {
+	data []byte // a cached skeleton, or nil when streaming
+	pos  uint64
+	obj  *object
+	dec  *zstd.Decoder
+	path string
+	buf  []byte
+}
+
+func (rd *Reader) openSkeleton(f *File) (*skeleton, error) {
 	var total uint64
 	for _, r := range f.Regions {
 		total += r.Size
 	}
 	want := f.Size - total
+	if rd.skel.obj == f.Skeleton.Object && rd.skel.data != nil && uint64(len(rd.skel.data)) == want {
+		return &skeleton{data: rd.skel.data, path: f.Path}, nil
+	}
 	o, err := rd.s.openObject(f.Skeleton.Object, f.Skeleton.Stored, fmt.Sprintf("file %q", f.Path))
 	if err != nil {
 		return nil, err
 	}
-	defer o.release()
-	dec, err := zstd.NewReader(bytes.NewReader(o.Data), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(max(want, skeletonWindow)+1), zstd.WithDecoderMaxWindow(skeletonWindow))
+	if len(o.Data) < 8 || binary.LittleEndian.Uint64(o.Data) != want {
+		o.release()
+		return nil, fmt.Errorf("%w: file %q: its verbatim bytes do not agree with its record (%d bytes)", errs.Corrupt, f.Path, want)
+	}
+	dec, err := zstd.NewReader(bytes.NewReader(o.Data[8:]), zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<62), zstd.WithDecoderMaxWindow(skeletonWindow))
 	if err != nil {
+		o.release()
 		return nil, fmt.Errorf("%w: zstd: %v", errs.Internal, err)
 	}
-	defer dec.Close()
-	data := make([]byte, want)
-	if _, err := io.ReadFull(dec, data); err != nil {
-		return nil, fmt.Errorf("%w: file %q: its verbatim bytes do not decode: %v", errs.Corrupt, f.Path, err)
+	sk := &skeleton{obj: o, dec: dec, path: f.Path}
+	if want <= skeletonCache {
+		data := make([]byte, want)
+		if err := sk.stream(want, func(b []byte) error { copy(data[sk.pos:], b); return nil }); err != nil {
+			sk.close()
+			return nil, err
+		}
+		if err := sk.end(); err != nil {
+			sk.close()
+			return nil, err
+		}
+		sk.close()
+		rd.skel.obj, rd.skel.data = f.Skeleton.Object, data
+		return &skeleton{data: data, path: f.Path}, nil
 	}
-	if n, _ := dec.Read(make([]byte, 1)); n != 0 {
-		return nil, fmt.Errorf("%w: file %q: its verbatim bytes are longer than the record says", errs.Corrupt, f.Path)
+	return sk, nil
+}
+
+// stream hands the next n verbatim bytes to emit (nil emit: skip them).
+func (sk *skeleton) stream(n uint64, emit func([]byte) error) error {
+	if sk.data != nil {
+		if sk.pos+n > uint64(len(sk.data)) {
+			return fmt.Errorf("%w: file %q: its verbatim bytes are shorter than the record says", errs.Corrupt, sk.path)
+		}
+		var err error
+		if emit != nil {
+			err = emit(sk.data[sk.pos : sk.pos+n])
+		}
+		sk.pos += n
+		return err
 	}
-	rd.skel.obj, rd.skel.data = f.Skeleton.Object, data
-	return data, nil
+	if sk.buf == nil {
+		sk.buf = make([]byte, 1<<20)
+	}
+	for n > 0 {
+		b := sk.buf[:min(n, uint64(len(sk.buf)))]
+		if _, err := io.ReadFull(sk.dec, b); err != nil {
+			return fmt.Errorf("%w: file %q: its verbatim bytes do not decode: %v", errs.Corrupt, sk.path, err)
+		}
+		if emit != nil {
+			if err := emit(b); err != nil {
+				return err
+			}
+		}
+		sk.pos += uint64(len(b))
+		n -= uint64(len(b))
+	}
+	return nil
+}
+
+// end checks that the verbatim bytes end where the record says.
+func (sk *skeleton) end() error {
+	if sk.data != nil {
+		if sk.pos != uint64(len(sk.data)) {
+			return fmt.Errorf("%w: file %q: its verbatim bytes are longer than the record says", errs.Corrupt, sk.path)
+		}
+		return nil
+	}
+	if n, _ := sk.dec.Read(make([]byte, 1)); n != 0 {
+		return fmt.Errorf("%w: file %q: its verbatim bytes are longer than the record says", errs.Corrupt, sk.path)
+	}
+	return nil
+}
+
+func (sk *skeleton) close() {
+	if sk.dec != nil {
+		sk.dec.Close()
+		sk.dec = nil
+	}
+	if sk.obj != nil {
+		sk.obj.release()
+		sk.obj = nil
+	}
 }
 
 // ReadRange reads bytes [off, off+len(dst)) of a stored file into dst.
@@ -209,48 +352,55 @@ func (rd *Reader) ReadRange(c *Checkpoint, rel string, off uint64, dst []byte) e
 
 // walk produces the bytes [off, end) of f in order, as pieces handed to
 // emit. A region that lies wholly inside direct (whose first byte is file
-// offset directOff) is decoded straight into it.
+// offset directOff) is decoded straight into it. A walk of the whole file
+// also checks that the verbatim bytes end where the record says.
 func (rd *Reader) walk(f *File, off, end uint64, emit func(pos uint64, b []byte) error, direct []byte, directOff uint64) error {
-	var skel []byte
-	needSkel := false
-	pos := uint64(0)
-	for _, r := range f.Regions {
-		if r.Offset > pos && r.Offset > off && pos < end {
-			needSkel = true
+	var sk *skeleton
+	pos := uint64(0) // file position
+	// gap produces the verbatim bytes [pos, to): those inside [off, end)
+	// are emitted, those before off skipped, and none after end read.
+	gap := func(to uint64) error {
+		if to <= pos || pos >= end {
+			return nil
 		}
-		pos = r.Offset + r.Size
-	}
-	if pos < end {
-		needSkel = true
-	}
-	if needSkel {
-		var err error
-		if skel, err = rd.skeleton(f); err != nil {
+		if sk == nil {
+			var err error
+			if sk, err = rd.openSkeleton(f); err != nil {
+				return err
+			}
+		}
+		lo, hi := max(pos, off), min(to, end)
+		if lo >= hi { // wholly before off
+			err := sk.stream(to-pos, nil)
+			pos = to
 			return err
 		}
-	}
-	pos, spos := uint64(0), uint64(0) // file position, skeleton position
-	gap := func(to uint64) error {
-		if to > pos {
-			lo, hi := max(pos, off), min(to, end)
-			if lo < hi {
-				if err := emit(lo, skel[spos+(lo-pos):spos+(hi-pos)]); err != nil {
-					return err
-				}
-			}
-			spos += to - pos
-			pos = to
+		if err := sk.stream(lo-pos, nil); err != nil {
+			return err
 		}
-		return nil
+		at := lo
+		err := sk.stream(hi-lo, func(b []byte) error {
+			err := emit(at, b)
+			at += uint64(len(b))
+			return err
+		})
+		pos = to
+		return err
 	}
+	defer func() {
+		if sk != nil {
+			sk.close()
+		}
+	}()
 	for i := range f.Regions {
 		r := &f.Regions[i]
 		if pos >= end {
-			break
+			return nil
 		}
 		if err := gap(r.Offset); err != nil {
 			return err
 		}
+		pos = r.Offset
 		rEnd := r.Offset + r.Size
 		if rEnd > off && r.Offset < end {
 			if direct != nil && r.Offset >= directOff && rEnd <= directOff+uint64(len(direct)) {
@@ -258,7 +408,13 @@ func (rd *Reader) walk(f *File, off, end uint64, emit func(pos uint64, b []byte)
 					return err
 				}
 			} else {
-				buf := rd.tmp.get(r.Size)
+				if err := rd.s.checkFrame(rd.keyOf(r)); err != nil {
+					return err
+				}
+				buf, err := rd.tmp.get(r.Size)
+				if err != nil {
+					return err
+				}
 				if err := rd.s.decodeRegion(rd.sn, r, buf, rd.threads, &rd.spare); err != nil {
 					return err
 				}
@@ -270,7 +426,26 @@ func (rd *Reader) walk(f *File, off, end uint64, emit func(pos uint64, b []byte)
 		}
 		pos = rEnd
 	}
-	return gap(max(pos, min(end, f.Size)))
+	if pos >= end {
+		return nil
+	}
+	if err := gap(f.Size); err != nil {
+		return err
+	}
+	if off == 0 && end == f.Size && sk != nil {
+		return sk.end()
+	}
+	return nil
+}
+
+// keyOf is the keyframe r's decode starts from (r itself if the chain
+// does not resolve: decodeRegion then reports why).
+func (rd *Reader) keyOf(r *Region) *Region {
+	ch, err := rd.sn.chain(r)
+	if err != nil {
+		return r
+	}
+	return ch[len(ch)-1]
 }
 
 // RestoreFile writes one stored file to dst, atomically, with its mode,
@@ -292,7 +467,7 @@ func (rd *Reader) RestoreFile(f *File, dst string) error {
 	if err != nil {
 		return err
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 {
+	if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 && !f.Lossy() {
 		return fmt.Errorf("%w: file %q restores to bytes that hash to %s, not the %s it was added with", errs.Corrupt, f.Path, got, f.SHA256)
 	}
 	if err := out.Chmod(os.FileMode(f.Mode)); err != nil {

@@ -60,6 +60,8 @@ type Store struct {
 	cfg     Config // for a new store, until its first commit
 	// gen is the generation the writer last committed or loaded.
 	gen uint64
+	// opened is what Open's cleanup removed, for Repair to report.
+	opened Cleaned
 }
 
 func (s *Store) path(parts ...string) string {
@@ -100,6 +102,14 @@ func Open(dir string, opt Options) (*Store, error) {
 		if err := s.lockWriter(); err != nil {
 			return nil, err
 		}
+		// Empty folders do not survive every copy (git keeps none): a
+		// store copied without them is still a store.
+		for _, d := range []string{"manifests", "objects", "tmp"} {
+			if err := os.MkdirAll(s.path(d), 0o777); err != nil {
+				s.Close()
+				return nil, ioErr(s.path(d), err)
+			}
+		}
 	}
 	m, err := s.newestManifest()
 	if err != nil {
@@ -117,7 +127,7 @@ func Open(dir string, opt Options) (*Store, error) {
 	if opt.Write {
 		// Leftovers of a writer that died: its unfinished objects, and
 		// committed objects no manifest names any more.
-		if _, err := s.cleanup(); err != nil {
+		if s.opened, err = s.cleanup(); err != nil {
 			s.Close()
 			return nil, err
 		}
@@ -290,16 +300,24 @@ func manifestName(g uint64) string { return fmt.Sprintf("%020d.json", g) }
 // any commit. A damaged newest generation is an error, not a reason to
 // fall back silently to an older one: that would hide committed work.
 func (s *Store) newestManifest() (*Manifest, error) {
-	gens, err := s.generations()
-	if err != nil || len(gens) == 0 {
-		return nil, err
+	// A reader lists the generations without a lock; a writer may commit
+	// and remove the one it listed before it opens it. Then the newer one
+	// is there: list again.
+	for try := 0; ; try++ {
+		gens, err := s.generations()
+		if err != nil || len(gens) == 0 {
+			return nil, err
+		}
+		p := s.path("manifests", manifestName(gens[0]))
+		b, err := readCapped(p, maxManifestBytes)
+		if errors.Is(err, fs.ErrNotExist) && try < 100 {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return parseManifest(b, gens[0])
 	}
-	p := s.path("manifests", manifestName(gens[0]))
-	b, err := readCapped(p, maxManifestBytes)
-	if err != nil {
-		return nil, err
-	}
-	return parseManifest(b, gens[0])
 }
 
 // readCapped reads a whole file of at most limit bytes.

@@ -17,7 +17,9 @@ Python values.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import ctypes
+import errno
 import fnmatch
 import json
 import os
@@ -254,7 +256,11 @@ class Store:
         if os.path.exists(os.path.join(self.path, "tpde-store.json")):
             self._read = self._open(write=False)
         if base is not None:
-            self._add_base(base)
+            try:
+                self._add_base(base)
+            except BaseException:
+                self.close()  # the caller gets no Store to close: release the lock now
+                raise
 
     # -- handles -------------------------------------------------------
 
@@ -443,7 +449,8 @@ class Store:
                     "pickle(s); pass unpickle=True to load with torch.load(weights_only=True), or file= to pick "
                     "another file")
             out = {f["path"]: _load_file(rd, rec["step"], f, map_location) for f in tensor_files}
-        if len(out) == 1 and (file is not None or len(rec["files"]) == 1 or STATE_DICT_FILE in out):
+        if len(out) == 1 and (file is not None or len(rec["files"]) == 1
+                              or any(f["layout"] == "state-dict" for f in tensor_files)):
             return next(iter(out.values()))
         if not out:
             raise InvalidArgumentError(f"checkpoint {rec['step']} holds no tensor file")
@@ -456,12 +463,12 @@ class Store:
         with self._reader() as rd:
             rec = rd.record(step)
             d = os.fspath(dest)
-            if [f["path"] for f in rec["files"]] == [STATE_DICT_FILE]:
+            if [f["layout"] for f in rec["files"]] == ["state-dict"]:
                 import torch
 
                 sd = _load_file(rd, rec["step"], rec["files"][0], None)
                 os.makedirs(d, exist_ok=True)
-                torch.save(sd, os.path.join(d, "state_dict.pt"))
+                _save_atomically(torch, sd, os.path.join(d, "state_dict.pt"))
                 return Path(d)
             call("tpde_store_restore", rd.handle, rec["step"], None, os.fsencode(d))
         return Path(d)
@@ -526,6 +533,26 @@ def _walk(path: str) -> Iterator[Tuple[str, str]]:
         yield os.path.basename(path), path
     else:
         raise TPDEIOError(2, f"{path}: no such file or folder")
+
+
+def _save_atomically(torch: Any, sd: Any, dst: str) -> None:
+    """torch.save to a temporary file beside dst, fsync, then rename over
+    dst: never through a symlink planted at dst, never a torn file."""
+    if os.path.islink(dst):
+        raise TPDEIOError(errno.ELOOP, f"{dst}: is a symlink; tpde restores only into real folders")
+    if os.path.exists(dst) and not os.path.isfile(dst):
+        raise TPDEIOError(errno.EEXIST, f"{dst}: exists and is not a regular file")
+    tmp = f"{dst}.tpde-tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    try:
+        with builtins.open(tmp, "xb") as fh:
+            torch.save(sd, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _looks_like_zip(p: str) -> bool:
