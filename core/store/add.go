@@ -634,8 +634,18 @@ type Info struct {
 	NewBytes   uint64 // bytes of objects this commit added
 }
 
-// Commit makes the checkpoint durable and visible.
+// Commit makes the checkpoint durable and visible. A refused or failed
+// commit removes the objects it wrote (when no reader holds the store;
+// otherwise the next writer does).
 func (tx *Tx) Commit() (*Checkpoint, error) {
+	c, err := tx.commit()
+	if err != nil {
+		_, _ = tx.s.cleanup()
+	}
+	return c, err
+}
+
+func (tx *Tx) commit() (*Checkpoint, error) {
 	if tx.done {
 		return nil, fmt.Errorf("%w: the checkpoint was already committed or aborted", errs.Invalid)
 	}

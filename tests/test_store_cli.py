@@ -1,0 +1,249 @@
+"""The store commands of `tpde` end to end, run as `python -m tpde`:
+add / restore / ls / info / rm / verify / stats, their --json output,
+exit codes (0 success, 1 damage or failure, 2 usage) and one-line errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from conftest import tree_digest
+
+
+@pytest.fixture
+def tpde_cli(py_env):
+    def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "tpde", *map(str, args)], env=py_env, cwd=cwd,
+                              capture_output=True, text=True, timeout=300)
+
+    return run
+
+
+def one_error_line(p: subprocess.CompletedProcess) -> str:
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1, p.stderr
+    assert lines[0].startswith("tpde: error: "), p.stderr
+    assert "Traceback" not in p.stderr
+    return lines[0]
+
+
+def ok(p: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr)
+    return p
+
+
+@pytest.fixture
+def run_dirs(tmp_path: Path, hf_run) -> Dict[int, Path]:
+    run = hf_run(tmp_path / "out")
+    return {s: run.save(s) for s in (100, 200, 300)}
+
+
+def test_add_ls_info_stats_restore_rm_verify(tmp_path: Path, tpde_cli, run_dirs, hf_run) -> None:
+    store = tmp_path / "run.tpde"
+    # Several folders at once; the step from the checkpoint-N names.
+    p = ok(tpde_cli("add", store, *run_dirs.values(), "--tag", "nightly", "--tag", "a100", "--keyframe-interval", "3",
+                    "-q", "--json"))
+    added = json.loads(p.stdout)
+    assert [a["step"] for a in added] == [100, 200, 300]
+    assert all(a["tags"] == ["nightly", "a100"] and a["lossless"] for a in added)
+    # --step, then a folder without a number: the newest + 1.
+    extra = hf_run(tmp_path / "more").save(0, name="final")
+    ok(tpde_cli("add", store, run_dirs[300], "--step", "350", "-q"))
+    p = ok(tpde_cli("add", store, extra))
+    assert p.stdout == "" and "added checkpoint 351" in p.stderr
+
+    p = ok(tpde_cli("ls", store, "--json"))
+    ls = json.loads(p.stdout)
+    assert [c["step"] for c in ls] == [100, 200, 300, 350, 351]
+    assert {c["step"]: c["tags"] for c in ls}[200] == ["nightly", "a100"]
+    assert all(c["max_chain"] <= 3 and c["raw_bytes"] > 0 for c in ls)
+    assert ls[-1]["max_chain"] == 1
+    files = {f["path"]: f for f in ls[0]["files"]}
+    assert files["run.sh"]["mode"] == 0o755 and files["training_args.bin"]["mode"] == 0o600
+    p = ok(tpde_cli("ls", store))
+    assert [line.split()[0] for line in p.stdout.splitlines()[1:]] == ["100", "200", "300", "350", "351"]
+
+    p = ok(tpde_cli("info", store, "200", "--json"))
+    info = json.loads(p.stdout)
+    assert info["step"] == 200 and info["lossless"] is True and len(info["files"]) == len(tree_digest(run_dirs[200]))
+    p = ok(tpde_cli("info", store, "200"))
+    assert p.stdout.startswith("checkpoint 200 ") and "model.safetensors" in p.stdout and "bit-exact" in p.stdout
+    p = ok(tpde_cli("info", store, "latest", "--json"))
+    assert json.loads(p.stdout)["step"] == 351
+    p = ok(tpde_cli("info", store, "--json"))
+    whole = json.loads(p.stdout)
+    assert whole["config"]["keyframe_interval"] == 3 and whole["config"]["reference"] == "previous"
+    assert [r["step"] for r in whole["stats"]["checkpoints"]] == [100, 200, 300, 350, 351]
+    p = ok(tpde_cli("info", store))
+    assert p.stdout.startswith(f"store {store}: 5 checkpoints")
+
+    p = ok(tpde_cli("stats", store, "--json"))
+    stats = json.loads(p.stdout)
+    assert stats["raw_bytes"] == sum(c["raw_bytes"] for c in ls)
+    rows = {r["step"]: r for r in stats["checkpoints"]}
+    assert rows[350]["new_bytes"] < 0.2 * rows[350]["raw_bytes"]  # the same folder as 300 again
+    assert stats["groups"] and stats["disk_bytes"] > 0
+    ok(tpde_cli("stats", store))
+
+    for step, src in run_dirs.items():
+        ok(tpde_cli("restore", store, step, tmp_path / f"r{step}", "-q"))
+        assert tree_digest(tmp_path / f"r{step}") == tree_digest(src)
+    p = ok(tpde_cli("restore", store, "latest", tmp_path / "latest"))
+    assert "restored checkpoint 351" in p.stderr
+    assert tree_digest(tmp_path / "latest") == tree_digest(extra)
+
+    ok(tpde_cli("rm", store, "200"))
+    p = ok(tpde_cli("ls", store, "--json"))
+    assert [c["step"] for c in json.loads(p.stdout)] == [100, 300, 350, 351]
+    ok(tpde_cli("restore", store, "100", tmp_path / "r100b", "-q"))
+    assert tree_digest(tmp_path / "r100b") == tree_digest(run_dirs[100])
+
+    p = ok(tpde_cli("verify", store))
+    assert p.stderr.strip() == "ok" and p.stdout == ""
+    p = ok(tpde_cli("verify", store, "--json", "--shallow"))
+    assert json.loads(p.stdout) == {"ok": True, "affected_steps": [], "cleaned": None, "problems": []}
+
+
+def test_verify_names_damage_and_exits_1(tmp_path: Path, tpde_cli, run_dirs) -> None:
+    store = tmp_path / "s"
+    ok(tpde_cli("add", store, *run_dirs.values(), "-q"))
+    rec = json.loads(ok(tpde_cli("info", store, "300", "--json")).stdout)
+    assert rec["step"] == 300
+    # The newest checkpoint's keyframe of embed.weight: older ones decode through it.
+    from tpde import Store
+
+    with Store(store) as st:
+        with st._reader() as rd:
+            snapshot = rd.snapshot
+    f = next(f for f in snapshot["checkpoints"][-1]["files"] if f["path"] == "model.safetensors")
+    r = next(r for r in f["regions"] if r["name"] == "embed.weight")
+    obj = store / "objects" / r["object"][:2] / r["object"]
+    obj.chmod(0o644)
+    b = bytearray(obj.read_bytes())
+    b[len(b) // 2] ^= 1
+    obj.write_bytes(bytes(b))
+    p = tpde_cli("verify", store)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "checkpoint 300: model.safetensors tensor embed.weight" in p.stdout
+    assert p.stderr.strip().splitlines()[-1].startswith("damaged: checkpoints ")
+    p = tpde_cli("verify", store, "--json")
+    assert p.returncode == 1
+    rep = json.loads(p.stdout)
+    assert rep["ok"] is False and 300 in rep["affected_steps"]
+    assert all(pr["object"] == r["object"] for pr in rep["problems"])
+    p = tpde_cli("restore", store, "300", tmp_path / "bad")
+    assert p.returncode == 1
+    assert "corrupt" in one_error_line(p)
+
+
+def test_verify_repair_removes_leftovers(tmp_path: Path, tpde_cli, run_dirs) -> None:
+    store = tmp_path / "s"
+    ok(tpde_cli("add", store, run_dirs[100], "-q"))
+    (store / "tmp" / "obj-dead-writer").write_bytes(b"x" * 100)
+    junk = hashlib.sha256(b"unreferenced").hexdigest()
+    (store / "objects" / junk[:2]).mkdir(exist_ok=True)
+    (store / "objects" / junk[:2] / junk).write_bytes(b"unreferenced")
+    p = ok(tpde_cli("verify", store))  # read-only: reports, removes nothing
+    assert (store / "tmp" / "obj-dead-writer").exists()
+    p = ok(tpde_cli("verify", store, "--repair", "--json"))
+    rep = json.loads(p.stdout)
+    assert rep["ok"]
+    assert os.listdir(store / "tmp") == []
+    assert not (store / "objects" / junk[:2] / junk).exists()
+    p = ok(tpde_cli("verify", store, "--repair"))
+    assert "removed 0 unfinished file(s), 0 unreferenced object(s)" in p.stderr
+    # What the first repair removed is what it reports.
+    assert rep["cleaned"]["temporary"] == 1 and rep["cleaned"]["objects"] == 1, rep["cleaned"]
+
+
+def test_lossy_and_base_options(tmp_path: Path, tpde_cli, run_dirs) -> None:
+    store = tmp_path / "lossy"
+    ok(tpde_cli("add", store, *run_dirs.values(), "--lossy", "optimizer.pt:*=1e-3", "-q"))
+    cfg = json.loads(ok(tpde_cli("info", store, "--json")).stdout)["config"]
+    assert cfg["lossy"] == [{"pattern": "optimizer.pt:*", "threshold": 1e-3}]
+    ls = json.loads(ok(tpde_cli("ls", store, "--json")).stdout)
+    assert all(c["max_error"] <= 1e-3 for c in ls) and ls[-1]["lossless"]
+    # The base: every older checkpoint against it.
+    base = tmp_path / "base"
+    shutil.copytree(run_dirs[100], base)
+    bstore = tmp_path / "based"
+    ok(tpde_cli("add", bstore, run_dirs[200], run_dirs[300], "--reference", "base", "--base", base, "-q"))
+    whole = json.loads(ok(tpde_cli("info", bstore, "--json")).stdout)
+    assert whole["config"]["reference"] == "base"
+    for step in (200, 300):
+        ok(tpde_cli("restore", bstore, step, tmp_path / f"b{step}", "-q"))
+        assert tree_digest(tmp_path / f"b{step}") == tree_digest(run_dirs[step])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["ls", "{missing}"], "not a tpde store"),
+    (["info", "{store}", "12x"], "invalid step"),
+    (["restore", "{store}", "999", "{tmp}/x"], "no checkpoint 999"),
+    (["restore", "{store}", "soon", "{tmp}/x"], "invalid step"),
+    (["rm", "{store}", "999"], "no checkpoint 999"),
+    (["rm", "{store}", "abc"], "invalid step"),
+    (["add", "{store}", "{tmp}/no-such-folder"], "no such file or folder"),
+    (["add", "{store}", "{src100}", "{src200}", "--step", "5"], "--step takes one PATH"),
+    (["add", "{store}", "{src100}", "--step", "50"], "not after the newest"),
+    (["add", "{store}", "{src100}", "--step", "500", "--keyframe-interval", "4"], "cannot be reopened"),
+    (["add", "{store}", "{src100}", "--lossy", "nonsense"], "PATTERN=BOUND"),
+    (["add", "{store}", "{src100}", "--reference", "previous", "--base", "{src100}"], "--base goes with"),
+    (["add", "{tmp}/fresh", "{src100}", "--lossy", "*=-1"], "threshold"),
+    (["verify"], "the following arguments are required"),
+    (["restore", "{store}", "100"], "the following arguments are required"),
+])
+def test_usage_errors_exit_2(tmp_path: Path, tpde_cli, run_dirs, args: List[str], needle: str) -> None:
+    store = tmp_path / "s"
+    ok(tpde_cli("add", store, run_dirs[100], "-q"))
+    subst = {"store": store, "missing": tmp_path / "missing", "tmp": tmp_path, "src100": run_dirs[100],
+             "src200": run_dirs[200]}
+    p = tpde_cli(*[a.format(**subst) for a in args])
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert needle in one_error_line(p)
+    assert json.loads(ok(tpde_cli("ls", store, "--json")).stdout)[0]["step"] == 100  # unchanged
+
+
+def test_failures_exit_1(tmp_path: Path, tpde_cli, run_dirs, py_env) -> None:
+    store = tmp_path / "s"
+    ok(tpde_cli("add", store, run_dirs[100], "-q"))
+    # A damaged manifest: corrupt, exit 1, for every command that reads it.
+    man = sorted((store / "manifests").iterdir())[-1]
+    good = man.read_bytes()
+    man.write_bytes(good[:-20])
+    for args in (["ls", store], ["info", store, "100"], ["verify", store], ["restore", store, "100", tmp_path / "x"],
+                 ["add", store, run_dirs[200]]):
+        p = tpde_cli(*args)
+        assert p.returncode == 1, (args, p.stdout, p.stderr)
+        assert "corrupt" in one_error_line(p)
+    man.write_bytes(good)
+    # Another writer holds the lock: exit 1, one line.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, tpde\n"
+                               "st = tpde.Store(sys.argv[1]); st.verify(repair=True)\n"
+                               "print('holding', flush=True); time.sleep(600)", str(store)],
+                              env=py_env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        p = tpde_cli("add", store, run_dirs[200], "-q")
+        assert p.returncode == 1
+        assert "another process is writing" in one_error_line(p)
+        p = tpde_cli("rm", store, "100")
+        assert p.returncode == 1 and "another process is writing" in one_error_line(p)
+        ok(tpde_cli("ls", store))  # reading needs no lock
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(30)
+    ok(tpde_cli("add", store, run_dirs[200], "-q"))
+    # A destination that is a file: an I/O failure, exit 1.
+    (tmp_path / "afile").write_text("x")
+    p = tpde_cli("restore", store, "200", tmp_path / "afile")
+    assert p.returncode == 1
+    one_error_line(p)

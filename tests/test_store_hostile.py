@@ -1,0 +1,588 @@
+"""Hostile checkpoint stores: manifests and records crafted by hand.
+
+A store is JSON manifests (STORE/manifests/<20-digit generation>.json) that
+name checkpoint records, and records that name objects; every object lies
+under STORE/objects/xx/<its sha256>. Each case below takes a healthy store,
+writes a crafted record under its own sha256 name and publishes it in a new
+(newest) manifest generation, or crafts the manifest itself. Opening,
+listing, loading, restoring and verifying such a store must raise a typed
+tpde error (CorruptDataError, or UnsupportedFormatError for a later
+layout), never crash, never return data other than what was added, and a
+restore must never write outside its destination folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import tpde
+from tpde.errors import CorruptDataError, TPDEIOError, UnsupportedFormatError
+
+from conftest import tree_digest
+
+TYPED = (CorruptDataError, UnsupportedFormatError)
+
+
+# --- a healthy store and the tools to craft it ------------------------------
+
+
+def _source(d: Path, step: int) -> Path:
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(step)
+    base = np.random.default_rng(99).standard_normal(2048).astype(np.float32)
+    save_file({"a": torch.from_numpy(base + np.float32(0.01 * step)),
+               "b": torch.from_numpy(rng.standard_normal(2048).astype(np.float32)),
+               "c": torch.arange(1024, dtype=torch.int64) * step}, str(d / "model.safetensors"))
+    (d / "sub").mkdir()
+    (d / "sub" / "notes.txt").write_text(f"step {step}\n" * 40)
+    return d
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory) -> Tuple[Path, Dict[int, Path]]:
+    root = tmp_path_factory.mktemp("healthy")
+    srcs = {s: _source(root / f"src-{s}", s) for s in range(5)}
+    with tpde.Store(root / "store", keyframe_interval=3) as st:
+        for s, p in srcs.items():
+            st.add(p, step=s)
+    return root / "store", srcs
+
+
+def manifests(store: Path) -> List[Path]:
+    return sorted((store / "manifests").glob("*.json"))
+
+
+def newest(store: Path) -> Dict[str, Any]:
+    return json.loads(manifests(store)[-1].read_text())
+
+
+def get_object(store: Path, h: str) -> bytes:
+    return (store / "objects" / h[:2] / h).read_bytes()
+
+
+def put_object(store: Path, b: bytes) -> str:
+    h = hashlib.sha256(b).hexdigest()
+    p = store / "objects" / h[:2] / h
+    p.parent.mkdir(exist_ok=True)
+    if not p.exists():
+        p.write_bytes(b)
+    return h
+
+
+def publish(store: Path, m: Any, *, raw: bytes | None = None, generation: int | None = None) -> Path:
+    g = int(manifests(store)[-1].name[:-5]) + 1
+    if raw is None:
+        m = dict(m)
+        m["generation"] = g if generation is None else generation
+        raw = json.dumps(m, indent=1).encode()
+    p = store / "manifests" / f"{g:020d}.json"
+    p.write_bytes(raw)
+    return p
+
+
+def records(store: Path) -> List[Dict[str, Any]]:
+    return [json.loads(get_object(store, c["object"])) for c in newest(store)["checkpoints"]]
+
+
+def publish_records(store: Path, recs: Dict[int, Any]) -> None:
+    """Publish a generation whose checkpoint i names the record recs[i]
+    (a dict, or bytes written as they are)."""
+    m = newest(store)
+    for i, rec in recs.items():
+        b = rec if isinstance(rec, bytes) else json.dumps(rec, indent=1).encode()
+        m["checkpoints"][i]["object"] = put_object(store, b)
+    publish(store, m)
+
+
+def model_file(rec: Dict[str, Any]) -> Dict[str, Any]:
+    return next(f for f in rec["files"] if f["path"] == "model.safetensors")
+
+
+def region(rec: Dict[str, Any], name: str) -> Dict[str, Any]:
+    return next(r for r in model_file(rec)["regions"] if r["name"] == name)
+
+
+# --- the crafted cases -------------------------------------------------------
+
+Case = Callable[[Path], None]
+
+
+def _rec_case(fn: Callable[[List[Dict[str, Any]]], Any]) -> Case:
+    def apply(store: Path) -> None:
+        recs = records(store)
+        orig = copy.deepcopy(recs)
+        fn(recs)
+        publish_records(store, {i: r for i, r in enumerate(recs) if r != orig[i]})
+
+    return apply
+
+
+def _manifest_case(fn: Callable[[Dict[str, Any]], Any]) -> Case:
+    def apply(store: Path) -> None:
+        m = newest(store)
+        gen = fn(m)
+        publish(store, m, generation=gen)
+
+    return apply
+
+
+def _raw_manifest(fn: Callable[[str], str]) -> Case:
+    def apply(store: Path) -> None:
+        m = newest(store)
+        m["generation"] = int(manifests(store)[-1].name[:-5]) + 1
+        publish(store, None, raw=fn(json.dumps(m, indent=1)).encode())
+
+    return apply
+
+
+def _raw_record(i: int, fn: Callable[[str], str]) -> Case:
+    def apply(store: Path) -> None:
+        publish_records(store, {i: fn(json.dumps(records(store)[i], indent=1)).encode()})
+
+    return apply
+
+
+def _set(obj: Dict[str, Any], **kw: Any) -> None:
+    obj.update(kw)
+
+
+def _swap_objects(recs: List[Dict[str, Any]]) -> None:
+    # The newest checkpoint's keyframe of "a" replaced by its keyframe of "b":
+    # a valid F32 frame of the same shape, under its own (true) name.
+    a, b = region(recs[-1], "a"), region(recs[-1], "b")
+    assert a["ref"] is None and b["ref"] is None
+    a["object"], a["stored"] = b["object"], b["stored"]
+
+
+def _cycle(recs: List[Dict[str, Any]]) -> None:
+    region(recs[0], "b")["ref"] = {"step": 1, "file": "model.safetensors", "region": "b"}
+    region(recs[1], "b")["ref"] = {"step": 0, "file": "model.safetensors", "region": "b"}
+
+
+def _long_chain(recs: List[Dict[str, Any]]) -> None:
+    # K is 3: a chain 0 -> 1 -> 2 -> 3 -> 4 walks five frames.
+    for i in range(4):
+        region(recs[i], "b")["ref"] = {"step": i + 1, "file": "model.safetensors", "region": "b"}
+
+
+def _self_ref(recs: List[Dict[str, Any]]) -> None:
+    region(recs[2], "b")["ref"] = {"step": 2, "file": "model.safetensors", "region": "b"}
+
+
+def _ref_missing_step(recs: List[Dict[str, Any]]) -> None:
+    region(recs[0], "b")["ref"] = {"step": 77, "file": "model.safetensors", "region": "b"}
+
+
+def _ref_missing_region(recs: List[Dict[str, Any]]) -> None:
+    region(recs[0], "b")["ref"] = {"step": 4, "file": "model.safetensors", "region": "zzz"}
+
+
+def _ref_other_dtype(recs: List[Dict[str, Any]]) -> None:
+    # "a" is 2048 F32 and "c" 1024 I64: the same 8192 bytes, another dtype.
+    region(recs[0], "a")["ref"] = {"step": 4, "file": "model.safetensors", "region": "c"}
+
+
+def _ref_to_lossy(recs: List[Dict[str, Any]]) -> None:
+    region(recs[4], "b")["max_error"] = 0.5
+    region(recs[3], "b")["ref"] = {"step": 4, "file": "model.safetensors", "region": "b"}
+
+
+def _ref_base_missing(recs: List[Dict[str, Any]]) -> None:
+    region(recs[0], "b")["ref"] = {"base": True, "step": 0, "file": "model.safetensors", "region": "b"}
+
+
+def _path(p: str) -> Callable[[List[Dict[str, Any]]], None]:
+    def fn(recs: List[Dict[str, Any]]) -> None:
+        for r in recs:
+            next(f for f in r["files"] if f["path"] == "sub/notes.txt")["path"] = p
+            r["files"].sort(key=lambda f: f["path"])
+
+    return fn
+
+
+def _ref_path(p: str) -> Callable[[List[Dict[str, Any]]], None]:
+    def fn(recs: List[Dict[str, Any]]) -> None:
+        region(recs[0], "b")["ref"] = {"step": 1, "file": p, "region": "b"}
+
+    return fn
+
+
+def _dup_file(recs: List[Dict[str, Any]]) -> None:
+    recs[4]["files"].append(copy.deepcopy(recs[4]["files"][0]))
+
+
+def _file_and_folder(recs: List[Dict[str, Any]]) -> None:
+    f = copy.deepcopy(next(f for f in recs[4]["files"] if f["path"] == "sub/notes.txt"))
+    f["path"] = "sub"
+    recs[4]["files"].insert(0, f)
+
+
+def _overlap(recs: List[Dict[str, Any]]) -> None:
+    a, b = region(recs[4], "a"), region(recs[4], "b")
+    b["offset"] = a["offset"] + 16
+
+
+def _region_outside(recs: List[Dict[str, Any]]) -> None:
+    c = region(recs[4], "c")
+    c["offset"] = model_file(recs[4])["size"] - 8
+
+
+def _shape_lies(recs: List[Dict[str, Any]]) -> None:
+    region(recs[4], "b")["shape"] = [2047]
+
+
+def _dtype_unknown(recs: List[Dict[str, Any]]) -> None:
+    region(recs[4], "b")["dtype"] = "F128"
+
+
+def _dtype_lies(recs: List[Dict[str, Any]]) -> None:
+    # Same size, another dtype: the frame says F32, the record I32.
+    r = region(recs[4], "b")
+    r["dtype"] = "I32"
+
+
+def _mode(m: int) -> Callable[[List[Dict[str, Any]]], None]:
+    def fn(recs: List[Dict[str, Any]]) -> None:
+        recs[4]["files"][0]["mode"] = m
+
+    return fn
+
+
+def _record_to_other_object(store: Path) -> None:
+    # The manifest names, for checkpoint 4, a file whose bytes are another
+    # record: its name is not the hash of what it holds.
+    m = newest(store)
+    h = m["checkpoints"][4]["object"]
+    other = get_object(store, m["checkpoints"][3]["object"])
+    p = store / "objects" / h[:2] / h
+    p.chmod(0o644)
+    p.write_bytes(other)
+
+
+def _record_symlink(store: Path) -> None:
+    m = newest(store)
+    h = m["checkpoints"][4]["object"]
+    p = store / "objects" / h[:2] / h
+    outside = store.parent / "outside-record.json"
+    shutil.copy(p, outside)
+    p.unlink()
+    p.symlink_to(outside)
+
+
+def _object_symlink(store: Path) -> None:
+    h = region(records(store)[4], "a")["object"]
+    p = store / "objects" / h[:2] / h
+    outside = store.parent / "outside-object"
+    shutil.copy(p, outside)
+    p.unlink()
+    p.symlink_to(outside)
+
+
+def _record_missing(store: Path) -> None:
+    m = newest(store)
+    m["checkpoints"][2]["object"] = hashlib.sha256(b"nothing").hexdigest()
+    publish(store, m)
+
+
+def _not_utf8(store: Path) -> None:
+    m = newest(store)
+    m["generation"] = int(manifests(store)[-1].name[:-5]) + 1
+    publish(store, None, raw=json.dumps(m, indent=1).encode().replace(b'"previous"', b'"prev\xff\xfeious"'))
+
+
+def _manifest_dir(store: Path) -> None:
+    g = int(manifests(store)[-1].name[:-5]) + 1
+    (store / "manifests" / f"{g:020d}.json").mkdir()
+
+
+def _deep_json(store: Path) -> None:
+    publish(store, None, raw=b"[" * 200_000 + b"]" * 200_000)
+
+
+def _marker_version(store: Path) -> None:
+    (store / "tpde-store.json").write_text('{"format": "tpde-store", "version": 2}\n')
+
+
+def _marker_unknown(store: Path) -> None:
+    (store / "tpde-store.json").write_text('{"format": "tpde-store", "version": 1, "x": 1}\n')
+
+
+CASES: Dict[str, Tuple[Case, type]] = {
+    # lying sizes
+    "region-stored-lies": (_rec_case(lambda r: region(r[4], "a").update(stored=region(r[4], "a")["stored"] + 1)), CorruptDataError),
+    "skeleton-stored-lies": (_rec_case(lambda r: model_file(r[4])["skeleton"].update(stored=3)), CorruptDataError),
+    "file-size-bigger": (_rec_case(lambda r: model_file(r[4]).update(size=model_file(r[4])["size"] + 1)), CorruptDataError),
+    "file-size-smaller": (_rec_case(lambda r: model_file(r[4]).update(size=model_file(r[4])["size"] - 1)), CorruptDataError),
+    "region-outside-file": (_rec_case(_region_outside), CorruptDataError),
+    "regions-overlap": (_rec_case(_overlap), CorruptDataError),
+    "shape-lies": (_rec_case(_shape_lies), CorruptDataError),
+    "dtype-unknown": (_rec_case(_dtype_unknown), CorruptDataError),
+    "dtype-lies": (_rec_case(_dtype_lies), CorruptDataError),
+    # lying hashes
+    "file-sha256-lies": (_rec_case(lambda r: model_file(r[4]).update(sha256="0" * 64)), CorruptDataError),
+    "region-object-swapped": (_rec_case(_swap_objects), CorruptDataError),
+    "region-object-missing": (_rec_case(lambda r: region(r[4], "a").update(object="ab" * 32)), CorruptDataError),
+    "hash-not-hex": (_rec_case(lambda r: region(r[4], "a").update(object="Z" * 64)), CorruptDataError),
+    "hash-upper-case": (_rec_case(lambda r: region(r[4], "a").update(object=region(r[4], "a")["object"].upper())), CorruptDataError),
+    "record-is-another-object": (_record_to_other_object, CorruptDataError),
+    "record-missing": (_record_missing, CorruptDataError),
+    "record-symlink": (_record_symlink, CorruptDataError),
+    "object-symlink": (_object_symlink, CorruptDataError),
+    # refs
+    "ref-cycle": (_rec_case(_cycle), CorruptDataError),
+    "ref-self": (_rec_case(_self_ref), CorruptDataError),
+    "chain-longer-than-k": (_rec_case(_long_chain), CorruptDataError),
+    "ref-missing-step": (_rec_case(_ref_missing_step), CorruptDataError),
+    "ref-missing-region": (_rec_case(_ref_missing_region), CorruptDataError),
+    "ref-other-dtype": (_rec_case(_ref_other_dtype), CorruptDataError),
+    "ref-to-lossy": (_rec_case(_ref_to_lossy), CorruptDataError),
+    "ref-to-absent-base": (_rec_case(_ref_base_missing), CorruptDataError),
+    "ref-file-dotdot": (_rec_case(_ref_path("../model.safetensors")), CorruptDataError),
+    # paths
+    "path-dotdot": (_rec_case(_path("../escaped.txt")), CorruptDataError),
+    "path-dotdot-inner": (_rec_case(_path("sub/../../escaped.txt")), CorruptDataError),
+    "path-absolute": (_rec_case(_path("/tmp/tpde-escaped.txt")), CorruptDataError),
+    "path-dot": (_rec_case(_path("./escaped.txt")), CorruptDataError),
+    "path-empty-part": (_rec_case(_path("sub//escaped.txt")), CorruptDataError),
+    "path-backslash": (_rec_case(_path("..\\escaped.txt")), CorruptDataError),
+    "path-nul": (_rec_case(_path("sub/a\x00b")), CorruptDataError),
+    "path-empty": (_rec_case(_path("")), CorruptDataError),
+    "path-listed-twice": (_rec_case(_dup_file), CorruptDataError),
+    "path-file-and-folder": (_rec_case(_file_and_folder), CorruptDataError),
+    "mode-setuid": (_rec_case(_mode(0o4755)), CorruptDataError),
+    "mode-huge": (_rec_case(_mode(1 << 31)), CorruptDataError),
+    # strict JSON
+    "manifest-duplicate-key": (_raw_manifest(lambda t: t.replace('"version": 1,', '"version": 1, "version": 1,', 1)), CorruptDataError),
+    "record-duplicate-key": (_raw_record(4, lambda t: t.replace('"step": 4,', '"step": 4, "step": 4,', 1)), CorruptDataError),
+    "record-duplicate-key-nested": (_raw_record(4, lambda t: t.replace('"layout":', '"size": 1, "layout":', 1)), CorruptDataError),
+    "manifest-unknown-field": (_manifest_case(lambda m: m.update(extra=True)), CorruptDataError),
+    "record-unknown-field": (_rec_case(lambda r: r[4].update(owner="me")), CorruptDataError),
+    "region-unknown-field": (_rec_case(lambda r: region(r[4], "a").update(codec="mine")), CorruptDataError),
+    "manifest-trailing-data": (_raw_manifest(lambda t: t + "\n{}"), CorruptDataError),
+    "manifest-not-json": (_raw_manifest(lambda t: t[: len(t) // 3]), CorruptDataError),
+    "manifest-not-utf8": (lambda store: _not_utf8(store), CorruptDataError),
+    "manifest-control-char": (_raw_manifest(lambda t: t.replace("tpde-store-manifest", "tpde-store-manifest\x01")), CorruptDataError),
+    "manifest-deeply-nested": (_deep_json, CorruptDataError),
+    "manifest-is-a-folder": (_manifest_dir, CorruptDataError),
+    # manifest semantics
+    "generation-disagrees": (_manifest_case(lambda m: 3), CorruptDataError),
+    "generation-zero": (_manifest_case(lambda m: 0), CorruptDataError),
+    "steps-out-of-order": (_manifest_case(lambda m: m["checkpoints"].reverse()), CorruptDataError),
+    "steps-duplicate": (_manifest_case(lambda m: m["checkpoints"].append(dict(m["checkpoints"][-1]))), CorruptDataError),
+    "record-step-disagrees": (_rec_case(lambda r: r[2].update(step=99)), CorruptDataError),
+    "keyframe-interval-zero": (_manifest_case(lambda m: m["config"].update(keyframe_interval=0)), CorruptDataError),
+    "keyframe-interval-huge": (_manifest_case(lambda m: m["config"].update(keyframe_interval=10**9)), CorruptDataError),
+    "reference-unknown": (_manifest_case(lambda m: m["config"].update(reference="next")), CorruptDataError),
+    "base-policy-without-base": (_manifest_case(lambda m: m["config"].update(reference="base")), CorruptDataError),
+    "lossy-negative": (_manifest_case(lambda m: m["config"].update(lossy=[{"pattern": "*", "threshold": -1}])), CorruptDataError),
+    "format-wrong": (_manifest_case(lambda m: m.update(format="something-else")), CorruptDataError),
+    "manifest-version-2": (_manifest_case(lambda m: m.update(version=2)), UnsupportedFormatError),
+    "record-version-2": (_rec_case(lambda r: r[4].update(version=2)), UnsupportedFormatError),
+    "marker-version-2": (_marker_version, UnsupportedFormatError),
+    "marker-unknown-field": (_marker_unknown, CorruptDataError),
+}
+
+
+def _check(store: Path, srcs: Dict[int, Path], work: Path, expected: type) -> None:
+    """Every operation either raises a typed error or gives exactly what was
+    added; at least one raises `expected`; nothing appears outside DEST."""
+    box = work / "box"
+    box.mkdir()
+    errors: List[BaseException] = []
+    wrong: List[str] = []  # what must not happen, gathered so that one case reports all of it
+
+    def attempt(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except TYPED as e:
+            errors.append(e)
+        except tpde.TPDEError as e:
+            wrong.append(f"untyped error {type(e).__name__}: {str(e)[:160]}")
+        return None
+
+    st = attempt(lambda: tpde.Store(store))
+    if st is not None:
+        steps = attempt(st.steps)
+        rep = attempt(lambda: st.verify(deep=True))
+        if rep is not None:
+            assert isinstance(rep, tpde.VerifyReport)
+            if not rep.ok:
+                errors.append(CorruptDataError("verify: " + str(rep.problems[0])))
+        for step, src in srcs.items():
+            got = attempt(lambda: st.load(step, file="model.safetensors"))
+            if got is not None:
+                want = load_file(str(src / "model.safetensors"))
+                assert set(got) == set(want), (step, set(got))
+                for k in want:
+                    if not torch.equal(got[k].view(torch.uint8), want[k].view(torch.uint8)):
+                        wrong.append(f"step {step}: load returned tensor {k!r} with bytes other than those added")
+            dest = box / f"dest-{step}"
+            if attempt(lambda: st.restore(step, dest)) is not None:
+                if tree_digest(dest) != tree_digest(src):
+                    wrong.append(f"step {step}: restore wrote bytes other than those added")
+        st.close()
+        del steps
+    assert not wrong, wrong
+    assert errors, "the crafted store was accepted everywhere"
+    assert any(isinstance(e, expected) for e in errors), [type(e).__name__ for e in errors]
+    # Nothing outside the destinations.
+    assert sorted(p.name for p in box.iterdir()) == sorted(p.name for p in box.iterdir() if p.name.startswith("dest-"))
+    assert not (work / "escaped.txt").exists() and not (box / "escaped.txt").exists()
+    assert not Path("/tmp/tpde-escaped.txt").exists()
+    for d in box.iterdir():
+        for p in d.rglob("*"):
+            assert p.resolve().is_relative_to(d.resolve()), p
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_crafted_store_is_refused(tmp_path: Path, healthy, name: str) -> None:
+    src_store, srcs = healthy
+    store = tmp_path / "store"
+    shutil.copytree(src_store, store, symlinks=True)
+    craft, expected = CASES[name]
+    craft(store)
+    _check(store, srcs, tmp_path, expected)
+
+
+# --- huge declared sizes: in a subprocess, so that a crash is a failure, not the end of the run
+
+_HUGE = r"""
+import json, sys, tpde
+store, dest, rel, off = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+def attempt(what, fn):
+    try:
+        fn()
+        print(json.dumps([what, "ok"]), flush=True)
+    except tpde.TPDEError as e:
+        print(json.dumps([what, type(e).__name__, str(e)[:200]]), flush=True)
+st = tpde.Store(store)
+attempt("steps", st.steps)
+def read(what, offset, n):
+    with st._reader() as rd:
+        print(json.dumps([what + "-bytes", rd.read(4, rel, offset, n).hex()]), flush=True)
+attempt("read-header", lambda: read("read-header", 0, 8))
+attempt("read-region", lambda: read("read-region", off, 16))
+attempt("restore", lambda: st.restore(4, dest))
+def verify():
+    rep = st.verify(deep=True)
+    print(json.dumps(["verify-ok", rep.ok]), flush=True)
+attempt("verify", verify)
+"""
+
+
+def _huge_file(size: int) -> Callable[[List[Dict[str, Any]]], Any]:
+    def fn(recs: List[Dict[str, Any]]) -> None:
+        model_file(recs[4])["size"] = size
+
+    return fn
+
+
+def _huge_region(recs: List[Dict[str, Any]]) -> None:
+    f = model_file(recs[4])
+    last = f["regions"][-1]
+    n = 1 << 38
+    f["size"] = f["size"] - last["size"] + n * 8
+    last["shape"], last["size"] = [n], n * 8
+
+
+def _huge_region_max(recs: List[Dict[str, Any]]) -> None:
+    f = model_file(recs[4])
+    last = f["regions"][-1]
+    n = (1 << 60) // 8
+    f["size"] = last["offset"] + n * 8
+    last["shape"], last["size"] = [n], n * 8
+
+
+HUGE = {
+    "file-size-1TiB": _huge_file(1 << 40),
+    "file-size-2^62": _huge_file(1 << 62),
+    "file-size-2^64-1": _huge_file((1 << 64) - 1),
+    "region-size-2TiB": _huge_region,
+    "region-size-2^60": _huge_region_max,
+}
+
+
+@pytest.mark.parametrize("name", list(HUGE))
+def test_huge_declared_size_is_refused_without_crashing(tmp_path: Path, healthy, py_env, name: str) -> None:
+    src_store, srcs = healthy
+    store = tmp_path / "store"
+    shutil.copytree(src_store, store)
+    _rec_case(HUGE[name])(store)
+    off = region(records(store)[4], "c")["offset"]
+    proc = subprocess.run([sys.executable, "-c", _HUGE, str(store), str(tmp_path / "dest"), "model.safetensors",
+                           str(off)], env=py_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"crashed (rc {proc.returncode}): {proc.stderr[-1500:]}"
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    by = {r[0]: r[1:] for r in results}
+    assert {"steps", "read-header", "read-region", "restore", "verify"} <= set(by), proc.stdout
+    typed = ("CorruptDataError", "UnsupportedFormatError")
+    # A read either fails typed or gives the bytes that were added there.
+    data = (srcs[4] / "model.safetensors").read_bytes()
+    for what, at, n in (("read-header", 0, 8), ("read-region", off, 16)):
+        if by[what][0] == "ok":
+            assert by[what + "-bytes"][0] == data[at:at + n].hex(), (what, by[what + "-bytes"])
+        else:
+            assert by[what][0] in typed, (what, by[what])
+    assert by["restore"][0] in typed, ("restore", by["restore"])
+    assert by["verify"][0] in typed or by["verify-ok"] == [False], by.get("verify-ok", by["verify"])
+
+
+# --- symlinks planted in the destination ---------------------------------------
+
+
+@pytest.fixture
+def folder_store(tmp_path: Path) -> Tuple[Path, Path]:
+    src = _source(tmp_path / "src", 1)
+    with tpde.Store(tmp_path / "store") as st:
+        st.add(src, step=1)
+    return tmp_path / "store", src
+
+
+def test_restore_refuses_a_planted_file_symlink(tmp_path: Path, folder_store) -> None:
+    store, src = folder_store
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"precious")
+    (dest / "model.safetensors").symlink_to(victim)
+    with tpde.Store(store) as st, pytest.raises(TPDEIOError):
+        st.restore(1, dest)
+    assert victim.read_bytes() == b"precious"
+    assert (dest / "model.safetensors").is_symlink()
+
+
+def test_restore_refuses_a_planted_folder_symlink(tmp_path: Path, folder_store) -> None:
+    store, src = folder_store
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (dest / "sub").symlink_to(outside, target_is_directory=True)
+    with tpde.Store(store) as st, pytest.raises(TPDEIOError):
+        st.restore(1, dest)
+    assert list(outside.iterdir()) == []
+
+
+def test_restore_of_a_state_dict_refuses_a_planted_symlink(tmp_path: Path) -> None:
+    with tpde.Store(tmp_path / "store") as st:
+        st.add({"w": torch.randn(64, 64)}, step=1)
+        dest = tmp_path / "dest"
+        dest.mkdir()
+        victim = tmp_path / "victim.txt"
+        victim.write_bytes(b"precious")
+        (dest / "state_dict.pt").symlink_to(victim)
+        with pytest.raises(TPDEIOError):
+            st.restore(1, dest)
+    assert victim.read_bytes() == b"precious", "restore wrote through a symlink, outside DEST"
