@@ -7,6 +7,7 @@
 #   ./build.sh test       every test: Go (with short fuzz runs), the C ABI, Python
 #   ./build.sh bench      the benchmarks behind every figure in README.md and docs/
 #   ./build.sh series     the checkpoint-series benchmark (trains MiniLM on the CPU once, cached)
+#   ./build.sh store      the checkpoint-store benchmark (bench/store.py; trains two short runs once, cached)
 #   ./build.sh render     README.md's measured blocks from bench/results/*.json (--check: diff only)
 #   ./build.sh fuzz-corpus  fuzz every core/ target a while, keep the inputs in testdata/fuzz
 #   ./build.sh venv       print the path of the cached venv (creating it if needed)
@@ -137,6 +138,14 @@ series)
 	# No options: the full run, recorded in the committed bench/results/series.json.
 	[ "$#" -gt 0 ] || set -- --json bench/results/series.json
 	py bench/series.py "$@"
+	;;
+store)
+	build_lib
+	VENV="$(ensure_venv)"
+	# No options: the full run (with the 4 GB memory part), recorded in the
+	# committed bench/results/store.json. With options: exactly as given.
+	[ "$#" -gt 0 ] || set -- --memory --json bench/results/store.json
+	py bench/store.py "$@"
 	;;
 render)
 	# README.md's (and docs/*.md's) measured blocks from bench/results/*.json;

@@ -551,7 +551,9 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 		return err
 	}
 	defer tx.bufB.drop()
-	if err := tx.s.decodeKeyframe(old, oldRaw, tx.s.threads); err != nil {
+	// Checked against its sha256: a damaged copy must not be baked into
+	// the delta that replaces it.
+	if err := tx.s.decodeRegion(tx.sn, old, oldRaw, tx.s.threads, &tx.bufC); err != nil {
 		return fmt.Errorf("the previous checkpoint's copy: %w", err)
 	}
 	bound, err := frame.DeltaBound(old.Size, d, len(old.Shape), 0)

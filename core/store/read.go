@@ -24,7 +24,7 @@ import (
 
 // decodeKeyframe decodes a keyframe region into dst.
 func (s *Store) decodeKeyframe(r *Region, dst []byte, threads int) error {
-	o, err := s.openObject(r.Object.Object, r.Stored, fmt.Sprintf("tensor %q", r.Name))
+	o, err := s.openFrame(r.Object.Object, r.Stored, fmt.Sprintf("tensor %q", r.Name))
 	if err != nil {
 		return err
 	}
@@ -108,7 +108,7 @@ func (s *Store) decodeChain(sn *snapshot, r *Region, dst []byte, threads int, sp
 	}
 	for i := len(ch) - 2; i >= 0; i-- {
 		d := ch[i]
-		o, err := s.openObject(d.Object.Object, d.Stored, fmt.Sprintf("tensor %q", d.Name))
+		o, err := s.openFrame(d.Object.Object, d.Stored, fmt.Sprintf("tensor %q", d.Name))
 		if err != nil {
 			return err
 		}

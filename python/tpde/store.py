@@ -588,8 +588,11 @@ def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any) -> 
     if _is_pickle(f):
         import io
 
-        data = rd.read(step, rel, 0, size)
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        data = bytearray(size)  # decoded straight into it: no copy before torch.load's own
+        if size:
+            rd.read_into(step, rel, 0, ctypes.addressof((ctypes.c_char * size).from_buffer(data)), size)
+        with _numpy_globals(torch):
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     if f["layout"] == "safetensors":
         hdr, start = _header(rd, step, rel, size, "safetensors")
         out = {}
@@ -616,6 +619,20 @@ def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any) -> 
             od[alias] = tensors[alias]
         return _structure.with_state_dict_metadata(od, hdr.get("state_dict_metadata"))
     return _structure.rebuild(hdr["skeleton"], tensors)
+
+
+def _numpy_globals(torch: Any) -> Any:
+    """What torch.load(weights_only=True) may build besides tensors: numpy
+    arrays and dtypes, as the Hugging Face Trainer allows for its
+    rng_state.pth (numpy's RNG state). No other global is allowed."""
+    try:
+        import numpy as np
+    except ImportError:
+        return contextlib.nullcontext()
+    core = getattr(np, "_core", None) or np.core
+    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype]
+    allowed += [type(np.dtype(t)) for t in ("uint32", "int64", "float64", "float32", "bool", "uint8")]
+    return torch.serialization.safe_globals(allowed)
 
 
 def _read_tensor(rd: _Reader, step: int, rel: str, offset: int, nbytes: int, dtype: str, shape: List[int],
