@@ -1,174 +1,194 @@
-"""The main job (./build.sh demo): real weights in, byte-identical weights out.
+"""The main job (./build.sh demo): a training run's checkpoints into a tpde store and back, byte for byte.
 
-Takes the real all-MiniLM-L6-v2 checkpoint as fp32 (the original file) and as
-bf16 and fp16 (converted with torch into a temporary folder). For each file:
-tpde.compress_file, tpde.decompress_file, and a sha256 comparison of the
-restored file with the original; beside tpde, the ratios zstd-3 and ZipNN
-reach on the same file.
+What a user does with tpde, on a real model:
 
-Then the main job for a training run: a short real fine-tuning series
-(MiniLM trained on the CPU with AdamW from the pretrained weights, a few
-checkpoints a few steps apart; bench/series_data.py) compressed as a chain
-with tpde.TPDECheckpointCompressor: the first checkpoint full, the others as
-deltas against the previous one; each checkpoint (fp32 weights + AdamW
-state, and the bf16 weights) is decoded by a fresh decompressor and compared
-bit for bit. bench/series.py measures the long series.
+1. a short fine-tuning run of the real all-MiniLM-L6-v2 weights on the CPU
+   (bench/hf_run.py: 4 Hugging Face Trainer checkpoint-N/ folders, 10
+   steps apart: model.safetensors, optimizer.pt, scheduler.pt,
+   rng_state.pth, trainer_state.json, config.json, tokenizer files;
+   cached in bench/out/ after the first run);
+2. ``python -m tpde add STORE checkpoint-N`` for each folder, one command
+   per checkpoint as a training job would run it after each save; the
+   store's growth (its directory's bytes after the add minus before) and
+   the command's wall time are recorded;
+3. ``python -m tpde restore STORE N DEST`` for every checkpoint, and a
+   sha256 comparison of every restored file with its source (the same
+   file list, the same bytes);
+4. beside the store, zstd level 3 and ZipNN 0.5.4 on every file of every
+   checkpoint, each file alone (what compressing the folder file by file
+   gives), round trip checked;
+5. a single-file round trip of the original model.safetensors through
+   tpde.compress_file / tpde.decompress_file (a few seconds).
 
-Exits 1 if anything is not restored bit for bit (or a comparison tool fails
-to round-trip). Runs in about a minute.
-
-Times are one run each at tpde's default thread count; for repeated,
-thread-controlled measurements use bench/run.py.
+Exits 1 if any file is not restored byte-identical (or a comparison tool
+fails to round-trip). About 1-2 minutes on 2 cores with the run cached
+(+1 minute to train it once). Times are one run each; bench/store.py
+measures repeatedly.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import hf_run  # noqa: E402
 from common import MB, BenchError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tpde_cli(*args: str) -> subprocess.CompletedProcess:
+    """python -m tpde ARGS..., as a user runs it (this interpreter, this PYTHONPATH)."""
+    p = subprocess.run([sys.executable, "-m", "tpde", *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise BenchError(f"tpde {' '.join(args)} exited {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
+    return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tmpdir", metavar="DIR", help="where to put the converted and compressed files")
+    ap.add_argument("--checkpoints", type=int, default=4, help="checkpoints in the run (default 4)")
+    ap.add_argument("--steps-between", type=int, default=10, help="training steps between them (default 10)")
+    ap.add_argument("--tmpdir", metavar="DIR", help="where the store and the restored folders go")
+    ap.add_argument("--no-file-demo", action="store_true", help="skip the single-file compress_file round trip")
     args = ap.parse_args(argv)
-
-    import tpde
 
     t_start = time.perf_counter()
     mach, vers = common.machine(), common.versions()
-    print("tpde demo: all-MiniLM-L6-v2, compress -> restore -> sha256 compare")
-    print(f"machine:  {mach['cpu']}, {mach['cores']} cores; tpde threads: {tpde.get_num_threads()} (default)")
+    print("tpde demo: a fine-tuning run's Trainer checkpoints -> tpde store -> restored -> sha256 compare")
+    print(f"machine:  {mach['cpu']}, {mach['cores']} cores; load average {common.load_average()}")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()))
 
-    rows: List[List[str]] = []
+    params = hf_run.make_params(args.checkpoints, args.steps_between, "fp32")
+    t0 = time.perf_counter()
+    cached = (hf_run.default_dir(params) / "run.json").is_file()
+    run = hf_run.load_run(params, log=lambda s: print(s, flush=True))
+    print(f"run:      {run.root} ({'cached' if cached else f'trained now in {time.perf_counter() - t0:.0f} s'}): "
+          f"{params.describe()}")
+
     failures: List[str] = []
+    rows: List[List[str]] = []
+    tot: Dict[str, float] = {k: 0.0 for k in ("raw", "zstd", "zstd_s", "znn", "znn_s", "store", "add_s",
+                                              "restore_s")}
     with tempfile.TemporaryDirectory(prefix="tpde-demo-", dir=args.tmpdir) as tmp:
         work = Path(tmp)
-        variants = common.make_variants(work)
-        for dt, src in variants.items():
-            size = src.stat().st_size
-            want = common.sha256_file(src)
-            packed = work / f"{src.name}.tpde"
-            restored = work / f"{src.name}.restored"
-
+        store = work / "run.tpde"
+        print(f"store:    {store} ({common.fs_type(work)})")
+        print()
+        for step, d in zip(run.steps, run.dirs):
+            src = hf_run.sha_tree(d)
+            raw = hf_run.dir_bytes(d)
+            before = hf_run.dir_bytes(store)
             t0 = time.perf_counter()
-            tpde.compress_file(src, packed)
-            t1 = time.perf_counter()
-            tpde.decompress_file(packed, restored)
-            t2 = time.perf_counter()
-            got = common.sha256_file(restored)
-            csize = packed.stat().st_size
-            identical = got == want
-            if not identical:
-                failures.append(f"{dt}: {src} restored with sha256 {got}, the original has {want}")
+            p = tpde_cli("add", str(store), str(d))
+            add_s = time.perf_counter() - t0
+            grew = hf_run.dir_bytes(store) - before
+            print(f"$ tpde add {store.name} {d.name}    # {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}",
+                  flush=True)
+            tools = hf_run.per_file_tools([f for _, f in hf_run.tree_files(d)])
+            rows.append([d.name, str(len(src)), f"{raw / MB:.1f}",
+                         f"{tools['zstd-3']['bytes'] / MB:.1f} ({raw / tools['zstd-3']['bytes']:.2f}x)",
+                         f"{tools['zstd-3']['seconds']:.2f}",
+                         f"{tools['ZipNN']['bytes'] / MB:.1f} ({raw / tools['ZipNN']['bytes']:.2f}x)",
+                         f"{tools['ZipNN']['seconds']:.2f}",
+                         f"{grew / MB:.1f}", f"{add_s:.2f}"])
+            tot["raw"] += raw
+            tot["zstd"] += tools["zstd-3"]["bytes"]
+            tot["zstd_s"] += tools["zstd-3"]["seconds"]
+            tot["znn"] += tools["ZipNN"]["bytes"]
+            tot["znn_s"] += tools["ZipNN"]["seconds"]
+            tot["store"] += grew
+            tot["add_s"] += add_s
+        final = hf_run.dir_bytes(store)
 
-            # The comparison tools, once each, round-trip checked (common.measure aborts on a mismatch).
-            data = src.read_bytes()
-            tensors = common.load_tensors(src)
-            header = size - sum(t.numel() * t.element_size() for t in tensors.values())
-            res = common.measure([
-                common.ZstdFile(data, 3, 1),
-                common.ZipNNPerTensor(tensors, 0),
-                common.ZipNNConcat(tensors, 0, common.DTYPES[dt][1]),
-            ], reps=1)
-            zstd = res[0]
-            # ZipNN codes tensor data only; count the file's JSON header as
-            # stored raw so every ratio here is over the same whole file. Its
-            # better mode of the two is shown.
-            znn = min(res[1:], key=lambda r: r.size)
-            znn_ratio = size / (znn.size + header)
-            rows.append([
-                dt, f"{size / MB:.2f} MB", f"{csize / MB:.2f} MB", f"{size / csize:.4f}",
-                f"{zstd.ratio:.4f}", f"{znn_ratio:.4f}",
-                f"{t1 - t0:.2f} s ({size / MB / (t1 - t0):.0f} MB/s)",
-                f"{t2 - t1:.2f} s ({size / MB / (t2 - t1):.0f} MB/s)",
-                "yes" if identical else "NO",
-            ])
-            del data, tensors, res
+        # restore every checkpoint (after all adds: older ones are now deltas) and compare
+        print()
+        restored_ok = 0
+        restore_rows = []
+        for step, d in zip(run.steps, run.dirs):
+            dest = work / f"restored-{step}"
+            t0 = time.perf_counter()
+            tpde_cli("restore", str(store), str(step), str(dest))
+            rs = time.perf_counter() - t0
+            tot["restore_s"] += rs
+            want, got = hf_run.sha_tree(d), hf_run.sha_tree(dest)
+            bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+            if bad:
+                failures.append(f"checkpoint {step}: {', '.join(bad)} differ (or are missing/extra) after restore")
+            else:
+                restored_ok += 1
+            restore_rows.append((step, len(want), rs, not bad))
+            print(f"$ tpde restore {store.name} {step} {dest.name}    # {rs:.2f} s, {len(want)} files, sha256 "
+                  + ("all identical" if not bad else f"DIFFERENT: {', '.join(bad)}"), flush=True)
+            shutil.rmtree(dest)
+        ls = tpde_cli("ls", str(store)).stdout.rstrip()
+
+        file_row = None if args.no_file_demo else file_demo(work, failures)
 
     print()
     print(common.render_table(
-        ["dtype", "original", "tpde", "tpde ratio", "zstd-3 ratio", "ZipNN ratio", "tpde compress",
-         "tpde decompress", "byte-identical"], rows, "lrrrrrrrl"))
+        ["checkpoint", "files", "raw MB", "zstd-3 MB", "zstd s", "ZipNN MB", "ZipNN s", "store +MB", "add s"],
+        rows + [["total", str(sum(int(r[1]) for r in rows)), f"{tot['raw'] / MB:.1f}",
+                 f"{tot['zstd'] / MB:.1f} ({tot['raw'] / tot['zstd']:.2f}x)", f"{tot['zstd_s']:.2f}",
+                 f"{tot['znn'] / MB:.1f} ({tot['raw'] / tot['znn']:.2f}x)", f"{tot['znn_s']:.2f}",
+                 f"{final / MB:.1f} ({tot['raw'] / final:.2f}x)", f"{tot['add_s']:.2f}"]]))
     print()
-    print("ratio = original file bytes / compressed bytes, whole .safetensors file for every tool "
-          "(ZipNN: its better mode, per-tensor or concatenated, plus the file's JSON header stored raw).")
-    print("tpde times: one run each, file to file (read, code, write, fsync), default threads; "
-          "MB = 10^6 bytes of the original file.")
-    rows2, failures2 = demo_series()
-    failures += failures2
+    print(f"store on disk after the last add: {final / MB:.1f} MB = {tot['raw'] / final:.2f}x the raw folders, "
+          f"{tot['znn'] / final:.2f}x smaller than ZipNN per file, {tot['zstd'] / final:.2f}x smaller than zstd-3; "
+          f"restoring all {len(restore_rows)} checkpoints took {tot['restore_s']:.2f} s")
+    print("MB = 10^6 bytes. zstd-3 / ZipNN: each file compressed alone, in memory (reading not timed), "
+          f"zstd at {os.cpu_count()} threads, ZipNN 0.5.4 byte mode with the file's float dtype, its other "
+          "settings at their defaults (files without float tensors: zstd-3, see hf_run.zipnn_file_codec); both round trip checked. store +MB: growth of the store's directory by "
+          "that add (an add re-codes the previous newest checkpoint as a delta against the new one, so the "
+          "growth can be smaller than the checkpoint's own keyframe); add s: wall time of `python -m tpde add` "
+          "(read, code, write, fsync, interpreter start included).")
     print()
-    print(common.render_table(
-        ["checkpoint", "step", "stream", "original", "tpde", "tpde ratio", "alone (keyframe)", "kind",
-         "bit-exact"], rows2, "lrlrrrrll"))
-    print()
-    print("stream 'state' = fp32 weights + AdamW exp_avg + exp_avg_sq (+ step counts); 'bf16' = the weights "
-          "cast to bf16. tpde ratio = tensor bytes / compressed checkpoint bytes (the whole bundle); alone = "
-          "the same checkpoint compressed on its own (compress_checkpoint).")
-    print(f"total {time.perf_counter() - t_start:.0f} s")
+    print("$ tpde ls " + store.name)
+    print(ls)
+    if file_row:
+        print()
+        print(common.render_table(["file", "original", "tpde", "ratio", "compress", "decompress", "byte-identical"],
+                                  [file_row], "lrrrrrl"))
+    print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     if failures:
         for f in failures:
             print(f"MISMATCH: {f}", file=sys.stderr)
-        print(f"VERDICT: FAILED - {len(failures)} of {len(rows)} files were NOT restored byte-identical")
+        print(f"VERDICT: FAILED - {len(failures)} problem(s); {restored_ok} of {len(restore_rows)} checkpoints "
+              "restored byte-identical")
         return 1
-    print(f"VERDICT: all {len(rows)} files restored byte-identical (sha256 match: "
-          f"{', '.join(r[0] for r in rows)}), and all {len(rows2)} series checkpoints bit-exact")
+    print(f"VERDICT: all {len(restore_rows)} checkpoints ({sum(r[1] for r in restore_rows)} files) restored "
+          "byte-identical from the store (sha256 match)" + ("" if file_row is None else
+                                                              ", and the single-file round trip"))
     return 0
 
 
-def _same_tree(a: Any, b: Any) -> bool:
-    import torch
-
-    if isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and
-                torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8)))
-    if isinstance(b, dict):
-        return isinstance(a, dict) and list(a) == list(b) and all(_same_tree(a[k], b[k]) for k in b)
-    return a == b
-
-
-def demo_series(checkpoints: int = 3, steps_between: int = 10) -> Tuple[List[List[str]], List[str]]:
-    """A short real fine-tuning series through TPDECheckpointCompressor."""
-    import series_data
+def file_demo(work: Path, failures: List[str]) -> List[str]:
+    """tpde.compress_file / decompress_file of the original fp32 model.safetensors."""
     import tpde
 
-    params = series_data.SeriesParams(checkpoints=checkpoints, steps_between=steps_between)
-    print()
-    print(f"series: {params.describe()}")
-    tr = series_data.Trainer(params)
-    enc = {"state": tpde.TPDECheckpointCompressor(), "bf16": tpde.TPDECheckpointCompressor()}
-    dec = {"state": tpde.TPDECheckpointCompressor(), "bf16": tpde.TPDECheckpointCompressor()}
-    rows: List[List[str]] = []
-    failures: List[str] = []
-    for k in range(checkpoints + 1):
-        if k:
-            tr.train_steps(steps_between)
-        torch = tr.torch
-        weights = {n: t.detach().clone() for n, t in tr.params}
-        streams = {
-            "state": {"model": weights, "optimizer": tr.optim_state(), "step": tr.step},
-            "bf16": {n: t.to(torch.bfloat16) for n, t in weights.items()},
-        }
-        for name, ckpt in streams.items():
-            blob = enc[name].compress(ckpt, epoch=k)
-            meta = blob.metadata
-            alone = len(tpde.TemporalPositionDeltaEncoder().compress_checkpoint(ckpt))
-            ok = _same_tree(dec[name].decompress(bytes(blob)), ckpt)
-            if not ok:
-                failures.append(f"series checkpoint {k} ({name}) did not decode bit for bit")
-            raw = meta["original_size"]
-            rows.append([str(k), str(tr.step), name, f"{raw / MB:.1f} MB", f"{len(blob) / MB:.2f} MB",
-                         f"{raw / len(blob):.2f}", f"{raw / alone:.2f}",
-                         meta["checkpoint_type"] + (" vs previous" if k else ""), "yes" if ok else "NO"])
-    return rows, failures
+    src = common.model_path()
+    size, want = src.stat().st_size, common.sha256_file(src)
+    packed, restored = work / "model.safetensors.tpde", work / "model.safetensors.restored"
+    t0 = time.perf_counter()
+    tpde.compress_file(src, packed)
+    t1 = time.perf_counter()
+    tpde.decompress_file(packed, restored)
+    t2 = time.perf_counter()
+    ok = common.sha256_file(restored) == want
+    if not ok:
+        failures.append(f"{src}: decompress_file did not restore it byte-identical")
+    c = packed.stat().st_size
+    return [f"{src.name} (fp32, the package's)", f"{size / MB:.2f} MB", f"{c / MB:.2f} MB", f"{size / c:.3f}",
+            f"{t1 - t0:.2f} s", f"{t2 - t1:.2f} s", "yes" if ok else "NO"]
 
 
 if __name__ == "__main__":
