@@ -9,6 +9,7 @@ bench/results/ (written by `./build.sh bench` and `./build.sh series`):
 
     bench    bench/results/run.json      bench/run.py --json
     series   bench/results/series.json   bench/series.py --json
+    store    bench/results/store.json    bench/store.py --memory --json
 
 Every measured figure in a block comes from that JSON, and so do the
 targets' thresholds; the templates below hold words, names that contain
@@ -39,6 +40,7 @@ STREAM_LABELS = {"bf16": "bf16 weights", "fp32": "fp32 weights", "full": "full t
 # How the README names the files (relative to the repository, so the text is the same on every machine).
 RUN_JSON = "bench/results/run.json"
 SERIES_JSON = "bench/results/series.json"
+STORE_JSON = "bench/results/store.json"
 # A speed ratio within this fraction of its target line is flagged "within N% of the line": on a shared
 # machine runs spread by 10-30% (bench/README.md, "Reading the numbers"), so such a PASS or FAIL is a tie.
 TIE = 0.05
@@ -390,6 +392,68 @@ def render_series(ser: Dict[str, Any], run: Optional[Dict[str, Any]] = None) -> 
 WIDTH = 78
 
 
+# --- store block (bench/store.py) --------------------------------------------------------
+
+_SERIES_LABELS = {"full": "full training state (every file of `checkpoint-N/`)",
+                  "fp32-weights": "fp32 weights (`model.safetensors`)",
+                  "bf16-weights": "bf16 weights (`model.safetensors`)"}
+
+
+def _mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def render_store(st: Dict[str, Any]) -> str:
+    if st.get("quick"):
+        raise RenderError(f"{STORE_JSON} is from a --quick run: rerun ./build.sh store (no options)")
+    if not st.get("memory"):
+        raise RenderError(f"{STORE_JSON} has no memory part: rerun ./build.sh store (no options)")
+    T = _targets(st)
+    p = st["runs"]["fp32"]["params"]
+    out = Block()
+    out.para(f"From one run of `./build.sh store` (bench/store.py), {_provenance(st, STORE_JSON)}, on "
+             f"{_machine(st)}: all-MiniLM-L6-v2 fine-tuned on the CPU from the real pretrained weights with "
+             f"AdamW, {p['checkpoints']} checkpoints {p['steps_between']} steps apart, each a Trainer-style "
+             "`checkpoint-N/` folder (`model.safetensors`, `optimizer.pt`, `scheduler.pt`, `rng_state.pth`, "
+             "tokenizer and config files); the bf16 run saves the same training's weights as bf16. Every "
+             "checkpoint is added to a store (lossless, the defaults) and restored byte-identical. zstd and "
+             "ZipNN compress each file on its own, as a user without a store would. Sizes are deterministic; "
+             f"times are medians of {st['reps']} runs on a shared machine.{_load(st)}")
+    add = out.line
+    add("| series | raw | zstd-3 per file | ZipNN per file | tpde store | ZipNN / store | target |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for run in st["size"]:
+        name = run["series"]
+        t = T[f"size.{name}"]
+        add(f"| {_SERIES_LABELS.get(name, name)} | {_mib(run['raw_bytes'])} | {run['ratio_zstd']:.2f}x "
+            f"| {run['ratio_zipnn']:.2f}x | **{run['ratio_store']:.2f}x** | {run['zipnn_over_store']:.2f} "
+            f"| >= {t['values']['threshold']:g}: {_met(t['pass'])} |")
+    tf = st["torch_files"]
+    rs, ad, mem = st["resume"], st["add"], st["memory"]
+    dev = tf["ratio_pt_over_safetensors"] - 1
+    bullets = [
+        f"Torch files: the same {tf['tensors']} tensors as `.pt` and as `.safetensors` store at ratios "
+        f"{dev * 100:+.2f}% apart ({T['torch_files']['target']}: {_met(T['torch_files']['pass'])}).",
+        f"Resume: `Store.load()` of the newest checkpoint ({_mib(rs['raw_bytes'])}, every tensor file) takes "
+        f"{rs['median_s']['store_warm']:.2f} s warm, {rs['ratio_warm']:.1f}x `safetensors.torch.load_file` + "
+        f"`torch.load` on the raw files ({rs['median_s']['raw_warm']:.3f} s: they map the files and copy "
+        f"little): {_met(T['resume.warm']['pass'])} ({T['resume.warm']['target']}). Cold (page cache "
+        f"dropped with `{rs['cold_method']}`): {rs['median_s']['store_cold']:.2f} s against "
+        f"{rs['median_s']['raw_cold']:.2f} s, {rs['ratio_cold']:.1f}x. The oldest checkpoint, step "
+        f"{rs['oldest_step']}, decodes through its chain in {rs['median_s']['store_oldest_warm']:.2f} s.",
+        f"Add: adding a checkpoint takes {ad['median_s']['store_delta']:.2f} s, {ad['ratio_delta']:.2f}x ZipNN "
+        f"compressing the same files one by one ({ad['median_s']['zipnn_last']:.2f} s); the first add, with "
+        f"no previous checkpoint to re-code, {ad['ratio_first']:.2f}x: {_met(T['add.delta']['pass'])} "
+        f"({T['add.delta']['target']}).",
+        f"Memory: adding and restoring a synthetic {mem['checkpoint_bytes'] / 2**30:.1f} GiB checkpoint "
+        f"(largest tensor {_mib(mem['largest_tensor_bytes'])}) peaked at {_mib(mem['peak_rss_bytes'])} RSS, "
+        f"against 2 x the largest tensor + 256 MiB = {_mib(mem['bound_bytes'])}: {_met(T['memory']['pass'])}; "
+        f"restored byte-identical: {'yes' if mem['restored_byte_identical'] else 'no'}.",
+    ]
+    out.bullets(bullets)
+    return out.text()
+
+
 class Block:
     """Markdown text built from paragraphs, bullet lists and raw lines (tables)."""
 
@@ -446,7 +510,7 @@ def _words(text: str) -> List[str]:
 
 def load_results(results: Path = RESULTS) -> Dict[str, Optional[Dict[str, Any]]]:
     out: Dict[str, Optional[Dict[str, Any]]] = {}
-    for name, fname in (("run", "run.json"), ("series", "series.json")):
+    for name, fname in (("run", "run.json"), ("series", "series.json"), ("store", "store.json")):
         p = results / fname
         out[name] = json.loads(p.read_text()) if p.is_file() else None
     return out
@@ -465,6 +529,7 @@ def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
     return {
         "bench": lambda: render_bench(need("run", "run.json")),
         "series": lambda: render_series(need("series", "series.json"), data["run"]),
+        "store": lambda: render_store(need("store", "store.json")),
     }
 
 
