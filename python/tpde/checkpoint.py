@@ -37,6 +37,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -514,6 +515,40 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
         ref = _Reference(self._reference, "previous", self._reference_epoch,
                          self._reference2 if self.predict else None)
         return self._compress(checkpoint, ref, epoch, metadata, call)
+
+    def compress_directory(self, path: Union[str, "os.PathLike[str]"],
+                           store: Optional[Union[str, "os.PathLike[str]"]] = None) -> List[Any]:
+        """The design document's §9.2 call, on the store: add a Trainer
+        output_dir's checkpoint-N/ folders that the store does not hold yet
+        (in step order, steps from the names), or path itself when it holds
+        none, to the store at store (default: path/tpde-store). Returns
+        the CheckpointInfo of each one added. The folders are left as they
+        are: deleting them is the caller's choice."""
+        from .store import Store
+
+        root = os.fspath(path)
+        if not os.path.isdir(root):
+            raise InvalidArgumentError(f"{root} is not a folder")
+        dest = os.fspath(store) if store is not None else os.path.join(root, "tpde-store")
+        found = []
+        for name in os.listdir(root):
+            m = re.fullmatch(r"checkpoint-(\d+)", name)
+            if m and os.path.isdir(os.path.join(root, name)):
+                found.append((int(m.group(1)), os.path.join(root, name)))
+        found.sort()
+        inside = os.path.commonpath([os.path.abspath(dest), os.path.abspath(root)]) == os.path.abspath(root)
+        if not found and inside:
+            raise InvalidArgumentError(f"{root} holds no checkpoint-N folder; to add the folder itself, pass a "
+                                       "store= outside it")
+        new = not os.path.exists(os.path.join(dest, "tpde-store.json"))
+        base = found[0][1] if self.reference == "base" and new and found else None
+        with Store(dest, keyframe_interval=self.keyframe_interval or None, reference=self.reference,
+                   base=base, lossy={"*": self.threshold} if self.threshold > 0 else None) as st:
+            held = set() if new else set(st.steps())
+            if not found:
+                return [st.add(root)]
+            newest = max(held, default=-1)
+            return [st.add(p, step=step) for step, p in found if step not in held and step > newest]
 
     def decompress(self, data: Source, *, like: str = "torch", threads: int = 0,
                    max_output_bytes: Optional[int] = None) -> Checkpoint:
