@@ -366,6 +366,12 @@ func writeJSON(v any, out *C.char, capacity C.uint64_t, needed *C.uint64_t) erro
 	if err != nil {
 		return err
 	}
+	return writeRaw(js, out, capacity, needed)
+}
+
+// writeRaw copies JSON already made into the caller's buffer, with the
+// protocol of writeJSON.
+func writeRaw(js []byte, out *C.char, capacity C.uint64_t, needed *C.uint64_t) error {
 	*needed = C.uint64_t(len(js))
 	buf, err := bytesAt(unsafe.Pointer(out), capacity, "json")
 	if err != nil {

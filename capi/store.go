@@ -59,6 +59,27 @@ func readerAt(h C.uint64_t) (*openReader, func(), error) {
 	return o, o.mu.Unlock, nil
 }
 
+// withStore runs fn on the open store behind handle, holding its lock,
+// and turns fn's error into a status.
+func withStore(handle C.uint64_t, cerr *C.char, cerrLen C.size_t, fn func(*openStore) error) C.int {
+	o, unlock, err := storeAt(handle)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	return status(fn(o), cerr, cerrLen)
+}
+
+// withReader is withStore for a reader handle.
+func withReader(handle C.uint64_t, cerr *C.char, cerrLen C.size_t, fn func(*openReader) error) C.int {
+	r, unlock, err := readerAt(handle)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	defer unlock()
+	return status(fn(r), cerr, cerrLen)
+}
+
 func goString(p *C.char, what string) (string, error) {
 	if p == nil {
 		return "", fmt.Errorf("%w: %s is NULL", errs.Invalid, what)
@@ -143,29 +164,22 @@ func tpde_store_close(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.i
 func tpde_store_begin(handle C.uint64_t, step C.int64_t, hasStep C.int32_t, tags *C.char, tagsLen C.uint64_t,
 	base C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	o, unlock, err := storeAt(handle)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	defer unlock()
-	if o.tx != nil {
-		return status(fmt.Errorf("%w: a checkpoint is already being added on this handle", errs.Invalid), cerr, cerrLen)
-	}
-	var tagList []string
-	if err := jsonArg(tags, tagsLen, "tags", &tagList); err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	var tx *store.Tx
-	if base != 0 {
-		tx, err = o.s.BeginBase()
-	} else {
-		tx, err = o.s.Begin(int64(step), hasStep != 0, tagList)
-	}
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	o.tx = tx
-	return C.TPDE_OK
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		if o.tx != nil {
+			return fmt.Errorf("%w: a checkpoint is already being added on this handle", errs.Invalid)
+		}
+		var tagList []string
+		if err := jsonArg(tags, tagsLen, "tags", &tagList); err != nil {
+			return err
+		}
+		var err error
+		if base != 0 {
+			o.tx, err = o.s.BeginBase()
+		} else {
+			o.tx, err = o.s.Begin(int64(step), hasStep != 0, tagList)
+		}
+		return err
+	})
 }
 
 func (o *openStore) current() (*store.Tx, error) {
@@ -179,34 +193,31 @@ func (o *openStore) current() (*store.Tx, error) {
 func tpde_store_add_file(handle C.uint64_t, rel, src *C.char, hints *C.char, hintsLen C.uint64_t, note *C.char,
 	progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	o, unlock, err := storeAt(handle)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	defer unlock()
-	tx, err := o.current()
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	r, err := goString(rel, "rel")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	p, err := goString(src, "src")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	var h map[string]string
-	if err := jsonArg(hints, hintsLen, "hints", &h); err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	n := ""
-	if note != nil {
-		n = C.GoString(note)
-	}
-	tx.Progress, tx.Stop = progressTo(progress), stopFrom(cancel)
-	defer func() { tx.Progress, tx.Stop = nil, nil }()
-	return status(tx.AddFile(r, p, h, n), cerr, cerrLen)
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		tx, err := o.current()
+		if err != nil {
+			return err
+		}
+		r, err := goString(rel, "rel")
+		if err != nil {
+			return err
+		}
+		p, err := goString(src, "src")
+		if err != nil {
+			return err
+		}
+		var h map[string]string
+		if err := jsonArg(hints, hintsLen, "hints", &h); err != nil {
+			return err
+		}
+		n := ""
+		if note != nil {
+			n = C.GoString(note)
+		}
+		tx.Progress, tx.Stop = progressTo(progress), stopFrom(cancel)
+		defer func() { tx.Progress, tx.Stop = nil, nil }()
+		return tx.AddFile(r, p, h, n)
+	})
 }
 
 func stopFrom(cancel *C.int32_t) func() error {
@@ -226,170 +237,152 @@ func stopFrom(cancel *C.int32_t) func() error {
 func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, header unsafe.Pointer, headerLen C.uint64_t,
 	tensors *C.tpde_store_tensor, n C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	o, unlock, err := storeAt(handle)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	defer unlock()
-	tx, err := o.current()
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	r, err := goString(rel, "rel")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	hdr, err := bytesAt(header, headerLen, "header")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	if n > 0 && tensors == nil || uint64(n) > 1<<24 {
-		return status(fmt.Errorf("%w: %d tensors at NULL or too many", errs.Invalid, uint64(n)), cerr, cerrLen)
-	}
-	var cs []C.tpde_store_tensor
-	if n > 0 {
-		cs = unsafe.Slice(tensors, int(n))
-	}
-	ts := make([]store.Tensor, len(cs))
-	for i := range cs {
-		c := &cs[i]
-		d, err := dtypeArg(c.dtype)
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		tx, err := o.current()
 		if err != nil {
-			return status(err, cerr, cerrLen)
+			return err
 		}
-		if c.name == nil || c.ndim < 0 || c.ndim > 64 || (c.ndim > 0 && c.shape == nil) {
-			return status(fmt.Errorf("%w: tensor %d: NULL name or bad shape", errs.Invalid, i), cerr, cerrLen)
+		r, err := goString(rel, "rel")
+		if err != nil {
+			return err
 		}
-		shape := make([]uint64, int(c.ndim))
-		if c.ndim > 0 {
-			for j, v := range unsafe.Slice((*uint64)(unsafe.Pointer(c.shape)), int(c.ndim)) {
-				shape[j] = v
+		hdr, err := bytesAt(header, headerLen, "header")
+		if err != nil {
+			return err
+		}
+		if n > 0 && tensors == nil || uint64(n) > 1<<24 {
+			return fmt.Errorf("%w: %d tensors at NULL or too many", errs.Invalid, uint64(n))
+		}
+		var cs []C.tpde_store_tensor
+		if n > 0 {
+			cs = unsafe.Slice(tensors, int(n))
+		}
+		ts := make([]store.Tensor, len(cs))
+		for i := range cs {
+			c := &cs[i]
+			d, err := dtypeArg(c.dtype)
+			if err != nil {
+				return err
 			}
+			if c.name == nil || c.ndim < 0 || c.ndim > 64 || (c.ndim > 0 && c.shape == nil) {
+				return fmt.Errorf("%w: tensor %d: NULL name or bad shape", errs.Invalid, i)
+			}
+			shape := make([]uint64, int(c.ndim))
+			if c.ndim > 0 {
+				for j, v := range unsafe.Slice((*uint64)(unsafe.Pointer(c.shape)), int(c.ndim)) {
+					shape[j] = v
+				}
+			}
+			data, err := bytesAt(c.data, c.nbytes, "tensor data")
+			if err != nil {
+				return err
+			}
+			ts[i] = store.Tensor{Name: C.GoString(c.name), DType: dtype.DType(d), Shape: shape, Offset: uint64(c.offset), Data: data}
 		}
-		data, err := bytesAt(c.data, c.nbytes, "tensor data")
-		if err != nil {
-			return status(err, cerr, cerrLen)
-		}
-		ts[i] = store.Tensor{Name: C.GoString(c.name), DType: dtype.DType(d), Shape: shape, Offset: uint64(c.offset), Data: data}
-	}
-	return status(tx.AddStateDict(r, hdr, ts), cerr, cerrLen)
+		return tx.AddStateDict(r, hdr, ts)
+	})
 }
 
 //export tpde_store_commit
 func tpde_store_commit(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	o, unlock, err := storeAt(handle)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	defer unlock()
-	tx, err := o.current()
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	o.tx = nil
-	c, err := tx.Commit()
-	if err != nil {
-		tx.Abort()
-		return status(err, cerr, cerrLen)
-	}
-	return status(keep(&o.result, c), cerr, cerrLen)
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		tx, err := o.current()
+		if err != nil {
+			return err
+		}
+		o.tx = nil
+		c, err := tx.Commit()
+		if err != nil {
+			tx.Abort()
+			return err
+		}
+		return keep(&o.result, c)
+	})
 }
 
 //export tpde_store_abort
 func tpde_store_abort(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	o, unlock, err := storeAt(handle)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	defer unlock()
-	if o.tx != nil {
-		o.tx.Abort()
-		o.tx = nil
-	}
-	return C.TPDE_OK
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		if o.tx != nil {
+			o.tx.Abort()
+			o.tx = nil
+		}
+		return nil
+	})
 }
 
 //export tpde_store_remove
 func tpde_store_remove(handle C.uint64_t, step C.int64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	o, unlock, err := storeAt(handle)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	defer unlock()
-	if o.tx != nil {
-		return status(fmt.Errorf("%w: a checkpoint is being added on this handle", errs.Invalid), cerr, cerrLen)
-	}
-	return status(o.s.Remove(int64(step)), cerr, cerrLen)
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		if o.tx != nil {
+			return fmt.Errorf("%w: a checkpoint is being added on this handle", errs.Invalid)
+		}
+		return o.s.Remove(int64(step))
+	})
 }
 
 //export tpde_store_verify
 func tpde_store_verify(handle C.uint64_t, deep C.int32_t, repair C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	o, unlock, err := storeAt(handle)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	defer unlock()
-	var out struct {
-		Problems []store.Problem `json:"problems"`
-		Cleaned  *store.Cleaned  `json:"cleaned"`
-	}
-	if repair != 0 {
-		c, err := o.s.Repair()
-		if err != nil {
-			return status(err, cerr, cerrLen)
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		var out struct {
+			Problems []store.Problem `json:"problems"`
+			Cleaned  *store.Cleaned  `json:"cleaned"`
 		}
-		out.Cleaned = &c
-	}
-	out.Problems, err = o.s.Verify(deep != 0)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	if out.Problems == nil {
-		out.Problems = []store.Problem{}
-	}
-	return status(keep(&o.result, out), cerr, cerrLen)
+		if repair != 0 {
+			c, err := o.s.Repair()
+			if err != nil {
+				return err
+			}
+			out.Cleaned = &c
+		}
+		var err error
+		if out.Problems, err = o.s.Verify(deep != 0); err != nil {
+			return err
+		}
+		if out.Problems == nil {
+			out.Problems = []store.Problem{}
+		}
+		return keep(&o.result, out)
+	})
 }
 
 //export tpde_store_reader_open
 func tpde_store_reader_open(handle C.uint64_t, reader *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	o, unlock, err := storeAt(handle)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	defer unlock()
-	if reader == nil {
-		return status(fmt.Errorf("%w: reader is NULL", errs.Invalid), cerr, cerrLen)
-	}
-	rd, err := o.s.Reader()
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	r := &openReader{rd: rd}
-	cps := make([]*store.Checkpoint, 0, len(rd.Steps()))
-	for _, st := range rd.Steps() {
-		c, err := rd.Checkpoint(st, false)
-		if err != nil {
-			rd.Close()
-			return status(err, cerr, cerrLen)
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		if reader == nil {
+			return fmt.Errorf("%w: reader is NULL", errs.Invalid)
 		}
-		cps = append(cps, c)
-	}
-	snap := struct {
-		Manifest    *store.Manifest     `json:"manifest"`
-		Base        *store.Checkpoint   `json:"base"`
-		Checkpoints []*store.Checkpoint `json:"checkpoints"`
-	}{rd.Manifest(), rd.Base(), cps}
-	if err := keep(&r.result, snap); err != nil {
-		rd.Close()
-		return status(err, cerr, cerrLen)
-	}
-	*reader = C.uint64_t(readers.Put(r))
-	return C.TPDE_OK
+		rd, err := o.s.Reader()
+		if err != nil {
+			return err
+		}
+		r := &openReader{rd: rd}
+		cps := make([]*store.Checkpoint, 0, len(rd.Steps()))
+		for _, st := range rd.Steps() {
+			c, err := rd.Checkpoint(st, false)
+			if err != nil {
+				rd.Close()
+				return err
+			}
+			cps = append(cps, c)
+		}
+		snap := struct {
+			Manifest    *store.Manifest     `json:"manifest"`
+			Base        *store.Checkpoint   `json:"base"`
+			Checkpoints []*store.Checkpoint `json:"checkpoints"`
+		}{rd.Manifest(), rd.Base(), cps}
+		if err := keep(&r.result, snap); err != nil {
+			rd.Close()
+			return err
+		}
+		*reader = C.uint64_t(readers.Put(r))
+		return nil
+	})
 }
 
 //export tpde_store_reader_close
@@ -409,52 +402,46 @@ func tpde_store_reader_close(reader C.uint64_t, cerr *C.char, cerrLen C.size_t) 
 func tpde_store_read_range(reader C.uint64_t, step C.int64_t, rel *C.char, offset C.uint64_t, dst unsafe.Pointer,
 	n C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	r, unlock, err := readerAt(reader)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	defer unlock()
-	path, err := goString(rel, "rel")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	buf, err := bytesAt(dst, n, "dst")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	c, err := r.rd.Checkpoint(int64(step), false)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	return status(r.rd.ReadRange(c, path, uint64(offset), buf), cerr, cerrLen)
+	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
+		path, err := goString(rel, "rel")
+		if err != nil {
+			return err
+		}
+		buf, err := bytesAt(dst, n, "dst")
+		if err != nil {
+			return err
+		}
+		c, err := r.rd.Checkpoint(int64(step), false)
+		if err != nil {
+			return err
+		}
+		return r.rd.ReadRange(c, path, uint64(offset), buf)
+	})
 }
 
 //export tpde_store_restore
 func tpde_store_restore(reader C.uint64_t, step C.int64_t, rel *C.char, dest *C.char, cerr *C.char,
 	cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	r, unlock, err := readerAt(reader)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	defer unlock()
-	d, err := goString(dest, "dest")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	c, err := r.rd.Checkpoint(int64(step), false)
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	if rel == nil {
-		return status(r.rd.Restore(c, d), cerr, cerrLen)
-	}
-	for i := range c.Files {
-		if c.Files[i].Path == C.GoString(rel) {
-			return status(r.rd.RestoreFile(&c.Files[i], d), cerr, cerrLen)
+	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
+		d, err := goString(dest, "dest")
+		if err != nil {
+			return err
 		}
-	}
-	return status(fmt.Errorf("%w: checkpoint %d has no file %q", errs.Invalid, int64(step), C.GoString(rel)), cerr, cerrLen)
+		c, err := r.rd.Checkpoint(int64(step), false)
+		if err != nil {
+			return err
+		}
+		if rel == nil {
+			return r.rd.Restore(c, d)
+		}
+		for i := range c.Files {
+			if c.Files[i].Path == C.GoString(rel) {
+				return r.rd.RestoreFile(&c.Files[i], d)
+			}
+		}
+		return fmt.Errorf("%w: checkpoint %d has no file %q", errs.Invalid, int64(step), C.GoString(rel))
+	})
 }
 
 //export tpde_store_result
@@ -475,19 +462,4 @@ func tpde_store_result(handle C.uint64_t, out *C.char, capacity C.uint64_t, need
 		return status(err, cerr, cerrLen)
 	}
 	return status(writeRaw(res, out, capacity, needed), cerr, cerrLen)
-}
-
-// writeRaw copies JSON already made into the caller's buffer, with the
-// grow-and-call-again protocol of writeJSON.
-func writeRaw(js []byte, out *C.char, capacity C.uint64_t, needed *C.uint64_t) error {
-	*needed = C.uint64_t(len(js))
-	buf, err := bytesAt(unsafe.Pointer(out), capacity, "json")
-	if err != nil {
-		return err
-	}
-	copy(buf, js)
-	if uint64(len(js)) > uint64(capacity) {
-		return fmt.Errorf("%w: JSON is %d bytes, %d given", errs.BufferTooSmall, len(js), uint64(capacity))
-	}
-	return nil
 }

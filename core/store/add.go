@@ -130,7 +130,7 @@ func (tx *Tx) index() {
 	if tx.sn.base != nil {
 		visit(tx.sn.base)
 	}
-	for i, c := range tx.sn.cps {
+	for _, c := range tx.sn.cps {
 		visit(c)
 		for _, f := range c.Files {
 			for j := range f.Regions {
@@ -147,7 +147,6 @@ func (tx *Tx) index() {
 				}
 			}
 		}
-		_ = i
 	}
 }
 
@@ -458,20 +457,12 @@ func (tx *Tx) region(file string, r *Region, d dtype.DType, raw []byte) error {
 }
 
 func (tx *Tx) keyframe(raw []byte, d dtype.DType, shape []uint64) (Object, error) {
-	bound, err := frame.Bound(uint64(len(raw)), d, len(shape), 0)
-	if err != nil {
-		return Object{}, err
-	}
-	buf, err := tx.bufA.get(bound)
-	if err != nil {
-		return Object{}, err
-	}
 	defer tx.bufA.drop()
-	n, err := frame.Encode(buf, raw, d, shape, frame.Options{Threads: tx.s.threads, Stop: tx.Stop})
+	coded, err := tx.s.encodeKeyframe(&tx.bufA, raw, d, shape, tx.Stop)
 	if err != nil {
 		return Object{}, err
 	}
-	return tx.s.putBytes(buf[:n])
+	return tx.s.putBytes(coded)
 }
 
 // lossyThreshold is the bound the store's lossy rules give a tensor; 0 for
@@ -556,23 +547,15 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 	if err := tx.s.decodeRegion(tx.sn, old, oldRaw, tx.s.threads, &tx.bufC); err != nil {
 		return fmt.Errorf("the previous checkpoint's copy: %w", err)
 	}
-	bound, err := frame.DeltaBound(old.Size, d, len(old.Shape), 0)
-	if err != nil {
-		return err
-	}
-	buf, err := tx.bufA.get(bound)
-	if err != nil {
-		return err
-	}
 	defer tx.bufA.drop()
-	res, err := frame.EncodeDelta(buf, oldRaw, refRaw, nil, d, old.Shape, frame.DeltaOptions{Threads: tx.s.threads, Residual: delta.Auto, Threshold: threshold})
+	coded, res, err := tx.s.encodeDelta(&tx.bufA, oldRaw, refRaw, d, old.Shape, threshold)
 	if err != nil {
 		return err
 	}
 	if uint64(res.Len) >= old.Stored {
 		return nil // the keyframe is smaller: keep it
 	}
-	obj, err := tx.s.putBytes(buf[:res.Len])
+	obj, err := tx.s.putBytes(coded)
 	if err != nil {
 		return err
 	}
@@ -625,15 +608,6 @@ func (tx *Tx) olderKeyframe(key string, like *Region) (int, *Region) {
 		}
 	}
 	return 0, nil
-}
-
-// Info describes a committed checkpoint.
-type Info struct {
-	Step       int64 `json:"step"`
-	Generation uint64
-	Files      int
-	RawBytes   uint64
-	NewBytes   uint64 // bytes of objects this commit added
 }
 
 // Commit makes the checkpoint durable and visible. A refused or failed

@@ -12,7 +12,6 @@ import (
 
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
-	"github.com/tpde/tpde/core/frame"
 )
 
 // Cleaned says what cleanup removed.
@@ -159,19 +158,11 @@ func (s *Store) Remove(step int64) error {
 					if err := s.decodeRegion(sn, next, refRaw, s.threads, &spare); err != nil {
 						return err
 					}
-					bound, err := frame.DeltaBound(r.Size, d, len(r.Shape), 0)
+					coded, _, err := s.encodeDelta(&bufB, raw, refRaw, d, r.Shape, 0)
 					if err != nil {
 						return err
 					}
-					buf, err := bufB.get(bound)
-					if err != nil {
-						return err
-					}
-					res, err := frame.EncodeDelta(buf, raw, refRaw, nil, d, r.Shape, frame.DeltaOptions{Threads: s.threads})
-					if err != nil {
-						return err
-					}
-					if nr.Object, err = s.putBytes(buf[:res.Len]); err != nil {
+					if nr.Object, err = s.putBytes(coded); err != nil {
 						return err
 					}
 					ref := *target.Ref
@@ -180,19 +171,11 @@ func (s *Store) Remove(step int64) error {
 					// A keyframe of what the region decodes to: exact for a
 					// lossless region, the same reconstruction (and bound)
 					// for a lossy one.
-					bound, err := frame.Bound(r.Size, d, len(r.Shape), 0)
+					coded, err := s.encodeKeyframe(&bufB, raw, d, r.Shape, nil)
 					if err != nil {
 						return err
 					}
-					buf, err := bufB.get(bound)
-					if err != nil {
-						return err
-					}
-					n, err := frame.Encode(buf, raw, d, r.Shape, frame.Options{Threads: s.threads})
-					if err != nil {
-						return err
-					}
-					if nr.Object, err = s.putBytes(buf[:n]); err != nil {
+					if nr.Object, err = s.putBytes(coded); err != nil {
 						return err
 					}
 					nr.Ref = nil
@@ -294,7 +277,9 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 			}
 			if deep && !fileBad {
 				h := sha256.New()
+				rd.wholeFile = !f.Lossy()
 				err := rd.walk(f, 0, f.Size, func(_ uint64, b []byte) error { h.Write(b); return nil }, nil, 0)
+				rd.wholeFile = false
 				if err == nil {
 					if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 && !f.Lossy() {
 						err = fmt.Errorf("%w: restores to bytes that hash to %s, not %s", errs.Corrupt, got, f.SHA256)

@@ -141,7 +141,9 @@ type Reader struct {
 	threads int
 	spare   buffer
 	tmp     buffer
-	skel    struct {
+	// wholeFile: the walk under way is checked against the file's sha256.
+	wholeFile bool
+	skel      struct {
 		obj  string
 		data []byte
 	}
@@ -404,7 +406,7 @@ func (rd *Reader) walk(f *File, off, end uint64, emit func(pos uint64, b []byte)
 		rEnd := r.Offset + r.Size
 		if rEnd > off && r.Offset < end {
 			if direct != nil && r.Offset >= directOff && rEnd <= directOff+uint64(len(direct)) {
-				if err := rd.s.decodeRegion(rd.sn, r, direct[r.Offset-directOff:rEnd-directOff], rd.threads, &rd.spare); err != nil {
+				if err := rd.decode(r, direct[r.Offset-directOff:rEnd-directOff]); err != nil {
 					return err
 				}
 			} else {
@@ -415,7 +417,7 @@ func (rd *Reader) walk(f *File, off, end uint64, emit func(pos uint64, b []byte)
 				if err != nil {
 					return err
 				}
-				if err := rd.s.decodeRegion(rd.sn, r, buf, rd.threads, &rd.spare); err != nil {
+				if err := rd.decode(r, buf); err != nil {
 					return err
 				}
 				lo, hi := max(r.Offset, off), min(rEnd, end)
@@ -438,6 +440,16 @@ func (rd *Reader) walk(f *File, off, end uint64, emit func(pos uint64, b []byte)
 	return nil
 }
 
+// decode decodes one region for a walk. Where the walk's caller checks the
+// whole file's hash (wholeFile), the region's own hash would be a second
+// pass over the same bytes.
+func (rd *Reader) decode(r *Region, dst []byte) error {
+	if rd.wholeFile {
+		return rd.s.decodeChain(rd.sn, r, dst, rd.threads, &rd.spare)
+	}
+	return rd.s.decodeRegion(rd.sn, r, dst, rd.threads, &rd.spare)
+}
+
 // keyOf is the keyframe r's decode starts from (r itself if the chain
 // does not resolve: decodeRegion then reports why).
 func (rd *Reader) keyOf(r *Region) *Region {
@@ -457,6 +469,8 @@ func (rd *Reader) RestoreFile(f *File, dst string) error {
 	}
 	defer out.Abort()
 	h := sha256.New()
+	rd.wholeFile = !f.Lossy()
+	defer func() { rd.wholeFile = false }()
 	err = rd.walk(f, 0, f.Size, func(pos uint64, b []byte) error {
 		h.Write(b)
 		if _, err := out.Write(b); err != nil {

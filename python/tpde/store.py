@@ -270,7 +270,7 @@ class Store:
         try:
             call("tpde_store_open", self.path.encode("utf-8"), int(write), js, n, self._threads, byref(h))
         except TPDEIOError as e:
-            if "another process is writing" in str(e):
+            if e.errno == errno.EWOULDBLOCK:  # the writer lock (flock), nothing else returns it
                 raise StoreLockedError(e.errno, str(e)) from None
             raise
         return h.value
@@ -436,7 +436,7 @@ class Store:
 
         with self._reader() as rd:
             rec = rd.record(step)
-            files = [f for f in rec["files"]]
+            files = list(rec["files"])
             if file is not None:
                 files = [f for f in files if f["path"] == file]
                 if not files:

@@ -1,0 +1,44 @@
+package store
+
+import (
+	"github.com/tpde/tpde/core/delta"
+	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/frame"
+)
+
+// encodeKeyframe codes raw as a keyframe into buf, which the caller drops
+// once the frame is stored.
+func (s *Store) encodeKeyframe(buf *buffer, raw []byte, d dtype.DType, shape []uint64, stop func() error) ([]byte, error) {
+	bound, err := frame.Bound(uint64(len(raw)), d, len(shape), 0)
+	if err != nil {
+		return nil, err
+	}
+	b, err := buf.get(bound)
+	if err != nil {
+		return nil, err
+	}
+	n, err := frame.Encode(b, raw, d, shape, frame.Options{Threads: s.threads, Stop: stop})
+	if err != nil {
+		return nil, err
+	}
+	return b[:n], nil
+}
+
+// encodeDelta codes raw against ref as a delta frame (lossy within
+// threshold when it is > 0) into buf, which the caller drops once the frame
+// is stored.
+func (s *Store) encodeDelta(buf *buffer, raw, ref []byte, d dtype.DType, shape []uint64, threshold float64) ([]byte, frame.DeltaResult, error) {
+	bound, err := frame.DeltaBound(uint64(len(raw)), d, len(shape), 0)
+	if err != nil {
+		return nil, frame.DeltaResult{}, err
+	}
+	b, err := buf.get(bound)
+	if err != nil {
+		return nil, frame.DeltaResult{}, err
+	}
+	res, err := frame.EncodeDelta(b, raw, ref, nil, d, shape, frame.DeltaOptions{Threads: s.threads, Residual: delta.Auto, Threshold: threshold})
+	if err != nil {
+		return nil, res, err
+	}
+	return b[:res.Len], res, nil
+}
