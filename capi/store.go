@@ -17,6 +17,7 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/handles"
@@ -122,11 +123,18 @@ func tpde_store_open(path *C.char, write C.int32_t, config *C.char, configLen C.
 		KeyframeInterval int                `json:"keyframe_interval"`
 		Reference        string             `json:"reference"`
 		Lossy            *[]store.LossyRule `json:"lossy"`
+		// Positions: TPDE_DELTA_* position coding of this writer's delta
+		// frames (0 auto, 1 dense, 2 sparse); not part of the store's config.
+		Positions int `json:"positions"`
 	}
 	if err := jsonArg(config, configLen, "config", &cfg); err != nil {
 		return status(err, cerr, cerrLen)
 	}
-	opt := store.Options{Write: write != 0, KeyframeInterval: cfg.KeyframeInterval, Reference: cfg.Reference, Threads: int(nthreads)}
+	if cfg.Positions < int(delta.SparseAuto) || cfg.Positions > int(delta.SparseAlways) {
+		return status(fmt.Errorf("%w: config positions %d (must be 0, 1 or 2)", errs.Invalid, cfg.Positions), cerr, cerrLen)
+	}
+	opt := store.Options{Write: write != 0, KeyframeInterval: cfg.KeyframeInterval, Reference: cfg.Reference,
+		Threads: int(nthreads), Positions: delta.SparseMode(cfg.Positions)}
 	if cfg.Lossy != nil {
 		opt.Lossy, opt.LossySet = *cfg.Lossy, true
 	}

@@ -36,7 +36,7 @@ func (s *Store) encodeDelta(buf *buffer, raw, ref []byte, d dtype.DType, shape [
 	if err != nil {
 		return nil, frame.DeltaResult{}, err
 	}
-	res, err := frame.EncodeDelta(b, raw, ref, nil, d, shape, frame.DeltaOptions{Threads: s.threads, Residual: delta.Auto, Threshold: threshold})
+	res, err := frame.EncodeDelta(b, raw, ref, nil, d, shape, frame.DeltaOptions{Threads: s.threads, Residual: delta.Auto, Threshold: threshold, Sparse: s.positions})
 	if err != nil {
 		return nil, res, err
 	}

@@ -28,6 +28,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/errs"
 )
 
@@ -48,6 +49,11 @@ type Options struct {
 	// LossySet says that Lossy was given (an empty list is "lossless").
 	LossySet bool
 	Threads  int
+	// Positions is how delta frames code the positions of changed
+	// elements (delta.SparseAuto picks per chunk). It is the writer's
+	// choice, not the store's: any decoder reads every mode, so it is not
+	// recorded in the config.
+	Positions delta.SparseMode
 }
 
 // Store is an open store. It is not safe for concurrent use by several
@@ -57,7 +63,9 @@ type Store struct {
 	write   bool
 	wlock   *os.File
 	threads int
-	cfg     Config // for a new store, until its first commit
+	// positions is Options.Positions, for every delta frame this Store codes.
+	positions delta.SparseMode
+	cfg       Config // for a new store, until its first commit
 	// gen is the generation the writer last committed or loaded.
 	gen uint64
 	// opened is what Open's cleanup removed, for Repair to report.
@@ -78,7 +86,7 @@ func ioErr(path string, err error) error {
 
 // Open opens the store in dir.
 func Open(dir string, opt Options) (*Store, error) {
-	s := &Store{dir: dir, write: opt.Write, threads: opt.Threads}
+	s := &Store{dir: dir, write: opt.Write, threads: opt.Threads, positions: opt.Positions}
 	marker := s.path("tpde-store.json")
 	b, err := os.ReadFile(marker)
 	switch {

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import _native, _structure, _tensors, _torchfile
+from . import _native, _options, _structure, _tensors, _torchfile
 from ._native import call
 from .errors import CorruptDataError, InvalidArgumentError, TPDEIOError
 
@@ -222,6 +222,10 @@ class Store:
     be stored lossy (float dtypes only), e.g. {"optimizer.pt:*": 1e-7}.
     Lossless is the default, and each checkpoint records its bound.
     These are fixed when the store is created; None means "as stored".
+    compression_method: how delta frames code the positions of changed
+    elements ("auto", "dense" or "elias_delta_zstd", as in
+    TemporalPositionDeltaEncoder); a choice of this writer, not of the
+    store: any reader decodes every kind.
 
     Reading needs no lock. The first add/remove takes the store's writer
     lock, held until close(): one writer at a time, and a killed writer
@@ -229,9 +233,13 @@ class Store:
     """
 
     def __init__(self, path: PathLike, keyframe_interval: Optional[int] = None, reference: Optional[str] = None,
-                 base: Any = None, lossy: Optional[Mapping[str, float]] = None, *, threads: int = 0) -> None:
+                 base: Any = None, lossy: Optional[Mapping[str, float]] = None, *, threads: int = 0,
+                 compression_method: str = "auto") -> None:
         self.path = os.fspath(path)
         cfg: Dict[str, Any] = {}
+        positions = _options.code(_options.POSITION_CODINGS, compression_method, "compression_method")
+        if positions:
+            cfg["positions"] = positions
         if keyframe_interval is not None:
             if isinstance(keyframe_interval, bool) or not isinstance(keyframe_interval, int):
                 raise InvalidArgumentError(f"keyframe_interval must be an int, not {keyframe_interval!r}")
