@@ -286,3 +286,25 @@ def test_real_minilm_checkpoint(tmp_path: Path, file_sha256: Callable[[Path], st
     assert any(s.get("name") == "embeddings.word_embeddings.weight" for s in info["segments"])
     out = Path(tpde.decompress_file(packed, tmp_path / "model.safetensors"))
     assert file_sha256(out) == file_sha256(src)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_a_damaged_file_error_names_the_file(tmp_path: Path, damage: str) -> None:
+    """decompress_file and file_info say which file is damaged, not just
+    what is wrong in it (a training integration may read dozens)."""
+    src = tmp_path / "w.bin"
+    src.write_bytes(np.random.default_rng(0).random(1 << 16, dtype=np.float32).tobytes())
+    packed = tmp_path / "weights-0007.tpde"
+    tpde.compress_file(src, packed)
+    b = bytearray(packed.read_bytes())
+    if damage == "flip":
+        b[len(b) // 2] ^= 1
+    else:
+        del b[100:]
+    packed.write_bytes(bytes(b))
+    with pytest.raises(tpde.CorruptDataError, match="weights-0007.tpde"):
+        tpde.decompress_file(packed, tmp_path / "out.bin")
+    assert not (tmp_path / "out.bin").exists()
+    if damage == "truncate":
+        with pytest.raises(tpde.CorruptDataError, match="weights-0007.tpde"):
+            tpde.file_info(packed)

@@ -6,6 +6,7 @@ package container
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"hash/crc32"
 
@@ -79,7 +80,16 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 func crc(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 func corrupt(format string, a ...any) error {
-	return fmt.Errorf("%w: file: %s", errs.Corrupt, fmt.Sprintf(format, a...))
+	return fmt.Errorf("%w: %s", errs.Corrupt, fmt.Sprintf(format, a...))
+}
+
+// named puts path in front of what a file's parse or decode found wrong
+// in it, so that the error names the file.
+func named(path string, err error) error {
+	if errors.Is(err, errs.Corrupt) || errors.Is(err, errs.Unsupported) {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return err
 }
 
 // tableLen is the byte length of the segment table for n segments.

@@ -271,7 +271,7 @@ func DecompressFile(src, dst string, opt Options) error {
 		return err
 	}
 	defer in.Release()
-	return mapped.Reading(src, func() error { return decompressMapped(in, dst, opt) })
+	return named(src, mapped.Reading(src, func() error { return decompressMapped(in, dst, opt) }))
 }
 
 func decompressMapped(in *mapped.Input, dst string, opt Options) error {

@@ -76,7 +76,7 @@ func Info(path string, maxSegments int) (fi *FileInfo, err error) {
 		fi, err = info(in.Data, maxSegments)
 		return err
 	})
-	return fi, err
+	return fi, named(path, err)
 }
 
 func info(data []byte, maxSegments int) (*FileInfo, error) {
