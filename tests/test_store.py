@@ -1153,3 +1153,22 @@ def test_compression_method_picks_the_position_coding_of_delta_frames(tmp_path: 
     assert sizes["dense"] != sizes["elias_delta_zstd"]
     with pytest.raises(InvalidArgumentError, match="compression_method"):
         tpde.Store(tmp_path / "bad", compression_method="lz4")
+
+
+def test_a_file_deleted_during_an_add_is_a_tpde_io_error_and_adds_nothing(tmp_path: Path, hf_run) -> None:
+    """A Trainer's rotation may delete a folder while it is being added: that
+    is a TPDEIOError naming the file (not a bare FileNotFoundError), and the
+    store is left as it was."""
+    run = hf_run()
+    d = run.save(1)
+    victim = d / "training_args.bin"  # added after optimizer.pt (sorted walk)
+
+    def progress(done: int, total: int) -> None:
+        if victim.exists():
+            victim.unlink()
+
+    with tpde.Store(tmp_path / "st") as st:
+        with pytest.raises(TPDEIOError, match="training_args.bin") as ei:
+            st.add(d, step=1, progress=progress)
+        assert ei.value.errno == errno.ENOENT
+        assert not (tmp_path / "st" / "tpde-store.json").exists() or st.steps() == []

@@ -33,7 +33,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 from . import _native, _options, _structure, _tensors, _torchfile
 from ._native import call
-from .errors import CorruptDataError, InvalidArgumentError, TPDEIOError
+from .errors import CorruptDataError, InvalidArgumentError, TPDEError, TPDEIOError
 
 __all__ = ["Store", "open", "CheckpointInfo", "FileInfo", "VerifyReport", "Problem", "StoreLockedError"]
 
@@ -370,6 +370,14 @@ class Store:
                 raise InvalidArgumentError(
                     f"add() takes a path or a state dict, not {type(what).__module__}.{type(what).__qualname__}")
             call("tpde_store_commit", h)
+        except OSError as e:
+            call("tpde_store_abort", h)
+            if isinstance(e, TPDEError):
+                raise
+            # A file that vanished or became unreadable while being added
+            # (a framework's rotation deleting a folder under us, say).
+            where = os.fspath(what) if isinstance(what, (str, os.PathLike)) else "a state dict"
+            raise TPDEIOError(e.errno, f"{e.filename}: {e.strerror} (while adding {where})") from e
         except BaseException:
             call("tpde_store_abort", h)
             raise
