@@ -148,3 +148,35 @@ def test_num_threads() -> None:
             tpde.set_num_threads(2**40)
     finally:
         tpde.set_num_threads(0)
+
+
+def test_integration_names_resolve_lazily_to_their_modules(run_py) -> None:
+    """tpde.TPDETrainerCallback and friends exist at the top level, yet
+    `import tpde` (and `from tpde import *`) imports no framework; each name
+    imports only its own framework, and is the integration module's class."""
+    code = textwrap.dedent("""
+        import sys
+        import tpde
+        from tpde import *
+        frameworks = ('torch', 'transformers', 'lightning', 'pytorch_lightning', 'deepspeed')
+        assert not [m for m in frameworks if m in sys.modules], sorted(sys.modules)
+        names = ['TPDETrainerCallback', 'TPDECallback', 'TPDECheckpointIO', 'DistributedTPDECompressor']
+        assert set(names) <= set(dir(tpde)) and not set(names) & set(tpde.__all__)
+        cb = tpde.TPDECallback
+        assert 'lightning' in sys.modules and 'deepspeed' not in sys.modules
+        import tpde.integrations.lightning as L
+        assert cb is L.TPDECallback and tpde.TPDECheckpointIO is L.TPDECheckpointIO
+        import tpde.integrations.hf as H
+        assert tpde.TPDETrainerCallback is H.TPDETrainerCallback
+        import tpde.integrations.dcp as D
+        assert tpde.DistributedTPDECompressor is D.DistributedTPDECompressor
+        assert tpde.dcp.Writer is D.Writer and tpde.dcp.Reader is D.Reader
+        try:
+            tpde.NoSuchName
+        except AttributeError as e:
+            assert 'NoSuchName' in str(e)
+        else:
+            raise AssertionError('tpde.NoSuchName resolved')
+        print('ok')
+    """)
+    assert _ok(run_py("-c", code)).strip() == "ok"

@@ -9,6 +9,12 @@
     data, meta = enc.compress_checkpoint(model.state_dict())
     delta, meta = enc.compress_checkpoint_delta(model.state_dict(), previous)
 
+Training integrations (each imports its framework on first use):
+tpde.TPDETrainerCallback (Hugging Face Trainer), tpde.TPDECallback and
+tpde.TPDECheckpointIO (Lightning), tpde.dcp.Writer / tpde.dcp.Reader and
+tpde.DistributedTPDECompressor (torch.distributed.checkpoint), and
+tpde.integrations.deepspeed.
+
 Importing tpde loads neither torch, numpy nor the native library; libtpde is
 loaded on the first call that needs it ($TPDE_LIBRARY overrides its path).
 """
@@ -34,3 +40,31 @@ from .errors import *  # noqa: F401,F403
 from .store import *  # noqa: F401,F403
 
 __all__ = ["__version__", *_codec.__all__, *_delta.__all__, *_checkpoint.__all__, *_store.__all__, *_errors.__all__]
+
+# The framework integrations' names, resolved on first use: each import
+# brings in its framework (transformers, lightning, torch.distributed), which
+# `import tpde` must not. They are left out of __all__ so that
+# `from tpde import *` stays light too.
+_LAZY = {
+    "TPDETrainerCallback": "tpde.integrations.hf",
+    "TPDECallback": "tpde.integrations.lightning",
+    "TPDECheckpointIO": "tpde.integrations.lightning",
+    "DistributedTPDECompressor": "tpde.integrations.dcp",
+}
+_LAZY_MODULES = ("dcp", "integrations")
+
+
+def __getattr__(name: str):  # PEP 562
+    import importlib
+
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'tpde' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY, *_LAZY_MODULES})
