@@ -20,18 +20,18 @@ import builtins
 import contextlib
 import ctypes
 import errno
-import fnmatch
 import json
 import os
 import re
 import struct
 import threading
-from ctypes import byref, c_int32, c_uint64
-from dataclasses import dataclass, field
+from ctypes import byref, c_uint64
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _native, _options, _structure, _tensors, _torchfile
+from ._atomic import write_atomically
 from ._native import call
 from .errors import CorruptDataError, InvalidArgumentError, TPDEError, TPDEIOError
 
@@ -558,17 +558,7 @@ def _save_atomically(torch: Any, sd: Any, dst: str) -> None:
         raise TPDEIOError(errno.ELOOP, f"{dst}: is a symlink; tpde restores only into real folders")
     if os.path.exists(dst) and not os.path.isfile(dst):
         raise TPDEIOError(errno.EEXIST, f"{dst}: exists and is not a regular file")
-    tmp = f"{dst}.tpde-tmp-{os.getpid()}-{os.urandom(4).hex()}"
-    try:
-        with builtins.open(tmp, "xb") as fh:
-            torch.save(sd, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomically(dst, lambda fh: torch.save(sd, fh))
 
 
 def _looks_like_zip(p: str) -> bool:

@@ -85,6 +85,7 @@ from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
 from .. import _tensors
+from .._atomic import fsync_dir
 from ..checkpoint import CompressedCheckpoint, TPDECheckpointCompressor
 from ..codec import compress_tensor, decompress_tensor
 from ..delta import compress_delta, decompress_delta
@@ -261,14 +262,6 @@ def _buckets(items: Sequence[WriteItem], n: int) -> List[List[WriteItem]]:
     return [b for b in out if b] or [[]]
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Writer(FileSystemWriter):
     """A DCP StorageWriter that codes each rank's items with tpde: keyframes,
     or deltas against the previous save (see the module docstring).
@@ -335,7 +328,7 @@ class Writer(FileSystemWriter):
                     for n, b in enumerate(buckets)]
             outs = [j.result() for j in jobs]
         if self.sync_files:
-            _fsync_dir(os.fspath(self.path))
+            fsync_dir(os.fspath(self.path))
         here = os.path.abspath(os.fspath(self.path))
         self._saved = _Saved(here, {k: v for _, kept in outs for k, v in kept.items()})
         self.previous, self._previous_required = here, False
@@ -395,7 +388,7 @@ class Writer(FileSystemWriter):
     def finish(self, metadata: Metadata, results: List[List[WriteResult]]) -> None:
         super().finish(metadata, results)  # .metadata.tmp, fsync, rename
         if self.sync_files:
-            _fsync_dir(os.fspath(self.path))
+            fsync_dir(os.fspath(self.path))
 
 
 # --- reading -------------------------------------------------------------------

@@ -50,12 +50,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Iterator, List, Mapping, Optional, Tuple, Union
 
 import deepspeed
 import torch
 from deepspeed.runtime.checkpoint_engine.checkpoint_engine import CheckpointCommitInfo, CheckpointEngine
 
+from .._atomic import fsync_dir, write_atomically
 from .._options import threads_arg
 from ..codec import _FILE_MAGIC, compress_file, decompress_file
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError
@@ -129,7 +130,7 @@ class TPDECheckpointEngine(CheckpointEngine):
         if self._written:
             folders.add(os.path.abspath(info.save_dir))
         for folder in sorted(folders):
-            _fsync_dir(folder)
+            fsync_dir(folder)
         self._written = []
         return True
 
@@ -254,7 +255,7 @@ def materialize(save_dir: PathLike, dest: PathLike, tag: Optional[str] = None) -
     for script in RECOVERY_SCRIPTS:
         if (src / script).is_file():
             _copy_atomically(src / script, out / script)
-    _write_atomically(out / "latest", lambda fh: fh.write(tag.encode("utf-8")))
+    write_atomically(out / "latest", lambda fh: fh.write(tag.encode("utf-8")))
     return out
 
 
@@ -274,32 +275,7 @@ def _naming(path: PathLike) -> Iterator[None]:
         raise type(e)(f"{name}: {e}") from e
 
 
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _copy_atomically(src: Path, dst: Path) -> None:
     with open(src, "rb") as fh:
-        _write_atomically(dst, lambda out: shutil.copyfileobj(fh, out))
+        write_atomically(dst, lambda out: shutil.copyfileobj(fh, out))
     os.chmod(dst, os.stat(src).st_mode & 0o7777)
-
-
-def _write_atomically(dst: Path, write: Callable[[BinaryIO], Any]) -> None:
-    """write(file) into a temporary file beside dst, fsync, rename over dst,
-    fsync the folder: dst is never a torn file."""
-    tmp = dst.with_name(f".{dst.name}.tpde-tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(str(dst.parent))

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .._atomic import fsync_dir
 from ..checkpoint import COMPRESSION_METHODS
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError
 from ..store import Store
@@ -278,12 +279,12 @@ def materialize(store: Union[PathLike, Store], step: Optional[int] = None, *, ou
         tmp = os.path.join(out, f".tpde-materialize-{step}-{os.urandom(4).hex()}")
         try:
             st.restore(step, tmp)
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # only our own temporary folder; the error is raised
             raise
-        _fsync_dir(out)
+        fsync_dir(out)
         return Path(final)
     finally:
         if st is not store:
@@ -323,11 +324,3 @@ def _wait_for_every_rank() -> None:
 
 def _disk_bytes(path: str) -> int:
     return sum(os.lstat(os.path.join(root, name)).st_size for root, _, names in os.walk(path) for name in names)
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

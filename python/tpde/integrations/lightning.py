@@ -44,10 +44,11 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
+from .._atomic import fsync_dir, write_atomically
 from .._options import POSITION_CODINGS, code
 from ..errors import CorruptDataError, InvalidArgumentError
 from ..store import Store
@@ -186,31 +187,6 @@ def _restored(store_path: str, step: Optional[int], where: str, sha256: Optional
         yield ckpt
     finally:
         shutil.rmtree(folder)
-
-
-def _replace_file(dst: str, write: Callable[[Any], None]) -> None:
-    """Write dst atomically: a temporary file in its folder, fsync, rename."""
-    tmp = os.path.join(os.path.dirname(dst) or ".", f".{os.path.basename(dst)}.tpde-tmp-{os.getpid()}-"
-                       f"{os.urandom(4).hex()}")
-    try:
-        with open(tmp, "xb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(dst) or ".")
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- pointers ------------------------------------------------------------
@@ -357,7 +333,7 @@ class TPDECheckpointIO(*_CHECKPOINT_IO_BASES):  # type: ignore[misc]
                 else:
                     old = self._old_pointer(dst)
                     os.makedirs(os.path.dirname(dst), exist_ok=True)
-                    _replace_file(dst, lambda fh: fh.write(_Pointer(self.store_dir, step, sha).encode()))
+                    write_atomically(dst, lambda fh: fh.write(_Pointer(self.store_dir, step, sha).encode()))
                     if old is not None:
                         self._drops.append((old.store, old.step))
         finally:
@@ -544,7 +520,7 @@ def materialize(store_dir: PathLike, step: Optional[int] = None, *, path: PathLi
     dst = os.path.abspath(os.fspath(path))
     with _restored(store, st_step, where, sha256=sha, scratch_beside=dst) as ckpt:
         os.replace(ckpt, dst)
-    _fsync_dir(os.path.dirname(dst))
+    fsync_dir(os.path.dirname(dst))
     return Path(dst)
 
 
