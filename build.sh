@@ -8,6 +8,7 @@
 #   ./build.sh bench      the benchmarks behind every figure in README.md and docs/
 #   ./build.sh series     the checkpoint-series benchmark (trains MiniLM on the CPU once, cached)
 #   ./build.sh store      the checkpoint-store benchmark (bench/store.py; trains two short runs once, cached)
+#   ./build.sh integrations  the Trainer-callback overhead and DCP benchmarks (bench/hf_overhead.py, bench/dcp.py)
 #   ./build.sh render     README.md's measured blocks from bench/results/*.json (--check: diff only)
 #   ./build.sh fuzz-corpus  fuzz every core/ target a while, keep the inputs in testdata/fuzz
 #   ./build.sh venv       print the path of the cached venv (creating it if needed)
@@ -149,6 +150,14 @@ store)
 	[ "$#" -gt 0 ] || set -- --memory --json bench/results/store.json
 	py bench/store.py "$@"
 	;;
+integrations)
+	build_lib
+	VENV="$(ensure_venv)"
+	# The training integrations' targets: the Trainer callback's overhead
+	# and DCP's rank scaling and size, recorded in bench/results/.
+	py bench/hf_overhead.py --json bench/results/hf_overhead.json
+	py bench/dcp.py --json bench/results/dcp.json
+	;;
 render)
 	# README.md's (and docs/*.md's) measured blocks from bench/results/*.json;
 	# --check: change nothing, exit 1 with a diff when they differ. Standard library only.
@@ -165,7 +174,7 @@ fuzz-corpus)
 	.ci/fuzz-corpus.sh "$@"
 	;;
 *)
-	sed -n '2,15p' "$0" >&2
+	sed -n '2,16p' "$0" >&2
 	exit 2
 	;;
 esac

@@ -10,6 +10,7 @@ bench/results/ (written by `./build.sh bench` and `./build.sh series`):
     bench    bench/results/run.json      bench/run.py --json
     series   bench/results/series.json   bench/series.py --json
     store    bench/results/store.json    bench/store.py --memory --json
+    integrations  bench/results/hf_overhead.json + dcp.json   bench/hf_overhead.py, bench/dcp.py --json
 
 Every measured figure in a block comes from that JSON, and so do the
 targets' thresholds; the templates below hold words, names that contain
@@ -41,6 +42,8 @@ STREAM_LABELS = {"bf16": "bf16 weights", "fp32": "fp32 weights", "full": "full t
 RUN_JSON = "bench/results/run.json"
 SERIES_JSON = "bench/results/series.json"
 STORE_JSON = "bench/results/store.json"
+HF_OVERHEAD_JSON = "bench/results/hf_overhead.json"
+DCP_JSON = "bench/results/dcp.json"
 # A speed ratio within this fraction of its target line is flagged "within N% of the line": on a shared
 # machine runs spread by 10-30% (bench/README.md, "Reading the numbers"), so such a PASS or FAIL is a tie.
 TIE = 0.05
@@ -454,6 +457,56 @@ def render_store(st: Dict[str, Any]) -> str:
     return out.text()
 
 
+# --- integrations block (bench/hf_overhead.py, bench/dcp.py) ----------------------------
+
+def render_integrations(hf: Dict[str, Any], dcp: Dict[str, Any]) -> str:
+    for d, path in ((hf, HF_OVERHEAD_JSON), (dcp, DCP_JSON)):
+        if d.get("quick"):
+            raise RenderError(f"{path} is from a --quick run: rerun it without --quick")
+    t = _targets(hf)["overhead"]
+    hp, med = hf["params"], hf["median_s"]
+    out = Block()
+    out.para(f"Trainer callback overhead, from `bench/hf_overhead.py` ({_provenance(hf, HF_OVERHEAD_JSON)}, "
+             f"on {_machine(hf)}): the real `transformers.Trainer` fine-tunes all-MiniLM-L6-v2 on the CPU for "
+             f"{hp['steps']} steps, saving every {hp['save_every']}, with and without `TPDETrainerCallback` "
+             f"(runs alternated, medians of {hp['reps']}). Training took {med['plain']:.1f} s plain and "
+             f"{med['tpde']:.1f} s with the callback, end-of-training wait included: {hf['ratio']:.3f}x "
+             f"({t['target']}: {_met(t['pass'])}). The losses were identical"
+             f"{' in every run' if hf['losses_identical'] else ' NOT in every run'}; the store held "
+             f"{len(hf['store']['steps'])} checkpoints in {_mib(hf['store']['store_bytes'])}, against "
+             f"{_mib(hf['store']['checkpoint_bytes'])} for one uncompressed folder.{_load(hf)} On this "
+             "machine training and the background compression share the same two cores; on a GPU run the "
+             "CPU is mostly idle while the GPU trains.")
+    thr, th = dcp["throughput_MBps"], dcp["targets_thresholds"]
+    sz, sz1 = dcp["sizes_2ranks"], dcp["sizes_1rank"]
+    out.para(f"torch.distributed.checkpoint, from `bench/dcp.py` ({_provenance(dcp, DCP_JSON)}, on "
+             f"{_machine(dcp)}): a state of {_mib(dcp['state_bytes'])} (the MiniLM weights and AdamW moments "
+             f"of a real Trainer run, saved at its steps 10 and 20) saved by 1 rank and by 2 ranks under "
+             f"`torchrun` with gloo, each rank holding half of every tensor (DTensor `Shard(0)`); medians of "
+             f"{dcp['reps']} saves, each loaded back and compared bit for bit.{_load(dcp)}")
+    add = out.line
+    add("| writer | 1 rank, MB/s (save 1 / save 2) | 2 ranks, MB/s | size, save 1 | size, save 2 |")
+    add("| --- | ---: | ---: | ---: | ---: |")
+    for key, label in (("tpde", "`tpde.dcp.Writer`"), ("fsw_zstd", "`FileSystemWriter` + `ZStandard`"),
+                       ("fsw", "`FileSystemWriter`")):
+        add(f"| {label} | {thr[f'{key}_save1_ranks1']:.0f} / {thr[f'{key}_save2_ranks1']:.0f} "
+            f"| {thr[f'{key}_save1_ranks2']:.0f} / {thr[f'{key}_save2_ranks2']:.0f} "
+            f"| {_mib(sz[key]['save1'])} | {_mib(sz[key]['save2'])} |")
+    sc, zo, tg = dcp["scaling_2_over_1_rank"], dcp["zstd_over_tpde"], dcp["targets"]
+    out.bullets([
+        f"Rank scaling: 2 ranks save at {sc['tpde_save1']:.2f}x the throughput of 1 rank (save 2, as deltas: "
+        f"{sc['tpde_save2']:.2f}x); target >= {th['scaling_2_ranks']:g}: {_met(tg['scaling_2_ranks_save1'])}. "
+        f"The codec alone, without DCP, scales {dcp['codec_only_MBps']['scaling']:.2f}x from 1 to 2 "
+        "processes here: two ranks on two shared cores cannot double, and DCP's planning and collectives "
+        "add a fixed cost per save.",
+        f"Size: `FileSystemWriter` + `ZStandard` is {zo['save1']:.2f}x the size of tpde's output for one save "
+        f"alone ({_met(tg['zstd_over_tpde_save1'])}) and {zo['save2']:.2f}x for the second save, coded as deltas "
+        f"({_met(tg['zstd_over_tpde_save2'])}); target >= {th['zstd_over_tpde']:g}. With 1 rank tpde wrote "
+        f"{_mib(sz1['tpde']['save1'])} and {_mib(sz1['tpde']['save2'])}.",
+    ])
+    return out.text()
+
+
 class Block:
     """Markdown text built from paragraphs, bullet lists and raw lines (tables)."""
 
@@ -510,7 +563,8 @@ def _words(text: str) -> List[str]:
 
 def load_results(results: Path = RESULTS) -> Dict[str, Optional[Dict[str, Any]]]:
     out: Dict[str, Optional[Dict[str, Any]]] = {}
-    for name, fname in (("run", "run.json"), ("series", "series.json"), ("store", "store.json")):
+    for name, fname in (("run", "run.json"), ("series", "series.json"), ("store", "store.json"),
+                        ("hf_overhead", "hf_overhead.json"), ("dcp", "dcp.json")):
         p = results / fname
         out[name] = json.loads(p.read_text()) if p.is_file() else None
     return out
@@ -523,13 +577,15 @@ def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
     def need(name: str, fname: str) -> Dict[str, Any]:
         d = data[name]
         if d is None:
-            raise RenderError(f"{results / fname} is missing: run ./build.sh {'bench' if name == 'run' else name}")
+            cmd = {"run": "bench", "hf_overhead": "integrations", "dcp": "integrations"}.get(name, name)
+            raise RenderError(f"{results / fname} is missing: run ./build.sh {cmd}")
         return d
 
     return {
         "bench": lambda: render_bench(need("run", "run.json")),
         "series": lambda: render_series(need("series", "series.json"), data["run"]),
         "store": lambda: render_store(need("store", "store.json")),
+        "integrations": lambda: render_integrations(need("hf_overhead", "hf_overhead.json"), need("dcp", "dcp.json")),
     }
 
 
