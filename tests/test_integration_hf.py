@@ -5,10 +5,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Dict, List
@@ -338,3 +340,58 @@ def test_hyperparameter_search_trials_get_a_store_each(work: Path) -> None:
         assert (work / f"hp-restored-{trial}" / "trainer_state.json").read_text() == f'{{"trial": "{trial}"}}'
     with pytest.raises(tpde.InvalidArgumentError, match="hp_name"):
         TPDETrainerCallback().on_train_begin(training_args(out), TrainerState(is_hyper_param_search=True), control)
+
+
+def test_ddp_two_ranks_only_the_main_process_writes_after_every_rank_saved(minilm_model_dir: Path, work: Path,
+                                                                           py_env: Dict[str, str]) -> None:
+    """torchrun with 2 gloo ranks: the Trainer writes rng_state_0.pth and
+    rng_state_1.pth, one per rank, and gives no barrier before on_save. The
+    store must hold both in every checkpoint (the callback's barrier waited
+    for rank 1), restore each folder byte-identical, and only rank 0 may
+    have written."""
+    script = work / "ddp_run.py"
+    out, store = work / "ddp", work / "ddp-store"
+    script.write_text(textwrap.dedent(f"""
+        import faulthandler, json, os, sys
+        faulthandler.dump_traceback_later(240, exit=True)
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from pathlib import Path
+        import time
+        from test_integration_hf import TokenDataset, make_model, training_args
+        from transformers import Trainer
+        import tpde
+        from tpde.integrations.hf import TPDETrainerCallback
+
+        # Rank 1 writes its rng_state_1.pth 3 s late: rank 0 reaches on_save
+        # first, so only a barrier there lets the store see that file.
+        class LateRankOneTrainer(Trainer):
+            def _save_rng_state(self, output_dir):
+                if self.args.process_index == 1:
+                    time.sleep(3)
+                super()._save_rng_state(output_dir)
+
+        cb = TPDETrainerCallback(compression_output_dir={str(store)!r}, keep_last_uncompressed=10)
+        args = training_args(Path({str(out)!r}), max_steps=10, save_steps=5, ddp_backend="gloo")
+        LateRankOneTrainer(model=make_model(Path({str(minilm_model_dir)!r})), args=args,
+                           train_dataset=TokenDataset(64, 1), callbacks=[cb]).train()
+        rank = int(os.environ["RANK"])
+        print("RANK-RESULT", json.dumps({{"rank": rank, "stored": len(cb.profile)}}), flush=True)
+    """))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2", str(script)]
+    try:
+        r = subprocess.run(cmd, env={**py_env, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                           text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the 2-rank run hung; its stderr ends: {str(e.stderr)[-3000:]}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = {d["rank"]: d for d in (json.loads(ln.split(" ", 1)[1]) for ln in r.stdout.splitlines()
+                                    if ln.startswith("RANK-RESULT "))}
+    assert ranks[0]["stored"] == 2 and ranks[1]["stored"] == 0
+    with tpde.Store(store) as st:
+        assert st.steps() == [5, 10]
+        for step in (5, 10):
+            files = {f.path for f in st.info(step).files}
+            assert {"rng_state_0.pth", "rng_state_1.pth"} <= files, sorted(files)
+            st.restore(step, work / f"ddp-restored-{step}")
+            assert digest(work / f"ddp-restored-{step}") == digest(out / f"checkpoint-{step}")
