@@ -197,10 +197,9 @@ func (o *openStore) current() (*store.Tx, error) {
 	return o.tx, nil
 }
 
-//export tpde_store_add_file
-func tpde_store_add_file(handle C.uint64_t, rel, src *C.char, hints *C.char, hintsLen C.uint64_t, note *C.char,
-	progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
-	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+// withFile is withStore for a call that adds file rel to the checkpoint
+// being added on the handle.
+func withFile(handle C.uint64_t, rel *C.char, cerr *C.char, cerrLen C.size_t, fn func(*store.Tx, string) error) C.int {
 	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
 		tx, err := o.current()
 		if err != nil {
@@ -210,6 +209,15 @@ func tpde_store_add_file(handle C.uint64_t, rel, src *C.char, hints *C.char, hin
 		if err != nil {
 			return err
 		}
+		return fn(tx, r)
+	})
+}
+
+//export tpde_store_add_file
+func tpde_store_add_file(handle C.uint64_t, rel, src *C.char, hints *C.char, hintsLen C.uint64_t, note *C.char,
+	progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withFile(handle, rel, cerr, cerrLen, func(tx *store.Tx, r string) error {
 		p, err := goString(src, "src")
 		if err != nil {
 			return err
@@ -245,15 +253,7 @@ func stopFrom(cancel *C.int32_t) func() error {
 func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, header unsafe.Pointer, headerLen C.uint64_t,
 	tensors *C.tpde_store_tensor, n C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
-		tx, err := o.current()
-		if err != nil {
-			return err
-		}
-		r, err := goString(rel, "rel")
-		if err != nil {
-			return err
-		}
+	return withFile(handle, rel, cerr, cerrLen, func(tx *store.Tx, r string) error {
 		hdr, err := bytesAt(header, headerLen, "header")
 		if err != nil {
 			return err
@@ -277,9 +277,7 @@ func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, header unsafe.Poi
 			}
 			shape := make([]uint64, int(c.ndim))
 			if c.ndim > 0 {
-				for j, v := range unsafe.Slice((*uint64)(unsafe.Pointer(c.shape)), int(c.ndim)) {
-					shape[j] = v
-				}
+				copy(shape, unsafe.Slice((*uint64)(unsafe.Pointer(c.shape)), int(c.ndim)))
 			}
 			data, err := bytesAt(c.data, c.nbytes, "tensor data")
 			if err != nil {
