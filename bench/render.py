@@ -475,8 +475,8 @@ def render_integrations(hf: Dict[str, Any], dcp: Dict[str, Any]) -> str:
              f"{' in every run' if hf['losses_identical'] else ' NOT in every run'}; the store held "
              f"{len(hf['store']['steps'])} checkpoints in {_mib(hf['store']['store_bytes'])}, against "
              f"{_mib(hf['store']['checkpoint_bytes'])} for one uncompressed folder.{_load(hf)} On this "
-             "machine training and the background compression share the same two cores; on a GPU run the "
-             "CPU is mostly idle while the GPU trains.")
+             "machine training and the background compression share the same two cores; a GPU run, where "
+             "the CPU is free while the GPU trains, was not measured.")
     thr, th = dcp["throughput_MBps"], dcp["targets_thresholds"]
     sz, sz1 = dcp["sizes_2ranks"], dcp["sizes_1rank"]
     out.para(f"torch.distributed.checkpoint, from `bench/dcp.py` ({_provenance(dcp, DCP_JSON)}, on "
