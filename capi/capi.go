@@ -39,6 +39,7 @@ import (
 	"github.com/tpde/tpde/core/entropy"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/layout"
 	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/transform"
 )
@@ -140,7 +141,7 @@ func tpde_version() *C.char { return cVersion }
 // abiVersion is the TPDE_ABI_VERSION this glue implements: bump both when
 // a function's signature or meaning changes. The array index below fails
 // to compile while include/tpde.h says otherwise.
-const abiVersion = 3
+const abiVersion = 4
 
 var _ = [1]struct{}{}[abiVersion-C.TPDE_ABI_VERSION]
 
@@ -317,19 +318,19 @@ func cancelFrom(p *C.int32_t) func() bool {
 }
 
 //export tpde_compress_file
-func tpde_compress_file(srcPath, dstPath *C.char, nthreads C.int32_t, torchDTypes *C.char, torchDTypesLen C.uint64_t,
+func tpde_compress_file(srcPath, dstPath *C.char, nthreads C.int32_t, torchHints *C.char, torchHintsLen C.uint64_t,
 	progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if srcPath == nil || dstPath == nil {
 		return status(fmt.Errorf("%w: path is NULL", errs.Invalid), cerr, cerrLen)
 	}
-	var hints map[string]string
-	if err := jsonArg(torchDTypes, torchDTypesLen, "torch_dtypes", &hints); err != nil {
+	var hints *layout.Hints
+	if err := jsonArg(torchHints, torchHintsLen, "torch_hints", &hints); err != nil {
 		return status(err, cerr, cerrLen)
 	}
 	return status(container.CompressFile(C.GoString(srcPath), C.GoString(dstPath), container.Options{
 		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress), Cancelled: cancelFrom(cancel),
-		TorchDTypes: hints}), cerr, cerrLen)
+		Torch: hints}), cerr, cerrLen)
 }
 
 //export tpde_decompress_file

@@ -21,6 +21,7 @@ import (
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/handles"
+	"github.com/tpde/tpde/core/layout"
 	"github.com/tpde/tpde/core/store"
 )
 
@@ -222,7 +223,7 @@ func tpde_store_add_file(handle C.uint64_t, rel, src *C.char, hints *C.char, hin
 		if err != nil {
 			return err
 		}
-		var h map[string]string
+		var h *layout.Hints
 		if err := jsonArg(hints, hintsLen, "hints", &h); err != nil {
 			return err
 		}

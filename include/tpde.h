@@ -57,7 +57,7 @@ extern "C" {
 #endif
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 3
+#define TPDE_ABI_VERSION 4
 
 /* Status codes. */
 #define TPDE_OK 0
@@ -284,11 +284,24 @@ int tpde_inspect(const void *src, uint64_t src_len, tpde_frame_info *info, char 
 int tpde_entropy_bound(const void *src, uint64_t src_len, int32_t dtype, double *bits, char *err,
                        size_t err_len);
 
+/* TPDE_TORCH_HINTS: the JSON a caller passes for a torch.save file, with
+ * one of two members (Go never reads pickles; the caller does):
+ *   {"torch_zip": {storage key: dtype name}}   the dtype of each storage of
+ *       a torch.save zip, from its data.pkl;
+ *   {"torch_legacy": {"data_start": N, "storages": [{"key": k, "name": n,
+ *       "dtype": d, "count": c, "element_size": e}, ...]}}   for a legacy
+ *       (pre-zip) file: the offset just past its keys pickle, and each
+ *       storage in the keys list's order, with its region name, dtype name
+ *       ("" for bytes kept verbatim), element count and element size
+ *       (docs/FORMAT.md, "Legacy torch files").
+ * The library trusts none of it: a file whose bytes disagree is coded as
+ * bytes, which is still lossless. */
+
 /* Compress a file into a tpde file (docs/FORMAT.md, "Files"): a
- * .safetensors file tensor by tensor, a torch.save zip storage by storage
- * when torch_dtypes (a JSON object {storage key: dtype name}, read from its
- * data.pkl by the caller; NULL for any other file) gives their dtypes, any
- * other file as bytes. A regular
+ * .safetensors file tensor by tensor, a torch.save file (zip or legacy)
+ * storage by storage when torch_hints (TPDE_TORCH_HINTS below, read from
+ * its pickles by the caller; NULL for any other file) says what they hold,
+ * any other file as bytes. A regular
  * input is memory-mapped; anything else that can be read (a pipe, FIFO,
  * /dev/stdin, a /proc file) is first copied to an unnamed temporary file
  * in dst_path's directory. The output is written atomically (see the
@@ -298,7 +311,7 @@ int tpde_entropy_bound(const void *src, uint64_t src_len, int32_t dtype, double 
  * it (read atomically) between chunks; once it is non-zero the call stops
  * with TPDE_E_CANCELLED and leaves no output. */
 int tpde_compress_file(const char *src_path, const char *dst_path, int32_t nthreads,
-                       const char *torch_dtypes, uint64_t torch_dtypes_len, uint64_t *progress,
+                       const char *torch_hints, uint64_t torch_hints_len, uint64_t *progress,
                        const int32_t *cancel, char *err, size_t err_len);
 
 /* Restore the original file, byte for byte, from a tpde file (or from a
@@ -487,8 +500,8 @@ int tpde_store_close(uint64_t handle, char *err, size_t err_len);
 int tpde_store_begin(uint64_t handle, int64_t step, int32_t has_step, const char *tags,
                      uint64_t tags_len, int32_t base, char *err, size_t err_len);
 /* Add the file at src as rel (a relative path with '/' separators). hints:
- * NULL, or for a torch zip a JSON object {storage key: dtype name} read from
- * its data.pkl; note: NULL, or why a container-like file is stored whole.
+ * NULL, or for a torch.save file TPDE_TORCH_HINTS (above); note: NULL, or
+ * why a container-like file is stored whole.
  * progress and cancel as for tpde_compress_file. */
 int tpde_store_add_file(uint64_t handle, const char *rel, const char *src, const char *hints,
                         uint64_t hints_len, const char *note, uint64_t *progress,

@@ -368,8 +368,8 @@ def test_memo_and_stack_floods_are_refused(tmp_path: Path, monkeypatch: pytest.M
     # Each one-byte MEMOIZE adds a memo entry, each MARK a stack entry; the
     # model refuses to grow past its cap (lowered here to keep the test
     # fast) instead of using ~100 bytes per byte of pickle.
-    import tpde._torchfile as tf
-    monkeypatch.setattr(tf, "_MAX_ENTRIES", 1000)
+    import tpde._torchpickle as tp
+    monkeypatch.setattr(tp, "MAX_ENTRIES", 1000)
     for flood in (b"\x80\x04N" + b"\x94" * 1002 + b".", b"\x80\x02" + b"(" * 1002 + b"N."):
         with pytest.raises(UnsupportedFormatError, match="stack and memo"):
             storage_dtypes(flood)

@@ -33,6 +33,7 @@ const (
 	SourceBytes       Source = 0 // any file, stored as one byte frame
 	SourceSafetensors Source = 1 // header verbatim, one frame per tensor
 	SourceTorchZip    Source = 2 // torch.save zip: one frame per storage, the rest zstd
+	SourceTorchLegacy Source = 3 // legacy torch.save file: one frame per storage, the rest zstd
 )
 
 func (s Source) String() string {
@@ -43,6 +44,8 @@ func (s Source) String() string {
 		return "safetensors"
 	case SourceTorchZip:
 		return "torch-zip"
+	case SourceTorchLegacy:
+		return "torch-legacy"
 	}
 	return fmt.Sprintf("source(%d)", uint8(s))
 }
@@ -140,7 +143,7 @@ func Parse(data []byte) (*Header, error) {
 	if data[7] != 0 || binary.LittleEndian.Uint32(data[20:]) != 0 {
 		return nil, corrupt("reserved header bytes are not zero")
 	}
-	if h.Source > SourceTorchZip {
+	if h.Source > SourceTorchLegacy {
 		return nil, fmt.Errorf("%w: source kind %d", errs.Unsupported, h.Source)
 	}
 	h.OrigSize = binary.LittleEndian.Uint64(data[8:])

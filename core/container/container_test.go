@@ -24,6 +24,8 @@ import (
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/layout"
+	"github.com/tpde/tpde/core/torchlegacy"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/ from the current encoder")
@@ -532,7 +534,7 @@ func TestHostileContainers(t *testing.T) {
 	}{
 		{"major version 2", edit(func(b []byte) { b[4] = 2 }), errs.Unsupported},
 		{"major version 0", edit(func(b []byte) { b[4] = 0 }), errs.Unsupported},
-		{"unknown source", edit(func(b []byte) { b[6] = 3 }), errs.Unsupported},
+		{"unknown source", edit(func(b []byte) { b[6] = 4 }), errs.Unsupported},
 		{"reserved header byte", edit(func(b []byte) { b[7] = 1 }), errs.Corrupt},
 		{"reserved header word", edit(func(b []byte) { b[22] = 1 }), errs.Corrupt},
 		{"unknown segment kind", edit(func(b []byte) { b[headerLen] = 3 }), errs.Unsupported},
@@ -710,19 +712,19 @@ func TestRoundTripTorchZip(t *testing.T) {
 	src := filepath.Join("..", "torchzip", "testdata", "state.pt")
 	orig, err := os.ReadFile(src)
 	require.NoError(t, err)
-	hints := map[string]string{}
+	hints := &layout.Hints{TorchZip: map[string]string{}}
 	for k := 0; k < 15; k++ {
-		hints[strconv.Itoa(k)] = "U8"
+		hints.TorchZip[strconv.Itoa(k)] = "U8"
 	}
 	dir := t.TempDir()
 	for _, tc := range []struct {
 		name   string
-		hints  map[string]string
+		hints  *layout.Hints
 		source string
 	}{{"hints", hints, "torch-zip"}, {"no hints", nil, "bytes"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			packed, back := filepath.Join(dir, tc.name+".tpde"), filepath.Join(dir, tc.name+".pt")
-			require.NoError(t, CompressFile(src, packed, Options{TorchDTypes: tc.hints}))
+			require.NoError(t, CompressFile(src, packed, Options{Torch: tc.hints}))
 			require.NoError(t, DecompressFile(packed, back, Options{}))
 			got, err := os.ReadFile(back)
 			require.NoError(t, err)
@@ -735,8 +737,49 @@ func TestRoundTripTorchZip(t *testing.T) {
 	// Hints for a file that is not a torch zip change nothing.
 	other := filepath.Join(dir, "notes.txt")
 	require.NoError(t, os.WriteFile(other, bytes.Repeat([]byte("not a zip "), 100), 0o644))
-	require.NoError(t, CompressFile(other, other+".tpde", Options{TorchDTypes: hints}))
+	require.NoError(t, CompressFile(other, other+".tpde", Options{Torch: hints}))
 	fi, err := Info(other+".tpde", 0)
 	require.NoError(t, err)
 	assert.Equal(t, "bytes", fi.Source)
+}
+
+// A legacy torch file with the layout its pickles give (here the golden
+// one, found by an independent reader) becomes a frame per storage and
+// restores byte for byte; with a layout its bytes disagree with, it is
+// bytes, and still restores.
+func TestRoundTripTorchLegacy(t *testing.T) {
+	dir := filepath.Join("..", "torchlegacy", "testdata")
+	raw, err := os.ReadFile(filepath.Join(dir, "golden.json"))
+	require.NoError(t, err)
+	var golden map[string]struct {
+		Layout torchlegacy.Layout `json:"layout"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &golden))
+	require.NotEmpty(t, golden)
+	out := t.TempDir()
+	for name, g := range golden {
+		src := filepath.Join(dir, name)
+		orig, err := os.ReadFile(src)
+		require.NoError(t, err)
+		wrong := g.Layout
+		wrong.DataStart++
+		for _, tc := range []struct {
+			what   string
+			layout torchlegacy.Layout
+			source string
+		}{{"layout", g.Layout, "torch-legacy"}, {"wrong layout", wrong, "bytes"}} {
+			t.Run(name+"/"+tc.what, func(t *testing.T) {
+				l := tc.layout
+				packed, back := filepath.Join(out, name+tc.what+".tpde"), filepath.Join(out, name+tc.what)
+				require.NoError(t, CompressFile(src, packed, Options{Torch: &layout.Hints{TorchLegacy: &l}}))
+				require.NoError(t, DecompressFile(packed, back, Options{}))
+				got, err := os.ReadFile(back)
+				require.NoError(t, err)
+				assert.Equal(t, orig, got)
+				fi, err := Info(packed, 0)
+				require.NoError(t, err)
+				assert.Equal(t, tc.source, fi.Source)
+			})
+		}
+	}
 }

@@ -35,10 +35,10 @@ type Options struct {
 	// Cancelled, if set, is polled between chunks; once it returns true
 	// the operation stops with errs.Cancelled and leaves no output.
 	Cancelled func() bool
-	// TorchDTypes, for a torch.save zip, is the dtype name of each storage
-	// key, read from its data.pkl by the caller (Go never reads pickles);
-	// nil for any other file.
-	TorchDTypes map[string]string
+	// Torch, for a torch.save file (zip or legacy), is what the caller
+	// read from its pickles (Go never reads pickles); nil for any other
+	// file.
+	Torch *layout.Hints
 }
 
 // stopper is the frame.Options.Stop of a file operation.
@@ -72,9 +72,9 @@ type planned struct {
 // structure and pickle between them zstd-coded. Any other file, or one
 // whose structure does not check out, is byte frames: still lossless, just
 // without per-dtype modelling.
-func plan(data []byte, torchDTypes map[string]string) (Source, []planned) {
+func plan(data []byte, hints *layout.Hints) (Source, []planned) {
 	n := uint64(len(data))
-	kind, regions, _ := layout.Plan(data, torchDTypes)
+	kind, regions, _ := layout.Plan(data, hints)
 	if kind != layout.Raw {
 		var segs []planned
 		pos := uint64(0)
@@ -96,8 +96,11 @@ func plan(data []byte, torchDTypes map[string]string) (Source, []planned) {
 		if pos < n {
 			segs = append(segs, planned{kind: gapKind, begin: pos, end: n})
 		}
-		if kind == layout.Safetensors {
+		switch kind {
+		case layout.Safetensors:
 			return SourceSafetensors, segs
+		case layout.TorchLegacy:
+			return SourceTorchLegacy, segs
 		}
 		return SourceTorchZip, segs
 	}
@@ -137,7 +140,7 @@ func compressMapped(in *mapped.Input, dst string, opt Options) error {
 	defer out.Abort()
 	opt.Frame.Stop = opt.stopper()
 
-	source, plans := plan(data, opt.TorchDTypes)
+	source, plans := plan(data, opt.Torch)
 	segs := make([]Segment, len(plans))
 	prefix := headerLen + tableLen(len(segs))
 	// The table's size is known up front, so it is written last into the

@@ -1,5 +1,6 @@
 // Package layout finds the typed regions of a checkpoint file: the tensors
-// of a .safetensors file, the storages of a torch.save zip. Every byte
+// of a .safetensors file, the storages of a torch.save zip or of a legacy
+// (pre-zip) torch.save file. Every byte
 // outside the regions is kept verbatim by the callers (the container and
 // the store), which is what makes a restored file byte-identical.
 package layout
@@ -7,10 +8,12 @@ package layout
 import (
 	"fmt"
 	"sort"
+	"unicode/utf8"
 
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/frame"
 	"github.com/tpde/tpde/core/safetensors"
+	"github.com/tpde/tpde/core/torchlegacy"
 	"github.com/tpde/tpde/core/torchzip"
 )
 
@@ -21,7 +24,22 @@ const (
 	Raw         Kind = "raw"
 	Safetensors Kind = "safetensors"
 	TorchZip    Kind = "torch-zip"
+	TorchLegacy Kind = "torch-legacy"
 )
+
+// Hints is what the caller read from a torch file's pickles (only Python
+// reads pickles; see python/tpde/_torchfile.py). At most one field is set;
+// a nil *Hints is a file not known to be a torch file. It is the JSON the
+// C ABI takes (include/tpde.h, "hints").
+type Hints struct {
+	// TorchZip: the dtype name of each storage key of a torch.save zip.
+	TorchZip map[string]string `json:"torch_zip,omitempty"`
+	// TorchLegacy: where a legacy file's storages lie and what they hold.
+	TorchLegacy *torchlegacy.Layout `json:"torch_legacy,omitempty"`
+}
+
+// MaxNameBytes is the longest region name Plan gives (as the store allows).
+const MaxNameBytes = 1 << 16
 
 // Region is one tensor's bytes [Begin, End) in the file.
 type Region struct {
@@ -31,12 +49,20 @@ type Region struct {
 	Shape      []uint64
 }
 
-// Plan finds data's regions, in file order, none empty. torchDTypes, the
-// dtype of each storage key of a torch zip (read from its data.pkl by the
-// caller: only Python reads pickles), is nil for a file not known to be
-// one. A file that looks like a container but does not check out is Raw,
-// and why says what was wrong.
-func Plan(data []byte, torchDTypes map[string]string) (kind Kind, regions []Region, why string) {
+// Plan finds data's regions, in file order, none empty. hints is nil for
+// a file not known to be a torch file. A file that looks like a container
+// but does not check out is Raw, and why says what was wrong.
+func Plan(data []byte, hints *Hints) (kind Kind, regions []Region, why string) {
+	var torchDTypes map[string]string
+	if hints != nil {
+		if hints.TorchZip != nil && hints.TorchLegacy != nil {
+			return Raw, nil, "torch file stored whole: hints name both a zip and a legacy layout"
+		}
+		if hints.TorchLegacy != nil {
+			return planLegacy(data, *hints.TorchLegacy)
+		}
+		torchDTypes = hints.TorchZip
+	}
 	switch {
 	case safetensors.Sniff(data):
 		st, err := safetensors.Parse(data)
@@ -77,4 +103,28 @@ func Plan(data []byte, torchDTypes map[string]string) (kind Kind, regions []Regi
 		return TorchZip, regions, ""
 	}
 	return Raw, nil, ""
+}
+
+// planLegacy types a legacy torch file's storages: each becomes a region
+// named by the state-dict path Python found for it, of its dtype, flat;
+// a storage of a dtype tpde has no codec for stays verbatim.
+func planLegacy(data []byte, l torchlegacy.Layout) (Kind, []Region, string) {
+	storages, err := torchlegacy.Check(data, l)
+	if err != nil {
+		return Raw, nil, fmt.Sprintf("legacy torch file stored whole: %v", err)
+	}
+	var regions []Region
+	names := make(map[string]bool, len(storages))
+	for _, s := range storages {
+		d, known := dtype.FromName(s.DType)
+		if !known || s.Size == 0 || s.Size%uint64(d.Width()) != 0 {
+			continue
+		}
+		if s.Name == "" || len(s.Name) > MaxNameBytes || !utf8.ValidString(s.Name) || names[s.Name] {
+			return Raw, nil, fmt.Sprintf("legacy torch file stored whole: storage %q has an empty, overlong, non-UTF-8 or repeated name", s.Key)
+		}
+		names[s.Name] = true
+		regions = append(regions, Region{Name: s.Name, Begin: s.Offset, End: s.Offset + s.Size, DType: d, Shape: []uint64{s.Size / uint64(d.Width())}})
+	}
+	return TorchLegacy, regions, ""
 }

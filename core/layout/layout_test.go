@@ -2,6 +2,7 @@ package layout
 
 import (
 	"encoding/binary"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/torchlegacy"
 )
 
 func TestPlanFindsSafetensorsTensorsInFileOrder(t *testing.T) {
@@ -33,7 +35,7 @@ func TestPlanTellsWhyABrokenContainerIsRaw(t *testing.T) {
 	assert.Empty(t, regs)
 	assert.Contains(t, why, "not a valid safetensors file")
 
-	kind, _, why = Plan([]byte("PK\x03\x04 but not a zip"), map[string]string{"0": "F32"})
+	kind, _, why = Plan([]byte("PK\x03\x04 but not a zip"), &Hints{TorchZip: map[string]string{"0": "F32"}})
 	assert.Equal(t, Raw, kind)
 	assert.Contains(t, why, "torch file stored whole")
 
@@ -49,7 +51,7 @@ func TestPlanTakesTheStoragesATorchZipsHintsType(t *testing.T) {
 	for k := 3; k < 15; k++ {
 		hints[strconv.Itoa(k)] = "U8"
 	}
-	kind, regs, _ := Plan(data, hints)
+	kind, regs, _ := Plan(data, &Hints{TorchZip: hints})
 	require.Equal(t, TorchZip, kind)
 	names := map[string]dtype.DType{}
 	for i, r := range regs {
@@ -63,4 +65,65 @@ func TestPlanTakesTheStoragesATorchZipsHintsType(t *testing.T) {
 	assert.Equal(t, dtype.F64, names["data/1"])
 	assert.NotContains(t, names, "data/2", "an unknown dtype stays verbatim")
 	assert.NotContains(t, names, "data/99", "a key the zip lacks is ignored")
+}
+
+// legacyGolden reads a golden legacy torch file and the layout its
+// make.py found with an independent reader.
+func legacyGolden(t *testing.T, name string) ([]byte, torchlegacy.Layout) {
+	dir := filepath.Join("..", "torchlegacy", "testdata")
+	data, err := os.ReadFile(filepath.Join(dir, name))
+	require.NoError(t, err)
+	raw, err := os.ReadFile(filepath.Join(dir, "golden.json"))
+	require.NoError(t, err)
+	var g map[string]struct {
+		Layout torchlegacy.Layout `json:"layout"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &g))
+	return data, g[name].Layout
+}
+
+func TestPlanTypesALegacyTorchFilesStoragesByName(t *testing.T) {
+	data, l := legacyGolden(t, "state.pt")
+	kind, regs, why := Plan(data, &Hints{TorchLegacy: &l})
+	require.Equal(t, TorchLegacy, kind, why)
+	byName := map[string]Region{}
+	for i, r := range regs {
+		byName[r.Name] = r
+		if i > 0 {
+			assert.GreaterOrEqual(t, r.Begin, regs[i-1].End+8, "in file order, each after its count")
+		}
+	}
+	assert.Equal(t, dtype.BF16, byName["bf16"].DType)
+	assert.Equal(t, []uint64{6}, byName["f64"].Shape)
+	assert.Equal(t, dtype.Bool, byName["bool"].DType)
+	assert.NotContains(t, byName, "c64", "complex stays verbatim")
+	assert.NotContains(t, byName, "empty", "an empty storage has no region")
+	assert.NotContains(t, byName, "f32_view", "a view is its storage's, named by the first path")
+}
+
+func TestPlanStoresALegacyFileWholeWhenItsBytesDisagree(t *testing.T) {
+	data, l := legacyGolden(t, "nested.pt")
+	wrong := l
+	wrong.Storages = append([]torchlegacy.Spec{}, l.Storages...)
+	wrong.Storages[0].Count++
+	kind, regs, why := Plan(data, &Hints{TorchLegacy: &wrong})
+	assert.Equal(t, Raw, kind)
+	assert.Empty(t, regs)
+	assert.Contains(t, why, "legacy torch file stored whole")
+	assert.Contains(t, why, "the file counts")
+
+	kind, _, why = Plan(append(append([]byte{}, data...), 0), &Hints{TorchLegacy: &l})
+	assert.Equal(t, Raw, kind)
+	assert.Contains(t, why, "trailing data")
+
+	same := l
+	same.Storages = append([]torchlegacy.Spec{}, l.Storages...)
+	same.Storages[1].Name = same.Storages[0].Name
+	kind, _, why = Plan(data, &Hints{TorchLegacy: &same})
+	assert.Equal(t, Raw, kind)
+	assert.Contains(t, why, "repeated name")
+
+	kind, _, why = Plan(data, &Hints{TorchLegacy: &l, TorchZip: map[string]string{}})
+	assert.Equal(t, Raw, kind)
+	assert.Contains(t, why, "both")
 }

@@ -172,10 +172,10 @@ type planned struct {
 	end   uint64
 }
 
-// AddFile adds the file at src as rel. hints, for a torch zip, give the
-// dtype of each storage key (from data.pkl, which only Python reads); note
-// says why a file that looks like a container is stored whole.
-func (tx *Tx) AddFile(rel, src string, hints map[string]string, note string) error {
+// AddFile adds the file at src as rel. hints, for a torch file, say what
+// its pickles hold (which only Python reads; see layout.Hints); note says
+// why a file that looks like a container is stored whole.
+func (tx *Tx) AddFile(rel, src string, hints *layout.Hints, note string) error {
 	if err := tx.claim(rel); err != nil {
 		return err
 	}
@@ -191,7 +191,7 @@ func (tx *Tx) AddFile(rel, src string, hints map[string]string, note string) err
 	return mapped.Reading(src, func() error { return tx.addMapped(rel, in.Data, mode, hints, note) })
 }
 
-func (tx *Tx) addMapped(rel string, data []byte, mode uint32, hints map[string]string, note string) error {
+func (tx *Tx) addMapped(rel string, data []byte, mode uint32, hints *layout.Hints, note string) error {
 	f := File{Path: rel, Mode: mode, Size: uint64(len(data)), Layout: LayoutRaw, Note: note, Regions: []Region{}}
 	f.SHA256 = hashMapped(data)
 	layout, regions, why := planFile(data, hints)
@@ -359,7 +359,7 @@ func keepLarge(ps []planned) []planned {
 
 // planFile finds the typed regions of a file (core/layout), keeping those
 // large enough for an object of their own.
-func planFile(data []byte, hints map[string]string) (string, []planned, string) {
+func planFile(data []byte, hints *layout.Hints) (string, []planned, string) {
 	kind, regs, why := layout.Plan(data, hints)
 	ps := make([]planned, 0, len(regs))
 	for _, r := range regs {

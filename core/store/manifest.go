@@ -103,6 +103,7 @@ type Checkpoint struct {
 const (
 	LayoutSafetensors = "safetensors"
 	LayoutTorchZip    = "torch-zip"
+	LayoutTorchLegacy = "torch-legacy"
 	LayoutRaw         = "raw"
 	LayoutStateDict   = "state-dict"
 )
@@ -403,7 +404,7 @@ func (f *File) validate() error {
 		return fmt.Errorf("bad hash")
 	}
 	switch f.Layout {
-	case LayoutSafetensors, LayoutTorchZip, LayoutRaw, LayoutStateDict:
+	case LayoutSafetensors, LayoutTorchZip, LayoutTorchLegacy, LayoutRaw, LayoutStateDict:
 	default:
 		return fmt.Errorf("layout %q", f.Layout)
 	}

@@ -22,7 +22,7 @@ from . import errors
 from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 3
+ABI_VERSION = 4
 MAX_NDIM = 32
 ERR_LEN = 1024
 

@@ -10,10 +10,13 @@ that rebuilds a tensor from it, which is how torch writes the dtypes that
 have no storage class (uint16/32/64, float8).
 
 The pickle is only walked with :func:`pickletools.genops` over a small model
-of the pickle machine's stack and memo, in which every object other than
-strings, integers, tuples, global names and storage ids is an opaque
-placeholder. Nothing is imported, called or constructed, so a pickle that
-names ``os.system`` is as harmless here as any other.
+of the pickle machine (tpde._torchpickle) in which every object other than
+plain values, global names and storage ids is an opaque placeholder.
+Nothing is imported, called or constructed, so a pickle that names
+``os.system`` is as harmless here as any other.
+
+:func:`hints` is what the callers use: it also reads legacy (pre-zip)
+torch.save files, through tpde._torchlegacy.
 
 Only the standard library is imported; this module must not load torch.
 """
@@ -21,97 +24,22 @@ Only the standard library is imported; this module must not load torch.
 from __future__ import annotations
 
 import os
-import pickletools
 import struct
 import zipfile
-from typing import Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
+from . import _torchpickle
+from ._torchpickle import DTYPE_WIDTH
 from .errors import CorruptDataError, UnsupportedFormatError
 
-__all__ = ["storage_dtypes", "scan", "DTYPE_WIDTH"]
-
-#: Bytes per element of each dtype name this module reports (the
-#: safetensors spellings of tpde's dtype table).
-DTYPE_WIDTH: Dict[str, int] = {
-    "F32": 4, "F64": 8, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-    "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8,
-}
-
-# Typed storage classes (module "torch") whose numel counts elements.
-_STORAGE_CLASS_DTYPE = {
-    "FloatStorage": "F32", "DoubleStorage": "F64", "HalfStorage": "F16",
-    "BFloat16Storage": "BF16", "LongStorage": "I64", "IntStorage": "I32",
-    "ShortStorage": "I16", "CharStorage": "I8", "ByteStorage": "U8",
-    "BoolStorage": "BOOL", "Float8_e4m3fnStorage": "F8_E4M3",
-    "Float8_e5m2Storage": "F8_E5M2", "UInt16Storage": "U16",
-    "UInt32Storage": "U32", "UInt64Storage": "U64",
-}
-
-# torch dtypes as pickled (GLOBAL "torch <name>") for _rebuild_tensor_v3.
-_TORCH_DTYPE = {
-    "float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
-    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8",
-    "bool": "BOOL", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-    "uint16": "U16", "uint32": "U32", "uint64": "U64",
-}
-
-_UNTYPED_STORAGE = {("torch", "UntypedStorage"), ("torch.storage", "UntypedStorage")}
-_REBUILD_V3 = ("torch._utils", "_rebuild_tensor_v3")
+__all__ = ["storage_dtypes", "scan", "hints", "DTYPE_WIDTH"]
 
 #: data.pkl records larger than this are not scanned (a real one holds a
 #: few hundred bytes per tensor).
 MAX_PICKLE_BYTES = 1 << 30
 
-# Stack plus memo entries the model may hold: each costs the model ~100
-# bytes however few bytes of pickle made it, so a hostile pickle of
-# repeated MEMOIZE or MARK opcodes would otherwise cost far more memory
-# than its size. Real checkpoints use about ten per tensor.
-_MAX_ENTRIES = 1 << 24
-
 #: Records a zip may hold before scan gives up on it (as core/torchzip).
 MAX_RECORDS = 1 << 20
-
-
-class _Global:
-    """A module-level name a GLOBAL or STACK_GLOBAL opcode refers to."""
-
-    __slots__ = ("module", "name")
-
-    def __init__(self, module: str, name: str) -> None:
-        self.module, self.name = module, name
-
-    def ident(self) -> Tuple[str, str]:
-        return (self.module, self.name)
-
-
-class _StorageRef:
-    """What BINPERSID yields for a storage id: the storage, by key."""
-
-    __slots__ = ("key",)
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-
-class _Mark:
-    __slots__ = ()
-
-
-_MARK = _Mark()
-_OPAQUE = object()  # any value the model does not track
-
-_STRING_OPS = frozenset({
-    "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8",
-    "STRING", "BINSTRING", "SHORT_BINSTRING",
-})
-_INT_OPS = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"})
-_TUPLE_N = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
-_PUT_OPS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
-_GET_OPS = frozenset({"GET", "BINGET", "LONG_BINGET"})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class _Claims:
@@ -120,16 +48,20 @@ class _Claims:
     reported; torch refuses to save two dtypes for one storage, so two
     means a pickle tpde should not trust, and the storage stays verbatim."""
 
-    def __init__(self) -> None:
+    def __init__(self, walk: _torchpickle.Walk) -> None:
         self.dtypes: Dict[str, set] = {}
         self.nbytes: Dict[str, set] = {}
+        for sid in walk.storage_ids:
+            self.storage(sid.key, sid.cls, sid.numel)
+        for key, dtype_name in walk.views:
+            self.view(key, dtype_name)
 
     def storage(self, key: str, cls: Tuple[str, str], numel: int) -> None:
-        if cls in _UNTYPED_STORAGE:
+        if cls in _torchpickle.UNTYPED_STORAGE:
             self.nbytes.setdefault(key, set()).add(numel)
             self.dtypes.setdefault(key, set())
             return
-        dtype = _STORAGE_CLASS_DTYPE.get(cls[1]) if cls[0] == "torch" else None
+        dtype = _torchpickle.STORAGE_CLASS_DTYPE.get(cls[1]) if cls[0] == "torch" else None
         # None marks a class tpde has no dtype for (complex, quantized,
         # anything unknown): the key is then never reported.
         self.dtypes.setdefault(key, set()).add(dtype)
@@ -137,7 +69,7 @@ class _Claims:
             self.nbytes.setdefault(key, set()).add(numel * DTYPE_WIDTH[dtype])
 
     def view(self, key: str, dtype_name: Optional[Tuple[str, str]]) -> None:
-        dtype = _TORCH_DTYPE.get(dtype_name[1]) if dtype_name and dtype_name[0] == "torch" else None
+        dtype = _torchpickle.TORCH_DTYPE.get(dtype_name[1]) if dtype_name and dtype_name[0] == "torch" else None
         self.dtypes.setdefault(key, set()).add(dtype)
 
     def result(self) -> Dict[str, Tuple[str, int]]:
@@ -153,107 +85,6 @@ class _Claims:
         return out
 
 
-def _storage_id(pid: object) -> Optional[Tuple[str, Tuple[str, str], int]]:
-    """(key, class, numel) when pid is torch's storage id, else None."""
-    if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
-        return None
-    _, cls, key, location, numel = pid
-    # type() rather than isinstance: True is an int to isinstance.
-    if not (isinstance(cls, _Global) and type(key) is str and type(location) is str
-            and type(numel) is int and numel >= 0):
-        return None
-    return key, cls.ident(), numel
-
-
-def _walk(pickle_bytes: bytes) -> Dict[str, Tuple[str, int]]:
-    stack: list = []
-    memo: dict = {}
-    claims = _Claims()
-
-    def pop(pos: int) -> object:
-        # The real machine hides everything below a MARK until the mark is
-        # popped, so reaching one here is the same underflow it reports.
-        if not stack or stack[-1] is _MARK:
-            raise CorruptDataError(f"torch data.pkl: stack underflow at byte {pos}")
-        return stack.pop()
-
-    def pop_to_mark(pos: int) -> list:
-        for i in range(len(stack) - 1, -1, -1):
-            if stack[i] is _MARK:
-                items = stack[i + 1:]
-                del stack[i:]
-                return items
-        raise CorruptDataError(f"torch data.pkl: no MARK for the opcode at byte {pos}")
-
-    for op, arg, pos in pickletools.genops(pickle_bytes):
-        name = op.name
-        if len(stack) + len(memo) > _MAX_ENTRIES:
-            raise _TooLarge(f"data.pkl needs more than {_MAX_ENTRIES} stack and memo entries")
-        if name in _STRING_OPS or name in _INT_OPS:
-            stack.append(arg)
-        elif name == "MARK":
-            stack.append(_MARK)
-        elif name in _TUPLE_N:
-            n = _TUPLE_N[name]
-            items = [pop(pos) for _ in range(n)][::-1]
-            stack.append(tuple(items))
-        elif name == "TUPLE":
-            stack.append(tuple(pop_to_mark(pos)))
-        elif name in _PUT_OPS or name == "MEMOIZE":
-            if not stack or stack[-1] is _MARK:
-                raise CorruptDataError(f"torch data.pkl: memo write from an empty stack at byte {pos}")
-            memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
-        elif name in _GET_OPS:
-            if arg not in memo:
-                raise CorruptDataError(f"torch data.pkl: memo entry {arg} read before written at byte {pos}")
-            stack.append(memo[arg])
-        elif name == "DUP":
-            value = pop(pos)
-            stack += [value, value]
-        elif name == "GLOBAL":
-            module, _, attr = arg.partition(" ")
-            stack.append(_Global(module, attr))
-        elif name == "STACK_GLOBAL":
-            attr, module = pop(pos), pop(pos)
-            ok = type(module) is str and type(attr) is str
-            stack.append(_Global(module, attr) if ok else _OPAQUE)
-        elif name == "BINPERSID":
-            sid = _storage_id(pop(pos))
-            if sid is None:
-                stack.append(_OPAQUE)
-            else:
-                claims.storage(*sid)
-                stack.append(_StorageRef(sid[0]))
-        elif name == "REDUCE":
-            args, func = pop(pos), pop(pos)
-            # _rebuild_tensor_v3(storage, offset, size, stride, requires_grad,
-            # backward_hooks, dtype[, metadata])
-            if (isinstance(func, _Global) and func.ident() == _REBUILD_V3 and isinstance(args, tuple)
-                    and len(args) >= 7 and isinstance(args[0], _StorageRef)):
-                dtype = args[6].ident() if isinstance(args[6], _Global) else None
-                claims.view(args[0].key, dtype)
-            stack.append(_OPAQUE)
-        elif name == "POP" and stack and stack[-1] is _MARK:
-            # As in pickle's load_pop: POP right after a MARK drops the mark.
-            stack.pop()
-        elif name == "STOP":
-            pop(pos)
-            break
-        else:
-            # Every other opcode: pop what pickletools says it consumes and
-            # push placeholders for what it produces.
-            before = op.stack_before
-            if pickletools.markobject in before:
-                pop_to_mark(pos)
-                for _ in range(before.index(pickletools.markobject)):
-                    pop(pos)
-            else:
-                for _ in before:
-                    pop(pos)
-            stack.extend(_OPAQUE for _ in op.stack_after)
-    return claims.result()
-
-
 def storage_dtypes(pickle_bytes: bytes) -> Dict[str, Tuple[str, int]]:
     """Map each storage key named in a torch data.pkl to (dtype, numel).
 
@@ -264,17 +95,7 @@ def storage_dtypes(pickle_bytes: bytes) -> Dict[str, Tuple[str, int]]:
     never executed. Raises CorruptDataError for a broken pickle and
     UnsupportedFormatError for one too large to model.
     """
-    try:
-        return _walk(bytes(pickle_bytes))
-    except _TooLarge as e:
-        raise UnsupportedFormatError(str(e)) from None
-    except CorruptDataError:
-        raise
-    # genops reports a truncated or unknown opcode as ValueError, a bad
-    # UTF-8 string as UnicodeDecodeError (a ValueError) and some short
-    # reads as struct.error.
-    except (ValueError, struct.error, EOFError, OverflowError) as e:
-        raise CorruptDataError(f"torch data.pkl: {e}") from None
+    return _Claims(_torchpickle.run(bytes(pickle_bytes), "torch data.pkl")).result()
 
 
 def _zip_reason(infos: list) -> Tuple[Optional[str], Optional[str]]:
@@ -354,3 +175,34 @@ def scan(path: Union[str, "os.PathLike[str]"]) -> Tuple[Optional[Dict[str, str]]
             if rec is not None and rec.file_size == numel * DTYPE_WIDTH[dtype]:
                 dtypes[key] = dtype
         return dtypes, None
+
+
+def hints(path: Union[str, bytes, "os.PathLike[str]"]) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """What the C ABI's torch hints should say of the file at path
+    (include/tpde.h, TPDE_TORCH_HINTS), read from its pickles.
+
+    Returns (hints, None) for a torch.save zip ({"torch_zip": dtypes}) or a
+    legacy torch.save file ({"torch_legacy": layout}); (None, note) for a
+    torch file tpde stores whole, the note saying why; (None, None) for
+    any other file, and for a stream (a pipe or FIFO, which must not be
+    read ahead of the library). Raises CorruptDataError when a zip's
+    data.pkl is broken or fails its CRC, OSError when path is unreadable.
+    """
+    from . import _torchlegacy
+
+    p = os.fsdecode(path)
+    if not os.path.isfile(p):
+        return None, None
+    with open(p, "rb") as fh:
+        head = fh.read(32)
+    if head[:4] == b"PK\x03\x04":
+        dtypes, reason = scan(p)
+        if dtypes is None:
+            return None, f"torch file stored whole: {reason}"
+        return {"torch_zip": dtypes}, None
+    if _torchlegacy.sniff(head):
+        layout, reason = _torchlegacy.scan(p)
+        if layout is None:
+            return None, f"legacy torch file stored whole: {reason}"
+        return {"torch_legacy": layout}, None
+    return None, None

@@ -30,7 +30,7 @@ from typing import IO, Any, Dict, Iterator, List, NoReturn, Optional, Sequence
 from ._text import human as _human
 from . import __version__, _cli_store
 from ._memory import parse_size
-from .codec import _original_size, compress_file, decompress_file, file_info
+from .codec import _compress_file, _original_size, decompress_file, file_info
 from .errors import (
     CancelledError,
     CorruptDataError,
@@ -171,10 +171,12 @@ def _convert(args: argparse.Namespace) -> int:
     if not args.quiet and size >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
         bar = _Bar(args.command, sys.stderr)
     stop = _Stop()
+    note = None
     try:
         with stop.installed():
             if compress:
-                out = compress_file(args.file, args.output, threads=args.threads, progress=bar, cancel=stop.event)
+                out, note = _compress_file(args.file, args.output, threads=args.threads, progress=bar,
+                                           cancel=stop.event)
             else:
                 out = decompress_file(args.file, args.output, threads=args.threads, progress=bar, cancel=stop.event,
                                       max_output_bytes=args.max_output)
@@ -197,6 +199,8 @@ def _convert(args: argparse.Namespace) -> int:
             a = stored = os.path.getsize(args.file) if os.path.isfile(args.file) else 0
             b = orig
         print(f"{args.file} -> {out}: {_human(a)} -> {_human(b)} (ratio {_ratio(orig, stored)})")
+        if compress and note:
+            print(f"  {note}")
     return 0
 
 

@@ -307,6 +307,13 @@ def compress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int
     threading.Event (anything with is_set()) that stops the work with
     CancelledError. Returns the output path.
     """
+    return _compress_file(src, dst, threads=threads, progress=progress, cancel=cancel)[0]
+
+
+def _compress_file(src: PathLike, dst: Optional[PathLike], *, threads: int, progress: Optional[Progress],
+                   cancel: Optional[Any]) -> Tuple[str, Optional[str]]:
+    """compress_file, also returning why a torch file was coded as bytes
+    (None when it was not, or is no torch file), for the CLI to say."""
     s = os.fspath(src)
     d = os.fspath(dst) if dst is not None else _with_suffix(s, ".tpde")
     _refuse_same(s, d)
@@ -314,30 +321,27 @@ def compress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int
     if progress is not None:
         with contextlib.suppress(OSError):  # the library reports a missing input
             total = os.path.getsize(s)
-    hints = torch_dtypes(s)
+    hints, note = torch_hints(s)
     js = None if hints is None else json.dumps(hints).encode("utf-8")
     _file_op("tpde_compress_file", s, d, threads, progress, total, (js, len(js or b"")), cancel=cancel)
-    return os.fsdecode(d)
+    return os.fsdecode(d), note
 
 
-def torch_dtypes(path: Union[str, bytes]) -> Optional[Dict[str, str]]:
-    """The storage dtypes of a torch.save zip (from its data.pkl, nothing
-    unpickled), or None for any other file, a stream, or a torch file that
-    is not a plain zip (TorchScript, deflated): those are coded as bytes."""
+def torch_hints(path: Union[str, bytes]) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """What a torch.save file's pickles say of its storages (a zip's dtypes,
+    or a legacy file's layout; nothing unpickled), and (None, note) for a
+    torch file that is coded as bytes, with why. (None, None) for any other
+    file or a stream."""
     from . import _torchfile
 
     try:
-        if not os.path.isfile(path):
-            return None
-        with open(path, "rb") as fh:
-            if fh.read(4) != b"PK\x03\x04":
-                return None
-        dtypes, _reason = _torchfile.scan(os.fsdecode(path))
-    except (OSError, TPDEError):
-        # Unreadable: the library reports it. A broken pickle: the file is
-        # still compressed, losslessly, as bytes.
-        return None
-    return dtypes
+        return _torchfile.hints(path)
+    except OSError:
+        return None, None  # unreadable: the library reports it
+    except TPDEError as e:
+        # A broken zip pickle: the file is still compressed, losslessly,
+        # as bytes, and the CLI says why.
+        return None, f"torch file stored whole: {e}"
 
 
 def _original_size(path: Union[str, bytes]) -> int:

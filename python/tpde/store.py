@@ -16,7 +16,6 @@ Python values.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import ctypes
 import errno
@@ -388,14 +387,7 @@ class Store:
             return _info(rd.record(rec["step"]), rd.chain_lengths())
 
     def _add_file(self, h: int, rel: str, p: str) -> None:
-        hints: Optional[Dict[str, str]] = None
-        note = None
-        if _looks_like_zip(p):
-            dtypes, reason = _torchfile.scan(p)
-            if dtypes is not None:
-                hints = dtypes
-            else:
-                note = f"torch file stored whole: {reason}"
+        hints, note = _torchfile.hints(p)
         hj, hn = _json_arg(hints)
         call("tpde_store_add_file", h, rel.encode("utf-8"), os.fsencode(p), hj, hn,
              note.encode("utf-8") if note else None, None, None)
@@ -561,18 +553,15 @@ def _save_atomically(torch: Any, sd: Any, dst: str) -> None:
     write_atomically(dst, lambda fh: torch.save(sd, fh))
 
 
-def _looks_like_zip(p: str) -> bool:
-    with builtins.open(p, "rb") as fh:
-        return fh.read(4) == b"PK\x03\x04"
-
-
 def _loadable(f: Dict[str, Any]) -> bool:
-    return f["layout"] in ("safetensors", "state-dict", "torch-zip") or (
+    return f["layout"] in ("safetensors", "state-dict", "torch-zip", "torch-legacy") or (
         f["layout"] == "raw" and _is_pickle(f) and bool(f.get("note")))
 
 
 def _is_pickle(f: Dict[str, Any]) -> bool:
-    return f["layout"] == "torch-zip" or (f["layout"] == "raw" and f.get("note", "").startswith("torch file"))
+    note = f.get("note", "")
+    return f["layout"] in ("torch-zip", "torch-legacy") or (
+        f["layout"] == "raw" and (note.startswith("torch file") or note.startswith("legacy torch file")))
 
 
 def _header(rd: _Reader, step: int, rel: str, size: int, what: str, limit: int = 100_000_000) -> Tuple[Any, int]:
