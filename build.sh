@@ -9,6 +9,7 @@
 #   ./build.sh series     the checkpoint-series benchmark (trains MiniLM on the CPU once, cached)
 #   ./build.sh store      the checkpoint-store benchmark (bench/store.py; trains two short runs once, cached)
 #   ./build.sh integrations  the Trainer-callback overhead and DCP benchmarks (bench/hf_overhead.py, bench/dcp.py)
+#   ./build.sh legacy     legacy (pre-zip) torch files against the same tensors as .safetensors (bench/legacy.py)
 #   ./build.sh render     README.md's measured blocks from bench/results/*.json (--check: diff only)
 #   ./build.sh fuzz-corpus  fuzz every core/ target a while, keep the inputs in testdata/fuzz
 #   ./build.sh venv       print the path of the cached venv (creating it if needed)
@@ -149,6 +150,14 @@ store)
 	# committed bench/results/store.json. With options: exactly as given.
 	[ "$#" -gt 0 ] || set -- --memory --json bench/results/store.json
 	py bench/store.py "$@"
+	;;
+legacy)
+	build_lib
+	VENV="$(ensure_venv)"
+	# Legacy (pre-zip) torch files against the same tensors as .safetensors,
+	# recorded in the committed bench/results/legacy.json.
+	[ "$#" -gt 0 ] || set -- --json bench/results/legacy.json
+	py bench/legacy.py "$@"
 	;;
 integrations)
 	build_lib

@@ -322,7 +322,8 @@ _ZIPNN_DTYPES = {"F32": ("float32", 4), "BF16": ("bfloat16", 2), "F16": ("float1
 
 def zipnn_dtype(path: Path) -> Optional[str]:
     """ZipNN's bytearray_dtype for a file: its float dtype holding the most
-    bytes (safetensors header, or the storages of a torch.save zip); None
+    bytes (safetensors header, or the storages of a torch.save file, zip or
+    legacy); None
     for a file without float tensors (JSON, tokenizer, scheduler.pt)."""
     import struct
     import zipfile
@@ -336,16 +337,20 @@ def zipnn_dtype(path: Path) -> Optional[str]:
             for k, e in hdr.items():
                 if k != "__metadata__":
                     by[e["dtype"]] = by.get(e["dtype"], 0) + e["data_offsets"][1] - e["data_offsets"][0]
-    if head[:4] == b"PK\x03\x04":
-        from tpde import _torchfile
+    from tpde import _torchfile
 
-        dtypes, _ = _torchfile.scan(path)
-        if dtypes:
-            with zipfile.ZipFile(path) as zf:
-                for zi in zf.infolist():
-                    parts = zi.filename.split("/")
-                    if len(parts) == 3 and parts[1] == "data" and parts[2] in dtypes:
-                        by[dtypes[parts[2]]] = by.get(dtypes[parts[2]], 0) + zi.file_size
+    hints, _ = _torchfile.hints(path) if path.suffix != ".safetensors" else (None, None)
+    if hints and "torch_zip" in hints:
+        dtypes = hints["torch_zip"]
+        with zipfile.ZipFile(path) as zf:
+            for zi in zf.infolist():
+                parts = zi.filename.split("/")
+                if len(parts) == 3 and parts[1] == "data" and parts[2] in dtypes:
+                    by[dtypes[parts[2]]] = by.get(dtypes[parts[2]], 0) + zi.file_size
+    elif hints and "torch_legacy" in hints:
+        for s in hints["torch_legacy"]["storages"]:
+            if s["dtype"]:
+                by[s["dtype"]] = by.get(s["dtype"], 0) + s["count"] * s["element_size"]
     floats = {k: v for k, v in by.items() if k in _ZIPNN_DTYPES}
     return _ZIPNN_DTYPES[max(floats, key=floats.__getitem__)][0] if floats else None
 

@@ -352,3 +352,14 @@ def test_a_byte_flip_in_each_pickle_and_a_truncated_storage(tmp_path: Path) -> N
             out = st.restore(0, tmp_path / f"restored{n}")
             assert (out / p.name).read_bytes() == blob, name
     assert outcomes["whole"] > 0 and sum(outcomes.values()) == len(cases), outcomes
+
+
+def test_the_cli_says_why_a_legacy_file_is_stored_whole(tmp_path: Path, run_py) -> None:
+    p = tmp_path / "be.pth"
+    p.write_bytes(legacy_bytes(pickle.dumps({}, protocol=2), [], little_endian=False))
+    r = run_py("-m", "tpde", "compress", str(p))
+    assert r.returncode == 0, r.stderr
+    assert "legacy torch file stored whole: a big-endian file" in r.stdout
+    ok = legacy_save({"w": torch.ones(8)}, tmp_path / "ok.pth")
+    r = run_py("-m", "tpde", "compress", str(ok))
+    assert r.returncode == 0 and "stored whole" not in r.stdout, r.stdout
