@@ -183,7 +183,7 @@ fuzz-corpus)
 	.ci/fuzz-corpus.sh "$@"
 	;;
 *)
-	sed -n '2,16p' "$0" >&2
+	sed -n '2,/^set -e/{/^#/p}' "$0" >&2
 	exit 2
 	;;
 esac

@@ -157,7 +157,8 @@ def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    rec: Dict[str, Any] = {**common.run_info(), "target": TARGET}
+    rec: Dict[str, Any] = {**common.run_info(), "quick": False, "machine": common.machine(),
+                           "versions": common.versions(), "target": TARGET}
     with tempfile.TemporaryDirectory(prefix="tpde-legacy-", dir=str(Path(__file__).resolve().parent)) as tmp:
         work = Path(tmp)
         log("(a) single files: the pretrained weights")
@@ -175,6 +176,7 @@ def main(argv: List[str] | None = None) -> int:
     print(f"series of {s['checkpoints']} training states ({s['tensors']} tensors): store ratio .pth "
           f"{s['pth']['ratio']:.3f}x, .safetensors {s['safetensors']['ratio']:.3f}x, .pth / .safetensors = "
           f"{s['pth_over_safetensors']:.4f}: {'met' if s['pass'] else 'NOT met'}")
+    rec["load_average_end"] = common.load_average()
     if args.json:
         common.write_json(args.json, rec)
     return 0 if all(r["pass"] for r in rec["single"]) and s["pass"] else 1
