@@ -44,6 +44,7 @@ SERIES_JSON = "bench/results/series.json"
 STORE_JSON = "bench/results/store.json"
 HF_OVERHEAD_JSON = "bench/results/hf_overhead.json"
 DCP_JSON = "bench/results/dcp.json"
+LEGACY_JSON = "bench/results/legacy.json"
 # A speed ratio within this fraction of its target line is flagged "within N% of the line": on a shared
 # machine runs spread by 10-30% (bench/README.md, "Reading the numbers"), so such a PASS or FAIL is a tie.
 TIE = 0.05
@@ -507,6 +508,45 @@ def render_integrations(hf: Dict[str, Any], dcp: Dict[str, Any]) -> str:
     return out.text()
 
 
+# --- legacy torch files block (bench/legacy.py) ------------------------------------------
+
+_FORMAT_LABELS = {"safetensors": "`.safetensors`", "pth": "`.pth`, legacy (pre-zip)", "pt": "`.pt`, zip"}
+
+
+def render_legacy(lg: Dict[str, Any]) -> str:
+    if lg.get("quick"):
+        raise RenderError(f"{LEGACY_JSON} is from a --quick run: rerun ./build.sh legacy (no options)")
+    t = lg["target"]
+    out = Block()
+    out.para(f"From one run of `./build.sh legacy` (bench/legacy.py), {_provenance(lg, LEGACY_JSON)}, on "
+             f"{_machine(lg)}: the same real tensors written as `.safetensors`, as a legacy `.pth` "
+             "(`torch.save(..., _use_new_zipfile_serialization=False)`, the format of many model-zoo "
+             "weights) and as torch's zip `.pt`; each file compressed alone by tpde, zstd-3 and ZipNN, and "
+             "every tpde output restored byte-identical. Sizes only: nothing is timed.")
+    add = out.line
+    add("| tensors | file | raw | tpde | zstd-3 | ZipNN | tpde read it as |")
+    add("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    for r in lg["single"]:
+        for f, m in r["formats"].items():
+            add(f"| all-MiniLM-L6-v2, {r['dtype']} | {_FORMAT_LABELS.get(f, f)} | {_mib(m['raw_bytes'])} "
+                f"| **{m['ratio_tpde']:.3f}x** | {m['ratio_zstd']:.3f}x | {m['ratio_zipnn']:.3f}x | {m['source']} |")
+    bullets = [f"{r['dtype']}: ratio `.pth` / ratio `.safetensors` = {r['pth_over_safetensors']:.4f} "
+               f"(target within {t:.0%}): {_met(r['pass'])}." for r in lg["single"]]
+    s = lg["series"]
+    bullets.append(
+        f"A series: the full training state ({s['tensors']} tensors: weights and AdamW moments) of "
+        f"{s['checkpoints']} checkpoints of a short real fine-tuning run, each saved as `.pth` and as "
+        f"`.safetensors`, each series added to a store: {s['pth']['ratio']:.3f}x and "
+        f"{s['safetensors']['ratio']:.3f}x, `.pth` / `.safetensors` = {s['pth_over_safetensors']:.4f}: "
+        f"{_met(s['pass'])}. Of the older checkpoints' {s['pth']['older_regions']} regions, "
+        f"{s['pth']['older_deltas']} are deltas in the `.pth` store and {s['safetensors']['older_deltas']} "
+        "in the `.safetensors` one (a region stays a keyframe when its delta is not smaller): legacy "
+        "storage keys change with every save, but regions are named by state-dict path, so each storage "
+        "still finds its previous version.")
+    out.bullets(bullets)
+    return out.text()
+
+
 class Block:
     """Markdown text built from paragraphs, bullet lists and raw lines (tables)."""
 
@@ -564,7 +604,7 @@ def _words(text: str) -> List[str]:
 def load_results(results: Path = RESULTS) -> Dict[str, Optional[Dict[str, Any]]]:
     out: Dict[str, Optional[Dict[str, Any]]] = {}
     for name, fname in (("run", "run.json"), ("series", "series.json"), ("store", "store.json"),
-                        ("hf_overhead", "hf_overhead.json"), ("dcp", "dcp.json")):
+                        ("hf_overhead", "hf_overhead.json"), ("dcp", "dcp.json"), ("legacy", "legacy.json")):
         p = results / fname
         out[name] = json.loads(p.read_text()) if p.is_file() else None
     return out
@@ -586,6 +626,7 @@ def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
         "series": lambda: render_series(need("series", "series.json"), data["run"]),
         "store": lambda: render_store(need("store", "store.json")),
         "integrations": lambda: render_integrations(need("hf_overhead", "hf_overhead.json"), need("dcp", "dcp.json")),
+        "legacy": lambda: render_legacy(need("legacy", "legacy.json")),
     }
 
 
