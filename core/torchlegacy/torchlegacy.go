@@ -15,7 +15,6 @@
 package torchlegacy
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math/bits"
@@ -105,15 +104,3 @@ func Check(data []byte, l Layout) ([]Storage, error) {
 	}
 	return out, nil
 }
-
-// Sniff reports whether data starts like a legacy torch.save file: a
-// pickle of torch's magic number as a 10-byte LONG1, within the first 32
-// bytes (protocol 4 and later put a FRAME opcode before it).
-func Sniff(data []byte) bool {
-	head := data[:min(len(data), 32)]
-	return len(head) > 0 && head[0] == 0x80 && bytes.Contains(head, []byte(magicLong))
-}
-
-// magicLong is torch's legacy MAGIC_NUMBER, 0x1950a86a20f9469cfc6c, as the
-// LONG1 opcode writes it: 0x8a, length 10, then 10 bytes little endian.
-const magicLong = "\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
