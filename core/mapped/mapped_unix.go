@@ -69,6 +69,17 @@ func Open(path, spoolDir string) (*Input, error) {
 	return in, nil
 }
 
+// Map maps size bytes of the regular file f, which it takes over: the
+// Input's Release closes it. For callers that opened f themselves (without
+// following links, say).
+func Map(f *os.File, size int64) (*Input, error) {
+	data, unmap, err := mapFile(f, size)
+	if err != nil {
+		return nil, err
+	}
+	return &Input{Data: data, release: func() { unmap(); _ = f.Close() }}, nil
+}
+
 // spool copies a stream to an unlinked temporary file and maps that.
 func spool(src *os.File, path, dir string) (*Input, error) {
 	if dir == "" {
