@@ -121,12 +121,15 @@ func tpde_store_open(path *C.char, write C.int32_t, config *C.char, configLen C.
 		return status(fmt.Errorf("%w: path or handle is NULL", errs.Invalid), cerr, cerrLen)
 	}
 	var cfg struct {
-		KeyframeInterval int                `json:"keyframe_interval"`
+		KeyframeInterval *int               `json:"keyframe_interval"`
 		Reference        string             `json:"reference"`
 		Lossy            *[]store.LossyRule `json:"lossy"`
 		// Positions: TPDE_DELTA_* position coding of this writer's delta
 		// frames (0 auto, 1 dense, 2 sparse); not part of the store's config.
 		Positions int `json:"positions"`
+		// MaxOutput: the decode limit of this handle's reads (0: none
+		// beyond the memory this process may use), as max_output elsewhere.
+		MaxOutput uint64 `json:"max_output"`
 	}
 	if err := jsonArg(config, configLen, "config", &cfg); err != nil {
 		return status(err, cerr, cerrLen)
@@ -134,8 +137,11 @@ func tpde_store_open(path *C.char, write C.int32_t, config *C.char, configLen C.
 	if cfg.Positions < int(delta.SparseAuto) || cfg.Positions > int(delta.SparseAlways) {
 		return status(fmt.Errorf("%w: config positions %d (must be 0, 1 or 2)", errs.Invalid, cfg.Positions), cerr, cerrLen)
 	}
-	opt := store.Options{Write: write != 0, KeyframeInterval: cfg.KeyframeInterval, Reference: cfg.Reference,
-		Threads: int(nthreads), Positions: delta.SparseMode(cfg.Positions)}
+	opt := store.Options{Write: write != 0, Reference: cfg.Reference, Threads: int(nthreads),
+		Positions: delta.SparseMode(cfg.Positions), Limits: store.Limits{Output: cfg.MaxOutput, Memory: cfg.MaxOutput}}
+	if cfg.KeyframeInterval != nil {
+		opt.KeyframeInterval, opt.KeyframeIntervalSet = *cfg.KeyframeInterval, true
+	}
 	if cfg.Lossy != nil {
 		opt.Lossy, opt.LossySet = *cfg.Lossy, true
 	}
@@ -369,26 +375,48 @@ func tpde_store_reader_open(handle C.uint64_t, reader *C.uint64_t, cerr *C.char,
 			return err
 		}
 		r := &openReader{rd: rd}
-		cps := make([]*store.Checkpoint, 0, len(rd.Steps()))
-		for _, st := range rd.Steps() {
-			c, err := rd.Checkpoint(st, false)
-			if err != nil {
-				rd.Close()
-				return err
-			}
-			cps = append(cps, c)
-		}
-		snap := struct {
-			Manifest    *store.Manifest     `json:"manifest"`
-			Base        *store.Checkpoint   `json:"base"`
-			Checkpoints []*store.Checkpoint `json:"checkpoints"`
-		}{rd.Manifest(), rd.Base(), cps}
-		if err := keep(&r.result, snap); err != nil {
+		// The manifest only: records are read one at a time when asked
+		// for (tpde_store_reader_record), so that opening a reader costs
+		// the same whatever the store's history.
+		if err := keep(&r.result, struct {
+			Manifest *store.Manifest `json:"manifest"`
+		}{rd.Manifest()}); err != nil {
 			rd.Close()
 			return err
 		}
 		*reader = C.uint64_t(readers.Put(r))
 		return nil
+	})
+}
+
+//export tpde_store_reader_record
+func tpde_store_reader_record(reader C.uint64_t, step C.int64_t, which C.int32_t, cerr *C.char,
+	cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
+		var c *store.Checkpoint
+		var err error
+		switch which {
+		case C.TPDE_STORE_STEP:
+			c, err = r.rd.Checkpoint(int64(step), false)
+		case C.TPDE_STORE_LATEST:
+			c, err = r.rd.Checkpoint(0, true)
+		case C.TPDE_STORE_BASE:
+			if c, err = r.rd.Base(); err == nil && c == nil {
+				err = fmt.Errorf("%w: the store has no base", errs.Invalid)
+			}
+		default:
+			err = fmt.Errorf("%w: which %d (must be TPDE_STORE_STEP, _LATEST or _BASE)", errs.Invalid, int32(which))
+		}
+		if err != nil {
+			return err
+		}
+		chains, problem := r.rd.Chains(c)
+		return keep(&r.result, struct {
+			Record  *store.Checkpoint `json:"record"`
+			Chains  [][]int           `json:"chains"`
+			Problem string            `json:"problem"`
+		}{c, chains, problem})
 	})
 }
 
@@ -427,8 +455,8 @@ func tpde_store_read_range(reader C.uint64_t, step C.int64_t, rel *C.char, offse
 }
 
 //export tpde_store_restore
-func tpde_store_restore(reader C.uint64_t, step C.int64_t, rel *C.char, dest *C.char, cerr *C.char,
-	cerrLen C.size_t) (rc C.int) {
+func tpde_store_restore(reader C.uint64_t, step C.int64_t, rel *C.char, dest *C.char, flags C.int32_t,
+	cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
 		d, err := goString(dest, "dest")
@@ -439,12 +467,16 @@ func tpde_store_restore(reader C.uint64_t, step C.int64_t, rel *C.char, dest *C.
 		if err != nil {
 			return err
 		}
+		if flags&^C.TPDE_RESTORE_FORCE != 0 {
+			return fmt.Errorf("%w: restore flags %#x", errs.Invalid, int32(flags))
+		}
+		force := flags&C.TPDE_RESTORE_FORCE != 0
 		if rel == nil {
-			return r.rd.Restore(c, d)
+			return r.rd.Restore(c, d, force)
 		}
 		for i := range c.Files {
 			if c.Files[i].Path == C.GoString(rel) {
-				return r.rd.RestoreFile(&c.Files[i], d)
+				return r.rd.RestoreFile(&c.Files[i], d, force)
 			}
 		}
 		return fmt.Errorf("%w: checkpoint %d has no file %q", errs.Invalid, int64(step), C.GoString(rel))

@@ -57,7 +57,7 @@ extern "C" {
 #endif
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 4
+#define TPDE_ABI_VERSION 5
 
 /* Status codes. */
 #define TPDE_OK 0
@@ -488,8 +488,15 @@ int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
  * config: NULL, or JSON {"keyframe_interval": K, "reference": "previous"|
  * "base", "lossy": [{"pattern", "threshold"}]}, any key omitted meaning
  * "as stored" (or the default for a new store); a value that differs from
- * an existing store's is TPDE_E_INVALID. Another writer holding the store
- * is TPDE_E_IO with errno EWOULDBLOCK. Result: the store's config. */
+ * an existing store's is TPDE_E_INVALID. Also "max_output": the decode
+ * limit of this handle's reads, as max_output elsewhere (a restore's total
+ * bytes, and any one decode's memory; 0 or omitted: the memory this
+ * process may use bounds decodes, nothing bounds a restore), and
+ * "positions" (TPDE_DELTA_*) for this writer's delta frames. A path with a
+ * URL scheme ("s3://...") is TPDE_E_UNSUPPORTED, never a local folder.
+ * Nothing inside the store is followed through a symlink, or opened if it
+ * is not a regular file or folder. Another writer holding the store is
+ * TPDE_E_IO with errno EWOULDBLOCK. Result: the store's config. */
 int tpde_store_open(const char *path, int32_t write, const char *config, uint64_t config_len,
                     int32_t nthreads, uint64_t *handle, char *err, size_t err_len);
 int tpde_store_close(uint64_t handle, char *err, size_t err_len);
@@ -522,18 +529,38 @@ int tpde_store_remove(uint64_t handle, int64_t step, char *err, size_t err_len);
  * "region", "object", "message"}], "cleaned": {...} or null}. */
 int tpde_store_verify(uint64_t handle, int32_t deep, int32_t repair, char *err, size_t err_len);
 
-/* Open a reader on the newest committed state. Result: {"manifest",
- * "base", "checkpoints": [records]}. */
+/* Open a reader on the newest committed state. Result: {"manifest"}: the
+ * manifest generation it reads (config, base, checkpoints' steps and
+ * records' objects), without the records. */
 int tpde_store_reader_open(uint64_t handle, uint64_t *reader, char *err, size_t err_len);
 int tpde_store_reader_close(uint64_t reader, char *err, size_t err_len);
+/* Which record tpde_store_reader_record reads. */
+#define TPDE_STORE_STEP 0   /* the checkpoint step */
+#define TPDE_STORE_LATEST 1 /* the newest checkpoint (step ignored) */
+#define TPDE_STORE_BASE 2   /* the base (step ignored) */
+/* Read one checkpoint's record. Result: {"record": the record (FORMAT.md
+ * section 18.4), "chains": [[frames each region's decode walks, 0 where its
+ * chain cannot be followed] per file], "problem": "" or why a chain
+ * cannot be followed}. A record that cannot be read (both copies damaged)
+ * is TPDE_E_CORRUPT naming the checkpoint; the other checkpoints still
+ * read. */
+int tpde_store_reader_record(uint64_t reader, int64_t step, int32_t which, char *err, size_t err_len);
 /* Read bytes [offset, offset+n) of a stored file of checkpoint step. */
 int tpde_store_read_range(uint64_t reader, int64_t step, const char *rel, uint64_t offset, void *dst,
                           uint64_t n, char *err, size_t err_len);
-/* Restore checkpoint step: every file under the folder dest (rel NULL), or
- * the one file rel to the path dest. Files are written atomically, with
- * their modes, and checked against the hashes they were added with. */
-int tpde_store_restore(uint64_t reader, int64_t step, const char *rel, const char *dest, char *err,
-                       size_t err_len);
+/* Overwrite what exists at a restore's destination. */
+#define TPDE_RESTORE_FORCE 1
+/* Restore checkpoint step: every file into the folder dest (rel NULL), or
+ * the one file rel to the path dest. All or nothing: the files are written
+ * beside dest, checked against the hashes they were added with, fsynced,
+ * and then moved into place; on failure nothing of them is left. Modes are
+ * the recorded ones less the umask. Nothing below dest is reached through a
+ * symlink. A dest folder that is not empty (or a dest file that exists) is
+ * TPDE_E_IO with errno EEXIST unless flags has TPDE_RESTORE_FORCE: then the
+ * checkpoint's files replace those of the same names, and the rest of dest
+ * is kept. */
+int tpde_store_restore(uint64_t reader, int64_t step, const char *rel, const char *dest, int32_t flags,
+                       char *err, size_t err_len);
 /* Copy the JSON result the last call on handle (a store or a reader) left,
  * with the grow-and-call-again protocol of tpde_file_info. */
 int tpde_store_result(uint64_t handle, char *json, uint64_t cap, uint64_t *needed, char *err,

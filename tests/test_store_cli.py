@@ -197,7 +197,14 @@ def test_lossy_and_base_options(tmp_path: Path, tpde_cli, run_dirs) -> None:
     (["add", "{store}", "{src100}", "--step", "500", "--keyframe-interval", "4"], "cannot be reopened"),
     (["add", "{store}", "{src100}", "--lossy", "nonsense"], "PATTERN=BOUND"),
     (["add", "{store}", "{src100}", "--reference", "previous", "--base", "{src100}"], "--base goes with"),
-    (["add", "{tmp}/fresh", "{src100}", "--lossy", "*=-1"], "threshold"),
+    (["add", "{tmp}/fresh", "{src100}", "--lossy", "*=-1"], "lossy bound"),
+    (["add", "{tmp}/fresh", "{src100}", "--lossy", "*=nan"], "lossy bound"),
+    (["add", "{tmp}/fresh", "{src100}", "--keyframe-interval", "0"], "keyframe"),
+    (["add", "{tmp}/fresh", "{src100}", "--step", "99999999999999999999"], "out of range"),
+    (["add", "{tmp}/fresh", "s3://bucket/run"], "s3://"),
+    (["rm", "{store}", "18446744073709551626"], "out of range"),
+    (["rm", "{store}", "-1"], "out of range"),
+    (["restore", "{store}", "18446744073709551716", "{tmp}/out"], "out of range"),
     (["verify"], "the following arguments are required"),
     (["restore", "{store}", "100"], "the following arguments are required"),
 ])
@@ -215,16 +222,28 @@ def test_usage_errors_exit_2(tmp_path: Path, tpde_cli, run_dirs, args: List[str]
 def test_failures_exit_1(tmp_path: Path, tpde_cli, run_dirs, py_env) -> None:
     store = tmp_path / "s"
     ok(tpde_cli("add", store, run_dirs[100], "-q"))
-    # A damaged manifest: corrupt, exit 1, for every command that reads it.
-    man = sorted((store / "manifests").iterdir())[-1]
+    # A damaged manifest: its second copy serves; verify says so (exit 1)
+    # and --repair writes it anew.
+    man, copy = sorted((store / "manifests").glob("*.json"))[-1], sorted((store / "manifests").glob("*.copy"))[-1]
     good = man.read_bytes()
     man.write_bytes(good[:-20])
+    ok(tpde_cli("ls", store))
+    p = tpde_cli("verify", store)
+    assert p.returncode == 1 and "manifest" in p.stdout, (p.stdout, p.stderr)
+    ok(tpde_cli("verify", store, "--repair"))
+    ok(tpde_cli("verify", store))
+    # Both copies damaged: corrupt, exit 1, for every command that reads it.
+    man, copy = sorted((store / "manifests").glob("*.json"))[-1], sorted((store / "manifests").glob("*.copy"))[-1]
+    good = man.read_bytes()
+    man.write_bytes(good[:-20])
+    copy.write_bytes(good[:-20])
     for args in (["ls", store], ["info", store, "100"], ["verify", store], ["restore", store, "100", tmp_path / "x"],
                  ["add", store, run_dirs[200]]):
         p = tpde_cli(*args)
         assert p.returncode == 1, (args, p.stdout, p.stderr)
         assert "corrupt" in one_error_line(p)
     man.write_bytes(good)
+    copy.write_bytes(good)
     # Another writer holds the lock: exit 1, one line.
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time, tpde\n"
                                "st = tpde.Store(sys.argv[1]); st.verify(repair=True)\n"

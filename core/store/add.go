@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 	"time"
 
@@ -77,18 +78,26 @@ func (s *Store) begin(step int64, hasStep bool, tags []string, base bool) (*Tx, 
 	if len(tags) > maxTags {
 		return nil, fmt.Errorf("%w: %d tags (max %d)", errs.Invalid, len(tags), maxTags)
 	}
+	for _, t := range tags {
+		if err := validText(t, maxNameBytes); err != nil {
+			return nil, fmt.Errorf("%w: tag: %v", errs.Invalid, err)
+		}
+	}
 	if base {
 		if s.cfg.Reference != RefBase {
 			return nil, fmt.Errorf("%w: a base is only used with reference=%q", errs.Invalid, RefBase)
 		}
 	} else {
-		if s.cfg.Reference == RefBase && sn.base == nil {
+		if s.cfg.Reference == RefBase && sn.m.Base == nil {
 			return nil, fmt.Errorf("%w: reference=%q needs the base added first", errs.Invalid, RefBase)
 		}
 		last := sn.latest()
 		if !hasStep {
 			step = 0
 			if last >= 0 {
+				if sn.m.Checkpoints[last].Step == math.MaxInt64 {
+					return nil, fmt.Errorf("%w: the newest checkpoint is step %d, and no step comes after it", errs.Invalid, int64(math.MaxInt64))
+				}
 				step = sn.m.Checkpoints[last].Step + 1
 			}
 		} else if last >= 0 && step <= sn.m.Checkpoints[last].Step {
@@ -112,7 +121,11 @@ func (s *Store) begin(step int64, hasStep bool, tags []string, base bool) (*Tx, 
 	return tx, nil
 }
 
-// index builds the lookups Add needs from the committed records.
+// index builds the lookups Add needs from the committed records near the
+// newest: the base, and the checkpoints a chain into the newest can come
+// from (within K of it). Reading only those keeps an add's cost
+// independent of the store's history. A record that cannot be read is
+// left out: nothing is coded against what it holds.
 func (tx *Tx) index() {
 	visit := func(c *Checkpoint) {
 		for _, f := range c.Files {
@@ -127,10 +140,17 @@ func (tx *Tx) index() {
 			}
 		}
 	}
-	if tx.sn.base != nil {
-		visit(tx.sn.base)
+	if tx.sn.m.Base != nil {
+		if c, err := tx.sn.record(-1); err == nil {
+			visit(c)
+		}
 	}
-	for _, c := range tx.sn.cps {
+	last := tx.sn.latest()
+	for ci := max(0, last-tx.sn.m.Config.KeyframeInterval-1); ci <= last; ci++ {
+		c, err := tx.sn.record(ci)
+		if err != nil {
+			continue
+		}
 		visit(c)
 		for _, f := range c.Files {
 			for j := range f.Regions {
@@ -140,7 +160,7 @@ func (tx *Tx) index() {
 				}
 				ch, err := tx.sn.chain(r)
 				if err != nil {
-					continue // link() has already refused such a store
+					continue // damage: decoding it fails, and verify names it
 				}
 				if key := ch[len(ch)-1]; key != nil {
 					tx.tails[key] = max(tx.tails[key], len(ch)-1)
@@ -491,8 +511,8 @@ func lossyThreshold(cfg *Config, file, region string, d dtype.DType) float64 {
 //     against another lossy frame, so errors never add up along a chain.
 func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 	key := regionKey(file, r.Name)
-	old, ok := tx.sn.index[tx.prev][key]
-	if !ok || old.Ref != nil || old.MaxError != 0 || old.DType != r.DType || old.Size != r.Size || old.SHA256 == r.SHA256 {
+	old := tx.sn.region(tx.prev, key)
+	if old == nil || old.Ref != nil || old.MaxError != 0 || old.DType != r.DType || old.Size != r.Size || old.SHA256 == r.SHA256 {
 		return nil
 	}
 	cfg := &tx.sn.m.Config
@@ -503,8 +523,8 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 	case tx.tails[old] > 0 && (cfg.Reference == RefBase || threshold > 0):
 		return nil // others decode through it: it stays an exact keyframe
 	case cfg.Reference == RefBase:
-		br, ok := tx.sn.index[-1][key]
-		if !ok {
+		br := tx.sn.region(-1, key)
+		if br == nil {
 			br = tx.baseByName(r.Name)
 		}
 		if br == nil || br.DType != r.DType || br.Size != r.Size || br.Ref != nil {
@@ -570,10 +590,11 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 }
 
 func (tx *Tx) baseByName(name string) *Region {
-	if tx.sn.base == nil {
+	base, err := tx.sn.record(-1)
+	if err != nil {
 		return nil
 	}
-	for _, f := range tx.sn.base.Files {
+	for _, f := range base.Files {
 		for i := range f.Regions {
 			if f.Regions[i].Name == name {
 				return &f.Regions[i]
@@ -584,7 +605,11 @@ func (tx *Tx) baseByName(name string) *Region {
 }
 
 func (tx *Tx) baseFile(r *Region) string {
-	for _, f := range tx.sn.base.Files {
+	base, err := tx.sn.record(-1)
+	if err != nil {
+		return ""
+	}
+	for _, f := range base.Files {
 		for i := range f.Regions {
 			if &f.Regions[i] == r {
 				return f.Path
@@ -599,8 +624,8 @@ func (tx *Tx) baseFile(r *Region) string {
 func (tx *Tx) olderKeyframe(key string, like *Region) (int, *Region) {
 	k := tx.sn.m.Config.KeyframeInterval
 	for ci := tx.prev - 1; ci >= 0 && tx.prev-ci < k; ci-- {
-		r, ok := tx.sn.index[ci][key]
-		if !ok || r.DType != like.DType || r.Size != like.Size {
+		r := tx.sn.region(ci, key)
+		if r == nil || r.DType != like.DType || r.Size != like.Size {
 			return 0, nil
 		}
 		if r.Ref == nil && r.MaxError == 0 {
@@ -633,13 +658,17 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 	m.Checkpoints = append([]CheckpointRef{}, sn.m.Checkpoints...)
 	if tx.base {
 		src := tx.sourceHash()
-		if sn.base != nil {
-			if sn.base.Source == src {
-				return sn.base, nil // the same base again: stored once
+		if sn.m.Base != nil {
+			old, err := sn.record(-1)
+			if err != nil {
+				return nil, err
+			}
+			if old.Source == src {
+				return old, nil // the same base again: stored once
 			}
 			return nil, fmt.Errorf("%w: the store already has a different base", errs.Invalid)
 		}
-		if len(sn.cps) > 0 {
+		if len(sn.m.Checkpoints) > 0 {
 			return nil, fmt.Errorf("%w: a base must be added before the first checkpoint", errs.Invalid)
 		}
 		tx.cp.Source = src
@@ -650,7 +679,11 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 		m.Base = &CheckpointRef{Object: obj}
 	} else {
 		if len(tx.converted) > 0 {
-			prev := *sn.cps[tx.prev]
+			old, err := sn.record(tx.prev)
+			if err != nil {
+				return nil, err
+			}
+			prev := *old
 			prev.Files = append([]File{}, prev.Files...)
 			for i := range prev.Files {
 				f := &prev.Files[i]
@@ -700,7 +733,13 @@ func (tx *Tx) putRecord(c *Checkpoint) (string, error) {
 		return "", fmt.Errorf("%w: the checkpoint's record would be %d bytes (max %d)", errs.Invalid, len(b), maxCheckpointBytes)
 	}
 	obj, err := tx.s.putBytes(b)
-	return obj.Object, err
+	if err != nil {
+		return "", err
+	}
+	// Every checkpoint decodes through its record, and older ones through
+	// their neighbours' too: a second copy keeps one damaged file from
+	// costing any checkpoint (docs/FORMAT.md §18.2).
+	return obj.Object, tx.s.putCopy(obj.Object, b, false)
 }
 
 // publish makes every object durable, then writes the next generation.
@@ -709,17 +748,27 @@ func (s *Store) publish(m *Manifest) error {
 		return err
 	}
 	m.Generation = s.gen + 1
-	if gens, err := s.generations(); err == nil && len(gens) > 0 && gens[0] >= m.Generation {
+	if gens, err := s.generations(); err != nil {
+		return err
+	} else if len(gens) > 0 && gens[0] >= m.Generation {
 		m.Generation = gens[0] + 1
 	}
 	b, err := json.MarshalIndent(m, "", " ")
 	if err != nil {
 		return fmt.Errorf("%w: %v", errs.Internal, err)
 	}
-	if err := writeDurable(s.path("tmp"), s.path("manifests", manifestName(m.Generation)), append(b, '\n'), true); err != nil {
+	b = append(b, '\n')
+	name := manifestName(m.Generation)
+	// The link of the first copy is the commit; the second, a file of its
+	// own, only follows a committed generation (so a reader may take
+	// either), and serves when the first is damaged.
+	if err := writeDurable(s.tmp, s.manifests, name, b, true); err != nil {
 		return err
 	}
 	s.gen = m.Generation
+	// Committed: a copy that cannot be written now (a full disk) is not a
+	// failed commit. Verify --repair writes it.
+	_ = writeDurable(s.tmp, s.manifests, name+copySuffix, b, true)
 	return nil
 }
 

@@ -5,8 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
+	"io/fs"
 	"strings"
 	"syscall"
 
@@ -14,36 +13,47 @@ import (
 	"github.com/tpde/tpde/core/errs"
 )
 
-// Cleaned says what cleanup removed.
+// Cleaned says what cleanup removed, and what it left alone.
 type Cleaned struct {
 	Temporary   int  `json:"temporary"`
 	Objects     int  `json:"objects"`
 	Manifests   int  `json:"manifests"`
 	ReadersBusy bool `json:"readers_busy"`
+	// Copies is how many missing or damaged copies of records and of the
+	// newest manifest a repair wrote anew.
+	Copies int `json:"copies"`
+	// Kept says why unreferenced objects were kept ("" if none were):
+	// a checkpoint whose record cannot be read may need any of them.
+	Kept string `json:"kept,omitempty"`
+	// Foreign lists entries of objects/ that tpde did not write (a
+	// symlink, a file where a folder should be): never followed or
+	// removed, only reported.
+	Foreign []string `json:"foreign,omitempty"`
 }
 
 // cleanup removes what no committed state needs: a dead writer's unfinished
 // files in tmp/, objects the newest manifest does not name, and older
 // manifest generations. Objects and old generations go only while no reader
 // holds a snapshot (readers.lock); otherwise they wait for the next time.
+// Nothing is removed through a link: every folder is reached through a
+// descriptor, and a symlink is removed itself, if at all.
 func (s *Store) cleanup() (Cleaned, error) {
 	var c Cleaned
 	if !s.write {
 		return c, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
-	ents, err := os.ReadDir(s.path("tmp"))
+	ents, err := s.tmp.ReadDir()
 	if err != nil {
-		return c, ioErr(s.path("tmp"), err)
+		return c, err
 	}
 	for _, e := range ents {
-		if os.Remove(s.path("tmp", e.Name())) == nil {
+		if s.tmp.RemoveAll(e.Name) == nil {
 			c.Temporary++
 		}
 	}
-	lp := s.path("readers.lock")
-	lf, err := os.Open(lp)
+	lf, err := s.root.Open("readers.lock")
 	if err != nil {
-		return c, ioErr(lp, err)
+		return c, err
 	}
 	defer lf.Close()
 	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
@@ -54,49 +64,172 @@ func (s *Store) cleanup() (Cleaned, error) {
 	if err != nil {
 		return c, err
 	}
-	live := sn.live()
-	dirs, err := os.ReadDir(s.path("objects"))
+	live, err := sn.live()
 	if err != nil {
-		return c, ioErr(s.path("objects"), err)
+		c.Kept = fmt.Sprintf("unreferenced objects are kept while a record cannot be read (remove that checkpoint to reclaim them): %v", err)
+		live = nil
 	}
-	for _, d := range dirs {
-		sub := s.path("objects", d.Name())
-		objs, err := os.ReadDir(sub)
-		if err != nil {
-			continue
-		}
-		for _, o := range objs {
-			if !live[o.Name()] && os.Remove(filepath.Join(sub, o.Name())) == nil {
-				c.Objects++
-			}
-		}
+	if err := s.removeUnreferenced(live, &c); err != nil {
+		return c, err
 	}
 	gens, err := s.generations()
 	if err != nil {
 		return c, err
 	}
 	for i, g := range gens {
-		if i > 0 && os.Remove(s.path("manifests", manifestName(g))) == nil {
-			c.Manifests++
+		if i == 0 {
+			continue
 		}
+		n := 0
+		for _, name := range []string{manifestName(g), manifestName(g) + copySuffix} {
+			if s.manifests.Remove(name) == nil {
+				n = 1
+			}
+		}
+		c.Manifests += n
 	}
 	return c, nil
 }
 
+// removeUnreferenced removes every object file live does not name (none
+// when live is nil: it is not known), and reports entries of objects/ that
+// tpde did not write.
+func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned) error {
+	dirs, err := s.objects.ReadDir()
+	if err != nil {
+		return err
+	}
+	for _, d := range dirs {
+		if d.Type != fs.ModeDir {
+			c.Foreign = append(c.Foreign, "objects/"+d.Name)
+			continue
+		}
+		sub, err := s.objects.OpenDir(d.Name)
+		if err != nil {
+			c.Foreign = append(c.Foreign, "objects/"+d.Name)
+			continue
+		}
+		objs, err := sub.ReadDir()
+		if err == nil && live != nil {
+			for _, o := range objs {
+				if !live[o.Name] && sub.Remove(o.Name) == nil {
+					c.Objects++
+				}
+			}
+		}
+		_ = sub.Close()
+	}
+	return nil
+}
+
 // Repair removes leftovers and reports them, with what Open for writing
-// already removed.
+// already removed; and writes anew every copy of a record or of the newest
+// manifest that is missing or damaged while the other copy is intact.
 func (s *Store) Repair() (Cleaned, error) {
 	c, err := s.cleanup()
 	c.Temporary += s.opened.Temporary
 	c.Objects += s.opened.Objects
 	c.Manifests += s.opened.Manifests
+	c.Foreign = append(c.Foreign, s.opened.Foreign...)
 	s.opened = Cleaned{}
+	if err != nil {
+		return c, err
+	}
+	n, err := s.repairCopies()
+	c.Copies = n
 	return c, err
+}
+
+// repairCopies restores the redundancy of the newest manifest and of every
+// record it names.
+func (s *Store) repairCopies() (int, error) {
+	gens, err := s.generations()
+	if err != nil || len(gens) == 0 {
+		return 0, err
+	}
+	m, st, err := s.readGeneration(gens[0])
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	refs := append([]CheckpointRef{}, m.Checkpoints...)
+	if m.Base != nil {
+		refs = append(refs, *m.Base)
+	}
+	for _, ref := range refs {
+		h := ref.Object
+		var good []byte
+		bad := [2]bool{}
+		for i, name := range []string{h, h + copySuffix} {
+			o, err := s.mapObject(h, name, anySize, "record", true)
+			if err != nil {
+				bad[i] = true
+				continue
+			}
+			if good == nil {
+				good = append([]byte{}, o.Data...)
+			}
+			o.release()
+		}
+		if good == nil {
+			continue // both lost: verify names the checkpoint
+		}
+		if bad[0] {
+			if err := s.putPrimary(h, good); err != nil {
+				return n, err
+			}
+			n++
+		}
+		if bad[1] {
+			if err := s.putCopy(h, good, true); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	if st.Damaged != "" || st.CopyMissing {
+		// The same manifest as a new generation, both copies fresh; the
+		// old one goes with the next cleanup.
+		if err := s.publish(m); err != nil {
+			return n, err
+		}
+		n++
+		if _, err := s.cleanup(); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// putPrimary writes record object h anew from its intact copy, replacing
+// whatever damaged file holds its name.
+func (s *Store) putPrimary(h string, b []byte) error {
+	w, err := s.newObject()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(b); err != nil {
+		w.abort()
+		return ioErr(s.tmp.Path(w.name), err)
+	}
+	if _, err := w.finish(); err != nil {
+		return err
+	}
+	defer w.abort()
+	sub, err := s.objects.MkdirAll(h[:2])
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	return s.tmp.Rename(w.name, sub, h)
 }
 
 // Remove drops checkpoint step. Every region that was coded against it is
 // re-coded first, against what step's own region was coded against (or as
 // a keyframe), so every other checkpoint still decodes exactly as before.
+// A checkpoint that is already damaged (its record unreadable, or a chain
+// through damage) is kept as it is: removing its neighbour neither mends
+// nor worsens it, and a damaged checkpoint can itself be removed.
 func (s *Store) Remove(step int64) error {
 	if !s.write {
 		return fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
@@ -105,108 +238,134 @@ func (s *Store) Remove(step int64) error {
 	if err != nil {
 		return err
 	}
-	_, gone, err := sn.checkpoint(step)
-	if err != nil {
-		return err
+	gone, ok := sn.byStep[step]
+	if !ok {
+		return fmt.Errorf("%w: the store holds no checkpoint %d", errs.Invalid, step)
 	}
 	m := *sn.m
-	m.Checkpoints = nil
-	var spare, rawB, refB, bufB buffer
-	defer func() { spare.free(); rawB.free(); refB.free(); bufB.free() }()
-	for ci, c := range sn.cps {
+	m.Checkpoints = []CheckpointRef{}
+	var bufs recodeBuffers
+	defer bufs.free()
+	for ci, ref := range sn.m.Checkpoints {
 		if ci == gone {
+			continue
+		}
+		c, err := sn.record(ci)
+		if err != nil {
+			m.Checkpoints = append(m.Checkpoints, ref)
 			continue
 		}
 		// When the newest goes, the one before it becomes the newest and
 		// must decode in one frame per tensor: all its deltas become
 		// keyframes.
-		mustWhole := gone == len(sn.cps)-1 && ci == gone-1
-		changed := false
-		nc := *c
-		nc.Files = append([]File{}, c.Files...)
-		for fi := range nc.Files {
-			f := &nc.Files[fi]
-			f.Regions = append([]Region{}, f.Regions...)
-			for ri := range f.Regions {
-				r := &f.Regions[ri]
-				if r.Ref == nil || (!mustWhole && (r.Ref.Base || r.Ref.Step != step)) {
-					continue
-				}
-				target, _, err := sn.resolve(r.Ref)
-				if err != nil {
-					return corrupt(fmt.Sprintf("checkpoint %d", c.Step), "%v", err)
-				}
-				raw, err := rawB.get(r.Size)
-				if err != nil {
-					return err
-				}
-				if err := s.decodeRegion(sn, &c.Files[fi].Regions[ri], raw, s.threads, &spare); err != nil {
-					return err
-				}
-				d, _ := dtype.FromName(r.DType)
-				nr := *r
-				if !mustWhole && target.Ref != nil && r.MaxError == 0 && target.MaxError == 0 {
-					// Skip over the removed checkpoint.
-					next, _, err := sn.resolve(target.Ref)
-					if err != nil {
-						return err
-					}
-					refRaw, err := refB.get(next.Size)
-					if err != nil {
-						return err
-					}
-					if err := s.decodeRegion(sn, next, refRaw, s.threads, &spare); err != nil {
-						return err
-					}
-					coded, _, err := s.encodeDelta(&bufB, raw, refRaw, d, r.Shape, 0)
-					if err != nil {
-						return err
-					}
-					if nr.Object, err = s.putBytes(coded); err != nil {
-						return err
-					}
-					ref := *target.Ref
-					nr.Ref = &ref
-				} else {
-					// A keyframe of what the region decodes to: exact for a
-					// lossless region, the same reconstruction (and bound)
-					// for a lossy one.
-					coded, err := s.encodeKeyframe(&bufB, raw, d, r.Shape, nil)
-					if err != nil {
-						return err
-					}
-					if nr.Object, err = s.putBytes(coded); err != nil {
-						return err
-					}
-					nr.Ref = nil
-					if nr.MaxError == 0 {
-						sum := sha256.Sum256(raw)
-						nr.SHA256 = hex.EncodeToString(sum[:])
-					}
-				}
-				*r = nr
-				changed = true
-			}
+		mustWhole := gone == len(sn.m.Checkpoints)-1 && ci == gone-1
+		nc, changed, err := s.recodeAround(sn, c, step, mustWhole, &bufs)
+		if err != nil {
+			return err
 		}
-		ref := sn.m.Checkpoints[ci]
 		if changed {
 			tx := &Tx{s: s}
-			obj, err := tx.putRecord(&nc)
-			if err != nil {
+			if ref.Object, err = tx.putRecord(nc); err != nil {
 				return err
 			}
-			ref.Object = obj
 		}
 		m.Checkpoints = append(m.Checkpoints, ref)
-	}
-	if m.Checkpoints == nil {
-		m.Checkpoints = []CheckpointRef{}
 	}
 	if err := s.publish(&m); err != nil {
 		return err
 	}
 	_, _ = s.cleanup()
 	return nil
+}
+
+type recodeBuffers struct{ spare, raw, ref, out buffer }
+
+func (b *recodeBuffers) free() { b.spare.free(); b.raw.free(); b.ref.free(); b.out.free() }
+
+// recodeAround returns c with every region coded against step (all its
+// deltas, if mustWhole) re-coded so that it no longer needs step. A region
+// that cannot be decoded (damage) is left as it was.
+func (s *Store) recodeAround(sn *snapshot, c *Checkpoint, step int64, mustWhole bool, b *recodeBuffers) (*Checkpoint, bool, error) {
+	nc := *c
+	nc.Files = append([]File{}, c.Files...)
+	changed := false
+	for fi := range nc.Files {
+		f := &nc.Files[fi]
+		f.Regions = append([]Region{}, f.Regions...)
+		for ri := range f.Regions {
+			r := &f.Regions[ri]
+			if r.Ref == nil || (!mustWhole && (r.Ref.Base || r.Ref.Step != step)) {
+				continue
+			}
+			nr, err := s.recodeRegion(sn, &c.Files[fi].Regions[ri], mustWhole, b)
+			if errors.Is(err, errs.Corrupt) {
+				continue
+			}
+			if err != nil {
+				return nil, false, err
+			}
+			*r = nr
+			changed = true
+		}
+	}
+	return &nc, changed, nil
+}
+
+// recodeRegion codes r anew: against what its reference was itself coded
+// against, skipping over it, or as a keyframe.
+func (s *Store) recodeRegion(sn *snapshot, r *Region, mustWhole bool, b *recodeBuffers) (Region, error) {
+	target, _, err := sn.resolve(r.Ref)
+	if err != nil {
+		return Region{}, corrupt(fmt.Sprintf("tensor %q", r.Name), "%v", err)
+	}
+	raw, err := b.raw.get(r.Size)
+	if err != nil {
+		return Region{}, err
+	}
+	if err := s.decodeRegion(sn, r, raw, s.threads, &b.spare); err != nil {
+		return Region{}, err
+	}
+	d, _ := dtype.FromName(r.DType)
+	nr := *r
+	if !mustWhole && target.Ref != nil && r.MaxError == 0 && target.MaxError == 0 {
+		// Skip over the removed checkpoint.
+		next, _, err := sn.resolve(target.Ref)
+		if err != nil {
+			return Region{}, corrupt(fmt.Sprintf("tensor %q", r.Name), "%v", err)
+		}
+		refRaw, err := b.ref.get(next.Size)
+		if err != nil {
+			return Region{}, err
+		}
+		if err := s.decodeRegion(sn, next, refRaw, s.threads, &b.spare); err != nil {
+			return Region{}, err
+		}
+		coded, _, err := s.encodeDelta(&b.out, raw, refRaw, d, r.Shape, 0)
+		if err != nil {
+			return Region{}, err
+		}
+		if nr.Object, err = s.putBytes(coded); err != nil {
+			return Region{}, err
+		}
+		ref := *target.Ref
+		nr.Ref = &ref
+		return nr, nil
+	}
+	// A keyframe of what the region decodes to: exact for a lossless
+	// region, the same reconstruction (and bound) for a lossy one.
+	coded, err := s.encodeKeyframe(&b.out, raw, d, r.Shape, nil)
+	if err != nil {
+		return Region{}, err
+	}
+	if nr.Object, err = s.putBytes(coded); err != nil {
+		return Region{}, err
+	}
+	nr.Ref = nil
+	if nr.MaxError == 0 {
+		sum := sha256.Sum256(raw)
+		nr.SHA256 = hex.EncodeToString(sum[:])
+	}
+	return nr, nil
 }
 
 // Problem is one thing Verify found wrong.
@@ -217,6 +376,9 @@ type Problem struct {
 	Region  string `json:"region,omitempty"`
 	Object  string `json:"object,omitempty"`
 	Message string `json:"message"`
+	// Degraded: nothing is lost (the other copy of a record or of the
+	// manifest serves), but one copy is damaged; --repair rewrites it.
+	Degraded bool `json:"degraded,omitempty"`
 }
 
 // Verify checks every object of every checkpoint: present, of its size,
@@ -230,6 +392,16 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 		return nil, err
 	}
 	defer unlock()
+	gens, err := s.generations()
+	if err != nil {
+		return nil, err
+	}
+	var out []Problem
+	if len(gens) > 0 {
+		if _, st, err := s.readGeneration(gens[0]); err == nil && st.Damaged != "" {
+			out = append(out, Problem{Message: "manifest: " + st.Damaged, Degraded: true})
+		}
+	}
 	sn, err := s.snapshot()
 	if err != nil {
 		return nil, err
@@ -248,7 +420,6 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 		}
 		return bad[o.Object]
 	}
-	var out []Problem
 	rd := &Reader{s: s, sn: sn, threads: s.threads}
 	defer rd.Close() // its buffers; the read lock is this function's
 	visit := func(c *Checkpoint, step int64, base bool) {
@@ -291,11 +462,31 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 			}
 		}
 	}
-	if sn.base != nil {
-		visit(sn.base, 0, true)
+	record := func(i int, ref CheckpointRef, step int64, base bool) {
+		c, err := sn.record(i)
+		if err != nil {
+			out = append(out, Problem{Step: step, Base: base, Object: ref.Object, Message: err.Error()})
+			return
+		}
+		// A record that reads may still have lost one of its two copies.
+		for _, name := range []string{ref.Object, ref.Object + copySuffix} {
+			o, err := s.mapObject(ref.Object, name, anySize, "record", true)
+			if err == nil {
+				o.release()
+				continue
+			}
+			if name != ref.Object && isMissing(err) {
+				continue // a store written before copies existed
+			}
+			out = append(out, Problem{Step: step, Base: base, Object: name, Message: err.Error(), Degraded: true})
+		}
+		visit(c, step, base)
 	}
-	for i, c := range sn.cps {
-		visit(c, sn.m.Checkpoints[i].Step, false)
+	if sn.m.Base != nil {
+		record(-1, *sn.m.Base, 0, true)
+	}
+	for i, ref := range sn.m.Checkpoints {
+		record(i, ref, ref.Step, false)
 	}
 	return out, nil
 }

@@ -246,14 +246,34 @@ func validHash(h string) bool {
 	return err == nil && strings.ToLower(h) == h
 }
 
+// validText accepts a name or tag that is safe to print and to create:
+// UTF-8 without control characters (C0, DEL, C1), so that no record can
+// draw a fake line or retitle a terminal, or make a file named so.
+func validText(t string, limit int) error {
+	if len(t) > limit {
+		return fmt.Errorf("%d bytes (at most %d)", len(t), limit)
+	}
+	if !utf8.ValidString(t) {
+		return fmt.Errorf("%q is not UTF-8", t)
+	}
+	for _, r := range t {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return fmt.Errorf("%q has a control character (U+%04X)", t, r)
+		}
+	}
+	return nil
+}
+
 // validPath accepts a relative, clean, slash-separated path that stays
-// inside the folder it is restored into.
+// inside the folder it is restored into, and has no control character.
 func validPath(p string) error {
 	switch {
 	case p == "" || len(p) > maxPathBytes:
 		return fmt.Errorf("path of %d bytes", len(p))
-	case !utf8.ValidString(p) || strings.ContainsAny(p, "\x00\\"):
-		return fmt.Errorf("path %q has a NUL, a backslash or invalid UTF-8", p)
+	case validText(p, maxPathBytes) != nil:
+		return fmt.Errorf("path %q has a control character or invalid UTF-8", p)
+	case strings.ContainsAny(p, "\\"):
+		return fmt.Errorf("path %q has a backslash", p)
 	case strings.HasPrefix(p, "/"):
 		return fmt.Errorf("path %q is absolute", p)
 	case path.Clean(p) != p:
@@ -355,6 +375,11 @@ func parseCheckpoint(b []byte, step int64, base bool) (*Checkpoint, error) {
 	}
 	if len(c.Tags) > maxTags {
 		return nil, corrupt(what, "%d tags", len(c.Tags))
+	}
+	for _, t := range c.Tags {
+		if err := validText(t, maxNameBytes); err != nil {
+			return nil, corrupt(what, "tag %v", err)
+		}
 	}
 	if len(c.Files) > maxFiles {
 		return nil, corrupt(what, "%d files", len(c.Files))

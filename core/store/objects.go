@@ -9,44 +9,22 @@ import (
 	"hash"
 	"io/fs"
 	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
-	"sync"
 	"syscall"
 
+	"github.com/tpde/tpde/core/dirfd"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/mapped"
 )
 
-var umaskOnce = sync.OnceValue(func() fs.FileMode {
-	// /proc/self/status reads the umask without changing it; umask(2)
-	// would have to set it, and another thread could create a file in the
-	// moment between.
-	b, err := os.ReadFile("/proc/self/status")
-	if err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "Umask:"); ok {
-				if m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32); err == nil {
-					return fs.FileMode(m)
-				}
-			}
-		}
-	}
-	old := syscall.Umask(0o022)
-	syscall.Umask(old)
-	return fs.FileMode(old)
-})
-
-func umask() fs.FileMode { return umaskOnce() }
-
 // objectWriter streams one object into tmp/ while hashing it; commit links
 // it under its hash. Linking, not renaming, is what makes objects write-once:
 // if the name exists the content is the same (it is named by its hash), and
-// the existing one is kept.
+// the existing one is kept. Files are created 0666, so the kernel gives
+// them the umask: objects are as private as the user's other files.
 type objectWriter struct {
 	s    *Store
 	f    *os.File
+	name string // in tmp/
 	buf  *bufio.Writer
 	h    hash.Hash
 	n    uint64
@@ -54,11 +32,14 @@ type objectWriter struct {
 }
 
 func (s *Store) newObject() (*objectWriter, error) {
-	f, err := os.CreateTemp(s.path("tmp"), "obj-*")
-	if err != nil {
-		return nil, ioErr(s.path("tmp"), err)
+	if s.tmp == nil {
+		return nil, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
-	w := &objectWriter{s: s, f: f, h: sha256.New()}
+	f, name, err := s.tmp.CreateTemp("obj-")
+	if err != nil {
+		return nil, err
+	}
+	w := &objectWriter{s: s, f: f, name: name, h: sha256.New()}
 	w.buf = bufio.NewWriterSize(writerFunc(w.write), 1<<20)
 	return w, nil
 }
@@ -84,32 +65,46 @@ func (w *objectWriter) Write(b []byte) (int, error) {
 // one syncfs before the manifest that names it (Tx.Commit): an fsync per
 // object would cost a disk flush per tensor.
 func (w *objectWriter) commit() (Object, error) {
-	defer w.abort()
-	if err := w.buf.Flush(); err != nil {
-		return Object{}, ioErr(w.f.Name(), err)
-	}
-	if err := w.f.Close(); err != nil {
-		return Object{}, ioErr(w.f.Name(), err)
-	}
-	name := hex.EncodeToString(w.h.Sum(nil))
-	if err := fixMode(w.f.Name()); err != nil {
+	name, err := w.finish()
+	if err != nil {
 		return Object{}, err
 	}
-	dst := w.s.objectPath(name)
-	if err := os.Mkdir(filepath.Dir(dst), 0o777); err != nil && !errors.Is(err, fs.ErrExist) {
-		return Object{}, ioErr(filepath.Dir(dst), err)
+	return Object{Object: name, Stored: w.n}, w.linkAs(name, name)
+}
+
+// finish flushes and closes the file and returns the object's name.
+func (w *objectWriter) finish() (string, error) {
+	if err := w.buf.Flush(); err != nil {
+		w.abort()
+		return "", ioErr(w.s.tmp.Path(w.name), err)
 	}
-	if err := os.Link(w.f.Name(), dst); err != nil && !errors.Is(err, fs.ErrExist) {
-		return Object{}, ioErr(dst, err)
+	if err := w.f.Close(); err != nil {
+		w.abort()
+		return "", ioErr(w.s.tmp.Path(w.name), err)
 	}
-	return Object{Object: name, Stored: w.n}, nil
+	return hex.EncodeToString(w.h.Sum(nil)), nil
+}
+
+// linkAs links the finished file as objects/<h[:2]>/<name> (name is h, or
+// h + ".copy" for a record's second copy) and removes it from tmp/.
+func (w *objectWriter) linkAs(h, name string) error {
+	defer w.abort()
+	sub, err := w.s.objects.MkdirAll(h[:2])
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	if err := w.s.tmp.Link(w.name, sub, name); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return err
+	}
+	return nil
 }
 
 func (w *objectWriter) abort() {
 	if !w.done {
 		w.done = true
 		_ = w.f.Close()
-		_ = os.Remove(w.f.Name())
+		_ = w.s.tmp.Remove(w.name)
 	}
 }
 
@@ -121,25 +116,47 @@ func (s *Store) putBytes(b []byte) (Object, error) {
 	}
 	if _, err := w.Write(b); err != nil {
 		w.abort()
-		return Object{}, ioErr(w.f.Name(), err)
+		return Object{}, ioErr(s.tmp.Path(w.name), err)
 	}
 	return w.commit()
+}
+
+// putCopy stores b, whose hash is h, a second time as objects/<hh>/<h>.copy:
+// a record's copy (docs/FORMAT.md §18.2), a separate file so that damage
+// to one leaves the other. replace overwrites a damaged copy (repair).
+func (s *Store) putCopy(h string, b []byte, replace bool) error {
+	w, err := s.newObject()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(b); err != nil {
+		w.abort()
+		return ioErr(s.tmp.Path(w.name), err)
+	}
+	if _, err := w.finish(); err != nil {
+		return err
+	}
+	if !replace {
+		return w.linkAs(h, h+copySuffix)
+	}
+	defer w.abort()
+	sub, err := s.objects.MkdirAll(h[:2])
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	return s.tmp.Rename(w.name, sub, h+copySuffix)
 }
 
 // syncAll makes every object written so far durable: syncfs(2) flushes the
 // file system the store is on, data and directory entries alike, and
 // reports a write-back error of any of them.
 func (s *Store) syncAll() error {
-	d, err := os.Open(s.dir)
-	if err != nil {
-		return ioErr(s.dir, err)
-	}
-	defer d.Close()
 	if sysSyncfs == 0 {
 		syscall.Sync() // flushes every file system; reports nothing
 		return nil
 	}
-	if _, _, e := syscall.Syscall(sysSyncfs, d.Fd(), 0, 0); e != 0 {
+	if _, _, e := syscall.Syscall(sysSyncfs, uintptr(s.root.Fd()), 0, 0); e != 0 {
 		return errs.IOf(s.dir, e, "syncfs: %v", e)
 	}
 	return nil
@@ -157,11 +174,25 @@ func (o *object) release() {
 	}
 }
 
+// objectInfo describes the object file rel (h or h.copy) without
+// following it.
+func (s *Store) objectInfo(rel string) (dirfd.Info, error) {
+	if s.objects == nil {
+		return dirfd.Info{}, errs.IOf(s.path("objects"), syscall.ENOENT, "no such folder")
+	}
+	sub, err := s.objects.OpenDir(rel[:2])
+	if err != nil {
+		return dirfd.Info{}, err
+	}
+	defer sub.Close()
+	return sub.Stat(rel)
+}
+
 // openObject maps object h and checks that its content has that hash:
 // an object that lies about what it holds is refused before anything
 // decodes it. want is the size the record gives.
 func (s *Store) openObject(h string, want uint64, what string) (*object, error) {
-	return s.mapObject(h, want, what, true)
+	return s.mapObject(h, h, want, what, true)
 }
 
 // openFrame maps a frame object without hashing it: a frame checks its
@@ -170,41 +201,70 @@ func (s *Store) openObject(h string, want uint64, what string) (*object, error) 
 // (decodeRegion), which also catches a record naming the wrong object.
 // Hashing the object too would cost a pass over it on every load.
 func (s *Store) openFrame(h string, want uint64, what string) (*object, error) {
-	return s.mapObject(h, want, what, false)
+	return s.mapObject(h, h, want, what, false)
 }
 
-func (s *Store) mapObject(h string, want uint64, what string, hashed bool) (*object, error) {
-	p := s.objectPath(h)
-	st, err := os.Lstat(p)
+// mapObject maps the object file name (h, or h.copy) below objects/,
+// refusing anything but a regular file of the store's own (a symlink, a
+// FIFO or a device planted there is never opened for reading). want is
+// its size, or anySize.
+func (s *Store) mapObject(h, name string, want uint64, what string, hashed bool) (*object, error) {
+	if s.objects == nil {
+		return nil, missingError{fmt.Errorf("%w: %s: object %s is missing (the store has no objects folder)", errs.Corrupt, what, h)}
+	}
+	f, err := s.objects.Open(h[:2] + "/" + name)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %s: object %s is missing", errs.Corrupt, what, h)
+			return nil, missingError{fmt.Errorf("%w: %s: object %s is missing", errs.Corrupt, what, name)}
 		}
-		return nil, ioErr(p, err)
+		if h := hostile(err); h != err {
+			return nil, fmt.Errorf("%w: %s: object %s: %v", errs.Corrupt, what, name, err)
+		}
+		return nil, err
 	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%w: %s: object %s is not a regular file", errs.Corrupt, what, h)
+	st, err := f.Stat()
+	if err != nil {
+		_ = f.Close()
+		return nil, ioErr(f.Name(), err)
 	}
-	if uint64(st.Size()) != want {
-		return nil, fmt.Errorf("%w: %s: object %s is %d bytes, the record says %d", errs.Corrupt, what, h, st.Size(), want)
+	if want != anySize && uint64(st.Size()) != want {
+		_ = f.Close()
+		return nil, fmt.Errorf("%w: %s: object %s is %d bytes, the record says %d", errs.Corrupt, what, name, st.Size(), want)
 	}
-	if want == 0 {
+	if st.Size() == 0 {
+		_ = f.Close()
 		return &object{Data: []byte{}}, checkHash(nil, h, what)
 	}
-	in, err := mapped.Open(p, "")
+	in, err := mapped.Map(f, st.Size())
 	if err != nil {
+		_ = f.Close()
 		return nil, err
 	}
 	o := &object{in: in, Data: in.Data}
 	if !hashed {
 		return o, nil
 	}
-	if err := mapped.Reading(p, func() error { return checkHash(o.Data, h, what) }); err != nil {
+	if err := mapped.Reading(f.Name(), func() error { return checkHash(o.Data, h, what) }); err != nil {
 		o.release()
 		return nil, err
 	}
 	return o, nil
 }
+
+// missingError is an object that is not there at all (rather than
+// damaged): a record copy a store written before copies never had.
+type missingError struct{ error }
+
+func (e missingError) Unwrap() error { return e.error }
+
+func isMissing(err error) bool {
+	var m missingError
+	return errors.As(err, &m)
+}
+
+// anySize: mapObject takes the object at whatever size it has (a record,
+// whose size no manifest gives).
+const anySize = ^uint64(0)
 
 func checkHash(b []byte, h, what string) error {
 	if got := hashHex(b); got != h {

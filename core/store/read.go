@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -9,14 +10,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/bits"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/klauspost/compress/zstd"
 
-	"github.com/tpde/tpde/core/atomicfile"
+	"github.com/tpde/tpde/core/dirfd"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
 	"github.com/tpde/tpde/core/mapped"
@@ -45,14 +46,13 @@ func (s *Store) decodeKeyframe(r *Region, dst []byte, threads int) error {
 // without hashing: decoding does that) and checks that it holds r's dtype
 // and size, so that no buffer is sized from a record that lies.
 func (s *Store) checkFrame(r *Region) error {
-	p := s.objectPath(r.Object.Object)
-	in, err := mapped.Open(p, "")
+	o, err := s.openFrame(r.Object.Object, r.Stored, fmt.Sprintf("tensor %q", r.Name))
 	if err != nil {
-		return fmt.Errorf("%w: tensor %q: its object %s cannot be read: %v", errs.Corrupt, r.Name, r.Object.Object, err)
+		return err
 	}
-	defer in.Release()
-	return mapped.Reading(p, func() error {
-		h, err := frame.ParseAny(in.Data)
+	defer o.release()
+	return mapped.Reading(s.objectPath(r.Object.Object), func() error {
+		h, err := frame.ParseAny(o.Data)
 		if err != nil {
 			return fmt.Errorf("tensor %q: %w", r.Name, err)
 		}
@@ -61,6 +61,26 @@ func (s *Store) checkFrame(r *Region) error {
 		}
 		return nil
 	})
+}
+
+// memLimit is the most bytes one decode may hold in memory.
+func (s *Store) memLimit() uint64 {
+	if s.limits.Memory != 0 {
+		return min(s.limits.Memory, machineMemory())
+	}
+	return machineMemory()
+}
+
+// fits refuses a decode of r that would hold buffers of r's size in
+// memory beyond the limit, before anything is allocated: a record is
+// untrusted, and a few bytes of run-length frame can claim gigabytes.
+func (s *Store) fits(r *Region, buffers uint64) error {
+	hi, need := bits.Mul64(r.Size, buffers)
+	if limit := s.memLimit(); hi != 0 || need > limit {
+		return fmt.Errorf("%w: tensor %q needs %d bytes of memory to decode (%d buffer(s) of %d), more than the limit of %d (max_output_bytes or TPDE_MAX_OUTPUT, else the memory this process may use)",
+			errs.Limit, r.Name, need, buffers, r.Size, limit)
+	}
+	return nil
 }
 
 // decodeRegion decodes r into dst (r.Size bytes), walking its chain from
@@ -88,6 +108,9 @@ func (s *Store) decodeChain(sn *snapshot, r *Region, dst []byte, threads int, sp
 	}
 	if uint64(len(dst)) != r.Size {
 		return fmt.Errorf("%w: tensor %q is %d bytes, %d given", errs.Invalid, r.Name, r.Size, len(dst))
+	}
+	if err := s.fits(r, uint64(min(len(ch), 2))); err != nil {
+		return err
 	}
 	if len(ch) == 1 {
 		return s.decodeKeyframe(r, dst, threads)
@@ -190,7 +213,7 @@ func (rd *Reader) Checkpoint(step int64, latest bool) (*Checkpoint, error) {
 		if i < 0 {
 			return nil, fmt.Errorf("%w: the store holds no checkpoint", errs.Invalid)
 		}
-		return rd.sn.cps[i], nil
+		return rd.sn.record(i)
 	}
 	c, _, err := rd.sn.checkpoint(step)
 	return c, err
@@ -199,8 +222,36 @@ func (rd *Reader) Checkpoint(step int64, latest bool) (*Checkpoint, error) {
 // Manifest is the snapshot's manifest.
 func (rd *Reader) Manifest() *Manifest { return rd.sn.m }
 
-// Base is the base's record, nil if none.
-func (rd *Reader) Base() *Checkpoint { return rd.sn.base }
+// Base is the base's record, nil if the store has none.
+func (rd *Reader) Base() (*Checkpoint, error) {
+	if rd.sn.m.Base == nil {
+		return nil, nil
+	}
+	return rd.sn.record(-1)
+}
+
+// Chains is, for each file of c and each of its regions, how many frames
+// the region's decode walks, 0 where its chain cannot be followed; and the
+// first reason one cannot ("" if every chain resolves).
+func (rd *Reader) Chains(c *Checkpoint) ([][]int, string) {
+	out := make([][]int, len(c.Files))
+	problem := ""
+	for i := range c.Files {
+		f := &c.Files[i]
+		out[i] = make([]int, len(f.Regions))
+		for j := range f.Regions {
+			ch, err := rd.sn.chain(&f.Regions[j])
+			if err != nil {
+				if problem == "" {
+					problem = fmt.Sprintf("file %q tensor %q %v", f.Path, f.Regions[j].Name, err)
+				}
+				continue
+			}
+			out[i][j] = len(ch)
+		}
+	}
+	return out, problem
+}
 
 // Lossy says whether some region of f decodes only within a bound, so
 // that f restores to other bytes than were added (each exact region, and
@@ -410,6 +461,9 @@ func (rd *Reader) walk(f *File, off, end uint64, emit func(pos uint64, b []byte)
 					return err
 				}
 			} else {
+				if err := rd.s.fits(r, 2); err != nil {
+					return err
+				}
 				if err := rd.s.checkFrame(rd.keyOf(r)); err != nil {
 					return err
 				}
@@ -460,83 +514,280 @@ func (rd *Reader) keyOf(r *Region) *Region {
 	return ch[len(ch)-1]
 }
 
-// RestoreFile writes one stored file to dst, atomically, with its mode,
-// and checks that its bytes hash to what was added.
-func (rd *Reader) RestoreFile(f *File, dst string) error {
-	out, err := atomicfile.Create(dst, atomicfile.Options{})
+// restoreInto writes file f as f.Path below dir, which only this restore
+// writes into (its staging folder): created exclusively, with f's mode less
+// the umask (the kernel applies it, as for any new file), fsynced, and
+// checked against the hash it was added with.
+func (rd *Reader) restoreInto(dir *dirfd.Dir, f *File) error {
+	sub, name, err := dir.CreateParents(f.Path)
 	if err != nil {
 		return err
 	}
-	defer out.Abort()
+	if sub != dir {
+		defer sub.Close()
+	}
+	out, err := sub.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fs.FileMode(f.Mode))
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	return rd.writeFile(f, out)
+}
+
+// writeFile writes f's bytes to out, checks them against f's sha256 and
+// fsyncs out.
+func (rd *Reader) writeFile(f *File, out *os.File) error {
 	h := sha256.New()
+	bw := bufio.NewWriterSize(out, 1<<20)
 	rd.wholeFile = !f.Lossy()
 	defer func() { rd.wholeFile = false }()
-	err = rd.walk(f, 0, f.Size, func(pos uint64, b []byte) error {
+	err := rd.walk(f, 0, f.Size, func(pos uint64, b []byte) error {
 		h.Write(b)
-		if _, err := out.Write(b); err != nil {
-			return ioErr(dst, err)
+		if _, err := bw.Write(b); err != nil {
+			return ioErr(out.Name(), err)
 		}
 		return nil
 	}, nil, 0)
 	if err != nil {
 		return err
 	}
+	if err := bw.Flush(); err != nil {
+		return ioErr(out.Name(), err)
+	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 && !f.Lossy() {
 		return fmt.Errorf("%w: file %q restores to bytes that hash to %s, not the %s it was added with", errs.Corrupt, f.Path, got, f.SHA256)
 	}
-	if err := out.Chmod(os.FileMode(f.Mode)); err != nil {
-		return ioErr(dst, err)
-	}
-	return out.Commit()
-}
-
-// Restore writes every file of a checkpoint under dest, which is created if
-// missing. Nothing is written outside dest: paths were checked when the
-// record was read, and no existing symlink inside dest is followed.
-func (rd *Reader) Restore(c *Checkpoint, dest string) error {
-	if err := os.MkdirAll(dest, 0o777); err != nil {
-		return ioErr(dest, err)
-	}
-	for i := range c.Files {
-		f := &c.Files[i]
-		if err := validPath(f.Path); err != nil {
-			return fmt.Errorf("%w: %v", errs.Corrupt, err)
-		}
-		target, err := safeTarget(dest, f.Path)
-		if err != nil {
-			return err
-		}
-		if err := rd.RestoreFile(f, target); err != nil {
-			return err
-		}
+	if err := out.Sync(); err != nil {
+		return ioErr(out.Name(), err)
 	}
 	return nil
 }
 
-// safeTarget creates rel's parent folders under dest and returns the path
-// to write, refusing any symlink on the way: a symlink planted in dest must
-// not turn a restore into a write elsewhere.
-func safeTarget(dest, rel string) (string, error) {
-	parts := strings.Split(rel, "/")
-	cur := dest
-	for i, part := range parts {
-		cur = filepath.Join(cur, part)
-		st, err := os.Lstat(cur)
-		last := i == len(parts)-1
-		switch {
-		case err == nil && st.Mode()&fs.ModeSymlink != 0:
-			return "", errs.IOf(cur, syscall.ELOOP, "is a symlink; tpde restores only into real folders")
-		case err == nil && !last && !st.IsDir():
-			return "", errs.IOf(cur, syscall.ENOTDIR, "is not a folder")
-		case err == nil && last && !st.Mode().IsRegular():
-			return "", errs.IOf(cur, syscall.EEXIST, "exists and is not a regular file")
-		case errors.Is(err, fs.ErrNotExist) && !last:
-			if err := os.Mkdir(cur, 0o777); err != nil && !errors.Is(err, fs.ErrExist) {
-				return "", ioErr(cur, err)
-			}
-		case err != nil && !errors.Is(err, fs.ErrNotExist):
-			return "", ioErr(cur, err)
+// RestoreFile writes one stored file to the path dst, whole or not at all:
+// through a temporary file beside it, renamed into place. An existing dst
+// is refused unless force (then it is replaced; a symlink at dst is
+// replaced itself, never written through).
+func (rd *Reader) RestoreFile(f *File, dst string, force bool) error {
+	if err := rd.checkOutput(f.Size); err != nil {
+		return err
+	}
+	parent, base, err := openParent(dst)
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	if st, err := parent.Stat(base); err == nil {
+		if !force {
+			return errs.IOf(dst, syscall.EEXIST, "exists; pass force (--force) to replace it")
+		}
+		if st.IsDir() {
+			return errs.IOf(dst, syscall.EISDIR, "is a folder")
+		}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	out, tmp, err := parent.CreateTemp(tempName(base))
+	if err != nil {
+		return err
+	}
+	committed := false
+	defer func() {
+		_ = out.Close()
+		if !committed {
+			_ = parent.Remove(tmp)
+		}
+	}()
+	if err := out.Chmod(fs.FileMode(f.Mode) &^ umask()); err != nil {
+		return ioErr(dst, err)
+	}
+	if err := rd.writeFile(f, out); err != nil {
+		return err
+	}
+	if force {
+		err = parent.Rename(tmp, parent, base)
+	} else {
+		err = parent.Link(tmp, parent, base)
+		if err == nil {
+			_ = parent.Remove(tmp)
 		}
 	}
-	return cur, nil
+	if err != nil {
+		return err
+	}
+	committed = true
+	return parent.Sync()
+}
+
+func (rd *Reader) checkOutput(total uint64) error {
+	if limit := rd.s.limits.Output; limit != 0 && total > limit {
+		return fmt.Errorf("%w: restoring it writes %d bytes, more than the limit of %d (max_output_bytes or TPDE_MAX_OUTPUT)", errs.Limit, total, limit)
+	}
+	return nil
+}
+
+// openParent opens the folder that holds path (the caller's own path: a
+// symlink in it is followed, as the caller named it) and returns path's
+// last name.
+func openParent(p string) (*dirfd.Dir, string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return nil, "", ioErr(p, err)
+	}
+	dir, base := filepath.Split(abs)
+	if base == "" {
+		return nil, "", fmt.Errorf("%w: %s: cannot restore onto the root folder", errs.Invalid, p)
+	}
+	d, err := dirfd.Open(dir)
+	if err != nil {
+		return nil, "", err
+	}
+	return d, base, nil
+}
+
+// tempName is the prefix of a temporary name beside base: hidden, marked
+// as tpde's, and short enough that the random tail still fits NAME_MAX.
+func tempName(base string) string {
+	if len(base) > 200 {
+		base = base[:200]
+	}
+	return "." + base + ".tpde-restore-"
+}
+
+// Restore writes every file of checkpoint c into the folder dest, all or
+// nothing: the files are written into a new folder beside dest, checked
+// against the hashes they were added with, and only then moved into place.
+// Everything below dest is created relative to folder descriptors, so a
+// symlink planted inside dest (even while the restore runs) is never
+// followed. A dest that exists and is not empty is refused unless force;
+// then the checkpoint's files replace those of the same names, and the
+// rest of dest is kept.
+func (rd *Reader) Restore(c *Checkpoint, dest string, force bool) error {
+	var total uint64
+	for i := range c.Files {
+		if err := validPath(c.Files[i].Path); err != nil {
+			return fmt.Errorf("%w: checkpoint %d: %v", errs.Corrupt, c.Step, err)
+		}
+		total += c.Files[i].Size
+		if total < c.Files[i].Size {
+			return fmt.Errorf("%w: checkpoint %d: file sizes overflow", errs.Corrupt, c.Step)
+		}
+	}
+	if err := rd.checkOutput(total); err != nil {
+		return err
+	}
+	parent, base, err := openParent(dest)
+	if err != nil {
+		return err
+	}
+	defer parent.Close()
+	merge := false
+	switch st, err := parent.Stat(base); {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return err
+	case st.IsSymlink():
+		// dest itself is the caller's path: follow it once, by path.
+		real, err := filepath.EvalSymlinks(dest)
+		if err != nil {
+			return ioErr(dest, err)
+		}
+		return rd.Restore(c, real, force)
+	case !st.IsDir():
+		return errs.IOf(dest, syscall.ENOTDIR, "exists and is not a folder")
+	default:
+		d, err := parent.OpenDir(base)
+		if err != nil {
+			return err
+		}
+		ents, err := d.ReadDir()
+		_ = d.Close()
+		if err != nil {
+			return err
+		}
+		if len(ents) > 0 {
+			if !force {
+				return errs.IOf(dest, syscall.EEXIST, "is not empty; restore into a new or empty folder, or pass force (--force) to replace the files of the same names")
+			}
+			merge = true
+		}
+	}
+	stage, name, err := parent.MkdirTemp(tempName(base))
+	if err != nil {
+		return err
+	}
+	done := false
+	defer func() {
+		_ = stage.Close()
+		if !done {
+			_ = parent.RemoveAll(name)
+		}
+	}()
+	for i := range c.Files {
+		if err := rd.restoreInto(stage, &c.Files[i]); err != nil {
+			return err
+		}
+	}
+	if !merge {
+		// A rename replaces an empty folder, and fails if dest was filled
+		// in the meantime: nothing of the user's is replaced unasked.
+		if err := parent.Rename(name, parent, base); err != nil {
+			return err
+		}
+		done = true
+		return parent.Sync()
+	}
+	if err := moveInto(stage, parent, base, c); err != nil {
+		return err
+	}
+	return parent.Sync()
+}
+
+// moveInto moves every file of c from the staging folder into dest
+// (force): each replaces the file of its name, never a folder, and no
+// symlinked folder of dest is entered. Every target is checked before the
+// first file moves.
+func moveInto(stage, parent *dirfd.Dir, base string, c *Checkpoint) error {
+	dest, err := parent.OpenDir(base)
+	if err != nil {
+		return err
+	}
+	defer dest.Close()
+	type move struct {
+		from, to *dirfd.Dir
+		name     string
+	}
+	var moves []move
+	defer func() {
+		for _, m := range moves {
+			if m.from != stage {
+				_ = m.from.Close()
+			}
+			if m.to != dest {
+				_ = m.to.Close()
+			}
+		}
+	}()
+	for i := range c.Files {
+		to, name, err := dest.CreateParents(c.Files[i].Path)
+		if err != nil {
+			return err
+		}
+		from, _, err := stage.CreateParents(c.Files[i].Path)
+		if err != nil {
+			if to != dest {
+				_ = to.Close()
+			}
+			return err
+		}
+		moves = append(moves, move{from, to, name})
+		if st, err := to.Stat(name); err == nil && st.IsDir() {
+			return errs.IOf(dest.Path(c.Files[i].Path), syscall.EISDIR, "is a folder; the checkpoint has a file there")
+		}
+	}
+	for _, m := range moves {
+		if err := m.from.Rename(m.name, m.to, m.name); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -2,63 +2,96 @@ package store
 
 import (
 	"fmt"
-	"os"
+	"sync"
 
 	"github.com/tpde/tpde/core/errs"
 )
 
-// snapshot is one manifest generation with every checkpoint record it
-// names, parsed and cross-checked.
+// snapshot is one manifest generation. Its checkpoint records are read
+// when first needed, not when it is opened: opening a store, and loading
+// its newest checkpoint (whose tensors are all keyframes), then cost the
+// same whatever the store's history. A record that cannot be read makes
+// its own checkpoint unreadable, and the regions coded against it; it
+// does not stop the snapshot from opening.
 type snapshot struct {
-	m    *Manifest
-	base *Checkpoint
-	cps  []*Checkpoint
-	// regions by checkpoint index (-1: the base), then "file\x00region".
-	index  map[int]map[string]*Region
+	s      *Store
+	m      *Manifest
 	byStep map[int64]int
+	// Read lazily, by checkpoint index; -1 is the base.
+	mu    sync.Mutex
+	cps   map[int]*loaded
+	state generationState
+}
+
+type loaded struct {
+	c   *Checkpoint
+	err error
+	// regions by "file\x00region".
+	index map[string]*Region
 }
 
 func regionKey(file, region string) string { return file + "\x00" + region }
 
-func emptySnapshot(cfg Config) *snapshot {
-	return &snapshot{
-		m:      &Manifest{Format: manifestFormat, Version: Version, Config: cfg, Checkpoints: []CheckpointRef{}},
-		index:  map[int]map[string]*Region{},
-		byStep: map[int64]int{},
+func newSnapshot(s *Store, m *Manifest) *snapshot {
+	sn := &snapshot{s: s, m: m, byStep: make(map[int64]int, len(m.Checkpoints)), cps: map[int]*loaded{}}
+	for i, ref := range m.Checkpoints {
+		sn.byStep[ref.Step] = i
 	}
+	return sn
 }
 
-// snapshot loads the newest generation.
+// snapshot loads the newest generation (its manifest only).
 func (s *Store) snapshot() (*snapshot, error) {
 	m, err := s.newestManifest()
 	if err != nil {
 		return nil, err
 	}
 	if m == nil {
-		return emptySnapshot(s.cfg), nil
+		m = &Manifest{Format: manifestFormat, Version: Version, Config: s.cfg, Checkpoints: []CheckpointRef{}}
 	}
-	sn := &snapshot{m: m, index: map[int]map[string]*Region{}, byStep: map[int64]int{}}
-	if m.Base != nil {
-		c, err := s.readRecord(m.Base.Object, 0, true)
-		if err != nil {
-			return nil, err
-		}
-		sn.base = c
-		sn.index[-1] = indexRegions(c)
+	return newSnapshot(s, m), nil
+}
+
+// load reads checkpoint i's record (-1: the base), once.
+func (sn *snapshot) load(i int) *loaded {
+	sn.mu.Lock()
+	defer sn.mu.Unlock()
+	if l, ok := sn.cps[i]; ok {
+		return l
 	}
-	for i, ref := range m.Checkpoints {
-		c, err := s.readRecord(ref.Object, ref.Step, false)
-		if err != nil {
-			return nil, err
-		}
-		sn.cps = append(sn.cps, c)
-		sn.index[i] = indexRegions(c)
-		sn.byStep[ref.Step] = i
+	var l loaded
+	switch {
+	case i == -1 && sn.m.Base == nil:
+		l.err = fmt.Errorf("the store has no base")
+	case i == -1:
+		l.c, l.err = sn.s.readRecord(sn.m.Base.Object, 0, true)
+	case i < 0 || i >= len(sn.m.Checkpoints):
+		l.err = fmt.Errorf("no checkpoint %d", i)
+	default:
+		ref := sn.m.Checkpoints[i]
+		l.c, l.err = sn.s.readRecord(ref.Object, ref.Step, false)
 	}
-	if err := sn.link(); err != nil {
-		return nil, err
+	if l.err == nil {
+		l.index = indexRegions(l.c)
 	}
-	return sn, nil
+	sn.cps[i] = &l
+	return &l
+}
+
+// record is checkpoint i's record (-1: the base).
+func (sn *snapshot) record(i int) (*Checkpoint, error) {
+	l := sn.load(i)
+	return l.c, l.err
+}
+
+// region is region key of checkpoint i, nil if it holds none (or its
+// record cannot be read).
+func (sn *snapshot) region(i int, key string) *Region {
+	l := sn.load(i)
+	if l.err != nil {
+		return nil
+	}
+	return l.index[key]
 }
 
 func indexRegions(c *Checkpoint) map[string]*Region {
@@ -72,28 +105,82 @@ func indexRegions(c *Checkpoint) map[string]*Region {
 	return ix
 }
 
+// readRecord reads and checks a checkpoint record: the object h, else its
+// copy h.copy (docs/FORMAT.md §18.2), each checked against the name h.
+// Records are immutable, so a parsed one is cached by its name.
 func (s *Store) readRecord(h string, step int64, base bool) (*Checkpoint, error) {
 	what := fmt.Sprintf("checkpoint %d", step)
 	if base {
 		what = "the base"
 	}
-	p := s.objectPath(h)
-	st, err := os.Stat(p)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: its record object %s is missing", errs.Corrupt, what, h)
+	if c := s.records.get(h); c != nil {
+		if !base && c.Step != step {
+			return nil, corrupt(what, "record says step %d", c.Step)
+		}
+		return c, nil
 	}
-	o, err := s.openObject(h, uint64(st.Size()), what+" (record)")
+	b, err := s.recordBytes(h, what)
 	if err != nil {
 		return nil, err
 	}
-	defer o.release()
-	if len(o.Data) > maxCheckpointBytes {
-		return nil, corrupt(what, "record of %d bytes", len(o.Data))
+	c, err := parseCheckpoint(b, step, base)
+	if err != nil {
+		return nil, err
 	}
-	return parseCheckpoint(append([]byte(nil), o.Data...), step, base)
+	s.records.put(h, c, len(b))
+	return c, nil
 }
 
-// resolve finds the region a ref names.
+// recordBytes reads record object h, falling back to its copy. An error
+// says what was wrong with both.
+func (s *Store) recordBytes(h, what string) ([]byte, error) {
+	var errs2 [2]error
+	for i, name := range []string{h, h + copySuffix} {
+		o, err := s.mapObject(h, name, anySize, what+" (record)", true)
+		if err != nil {
+			errs2[i] = err
+			continue
+		}
+		if len(o.Data) > maxCheckpointBytes {
+			o.release()
+			errs2[i] = corrupt(what, "record of %d bytes", len(o.Data))
+			continue
+		}
+		b := append([]byte(nil), o.Data...)
+		o.release()
+		return b, nil
+	}
+	return nil, fmt.Errorf("%w (its copy: %v)", errs2[0], errs2[1])
+}
+
+// recordCache keeps parsed records by object name, up to a budget of their
+// JSON size: enough for every record of a long run of a large model, and
+// bounded for a hostile store.
+type recordCache struct {
+	mu    sync.Mutex
+	m     map[string]*Checkpoint
+	bytes int
+}
+
+const recordCacheBytes = 512 << 20
+
+func (rc *recordCache) get(h string) *Checkpoint {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.m[h]
+}
+
+func (rc *recordCache) put(h string, c *Checkpoint, n int) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.m == nil || rc.bytes+n > recordCacheBytes {
+		rc.m, rc.bytes = map[string]*Checkpoint{}, 0
+	}
+	rc.m[h] = c
+	rc.bytes += n
+}
+
+// resolve finds the region a ref names, and the index of its checkpoint.
 func (sn *snapshot) resolve(r *Ref) (*Region, int, error) {
 	ci := -1
 	if !r.Base {
@@ -102,10 +189,14 @@ func (sn *snapshot) resolve(r *Ref) (*Region, int, error) {
 			return nil, 0, fmt.Errorf("refers to step %d, which the store does not hold", r.Step)
 		}
 		ci = i
-	} else if sn.base == nil {
+	} else if sn.m.Base == nil {
 		return nil, 0, fmt.Errorf("refers to a base the store does not hold")
 	}
-	reg, ok := sn.index[ci][regionKey(r.File, r.Region)]
+	l := sn.load(ci)
+	if l.err != nil {
+		return nil, 0, fmt.Errorf("refers to a checkpoint whose record cannot be read (%v)", l.err)
+	}
+	reg, ok := l.index[regionKey(r.File, r.Region)]
 	if !ok {
 		return nil, 0, fmt.Errorf("refers to %q in %q, which that checkpoint does not hold", r.Region, r.File)
 	}
@@ -141,36 +232,26 @@ func (sn *snapshot) chain(r *Region) ([]*Region, error) {
 	return out, nil
 }
 
-// link checks every ref of every record.
-func (sn *snapshot) link() error {
-	check := func(c *Checkpoint, what string) error {
-		for _, f := range c.Files {
-			for i := range f.Regions {
-				if f.Regions[i].Ref == nil {
-					continue
-				}
-				if _, err := sn.chain(&f.Regions[i]); err != nil {
-					return corrupt(what, "file %q region %q %v", f.Path, f.Regions[i].Name, err)
-				}
+// checkChains checks every ref of one record, as a reader does before it
+// trusts the record (verify; tests).
+func (sn *snapshot) checkChains(c *Checkpoint, what string) error {
+	for _, f := range c.Files {
+		for i := range f.Regions {
+			if f.Regions[i].Ref == nil {
+				continue
 			}
-		}
-		return nil
-	}
-	if sn.base != nil {
-		if err := check(sn.base, "the base"); err != nil {
-			return err
-		}
-	}
-	for i, c := range sn.cps {
-		if err := check(c, fmt.Sprintf("checkpoint %d", sn.m.Checkpoints[i].Step)); err != nil {
-			return err
+			if _, err := sn.chain(&f.Regions[i]); err != nil {
+				return corrupt(what, "file %q region %q %v", f.Path, f.Regions[i].Name, err)
+			}
 		}
 	}
 	return nil
 }
 
-// live is every object the snapshot names.
-func (sn *snapshot) live() map[string]bool {
+// live is every object the snapshot names, records and their copies
+// included. It fails if any record cannot be read: then no one can know
+// which objects that checkpoint needs, and cleanup must remove nothing.
+func (sn *snapshot) live() (map[string]bool, error) {
 	live := map[string]bool{}
 	add := func(c *Checkpoint) {
 		for _, f := range c.Files {
@@ -180,15 +261,25 @@ func (sn *snapshot) live() map[string]bool {
 			}
 		}
 	}
-	if sn.m.Base != nil {
-		live[sn.m.Base.Object] = true
-		add(sn.base)
+	refs := append([]CheckpointRef{}, sn.m.Checkpoints...)
+	idx := make([]int, 0, len(refs)+1)
+	for i := range sn.m.Checkpoints {
+		idx = append(idx, i)
 	}
-	for i, c := range sn.cps {
-		live[sn.m.Checkpoints[i].Object] = true
+	if sn.m.Base != nil {
+		refs = append(refs, *sn.m.Base)
+		idx = append(idx, -1)
+	}
+	for k, ref := range refs {
+		live[ref.Object] = true
+		live[ref.Object+copySuffix] = true
+		c, err := sn.record(idx[k])
+		if err != nil {
+			return nil, err
+		}
 		add(c)
 	}
-	return live
+	return live, nil
 }
 
 func (sn *snapshot) checkpoint(step int64) (*Checkpoint, int, error) {
@@ -196,8 +287,9 @@ func (sn *snapshot) checkpoint(step int64) (*Checkpoint, int, error) {
 	if !ok {
 		return nil, 0, fmt.Errorf("%w: the store holds no checkpoint %d", errs.Invalid, step)
 	}
-	return sn.cps[i], i, nil
+	c, err := sn.record(i)
+	return c, i, err
 }
 
 // latest is the newest checkpoint's index, -1 if none.
-func (sn *snapshot) latest() int { return len(sn.cps) - 1 }
+func (sn *snapshot) latest() int { return len(sn.m.Checkpoints) - 1 }

@@ -10,6 +10,10 @@
 //	manifests/<generation>.json  the newest generation that exists is the store
 //	objects/<hh>/<sha256>        frames, zstd blobs and checkpoint records
 //	tmp/                         a writer's unfinished objects (removed on open)
+//
+// Everything inside the directory is reached through descriptors
+// (core/dirfd): a store is untrusted input, and a symlink, FIFO or device
+// planted in it is refused, never followed, read or removed through.
 //	writer.lock, readers.lock    flock(2) locks: one writer, readers beside it
 package store
 
@@ -29,6 +33,7 @@ import (
 	"syscall"
 
 	"github.com/tpde/tpde/core/delta"
+	"github.com/tpde/tpde/core/dirfd"
 	"github.com/tpde/tpde/core/errs"
 )
 
@@ -44,8 +49,11 @@ type Options struct {
 	// Config for a new store. On an existing store, a zero field means
 	// "as stored"; a field that differs from the store's is an error.
 	KeyframeInterval int
-	Reference        string
-	Lossy            []LossyRule
+	// KeyframeIntervalSet says that KeyframeInterval was given, so that a
+	// given 0 is refused rather than read as "as stored".
+	KeyframeIntervalSet bool
+	Reference           string
+	Lossy               []LossyRule
 	// LossySet says that Lossy was given (an empty list is "lossless").
 	LossySet bool
 	Threads  int
@@ -54,22 +62,53 @@ type Options struct {
 	// choice, not the store's: any decoder reads every mode, so it is not
 	// recorded in the config.
 	Positions delta.SparseMode
+	// Limits bound what a read decodes.
+	Limits Limits
 }
 
-// Store is an open store. It is not safe for concurrent use by several
-// goroutines; separate Store values (or processes) may read at once.
+// Limits bound what one read of a store may decode, as every other tpde
+// decoder is bounded: a record is untrusted, and a run-length frame of a
+// few bytes can claim gigabytes.
+type Limits struct {
+	// Output is the most bytes one restore writes, or one read returns
+	// (0: no bound; the disk bounds a restore).
+	Output uint64
+	// Memory is the most bytes one decode holds in memory: a tensor and,
+	// for a chain of frames, its second buffer (0: the memory this
+	// process may use, see machineMemory).
+	Memory uint64
+}
+
+// Store is an open store. Its methods are not for concurrent use by several
+// goroutines, except that Readers may be used beside each other; separate
+// Store values (or processes) may read at once.
 type Store struct {
-	dir     string
-	write   bool
-	wlock   *os.File
-	threads int
+	dir string
+	// root, manifests and objects are the store's folders, reached through
+	// descriptors (core/dirfd): nothing inside a store is followed through
+	// a symlink. objects is nil for a store copied without its (empty)
+	// objects folder; tmp is opened for writers only.
+	root      *dirfd.Dir
+	manifests *dirfd.Dir
+	objects   *dirfd.Dir
+	tmp       *dirfd.Dir
+	write     bool
+	wlock     *os.File
+	threads   int
 	// positions is Options.Positions, for every delta frame this Store codes.
 	positions delta.SparseMode
+	limits    Limits
 	cfg       Config // for a new store, until its first commit
 	// gen is the generation the writer last committed or loaded.
 	gen uint64
 	// opened is what Open's cleanup removed, for Repair to report.
 	opened Cleaned
+	// replaced lists store entries Open removed because they were not
+	// what tpde makes there (a symlinked tmp/).
+	replaced []string
+	// records caches parsed checkpoint records by object name: an object
+	// never changes, so a record read once serves every later snapshot.
+	records recordCache
 }
 
 func (s *Store) path(parts ...string) string {
@@ -77,6 +116,9 @@ func (s *Store) path(parts ...string) string {
 }
 
 func ioErr(path string, err error) error {
+	if errors.Is(err, errs.IO) {
+		return err
+	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) {
 		return errs.IOf(path, errno, "%v", err)
@@ -84,40 +126,72 @@ func ioErr(path string, err error) error {
 	return fmt.Errorf("%w: %s: %w", errs.IO, path, err)
 }
 
+// hostile turns dirfd's refusal of what it found where a store's file
+// should be (a symlink, a FIFO, a device, a folder) into corruption of the
+// store: the store is damaged or crafted, which no retry will mend. Other
+// errors (permission denied, a missing file) stay what they are.
+func hostile(err error) error {
+	if err != nil && (errors.Is(err, syscall.ELOOP) || errors.Is(err, syscall.EINVAL) || errors.Is(err, syscall.ENOTDIR)) {
+		return fmt.Errorf("%w: %v", errs.Corrupt, err)
+	}
+	return err
+}
+
+// SchemeOf is the URL scheme of a store path ("s3" for "s3://bucket/run"),
+// or "" for a local path. A path with a scheme is never taken for a local
+// folder: "s3://b/run" would otherwise become a folder named "s3:".
+func SchemeOf(dir string) string {
+	i := strings.Index(dir, "://")
+	if i <= 0 {
+		return ""
+	}
+	for _, c := range dir[:i] {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.') {
+			return ""
+		}
+	}
+	return dir[:i]
+}
+
 // Open opens the store in dir.
 func Open(dir string, opt Options) (*Store, error) {
-	s := &Store{dir: dir, write: opt.Write, threads: opt.Threads, positions: opt.Positions}
-	marker := s.path("tpde-store.json")
-	b, err := os.ReadFile(marker)
+	if sc := SchemeOf(dir); sc != "" {
+		return nil, fmt.Errorf("%w: %s: tpde cannot serve %s:// stores; a store is a local folder", errs.Unsupported, dir, sc)
+	}
+	s := &Store{dir: dir, write: opt.Write, threads: opt.Threads, positions: opt.Positions, limits: opt.Limits}
+	if opt.Write {
+		if err := os.MkdirAll(dir, 0o777); err != nil {
+			return nil, ioErr(dir, err)
+		}
+	}
+	root, err := dirfd.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	s.root = root
+	b, err := root.ReadFile("tpde-store.json", 1<<16)
+	err = hostile(err)
 	switch {
 	case err == nil:
-		if err := checkMarker(marker, b); err != nil {
+		if err := checkMarker(s.path("tpde-store.json"), b); err != nil {
+			s.Close()
 			return nil, err
 		}
 	case errors.Is(err, fs.ErrNotExist) && opt.Write:
 		if err := s.create(); err != nil {
+			s.Close()
 			return nil, err
 		}
 	case errors.Is(err, fs.ErrNotExist):
-		if _, serr := os.Stat(dir); serr != nil {
-			return nil, ioErr(dir, serr)
-		}
-		return nil, fmt.Errorf("%w: %s is not a tpde store (no tpde-store.json)", errs.Invalid, dir)
+		s.Close()
+		return nil, errs.IOf(dir, syscall.ENOENT, "is not a tpde store (no tpde-store.json)")
 	default:
-		return nil, ioErr(marker, err)
+		s.Close()
+		return nil, err
 	}
-	if opt.Write {
-		if err := s.lockWriter(); err != nil {
-			return nil, err
-		}
-		// Empty folders do not survive every copy (git keeps none): a
-		// store copied without them is still a store.
-		for _, d := range []string{"manifests", "objects", "tmp"} {
-			if err := os.MkdirAll(s.path(d), 0o777); err != nil {
-				s.Close()
-				return nil, ioErr(s.path(d), err)
-			}
-		}
+	if err := s.openFolders(); err != nil {
+		s.Close()
+		return nil, err
 	}
 	m, err := s.newestManifest()
 	if err != nil {
@@ -139,13 +213,56 @@ func Open(dir string, opt Options) (*Store, error) {
 			s.Close()
 			return nil, err
 		}
+		s.opened.Foreign = append(s.opened.Foreign, s.replaced...)
 	}
 	return s, nil
 }
 
+// openFolders opens the store's folders (a writer first takes its lock and
+// makes the ones a copy may have lost: git keeps no empty folder).
+func (s *Store) openFolders() error {
+	var err error
+	if s.write {
+		if err := s.lockWriter(); err != nil {
+			return err
+		}
+		if s.tmp, err = s.root.MkdirAll("tmp"); errors.Is(err, syscall.ELOOP) || errors.Is(err, syscall.ENOTDIR) {
+			// tmp/ is tpde's scratch, holding nothing of value: whatever
+			// stands there instead of a folder (a planted link) is removed
+			// itself, never followed, and a real folder made.
+			if err := s.root.Remove("tmp"); err != nil {
+				return err
+			}
+			s.replaced = append(s.replaced, "tmp (was not a folder; replaced by one)")
+			s.tmp, err = s.root.MkdirAll("tmp")
+		}
+		if err != nil {
+			return err
+		}
+		if s.objects, err = s.root.MkdirAll("objects"); err != nil {
+			return err
+		}
+		if s.manifests, err = s.root.MkdirAll("manifests"); err != nil {
+			return err
+		}
+		f, err := s.root.OpenFile("readers.lock", os.O_RDONLY|os.O_CREATE, 0o666)
+		if err != nil {
+			return err
+		}
+		return f.Close()
+	}
+	if s.manifests, err = s.root.OpenDir("manifests"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if s.objects, err = s.root.OpenDir("objects"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 func (s *Store) applyOptions(exists bool, opt Options) error {
 	want := s.cfg
-	if opt.KeyframeInterval != 0 {
+	if opt.KeyframeInterval != 0 || opt.KeyframeIntervalSet {
 		want.KeyframeInterval = opt.KeyframeInterval
 	}
 	if opt.Reference != "" {
@@ -186,56 +303,67 @@ func checkMarker(path string, b []byte) error {
 	return nil
 }
 
-// create lays out a new store in dir, which must be missing or empty.
+// create lays out a new store in dir, which must be empty.
 func (s *Store) create() error {
-	if err := os.MkdirAll(s.dir, 0o777); err != nil {
-		return ioErr(s.dir, err)
-	}
-	ents, err := os.ReadDir(s.dir)
+	ents, err := s.root.ReadDir()
 	if err != nil {
-		return ioErr(s.dir, err)
+		return err
 	}
 	for _, e := range ents {
 		// Another writer may be creating this store at the same moment;
 		// what it has made so far is not foreign content.
-		switch e.Name() {
+		switch e.Name {
 		case "manifests", "objects", "tmp", "writer.lock", "readers.lock":
-			continue
-		}
-		if strings.HasPrefix(e.Name(), ".tpde-store.json") {
 			continue
 		}
 		return fmt.Errorf("%w: %s is not empty and is not a tpde store; tpde will not mix a store into it", errs.Invalid, s.dir)
 	}
 	for _, d := range []string{"manifests", "objects", "tmp"} {
-		if err := os.MkdirAll(s.path(d), 0o777); err != nil {
-			return ioErr(s.path(d), err)
+		if err := s.root.Mkdir(d); err != nil {
+			return err
 		}
 	}
 	for _, l := range []string{"writer.lock", "readers.lock"} {
-		f, err := os.OpenFile(s.path(l), os.O_CREATE|os.O_RDONLY, 0o666)
+		f, err := s.root.OpenFile(l, os.O_CREATE|os.O_RDONLY, 0o666)
 		if err != nil {
-			return ioErr(s.path(l), err)
+			return err
 		}
 		_ = f.Close()
 	}
+	tmp, err := s.root.OpenDir("tmp")
+	if err != nil {
+		return err
+	}
+	defer tmp.Close()
 	body := []byte(fmt.Sprintf("{\"format\": %q, \"version\": %d}\n", markerFormat, Version))
-	// The marker goes last: a directory that has it has every folder.
-	return writeDurable(s.path("tmp"), s.path("tpde-store.json"), body, true)
+	// The marker goes last: a directory that has it has every folder. If
+	// another creator linked its marker first, that one stands.
+	err = writeDurable(tmp, s.root, "tpde-store.json", body, true)
+	if errors.Is(err, syscall.EEXIST) {
+		return nil
+	}
+	return err
 }
 
 // lockWriter takes the writer lock. flock(2) is released by the kernel
 // when its holder dies, so a killed writer never blocks the next one.
 func (s *Store) lockWriter() error {
 	p := s.path("writer.lock")
-	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o666)
+	f, err := s.root.OpenFile("writer.lock", os.O_CREATE|os.O_RDWR, 0o666)
 	if err != nil {
-		return ioErr(p, err)
+		return err
+	}
+	// The lock file gets the writer's pid: a hard link would make that a
+	// write into some other file that shares its inode.
+	if st, err := f.Stat(); err != nil || st.Sys().(*syscall.Stat_t).Nlink != 1 {
+		_ = f.Close()
+		return errs.IOf(p, syscall.EMLINK, "has other names (hard links); tpde writes only to a lock file of its own")
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		holder := ""
-		if b, rerr := os.ReadFile(p); rerr == nil && len(b) > 0 && len(b) < 64 {
-			holder = " (pid " + strings.TrimSpace(string(b)) + ")"
+		b := make([]byte, 32)
+		if n, rerr := f.ReadAt(b, 0); n > 0 && (rerr == nil || errors.Is(rerr, io.EOF)) {
+			holder = " (pid " + strings.TrimSpace(printable(string(b[:n]))) + ")"
 		}
 		_ = f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
@@ -250,11 +378,27 @@ func (s *Store) lockWriter() error {
 	return nil
 }
 
-// Close releases the writer lock.
+// printable keeps what a message may show of untrusted text.
+func printable(t string) string {
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, t)
+}
+
+// Close releases the writer lock and the store's folders.
 func (s *Store) Close() {
 	if s.wlock != nil {
 		_ = s.wlock.Close()
 		s.wlock = nil
+	}
+	for _, d := range []**dirfd.Dir{&s.tmp, &s.objects, &s.manifests, &s.root} {
+		if *d != nil {
+			_ = (*d).Close()
+			*d = nil
+		}
 	}
 }
 
@@ -266,47 +410,61 @@ func (s *Store) Config() Config { return s.cfg }
 
 // readLock holds readers.lock shared while a reader uses a snapshot: the
 // writer removes unreferenced objects only while it can hold it
-// exclusively, so a reader never loses an object it is about to read.
+// exclusively, so a reader never loses an object it is about to read. A
+// store without the file (copied without it) has never had a writer here.
 func (s *Store) readLock() (func(), error) {
-	p := s.path("readers.lock")
-	f, err := os.Open(p)
+	f, err := s.root.Open("readers.lock")
+	if errors.Is(err, fs.ErrNotExist) {
+		return func() {}, nil
+	}
 	if err != nil {
-		return nil, ioErr(p, err)
+		return nil, err
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
 		_ = f.Close()
-		return nil, ioErr(p, err)
+		return nil, ioErr(s.path("readers.lock"), err)
 	}
 	return func() { _ = f.Close() }, nil
 }
 
-// generations lists the manifest generations present, newest first.
+// A manifest generation g is the file manifests/<g>.json; its copy, written
+// just after it, is manifests/<g>.json.copy (docs/FORMAT.md §18.3).
+const copySuffix = ".copy"
+
+func manifestName(g uint64) string { return fmt.Sprintf("%020d.json", g) }
+
+// generations lists the manifest generations present (by either name),
+// newest first.
 func (s *Store) generations() ([]uint64, error) {
-	ents, err := os.ReadDir(s.path("manifests"))
-	if err != nil {
-		return nil, ioErr(s.path("manifests"), err)
+	if s.manifests == nil {
+		return nil, nil
 	}
+	ents, err := s.manifests.ReadDir()
+	if err != nil {
+		return nil, err
+	}
+	seen := map[uint64]bool{}
 	var gens []uint64
 	for _, e := range ents {
-		name, ok := strings.CutSuffix(e.Name(), ".json")
-		if !ok || len(name) != 20 {
+		name, ok := strings.CutSuffix(e.Name, copySuffix)
+		name, ok2 := strings.CutSuffix(name, ".json")
+		if !ok2 || len(name) != 20 || (ok && name+".json"+copySuffix != e.Name) {
 			continue
 		}
 		g, err := strconv.ParseUint(name, 10, 64)
-		if err != nil || g == 0 {
+		if err != nil || g == 0 || seen[g] {
 			continue
 		}
+		seen[g] = true
 		gens = append(gens, g)
 	}
 	sort.Slice(gens, func(i, j int) bool { return gens[i] > gens[j] })
 	return gens, nil
 }
 
-func manifestName(g uint64) string { return fmt.Sprintf("%020d.json", g) }
-
 // newestManifest reads the newest generation; nil for a store without
-// any commit. A damaged newest generation is an error, not a reason to
-// fall back silently to an older one: that would hide committed work.
+// any commit. A damaged newest generation falls back to its copy, never
+// silently to an older generation: that would hide committed work.
 func (s *Store) newestManifest() (*Manifest, error) {
 	// A reader lists the generations without a lock; a writer may commit
 	// and remove the one it listed before it opens it. Then the newer one
@@ -316,56 +474,107 @@ func (s *Store) newestManifest() (*Manifest, error) {
 		if err != nil || len(gens) == 0 {
 			return nil, err
 		}
-		p := s.path("manifests", manifestName(gens[0]))
-		b, err := readCapped(p, maxManifestBytes)
+		m, _, err := s.readGeneration(gens[0])
 		if errors.Is(err, fs.ErrNotExist) && try < 100 {
 			continue
 		}
+		return m, err
+	}
+}
+
+// generationState says how the two copies of a generation were found,
+// for verify.
+type generationState struct {
+	// Damaged names a copy that could not be used, and why ("" if both
+	// were read and agree, or the copy was never written).
+	Damaged string
+	// CopyMissing: the generation has no second copy (a store written
+	// before copies existed, or a commit whose copy could not be written).
+	CopyMissing bool
+}
+
+// readGeneration reads generation g from its file and its copy. Either one
+// that reads and parses serves; when both parse but differ (a flipped digit
+// can leave valid JSON), the one whose records all exist is used.
+func (s *Store) readGeneration(g uint64) (*Manifest, generationState, error) {
+	var st generationState
+	name := manifestName(g)
+	read := func(n string) (*Manifest, []byte, error) {
+		b, err := s.manifests.ReadFile(n, maxManifestBytes)
 		if err != nil {
-			return nil, err
+			return nil, nil, hostile(err)
 		}
-		return parseManifest(b, gens[0])
+		m, err := parseManifest(b, g)
+		return m, b, err
 	}
+	m1, b1, err1 := read(name)
+	m2, b2, err2 := read(name + copySuffix)
+	missing1, missing2 := errors.Is(err1, fs.ErrNotExist), errors.Is(err2, fs.ErrNotExist)
+	switch {
+	case err1 == nil && err2 == nil:
+		if string(b1) == string(b2) {
+			return m1, st, nil
+		}
+		ok1, ok2 := s.recordsPresent(m1), s.recordsPresent(m2)
+		if ok1 == ok2 {
+			return nil, st, corrupt(s.manifests.Path(name), "it and its copy differ, and neither can be told the intact one")
+		}
+		if ok1 {
+			st.Damaged = name + copySuffix + ": differs from " + name + ", and names records that are missing"
+			return m1, st, nil
+		}
+		st.Damaged = name + ": differs from its copy, and names records that are missing"
+		return m2, st, nil
+	case err1 == nil:
+		if !missing2 {
+			st.Damaged = fmt.Sprintf("%s: %v", name+copySuffix, err2)
+		}
+		st.CopyMissing = missing2
+		return m1, st, nil
+	case err2 == nil:
+		if !missing1 {
+			st.Damaged = fmt.Sprintf("%s: %v", name, err1)
+		} else {
+			st.Damaged = name + ": missing (its copy serves)"
+		}
+		return m2, st, nil
+	case missing1 && missing2:
+		return nil, st, err1
+	case missing2 || errors.Is(err1, errs.Unsupported):
+		return nil, st, err1
+	case missing1:
+		return nil, st, err2
+	}
+	return nil, st, fmt.Errorf("%w: manifest generation %d and its copy are both damaged: %v; %v", errs.Corrupt, g, err1, err2)
 }
 
-// readCapped reads a whole file of at most limit bytes.
-func readCapped(p string, limit int64) ([]byte, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, ioErr(p, err)
+// recordsPresent says whether every record object m names is in the store.
+func (s *Store) recordsPresent(m *Manifest) bool {
+	refs := append([]CheckpointRef{}, m.Checkpoints...)
+	if m.Base != nil {
+		refs = append(refs, *m.Base)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, ioErr(p, err)
+	for _, r := range refs {
+		if _, err := s.objectInfo(r.Object); err != nil {
+			if _, err := s.objectInfo(r.Object + copySuffix); err != nil {
+				return false
+			}
+		}
 	}
-	if !st.Mode().IsRegular() {
-		return nil, corrupt(p, "not a regular file")
-	}
-	if st.Size() > limit {
-		return nil, corrupt(p, "%d bytes (max %d)", st.Size(), limit)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, ioErr(p, err)
-	}
-	if int64(len(b)) > limit {
-		return nil, corrupt(p, "more than %d bytes", limit)
-	}
-	return b, nil
+	return true
 }
 
-// writeDurable writes body to dst through a temporary file in tmpDir:
-// written, fsynced, then linked (noReplace) or renamed into place, and the
-// directory fsynced. link(2) fails if dst exists, which is how a manifest
+// writeDurable writes body to name in dir through a temporary file in
+// tmp: written, fsynced, then linked (noReplace) or renamed into place,
+// and dir fsynced. link(2) fails if name exists, which is how a manifest
 // generation is published at most once.
-func writeDurable(tmpDir, dst string, body []byte, noReplace bool) error {
-	f, err := os.CreateTemp(tmpDir, "put-*")
+func writeDurable(tmp, dir *dirfd.Dir, name string, body []byte, noReplace bool) error {
+	f, tname, err := tmp.CreateTemp("put-")
 	if err != nil {
-		return ioErr(tmpDir, err)
+		return err
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
+	defer tmp.Remove(tname) //nolint:errcheck // gone already once linked or renamed
+	dst := dir.Path(name)
 	if err := writeAll(f, body); err != nil {
 		_ = f.Close()
 		return ioErr(dst, err)
@@ -377,18 +586,15 @@ func writeDurable(tmpDir, dst string, body []byte, noReplace bool) error {
 	if err := f.Close(); err != nil {
 		return ioErr(dst, err)
 	}
-	if err := fixMode(tmp); err != nil {
-		return err
-	}
 	if noReplace {
-		err = os.Link(tmp, dst)
+		err = tmp.Link(tname, dir, name)
 	} else {
-		err = os.Rename(tmp, dst)
+		err = tmp.Rename(tname, dir, name)
 	}
 	if err != nil {
-		return ioErr(dst, err)
+		return err
 	}
-	return syncDir(filepath.Dir(dst))
+	return dir.Sync()
 }
 
 // writeAll is f.Write with the fault-injection hook tests use to stand
@@ -406,27 +612,6 @@ func writeAll(f *os.File, b []byte) error {
 // faultHook, when set by a test, runs before every write of store data.
 var faultHook func(n int) error
 
-// fixMode gives a file the mode the umask gives (CreateTemp makes 0600):
-// objects are as private as the user's other files, no more, no less.
-func fixMode(p string) error {
-	if err := os.Chmod(p, 0o666&^umask()); err != nil {
-		return ioErr(p, err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return ioErr(dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) {
-		return ioErr(dir, err)
-	}
-	return nil
-}
-
 // hashHex is the sha256 of b in lower-case hex: how objects are named.
 func hashHex(b []byte) string {
 	h := sha256.Sum256(b)
@@ -434,3 +619,6 @@ func hashHex(b []byte) string {
 }
 
 func (s *Store) objectPath(h string) string { return s.path("objects", h[:2], h) }
+
+// objectRel is object h's name below objects/.
+func objectRel(h string) string { return h[:2] + "/" + h }

@@ -113,7 +113,7 @@ func restoreAll(t testing.TB, dir string, step int64) map[string][]byte {
 	c, err := rd.Checkpoint(step, false)
 	require.NoError(t, err)
 	dest := t.TempDir()
-	require.NoError(t, rd.Restore(c, dest))
+	require.NoError(t, rd.Restore(c, dest, false))
 	out := map[string][]byte{}
 	for _, f := range c.Files {
 		b, err := os.ReadFile(filepath.Join(dest, f.Path))
@@ -153,13 +153,13 @@ func TestSeriesRestoresEveryCheckpointByteForByte(t *testing.T) {
 			require.NoError(t, err)
 			defer rd.Close()
 			deltas := 0
-			for i, c := range rd.sn.cps {
+			for i, c := range records(t, rd) {
 				for _, f := range c.Files {
 					for ri := range f.Regions {
 						ch, err := rd.sn.chain(&f.Regions[ri])
 						require.NoError(t, err)
 						assert.LessOrEqual(t, len(ch), max(k, 1))
-						if i == len(rd.sn.cps)-1 {
+						if i == len(rd.sn.m.Checkpoints)-1 {
 							assert.Len(t, ch, 1, "the newest checkpoint decodes in one frame")
 						}
 						if len(ch) > 1 {
@@ -193,7 +193,7 @@ func TestIdenticalTensorsAndFilesAreStoredOnce(t *testing.T) {
 	require.NoError(t, err)
 	defer rd.Close()
 	embs, toks := map[string]bool{}, map[string]bool{}
-	for _, c := range rd.sn.cps {
+	for _, c := range records(t, rd) {
 		for _, f := range c.Files {
 			if f.Path == "tokenizer.json" {
 				toks[f.Skeleton.Object] = true
@@ -244,7 +244,7 @@ func TestVerifyNamesWhatADamagedObjectAffects(t *testing.T) {
 	require.NoError(t, err)
 	// Damage checkpoint 2's own delta of "w": 1 and 2 decode through it.
 	var victim string
-	for _, r := range rd.sn.cps[1].Files[0].Regions {
+	for _, r := range records(t, rd)[1].Files[0].Regions {
 		if r.Name == "w" {
 			require.NotNil(t, r.Ref)
 			victim = r.Object.Object
@@ -277,7 +277,7 @@ func TestVerifyNamesWhatADamagedObjectAffects(t *testing.T) {
 	for step := int64(1); step <= 4; step++ {
 		c, err := rd.Checkpoint(step, false)
 		require.NoError(t, err)
-		err = rd.Restore(c, t.TempDir())
+		err = rd.Restore(c, t.TempDir(), false)
 		if step <= 2 {
 			assert.ErrorIs(t, err, errs.Corrupt, "step %d", step)
 		} else {
@@ -374,8 +374,10 @@ func TestANonEmptyFolderIsNotMadeAStore(t *testing.T) {
 	write(t, dir, "precious.txt", []byte("mine"))
 	_, err := Open(dir, Options{Write: true})
 	require.ErrorIs(t, err, errs.Invalid)
+	// An empty folder opened for reading is no store yet: nothing to read.
 	_, err = Open(t.TempDir(), Options{})
-	require.ErrorIs(t, err, errs.Invalid)
+	require.ErrorIs(t, err, syscall.ENOENT)
+	require.ErrorContains(t, err, "not a tpde store")
 }
 
 func TestGlob(t *testing.T) {
@@ -397,15 +399,16 @@ func TestLinkRefusesLoopsLongChainsAndLossyReferences(t *testing.T) {
 		return &Checkpoint{Format: checkpointFormat, Version: Version, Step: step,
 			Files: []File{{Path: "m", Size: 4096, SHA256: hashHex(nil), Layout: LayoutRaw, Skeleton: Object{Object: hashHex(nil)}, Regions: []Region{r}}}}
 	}
-	build := func(k int, cps ...*Checkpoint) *snapshot {
-		sn := emptySnapshot(Config{KeyframeInterval: k, Reference: RefPrevious})
+	build := func(k int, cps ...*Checkpoint) *testSnapshot {
+		m := &Manifest{Format: manifestFormat, Version: Version, Config: Config{KeyframeInterval: k, Reference: RefPrevious}}
 		for i, c := range cps {
-			sn.m.Checkpoints = append(sn.m.Checkpoints, CheckpointRef{Step: c.Step, Object: hashHex([]byte{byte(i)})})
-			sn.cps = append(sn.cps, c)
-			sn.index[i] = indexRegions(c)
-			sn.byStep[c.Step] = i
+			m.Checkpoints = append(m.Checkpoints, CheckpointRef{Step: c.Step, Object: hashHex([]byte{byte(i)})})
 		}
-		return sn
+		sn := newSnapshot(nil, m)
+		for i, c := range cps {
+			sn.cps[i] = &loaded{c: c, index: indexRegions(c)}
+		}
+		return &testSnapshot{sn, cps}
 	}
 	loop := build(10, cp(1, region("w", &Ref{Step: 2, File: "m", Region: "w"}, 0)), cp(2, region("w", &Ref{Step: 1, File: "m", Region: "w"}, 0)))
 	require.ErrorContains(t, loop.link(), "longer than the store's keyframe interval")
@@ -413,11 +416,37 @@ func TestLinkRefusesLoopsLongChainsAndLossyReferences(t *testing.T) {
 
 	long := build(2, cp(1, region("w", &Ref{Step: 2, File: "m", Region: "w"}, 0)), cp(2, region("w", &Ref{Step: 3, File: "m", Region: "w"}, 0)), cp(3, region("w", nil, 0)))
 	require.ErrorIs(t, long.link(), errs.Corrupt)
-	require.NoError(t, build(3, long.cps...).link(), "three frames are within K = 3")
+	require.NoError(t, build(3, long.records...).link(), "three frames are within K = 3")
 
 	lossy := build(10, cp(1, region("w", &Ref{Step: 2, File: "m", Region: "w"}, 0)), cp(2, region("w", &Ref{Step: 3, File: "m", Region: "w"}, 0.5)), cp(3, region("w", nil, 0)))
 	require.ErrorContains(t, lossy.link(), "lossy")
 
 	dangling := build(10, cp(1, region("w", &Ref{Step: 9, File: "m", Region: "w"}, 0)))
 	require.ErrorContains(t, dangling.link(), "does not hold")
+}
+
+// records reads every checkpoint record of rd's snapshot.
+func records(t testing.TB, rd *Reader) []*Checkpoint {
+	var out []*Checkpoint
+	for i := range rd.sn.m.Checkpoints {
+		c, err := rd.sn.record(i)
+		require.NoError(t, err)
+		out = append(out, c)
+	}
+	return out
+}
+
+type testSnapshot struct {
+	*snapshot
+	records []*Checkpoint
+}
+
+// link checks every ref of every record, as verify does.
+func (ts *testSnapshot) link() error {
+	for i, c := range ts.records {
+		if err := ts.checkChains(c, fmt.Sprintf("checkpoint %d", ts.m.Checkpoints[i].Step)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,13 +1,17 @@
 """The store commands of ``tpde``: add, restore, ls, info, rm, verify, stats.
 
-    tpde add STORE PATH... [--step N] [--tag T] [--keyframe-interval K]
+    tpde add STORE PATH... [--step N] [--tag T] [--keyframe-interval K] [--follow-links]
                            [--reference previous|base] [--base PATH] [--lossy PATTERN=BOUND]
-    tpde restore STORE STEP DEST        (STEP may be "latest")
+    tpde restore STORE STEP DEST [--force]
     tpde ls STORE [--json]
     tpde info STORE [STEP] [--json]
     tpde rm STORE STEP
     tpde verify STORE [--repair] [--shallow] [--json]
     tpde stats STORE [--json] [--plot FILE.png]
+
+STEP is a number from 0 to 2**63 - 1, or "latest" (the newest). Names and
+tags read from a store are untrusted: control characters in them are
+printed escaped.
 """
 
 from __future__ import annotations
@@ -21,23 +25,58 @@ import time
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
+from ._interrupt import Stop
 from ._text import human as _human
-from .store import CheckpointInfo, Store
+from ._text import printable as _p
+from .errors import CancelledError, InvalidArgumentError
+from .store import CheckpointInfo, Store, check_step
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 COMMANDS = ("add", "restore", "ls", "rm", "verify", "stats")
 _STEP_IN_NAME = re.compile(r"(?:^|[-_])(\d+)$")
 
 
 def is_store(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "tpde-store.json"))
+    """Whether path is (or may be: it cannot be read) a store."""
+    try:
+        os.stat(os.path.join(path, "tpde-store.json"))
+    except PermissionError:
+        return os.path.isdir(path) or True  # the store will say EACCES, naming it
+    except OSError:
+        return False
+    return True
+
+
+def _step(text: str, latest: bool) -> Optional[int]:
+    if latest and text == "latest":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid step {text!r} (a number" + (" or 'latest')" if latest else ")")) \
+            from None
+    try:
+        return check_step(n, latest=False)
+    except InvalidArgumentError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_parsers(sub: Any, usage_error: type) -> None:
     def step_arg(text: str) -> int:
+        return _step(text, latest=False)  # type: ignore[return-value]
+
+    def step_or_latest(text: str) -> Optional[int]:
+        return _step(text, latest=True)
+
+    def interval_arg(text: str) -> int:
         try:
-            return int(text)
+            k = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid step {text!r}") from None
+            raise argparse.ArgumentTypeError(f"invalid keyframe interval {text!r}") from None
+        if not 1 <= k <= 1000:
+            raise argparse.ArgumentTypeError(f"keyframe interval must be 1 to 1000, not {k}")
+        return k
 
     a = sub.add_parser("add", help="add checkpoints (files or folders) to a store",
                        description="add each PATH (a file or a folder, e.g. a Trainer's checkpoint-N/) to STORE "
@@ -47,7 +86,7 @@ def add_parsers(sub: Any, usage_error: type) -> None:
     a.add_argument("paths", metavar="PATH", nargs="+")
     a.add_argument("--step", type=step_arg, default=None, metavar="N")
     a.add_argument("--tag", action="append", default=None, metavar="T", help="a tag (repeat for more)")
-    a.add_argument("--keyframe-interval", type=int, default=None, metavar="K",
+    a.add_argument("--keyframe-interval", type=interval_arg, default=None, metavar="K",
                    help="for a new store: decode at most K frames per tensor (default 10)")
     a.add_argument("--reference", choices=("previous", "base"), default=None,
                    help="for a new store: code each checkpoint against the previous one (default) or a base")
@@ -55,14 +94,18 @@ def add_parsers(sub: Any, usage_error: type) -> None:
     a.add_argument("--lossy", action="append", default=None, metavar="PATTERN=BOUND",
                    help="for a new store: tensors matching PATTERN (file:name or name) may be stored within "
                         "BOUND (absolute); lossless otherwise")
+    a.add_argument("--follow-links", action="store_true",
+                   help="store what a symlink pointing outside an added folder points to (refused otherwise)")
     a.add_argument("-q", "--quiet", action="store_true")
     a.add_argument("--json", action="store_true")
 
     r = sub.add_parser("restore", help="write a checkpoint's original files", description="write checkpoint STEP "
                        "of STORE into the folder DEST, every file byte-identical to what was added")
     r.add_argument("store", metavar="STORE")
-    r.add_argument("step", metavar="STEP")
+    r.add_argument("step", metavar="STEP", type=step_or_latest)
     r.add_argument("dest", metavar="DEST")
+    r.add_argument("-f", "--force", action="store_true",
+                   help="restore into a folder that is not empty, replacing the files of the same names")
     r.add_argument("-q", "--quiet", action="store_true")
 
     ls = sub.add_parser("ls", help="list a store's checkpoints", description="list the checkpoints of STORE")
@@ -72,7 +115,7 @@ def add_parsers(sub: Any, usage_error: type) -> None:
     rm = sub.add_parser("rm", help="remove a checkpoint", description="remove checkpoint STEP; checkpoints coded "
                         "against it are re-coded first")
     rm.add_argument("store", metavar="STORE")
-    rm.add_argument("step", metavar="STEP", type=step_arg)
+    rm.add_argument("step", metavar="STEP", type=step_or_latest)
 
     v = sub.add_parser("verify", help="check a store", description="check every object and chain of STORE (exit 1 "
                        "and name what is affected if anything is damaged)")
@@ -90,23 +133,23 @@ def add_parsers(sub: Any, usage_error: type) -> None:
 
 def _info_json(i: CheckpointInfo) -> Dict[str, Any]:
     d = asdict(i)
-    d["ratio"] = i.ratio
+    d["ratio"] = i.ratio if not i.damaged else None
     d["lossless"] = i.lossless
     return d
 
 
 def _need_store(path: str, usage_error: type) -> None:
+    if _SCHEME.match(path):
+        raise usage_error(f"{path}: tpde cannot serve {path.split('://')[0]}:// stores; a store is a local folder")
     if not is_store(path):
         raise usage_error(f"{path}: not a tpde store")
 
 
 def _parse_step(text: str, usage_error: type) -> Optional[int]:
-    if text == "latest":
-        return None
     try:
-        return int(text)
-    except ValueError:
-        raise usage_error(f"invalid step {text!r} (a number or 'latest')") from None
+        return _step(text, latest=True)
+    except argparse.ArgumentTypeError as e:
+        raise usage_error(str(e)) from None
 
 
 def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
@@ -116,24 +159,32 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
     _need_store(args.store, usage_error)
     with Store(args.store) as store:
         if cmd == "restore":
-            step = _parse_step(args.step, usage_error)
+            step = args.step
             t0 = time.perf_counter()
-            out = store.restore(step, args.dest)
+            out = store.restore(step, args.dest, force=args.force)
             if not args.quiet:
                 info = store.info(step)
                 print(f"restored checkpoint {info.step}: {len(info.files)} files, {_human(info.raw_bytes)} "
                       f"into {out} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
             return 0
         if cmd == "ls":
-            infos = [store.info(s) for s in store.steps()]
+            infos = store.list()  # one snapshot, each record read once
             if args.json:
                 print(json.dumps([_info_json(i) for i in infos], indent=1))
-                return 0
+                return 1 if any(i.damaged for i in infos) else 0
             print(f"{'step':>10}  {'files':>5}  {'raw':>10}  {'stored':>10}  {'ratio':>7}  {'frames':>6}  tags")
             for i in infos:
+                if i.damaged and not i.files:
+                    print(f"{i.step:>10}  damaged: {_p(i.problem)}")
+                    continue
                 print(f"{i.step:>10}  {len(i.files):>5}  {_human(i.raw_bytes):>10}  {_human(i.stored_bytes):>10}  "
-                      f"{i.ratio:>6.2f}x  {i.max_chain:>6}  {','.join(i.tags)}"
-                      + ("" if i.lossless else f"  lossy (max error {i.max_error:.3g})"))
+                      f"{i.ratio:>6.2f}x  {i.max_chain:>6}  {_p(','.join(i.tags))}"
+                      + ("" if i.lossless else f"  lossy (max error {i.max_error:.3g})")
+                      + (f"  damaged: {_p(i.problem)}" if i.damaged else ""))
+            damaged = [i.step for i in infos if i.damaged]
+            if damaged:
+                print(f"damaged: checkpoints {', '.join(map(str, damaged))} (tpde verify names what)", file=sys.stderr)
+                return 1
             return 0
         if cmd == "info":
             step = None if args.step is None else _parse_step(args.step, usage_error)
@@ -152,13 +203,16 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             if args.json:
                 print(json.dumps(_info_json(info), indent=1))
                 return 0
-            print(f"checkpoint {info.step} ({info.created}) tags: {','.join(info.tags) or '-'}; "
+            print(f"checkpoint {info.step} ({_p(info.created)}) tags: {_p(','.join(info.tags)) or '-'}; "
                   f"{_human(info.raw_bytes)} in {_human(info.stored_bytes)} ({info.ratio:.2f}x), "
                   f"at most {info.max_chain} frame(s) per tensor, "
                   + ("bit-exact" if info.lossless else f"lossy, max error {info.max_error:.3g}"))
             for f in info.files:
-                print(f"  {f.path:<40} {_human(f.size):>10}  {f.layout:<12} {f.tensors:>4} tensors"
-                      + (f"  ({f.note})" if f.note else ""))
+                print(f"  {_p(f.path):<40} {_human(f.size):>10}  {f.layout:<12} {f.tensors:>4} tensors"
+                      + (f"  ({_p(f.note)})" if f.note else ""))
+            if info.damaged:
+                print(f"damaged: {_p(info.problem)}")
+                return 1
             return 0
         if cmd == "rm":
             store.remove(args.step)
@@ -172,13 +226,25 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
                 if rep.cleaned:
                     c = rep.cleaned
                     print(f"removed {c['temporary']} unfinished file(s), {c['objects']} unreferenced object(s), "
-                          f"{c['manifests']} old manifest(s)" + (" (readers busy: objects kept)"
-                                                                  if c.get("readers_busy") else ""), file=sys.stderr)
+                          f"{c['manifests']} old manifest(s); rewrote {c.get('copies', 0)} damaged or missing "
+                          "copies" + (" (readers busy: objects kept)" if c.get("readers_busy") else ""),
+                          file=sys.stderr)
+                    if c.get("kept"):
+                        print(f"kept unreferenced objects: {_p(c['kept'])}", file=sys.stderr)
+                    for f in c.get("foreign") or []:
+                        print(f"left alone (not written by tpde): {_p(f)}", file=sys.stderr)
                 for p in rep.problems:
-                    where = "base" if p.base else f"checkpoint {p.step}"
-                    print(f"{where}: {p.file}" + (f" tensor {p.region}" if p.region else "") + f": {p.message}")
-                print("ok" if rep.ok else f"damaged: checkpoints {', '.join(map(str, rep.affected_steps))}",
-                      file=sys.stderr)
+                    where = "base" if p.base else ("store" if p.degraded and not p.step and not p.object
+                                                   else f"checkpoint {p.step}")
+                    print(f"{where}: {_p(p.file)}" + (f" tensor {_p(p.region)}" if p.region else "")
+                          + f": {_p(p.message)}" + (" (its other copy serves; nothing is lost; --repair rewrites it)"
+                                                    if p.degraded else ""))
+                if rep.ok:
+                    print("ok", file=sys.stderr)
+                elif rep.affected_steps:
+                    print(f"damaged: checkpoints {', '.join(map(str, rep.affected_steps))}", file=sys.stderr)
+                else:
+                    print("degraded: nothing is lost, but a copy is damaged (tpde verify --repair)", file=sys.stderr)
             return 0 if rep.ok else 1
         if cmd == "stats":
             st = store.stats()
@@ -194,12 +260,15 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
                   f"({(st['ratio'] or 0):.2f}x)")
             print("\nratio per tensor group:")
             for g, v in st["groups"].items():
-                print(f"  {g:<60} {v['ratio']:.2f}x" if v["ratio"] else f"  {g:<60} -")
+                print(f"  {_p(g):<60} {v['ratio']:.2f}x" if v["ratio"] else f"  {_p(g):<60} -")
             return 0
     raise usage_error(f"unknown command {cmd}")
 
 
 def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
+    if _SCHEME.match(args.store):
+        raise usage_error(f"{args.store}: tpde cannot serve {args.store.split('://')[0]}:// stores; a store is a "
+                          "local folder")
     if args.step is not None and len(args.paths) > 1:
         raise usage_error("--step takes one PATH")
     for p in args.paths:
@@ -219,8 +288,12 @@ def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
     if args.base is not None and args.reference not in (None, "base"):
         raise usage_error("--base goes with --reference base")
     out = []
-    with Store(args.store, keyframe_interval=args.keyframe_interval, reference=args.reference,
-               base=args.base, lossy=lossy) as store:
+    stop = Stop()
+    # SIGTERM (a scheduler's kill) and Ctrl-C stop an add the same way: the
+    # checkpoint being added is dropped, nothing of it is left, and those
+    # committed before it stay.
+    with stop.installed(), Store(args.store, keyframe_interval=args.keyframe_interval, reference=args.reference,
+                                 base=args.base, lossy=lossy) as store:
         for p in args.paths:
             step = args.step
             if step is None:
@@ -229,7 +302,14 @@ def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             bar = bar_factory(f"adding {os.path.basename(os.path.normpath(p))}") if not args.quiet else None
             t0 = time.perf_counter()
             try:
-                info = store.add(p, step=step, tags=args.tag, progress=bar)
+                info = store.add(p, step=step, tags=args.tag, progress=bar, follow_links=args.follow_links,
+                                 cancel=stop.event)
+            except CancelledError:
+                if bar is not None:
+                    bar.close()
+                print(f"tpde: error: interrupted by {stop.name()}: stopped; nothing of {p} was committed",
+                      file=sys.stderr)
+                return stop.exit_status()
             finally:
                 if bar is not None:
                     bar.close()

@@ -22,7 +22,7 @@ from . import errors
 from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 4
+ABI_VERSION = 5
 MAX_NDIM = 32
 ERR_LEN = 1024
 
@@ -235,7 +235,7 @@ class StoreTensor(ctypes.Structure):
     ]
 
 
-# The checkpoint store: python/tpde/_store.py.
+# The checkpoint store: python/tpde/store.py.
 _SIGNATURES.update({
     "tpde_store_open": (c_int, [c_char_p, c_int32, c_char_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
@@ -252,7 +252,8 @@ _SIGNATURES.update({
     "tpde_store_reader_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_read_range": (
         c_int, [c_uint64, ctypes.c_int64, c_char_p, c_uint64, c_void_p, c_uint64, _ERRBUF, c_size_t]),
-    "tpde_store_restore": (c_int, [c_uint64, ctypes.c_int64, c_char_p, c_char_p, _ERRBUF, c_size_t]),
+    "tpde_store_reader_record": (c_int, [c_uint64, ctypes.c_int64, c_int32, _ERRBUF, c_size_t]),
+    "tpde_store_restore": (c_int, [c_uint64, ctypes.c_int64, c_char_p, c_char_p, c_int32, _ERRBUF, c_size_t]),
     "tpde_store_result": (c_int, [c_uint64, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
 })
 

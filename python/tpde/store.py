@@ -16,23 +16,32 @@ Python values.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import ctypes
 import errno
 import json
+import math
+import numbers
 import os
 import re
+import shutil
+import stat
 import struct
+import tempfile
 import threading
 from ctypes import byref, c_uint64
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from . import _native, _options, _structure, _tensors, _torchfile
-from ._atomic import write_atomically
+from . import _memory, _native, _options, _structure, _tensors, _torchfile
+from ._atomic import fsync_dir
+from ._interrupt import run_cancellable
 from ._native import call
-from .errors import CorruptDataError, InvalidArgumentError, TPDEError, TPDEIOError
+from ._text import has_control, printable
+from .errors import (CancelledError, CorruptDataError, InvalidArgumentError, TPDEError, TPDEIOError,
+                     UnsupportedFormatError)
 
 __all__ = ["Store", "open", "CheckpointInfo", "FileInfo", "VerifyReport", "Problem", "StoreLockedError"]
 
@@ -46,6 +55,11 @@ _ALIGN = 64
 
 class StoreLockedError(TPDEIOError):
     """Another process is writing the store: one writer at a time."""
+
+
+#: The largest step a store holds: steps are signed 64-bit in the format.
+MAX_STEP = (1 << 63) - 1
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,9 @@ class CheckpointInfo:
     max_error: float
     #: The most frames one of its tensors' decode walks.
     max_chain: int
+    #: Why (part of) this checkpoint cannot be read; "" when it can. Only
+    #: Store.list() returns damaged checkpoints; info() raises for them.
+    problem: str = ""
 
     @property
     def ratio(self) -> float:
@@ -84,6 +101,10 @@ class CheckpointInfo:
     @property
     def lossless(self) -> bool:
         return self.max_error == 0.0
+
+    @property
+    def damaged(self) -> bool:
+        return bool(self.problem)
 
 
 @dataclass(frozen=True)
@@ -94,6 +115,9 @@ class Problem:
     object: str
     message: str
     base: bool = False
+    #: Nothing is lost: one copy of a record or of the manifest is damaged
+    #: and the other serves. verify(repair=True) writes it anew.
+    degraded: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,7 +131,13 @@ class VerifyReport:
 
     @property
     def affected_steps(self) -> List[int]:
-        return sorted({p.step for p in self.problems if not p.base})
+        """The checkpoints that cannot be read whole."""
+        return sorted({p.step for p in self.problems if not p.base and not p.degraded})
+
+    @property
+    def degraded(self) -> List[Problem]:
+        """Damaged copies whose twin still serves (nothing lost)."""
+        return [p for p in self.problems if p.degraded]
 
 
 def _result(handle: int) -> Any:
@@ -124,8 +154,22 @@ def _result(handle: int) -> Any:
 def _json_arg(v: Any) -> Tuple[Optional[bytes], int]:
     if v is None:
         return None, 0
-    b = json.dumps(v).encode("utf-8")
+    b = json.dumps(v, allow_nan=False).encode("utf-8")
     return b, len(b)
+
+
+def check_step(step: Any, what: str = "step", *, latest: bool = True) -> Optional[int]:
+    """A step as the store takes it: an int in [0, 2**63), or "latest" (and
+    None) for the newest where latest is allowed. Checked here, before any
+    C call: a C int64 would silently wrap 2**64 + 10 to 10."""
+    if latest and (step is None or step == "latest"):
+        return None
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise InvalidArgumentError(f"{what} must be an int" + (" or 'latest'" if latest else "") + f", not {step!r}")
+    step = int(step)
+    if not 0 <= step <= MAX_STEP:
+        raise InvalidArgumentError(f"{what} {step} is out of range: steps are 0 to 2**63 - 1")
+    return step
 
 
 def _lossy_rules(lossy: Any) -> Optional[List[Dict[str, Any]]]:
@@ -141,21 +185,48 @@ def _lossy_rules(lossy: Any) -> Optional[List[Dict[str, Any]]]:
             raise InvalidArgumentError(f"lossy pattern {pattern!r} must be a non-empty string")
         try:
             b = float(bound)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidArgumentError(f"lossy bound for {pattern!r} must be a number, not {bound!r}") from None
+        if not (math.isfinite(b) and b > 0):
+            raise InvalidArgumentError(f"lossy bound for {pattern!r} must be a finite number > 0, not {bound!r}")
         rules.append({"pattern": pattern, "threshold": b})
     return rules
 
 
+def _renamed(e: TPDEError, prefix: str) -> TPDEError:
+    """e with prefix (the store's path) in front of its message, same class
+    and errno."""
+    if isinstance(e, OSError) and e.errno is not None:
+        new: TPDEError = type(e)(e.errno, f"{prefix}: {e.strerror}")
+    else:
+        new = type(e)(f"{prefix}: {e}")
+    new.__cause__ = e.__cause__
+    return new
+
+
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """Errors raised inside name the store they are about."""
+    try:
+        yield
+    except TPDEError as e:
+        if path in str(e):
+            raise
+        raise _renamed(e, f"store {path}") from e
+
+
 class _Reader:
-    """One committed snapshot (a Go reader handle)."""
+    """One committed snapshot (a Go reader handle). Records are fetched one
+    at a time, when first asked for: opening a reader costs the same
+    whatever the store's history."""
 
     def __init__(self, store_handle: int) -> None:
         h = c_uint64(0)
         call("tpde_store_reader_open", store_handle, byref(h))
         self.handle = h.value
-        self.snapshot = _result(self.handle)
-        self.records = {c["step"]: c for c in self.snapshot["checkpoints"]}
+        self.manifest = _result(self.handle)["manifest"]
+        self.steps: List[int] = [c["step"] for c in self.manifest["checkpoints"]]
+        self._entries: Dict[Any, Dict[str, Any]] = {}
 
     def close(self) -> None:
         if self.handle:
@@ -168,14 +239,30 @@ class _Reader:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def record(self, step: Optional[int]) -> Dict[str, Any]:
-        if step is None:
-            if not self.snapshot["checkpoints"]:
+    def entry(self, step: Optional[int], base: bool = False) -> Dict[str, Any]:
+        """{"record", "chains", "problem"} of checkpoint step (the newest
+        when None; the base when base)."""
+        key: Any = "base" if base else step
+        if key in self._entries:
+            return self._entries[key]
+        if base:
+            call("tpde_store_reader_record", self.handle, 0, 2)
+        elif step is None:
+            if not self.steps:
                 raise InvalidArgumentError("the store holds no checkpoint")
-            return self.snapshot["checkpoints"][-1]
-        if step not in self.records:
-            raise InvalidArgumentError(f"the store holds no checkpoint {step} (it holds {sorted(self.records)})")
-        return self.records[step]
+            call("tpde_store_reader_record", self.handle, 0, 1)
+        else:
+            if step not in self.steps:
+                held = self.steps if len(self.steps) <= 20 else [*self.steps[:10], "...", *self.steps[-10:]]
+                raise InvalidArgumentError(f"the store holds no checkpoint {step} (it holds {held})")
+            call("tpde_store_reader_record", self.handle, step, 0)
+        e = _result(self.handle)
+        self._entries[key] = e
+        self._entries[e["record"]["step"] if not base else "base"] = e
+        return e
+
+    def record(self, step: Optional[int]) -> Dict[str, Any]:
+        return self.entry(step)["record"]
 
     def read_into(self, step: int, rel: str, offset: int, ptr: int, n: int) -> None:
         call("tpde_store_read_range", self.handle, step, rel.encode("utf-8"), offset, ptr, n)
@@ -185,35 +272,31 @@ class _Reader:
         self.read_into(step, rel, offset, ctypes.addressof(buf), n)
         return buf.raw[:n]
 
+    @property
+    def snapshot(self) -> Dict[str, Any]:
+        """{"manifest", "base", "checkpoints": [every record]}: the whole
+        history, for stats (linear in it)."""
+        return {"manifest": self.manifest,
+                "base": self.entry(None, base=True)["record"] if self.manifest.get("base") else None,
+                "checkpoints": [self.record(s) for s in self.steps]}
+
     def chain_lengths(self) -> Dict[Tuple[int, str, str], int]:
         """Frames each region's decode walks, by (step, file, region)."""
-        index: Dict[Tuple[Any, str, str], Dict[str, Any]] = {}
-        for c in self.snapshot["checkpoints"]:
-            for f in c["files"]:
-                for r in f["regions"]:
-                    index[(c["step"], f["path"], r["name"])] = r
-        if self.snapshot.get("base"):
-            for f in self.snapshot["base"]["files"]:
-                for r in f["regions"]:
-                    index[("base", f["path"], r["name"])] = r
-        out = {}
-        for key, r in index.items():
-            if key[0] == "base":
-                continue
-            n, cur = 1, r
-            while cur.get("ref"):
-                ref = cur["ref"]
-                cur = index[("base" if ref.get("base") else ref["step"], ref["file"], ref["region"])]
-                n += 1
-            out[key] = n  # type: ignore[index]
+        out: Dict[Tuple[int, str, str], int] = {}
+        for s in self.steps:
+            e = self.entry(s)
+            for f, chains in zip(e["record"]["files"], e["chains"]):
+                for r, n in zip(f["regions"], chains):
+                    out[(s, f["path"], r["name"])] = n
         return out
 
 
 class Store:
     """A store of one training run's checkpoints, in the directory path.
 
-    keyframe_interval (K, default 10): a random-access load decodes at most
-    K frames per tensor; the newest checkpoint always decodes in one.
+    keyframe_interval (K, default 10, 1 to 1000): a random-access load
+    decodes at most K frames per tensor; the newest checkpoint always
+    decodes in one.
     reference: "previous" (default; each checkpoint against its neighbour)
     or "base" (each against base, e.g. the pretrained weights a run started
     from: a file, folder or state dict, stored once).
@@ -225,6 +308,13 @@ class Store:
     elements ("auto", "dense" or "elias_delta_zstd", as in
     TemporalPositionDeltaEncoder); a choice of this writer, not of the
     store: any reader decodes every kind.
+    max_output_bytes: the decode limit of reads (a load's tensors, a
+    restore's files, any one tensor's decode), as elsewhere in tpde: else
+    $TPDE_MAX_OUTPUT, else (for memory) what this process may use.
+
+    path is a local folder; a URL ("s3://...") is refused, never taken for a
+    folder. Nothing inside a store is followed through a symlink: a store is
+    untrusted input.
 
     Reading needs no lock. The first add/remove takes the store's writer
     lock, held until close(): one writer at a time, and a killed writer
@@ -233,16 +323,23 @@ class Store:
 
     def __init__(self, path: PathLike, keyframe_interval: Optional[int] = None, reference: Optional[str] = None,
                  base: Any = None, lossy: Optional[Mapping[str, float]] = None, *, threads: int = 0,
-                 compression_method: str = "auto") -> None:
+                 compression_method: str = "auto", max_output_bytes: Optional[int] = None) -> None:
         self.path = os.fspath(path)
+        if not isinstance(self.path, str):
+            self.path = os.fsdecode(self.path)
+        if _SCHEME.match(self.path):
+            raise UnsupportedFormatError(
+                f"{self.path}: tpde cannot serve {self.path.split('://')[0]}:// stores; a store is a local folder")
         cfg: Dict[str, Any] = {}
         positions = _options.code(_options.POSITION_CODINGS, compression_method, "compression_method")
         if positions:
             cfg["positions"] = positions
         if keyframe_interval is not None:
-            if isinstance(keyframe_interval, bool) or not isinstance(keyframe_interval, int):
+            if isinstance(keyframe_interval, bool) or not isinstance(keyframe_interval, numbers.Integral):
                 raise InvalidArgumentError(f"keyframe_interval must be an int, not {keyframe_interval!r}")
-            cfg["keyframe_interval"] = keyframe_interval
+            if not 1 <= keyframe_interval <= 1000:
+                raise InvalidArgumentError(f"keyframe_interval must be 1 to 1000, not {keyframe_interval}")
+            cfg["keyframe_interval"] = int(keyframe_interval)
         if reference is not None:
             if reference not in ("previous", "base"):
                 raise InvalidArgumentError(f"reference must be 'previous' or 'base', not {reference!r}")
@@ -254,14 +351,23 @@ class Store:
             raise InvalidArgumentError("base= is used with reference='base'")
         if base is not None:
             cfg["reference"] = "base"
+        self._max_output = max_output_bytes
+        limit = _memory.output_limit(max_output_bytes, to_memory=False)
+        if limit < _memory.UNLIMITED:
+            cfg["max_output"] = limit
         self._config = cfg
         self._threads = int(threads)
         self._write: Optional[int] = None
         self._read: Optional[int] = None
         self._lock = threading.RLock()
         self._closed = False
-        if os.path.exists(os.path.join(self.path, "tpde-store.json")):
+        try:
+            # An existing store is opened (and its config checked) now; a
+            # missing one is created by the first add.
             self._read = self._open(write=False)
+        except TPDEIOError as e:
+            if e.errno != errno.ENOENT:
+                raise
         if base is not None:
             try:
                 self._add_base(base)
@@ -294,8 +400,6 @@ class Store:
             raise InvalidArgumentError("the store is closed")
         h = self._write or self._read
         if h is None:
-            if not os.path.exists(os.path.join(self.path, "tpde-store.json")):
-                raise InvalidArgumentError(f"{self.path} is not a tpde store (nothing has been added yet)")
             self._read = h = self._open(write=False)
         return _Reader(h)
 
@@ -326,42 +430,55 @@ class Store:
     def config(self) -> Dict[str, Any]:
         """keyframe_interval, reference and lossy rules of the store."""
         with self._reader() as rd:
-            return dict(rd.snapshot["manifest"]["config"]) if rd.snapshot["manifest"] else {}
+            return dict(rd.manifest["config"])
 
     # -- adding --------------------------------------------------------
 
     def add(self, path_or_state_dict: Any, step: Optional[int] = None, tags: Optional[Sequence[str]] = None,
-            *, progress: Optional[Callable[[int, int], None]] = None) -> CheckpointInfo:
+            *, progress: Optional[Callable[[int, int], None]] = None, follow_links: bool = False,
+            cancel: Optional[Any] = None) -> CheckpointInfo:
         """Add a checkpoint: a file, a folder (every file in it, with its
         relative path and mode) or a state dict. step defaults to the newest
-        step + 1; steps only grow. progress(done_bytes, total_bytes) is
-        called as files are coded."""
-        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
-            raise InvalidArgumentError(f"step must be an int, not {step!r}")
+        step + 1; steps only grow (0 to 2**63 - 1). progress(done_bytes,
+        total_bytes) is called as files are coded.
+
+        A symlink in a folder is stored as the file it points to when that
+        lies inside the folder; one that points outside is refused unless
+        follow_links (a tokenizer.json -> ~/.ssh/id_rsa must not end up in a
+        shared store). A folder that holds the store, or lies inside it, is
+        refused. cancel: a threading.Event that stops the add (nothing is
+        committed; CancelledError)."""
+        step = None if step is None else check_step(step, latest=False)
         if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
             raise InvalidArgumentError("tags must be a list of strings")
-        with self._lock:
+        for t in tags or ():
+            if has_control(t):
+                raise InvalidArgumentError(f"tag {printable(t)!r} has a control character")
+        with self._lock, _naming(self.path):
             h = self._writer()
             tj, tn = _json_arg(list(tags) if tags is not None else None)
             call("tpde_store_begin", h, 0 if step is None else step, int(step is not None), tj, tn, 0)
-            return self._fill_and_commit(h, path_or_state_dict, progress)
+            return self._fill_and_commit(h, path_or_state_dict, progress, follow_links, cancel)
 
     def _add_base(self, base: Any) -> None:
-        with self._lock:
+        with self._lock, _naming(self.path):
             h = self._writer()
             call("tpde_store_begin", h, 0, 1, None, 0, 1)
-            self._fill_and_commit(h, base, None)
+            self._fill_and_commit(h, base, None, False, None)
 
-    def _fill_and_commit(self, h: int, what: Any, progress: Optional[Callable[[int, int], None]]) -> CheckpointInfo:
+    def _fill_and_commit(self, h: int, what: Any, progress: Optional[Callable[[int, int], None]],
+                         follow_links: bool, cancel: Optional[Any]) -> CheckpointInfo:
         try:
             if isinstance(what, Mapping):
                 self._add_state_dict(h, what)
             elif isinstance(what, (str, os.PathLike)):
-                files = list(_walk(os.fspath(what)))
+                files = list(_walk(os.fspath(what), self.path, follow_links))
                 total = sum(os.stat(p).st_size for _, p in files)
                 done = 0
                 for rel, p in files:
-                    self._add_file(h, rel, p)
+                    if cancel is not None and cancel.is_set():
+                        raise CancelledError(f"adding {os.fspath(what)} was cancelled; nothing was committed")
+                    self._add_file(h, rel, p, cancel)
                     done += os.stat(p).st_size
                     if progress is not None:
                         progress(done, total)
@@ -383,14 +500,14 @@ class Store:
         rec = _result(h)
         with self._reader() as rd:
             if rec.get("source"):  # the base
-                return _info(rec, rd.chain_lengths())
-            return _info(rd.record(rec["step"]), rd.chain_lengths())
+                return _info(rd.entry(None, base=True))
+            return _info(rd.entry(rec["step"]))
 
-    def _add_file(self, h: int, rel: str, p: str) -> None:
+    def _add_file(self, h: int, rel: str, p: str, cancel: Optional[Any]) -> None:
         hints, note = _torchfile.hints(p)
         hj, hn = _json_arg(hints)
-        call("tpde_store_add_file", h, rel.encode("utf-8"), os.fsencode(p), hj, hn,
-             note.encode("utf-8") if note else None, None, None)
+        args = (h, rel.encode("utf-8"), os.fsencode(p), hj, hn, note.encode("utf-8") if note else None, None)
+        run_cancellable(lambda flag: call("tpde_store_add_file", *args, byref(flag)), cancel)
 
     def _add_state_dict(self, h: int, sd: Mapping[str, Any]) -> None:
         flat = _structure.Flat(sd, "state dict")
@@ -423,83 +540,119 @@ class Store:
     # -- reading -------------------------------------------------------
 
     def steps(self) -> List[int]:
-        """The steps held, oldest first."""
-        with self._reader() as rd:
-            return [c["step"] for c in rd.snapshot["checkpoints"]]
+        """The steps held, oldest first (from the manifest alone)."""
+        with _naming(self.path), self._reader() as rd:
+            return list(rd.steps)
 
-    def info(self, step: Optional[int] = None) -> CheckpointInfo:
-        """What the store holds of checkpoint step (the newest when None)."""
-        with self._reader() as rd:
-            return _info(rd.record(step), rd.chain_lengths())
+    def info(self, step: Any = None) -> CheckpointInfo:
+        """What the store holds of checkpoint step (the newest when None or
+        "latest"). A checkpoint whose record cannot be read raises
+        CorruptDataError naming it."""
+        step = check_step(step)
+        with _naming(self.path), self._reader() as rd:
+            return _info(rd.entry(step))
 
-    def load(self, step: Optional[int] = None, map_location: Any = None, *, file: Optional[str] = None,
-             unpickle: bool = False) -> Dict[str, Any]:
+    def list(self) -> List[CheckpointInfo]:
+        """Every checkpoint's info, oldest first, from one snapshot. A
+        checkpoint that cannot be read (or read whole) is listed with its
+        problem rather than stopping the listing."""
+        out = []
+        with _naming(self.path), self._reader() as rd:
+            for s in rd.steps:
+                try:
+                    out.append(_info(rd.entry(s)))
+                except (CorruptDataError, UnsupportedFormatError, TPDEIOError) as e:
+                    out.append(CheckpointInfo(step=s, tags=(), created="", files=(), raw_bytes=0, stored_bytes=0,
+                                              max_error=0.0, max_chain=0, problem=str(e)))
+        return out
+
+    def load(self, step: Any = None, map_location: Any = None, *, file: Optional[str] = None,
+             unpickle: bool = False, max_output_bytes: Optional[int] = None) -> Dict[str, Any]:
         """A checkpoint as a state dict of torch tensors (the newest when
-        step is None): a state dict added from Python as it was; a
-        .safetensors file's tensors; a folder as {relative path: state
-        dict} of its tensor files (file= picks one). torch files (.pt,
+        step is None or "latest"): a state dict added from Python as it
+        was; a .safetensors file's tensors; a folder as {relative path:
+        state dict} of its tensor files (file= picks one). torch files (.pt,
         .bin, .ckpt) are pickles: they are loaded, with
-        torch.load(weights_only=True), only when unpickle=True."""
+        torch.load(weights_only=True), only when unpickle=True. Every
+        failure is a TPDEError naming the store, the checkpoint and the
+        file; nothing larger than the decode limit is allocated."""
         import torch  # noqa: F401 - the tensors returned are torch tensors
 
-        with self._reader() as rd:
+        step = check_step(step)
+        limit = _memory.output_limit(max_output_bytes if max_output_bytes is not None else self._max_output)
+        with _naming(self.path), self._reader() as rd:
             rec = rd.record(step)
+            where = f"checkpoint {rec['step']}"
             files = list(rec["files"])
             if file is not None:
                 files = [f for f in files if f["path"] == file]
                 if not files:
-                    raise InvalidArgumentError(f"checkpoint {rec['step']} has no file {file!r}")
+                    raise InvalidArgumentError(f"{where} has no file {file!r}")
             tensor_files = [f for f in files if _loadable(f)]
             pickles = [f["path"] for f in tensor_files if _is_pickle(f)]
             if pickles and not unpickle:
                 raise InvalidArgumentError(
-                    f"checkpoint {rec['step']}'s {', '.join(pickles)} {'is a' if len(pickles) == 1 else 'are'} torch "
+                    f"{where}'s {', '.join(pickles)} {'is a' if len(pickles) == 1 else 'are'} torch "
                     "pickle(s); pass unpickle=True to load with torch.load(weights_only=True), or file= to pick "
                     "another file")
-            out = {f["path"]: _load_file(rd, rec["step"], f, map_location) for f in tensor_files}
+            _memory.check_output(sum(f["size"] for f in tensor_files), limit, where)
+            out = {f["path"]: _load_guarded(rd, rec["step"], f, map_location) for f in tensor_files}
         if len(out) == 1 and (file is not None or len(rec["files"]) == 1
                               or any(f["layout"] == "state-dict" for f in tensor_files)):
             return next(iter(out.values()))
         if not out:
-            raise InvalidArgumentError(f"checkpoint {rec['step']} holds no tensor file")
+            raise InvalidArgumentError(f"{where} holds no tensor file")
         return out
 
-    def restore(self, step: Optional[int], dest: PathLike) -> Path:
-        """Write checkpoint step's files (the newest when None) under dest,
-        each byte-identical to what was added, with its mode. A state dict
-        added from Python is written as dest/state_dict.pt (torch.save)."""
-        with self._reader() as rd:
+    def restore(self, step: Any, dest: PathLike, *, force: bool = False) -> Path:
+        """Write checkpoint step's files (the newest when None or "latest")
+        into the folder dest, each byte-identical to what was added, with
+        its mode (less the umask). All or nothing: the files are written
+        beside dest and moved into place once all are written and checked.
+        A dest that exists and is not empty is refused unless force; then
+        the checkpoint's files replace those of the same names and the rest
+        of dest stays. A state dict added from Python is written as
+        dest/state_dict.pt (torch.save)."""
+        step = check_step(step)
+        d = os.fspath(dest)
+        with _naming(self.path), self._reader() as rd:
             rec = rd.record(step)
-            d = os.fspath(dest)
             if [f["layout"] for f in rec["files"]] == ["state-dict"]:
-                import torch
-
-                sd = _load_file(rd, rec["step"], rec["files"][0], None)
-                os.makedirs(d, exist_ok=True)
-                _save_atomically(torch, sd, os.path.join(d, "state_dict.pt"))
+                sd = _load_guarded(rd, rec["step"], rec["files"][0], None)
+                _restore_state_dict(sd, d, force)
                 return Path(d)
-            call("tpde_store_restore", rd.handle, rec["step"], None, os.fsencode(d))
+            call("tpde_store_restore", rd.handle, rec["step"], None, os.fsencode(d), 1 if force else 0)
         return Path(d)
 
     def stats(self) -> Dict[str, Any]:
         """Sizes per checkpoint, ratio per tensor group, and the fraction of
         elements that changed per layer between checkpoints."""
-        with self._reader() as rd:
+        with _naming(self.path), self._reader() as rd:
             return _stats(rd.snapshot, rd.chain_lengths(), self.path)
 
     # -- maintenance ---------------------------------------------------
 
-    def remove(self, step: int) -> None:
-        """Drop checkpoint step; what was coded against it is re-coded, so
-        every other checkpoint still loads exactly as before."""
-        with self._lock:
-            call("tpde_store_remove", self._writer(), step)
+    def remove(self, step: Any) -> None:
+        """Drop checkpoint step (or "latest"); what was coded against it is
+        re-coded, so every other checkpoint still loads exactly as before.
+        A damaged checkpoint can be removed."""
+        step = check_step(step)
+        with self._lock, _naming(self.path):
+            h = self._writer()
+            if step is None:
+                with _Reader(h) as rd:
+                    if not rd.steps:
+                        raise InvalidArgumentError("the store holds no checkpoint")
+                    step = rd.steps[-1]
+            call("tpde_store_remove", h, step)
 
     def verify(self, deep: bool = True, *, repair: bool = False) -> VerifyReport:
         """Check every object and every chain (deep: decode everything and
-        compare with the hashes recorded at add). repair first removes what
-        dead writers left behind."""
-        with self._lock:
+        compare with the hashes recorded at add). A damaged checkpoint is
+        named, and the others are still checked. repair first removes what
+        dead writers left behind and writes anew any damaged copy of a
+        record or of the manifest whose twin is intact."""
+        with self._lock, _naming(self.path):
             h = self._writer() if repair else (self._write or self._read)
             if h is None:
                 self._reader().close()
@@ -507,7 +660,8 @@ class Store:
             call("tpde_store_verify", h, int(deep), int(repair))
             res = _result(h)
         probs = tuple(Problem(step=p.get("step", 0), file=p.get("file", ""), region=p.get("region", ""),
-                              object=p.get("object", ""), message=p["message"], base=p.get("base", False))
+                              object=p.get("object", ""), message=p["message"], base=p.get("base", False),
+                              degraded=p.get("degraded", False))
                       for p in res["problems"])
         return VerifyReport(probs, res.get("cleaned"))
 
@@ -519,38 +673,134 @@ def open(path: PathLike, **kwargs: Any) -> Store:  # noqa: A001 - the documented
 
 # --- helpers ------------------------------------------------------------
 
-def _walk(path: str) -> Iterator[Tuple[str, str]]:
-    """(relative path, real path) of each file to add: the file itself, or
-    every regular file under a folder, sorted, symlinks to files followed
-    (their content is stored), symlinked folders not entered."""
-    if os.path.isdir(path):
-        found = []
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in files:
-                p = os.path.join(root, name)
-                if not os.path.isfile(p):
-                    continue
-                rel = os.path.relpath(p, path).replace(os.sep, "/")
-                found.append((rel, p))
-        found.sort()
-        if not found:
-            raise InvalidArgumentError(f"{path} holds no file")
-        yield from found
-    elif os.path.exists(path):
-        yield os.path.basename(path), path
-    else:
-        raise TPDEIOError(2, f"{path}: no such file or folder")
+def _inside(path: str, folder: str) -> bool:
+    """Whether the real path path is folder or lies below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _save_atomically(torch: Any, sd: Any, dst: str) -> None:
-    """torch.save to a temporary file beside dst, fsync, then rename over
-    dst: never through a symlink planted at dst, never a torn file."""
-    if os.path.islink(dst):
-        raise TPDEIOError(errno.ELOOP, f"{dst}: is a symlink; tpde restores only into real folders")
-    if os.path.exists(dst) and not os.path.isfile(dst):
-        raise TPDEIOError(errno.EEXIST, f"{dst}: exists and is not a regular file")
-    write_atomically(dst, lambda fh: torch.save(sd, fh))
+def _walk(path: str, store_path: str, follow_links: bool) -> Iterator[Tuple[str, str]]:
+    """(relative path, path to read) of each file to add: the file itself,
+    or every file under a folder, sorted. A symlink to a file inside the
+    folder is stored as that file; one to a folder inside is not entered
+    (its files are added under their own names); one pointing outside is
+    refused unless follow_links. Anything that is not a regular file (a
+    FIFO, a socket, a device, a dangling link) is refused: nothing is
+    skipped silently."""
+    real = os.path.realpath(path)
+    real_store = os.path.realpath(store_path)
+    if _inside(real_store, real):
+        raise InvalidArgumentError(f"{path} holds the store {store_path}: tpde will not add a store's own files "
+                                   "to it (keep the store outside the folders you add)")
+    if _inside(real, real_store):
+        raise InvalidArgumentError(f"{path} is inside the store {store_path}")
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise TPDEIOError(e.errno, f"{path}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        yield os.path.basename(path), path  # a file (or a stream) the user named
+        return
+    found: List[Tuple[str, str]] = []
+    entered = {(st.st_dev, st.st_ino)}
+    todo = [(path, "")]
+    while todo:
+        folder, prefix = todo.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise TPDEIOError(e.errno, f"{folder}: {e.strerror} (while adding {path})") from None
+        for e in entries:
+            rel = prefix + e.name
+            try:
+                if e.is_symlink():
+                    target = os.path.realpath(e.path)
+                    inside = _inside(target, real)
+                    if not inside and not follow_links:
+                        raise InvalidArgumentError(
+                            f"{printable(e.path)} is a symlink to {printable(target)}, outside {path}: tpde stores "
+                            "what a link outside the folder points to only when asked (follow_links=True, "
+                            "tpde add --follow-links)")
+                    try:
+                        tst = os.stat(e.path)
+                    except FileNotFoundError:
+                        raise TPDEIOError(errno.ENOENT, f"{e.path}: a symlink to {target}, which does not exist") \
+                            from None
+                    if stat.S_ISDIR(tst.st_mode):
+                        if not inside and (tst.st_dev, tst.st_ino) not in entered:
+                            entered.add((tst.st_dev, tst.st_ino))
+                            todo.append((e.path, rel + "/"))
+                        continue
+                    mode = tst.st_mode
+                else:
+                    mode = e.stat(follow_symlinks=False).st_mode
+                    if stat.S_ISDIR(mode):
+                        todo.append((e.path, rel + "/"))
+                        continue
+            except OSError as err:
+                if isinstance(err, TPDEError):
+                    raise
+                raise TPDEIOError(err.errno, f"{e.path}: {err.strerror} (while adding {path})") from None
+            if not stat.S_ISREG(mode):
+                raise InvalidArgumentError(f"{printable(e.path)} is not a regular file (a FIFO, socket or device); "
+                                           "tpde adds regular files")
+            found.append((rel, e.path))
+    if not found:
+        raise InvalidArgumentError(f"{path} holds no file")
+    found.sort()
+    yield from found
+
+
+def _restore_state_dict(sd: Any, dest: str, force: bool) -> None:
+    """torch.save(sd) as dest/state_dict.pt, with Restore's promises: all or
+    nothing (written into a new folder beside dest, then moved into place),
+    a non-empty dest refused unless force, nothing written through a link
+    inside dest."""
+    import torch
+
+    dest = os.path.abspath(dest)
+    if os.path.islink(dest):
+        dest = os.path.realpath(dest)
+    parent, base = os.path.split(dest)
+    merge = False
+    if os.path.lexists(dest):
+        if not os.path.isdir(dest):
+            raise TPDEIOError(errno.ENOTDIR, f"{dest}: exists and is not a folder")
+        if os.listdir(dest):
+            if not force:
+                raise TPDEIOError(errno.EEXIST, f"{dest}: is not empty; restore into a new or empty folder, or pass "
+                                                "force=True (--force) to replace the files of the same names")
+            merge = True
+    stage = tempfile.mkdtemp(prefix=f".{base[:200]}.tpde-restore-", dir=parent or ".")
+    try:
+        os.chmod(stage, 0o777 & ~_umask())
+        with builtins.open(os.path.join(stage, "state_dict.pt"), "xb") as fh:
+            torch.save(sd, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if merge:
+            target = os.path.join(dest, "state_dict.pt")
+            if os.path.isdir(target) and not os.path.islink(target):
+                raise TPDEIOError(errno.EISDIR, f"{target}: is a folder")
+            os.replace(os.path.join(stage, "state_dict.pt"), target)  # replaces a link itself, never through it
+            os.rmdir(stage)
+        else:
+            os.rename(stage, dest)  # replaces an empty folder; fails if dest was filled meanwhile
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    fsync_dir(parent or ".")
+
+
+def _umask() -> int:
+    try:
+        with builtins.open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def _loadable(f: Dict[str, Any]) -> bool:
@@ -564,16 +814,71 @@ def _is_pickle(f: Dict[str, Any]) -> bool:
         f["layout"] == "raw" and (note.startswith("torch file") or note.startswith("legacy torch file")))
 
 
+def _load_guarded(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any) -> Any:
+    """_load_file, with every failure a TPDEError naming the checkpoint and
+    the file: a record is untrusted, and what it describes may be checksum-
+    consistent and still hostile (a header of the wrong shape, a pickle
+    torch refuses)."""
+    where = f"checkpoint {step}: file {printable(f['path'])}"
+    try:
+        return _load_file(rd, step, f, map_location)
+    except TPDEError as e:
+        raise _renamed(e, where) from e
+    except MemoryError as e:
+        from .errors import TPDEMemoryError
+
+        raise TPDEMemoryError(f"{where}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - torch.load, struct and json raise many types for bad input
+        raise CorruptDataError(f"{where}: cannot be loaded: {type(e).__name__}: {_clean(str(e))}") from e
+
+
+def _clean(text: str, limit: int = 300) -> str:
+    """An exception's message fit for one line: escape sequences (torch's
+    colours) dropped, control characters escaped, cut to limit."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+    text = printable(" ".join(text.split()))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _header(rd: _Reader, step: int, rel: str, size: int, what: str, limit: int = 100_000_000) -> Tuple[Any, int]:
     if size < 8:
-        raise CorruptDataError(f"{rel}: {size} bytes, too short for a {what} header")
+        raise CorruptDataError(f"{size} bytes, too short for a {what} header")
     (n,) = struct.unpack("<Q", rd.read(step, rel, 0, 8))
     if n > min(limit, size - 8):
-        raise CorruptDataError(f"{rel}: {what} header of {n} bytes")
+        raise CorruptDataError(f"{what} header of {n} bytes")
     try:
-        return json.loads(rd.read(step, rel, 8, n).decode("utf-8")), 8 + n
+        hdr = json.loads(rd.read(step, rel, 8, n).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptDataError(f"{rel}: {what} header is not JSON: {e}") from None
+        raise CorruptDataError(f"{what} header is not JSON: {e}") from None
+    if not isinstance(hdr, dict):
+        raise CorruptDataError(f"{what} header is not a JSON object")
+    return hdr, 8 + n
+
+
+def _tensor_entry(e: Any, name: str, data_size: int, what: str) -> Tuple[int, int, str, List[int]]:
+    """(offset, nbytes, dtype, shape) of one header entry, every field
+    checked: offsets inside the data, shape a list of ints >= 0, a dtype
+    tpde knows, and nbytes = prod(shape) x width."""
+    if not isinstance(e, dict):
+        raise CorruptDataError(f"{what} entry {printable(name)!r} is not an object")
+    dtype, shape = e.get("dtype"), e.get("shape")
+    if what == "safetensors":
+        offs = e.get("data_offsets")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(type(x) is int for x in offs)):
+            raise CorruptDataError(f"safetensors entry {printable(name)!r}: data_offsets {offs!r}")
+        offset, nbytes = offs[0], offs[1] - offs[0]
+    else:
+        offset, nbytes = e.get("offset"), e.get("nbytes")
+        if type(offset) is not int or type(nbytes) is not int:
+            raise CorruptDataError(f"state dict entry {printable(name)!r}: offset {offset!r}, nbytes {nbytes!r}")
+    if not (isinstance(shape, list) and all(type(x) is int and x >= 0 for x in shape)):
+        raise CorruptDataError(f"{what} entry {printable(name)!r}: shape {shape!r}")
+    if not isinstance(dtype, str):
+        raise CorruptDataError(f"{what} entry {printable(name)!r}: dtype {dtype!r}")
+    if offset < 0 or nbytes < 0 or offset + nbytes > data_size:
+        raise CorruptDataError(f"{what} entry {printable(name)!r}: bytes [{offset}, {offset + nbytes}) outside "
+                               f"the {data_size} bytes of data")
+    return offset, nbytes, dtype, shape
 
 
 def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any) -> Any:
@@ -594,23 +899,32 @@ def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any) -> 
         for name, e in hdr.items():
             if name == "__metadata__":
                 continue
-            b, end = e["data_offsets"]
-            out[name] = _read_tensor(rd, step, rel, start + b, end - b, e["dtype"], e["shape"], map_location)
+            off, n, dtype, shape = _tensor_entry(e, name, size - start, "safetensors")
+            out[name] = _read_tensor(rd, step, rel, start + off, n, dtype, shape, map_location)
         return out
     hdr, start = _header(rd, step, rel, size, "state dict")
-    if not isinstance(hdr, dict) or hdr.get("format") != _SD_FORMAT or hdr.get("version") != 1:
-        raise CorruptDataError(f"{rel}: not a tpde state dict (format {hdr.get('format')!r})")
+    if hdr.get("format") != _SD_FORMAT or hdr.get("version") != 1:
+        raise CorruptDataError(f"not a tpde state dict (format {hdr.get('format')!r})")
+    entries = hdr.get("tensors")
+    if not isinstance(entries, list):
+        raise CorruptDataError("state dict header: tensors is not a list")
     tensors: Dict[str, Any] = {}
-    for e in hdr["tensors"]:
-        tensors[e["name"]] = _read_tensor(rd, step, rel, start + e["offset"], e["nbytes"], e["dtype"], e["shape"],
-                                          map_location)
-    for alias, name in (hdr.get("aliases") or {}).items():
+    for e in entries:
+        name = e.get("name") if isinstance(e, dict) else None
+        if not isinstance(name, str) or name in tensors:
+            raise CorruptDataError(f"state dict header: tensor name {name!r}")
+        off, n, dtype, shape = _tensor_entry(e, name, size - start, "state dict")
+        tensors[name] = _read_tensor(rd, step, rel, start + off, n, dtype, shape, map_location)
+    aliases = hdr.get("aliases") or {}
+    if not isinstance(aliases, dict) or not all(isinstance(v, str) and v in tensors for v in aliases.values()):
+        raise CorruptDataError("state dict header: aliases name tensors it does not hold")
+    for alias, name in aliases.items():
         tensors[alias] = tensors[name]
-    if hdr["skeleton"] is None:
+    if hdr.get("skeleton") is None:
         import collections
 
-        od = collections.OrderedDict((e["name"], tensors[e["name"]]) for e in hdr["tensors"])
-        for alias in hdr.get("aliases") or {}:
+        od = collections.OrderedDict((e["name"], tensors[e["name"]]) for e in entries)
+        for alias in aliases:
             od[alias] = tensors[alias]
         return _structure.with_state_dict_metadata(od, hdr.get("state_dict_metadata"))
     return _structure.rebuild(hdr["skeleton"], tensors)
@@ -632,12 +946,15 @@ def _numpy_globals(torch: Any) -> Any:
 
 def _read_tensor(rd: _Reader, step: int, rel: str, offset: int, nbytes: int, dtype: str, shape: List[int],
                  map_location: Any) -> Any:
-    code = _tensors.dtype_code(dtype)
+    try:
+        code = _tensors.dtype_code(dtype)
+    except (KeyError, ValueError, TPDEError):
+        raise CorruptDataError(f"tensor dtype {printable(dtype)!r} is not one tpde knows") from None
     n = 1
     for d in shape:
         n *= d
     if n * _tensors.WIDTHS[code] != nbytes:
-        raise CorruptDataError(f"{rel}: a {dtype} tensor of shape {shape} in {nbytes} bytes")
+        raise CorruptDataError(f"a {dtype} tensor of shape {shape} in {nbytes} bytes")
     t = _tensors.empty(code, tuple(shape), "torch")
     if nbytes:
         ptr, cap = _tensors.address(t)
@@ -647,19 +964,20 @@ def _read_tensor(rd: _Reader, step: int, rel: str, offset: int, nbytes: int, dty
     return t
 
 
-def _info(rec: Dict[str, Any], chains: Dict[Tuple[int, str, str], int]) -> CheckpointInfo:
+def _info(entry: Dict[str, Any]) -> CheckpointInfo:
+    rec = entry["record"]
     files, stored, max_err, max_chain = [], 0, 0.0, 1
-    for f in rec["files"]:
+    for f, chains in zip(rec["files"], entry["chains"]):
         files.append(FileInfo(path=f["path"], size=f["size"], mode=f["mode"], layout=f["layout"],
                               sha256=f["sha256"], tensors=len(f["regions"]), note=f.get("note", "")))
         stored += f["skeleton"]["stored"]
-        for r in f["regions"]:
+        for r, n in zip(f["regions"], chains):
             stored += r["stored"]
             max_err = max(max_err, r["max_error"])
-            max_chain = max(max_chain, chains.get((rec["step"], f["path"], r["name"]), 1))
+            max_chain = max(max_chain, n)
     return CheckpointInfo(step=rec["step"], tags=tuple(rec["tags"]), created=rec["created"], files=tuple(files),
                           raw_bytes=sum(f.size for f in files), stored_bytes=stored, max_error=max_err,
-                          max_chain=max_chain)
+                          max_chain=max_chain, problem=entry.get("problem", ""))
 
 
 _LAYER = re.compile(r"(?<=[._])\d+(?=[._]|$)")

@@ -31,6 +31,7 @@ class serves both.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import importlib.util
 import json
@@ -49,7 +50,7 @@ import torch
 
 from .._atomic import fsync_dir, write_atomically
 from .._options import POSITION_CODINGS, code
-from ..errors import CorruptDataError, InvalidArgumentError
+from ..errors import CorruptDataError, InvalidArgumentError, TPDEIOError
 from ..store import Store
 
 __all__ = ["TPDECheckpointIO", "TPDECallback", "load_from_store", "materialize", "POINTER_FORMAT"]
@@ -155,7 +156,9 @@ def _restored(store_path: str, step: Optional[int], where: str, sha256: Optional
         try:
             info = st.info(step)
             st.restore(info.step, folder)
-        except InvalidArgumentError as e:  # no such store or step: a dangling reference
+        except (InvalidArgumentError, TPDEIOError) as e:  # no such store or step: a dangling reference
+            if isinstance(e, TPDEIOError) and e.errno != errno.ENOENT:
+                raise
             raise CorruptDataError(f"{where}: checkpoint {'(newest)' if step is None else step} of the tpde store "
                                    f"{store_path} cannot be read: {e}") from e
         finally:
