@@ -11,14 +11,16 @@ so sys.modules tells which one an object is without importing anything.
 
 from __future__ import annotations
 
+import ctypes
 import sys
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from .errors import InternalError, InvalidArgumentError, TPDEMemoryError
 
 __all__ = [
     "DTYPES", "WIDTHS", "TORCH", "NUMPY", "NUMPY_NATIVE",
-    "Src", "dtype_code", "torch_code", "source", "layout", "nbytes", "is_tensor",
+    "Src", "dtype_code", "torch_code", "source", "layout", "nbytes", "is_tensor", "span", "shares_memory",
+    "same_bits",
     "check_out", "address", "empty", "empty_like",
 ]
 
@@ -140,6 +142,76 @@ def is_tensor(x: Any) -> bool:
         return True
     np = sys.modules.get("numpy")
     return np is not None and isinstance(x, np.ndarray)
+
+
+# --- comparing tensors ------------------------------------------------------
+
+# Bytes compared per step by same_bits: two copies of this much at a time,
+# rather than two copies of a whole tensor.
+_COMPARE_CHUNK = 1 << 22
+
+
+def span(t: Any) -> Optional[Tuple[Any, int, int]]:
+    """Where t's elements lie, from its metadata alone (nothing is copied or
+    moved): (device, first byte, one past the last byte), or None when it
+    holds no bytes or no address can be had (an empty or meta tensor). The
+    span of a strided view covers the elements it skips too."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(t, torch.Tensor):
+        if t.numel() == 0 or t.device.type == "meta" or t.layout != torch.strided:
+            return None
+        try:
+            ptr = t.data_ptr()
+        except RuntimeError:  # a tensor subclass without storage (fake, functional)
+            return None
+        width = t.element_size()
+        dims, steps = tuple(t.shape), tuple(s * width for s in t.stride())  # torch's are in elements
+        device: Any = (t.device.type, t.device.index)
+    else:
+        if t.size == 0:
+            return None
+        ptr = t.__array_interface__["data"][0]
+        width = t.itemsize
+        dims, steps = t.shape, t.strides  # in bytes
+        device = ("cpu", None)  # as a CPU torch tensor's: torch.from_numpy shares memory
+    # numpy strides may be negative (a[::-1]): the first element is not
+    # always the lowest address.
+    lo = sum(min(0, (n - 1) * s) for n, s in zip(dims, steps))
+    hi = sum(max(0, (n - 1) * s) for n, s in zip(dims, steps))
+    return device, ptr + lo, ptr + hi + width
+
+
+def shares_memory(a: Any, b: Any) -> bool:
+    """Whether a and b may share memory: their spans overlap on one device
+    (numpy's may_share_memory test, for torch and numpy alike). Two
+    interleaved views of one buffer count as sharing: deciding whether a
+    checkpoint is a snapshot, a false alarm costs an error or the use of
+    the encoder's own copy, a miss an undecodable delta."""
+    sa, sb = span(a), span(b)
+    if sa is None or sb is None or sa[0] != sb[0]:
+        return False
+    return sa[1] < sb[2] and sb[1] < sa[2]
+
+
+def same_bits(a: Any, b: Any) -> bool:
+    """Whether a and b hold the same tpde dtype, shape and bytes: compared
+    as bytes, so NaN payloads count and -0.0 differs from 0.0 (float ==
+    says neither). A chunk of each at a time is copied for the comparison,
+    and a whole CUDA or non-contiguous tensor is copied by source()."""
+    if layout(a) != layout(b):
+        return False
+    if nbytes(a) == 0:
+        return True
+    sa, sb = source(a), source(b)
+    if sa.nbytes != sb.nbytes:
+        return False
+    if sa.ptr == sb.ptr:
+        return True
+    for off in range(0, sa.nbytes, _COMPARE_CHUNK):
+        n = min(_COMPARE_CHUNK, sa.nbytes - off)
+        if ctypes.string_at(sa.ptr + off, n) != ctypes.string_at(sb.ptr + off, n):
+            return False
+    return True
 
 
 # --- destinations ---------------------------------------------------------

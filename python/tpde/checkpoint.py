@@ -21,15 +21,27 @@ measured max error recorded per tensor and reported in the metadata).
 References and closed loop. A delta is coded against the checkpoint the
 *decoder* will hold. The encoder therefore keeps a private copy of what
 decoding its last output gives (the reconstruction: the checkpoint itself
-when lossless) and codes the next delta against that copy whenever
-``previous`` is the checkpoint it compressed last or is omitted. This also
-makes the design document's loop correct: ``model.state_dict()`` returns
-the live parameters, which training overwrites in place, so by the next
-epoch the "previous" dict already holds the new values. Lossy errors never
-accumulate along a chain, since each delta is coded against the decoded
-previous state. keep_reference=False drops the copy (one checkpoint of
-memory); ``previous`` must then be passed and must be what the decoder will
-have.
+when lossless), and never codes against a ``previous`` it cannot vouch
+for. ``previous`` omitted, or the very object it compressed last, means
+that copy. Any other ``previous`` is compared with it:
+
+- if a tensor of ``previous`` shares memory with the same-named tensor of
+  the checkpoint being compressed, ``previous`` is not a snapshot but the
+  live state: ``model.state_dict()`` returns the live parameters, which
+  training overwrites in place, so by the next epoch a "previous" dict
+  taken earlier already holds the new values. The delta is coded against
+  the copy, the checkpoint compressed last, which is what was meant;
+- if ``previous`` equals the copy bit for bit (names, dtypes, shapes and
+  bytes), the copy is used (it carries that checkpoint's epoch);
+- else ``previous`` is a different checkpoint, chosen by the caller, and
+  the delta is coded against it: the decoder must pass that checkpoint.
+
+An encoder that holds no copy (none compressed yet, or keep_reference=
+False, which saves one checkpoint of memory) refuses a ``previous`` that
+shares memory with the checkpoint being compressed (InvalidArgumentError):
+a delta against the new values themselves could never be decoded. Lossy
+errors never accumulate along a chain, since each delta is coded against
+the decoded previous state.
 """
 
 from __future__ import annotations
@@ -99,6 +111,25 @@ class _Call:
     keep_reference: bool = True  # keep the reconstruction as the next reference
 
 
+def _live_name(previous: Dict[str, Any], current: Checkpoint) -> Optional[str]:
+    """The name of a tensor of previous that shares memory with the tensor
+    of the same name in current, if any: then previous is (in part) the
+    live state, not a snapshot. Only same-named tensors are compared, since
+    only they ever serve as a delta's reference."""
+    now = _structure.Flat(current).tensors_with_aliases()
+    for name, t in previous.items():
+        c = now.get(name)
+        if c is not None and _tensors.shares_memory(t, c):
+            return name
+    return None
+
+
+def _same_checkpoint(a: Dict[str, Any], b: Dict[str, Any]) -> bool:
+    """Whether two checkpoints (names to tensors) hold the same names,
+    dtypes, shapes and bytes: bitwise, so NaN payloads and -0.0 count."""
+    return a.keys() == b.keys() and all(_tensors.same_bits(t, b[name]) for name, t in a.items())
+
+
 # --- the compressed object ----------------------------------------------------
 
 class CompressedCheckpoint(bytes):
@@ -162,7 +193,8 @@ class TemporalPositionDeltaEncoder:
     design document's sparse coding) or "dense".
     residual: "auto", "xor", "diff" (integer difference of bit patterns).
     keep_reference: keep a copy of the last checkpoint as the decoder will
-    see it, the reference of the next delta (see the module docstring).
+    see it, the reference of the next delta, also when ``previous`` is the
+    live state dict rather than a snapshot (see the module docstring).
     output_dir: where save_checkpoint and save_compressed_delta write.
     """
 
@@ -226,26 +258,45 @@ class TemporalPositionDeltaEncoder:
                                   metadata: Optional[Mapping[str, Any]] = None) -> CompressedCheckpoint:
         """Compress current as deltas against previous: each tensor against
         the tensor of the same name (tensors new or reshaped since are
-        stored as keyframes). previous omitted, or the checkpoint this
-        encoder compressed last, means this encoder's copy of it as the
-        decoder will see it. Returns a CompressedCheckpoint (bytes that
-        unpack as (bytes, metadata)); decode it with
-        decompress_checkpoint(data, previous=<that checkpoint, decoded>).
-        method: a compression_method for this call only."""
-        ref = self._resolve_previous(previous)
+        stored as keyframes). previous omitted, the checkpoint this encoder
+        compressed last, a state dict that shares memory with current (the
+        live parameters, taken before training moved them) or one equal to
+        that checkpoint bit for bit, means this encoder's copy of it as the
+        decoder will see it; see the module docstring. Returns a
+        CompressedCheckpoint (bytes that unpack as (bytes, metadata));
+        decode it with decompress_checkpoint(data, previous=<that
+        checkpoint, decoded>). method: a compression_method for this call
+        only."""
+        ref = self._resolve_previous(previous, current)
         return self._compress(current, ref, epoch, metadata, _Call(method or self.compression_method))
 
-    def _resolve_previous(self, previous: Optional[Checkpoint]) -> _Reference:
-        """What a delta against previous is coded against: this encoder's
-        reconstruction when previous is omitted or is what it compressed
-        last (with that checkpoint's epoch), else previous itself."""
-        if previous is None or (previous is self._reference_source and self._reference is not None):
-            if self._reference is None:
+    def _resolve_previous(self, previous: Optional[Checkpoint], current: Checkpoint) -> _Reference:
+        """What a delta of current against previous is coded against (the
+        rule of the module docstring): this encoder's reconstruction, with
+        its epoch, when previous is omitted, is what it compressed last, is
+        the live state (shares memory with current) or equals the
+        reconstruction bit for bit; else previous itself. Raises when
+        there is no reconstruction and previous is omitted or live."""
+        held = self._reference
+        if previous is None or (held is not None and previous is self._reference_source):
+            if held is None:
                 raise InvalidArgumentError(
                     "no previous checkpoint: pass previous=, or compress a full checkpoint with this encoder first"
                     + ("" if self.keep_reference else " (keep_reference=False keeps none)"))
-            return _Reference(self._reference, "previous", self._reference_epoch)
-        return _Reference(_structure.Flat(previous, "previous").tensors_with_aliases(), "previous")
+            return _Reference(held, "previous", self._reference_epoch)
+        given = _structure.Flat(previous, "previous").tensors_with_aliases()
+        live = _live_name(given, current)
+        # Sharing is checked first: it costs no reads of the data, and a
+        # live previous must never be coded against, even when no copy is held.
+        if held is not None and (live is not None or _same_checkpoint(given, held)):
+            return _Reference(held, "previous", self._reference_epoch)
+        if live is not None:
+            raise InvalidArgumentError(
+                f"previous shares memory with current (tensor {live!r}): it is the live state dict, not a "
+                "snapshot, and already holds the new values; pass a copy, e.g. {k: v.clone() for k, v in "
+                "model.state_dict().items()}, or compress the previous checkpoint with this encoder first"
+                + ("" if self.keep_reference else " (with keep_reference=True, which keeps a copy of it)"))
+        return _Reference(given, "previous")
 
     def _compress(self, ckpt: Checkpoint, ref: Optional[_Reference], epoch: Optional[int],
                   user: Optional[Mapping[str, Any]], call: _Call) -> CompressedCheckpoint:
@@ -411,7 +462,7 @@ class TemporalPositionDeltaEncoder:
         """Write state_dict as a delta against previous_checkpoint (see
         compress_checkpoint_delta) to output_dir/checkpoint_epoch_{epoch}.tpde
         and return its size in bytes."""
-        ref = self._resolve_previous(previous_checkpoint)
+        ref = self._resolve_previous(previous_checkpoint, state_dict)
         path = self._path(epoch)
         c = self._compress(state_dict, ref, epoch, None, _Call(self.compression_method, str(path), _SAVE_CHUNK))
         return int(c.metadata["compressed_size"])
@@ -432,14 +483,14 @@ class TemporalPositionDeltaEncoder:
         tensors are coded and written about chunk_size bytes of input at a
         time, so the extra memory is about the compressed size of chunk_size
         bytes (at least one tensor's worth) rather than of the checkpoint.
-        Full unless previous is given. It does not keep a reference copy
-        (that would cost a checkpoint of memory), so it leaves this
-        encoder's chain as it was. Returns the file's size in bytes."""
+        Full unless previous is given, which is resolved as by
+        compress_checkpoint_delta. It does not keep a reference copy (that
+        would cost a checkpoint of memory), so it leaves this encoder's
+        chain as it was. Returns the file's size in bytes."""
         cs = int(chunk_size)
         if cs <= 0:
             raise InvalidArgumentError(f"chunk_size must be > 0, got {chunk_size!r}")
-        ref = None if previous is None else _Reference(
-            _structure.Flat(previous, "previous").tensors_with_aliases(), "previous")
+        ref = None if previous is None else self._resolve_previous(previous, checkpoint)
         c = self._compress(checkpoint, ref, epoch, None,
                            _Call(self.compression_method, os.fspath(path), cs, keep_reference=False))
         return int(c.metadata["compressed_size"])
