@@ -363,3 +363,77 @@ def test_the_cli_says_why_a_legacy_file_is_stored_whole(tmp_path: Path, run_py) 
     ok = legacy_save({"w": torch.ones(8)}, tmp_path / "ok.pth")
     r = run_py("-m", "tpde", "compress", str(ok))
     assert r.returncode == 0 and "stored whole" not in r.stdout, r.stdout
+
+
+# --- cost -------------------------------------------------------------------
+
+
+def _deep_list_file(path: Path, depth: int) -> Path:
+    """A legacy file of {"a": [[...[[t, 0], 1]..., depth - 1]}: lists nested
+    depth deep, each with a sibling beside the deeper one."""
+    import sys
+    import threading
+
+    x: Any = torch.zeros(1)
+    for i in range(depth):
+        x = [x, i]
+    # torch.save pickles recursively: more levels than Python's default
+    # limit, on a thread whose stack holds them.
+    failed: List[BaseException] = []
+
+    def save() -> None:
+        try:
+            legacy_save({"a": x}, path)
+        except BaseException as e:  # re-raised below, on the test's thread
+            failed.append(e)
+
+    limit, stack = sys.getrecursionlimit(), threading.stack_size()
+    sys.setrecursionlimit(max(limit, 4 * depth + 1000))
+    threading.stack_size(256 << 20)
+    try:
+        t = threading.Thread(target=save)
+        t.start()
+        t.join()
+    finally:
+        threading.stack_size(stack)
+        sys.setrecursionlimit(limit)
+    if failed:
+        raise failed[0]
+    return path
+
+
+def _scan_peak_bytes(path: Path) -> Tuple[Dict[str, Any], int]:
+    """scan's layout and the most memory Python held during it, in bytes:
+    a measure of its work that is the same on every run and machine."""
+    import tracemalloc
+
+    was = tracemalloc.is_tracing()
+    if not was:
+        tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        layout, reason = _torchlegacy.scan(path)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        if not was:
+            tracemalloc.stop()
+    assert reason is None, reason
+    assert layout is not None
+    return layout, peak
+
+
+def test_naming_the_storages_of_deeply_nested_lists_is_linear(tmp_path: Path) -> None:
+    # Issue 17: scan spelt out every element's state-dict path, so each
+    # level of nesting held a string as long as its depth and a 2 MB file
+    # of nested lists took a minute (and memory quadratic in its size).
+    # Four times the nesting must cost about four times the memory, not
+    # sixteen; the measure is bytes held, never seconds.
+    n = 2000
+    small, big = _deep_list_file(tmp_path / "n.pth", n), _deep_list_file(tmp_path / "4n.pth", 4 * n)
+    assert 3.5 < big.stat().st_size / small.stat().st_size < 4.5  # the pickles do grow 4x
+    (layout_n, peak_n), (layout_4n, peak_4n) = _scan_peak_bytes(small), _scan_peak_bytes(big)
+    # The naming rule is unchanged: the tensor is named by its full path.
+    assert [s["name"] for s in layout_n["storages"]] == ["a" + "/0" * n]
+    assert [s["name"] for s in layout_4n["storages"]] == ["a" + "/0" * (4 * n)]
+    assert peak_4n / peak_n < 6, (peak_n, peak_4n)

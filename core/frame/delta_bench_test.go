@@ -1,12 +1,15 @@
 package frame
 
 import (
+	"bytes"
 	"fmt"
 	"math"
 	"math/rand"
-	"os"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dtype"
@@ -132,80 +135,155 @@ func residualEntropy(d dtype.DType, k delta.Kind, cur, ref, ref2 []byte, ctx boo
 	return bits / float64(n)
 }
 
-// TestDeltaReport prints the ratios and entropies of the synthetic series
-// (set TPDE_DELTA_REPORT=1; bench numbers are in the final report of issue 3).
-func TestDeltaReport(t *testing.T) {
-	if os.Getenv("TPDE_DELTA_REPORT") == "" {
-		t.Skip("set TPDE_DELTA_REPORT=1 to print the delta coding report")
-	}
-	const n = 1 << 20
-	for _, sc := range []struct {
-		name string
-		d    dtype.DType
-	}{
-		{"relnoise sigma=0.002", dtype.BF16},
-		{"relnoise sigma=0.004", dtype.BF16},
-		{"adam lr=5e-5", dtype.BF16},
-		{"adam lr=2e-5", dtype.BF16},
-		{"relnoise sigma=1e-4", dtype.F32},
-		{"relnoise sigma=1e-6", dtype.F32},
-		{"adam lr=1e-5", dtype.F32},
-		{"exp_avg_sq", dtype.F32},
-	} {
-		s := newSeries(sc.name, sc.d, n, 1)
-		ref, cur, ref2 := s.pair()
-		raw := float64(len(cur))
-		changed := 0
-		w := sc.d.Width()
-		for j := 0; j < n; j++ {
-			if string(cur[j*w:(j+1)*w]) != string(ref[j*w:(j+1)*w]) {
-				changed++
-			}
-		}
-		key := encode(t, cur, sc.d, []uint64{n}, Options{})
-		keyH, _ := transform.EntropyBits(sc.d, cur)
-		fmt.Printf("\n%s %s, %d elements, %.1f%% changed\n", sc.d, sc.name, n, 100*float64(changed)/n)
-		fmt.Printf("  %-34s %6.2fx %6.2f bits/elem (order-0 planes %.2f)\n", "keyframe", raw/float64(len(key)), 8*float64(len(key))/n, keyH/n)
-		for _, k := range []delta.Kind{delta.XOR, delta.Diff, delta.Pred} {
-			var r2 []byte
-			if k == delta.Pred {
-				r2 = ref2
-			}
-			h0 := residualEntropy(sc.d, k, cur, ref, r2, false)
-			h1 := residualEntropy(sc.d, k, cur, ref, r2, true)
-			fmt.Printf("  %-6s order-0 %.2f bits/elem, with exponent context %.2f\n", k, h0, h1)
-			for _, v := range []struct {
-				name string
-				ctx  delta.ContextMode
-				sp   delta.SparseMode
-				eff  entropy.Effort
-			}{
-				{"no context, dense", delta.ContextOff, delta.SparseNever, entropy.Balanced},
-				{"16 contexts, dense", delta.ContextOn, delta.SparseNever, entropy.Balanced},
-				{"no context, sparse only", delta.ContextOff, delta.SparseAlways, entropy.Balanced},
-				{"default (balanced)", delta.ContextAuto, delta.SparseAuto, entropy.Balanced},
-				{"effort max (auto contexts)", delta.ContextAuto, delta.SparseAuto, entropy.Max},
-			} {
-				blob, res := encodeDelta(t, cur, ref, r2, sc.d, []uint64{n}, DeltaOptions{Residual: k, Context: v.ctx, Sparse: v.sp, Effort: v.eff})
-				fmt.Printf("    %-32s %6.2fx %6.2f bits/elem  modes %v contexts %v\n", v.name, raw/float64(len(blob)), 8*float64(len(blob))/n, res.Modes[:3], nonzeroKeys(res.Contexts[:]))
-			}
-		}
-		blob, res := encodeDelta(t, cur, ref, nil, sc.d, []uint64{n}, DeltaOptions{Residual: delta.Auto})
-		fmt.Printf("  auto picks %s: %.2fx %.2f bits/elem\n", res.Residual, raw/float64(len(blob)), 8*float64(len(blob))/n)
-		if sc.d.IsFloat() {
-			// Lossy: a bound of about one ulp of a typical value.
-			for _, qb := range []int{0, 8, 4} {
-				tau := 1e-4
-				switch {
-				case sc.name == "exp_avg_sq":
-					tau = 1e-9
-				case sc.d == dtype.F32:
-					tau = 2e-6
+// The synthetic series of the delta report: bf16 and fp32 fine-tuning
+// steps, Adam-like updates and Adam's second moment.
+var reportSeries = []struct {
+	name string
+	d    dtype.DType
+}{
+	{"relnoise sigma=0.002", dtype.BF16},
+	{"relnoise sigma=0.004", dtype.BF16},
+	{"adam lr=5e-5", dtype.BF16},
+	{"adam lr=2e-5", dtype.BF16},
+	{"relnoise sigma=1e-4", dtype.F32},
+	{"relnoise sigma=1e-6", dtype.F32},
+	{"adam lr=1e-5", dtype.F32},
+	{"exp_avg_sq", dtype.F32},
+}
+
+// TestDeltaSeriesRoundTripAndBeatTheKeyframe checks what the report's
+// figures rest on: on every synthetic series each residual kind decodes
+// bit-exact, and the default (auto) delta of the next checkpoint is
+// clearly smaller than its keyframe. At 1M elements the worst series
+// (fp32 Adam) codes 1.58x smaller; the bound asks for 1.25x.
+func TestDeltaSeriesRoundTripAndBeatTheKeyframe(t *testing.T) {
+	const n = 1 << 16
+	for _, sc := range reportSeries {
+		t.Run(sc.d.String()+" "+sc.name, func(t *testing.T) {
+			s := newSeries(sc.name, sc.d, n, 1)
+			ref, cur, ref2 := s.pair()
+			require.NotEqual(t, ref, cur, "the series must change between checkpoints")
+			key := encode(t, cur, sc.d, []uint64{n}, Options{})
+			for _, k := range []delta.Kind{delta.XOR, delta.Diff, delta.Pred, delta.Auto} {
+				var r2 []byte
+				if k == delta.Pred || k == delta.Auto {
+					r2 = ref2
 				}
-				blob, res := encodeDelta(t, cur, ref, nil, sc.d, []uint64{n}, DeltaOptions{Residual: delta.Auto, Threshold: tau, QuantBits: qb})
-				fmt.Printf("  lossy threshold %g quant %d: %.2fx %.2f bits/elem, max error %.3g, %.1f%% zero residuals\n", tau, qb, raw/float64(len(blob)), 8*float64(len(blob))/n, res.MaxErr, 100*(1-float64(res.Changed)/n))
+				blob, _ := encodeDelta(t, cur, ref, r2, sc.d, []uint64{n}, DeltaOptions{Residual: k})
+				got, _ := decodeDelta(t, blob, ref, r2, 2)
+				require.True(t, bytes.Equal(cur, got), "%s: the delta does not decode bit-exact", k)
+				if k == delta.Auto {
+					assert.Less(t, 5*len(blob), 4*len(key), "auto delta %d bytes, keyframe %d", len(blob), len(key))
+				}
 			}
-		}
+		})
+	}
+}
+
+// BenchmarkDeltaReport measures delta coding on the synthetic series (the
+// figures of issue 3's final report): per series the keyframe, each
+// residual kind with each coder variant, auto, and lossy thresholds, each
+// reporting its ratio and bits/elem. The figures do not depend on b.N, so
+//
+//	go test ./core/frame/ -run '^$' -bench DeltaReport -benchtime 1x
+//
+// gives them all, with a log line per delta of the chunk modes and context
+// counts it chose.
+func BenchmarkDeltaReport(b *testing.B) {
+	const n = 1 << 20
+	for _, sc := range reportSeries {
+		b.Run(sc.d.String()+" "+sc.name, func(b *testing.B) {
+			s := newSeries(sc.name, sc.d, n, 1)
+			ref, cur, ref2 := s.pair()
+			changed := 0
+			w := sc.d.Width()
+			for j := 0; j < n; j++ {
+				if !bytes.Equal(cur[j*w:(j+1)*w], ref[j*w:(j+1)*w]) {
+					changed++
+				}
+			}
+			size := func(b *testing.B, coded int) {
+				b.SetBytes(int64(len(cur)))
+				b.ReportMetric(float64(len(cur))/float64(coded), "ratio")
+				b.ReportMetric(8*float64(coded)/n, "bits/elem")
+			}
+			b.Run("keyframe", func(b *testing.B) {
+				var key []byte
+				for i := 0; i < b.N; i++ {
+					key = encode(b, cur, sc.d, []uint64{n}, Options{})
+				}
+				size(b, len(key))
+				keyH, _ := transform.EntropyBits(sc.d, cur)
+				b.ReportMetric(keyH/n, "order0-bits/elem")
+				b.ReportMetric(100*float64(changed)/n, "%changed")
+			})
+			for _, k := range []delta.Kind{delta.XOR, delta.Diff, delta.Pred} {
+				var r2 []byte
+				if k == delta.Pred {
+					r2 = ref2
+				}
+				h0 := residualEntropy(sc.d, k, cur, ref, r2, false)
+				h1 := residualEntropy(sc.d, k, cur, ref, r2, true)
+				for _, v := range []struct {
+					name string
+					ctx  delta.ContextMode
+					sp   delta.SparseMode
+					eff  entropy.Effort
+				}{
+					{"no context, dense", delta.ContextOff, delta.SparseNever, entropy.Balanced},
+					{"16 contexts, dense", delta.ContextOn, delta.SparseNever, entropy.Balanced},
+					{"no context, sparse only", delta.ContextOff, delta.SparseAlways, entropy.Balanced},
+					{"default (balanced)", delta.ContextAuto, delta.SparseAuto, entropy.Balanced},
+					{"effort max (auto contexts)", delta.ContextAuto, delta.SparseAuto, entropy.Max},
+				} {
+					b.Run(k.String()+" "+v.name, func(b *testing.B) {
+						var blob []byte
+						var res DeltaResult
+						opt := DeltaOptions{Residual: k, Context: v.ctx, Sparse: v.sp, Effort: v.eff}
+						for i := 0; i < b.N; i++ {
+							blob, res = encodeDelta(b, cur, ref, r2, sc.d, []uint64{n}, opt)
+						}
+						size(b, len(blob))
+						b.ReportMetric(h0, "order0-bits/elem")
+						b.ReportMetric(h1, "expctx-bits/elem")
+						b.Logf("modes %v contexts %v", res.Modes[:3], nonzeroKeys(res.Contexts[:]))
+					})
+				}
+			}
+			b.Run("auto", func(b *testing.B) {
+				var blob []byte
+				var res DeltaResult
+				for i := 0; i < b.N; i++ {
+					blob, res = encodeDelta(b, cur, ref, nil, sc.d, []uint64{n}, DeltaOptions{Residual: delta.Auto})
+				}
+				size(b, len(blob))
+				b.Logf("auto picks %s", res.Residual)
+			})
+			if !sc.d.IsFloat() {
+				return
+			}
+			// Lossy: a bound of about one ulp of a typical value.
+			tau := 1e-4
+			switch {
+			case sc.name == "exp_avg_sq":
+				tau = 1e-9
+			case sc.d == dtype.F32:
+				tau = 2e-6
+			}
+			for _, qb := range []int{0, 8, 4} {
+				b.Run(fmt.Sprintf("lossy threshold %g quant %d", tau, qb), func(b *testing.B) {
+					var blob []byte
+					var res DeltaResult
+					opt := DeltaOptions{Residual: delta.Auto, Threshold: tau, QuantBits: qb}
+					for i := 0; i < b.N; i++ {
+						blob, res = encodeDelta(b, cur, ref, nil, sc.d, []uint64{n}, opt)
+					}
+					size(b, len(blob))
+					b.ReportMetric(res.MaxErr, "maxerr")
+					b.ReportMetric(100*(1-float64(res.Changed)/n), "%zero-residuals")
+				})
+			}
+		})
 	}
 }
 

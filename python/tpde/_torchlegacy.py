@@ -191,17 +191,40 @@ def _typed(cls: Tuple[str, str], classes: set, views: set) -> Tuple[int, str]:
     raise _Odd(f"storage class {module}.{name} is not one of torch's")
 
 
+# A path from the root: (the parent's path, this key); the root is None.
+_Path = Tuple[Any, str]
+
+
+def _spell(path: Optional[_Path]) -> str:
+    """The string of a path, as joining its keys one by one with
+    f"{p}/{k}" if p else k spells it: keys are joined with "/" from the
+    first non-empty one on (a leading run of "" keys leaves no trace)."""
+    keys: List[str] = []
+    while path is not None:
+        path, key = path
+        keys.append(key)
+    keys.reverse()
+    start = next((i for i, k in enumerate(keys) if k), len(keys))
+    return "/".join(keys[start:])
+
+
 def _names(root: Any, keys: List[str]) -> Dict[str, str]:
     """Name each storage key by the first path (dict keys and list indexes
     joined by "/") that reaches a tensor on it, walking the object in
     pickle order; a storage no path reaches is "storage/<key>"."""
     found: Dict[str, str] = {}
     seen = set()
-    todo: List[Tuple[Any, str]] = [(root, "")]
+    # A path is held as a chain of (parent, key) links, None at the root,
+    # and spelt out only for the first tensor on each storage: making its
+    # string for every element cost time and memory proportional to depth
+    # per element, quadratic in the pickle for deeply nested lists
+    # (issue 17).
+    todo: List[Tuple[Any, Optional[_Path]]] = [(root, None)]
     while todo:  # iterative: a hostile pickle may nest deeper than recursion can
         value, path = todo.pop()
         if isinstance(value, (tp.TensorRef, tp.StorageRef)):
-            found.setdefault(value.key, path or "tensor")
+            if value.key not in found:
+                found[value.key] = _spell(path) or "tensor"
             continue
         if id(value) in seen:
             continue
@@ -213,7 +236,7 @@ def _names(root: Any, keys: List[str]) -> Dict[str, str]:
         else:
             continue
         seen.add(id(value))
-        todo.extend((v, f"{path}/{k}" if path else k) for v, k in reversed(children))
+        todo.extend((v, (path, k)) for v, k in reversed(children))
     names: Dict[str, str] = {}
     used = set()
     for key in keys:
@@ -223,3 +246,4 @@ def _names(root: Any, keys: List[str]) -> Dict[str, str]:
         used.add(name)
         names[key] = name
     return names
+
