@@ -313,7 +313,8 @@ class TpdeFile(Codec):
     def compress(self) -> Path:
         import tpde
 
-        tpde.compress_file(self.src, self.packed, threads=self.threads)
+        # Timed several times into the same files: each run replaces the last.
+        tpde.compress_file(self.src, self.packed, overwrite=True, threads=self.threads)
         return self.packed
 
     def size(self, state: Path) -> int:
@@ -322,7 +323,7 @@ class TpdeFile(Codec):
     def decompress(self, state: Path) -> Path:
         import tpde
 
-        tpde.decompress_file(state, self.restored, threads=self.threads)
+        tpde.decompress_file(state, self.restored, overwrite=True, threads=self.threads)
         return self.restored
 
     def verify(self, out: Path) -> bool:

@@ -320,6 +320,12 @@ func cancelFrom(p *C.int32_t) func() bool {
 //export tpde_compress_file
 func tpde_compress_file(srcPath, dstPath *C.char, nthreads C.int32_t, torchHints *C.char, torchHintsLen C.uint64_t,
 	progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	return tpde_compress_file2(srcPath, dstPath, nthreads, torchHints, torchHintsLen, 0, progress, cancel, cerr, cerrLen)
+}
+
+//export tpde_compress_file2
+func tpde_compress_file2(srcPath, dstPath *C.char, nthreads C.int32_t, torchHints *C.char, torchHintsLen C.uint64_t,
+	flags C.uint32_t, progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if srcPath == nil || dstPath == nil {
 		return status(fmt.Errorf("%w: path is NULL", errs.Invalid), cerr, cerrLen)
@@ -328,21 +334,44 @@ func tpde_compress_file(srcPath, dstPath *C.char, nthreads C.int32_t, torchHints
 	if err := jsonArg(torchHints, torchHintsLen, "torch_hints", &hints); err != nil {
 		return status(err, cerr, cerrLen)
 	}
-	return status(container.CompressFile(C.GoString(srcPath), C.GoString(dstPath), container.Options{
-		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress), Cancelled: cancelFrom(cancel),
-		Torch: hints}), cerr, cerrLen)
+	opt, err := fileOptions(flags)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	opt.Frame, opt.Progress, opt.Cancelled, opt.Torch = frame.Options{Threads: int(nthreads)}, progressTo(progress), cancelFrom(cancel), hints
+	return status(container.CompressFile(C.GoString(srcPath), C.GoString(dstPath), opt), cerr, cerrLen)
 }
 
 //export tpde_decompress_file
 func tpde_decompress_file(srcPath, dstPath *C.char, nthreads C.int32_t, maxOutput C.uint64_t, progress *C.uint64_t,
 	cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	return tpde_decompress_file2(srcPath, dstPath, nthreads, maxOutput, 0, progress, cancel, cerr, cerrLen)
+}
+
+//export tpde_decompress_file2
+func tpde_decompress_file2(srcPath, dstPath *C.char, nthreads C.int32_t, maxOutput C.uint64_t, flags C.uint32_t,
+	progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	if srcPath == nil || dstPath == nil {
 		return status(fmt.Errorf("%w: path is NULL", errs.Invalid), cerr, cerrLen)
 	}
-	return status(container.DecompressFile(C.GoString(srcPath), C.GoString(dstPath), container.Options{
-		Frame: frame.Options{Threads: int(nthreads)}, Progress: progressTo(progress), MaxOutput: uint64(maxOutput),
-		Cancelled: cancelFrom(cancel)}), cerr, cerrLen)
+	opt, err := fileOptions(flags)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	opt.Frame, opt.Progress, opt.MaxOutput, opt.Cancelled = frame.Options{Threads: int(nthreads)}, progressTo(progress), uint64(maxOutput), cancelFrom(cancel)
+	return status(container.DecompressFile(C.GoString(srcPath), C.GoString(dstPath), opt), cerr, cerrLen)
+}
+
+// fileOptions reads the TPDE_FILE_* flags of the file functions; a bit this
+// library does not know is refused rather than ignored, so that a caller
+// asking for a guarantee never silently goes without it.
+func fileOptions(flags C.uint32_t) (container.Options, error) {
+	const known = C.TPDE_FILE_NO_REPLACE | C.TPDE_FILE_NO_FOLLOW
+	if flags&^known != 0 {
+		return container.Options{}, fmt.Errorf("%w: unknown file flags %#x", errs.Invalid, uint32(flags&^known))
+	}
+	return container.Options{NoReplace: flags&C.TPDE_FILE_NO_REPLACE != 0, NoFollow: flags&C.TPDE_FILE_NO_FOLLOW != 0}, nil
 }
 
 //export tpde_file_info

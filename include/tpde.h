@@ -40,7 +40,9 @@
  *    files get 0666 less the umask; a replaced file keeps its mode; a
  *    compressed or restored file never gets a permission bit its source
  *    lacks. A destination that is a symlink is written through (its
- *    target is replaced); a directory, device or FIFO is refused.
+ *    target is replaced); a directory, device or FIFO is refused. The
+ *    file functions' TPDE_FILE_* flags refuse an existing destination or
+ *    a symlink instead.
  *  - Buffers are raw bytes in the tensor's native little-endian layout,
  *    C-contiguous (row-major).
  *
@@ -95,6 +97,20 @@ extern "C" {
 #define TPDE_EFFORT_MAX 2      /* every coder on every stream */
 
 #define TPDE_MAX_NDIM 32
+
+/* Flags of tpde_compress_file2 and tpde_decompress_file2, for dst_path. */
+#define TPDE_FILE_NO_REPLACE 1u /* dst_path must not exist: anything there (a file, a symlink
+                                   even dangling, a directory) is TPDE_E_IO with errno EEXIST,
+                                   before the input is read. The output is then published with
+                                   link(2), which cannot replace a name, not rename(2): a file
+                                   another process creates at dst_path meanwhile is refused
+                                   the same way, not replaced. (On a filesystem with neither
+                                   hard links nor RENAME_NOREPLACE the last check is made just
+                                   before the rename.) A symlink is never followed. */
+#define TPDE_FILE_NO_FOLLOW 2u  /* a dst_path that is a symlink is TPDE_E_IO with errno ELOOP
+                                   instead of written through; one that appears while the
+                                   output is written is itself replaced by the rename, and the
+                                   file it points to is untouched. */
 
 /* What tpde_inspect reports about a frame without decoding it. */
 typedef struct tpde_frame_info {
@@ -314,6 +330,14 @@ int tpde_compress_file(const char *src_path, const char *dst_path, int32_t nthre
                        const char *torch_hints, uint64_t torch_hints_len, uint64_t *progress,
                        const int32_t *cancel, char *err, size_t err_len);
 
+/* tpde_compress_file2 / tpde_decompress_file2: the same calls with flags,
+ * TPDE_FILE_* (above); tpde_compress_file and tpde_decompress_file are
+ * these with flags 0. Any other bit is TPDE_E_INVALID. Added without an
+ * ABI version bump: no existing function changed. */
+int tpde_compress_file2(const char *src_path, const char *dst_path, int32_t nthreads,
+                        const char *torch_hints, uint64_t torch_hints_len, uint32_t flags,
+                        uint64_t *progress, const int32_t *cancel, char *err, size_t err_len);
+
 /* Restore the original file, byte for byte, from a tpde file (or from a
  * file holding one frame); written atomically like tpde_compress_file.
  * max_output: 0 for no limit, else the most bytes the restored file may
@@ -323,6 +347,9 @@ int tpde_compress_file(const char *src_path, const char *dst_path, int32_t nthre
 int tpde_decompress_file(const char *src_path, const char *dst_path, int32_t nthreads,
                          uint64_t max_output, uint64_t *progress, const int32_t *cancel, char *err,
                          size_t err_len);
+int tpde_decompress_file2(const char *src_path, const char *dst_path, int32_t nthreads,
+                          uint64_t max_output, uint32_t flags, uint64_t *progress,
+                          const int32_t *cancel, char *err, size_t err_len);
 
 /* Describe a tpde file (or a raw frame file) as JSON: the container fields,
  * segment_count, and per segment (the first max_segments of them; 0 means

@@ -10,6 +10,7 @@ import re
 import select
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Dict, List
 
@@ -126,6 +127,114 @@ def test_refusing_to_overwrite_input_is_a_usage_error(tmp_path: Path, tpde_cmd) 
     assert p.returncode == 2
     _one_error_line(p)
     assert (tmp_path / "x").read_bytes() == b"x"
+
+
+def _refused(p: subprocess.CompletedProcess, *words: str) -> None:
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    line = _one_error_line(p)
+    assert all(w in line for w in words), line
+    assert p.stdout == ""
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_compress_refuses_an_existing_output_unless_forced(tmp_path: Path, tpde_cmd, explicit: bool) -> None:
+    data = os.urandom(5000)
+    (tmp_path / "f").write_bytes(data)
+    out = tmp_path / ("other.tpde" if explicit else "f.tpde")
+    out.write_bytes(b"precious")
+    args = ["-o", out.name] if explicit else []
+    _refused(tpde_cmd("compress", "f", *args, cwd=tmp_path), out.name, "already exists", "-f")
+    assert out.read_bytes() == b"precious"
+    p = tpde_cmd("compress", "f", *args, "-f", "-q", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert tpde.file_info(out)["original_size"] == len(data)
+    p = tpde_cmd("compress", "f", *args, "--force", "-q", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert sorted(os.listdir(tmp_path)) == sorted(["f", out.name]), "no temporary file left"
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_decompress_refuses_an_existing_output_unless_forced(tmp_path: Path, tpde_cmd, explicit: bool) -> None:
+    data = os.urandom(5000)
+    (tmp_path / "f").write_bytes(data)
+    tpde.compress_file(tmp_path / "f")
+    out = tmp_path / ("other" if explicit else "f")
+    out.write_bytes(b"precious")
+    args = ["-o", out.name] if explicit else []
+    _refused(tpde_cmd("decompress", "f.tpde", *args, cwd=tmp_path), out.name, "already exists", "-f")
+    assert out.read_bytes() == b"precious"
+    p = tpde_cmd("decompress", "f.tpde", *args, "-f", "-q", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes() == data
+
+
+@pytest.mark.parametrize("force", [[], ["-f"]])
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_a_symlink_output_is_refused_and_its_target_untouched(tmp_path: Path, tpde_cmd, command: str,
+                                                              force: List[str]) -> None:
+    (tmp_path / "f").write_bytes(os.urandom(5000))
+    tpde.compress_file(tmp_path / "f")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "target").write_bytes(b"theirs")
+    (tmp_path / "link").symlink_to(elsewhere / "target")
+    (tmp_path / "dangling").symlink_to(elsewhere / "nothing")
+    src = "f" if command == "compress" else "f.tpde"
+    for link in ("link", "dangling"):
+        _refused(tpde_cmd(command, src, "-o", link, *force, cwd=tmp_path), link, "symbolic link")
+        assert (tmp_path / link).is_symlink()
+    assert (elsewhere / "target").read_bytes() == b"theirs"
+    assert os.listdir(elsewhere) == ["target"]
+
+
+def test_force_never_replaces_a_directory_or_fifo(tmp_path: Path, tpde_cmd) -> None:
+    (tmp_path / "f").write_bytes(b"data")
+    (tmp_path / "d").mkdir()
+    os.mkfifo(tmp_path / "p")
+    for out, what in (("d", "directory"), ("p", "not a regular file")):
+        _refused(tpde_cmd("compress", "f", "-o", out, "-f", cwd=tmp_path), out, what)
+    assert (tmp_path / "d").is_dir() and os.listdir(tmp_path / "d") == []
+    assert sorted(os.listdir(tmp_path)) == ["d", "f", "p"]
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_output_same_as_input_is_refused_even_with_force(tmp_path: Path, tpde_cmd, command: str) -> None:
+    (tmp_path / "f").write_bytes(b"data")
+    src = Path(tpde.compress_file(tmp_path / "f")) if command == "decompress" else tmp_path / "f"
+    before = src.read_bytes()
+    os.link(src, tmp_path / "hard")
+    for out in (src.name, "hard"):
+        _refused(tpde_cmd(command, src.name, "-o", out, "-f", cwd=tmp_path), "output is the input", "even with -f")
+    assert src.read_bytes() == before
+
+
+def test_an_output_created_while_compressing_is_not_replaced(tmp_path: Path, py_env) -> None:
+    """The output appears after tpde checked it (the input is a FIFO, so the
+    test decides when): the library's own check refuses it, and the CLI
+    reports it as it does an output that existed from the start."""
+    fifo, out = tmp_path / "in.fifo", tmp_path / "out.tpde"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "tpde", "compress", str(fifo), "-o", str(out)], env=py_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def unblock() -> None:
+        # Should tpde exit without opening the FIFO, open it here so that
+        # the test's open below returns (and its write fails) instead of
+        # waiting forever.
+        proc.wait()
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+
+    threading.Thread(target=unblock, daemon=True).start()
+    try:
+        with open(fifo, "wb") as w:  # returns once tpde opened the FIFO to read, past its checks
+            w.write(os.urandom(5000))
+            out.write_bytes(b"theirs")
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    _refused(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), "out.tpde", "already exists")
+    assert out.read_bytes() == b"theirs"
+    assert sorted(os.listdir(tmp_path)) == ["in.fifo", "out.tpde"]
 
 
 def test_help_and_version(tpde_cmd) -> None:

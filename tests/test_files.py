@@ -3,6 +3,7 @@ byte, file_info, progress reporting, and damaged inputs."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -202,6 +203,110 @@ def test_not_a_tpde_file(tmp_path: Path, make_safetensors) -> None:
         tpde.file_info(src)
 
 
+# --- existing outputs -----------------------------------------------------
+
+def _refused_as_existing(e: pytest.ExceptionInfo, path: Path) -> None:
+    assert isinstance(e.value, tpde.TPDEIOError) and e.value.errno == errno.EEXIST
+    assert str(path) in str(e.value) and "overwrite=True" in str(e.value)
+
+
+def test_an_existing_output_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"new data " * 100)
+    packed = tmp_path / "f.tpde"
+    packed.write_bytes(b"precious")
+    with pytest.raises(tpde.TPDEIOError) as e:
+        tpde.compress_file(src)  # the default output, f.tpde
+    _refused_as_existing(e, packed)
+    assert packed.read_bytes() == b"precious"
+
+    assert tpde.compress_file(src, packed, overwrite=True) == str(packed)
+    restored = tmp_path / "restored"
+    restored.write_bytes(b"precious too")
+    with pytest.raises(tpde.TPDEIOError) as e:
+        tpde.decompress_file(packed, restored)
+    _refused_as_existing(e, restored)
+    assert restored.read_bytes() == b"precious too"
+    with pytest.raises(tpde.TPDEIOError) as e:
+        tpde.decompress_file(packed)  # the default output, f: the source itself exists
+    _refused_as_existing(e, src)
+
+    tpde.decompress_file(packed, restored, overwrite=True)
+    assert restored.read_bytes() == src.read_bytes()
+    assert not _tmp_leftovers(tmp_path)
+
+
+def test_without_overwrite_a_symlink_output_is_refused_not_followed(tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"data")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "target").write_bytes(b"theirs")
+    (tmp_path / "link.tpde").symlink_to(elsewhere / "target")
+    (tmp_path / "dangling.tpde").symlink_to(elsewhere / "nothing")
+    for name in ("link.tpde", "dangling.tpde"):
+        with pytest.raises(tpde.TPDEIOError) as e:
+            tpde.compress_file(src, tmp_path / name)
+        _refused_as_existing(e, tmp_path / name)
+        assert (tmp_path / name).is_symlink()
+    assert (elsewhere / "target").read_bytes() == b"theirs"
+    assert sorted(os.listdir(elsewhere)) == ["target"], "a dangling link is not followed to create its target"
+
+
+def test_the_output_is_never_the_input_even_with_overwrite(tmp_path: Path) -> None:
+    src = tmp_path / "f"
+    src.write_bytes(b"data")
+    os.link(src, tmp_path / "hard")
+    for dst in (src, tmp_path / "hard"):
+        with pytest.raises(tpde.InvalidArgumentError, match="output is the input"):
+            tpde.compress_file(src, dst, overwrite=True)
+    packed = Path(tpde.compress_file(src, tmp_path / "f.tpde"))
+    with pytest.raises(tpde.InvalidArgumentError, match="output is the input"):
+        tpde.decompress_file(packed, packed, overwrite=True)
+    assert src.read_bytes() == b"data" and tpde.file_info(packed)["original_size"] == 4
+
+
+@pytest.mark.parametrize("op", ["compress", "decompress"])
+def test_an_output_created_while_the_input_is_read_is_not_replaced(tmp_path: Path, op: str) -> None:
+    """Another process creates dst after the call has checked it: the
+    newcomer is refused, not overwritten. The input is a FIFO, so the test
+    decides when dst appears: after the library has opened the FIFO (past
+    its first check), before it ends. The library checks again when it
+    creates the output and publishes it with link(2), which cannot replace
+    a file; that last step is tested in core/atomicfile, where a test can
+    step between the two."""
+    data = os.urandom(50000)
+    if op == "decompress":
+        data = Path(tpde.compress_file(_write(tmp_path / "plain", data), tmp_path / "plain.tpde")).read_bytes()
+    fifo = tmp_path / "in.fifo"
+    os.mkfifo(fifo)
+    dst = tmp_path / "out"
+
+    def feed() -> None:
+        with open(fifo, "wb") as w:  # returns once the library opened the FIFO to read
+            w.write(data)
+            dst.write_bytes(b"theirs")
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    try:
+        with pytest.raises(tpde.TPDEIOError) as e:
+            (tpde.compress_file if op == "compress" else tpde.decompress_file)(fifo, dst)
+    finally:
+        if feeder.is_alive():  # the call failed before opening the FIFO: free the writer
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        feeder.join()
+    _refused_as_existing(e, dst)
+    assert dst.read_bytes() == b"theirs"
+    inputs = ["plain", "plain.tpde"] if op == "decompress" else []
+    assert sorted(os.listdir(tmp_path)) == sorted(["in.fifo", "out"] + inputs), "no temporary file left"
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 # --- damaged files --------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -218,7 +323,8 @@ def _check_rejected(data: bytes, work: Path, expected: type) -> None:
     dst = work / "out.safetensors"
     dst.write_bytes(b"previous contents")
     with pytest.raises(expected):
-        tpde.decompress_file(bad, dst)
+        # overwrite: what is checked is that a failed replacement keeps dst.
+        tpde.decompress_file(bad, dst, overwrite=True)
     assert dst.read_bytes() == b"previous contents"
     fresh = work / "fresh.safetensors"
     with pytest.raises(expected):

@@ -370,11 +370,13 @@ def test_io_errors_carry_errno_and_name_the_problem(tmp_path: Path, make_safeten
         tpde.compress_file(tmp_path, tmp_path / "x.tpde")
     assert e.value.errno == errno.EISDIR and "is a directory" in str(e.value)
     (tmp_path / "outdir").mkdir()
+    # overwrite=True: without it these exist and are refused as such
+    # (test_files.py); with it they are still not replaced.
     with pytest.raises(tpde.TPDEIOError) as e:
-        tpde.compress_file(src, tmp_path / "outdir")
+        tpde.compress_file(src, tmp_path / "outdir", overwrite=True)
     assert e.value.errno == errno.EISDIR and "outdir: is a directory" in str(e.value)
     with pytest.raises(tpde.TPDEIOError) as e:
-        tpde.compress_file(src, "/dev/null")
+        tpde.compress_file(src, "/dev/null", overwrite=True)
     assert e.value.errno == errno.EINVAL and "not a regular file" in str(e.value)
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
     with pytest.raises(tpde.TPDEIOError) as e:
@@ -472,7 +474,7 @@ def test_new_files_get_the_mode_the_umask_gives_and_never_more_than_the_source(
         os.chmod(packed, src_mode)
 
 
-def test_a_symlink_destination_is_written_through(tmp_path: Path, make_safetensors) -> None:
+def test_a_symlink_destination_is_written_through_with_overwrite(tmp_path: Path, make_safetensors) -> None:
     src = make_safetensors(tmp_path / "m.safetensors")
     os.chmod(src, 0o644)
     store = tmp_path / "store"
@@ -482,7 +484,7 @@ def test_a_symlink_destination_is_written_through(tmp_path: Path, make_safetenso
     os.chmod(real, 0o640)
     link = tmp_path / "current.tpde"
     link.symlink_to(real)
-    tpde.compress_file(src, link)
+    tpde.compress_file(src, link, overwrite=True)
     assert link.is_symlink() and os.readlink(link) == str(real)
     assert stat.S_IMODE(real.stat().st_mode) == 0o640, "the target keeps its own mode"
     assert Path(tpde.decompress_file(link, tmp_path / "back")).read_bytes() == src.read_bytes()
@@ -495,7 +497,7 @@ def test_destination_names_up_to_255_bytes(tmp_path: Path, make_safetensors) -> 
         out = tmp_path / ("n" * (n - 5) + ".tpde")
         assert len(out.name.encode()) == n
         tpde.compress_file(src, out)
-        assert Path(tpde.decompress_file(out, tmp_path / "back")).read_bytes() == src.read_bytes()
+        assert Path(tpde.decompress_file(out, tmp_path / f"back{n}")).read_bytes() == src.read_bytes()
 
 
 def test_a_full_disk_is_an_enospc_error_and_leaves_nothing(big_checkpoint, tmp_path: Path, py_env) -> None:

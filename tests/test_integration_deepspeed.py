@@ -80,7 +80,7 @@ def test_files_are_tpde_coded_smaller_and_decode_to_torch_zips(ds_run: Dict[str,
     for stage in ("0", "1"):
         for path in sorted(Path(ds_run[stage]["dir"]).glob("global_step*/*")):
             assert tds.is_tpde_file(path), path
-            plain = Path(tpde.decompress_file(path, tmp_path / path.name))
+            plain = Path(tpde.decompress_file(path, tmp_path / f"{stage}-{path.parent.name}-{path.name}"))
             assert zipfile.is_zipfile(plain)
             assert path.stat().st_size < 0.9 * plain.stat().st_size, path
             assert _bits_equal(engine.load(str(path)), torch.load(plain, weights_only=False))
@@ -146,6 +146,24 @@ def test_failed_save_leaves_the_previous_file(tmp_path: Path) -> None:
         engine.save({"w": torch.zeros(4), "f": lambda: None}, path)
     assert Path(path).read_bytes() == before
     assert os.listdir(tmp_path) == ["mp_rank_00_model_states.pt"]
+
+
+def test_saving_or_materializing_a_tag_again_replaces_its_files(tmp_path: Path) -> None:
+    """DeepSpeed names the files and saves a tag again over the same names
+    (as TorchCheckpointEngine's torch.save would): tpde.compress_file's
+    refusal of an existing output must not reach the engine."""
+    engine = tds.TPDECheckpointEngine()
+    save_dir = tmp_path / "ckpt"
+    (save_dir / "t1").mkdir(parents=True)
+    (save_dir / "latest").write_text("t1")
+    path = str(save_dir / "t1" / "a.pt")
+    engine.save({"w": torch.zeros(300)}, path)
+    tds.materialize(save_dir, tmp_path / "plain")
+    second = {"w": torch.randn(300, generator=torch.Generator().manual_seed(2))}
+    engine.save(second, path)
+    assert _bits_equal(engine.load(path), second)
+    out = tds.materialize(save_dir, tmp_path / "plain")
+    assert _bits_equal(torch.load(out / "t1" / "a.pt", weights_only=False), second)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])

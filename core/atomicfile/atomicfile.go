@@ -19,7 +19,9 @@
 //     every permission bit the source file lacks: compressing a private
 //     0600 checkpoint never makes a world-readable output.
 //   - A destination that is a symlink is written through: the file it
-//     points to is replaced, and the link stays.
+//     points to is replaced, and the link stays. Options.NoFollow refuses
+//     one instead, and Options.NoReplace refuses any existing destination
+//     at the moment the file is published (see Options).
 //   - A destination that is a directory, a device or a FIFO is refused
 //     with a clear error instead of being replaced by a renamed file.
 //   - Destination names up to NAME_MAX work: the temporary name is cut to
@@ -54,6 +56,17 @@ type Options struct {
 	// output is made from; the output gets none that it lacks.
 	SourcePerm fs.FileMode
 	HasSource  bool
+	// NoReplace: the destination must not exist, whatever it is (a file, a
+	// symlink even dangling, a directory): Create refuses one that does,
+	// and Commit publishes the file with link(2), which never replaces a
+	// name, instead of rename(2). So a file another process creates at
+	// the destination while this one is written is refused too (errno
+	// EEXIST), not replaced: the check and the write are one step.
+	NoReplace bool
+	// NoFollow: a destination that is a symlink is refused (errno ELOOP)
+	// instead of written through. If one appears after Create, Commit's
+	// rename replaces the link itself, never the file it points to.
+	NoFollow bool
 }
 
 // File is written under a temporary name in the destination's directory and
@@ -61,9 +74,10 @@ type Options struct {
 // leaves either the old file or the complete new one, never a torn one.
 type File struct {
 	*os.File
-	dst   string // the resolved destination (symlinks followed)
-	named string // the temporary name; "" while an O_TMPFILE file has none
-	done  bool
+	dst       string // the resolved destination (symlinks followed unless NoReplace or NoFollow)
+	named     string // the temporary name; "" while an O_TMPFILE file has none
+	noReplace bool
+	done      bool
 }
 
 // useTmpfile is switched off by tests of the named fallback.
@@ -72,7 +86,7 @@ var useTmpfile = true
 // Create opens a temporary file for dst. Call Commit to publish it and defer
 // Abort to remove it on any other path.
 func Create(dst string, opt Options) (*File, error) {
-	final, err := resolve(dst)
+	final, perm, replacing, err := check(dst, opt)
 	if err != nil {
 		return nil, err
 	}
@@ -80,25 +94,13 @@ func Create(dst string, opt Options) (*File, error) {
 	if dir == "" {
 		dir = "."
 	}
-	perm, replacing := fs.FileMode(0), false
-	if st, err := os.Stat(final); err == nil {
-		if st.IsDir() {
-			return nil, errs.IOf(dst, syscall.EISDIR, "is a directory")
-		}
-		if !st.Mode().IsRegular() {
-			return nil, errs.IOf(dst, syscall.EINVAL, "is not a regular file (a device, FIFO or socket): tpde writes its output to a temporary file and renames it into place, which would replace it")
-		}
-		perm, replacing = st.Mode().Perm(), true
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %w", errs.IO, err)
-	}
 	if st, err := os.Stat(dir); err != nil {
 		return nil, fmt.Errorf("%w: destination directory: %w", errs.IO, err)
 	} else if !st.IsDir() {
 		return nil, errs.IOf(dir, syscall.ENOTDIR, "is not a directory")
 	}
 	removeStale(dir)
-	a := &File{dst: final}
+	a := &File{dst: final, noReplace: opt.NoReplace}
 	if useTmpfile {
 		// Any failure (no O_TMPFILE in this kernel or filesystem) falls
 		// back to a named file, which reports a real problem itself.
@@ -116,6 +118,52 @@ func Create(dst string, opt Options) (*File, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// Check refuses, without creating anything, a destination that Create
+// would refuse: a caller about to do long work (read a stream to its end)
+// before Create can fail first. Create checks again; with NoReplace,
+// Commit does too.
+func Check(dst string, opt Options) error {
+	_, _, _, err := check(dst, opt)
+	return err
+}
+
+// check refuses a destination Create must not write and says what it
+// finds there: the name to publish under (symlinks followed unless
+// opt.NoReplace or opt.NoFollow), and the mode of a file being replaced.
+func check(dst string, opt Options) (final string, perm fs.FileMode, replacing bool, err error) {
+	var st fs.FileInfo
+	if opt.NoReplace || opt.NoFollow {
+		// The name itself is what gets published, so Lstat: a symlink
+		// there is an entry of its own, never a way to somewhere else.
+		final = dst
+		st, err = os.Lstat(final)
+		if err == nil && opt.NoReplace {
+			return "", 0, false, errs.IOf(dst, syscall.EEXIST, "already exists; not replaced")
+		}
+		if err == nil && st.Mode()&fs.ModeSymlink != 0 {
+			return "", 0, false, errs.IOf(dst, syscall.ELOOP, "is a symbolic link; not written through")
+		}
+	} else {
+		if final, err = resolve(dst); err != nil {
+			return "", 0, false, err
+		}
+		st, err = os.Stat(final)
+	}
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return final, 0, false, nil
+		}
+		return "", 0, false, fmt.Errorf("%w: %w", errs.IO, err)
+	}
+	if st.IsDir() {
+		return "", 0, false, errs.IOf(dst, syscall.EISDIR, "is a directory")
+	}
+	if !st.Mode().IsRegular() {
+		return "", 0, false, errs.IOf(dst, syscall.EINVAL, "is not a regular file (a device, FIFO or socket): tpde writes its output to a temporary file and renames it into place, which would replace it")
+	}
+	return final, st.Mode().Perm(), true, nil
 }
 
 // setPerm gives the temporary file the destination's final mode: the
@@ -249,6 +297,12 @@ func (a *File) Commit() error {
 	if err := a.Sync(); err != nil {
 		return fmt.Errorf("%w: fsync %s: %w", errs.IO, a.Name(), err)
 	}
+	if a.noReplace {
+		if err := a.publishNew(); err != nil {
+			return err
+		}
+		return a.finish()
+	}
 	if a.named == "" {
 		name, err := linkUnnamed(a.File, filepath.Dir(a.dst), filepath.Base(a.dst))
 		if err != nil {
@@ -259,6 +313,70 @@ func (a *File) Commit() error {
 	if err := os.Rename(a.named, a.dst); err != nil {
 		return fmt.Errorf("%w: rename to %s: %w", errs.IO, a.dst, err)
 	}
+	return a.finish()
+}
+
+// publishNew gives the file the destination's name without replacing
+// anything there: link(2), which fails with EEXIST, so that the NoReplace
+// check and the write are one step with no window between them.
+func (a *File) publishNew() error {
+	var err error
+	if a.named == "" {
+		// A filesystem with O_TMPFILE has hard links.
+		err = linkUnnamedAt(a.File, a.dst)
+	} else if err = link(a.named, a.dst); err == nil {
+		// The data is published under dst; the temporary name is a second
+		// link to it. Should removing it fail, a later Create's sweep
+		// removes it once our lock is released.
+		_ = os.Remove(a.named)
+		a.named = ""
+	} else if unsupported(err) {
+		// No hard links here (vfat, exfat, many FUSE filesystems): rename
+		// with RENAME_NOREPLACE, one step too, where the kernel and the
+		// filesystem have it; else check just before renaming, the one
+		// case where a file created in between would be replaced.
+		if err = renameExcl(a.named, a.dst); unsupported(err) {
+			if _, e := os.Lstat(a.dst); e == nil {
+				err = syscall.EEXIST
+			} else if errors.Is(e, fs.ErrNotExist) {
+				err = os.Rename(a.named, a.dst)
+			} else {
+				err = e
+			}
+		}
+		if err == nil {
+			a.named = ""
+		}
+	}
+	if errors.Is(err, syscall.EEXIST) {
+		return errs.IOf(a.dst, syscall.EEXIST, "already exists (created while tpde was writing it); not replaced")
+	}
+	if err != nil {
+		return fmt.Errorf("%w: create %s without replacing: %w", errs.IO, a.dst, err)
+	}
+	return nil
+}
+
+// link and renameExcl are os.Link and renameNoReplace; tests replace
+// them to stand for filesystems without hard links or the rename flag.
+var (
+	link       = os.Link
+	renameExcl = renameNoReplace
+)
+
+// unsupported says whether err means the filesystem or kernel lacks the
+// operation (hard links, a rename flag), rather than that it failed.
+func unsupported(err error) bool {
+	for _, e := range []syscall.Errno{syscall.EPERM, syscall.ENOTSUP, syscall.EOPNOTSUPP, syscall.ENOSYS, syscall.EINVAL} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// finish ends a successful Commit: the file is in place.
+func (a *File) finish() error {
 	a.done = true
 	// Closed only now: the flock (named files) must outlive the rename.
 	if err := a.Close(); err != nil {
@@ -285,5 +403,6 @@ func (a *File) Abort() {
 	_ = a.Close()
 }
 
-// Dst is the file Commit replaces (dst with symlinks followed).
+// Dst is the file Commit replaces or creates (dst with symlinks followed
+// unless NoReplace or NoFollow).
 func (a *File) Dst() string { return a.dst }

@@ -254,3 +254,134 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+// mustRead is the content of path.
+func mustRead(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return string(b)
+}
+
+func TestNoReplaceRefusesAnythingAtTheName(t *testing.T) {
+	bothModes(t, func(t *testing.T) {
+		dir, elsewhere := t.TempDir(), t.TempDir()
+		target := filepath.Join(elsewhere, "target")
+		require.NoError(t, os.WriteFile(target, []byte("theirs"), 0o644))
+		file := filepath.Join(dir, "file")
+		require.NoError(t, os.WriteFile(file, []byte("old"), 0o644))
+		link := filepath.Join(dir, "link")
+		require.NoError(t, os.Symlink(target, link))
+		dangling := filepath.Join(dir, "dangling")
+		require.NoError(t, os.Symlink(filepath.Join(elsewhere, "nothing"), dangling))
+		sub := filepath.Join(dir, "sub")
+		require.NoError(t, os.Mkdir(sub, 0o755))
+		fifo := filepath.Join(dir, "fifo")
+		require.NoError(t, syscall.Mkfifo(fifo, 0o600))
+		for _, dst := range []string{file, link, dangling, sub, fifo} {
+			_, err := Create(dst, Options{NoReplace: true})
+			assert.ErrorIs(t, err, errs.IO, dst)
+			assert.ErrorIs(t, err, syscall.EEXIST, dst)
+			assert.Contains(t, err.Error(), dst)
+		}
+		assert.Equal(t, "old", mustRead(t, file))
+		assert.Equal(t, "theirs", mustRead(t, target))
+		assert.NoFileExists(t, filepath.Join(elsewhere, "nothing"), "a dangling link is not followed")
+		assert.ElementsMatch(t, []string{"file", "link", "dangling", "sub", "fifo"}, entries(t, dir))
+
+		fresh := filepath.Join(dir, "fresh")
+		write(t, fresh, Options{NoReplace: true}, "new")
+		assert.Equal(t, "new", mustRead(t, fresh))
+		assert.Equal(t, 6, len(entries(t, dir)), "no temporary file left: %v", entries(t, dir))
+	})
+}
+
+// A file that another process creates at the destination after Create's
+// check is refused by the publishing step itself, not replaced.
+func TestNoReplaceRefusesAFileCreatedWhileWriting(t *testing.T) {
+	bothModes(t, func(t *testing.T) {
+		dir := t.TempDir()
+		dst := filepath.Join(dir, "out")
+		f, err := Create(dst, Options{NoReplace: true})
+		require.NoError(t, err)
+		defer f.Abort()
+		_, err = f.WriteString("ours")
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(dst, []byte("theirs"), 0o644))
+		err = f.Commit()
+		assert.ErrorIs(t, err, errs.IO)
+		assert.ErrorIs(t, err, syscall.EEXIST)
+		assert.Contains(t, err.Error(), "not replaced")
+		f.Abort()
+		assert.Equal(t, "theirs", mustRead(t, dst))
+		assert.Equal(t, []string{"out"}, entries(t, dir))
+	})
+}
+
+// Without hard links (vfat, many FUSE filesystems) NoReplace still holds:
+// by rename with RENAME_NOREPLACE, else by a check just before the rename.
+func TestNoReplaceWithoutHardLinks(t *testing.T) {
+	defer func(v bool) { useTmpfile = v }(useTmpfile)
+	useTmpfile = false // a filesystem without hard links has no O_TMPFILE either
+	defer func(l func(string, string) error) { link = l }(link)
+	link = func(string, string) error { return &os.LinkError{Op: "link", Err: syscall.EPERM} }
+	defer func(r func(string, string) error) { renameExcl = r }(renameExcl)
+	for _, name := range []string{"renameat2", "check before rename"} {
+		t.Run(name, func(t *testing.T) {
+			if name != "renameat2" {
+				renameExcl = func(string, string) error { return syscall.EINVAL }
+			}
+			dir := t.TempDir()
+			dst := filepath.Join(dir, "out")
+			write(t, dst, Options{NoReplace: true}, "new")
+			assert.Equal(t, "new", mustRead(t, dst))
+			assert.Equal(t, []string{"out"}, entries(t, dir))
+
+			raced := filepath.Join(dir, "raced")
+			f, err := Create(raced, Options{NoReplace: true})
+			require.NoError(t, err)
+			defer f.Abort()
+			require.NoError(t, os.WriteFile(raced, []byte("theirs"), 0o644))
+			assert.ErrorIs(t, f.Commit(), syscall.EEXIST)
+			f.Abort()
+			assert.Equal(t, "theirs", mustRead(t, raced))
+			assert.ElementsMatch(t, []string{"out", "raced"}, entries(t, dir))
+		})
+	}
+}
+
+func TestNoFollowRefusesSymlinksAndReplacesTheNameItself(t *testing.T) {
+	bothModes(t, func(t *testing.T) {
+		dir, elsewhere := t.TempDir(), t.TempDir()
+		target := filepath.Join(elsewhere, "target")
+		require.NoError(t, os.WriteFile(target, []byte("theirs"), 0o644))
+		link := filepath.Join(dir, "link")
+		require.NoError(t, os.Symlink(target, link))
+		_, err := Create(link, Options{NoFollow: true})
+		assert.ErrorIs(t, err, errs.IO)
+		assert.ErrorIs(t, err, syscall.ELOOP)
+		assert.Contains(t, err.Error(), "symbolic link")
+
+		file := filepath.Join(dir, "file")
+		require.NoError(t, os.WriteFile(file, []byte("old"), 0o600))
+		write(t, file, Options{NoFollow: true}, "new")
+		assert.Equal(t, "new", mustRead(t, file))
+		assert.Equal(t, os.FileMode(0o600), perm(t, file), "a replaced file keeps its mode")
+
+		// A link that appears after Create is replaced by the rename, as
+		// a name: the file it points to is untouched.
+		late := filepath.Join(dir, "late")
+		f, err := Create(late, Options{NoFollow: true})
+		require.NoError(t, err)
+		defer f.Abort()
+		_, err = f.WriteString("ours")
+		require.NoError(t, err)
+		require.NoError(t, os.Symlink(target, late))
+		require.NoError(t, f.Commit())
+		st, err := os.Lstat(late)
+		require.NoError(t, err)
+		assert.True(t, st.Mode().IsRegular())
+		assert.Equal(t, "ours", mustRead(t, late))
+		assert.Equal(t, "theirs", mustRead(t, target))
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"unsafe"
@@ -50,6 +51,12 @@ func linkUnnamed(f *os.File, dir, base string) (string, error) {
 	}
 }
 
+// linkUnnamedAt gives an O_TMPFILE file the name dst itself, failing with
+// EEXIST if dst exists (Options.NoReplace).
+func linkUnnamedAt(f *os.File, dst string) error {
+	return linkat("/proc/self/fd/"+strconv.Itoa(int(f.Fd())), dst)
+}
+
 func linkat(oldpath, newpath string) error {
 	o, err := syscall.BytePtrFromString(oldpath)
 	if err != nil {
@@ -68,3 +75,34 @@ func linkat(oldpath, newpath string) error {
 }
 
 var _atFDCWD = -0x64 // a variable: converting the negative constant to uintptr is a compile error
+
+// sysRenameat2 is renameat2(2)'s number on the architectures listed (Go's
+// syscall package lacks it for some, amd64 among them); 0 elsewhere.
+var sysRenameat2 = map[string]uintptr{
+	"amd64": 316, "386": 353, "arm": 382, "arm64": 276, "riscv64": 276, "loong64": 276,
+	"ppc64": 357, "ppc64le": 357, "s390x": 347,
+}[runtime.GOARCH]
+
+const renameNoreplace = 1 // RENAME_NOREPLACE
+
+// renameNoReplace renames oldpath to newpath, failing with EEXIST if
+// newpath exists; ENOSYS or EINVAL where the kernel or filesystem cannot.
+func renameNoReplace(oldpath, newpath string) error {
+	if sysRenameat2 == 0 {
+		return syscall.ENOSYS
+	}
+	o, err := syscall.BytePtrFromString(oldpath)
+	if err != nil {
+		return err
+	}
+	n, err := syscall.BytePtrFromString(newpath)
+	if err != nil {
+		return err
+	}
+	_, _, e := syscall.Syscall6(sysRenameat2, uintptr(_atFDCWD), uintptr(unsafe.Pointer(o)),
+		uintptr(_atFDCWD), uintptr(unsafe.Pointer(n)), renameNoreplace, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
+}

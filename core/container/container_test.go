@@ -434,6 +434,33 @@ func TestFailedDecompressionKeepsDestination(t *testing.T) {
 	assert.Equal(t, synthetic(), mustRead(t, dst))
 }
 
+// NoReplace refuses an existing output before the input is even opened
+// (a stream would otherwise be read to its end first), and NoFollow a
+// symlink; the existing files stay as they were.
+func TestNoReplaceAndNoFollowRefuseTheOutputFirst(t *testing.T) {
+	blob := compressed(t, synthetic())
+	dir := t.TempDir()
+	src := writeFile(t, dir, "m.tpde", blob)
+	dst := writeFile(t, dir, "m.safetensors", []byte("precious old contents"))
+	err := DecompressFile(src, dst, Options{NoReplace: true})
+	require.ErrorIs(t, err, syscall.EEXIST)
+	err = CompressFile(filepath.Join(dir, "missing"), src, Options{NoReplace: true})
+	require.ErrorIs(t, err, syscall.EEXIST, "the output is checked before the input is opened")
+	assert.Equal(t, "precious old contents", string(mustRead(t, dst)))
+	assert.Equal(t, blob, mustRead(t, src))
+
+	link := filepath.Join(dir, "link")
+	require.NoError(t, os.Symlink(dst, link))
+	require.ErrorIs(t, DecompressFile(src, link, Options{NoFollow: true}), syscall.ELOOP)
+	assert.Equal(t, "precious old contents", string(mustRead(t, dst)))
+
+	require.NoError(t, DecompressFile(src, dst, Options{NoFollow: true}), "a regular file is replaced")
+	assert.Equal(t, synthetic(), mustRead(t, dst))
+	fresh := filepath.Join(dir, "fresh")
+	require.NoError(t, DecompressFile(src, fresh, Options{NoReplace: true}))
+	assert.Equal(t, synthetic(), mustRead(t, fresh))
+}
+
 func TestInfoRefusesCorruptFiles(t *testing.T) {
 	blob := compressed(t, synthetic())
 	dir := t.TempDir()

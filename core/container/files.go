@@ -39,6 +39,26 @@ type Options struct {
 	// read from its pickles (Go never reads pickles); nil for any other
 	// file.
 	Torch *layout.Hints
+	// NoReplace and NoFollow are atomicfile's options of the same names,
+	// for the output: refuse one that exists (checked by the publishing
+	// step itself), or one that is a symlink.
+	NoReplace, NoFollow bool
+}
+
+// checkOutput refuses, before the input is read (a stream is copied to
+// its end first), an output that NoReplace or NoFollow rules out.
+// Without them the checks stay where they were, at atomicfile.Create,
+// after the input's own errors.
+func (o *Options) checkOutput(dst string) error {
+	if !o.NoReplace && !o.NoFollow {
+		return nil
+	}
+	return atomicfile.Check(dst, atomicfile.Options{NoReplace: o.NoReplace, NoFollow: o.NoFollow})
+}
+
+// output is the atomicfile.Options of a file made from in.
+func (o *Options) output(in *mapped.Input) atomicfile.Options {
+	return atomicfile.Options{SourcePerm: in.Perm, HasSource: in.HasPerm, NoReplace: o.NoReplace, NoFollow: o.NoFollow}
 }
 
 // stopper is the frame.Options.Stop of a file operation.
@@ -123,6 +143,9 @@ const bytesSegment = 64 << 20
 // beside dst). If another process truncates the source meanwhile, the
 // result is an errs.IO error naming it, and dst is left as it was.
 func CompressFile(src, dst string, opt Options) error {
+	if err := opt.checkOutput(dst); err != nil {
+		return err
+	}
 	in, err := mapped.Open(src, filepath.Dir(dst))
 	if err != nil {
 		return err
@@ -133,7 +156,7 @@ func CompressFile(src, dst string, opt Options) error {
 
 func compressMapped(in *mapped.Input, dst string, opt Options) error {
 	data := in.Data
-	out, err := atomicfile.Create(dst, atomicfile.Options{SourcePerm: in.Perm, HasSource: in.HasPerm})
+	out, err := atomicfile.Create(dst, opt.output(in))
 	if err != nil {
 		return err
 	}
@@ -269,6 +292,9 @@ const maxZstdWindow = 1 << 27
 // Memory stays bounded: chunks are decoded into per-worker buffers and
 // written at their offsets, so the output is never held in memory.
 func DecompressFile(src, dst string, opt Options) error {
+	if err := opt.checkOutput(dst); err != nil {
+		return err
+	}
 	in, err := mapped.Open(src, filepath.Dir(dst))
 	if err != nil {
 		return err
@@ -286,7 +312,7 @@ func decompressMapped(in *mapped.Input, dst string, opt Options) error {
 	if opt.MaxOutput != 0 && h.OrigSize > opt.MaxOutput {
 		return fmt.Errorf("%w: the file decodes to %d bytes, more than the limit of %d", errs.Limit, h.OrigSize, opt.MaxOutput)
 	}
-	out, err := atomicfile.Create(dst, atomicfile.Options{SourcePerm: in.Perm, HasSource: in.HasPerm})
+	out, err := atomicfile.Create(dst, opt.output(in))
 	if err != nil {
 		return err
 	}

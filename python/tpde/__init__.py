@@ -3,7 +3,8 @@
     blob = tpde.compress_tensor(t)            # torch.Tensor or numpy.ndarray
     t2 = tpde.decompress_tensor(blob)         # bit-identical
     tpde.compress_file("model.safetensors")   # -> model.safetensors.tpde
-    tpde.decompress_file("model.safetensors.tpde")
+    tpde.decompress_file("model.safetensors.tpde", "restored.safetensors")
+    # (an existing output is refused unless overwrite=True)
 
     enc = tpde.TemporalPositionDeltaEncoder()  # checkpoint series, lossless
     data, meta = enc.compress_checkpoint(model.state_dict())

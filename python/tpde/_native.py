@@ -31,6 +31,10 @@ OK = 0
 E_BUFFER_TOO_SMALL = 4
 E_IO = 5
 
+# Flags of tpde_compress_file2 / tpde_decompress_file2 (TPDE_FILE_*).
+FILE_NO_REPLACE = 1
+FILE_NO_FOLLOW = 2
+
 # Each class in errors that stands for a TPDE_E_* code, by that code (the
 # classes say which: TPDEError.status).
 _ERRORS: dict[int, type[TPDEError]] = {
@@ -186,6 +190,10 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_entropy_bound": (c_int, [c_void_p, c_uint64, c_int32, POINTER(c_double), _ERRBUF, c_size_t]),
     "tpde_compress_file": (c_int, [c_char_p, c_char_p, c_int32, c_char_p, c_uint64, _U64P, _I32P, _ERRBUF, c_size_t]),
     "tpde_decompress_file": (c_int, [c_char_p, c_char_p, c_int32, c_uint64, _U64P, _I32P, _ERRBUF, c_size_t]),
+    "tpde_compress_file2": (
+        c_int, [c_char_p, c_char_p, c_int32, c_char_p, c_uint64, c_uint32, _U64P, _I32P, _ERRBUF, c_size_t]),
+    "tpde_decompress_file2": (
+        c_int, [c_char_p, c_char_p, c_int32, c_uint64, c_uint32, _U64P, _I32P, _ERRBUF, c_size_t]),
     "tpde_file_info": (c_int, [c_char_p, c_uint32, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
     # Delta frames (kind 1): python/tpde/delta.py.
     "tpde_encode_delta_bound": (c_int, [c_uint64, c_int32, c_int32, c_uint32, _U64P, _ERRBUF, c_size_t]),

@@ -1,16 +1,25 @@
 """The ``tpde`` command.
 
-    tpde compress FILE [-o OUT] [--threads N] [--quiet]
-    tpde decompress FILE [-o OUT] [--threads N] [--quiet]
+    tpde compress FILE [-o OUT] [-f] [--threads N] [--quiet]
+    tpde decompress FILE [-o OUT] [-f] [--threads N] [--quiet]
     tpde info FILE [--json]
     tpde add STORE PATH... [--step N] [--tag T]      (and restore, ls, info, rm, verify, stats:
                                                     see python/tpde/_cli_store.py)
 
+compress and decompress never replace an existing OUT (FILE.tpde, FILE, or
+the -o path) unless -f/--force is given, as gzip and zstd: the refusal is
+made by the step that publishes the output, so a file that appears while
+tpde works is not replaced either. Even with -f, an OUT that is a symbolic
+link (tpde never writes through one: it would replace the file it points
+to), a directory, a FIFO or a device, or that is FILE itself, is refused.
+
 Exit status: 0 success; 1 corrupt or unsupported input, a failed verify, or
-an I/O or other failure; 2 usage errors (bad arguments, missing input file); 130 / 143 when
-Ctrl-C / SIGTERM stopped a compress or decompress (nothing was written). An
-interrupt either stops the work and leaves nothing, or, if it comes too late
-to stop it, the work completes and is reported as a success: never both.
+an I/O or other failure; 2 usage errors (bad arguments, missing input file,
+an output that exists without -f or that -f cannot replace, output = input);
+130 / 143 when Ctrl-C / SIGTERM stopped a compress or decompress (nothing
+was written). An interrupt either stops the work and leaves nothing, or, if
+it comes too late to stop it, the work completes and is reported as a
+success: never both.
 Every error is one line on stderr, ``tpde: error: ...``; set TPDE_DEBUG=1 to
 see the traceback of an unexpected one.
 """
@@ -19,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import signal
+import stat
 import sys
 import threading
 import traceback
@@ -30,13 +41,15 @@ from typing import IO, Any, Dict, Iterator, List, NoReturn, Optional, Sequence
 from ._text import human as _human
 from . import __version__, _cli_store
 from ._memory import parse_size
-from .codec import _compress_file, _original_size, decompress_file, file_info
+from .codec import (_compress_file, _decompress_file, _original_size, _output_flags, _output_path, _refuse_same,
+                    file_info)
 from .errors import (
     CancelledError,
     CorruptDataError,
     DecodeLimitError,
     InvalidArgumentError,
     TPDEError,
+    TPDEIOError,
     UnsupportedFormatError,
 )
 
@@ -75,7 +88,10 @@ def _parser() -> _Parser:
         c = sub.add_parser(name, help=what, description=what)
         c.add_argument("file", metavar="FILE")
         c.add_argument("-o", "--output", metavar="OUT",
-                       help="output path (default: FILE.tpde; for decompress FILE without .tpde, else FILE.restored)")
+                       help="output path (default: FILE.tpde; for decompress FILE without .tpde, else FILE.restored); "
+                            "an existing one is refused unless -f")
+        c.add_argument("-f", "--force", action="store_true",
+                       help="replace an existing output file (never a symlink, directory or FIFO, nor FILE itself)")
         c.add_argument("--threads", type=_threads_arg, default=0, metavar="N", help="worker threads (0: all CPUs)")
         c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
         if name == "decompress":
@@ -163,9 +179,37 @@ class _Stop:
                 signal.signal(sig, h)
 
 
+def _check_output(src: str, out: str, force: bool) -> None:
+    """Refuse, before any work, an output tpde must not write. The library
+    makes the same refusals again when it publishes the output (see
+    _output_flags), so this is for a clear message and for not reading a
+    stream to its end first, not the guarantee."""
+    try:
+        _refuse_same(src, out)
+    except InvalidArgumentError as e:
+        raise _UsageError(f"{e}; not replaced even with -f") from None
+    try:
+        st = os.lstat(out)
+    except OSError:
+        return  # nothing there, or a missing or unreadable folder, which the library reports
+    if stat.S_ISLNK(st.st_mode):
+        raise _UsageError(f"{out}: is a symbolic link; tpde never writes through one, even with -f "
+                          "(remove it, or name another output with -o)")
+    if not force:
+        raise _UsageError(f"{out}: already exists; not overwritten (-f replaces it)")
+    if not stat.S_ISREG(st.st_mode):
+        what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise _UsageError(f"{out}: is {what}; not replaced even with -f")
+
+
 def _convert(args: argparse.Namespace) -> int:
     _check_input(args.file)
     compress = args.command == "compress"
+    out_path = os.fsdecode(_output_path(args.file, args.output, compress))
+    _check_output(args.file, out_path, args.force)
+    # With -f a regular file is replaced, but a symlink that appears
+    # meanwhile is replaced itself, never written through.
+    flags = _output_flags(args.force, follow_symlinks=False)
     size = (os.path.getsize(args.file) if compress else _original_size(args.file)) if os.path.isfile(args.file) else 0
     bar = None
     if not args.quiet and size >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
@@ -175,11 +219,16 @@ def _convert(args: argparse.Namespace) -> int:
     try:
         with stop.installed():
             if compress:
-                out, note = _compress_file(args.file, args.output, threads=args.threads, progress=bar,
-                                           cancel=stop.event)
+                out, note = _compress_file(args.file, out_path, threads=args.threads, progress=bar,
+                                           cancel=stop.event, flags=flags)
             else:
-                out = decompress_file(args.file, args.output, threads=args.threads, progress=bar, cancel=stop.event,
-                                      max_output_bytes=args.max_output)
+                out = _decompress_file(args.file, out_path, threads=args.threads, progress=bar, cancel=stop.event,
+                                       max_output_bytes=args.max_output, flags=flags)
+    except TPDEIOError as e:
+        if e.errno == errno.EEXIST and not args.force:
+            # Created by someone else while tpde worked: the same refusal.
+            raise _UsageError(f"{out_path}: already exists; not overwritten (-f replaces it)") from None
+        raise
     except CancelledError:
         if bar is not None:
             bar.close()

@@ -7,18 +7,19 @@ never imports torch, and neither is imported by ``import tpde``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
 import threading
 from ctypes import byref, c_char_p, c_double, c_int32, c_uint64
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _memory, _native, _tensors
 from ._buffers import Buffer, grow_into_bytes, into_new_bytes, readable
 from ._native import call
 from ._options import effort_code, int_arg, threads_arg
-from .errors import InternalError, InvalidArgumentError, TPDEError
+from .errors import InternalError, InvalidArgumentError, TPDEError, TPDEIOError
 
 __all__ = [
     "compress_tensor",
@@ -236,7 +237,7 @@ def _refuse_same(src: Union[str, bytes], dst: Union[str, bytes]) -> None:
 def _file_op(fn: str, src: Union[str, bytes], dst: Union[str, bytes], threads: int,
              progress: Optional[Progress], total: int, extra: Tuple[object, ...] = (),
              cancel: Optional[Any] = None) -> None:
-    """Run tpde_compress_file / tpde_decompress_file on a helper thread.
+    """Run tpde_compress_file2 / tpde_decompress_file2 on a helper thread.
 
     The calling thread waits in short, interruptible steps, so a signal
     handler (Ctrl-C) runs promptly; the exception it raises (or one from
@@ -290,16 +291,62 @@ def _with_suffix(p: Union[str, bytes], suffix: str) -> Union[str, bytes]:
     return p + os.fsencode(suffix) if isinstance(p, bytes) else p + suffix
 
 
-def compress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int = 0,
+def _output_path(src: Union[str, bytes], dst: Optional[PathLike], compress: bool) -> Union[str, bytes]:
+    """dst, else the default output of compress_file (src + ".tpde") or
+    decompress_file (src without ".tpde", else src + ".restored")."""
+    if dst is not None:
+        return os.fspath(dst)
+    if compress:
+        return _with_suffix(src, ".tpde")
+    suffix = b".tpde" if isinstance(src, bytes) else ".tpde"
+    if src.endswith(suffix) and len(src) > len(suffix):  # type: ignore[arg-type]
+        return src[: -len(suffix)]
+    return _with_suffix(src, ".restored")
+
+
+def _output_flags(overwrite: bool, follow_symlinks: bool) -> int:
+    """The TPDE_FILE_* flags for an output: without overwrite, refused if it
+    exists (by the library's publishing step itself, so a file created
+    meanwhile is refused too); with it, a symlink is written through
+    unless follow_symlinks is False (the CLI's --force)."""
+    if not overwrite:
+        return _native.FILE_NO_REPLACE
+    return 0 if follow_symlinks else _native.FILE_NO_FOLLOW
+
+
+@contextlib.contextmanager
+def _overwrite_hint(overwrite: bool) -> Iterator[None]:
+    # The library's refusal names the path; a Python caller also needs to
+    # know how to ask for the replacement.
+    try:
+        yield
+    except TPDEIOError as e:
+        if overwrite or e.errno != errno.EEXIST:
+            raise
+        raise TPDEIOError(errno.EEXIST, f"{e} (overwrite=True replaces it)") from None
+
+
+def compress_file(src: PathLike, dst: Optional[PathLike] = None, *, overwrite: bool = False, threads: int = 0,
                   progress: Optional[Progress] = None, cancel: Optional[Any] = None) -> str:
     """Compress a file (a .safetensors checkpoint, or any file) into a tpde file.
 
     src may also be a pipe, FIFO or /dev/stdin: it is read to its end
     (through an unnamed temporary file beside dst) and compressed like a
     file of that content. dst defaults to src + ".tpde" and is written
-    atomically: a temporary file in its directory, fsynced and renamed; it
-    gets 0666 less the umask, never a permission bit src lacks (a replaced
-    file keeps its mode, less those bits); a symlink is written through.
+    atomically: a temporary file in its directory, fsynced and published
+    under dst; it gets 0666 less the umask, never a permission bit src
+    lacks.
+
+    An existing dst is never replaced unless overwrite=True: anything at
+    dst (a file, a symlink even dangling, a directory) raises TPDEIOError
+    with errno EEXIST naming it, before src is read. The refusal is made
+    by the step that publishes the output (link(2), which cannot replace a
+    name), so a file another process creates at dst while this one is
+    written is refused the same way, not lost. With overwrite=True a
+    regular file is replaced (keeping its mode, less the bits src lacks)
+    and a symlink is written through (the file it points to is replaced).
+    dst the same file as src is refused (InvalidArgumentError) either way.
+
     progress, if given, is called as progress(done_bytes, total_bytes) at
     the start, about every 0.1 s while the work runs on a helper thread,
     and at the end. If it raises, or Ctrl-C interrupts the wait, the work
@@ -307,15 +354,18 @@ def compress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int
     threading.Event (anything with is_set()) that stops the work with
     CancelledError. Returns the output path.
     """
-    return _compress_file(src, dst, threads=threads, progress=progress, cancel=cancel)[0]
+    with _overwrite_hint(overwrite):
+        return _compress_file(src, dst, threads=threads, progress=progress, cancel=cancel,
+                              flags=_output_flags(overwrite, True))[0]
 
 
 def _compress_file(src: PathLike, dst: Optional[PathLike], *, threads: int, progress: Optional[Progress],
-                   cancel: Optional[Any]) -> Tuple[str, Optional[str]]:
-    """compress_file, also returning why a torch file was coded as bytes
-    (None when it was not, or is no torch file), for the CLI to say."""
+                   cancel: Optional[Any], flags: int) -> Tuple[str, Optional[str]]:
+    """compress_file with its TPDE_FILE_* flags, also returning why a torch
+    file was coded as bytes (None when it was not, or is no torch file),
+    for the CLI to say."""
     s = os.fspath(src)
-    d = os.fspath(dst) if dst is not None else _with_suffix(s, ".tpde")
+    d = _output_path(s, dst, compress=True)
     _refuse_same(s, d)
     total = 0
     if progress is not None:
@@ -323,7 +373,7 @@ def _compress_file(src: PathLike, dst: Optional[PathLike], *, threads: int, prog
             total = os.path.getsize(s)
     hints, note = torch_hints(s)
     js = None if hints is None else json.dumps(hints).encode("utf-8")
-    _file_op("tpde_compress_file", s, d, threads, progress, total, (js, len(js or b"")), cancel=cancel)
+    _file_op("tpde_compress_file2", s, d, threads, progress, total, (js, len(js or b""), flags), cancel=cancel)
     return os.fsdecode(d), note
 
 
@@ -358,7 +408,7 @@ def _original_size(path: Union[str, bytes]) -> int:
     return int.from_bytes(head[8:16], "little") if len(head) == 16 and head[:4] == _FILE_MAGIC else 0
 
 
-def decompress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: int = 0,
+def decompress_file(src: PathLike, dst: Optional[PathLike] = None, *, overwrite: bool = False, threads: int = 0,
                     progress: Optional[Progress] = None, cancel: Optional[Any] = None,
                     max_output_bytes: Optional[int] = None) -> str:
     """Restore the original file, byte for byte, from a tpde file.
@@ -366,23 +416,29 @@ def decompress_file(src: PathLike, dst: Optional[PathLike] = None, *, threads: i
     dst defaults to src without its ".tpde" suffix, else src + ".restored".
     It is written atomically, as for compress_file: on any error
     (CorruptDataError for damaged input) it is neither created nor changed.
+    overwrite as for compress_file: without it an existing dst, or one
+    created while the file is restored, raises TPDEIOError (EEXIST).
     progress and cancel as for compress_file, counting output bytes.
     max_output_bytes: the most bytes the restored file may have (default
     $TPDE_MAX_OUTPUT, else no limit: the output streams to disk); a file
     that promises more raises DecodeLimitError before anything is written.
     Returns the output path.
     """
+    with _overwrite_hint(overwrite):
+        return _decompress_file(src, dst, threads=threads, progress=progress, cancel=cancel,
+                                max_output_bytes=max_output_bytes, flags=_output_flags(overwrite, True))
+
+
+def _decompress_file(src: PathLike, dst: Optional[PathLike], *, threads: int, progress: Optional[Progress],
+                     cancel: Optional[Any], max_output_bytes: Optional[int], flags: int) -> str:
+    """decompress_file with its TPDE_FILE_* flags."""
     s = os.fspath(src)
-    if dst is not None:
-        d = os.fspath(dst)
-    else:
-        suffix = b".tpde" if isinstance(s, bytes) else ".tpde"
-        d = s[: -len(suffix)] if s.endswith(suffix) and len(s) > len(suffix) else _with_suffix(s, ".restored")  # type: ignore[arg-type]
+    d = _output_path(s, dst, compress=False)
     _refuse_same(s, d)
     limit = _memory.output_limit(max_output_bytes, to_memory=False)
     total = _original_size(s) if progress is not None else 0
-    _file_op("tpde_decompress_file", s, d, threads, progress, total,
-             extra=(0 if limit >= _memory.UNLIMITED else limit,), cancel=cancel)
+    _file_op("tpde_decompress_file2", s, d, threads, progress, total,
+             extra=(0 if limit >= _memory.UNLIMITED else limit, flags), cancel=cancel)
     return os.fsdecode(d)
 
 

@@ -5,6 +5,7 @@
 #define _DEFAULT_SOURCE /* mkdtemp */
 #include "tpde.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -233,6 +234,27 @@ int main(void) {
               "a set cancel flag is TPDE_E_CANCELLED: %s", err);
         CHECK(access(out, F_OK) != 0, "nothing written when cancelled");
         CHECK(tpde_decompress_file(packed, out, 0, 100000, NULL, NULL, err, sizeof err) == TPDE_OK, "decompress: %s", err);
+        /* The flags of the file functions' second versions: an existing
+         * output refused with EEXIST, a symlink with ELOOP, unknown bits
+         * refused rather than ignored. */
+        char eexist[32], eloop[32], link_path[64];
+        snprintf(eexist, sizeof eexist, " [errno %d]", EEXIST);
+        snprintf(eloop, sizeof eloop, " [errno %d]", ELOOP);
+        snprintf(link_path, sizeof link_path, "%s/link", dir);
+        CHECK(tpde_decompress_file2(packed, out, 0, 0, TPDE_FILE_NO_REPLACE, NULL, NULL, err, sizeof err) == TPDE_E_IO,
+              "NO_REPLACE onto an existing file is TPDE_E_IO: %s", err);
+        CHECK(strstr(err, eexist) != NULL && strstr(err, "already exists") != NULL, "EEXIST: %s", err);
+        CHECK(tpde_compress_file2(in, packed, 0, NULL, 0, TPDE_FILE_NO_REPLACE, NULL, NULL, err, sizeof err) == TPDE_E_IO,
+              "NO_REPLACE onto an existing tpde file is TPDE_E_IO: %s", err);
+        CHECK(symlink(out, link_path) == 0, "symlink");
+        CHECK(tpde_decompress_file2(packed, link_path, 0, 0, TPDE_FILE_NO_FOLLOW, NULL, NULL, err, sizeof err) == TPDE_E_IO,
+              "NO_FOLLOW onto a symlink is TPDE_E_IO: %s", err);
+        CHECK(strstr(err, eloop) != NULL, "ELOOP: %s", err);
+        CHECK(tpde_decompress_file2(packed, out, 0, 0, 0x80, NULL, NULL, err, sizeof err) == TPDE_E_INVALID,
+              "unknown flags are TPDE_E_INVALID: %s", err);
+        CHECK(tpde_decompress_file2(packed, out, 0, 0, TPDE_FILE_NO_FOLLOW, NULL, NULL, err, sizeof err) == TPDE_OK,
+              "NO_FOLLOW replaces a regular file: %s", err);
+        unlink(link_path);
         char json[4096];
         uint64_t needed = 0;
         CHECK(tpde_file_info(packed, 1, json, sizeof json, &needed, err, sizeof err) == TPDE_OK, "file_info: %s", err);

@@ -108,7 +108,9 @@ class TPDECheckpointEngine(CheckpointEngine):
             plain = os.path.join(staging, os.path.basename(path))
             torch.save(state_dict, plain)
             with _naming(path):
-                compress_file(plain, path, threads=self.threads)
+                # DeepSpeed names the file; saving a tag again replaces it,
+                # as TorchCheckpointEngine's torch.save does.
+                compress_file(plain, path, overwrite=True, threads=self.threads)
         finally:
             shutil.rmtree(staging)
         self._written.append(path)
@@ -249,7 +251,9 @@ def materialize(save_dir: PathLike, dest: PathLike, tag: Optional[str] = None) -
         target.parent.mkdir(parents=True, exist_ok=True)
         if is_tpde_file(path):
             with _naming(path):
-                decompress_file(path, target)
+                # Materializing into the same dest again refreshes it, as
+                # _copy_atomically does for the other files.
+                decompress_file(path, target, overwrite=True)
         else:
             _copy_atomically(path, target)
     for script in RECOVERY_SCRIPTS:
