@@ -27,18 +27,17 @@ see the traceback of an unexpected one.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import os
-import signal
 import stat
 import sys
-import threading
 import traceback
-from typing import IO, Any, Dict, Iterator, List, NoReturn, Optional, Sequence
+from typing import IO, Any, Dict, List, NoReturn, Optional, Sequence
 
+from ._interrupt import Stop
 from ._text import human as _human
+from ._text import printable
 from . import __version__, _cli_store
 from ._memory import parse_size
 from .codec import (_compress_file, _decompress_file, _original_size, _output_flags, _output_path, _refuse_same,
@@ -153,32 +152,6 @@ def _check_input(path: str) -> None:
         raise _UsageError(f"{path}: is a directory")
 
 
-class _Stop:
-    """Turns SIGINT and SIGTERM into a request to stop the file operation in
-    progress (its cancel flag), instead of an exception that would leave the
-    question of whether the output was completed to chance."""
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.signum: Optional[int] = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.signum = signum
-        self.event.set()
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator["_Stop"]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self  # signal handlers can only be set on the main thread
-            return
-        old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield self
-        finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-
-
 def _check_output(src: str, out: str, force: bool) -> None:
     """Refuse, before any work, an output tpde must not write. The library
     makes the same refusals again when it publishes the output (see
@@ -214,7 +187,7 @@ def _convert(args: argparse.Namespace) -> int:
     bar = None
     if not args.quiet and size >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
         bar = _Bar(args.command, sys.stderr)
-    stop = _Stop()
+    stop = Stop()
     note = None
     try:
         with stop.installed():
@@ -232,9 +205,9 @@ def _convert(args: argparse.Namespace) -> int:
     except CancelledError:
         if bar is not None:
             bar.close()
-        name = signal.Signals(stop.signum).name if stop.signum else "a signal"
+        name = stop.name()
         _fail(f"interrupted by {name}: stopped, nothing was written")
-        return 128 + (stop.signum or signal.SIGINT)
+        return stop.exit_status()
     finally:
         if bar is not None:
             bar.close()
@@ -337,8 +310,9 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str) -> None:
-    # One line, whatever the message holds.
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    # One line, whatever the message holds: a message can quote a name read
+    # from a file or a store, so control characters are shown escaped.
+    print(f"{PROG}: error: {printable(' '.join(message.split()))}", file=sys.stderr)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
