@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -130,7 +131,11 @@ func (s *Store) Repair() (Cleaned, error) {
 	c.Temporary += s.opened.Temporary
 	c.Objects += s.opened.Objects
 	c.Manifests += s.opened.Manifests
-	c.Foreign = append(c.Foreign, s.opened.Foreign...)
+	for _, f := range s.opened.Foreign {
+		if !slices.Contains(c.Foreign, f) {
+			c.Foreign = append(c.Foreign, f)
+		}
+	}
 	s.opened = Cleaned{}
 	if err != nil {
 		return c, err

@@ -40,12 +40,61 @@ def parse_size(text: str, what: str = ENV_MAX_OUTPUT) -> int:
 
 
 def physical_memory() -> int:
-    """Bytes of physical memory, or UNLIMITED when the OS does not say."""
+    """Bytes of memory this process may use: the least of physical memory,
+    its memory cgroup's limit (v2 memory.max, v1 memory.limit_in_bytes, at
+    any level of its cgroup path) and RLIMIT_AS; UNLIMITED when none is
+    known. A cgroup kills a process that touches more than it may, rather
+    than failing the allocation, so the limit must be known beforehand (the
+    Go store reads the same three: core/store/memory_linux.go)."""
+    limits = []
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        if pages > 0 and size > 0:
+            limits.append(pages * size)
     except (ValueError, OSError, AttributeError):
-        return UNLIMITED
-    return pages * size if pages > 0 and size > 0 else UNLIMITED
+        pass
+    limits += _cgroup_limits()
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            limits.append(soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(limits) if limits else UNLIMITED
+
+
+def _cgroup_limits() -> list:
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and parts[1] == "":
+            base, name = "/sys/fs/cgroup", "memory.max"
+        elif "memory" in parts[1].split(","):
+            base, name = "/sys/fs/cgroup/memory", "memory.limit_in_bytes"
+        else:
+            continue
+        path = parts[2].rstrip("/")
+        while True:
+            try:
+                with open(f"{base}{path}/{name}") as f:
+                    text = f.read().strip()
+                if text.isdigit() and int(text) > 0:
+                    out.append(int(text))
+            except OSError:
+                pass
+            if not path:
+                break
+            path = path[: path.rfind("/")]
+    return out
 
 
 def output_limit(max_output_bytes: Optional[int], *, to_memory: bool = True) -> int:

@@ -618,6 +618,8 @@ class Store:
         with _naming(self.path), self._reader() as rd:
             rec = rd.record(step)
             if [f["layout"] for f in rec["files"]] == ["state-dict"]:
+                _memory.check_output(rec["files"][0]["size"], _memory.output_limit(self._max_output),
+                                     f"checkpoint {rec['step']}")
                 sd = _load_guarded(rd, rec["step"], rec["files"][0], None)
                 _restore_state_dict(sd, d, force)
                 return Path(d)

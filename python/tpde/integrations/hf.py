@@ -30,7 +30,6 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from .._atomic import fsync_dir
 from ..checkpoint import COMPRESSION_METHODS
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError
 from ..store import Store
@@ -265,9 +264,9 @@ def materialize(store: Union[PathLike, Store], step: Optional[int] = None, *, ou
         path = materialize("out/tpde-store", 20, output_dir="out")
         trainer.train(resume_from_checkpoint=str(path))
 
-    The files are restored into a temporary folder beside it (not named
-    checkpoint-*, so no Trainer takes it for a checkpoint), which is renamed
-    into place once complete. An existing checkpoint-<step> is refused."""
+    Store.restore writes the files into a hidden folder beside it (not
+    named checkpoint-*, so no Trainer takes it for a checkpoint) and renames
+    it into place once complete. An existing checkpoint-<step> is refused."""
     st = store if isinstance(store, Store) else Store(store)
     try:
         step = st.info(step).step
@@ -276,15 +275,7 @@ def materialize(store: Union[PathLike, Store], step: Optional[int] = None, *, ou
         if os.path.lexists(final):
             raise InvalidArgumentError(f"{final} exists already; materialize writes a new folder only")
         os.makedirs(out, exist_ok=True)
-        tmp = os.path.join(out, f".tpde-materialize-{step}-{os.urandom(4).hex()}")
-        try:
-            st.restore(step, tmp)
-            fsync_dir(tmp)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)  # only our own temporary folder; the error is raised
-            raise
-        fsync_dir(out)
+        st.restore(step, final)
         return Path(final)
     finally:
         if st is not store:

