@@ -857,3 +857,88 @@ def test_hostile_content_is_refused_typed_and_named(tmp_path: Path, content_stor
         # its verbatim bytes) still loads.
         assert set(st.load(3, file="model.safetensors")) == {"a", "b", "c"}
 
+
+# --- names and tags that would draw on a terminal (issue 17, item 15) -----------
+
+# A record naming a file, or tagging its checkpoint, with a newline (a fake
+# line in a listing) or an escape sequence (xterm's "set window title",
+# ESC ] 0 ; ... BEL): the record is corrupt (§18.4), and nothing that
+# reports it may print the text raw.
+_FAKE = "FAKE LINE"
+
+
+def _rec0(edit: Callable[[Dict[str, Any]], Any]) -> Case:
+    # Checkpoint 0: the oldest; no other checkpoint's chain passes through
+    # its record, so the damage is its own.
+    return _rec_case(lambda recs: edit(recs[0]))
+
+
+def _rename_notes(new: str) -> Callable[[Dict[str, Any]], None]:
+    def edit(rec: Dict[str, Any]) -> None:
+        _file_of(rec, "sub/notes.txt")["path"] = new
+        rec["files"].sort(key=lambda f: f["path"])
+
+    return edit
+
+
+TERMINAL: Dict[str, Case] = {
+    "path-newline": _rec0(_rename_notes(f"sub/x\n{_FAKE}")),
+    "path-escape": _rec0(_rename_notes(f"sub/{_ESC}notes.txt")),
+    "path-c1-csi": _rec0(_rename_notes("sub/\x9b31mnotes.txt")),
+    "tag-newline": _rec0(lambda rec: rec.update(tags=[f"ok\n{_FAKE}"])),
+    "tag-escape": _rec0(lambda rec: rec.update(tags=[f"ok{_ESC}"])),
+    "created-escape": _rec0(lambda rec: rec.update(created=f"{_ESC}2026-01-01T00:00:00Z")),
+}
+
+# A control character in the output: C0 but newline, DEL, and C1 (as UTF-8).
+_RAW_CONTROL = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
+
+
+@pytest.mark.parametrize("name", list(TERMINAL))
+def test_control_characters_in_a_record_are_never_printed_raw(tmp_path: Path, healthy, py_env, name: str) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(healthy[0], store)
+    TERMINAL[name](store)
+    with tpde.Store(store) as st:
+        # The store opens and lists; the checkpoint is listed as damaged.
+        assert st.steps() == [0, 1, 2, 3, 4]
+        infos = {i.step: i for i in st.list()}
+        assert sorted(infos) == [0, 1, 2, 3, 4]
+        assert infos[0].damaged and infos[0].problem
+        assert not CONTROL.search(infos[0].problem), infos[0].problem
+        assert not any(infos[s].damaged for s in (1, 2, 3, 4))
+        with pytest.raises(CorruptDataError) as err:
+            st.restore(0, tmp_path / "dest")
+        assert not CONTROL.search(str(err.value)), str(err.value)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["store"], "restore created a file"
+        assert st.load(4, file="model.safetensors").keys() == {"a", "b", "c"}
+    for args in (["ls"], ["ls", "--json"], ["info"], ["info", "--json"], ["info", "0"], ["info", "4"],
+                 ["verify", "--shallow"], ["stats"], ["restore", "0", str(tmp_path / "dest2")]):
+        p = subprocess.run([sys.executable, "-m", "tpde", args[0], str(store), *args[1:]], env=py_env,
+                           capture_output=True, timeout=300)
+        for stream, out in (("stdout", p.stdout), ("stderr", p.stderr)):
+            assert not _RAW_CONTROL.search(out), (args, stream, out[-600:])
+            assert not any(line.startswith(_FAKE.encode()) for line in out.splitlines()), (args, stream, out)
+        assert b"Traceback" not in p.stderr, (args, p.stderr[-2000:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"], "tpde restore created a file"
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_restore_gives_a_crafted_mode_less_the_umask(tmp_path: Path, healthy, umask: int, mode: int) -> None:
+    # A record may say 0o777 (§18.4 allows it): the file is created with it
+    # less the umask, as any new file, never chmod-ed world-writable.
+    store = tmp_path / "store"
+    shutil.copytree(healthy[0], store)
+    _rec_case(lambda recs: _file_of(recs[4], "model.safetensors").update(mode=0o777))(store)
+    old = os.umask(umask)
+    try:
+        with tpde.Store(store) as st:
+            st.restore(4, tmp_path / "dest")
+    finally:
+        os.umask(old)
+    assert stat_mode(tmp_path / "dest" / "model.safetensors") == mode
+    assert (tmp_path / "dest" / "model.safetensors").read_bytes() == (healthy[1][4] / "model.safetensors").read_bytes()
+
+
+def stat_mode(p: Path) -> int:
+    return p.stat().st_mode & 0o7777
