@@ -16,7 +16,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -25,6 +28,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import numpy as np
 import pytest
 import torch
+import zstandard
 from safetensors.torch import load_file, save_file
 
 import tpde
@@ -586,3 +590,355 @@ def test_restore_of_a_state_dict_refuses_a_planted_symlink(tmp_path: Path) -> No
         with pytest.raises(TPDEIOError):
             st.restore(1, dest)
     assert victim.read_bytes() == b"precious", "restore wrote through a symlink, outside DEST"
+
+
+# --- checksum-consistent, hostile content (issue 17, items 12 and 15) ----------
+#
+# Every object below hashes to its name and every region to its record's
+# sha256: what is hostile is the *content* of a file's verbatim bytes (its
+# skeleton object): a safetensors header, a state dict header, a torch
+# pickle. Such a file no longer hashes to its record's whole-file sha256,
+# which a load does not check (it reads the header and the regions, each
+# region checked by its own hash) and a restore does: load must fail typed,
+# restore must fail CorruptDataError, both naming the store, the checkpoint
+# and the file, and neither may print a control character.
+
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _file_of(rec: Dict[str, Any], path: str) -> Dict[str, Any]:
+    return next(f for f in rec["files"] if f["path"] == path)
+
+
+def craft_file(store: Path, i: int, path: str, fn: Callable[[bytes], bytes]) -> None:
+    """Checkpoint i's file path rewritten by fn, which gets the file's bytes
+    with zeros where its regions lie and must return as many bytes, the
+    regions untouched: the verbatim bytes around them become a new skeleton
+    object (u64 V, one zstd frame), under its true name, in a new record."""
+    rec = records(store)[i]
+    f = _file_of(rec, path)
+    sk = get_object(store, f["skeleton"]["object"])
+    (v,) = struct.unpack("<Q", sk[:8])
+    verbatim = zstandard.ZstdDecompressor().decompress(sk[8:], max_output_size=v)
+    assert len(verbatim) == v
+    spans, pos = [], 0  # the verbatim spans [lo, hi) of the file, in order
+    for r in f["regions"]:
+        spans.append((pos, r["offset"]))
+        pos = r["offset"] + r["size"]
+    spans.append((pos, f["size"]))
+    full, at = bytearray(f["size"]), 0
+    for lo, hi in spans:
+        full[lo:hi] = verbatim[at:at + hi - lo]
+        at += hi - lo
+    new = fn(bytes(full))
+    assert len(new) == len(full), "a crafted file keeps its size (the record's offsets stay valid)"
+    for r in f["regions"]:
+        assert new[r["offset"]:r["offset"] + r["size"]] == bytes(r["size"]), "a crafted file keeps its regions"
+    assert new != bytes(full)
+    out = b"".join(new[lo:hi] for lo, hi in spans)
+    obj = struct.pack("<Q", v) + zstandard.ZstdCompressor().compress(out)
+    f["skeleton"] = {"object": put_object(store, obj), "stored": len(obj)}
+    publish_records(store, {i: rec})
+
+
+def _json_header(raw: Any) -> Callable[[bytes], bytes]:
+    """A file (safetensors or tpde state dict: a u64 length N, N bytes of
+    JSON) whose header is raw (text, or a value dumped as JSON), padded
+    with spaces to the same N so that every offset stays where it was."""
+    def fn(b: bytes) -> bytes:
+        (n,) = struct.unpack("<Q", b[:8])
+        text = (raw if isinstance(raw, str) else json.dumps(raw, separators=(",", ":"))).encode()
+        assert len(text) <= n, (len(text), n)
+        return b[:8] + text.ljust(n, b" ") + b[8 + n:]
+
+    return fn
+
+
+def _header_of(b: bytes) -> Dict[str, Any]:
+    (n,) = struct.unpack("<Q", b[:8])
+    return json.loads(b[8:8 + n])
+
+
+def _edit_header(edit: Callable[[Dict[str, Any]], Any]) -> Callable[[bytes], bytes]:
+    """The file's own JSON header, changed by edit (which may return a new
+    value to write instead), at the same length."""
+    def fn(b: bytes) -> bytes:
+        h = _header_of(b)
+        out = edit(h)
+        return _json_header(h if out is None else out)(b)
+
+    return fn
+
+
+# Entries of model.safetensors (_source): "a" is F32 [2048] at data bytes
+# [8192, 16384); "c" I64 [1024] at [0, 8192).
+_A = {"dtype": "F32", "shape": [2048], "data_offsets": [8192, 16384]}
+_ESC = "\x1b]0;pwned\x07"
+
+SAFETENSORS: Dict[str, Any] = {
+    "entry-not-an-object": {"a": [8192, 16384]},
+    "entry-null": {"a": None},
+    "dtype-a-list": {"a": {**_A, "dtype": ["F32"]}},
+    "dtype-unknown": {"a": {**_A, "dtype": "Q99"}},
+    "dtype-escape-sequence": {"a": {**_A, "dtype": _ESC + "F32"}},
+    "dtype-missing": {"a": {"shape": [2048], "data_offsets": [8192, 16384]}},
+    "shape-a-string": {"a": {**_A, "shape": "2048"}},
+    "shape-negative": {"a": {**_A, "shape": [-1, -2048]}},
+    "shape-float": {"a": {**_A, "shape": [2048.0]}},
+    "shape-bool": {"a": {**_A, "shape": [True] * 3}},
+    "shape-too-large": {"a": {**_A, "shape": [1 << 62, 1 << 62]}},
+    "offsets-outside-the-file": {"a": {**_A, "shape": [1 << 18], "data_offsets": [0, 1 << 20]}},
+    "offsets-reversed": {"a": {**_A, "data_offsets": [16384, 8192]}},
+    "offsets-10^30": {"a": {**_A, "data_offsets": [10**30, 10**30 + 8192]}},
+    "offsets-negative": {"a": {**_A, "data_offsets": [-8192, 0]}},
+    "offsets-three": {"a": {**_A, "data_offsets": [8192, 16384, 16384]}},
+    "header-a-list": [{"a": _A}],
+    "header-a-string": "model",
+    "header-not-json": '{"a": {"dtype": "F32", "sha',
+    "metadata-a-list": {"__metadata__": ["format", "pt"], "a": _A},
+    "metadata-nested": {"__metadata__": {"format": {"pt": 1}}, "a": _A},
+    "key-repeated": '{"a": %s, "a": %s}' % (json.dumps(_A), json.dumps({**_A, "data_offsets": [0, 8192]})),
+}
+
+
+def _header_length(n: int) -> Callable[[bytes], bytes]:
+    return lambda b: struct.pack("<Q", n) + b[8:]
+
+
+SAFETENSORS_RAW: Dict[str, Callable[[bytes], bytes]] = {
+    "header-length-past-the-file": _header_length(1 << 40),
+    "header-length-2^64-1": _header_length((1 << 64) - 1),
+}
+
+
+def _sd(edit: Callable[[Dict[str, Any]], Any]) -> Callable[[bytes], bytes]:
+    return _edit_header(edit)
+
+
+def _sd_entry(tensor: str, **kw: Any) -> Callable[[Dict[str, Any]], None]:
+    def edit(h: Dict[str, Any]) -> None:
+        next(e for e in h["tensors"] if e["name"] == tensor).update(kw)
+
+    return edit
+
+
+def _sd_repeat_name(h: Dict[str, Any]) -> None:
+    h["tensors"][1]["name"] = h["tensors"][0]["name"]
+
+
+# The state dict added below: "w" F32 [64, 64], "x.y" I64 [2000], "tied"
+# an alias of "w", nested under a skeleton.
+STATE_DICT: Dict[str, Callable[[bytes], bytes]] = {
+    "tensors-not-a-list": _sd(lambda h: h.update(tensors={e["name"]: e for e in h["tensors"]})),
+    "tensor-entry-not-an-object": _sd(lambda h: h.update(tensors=[5])),
+    "tensor-name-not-a-string": _sd(_sd_entry("w", name=7)),
+    "tensor-name-repeated": _sd(_sd_repeat_name),
+    "alias-to-unknown-tensor": _sd(lambda h: h.update(aliases={"tied": "nowhere"})),
+    "aliases-a-list": _sd(lambda h: h.update(aliases=["tied", "w"])),
+    "skeleton-unknown-tag": _sd(lambda h: h.update(skeleton={"$bogus": 1})),
+    "skeleton-names-missing-tensor": _sd(lambda h: h.update(skeleton={"$tensor": "missing" + _ESC})),
+    "skeleton-a-dict-of-numbers": _sd(lambda h: h.update(skeleton={"$dict": [[1, 2, 3]]})),
+    "nbytes-disagrees-with-shape": _sd(_sd_entry("w", nbytes=8)),
+    "nbytes-negative": _sd(_sd_entry("w", nbytes=-16384)),
+    "offset-a-string": _sd(_sd_entry("w", offset="0")),
+    "offset-outside-the-file": _sd(_sd_entry("w", offset=1 << 40)),
+    "dtype-unknown": _sd(_sd_entry("w", dtype="Q99")),
+    "shape-negative": _sd(_sd_entry("w", shape=[-64, -64])),
+    "format-other": _sd(lambda h: h.update(format="tpde-state-dict-2")),
+    "header-a-list": _sd(lambda h: [h]),
+    "key-repeated": lambda b: _json_header(
+        json.dumps(_header_of(b), separators=(",", ":")).replace('"version":1', '"version":1,"version":1', 1))(b),
+}
+
+
+def _replace(old: bytes, new: bytes) -> Callable[[bytes], bytes]:
+    def fn(b: bytes) -> bytes:
+        assert len(old) == len(new) and b.count(old) >= 1
+        return b.replace(old, new, 1)
+
+    return fn
+
+
+def _zip64_cd_offset(value: int) -> Callable[[bytes], bytes]:
+    # The zip64 end-of-central-directory record (torch.save writes one):
+    # its central directory offset is the u64 at byte 48.
+    def fn(b: bytes) -> bytes:
+        at = b.rfind(b"PK\x06\x06")
+        assert at > 0
+        return b[:at + 48] + struct.pack("<Q", value) + b[at + 56:]
+
+    return fn
+
+
+def _truncate_pickle(b: bytes) -> bytes:
+    # The pickle's last opcode, STOP ('.'), made NONE ('N'): the unpickler
+    # runs out of input.
+    at = b.find(b"u.")
+    assert at > 0
+    return b[:at + 1] + b"N" + b[at + 2:]
+
+
+PICKLE: Dict[str, Callable[[bytes], bytes]] = {
+    # torch refuses a GLOBAL it does not allow with a message in ANSI bold.
+    "global-not-allowed": _replace(b"collections\nOrderedDict", b"collections\ndefaultdict"),
+    "global-blocked": _replace(b"collections\nOrderedDict", b"subprocess\ncheck_output"),
+    "truncated": _truncate_pickle,
+    "storage-key-unknown": _replace(b"X\x01\x00\x00\x000q", b"X\x01\x00\x00\x009q"),
+    # miniz seeks to the offset it reads: Python's BytesIO says
+    # "ValueError: negative seek value".
+    "negative-seek": _zip64_cd_offset((1 << 64) - 100),
+    "central-directory-past-the-end": _zip64_cd_offset(1 << 62),
+}
+
+# (step, file) of each kind of file in the store below.
+_KINDS = {"safetensors": (4, "model.safetensors"), "state-dict": (5, "state_dict.tpde"),
+          "pickle": (6, "model.pt")}
+
+CONTENT: Dict[str, Tuple[str, Callable[[bytes], bytes]]] = {
+    **{f"safetensors-{k}": ("safetensors", _json_header(v)) for k, v in SAFETENSORS.items()},
+    **{f"safetensors-{k}": ("safetensors", v) for k, v in SAFETENSORS_RAW.items()},
+    **{f"state-dict-{k}": ("state-dict", v) for k, v in STATE_DICT.items()},
+    **{f"pickle-{k}": ("pickle", v) for k, v in PICKLE.items()},
+}
+
+
+@pytest.fixture(scope="module")
+def content_store(tmp_path_factory, healthy) -> Path:
+    """healthy's store and two checkpoints more: 5, a state dict added from
+    Python; 6, a folder holding a torch.save (zip) file."""
+    root = tmp_path_factory.mktemp("content")
+    store = root / "store"
+    shutil.copytree(healthy[0], store)
+    w = torch.randn(64, 64)
+    pt = root / "pt"
+    pt.mkdir()
+    torch.save({"w": torch.randn(64, 64), "n": torch.arange(3)}, pt / "model.pt")
+    with tpde.Store(store) as st:
+        st.add({"w": w, "x": {"y": torch.arange(2000)}, "tied": w}, step=5)
+        st.add(pt, step=6)
+    return store
+
+
+def assert_names(e: BaseException, store: Path, step: int, file: str) -> None:
+    text = str(e)
+    assert str(store) in text, text
+    assert f"checkpoint {step}" in text, text
+    assert file in text, text
+    assert not CONTROL.search(text), f"a control character in {text!r}"
+    # torch's advice for a pickle it refuses is to load it again unsafely:
+    # never to be passed on for a file read from an untrusted store.
+    assert "weights_only` set to `False" not in text and "weights_only=False" not in text, text
+
+
+@pytest.mark.parametrize("name", list(CONTENT))
+def test_hostile_content_is_refused_typed_and_named(tmp_path: Path, content_store: Path, name: str) -> None:
+    kind, fn = CONTENT[name]
+    step, file = _KINDS[kind]
+    store = tmp_path / "store"
+    shutil.copytree(content_store, store)
+    i = next(n for n, c in enumerate(newest(store)["checkpoints"]) if c["step"] == step)
+    craft_file(store, i, file, fn)
+    with tpde.Store(store) as st:
+        # Never another type (RuntimeError, TypeError, KeyError, ctypes'
+        # ArgumentError, torch's UnpicklingError...): pytest.raises would
+        # let those through as they are, failing the test with their type.
+        with pytest.raises(tpde.TPDEError) as load_err:
+            st.load(step, file=file, unpickle=True)
+        assert isinstance(load_err.value, CorruptDataError), repr(load_err.value)
+        assert_names(load_err.value, store, step, file)
+        # The file no longer hashes to what was added: restore refuses it,
+        # and leaves nothing behind.
+        dest = tmp_path / "dest"
+        with pytest.raises(CorruptDataError) as restore_err:
+            st.restore(step, dest)
+        assert_names(restore_err.value, store, step, file)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+        # Damage stays local: checkpoint 3 (coded against 4's tensors, not
+        # its verbatim bytes) still loads.
+        assert set(st.load(3, file="model.safetensors")) == {"a", "b", "c"}
+
+
+# --- names and tags that would draw on a terminal (issue 17, item 15) -----------
+
+# A record naming a file, or tagging its checkpoint, with a newline (a fake
+# line in a listing) or an escape sequence (xterm's "set window title",
+# ESC ] 0 ; ... BEL): the record is corrupt (§18.4), and nothing that
+# reports it may print the text raw.
+_FAKE = "FAKE LINE"
+
+
+def _rec0(edit: Callable[[Dict[str, Any]], Any]) -> Case:
+    # Checkpoint 0: the oldest; no other checkpoint's chain passes through
+    # its record, so the damage is its own.
+    return _rec_case(lambda recs: edit(recs[0]))
+
+
+def _rename_notes(new: str) -> Callable[[Dict[str, Any]], None]:
+    def edit(rec: Dict[str, Any]) -> None:
+        _file_of(rec, "sub/notes.txt")["path"] = new
+        rec["files"].sort(key=lambda f: f["path"])
+
+    return edit
+
+
+TERMINAL: Dict[str, Case] = {
+    "path-newline": _rec0(_rename_notes(f"sub/x\n{_FAKE}")),
+    "path-escape": _rec0(_rename_notes(f"sub/{_ESC}notes.txt")),
+    "path-c1-csi": _rec0(_rename_notes("sub/\x9b31mnotes.txt")),
+    "tag-newline": _rec0(lambda rec: rec.update(tags=[f"ok\n{_FAKE}"])),
+    "tag-escape": _rec0(lambda rec: rec.update(tags=[f"ok{_ESC}"])),
+    "created-escape": _rec0(lambda rec: rec.update(created=f"{_ESC}2026-01-01T00:00:00Z")),
+}
+
+# A control character in the output: C0 but newline, DEL, and C1 (as UTF-8).
+_RAW_CONTROL = re.compile(rb"[\x00-\x09\x0b-\x1f\x7f]|\xc2[\x80-\x9f]")
+
+
+@pytest.mark.parametrize("name", list(TERMINAL))
+def test_control_characters_in_a_record_are_never_printed_raw(tmp_path: Path, healthy, py_env, name: str) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(healthy[0], store)
+    TERMINAL[name](store)
+    with tpde.Store(store) as st:
+        # The store opens and lists; the checkpoint is listed as damaged.
+        assert st.steps() == [0, 1, 2, 3, 4]
+        infos = {i.step: i for i in st.list()}
+        assert sorted(infos) == [0, 1, 2, 3, 4]
+        assert infos[0].damaged and infos[0].problem
+        assert not CONTROL.search(infos[0].problem), infos[0].problem
+        assert not any(infos[s].damaged for s in (1, 2, 3, 4))
+        with pytest.raises(CorruptDataError) as err:
+            st.restore(0, tmp_path / "dest")
+        assert not CONTROL.search(str(err.value)), str(err.value)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["store"], "restore created a file"
+        assert st.load(4, file="model.safetensors").keys() == {"a", "b", "c"}
+    for args in (["ls"], ["ls", "--json"], ["info"], ["info", "--json"], ["info", "0"], ["info", "4"],
+                 ["verify", "--shallow"], ["stats"], ["restore", "0", str(tmp_path / "dest2")]):
+        p = subprocess.run([sys.executable, "-m", "tpde", args[0], str(store), *args[1:]], env=py_env,
+                           capture_output=True, timeout=300)
+        for stream, out in (("stdout", p.stdout), ("stderr", p.stderr)):
+            assert not _RAW_CONTROL.search(out), (args, stream, out[-600:])
+            assert not any(line.startswith(_FAKE.encode()) for line in out.splitlines()), (args, stream, out)
+        assert b"Traceback" not in p.stderr, (args, p.stderr[-2000:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"], "tpde restore created a file"
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o755), (0o077, 0o700)])
+def test_restore_gives_a_crafted_mode_less_the_umask(tmp_path: Path, healthy, umask: int, mode: int) -> None:
+    # A record may say 0o777 (§18.4 allows it): the file is created with it
+    # less the umask, as any new file, never chmod-ed world-writable.
+    store = tmp_path / "store"
+    shutil.copytree(healthy[0], store)
+    _rec_case(lambda recs: _file_of(recs[4], "model.safetensors").update(mode=0o777))(store)
+    old = os.umask(umask)
+    try:
+        with tpde.Store(store) as st:
+            st.restore(4, tmp_path / "dest")
+    finally:
+        os.umask(old)
+    assert stat_mode(tmp_path / "dest" / "model.safetensors") == mode
+    assert (tmp_path / "dest" / "model.safetensors").read_bytes() == (healthy[1][4] / "model.safetensors").read_bytes()
+
+
+def stat_mode(p: Path) -> int:
+    return p.stat().st_mode & 0o7777

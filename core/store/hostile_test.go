@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -604,4 +605,33 @@ func TestNamesWithControlCharactersAreRefused(t *testing.T) {
 	}
 	assert.Error(t, validPath("ok/\x1b[2J"))
 	assert.NoError(t, validPath("ünïcode/名前.bin"))
+}
+
+// A record is printed by ls and info (its paths, tags and creation time):
+// one that holds a control character in any of them is corrupt, and the
+// error quotes it escaped.
+func TestARecordWithAControlCharacterIsCorrupt(t *testing.T) {
+	var good Checkpoint
+	require.NoError(t, json.Unmarshal(seedRecord(), &good))
+	_, err := parseCheckpoint(seedRecord(), 3, false)
+	require.NoError(t, err)
+	for name, edit := range map[string]func(c *Checkpoint){
+		"path newline":   func(c *Checkpoint) { c.Files[0].Path = "m/x\nFAKE LINE" },
+		"path escape":    func(c *Checkpoint) { c.Files[0].Path = "m/\x1b]0;pwned\x07x" },
+		"tag escape":     func(c *Checkpoint) { c.Tags = []string{"ok\x1b]0;pwned\x07"} },
+		"created escape": func(c *Checkpoint) { c.Created = "\x1b]0;pwned\x072026-01-01T00:00:00Z" },
+		"created text":   func(c *Checkpoint) { c.Created = "yesterday" },
+		"created long":   func(c *Checkpoint) { c.Created = strings.Repeat("9", 1000) },
+	} {
+		c := good
+		c.Files = append([]File(nil), good.Files...)
+		edit(&c)
+		b, err := json.Marshal(c)
+		require.NoError(t, err)
+		_, err = parseCheckpoint(b, 3, false)
+		assert.ErrorIs(t, err, errs.Corrupt, name)
+		if err != nil {
+			assert.NotRegexp(t, "[\x00-\x1f\x7f]", err.Error(), name)
+		}
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/tpde/tpde/core/dtype"
@@ -380,6 +381,15 @@ func parseCheckpoint(b []byte, step int64, base bool) (*Checkpoint, error) {
 		if err := validText(t, maxNameBytes); err != nil {
 			return nil, corrupt(what, "tag %v", err)
 		}
+	}
+	// created is printed by ls and info like a tag: it must be the time a
+	// writer put there, never free text (an escape sequence that retitles
+	// a terminal, a newline that draws a fake line).
+	if len(c.Created) > 64 {
+		return nil, corrupt(what, "created is %d bytes, not an RFC 3339 time", len(c.Created))
+	}
+	if _, err := time.Parse(time.RFC3339Nano, c.Created); err != nil {
+		return nil, corrupt(what, "created %q is not an RFC 3339 time", c.Created)
 	}
 	if len(c.Files) > maxFiles {
 		return nil, corrupt(what, "%d files", len(c.Files))

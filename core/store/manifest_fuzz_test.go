@@ -34,7 +34,7 @@ func seedManifest() []byte {
 // with a typed error; never a panic.
 func FuzzParseCheckpoint(f *testing.F) {
 	f.Add(seedRecord())
-	f.Add([]byte(`{"format":"tpde-store-checkpoint","version":1,"step":0,"tags":[],"created":"","files":[]}`))
+	f.Add([]byte(`{"format":"tpde-store-checkpoint","version":1,"step":0,"tags":[],"created":"2026-01-01T00:00:00Z","files":[]}`))
 	f.Add([]byte(`{"a":1,"a":2}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c, err := parseCheckpoint(b, 3, false)

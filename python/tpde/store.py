@@ -24,6 +24,7 @@ import json
 import math
 import numbers
 import os
+import pickle
 import re
 import shutil
 import stat
@@ -623,7 +624,12 @@ class Store:
                 sd = _load_guarded(rd, rec["step"], rec["files"][0], None)
                 _restore_state_dict(sd, d, force)
                 return Path(d)
-            call("tpde_store_restore", rd.handle, rec["step"], None, os.fsencode(d), 1 if force else 0)
+            try:
+                call("tpde_store_restore", rd.handle, rec["step"], None, os.fsencode(d), 1 if force else 0)
+            except TPDEError as e:
+                # Go names the file; the checkpoint is named here, as load
+                # names it.
+                raise _renamed(e, f"checkpoint {rec['step']}") from e
         return Path(d)
 
     def stats(self) -> Dict[str, Any]:
@@ -831,7 +837,24 @@ def _load_guarded(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any) 
 
         raise TPDEMemoryError(f"{where}: {e}") from e
     except Exception as e:  # noqa: BLE001 - torch.load, struct and json raise many types for bad input
-        raise CorruptDataError(f"{where}: cannot be loaded: {type(e).__name__}: {_clean(str(e))}") from e
+        detail = _torch_refusal(str(e)) if isinstance(e, pickle.UnpicklingError) else _clean(str(e))
+        raise CorruptDataError(f"{where}: cannot be loaded: {type(e).__name__}" + (f": {detail}" if detail else "")) \
+            from e
+
+
+def _torch_refusal(text: str) -> str:
+    """What torch.load(weights_only=True) refused, without its advice: it
+    suggests loading again with weights_only=False, which for a pickle
+    read from an untrusted store is the one thing not to do."""
+    if "Weights only load failed" not in text:
+        return _clean(text)
+    text = text.split("\n\nCheck the documentation of torch.load", 1)[0]
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    else:
+        text = text.rsplit("\n\n", 1)[-1]
+    text = text.split(" Please use `torch.serialization", 1)[0]
+    return "torch.load(weights_only=True) refuses it: " + _clean(text)
 
 
 def _clean(text: str, limit: int = 300) -> str:
@@ -849,12 +872,31 @@ def _header(rd: _Reader, step: int, rel: str, size: int, what: str, limit: int =
     if n > min(limit, size - 8):
         raise CorruptDataError(f"{what} header of {n} bytes")
     try:
-        hdr = json.loads(rd.read(step, rel, 8, n).decode("utf-8"))
+        hdr = json.loads(rd.read(step, rel, 8, n).decode("utf-8"), object_pairs_hook=_unique_keys,
+                         parse_constant=_no_constant)
     except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptDataError(f"{what} header is not JSON: {e}") from None
+        raise CorruptDataError(f"{what} header is not JSON: {_clean(str(e))}") from None
     if not isinstance(hdr, dict):
         raise CorruptDataError(f"{what} header is not a JSON object")
     return hdr, 8 + n
+
+
+def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+    """A JSON object whose keys are all different: json keeps the last of
+    a repeated key, another reader (or the writer that found the file's
+    regions) may keep the first, so a header that repeats one is corrupt
+    rather than read one way here and another way elsewhere."""
+    out: Dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise CorruptDataError(f"header repeats the key {printable(k)!r}")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; json.loads takes them unless told.
+    raise CorruptDataError(f"header holds {name}, which is not JSON")
 
 
 def _tensor_entry(e: Any, name: str, data_size: int, what: str) -> Tuple[int, int, str, List[int]]:
@@ -900,6 +942,10 @@ def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any) -> 
         out = {}
         for name, e in hdr.items():
             if name == "__metadata__":
+                # As safetensors (and core/safetensors) read it: a map of
+                # strings to strings, nothing else.
+                if not (isinstance(e, dict) and all(isinstance(v, str) for v in e.values())):
+                    raise CorruptDataError("safetensors __metadata__ is not a map of strings to strings")
                 continue
             off, n, dtype, shape = _tensor_entry(e, name, size - start, "safetensors")
             out[name] = _read_tensor(rd, step, rel, start + off, n, dtype, shape, map_location)
