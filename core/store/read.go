@@ -588,7 +588,7 @@ func (rd *Reader) RestoreFile(f *File, dst string, force bool) error {
 	}
 	out, tmp, err := parent.CreateTemp(tempName(base))
 	if err != nil {
-		return err
+		return besideErr(dst, parent, err)
 	}
 	committed := false
 	defer func() {
@@ -633,8 +633,8 @@ func openParent(p string) (*dirfd.Dir, string, error) {
 	if err != nil {
 		return nil, "", ioErr(p, err)
 	}
-	dir, base := filepath.Split(abs)
-	if base == "" {
+	dir, base := filepath.Dir(abs), filepath.Base(abs) // Dir, not Split: no trailing "/" to double in messages
+	if abs == dir {
 		return nil, "", fmt.Errorf("%w: %s: cannot restore onto the root folder", errs.Invalid, p)
 	}
 	d, err := dirfd.Open(dir)
@@ -642,6 +642,18 @@ func openParent(p string) (*dirfd.Dir, string, error) {
 		return nil, "", err
 	}
 	return d, base, nil
+}
+
+// besideErr is the error of making the temporary file or folder beside
+// dest in parent, about dest: the caller named dest, and has never heard
+// of ".dest.tpde-restore-1234". Its errno stays (EACCES for a parent this
+// user may not write).
+func besideErr(dest string, parent *dirfd.Dir, err error) error {
+	var en syscall.Errno
+	if !errors.As(err, &en) {
+		return err
+	}
+	return errs.IOf(dest, en, "%v (a restore writes it beside itself first, in %s)", en, parent.Name())
 }
 
 // tempName is the prefix of a temporary name beside base: hidden, marked
@@ -713,7 +725,7 @@ func (rd *Reader) Restore(c *Checkpoint, dest string, force bool) error {
 	}
 	stage, name, err := parent.MkdirTemp(tempName(base))
 	if err != nil {
-		return err
+		return besideErr(dest, parent, err)
 	}
 	done := false
 	defer func() {

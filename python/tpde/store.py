@@ -752,6 +752,17 @@ def _walk(path: str, store_path: str, follow_links: bool) -> Iterator[Tuple[str,
 
 
 def _restore_state_dict(sd: Any, dest: str, force: bool) -> None:
+    """_write_state_dict, with the OS's refusals as TPDEIOError, the type
+    (and errno) a restore by Go raises, naming the path refused."""
+    try:
+        _write_state_dict(sd, dest, force)
+    except OSError as e:
+        if isinstance(e, TPDEError):
+            raise
+        raise TPDEIOError(e.errno, f"{e.filename or dest}: {e.strerror or e}") from e
+
+
+def _write_state_dict(sd: Any, dest: str, force: bool) -> None:
     """torch.save(sd) as dest/state_dict.pt, with Restore's promises: all or
     nothing (written into a new folder beside dest, then moved into place),
     a non-empty dest refused unless force, nothing written through a link
@@ -771,7 +782,13 @@ def _restore_state_dict(sd: Any, dest: str, force: bool) -> None:
                 raise TPDEIOError(errno.EEXIST, f"{dest}: is not empty; restore into a new or empty folder, or pass "
                                                 "force=True (--force) to replace the files of the same names")
             merge = True
-    stage = tempfile.mkdtemp(prefix=f".{base[:200]}.tpde-restore-", dir=parent or ".")
+    try:
+        stage = tempfile.mkdtemp(prefix=f".{base[:200]}.tpde-restore-", dir=parent or ".")
+    except OSError as e:
+        # Named as the restore from Go names it: dest, which the caller
+        # asked for, not the temporary name beside it.
+        raise TPDEIOError(e.errno, f"{dest}: {e.strerror} (a restore writes it beside itself first, in "
+                                   f"{parent or '.'})") from None
     try:
         os.chmod(stage, 0o777 & ~_umask())
         with builtins.open(os.path.join(stage, "state_dict.pt"), "xb") as fh:
