@@ -232,8 +232,9 @@ func (rd *Reader) Base() (*Checkpoint, error) {
 
 // Chains is, for each file of c and each of its regions, how many frames
 // the region's decode walks, 0 where its chain cannot be followed; and the
-// first reason one cannot ("" if every chain resolves).
-func (rd *Reader) Chains(c *Checkpoint) ([][]int, string) {
+// first reason one cannot ("" if every chain resolves). A record this user
+// may not read is no reason to call c damaged: that is the error.
+func (rd *Reader) Chains(c *Checkpoint) ([][]int, string, error) {
 	out := make([][]int, len(c.Files))
 	problem := ""
 	for i := range c.Files {
@@ -241,6 +242,9 @@ func (rd *Reader) Chains(c *Checkpoint) ([][]int, string) {
 		out[i] = make([]int, len(f.Regions))
 		for j := range f.Regions {
 			ch, err := rd.sn.chain(&f.Regions[j])
+			if denied(err) {
+				return nil, "", err
+			}
 			if err != nil {
 				if problem == "" {
 					problem = fmt.Sprintf("file %q tensor %q %v", f.Path, f.Regions[j].Name, err)
@@ -250,7 +254,7 @@ func (rd *Reader) Chains(c *Checkpoint) ([][]int, string) {
 			out[i][j] = len(ch)
 		}
 	}
-	return out, problem
+	return out, problem, nil
 }
 
 // Lossy says whether some region of f decodes only within a bound, so

@@ -57,6 +57,9 @@ class StoreLockedError(TPDEIOError):
     """Another process is writing the store: one writer at a time."""
 
 
+#: errnos of the OS refusing this user access: not damage of the store.
+_DENIED = (errno.EACCES, errno.EPERM)
+
 #: The largest step a store holds: steps are signed 64-bit in the format.
 MAX_STEP = (1 << 63) - 1
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -562,6 +565,8 @@ class Store:
                 try:
                     out.append(_info(rd.entry(s)))
                 except (CorruptDataError, UnsupportedFormatError, TPDEIOError) as e:
+                    if isinstance(e, TPDEIOError) and e.errno in _DENIED:
+                        raise  # this user may not read it: nothing says it is damaged
                     out.append(CheckpointInfo(step=s, tags=(), created="", files=(), raw_bytes=0, stored_bytes=0,
                                               max_error=0.0, max_chain=0, problem=str(e)))
         return out
