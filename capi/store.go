@@ -411,7 +411,10 @@ func tpde_store_reader_record(reader C.uint64_t, step C.int64_t, which C.int32_t
 		if err != nil {
 			return err
 		}
-		chains, problem := r.rd.Chains(c)
+		chains, problem, err := r.rd.Chains(c)
+		if err != nil {
+			return err
+		}
 		return keep(&r.result, struct {
 			Record  *store.Checkpoint `json:"record"`
 			Chains  [][]int           `json:"chains"`

@@ -403,7 +403,8 @@ func TestOpeningAndLoadingTheNewestReadNoOtherRecord(t *testing.T) {
 	assert.Equal(t, []int64{1, 2, 3, 4, 5}, rd.Steps())
 	c, err := rd.Checkpoint(0, true)
 	require.NoError(t, err)
-	chains, problem := rd.Chains(c)
+	chains, problem, err := rd.Chains(c)
+	require.NoError(t, err)
 	assert.Empty(t, problem)
 	for _, ch := range chains {
 		for _, n := range ch {

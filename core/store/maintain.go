@@ -153,6 +153,9 @@ func (s *Store) repairCopies() (int, error) {
 		return 0, err
 	}
 	m, st, err := s.readGeneration(gens[0])
+	if err == nil && st.Denied != nil {
+		err = st.Denied
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -167,6 +170,9 @@ func (s *Store) repairCopies() (int, error) {
 		bad := [2]bool{}
 		for i, name := range []string{h, h + copySuffix} {
 			o, err := s.mapObject(h, name, anySize, "record", true)
+			if denied(err) {
+				return n, err // not readable is not damaged: nothing is rewritten over it
+			}
 			if err != nil {
 				bad[i] = true
 				continue
@@ -403,7 +409,11 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 	}
 	var out []Problem
 	if len(gens) > 0 {
-		if _, st, err := s.readGeneration(gens[0]); err == nil && st.Damaged != "" {
+		_, st, err := s.readGeneration(gens[0])
+		if err == nil && st.Denied != nil {
+			return nil, st.Denied
+		}
+		if err == nil && st.Damaged != "" {
 			out = append(out, Problem{Message: "manifest: " + st.Damaged, Degraded: true})
 		}
 	}
@@ -411,19 +421,31 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 	if err != nil {
 		return nil, err
 	}
-	bad := map[string]string{} // object -> why
-	checked := map[string]bool{}
-	checkObj := func(o Object, what string) string {
-		if !checked[o.Object] {
-			checked[o.Object] = true
-			ob, err := s.openObject(o.Object, o.Stored, what)
-			if err != nil {
-				bad[o.Object] = err.Error()
-			} else {
-				ob.release()
+	// A file verify may not read is not damage, and verify cannot tell
+	// whether it is intact: the first such error ends verify, returned as
+	// it is (EACCES naming the file), instead of becoming a Problem.
+	var refused error
+	problem := func(p Problem, err error) {
+		if denied(err) {
+			if refused == nil {
+				refused = err
 			}
+			return
 		}
-		return bad[o.Object]
+		p.Message = err.Error()
+		out = append(out, p)
+	}
+	bad := map[string]error{} // object -> why
+	checkObj := func(o Object, what string) error {
+		if err, checked := bad[o.Object]; checked {
+			return err
+		}
+		ob, err := s.openObject(o.Object, o.Stored, what)
+		if err == nil {
+			ob.release()
+		}
+		bad[o.Object] = err
+		return err
 	}
 	rd := &Reader{s: s, sn: sn, threads: s.threads}
 	defer rd.Close() // its buffers; the read lock is this function's
@@ -431,25 +453,28 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 		for fi := range c.Files {
 			f := &c.Files[fi]
 			fileBad := false
-			if why := checkObj(f.Skeleton, fmt.Sprintf("file %q", f.Path)); why != "" {
-				out = append(out, Problem{Step: step, Base: base, File: f.Path, Object: f.Skeleton.Object, Message: why})
+			if err := checkObj(f.Skeleton, fmt.Sprintf("file %q", f.Path)); err != nil {
+				problem(Problem{Step: step, Base: base, File: f.Path, Object: f.Skeleton.Object}, err)
 				fileBad = true
 			}
 			for ri := range f.Regions {
 				r := &f.Regions[ri]
 				ch, err := sn.chain(r)
 				if err != nil {
-					out = append(out, Problem{Step: step, Base: base, File: f.Path, Region: r.Name, Message: err.Error()})
+					problem(Problem{Step: step, Base: base, File: f.Path, Region: r.Name}, err)
 					fileBad = true
 					continue
 				}
 				for _, link := range ch {
-					if why := checkObj(link.Object, fmt.Sprintf("tensor %q", link.Name)); why != "" {
-						out = append(out, Problem{Step: step, Base: base, File: f.Path, Region: r.Name, Object: link.Object.Object, Message: why})
+					if err := checkObj(link.Object, fmt.Sprintf("tensor %q", link.Name)); err != nil {
+						problem(Problem{Step: step, Base: base, File: f.Path, Region: r.Name, Object: link.Object.Object}, err)
 						fileBad = true
 						break
 					}
 				}
+			}
+			if refused != nil {
+				return
 			}
 			if deep && !fileBad {
 				h := sha256.New()
@@ -462,7 +487,7 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 					}
 				}
 				if err != nil {
-					out = append(out, Problem{Step: step, Base: base, File: f.Path, Message: err.Error()})
+					problem(Problem{Step: step, Base: base, File: f.Path}, err)
 				}
 			}
 		}
@@ -470,7 +495,7 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 	record := func(i int, ref CheckpointRef, step int64, base bool) {
 		c, err := sn.record(i)
 		if err != nil {
-			out = append(out, Problem{Step: step, Base: base, Object: ref.Object, Message: err.Error()})
+			problem(Problem{Step: step, Base: base, Object: ref.Object}, err)
 			return
 		}
 		// A record that reads may still have lost one of its two copies.
@@ -483,15 +508,23 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 			if name != ref.Object && isMissing(err) {
 				continue // a store written before copies existed
 			}
-			out = append(out, Problem{Step: step, Base: base, Object: name, Message: err.Error(), Degraded: true})
+			problem(Problem{Step: step, Base: base, Object: name, Degraded: true}, err)
 		}
-		visit(c, step, base)
+		if refused == nil {
+			visit(c, step, base)
+		}
 	}
 	if sn.m.Base != nil {
 		record(-1, *sn.m.Base, 0, true)
 	}
 	for i, ref := range sn.m.Checkpoints {
+		if refused != nil {
+			break
+		}
 		record(i, ref, ref.Step, false)
+	}
+	if refused != nil {
+		return nil, refused
 	}
 	return out, nil
 }

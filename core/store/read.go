@@ -232,8 +232,9 @@ func (rd *Reader) Base() (*Checkpoint, error) {
 
 // Chains is, for each file of c and each of its regions, how many frames
 // the region's decode walks, 0 where its chain cannot be followed; and the
-// first reason one cannot ("" if every chain resolves).
-func (rd *Reader) Chains(c *Checkpoint) ([][]int, string) {
+// first reason one cannot ("" if every chain resolves). A record this user
+// may not read is no reason to call c damaged: that is the error.
+func (rd *Reader) Chains(c *Checkpoint) ([][]int, string, error) {
 	out := make([][]int, len(c.Files))
 	problem := ""
 	for i := range c.Files {
@@ -241,6 +242,9 @@ func (rd *Reader) Chains(c *Checkpoint) ([][]int, string) {
 		out[i] = make([]int, len(f.Regions))
 		for j := range f.Regions {
 			ch, err := rd.sn.chain(&f.Regions[j])
+			if denied(err) {
+				return nil, "", err
+			}
 			if err != nil {
 				if problem == "" {
 					problem = fmt.Sprintf("file %q tensor %q %v", f.Path, f.Regions[j].Name, err)
@@ -250,7 +254,7 @@ func (rd *Reader) Chains(c *Checkpoint) ([][]int, string) {
 			out[i][j] = len(ch)
 		}
 	}
-	return out, problem
+	return out, problem, nil
 }
 
 // Lossy says whether some region of f decodes only within a bound, so
@@ -588,7 +592,7 @@ func (rd *Reader) RestoreFile(f *File, dst string, force bool) error {
 	}
 	out, tmp, err := parent.CreateTemp(tempName(base))
 	if err != nil {
-		return err
+		return besideErr(dst, parent, err)
 	}
 	committed := false
 	defer func() {
@@ -633,8 +637,8 @@ func openParent(p string) (*dirfd.Dir, string, error) {
 	if err != nil {
 		return nil, "", ioErr(p, err)
 	}
-	dir, base := filepath.Split(abs)
-	if base == "" {
+	dir, base := filepath.Dir(abs), filepath.Base(abs) // Dir, not Split: no trailing "/" to double in messages
+	if abs == dir {
 		return nil, "", fmt.Errorf("%w: %s: cannot restore onto the root folder", errs.Invalid, p)
 	}
 	d, err := dirfd.Open(dir)
@@ -642,6 +646,18 @@ func openParent(p string) (*dirfd.Dir, string, error) {
 		return nil, "", err
 	}
 	return d, base, nil
+}
+
+// besideErr is the error of making the temporary file or folder beside
+// dest in parent, about dest: the caller named dest, and has never heard
+// of ".dest.tpde-restore-1234". Its errno stays (EACCES for a parent this
+// user may not write).
+func besideErr(dest string, parent *dirfd.Dir, err error) error {
+	var en syscall.Errno
+	if !errors.As(err, &en) {
+		return err
+	}
+	return errs.IOf(dest, en, "%v (a restore writes it beside itself first, in %s)", en, parent.Name())
 }
 
 // tempName is the prefix of a temporary name beside base: hidden, marked
@@ -713,7 +729,7 @@ func (rd *Reader) Restore(c *Checkpoint, dest string, force bool) error {
 	}
 	stage, name, err := parent.MkdirTemp(tempName(base))
 	if err != nil {
-		return err
+		return besideErr(dest, parent, err)
 	}
 	done := false
 	defer func() {

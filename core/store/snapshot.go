@@ -150,6 +150,12 @@ func (s *Store) recordBytes(h, what string) ([]byte, error) {
 		o.release()
 		return b, nil
 	}
+	if denied(errs2[1]) && !denied(errs2[0]) {
+		// Not allowed to read the copy is what stands between the caller
+		// and the record, whatever became of the first: say that, with
+		// its errno, rather than "missing".
+		return nil, fmt.Errorf("%w (the record itself: %v)", errs2[1], errs2[0])
+	}
 	return nil, fmt.Errorf("%w (its copy: %v)", errs2[0], errs2[1])
 }
 

@@ -137,6 +137,15 @@ func hostile(err error) error {
 	return err
 }
 
+// denied reports whether err is the OS refusing this user access (EACCES,
+// EPERM). That says nothing about the store's bytes: a reader serves from
+// an intact copy where it can, but nothing that checks the store (verify,
+// repair, listing) may call a file it was not allowed to read damaged or
+// missing, and the error reaches the caller as it is.
+func denied(err error) bool {
+	return err != nil && (errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM))
+}
+
 // SchemeOf is the URL scheme of a store path ("s3" for "s3://bucket/run"),
 // or "" for a local path. A path with a scheme is never taken for a local
 // folder: "s3://b/run" would otherwise become a folder named "s3:".
@@ -491,6 +500,10 @@ type generationState struct {
 	// CopyMissing: the generation has no second copy (a store written
 	// before copies existed, or a commit whose copy could not be written).
 	CopyMissing bool
+	// Denied: one copy could not be read for lack of permission (the
+	// other served). Verify and repair refuse with it: they cannot tell
+	// whether that copy is intact.
+	Denied error
 }
 
 // readGeneration reads generation g from its file and its copy. Either one
@@ -525,6 +538,12 @@ func (s *Store) readGeneration(g uint64) (*Manifest, generationState, error) {
 		}
 		st.Damaged = name + ": differs from its copy, and names records that are missing"
 		return m2, st, nil
+	case err1 == nil && denied(err2):
+		st.Denied = err2
+		return m1, st, nil
+	case err2 == nil && denied(err1):
+		st.Denied = err1
+		return m2, st, nil
 	case err1 == nil:
 		if !missing2 {
 			st.Damaged = fmt.Sprintf("%s: %v", name+copySuffix, err2)
@@ -538,6 +557,10 @@ func (s *Store) readGeneration(g uint64) (*Manifest, generationState, error) {
 			st.Damaged = name + ": missing (its copy serves)"
 		}
 		return m2, st, nil
+	case denied(err1):
+		return nil, st, err1
+	case denied(err2):
+		return nil, st, err2
 	case missing1 && missing2:
 		return nil, st, err1
 	case missing2 || errors.Is(err1, errs.Unsupported):

@@ -58,6 +58,9 @@ class StoreLockedError(TPDEIOError):
     """Another process is writing the store: one writer at a time."""
 
 
+#: errnos of the OS refusing this user access: not damage of the store.
+_DENIED = (errno.EACCES, errno.EPERM)
+
 #: The largest step a store holds: steps are signed 64-bit in the format.
 MAX_STEP = (1 << 63) - 1
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -563,6 +566,8 @@ class Store:
                 try:
                     out.append(_info(rd.entry(s)))
                 except (CorruptDataError, UnsupportedFormatError, TPDEIOError) as e:
+                    if isinstance(e, TPDEIOError) and e.errno in _DENIED:
+                        raise  # this user may not read it: nothing says it is damaged
                     out.append(CheckpointInfo(step=s, tags=(), created="", files=(), raw_bytes=0, stored_bytes=0,
                                               max_error=0.0, max_chain=0, problem=str(e)))
         return out
@@ -760,6 +765,17 @@ def _walk(path: str, store_path: str, follow_links: bool) -> Iterator[Tuple[str,
 
 
 def _restore_state_dict(sd: Any, dest: str, force: bool) -> None:
+    """_write_state_dict, with the OS's refusals as TPDEIOError, the type
+    (and errno) a restore by Go raises, naming the path refused."""
+    try:
+        _write_state_dict(sd, dest, force)
+    except OSError as e:
+        if isinstance(e, TPDEError):
+            raise
+        raise TPDEIOError(e.errno, f"{e.filename or dest}: {e.strerror or e}") from e
+
+
+def _write_state_dict(sd: Any, dest: str, force: bool) -> None:
     """torch.save(sd) as dest/state_dict.pt, with Restore's promises: all or
     nothing (written into a new folder beside dest, then moved into place),
     a non-empty dest refused unless force, nothing written through a link
@@ -779,7 +795,13 @@ def _restore_state_dict(sd: Any, dest: str, force: bool) -> None:
                 raise TPDEIOError(errno.EEXIST, f"{dest}: is not empty; restore into a new or empty folder, or pass "
                                                 "force=True (--force) to replace the files of the same names")
             merge = True
-    stage = tempfile.mkdtemp(prefix=f".{base[:200]}.tpde-restore-", dir=parent or ".")
+    try:
+        stage = tempfile.mkdtemp(prefix=f".{base[:200]}.tpde-restore-", dir=parent or ".")
+    except OSError as e:
+        # Named as the restore from Go names it: dest, which the caller
+        # asked for, not the temporary name beside it.
+        raise TPDEIOError(e.errno, f"{dest}: {e.strerror} (a restore writes it beside itself first, in "
+                                   f"{parent or '.'})") from None
     try:
         os.chmod(stage, 0o777 & ~_umask())
         with builtins.open(os.path.join(stage, "state_dict.pt"), "xb") as fh:
