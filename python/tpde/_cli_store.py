@@ -236,9 +236,9 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
                 for p in rep.problems:
                     where = "base" if p.base else ("store" if p.degraded and not p.step and not p.object
                                                    else f"checkpoint {p.step}")
-                    print(f"{where}: {_p(p.file)}" + (f" tensor {_p(p.region)}" if p.region else "")
-                          + f": {_p(p.message)}" + (" (its other copy serves; nothing is lost; --repair rewrites it)"
-                                                    if p.degraded else ""))
+                    what = (f" {_p(p.file)}" if p.file else "") + (f" tensor {_p(p.region)}" if p.region else "")
+                    print(f"{where}:{what + ':' if what else ''} {_p(p.message)}"
+                          + (" (its other copy serves; nothing is lost; --repair rewrites it)" if p.degraded else ""))
                 if rep.ok:
                     print("ok", file=sys.stderr)
                 elif rep.affected_steps:

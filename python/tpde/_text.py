@@ -22,8 +22,6 @@ def printable(text: str) -> str:
         o = ord(ch)
         if o < 0x20 or o == 0x7F or 0x80 <= o < 0xA0:
             out.append({"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}"))
-        elif ch == "\\":
-            out.append("\\\\")
         else:
             out.append(ch)
     return "".join(out)
