@@ -302,19 +302,31 @@ def test_unreadable_manifests(store: Path, unprivileged: Unprivileged) -> None:
 # --- restoring ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("exists", [False, True], ids=["new-dest", "empty-dest"])
-def test_restore_into_unwritable_parent(store: Path, tmp_path: Path, unprivileged: Unprivileged,
-                                        exists: bool) -> None:
+def test_restore_into_unwritable_parent(store: Path, tmp_path: Path, unprivileged: Unprivileged) -> None:
     parent = tmp_path / "locked"
     parent.mkdir()
     dest = parent / "restored"
-    if exists:
-        dest.mkdir()
-    before = listing(parent)
     with chmod(parent, 0o555):
         assert_eacces(unprivileged.api("tpde.Store(args[0]).restore(1, args[1])", store, dest), dest)
         assert_cli_eacces(unprivileged.cli("restore", store, "1", dest), dest)
+    assert listing(parent) == []
+
+
+def test_restore_into_an_existing_folder_needs_no_writable_parent(store: Path, tmp_path: Path,
+                                                                  unprivileged: Unprivileged) -> None:
+    """An existing dest is staged inside itself: a user who may write a
+    folder but not its parent can still restore into it, and the parent
+    is never written."""
+    parent = tmp_path / "locked"
+    parent.mkdir()
+    dest = parent / "restored"
+    dest.mkdir()
+    before = listing(parent)
+    with chmod(parent, 0o555):
+        p = unprivileged.cli("restore", store, "1", dest)
+        assert p.returncode == 0, p.stderr
     assert listing(parent) == before
+    assert sorted(os.listdir(dest)) and not [n for n in os.listdir(dest) if "tpde-restore" in n]
 
 
 def test_restore_state_dict_into_unwritable_parent(tmp_path: Path, unprivileged: Unprivileged) -> None:

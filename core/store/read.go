@@ -13,6 +13,7 @@ import (
 	"math/bits"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"github.com/klauspost/compress/zstd"
@@ -670,13 +671,16 @@ func tempName(base string) string {
 }
 
 // Restore writes every file of checkpoint c into the folder dest, all or
-// nothing: the files are written into a new folder beside dest, checked
-// against the hashes they were added with, and only then moved into place.
-// Everything below dest is created relative to folder descriptors, so a
-// symlink planted inside dest (even while the restore runs) is never
-// followed. A dest that exists and is not empty is refused unless force;
-// then the checkpoint's files replace those of the same names, and the
-// rest of dest is kept.
+// nothing: the files are written into a new hidden folder, checked against
+// the hashes they were added with, and only then moved into place. That
+// folder is made beside dest when dest is missing (and renamed to dest),
+// inside dest when it exists (and its files moved out of it), so dest's
+// parent need not be writable, and an existing dest keeps its own mode.
+// Everything is created relative to folder descriptors, so a symlink
+// planted inside dest (even while the restore runs) is never followed. A
+// dest that exists and is not empty is refused unless force; then the
+// checkpoint's files replace those of the same names, and the rest of dest
+// is kept.
 func (rd *Reader) Restore(c *Checkpoint, dest string, force bool) error {
 	var total uint64
 	for i := range c.Files {
@@ -696,7 +700,8 @@ func (rd *Reader) Restore(c *Checkpoint, dest string, force bool) error {
 		return err
 	}
 	defer parent.Close()
-	merge := false
+	var existing *dirfd.Dir // dest, when it exists
+	wasEmpty := false
 	switch st, err := parent.Stat(base); {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
@@ -711,31 +716,35 @@ func (rd *Reader) Restore(c *Checkpoint, dest string, force bool) error {
 	case !st.IsDir():
 		return errs.IOf(dest, syscall.ENOTDIR, "exists and is not a folder")
 	default:
-		d, err := parent.OpenDir(base)
+		if existing, err = parent.OpenDir(base); err != nil {
+			return err
+		}
+		defer existing.Close()
+		ents, err := existing.ReadDir()
 		if err != nil {
 			return err
 		}
-		ents, err := d.ReadDir()
-		_ = d.Close()
-		if err != nil {
-			return err
-		}
-		if len(ents) > 0 {
-			if !force {
-				return errs.IOf(dest, syscall.EEXIST, "is not empty; restore into a new or empty folder, or pass force (--force) to replace the files of the same names")
-			}
-			merge = true
+		wasEmpty = len(ents) == 0
+		if !wasEmpty && !force {
+			return errs.IOf(dest, syscall.EEXIST, "is not empty; restore into a new or empty folder, or pass force (--force) to replace the files of the same names")
 		}
 	}
-	stage, name, err := parent.MkdirTemp(tempName(base))
+	holder, prefix := parent, tempName(base)
+	if existing != nil {
+		holder, prefix = existing, ".tpde-restore-"
+	}
+	stage, name, err := holder.MkdirTemp(prefix)
 	if err != nil {
-		return besideErr(dest, parent, err)
+		if existing == nil {
+			return besideErr(dest, parent, err)
+		}
+		return err
 	}
 	done := false
 	defer func() {
 		_ = stage.Close()
 		if !done {
-			_ = parent.RemoveAll(name)
+			_ = holder.RemoveAll(name)
 		}
 	}()
 	for i := range c.Files {
@@ -743,31 +752,47 @@ func (rd *Reader) Restore(c *Checkpoint, dest string, force bool) error {
 			return err
 		}
 	}
-	if !merge {
-		// A rename replaces an empty folder, and fails if dest was filled
-		// in the meantime: nothing of the user's is replaced unasked.
+	if existing == nil {
+		// A rename fails if dest appeared in the meantime: nothing of the
+		// user's is replaced unasked.
 		if err := parent.Rename(name, parent, base); err != nil {
 			return err
 		}
 		done = true
 		return parent.Sync()
 	}
-	if err := moveInto(stage, parent, base, c); err != nil {
+	if err := moveInto(stage, existing, c); err != nil {
+		if wasEmpty {
+			// Undo the moves that went through: dest was empty, and is
+			// again.
+			for _, top := range topNames(c) {
+				_ = existing.RemoveAll(top)
+			}
+		}
 		return err
 	}
-	return parent.Sync()
+	return existing.Sync() // the deferred RemoveAll takes the emptied staging folder
+}
+
+// topNames are the first components of c's file paths.
+func topNames(c *Checkpoint) []string {
+	seen := map[string]bool{}
+	var out []string
+	for i := range c.Files {
+		top, _, _ := strings.Cut(c.Files[i].Path, "/")
+		if !seen[top] {
+			seen[top] = true
+			out = append(out, top)
+		}
+	}
+	return out
 }
 
 // moveInto moves every file of c from the staging folder into dest
 // (force): each replaces the file of its name, never a folder, and no
 // symlinked folder of dest is entered. Every target is checked before the
 // first file moves.
-func moveInto(stage, parent *dirfd.Dir, base string, c *Checkpoint) error {
-	dest, err := parent.OpenDir(base)
-	if err != nil {
-		return err
-	}
-	defer dest.Close()
+func moveInto(stage, dest *dirfd.Dir, c *Checkpoint) error {
 	type move struct {
 		from, to *dirfd.Dir
 		name     string

@@ -14,6 +14,7 @@
 // Everything inside the directory is reached through descriptors
 // (core/dirfd): a store is untrusted input, and a symlink, FIFO or device
 // planted in it is refused, never followed, read or removed through.
+//
 //	writer.lock, readers.lock    flock(2) locks: one writer, readers beside it
 package store
 

@@ -776,50 +776,53 @@ def _restore_state_dict(sd: Any, dest: str, force: bool) -> None:
 
 
 def _write_state_dict(sd: Any, dest: str, force: bool) -> None:
-    """torch.save(sd) as dest/state_dict.pt, with Restore's promises: all or
-    nothing (written into a new folder beside dest, then moved into place),
-    a non-empty dest refused unless force, nothing written through a link
-    inside dest."""
+    """torch.save(sd) as dest/state_dict.pt, with Restore's promises (Go,
+    core/store/read.go): all or nothing (written into a new hidden folder,
+    beside dest when dest is missing and then renamed to it, inside dest
+    when it exists and then moved out of it), a non-empty dest refused
+    unless force, nothing written through a link inside dest."""
     import torch
 
     dest = os.path.abspath(dest)
     if os.path.islink(dest):
         dest = os.path.realpath(dest)
-    parent, base = os.path.split(dest)
-    merge = False
-    if os.path.lexists(dest):
+    parent = os.path.dirname(dest) or "."
+    exists = os.path.lexists(dest)
+    if exists:
         if not os.path.isdir(dest):
             raise TPDEIOError(errno.ENOTDIR, f"{dest}: exists and is not a folder")
-        if os.listdir(dest):
-            if not force:
-                raise TPDEIOError(errno.EEXIST, f"{dest}: is not empty; restore into a new or empty folder, or pass "
-                                                "force=True (--force) to replace the files of the same names")
-            merge = True
+        if os.listdir(dest) and not force:
+            raise TPDEIOError(errno.EEXIST, f"{dest}: is not empty; restore into a new or empty folder, or pass "
+                                            "force=True (--force) to replace the files of the same names")
     try:
-        stage = tempfile.mkdtemp(prefix=f".{base[:200]}.tpde-restore-", dir=parent or ".")
+        if exists:
+            stage = tempfile.mkdtemp(prefix=".tpde-restore-", dir=dest)
+        else:
+            stage = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)[:200]}.tpde-restore-", dir=parent)
     except OSError as e:
         # Named as the restore from Go names it: dest, which the caller
         # asked for, not the temporary name beside it.
-        raise TPDEIOError(e.errno, f"{dest}: {e.strerror} (a restore writes it beside itself first, in "
-                                   f"{parent or '.'})") from None
+        where = "in it" if exists else f"beside itself first, in {parent}"
+        raise TPDEIOError(e.errno, f"{dest}: {e.strerror} (a restore writes {where})") from None
     try:
         os.chmod(stage, 0o777 & ~_umask())
         with builtins.open(os.path.join(stage, "state_dict.pt"), "xb") as fh:
             torch.save(sd, fh)
             fh.flush()
             os.fsync(fh.fileno())
-        if merge:
+        if exists:
             target = os.path.join(dest, "state_dict.pt")
             if os.path.isdir(target) and not os.path.islink(target):
                 raise TPDEIOError(errno.EISDIR, f"{target}: is a folder")
             os.replace(os.path.join(stage, "state_dict.pt"), target)  # replaces a link itself, never through it
             os.rmdir(stage)
+            fsync_dir(dest)
         else:
-            os.rename(stage, dest)  # replaces an empty folder; fails if dest was filled meanwhile
+            os.rename(stage, dest)  # fails if dest appeared meanwhile
+            fsync_dir(parent)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    fsync_dir(parent or ".")
 
 
 def _umask() -> int:
