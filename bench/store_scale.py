@@ -124,7 +124,7 @@ def main() -> int:
 
             def load_() -> None:
                 with tpde.Store(store) as s:
-                    s.load()
+                    s.load(file="model.safetensors")
 
             list_()  # warm the page cache once, as a user's second command would find it
             p = {"checkpoints": n, "add_s": add_s,
@@ -134,7 +134,7 @@ def main() -> int:
                  "info_cli_s": cli_time(["info", str(store), "latest"], max(3, args.reps // 2)),
                  "store_bytes": sum(f.stat().st_size for f in store.rglob("*") if f.is_file())}
             with tpde.Store(store) as s:
-                got = s.load()
+                got = s.load(file="model.safetensors")
             if not all(torch.equal(got[k].view(torch.uint8), weights[k].view(torch.uint8)) for k in weights):
                 raise common.BenchError(f"the newest of {n} checkpoints did not load bit-exact")
             log(f"  ls {p['ls_s'] * 1e3:.1f} ms (cli {p['ls_cli_s']:.2f} s), info {p['info_s'] * 1e3:.1f} ms, "

@@ -375,12 +375,17 @@ func tpde_store_reader_open(handle C.uint64_t, reader *C.uint64_t, cerr *C.char,
 			return err
 		}
 		r := &openReader{rd: rd}
-		// The manifest only: records are read one at a time when asked
-		// for (tpde_store_reader_record), so that opening a reader costs
-		// the same whatever the store's history.
+		// What the manifest says, without the records' objects: records
+		// are read one at a time when asked for (tpde_store_reader_record),
+		// so that opening a reader costs the same whatever the store's
+		// history.
+		m := rd.Manifest()
 		if err := keep(&r.result, struct {
-			Manifest *store.Manifest `json:"manifest"`
-		}{rd.Manifest()}); err != nil {
+			Generation uint64       `json:"generation"`
+			Config     store.Config `json:"config"`
+			Base       bool         `json:"base"`
+			Steps      []int64      `json:"steps"`
+		}{m.Generation, m.Config, m.Base != nil, rd.Steps()}); err != nil {
 			rd.Close()
 			return err
 		}
@@ -415,11 +420,13 @@ func tpde_store_reader_record(reader C.uint64_t, step C.int64_t, which C.int32_t
 		if err != nil {
 			return err
 		}
+		obj := r.rd.RecordObject(c, which == C.TPDE_STORE_BASE)
 		return keep(&r.result, struct {
 			Record  *store.Checkpoint `json:"record"`
+			Object  string            `json:"object"`
 			Chains  [][]int           `json:"chains"`
 			Problem string            `json:"problem"`
-		}{c, chains, problem})
+		}{c, obj, chains, problem})
 	})
 }
 

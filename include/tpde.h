@@ -556,9 +556,9 @@ int tpde_store_remove(uint64_t handle, int64_t step, char *err, size_t err_len);
  * "region", "object", "message"}], "cleaned": {...} or null}. */
 int tpde_store_verify(uint64_t handle, int32_t deep, int32_t repair, char *err, size_t err_len);
 
-/* Open a reader on the newest committed state. Result: {"manifest"}: the
- * manifest generation it reads (config, base, checkpoints' steps and
- * records' objects), without the records. */
+/* Open a reader on the newest committed state. Result: {"generation",
+ * "config", "base": whether the store has a base, "steps": [the steps held,
+ * oldest first]}; the records are read one at a time, when asked for. */
 int tpde_store_reader_open(uint64_t handle, uint64_t *reader, char *err, size_t err_len);
 int tpde_store_reader_close(uint64_t reader, char *err, size_t err_len);
 /* Which record tpde_store_reader_record reads. */
@@ -566,7 +566,7 @@ int tpde_store_reader_close(uint64_t reader, char *err, size_t err_len);
 #define TPDE_STORE_LATEST 1 /* the newest checkpoint (step ignored) */
 #define TPDE_STORE_BASE 2   /* the base (step ignored) */
 /* Read one checkpoint's record. Result: {"record": the record (FORMAT.md
- * section 18.4), "chains": [[frames each region's decode walks, 0 where its
+ * section 18.4), "object": the name of the object that holds it, "chains": [[frames each region's decode walks, 0 where its
  * chain cannot be followed] per file], "problem": "" or why a chain
  * cannot be followed}. A record that cannot be read (both copies damaged)
  * is TPDE_E_CORRUPT naming the checkpoint; the other checkpoints still

@@ -231,6 +231,21 @@ func (rd *Reader) Base() (*Checkpoint, error) {
 	return rd.sn.record(-1)
 }
 
+// RecordObject is the name of the object that holds c's record (the base's
+// when base).
+func (rd *Reader) RecordObject(c *Checkpoint, base bool) string {
+	if base {
+		if rd.sn.m.Base != nil {
+			return rd.sn.m.Base.Object
+		}
+		return ""
+	}
+	if i, ok := rd.sn.byStep[c.Step]; ok {
+		return rd.sn.m.Checkpoints[i].Object
+	}
+	return ""
+}
+
 // Chains is, for each file of c and each of its regions, how many frames
 // the region's decode walks, 0 where its chain cannot be followed; and the
 // first reason one cannot ("" if every chain resolves). A record this user

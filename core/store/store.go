@@ -31,6 +31,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/tpde/tpde/core/delta"
@@ -110,6 +111,9 @@ type Store struct {
 	// records caches parsed checkpoint records by object name: an object
 	// never changes, so a record read once serves every later snapshot.
 	records recordCache
+	// lastManifest is the newest generation parsed, shared (read-only) by
+	// the snapshots of that generation.
+	lastManifest atomic.Pointer[Manifest]
 }
 
 func (s *Store) path(parts ...string) string {
@@ -484,9 +488,18 @@ func (s *Store) newestManifest() (*Manifest, error) {
 		if err != nil || len(gens) == 0 {
 			return nil, err
 		}
+		// A generation never changes once written: the one parsed last
+		// serves again while it is the newest (a reader opened per call
+		// then costs a directory listing, not a parse of the history).
+		if c := s.lastManifest.Load(); c != nil && c.Generation == gens[0] {
+			return c, nil
+		}
 		m, _, err := s.readGeneration(gens[0])
 		if errors.Is(err, fs.ErrNotExist) && try < 100 {
 			continue
+		}
+		if err == nil {
+			s.lastManifest.Store(m)
 		}
 		return m, err
 	}
@@ -513,16 +526,21 @@ type generationState struct {
 func (s *Store) readGeneration(g uint64) (*Manifest, generationState, error) {
 	var st generationState
 	name := manifestName(g)
-	read := func(n string) (*Manifest, []byte, error) {
-		b, err := s.manifests.ReadFile(n, maxManifestBytes)
+	parse := func(b []byte, err error) (*Manifest, []byte, error) {
 		if err != nil {
 			return nil, nil, hostile(err)
 		}
 		m, err := parseManifest(b, g)
 		return m, b, err
 	}
-	m1, b1, err1 := read(name)
-	m2, b2, err2 := read(name + copySuffix)
+	b1, rerr1 := s.manifests.ReadFile(name, maxManifestBytes)
+	b2, rerr2 := s.manifests.ReadFile(name+copySuffix, maxManifestBytes)
+	if rerr1 == nil && rerr2 == nil && string(b1) == string(b2) {
+		m, err := parseManifest(b1, g) // the usual case: one parse
+		return m, st, err
+	}
+	m1, b1, err1 := parse(b1, rerr1)
+	m2, b2, err2 := parse(b2, rerr2)
 	missing1, missing2 := errors.Is(err1, fs.ErrNotExist), errors.Is(err2, fs.ErrNotExist)
 	switch {
 	case err1 == nil && err2 == nil:

@@ -228,8 +228,10 @@ class _Reader:
         h = c_uint64(0)
         call("tpde_store_reader_open", store_handle, byref(h))
         self.handle = h.value
-        self.manifest = _result(self.handle)["manifest"]
-        self.steps: List[int] = [c["step"] for c in self.manifest["checkpoints"]]
+        #: {"generation", "config", "base": bool, "steps"}: what the
+        #: manifest says, without the records' objects.
+        self.head = _result(self.handle)
+        self.steps: List[int] = self.head["steps"]
         self._entries: Dict[Any, Dict[str, Any]] = {}
 
     def close(self) -> None:
@@ -277,11 +279,21 @@ class _Reader:
         return buf.raw[:n]
 
     @property
+    def manifest(self) -> Dict[str, Any]:
+        """The manifest generation as docs/FORMAT.md §18.3 lays it out,
+        rebuilt from every record's entry (linear in the history: for stats
+        and inspection, not for loading)."""
+        h = self.head
+        return {"format": "tpde-store-manifest", "version": 1, "generation": h["generation"], "config": h["config"],
+                "base": {"step": 0, "object": self.entry(None, base=True)["object"]} if h["base"] else None,
+                "checkpoints": [{"step": s, "object": self.entry(s)["object"]} for s in self.steps]}
+
+    @property
     def snapshot(self) -> Dict[str, Any]:
         """{"manifest", "base", "checkpoints": [every record]}: the whole
         history, for stats (linear in it)."""
         return {"manifest": self.manifest,
-                "base": self.entry(None, base=True)["record"] if self.manifest.get("base") else None,
+                "base": self.entry(None, base=True)["record"] if self.head["base"] else None,
                 "checkpoints": [self.record(s) for s in self.steps]}
 
     def chain_lengths(self) -> Dict[Tuple[int, str, str], int]:
@@ -434,7 +446,7 @@ class Store:
     def config(self) -> Dict[str, Any]:
         """keyframe_interval, reference and lossy rules of the store."""
         with self._reader() as rd:
-            return dict(rd.manifest["config"])
+            return dict(rd.head["config"])
 
     # -- adding --------------------------------------------------------
 
