@@ -10,6 +10,7 @@
 #   ./build.sh store      the checkpoint-store benchmark (bench/store.py; trains two short runs once, cached)
 #   ./build.sh integrations  the Trainer-callback overhead and DCP benchmarks (bench/hf_overhead.py, bench/dcp.py)
 #   ./build.sh legacy     legacy (pre-zip) torch files against the same tensors as .safetensors (bench/legacy.py)
+#   ./build.sh scale      the store's ls, info and load at 10, 100 and 1,000 checkpoints (bench/store_scale.py)
 #   ./build.sh render     README.md's measured blocks from bench/results/*.json (--check: diff only)
 #   ./build.sh fuzz-corpus  fuzz every core/ target a while, keep the inputs in testdata/fuzz
 #   ./build.sh venv       print the path of the cached venv (creating it if needed)
@@ -158,6 +159,14 @@ legacy)
 	# recorded in the committed bench/results/legacy.json.
 	[ "$#" -gt 0 ] || set -- --json bench/results/legacy.json
 	py bench/legacy.py "$@"
+	;;
+scale)
+	build_lib
+	VENV="$(ensure_venv)"
+	# Whether a store's cost grows with its history, recorded in the
+	# committed bench/results/store_scale.json.
+	[ "$#" -gt 0 ] || set -- --json bench/results/store_scale.json
+	py bench/store_scale.py "$@"
 	;;
 integrations)
 	build_lib

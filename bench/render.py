@@ -11,6 +11,8 @@ bench/results/ (written by `./build.sh bench` and `./build.sh series`):
     series   bench/results/series.json   bench/series.py --json
     store    bench/results/store.json    bench/store.py --memory --json
     integrations  bench/results/hf_overhead.json + dcp.json   bench/hf_overhead.py, bench/dcp.py --json
+    legacy   bench/results/legacy.json   bench/legacy.py --json
+    scale    bench/results/store_scale.json   bench/store_scale.py --json
 
 Every measured figure in a block comes from that JSON, and so do the
 targets' thresholds; the templates below hold words, names that contain
@@ -45,6 +47,7 @@ STORE_JSON = "bench/results/store.json"
 HF_OVERHEAD_JSON = "bench/results/hf_overhead.json"
 DCP_JSON = "bench/results/dcp.json"
 LEGACY_JSON = "bench/results/legacy.json"
+SCALE_JSON = "bench/results/store_scale.json"
 # A speed ratio within this fraction of its target line is flagged "within N% of the line": on a shared
 # machine runs spread by 10-30% (bench/README.md, "Reading the numbers"), so such a PASS or FAIL is a tie.
 TIE = 0.05
@@ -547,6 +550,41 @@ def render_legacy(lg: Dict[str, Any]) -> str:
     return out.text()
 
 
+def render_scale(sc: Dict[str, Any]) -> str:
+    if sc.get("quick") or not sc.get("ratios"):
+        raise RenderError(f"{SCALE_JSON} is from a partial run: rerun ./build.sh scale (no options)")
+    pts = sc["points"]
+    r, t, ok = sc["ratios"], sc["targets"], sc["pass"]
+    out = Block()
+    out.para(f"From one run of `./build.sh scale` (bench/store_scale.py), {_provenance(sc, SCALE_JSON)}, on "
+             f"{_machine(sc)}: one store grown to {pts[-1]['checkpoints']:,} checkpoints of real weights "
+             f"({sc['tensors']} tensors of all-MiniLM-L6-v2's first encoder layer, "
+             f"{sc['raw_bytes_per_checkpoint'] / 1e6:.1f} MB, drifting every step as a fine-tune's do, each "
+             "saved Trainer-style as a folder and added with `Store.add`). Each figure is a median of "
+             f"{sc['reps']} runs. Opening a store parses its newest manifest, once per handle; `list()`, `info()` "
+             "and `load()` ran on an open `Store`, as a training script holds one; `tpde ls` and `tpde info` "
+             "ran as commands, interpreter start included. The newest checkpoint loaded bit-exact at every "
+             "size.")
+    add = out.line
+    add("| checkpoints | open | `list()` (every checkpoint) | `info()` of the newest | `load()` of the newest "
+        "| `tpde ls` | `tpde info STORE latest` | the last add |")
+    add("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for p in pts:
+        add(f"| {p['checkpoints']:,} | {p['open_s'] * 1e3:.2f} ms | {p['ls_s'] * 1e3:.1f} ms "
+            f"| {p['info_s'] * 1e3:.2f} ms | {p['load_s'] * 1e3:.1f} ms | {p['ls_cli_s']:.2f} s "
+            f"| {p['info_cli_s']:.2f} s | {p['add_s'] * 1e3:.0f} ms |")
+    out.bullets([
+        f"From 100 to 1,000 checkpoints: `list()` {r['ls']:.2f}x (target at most {t['ls']:g}x): {_met(ok['ls'])}; "
+        f"`info()` of the newest {r['info']:.2f}x (at most {t['info']:g}x): {_met(ok['info'])}; `load()` of the "
+        f"newest {r['load']:.2f}x (at most {t['load']:g}x): {_met(ok['load'])}. Opening {r['open']:.2f}x: "
+        "it parses the manifest, one line a checkpoint. As commands, which open the store each time, "
+        f"`tpde ls` {r['ls_cli']:.2f}x and `tpde info` {r['info_cli']:.2f}x.",
+        "An add is not bounded this way: it codes against the K + 1 newest records only, but its cleanup "
+        f"reads every record once per process ({r['add']:.2f}x from 100 to 1,000).",
+    ])
+    return out.text()
+
+
 class Block:
     """Markdown text built from paragraphs, bullet lists and raw lines (tables)."""
 
@@ -604,7 +642,8 @@ def _words(text: str) -> List[str]:
 def load_results(results: Path = RESULTS) -> Dict[str, Optional[Dict[str, Any]]]:
     out: Dict[str, Optional[Dict[str, Any]]] = {}
     for name, fname in (("run", "run.json"), ("series", "series.json"), ("store", "store.json"),
-                        ("hf_overhead", "hf_overhead.json"), ("dcp", "dcp.json"), ("legacy", "legacy.json")):
+                        ("hf_overhead", "hf_overhead.json"), ("dcp", "dcp.json"), ("legacy", "legacy.json"),
+                        ("scale", "store_scale.json")):
         p = results / fname
         out[name] = json.loads(p.read_text()) if p.is_file() else None
     return out
@@ -627,6 +666,7 @@ def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
         "store": lambda: render_store(need("store", "store.json")),
         "integrations": lambda: render_integrations(need("hf_overhead", "hf_overhead.json"), need("dcp", "dcp.json")),
         "legacy": lambda: render_legacy(need("legacy", "legacy.json")),
+        "scale": lambda: render_scale(need("scale", "store_scale.json")),
     }
 
 
