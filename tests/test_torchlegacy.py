@@ -437,3 +437,16 @@ def test_naming_the_storages_of_deeply_nested_lists_is_linear(tmp_path: Path) ->
     assert [s["name"] for s in layout_n["storages"]] == ["a" + "/0" * n]
     assert [s["name"] for s in layout_4n["storages"]] == ["a" + "/0" * (4 * n)]
     assert peak_4n / peak_n < 6, (peak_n, peak_4n)
+
+
+def test_an_int_key_too_long_to_name_stores_the_file_whole(tmp_path: Path) -> None:
+    """str() refuses an int past 4300 digits; such a key names nothing a
+    state dict holds, so the file is stored whole, with that reason, and
+    still round-trips byte for byte (it used to escape as a ValueError)."""
+    src = tmp_path / "odd.pth"
+    torch.save({10**5000: torch.arange(8, dtype=torch.float32)}, src, _use_new_zipfile_serialization=False)
+    layout, why = _torchlegacy.scan(src)
+    assert layout is None and "too long" in why
+    out = tpde.compress_file(src, tmp_path / "odd.tpde")
+    tpde.decompress_file(out, tmp_path / "back.pth")
+    assert (tmp_path / "back.pth").read_bytes() == src.read_bytes()

@@ -208,6 +208,16 @@ def _spell(path: Optional[_Path]) -> str:
     return "/".join(keys[start:])
 
 
+def _key(k: Any) -> str:
+    """A dict key as a path component. An int key too long for str()
+    (Python refuses past 4300 digits) names nothing a state dict holds: the
+    file is stored whole, with that reason."""
+    try:
+        return str(k)
+    except ValueError:
+        raise _Odd("a dict key is an integer too long to name") from None
+
+
 def _names(root: Any, keys: List[str]) -> Dict[str, str]:
     """Name each storage key by the first path (dict keys and list indexes
     joined by "/") that reaches a tensor on it, walking the object in
@@ -229,7 +239,7 @@ def _names(root: Any, keys: List[str]) -> Dict[str, str]:
         if id(value) in seen:
             continue
         if isinstance(value, tp.Dict):
-            children = [(v, str(k)) for k, v in value.items if type(k) in (str, int)]
+            children = [(v, _key(k)) for k, v in value.items if type(k) in (str, int)]
         elif isinstance(value, (tp.List, tuple)):
             items = value.items if isinstance(value, tp.List) else value
             children = [(v, str(i)) for i, v in enumerate(items)]
