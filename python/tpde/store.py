@@ -246,9 +246,12 @@ class _Reader:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def entry(self, step: Optional[int], base: bool = False) -> Dict[str, Any]:
-        """{"record", "chains", "problem"} of checkpoint step (the newest
-        when None; the base when base)."""
+    def entry(self, step: Optional[int], base: bool = False, *, keep: bool = True) -> Dict[str, Any]:
+        """{"record", "object", "chains", "problem"} of checkpoint step (the
+        newest when None; the base when base). keep=False does not cache it:
+        a listing of the whole history must not keep every record alive
+        (Python's cyclic GC walks what is kept, at a cost that grows with
+        it)."""
         key: Any = "base" if base else step
         if key in self._entries:
             return self._entries[key]
@@ -264,8 +267,9 @@ class _Reader:
                 raise InvalidArgumentError(f"the store holds no checkpoint {step} (it holds {held})")
             call("tpde_store_reader_record", self.handle, step, 0)
         e = _result(self.handle)
-        self._entries[key] = e
-        self._entries[e["record"]["step"] if not base else "base"] = e
+        if keep:
+            self._entries[key] = e
+            self._entries[e["record"]["step"] if not base else "base"] = e
         return e
 
     def record(self, step: Optional[int]) -> Dict[str, Any]:
@@ -577,7 +581,7 @@ class Store:
         with _naming(self.path), self._reader() as rd:
             for s in rd.steps:
                 try:
-                    out.append(_info(rd.entry(s)))
+                    out.append(_info(rd.entry(s, keep=False)))
                 except (CorruptDataError, UnsupportedFormatError, TPDEIOError) as e:
                     if isinstance(e, TPDEIOError) and e.errno in _DENIED:
                         raise  # this user may not read it: nothing says it is damaged
