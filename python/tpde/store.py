@@ -232,7 +232,7 @@ class _Reader:
         #: manifest says, without the records' objects.
         self.head = _result(self.handle)
         self.steps: List[int] = self.head["steps"]
-        self._held = set(self.steps)  # membership per call must not cost the history
+        self._held: Optional[set] = None  # the steps as a set, made when first asked about one
         self._entries: Dict[Any, Dict[str, Any]] = {}
 
     def close(self) -> None:
@@ -262,6 +262,8 @@ class _Reader:
                 raise InvalidArgumentError("the store holds no checkpoint")
             call("tpde_store_reader_record", self.handle, 0, 1)
         else:
+            if self._held is None:
+                self._held = set(self.steps)  # membership per call must not cost the history
             if step not in self._held:
                 held = self.steps if len(self.steps) <= 20 else [*self.steps[:10], "...", *self.steps[-10:]]
                 raise InvalidArgumentError(f"the store holds no checkpoint {step} (it holds {held})")
