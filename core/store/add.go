@@ -739,7 +739,7 @@ func (tx *Tx) putRecord(c *Checkpoint) (string, error) {
 	// Every checkpoint decodes through its record, and older ones through
 	// their neighbours' too: a second copy keeps one damaged file from
 	// costing any checkpoint (docs/FORMAT.md §18.2).
-	return obj.Object, tx.s.putCopy(obj.Object, b, false)
+	return obj.Object, tx.s.putAs(obj.Object, obj.Object+copySuffix, b, false)
 }
 
 // publish makes every object durable, then writes the next generation.

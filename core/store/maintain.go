@@ -186,13 +186,13 @@ func (s *Store) repairCopies() (int, error) {
 			continue // both lost: verify names the checkpoint
 		}
 		if bad[0] {
-			if err := s.putPrimary(h, good); err != nil {
+			if err := s.putAs(h, h, good, true); err != nil {
 				return n, err
 			}
 			n++
 		}
 		if bad[1] {
-			if err := s.putCopy(h, good, true); err != nil {
+			if err := s.putAs(h, h+copySuffix, good, true); err != nil {
 				return n, err
 			}
 			n++
@@ -210,29 +210,6 @@ func (s *Store) repairCopies() (int, error) {
 		}
 	}
 	return n, nil
-}
-
-// putPrimary writes record object h anew from its intact copy, replacing
-// whatever damaged file holds its name.
-func (s *Store) putPrimary(h string, b []byte) error {
-	w, err := s.newObject()
-	if err != nil {
-		return err
-	}
-	if _, err := w.Write(b); err != nil {
-		w.abort()
-		return ioErr(s.tmp.Path(w.name), err)
-	}
-	if _, err := w.finish(); err != nil {
-		return err
-	}
-	defer w.abort()
-	sub, err := s.objects.MkdirAll(h[:2])
-	if err != nil {
-		return err
-	}
-	defer sub.Close()
-	return s.tmp.Rename(w.name, sub, h)
 }
 
 // Remove drops checkpoint step. Every region that was coded against it is

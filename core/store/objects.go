@@ -121,10 +121,12 @@ func (s *Store) putBytes(b []byte) (Object, error) {
 	return w.commit()
 }
 
-// putCopy stores b, whose hash is h, a second time as objects/<hh>/<h>.copy:
-// a record's copy (docs/FORMAT.md §18.2), a separate file so that damage
-// to one leaves the other. replace overwrites a damaged copy (repair).
-func (s *Store) putCopy(h string, b []byte, replace bool) error {
+// putAs stores b, whose hash is h, as objects/<h[:2]>/<name>: a record's
+// second copy (name h.copy, docs/FORMAT.md §18.2), a separate file so that
+// damage to one leaves the other. It is linked, never replacing (a file of
+// that name holds the same bytes); with replace it is renamed over a
+// damaged file of that name (repair).
+func (s *Store) putAs(h, name string, b []byte, replace bool) error {
 	w, err := s.newObject()
 	if err != nil {
 		return err
@@ -137,7 +139,7 @@ func (s *Store) putCopy(h string, b []byte, replace bool) error {
 		return err
 	}
 	if !replace {
-		return w.linkAs(h, h+copySuffix)
+		return w.linkAs(h, name)
 	}
 	defer w.abort()
 	sub, err := s.objects.MkdirAll(h[:2])
@@ -145,7 +147,7 @@ func (s *Store) putCopy(h string, b []byte, replace bool) error {
 		return err
 	}
 	defer sub.Close()
-	return s.tmp.Rename(w.name, sub, h+copySuffix)
+	return s.tmp.Rename(w.name, sub, name)
 }
 
 // syncAll makes every object written so far durable: syncfs(2) flushes the

@@ -661,6 +661,3 @@ func hashHex(b []byte) string {
 }
 
 func (s *Store) objectPath(h string) string { return s.path("objects", h[:2], h) }
-
-// objectRel is object h's name below objects/.
-func objectRel(h string) string { return h[:2] + "/" + h }
