@@ -494,3 +494,182 @@ def test_sigterm_stops_an_add_like_ctrl_c(tmp_path: Path, run3, py_env) -> None:
         assert st.steps() == [10, 20, 30]
     assert os.listdir(store / "tmp") == []
     assert records_on_disk(store) == before, "the stopped add left objects behind"
+
+
+# --- found by trying the hardened store again ------------------------------------------
+
+
+def test_a_file_written_into_an_empty_dest_while_restoring_is_never_lost(tmp_path: Path) -> None:
+    """A thread writes its own files into the (empty, existing) destination
+    as soon as the restore's staging folder appears in it. Whatever the
+    timing, the thread's files survive: a restore without force never
+    replaces or removes what it did not put there."""
+    rng = np.random.default_rng(1)
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    from safetensors.numpy import save_file
+
+    save_file({f"w{i}": rng.standard_normal(3 << 20).astype(np.float32) for i in range(4)},
+              str(src / "model.safetensors"))
+    (src / "sub").mkdir()
+    (src / "sub" / "config.json").write_text("{}")
+    store = tmp_path / "store"
+    with tpde.Store(store) as st:
+        st.add(src, step=1)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    done = threading.Event()
+
+    def racer() -> None:
+        while not done.is_set():
+            if any(n.startswith(".tpde-restore-") for n in os.listdir(dest)):
+                (dest / "model.safetensors").write_text("theirs")
+                (dest / "sub").mkdir(exist_ok=True)
+                (dest / "sub" / "mine.txt").write_text("theirs too")
+                return
+            time.sleep(0.0005)
+
+    th = threading.Thread(target=racer)
+    th.start()
+    try:
+        with tpde.Store(store) as st:
+            try:
+                st.restore(1, dest)
+            except TPDEIOError as e:
+                assert e.errno == errno.EEXIST, str(e)
+    finally:
+        done.set()
+        th.join()
+    assert (dest / "sub" / "mine.txt").exists(), "the race never landed: this test proved nothing"
+    assert (dest / "model.safetensors").read_text() == "theirs"
+    assert (dest / "sub" / "mine.txt").read_text() == "theirs too"
+
+
+def test_a_store_whose_manifests_are_gone_is_never_committed_over(tmp_path: Path, run3, cli) -> None:
+    store = run3["store"]
+    before = records_on_disk(store)
+    shutil.rmtree(store / "manifests")
+    p = cli("verify", store)
+    assert p.returncode == 1 and "manifests are missing" in p.stdout, (p.stdout, p.stderr)
+    p = cli("add", store, run3["run"].save(40), "-q")
+    assert p.returncode == 1 and "no manifest" in p.stderr, p.stderr
+    cli("verify", store, "--repair")
+    assert records_on_disk(store) == before, "objects of the history were removed"
+
+
+def test_a_generation_near_two_to_the_64_is_not_the_store(tmp_path: Path, run3, cli) -> None:
+    store = run3["store"]
+    (newest,) = sorted((store / "manifests").glob("*.json"))[-1:]
+    top = store / "manifests" / f"{2**64 - 1:020d}.json"
+    top.write_bytes(newest.read_bytes())
+    Path(str(top) + ".copy").write_bytes(newest.read_bytes())
+    p = cli("add", store, run3["run"].save(40), "--step", "100", "-q")
+    assert p.returncode == 0, p.stderr
+    with tpde.Store(store) as st:
+        assert st.steps() == [10, 20, 30, 100]
+        assert st.verify().ok
+
+
+def test_follow_links_never_adds_the_store_itself(tmp_path: Path, run3, cli) -> None:
+    store = run3["store"]
+    src = run3["run"].save(40)
+    (src / "mystore").symlink_to(store)
+    p = cli("add", store, src, "--follow-links")
+    assert p.returncode == 2 and "store" in p.stderr, p.stderr
+    with tpde.Store(store) as st:
+        assert st.steps() == [10, 20, 30]
+
+
+@pytest.mark.parametrize("call", ["store-nul", "store-none", "dest-none", "dest-empty", "dest-nul", "add-nul",
+                                  "tag-surrogate", "key-surrogate"])
+def test_paths_and_names_that_c_would_misread_are_refused(tmp_path: Path, run3, call: str) -> None:
+    store, src = run3["store"], run3["srcs"][10]
+    calls = {
+        "store-nul": lambda: tpde.Store(str(tmp_path / "a\0/b")),
+        "store-none": lambda: tpde.Store(None),
+        "dest-none": lambda: tpde.Store(store).restore(10, None),
+        "dest-empty": lambda: tpde.Store(store).restore(10, "", force=True),
+        "dest-nul": lambda: tpde.Store(store).restore(10, str(tmp_path / "n\0/etc")),
+        "add-nul": lambda: tpde.Store(store).add(str(src) + "\0/x", step=99),
+        "tag-surrogate": lambda: tpde.Store(store).add(src, step=99, tags=["a\ud800"]),
+        "key-surrogate": lambda: tpde.Store(store).add({"w\udc80": torch.zeros(4)}, step=99),
+    }
+    with pytest.raises(InvalidArgumentError):
+        calls[call]()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "n").exists()
+    with tpde.Store(store) as st:
+        assert st.steps() == [10, 20, 30]
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_naming_it(tmp_path: Path, run3) -> None:
+    src = run3["run"].save(40)
+    (src / os.fsdecode(b"caf\xe9.txt")).write_text("latin-1 name")
+    with tpde.Store(run3["store"]) as st, pytest.raises(InvalidArgumentError, match="not UTF-8"):
+        st.add(src)
+
+
+def test_the_decode_limit_is_not_damage(tmp_path: Path, run3, cli, py_env) -> None:
+    env = {**py_env, "TPDE_MAX_OUTPUT": "1"}
+    p = cli("verify", run3["store"], env=env)
+    assert p.returncode == 1 and "not checked" in p.stderr and "damaged" not in p.stderr, (p.stdout, p.stderr)
+
+
+def test_a_restore_never_writes_into_the_store(tmp_path: Path, run3, cli) -> None:
+    store = run3["store"]
+    before = sorted(p.relative_to(store).as_posix() for p in store.rglob("*"))
+    for dest in (store, store / "objects", store / "new"):
+        p = cli("restore", store, "latest", dest, "--force")
+        assert p.returncode == 2 and "store" in p.stderr, (dest, p.stderr)
+    assert sorted(p.relative_to(store).as_posix() for p in store.rglob("*")) == before
+
+
+def test_a_state_dict_restore_to_a_dangling_link_creates_nothing(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    with tpde.Store(store) as st:
+        st.add({"w": torch.arange(6.0)}, step=1)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "nowhere" / "deep")
+    with tpde.Store(store) as st, pytest.raises(TPDEIOError) as e:
+        st.restore(1, link)
+    assert e.value.errno == errno.ENOENT
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_stats_and_info_survive_a_lost_record(tmp_path: Path, run3, cli) -> None:
+    store = run3["store"]
+    with tpde.Store(store) as st, st._reader() as rd:
+        obj = rd.entry(20)["object"]
+    for name in (obj, obj + ".copy"):
+        (store / "objects" / obj[:2] / name).unlink()
+    with tpde.Store(store) as st:
+        s = st.stats()
+    assert [r["step"] for r in s["checkpoints"]] == [10, 30] and list(s["damaged"]) == ["20"]
+    p = cli("info", store)
+    assert p.returncode == 1 and "damaged: checkpoints 20" in p.stdout, (p.stdout, p.stderr)
+    assert cli("stats", store).returncode == 0
+
+
+def test_a_device_is_no_source_and_a_stream_stops_on_sigterm(tmp_path: Path, run3, cli, py_env) -> None:
+    store = run3["store"]
+    p = cli("add", store, "/dev/zero", "--step", "99", timeout=60)
+    assert p.returncode == 1 and "device" in p.stderr, p.stderr
+    fifo = tmp_path / "stream"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "tpde", "add", str(store), str(fifo), "--step", "99", "-q"],
+                            env=py_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    writer = open(fifo, "wb")  # blocks until the add opens the stream
+    try:
+        writer.write(b"x" * (4 << 20))
+        writer.flush()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        try:
+            writer.close()
+        except BrokenPipeError:
+            pass
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, err)
+    with tpde.Store(store) as st:
+        assert st.steps() == [10, 20, 30]

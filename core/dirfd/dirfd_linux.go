@@ -325,7 +325,7 @@ func (d *Dir) Stat(name string) (Info, error) {
 	if err := syscall.Fstat(fd, &st); err != nil {
 		return Info{}, wrap(d.Path(name), err)
 	}
-	return Info{Mode: st.Mode, Size: st.Size, Nlink: uint64(st.Nlink)}, nil
+	return Info{Mode: st.Mode, Size: st.Size, Nlink: uint64(st.Nlink), Dev: uint64(st.Dev), Ino: st.Ino}, nil
 }
 
 // Info is what Stat reports.
@@ -333,7 +333,12 @@ type Info struct {
 	Mode  uint32 // st_mode
 	Size  int64
 	Nlink uint64
+	// Dev and Ino name the file itself: two names with the same are one file.
+	Dev, Ino uint64
 }
+
+// SameFile reports whether i and o describe one file.
+func (i Info) SameFile(o Info) bool { return i.Dev == o.Dev && i.Ino == o.Ino }
 
 // IsDir, IsRegular and IsSymlink tell the entry's type.
 func (i Info) IsDir() bool     { return i.Mode&syscall.S_IFMT == syscall.S_IFDIR }

@@ -18,10 +18,13 @@ var errUnsupported = fmt.Errorf("%w: stores need Linux (openat with O_NOFOLLOW, 
 type Dir struct{ name string }
 
 type Info struct {
-	Mode  uint32
-	Size  int64
-	Nlink uint64
+	Mode     uint32
+	Size     int64
+	Nlink    uint64
+	Dev, Ino uint64
 }
+
+func (i Info) SameFile(o Info) bool { return false }
 
 type Entry struct {
 	Name string

@@ -12,6 +12,7 @@ import (
 	"io/fs"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/par"
@@ -36,6 +37,24 @@ type Input struct {
 // size is not known in advance, and taking Stat's 0 for it would silently
 // compress nothing.
 func Open(path, spoolDir string) (*Input, error) {
+	return OpenWith(path, Options{SpoolDir: spoolDir})
+}
+
+// Options tune OpenWith.
+type Options struct {
+	// SpoolDir is where a stream is spooled (the system's temporary
+	// folder if empty).
+	SpoolDir string
+	// Stop, if set, is asked between pieces of a stream being spooled: a
+	// stream may never end, and the caller must still be able to stop.
+	Stop func() error
+	// NoDevices refuses a character or block device (/dev/zero would be
+	// spooled until the disk is full).
+	NoDevices bool
+}
+
+// OpenWith is Open with options.
+func OpenWith(path string, opt Options) (*Input, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errs.IO, err)
@@ -49,6 +68,10 @@ func Open(path, spoolDir string) (*Input, error) {
 		_ = f.Close()
 		return nil, errs.IOf(path, syscall.EISDIR, "is a directory")
 	}
+	if opt.NoDevices && st.Mode()&fs.ModeDevice != 0 {
+		_ = f.Close()
+		return nil, errs.IOf(path, syscall.ENODEV, "is a device; tpde reads files and streams (a pipe, a FIFO), not devices")
+	}
 	if st.Mode().IsRegular() && st.Size() > 0 {
 		data, unmap, err := mapFile(f, st.Size())
 		if err != nil {
@@ -58,7 +81,7 @@ func Open(path, spoolDir string) (*Input, error) {
 		return &Input{Data: data, Perm: st.Mode().Perm(), HasPerm: true,
 			release: func() { unmap(); _ = f.Close() }}, nil
 	}
-	in, err := spool(f, path, spoolDir)
+	in, err := spool(f, path, opt.SpoolDir, opt.Stop)
 	_ = f.Close()
 	if err != nil {
 		return nil, err
@@ -81,7 +104,7 @@ func Map(f *os.File, size int64) (*Input, error) {
 }
 
 // spool copies a stream to an unlinked temporary file and maps that.
-func spool(src *os.File, path, dir string) (*Input, error) {
+func spool(src *os.File, path, dir string, stop func() error) (*Input, error) {
 	if dir == "" {
 		dir = os.TempDir()
 	}
@@ -92,7 +115,12 @@ func spool(src *os.File, path, dir string) (*Input, error) {
 	// Unlinked at once: it lives as long as the descriptor, and nothing is
 	// left behind whatever happens to this process.
 	_ = os.Remove(tmp.Name())
-	n, err := io.Copy(tmp, src)
+	n, err := copyStopping(tmp, src, stop)
+	var stopped stopError
+	if errors.As(err, &stopped) {
+		_ = tmp.Close()
+		return nil, stopped.err
+	}
 	if err != nil {
 		_ = tmp.Close()
 		var pe *fs.PathError
@@ -111,6 +139,46 @@ func spool(src *os.File, path, dir string) (*Input, error) {
 		return nil, err
 	}
 	return &Input{Data: data, release: func() { unmap(); _ = tmp.Close() }}, nil
+}
+
+// stopError is the error stop returned, ending a copy.
+type stopError struct{ err error }
+
+func (e stopError) Error() string { return e.err.Error() }
+
+// copyStopping is io.Copy that asks stop before each piece, and, while a
+// stream sends nothing, every quarter of a second: a FIFO whose writer
+// neither writes nor closes must not hold the caller forever. (Go polls a
+// pipe or FIFO, so a read deadline wakes the read; where it cannot, reads
+// block as io.Copy's would.)
+func copyStopping(dst *os.File, src *os.File, stop func() error) (int64, error) {
+	if stop == nil {
+		return io.Copy(dst, src)
+	}
+	buf := make([]byte, 1<<20)
+	var n int64
+	for {
+		if err := stop(); err != nil {
+			return n, stopError{err}
+		}
+		_ = src.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+		k, err := src.Read(buf)
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			err = nil // nothing yet: ask stop again
+		}
+		if k > 0 {
+			if _, werr := dst.Write(buf[:k]); werr != nil {
+				return n, werr // *fs.PathError naming dst, as io.Copy gives
+			}
+			n += int64(k)
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
 }
 
 // mapFile maps size bytes of f read-only.

@@ -75,6 +75,11 @@ func (s *Store) begin(step int64, hasStep bool, tags []string, base bool) (*Tx, 
 	if err != nil {
 		return nil, err
 	}
+	if sn.m.Generation == 0 {
+		if err := s.refuseOrphans(); err != nil {
+			return nil, err
+		}
+	}
 	if len(tags) > maxTags {
 		return nil, fmt.Errorf("%w: %d tags (max %d)", errs.Invalid, len(tags), maxTags)
 	}
@@ -199,7 +204,10 @@ func (tx *Tx) AddFile(rel, src string, hints *layout.Hints, note string) error {
 	if err := tx.claim(rel); err != nil {
 		return err
 	}
-	in, err := mapped.Open(src, tx.s.path("tmp"))
+	// A stream (a pipe, a FIFO) is spooled first; the caller's stop is
+	// asked while it is, since a stream need not end. A device is refused:
+	// /dev/zero would be spooled until the disk is full.
+	in, err := mapped.OpenWith(src, mapped.Options{SpoolDir: tx.s.path("tmp"), Stop: tx.Stop, NoDevices: true})
 	if err != nil {
 		return err
 	}
@@ -752,6 +760,9 @@ func (s *Store) publish(m *Manifest) error {
 		return err
 	} else if len(gens) > 0 && gens[0] >= m.Generation {
 		m.Generation = gens[0] + 1
+	}
+	if m.Generation > maxGeneration || m.Generation == 0 {
+		return fmt.Errorf("%w: %s: no manifest generation comes after %d", errs.Invalid, s.dir, m.Generation-1)
 	}
 	b, err := json.MarshalIndent(m, "", " ")
 	if err != nil {

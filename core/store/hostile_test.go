@@ -184,9 +184,9 @@ func frameObject(t *testing.T, dir string, step int64) string {
 	return ""
 }
 
-// within runs fn and fails the test if it takes longer than limit: a
+// inTime runs fn and fails the test if it takes longer than limit: a
 // reader must refuse a FIFO, never wait on it.
-func within(t *testing.T, limit time.Duration, fn func() error) error {
+func inTime(t *testing.T, limit time.Duration, fn func() error) error {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- fn() }()
@@ -213,7 +213,7 @@ func TestObjectsThatAreNotFilesAreRefusedWithoutHanging(t *testing.T) {
 			case "folder":
 				require.NoError(t, os.Mkdir(p, 0o755))
 			}
-			err := within(t, 20*time.Second, func() error { return restoreErr(dir, 5, filepath.Join(t.TempDir(), "out")) })
+			err := inTime(t, 20*time.Second, func() error { return restoreErr(dir, 5, filepath.Join(t.TempDir(), "out")) })
 			require.ErrorIs(t, err, errs.Corrupt)
 			// The others do not decode through checkpoint 5's w... except
 			// the one whose delta is coded against it: 4.
@@ -221,7 +221,7 @@ func TestObjectsThatAreNotFilesAreRefusedWithoutHanging(t *testing.T) {
 			s, err := Open(dir, Options{})
 			require.NoError(t, err)
 			defer s.Close()
-			problems := within(t, 20*time.Second, func() error {
+			problems := inTime(t, 20*time.Second, func() error {
 				ps, err := s.Verify(true)
 				require.NoError(t, err)
 				require.NotEmpty(t, ps)
@@ -246,7 +246,7 @@ func TestAFIFOAsTheNewestManifestIsRefusedWithoutHanging(t *testing.T) {
 	require.Equal(t, 1, g)
 	next := filepath.Join(dir, "manifests", manifestName(1000))
 	require.NoError(t, syscall.Mkfifo(next, 0o644))
-	err = within(t, 20*time.Second, func() error {
+	err = inTime(t, 20*time.Second, func() error {
 		_, err := Open(dir, Options{})
 		return err
 	})
@@ -635,4 +635,143 @@ func TestARecordWithAControlCharacterIsCorrupt(t *testing.T) {
 			assert.NotRegexp(t, "[\x00-\x1f\x7f]", err.Error(), name)
 		}
 	}
+}
+
+func TestAFileThatAppearsInAnEmptyDestWhileRestoringIsNeverReplaced(t *testing.T) {
+	dir, _ := fiveSteps(t)
+	dest := t.TempDir()
+	stagedHook = func() {
+		write(t, dest, "sub/config.json", []byte("theirs"))
+		write(t, dest, "sub/more/other.txt", []byte("theirs too"))
+	}
+	defer func() { stagedHook = nil }()
+	err := restoreErr(dir, 5, dest)
+	require.ErrorIs(t, err, syscall.EEXIST)
+	b, err := os.ReadFile(filepath.Join(dest, "sub", "config.json"))
+	require.NoError(t, err)
+	assert.Equal(t, "theirs", string(b), "the file that appeared was replaced")
+	// What the restore had linked in is taken back; what appeared stays.
+	assert.Equal(t, []string{"sub/config.json", "sub/more/other.txt"}, listTree(t, dest))
+}
+
+func TestAStoreWhoseManifestsAreGoneIsNeverCommittedOver(t *testing.T) {
+	dir, _ := fiveSteps(t)
+	before := listTree(t, filepath.Join(dir, "objects"))
+	require.NoError(t, os.RemoveAll(filepath.Join(dir, "manifests")))
+	s, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer s.Close()
+	assert.Equal(t, before, listTree(t, filepath.Join(dir, "objects")), "opening for writing removed objects")
+	_, err = s.Begin(6, true, nil)
+	require.ErrorIs(t, err, errs.Corrupt)
+	require.ErrorContains(t, err, "no manifest")
+	c, err := s.Repair()
+	require.NoError(t, err)
+	assert.NotEmpty(t, c.Kept)
+	ps, err := s.Verify(false)
+	require.NoError(t, err)
+	require.Len(t, ps, 1)
+	assert.Contains(t, ps[0].Message, "manifests are missing")
+	assert.Equal(t, before, listTree(t, filepath.Join(dir, "objects")))
+}
+
+func TestAGenerationNumberNearTheTopIsNotTheStore(t *testing.T) {
+	dir, want := fiveSteps(t)
+	gens, err := os.ReadDir(filepath.Join(dir, "manifests"))
+	require.NoError(t, err)
+	b, err := os.ReadFile(filepath.Join(dir, "manifests", gens[0].Name()))
+	require.NoError(t, err)
+	top := filepath.Join(dir, "manifests", fmt.Sprintf("%020d.json", uint64(math.MaxUint64)))
+	require.NoError(t, os.WriteFile(top, b, 0o644))
+	require.NoError(t, os.WriteFile(top+copySuffix, b, 0o644))
+	s, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer s.Close()
+	p := write(t, t.TempDir(), "m.st", newSeries(3).step(t))
+	addFiles(t, s, 6, map[string]string{"model.safetensors": p})
+	rd, err := s.Reader()
+	require.NoError(t, err)
+	assert.Equal(t, []int64{1, 2, 3, 4, 5, 6}, rd.Steps())
+	rd.Close()
+	assert.Equal(t, want[5], restoreAll(t, dir, 5)["model.safetensors"])
+}
+
+func TestRepairReplacesAFolderPlantedAtARecordAndAHostileReadersLock(t *testing.T) {
+	dir, want := fiveSteps(t)
+	rec := recordOf(t, dir, 4)
+	s0, err := Open(dir, Options{})
+	require.NoError(t, err)
+	p := s0.objectPath(rec)
+	s0.Close()
+	require.NoError(t, os.Remove(p))
+	require.NoError(t, os.MkdirAll(filepath.Join(p, "inside"), 0o755))
+	require.NoError(t, os.Remove(filepath.Join(dir, "readers.lock")))
+	require.NoError(t, syscall.Mkfifo(filepath.Join(dir, "readers.lock"), 0o644))
+	_, err = func() (*Reader, error) {
+		s, err := Open(dir, Options{})
+		require.NoError(t, err)
+		defer s.Close()
+		return s.Reader()
+	}()
+	require.ErrorContains(t, err, "--repair replaces it")
+	s, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer s.Close()
+	c, err := s.Repair()
+	require.NoError(t, err)
+	assert.Contains(t, c.Foreign, "readers.lock (was not a regular file; replaced by one)")
+	assert.Equal(t, 1, c.Copies)
+	ps, err := s.Verify(true)
+	require.NoError(t, err)
+	assert.Empty(t, ps)
+	assert.Equal(t, want[4], restoreAll(t, dir, 4)["model.safetensors"])
+}
+
+func TestARestoreNeverWritesIntoTheStore(t *testing.T) {
+	dir, _ := fiveSteps(t)
+	for _, dest := range []string{dir, filepath.Join(dir, "objects"), filepath.Join(dir, "new")} {
+		err := restoreErr(dir, 5, dest)
+		require.ErrorIs(t, err, errs.Invalid, dest)
+	}
+	require.ErrorIs(t, restoreErr(dir, 5, ""), errs.Invalid)
+	// A folder that holds the store is fine where no file lands in it.
+	parent := filepath.Dir(dir)
+	err := restoreErr(dir, 5, parent)
+	assert.ErrorIs(t, err, syscall.EEXIST, "not empty: refused for that reason, not as the store")
+}
+
+func TestADeviceIsNoSourceAndAStreamCanBeStopped(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer s.Close()
+	tx, err := s.Begin(1, true, nil)
+	require.NoError(t, err)
+	require.ErrorIs(t, tx.AddFile("zero", "/dev/zero", nil, ""), syscall.ENODEV)
+	// A FIFO whose writer never stops: the add ends when asked to.
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	require.NoError(t, syscall.Mkfifo(fifo, 0o644))
+	go func() {
+		f, err := os.OpenFile(fifo, os.O_WRONLY, 0)
+		if err != nil {
+			return
+		}
+		defer f.Close()
+		buf := make([]byte, 1<<16)
+		for {
+			if _, err := f.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	var calls atomic.Int64
+	tx.Stop = func() error {
+		if calls.Add(1) > 20 {
+			return errs.Cancelled
+		}
+		return nil
+	}
+	err = inTime(t, 30*time.Second, func() error { return tx.AddFile("stream", fifo, nil, "") })
+	require.ErrorIs(t, err, errs.Cancelled)
+	tx.Abort()
 }

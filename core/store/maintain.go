@@ -66,12 +66,24 @@ func (s *Store) cleanup() (Cleaned, error) {
 		return c, err
 	}
 	live, err := sn.live()
-	if err != nil {
-		c.Kept = fmt.Sprintf("unreferenced objects are kept while a record cannot be read (remove that checkpoint to reclaim them): %v", err)
+	why := ""
+	switch {
+	case err != nil:
+		why = fmt.Sprintf("a record cannot be read, so no one can tell which objects its checkpoint needs (remove that checkpoint to reclaim them): %v", err)
+		live = nil
+	case sn.m.Generation == 0:
+		// No commit yet, or every manifest lost: objects/ holds a dead
+		// first add's leftovers, or a history whose manifests are gone.
+		// Only a commit tells the two apart; until then, keep all.
+		why = "the store has no manifest generation yet"
 		live = nil
 	}
-	if err := s.removeUnreferenced(live, &c); err != nil {
+	kept, err := s.removeUnreferenced(live, &c)
+	if err != nil {
 		return c, err
+	}
+	if kept > 0 {
+		c.Kept = fmt.Sprintf("%d object(s): %s", kept, why)
 	}
 	gens, err := s.generations()
 	if err != nil {
@@ -92,13 +104,57 @@ func (s *Store) cleanup() (Cleaned, error) {
 	return c, nil
 }
 
-// removeUnreferenced removes every object file live does not name (none
-// when live is nil: it is not known), and reports entries of objects/ that
-// tpde did not write.
-func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned) error {
+// refuseOrphans refuses to write a first manifest into a store whose
+// objects/ holds checkpoint records already (a record, and only a record,
+// has a second copy, <h>.copy): its manifests were lost, and the commit's
+// cleanup would remove every object of the history they named.
+func (s *Store) refuseOrphans() error {
+	n, err := s.orphanRecords()
+	if err != nil || n == 0 {
+		return err
+	}
+	return fmt.Errorf("%w: %s holds %d checkpoint record(s) in objects/ but no manifest generation (were manifests/ removed?): tpde will not commit over them, which would remove that history. Put the manifests back; or, if this store never held a checkpoint, remove its objects/ folder", errs.Corrupt, s.dir, n)
+}
+
+// orphanRecords counts record copies in objects/ (see refuseOrphans).
+func (s *Store) orphanRecords() (int, error) {
+	if s.objects == nil {
+		return 0, nil
+	}
 	dirs, err := s.objects.ReadDir()
 	if err != nil {
-		return err
+		return 0, err
+	}
+	n := 0
+	for _, d := range dirs {
+		if d.Type != fs.ModeDir {
+			continue
+		}
+		sub, err := s.objects.OpenDir(d.Name)
+		if err != nil {
+			continue
+		}
+		ents, err := sub.ReadDir()
+		_ = sub.Close()
+		if err != nil {
+			return 0, err
+		}
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name, copySuffix) {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
+// removeUnreferenced removes every object file live does not name (none
+// when live is nil: it is not known; it returns how many it kept), and
+// reports entries of objects/ that tpde did not write.
+func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned) (kept int, err error) {
+	dirs, err := s.objects.ReadDir()
+	if err != nil {
+		return 0, err
 	}
 	for _, d := range dirs {
 		if d.Type != fs.ModeDir {
@@ -111,16 +167,19 @@ func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned) error {
 			continue
 		}
 		objs, err := sub.ReadDir()
-		if err == nil && live != nil {
+		if err == nil {
 			for _, o := range objs {
-				if !live[o.Name] && sub.Remove(o.Name) == nil {
+				switch {
+				case live == nil:
+					kept++
+				case !live[o.Name] && sub.Remove(o.Name) == nil:
 					c.Objects++
 				}
 			}
 		}
 		_ = sub.Close()
 	}
-	return nil
+	return kept, nil
 }
 
 // Repair removes leftovers and reports them, with what Open for writing
@@ -367,6 +426,9 @@ type Problem struct {
 	// Degraded: nothing is lost (the other copy of a record or of the
 	// manifest serves), but one copy is damaged; --repair rewrites it.
 	Degraded bool `json:"degraded,omitempty"`
+	// Unchecked: not damage, but not checked either: decoding it would
+	// exceed the decode limit (which a raised limit lets verify check).
+	Unchecked bool `json:"unchecked,omitempty"`
 }
 
 // Verify checks every object of every checkpoint: present, of its size,
@@ -385,6 +447,13 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 		return nil, err
 	}
 	var out []Problem
+	if len(gens) == 0 {
+		if n, err := s.orphanRecords(); err != nil {
+			return nil, err
+		} else if n > 0 {
+			out = append(out, Problem{Message: fmt.Sprintf("objects/ holds %d checkpoint record(s) but no manifest names them: the store's manifests are missing", n)})
+		}
+	}
 	if len(gens) > 0 {
 		_, st, err := s.readGeneration(gens[0])
 		if err == nil && st.Denied != nil {
@@ -410,6 +479,7 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 			return
 		}
 		p.Message = err.Error()
+		p.Unchecked = errors.Is(err, errs.Limit)
 		out = append(out, p)
 	}
 	bad := map[string]error{} // object -> why

@@ -345,7 +345,7 @@ func parseManifest(b []byte, generation uint64) (*Manifest, error) {
 	if m.Version != Version {
 		return nil, fmt.Errorf("%w: %s: layout version %d (this tpde reads %d)", errs.Unsupported, what, m.Version, Version)
 	}
-	if m.Generation != generation {
+	if m.Generation != generation || generation > maxGeneration {
 		return nil, corrupt(what, "says it is generation %d", m.Generation)
 	}
 	if err := m.Config.validate(); err != nil {

@@ -147,6 +147,12 @@ func (s *Store) putAs(h, name string, b []byte, replace bool) error {
 		return err
 	}
 	defer sub.Close()
+	if st, err := sub.Stat(name); err == nil && st.IsDir() {
+		// A folder planted at the name: a rename cannot replace it.
+		if err := sub.RemoveAll(name); err != nil {
+			return err
+		}
+	}
 	return s.tmp.Rename(w.name, sub, name)
 }
 

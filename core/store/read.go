@@ -12,7 +12,9 @@ import (
 	"io/fs"
 	"math/bits"
 	"os"
+	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 
@@ -591,6 +593,9 @@ func (rd *Reader) RestoreFile(f *File, dst string, force bool) error {
 	if err := rd.checkOutput(f.Size); err != nil {
 		return err
 	}
+	if err := rd.s.refuseOverlap(dst, nil); err != nil {
+		return err
+	}
 	parent, base, err := openParent(dst)
 	if err != nil {
 		return err
@@ -643,6 +648,69 @@ func (rd *Reader) checkOutput(total uint64) error {
 		return fmt.Errorf("%w: restoring it writes %d bytes, more than the limit of %d (max_output_bytes or TPDE_MAX_OUTPUT)", errs.Limit, total, limit)
 	}
 	return nil
+}
+
+// refuseOverlap refuses a restore into the store itself or a folder inside
+// it, and one into a folder that holds the store where a file of c would
+// land inside the store: a restore never writes into a store.
+func (s *Store) refuseOverlap(dest string, c *Checkpoint) error {
+	if dest == "" {
+		return fmt.Errorf("%w: no destination given", errs.Invalid)
+	}
+	store, err := filepath.EvalSymlinks(s.dir)
+	if err != nil {
+		return ioErr(s.dir, err)
+	}
+	d, err := resolvePath(dest)
+	if err != nil {
+		return err
+	}
+	refuse := func() error {
+		return fmt.Errorf("%w: %s is (or holds) the store %s: a restore never writes into a store", errs.Invalid, dest, s.dir)
+	}
+	if within(d, store) {
+		return refuse()
+	}
+	if c != nil && within(store, d) {
+		rel, err := filepath.Rel(d, store)
+		if err != nil {
+			return refuse()
+		}
+		rel = filepath.ToSlash(rel)
+		for i := range c.Files {
+			if p := c.Files[i].Path; p == rel || strings.HasPrefix(p, rel+"/") || strings.HasPrefix(rel, p+"/") {
+				return refuse()
+			}
+		}
+	}
+	return nil
+}
+
+// within says whether path p is folder or lies below it (both resolved).
+func within(p, folder string) bool {
+	return p == folder || strings.HasPrefix(p, strings.TrimSuffix(folder, "/")+"/")
+}
+
+// resolvePath is p made absolute with its symlinks resolved, as far as it
+// exists (the rest appended as given).
+func resolvePath(p string) (string, error) {
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", ioErr(p, err)
+	}
+	rest := ""
+	for cur := abs; ; {
+		real, err := filepath.EvalSymlinks(cur)
+		if err == nil {
+			return filepath.Join(real, rest), nil
+		}
+		parent := filepath.Dir(cur)
+		if parent == cur {
+			return abs, nil
+		}
+		rest = filepath.Join(filepath.Base(cur), rest)
+		cur = parent
+	}
 }
 
 // openParent opens the folder that holds path (the caller's own path: a
@@ -708,6 +776,9 @@ func (rd *Reader) Restore(c *Checkpoint, dest string, force bool) error {
 		}
 	}
 	if err := rd.checkOutput(total); err != nil {
+		return err
+	}
+	if err := rd.s.refuseOverlap(dest, c); err != nil {
 		return err
 	}
 	parent, base, err := openParent(dest)
@@ -776,43 +847,77 @@ func (rd *Reader) Restore(c *Checkpoint, dest string, force bool) error {
 		done = true
 		return parent.Sync()
 	}
-	if err := moveInto(stage, existing, c); err != nil {
+	if stagedHook != nil {
+		stagedHook()
+	}
+	// Into a dest that was empty, files are linked in, never replacing
+	// what appeared meanwhile, and a failure takes back what went in: all
+	// or nothing. Forced, they replace the files of their names.
+	undo, err := moveInto(stage, existing, c, !wasEmpty)
+	if err != nil {
 		if wasEmpty {
-			// Undo the moves that went through: dest was empty, and is
-			// again.
-			for _, top := range topNames(c) {
-				_ = existing.RemoveAll(top)
-			}
+			undo()
 		}
 		return err
 	}
-	return existing.Sync() // the deferred RemoveAll takes the emptied staging folder
+	return existing.Sync() // the deferred RemoveAll takes the staging folder
 }
 
-// topNames are the first components of c's file paths.
-func topNames(c *Checkpoint) []string {
-	seen := map[string]bool{}
-	var out []string
-	for i := range c.Files {
-		top, _, _ := strings.Cut(c.Files[i].Path, "/")
-		if !seen[top] {
-			seen[top] = true
-			out = append(out, top)
-		}
-	}
-	return out
-}
+// stagedHook, when a test sets it, runs between staging a restore into an
+// existing destination and moving it into place: where another process
+// may write into the destination.
+var stagedHook func()
 
-// moveInto moves every file of c from the staging folder into dest
-// (force): each replaces the file of its name, never a folder, and no
-// symlinked folder of dest is entered. Every target is checked before the
-// first file moves.
-func moveInto(stage, dest *dirfd.Dir, c *Checkpoint) error {
+// moveInto moves every file of c from the staging folder into dest: with
+// replace (force), each is renamed over the file of its name, never a
+// folder; without, each is linked in and an entry that appeared meanwhile
+// is refused, never replaced. No symlinked folder of dest is entered, and
+// every target is checked before the first file moves. undo (for a dest
+// that was empty) takes back the files it linked, and the folders it left
+// empty: only what this restore put there.
+func moveInto(stage, dest *dirfd.Dir, c *Checkpoint, replace bool) (undo func(), err error) {
 	type move struct {
 		from, to *dirfd.Dir
 		name     string
+		path     string
 	}
 	var moves []move
+	moved := 0
+	undo = func() {
+		for _, m := range moves[:moved] {
+			ours, err1 := m.from.Stat(m.name)
+			there, err2 := m.to.Stat(m.name)
+			if err1 == nil && err2 == nil && ours.SameFile(there) {
+				_ = m.to.Remove(m.name)
+			}
+		}
+		// Folders, deepest first: a Remove of a folder that is not empty
+		// fails, and leaves it.
+		dirs := map[string]bool{}
+		for _, m := range moves[:moved] {
+			for d := path.Dir(m.path); d != "."; d = path.Dir(d) {
+				dirs[d] = true
+			}
+		}
+		sorted := make([]string, 0, len(dirs))
+		for d := range dirs {
+			sorted = append(sorted, d)
+		}
+		sort.Slice(sorted, func(i, j int) bool { return strings.Count(sorted[i], "/") > strings.Count(sorted[j], "/") })
+		for _, d := range sorted {
+			parent, base := dest, d
+			if i := strings.LastIndex(d, "/"); i >= 0 {
+				if parent, err = dest.OpenDir(d[:i]); err != nil {
+					continue
+				}
+				base = d[i+1:]
+			}
+			_ = parent.Remove(base)
+			if parent != dest {
+				_ = parent.Close()
+			}
+		}
+	}
 	defer func() {
 		for _, m := range moves {
 			if m.from != stage {
@@ -824,26 +929,37 @@ func moveInto(stage, dest *dirfd.Dir, c *Checkpoint) error {
 		}
 	}()
 	for i := range c.Files {
-		to, name, err := dest.CreateParents(c.Files[i].Path)
+		p := c.Files[i].Path
+		to, name, err := dest.CreateParents(p)
 		if err != nil {
-			return err
+			return undo, err
 		}
-		from, _, err := stage.CreateParents(c.Files[i].Path)
+		from, _, err := stage.CreateParents(p)
 		if err != nil {
 			if to != dest {
 				_ = to.Close()
 			}
-			return err
+			return undo, err
 		}
-		moves = append(moves, move{from, to, name})
-		if st, err := to.Stat(name); err == nil && st.IsDir() {
-			return errs.IOf(dest.Path(c.Files[i].Path), syscall.EISDIR, "is a folder; the checkpoint has a file there")
+		moves = append(moves, move{from, to, name, p})
+		if st, err := to.Stat(name); err == nil && (st.IsDir() || !replace) {
+			if st.IsDir() {
+				return undo, errs.IOf(dest.Path(p), syscall.EISDIR, "is a folder; the checkpoint has a file there")
+			}
+			return undo, errs.IOf(dest.Path(p), syscall.EEXIST, "appeared in the destination while tpde restored into it; it was not replaced")
 		}
 	}
 	for _, m := range moves {
-		if err := m.from.Rename(m.name, m.to, m.name); err != nil {
-			return err
+		var err error
+		if replace {
+			err = m.from.Rename(m.name, m.to, m.name)
+		} else if err = m.from.Link(m.name, m.to, m.name); errors.Is(err, syscall.EEXIST) {
+			err = errs.IOf(dest.Path(m.path), syscall.EEXIST, "appeared in the destination while tpde restored into it; it was not replaced")
 		}
+		if err != nil {
+			return undo, err
+		}
+		moved++
 	}
-	return nil
+	return undo, nil
 }

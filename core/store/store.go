@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -260,6 +261,15 @@ func (s *Store) openFolders() error {
 			return err
 		}
 		f, err := s.root.OpenFile("readers.lock", os.O_RDONLY|os.O_CREATE, 0o666)
+		if hostile(err) != err {
+			// Not a regular file (a planted link, FIFO or folder): no
+			// reader can hold a lock on it, so it is replaced, itself.
+			if err := s.root.RemoveAll("readers.lock"); err != nil {
+				return err
+			}
+			s.replaced = append(s.replaced, "readers.lock (was not a regular file; replaced by one)")
+			f, err = s.root.OpenFile("readers.lock", os.O_RDONLY|os.O_CREATE, 0o666)
+		}
 		if err != nil {
 			return err
 		}
@@ -431,6 +441,9 @@ func (s *Store) readLock() (func(), error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		return func() {}, nil
 	}
+	if h := hostile(err); h != err {
+		return nil, fmt.Errorf("%w (tpde verify --repair replaces it)", h)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -446,6 +459,10 @@ func (s *Store) readLock() (func(), error) {
 const copySuffix = ".copy"
 
 func manifestName(g uint64) string { return fmt.Sprintf("%020d.json", g) }
+
+// maxGeneration is the largest generation number: a planted name near
+// 2^64 must not make the next commit wrap to generation 0.
+const maxGeneration = math.MaxInt64
 
 // generations lists the manifest generations present (by either name),
 // newest first.
@@ -466,8 +483,8 @@ func (s *Store) generations() ([]uint64, error) {
 			continue
 		}
 		g, err := strconv.ParseUint(name, 10, 64)
-		if err != nil || g == 0 || seen[g] {
-			continue
+		if err != nil || g == 0 || g > maxGeneration || seen[g] {
+			continue // not a generation tpde writes: never the store's state
 		}
 		seen[g] = true
 		gens = append(gens, g)

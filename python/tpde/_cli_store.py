@@ -159,11 +159,10 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
     _need_store(args.store, usage_error)
     with Store(args.store) as store:
         if cmd == "restore":
-            step = args.step
+            info = store.info(args.step)  # the step restored, named once: "latest" may move meanwhile
             t0 = time.perf_counter()
-            out = store.restore(step, args.dest, force=args.force)
+            out = store.restore(info.step, args.dest, force=args.force)
             if not args.quiet:
-                info = store.info(step)
                 print(f"restored checkpoint {info.step}: {len(info.files)} files, {_human(info.raw_bytes)} "
                       f"into {out} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
             return 0
@@ -191,10 +190,13 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             if args.step is None and not args.json:
                 cfg = store.config
                 st = store.stats()
-                print(f"store {args.store}: {len(st['checkpoints'])} checkpoints, {_human(st['raw_bytes'])} raw in "
-                      f"{_human(st['disk_bytes'])} on disk ({(st['ratio'] or 0):.2f}x); keyframe interval "
-                      f"{cfg.get('keyframe_interval')}, reference {cfg.get('reference')}, "
-                      f"{'lossless' if not cfg.get('lossy') else 'lossy rules ' + json.dumps(cfg['lossy'])}")
+                lossy = "lossless" if not cfg.get("lossy") else "lossy rules " + json.dumps(cfg["lossy"])
+                print(f"store {_p(args.store)}: {len(st['checkpoints'])} checkpoints, {_human(st['raw_bytes'])} raw "
+                      f"in {_human(st['disk_bytes'])} on disk ({(st['ratio'] or 0):.2f}x); keyframe interval "
+                      f"{cfg.get('keyframe_interval')}, reference {cfg.get('reference')}, {lossy}")
+                if st["damaged"]:
+                    print(f"damaged: checkpoints {', '.join(st['damaged'])} (tpde verify names what)")
+                    return 1
                 return 0
             if args.step is None:
                 print(json.dumps({"config": store.config, "stats": store.stats()}, indent=1))
@@ -238,11 +240,15 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
                                                    else f"checkpoint {p.step}")
                     what = (f" {_p(p.file)}" if p.file else "") + (f" tensor {_p(p.region)}" if p.region else "")
                     print(f"{where}:{what + ':' if what else ''} {_p(p.message)}"
-                          + (" (its other copy serves; nothing is lost; --repair rewrites it)" if p.degraded else ""))
+                          + (" (its other copy serves; nothing is lost; --repair rewrites it)" if p.degraded else "")
+                          + (" (not checked, not damaged)" if p.unchecked else ""))
                 if rep.ok:
                     print("ok", file=sys.stderr)
                 elif rep.affected_steps:
                     print(f"damaged: checkpoints {', '.join(map(str, rep.affected_steps))}", file=sys.stderr)
+                elif rep.unchecked_steps and not rep.degraded:
+                    print(f"not checked: checkpoints {', '.join(map(str, rep.unchecked_steps))} decode beyond the "
+                          "decode limit (raise TPDE_MAX_OUTPUT to check them)", file=sys.stderr)
                 else:
                     print("degraded: nothing is lost, but a copy is damaged (tpde verify --repair)", file=sys.stderr)
             return 0 if rep.ok else 1
@@ -257,7 +263,8 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             for r in st["checkpoints"]:
                 print(f"{r['step']:>10}  {_human(r['raw_bytes']):>10}  {_human(r['new_bytes']):>10}")
             print(f"total: {_human(st['raw_bytes'])} raw, {_human(st['disk_bytes'])} on disk "
-                  f"({(st['ratio'] or 0):.2f}x)")
+                  f"({(st['ratio'] or 0):.2f}x)" + (f"; damaged, left out: checkpoints {', '.join(st['damaged'])}"
+                                                    if st["damaged"] else ""))
             print("\nratio per tensor group:")
             for g, v in st["groups"].items():
                 print(f"  {_p(g):<60} {v['ratio']:.2f}x" if v["ratio"] else f"  {_p(g):<60} -")
@@ -299,7 +306,7 @@ def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             if step is None:
                 m = _STEP_IN_NAME.search(os.path.basename(os.path.normpath(p)))
                 step = int(m.group(1)) if m and os.path.isdir(p) else None
-            bar = bar_factory(f"adding {os.path.basename(os.path.normpath(p))}") if not args.quiet else None
+            bar = bar_factory(f"adding {_p(os.path.basename(os.path.normpath(p)))}") if not args.quiet else None
             t0 = time.perf_counter()
             try:
                 info = store.add(p, step=step, tags=args.tag, progress=bar, follow_links=args.follow_links,

@@ -122,6 +122,9 @@ class Problem:
     #: Nothing is lost: one copy of a record or of the manifest is damaged
     #: and the other serves. verify(repair=True) writes it anew.
     degraded: bool = False
+    #: Not damage, and not checked: decoding it would exceed the decode
+    #: limit (max_output_bytes / TPDE_MAX_OUTPUT); a higher limit checks it.
+    unchecked: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,12 @@ class VerifyReport:
     @property
     def affected_steps(self) -> List[int]:
         """The checkpoints that cannot be read whole."""
-        return sorted({p.step for p in self.problems if not p.base and not p.degraded})
+        return sorted({p.step for p in self.problems if not p.base and not p.degraded and not p.unchecked})
+
+    @property
+    def unchecked_steps(self) -> List[int]:
+        """The checkpoints not checked whole: over the decode limit."""
+        return sorted({p.step for p in self.problems if not p.base and p.unchecked})
 
     @property
     def degraded(self) -> List[Problem]:
@@ -160,6 +168,34 @@ def _json_arg(v: Any) -> Tuple[Optional[bytes], int]:
         return None, 0
     b = json.dumps(v, allow_nan=False).encode("utf-8")
     return b, len(b)
+
+
+def _path_arg(p: Any, what: str) -> str:
+    """A path argument, checked before it reaches C: a str or os.PathLike,
+    not empty, without NUL (a C string would end there, and "a<NUL>/b" be "a").
+    Bytes and names that are not UTF-8 travel as the OS's bytes
+    (os.fsencode)."""
+    try:
+        s = os.fspath(p)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be a path, not {type(p).__name__}") from None
+    if isinstance(s, bytes):
+        s = os.fsdecode(s)
+    if not s:
+        raise InvalidArgumentError(f"{what} is empty")
+    if "\0" in s:
+        raise InvalidArgumentError(f"{what} {printable(s)!r} holds a NUL character")
+    return s
+
+
+def _utf8(name: str, what: str) -> bytes:
+    """name as UTF-8: the store names files and tensors in UTF-8 only
+    (docs/FORMAT.md §18.4), so a name that has none (bytes the OS gave that
+    are not UTF-8, a lone surrogate) is refused, naming it."""
+    try:
+        return name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{what} {printable(repr(name))} is not UTF-8; a store holds UTF-8 names") from None
 
 
 def check_step(step: Any, what: str = "step", *, latest: bool = True) -> Optional[int]:
@@ -347,9 +383,7 @@ class Store:
     def __init__(self, path: PathLike, keyframe_interval: Optional[int] = None, reference: Optional[str] = None,
                  base: Any = None, lossy: Optional[Mapping[str, float]] = None, *, threads: int = 0,
                  compression_method: str = "auto", max_output_bytes: Optional[int] = None) -> None:
-        self.path = os.fspath(path)
-        if not isinstance(self.path, str):
-            self.path = os.fsdecode(self.path)
+        self.path = _path_arg(path, "the store path")
         if _SCHEME.match(self.path):
             raise UnsupportedFormatError(
                 f"{self.path}: tpde cannot serve {self.path.split('://')[0]}:// stores; a store is a local folder")
@@ -404,7 +438,7 @@ class Store:
         h = c_uint64(0)
         js, n = _json_arg(self._config or None)
         try:
-            call("tpde_store_open", self.path.encode("utf-8"), int(write), js, n, self._threads, byref(h))
+            call("tpde_store_open", os.fsencode(self.path), int(write), js, n, self._threads, byref(h))
         except TPDEIOError as e:
             if e.errno == errno.EWOULDBLOCK:  # the writer lock (flock), nothing else returns it
                 raise StoreLockedError(e.errno, str(e)) from None
@@ -475,6 +509,7 @@ class Store:
         if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
             raise InvalidArgumentError("tags must be a list of strings")
         for t in tags or ():
+            _utf8(t, "tag")
             if has_control(t):
                 raise InvalidArgumentError(f"tag {printable(t)!r} has a control character")
         with self._lock, _naming(self.path):
@@ -494,8 +529,8 @@ class Store:
         try:
             if isinstance(what, Mapping):
                 self._add_state_dict(h, what)
-            elif isinstance(what, (str, os.PathLike)):
-                files = list(_walk(os.fspath(what), self.path, follow_links))
+            elif isinstance(what, (str, bytes, os.PathLike)):
+                files = list(_walk(_path_arg(what, "the path to add"), self.path, follow_links))
                 total = sum(os.stat(p).st_size for _, p in files)
                 done = 0
                 for rel, p in files:
@@ -515,7 +550,7 @@ class Store:
                 raise
             # A file that vanished or became unreadable while being added
             # (a framework's rotation deleting a folder under us, say).
-            where = os.fspath(what) if isinstance(what, (str, os.PathLike)) else "a state dict"
+            where = os.fsdecode(os.fspath(what)) if isinstance(what, (str, bytes, os.PathLike)) else "a state dict"
             raise TPDEIOError(e.errno, f"{e.filename}: {e.strerror} (while adding {where})") from e
         except BaseException:
             call("tpde_store_abort", h)
@@ -529,7 +564,7 @@ class Store:
     def _add_file(self, h: int, rel: str, p: str, cancel: Optional[Any]) -> None:
         hints, note = _torchfile.hints(p)
         hj, hn = _json_arg(hints)
-        args = (h, rel.encode("utf-8"), os.fsencode(p), hj, hn, note.encode("utf-8") if note else None, None)
+        args = (h, _utf8(rel, "file name"), os.fsencode(p), hj, hn, note.encode("utf-8") if note else None, None)
         run_cancellable(lambda flag: call("tpde_store_add_file", *args, byref(flag)), cancel)
 
     def _add_state_dict(self, h: int, sd: Mapping[str, Any]) -> None:
@@ -555,7 +590,7 @@ class Store:
             shape = (c_uint64 * max(len(src.shape), 1))(*src.shape)
             keep.append(shape)
             # The header's offsets count from the end of the header.
-            arr[i] = _native.StoreTensor(e["name"].encode("utf-8"), src.code, len(src.shape),
+            arr[i] = _native.StoreTensor(_utf8(e["name"], "tensor name"), src.code, len(src.shape),
                                          ctypes.addressof(shape), base + e["offset"], src.ptr, src.nbytes)
         call("tpde_store_add_state_dict", h, STATE_DICT_FILE.encode("utf-8"), head, len(head), arr, len(srcs))
         del keep, srcs
@@ -639,7 +674,7 @@ class Store:
         of dest stays. A state dict added from Python is written as
         dest/state_dict.pt (torch.save)."""
         step = check_step(step)
-        d = os.fspath(dest)
+        d = _path_arg(dest, "the destination")
         with _naming(self.path), self._reader() as rd:
             rec = rd.record(step)
             if [f["layout"] for f in rec["files"]] == ["state-dict"]:
@@ -658,9 +693,22 @@ class Store:
 
     def stats(self) -> Dict[str, Any]:
         """Sizes per checkpoint, ratio per tensor group, and the fraction of
-        elements that changed per layer between checkpoints."""
+        elements that changed per layer between checkpoints. A checkpoint
+        whose record cannot be read is left out, and listed under
+        "damaged" with why."""
+        records, chains, damaged = [], {}, {}
         with _naming(self.path), self._reader() as rd:
-            return _stats(rd.snapshot, rd.chain_lengths(), self.path)
+            for step in rd.steps:
+                try:
+                    e = rd.entry(step, keep=False)
+                except (CorruptDataError, UnsupportedFormatError) as err:
+                    damaged[str(step)] = str(err)
+                    continue
+                records.append(e["record"])
+                for f, ns in zip(e["record"]["files"], e["chains"]):
+                    for r, n in zip(f["regions"], ns):
+                        chains[(step, f["path"], r["name"])] = n
+        return {**_stats({"checkpoints": records}, chains, self.path), "damaged": damaged}
 
     # -- maintenance ---------------------------------------------------
 
@@ -693,7 +741,7 @@ class Store:
             res = _result(h)
         probs = tuple(Problem(step=p.get("step", 0), file=p.get("file", ""), region=p.get("region", ""),
                               object=p.get("object", ""), message=p["message"], base=p.get("base", False),
-                              degraded=p.get("degraded", False))
+                              degraded=p.get("degraded", False), unchecked=p.get("unchecked", False))
                       for p in res["problems"])
         return VerifyReport(probs, res.get("cleaned"))
 
@@ -758,6 +806,10 @@ def _walk(path: str, store_path: str, follow_links: bool) -> Iterator[Tuple[str,
                     except FileNotFoundError:
                         raise TPDEIOError(errno.ENOENT, f"{e.path}: a symlink to {target}, which does not exist") \
                             from None
+                    if _inside(target, real_store) or _inside(real_store, target):
+                        raise InvalidArgumentError(f"{printable(e.path)} is a symlink to {printable(target)}, which "
+                                                   f"is (or holds) the store {store_path}: tpde will not add a "
+                                                   "store's own files to it")
                     if stat.S_ISDIR(tst.st_mode):
                         if not inside and (tst.st_dev, tst.st_ino) not in entered:
                             entered.add((tst.st_dev, tst.st_ino))
@@ -804,7 +856,10 @@ def _write_state_dict(sd: Any, dest: str, force: bool) -> None:
 
     dest = os.path.abspath(dest)
     if os.path.islink(dest):
-        dest = os.path.realpath(dest)
+        target = os.path.realpath(dest)
+        if not os.path.exists(target):
+            raise TPDEIOError(errno.ENOENT, f"{dest}: a symlink to {target}, which does not exist")
+        dest = target
     parent = os.path.dirname(dest) or "."
     exists = os.path.lexists(dest)
     if exists:
