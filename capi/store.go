@@ -384,13 +384,23 @@ func tpde_store_reader_open(handle C.uint64_t, reader *C.uint64_t, cerr *C.char,
 			Generation uint64       `json:"generation"`
 			Config     store.Config `json:"config"`
 			Base       bool         `json:"base"`
-			Steps      []int64      `json:"steps"`
-		}{m.Generation, m.Config, m.Base != nil, rd.Steps()}); err != nil {
+			Count      int          `json:"count"`
+		}{m.Generation, m.Config, m.Base != nil, len(m.Checkpoints)}); err != nil {
 			rd.Close()
 			return err
 		}
 		*reader = C.uint64_t(readers.Put(r))
 		return nil
+	})
+}
+
+//export tpde_store_reader_steps
+func tpde_store_reader_steps(reader C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
+		return keep(&r.result, struct {
+			Steps []int64 `json:"steps"`
+		}{r.rd.Steps()})
 	})
 }
 

@@ -557,10 +557,13 @@ int tpde_store_remove(uint64_t handle, int64_t step, char *err, size_t err_len);
 int tpde_store_verify(uint64_t handle, int32_t deep, int32_t repair, char *err, size_t err_len);
 
 /* Open a reader on the newest committed state. Result: {"generation",
- * "config", "base": whether the store has a base, "steps": [the steps held,
- * oldest first]}; the records are read one at a time, when asked for. */
+ * "config", "base": whether the store has a base, "count": how many
+ * checkpoints it holds}: nothing that grows with the history, so that
+ * reading the newest checkpoint costs the same however long the run. */
 int tpde_store_reader_open(uint64_t handle, uint64_t *reader, char *err, size_t err_len);
 int tpde_store_reader_close(uint64_t reader, char *err, size_t err_len);
+/* The steps the reader's snapshot holds. Result: {"steps": [oldest first]}. */
+int tpde_store_reader_steps(uint64_t reader, char *err, size_t err_len);
 /* Which record tpde_store_reader_record reads. */
 #define TPDE_STORE_STEP 0   /* the checkpoint step */
 #define TPDE_STORE_LATEST 1 /* the newest checkpoint (step ignored) */

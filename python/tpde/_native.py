@@ -261,6 +261,7 @@ _SIGNATURES.update({
     "tpde_store_read_range": (
         c_int, [c_uint64, ctypes.c_int64, c_char_p, c_uint64, c_void_p, c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_reader_record": (c_int, [c_uint64, ctypes.c_int64, c_int32, _ERRBUF, c_size_t]),
+    "tpde_store_reader_steps": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_restore": (c_int, [c_uint64, ctypes.c_int64, c_char_p, c_char_p, c_int32, _ERRBUF, c_size_t]),
     "tpde_store_result": (c_int, [c_uint64, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
 })

@@ -264,12 +264,21 @@ class _Reader:
         h = c_uint64(0)
         call("tpde_store_reader_open", store_handle, byref(h))
         self.handle = h.value
-        #: {"generation", "config", "base": bool, "steps"}: what the
-        #: manifest says, without the records' objects.
+        #: {"generation", "config", "base": bool, "count"}: what the
+        #: manifest says, none of it growing with the history.
         self.head = _result(self.handle)
-        self.steps: List[int] = self.head["steps"]
+        self._steps: Optional[List[int]] = None
         self._held: Optional[set] = None  # the steps as a set, made when first asked about one
         self._entries: Dict[Any, Dict[str, Any]] = {}
+
+    @property
+    def steps(self) -> List[int]:
+        """The steps held, oldest first (fetched when first asked for: the
+        newest checkpoint is read without them)."""
+        if self._steps is None:
+            call("tpde_store_reader_steps", self.handle)
+            self._steps = _result(self.handle)["steps"]
+        return self._steps
 
     def close(self) -> None:
         if self.handle:
@@ -294,7 +303,7 @@ class _Reader:
         if base:
             call("tpde_store_reader_record", self.handle, 0, 2)
         elif step is None:
-            if not self.steps:
+            if not self.head["count"]:
                 raise InvalidArgumentError("the store holds no checkpoint")
             call("tpde_store_reader_record", self.handle, 0, 1)
         else:
