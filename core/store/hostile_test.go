@@ -85,21 +85,9 @@ func flip(t *testing.T, p string) {
 }
 
 func restoreErr(dir string, step int64, dest string) error {
-	s, err := Open(dir, Options{})
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	rd, err := s.Reader()
-	if err != nil {
-		return err
-	}
-	defer rd.Close()
-	c, err := rd.Checkpoint(step, false)
-	if err != nil {
-		return err
-	}
-	return rd.Restore(c, dest, false)
+	return withCheckpoint(dir, step, func(_ *Store, rd *Reader, c *Checkpoint) error {
+		return rd.Restore(c, dest, false)
+	})
 }
 
 func TestASymlinkedTmpIsReplacedNeverEmptied(t *testing.T) {
@@ -165,23 +153,19 @@ func TestAWriterLockThatIsALinkIsNeverTruncated(t *testing.T) {
 
 // frameObject is the path of a frame object of checkpoint step's tensor w.
 func frameObject(t *testing.T, dir string, step int64) string {
-	s, err := Open(dir, Options{})
-	require.NoError(t, err)
-	defer s.Close()
-	rd, err := s.Reader()
-	require.NoError(t, err)
-	defer rd.Close()
-	c, err := rd.Checkpoint(step, false)
-	require.NoError(t, err)
-	for _, f := range c.Files {
-		for _, r := range f.Regions {
-			if r.Name == "w" {
-				return s.objectPath(r.Object.Object)
+	var p string
+	require.NoError(t, withCheckpoint(dir, step, func(s *Store, _ *Reader, c *Checkpoint) error {
+		for _, f := range c.Files {
+			for _, r := range f.Regions {
+				if r.Name == "w" {
+					p = s.objectPath(r.Object.Object)
+				}
 			}
 		}
-	}
-	t.Fatal("no region w")
-	return ""
+		return nil
+	}))
+	require.NotEmpty(t, p, "no region w")
+	return p
 }
 
 // inTime runs fn and fails the test if it takes longer than limit: a
@@ -455,23 +439,16 @@ func TestRestoreIsAllOrNothing(t *testing.T) {
 	dir, _ := fiveSteps(t)
 	// Damage the config's skeleton: it is restored after model.safetensors
 	// has been written in full.
-	s, err := Open(dir, Options{})
-	require.NoError(t, err)
-	rd, err := s.Reader()
-	require.NoError(t, err)
-	c, err := rd.Checkpoint(5, false)
-	require.NoError(t, err)
-	var skel string
-	for _, f := range c.Files {
-		if f.Path == "sub/config.json" {
-			skel = f.Skeleton.Object
+	require.NoError(t, withCheckpoint(dir, 5, func(s *Store, _ *Reader, c *Checkpoint) error {
+		for _, f := range c.Files {
+			if f.Path == "sub/config.json" {
+				return os.Remove(s.objectPath(f.Skeleton.Object))
+			}
 		}
-	}
-	rd.Close()
-	s.Close()
-	require.NoError(t, os.Remove(s.objectPath(skel)))
+		return fmt.Errorf("no sub/config.json")
+	}))
 	parent := t.TempDir()
-	err = restoreErr(dir, 5, filepath.Join(parent, "out"))
+	err := restoreErr(dir, 5, filepath.Join(parent, "out"))
 	require.ErrorIs(t, err, errs.Corrupt)
 	ents, err := os.ReadDir(parent)
 	require.NoError(t, err)

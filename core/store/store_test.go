@@ -103,23 +103,38 @@ func addFiles(t testing.TB, s *Store, step int64, files map[string]string) *Chec
 	return c
 }
 
-func restoreAll(t testing.TB, dir string, step int64) map[string][]byte {
+// withCheckpoint opens the store in dir for reading and runs fn on
+// checkpoint step of its newest snapshot.
+func withCheckpoint(dir string, step int64, fn func(s *Store, rd *Reader, c *Checkpoint) error) error {
 	s, err := Open(dir, Options{})
-	require.NoError(t, err)
+	if err != nil {
+		return err
+	}
 	defer s.Close()
 	rd, err := s.Reader()
-	require.NoError(t, err)
+	if err != nil {
+		return err
+	}
 	defer rd.Close()
 	c, err := rd.Checkpoint(step, false)
-	require.NoError(t, err)
-	dest := t.TempDir()
-	require.NoError(t, rd.Restore(c, dest, false))
-	out := map[string][]byte{}
-	for _, f := range c.Files {
-		b, err := os.ReadFile(filepath.Join(dest, f.Path))
-		require.NoError(t, err)
-		out[f.Path] = b
+	if err != nil {
+		return err
 	}
+	return fn(s, rd, c)
+}
+
+func restoreAll(t testing.TB, dir string, step int64) map[string][]byte {
+	dest := t.TempDir()
+	out := map[string][]byte{}
+	require.NoError(t, withCheckpoint(dir, step, func(_ *Store, rd *Reader, c *Checkpoint) error {
+		require.NoError(t, rd.Restore(c, dest, false))
+		for _, f := range c.Files {
+			b, err := os.ReadFile(filepath.Join(dest, f.Path))
+			require.NoError(t, err)
+			out[f.Path] = b
+		}
+		return nil
+	}))
 	return out
 }
 
