@@ -77,6 +77,9 @@ func recordOf(t *testing.T, dir string, step int64) string {
 	return ""
 }
 
+// objectFile is the path of object h in the store in dir.
+func objectFile(dir, h string) string { return filepath.Join(dir, "objects", h[:2], h) }
+
 func flip(t *testing.T, p string) {
 	b, err := os.ReadFile(p)
 	require.NoError(t, err)
@@ -240,10 +243,7 @@ func TestAFIFOAsTheNewestManifestIsRefusedWithoutHanging(t *testing.T) {
 func TestADamagedRecordCostsNothingWhileItsCopyIsIntact(t *testing.T) {
 	dir, want := fiveSteps(t)
 	rec := recordOf(t, dir, 3)
-	s0, err := Open(dir, Options{})
-	require.NoError(t, err)
-	flip(t, s0.objectPath(rec))
-	s0.Close()
+	flip(t, objectFile(dir, rec))
 	for step, b := range want {
 		got := restoreAll(t, dir, step)
 		assert.Equal(t, b, got["model.safetensors"], "step %d", step)
@@ -267,11 +267,8 @@ func TestADamagedRecordCostsNothingWhileItsCopyIsIntact(t *testing.T) {
 func TestALostRecordCostsItsCheckpointAndWhatDecodesThroughIt(t *testing.T) {
 	dir, want := fiveSteps(t)
 	rec := recordOf(t, dir, 3)
-	s0, err := Open(dir, Options{})
-	require.NoError(t, err)
-	flip(t, s0.objectPath(rec))
-	flip(t, s0.objectPath(rec)+copySuffix)
-	s0.Close()
+	flip(t, objectFile(dir, rec))
+	flip(t, objectFile(dir, rec)+copySuffix)
 
 	s, err := Open(dir, Options{Write: true})
 	require.NoError(t, err, "a lost record does not stop the store from opening")
@@ -367,14 +364,11 @@ func TestADamagedNewestManifestFallsBackToItsCopy(t *testing.T) {
 
 func TestOpeningAndLoadingTheNewestReadNoOtherRecord(t *testing.T) {
 	dir, want := fiveSteps(t)
-	s0, err := Open(dir, Options{})
-	require.NoError(t, err)
 	for step := int64(1); step <= 4; step++ {
 		rec := recordOf(t, dir, step)
-		require.NoError(t, os.Remove(s0.objectPath(rec)))
-		require.NoError(t, os.Remove(s0.objectPath(rec)+copySuffix))
+		require.NoError(t, os.Remove(objectFile(dir, rec)))
+		require.NoError(t, os.Remove(objectFile(dir, rec)+copySuffix))
 	}
-	s0.Close()
 	// With every older record gone, the newest still opens, lists and
 	// restores: nothing but its own record is read.
 	assert.Equal(t, want[5], restoreAll(t, dir, 5)["model.safetensors"])
@@ -676,15 +670,12 @@ func TestAGenerationNumberNearTheTopIsNotTheStore(t *testing.T) {
 func TestRepairReplacesAFolderPlantedAtARecordAndAHostileReadersLock(t *testing.T) {
 	dir, want := fiveSteps(t)
 	rec := recordOf(t, dir, 4)
-	s0, err := Open(dir, Options{})
-	require.NoError(t, err)
-	p := s0.objectPath(rec)
-	s0.Close()
+	p := objectFile(dir, rec)
 	require.NoError(t, os.Remove(p))
 	require.NoError(t, os.MkdirAll(filepath.Join(p, "inside"), 0o755))
 	require.NoError(t, os.Remove(filepath.Join(dir, "readers.lock")))
 	require.NoError(t, syscall.Mkfifo(filepath.Join(dir, "readers.lock"), 0o644))
-	_, err = func() (*Reader, error) {
+	_, err := func() (*Reader, error) {
 		s, err := Open(dir, Options{})
 		require.NoError(t, err)
 		defer s.Close()
