@@ -376,6 +376,13 @@ def test_ddp_two_ranks_only_the_main_process_writes_after_every_rank_saved(minil
                            train_dataset=TokenDataset(64, 1), callbacks=[cb]).train()
         rank = int(os.environ["RANK"])
         print("RANK-RESULT", json.dumps({{"rank": rank, "stored": len(cb.profile)}}), flush=True)
+        # The Trainer leaves the process group to the script. Exiting with it
+        # alive lets gloo's worker threads be torn down during interpreter
+        # finalization, which now and then aborts a rank (SIGABRT, "terminate
+        # called without an active exception"; pytorch#190489).
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
     """))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc_per_node=2", str(script)]
