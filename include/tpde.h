@@ -59,7 +59,7 @@ extern "C" {
 #endif
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 5
+#define TPDE_ABI_VERSION 6
 
 /* Status codes. */
 #define TPDE_OK 0
@@ -511,7 +511,13 @@ int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
  * that produce JSON keep it in their handle; tpde_store_result copies it
  * out. Handles are not for use by two threads at once. */
 
-/* Open (write: create if missing or empty, and lock) the store at path.
+/* Open the store at path: write 0 reads; TPDE_STORE_WRITE creates it if
+ * missing or empty, and locks it; TPDE_STORE_STAGE opens it for one
+ * participant of a multi-writer commit (creating it likewise): its
+ * tpde_store_begin stages a part, which tpde_store_finish_part ends, and
+ * the coordinator's tpde_store_commit_parts publishes (docs/FORMAT.md,
+ * "Parts"). A staging handle never takes the writer lock; its objects stay
+ * protected from cleanup until tpde_store_close.
  * config: NULL, or JSON {"keyframe_interval": K, "reference": "previous"|
  * "base", "lossy": [{"pattern", "threshold"}]}, any key omitted meaning
  * "as stored" (or the default for a new store); a value that differs from
@@ -527,6 +533,8 @@ int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
 int tpde_store_open(const char *path, int32_t write, const char *config, uint64_t config_len,
                     int32_t nthreads, uint64_t *handle, char *err, size_t err_len);
 int tpde_store_close(uint64_t handle, char *err, size_t err_len);
+#define TPDE_STORE_WRITE 1
+#define TPDE_STORE_STAGE 2
 
 /* Start adding a checkpoint at step (the newest step + 1 when has_step is
  * 0), with tags (NULL or a JSON list of strings); or, when base is
@@ -549,6 +557,28 @@ int tpde_store_add_state_dict(uint64_t handle, const char *rel, const void *head
 /* Make the checkpoint durable and visible (result: its record), or drop it. */
 int tpde_store_commit(uint64_t handle, char *err, size_t err_len);
 int tpde_store_abort(uint64_t handle, char *err, size_t err_len);
+/* On a staging handle: end the part begun with tpde_store_begin (step,
+ * tags and base ignored). Result: the part's descriptor, JSON, for the
+ * coordinator. */
+int tpde_store_finish_part(uint64_t handle, char *err, size_t err_len);
+/* On a writer handle: publish one checkpoint made of every part's files.
+ * parts: a JSON array of descriptors. holder: NULL, or one folder name
+ * beside the store whose pointer file is written before the checkpoint is
+ * published; the checkpoint then lives while that folder holds it (see
+ * tpde_store_reclaim). Result: the checkpoint's record. */
+int tpde_store_commit_parts(uint64_t handle, int64_t step, int32_t has_step, const char *tags,
+                            uint64_t tags_len, const char *holder, const char *parts, uint64_t parts_len,
+                            char *err, size_t err_len);
+/* Remove every checkpoint whose holder folder no longer holds it (gone,
+ * or its pointer names another checkpoint); none when a holder cannot be
+ * checked. Result: {"removed": [steps]}. */
+int tpde_store_reclaim(uint64_t handle, char *err, size_t err_len);
+/* Read the pointer file a holder folder keeps: JSON {"store": the store's
+ * path (folder joined with the pointer's), "step"}, with the
+ * grow-and-call-again protocol of tpde_file_info. A folder without one is
+ * TPDE_E_IO with errno ENOENT. */
+int tpde_store_read_pointer(const char *folder, char *json, uint64_t cap, uint64_t *needed, char *err,
+                            size_t err_len);
 /* Remove a checkpoint; what was coded against it is re-coded first. */
 int tpde_store_remove(uint64_t handle, int64_t step, char *err, size_t err_len);
 /* Check every object (deep: decode everything too); repair first removes
