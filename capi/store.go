@@ -1,6 +1,6 @@
 package main
 
-// The checkpoint store (docs/FORMAT.md section 18): ABI glue over
+// The checkpoint store (docs/FORMAT.md section 11): ABI glue over
 // core/store. A store handle holds an open store and at most one
 // checkpoint being added; a reader handle holds one committed snapshot.
 // Calls that produce JSON keep it in their handle for tpde_store_result.

@@ -126,7 +126,7 @@ typedef struct tpde_frame_info {
     uint32_t nchunks;
 } tpde_frame_info;
 
-/* Delta frames (frame kind 1, docs/FORMAT.md section 16): a tensor coded
+/* Delta frames (frame kind 1, docs/FORMAT.md section 6): a tensor coded
  * against a reference tensor of the same dtype and shape. Residual kinds: */
 #define TPDE_RESIDUAL_AUTO -1 /* tpde_encode_delta picks from a sample (PRED only given ref2) */
 #define TPDE_RESIDUAL_XOR 0   /* cur ^ ref, on bit patterns */
@@ -165,7 +165,7 @@ typedef struct tpde_delta_info {
     uint32_t chunks_quantized; /* of the dense and sparse chunks, those quantized */
 } tpde_delta_info;
 
-/* Checkpoint bundles (docs/FORMAT.md section 17): the named tensors of one
+/* Checkpoint bundles (docs/FORMAT.md section 9): the named tensors of one
  * checkpoint, each a keyframe or a delta frame against the tensor of the
  * same name in a reference checkpoint, plus a JSON metadata object. */
 
@@ -503,7 +503,7 @@ int tpde_bundle_decode(uint64_t handle, const tpde_bundle_out *outs, uint64_t n,
 /* Release an opened bundle's handle (its src may then go). */
 int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
 
-/* ---- The checkpoint store (docs/FORMAT.md section 18) ----
+/* ---- The checkpoint store (docs/FORMAT.md section 11) ----
  * A store is a directory holding one run. A store handle holds the open
  * store (and, when write is non-zero, its one-writer lock) and at most one
  * checkpoint being added. A reader handle holds one committed snapshot:
@@ -599,7 +599,7 @@ int tpde_store_reader_steps(uint64_t reader, char *err, size_t err_len);
 #define TPDE_STORE_LATEST 1 /* the newest checkpoint (step ignored) */
 #define TPDE_STORE_BASE 2   /* the base (step ignored) */
 /* Read one checkpoint's record. Result: {"record": the record (FORMAT.md
- * section 18.4), "object": the name of the object that holds it, "chains": [[frames each region's decode walks, 0 where its
+ * section 11.4), "object": the name of the object that holds it, "chains": [[frames each region's decode walks, 0 where its
  * chain cannot be followed] per file], "problem": "" or why a chain
  * cannot be followed}. A record that cannot be read (both copies damaged)
  * is TPDE_E_CORRUPT naming the checkpoint; the other checkpoints still

@@ -755,7 +755,7 @@ func (tx *Tx) putRecord(c *Checkpoint) (string, error) {
 	}
 	// Every checkpoint decodes through its record, and older ones through
 	// their neighbours' too: a second copy keeps one damaged file from
-	// costing any checkpoint (docs/FORMAT.md §18.2).
+	// costing any checkpoint (docs/FORMAT.md §11.2).
 	return obj.Object, tx.s.putAs(obj.Object, obj.Object+copySuffix, b, false)
 }
 

@@ -17,7 +17,7 @@ import (
 	"github.com/tpde/tpde/core/frame"
 )
 
-// Version is the store layout version (docs/FORMAT.md §18). A reader
+// Version is the store layout version (docs/FORMAT.md §11). A reader
 // refuses any other: objects and manifests of a later layout may mean
 // something this one cannot check.
 const Version = 1

@@ -1,5 +1,5 @@
 // Package store keeps a training run's checkpoints in one directory
-// (docs/FORMAT.md §18): immutable content-addressed objects, and manifest
+// (docs/FORMAT.md §11): immutable content-addressed objects, and manifest
 // generations that say which exist. A commit writes every object, makes
 // them durable, and only then publishes the next manifest generation, so a
 // writer killed at any moment leaves the last committed state intact.
@@ -485,7 +485,7 @@ func (s *Store) readLock() (func(), error) {
 }
 
 // A manifest generation g is the file manifests/<g>.json; its copy, written
-// just after it, is manifests/<g>.json.copy (docs/FORMAT.md §18.3).
+// just after it, is manifests/<g>.json.copy (docs/FORMAT.md §11.3).
 const copySuffix = ".copy"
 
 func manifestName(g uint64) string { return fmt.Sprintf("%020d.json", g) }

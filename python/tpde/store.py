@@ -1,6 +1,6 @@
 """The checkpoint store: a whole training run in one directory.
 
-A store (docs/FORMAT.md §18) keeps every checkpoint of a run as
+A store (docs/FORMAT.md §11) keeps every checkpoint of a run as
 content-addressed objects: identical tensors and files are stored once, each
 tensor of an older checkpoint is a delta against its neighbour (or a base),
 and the newest checkpoint, the one a resume loads, is kept whole. Go owns
@@ -192,7 +192,7 @@ def _path_arg(p: Any, what: str) -> str:
 
 def _utf8(name: str, what: str) -> bytes:
     """name as UTF-8: the store names files and tensors in UTF-8 only
-    (docs/FORMAT.md §18.4), so a name that has none (bytes the OS gave that
+    (docs/FORMAT.md §11.4), so a name that has none (bytes the OS gave that
     are not UTF-8, a lone surrogate) is refused, naming it."""
     try:
         return name.encode("utf-8")
@@ -334,7 +334,7 @@ class _Reader:
 
     @property
     def manifest(self) -> Dict[str, Any]:
-        """The manifest generation as docs/FORMAT.md §18.3 lays it out,
+        """The manifest generation as docs/FORMAT.md §11.3 lays it out,
         rebuilt from every record's entry (linear in the history: for stats
         and inspection, not for loading)."""
         h = self.head
