@@ -112,7 +112,7 @@ def plane_entropy_bits(u: Any) -> float:
 
 def residual_entropy_bits(cur: Any, ref: Any) -> Tuple[float, float]:
     """Order-0 bits of the xor and the zigzag(integer difference) residual of
-    the bit patterns (docs/FORMAT.md 16.3), byte plane by byte plane."""
+    the bit patterns (docs/FORMAT.md 6.3), byte plane by byte plane."""
     import numpy as np
 
     c, r = _uint(cur), _uint(ref)

@@ -1,6 +1,6 @@
 package main
 
-// Checkpoint bundles (docs/FORMAT.md section 17): glue between
+// Checkpoint bundles (docs/FORMAT.md section 9): glue between
 // tpde_bundle_* and core/bundle. Writers and opened bundles live in
 // core/bundle (Stream, Reader); the tables below only turn the integers C
 // holds into them.

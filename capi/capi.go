@@ -141,7 +141,7 @@ func tpde_version() *C.char { return cVersion }
 // abiVersion is the TPDE_ABI_VERSION this glue implements: bump both when
 // a function's signature or meaning changes. The array index below fails
 // to compile while include/tpde.h says otherwise.
-const abiVersion = 5
+const abiVersion = 6
 
 var _ = [1]struct{}{}[abiVersion-C.TPDE_ABI_VERSION]
 
@@ -414,7 +414,7 @@ func writeRaw(js []byte, out *C.char, capacity C.uint64_t, needed *C.uint64_t) e
 	return nil
 }
 
-// Delta frames (docs/FORMAT.md section 16).
+// Delta frames (docs/FORMAT.md section 6).
 
 //export tpde_encode_delta_bound
 func tpde_encode_delta_bound(rawSize C.uint64_t, dt C.int32_t, ndim C.int32_t, chunkElems C.uint32_t,

@@ -1,6 +1,6 @@
 package main
 
-// The checkpoint store (docs/FORMAT.md section 18): ABI glue over
+// The checkpoint store (docs/FORMAT.md section 11): ABI glue over
 // core/store. A store handle holds an open store and at most one
 // checkpoint being added; a reader handle holds one committed snapshot.
 // Calls that produce JSON keep it in their handle for tpde_store_result.
@@ -137,7 +137,10 @@ func tpde_store_open(path *C.char, write C.int32_t, config *C.char, configLen C.
 	if cfg.Positions < int(delta.SparseAuto) || cfg.Positions > int(delta.SparseAlways) {
 		return status(fmt.Errorf("%w: config positions %d (must be 0, 1 or 2)", errs.Invalid, cfg.Positions), cerr, cerrLen)
 	}
-	opt := store.Options{Write: write != 0, Reference: cfg.Reference, Threads: int(nthreads),
+	if write < 0 || write > C.TPDE_STORE_STAGE {
+		return status(fmt.Errorf("%w: write %d (must be 0, TPDE_STORE_WRITE or TPDE_STORE_STAGE)", errs.Invalid, int(write)), cerr, cerrLen)
+	}
+	opt := store.Options{Write: write == C.TPDE_STORE_WRITE, Stage: write == C.TPDE_STORE_STAGE, Reference: cfg.Reference, Threads: int(nthreads),
 		Positions: delta.SparseMode(cfg.Positions), Limits: store.Limits{Output: cfg.MaxOutput, Memory: cfg.MaxOutput}}
 	if cfg.KeyframeInterval != nil {
 		opt.KeyframeInterval, opt.KeyframeIntervalSet = *cfg.KeyframeInterval, true
@@ -188,7 +191,9 @@ func tpde_store_begin(handle C.uint64_t, step C.int64_t, hasStep C.int32_t, tags
 			return err
 		}
 		var err error
-		if base != 0 {
+		if o.s.Staging() {
+			o.tx, err = o.s.BeginPart()
+		} else if base != 0 {
 			o.tx, err = o.s.BeginBase()
 		} else {
 			o.tx, err = o.s.Begin(int64(step), hasStep != 0, tagList)
@@ -312,6 +317,97 @@ func tpde_store_commit(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.
 		}
 		return keep(&o.result, c)
 	})
+}
+
+//export tpde_store_finish_part
+func tpde_store_finish_part(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		tx, err := o.current()
+		if err != nil {
+			return err
+		}
+		o.tx = nil
+		desc, err := tx.Finish()
+		if err != nil {
+			tx.Abort()
+			return err
+		}
+		o.result = desc
+		return nil
+	})
+}
+
+// maxParts bounds a commit's descriptors (each is at most a record's size).
+const maxPartsBytes = 1 << 30
+
+//export tpde_store_commit_parts
+func tpde_store_commit_parts(handle C.uint64_t, step C.int64_t, hasStep C.int32_t, tags *C.char, tagsLen C.uint64_t,
+	holder *C.char, parts *C.char, partsLen C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		if o.tx != nil {
+			return fmt.Errorf("%w: a checkpoint is already being added on this handle", errs.Invalid)
+		}
+		var tagList []string
+		if err := jsonArg(tags, tagsLen, "tags", &tagList); err != nil {
+			return err
+		}
+		if parts == nil || partsLen == 0 || uint64(partsLen) > maxPartsBytes {
+			return fmt.Errorf("%w: parts: NULL, empty or over %d bytes", errs.Invalid, maxPartsBytes)
+		}
+		var descs []json.RawMessage
+		if err := jsonArg(parts, partsLen, "parts", &descs); err != nil {
+			return err
+		}
+		raw := make([][]byte, len(descs))
+		for i, d := range descs {
+			raw[i] = d
+		}
+		h := ""
+		if holder != nil {
+			h = C.GoString(holder)
+		}
+		c, err := o.s.CommitParts(raw, int64(step), hasStep != 0, tagList, h)
+		if err != nil {
+			return err
+		}
+		return keep(&o.result, c)
+	})
+}
+
+//export tpde_store_reclaim
+func tpde_store_reclaim(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		removed, err := o.s.Reclaim()
+		if err != nil {
+			return err
+		}
+		if removed == nil {
+			removed = []int64{}
+		}
+		return keep(&o.result, map[string]any{"removed": removed})
+	})
+}
+
+//export tpde_store_read_pointer
+func tpde_store_read_pointer(folder *C.char, out *C.char, capacity C.uint64_t, needed *C.uint64_t, cerr *C.char,
+	cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	dir, err := goString(folder, "folder")
+	if err != nil || needed == nil {
+		return status(fmt.Errorf("%w: folder or needed is NULL", errs.Invalid), cerr, cerrLen)
+	}
+	st, step, err := store.ReadPointer(dir)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	b, err := json.Marshal(map[string]any{"store": st, "step": step})
+	if err != nil {
+		return status(fmt.Errorf("%w: %v", errs.Internal, err), cerr, cerrLen)
+	}
+	return status(writeRaw(b, out, capacity, needed), cerr, cerrLen)
 }
 
 //export tpde_store_abort

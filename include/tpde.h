@@ -59,7 +59,7 @@ extern "C" {
 #endif
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 5
+#define TPDE_ABI_VERSION 6
 
 /* Status codes. */
 #define TPDE_OK 0
@@ -126,7 +126,7 @@ typedef struct tpde_frame_info {
     uint32_t nchunks;
 } tpde_frame_info;
 
-/* Delta frames (frame kind 1, docs/FORMAT.md section 16): a tensor coded
+/* Delta frames (frame kind 1, docs/FORMAT.md section 6): a tensor coded
  * against a reference tensor of the same dtype and shape. Residual kinds: */
 #define TPDE_RESIDUAL_AUTO -1 /* tpde_encode_delta picks from a sample (PRED only given ref2) */
 #define TPDE_RESIDUAL_XOR 0   /* cur ^ ref, on bit patterns */
@@ -165,7 +165,7 @@ typedef struct tpde_delta_info {
     uint32_t chunks_quantized; /* of the dense and sparse chunks, those quantized */
 } tpde_delta_info;
 
-/* Checkpoint bundles (docs/FORMAT.md section 17): the named tensors of one
+/* Checkpoint bundles (docs/FORMAT.md section 9): the named tensors of one
  * checkpoint, each a keyframe or a delta frame against the tensor of the
  * same name in a reference checkpoint, plus a JSON metadata object. */
 
@@ -503,7 +503,7 @@ int tpde_bundle_decode(uint64_t handle, const tpde_bundle_out *outs, uint64_t n,
 /* Release an opened bundle's handle (its src may then go). */
 int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
 
-/* ---- The checkpoint store (docs/FORMAT.md section 18) ----
+/* ---- The checkpoint store (docs/FORMAT.md section 11) ----
  * A store is a directory holding one run. A store handle holds the open
  * store (and, when write is non-zero, its one-writer lock) and at most one
  * checkpoint being added. A reader handle holds one committed snapshot:
@@ -511,7 +511,13 @@ int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
  * that produce JSON keep it in their handle; tpde_store_result copies it
  * out. Handles are not for use by two threads at once. */
 
-/* Open (write: create if missing or empty, and lock) the store at path.
+/* Open the store at path: write 0 reads; TPDE_STORE_WRITE creates it if
+ * missing or empty, and locks it; TPDE_STORE_STAGE opens it for one
+ * participant of a multi-writer commit (creating it likewise): its
+ * tpde_store_begin stages a part, which tpde_store_finish_part ends, and
+ * the coordinator's tpde_store_commit_parts publishes (docs/FORMAT.md,
+ * "Parts"). A staging handle never takes the writer lock; its objects stay
+ * protected from cleanup until tpde_store_close.
  * config: NULL, or JSON {"keyframe_interval": K, "reference": "previous"|
  * "base", "lossy": [{"pattern", "threshold"}]}, any key omitted meaning
  * "as stored" (or the default for a new store); a value that differs from
@@ -527,6 +533,8 @@ int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
 int tpde_store_open(const char *path, int32_t write, const char *config, uint64_t config_len,
                     int32_t nthreads, uint64_t *handle, char *err, size_t err_len);
 int tpde_store_close(uint64_t handle, char *err, size_t err_len);
+#define TPDE_STORE_WRITE 1
+#define TPDE_STORE_STAGE 2
 
 /* Start adding a checkpoint at step (the newest step + 1 when has_step is
  * 0), with tags (NULL or a JSON list of strings); or, when base is
@@ -549,6 +557,28 @@ int tpde_store_add_state_dict(uint64_t handle, const char *rel, const void *head
 /* Make the checkpoint durable and visible (result: its record), or drop it. */
 int tpde_store_commit(uint64_t handle, char *err, size_t err_len);
 int tpde_store_abort(uint64_t handle, char *err, size_t err_len);
+/* On a staging handle: end the part begun with tpde_store_begin (step,
+ * tags and base ignored). Result: the part's descriptor, JSON, for the
+ * coordinator. */
+int tpde_store_finish_part(uint64_t handle, char *err, size_t err_len);
+/* On a writer handle: publish one checkpoint made of every part's files.
+ * parts: a JSON array of descriptors. holder: NULL, or one folder name
+ * beside the store whose pointer file is written before the checkpoint is
+ * published; the checkpoint then lives while that folder holds it (see
+ * tpde_store_reclaim). Result: the checkpoint's record. */
+int tpde_store_commit_parts(uint64_t handle, int64_t step, int32_t has_step, const char *tags,
+                            uint64_t tags_len, const char *holder, const char *parts, uint64_t parts_len,
+                            char *err, size_t err_len);
+/* Remove every checkpoint whose holder folder no longer holds it (gone,
+ * or its pointer names another checkpoint); none when a holder cannot be
+ * checked. Result: {"removed": [steps]}. */
+int tpde_store_reclaim(uint64_t handle, char *err, size_t err_len);
+/* Read the pointer file a holder folder keeps: JSON {"store": the store's
+ * path (folder joined with the pointer's), "step"}, with the
+ * grow-and-call-again protocol of tpde_file_info. A folder without one is
+ * TPDE_E_IO with errno ENOENT. */
+int tpde_store_read_pointer(const char *folder, char *json, uint64_t cap, uint64_t *needed, char *err,
+                            size_t err_len);
 /* Remove a checkpoint; what was coded against it is re-coded first. */
 int tpde_store_remove(uint64_t handle, int64_t step, char *err, size_t err_len);
 /* Check every object (deep: decode everything too); repair first removes
@@ -569,7 +599,7 @@ int tpde_store_reader_steps(uint64_t reader, char *err, size_t err_len);
 #define TPDE_STORE_LATEST 1 /* the newest checkpoint (step ignored) */
 #define TPDE_STORE_BASE 2   /* the base (step ignored) */
 /* Read one checkpoint's record. Result: {"record": the record (FORMAT.md
- * section 18.4), "object": the name of the object that holds it, "chains": [[frames each region's decode walks, 0 where its
+ * section 11.4), "object": the name of the object that holds it, "chains": [[frames each region's decode walks, 0 where its
  * chain cannot be followed] per file], "problem": "" or why a chain
  * cannot be followed}. A record that cannot be read (both copies damaged)
  * is TPDE_E_CORRUPT naming the checkpoint; the other checkpoints still

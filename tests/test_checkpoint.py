@@ -1,5 +1,5 @@
 """Whole-checkpoint API: TemporalPositionDeltaEncoder, TPDECheckpointCompressor
-and the checkpoint bundle they write (docs/FORMAT.md section 17)."""
+and the checkpoint bundle they write (docs/FORMAT.md section 9)."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from tpde import _structure as tpde_structure
 from tpde import _tensors as tpde_tensors
 from tpde import _load as tpde_load
 
-# --- CRC32C and bundle surgery (docs/FORMAT.md §1, §17) --------------------------
+# --- CRC32C and bundle surgery (docs/FORMAT.md §1, §9) --------------------------
 
 
 PREAMBLE = b"\x89TPB\x01\x00\x00\x00"
@@ -419,7 +419,7 @@ def test_a_newer_bundle_version_is_unsupported(bundles: Dict[str, bytes]) -> Non
 
 
 def test_rebuild_refuses_excessive_depth_by_itself() -> None:
-    """The library caps the metadata's depth (docs/FORMAT.md §17.5) before
+    """The library caps the metadata's depth (docs/FORMAT.md §9.5) before
     Python parses it; the rebuild does not rely on that."""
     node: Any = {"$tensor": "w"}
     for _ in range(150):

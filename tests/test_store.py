@@ -1,4 +1,4 @@
-"""The checkpoint store (tpde.Store, tpde.open; docs/FORMAT.md section 18),
+"""The checkpoint store (tpde.Store, tpde.open; docs/FORMAT.md section 11),
 used as a demanding user would: whole Hugging Face-style folders, sharded
 safetensors, torch files and state dicts from Python, added for many steps
 and restored byte for byte; reverse-delta chains, deduplication, a base,

@@ -30,7 +30,7 @@ from conftest import tree_digest
 def _live(store: tpde.Store) -> Set[str]:
     with store._reader() as rd:
         s = rd.snapshot
-    # Each record has a second copy, <object>.copy (docs/FORMAT.md §18.2).
+    # Each record has a second copy, <object>.copy (docs/FORMAT.md §11.2).
     live = {o for c in s["manifest"]["checkpoints"] for o in (c["object"], c["object"] + ".copy")}
     for c in s["checkpoints"]:
         for f in c["files"]:

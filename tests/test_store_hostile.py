@@ -392,7 +392,10 @@ CASES: Dict[str, Tuple[Case, type]] = {
     "base-policy-without-base": (_manifest_case(lambda m: m["config"].update(reference="base")), CorruptDataError),
     "lossy-negative": (_manifest_case(lambda m: m["config"].update(lossy=[{"pattern": "*", "threshold": -1}])), CorruptDataError),
     "format-wrong": (_manifest_case(lambda m: m.update(format="something-else")), CorruptDataError),
-    "manifest-version-2": (_manifest_case(lambda m: m.update(version=2)), UnsupportedFormatError),
+    "manifest-version-3": (_manifest_case(lambda m: m.update(version=3)), UnsupportedFormatError),
+    "holder-in-version-1": (_manifest_case(lambda m: m["checkpoints"][0].update(holder="step-1")), CorruptDataError),
+    "holder-outside": (_manifest_case(lambda m: m.update(version=2) or m["checkpoints"][0].update(holder="../x")),
+                       CorruptDataError),
     "record-version-2": (_rec_case(lambda r: r[4].update(version=2)), UnsupportedFormatError),
     "marker-version-2": (_marker_version, UnsupportedFormatError),
     "marker-unknown-field": (_marker_unknown, CorruptDataError),
@@ -862,7 +865,7 @@ def test_hostile_content_is_refused_typed_and_named(tmp_path: Path, content_stor
 
 # A record naming a file, or tagging its checkpoint, with a newline (a fake
 # line in a listing) or an escape sequence (xterm's "set window title",
-# ESC ] 0 ; ... BEL): the record is corrupt (§18.4), and nothing that
+# ESC ] 0 ; ... BEL): the record is corrupt (docs/FORMAT.md §11.4), and nothing that
 # reports it may print the text raw.
 _FAKE = "FAKE LINE"
 
@@ -925,7 +928,7 @@ def test_control_characters_in_a_record_are_never_printed_raw(tmp_path: Path, he
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o755), (0o077, 0o700)])
 def test_restore_gives_a_crafted_mode_less_the_umask(tmp_path: Path, healthy, umask: int, mode: int) -> None:
-    # A record may say 0o777 (§18.4 allows it): the file is created with it
+    # A record may say 0o777 (docs/FORMAT.md §11.4 allows it): the file is created with it
     # less the umask, as any new file, never chmod-ed world-writable.
     store = tmp_path / "store"
     shutil.copytree(healthy[0], store)

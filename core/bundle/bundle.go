@@ -1,4 +1,4 @@
-// Package bundle is the checkpoint bundle (docs/FORMAT.md §17): the frames
+// Package bundle is the checkpoint bundle (docs/FORMAT.md §9): the frames
 // of a checkpoint's named tensors, keyframes or delta frames, back to back,
 // then an index of names and frame extents with the caller's JSON metadata,
 // then a fixed trailer that locates the index.
@@ -61,7 +61,7 @@ const (
 	// JSON parsers that recurse (Python's, and tpde's own rebuild of a
 	// checkpoint's structure) would otherwise exhaust their stack on a few
 	// kilobytes of brackets. tpde's checkpoint metadata nests about three
-	// levels per level of the checkpoint's structure (§17.6).
+	// levels per level of the checkpoint's structure (docs/FORMAT.md §9.6).
 	MaxMetaDepth = 100
 	// minFrameLen is the smallest frame: a 0-d keyframe header.
 	minFrameLen = 36

@@ -476,7 +476,7 @@ func TestIndexAttacks(t *testing.T) {
 	require.ErrorIs(t, err, errs.Invalid)
 }
 
-// TestGolden freezes one bundle (docs/FORMAT.md §17): a keyframe, a delta
+// TestGolden freezes one bundle (docs/FORMAT.md §9): a keyframe, a delta
 // frame against a stored reference and metadata. Rewrite it deliberately
 // with go test ./core/bundle -run TestGolden -update.
 func TestGolden(t *testing.T) {

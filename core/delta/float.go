@@ -8,7 +8,7 @@ import (
 
 // Real values of float bit patterns, and the rounding of real values back to
 // a dtype, for the lossy modes. Both are exact functions of the bits, defined
-// in docs/FORMAT.md §16.7, so an encoder and a decoder compute the same
+// in docs/FORMAT.md §6.9, so an encoder and a decoder compute the same
 // reconstruction on any machine.
 
 // floatFormat is an IEEE 754-like binary format.

@@ -154,7 +154,7 @@ func qMax(quantBits int) int {
 	return 127
 }
 
-// Payload layout constants (docs/FORMAT.md §16.5).
+// Payload layout constants (docs/FORMAT.md §6.5).
 const (
 	ctxHdrLen   = 4  // u8 K, u8 reserved, u16 lo
 	quantHdrLen = 12 // f64 scale, u32 nesc

@@ -1,6 +1,6 @@
 // Package delta codes one chunk of a tensor against the same chunk of a
 // reference tensor (and, for linear prediction, of a second reference): the
-// payload of a delta frame's chunk (docs/FORMAT.md §16). The frame around it
+// payload of a delta frame's chunk (docs/FORMAT.md §6). The frame around it
 // (header, checksums, chunk table, parallelism) is core/frame.
 //
 // A chunk is coded in three steps:

@@ -4,7 +4,7 @@ package frame
 // same dtype and shape (and, for linear prediction, a second one). The
 // header, dims and header CRC are those of a keyframe; the extension area
 // carries the delta fields; the chunk table and the chunk payloads have
-// their own layout. docs/FORMAT.md §16 is the normative description; the
+// their own layout. docs/FORMAT.md §6 is the normative description; the
 // chunk payloads are coded by core/delta.
 
 import (
@@ -97,7 +97,7 @@ func deltaExtLen(k delta.Kind, lossy bool) int {
 }
 
 // parseDelta continues Parse for kind 1, after the checks shared with
-// keyframes (docs/FORMAT.md §16.6).
+// keyframes (docs/FORMAT.md §6.10).
 func parseDelta(blob []byte, h *Header, nelem, nchunks uint64, extLen int) (*Header, error) {
 	ndim := len(h.Shape)
 	ext := blob[fixedHeaderLen+8*ndim : fixedHeaderLen+8*ndim+extLen]

@@ -3,7 +3,7 @@ package frame
 // Golden delta frames (kind 1): frames written by the encoder and frozen in
 // testdata/ with the reference(s) they apply to and the tensor they decode
 // to: NAME.tpdf, NAME.ref.raw, NAME.ref2.raw (prediction only) and
-// NAME.raw. They are test vectors for docs/FORMAT.md §16; a NAME.tpdf
+// NAME.raw. They are test vectors for docs/FORMAT.md §6; a NAME.tpdf
 // without .raw must be refused with the category the case names. Rewrite
 // them deliberately with
 //
@@ -61,7 +61,7 @@ func bf16s(v ...float32) []byte {
 	return b
 }
 
-// deltaDocExample is the frame shown byte by byte in docs/FORMAT.md §16.9.
+// deltaDocExample is the frame shown byte by byte in docs/FORMAT.md §6.11.
 const deltaDocExample = "" +
 	"895450460100010b010401000040000010000000000000000100000008000000" +
 	"0400000000000000010000003757f7c19f47923c8ffdb21ce4da02dc01010000" +
@@ -271,7 +271,7 @@ func writeDeltaGolden(t *testing.T, c deltaGolden) {
 }
 
 // payloadInfo reads a stored chunk's context count and, for a sparse one,
-// its position coding, from the chunk payload (docs/FORMAT.md §16.5).
+// its position coding, from the chunk payload (docs/FORMAT.md §6.5).
 func payloadInfo(blob []byte, h *Header, i int) (k, coding int) {
 	c := &h.dchunks[i]
 	p := blob[c.off : c.off+uint64(c.len)]

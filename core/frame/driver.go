@@ -118,7 +118,7 @@ func boundChunks(rawSize uint64, d dtype.DType, ndim int, chunkElems uint32) (ui
 	return nchunks, nil
 }
 
-// putHeader writes the header fields of docs/FORMAT.md §4.2, which both
+// putHeader writes the header fields of docs/FORMAT.md §5.2, which both
 // kinds share, at the start of dst and returns the header (with room for
 // extLen bytes of extension area and the header CRC) and its extension
 // area, for the caller to fill before sealHeader.

@@ -156,7 +156,7 @@ func corrupt(format string, a ...any) error {
 func Parse(blob []byte) (*Header, error) { return parse(blob, false) }
 
 // ParseAny is Parse that also accepts delta frames (kind 1), whose delta
-// fields and chunk table it validates (docs/FORMAT.md §16). Decode them with
+// fields and chunk table it validates (docs/FORMAT.md §6). Decode them with
 // DecodeDelta.
 func ParseAny(blob []byte) (*Header, error) { return parse(blob, true) }
 

@@ -52,6 +52,12 @@ type Tx struct {
 	Progress func(done uint64)
 	Stop     func() error
 	doneIn   uint64
+	// part: staged by one participant of a multi-writer commit (parts.go);
+	// unlock ends its shared hold on readers.lock.
+	part   bool
+	unlock func()
+	// holder names the folder that keeps the checkpoint (CommitParts).
+	holder string
 }
 
 func contentKey(sha string, d string, shape []uint64) string {
@@ -655,6 +661,9 @@ func (tx *Tx) Commit() (*Checkpoint, error) {
 }
 
 func (tx *Tx) commit() (*Checkpoint, error) {
+	if tx.part {
+		return nil, fmt.Errorf("%w: a part is finished (Finish), and committed by the coordinator (CommitParts)", errs.Invalid)
+	}
 	if tx.done {
 		return nil, fmt.Errorf("%w: the checkpoint was already committed or aborted", errs.Invalid)
 	}
@@ -706,14 +715,14 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 			if err != nil {
 				return nil, err
 			}
-			m.Checkpoints[tx.prev] = CheckpointRef{Step: prev.Step, Object: obj}
+			m.Checkpoints[tx.prev] = CheckpointRef{Step: prev.Step, Object: obj, Holder: m.Checkpoints[tx.prev].Holder}
 		}
 		sort.Slice(tx.cp.Files, func(i, j int) bool { return tx.cp.Files[i].Path < tx.cp.Files[j].Path })
 		obj, err := tx.putRecord(tx.cp)
 		if err != nil {
 			return nil, err
 		}
-		m.Checkpoints = append(m.Checkpoints, CheckpointRef{Step: tx.cp.Step, Object: obj})
+		m.Checkpoints = append(m.Checkpoints, CheckpointRef{Step: tx.cp.Step, Object: obj, Holder: tx.holder})
 	}
 	if err := s.publish(&m); err != nil {
 		return nil, err
@@ -746,7 +755,7 @@ func (tx *Tx) putRecord(c *Checkpoint) (string, error) {
 	}
 	// Every checkpoint decodes through its record, and older ones through
 	// their neighbours' too: a second copy keeps one damaged file from
-	// costing any checkpoint (docs/FORMAT.md §18.2).
+	// costing any checkpoint (docs/FORMAT.md §11.2).
 	return obj.Object, tx.s.putAs(obj.Object, obj.Object+copySuffix, b, false)
 }
 
@@ -754,6 +763,12 @@ func (tx *Tx) putRecord(c *Checkpoint) (string, error) {
 func (s *Store) publish(m *Manifest) error {
 	if err := s.syncAll(); err != nil {
 		return err
+	}
+	m.Version = Version
+	for _, c := range m.Checkpoints {
+		if c.Holder != "" {
+			m.Version = ManifestVersionHolders
+		}
 	}
 	m.Generation = s.gen + 1
 	if gens, err := s.generations(); err != nil {
@@ -788,7 +803,10 @@ func (tx *Tx) Abort() {
 	if !tx.done {
 		tx.done = true
 		tx.freeBuffers()
-		_, _ = tx.s.cleanup()
+		tx.release()
+		if !tx.part {
+			_, _ = tx.s.cleanup()
+		}
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 // from the Go heap, so that drop can hand its pages back between tensors:
 // a frame written into a worst-case-sized buffer then keeps resident only
 // the pages it touched, which is what keeps an add's peak memory near two
-// tensors' worth (docs/FORMAT.md §18.7) whatever the checkpoint's size.
+// tensors' worth (docs/FORMAT.md §11.7) whatever the checkpoint's size.
 type buffer struct{ b []byte }
 
 func (s *buffer) get(n uint64) ([]byte, error) {

@@ -21,7 +21,7 @@ import (
 	"github.com/tpde/tpde/core/errs"
 )
 
-// The store as untrusted input (docs/FORMAT.md §18.8): links, FIFOs and
+// The store as untrusted input (docs/FORMAT.md §11.8): links, FIFOs and
 // devices planted in it, damaged records and manifests, records that claim
 // more than a reader may decode, and a destination raced while a restore
 // writes into it.

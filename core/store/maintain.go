@@ -30,6 +30,9 @@ type Cleaned struct {
 	// symlink, a file where a folder should be): never followed or
 	// removed, only reported.
 	Foreign []string `json:"foreign,omitempty"`
+	// Reclaimed lists the checkpoints a repair removed because no holder
+	// folder names them any more (Reclaim).
+	Reclaimed []int64 `json:"reclaimed,omitempty"`
 }
 
 // cleanup removes what no committed state needs: a dead writer's unfinished
@@ -48,6 +51,11 @@ func (s *Store) cleanup() (Cleaned, error) {
 		return c, err
 	}
 	for _, e := range ents {
+		// A part's folder belongs to a participant, perhaps alive (see
+		// liveParts); everything else in tmp/ is a dead writer's.
+		if strings.HasPrefix(e.Name, partPrefix) && e.Type == fs.ModeDir {
+			continue
+		}
 		if s.tmp.RemoveAll(e.Name) == nil {
 			c.Temporary++
 		}
@@ -77,6 +85,12 @@ func (s *Store) cleanup() (Cleaned, error) {
 		// Only a commit tells the two apart; until then, keep all.
 		why = "the store has no manifest generation yet"
 		live = nil
+	}
+	if live != nil {
+		// Objects staged for a commit that has not happened yet.
+		if err := s.liveParts(live, &c); err != nil {
+			return c, err
+		}
 	}
 	kept, err := s.removeUnreferenced(live, &c)
 	if err != nil {
@@ -201,6 +215,12 @@ func (s *Store) Repair() (Cleaned, error) {
 	}
 	n, err := s.repairCopies()
 	c.Copies = n
+	if err != nil {
+		return c, err
+	}
+	// Checkpoints whose holder folder was removed: what a save would
+	// reclaim, a repair does too.
+	c.Reclaimed, err = s.Reclaim()
 	return c, err
 }
 

@@ -17,10 +17,17 @@ import (
 	"github.com/tpde/tpde/core/frame"
 )
 
-// Version is the store layout version (docs/FORMAT.md §18). A reader
+// Version is the store layout version (docs/FORMAT.md §11). A reader
 // refuses any other: objects and manifests of a later layout may mean
 // something this one cannot check.
 const Version = 1
+
+// ManifestVersionHolders is the manifest version of a store whose
+// checkpoints may name holders (docs/FORMAT.md, "Holders"). A writer
+// writes it only when some checkpoint has a holder, so stores that use
+// none stay readable by earlier tpde; an earlier tpde refuses a version 2
+// manifest as unsupported rather than misreading it.
+const ManifestVersionHolders = 2
 
 const (
 	manifestFormat   = "tpde-store-manifest"
@@ -84,6 +91,9 @@ type Manifest struct {
 type CheckpointRef struct {
 	Step   int64  `json:"step"`
 	Object string `json:"object"`
+	// Holder is the folder beside the store whose pointer file keeps this
+	// checkpoint (layout version 2); "" for a checkpoint added directly.
+	Holder string `json:"holder,omitempty"`
 }
 
 // Checkpoint is a checkpoint's record: its files and how each byte of them
@@ -342,8 +352,8 @@ func parseManifest(b []byte, generation uint64) (*Manifest, error) {
 	if m.Format != manifestFormat {
 		return nil, corrupt(what, "format %q", m.Format)
 	}
-	if m.Version != Version {
-		return nil, fmt.Errorf("%w: %s: layout version %d (this tpde reads %d)", errs.Unsupported, what, m.Version, Version)
+	if m.Version != Version && m.Version != ManifestVersionHolders {
+		return nil, fmt.Errorf("%w: %s: layout version %d (this tpde reads %d and %d)", errs.Unsupported, what, m.Version, Version, ManifestVersionHolders)
 	}
 	if m.Generation != generation || generation > maxGeneration {
 		return nil, corrupt(what, "says it is generation %d", m.Generation)
@@ -363,6 +373,9 @@ func parseManifest(b []byte, generation uint64) (*Manifest, error) {
 	for i, c := range m.Checkpoints {
 		if !validHash(c.Object) {
 			return nil, corrupt(what, "checkpoint %d: object %q", c.Step, c.Object)
+		}
+		if c.Holder != "" && (m.Version < ManifestVersionHolders || validHolder(c.Holder) != nil) {
+			return nil, corrupt(what, "checkpoint %d: holder %q", c.Step, printable(c.Holder))
 		}
 		if i > 0 && c.Step <= m.Checkpoints[i-1].Step {
 			return nil, corrupt(what, "steps out of order: %d after %d", c.Step, m.Checkpoints[i-1].Step)

@@ -122,7 +122,7 @@ func (s *Store) putBytes(b []byte) (Object, error) {
 }
 
 // putAs stores b, whose hash is h, as objects/<h[:2]>/<name>: a record's
-// second copy (name h.copy, docs/FORMAT.md §18.2), a separate file so that
+// second copy (name h.copy, docs/FORMAT.md §11.2), a separate file so that
 // damage to one leaves the other. It is linked, never replacing (a file of
 // that name holds the same bytes); with replace it is renamed over a
 // damaged file of that name (repair).

@@ -106,7 +106,7 @@ func indexRegions(c *Checkpoint) map[string]*Region {
 }
 
 // readRecord reads and checks a checkpoint record: the object h, else its
-// copy h.copy (docs/FORMAT.md §18.2), each checked against the name h.
+// copy h.copy (docs/FORMAT.md §11.2), each checked against the name h.
 // Records are immutable, so a parsed one is cached by its name.
 func (s *Store) readRecord(h string, step int64, base bool) (*Checkpoint, error) {
 	what := fmt.Sprintf("checkpoint %d", step)

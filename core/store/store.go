@@ -1,5 +1,5 @@
 // Package store keeps a training run's checkpoints in one directory
-// (docs/FORMAT.md §18): immutable content-addressed objects, and manifest
+// (docs/FORMAT.md §11): immutable content-addressed objects, and manifest
 // generations that say which exist. A commit writes every object, makes
 // them durable, and only then publishes the next manifest generation, so a
 // writer killed at any moment leaves the last committed state intact.
@@ -49,6 +49,11 @@ type Options struct {
 	// Write opens the store for adding and removing (creating it if the
 	// directory is missing or empty) and takes the writer lock.
 	Write bool
+	// Stage opens the store for one participant of a multi-writer commit
+	// (parts.go): it may write objects beside other participants and the
+	// writer, and never takes the writer lock or removes anything. It
+	// creates the store if the directory is missing or empty.
+	Stage bool
 	// Config for a new store. On an existing store, a zero field means
 	// "as stored"; a field that differs from the store's is an error.
 	KeyframeInterval int
@@ -97,7 +102,12 @@ type Store struct {
 	tmp       *dirfd.Dir
 	write     bool
 	wlock     *os.File
-	threads   int
+	// stage: opened for a participant (Options.Stage); tmp is then its own
+	// locked folder tmp/<partName>, and partDone says its part is finished.
+	stage    bool
+	partName string
+	partDone bool
+	threads  int
 	// positions is Options.Positions, for every delta frame this Store codes.
 	positions delta.SparseMode
 	limits    Limits
@@ -173,8 +183,11 @@ func Open(dir string, opt Options) (*Store, error) {
 	if sc := SchemeOf(dir); sc != "" {
 		return nil, fmt.Errorf("%w: %s: tpde cannot serve %s:// stores; a store is a local folder", errs.Unsupported, dir, sc)
 	}
-	s := &Store{dir: dir, write: opt.Write, threads: opt.Threads, positions: opt.Positions, limits: opt.Limits}
-	if opt.Write {
+	if opt.Write && opt.Stage {
+		return nil, fmt.Errorf("%w: a store is opened for writing or for staging, not both", errs.Invalid)
+	}
+	s := &Store{dir: dir, write: opt.Write, stage: opt.Stage, threads: opt.Threads, positions: opt.Positions, limits: opt.Limits}
+	if opt.Write || opt.Stage {
 		if err := os.MkdirAll(dir, 0o777); err != nil {
 			return nil, ioErr(dir, err)
 		}
@@ -192,7 +205,7 @@ func Open(dir string, opt Options) (*Store, error) {
 			s.Close()
 			return nil, err
 		}
-	case errors.Is(err, fs.ErrNotExist) && opt.Write:
+	case errors.Is(err, fs.ErrNotExist) && (opt.Write || opt.Stage):
 		if err := s.create(); err != nil {
 			s.Close()
 			return nil, err
@@ -274,6 +287,11 @@ func (s *Store) openFolders() error {
 			return err
 		}
 		return f.Close()
+	}
+	if s.stage {
+		if err := s.stagePart(); err != nil {
+			return err
+		}
 	}
 	if s.manifests, err = s.root.OpenDir("manifests"); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
@@ -418,6 +436,18 @@ func (s *Store) Close() {
 		_ = s.wlock.Close()
 		s.wlock = nil
 	}
+	if s.partName != "" && s.tmp != nil {
+		// The part's lock goes with its folder's descriptor; the folder
+		// itself is this participant's to remove (a writer's cleanup
+		// removes it too, once no lock holds it).
+		_ = s.tmp.Close()
+		s.tmp = nil
+		if tmp, err := s.root.OpenDir("tmp"); err == nil {
+			_ = tmp.RemoveAll(s.partName)
+			_ = tmp.Close()
+		}
+		s.partName = ""
+	}
 	for _, d := range []**dirfd.Dir{&s.tmp, &s.objects, &s.manifests, &s.root} {
 		if *d != nil {
 			_ = (*d).Close()
@@ -455,7 +485,7 @@ func (s *Store) readLock() (func(), error) {
 }
 
 // A manifest generation g is the file manifests/<g>.json; its copy, written
-// just after it, is manifests/<g>.json.copy (docs/FORMAT.md §18.3).
+// just after it, is manifests/<g>.json.copy (docs/FORMAT.md §11.3).
 const copySuffix = ".copy"
 
 func manifestName(g uint64) string { return fmt.Sprintf("%020d.json", g) }

@@ -1,4 +1,4 @@
-"""Checkpoint bundles over the tpde_bundle_* ABI (docs/FORMAT.md section 17).
+"""Checkpoint bundles over the tpde_bundle_* ABI (docs/FORMAT.md section 9).
 
 The one module that calls tpde_bundle_*. Writing: encode() codes a whole
 list of named tensors (keyframes, or delta frames against references) into
@@ -145,7 +145,7 @@ class _Items:
 def _meta_bytes(meta: Dict[str, Any]) -> bytes:
     # ValueError covers NaN, circular references and lone surrogates
     # (UnicodeEncodeError); nesting deep enough to exhaust Python's stack
-    # would be refused by the library anyway (docs/FORMAT.md section 17.5).
+    # would be refused by the library anyway (docs/FORMAT.md section 9.5).
     try:
         return json.dumps(meta, allow_nan=False, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except (TypeError, ValueError) as e:
@@ -355,7 +355,7 @@ class Reader(_Handle):
 
 
 # The library checks that the metadata is a UTF-8 JSON object nested at
-# most 100 deep (docs/FORMAT.md section 17.5); an older library did not,
+# most 100 deep (docs/FORMAT.md section 9.5); an older library did not,
 # and Python's parser recurses, so these failures are still the input's.
 
 def _parse_meta(meta: bytes) -> Any:

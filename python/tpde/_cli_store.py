@@ -231,6 +231,9 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
                           f"{c['manifests']} old manifest(s); rewrote {c.get('copies', 0)} damaged or missing "
                           "copies" + (" (readers busy: objects kept)" if c.get("readers_busy") else ""),
                           file=sys.stderr)
+                    if c.get("reclaimed"):
+                        print("removed checkpoint(s) no folder holds any more: "
+                              + ", ".join(map(str, c["reclaimed"])), file=sys.stderr)
                     if c.get("kept"):
                         print(f"kept unreferenced objects: {_p(c['kept'])}", file=sys.stderr)
                     for f in c.get("foreign") or []:

@@ -1,5 +1,5 @@
 """Reading compressed checkpoints: a bundle opened and its metadata checked
-as a tpde checkpoint (docs/FORMAT.md §17.6), described (checkpoint_info)
+as a tpde checkpoint (docs/FORMAT.md §9.6), described (checkpoint_info)
 or decoded back into a state dict (load_checkpoint), with each delta's
 reference looked up by name in the checkpoint the caller passes.
 
@@ -31,7 +31,7 @@ from .errors import (
 __all__ = ["FORMAT_VERSION", "Source", "Checkpoint", "Meta", "Opened", "open_checkpoint", "checkpoint_info",
            "decode", "decode_opened", "load_checkpoint"]
 
-#: Version of the checkpoint bundle format written (docs/FORMAT.md §17).
+#: Version of the checkpoint bundle format written (docs/FORMAT.md §9).
 FORMAT_VERSION = "1.0"
 
 Checkpoint = Any  # a state dict (see checkpoint.py)
@@ -46,7 +46,7 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-# The JSON types of the "checkpoint" member's fields (docs/FORMAT.md §17.6),
+# The JSON types of the "checkpoint" member's fields (docs/FORMAT.md §9.6),
 # checked where present: they are informative, but checkpoint_info returns
 # them and the CLI formats them.
 _JSON_KINDS = {
@@ -94,7 +94,7 @@ def _member(obj: Dict[str, Any], key: str, where: str) -> Any:
 
 
 class Meta:
-    """A bundle's metadata as a tpde checkpoint (docs/FORMAT.md §17.6),
+    """A bundle's metadata as a tpde checkpoint (docs/FORMAT.md §9.6),
     checked once, when the bundle is opened, before anything uses it: every
     reader then sees the same verdict, and no later step meets a wrong type.
 

@@ -22,7 +22,7 @@ from . import errors
 from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 5
+ABI_VERSION = 6
 MAX_NDIM = 32
 ERR_LEN = 1024
 
@@ -254,6 +254,11 @@ _SIGNATURES.update({
         c_int, [c_uint64, c_char_p, c_void_p, c_uint64, POINTER(StoreTensor), c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_commit": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_abort": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_finish_part": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_commit_parts": (c_int, [c_uint64, ctypes.c_int64, c_int32, c_char_p, c_uint64, c_char_p, c_char_p,
+                                        c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_reclaim": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_read_pointer": (c_int, [c_char_p, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_remove": (c_int, [c_uint64, ctypes.c_int64, _ERRBUF, c_size_t]),
     "tpde_store_verify": (c_int, [c_uint64, c_int32, c_int32, _ERRBUF, c_size_t]),
     "tpde_store_reader_open": (c_int, [c_uint64, _U64P, _ERRBUF, c_size_t]),

@@ -4,7 +4,7 @@ tensors plus a JSON skeleton of everything else, and put back together.
 A checkpoint may be any nesting of dicts, lists and tuples of tensors and
 JSON-like values (an optimizer's state_dict(), an epoch number). Flat finds
 its tensors (tied weights once, under one name) and describes the rest as
-nodes (docs/FORMAT.md section 17.6); rebuild turns nodes back into values,
+nodes (docs/FORMAT.md section 9.6); rebuild turns nodes back into values,
 refusing anything malformed as corrupt.
 """
 
@@ -23,7 +23,7 @@ __all__ = ["Flat", "rebuild", "json_type", "with_state_dict_metadata", "state_di
 Checkpoint = Any  # a state dict
 
 #: How deeply a bundle's metadata JSON may nest (bundle.MaxMetaDepth,
-#: docs/FORMAT.md §17.5). The library refuses deeper metadata, in a bundle
+#: docs/FORMAT.md §9.5). The library refuses deeper metadata, in a bundle
 #: as corrupt and from a writer as invalid; the encoder refuses a
 #: checkpoint whose structure would need it before coding anything.
 MAX_META_DEPTH = 100
@@ -148,7 +148,7 @@ def _check_depth(depth: int, path: str) -> None:
 
 _FLOAT_NODES = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 _NODE_TAGS = ("$tensor", "$dict", "$tuple", "$float")
-# The JSON types a $dict key may have (docs/FORMAT.md §17.6).
+# The JSON types a $dict key may have (docs/FORMAT.md §9.6).
 _KEY_TYPES = (str, int, float, bool, type(None))
 ABSENT = object()
 
@@ -170,7 +170,7 @@ def _bad_node(trail: _Trail, problem: str) -> CorruptDataError:
 
 
 def rebuild(node: Any, tensors: Mapping[str, Any], trail: _Trail = (None, "tpde.skeleton"), depth: int = 1) -> Any:
-    """The value a structure node (docs/FORMAT.md §17.6) stands for, with
+    """The value a structure node (docs/FORMAT.md §9.6) stands for, with
     each {"$tensor": name} looked up in tensors. Anything else is corrupt
     (the metadata is checksummed, so it is a writer's bug or a forgery,
     nothing to guess at): an unknown tag, a malformed node, a name that

@@ -9,7 +9,7 @@
 A checkpoint is a state dict: a mapping of names to tensors (torch or
 numpy), or any nesting of dicts, lists and tuples of tensors and JSON-like
 values (str, int, float, bool, None), such as an optimizer's state_dict().
-It is stored as one bundle (docs/FORMAT.md section 17): a keyframe per
+It is stored as one bundle (docs/FORMAT.md section 9): a keyframe per
 tensor for a full checkpoint, or per tensor a delta frame against the tensor
 of the same name in a reference checkpoint.
 
@@ -381,7 +381,7 @@ class TemporalPositionDeltaEncoder:
 
     def _stored_metadata(self, flat: _structure.Flat, ref: Optional[_Reference], epoch: Optional[int],
                          user: Optional[Mapping[str, Any]], method: str) -> Dict[str, Any]:
-        """The bundle's metadata (docs/FORMAT.md §17.6), less what coding
+        """The bundle's metadata (docs/FORMAT.md §9.6), less what coding
         tells (lossless, error_bound, sparsity, max_error: see _compress)."""
         ckpt_meta = {
             "checkpoint_type": "full" if ref is None else "delta",

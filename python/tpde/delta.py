@@ -1,5 +1,5 @@
 """Delta frames: one tensor coded against a reference tensor (kind 1 frames,
-docs/FORMAT.md section 16). The building block of checkpoint series; the
+docs/FORMAT.md section 6). The building block of checkpoint series; the
 seed's TemporalPositionDeltaEncoder API will sit on top of it.
 
 Lossless by default. ``threshold > 0`` (float tensors only) is the opt-in

@@ -1,6 +1,6 @@
 """The checkpoint store: a whole training run in one directory.
 
-A store (docs/FORMAT.md §18) keeps every checkpoint of a run as
+A store (docs/FORMAT.md §11) keeps every checkpoint of a run as
 content-addressed objects: identical tensors and files are stored once, each
 tensor of an older checkpoint is a delta against its neighbour (or a base),
 and the newest checkpoint, the one a resume loads, is kept whole. Go owns
@@ -52,6 +52,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 STATE_DICT_FILE = "state_dict.tpde"
 _SD_FORMAT = "tpde-state-dict"
 _ALIGN = 64
+# tpde_store_open's write argument for a participant (TPDE_STORE_STAGE).
+_STAGE = 2
 
 
 class StoreLockedError(TPDEIOError):
@@ -190,7 +192,7 @@ def _path_arg(p: Any, what: str) -> str:
 
 def _utf8(name: str, what: str) -> bytes:
     """name as UTF-8: the store names files and tensors in UTF-8 only
-    (docs/FORMAT.md §18.4), so a name that has none (bytes the OS gave that
+    (docs/FORMAT.md §11.4), so a name that has none (bytes the OS gave that
     are not UTF-8, a lone surrogate) is refused, naming it."""
     try:
         return name.encode("utf-8")
@@ -332,7 +334,7 @@ class _Reader:
 
     @property
     def manifest(self) -> Dict[str, Any]:
-        """The manifest generation as docs/FORMAT.md §18.3 lays it out,
+        """The manifest generation as docs/FORMAT.md §11.3 lays it out,
         rebuilt from every record's entry (linear in the history: for stats
         and inspection, not for loading)."""
         h = self.head
@@ -515,15 +517,9 @@ class Store:
         refused. cancel: a threading.Event that stops the add (nothing is
         committed; CancelledError)."""
         step = None if step is None else check_step(step, latest=False)
-        if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
-            raise InvalidArgumentError("tags must be a list of strings")
-        for t in tags or ():
-            _utf8(t, "tag")
-            if has_control(t):
-                raise InvalidArgumentError(f"tag {printable(t)!r} has a control character")
+        tj, tn = self._tags_arg(tags)
         with self._lock, _naming(self.path):
             h = self._writer()
-            tj, tn = _json_arg(list(tags) if tags is not None else None)
             call("tpde_store_begin", h, 0 if step is None else step, int(step is not None), tj, tn, 0)
             return self._fill_and_commit(h, path_or_state_dict, progress, follow_links, cancel)
 
@@ -533,25 +529,35 @@ class Store:
             call("tpde_store_begin", h, 0, 1, None, 0, 1)
             self._fill_and_commit(h, base, None, False, None)
 
+    def _fill(self, h: int, what: Any, progress: Optional[Callable[[int, int], None]], follow_links: bool,
+              cancel: Optional[Any], name: Optional[str] = None) -> None:
+        """Add what (a path or a state dict) to the checkpoint or part begun
+        on handle h; name: the state dict's file, or a single file's."""
+        if isinstance(what, Mapping):
+            self._add_state_dict(h, what, name or STATE_DICT_FILE)
+        elif isinstance(what, (str, bytes, os.PathLike)):
+            files = list(_walk(_path_arg(what, "the path to add"), self.path, follow_links))
+            if name is not None:
+                if len(files) != 1 or not os.path.isfile(os.fspath(what)):
+                    raise InvalidArgumentError("name= names a single file; a folder's files keep their paths")
+                files = [(name, files[0][1])]
+            total = sum(os.stat(p).st_size for _, p in files)
+            done = 0
+            for rel, p in files:
+                if cancel is not None and cancel.is_set():
+                    raise CancelledError(f"adding {os.fspath(what)} was cancelled; nothing was committed")
+                self._add_file(h, rel, p, cancel)
+                done += os.stat(p).st_size
+                if progress is not None:
+                    progress(done, total)
+        else:
+            raise InvalidArgumentError(
+                f"add() takes a path or a state dict, not {type(what).__module__}.{type(what).__qualname__}")
+
     def _fill_and_commit(self, h: int, what: Any, progress: Optional[Callable[[int, int], None]],
                          follow_links: bool, cancel: Optional[Any]) -> CheckpointInfo:
         try:
-            if isinstance(what, Mapping):
-                self._add_state_dict(h, what)
-            elif isinstance(what, (str, bytes, os.PathLike)):
-                files = list(_walk(_path_arg(what, "the path to add"), self.path, follow_links))
-                total = sum(os.stat(p).st_size for _, p in files)
-                done = 0
-                for rel, p in files:
-                    if cancel is not None and cancel.is_set():
-                        raise CancelledError(f"adding {os.fspath(what)} was cancelled; nothing was committed")
-                    self._add_file(h, rel, p, cancel)
-                    done += os.stat(p).st_size
-                    if progress is not None:
-                        progress(done, total)
-            else:
-                raise InvalidArgumentError(
-                    f"add() takes a path or a state dict, not {type(what).__module__}.{type(what).__qualname__}")
+            self._fill(h, what, progress, follow_links, cancel)
             call("tpde_store_commit", h)
         except OSError as e:
             call("tpde_store_abort", h)
@@ -576,7 +582,7 @@ class Store:
         args = (h, _utf8(rel, "file name"), os.fsencode(p), hj, hn, note.encode("utf-8") if note else None, None)
         run_cancellable(lambda flag: call("tpde_store_add_file", *args, byref(flag)), cancel)
 
-    def _add_state_dict(self, h: int, sd: Mapping[str, Any]) -> None:
+    def _add_state_dict(self, h: int, sd: Mapping[str, Any], rel: str = STATE_DICT_FILE) -> None:
         flat = _structure.Flat(sd, "state dict")
         entries, srcs = [], []
         offset = 0
@@ -601,8 +607,64 @@ class Store:
             # The header's offsets count from the end of the header.
             arr[i] = _native.StoreTensor(_utf8(e["name"], "tensor name"), src.code, len(src.shape),
                                          ctypes.addressof(shape), base + e["offset"], src.ptr, src.nbytes)
-        call("tpde_store_add_state_dict", h, STATE_DICT_FILE.encode("utf-8"), head, len(head), arr, len(srcs))
+        call("tpde_store_add_state_dict", h, _utf8(rel, "file name"), head, len(head), arr, len(srcs))
         del keep, srcs
+
+    # -- many writers, one commit ---------------------------------------
+
+    def stage(self) -> "Part":
+        """A participant of a multi-writer commit (docs/FORMAT.md, "Parts"):
+        the ranks of a job, or nodes sharing a file system, each stage their
+        files with Part.add and Part.finish, beside each other and without
+        the writer lock; one process then commits every part's descriptor
+        as one checkpoint (commit). The store is created if missing."""
+        if self._closed:
+            raise InvalidArgumentError("the store is closed")
+        return Part(self)
+
+    def commit(self, parts: Sequence[str], step: Optional[int] = None, tags: Optional[Sequence[str]] = None, *,
+               holder: Optional[str] = None) -> CheckpointInfo:
+        """Publish one checkpoint made of the parts' files (descriptors from
+        Part.finish; file names must not repeat across parts). step
+        defaults to the newest + 1. holder: a folder beside the store (one
+        name, e.g. "step-200"); its pointer file (.tpde-checkpoint.json) is
+        written before the checkpoint is published, and reclaim() removes
+        the checkpoint once no folder holds it."""
+        step = None if step is None else check_step(step, latest=False)
+        if isinstance(parts, (str, bytes)) or not parts or not all(isinstance(p, str) for p in parts):
+            raise InvalidArgumentError("parts must be a non-empty list of descriptors (str) from Part.finish()")
+        if holder is not None:
+            if not isinstance(holder, str) or not holder or "/" in holder or os.sep in holder or holder in (".", ".."):
+                raise InvalidArgumentError(f"holder must be one folder name beside the store, not {holder!r}")
+        tj, tn = self._tags_arg(tags)
+        body = ("[" + ",".join(parts) + "]").encode("utf-8")
+        with self._lock, _naming(self.path):
+            h = self._writer()
+            call("tpde_store_commit_parts", h, 0 if step is None else step, int(step is not None), tj, tn,
+                 None if holder is None else _utf8(holder, "holder"), body, len(body))
+            rec = _result(h)
+            with self._reader() as rd:
+                return _info(rd.entry(rec["step"]))
+
+    def reclaim(self) -> List[int]:
+        """Remove every checkpoint whose holder folder no longer holds it
+        (removed, or its pointer names another checkpoint); returns their
+        steps. Checkpoints added without a holder are never reclaimed, and
+        none is while a holder cannot be checked."""
+        with self._lock, _naming(self.path):
+            h = self._writer()
+            call("tpde_store_reclaim", h)
+            return [int(s) for s in _result(h)["removed"]]
+
+    @staticmethod
+    def _tags_arg(tags: Optional[Sequence[str]]) -> Tuple[Optional[bytes], int]:
+        if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
+            raise InvalidArgumentError("tags must be a list of strings")
+        for t in tags or ():
+            _utf8(t, "tag")
+            if has_control(t):
+                raise InvalidArgumentError(f"tag {printable(t)!r} has a control character")
+        return _json_arg(list(tags) if tags is not None else None)
 
     # -- reading -------------------------------------------------------
 
@@ -753,6 +815,98 @@ class Store:
                               degraded=p.get("degraded", False), unchecked=p.get("unchecked", False))
                       for p in res["problems"])
         return VerifyReport(probs, res.get("cleaned"))
+
+
+class Part:
+    """One participant's share of a checkpoint (Store.stage). add() codes
+    files or state dicts into the store's objects now, in this process;
+    finish() returns the descriptor the committing process passes to
+    Store.commit. Keep the Part open until that commit is done: its objects
+    are protected from the store's cleanup until close() (or until this
+    process exits: the protection is a lock the kernel drops)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._handle: Optional[int] = None
+        self._begun = False
+        self.descriptor: Optional[str] = None
+        h = c_uint64(0)
+        js, n = _json_arg(store._config or None)
+        with _naming(store.path):
+            call("tpde_store_open", os.fsencode(store.path), _STAGE, js, n, store._threads, byref(h))
+        self._handle = h.value
+
+    def add(self, path_or_state_dict: Any, name: Optional[str] = None, *, follow_links: bool = False,
+            cancel: Optional[Any] = None) -> None:
+        """Stage a file, a folder (its files with their relative paths) or
+        a state dict (the state-dict file name, default "state_dict.tpde").
+        name renames a single file, or names a state dict's file."""
+        if name is not None:
+            _utf8(name, "file name")
+        with self._lock, _naming(self._store.path):
+            h = self._live()
+            if not self._begun:
+                call("tpde_store_begin", h, 0, 0, None, 0, 0)
+                self._begun = True
+            try:
+                self._store._fill(h, path_or_state_dict, None, follow_links, cancel, name)
+            except OSError as e:
+                if isinstance(e, TPDEError):
+                    raise
+                raise TPDEIOError(e.errno, f"{e.filename}: {e.strerror} (while staging a part)") from e
+
+    def finish(self) -> str:
+        """End staging; the descriptor (JSON text) for Store.commit."""
+        with self._lock, _naming(self._store.path):
+            h = self._live()
+            if not self._begun:
+                call("tpde_store_begin", h, 0, 0, None, 0, 0)
+                self._begun = True
+            call("tpde_store_finish_part", h)
+            self.descriptor = json.dumps(_result(h), separators=(",", ":"))
+            return self.descriptor
+
+    def _live(self) -> int:
+        if self._handle is None:
+            raise InvalidArgumentError("the part is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Release the part: after the commit that names it, or to drop it
+        (its objects then go at the store's next cleanup)."""
+        with self._lock:
+            h, self._handle = self._handle, None
+            if h:
+                call("tpde_store_close", h)
+
+    def __enter__(self) -> "Part":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown; the kernel drops the lock anyway
+            pass
+
+
+def read_pointer(folder: PathLike) -> Dict[str, Any]:
+    """The pointer a holder folder keeps (.tpde-checkpoint.json):
+    {"store": the store's path, "step": int}. TPDEIOError (ENOENT) when
+    the folder has none."""
+    p = _path_arg(folder, "the folder")
+    needed = c_uint64(0)
+    cap = 4096
+    while True:
+        buf = ctypes.create_string_buffer(cap)
+        rc = call("tpde_store_read_pointer", os.fsencode(p), buf, cap, byref(needed),
+                  allow=(_native.E_BUFFER_TOO_SMALL,))
+        if rc == _native.OK:
+            return json.loads(buf.raw[: needed.value].decode("utf-8"))
+        cap = int(needed.value)
 
 
 def open(path: PathLike, **kwargs: Any) -> Store:  # noqa: A001 - the documented shortcut, tpde.open

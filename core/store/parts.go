@@ -1,0 +1,575 @@
+package store
+
+// Many writers, one commit (docs/FORMAT.md, "Parts"). The ranks of one job,
+// or nodes that share a file system, each stage their files as a part:
+// their objects are written beside each other, without the writer lock,
+// while one process (the coordinator) commits every part as one
+// checkpoint. Writing objects is independent of the commit, which is the
+// shape an object-storage backend needs as well.
+//
+// What keeps a part's objects from cleanup until the commit names them:
+//   - while it codes, the participant holds readers.lock shared, as a
+//     reader does: no cleanup runs (it needs the lock exclusively);
+//   - from Finish until Close, its folder tmp/part-<random>/ is flock(2)ed
+//     and lists every object the part names (tmp/part-<random>/objects);
+//     cleanup keeps what a locked part lists, and removes an unlocked part
+//     folder (its participant closed it, or died).
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"github.com/tpde/tpde/core/dirfd"
+	"github.com/tpde/tpde/core/errs"
+)
+
+const (
+	partFormat   = "tpde-store-part"
+	partPrefix   = "part-"
+	partObjects  = "objects"
+	maxPartBytes = maxCheckpointBytes
+	// newStep is the step a part's delta refs name for the checkpoint its
+	// commit creates (the part cannot know the step).
+	newStep = -1
+)
+
+// Part is what one participant staged: its files, and the deltas it made
+// of the previous newest checkpoint's keyframes against them.
+type Part struct {
+	Format     string `json:"format"`
+	Version    int    `json:"version"`
+	Generation uint64 `json:"generation"`
+	// Previous is the newest checkpoint when the part was coded: its
+	// Converted regions replace that record's regions only if it is still
+	// the newest at the commit.
+	Previous  *CheckpointRef    `json:"previous"`
+	Files     []File            `json:"files"`
+	Converted []ConvertedRegion `json:"converted"`
+}
+
+// ConvertedRegion is a region of the previous newest checkpoint, re-coded
+// as a delta frame. A ref with step -1 names the checkpoint being committed.
+type ConvertedRegion struct {
+	File string `json:"file"`
+	Region
+}
+
+// stagePart makes this participant's folder in tmp/ and locks it. The
+// store's tmp is then that folder, so that the writer's tmp cleanup never
+// takes a live participant's files.
+func (s *Store) stagePart() error {
+	tmp, err := s.root.MkdirAll("tmp")
+	if err != nil {
+		return hostile(err)
+	}
+	defer tmp.Close()
+	part, name, err := tmp.MkdirTemp(partPrefix)
+	if err != nil {
+		return err
+	}
+	if err := syscall.Flock(part.Fd(), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = part.Close()
+		return ioErr(tmp.Path(name), err)
+	}
+	s.tmp, s.partName = part, name
+	if s.objects, err = s.root.MkdirAll("objects"); err != nil {
+		return hostile(err)
+	}
+	return nil
+}
+
+// Staging reports whether the store was opened for a participant
+// (Options.Stage).
+func (s *Store) Staging() bool { return s.stage }
+
+// BeginPart starts staging this participant's files. The store must be
+// opened with Options.Stage.
+func (s *Store) BeginPart() (*Tx, error) {
+	if !s.stage {
+		return nil, fmt.Errorf("%w: a part is staged on a store opened for staging", errs.Invalid)
+	}
+	if s.partDone {
+		return nil, fmt.Errorf("%w: this staging handle already staged its part; open another", errs.Invalid)
+	}
+	unlock, err := s.readLock()
+	if err != nil {
+		return nil, err
+	}
+	sn, err := s.snapshot()
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	tx := &Tx{s: s, sn: sn, prev: sn.latest(), part: true, unlock: unlock,
+		cp:        &Checkpoint{Format: checkpointFormat, Version: Version, Step: newStep, Tags: []string{}, Files: []File{}},
+		converted: map[string]Region{}, tails: map[*Region]int{}, keyframes: map[string]Object{},
+		rawFiles: map[string]File{}, paths: map[string]bool{}}
+	tx.index()
+	return tx, nil
+}
+
+// Finish ends staging: it returns the part's descriptor (docs/FORMAT.md,
+// "Parts"), for the coordinator's CommitParts. The objects it names stay
+// protected until the store handle is closed.
+func (tx *Tx) Finish() ([]byte, error) {
+	if !tx.part {
+		return nil, fmt.Errorf("%w: Finish is for parts; commit a checkpoint with Commit", errs.Invalid)
+	}
+	if tx.done {
+		return nil, fmt.Errorf("%w: the part was already finished or aborted", errs.Invalid)
+	}
+	tx.done = true
+	tx.freeBuffers()
+	defer tx.release()
+	p := Part{Format: partFormat, Version: Version, Generation: tx.sn.m.Generation, Files: tx.cp.Files, Converted: []ConvertedRegion{}}
+	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Path < p.Files[j].Path })
+	if tx.prev >= 0 {
+		ref := tx.sn.m.Checkpoints[tx.prev]
+		p.Previous = &ref
+		keys := make([]string, 0, len(tx.converted))
+		for k := range tx.converted {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			file, _, _ := strings.Cut(k, "\x00")
+			p.Converted = append(p.Converted, ConvertedRegion{File: file, Region: tx.converted[k]})
+		}
+	}
+	b, err := json.Marshal(&p)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errs.Internal, err)
+	}
+	if len(b) > maxPartBytes {
+		return nil, fmt.Errorf("%w: the part's descriptor would be %d bytes (max %d)", errs.Invalid, len(b), maxPartBytes)
+	}
+	// The list is written while readers.lock is still held shared, so no
+	// cleanup can run between the objects' links and the list that keeps
+	// them. Unsynced on purpose: it protects against a live cleanup, and a
+	// crash of the machine ends the participant (and so the protection).
+	var list bytes.Buffer
+	for _, name := range p.objects() {
+		list.WriteString(name)
+		list.WriteByte('\n')
+	}
+	f, err := tx.s.tmp.OpenFile(partObjects, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o666)
+	if err != nil {
+		return nil, err
+	}
+	werr := writeAll(f, list.Bytes())
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return nil, ioErr(tx.s.tmp.Path(partObjects), werr)
+	}
+	tx.s.partDone = true
+	return b, nil
+}
+
+// release ends a part's shared hold on readers.lock.
+func (tx *Tx) release() {
+	if tx.unlock != nil {
+		tx.unlock()
+		tx.unlock = nil
+	}
+}
+
+// objects lists every object file a part names.
+func (p *Part) objects() []string {
+	var out []string
+	for _, f := range p.Files {
+		out = append(out, f.Skeleton.Object)
+		for _, r := range f.Regions {
+			out = append(out, r.Object.Object)
+		}
+	}
+	for _, c := range p.Converted {
+		out = append(out, c.Object.Object)
+	}
+	return out
+}
+
+// parsePart decodes a part's descriptor strictly, like a record.
+func parsePart(b []byte, i int) (*Part, error) {
+	what := fmt.Sprintf("part %d", i)
+	if len(b) > maxPartBytes {
+		return nil, fmt.Errorf("%w: %s: %d bytes (max %d)", errs.Invalid, what, len(b), maxPartBytes)
+	}
+	var p Part
+	if err := decodeJSON(what, b, &p); err != nil {
+		return nil, fmt.Errorf("%w: %v", errs.Invalid, err)
+	}
+	if p.Format != partFormat {
+		return nil, fmt.Errorf("%w: %s: format %q (want %q)", errs.Invalid, what, p.Format, partFormat)
+	}
+	if p.Version != Version {
+		return nil, fmt.Errorf("%w: %s: version %d (this tpde reads %d)", errs.Unsupported, what, p.Version, Version)
+	}
+	for k := range p.Files {
+		f := &p.Files[k]
+		if err := f.validate(); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", errs.Invalid, what, err)
+		}
+		for _, r := range f.Regions {
+			if r.Ref != nil || r.MaxError != 0 {
+				return nil, fmt.Errorf("%w: %s: %s: tensor %q: a part's own tensors are exact keyframes", errs.Invalid, what, f.Path, r.Name)
+			}
+		}
+	}
+	return &p, nil
+}
+
+// CommitParts publishes one checkpoint made of every part's files (their
+// paths must not repeat). step is the newest + 1 unless hasStep. With a
+// holder (a folder beside the store), the folder's pointer file is written
+// before the checkpoint is published, and the checkpoint lives as long as
+// the folder holds it (Reclaim).
+func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []string, holder string) (*Checkpoint, error) {
+	if !s.write {
+		return nil, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
+	}
+	if len(parts) == 0 {
+		return nil, fmt.Errorf("%w: no parts to commit", errs.Invalid)
+	}
+	if holder != "" {
+		if err := validHolder(holder); err != nil {
+			return nil, err
+		}
+	}
+	tx, err := s.Begin(step, hasStep, tags)
+	if err != nil {
+		return nil, err
+	}
+	tx.done = true // nothing is coded here: the parts were
+	sn := tx.sn
+	var prevRef *CheckpointRef
+	if tx.prev >= 0 {
+		prevRef = &sn.m.Checkpoints[tx.prev]
+	}
+	names := map[string]bool{}
+	for i, b := range parts {
+		p, err := parsePart(b, i)
+		if err != nil {
+			return nil, err
+		}
+		for _, f := range p.Files {
+			if names[f.Path] {
+				return nil, fmt.Errorf("%w: %q is in two parts", errs.Invalid, f.Path)
+			}
+			names[f.Path] = true
+			tx.cp.Files = append(tx.cp.Files, f)
+		}
+		// A part coded against another newest checkpoint than this one
+		// made deltas of a record this commit does not replace: they are
+		// left out (the keyframes stay; the store is only larger).
+		if prevRef == nil || p.Previous == nil || *p.Previous != *prevRef {
+			continue
+		}
+		for _, c := range p.Converted {
+			key := regionKey(c.File, c.Name)
+			if _, dup := tx.converted[key]; dup {
+				return nil, fmt.Errorf("%w: tensor %q of %q converted by two parts", errs.Invalid, c.Name, c.File)
+			}
+			r := c.Region
+			if r.Ref != nil && !r.Ref.Base && r.Ref.Step == newStep {
+				ref := *r.Ref
+				ref.Step = tx.cp.Step
+				r.Ref = &ref
+			}
+			tx.converted[key] = r
+		}
+	}
+	if err := s.checkParts(tx); err != nil {
+		return nil, err
+	}
+	if holder != "" {
+		if err := s.writePointer(holder, tx.cp.Step); err != nil {
+			return nil, err
+		}
+	}
+	tx.holder = holder
+	tx.done = false
+	c, err := tx.commit()
+	if err != nil {
+		_, _ = s.cleanup()
+	}
+	return c, err
+}
+
+// checkParts checks what the parts claim against the store: every object
+// they name exists with its size, and every converted region is the
+// previous checkpoint's keyframe of that tensor, re-coded against a tensor
+// of the same dtype and size.
+func (s *Store) checkParts(tx *Tx) error {
+	exists := func(o Object, what string) error {
+		info, err := s.objectInfo(o.Object)
+		if err != nil {
+			return fmt.Errorf("%s: object %s: %w", what, o.Object, err)
+		}
+		if !info.IsRegular() || uint64(info.Size) != o.Stored {
+			return fmt.Errorf("%w: %s: object %s is not the %d bytes its part says", errs.Invalid, what, o.Object, o.Stored)
+		}
+		return nil
+	}
+	byKey := map[string]*Region{}
+	for i := range tx.cp.Files {
+		f := &tx.cp.Files[i]
+		if err := exists(f.Skeleton, f.Path); err != nil {
+			return err
+		}
+		for j := range f.Regions {
+			r := &f.Regions[j]
+			byKey[regionKey(f.Path, r.Name)] = r
+			if err := exists(r.Object, f.Path+": "+r.Name); err != nil {
+				return err
+			}
+		}
+	}
+	for key, nr := range tx.converted {
+		file, name, _ := strings.Cut(key, "\x00")
+		old := tx.sn.region(tx.prev, key)
+		what := fmt.Sprintf("%s: tensor %q", file, name)
+		if old == nil || old.Ref != nil || old.MaxError != 0 || old.Offset != nr.Offset || old.Size != nr.Size ||
+			old.DType != nr.DType || old.SHA256 != nr.SHA256 || nr.Ref == nil {
+			return fmt.Errorf("%w: %s: a part's delta does not match the previous checkpoint's keyframe", errs.Invalid, what)
+		}
+		if !nr.Ref.Base && nr.Ref.Step == tx.cp.Step {
+			t := byKey[regionKey(nr.Ref.File, nr.Ref.Region)]
+			if t == nil || t.DType != nr.DType || t.Size != nr.Size {
+				return fmt.Errorf("%w: %s: its delta names a tensor this checkpoint lacks", errs.Invalid, what)
+			}
+		}
+		if err := exists(nr.Object, what); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Pointer is the file a holder folder keeps beside its content
+// (docs/FORMAT.md, "Holders"): the store, relative to the folder, and the
+// step of the checkpoint it holds.
+type Pointer struct {
+	Format  string `json:"format"`
+	Version int    `json:"version"`
+	Store   string `json:"store"`
+	Step    int64  `json:"step"`
+}
+
+const (
+	// PointerName is the pointer file's name inside its folder.
+	PointerName     = ".tpde-checkpoint.json"
+	pointerFormat   = "tpde-checkpoint-pointer"
+	maxPointerBytes = 1 << 16
+)
+
+// validHolder: a holder is one folder name beside the store.
+func validHolder(h string) error {
+	if err := validPath(h); err != nil || strings.Contains(h, "/") {
+		return fmt.Errorf("%w: holder %q: must be one folder name beside the store", errs.Invalid, printable(h))
+	}
+	return nil
+}
+
+// parent opens the folder that holds the store (and its holders).
+func (s *Store) parent() (*dirfd.Dir, error) {
+	return dirfd.Open(parentOf(s.dir))
+}
+
+func parentOf(dir string) string { return filepath.Dir(filepath.Clean(dir)) }
+
+func baseName(dir string) string { return filepath.Base(filepath.Clean(dir)) }
+
+// writePointer writes holder/PointerName, naming step, durably, replacing
+// what was there (a folder is reused for its newest checkpoint only).
+func (s *Store) writePointer(holder string, step int64) error {
+	par, err := s.parent()
+	if err != nil {
+		return err
+	}
+	defer par.Close()
+	h, err := par.OpenDir(holder)
+	if err != nil {
+		return fmt.Errorf("holder folder: %w", err)
+	}
+	defer h.Close()
+	b, err := json.Marshal(Pointer{Format: pointerFormat, Version: Version, Store: "../" + baseName(s.dir), Step: step})
+	if err != nil {
+		return fmt.Errorf("%w: %v", errs.Internal, err)
+	}
+	return writeDurable(h, h, PointerName, append(b, '\n'), false)
+}
+
+// ReadPointer reads the pointer file of folder: the store it names
+// (joined to folder) and the step.
+func ReadPointer(folder string) (string, int64, error) {
+	d, err := dirfd.Open(folder)
+	if err != nil {
+		return "", 0, err
+	}
+	defer d.Close()
+	p, err := readPointer(d)
+	if err != nil {
+		return "", 0, err
+	}
+	return filepath.Join(folder, p.Store), p.Step, nil
+}
+
+func readPointer(d *dirfd.Dir) (*Pointer, error) {
+	b, err := d.ReadFile(PointerName, maxPointerBytes)
+	if err != nil {
+		return nil, hostile(err)
+	}
+	what := d.Path(PointerName)
+	var p Pointer
+	if err := decodeJSON(what, b, &p); err != nil {
+		return nil, err
+	}
+	if p.Format != pointerFormat {
+		return nil, corrupt(what, "format %q", p.Format)
+	}
+	if p.Version != Version {
+		return nil, fmt.Errorf("%w: %s: version %d (this tpde reads %d)", errs.Unsupported, what, p.Version, Version)
+	}
+	if p.Step < 0 || p.Store == "" || strings.ContainsRune(p.Store, 0) || len(p.Store) > 4096 {
+		return nil, corrupt(what, "step %d, store %q", p.Step, printable(p.Store))
+	}
+	return &p, nil
+}
+
+// Reclaim removes every checkpoint whose holder no longer holds it: the
+// folder is gone, or its pointer names another checkpoint or store. A
+// folder renamed beside the store still holds its checkpoint (found by
+// its pointer). Checkpoints added without a holder are never reclaimed,
+// nor is any checkpoint when a holder cannot be checked (a permission
+// error, a damaged pointer): a reclaim only removes what is certainly
+// no longer named. It returns the steps removed.
+func (s *Store) Reclaim() ([]int64, error) {
+	if !s.write {
+		return nil, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
+	}
+	sn, err := s.snapshot()
+	if err != nil {
+		return nil, err
+	}
+	var unheld []CheckpointRef
+	for _, ref := range sn.m.Checkpoints {
+		if ref.Holder != "" {
+			unheld = append(unheld, ref)
+		}
+	}
+	if len(unheld) == 0 {
+		return nil, nil
+	}
+	par, err := s.parent()
+	if err != nil {
+		return nil, err
+	}
+	defer par.Close()
+	self := "../" + baseName(s.dir)
+	// Folders beside the store, read once: what each pointer holds.
+	held := map[int64]bool{}
+	uncertain := false
+	look := func(name string) {
+		d, err := par.OpenDir(name)
+		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) && !errors.Is(err, syscall.ELOOP) {
+				uncertain = true
+			}
+			return
+		}
+		defer d.Close()
+		p, err := readPointer(d)
+		switch {
+		case err == nil:
+			if p.Store == self {
+				held[p.Step] = true
+			}
+		case errors.Is(err, fs.ErrNotExist):
+		default:
+			uncertain = true // a pointer we cannot read may hold anything
+		}
+	}
+	for _, ref := range unheld {
+		look(ref.Holder)
+	}
+	missing := false
+	for _, ref := range unheld {
+		missing = missing || !held[ref.Step]
+	}
+	if missing && !uncertain {
+		ents, err := par.ReadDir()
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range ents {
+			if e.Type == fs.ModeDir && e.Name != baseName(s.dir) {
+				look(e.Name)
+			}
+		}
+	}
+	if uncertain {
+		return nil, nil
+	}
+	var removed []int64
+	for _, ref := range unheld {
+		if held[ref.Step] {
+			continue
+		}
+		if err := s.Remove(ref.Step); err != nil {
+			return removed, err
+		}
+		removed = append(removed, ref.Step)
+	}
+	return removed, nil
+}
+
+// liveParts adds what every live (locked) part in tmp/ lists to live, and
+// removes the folders of parts no participant holds any more. It runs
+// under readers.lock held exclusively: no participant is coding, so each
+// live part's list is complete.
+func (s *Store) liveParts(live map[string]bool, c *Cleaned) error {
+	ents, err := s.tmp.ReadDir()
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !strings.HasPrefix(e.Name, partPrefix) || e.Type != fs.ModeDir {
+			continue
+		}
+		d, err := s.tmp.OpenDir(e.Name)
+		if err != nil {
+			continue
+		}
+		if syscall.Flock(d.Fd(), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
+			_ = d.Close()
+			if s.tmp.RemoveAll(e.Name) == nil {
+				c.Temporary++
+			}
+			continue
+		}
+		b, err := d.ReadFile(partObjects, math.MaxInt32)
+		_ = d.Close()
+		if err != nil {
+			continue // still coding (no list yet): it holds readers.lock, so this does not run
+		}
+		sc := bufio.NewScanner(bytes.NewReader(b))
+		for sc.Scan() {
+			if name := sc.Text(); validHash(name) {
+				live[name] = true
+			}
+		}
+	}
+	return nil
+}

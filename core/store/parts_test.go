@@ -1,0 +1,312 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tpde/tpde/core/errs"
+)
+
+// stage stages files (name -> bytes) as one participant and returns its
+// descriptor and the open staging store (close it after the commit).
+func stage(t *testing.T, dir string, files map[string][]byte) ([]byte, *Store) {
+	s, err := Open(dir, Options{Stage: true})
+	require.NoError(t, err)
+	tx, err := s.BeginPart()
+	require.NoError(t, err)
+	src := t.TempDir()
+	for name, b := range files {
+		require.NoError(t, tx.AddFile(name, write(t, src, name, b), nil, ""))
+	}
+	desc, err := tx.Finish()
+	require.NoError(t, err)
+	return desc, s
+}
+
+// rankSeries is two ranks' shards of one drifting run.
+type rankSeries struct{ ranks [2]*series }
+
+func newRankSeries() *rankSeries { return &rankSeries{[2]*series{newSeries(1), newSeries(2)}} }
+
+func (r *rankSeries) step(t *testing.T) [2][]byte {
+	return [2][]byte{r.ranks[0].step(t), r.ranks[1].step(t)}
+}
+
+func commitSave(t *testing.T, dir string, shards [2][]byte, holder string) *Checkpoint {
+	d0, p0 := stage(t, dir, map[string][]byte{"rank0.safetensors": shards[0]})
+	defer p0.Close()
+	d1, p1 := stage(t, dir, map[string][]byte{"rank1.safetensors": shards[1]})
+	defer p1.Close()
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	c, err := w.CommitParts([][]byte{d0, d1}, 0, false, []string{"t"}, holder)
+	require.NoError(t, err)
+	return c
+}
+
+func TestPartsFromTwoParticipantsCommitAsOneCheckpointWithReverseDeltas(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), ".tpde-store")
+	rs := newRankSeries()
+	var saves [][2][]byte
+	for i := 0; i < 3; i++ {
+		shards := rs.step(t)
+		saves = append(saves, shards)
+		c := commitSave(t, dir, shards, "")
+		assert.Equal(t, int64(i), c.Step)
+	}
+	for step, shards := range saves {
+		got := restoreAll(t, dir, int64(step))
+		assert.Equal(t, shards[0], got["rank0.safetensors"])
+		assert.Equal(t, shards[1], got["rank1.safetensors"])
+	}
+	// Each participant re-coded the previous newest's tensors of its own
+	// file against its new ones: older checkpoints hold deltas.
+	require.NoError(t, withCheckpoint(dir, 1, func(_ *Store, _ *Reader, c *Checkpoint) error {
+		for _, f := range c.Files {
+			deltas := 0
+			for _, r := range f.Regions {
+				if r.Ref != nil {
+					deltas++
+					assert.Equal(t, int64(2), r.Ref.Step)
+					assert.Equal(t, f.Path, r.Ref.File)
+				}
+			}
+			assert.Positive(t, deltas, f.Path)
+		}
+		return nil
+	}))
+	// Nothing of the parts is left in tmp/ once they are closed.
+	ents, err := os.ReadDir(filepath.Join(dir, "tmp"))
+	require.NoError(t, err)
+	assert.Empty(t, ents)
+}
+
+func TestAPartsObjectsSurviveAWritersCleanupUntilItsCommit(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	rs := newRankSeries()
+	commitSave(t, dir, rs.step(t), "")
+	shards := rs.step(t)
+	desc, p := stage(t, dir, map[string][]byte{"rank0.safetensors": shards[0]})
+	defer p.Close()
+	// A writer opens (its cleanup runs) and a repair runs, between the
+	// part's finish and the commit that names its objects.
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.Repair()
+	require.NoError(t, err)
+	_, err = w.CommitParts([][]byte{desc}, 0, false, nil, "")
+	require.NoError(t, err)
+	assert.Equal(t, shards[0], restoreAll(t, dir, 1)["rank0.safetensors"])
+}
+
+func TestADeadParticipantsObjectsAreReclaimedAndNeverCommitted(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	rs := newRankSeries()
+	commitSave(t, dir, rs.step(t), "")
+	desc, p := stage(t, dir, map[string][]byte{"rank0.safetensors": rs.step(t)[0]})
+	p.Close() // the participant is gone before any commit
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.Repair()
+	require.NoError(t, err)
+	var part Part
+	require.NoError(t, json.Unmarshal(desc, &part))
+	for _, name := range part.objects() {
+		_, err := os.Stat(objectFile(dir, name))
+		if !os.IsNotExist(err) {
+			// Shared with the committed checkpoint (a frozen tensor):
+			// then the manifest names it.
+			require.NoError(t, withCheckpoint(dir, 0, func(s *Store, rd *Reader, _ *Checkpoint) error {
+				live, err := rd.sn.live()
+				require.NoError(t, err)
+				assert.True(t, live[name], "object %s of a dead part is still there", name)
+				return nil
+			}))
+		}
+	}
+	// Its descriptor no longer commits: the objects are gone.
+	_, err = w.CommitParts([][]byte{desc}, 0, false, nil, "")
+	require.Error(t, err)
+	assert.Equal(t, []int64{0}, stepsOf(t, dir))
+}
+
+func stepsOf(t *testing.T, dir string) []int64 {
+	s, err := Open(dir, Options{})
+	require.NoError(t, err)
+	defer s.Close()
+	rd, err := s.Reader()
+	require.NoError(t, err)
+	defer rd.Close()
+	return rd.Steps()
+}
+
+func TestPartsThatClashOrLieAreRefused(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	rs := newRankSeries()
+	commitSave(t, dir, rs.step(t), "")
+	shards := rs.step(t)
+	d0, p0 := stage(t, dir, map[string][]byte{"same.safetensors": shards[0]})
+	defer p0.Close()
+	d1, p1 := stage(t, dir, map[string][]byte{"same.safetensors": shards[1]})
+	defer p1.Close()
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.CommitParts([][]byte{d0, d1}, 0, false, nil, "")
+	require.ErrorIs(t, err, errs.Invalid)
+
+	var part Part
+	require.NoError(t, json.Unmarshal(d0, &part))
+	part.Files[0].Regions[0].Object.Object = fmt.Sprintf("%064x", 7)
+	forged, err := json.Marshal(part)
+	require.NoError(t, err)
+	_, err = w.CommitParts([][]byte{forged}, 0, false, nil, "")
+	require.Error(t, err)
+
+	require.NoError(t, json.Unmarshal(d0, &part))
+	part.Files[0].Regions[0].Ref = &Ref{Step: 0, File: "x", Region: "w"}
+	forged, err = json.Marshal(part)
+	require.NoError(t, err)
+	_, err = w.CommitParts([][]byte{forged}, 0, false, nil, "")
+	require.ErrorIs(t, err, errs.Invalid)
+
+	_, err = w.CommitParts([][]byte{[]byte(`{"format":"tpde-store-part","version":1,"x":1}`)}, 0, false, nil, "")
+	require.ErrorIs(t, err, errs.Invalid)
+	assert.Equal(t, []int64{0}, stepsOf(t, dir))
+}
+
+func TestACommitBesideANewerCheckpointDropsStaleDeltasNotData(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	rs := newRankSeries()
+	commitSave(t, dir, rs.step(t), "")
+	late := rs.step(t)
+	d0, p0 := stage(t, dir, map[string][]byte{"rank0.safetensors": late[0]})
+	defer p0.Close()
+	// Another checkpoint is committed after the part was coded.
+	mid := rs.step(t)
+	commitSave(t, dir, mid, "")
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.CommitParts([][]byte{d0}, 0, false, nil, "")
+	require.NoError(t, err)
+	assert.Equal(t, late[0], restoreAll(t, dir, 2)["rank0.safetensors"])
+	assert.Equal(t, mid[0], restoreAll(t, dir, 1)["rank0.safetensors"])
+}
+
+func TestHoldersKeepCheckpointsAndReclaimWhatNoFolderNames(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, ".tpde-store")
+	rs := newRankSeries()
+	var saves [][2][]byte
+	for i := 0; i < 4; i++ {
+		folder := fmt.Sprintf("step-%d", i)
+		require.NoError(t, os.Mkdir(filepath.Join(parent, folder), 0o755))
+		shards := rs.step(t)
+		saves = append(saves, shards)
+		c := commitSave(t, dir, shards, folder)
+		store, step, err := ReadPointer(filepath.Join(parent, folder))
+		require.NoError(t, err)
+		assert.Equal(t, c.Step, step)
+		assert.Equal(t, filepath.Clean(dir), filepath.Clean(store))
+	}
+	require.NoError(t, os.RemoveAll(filepath.Join(parent, "step-1")))                             // a middle one
+	require.NoError(t, os.Rename(filepath.Join(parent, "step-2"), filepath.Join(parent, "best"))) // renamed
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	removed, err := w.Reclaim()
+	w.Close()
+	require.NoError(t, err)
+	assert.Equal(t, []int64{1}, removed)
+	assert.Equal(t, []int64{0, 2, 3}, stepsOf(t, dir))
+	for _, step := range []int64{0, 2, 3} {
+		assert.Equal(t, saves[step][1], restoreAll(t, dir, step)["rank1.safetensors"])
+	}
+	// The newest folder goes too: repair reclaims it, and the one before
+	// it becomes whole.
+	require.NoError(t, os.RemoveAll(filepath.Join(parent, "step-3")))
+	w, err = Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	c, err := w.Repair()
+	w.Close()
+	require.NoError(t, err)
+	assert.Equal(t, []int64{3}, c.Reclaimed)
+	assert.Equal(t, saves[2][0], restoreAll(t, dir, 2)["rank0.safetensors"])
+}
+
+func TestAPointerThatCannotBeReadReclaimsNothing(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "st")
+	rs := newRankSeries()
+	for i := 0; i < 2; i++ {
+		folder := fmt.Sprintf("f%d", i)
+		require.NoError(t, os.Mkdir(filepath.Join(parent, folder), 0o755))
+		commitSave(t, dir, rs.step(t), folder)
+	}
+	require.NoError(t, os.RemoveAll(filepath.Join(parent, "f0")))
+	require.NoError(t, os.WriteFile(filepath.Join(parent, "f1", PointerName), []byte("{garbage"), 0o644))
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	removed, err := w.Reclaim()
+	require.NoError(t, err)
+	assert.Empty(t, removed)
+	assert.Equal(t, []int64{0, 1}, stepsOf(t, dir))
+}
+
+func TestCheckpointsWithoutAHolderAreNeverReclaimed(t *testing.T) {
+	dir, _ := fiveSteps(t)
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	removed, err := w.Reclaim()
+	require.NoError(t, err)
+	assert.Empty(t, removed)
+	assert.Len(t, stepsOf(t, dir), 5)
+}
+
+func TestAHolderMustBeOneFolderBesideTheStore(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "st")
+	rs := newRankSeries()
+	d0, p0 := stage(t, dir, map[string][]byte{"r.safetensors": rs.step(t)[0]})
+	defer p0.Close()
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	for _, h := range []string{"../x", "a/b", "/etc", ".."} {
+		_, err = w.CommitParts([][]byte{d0}, 0, false, nil, h)
+		require.ErrorIs(t, err, errs.Invalid, h)
+	}
+	// A holder that is a link is not followed.
+	require.NoError(t, os.Symlink(t.TempDir(), filepath.Join(parent, "link")))
+	_, err = w.CommitParts([][]byte{d0}, 0, false, nil, "link")
+	require.Error(t, err)
+	assert.Empty(t, stepsOf(t, dir))
+}
+
+// FuzzParsePart: a descriptor parses into files that validate, or is
+// refused with a typed error; never a panic.
+func FuzzParsePart(f *testing.F) {
+	f.Add([]byte(`{"format":"tpde-store-part","version":1,"generation":0,"previous":null,"files":[],"converted":[]}`))
+	f.Add([]byte(`{"format":"tpde-store-part","version":1,"generation":3,"previous":{"step":2,"object":"` + fmt.Sprintf("%064x", 1) + `"},"files":[{"path":"a","mode":420,"size":1,"sha256":"` + fmt.Sprintf("%064x", 2) + `","layout":"raw","skeleton":{"object":"` + fmt.Sprintf("%064x", 3) + `","stored":9},"regions":[]}],"converted":[]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := parsePart(b, 0)
+		if err != nil {
+			require.True(t, errsIs(err, errs.Invalid) || errsIs(err, errs.Unsupported), "untyped error %v", err)
+			return
+		}
+		for i := range p.Files {
+			require.NoError(t, p.Files[i].validate())
+		}
+	})
+}
