@@ -482,6 +482,8 @@ def render_integrations(hf: Dict[str, Any], dcp: Dict[str, Any]) -> str:
              f"{_mib(hf['store']['checkpoint_bytes'])} for one uncompressed folder.{_load(hf)} On this "
              "machine training and the background compression share the same two cores; a GPU run, where "
              "the CPU is free while the GPU trains, was not measured.")
+    if "saves" not in dcp:
+        raise RenderError(f"{DCP_JSON} is from an older bench/dcp.py (one writer reused across saves): rerun it")
     th, tg, n = dcp["targets_thresholds"], dcp["targets"], dcp["saves"]
     data = dcp["data"]["saves"]
     steps = _join([s["checkpoint"].split("-")[-1] for s in data])
