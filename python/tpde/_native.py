@@ -243,7 +243,7 @@ class StoreTensor(ctypes.Structure):
     ]
 
 
-# The checkpoint store: python/tpde/store.py.
+# The checkpoint store: python/tpde/store/ (handle.py holds its handles).
 _SIGNATURES.update({
     "tpde_store_open": (c_int, [c_char_p, c_int32, c_char_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
