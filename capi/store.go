@@ -433,6 +433,87 @@ func tpde_store_remove(handle C.uint64_t, step C.int64_t, cerr *C.char, cerrLen 
 	})
 }
 
+// runArg is a run name argument: NULL or "" is the main run.
+func runArg(run *C.char) string {
+	if run == nil {
+		return store.MainRun
+	}
+	if r := C.GoString(run); r != "" {
+		return r
+	}
+	return store.MainRun
+}
+
+//export tpde_store_begin_run
+func tpde_store_begin_run(handle C.uint64_t, run *C.char, parent *C.char, parentLen C.uint64_t, step C.int64_t,
+	hasStep C.int32_t, tags *C.char, tagsLen C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		if o.tx != nil {
+			return fmt.Errorf("%w: a checkpoint is already being added on this handle", errs.Invalid)
+		}
+		var tagList []string
+		if err := jsonArg(tags, tagsLen, "tags", &tagList); err != nil {
+			return err
+		}
+		var p *store.RunParent
+		if err := jsonArg(parent, parentLen, "parent", &p); err != nil {
+			return err
+		}
+		var err error
+		o.tx, err = o.s.BeginRun(runArg(run), p, int64(step), hasStep != 0, tagList)
+		return err
+	})
+}
+
+//export tpde_store_remove_from
+func tpde_store_remove_from(handle C.uint64_t, run *C.char, step C.int64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		if o.tx != nil {
+			return fmt.Errorf("%w: a checkpoint is being added on this handle", errs.Invalid)
+		}
+		return o.s.RemoveFrom(runArg(run), int64(step))
+	})
+}
+
+//export tpde_store_remove_run
+func tpde_store_remove_run(handle C.uint64_t, run *C.char, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
+		if o.tx != nil {
+			return fmt.Errorf("%w: a checkpoint is being added on this handle", errs.Invalid)
+		}
+		if run == nil {
+			return fmt.Errorf("%w: run is NULL", errs.Invalid)
+		}
+		return o.s.RemoveRun(C.GoString(run))
+	})
+}
+
+//export tpde_store_reader_use
+func tpde_store_reader_use(reader C.uint64_t, run *C.char, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
+		if err := r.rd.Use(runArg(run)); err != nil {
+			return err
+		}
+		return keep(&r.result, struct {
+			Count int `json:"count"`
+		}{len(r.rd.Steps())})
+	})
+}
+
+//export tpde_store_reader_runs
+func tpde_store_reader_runs(reader C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
+		return keep(&r.result, struct {
+			Runs []store.RunInfo `json:"runs"`
+		}{r.rd.Runs()})
+	})
+}
+
 //export tpde_store_verify
 func tpde_store_verify(handle C.uint64_t, deep C.int32_t, repair C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))

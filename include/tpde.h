@@ -581,6 +581,20 @@ int tpde_store_read_pointer(const char *folder, char *json, uint64_t cap, uint64
                             size_t err_len);
 /* Remove a checkpoint; what was coded against it is re-coded first. */
 int tpde_store_remove(uint64_t handle, int64_t step, char *err, size_t err_len);
+
+/* Runs (docs/FORMAT.md, "Runs"): named series in one store, sharing its
+ * objects; run NULL or "" is the main run. tpde_store_begin_run is
+ * tpde_store_begin for run, created with parent (JSON {"run", "step"} or
+ * {"base": true}; NULL: none) when it does not exist; a run's first
+ * checkpoint is coded against its parent. */
+int tpde_store_begin_run(uint64_t handle, const char *run, const char *parent, uint64_t parent_len,
+                         int64_t step, int32_t has_step, const char *tags, uint64_t tags_len, char *err,
+                         size_t err_len);
+/* Remove checkpoint step of run; what any run coded against it is re-coded. */
+int tpde_store_remove_from(uint64_t handle, const char *run, int64_t step, char *err, size_t err_len);
+/* Remove a run and its checkpoints; other runs' deltas against it become
+ * keyframes first. */
+int tpde_store_remove_run(uint64_t handle, const char *run, char *err, size_t err_len);
 /* Check every object (deep: decode everything too); repair first removes
  * leftovers of dead writers. Result: {"problems": [{"step", "file",
  * "region", "object", "message"}], "cleaned": {...} or null}. */
@@ -594,6 +608,11 @@ int tpde_store_reader_open(uint64_t handle, uint64_t *reader, char *err, size_t 
 int tpde_store_reader_close(uint64_t reader, char *err, size_t err_len);
 /* The steps the reader's snapshot holds. Result: {"steps": [oldest first]}. */
 int tpde_store_reader_steps(uint64_t reader, char *err, size_t err_len);
+/* Make the reader read run (it reads the main run when opened) of the same
+ * snapshot. Result: {"count": its checkpoints}. */
+int tpde_store_reader_use(uint64_t reader, const char *run, char *err, size_t err_len);
+/* Result: {"runs": [{"name", "parent", "count", "newest"}]}, main first. */
+int tpde_store_reader_runs(uint64_t reader, char *err, size_t err_len);
 /* Which record tpde_store_reader_record reads. */
 #define TPDE_STORE_STEP 0   /* the checkpoint step */
 #define TPDE_STORE_LATEST 1 /* the newest checkpoint (step ignored) */

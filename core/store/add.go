@@ -58,6 +58,8 @@ type Tx struct {
 	unlock func()
 	// holder names the folder that keeps the checkpoint (CommitParts).
 	holder string
+	// parent is the run's parent: its first checkpoint is coded against it.
+	parent *RunParent
 }
 
 func contentKey(sha string, d string, shape []uint64) string {
@@ -67,17 +69,28 @@ func contentKey(sha string, d string, shape []uint64) string {
 // Begin starts adding a checkpoint at step (the newest step + 1 when
 // hasStep is false). Steps only grow: the newest is the one a resume loads.
 func (s *Store) Begin(step int64, hasStep bool, tags []string) (*Tx, error) {
-	return s.begin(step, hasStep, tags, false)
+	return s.begin(MainRun, nil, step, hasStep, tags, false)
+}
+
+// BeginRun starts adding a checkpoint to run (created with parent if it
+// does not exist yet; parent must be nil or the run's own for one that
+// does). A run's first checkpoint is coded against its parent.
+func (s *Store) BeginRun(run string, parent *RunParent, step int64, hasStep bool, tags []string) (*Tx, error) {
+	return s.begin(run, parent, step, hasStep, tags, false)
 }
 
 // BeginBase starts adding the base that reference="base" codes against.
-func (s *Store) BeginBase() (*Tx, error) { return s.begin(0, true, nil, true) }
+func (s *Store) BeginBase() (*Tx, error) { return s.begin(MainRun, nil, 0, true, nil, true) }
 
-func (s *Store) begin(step int64, hasStep bool, tags []string, base bool) (*Tx, error) {
+func (s *Store) begin(run string, parent *RunParent, step int64, hasStep bool, tags []string, base bool) (*Tx, error) {
 	if !s.write {
 		return nil, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
-	sn, err := s.snapshot()
+	root, err := s.snapshot()
+	if err != nil {
+		return nil, err
+	}
+	sn, parent, err := root.runForAdd(run, parent)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +134,7 @@ func (s *Store) begin(step int64, hasStep bool, tags []string, base bool) (*Tx, 
 	if tags == nil {
 		tags = []string{}
 	}
-	tx := &Tx{s: s, sn: sn, base: base, prev: -1,
+	tx := &Tx{s: s, sn: sn, base: base, prev: -1, parent: parent,
 		cp:        &Checkpoint{Format: checkpointFormat, Version: Version, Step: step, Tags: tags, Created: time.Now().UTC().Format(time.RFC3339Nano), Files: []File{}},
 		converted: map[string]Region{}, tails: map[*Region]int{}, keyframes: map[string]Object{},
 		rawFiles: map[string]File{}, paths: map[string]bool{}}
@@ -156,6 +169,12 @@ func (tx *Tx) index() {
 			visit(c)
 		}
 	}
+	if pv, ci := tx.parentCheckpoint(); pv != nil {
+		if c, err := pv.record(ci); err == nil {
+			visit(c) // a fine-tune's frozen tensors are its parent's
+		}
+	}
+	tx.childTails()
 	last := tx.sn.latest()
 	for ci := max(0, last-tx.sn.m.Config.KeyframeInterval-1); ci <= last; ci++ {
 		c, err := tx.sn.record(ci)
@@ -485,6 +504,9 @@ func (tx *Tx) region(file string, r *Region, d dtype.DType, raw []byte) error {
 		tx.keyframes[key] = obj
 	}
 	if tx.prev < 0 {
+		if tx.parent != nil && !tx.base {
+			return tx.againstParent(file, r, d, raw)
+		}
 		return nil
 	}
 	return tx.convert(file, r, d, raw)
@@ -670,9 +692,8 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 	tx.done = true
 	tx.freeBuffers()
 	s, sn := tx.s, tx.sn
-	m := *sn.m
+	m := sn.merged(append([]CheckpointRef{}, sn.m.Checkpoints...), tx.parent)
 	m.Config = s.cfg
-	m.Checkpoints = append([]CheckpointRef{}, sn.m.Checkpoints...)
 	if tx.base {
 		src := tx.sourceHash()
 		if sn.m.Base != nil {
@@ -715,14 +736,16 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 			if err != nil {
 				return nil, err
 			}
-			m.Checkpoints[tx.prev] = CheckpointRef{Step: prev.Step, Object: obj, Holder: m.Checkpoints[tx.prev].Holder}
+			cps := runCheckpoints(&m, sn.run)
+			cps[tx.prev] = CheckpointRef{Step: prev.Step, Object: obj, Holder: cps[tx.prev].Holder}
 		}
 		sort.Slice(tx.cp.Files, func(i, j int) bool { return tx.cp.Files[i].Path < tx.cp.Files[j].Path })
 		obj, err := tx.putRecord(tx.cp)
 		if err != nil {
 			return nil, err
 		}
-		m.Checkpoints = append(m.Checkpoints, CheckpointRef{Step: tx.cp.Step, Object: obj, Holder: tx.holder})
+		m = sn.merged(append(runCheckpoints(&m, sn.run), CheckpointRef{Step: tx.cp.Step, Object: obj, Holder: tx.holder}), tx.parent)
+		m.Config = s.cfg
 	}
 	if err := s.publish(&m); err != nil {
 		return nil, err
@@ -765,6 +788,9 @@ func (s *Store) publish(m *Manifest) error {
 		return err
 	}
 	m.Version = Version
+	if len(m.Runs) > 0 {
+		m.Version = ManifestVersionHolders
+	}
 	for _, c := range m.Checkpoints {
 		if c.Holder != "" {
 			m.Version = ManifestVersionHolders

@@ -79,12 +79,53 @@ type LossyRule struct {
 // only thing a commit publishes; every object it names is durable before
 // it is.
 type Manifest struct {
-	Format      string          `json:"format"`
-	Version     int             `json:"version"`
-	Generation  uint64          `json:"generation"`
-	Config      Config          `json:"config"`
-	Base        *CheckpointRef  `json:"base"`
+	Format     string         `json:"format"`
+	Version    int            `json:"version"`
+	Generation uint64         `json:"generation"`
+	Config     Config         `json:"config"`
+	Base       *CheckpointRef `json:"base"`
+	// Checkpoints are the default run's ("main").
 	Checkpoints []CheckpointRef `json:"checkpoints"`
+	// Runs are the other named runs (layout version 2), by name.
+	Runs []Run `json:"runs,omitempty"`
+}
+
+// MainRun is the default run's name: a store's top-level checkpoints.
+const MainRun = "main"
+
+// Run is a named series of checkpoints in a store, sharing its objects
+// with the others. Its first checkpoint is coded against its parent.
+type Run struct {
+	Name        string          `json:"name"`
+	Parent      *RunParent      `json:"parent"`
+	Checkpoints []CheckpointRef `json:"checkpoints"`
+}
+
+// RunParent is where a run started: the store's base, or a checkpoint of
+// another run (which may since have been removed: it is then history).
+type RunParent struct {
+	Base bool   `json:"base,omitempty"`
+	Run  string `json:"run,omitempty"`
+	Step int64  `json:"step"`
+}
+
+// maxRunName bounds a run's name; names are also limited in characters
+// (validRunName) so that they are safe as CLI arguments and in messages.
+const maxRunName = 128
+
+func validRunName(name string) error {
+	if name == "" || len(name) > maxRunName {
+		return fmt.Errorf("run name of %d bytes (1 to %d)", len(name), maxRunName)
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("run name %q: only letters, digits, '-', '_' and '.'", printable(name))
+		}
+	}
+	if name == "." || name == ".." {
+		return fmt.Errorf("run name %q", name)
+	}
+	return nil
 }
 
 // CheckpointRef names one checkpoint's record object.
@@ -160,7 +201,10 @@ type Region struct {
 
 // Ref names a region of another checkpoint, or of the base.
 type Ref struct {
-	Base   bool   `json:"base,omitempty"`
+	Base bool `json:"base,omitempty"`
+	// Run names another run's checkpoint (layout version 2); "" is the
+	// run of the record that holds the ref.
+	Run    string `json:"run,omitempty"`
 	Step   int64  `json:"step"`
 	File   string `json:"file"`
 	Region string `json:"region"`
@@ -370,18 +414,65 @@ func parseManifest(b []byte, generation uint64) (*Manifest, error) {
 	if m.Base == nil && m.Config.Reference == RefBase {
 		return nil, corrupt(what, "reference policy %q without a base", RefBase)
 	}
-	for i, c := range m.Checkpoints {
-		if !validHash(c.Object) {
-			return nil, corrupt(what, "checkpoint %d: object %q", c.Step, c.Object)
+	if err := checkRefs(what, m.Version, m.Checkpoints); err != nil {
+		return nil, err
+	}
+	if len(m.Runs) == 0 {
+		m.Runs = nil // "runs": [] and no runs are the same manifest
+	}
+	if len(m.Runs) > 0 && m.Version < ManifestVersionHolders {
+		return nil, corrupt(what, "runs in a version %d manifest", m.Version)
+	}
+	if len(m.Runs) > maxRuns {
+		return nil, corrupt(what, "%d runs (max %d)", len(m.Runs), maxRuns)
+	}
+	total := len(m.Checkpoints)
+	for i, r := range m.Runs {
+		if err := validRunName(r.Name); err != nil || r.Name == MainRun {
+			return nil, corrupt(what, "run %q", printable(r.Name))
 		}
-		if c.Holder != "" && (m.Version < ManifestVersionHolders || validHolder(c.Holder) != nil) {
-			return nil, corrupt(what, "checkpoint %d: holder %q", c.Step, printable(c.Holder))
+		if i > 0 && r.Name <= m.Runs[i-1].Name {
+			return nil, corrupt(what, "runs out of order or repeated: %q after %q", r.Name, m.Runs[i-1].Name)
 		}
-		if i > 0 && c.Step <= m.Checkpoints[i-1].Step {
-			return nil, corrupt(what, "steps out of order: %d after %d", c.Step, m.Checkpoints[i-1].Step)
+		if p := r.Parent; p != nil {
+			if p.Base == (p.Run != "") || (p.Run != "" && validRunName(p.Run) != nil) || p.Step < 0 {
+				return nil, corrupt(what, "run %q: parent %+v", r.Name, *p)
+			}
 		}
+		if r.Checkpoints == nil {
+			return nil, corrupt(what, "run %q: no checkpoints list", r.Name)
+		}
+		if err := checkRefs(fmt.Sprintf("%s: run %q", what, r.Name), m.Version, r.Checkpoints); err != nil {
+			return nil, err
+		}
+		total += len(r.Checkpoints)
+	}
+	if total > maxCheckpoints {
+		return nil, corrupt(what, "%d checkpoints", total)
 	}
 	return &m, nil
+}
+
+// maxRuns bounds a manifest's runs.
+const maxRuns = 1 << 16
+
+// checkRefs checks one run's checkpoint list.
+func checkRefs(what string, version int, refs []CheckpointRef) error {
+	for i, c := range refs {
+		if !validHash(c.Object) {
+			return corrupt(what, "checkpoint %d: object %q", c.Step, c.Object)
+		}
+		if c.Holder != "" && (version < ManifestVersionHolders || validHolder(c.Holder) != nil) {
+			return corrupt(what, "checkpoint %d: holder %q", c.Step, printable(c.Holder))
+		}
+		if c.Step < 0 {
+			return corrupt(what, "checkpoint step %d", c.Step)
+		}
+		if i > 0 && c.Step <= refs[i-1].Step {
+			return corrupt(what, "steps out of order: %d after %d", c.Step, refs[i-1].Step)
+		}
+	}
+	return nil
 }
 
 // parseCheckpoint decodes and checks a checkpoint record on its own; refs
@@ -522,6 +613,9 @@ func (f *File) validate() error {
 		if r.Ref != nil {
 			if err := validPath(r.Ref.File); err != nil {
 				return fmt.Errorf("region %q: reference: %v", r.Name, err)
+			}
+			if r.Ref.Run != "" && (r.Ref.Base || validRunName(r.Ref.Run) != nil) {
+				return fmt.Errorf("region %q: reference to run %q", r.Name, printable(r.Ref.Run))
 			}
 		}
 	}

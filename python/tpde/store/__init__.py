@@ -15,10 +15,10 @@ Python values.
 
 Its modules, each depending only on those after it:
 
-    api.py         Store and Part: argument checks, then calls into
+    api.py         Store and Part: argument checks, then calls below
     state_dict.py  state dicts laid out to add, tensor files loaded back
     folders.py     folders walked to add, a state dict restored into a folder
-    stats.py       records turned into CheckpointInfo, VerifyReport, stats
+    stats.py       records turned into CheckpointInfo, VerifyReport, runs, stats
     types.py       CheckpointInfo, FileInfo, Problem, VerifyReport
     handle.py      native handles (store, reader), argument checks, errors
 """
@@ -26,7 +26,7 @@ Its modules, each depending only on those after it:
 from __future__ import annotations
 
 from .api import Part, Store, open  # noqa: F401
-from .handle import MAX_STEP, PathLike, StoreLockedError, check_step, read_pointer  # noqa: F401
+from .handle import MAIN_RUN, MAX_STEP, PathLike, StoreLockedError, check_step, read_pointer  # noqa: F401
 from .state_dict import STATE_DICT_FILE  # noqa: F401
 from .types import CheckpointInfo, FileInfo, Problem, VerifyReport  # noqa: F401
 

@@ -110,6 +110,36 @@ def check_step(step: Any, what: str = "step", *, latest: bool = True) -> Optiona
     return step
 
 
+MAIN_RUN = "main"
+_RUN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def _run_arg(run: Any) -> str:
+    """A run name: 1 to 128 letters, digits, '-', '_' or '.'."""
+    if not isinstance(run, str) or not _RUN_NAME.match(run) or run in (".", ".."):
+        raise InvalidArgumentError(f"run must be a name of 1 to 128 letters, digits, '-', '_' or '.', not {run!r}")
+    return run
+
+
+def _in_run(run: str) -> str:
+    return "" if run == MAIN_RUN else f" in run {run!r}"
+
+
+def _parent_arg(parent: Any) -> Optional[Dict[str, Any]]:
+    """parent= of add: "base", (run, step) or {"run", "step"}."""
+    if parent is None:
+        return None
+    if parent == "base":
+        return {"base": True}
+    if isinstance(parent, Mapping) and set(parent) == {"run", "step"}:
+        run, step = parent["run"], parent["step"]
+    elif isinstance(parent, tuple) and len(parent) == 2:
+        run, step = parent
+    else:
+        raise InvalidArgumentError(f"parent must be 'base', (run, step) or {{'run': ..., 'step': ...}}, not {parent!r}")
+    return {"run": _run_arg(run), "step": check_step(step, "parent step", latest=False)}
+
+
 def _lossy_rules(lossy: Any) -> Optional[List[Dict[str, Any]]]:
     """lossy: None (as stored; lossless for a new store), {} for lossless,
     or {pattern: absolute error bound}, e.g. {"*exp_avg*": 1e-6}."""
@@ -177,6 +207,16 @@ class _Reader:
             call("tpde_store_reader_steps", self.handle)
             self._steps = _result(self.handle)["steps"]
         return self._steps
+
+    def use(self, run: str) -> None:
+        """Read run (a named run) from now on: its steps and records."""
+        call("tpde_store_reader_use", self.handle, _utf8(_run_arg(run), "run"))
+        self.head = {**self.head, "count": _result(self.handle)["count"]}
+
+    def runs(self) -> List[Dict[str, Any]]:
+        """The store's runs as Go lists them, main first."""
+        call("tpde_store_reader_runs", self.handle)
+        return _result(self.handle)["runs"]
 
     def close(self) -> None:
         if self.handle:

@@ -1,6 +1,6 @@
 """Records turned into what Store returns: a checkpoint's info (info,
-list), verify's report, and stats (sizes per checkpoint, ratio per tensor
-group, elements changed per layer)."""
+list), verify's report, the runs, and stats (sizes per checkpoint, ratio
+per tensor group, elements changed per layer)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,17 @@ def _infos(rd: _Reader) -> List[CheckpointInfo]:
             out.append(CheckpointInfo(step=s, tags=(), created="", files=(), raw_bytes=0, stored_bytes=0,
                                       max_error=0.0, max_chain=0, problem=str(e)))
     return out
+
+
+def _runs(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Store.runs from the reader's list: newest None for a run holding no
+    checkpoint, parent None, {"base": True} or {"run", "step"}."""
+    for r in runs:
+        r["newest"] = None if r["newest"] < 0 else r["newest"]
+        p = r["parent"]
+        r["parent"] = None if p is None else ({"base": True} if p.get("base") else
+                                              {"run": p.get("run", ""), "step": p.get("step", 0)})
+    return runs
 
 
 def _report(res: Dict[str, Any]) -> VerifyReport:
