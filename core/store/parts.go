@@ -73,19 +73,46 @@ func (s *Store) stagePart() error {
 		return hostile(err)
 	}
 	defer tmp.Close()
-	part, name, err := tmp.MkdirTemp(partPrefix)
+	part, name, err := lockedPart(tmp)
 	if err != nil {
 		return err
-	}
-	if err := syscall.Flock(part.Fd(), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		_ = part.Close()
-		return ioErr(tmp.Path(name), err)
 	}
 	s.tmp, s.partName = part, name
 	if s.objects, err = s.root.MkdirAll("objects"); err != nil {
 		return hostile(err)
 	}
 	return nil
+}
+
+// lockedPart makes a new part folder in tmp and locks it. Until it is
+// locked, a cleanup takes it for a dead participant's: that cleanup locks
+// it first and removes it, holding the lock while it does (liveParts).
+// So a folder this participant could lock and that is still at its name
+// is its own for good; otherwise it makes another.
+func lockedPart(tmp *dirfd.Dir) (*dirfd.Dir, string, error) {
+	for try := 0; ; try++ {
+		part, name, err := tmp.MkdirTemp(partPrefix)
+		if err == nil {
+			err = syscall.Flock(part.Fd(), syscall.LOCK_EX|syscall.LOCK_NB)
+			if err == nil {
+				var st syscall.Stat_t
+				info, serr := tmp.Stat(name)
+				if serr == nil && syscall.Fstat(part.Fd(), &st) == nil && info.SameFile(dirfd.Info{Dev: uint64(st.Dev), Ino: st.Ino}) {
+					return part, name, nil
+				}
+				err = syscall.ENOENT // removed by a cleanup between its lock and ours
+			}
+			_ = part.Close()
+			if err != nil && !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, fs.ErrNotExist) {
+				return nil, "", ioErr(tmp.Path(name), err)
+			}
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return nil, "", err
+		}
+		if try >= 100 {
+			return nil, "", ioErr(tmp.Path(name), err)
+		}
+	}
 }
 
 // Staging reports whether the store was opened for a participant
@@ -553,10 +580,14 @@ func (s *Store) liveParts(live map[string]bool, c *Cleaned) error {
 			continue
 		}
 		if syscall.Flock(d.Fd(), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
-			_ = d.Close()
+			// Unlocked: its participant closed it or died, or has just
+			// made it and not locked it yet. The lock is held while the
+			// folder goes, so that such a participant cannot lock it
+			// meanwhile and believe it kept (lockedPart makes another).
 			if s.tmp.RemoveAll(e.Name) == nil {
 				c.Temporary++
 			}
+			_ = d.Close()
 			continue
 		}
 		b, err := d.ReadFile(partObjects, math.MaxInt32)

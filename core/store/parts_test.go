@@ -310,3 +310,59 @@ func FuzzParsePart(f *testing.F) {
 		}
 	})
 }
+
+func TestAParticipantOpensBesideACleanupThatRunsAtTheSameTime(t *testing.T) {
+	// A cleanup (any writer's open or commit) that meets a part folder
+	// made a moment ago, not locked yet, must not take it from its
+	// participant: each Open for staging here succeeds and stages.
+	dir := filepath.Join(t.TempDir(), "s")
+	rs := newRankSeries()
+	commitSave(t, dir, rs.step(t), "")
+	shard := rs.step(t)[0]
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			_, err := w.cleanup()
+			assert.NoError(t, err)
+			n++
+		}
+	}()
+	var failed []error
+	for i := 0; i < 300; i++ {
+		s, err := Open(dir, Options{Stage: true})
+		if err != nil {
+			failed = append(failed, err)
+			continue
+		}
+		tx, err := s.BeginPart()
+		if err == nil {
+			src := t.TempDir()
+			if err = tx.AddFile("rank0.safetensors", write(t, src, "rank0.safetensors", shard), nil, ""); err == nil {
+				_, err = tx.Finish()
+			}
+		}
+		if err != nil {
+			failed = append(failed, err)
+		}
+		s.Close()
+	}
+	close(stop)
+	cleanups := <-done
+	assert.Empty(t, failed, "%d of 300 participants failed beside %d cleanups", len(failed), cleanups)
+	_, err = w.cleanup()
+	require.NoError(t, err)
+	ents, err := os.ReadDir(filepath.Join(dir, "tmp"))
+	require.NoError(t, err)
+	assert.Empty(t, ents)
+}
