@@ -317,6 +317,12 @@ func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []str
 			tx.converted[key] = r
 		}
 	}
+	// Parts that all staged nothing would publish a checkpoint without a
+	// file, which no add makes (a folder with no file is refused): a
+	// coordinator that got only empty descriptors has lost its writers'.
+	if len(tx.cp.Files) == 0 {
+		return nil, fmt.Errorf("%w: the parts hold no file: nothing to commit", errs.Invalid)
+	}
 	if err := s.checkParts(tx); err != nil {
 		return nil, err
 	}

@@ -311,6 +311,27 @@ func FuzzParsePart(f *testing.F) {
 	})
 }
 
+func TestPartsThatHoldNoFileCommitNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	rs := newRankSeries()
+	commitSave(t, dir, rs.step(t), "")
+	empty, p := stage(t, dir, nil)
+	defer p.Close()
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.CommitParts([][]byte{empty, empty}, 0, false, nil, "")
+	require.ErrorIs(t, err, errs.Invalid)
+	assert.Equal(t, []int64{0}, stepsOf(t, dir))
+	// Beside a part with files, an empty part adds nothing and is fine.
+	d, q := stage(t, dir, map[string][]byte{"rank0.safetensors": rs.step(t)[0]})
+	defer q.Close()
+	c, err := w.CommitParts([][]byte{empty, d}, 0, false, nil, "")
+	require.NoError(t, err)
+	require.Len(t, c.Files, 1)
+	assert.Equal(t, "rank0.safetensors", c.Files[0].Path)
+}
+
 func TestAParticipantOpensBesideACleanupThatRunsAtTheSameTime(t *testing.T) {
 	// A cleanup (any writer's open or commit) that meets a part folder
 	// made a moment ago, not locked yet, must not take it from its
