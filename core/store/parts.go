@@ -18,6 +18,7 @@ package store
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,7 @@ import (
 
 	"github.com/tpde/tpde/core/dirfd"
 	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/mapped"
 )
 
 const (
@@ -323,6 +325,17 @@ func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []str
 	if len(tx.cp.Files) == 0 {
 		return nil, fmt.Errorf("%w: the parts hold no file: nothing to commit", errs.Invalid)
 	}
+	// The record must be one every reader accepts: parsed as a reader
+	// parses it (paths inside the folder, no file that is also another's
+	// folder, the limits), or a commit would publish a newest checkpoint
+	// that cannot be read.
+	rec, err := json.Marshal(tx.cp)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errs.Internal, err)
+	}
+	if _, err := parseCheckpoint(rec, tx.cp.Step, false); err != nil {
+		return nil, fmt.Errorf("%w: the parts' files: %v", errs.Invalid, err)
+	}
 	if err := s.checkParts(tx); err != nil {
 		return nil, err
 	}
@@ -355,18 +368,49 @@ func (s *Store) checkParts(tx *Tx) error {
 		}
 		return nil
 	}
+	// What an object holds must be what the part says, as far as its
+	// header tells without decoding (a frame's dtype and size, a
+	// skeleton's length): a reader sizes its buffers from the record.
+	// What it decodes to is checked against the sha256 by every read.
+	frameOf := func(r *Region, what string) error {
+		if err := exists(r.Object, what); err != nil {
+			return err
+		}
+		if err := s.checkFrame(r); err != nil {
+			return fmt.Errorf("%w: %s: %v", errs.Invalid, what, err)
+		}
+		return nil
+	}
 	byKey := map[string]*Region{}
 	for i := range tx.cp.Files {
 		f := &tx.cp.Files[i]
 		if err := exists(f.Skeleton, f.Path); err != nil {
 			return err
 		}
+		var regions uint64
 		for j := range f.Regions {
 			r := &f.Regions[j]
 			byKey[regionKey(f.Path, r.Name)] = r
-			if err := exists(r.Object, f.Path+": "+r.Name); err != nil {
+			if err := frameOf(r, f.Path+": "+r.Name); err != nil {
 				return err
 			}
+			regions += r.Size
+		}
+		o, err := s.mapObject(f.Skeleton.Object, f.Skeleton.Object, f.Skeleton.Stored, f.Path, false)
+		if err != nil {
+			return err
+		}
+		var ok bool
+		err = mapped.Reading(s.objectPath(f.Skeleton.Object), func() error {
+			ok = len(o.Data) >= 8 && binary.LittleEndian.Uint64(o.Data) == f.Size-regions
+			return nil
+		})
+		o.release()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s: its skeleton object does not hold the %d verbatim bytes its part says", errs.Invalid, f.Path, f.Size-regions)
 		}
 	}
 	for key, nr := range tx.converted {
@@ -383,7 +427,7 @@ func (s *Store) checkParts(tx *Tx) error {
 				return fmt.Errorf("%w: %s: its delta names a tensor this checkpoint lacks", errs.Invalid, what)
 			}
 		}
-		if err := exists(nr.Object, what); err != nil {
+		if err := frameOf(&nr, what); err != nil {
 			return err
 		}
 	}
