@@ -279,10 +279,6 @@ def test_reverse_deltas_of_weights_alone(tmp_path: Path) -> None:
 # --- many processes create a store at once ----------------------------------------
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "a race in core/store/store.go create(): a creator writes its tpde-store.json into tmp/ and links it; a writer "
-    "that opened the store meanwhile (another creator won) cleans tmp/ up and removes the file before the link, so "
-    "this creator fails with ENOENT instead of taking the other's marker"))
 def test_many_processes_create_a_store_at_once(tmp_path: Path, py_env) -> None:
     """The first save of a job: every rank stages into a store that does
     not exist yet while the coordinator opens it for writing. Each of them
