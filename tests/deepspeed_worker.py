@@ -11,8 +11,8 @@ global_step9 a second time through DeepSpeed's own TorchCheckpointEngine
 (the plain checkpoint to compare with). Then:
 
 - a copy of the checkpoint folder is made; in the original the oldest tag
-  folder is rmtree'd, in the copy the middle one (and the copy's store
-  reclaims it, re-coding its neighbours, before anything loads);
+  folder is rmtree'd, in the copy the middle one (and a repair of the copy's
+  store reclaims it, re-coding its neighbours, before anything loads);
 - every remaining tag loads into a FRESH engine (other weights), whose
   module and optimizer state must equal A's at that tag bit for bit, and
   which then trains to the end: its losses must be those of A (float.hex,
@@ -238,7 +238,7 @@ def run_stage(stage: int, work: Path) -> Dict[str, Any]:
         shutil.rmtree(save_dir / TAGS[0])  # the oldest
         shutil.rmtree(copy_dir / TAGS[1])  # the middle one
         with tpde.Store(copy_dir / tds.STORE_NAME) as st:
-            st.reclaim()  # what the next save, or tpde verify --repair, does
+            st.verify(deep=False, repair=True)  # tpde verify --repair: reclaims what no folder holds
 
     on_rank0(fork)
     checks: Dict[str, Any] = {}
