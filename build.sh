@@ -12,6 +12,7 @@
 #   ./build.sh deepspeed  DeepSpeed tags in a store against DeepSpeed's own files + zstd-3 (bench/deepspeed_store.py)
 #   ./build.sh legacy     legacy (pre-zip) torch files against the same tensors as .safetensors (bench/legacy.py)
 #   ./build.sh scale      the store's ls, info and load at 10, 100 and 1,000 checkpoints (bench/store_scale.py)
+#   ./build.sh runs       two fine-tunes of one base in one store, as runs (bench/runs.py)
 #   ./build.sh render     README.md's measured blocks from bench/results/*.json (--check: diff only)
 #   ./build.sh fuzz-corpus  fuzz every core/ target a while, keep the inputs in testdata/fuzz
 #   ./build.sh venv       print the path of the cached venv (creating it if needed)
@@ -168,6 +169,14 @@ scale)
 	# committed bench/results/store_scale.json.
 	[ "$#" -gt 0 ] || set -- --json bench/results/store_scale.json
 	py bench/store_scale.py "$@"
+	;;
+runs)
+	build_lib
+	VENV="$(ensure_venv)"
+	# Runs in one store: a second fine-tune's first checkpoint against its
+	# own store, recorded in the committed bench/results/runs.json.
+	[ "$#" -gt 0 ] || set -- --json bench/results/runs.json
+	py bench/runs.py "$@"
 	;;
 integrations)
 	build_lib

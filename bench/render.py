@@ -50,6 +50,7 @@ DCP_JSON = "bench/results/dcp.json"
 DEEPSPEED_JSON = "bench/results/deepspeed.json"
 LEGACY_JSON = "bench/results/legacy.json"
 SCALE_JSON = "bench/results/store_scale.json"
+RUNS_JSON = "bench/results/runs.json"
 # A speed ratio within this fraction of its target line is flagged "within N% of the line": on a shared
 # machine runs spread by 10-30% (bench/README.md, "Reading the numbers"), so such a PASS or FAIL is a tie.
 TIE = 0.05
@@ -629,6 +630,28 @@ def render_scale(sc: Dict[str, Any]) -> str:
     return out.text()
 
 
+def render_runs(rn: Dict[str, Any]) -> str:
+    f = rn["first_checkpoint"]
+    out = Block()
+    out.para(f"From one run of `./build.sh runs` (bench/runs.py), {_provenance(rn, RUNS_JSON)}, on "
+             f"{_machine(rn)}: two real fine-tunes of all-MiniLM-L6-v2 on the CPU (seeds 1 and 2, "
+             "Trainer checkpoint folders with weights, AdamW state, scheduler, rng and tokenizer), kept in one "
+             "store as runs `a` and `b` whose parent is the pretrained weights, the main run's step 0.")
+    out.bullets([
+        f"Fine-tune `b`'s first checkpoint ({f['raw_bytes'] / 1e6:.1f} MB) grows that store by "
+        f"{f['grown_bytes'] / 1e6:.1f} MB; in a store of its own it costs {f['own_store_bytes'] / 1e6:.1f} MB "
+        f"(zstd-3, each file alone: {f['zstd3_bytes'] / 1e6:.1f} MB): {f['ratio']:.2f}x (target at most "
+        f"{rn['target']:g}x): {_met(rn['pass'])}. Its weights alone: {f['weights_ratio']:.2f}x; its AdamW "
+        "moments share little with the base, and stay keyframes.",
+        "Every checkpoint of every run restored byte-identical"
+        + ("" if rn["byte_identical"] else " (NOT: see the JSON)")
+        + ", and again after run `a` was removed"
+        + ("" if rn["byte_identical_after_removing_a"] else " (NOT)") + "; `verify` "
+        + ("found nothing." if rn["verify_ok"] else "found damage."),
+    ])
+    return out.text()
+
+
 class Block:
     """Markdown text built from paragraphs, bullet lists and raw lines (tables)."""
 
@@ -687,7 +710,7 @@ def load_results(results: Path = RESULTS) -> Dict[str, Optional[Dict[str, Any]]]
     out: Dict[str, Optional[Dict[str, Any]]] = {}
     for name, fname in (("run", "run.json"), ("series", "series.json"), ("store", "store.json"),
                         ("hf_overhead", "hf_overhead.json"), ("dcp", "dcp.json"), ("legacy", "legacy.json"),
-                        ("scale", "store_scale.json"), ("deepspeed", "deepspeed.json")):
+                        ("scale", "store_scale.json"), ("runs", "runs.json"), ("deepspeed", "deepspeed.json")):
         p = results / fname
         out[name] = json.loads(p.read_text()) if p.is_file() else None
     return out
@@ -712,6 +735,7 @@ def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
         "legacy": lambda: render_legacy(need("legacy", "legacy.json")),
         "scale": lambda: render_scale(need("scale", "store_scale.json")),
         "deepspeed": lambda: render_deepspeed(need("deepspeed", "deepspeed.json")),
+        "runs": lambda: render_runs(need("runs", "runs.json")),
     }
 
 

@@ -18,6 +18,7 @@ import (
 	"github.com/tpde/tpde/core/frame"
 	"github.com/tpde/tpde/core/layout"
 	"github.com/tpde/tpde/core/mapped"
+	"github.com/tpde/tpde/core/statedict"
 )
 
 // MinRegion is the smallest tensor that gets its own object; smaller ones
@@ -58,6 +59,8 @@ type Tx struct {
 	unlock func()
 	// holder names the folder that keeps the checkpoint (CommitParts).
 	holder string
+	// parent is the run's parent: its first checkpoint is coded against it.
+	parent *RunParent
 }
 
 func contentKey(sha string, d string, shape []uint64) string {
@@ -67,17 +70,28 @@ func contentKey(sha string, d string, shape []uint64) string {
 // Begin starts adding a checkpoint at step (the newest step + 1 when
 // hasStep is false). Steps only grow: the newest is the one a resume loads.
 func (s *Store) Begin(step int64, hasStep bool, tags []string) (*Tx, error) {
-	return s.begin(step, hasStep, tags, false)
+	return s.begin(MainRun, nil, step, hasStep, tags, false)
+}
+
+// BeginRun starts adding a checkpoint to run (created with parent if it
+// does not exist yet; parent must be nil or the run's own for one that
+// does). A run's first checkpoint is coded against its parent.
+func (s *Store) BeginRun(run string, parent *RunParent, step int64, hasStep bool, tags []string) (*Tx, error) {
+	return s.begin(run, parent, step, hasStep, tags, false)
 }
 
 // BeginBase starts adding the base that reference="base" codes against.
-func (s *Store) BeginBase() (*Tx, error) { return s.begin(0, true, nil, true) }
+func (s *Store) BeginBase() (*Tx, error) { return s.begin(MainRun, nil, 0, true, nil, true) }
 
-func (s *Store) begin(step int64, hasStep bool, tags []string, base bool) (*Tx, error) {
+func (s *Store) begin(run string, parent *RunParent, step int64, hasStep bool, tags []string, base bool) (*Tx, error) {
 	if !s.write {
 		return nil, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
-	sn, err := s.snapshot()
+	root, err := s.snapshot()
+	if err != nil {
+		return nil, err
+	}
+	sn, parent, err := root.runForAdd(run, parent)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +135,7 @@ func (s *Store) begin(step int64, hasStep bool, tags []string, base bool) (*Tx, 
 	if tags == nil {
 		tags = []string{}
 	}
-	tx := &Tx{s: s, sn: sn, base: base, prev: -1,
+	tx := &Tx{s: s, sn: sn, base: base, prev: -1, parent: parent,
 		cp:        &Checkpoint{Format: checkpointFormat, Version: Version, Step: step, Tags: tags, Created: time.Now().UTC().Format(time.RFC3339Nano), Files: []File{}},
 		converted: map[string]Region{}, tails: map[*Region]int{}, keyframes: map[string]Object{},
 		rawFiles: map[string]File{}, paths: map[string]bool{}}
@@ -156,6 +170,12 @@ func (tx *Tx) index() {
 			visit(c)
 		}
 	}
+	if pv, ci := tx.parentCheckpoint(); pv != nil {
+		if c, err := pv.record(ci); err == nil {
+			visit(c) // a fine-tune's frozen tensors are its parent's
+		}
+	}
+	tx.childTails()
 	last := tx.sn.latest()
 	for ci := max(0, last-tx.sn.m.Config.KeyframeInterval-1); ci <= last; ci++ {
 		c, err := tx.sn.record(ci)
@@ -266,34 +286,39 @@ type Tensor struct {
 	Data   []byte
 }
 
-// AddStateDict adds a state dict given from memory as a file rel whose
-// bytes are header followed by each tensor at its Offset (ascending, after
-// the header), zeros between: Python lays that file out, Go stores it.
-func (tx *Tx) AddStateDict(rel string, header []byte, tensors []Tensor) error {
+// AddStateDict adds a state dict given from memory as file rel, laid out
+// in the state-dict layout (core/statedict, docs/FORMAT.md §10): meta and
+// the tensors' names, dtypes and shapes make the header; each tensor's
+// bytes are its Data, read in place (never copied). Offset is ignored.
+func (tx *Tx) AddStateDict(rel string, meta statedict.Meta, tensors []Tensor) error {
 	if err := tx.claim(rel); err != nil {
 		return err
 	}
-	pos := uint64(len(header))
-	var regions []planned
+	entries := make([]statedict.Tensor, len(tensors))
 	for i := range tensors {
 		t := &tensors[i]
-		if !t.DType.Valid() {
-			return fmt.Errorf("%w: tensor %q: dtype code %d", errs.Invalid, t.Name, uint8(t.DType))
+		if !t.DType.Valid() || len(t.Shape) > frame.MaxNDim {
+			return fmt.Errorf("%w: tensor %q: dtype code %d, %d dims", errs.Invalid, t.Name, uint8(t.DType), len(t.Shape))
 		}
-		n := uint64(t.DType.Width())
-		for _, s := range t.Shape {
-			n *= s
-		}
-		if n != uint64(len(t.Data)) || len(t.Shape) > frame.MaxNDim {
+		entries[i] = statedict.Tensor{Name: t.Name, DType: t.DType.String(), Shape: t.Shape}
+	}
+	header, laid, err := statedict.Build(meta, entries)
+	if err != nil {
+		return err
+	}
+	base := uint64(len(header))
+	pos := base
+	regions := make([]planned, 0, len(tensors))
+	for i := range tensors {
+		t, e := &tensors[i], laid[i]
+		if e.NBytes != uint64(len(t.Data)) {
 			return fmt.Errorf("%w: tensor %q: shape %v of %s is not %d bytes", errs.Invalid, t.Name, t.Shape, t.DType, len(t.Data))
 		}
-		if t.Offset < pos || t.Offset+n < t.Offset {
-			return fmt.Errorf("%w: tensor %q at %d overlaps what comes before it", errs.Invalid, t.Name, t.Offset)
-		}
-		pos = t.Offset + n
+		t.Offset = base + e.Offset
+		pos = t.Offset + e.NBytes
 		regions = append(regions, planned{
-			reg: &Region{Name: t.Name, Offset: t.Offset, Size: n, DType: t.DType.String(), Shape: append([]uint64{}, t.Shape...)},
-			dt:  t.DType, begin: t.Offset, end: t.Offset + n})
+			reg: &Region{Name: t.Name, Offset: t.Offset, Size: e.NBytes, DType: e.DType, Shape: append([]uint64{}, t.Shape...)},
+			dt:  t.DType, begin: t.Offset, end: pos})
 	}
 	v := &virtualFile{size: pos, pieces: make([]piece, 0, len(tensors)+1)}
 	v.add(0, header)
@@ -485,6 +510,9 @@ func (tx *Tx) region(file string, r *Region, d dtype.DType, raw []byte) error {
 		tx.keyframes[key] = obj
 	}
 	if tx.prev < 0 {
+		if tx.parent != nil && !tx.base {
+			return tx.againstParent(file, r, d, raw)
+		}
 		return nil
 	}
 	return tx.convert(file, r, d, raw)
@@ -670,9 +698,8 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 	tx.done = true
 	tx.freeBuffers()
 	s, sn := tx.s, tx.sn
-	m := *sn.m
+	m := sn.merged(append([]CheckpointRef{}, sn.m.Checkpoints...), tx.parent)
 	m.Config = s.cfg
-	m.Checkpoints = append([]CheckpointRef{}, sn.m.Checkpoints...)
 	if tx.base {
 		src := tx.sourceHash()
 		if sn.m.Base != nil {
@@ -715,14 +742,16 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 			if err != nil {
 				return nil, err
 			}
-			m.Checkpoints[tx.prev] = CheckpointRef{Step: prev.Step, Object: obj, Holder: m.Checkpoints[tx.prev].Holder}
+			cps := runCheckpoints(&m, sn.run)
+			cps[tx.prev] = CheckpointRef{Step: prev.Step, Object: obj, Holder: cps[tx.prev].Holder}
 		}
 		sort.Slice(tx.cp.Files, func(i, j int) bool { return tx.cp.Files[i].Path < tx.cp.Files[j].Path })
 		obj, err := tx.putRecord(tx.cp)
 		if err != nil {
 			return nil, err
 		}
-		m.Checkpoints = append(m.Checkpoints, CheckpointRef{Step: tx.cp.Step, Object: obj, Holder: tx.holder})
+		m = sn.merged(append(runCheckpoints(&m, sn.run), CheckpointRef{Step: tx.cp.Step, Object: obj, Holder: tx.holder}), tx.parent)
+		m.Config = s.cfg
 	}
 	if err := s.publish(&m); err != nil {
 		return nil, err
@@ -765,6 +794,9 @@ func (s *Store) publish(m *Manifest) error {
 		return err
 	}
 	m.Version = Version
+	if len(m.Runs) > 0 {
+		m.Version = ManifestVersionHolders
+	}
 	for _, c := range m.Checkpoints {
 		if c.Holder != "" {
 			m.Version = ManifestVersionHolders

@@ -297,51 +297,145 @@ func (s *Store) repairCopies() (int, error) {
 // A checkpoint that is already damaged (its record unreadable, or a chain
 // through damage) is kept as it is: removing its neighbour neither mends
 // nor worsens it, and a damaged checkpoint can itself be removed.
-func (s *Store) Remove(step int64) error {
+func (s *Store) Remove(step int64) error { return s.RemoveFrom(MainRun, step) }
+
+// RemoveFrom drops checkpoint step of run, as Remove does; regions of
+// other runs coded against it (a child run's first checkpoint) are re-coded
+// too.
+func (s *Store) RemoveFrom(run string, step int64) error {
 	if !s.write {
 		return fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
-	sn, err := s.snapshot()
+	root, err := s.snapshot()
+	if err != nil {
+		return err
+	}
+	sn, err := root.view(run)
 	if err != nil {
 		return err
 	}
 	gone, ok := sn.byStep[step]
 	if !ok {
-		return fmt.Errorf("%w: the store holds no checkpoint %d", errs.Invalid, step)
+		return fmt.Errorf("%w: the store holds no checkpoint %d%s", errs.Invalid, step, inRun(run))
 	}
-	m := *sn.m
-	m.Checkpoints = []CheckpointRef{}
 	var bufs recodeBuffers
 	defer bufs.free()
+	cps := []CheckpointRef{}
+	last := len(sn.m.Checkpoints) - 1
 	for ci, ref := range sn.m.Checkpoints {
 		if ci == gone {
-			continue
-		}
-		c, err := sn.record(ci)
-		if err != nil {
-			m.Checkpoints = append(m.Checkpoints, ref)
 			continue
 		}
 		// When the newest goes, the one before it becomes the newest and
 		// must decode in one frame per tensor: all its deltas become
 		// keyframes.
-		mustWhole := gone == len(sn.m.Checkpoints)-1 && ci == gone-1
-		nc, changed, err := s.recodeAround(sn, c, step, mustWhole, &bufs)
+		mustWhole := gone == last && ci == gone-1
+		ref, err := s.recodeCheckpoint(sn, ci, ref, func(r *Ref) bool { return !r.Base && r.Run == "" && r.Step == step }, mustWhole, &bufs)
 		if err != nil {
 			return err
 		}
-		if changed {
-			tx := &Tx{s: s}
-			if ref.Object, err = tx.putRecord(nc); err != nil {
-				return err
-			}
-		}
-		m.Checkpoints = append(m.Checkpoints, ref)
+		cps = append(cps, ref)
+	}
+	m := sn.merged(cps, nil)
+	if err := s.recodeChildren(root, &m, func(r *Ref) bool { return r.Run == run && r.Step == step }, &bufs); err != nil {
+		return err
 	}
 	if err := s.publish(&m); err != nil {
 		return err
 	}
 	_, _ = s.cleanup()
+	return nil
+}
+
+// RemoveRun drops every checkpoint of run, and the run. Regions of other
+// runs coded against it are re-coded as keyframes first: removing a run
+// never breaks another.
+func (s *Store) RemoveRun(run string) error {
+	if !s.write {
+		return fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
+	}
+	root, err := s.snapshot()
+	if err != nil {
+		return err
+	}
+	if _, err := root.view(run); err != nil {
+		return err
+	}
+	m := *root.full
+	if run == MainRun {
+		m.Checkpoints = []CheckpointRef{}
+	} else {
+		m.Runs = nil
+		for _, r := range root.full.Runs {
+			if r.Name != run {
+				m.Runs = append(m.Runs, r)
+			}
+		}
+	}
+	var bufs recodeBuffers
+	defer bufs.free()
+	if err := s.recodeChildren(root, &m, func(r *Ref) bool { return r.Run == run }, &bufs); err != nil {
+		return err
+	}
+	if err := s.publish(&m); err != nil {
+		return err
+	}
+	_, _ = s.cleanup()
+	return nil
+}
+
+func inRun(run string) string {
+	if run == MainRun || run == "" {
+		return ""
+	}
+	return fmt.Sprintf(" in run %q", run)
+}
+
+// recodeCheckpoint re-codes checkpoint ci of view sn so that no region's
+// chain uses what hits names (every delta, if whole), and returns its ref
+// (a new record object if anything changed). A record that cannot be read
+// is kept as it is.
+func (s *Store) recodeCheckpoint(sn *snapshot, ci int, ref CheckpointRef, hits func(*Ref) bool, whole bool, b *recodeBuffers) (CheckpointRef, error) {
+	c, err := sn.record(ci)
+	if err != nil {
+		return ref, nil
+	}
+	nc, changed, err := s.recodeAround(sn, c, hits, whole, b)
+	if err != nil || !changed {
+		return ref, err
+	}
+	tx := &Tx{s: s}
+	ref.Object, err = tx.putRecord(nc)
+	return ref, err
+}
+
+// recodeChildren re-codes, in every run of m other than those removed,
+// the regions whose ref hits (a run's first checkpoint, coded against a
+// checkpoint of its parent run), in m.
+func (s *Store) recodeChildren(root *snapshot, m *Manifest, hits func(*Ref) bool, b *recodeBuffers) error {
+	fix := func(name string, cps []CheckpointRef) error {
+		v, err := root.view(name)
+		if err != nil {
+			return err
+		}
+		for ci, ref := range cps {
+			if cps[ci], err = s.recodeCheckpoint(v, ci, ref, hits, false, b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	m.Runs = append([]Run{}, m.Runs...)
+	for i := range m.Runs {
+		m.Runs[i].Checkpoints = append([]CheckpointRef{}, m.Runs[i].Checkpoints...)
+		if err := fix(m.Runs[i].Name, m.Runs[i].Checkpoints); err != nil {
+			return err
+		}
+	}
+	if len(m.Checkpoints) > 0 {
+		m.Checkpoints = append([]CheckpointRef{}, m.Checkpoints...)
+		return fix(MainRun, m.Checkpoints)
+	}
 	return nil
 }
 
@@ -352,7 +446,7 @@ func (b *recodeBuffers) free() { b.spare.free(); b.raw.free(); b.ref.free(); b.o
 // recodeAround returns c with every region coded against step (all its
 // deltas, if mustWhole) re-coded so that it no longer needs step. A region
 // that cannot be decoded (damage) is left as it was.
-func (s *Store) recodeAround(sn *snapshot, c *Checkpoint, step int64, mustWhole bool, b *recodeBuffers) (*Checkpoint, bool, error) {
+func (s *Store) recodeAround(sn *snapshot, c *Checkpoint, hits func(*Ref) bool, mustWhole bool, b *recodeBuffers) (*Checkpoint, bool, error) {
 	nc := *c
 	nc.Files = append([]File{}, c.Files...)
 	changed := false
@@ -361,10 +455,10 @@ func (s *Store) recodeAround(sn *snapshot, c *Checkpoint, step int64, mustWhole 
 		f.Regions = append([]Region{}, f.Regions...)
 		for ri := range f.Regions {
 			r := &f.Regions[ri]
-			if r.Ref == nil || (!mustWhole && (r.Ref.Base || r.Ref.Step != step)) {
+			if r.Ref == nil || (!mustWhole && !hits(r.Ref)) {
 				continue
 			}
-			nr, err := s.recodeRegion(sn, &c.Files[fi].Regions[ri], mustWhole, b)
+			nr, err := s.recodeRegion(sn, &c.Files[fi].Regions[ri], mustWhole || r.Ref.Run != "", b)
 			if errors.Is(err, errs.Corrupt) {
 				continue
 			}
@@ -381,7 +475,7 @@ func (s *Store) recodeAround(sn *snapshot, c *Checkpoint, step int64, mustWhole 
 // recodeRegion codes r anew: against what its reference was itself coded
 // against, skipping over it, or as a keyframe.
 func (s *Store) recodeRegion(sn *snapshot, r *Region, mustWhole bool, b *recodeBuffers) (Region, error) {
-	target, _, err := sn.resolve(r.Ref)
+	target, tview, _, err := sn.resolveAt(r.Ref)
 	if err != nil {
 		return Region{}, corrupt(fmt.Sprintf("tensor %q", r.Name), "%v", err)
 	}
@@ -396,7 +490,7 @@ func (s *Store) recodeRegion(sn *snapshot, r *Region, mustWhole bool, b *recodeB
 	nr := *r
 	if !mustWhole && target.Ref != nil && r.MaxError == 0 && target.MaxError == 0 {
 		// Skip over the removed checkpoint.
-		next, _, err := sn.resolve(target.Ref)
+		next, nview, _, err := tview.resolveAt(target.Ref)
 		if err != nil {
 			return Region{}, corrupt(fmt.Sprintf("tensor %q", r.Name), "%v", err)
 		}
@@ -404,7 +498,7 @@ func (s *Store) recodeRegion(sn *snapshot, r *Region, mustWhole bool, b *recodeB
 		if err != nil {
 			return Region{}, err
 		}
-		if err := s.decodeRegion(sn, next, refRaw, s.threads, &b.spare); err != nil {
+		if err := s.decodeRegion(nview, next, refRaw, s.threads, &b.spare); err != nil {
 			return Region{}, err
 		}
 		coded, _, err := s.encodeDelta(&b.out, raw, refRaw, d, r.Shape, 0)
@@ -414,7 +508,7 @@ func (s *Store) recodeRegion(sn *snapshot, r *Region, mustWhole bool, b *recodeB
 		if nr.Object, err = s.putBytes(coded); err != nil {
 			return Region{}, err
 		}
-		ref := *target.Ref
+		ref := tview.qualified(*target.Ref, sn.run)
 		nr.Ref = &ref
 		return nr, nil
 	}
@@ -437,6 +531,8 @@ func (s *Store) recodeRegion(sn *snapshot, r *Region, mustWhole bool, b *recodeB
 
 // Problem is one thing Verify found wrong.
 type Problem struct {
+	// Run is the checkpoint's run ("" for the main run).
+	Run     string `json:"run,omitempty"`
 	Step    int64  `json:"step"`
 	Base    bool   `json:"base,omitempty"`
 	File    string `json:"file"`
@@ -516,7 +612,14 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 	}
 	rd := &Reader{s: s, sn: sn, threads: s.threads}
 	defer rd.Close() // its buffers; the read lock is this function's
+	run := ""
+	problem0 := problem
+	problem = func(p Problem, err error) {
+		p.Run = run
+		problem0(p, err)
+	}
 	visit := func(c *Checkpoint, step int64, base bool) {
+		sn := rd.sn
 		for fi := range c.Files {
 			f := &c.Files[fi]
 			fileBad := false
@@ -560,7 +663,7 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 		}
 	}
 	record := func(i int, ref CheckpointRef, step int64, base bool) {
-		c, err := sn.record(i)
+		c, err := rd.sn.record(i)
 		if err != nil {
 			problem(Problem{Step: step, Base: base, Object: ref.Object}, err)
 			return
@@ -584,11 +687,21 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 	if sn.m.Base != nil {
 		record(-1, *sn.m.Base, 0, true)
 	}
-	for i, ref := range sn.m.Checkpoints {
-		if refused != nil {
-			break
+	for _, name := range sn.runNames() {
+		v, err := sn.view(name)
+		if err != nil {
+			return nil, err
 		}
-		record(i, ref, ref.Step, false)
+		rd.sn, run = v, ""
+		if name != MainRun {
+			run = name
+		}
+		for i, ref := range v.m.Checkpoints {
+			if refused != nil {
+				break
+			}
+			record(i, ref, ref.Step, false)
+		}
 	}
 	if refused != nil {
 		return nil, refused

@@ -15,6 +15,7 @@ import (
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/strictjson"
 )
 
 // Version is the store layout version (docs/FORMAT.md §11). A reader
@@ -79,12 +80,53 @@ type LossyRule struct {
 // only thing a commit publishes; every object it names is durable before
 // it is.
 type Manifest struct {
-	Format      string          `json:"format"`
-	Version     int             `json:"version"`
-	Generation  uint64          `json:"generation"`
-	Config      Config          `json:"config"`
-	Base        *CheckpointRef  `json:"base"`
+	Format     string         `json:"format"`
+	Version    int            `json:"version"`
+	Generation uint64         `json:"generation"`
+	Config     Config         `json:"config"`
+	Base       *CheckpointRef `json:"base"`
+	// Checkpoints are the default run's ("main").
 	Checkpoints []CheckpointRef `json:"checkpoints"`
+	// Runs are the other named runs (layout version 2), by name.
+	Runs []Run `json:"runs,omitempty"`
+}
+
+// MainRun is the default run's name: a store's top-level checkpoints.
+const MainRun = "main"
+
+// Run is a named series of checkpoints in a store, sharing its objects
+// with the others. Its first checkpoint is coded against its parent.
+type Run struct {
+	Name        string          `json:"name"`
+	Parent      *RunParent      `json:"parent"`
+	Checkpoints []CheckpointRef `json:"checkpoints"`
+}
+
+// RunParent is where a run started: the store's base, or a checkpoint of
+// another run (which may since have been removed: it is then history).
+type RunParent struct {
+	Base bool   `json:"base,omitempty"`
+	Run  string `json:"run,omitempty"`
+	Step int64  `json:"step"`
+}
+
+// maxRunName bounds a run's name; names are also limited in characters
+// (validRunName) so that they are safe as CLI arguments and in messages.
+const maxRunName = 128
+
+func validRunName(name string) error {
+	if name == "" || len(name) > maxRunName {
+		return fmt.Errorf("run name of %d bytes (1 to %d)", len(name), maxRunName)
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("run name %q: only letters, digits, '-', '_' and '.'", printable(name))
+		}
+	}
+	if name == "." || name == ".." {
+		return fmt.Errorf("run name %q", name)
+	}
+	return nil
 }
 
 // CheckpointRef names one checkpoint's record object.
@@ -160,7 +202,10 @@ type Region struct {
 
 // Ref names a region of another checkpoint, or of the base.
 type Ref struct {
-	Base   bool   `json:"base,omitempty"`
+	Base bool `json:"base,omitempty"`
+	// Run names another run's checkpoint (layout version 2); "" is the
+	// run of the record that holds the ref.
+	Run    string `json:"run,omitempty"`
 	Step   int64  `json:"step"`
 	File   string `json:"file"`
 	Region string `json:"region"`
@@ -190,84 +235,8 @@ func decodeJSON(what string, b []byte, v any) error {
 	return nil
 }
 
-// checkDuplicateKeys refuses an object with a key twice: encoding/json
-// keeps the last, another reader might keep the first. It scans the bytes
-// once, tracking the keys of each open object (json.Decoder.Token, which
-// did this before, cost more than the decode itself). It does not validate
-// the JSON: the decode that follows does, and refuses what this lets pass.
-func checkDuplicateKeys(b []byte) error {
-	type object struct {
-		keys      []string // few keys: a slice beats a map
-		set       map[string]bool
-		expectKey bool
-		isObject  bool
-	}
-	var stack []object
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; c {
-		case '{', '[':
-			if len(stack) >= 64 {
-				return fmt.Errorf("nested deeper than 64")
-			}
-			stack = append(stack, object{isObject: c == '{', expectKey: c == '{'})
-		case '}', ']':
-			if len(stack) == 0 {
-				return fmt.Errorf("unbalanced %q", c)
-			}
-			stack = stack[:len(stack)-1]
-		case ',':
-			if n := len(stack); n > 0 && stack[n-1].isObject {
-				stack[n-1].expectKey = true
-			}
-		case '"':
-			start, escaped := i+1, false
-			for i++; i < len(b) && b[i] != '"'; i++ {
-				if b[i] == '\\' {
-					escaped = true
-					i++
-				}
-			}
-			if i >= len(b) {
-				return fmt.Errorf("unterminated string")
-			}
-			n := len(stack)
-			if n == 0 || !stack[n-1].isObject || !stack[n-1].expectKey {
-				continue
-			}
-			top := &stack[n-1]
-			top.expectKey = false
-			key := string(b[start:i])
-			if escaped {
-				// "a" and "\u0061" are the same key.
-				if err := json.Unmarshal(b[start-1:i+1], &key); err != nil {
-					return err
-				}
-			}
-			if top.set == nil && len(top.keys) >= 16 {
-				top.set = make(map[string]bool, 2*len(top.keys))
-				for _, k := range top.keys {
-					top.set[k] = true
-				}
-			}
-			dup := false
-			if top.set != nil {
-				dup = top.set[key]
-				top.set[key] = true
-			} else {
-				for _, k := range top.keys {
-					if k == key {
-						dup = true
-					}
-				}
-				top.keys = append(top.keys, key)
-			}
-			if dup {
-				return fmt.Errorf("key %q appears twice", key)
-			}
-		}
-	}
-	return nil
-}
+// checkDuplicateKeys: see strictjson.CheckDuplicateKeys.
+var checkDuplicateKeys = strictjson.CheckDuplicateKeys
 
 func validHash(h string) bool {
 	if len(h) != 64 {
@@ -370,18 +339,65 @@ func parseManifest(b []byte, generation uint64) (*Manifest, error) {
 	if m.Base == nil && m.Config.Reference == RefBase {
 		return nil, corrupt(what, "reference policy %q without a base", RefBase)
 	}
-	for i, c := range m.Checkpoints {
-		if !validHash(c.Object) {
-			return nil, corrupt(what, "checkpoint %d: object %q", c.Step, c.Object)
+	if err := checkRefs(what, m.Version, m.Checkpoints); err != nil {
+		return nil, err
+	}
+	if len(m.Runs) == 0 {
+		m.Runs = nil // "runs": [] and no runs are the same manifest
+	}
+	if len(m.Runs) > 0 && m.Version < ManifestVersionHolders {
+		return nil, corrupt(what, "runs in a version %d manifest", m.Version)
+	}
+	if len(m.Runs) > maxRuns {
+		return nil, corrupt(what, "%d runs (max %d)", len(m.Runs), maxRuns)
+	}
+	total := len(m.Checkpoints)
+	for i, r := range m.Runs {
+		if err := validRunName(r.Name); err != nil || r.Name == MainRun {
+			return nil, corrupt(what, "run %q", printable(r.Name))
 		}
-		if c.Holder != "" && (m.Version < ManifestVersionHolders || validHolder(c.Holder) != nil) {
-			return nil, corrupt(what, "checkpoint %d: holder %q", c.Step, printable(c.Holder))
+		if i > 0 && r.Name <= m.Runs[i-1].Name {
+			return nil, corrupt(what, "runs out of order or repeated: %q after %q", r.Name, m.Runs[i-1].Name)
 		}
-		if i > 0 && c.Step <= m.Checkpoints[i-1].Step {
-			return nil, corrupt(what, "steps out of order: %d after %d", c.Step, m.Checkpoints[i-1].Step)
+		if p := r.Parent; p != nil {
+			if p.Base == (p.Run != "") || (p.Run != "" && validRunName(p.Run) != nil) || p.Step < 0 {
+				return nil, corrupt(what, "run %q: parent %+v", r.Name, *p)
+			}
 		}
+		if r.Checkpoints == nil {
+			return nil, corrupt(what, "run %q: no checkpoints list", r.Name)
+		}
+		if err := checkRefs(fmt.Sprintf("%s: run %q", what, r.Name), m.Version, r.Checkpoints); err != nil {
+			return nil, err
+		}
+		total += len(r.Checkpoints)
+	}
+	if total > maxCheckpoints {
+		return nil, corrupt(what, "%d checkpoints", total)
 	}
 	return &m, nil
+}
+
+// maxRuns bounds a manifest's runs.
+const maxRuns = 1 << 16
+
+// checkRefs checks one run's checkpoint list.
+func checkRefs(what string, version int, refs []CheckpointRef) error {
+	for i, c := range refs {
+		if !validHash(c.Object) {
+			return corrupt(what, "checkpoint %d: object %q", c.Step, c.Object)
+		}
+		if c.Holder != "" && (version < ManifestVersionHolders || validHolder(c.Holder) != nil) {
+			return corrupt(what, "checkpoint %d: holder %q", c.Step, printable(c.Holder))
+		}
+		if c.Step < 0 {
+			return corrupt(what, "checkpoint step %d", c.Step)
+		}
+		if i > 0 && c.Step <= refs[i-1].Step {
+			return corrupt(what, "steps out of order: %d after %d", c.Step, refs[i-1].Step)
+		}
+	}
+	return nil
 }
 
 // parseCheckpoint decodes and checks a checkpoint record on its own; refs
@@ -522,6 +538,9 @@ func (f *File) validate() error {
 		if r.Ref != nil {
 			if err := validPath(r.Ref.File); err != nil {
 				return fmt.Errorf("region %q: reference: %v", r.Name, err)
+			}
+			if r.Ref.Run != "" && (r.Ref.Base || validRunName(r.Ref.Run) != nil) {
+				return fmt.Errorf("region %q: reference to run %q", r.Name, printable(r.Ref.Run))
 			}
 		}
 	}

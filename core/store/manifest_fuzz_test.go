@@ -63,6 +63,7 @@ func FuzzParseCheckpoint(f *testing.F) {
 func FuzzParseManifest(f *testing.F) {
 	f.Add(seedManifest())
 	f.Add([]byte(`{"format":"tpde-store-manifest","version":1,"generation":7,"config":{"keyframe_interval":1,"reference":"base","lossy":[]},"base":null,"checkpoints":[]}`))
+	f.Add([]byte(`{"format":"tpde-store-manifest","version":2,"generation":7,"config":{"keyframe_interval":3,"reference":"previous","lossy":[]},"base":null,"checkpoints":[{"step":0,"object":"` + hex64 + `","holder":"step-0"}],"runs":[{"name":"ft","parent":{"run":"main","step":0},"checkpoints":[{"step":1,"object":"` + hex64 + `"}]}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, err := parseManifest(b, 7)
 		if err != nil {
@@ -80,6 +81,8 @@ func FuzzParseManifest(f *testing.F) {
 		require.Equal(t, m, m2)
 	})
 }
+
+const hex64 = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
 func isTyped(err error) bool {
 	return errsIs(err, errs.Corrupt) || errsIs(err, errs.Unsupported)

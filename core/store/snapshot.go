@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"sort"
 	"sync"
 
 	"github.com/tpde/tpde/core/errs"
@@ -14,13 +15,26 @@ import (
 // its own checkpoint unreadable, and the regions coded against it; it
 // does not stop the snapshot from opening.
 type snapshot struct {
-	s      *Store
+	s *Store
+	// m is this view's manifest: the generation with Checkpoints being
+	// run's (full is the whole generation, every run).
 	m      *Manifest
+	full   *Manifest
+	run    string
 	byStep map[int64]int
 	// Read lazily, by checkpoint index; -1 is the base.
 	mu    sync.Mutex
 	cps   map[int]*loaded
 	state generationState
+	// views are the snapshots of the generation's other runs, shared by
+	// all views of it, so that a chain that crosses runs resolves in the
+	// run of each region it reaches.
+	views *viewSet
+}
+
+type viewSet struct {
+	mu sync.Mutex
+	m  map[string]*snapshot
 }
 
 type loaded struct {
@@ -32,12 +46,96 @@ type loaded struct {
 
 func regionKey(file, region string) string { return file + "\x00" + region }
 
+// newSnapshot is the main run's view of generation m.
 func newSnapshot(s *Store, m *Manifest) *snapshot {
-	sn := &snapshot{s: s, m: m, byStep: make(map[int64]int, len(m.Checkpoints)), cps: map[int]*loaded{}}
-	for i, ref := range m.Checkpoints {
+	vs := &viewSet{m: map[string]*snapshot{}}
+	sn := newView(s, m, MainRun, m.Checkpoints, vs)
+	vs.m[MainRun] = sn
+	return sn
+}
+
+func newView(s *Store, full *Manifest, run string, cps []CheckpointRef, vs *viewSet) *snapshot {
+	m := *full
+	m.Checkpoints, m.Runs = cps, nil
+	sn := &snapshot{s: s, m: &m, full: full, run: run, byStep: make(map[int64]int, len(cps)), cps: map[int]*loaded{}, views: vs}
+	for i, ref := range cps {
 		sn.byStep[ref.Step] = i
 	}
 	return sn
+}
+
+// runOf is run name's entry in the generation, nil if it has none (the
+// main run always exists).
+func (sn *snapshot) runOf(name string) *Run {
+	for i := range sn.full.Runs {
+		if sn.full.Runs[i].Name == name {
+			return &sn.full.Runs[i]
+		}
+	}
+	return nil
+}
+
+// view is run name's snapshot of this generation; an error if the
+// generation has no such run.
+func (sn *snapshot) view(name string) (*snapshot, error) {
+	if name == "" {
+		name = MainRun
+	}
+	sn.views.mu.Lock()
+	defer sn.views.mu.Unlock()
+	if v, ok := sn.views.m[name]; ok {
+		return v, nil
+	}
+	r := sn.runOf(name)
+	if r == nil {
+		return nil, fmt.Errorf("%w: the store has no run %q", errs.Invalid, printable(name))
+	}
+	v := newView(sn.s, sn.full, name, r.Checkpoints, sn.views)
+	v.state = sn.state
+	sn.views.m[name] = v
+	return v, nil
+}
+
+// viewOrEmpty is run name's view, or an empty one for a run not yet made.
+func (sn *snapshot) viewOrEmpty(name string) (*snapshot, bool, error) {
+	v, err := sn.view(name)
+	if err == nil {
+		return v, true, nil
+	}
+	if verr := validRunName(name); verr != nil {
+		return nil, false, fmt.Errorf("%w: %v", errs.Invalid, verr)
+	}
+	return newView(sn.s, sn.full, name, []CheckpointRef{}, sn.views), false, nil
+}
+
+// runNames lists every run of the generation, main first.
+func (sn *snapshot) runNames() []string {
+	out := []string{MainRun}
+	for _, r := range sn.full.Runs {
+		out = append(out, r.Name)
+	}
+	return out
+}
+
+// merged is the whole generation with this view's run holding cps (a new
+// run is added with parent; a run left with no checkpoints stays, empty,
+// until it is removed).
+func (sn *snapshot) merged(cps []CheckpointRef, parent *RunParent) Manifest {
+	m := *sn.full
+	if sn.run == MainRun {
+		m.Checkpoints = cps
+		return m
+	}
+	m.Runs = append([]Run{}, sn.full.Runs...)
+	for i := range m.Runs {
+		if m.Runs[i].Name == sn.run {
+			m.Runs[i].Checkpoints = cps
+			return m
+		}
+	}
+	m.Runs = append(m.Runs, Run{Name: sn.run, Parent: parent, Checkpoints: cps})
+	sort.Slice(m.Runs, func(i, j int) bool { return m.Runs[i].Name < m.Runs[j].Name })
+	return m
 }
 
 // snapshot loads the newest generation (its manifest only).
@@ -186,8 +284,40 @@ func (rc *recordCache) put(h string, c *Checkpoint, n int) {
 	rc.bytes += n
 }
 
-// resolve finds the region a ref names, and the index of its checkpoint.
+// resolve finds the region a ref names, and the index of its checkpoint,
+// for a ref within this view's run (or to the base).
 func (sn *snapshot) resolve(r *Ref) (*Region, int, error) {
+	reg, _, ci, err := sn.resolveAt(r)
+	return reg, ci, err
+}
+
+// resolveAt finds the region a ref of a region of this view names, and
+// the view (run) it lies in: a ref with a run names another run's.
+func (sn *snapshot) resolveAt(r *Ref) (*Region, *snapshot, int, error) {
+	v := sn
+	if r.Run != "" && r.Run != sn.run {
+		var err error
+		if v, err = sn.view(r.Run); err != nil {
+			return nil, nil, 0, fmt.Errorf("refers to run %q, which the store does not hold", printable(r.Run))
+		}
+	}
+	reg, ci, err := v.resolveLocal(r)
+	return reg, v, ci, err
+}
+
+// qualified is ref, made to mean the same from a region of run other:
+// a ref read in view sn names sn's run when it names none.
+func (sn *snapshot) qualified(ref Ref, other string) Ref {
+	if !ref.Base && ref.Run == "" {
+		ref.Run = sn.run
+	}
+	if ref.Run == other {
+		ref.Run = ""
+	}
+	return ref
+}
+
+func (sn *snapshot) resolveLocal(r *Ref) (*Region, int, error) {
 	ci := -1
 	if !r.Base {
 		i, ok := sn.byStep[r.Step]
@@ -218,11 +348,12 @@ func (sn *snapshot) maxChain() int { return max(sn.m.Config.KeyframeInterval, 2)
 // a crafted manifest must not make a reader walk forever.
 func (sn *snapshot) chain(r *Region) ([]*Region, error) {
 	out := []*Region{r}
-	for cur := r; cur.Ref != nil; {
-		next, _, err := sn.resolve(cur.Ref)
+	for cur, view := r, sn; cur.Ref != nil; {
+		next, v, _, err := view.resolveAt(cur.Ref)
 		if err != nil {
 			return nil, err
 		}
+		view = v
 		if next.DType != r.DType || next.Size != r.Size {
 			return nil, fmt.Errorf("refers to a %s region of %d bytes, but it is %s of %d bytes", next.DType, next.Size, r.DType, r.Size)
 		}
@@ -259,6 +390,20 @@ func (sn *snapshot) checkChains(c *Checkpoint, what string) error {
 // which objects that checkpoint needs, and cleanup must remove nothing.
 func (sn *snapshot) live() (map[string]bool, error) {
 	live := map[string]bool{}
+	for _, name := range sn.runNames() {
+		v, err := sn.view(name)
+		if err != nil {
+			return nil, err
+		}
+		if err := v.liveInto(live, name == MainRun); err != nil {
+			return nil, err
+		}
+	}
+	return live, nil
+}
+
+// liveInto adds what this view's run names (and the base, with base).
+func (sn *snapshot) liveInto(live map[string]bool, base bool) error {
 	add := func(c *Checkpoint) {
 		for _, f := range c.Files {
 			live[f.Skeleton.Object] = true
@@ -272,7 +417,7 @@ func (sn *snapshot) live() (map[string]bool, error) {
 	for i := range sn.m.Checkpoints {
 		idx = append(idx, i)
 	}
-	if sn.m.Base != nil {
+	if sn.m.Base != nil && base {
 		refs = append(refs, *sn.m.Base)
 		idx = append(idx, -1)
 	}
@@ -281,11 +426,11 @@ func (sn *snapshot) live() (map[string]bool, error) {
 		live[ref.Object+copySuffix] = true
 		c, err := sn.record(idx[k])
 		if err != nil {
-			return nil, err
+			return err
 		}
 		add(c)
 	}
-	return live, nil
+	return nil
 }
 
 func (sn *snapshot) checkpoint(step int64) (*Checkpoint, int, error) {

@@ -94,6 +94,10 @@ def add_parsers(sub: Any, usage_error: type) -> None:
     a.add_argument("--lossy", action="append", default=None, metavar="PATTERN=BOUND",
                    help="for a new store: tensors matching PATTERN (file:name or name) may be stored within "
                         "BOUND (absolute); lossless otherwise")
+    a.add_argument("--run", default=None, metavar="NAME", help="add to the named run (default main)")
+    a.add_argument("--parent", default=None, metavar="RUN:STEP|base",
+                   help="a new run's parent: a checkpoint of another run, or the store's base; its first "
+                        "checkpoint is coded against it")
     a.add_argument("--follow-links", action="store_true",
                    help="store what a symlink pointing outside an added folder points to (refused otherwise)")
     a.add_argument("-q", "--quiet", action="store_true")
@@ -106,16 +110,22 @@ def add_parsers(sub: Any, usage_error: type) -> None:
     r.add_argument("dest", metavar="DEST")
     r.add_argument("-f", "--force", action="store_true",
                    help="restore into a folder that is not empty, replacing the files of the same names")
+    r.add_argument("--run", default=None, metavar="NAME", help="the run (default main)")
     r.add_argument("-q", "--quiet", action="store_true")
 
     ls = sub.add_parser("ls", help="list a store's checkpoints", description="list the checkpoints of STORE")
     ls.add_argument("store", metavar="STORE")
+    ls.add_argument("--run", default=None, metavar="NAME", help="the run to list (default main)")
+    ls.add_argument("--runs", action="store_true", help="list the store's runs instead")
     ls.add_argument("--json", action="store_true")
 
     rm = sub.add_parser("rm", help="remove a checkpoint", description="remove checkpoint STEP; checkpoints coded "
                         "against it are re-coded first")
     rm.add_argument("store", metavar="STORE")
-    rm.add_argument("step", metavar="STEP", type=step_or_latest)
+    # default False, not None: None is what "latest" parses to.
+    rm.add_argument("step", metavar="STEP", type=step_or_latest, nargs="?", default=False)
+    rm.add_argument("--run", default=None, metavar="NAME",
+                    help="the run (default main); with no STEP, remove the whole run")
 
     v = sub.add_parser("verify", help="check a store", description="check every object and chain of STORE (exit 1 "
                        "and name what is affected if anything is damaged)")
@@ -157,17 +167,30 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
     if cmd == "add":
         return _add(args, usage_error, bar_factory)
     _need_store(args.store, usage_error)
+    run_name = getattr(args, "run", None)
     with Store(args.store) as store:
         if cmd == "restore":
-            info = store.info(args.step)  # the step restored, named once: "latest" may move meanwhile
+            info = store.info(args.step, run=run_name)  # the step restored, named once: "latest" may move
             t0 = time.perf_counter()
-            out = store.restore(info.step, args.dest, force=args.force)
+            out = store.restore(info.step, args.dest, force=args.force, run=run_name)
             if not args.quiet:
                 print(f"restored checkpoint {info.step}: {len(info.files)} files, {_human(info.raw_bytes)} "
                       f"into {out} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
             return 0
+        if cmd == "ls" and args.runs:
+            runs = store.runs()
+            if args.json:
+                print(json.dumps(runs, indent=1))
+                return 0
+            print(f"{'run':<24}  {'checkpoints':>11}  {'newest':>10}  parent")
+            for r in runs:
+                p = r["parent"]
+                parent = "-" if p is None else ("base" if p.get("base") else f"{p['run']}:{p['step']}")
+                newest = "-" if r["newest"] is None else str(r["newest"])
+                print(f"{_p(r['name']):<24}  {r['count']:>11}  {newest:>10}  {_p(parent)}")
+            return 0
         if cmd == "ls":
-            infos = store.list()  # one snapshot, each record read once
+            infos = store.list(run=run_name)  # one snapshot, each record read once
             if args.json:
                 print(json.dumps([_info_json(i) for i in infos], indent=1))
                 return 1 if any(i.damaged for i in infos) else 0
@@ -187,6 +210,10 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             return 0
         if cmd == "info":
             step = None if args.step is None else _parse_step(args.step, usage_error)
+            if args.step is None and run_name is not None:
+                info = store.info(None, run=run_name)
+                print(f"run {_p(run_name)}: newest checkpoint {info.step}; tpde ls --run {_p(run_name)} lists it")
+                return 0
             if args.step is None and not args.json:
                 cfg = store.config
                 st = store.stats()
@@ -201,7 +228,7 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             if args.step is None:
                 print(json.dumps({"config": store.config, "stats": store.stats()}, indent=1))
                 return 0
-            info = store.info(step)
+            info = store.info(step, run=run_name)
             if args.json:
                 print(json.dumps(_info_json(info), indent=1))
                 return 0
@@ -217,7 +244,12 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
                 return 1
             return 0
         if cmd == "rm":
-            store.remove(args.step)
+            if args.step is False and run_name is None:
+                raise usage_error("rm needs STEP (or --run NAME to remove a whole run)")
+            if args.step is False:
+                store.remove_run(run_name)
+            else:
+                store.remove(args.step, run=run_name)
             return 0
         if cmd == "verify":
             rep = store.verify(deep=not args.shallow, repair=args.repair)
@@ -295,6 +327,17 @@ def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
                 sep = ""
             if not sep or not pattern:
                 raise usage_error(f"--lossy {rule!r}: expected PATTERN=BOUND")
+    parent: Any = None
+    if args.parent is not None:
+        if args.run is None:
+            raise usage_error("--parent goes with --run NAME (the main run has no parent)")
+        if args.parent == "base":
+            parent = "base"
+        else:
+            prun, sep, pstep = args.parent.rpartition(":")
+            if not sep or not prun or not pstep.isdigit():
+                raise usage_error(f"--parent {args.parent!r}: expected RUN:STEP or base")
+            parent = (prun, int(pstep))
     if args.base is not None and args.reference not in (None, "base"):
         raise usage_error("--base goes with --reference base")
     out = []
@@ -313,7 +356,7 @@ def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             t0 = time.perf_counter()
             try:
                 info = store.add(p, step=step, tags=args.tag, progress=bar, follow_links=args.follow_links,
-                                 cancel=stop.event)
+                                 cancel=stop.event, run=args.run, parent=parent)
             except CancelledError:
                 if bar is not None:
                     bar.close()

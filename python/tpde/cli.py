@@ -101,6 +101,7 @@ def _parser() -> _Parser:
     i.add_argument("file", metavar="FILE", help="a .tpde file, a compressed checkpoint, or a store")
     i.add_argument("step", metavar="STEP", nargs="?", default=None, help="for a store: the checkpoint to describe")
     i.add_argument("--json", action="store_true", help="print the description as JSON")
+    i.add_argument("--run", default=None, metavar="NAME", help="for a store: the run (default main)")
     i.add_argument("--limit", type=int, default=10000, metavar="N",
                    help="list at most N segments of a file (default 10000; all are checked)")
     _cli_store.add_parsers(sub, _UsageError)
@@ -329,8 +330,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "info":
             args.store = args.file
         args.file = args.store  # what error messages name
-    elif args.command == "info" and args.step is not None:
-        _fail(f"{args.file}: not a tpde store, so STEP does not apply")
+    elif args.command == "info" and (args.step is not None or args.run is not None):
+        _fail(f"{args.file}: not a tpde store, so {'STEP' if args.step is not None else '--run'} does not apply")
         return 2
     try:
         if store_cmd:

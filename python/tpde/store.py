@@ -200,6 +200,36 @@ def _utf8(name: str, what: str) -> bytes:
         raise InvalidArgumentError(f"{what} {printable(repr(name))} is not UTF-8; a store holds UTF-8 names") from None
 
 
+MAIN_RUN = "main"
+_RUN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def _run_arg(run: Any) -> str:
+    """A run name: 1 to 128 letters, digits, '-', '_' or '.'."""
+    if not isinstance(run, str) or not _RUN_NAME.match(run) or run in (".", ".."):
+        raise InvalidArgumentError(f"run must be a name of 1 to 128 letters, digits, '-', '_' or '.', not {run!r}")
+    return run
+
+
+def _in_run(run: str) -> str:
+    return "" if run == MAIN_RUN else f" in run {run!r}"
+
+
+def _parent_arg(parent: Any) -> Optional[Dict[str, Any]]:
+    """parent= of add: "base", (run, step) or {"run", "step"}."""
+    if parent is None:
+        return None
+    if parent == "base":
+        return {"base": True}
+    if isinstance(parent, Mapping) and set(parent) == {"run", "step"}:
+        run, step = parent["run"], parent["step"]
+    elif isinstance(parent, tuple) and len(parent) == 2:
+        run, step = parent
+    else:
+        raise InvalidArgumentError(f"parent must be 'base', (run, step) or {{'run': ..., 'step': ...}}, not {parent!r}")
+    return {"run": _run_arg(run), "step": check_step(step, "parent step", latest=False)}
+
+
 def check_step(step: Any, what: str = "step", *, latest: bool = True) -> Optional[int]:
     """A step as the store takes it: an int in [0, 2**63), or "latest" (and
     None) for the newest where latest is allowed. Checked here, before any
@@ -463,13 +493,21 @@ class Store:
             self._write = self._open(write=True)
         return self._write
 
-    def _reader(self) -> _Reader:
+    def _reader(self, run: Optional[str] = None) -> _Reader:
         if self._closed:
             raise InvalidArgumentError("the store is closed")
         h = self._write or self._read
         if h is None:
             self._read = h = self._open(write=False)
-        return _Reader(h)
+        rd = _Reader(h)
+        if run is not None and run != MAIN_RUN:
+            try:
+                call("tpde_store_reader_use", rd.handle, _utf8(_run_arg(run), "run"))
+            except BaseException:
+                rd.close()
+                raise
+            rd.head = {**rd.head, "count": _result(rd.handle)["count"]}
+        return rd
 
     def close(self) -> None:
         """Release the store (and its writer lock)."""
@@ -504,7 +542,7 @@ class Store:
 
     def add(self, path_or_state_dict: Any, step: Optional[int] = None, tags: Optional[Sequence[str]] = None,
             *, progress: Optional[Callable[[int, int], None]] = None, follow_links: bool = False,
-            cancel: Optional[Any] = None) -> CheckpointInfo:
+            cancel: Optional[Any] = None, run: Optional[str] = None, parent: Any = None) -> CheckpointInfo:
         """Add a checkpoint: a file, a folder (every file in it, with its
         relative path and mode) or a state dict. step defaults to the newest
         step + 1; steps only grow (0 to 2**63 - 1). progress(done_bytes,
@@ -515,13 +553,27 @@ class Store:
         follow_links (a tokenizer.json -> ~/.ssh/id_rsa must not end up in a
         shared store). A folder that holds the store, or lies inside it, is
         refused. cancel: a threading.Event that stops the add (nothing is
-        committed; CancelledError)."""
+        committed; CancelledError).
+
+        run: the named run to add to (default "main"); a new run is made by
+        its first add, with parent: "base" (the store's base), or (run,
+        step) / {"run": ..., "step": ...}, a checkpoint of another run (a
+        fine-tune of a fine-tune). A run's first checkpoint is coded against
+        its parent, so runs that share a start share its bytes."""
         step = None if step is None else check_step(step, latest=False)
         tj, tn = self._tags_arg(tags)
+        run_name = None if run is None else _run_arg(run)
+        pj, pn = _json_arg(_parent_arg(parent))
+        if parent is not None and run_name in (None, MAIN_RUN):
+            raise InvalidArgumentError("parent= is for a named run (run=...); the main run has none")
         with self._lock, _naming(self.path):
             h = self._writer()
-            call("tpde_store_begin", h, 0 if step is None else step, int(step is not None), tj, tn, 0)
-            return self._fill_and_commit(h, path_or_state_dict, progress, follow_links, cancel)
+            if run_name is None:
+                call("tpde_store_begin", h, 0 if step is None else step, int(step is not None), tj, tn, 0)
+            else:
+                call("tpde_store_begin_run", h, _utf8(run_name, "run"), pj, pn, 0 if step is None else step,
+                     int(step is not None), tj, tn)
+            return self._fill_and_commit(h, path_or_state_dict, progress, follow_links, cancel, run_name)
 
     def _add_base(self, base: Any) -> None:
         with self._lock, _naming(self.path):
@@ -555,7 +607,7 @@ class Store:
                 f"add() takes a path or a state dict, not {type(what).__module__}.{type(what).__qualname__}")
 
     def _fill_and_commit(self, h: int, what: Any, progress: Optional[Callable[[int, int], None]],
-                         follow_links: bool, cancel: Optional[Any]) -> CheckpointInfo:
+                         follow_links: bool, cancel: Optional[Any], run: Optional[str] = None) -> CheckpointInfo:
         try:
             self._fill(h, what, progress, follow_links, cancel)
             call("tpde_store_commit", h)
@@ -571,7 +623,7 @@ class Store:
             call("tpde_store_abort", h)
             raise
         rec = _result(h)
-        with self._reader() as rd:
+        with self._reader(run) as rd:
             if rec.get("source"):  # the base
                 return _info(rd.entry(None, base=True))
             return _info(rd.entry(rec["step"]))
@@ -668,25 +720,40 @@ class Store:
 
     # -- reading -------------------------------------------------------
 
-    def steps(self) -> List[int]:
-        """The steps held, oldest first (from the manifest alone)."""
-        with _naming(self.path), self._reader() as rd:
+    def steps(self, run: Optional[str] = None) -> List[int]:
+        """The steps held (of run, default "main"), oldest first (from the
+        manifest alone)."""
+        with _naming(self.path), self._reader(run) as rd:
             return list(rd.steps)
 
-    def info(self, step: Any = None) -> CheckpointInfo:
-        """What the store holds of checkpoint step (the newest when None or
-        "latest"). A checkpoint whose record cannot be read raises
-        CorruptDataError naming it."""
-        step = check_step(step)
+    def runs(self) -> List[Dict[str, Any]]:
+        """The store's runs, main first: {"name", "parent", "count",
+        "newest"} (parent None, {"base": True} or {"run", "step"}; newest
+        None for a run holding no checkpoint)."""
         with _naming(self.path), self._reader() as rd:
+            call("tpde_store_reader_runs", rd.handle)
+            out = _result(rd.handle)["runs"]
+        for r in out:
+            r["newest"] = None if r["newest"] < 0 else r["newest"]
+            p = r["parent"]
+            r["parent"] = None if p is None else ({"base": True} if p.get("base") else
+                                                  {"run": p.get("run", ""), "step": p.get("step", 0)})
+        return out
+
+    def info(self, step: Any = None, *, run: Optional[str] = None) -> CheckpointInfo:
+        """What the store holds of checkpoint step (the newest when None or
+        "latest") of run (default "main"). A checkpoint whose record cannot
+        be read raises CorruptDataError naming it."""
+        step = check_step(step)
+        with _naming(self.path), self._reader(run) as rd:
             return _info(rd.entry(step))
 
-    def list(self) -> List[CheckpointInfo]:
-        """Every checkpoint's info, oldest first, from one snapshot. A
-        checkpoint that cannot be read (or read whole) is listed with its
-        problem rather than stopping the listing."""
+    def list(self, run: Optional[str] = None) -> List[CheckpointInfo]:
+        """Every checkpoint's info (of run, default "main"), oldest first,
+        from one snapshot. A checkpoint that cannot be read (or read whole)
+        is listed with its problem rather than stopping the listing."""
         out = []
-        with _naming(self.path), self._reader() as rd:
+        with _naming(self.path), self._reader(run) as rd:
             for s in rd.steps:
                 try:
                     out.append(_info(rd.entry(s, keep=False)))
@@ -698,7 +765,8 @@ class Store:
         return out
 
     def load(self, step: Any = None, map_location: Any = None, *, file: Optional[str] = None,
-             unpickle: bool = False, max_output_bytes: Optional[int] = None) -> Dict[str, Any]:
+             unpickle: bool = False, max_output_bytes: Optional[int] = None,
+             run: Optional[str] = None) -> Dict[str, Any]:
         """A checkpoint as a state dict of torch tensors (the newest when
         step is None or "latest"): a state dict added from Python as it
         was; a .safetensors file's tensors; a folder as {relative path:
@@ -711,7 +779,7 @@ class Store:
 
         step = check_step(step)
         limit = _memory.output_limit(max_output_bytes if max_output_bytes is not None else self._max_output)
-        with _naming(self.path), self._reader() as rd:
+        with _naming(self.path), self._reader(run) as rd:
             rec = rd.record(step)
             where = f"checkpoint {rec['step']}"
             files = list(rec["files"])
@@ -735,7 +803,7 @@ class Store:
             raise InvalidArgumentError(f"{where} holds no tensor file")
         return out
 
-    def restore(self, step: Any, dest: PathLike, *, force: bool = False) -> Path:
+    def restore(self, step: Any, dest: PathLike, *, force: bool = False, run: Optional[str] = None) -> Path:
         """Write checkpoint step's files (the newest when None or "latest")
         into the folder dest, each byte-identical to what was added, with
         its mode (less the umask). All or nothing: the files are written
@@ -746,7 +814,7 @@ class Store:
         dest/state_dict.pt (torch.save)."""
         step = check_step(step)
         d = _path_arg(dest, "the destination")
-        with _naming(self.path), self._reader() as rd:
+        with _naming(self.path), self._reader(run) as rd:
             rec = rd.record(step)
             if [f["layout"] for f in rec["files"]] == ["state-dict"]:
                 _memory.check_output(rec["files"][0]["size"], _memory.output_limit(self._max_output),
@@ -783,19 +851,29 @@ class Store:
 
     # -- maintenance ---------------------------------------------------
 
-    def remove(self, step: Any) -> None:
-        """Drop checkpoint step (or "latest"); what was coded against it is
-        re-coded, so every other checkpoint still loads exactly as before.
-        A damaged checkpoint can be removed."""
+    def remove(self, step: Any, *, run: Optional[str] = None) -> None:
+        """Drop checkpoint step (or "latest") of run (default "main"); what
+        was coded against it, in any run, is re-coded, so every other
+        checkpoint still loads exactly as before. A damaged checkpoint can
+        be removed."""
         step = check_step(step)
+        run_name = MAIN_RUN if run is None else _run_arg(run)
         with self._lock, _naming(self.path):
             h = self._writer()
             if step is None:
-                with _Reader(h) as rd:
+                with self._reader(run_name) as rd:
                     if not rd.steps:
-                        raise InvalidArgumentError("the store holds no checkpoint")
+                        raise InvalidArgumentError(f"the store holds no checkpoint{_in_run(run_name)}")
                     step = rd.steps[-1]
-            call("tpde_store_remove", h, step)
+            call("tpde_store_remove_from", h, _utf8(run_name, "run"), step)
+
+    def remove_run(self, name: str) -> None:
+        """Drop run name and every checkpoint of it. Other runs' checkpoints
+        coded against it are re-coded first: removing a run never breaks
+        another."""
+        run_name = _run_arg(name)
+        with self._lock, _naming(self.path):
+            call("tpde_store_remove_run", self._writer(), _utf8(run_name, "run"))
 
     def verify(self, deep: bool = True, *, repair: bool = False) -> VerifyReport:
         """Check every object and every chain (deep: decode everything and
