@@ -266,9 +266,11 @@ def test_a_failed_commit_raises_and_keeps_the_plain_files(tmp_path: Path) -> Non
     engine.create(info)
     (tmp_path / "t2").mkdir()
     engine.save(state, str(tmp_path / "t2" / "a.pt"))
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.bin").write_bytes(b"x" * 100)
     with tpde.Store(tmp_path / tds.STORE_NAME) as other:
-        other.add({"x": torch.zeros(10)})  # another writer holds the store's lock until close
-        with pytest.raises(tpde.TPDEError):
+        other.add(tmp_path / "other" / "x.bin")  # another writer holds the store's lock until close
+        with pytest.raises(tpde.store.StoreLockedError):
             engine.commit(info)
     assert (tmp_path / "t2" / "a.pt").read_bytes() == _torch_bytes(state, tmp_path, "a.pt")
     assert not (tmp_path / "t2" / tds.POINTER_NAME).exists()
