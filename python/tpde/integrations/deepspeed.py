@@ -257,6 +257,7 @@ class TPDECheckpointEngine(CheckpointEngine):
             return True
         finally:
             self._discard()
+            self._tag_dir = None  # a save() after this, without a create(), is not part of this tag
 
     def _discard(self) -> None:
         part, st = self._part, self._store
