@@ -67,7 +67,7 @@ elif role == "midadd":
     class Hang:
         calls = 0
         def is_set(self):
-            if sys._getframe(1).f_code.co_name == "_fill":
+            if sys._getframe(1).f_code.co_name == "_add_files":  # tpde.store.folders: once per file
                 Hang.calls += 1
                 if Hang.calls == 2:  # the first file is added, the second not yet
                     print("mid", flush=True)

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from .api import Part, Store, open  # noqa: F401
 from .handle import MAIN_RUN, MAX_STEP, PathLike, StoreLockedError, check_step, read_pointer  # noqa: F401
+# Used by tpde.integrations.deepspeed to name the store in its own errors.
+from .handle import _naming, _renamed  # noqa: F401
 from .state_dict import STATE_DICT_FILE  # noqa: F401
 from .types import CheckpointInfo, FileInfo, Problem, VerifyReport  # noqa: F401
 
