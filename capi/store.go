@@ -493,7 +493,7 @@ func tpde_store_remove_run(handle C.uint64_t, run *C.char, cerr *C.char, cerrLen
 }
 
 //export tpde_store_reader_tensors
-func tpde_store_reader_tensors(reader C.uint64_t, step C.int64_t, which C.int32_t, cerr *C.char,
+func tpde_store_reader_tensors(reader C.uint64_t, step C.int64_t, which C.int32_t, rel *C.char, cerr *C.char,
 	cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
@@ -501,9 +501,13 @@ func tpde_store_reader_tensors(reader C.uint64_t, step C.int64_t, which C.int32_
 		if err != nil {
 			return err
 		}
+		only := ""
+		if rel != nil {
+			only = C.GoString(rel)
+		}
 		files := []*store.FileTensors{}
 		for i := range c.Files {
-			if !store.Loadable(&c.Files[i]) {
+			if !store.Loadable(&c.Files[i]) || (only != "" && c.Files[i].Path != only) {
 				continue
 			}
 			ft, err := r.rd.Tensors(c, c.Files[i].Path)

@@ -621,9 +621,11 @@ int tpde_store_reader_steps(uint64_t reader, char *err, size_t err_len);
  * result {"step", "files": [{"path", "layout", "tensors": [{"name",
  * "dtype", "shape", "offset", "nbytes"}], "meta"}]}, offsets in the file;
  * meta: a state dict's {"skeleton", "aliases", "state_dict_metadata"}, a
- * safetensors file's __metadata__. A file whose header is damaged or
- * hostile is TPDE_E_CORRUPT naming it. */
-int tpde_store_reader_tensors(uint64_t reader, int64_t step, int32_t which, char *err, size_t err_len);
+ * safetensors file's __metadata__. rel: NULL for every such file, else
+ * that file only. A file whose header is damaged or hostile is
+ * TPDE_E_CORRUPT naming it. */
+int tpde_store_reader_tensors(uint64_t reader, int64_t step, int32_t which, const char *rel, char *err,
+                              size_t err_len);
 /* Decode n spans of file rel of checkpoint step into the caller's buffers:
  * one call loads every tensor of a file. */
 int tpde_store_read_tensors(uint64_t reader, int64_t step, const char *rel, const tpde_store_span *spans,

@@ -2,11 +2,12 @@
 
 In: a state dict added from Python is laid out as one file of the
 state-dict layout (docs/FORMAT.md §10: a JSON header, then each tensor
-64-byte aligned): the header is built here, and Go reads each tensor
-from the memory it points to.
+64-byte aligned): Python walks the dict, Go lays the file out and reads
+each tensor from the memory it points to.
 Out: a checkpoint's tensor files (state-dict layout, safetensors, torch
-pickles) read back as torch tensors, every header field checked (a record
-is untrusted input), torch pickles loaded only with
+pickles) read back as torch tensors: Go parses and checks every header
+(a record is untrusted input) and decodes a file's tensors, allocated
+here, in one call; torch pickles are loaded only with
 torch.load(weights_only=True). torch is imported on first use, never here.
 """
 
@@ -17,48 +18,35 @@ import ctypes
 import json
 import pickle
 import re
-import struct
 from ctypes import c_uint64
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import _memory, _native, _structure, _tensors
 from .._text import printable
 from ..errors import CorruptDataError, InvalidArgumentError, TPDEError
-from .handle import _Reader, _renamed, _utf8, call
+from .handle import _Reader, _renamed, _result, _utf8, call
 
 #: The file name a state dict added from Python is stored under.
 STATE_DICT_FILE = "state_dict.tpde"
-_SD_FORMAT = "tpde-state-dict"
-_ALIGN = 64
 
 
 def _add_state_dict(h: int, sd: Mapping[str, Any], rel: str = STATE_DICT_FILE) -> None:
-    """Add sd to the checkpoint or part begun on handle h, as the file rel."""
+    """Add sd to the checkpoint or part begun on handle h, as the file rel.
+    Python walks the dict (_structure.Flat: tensors by name, a JSON
+    skeleton of the rest); Go lays the file out (core/statedict) and reads
+    each tensor from the memory it points to, in one call."""
     flat = _structure.Flat(sd, "state dict")
-    entries, srcs = [], []
-    offset = 0
-    for name, t in flat.tensors.items():
-        src = _tensors.source(t)
-        offset = -(-offset // _ALIGN) * _ALIGN
-        entries.append({"name": name, "dtype": _tensors.DTYPES[src.code], "shape": list(src.shape),
-                        "offset": offset, "nbytes": src.nbytes})
-        srcs.append(src)
-        offset += src.nbytes
-    header = {"format": _SD_FORMAT, "version": 1, "skeleton": flat.skeleton, "aliases": flat.aliases,
-              "state_dict_metadata": flat.state_dict_metadata, "tensors": entries}
-    hjs = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    pad = (-(8 + len(hjs))) % _ALIGN
-    head = struct.pack("<Q", len(hjs) + pad) + hjs + b" " * pad
-    base = len(head)
+    srcs = [_tensors.source(t) for t in flat.tensors.values()]
     arr = (_native.StoreTensor * max(len(srcs), 1))()
     keep = []
-    for i, (e, src) in enumerate(zip(entries, srcs)):
+    for i, (name, src) in enumerate(zip(flat.tensors, srcs)):
         shape = (c_uint64 * max(len(src.shape), 1))(*src.shape)
         keep.append(shape)
-        # The header's offsets count from the end of the header.
-        arr[i] = _native.StoreTensor(_utf8(e["name"], "tensor name"), src.code, len(src.shape),
-                                     ctypes.addressof(shape), base + e["offset"], src.ptr, src.nbytes)
-    call("tpde_store_add_state_dict", h, _utf8(rel, "file name"), head, len(head), arr, len(srcs))
+        arr[i] = _native.StoreTensor(_utf8(name, "tensor name"), src.code, len(src.shape), ctypes.addressof(shape),
+                                     0, src.ptr, src.nbytes)
+    meta = json.dumps({"skeleton": flat.skeleton, "aliases": flat.aliases,
+                       "state_dict_metadata": flat.state_dict_metadata}, separators=(",", ":")).encode("utf-8")
+    call("tpde_store_add_state_dict", h, _utf8(rel, "file name"), meta, len(meta), arr, len(srcs))
     del keep, srcs
 
 
@@ -82,7 +70,8 @@ def _load_checkpoint(rd: _Reader, rec: Dict[str, Any], file: Optional[str], unpi
             "pickle(s); pass unpickle=True to load with torch.load(weights_only=True), or file= to pick "
             "another file")
     _memory.check_output(sum(f["size"] for f in tensor_files), limit, where)
-    out = {f["path"]: _load_guarded(rd, rec["step"], f, map_location) for f in tensor_files}
+    tables = _tensor_tables(rd, rec["step"], tensor_files, file)
+    out = {f["path"]: _load_guarded(rd, rec["step"], f, map_location, tables) for f in tensor_files}
     alone = len(out) == 1 and (file is not None or len(rec["files"]) == 1
                                or any(f["layout"] == "state-dict" for f in tensor_files))
     return out, alone
@@ -99,14 +88,32 @@ def _is_pickle(f: Dict[str, Any]) -> bool:
         f["layout"] == "raw" and (note.startswith("torch file") or note.startswith("legacy torch file")))
 
 
-def _load_guarded(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any) -> Any:
+def _tensor_tables(rd: _Reader, step: int, files: List[Dict[str, Any]], only: Optional[str]) -> Dict[str, Any]:
+    """{path: what its header says} of the safetensors and state-dict files
+    among files, read and checked by Go in one call for the checkpoint (a
+    damaged header is an error only when its own file is asked for: with
+    several files, each is described on its own when one fails)."""
+    wanted = [f for f in files if not _is_pickle(f)]
+    if not wanted:
+        return {}
+    try:
+        call("tpde_store_reader_tensors", rd.handle, step, 0, None if only is None else _utf8(only, "file name"))
+        return {t["path"]: t for t in _result(rd.handle)["files"]}
+    except (CorruptDataError, InvalidArgumentError):
+        if len(wanted) == 1:
+            raise
+    return {}  # each file's own call names what is wrong with it (_load_file)
+
+
+def _load_guarded(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any,
+                  tables: Optional[Dict[str, Any]] = None) -> Any:
     """_load_file, with every failure a TPDEError naming the checkpoint and
     the file: a record is untrusted, and what it describes may be checksum-
     consistent and still hostile (a header of the wrong shape, a pickle
     torch refuses)."""
     where = f"checkpoint {step}: file {printable(f['path'])}"
     try:
-        return _load_file(rd, step, f, map_location)
+        return _load_file(rd, step, f, map_location, (tables or {}).get(f["path"]))
     except TPDEError as e:
         raise _renamed(e, where) from e
     except MemoryError as e:
@@ -142,67 +149,12 @@ def _clean(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _header(rd: _Reader, step: int, rel: str, size: int, what: str, limit: int = 100_000_000) -> Tuple[Any, int]:
-    if size < 8:
-        raise CorruptDataError(f"{size} bytes, too short for a {what} header")
-    (n,) = struct.unpack("<Q", rd.read(step, rel, 0, 8))
-    if n > min(limit, size - 8):
-        raise CorruptDataError(f"{what} header of {n} bytes")
-    try:
-        hdr = json.loads(rd.read(step, rel, 8, n).decode("utf-8"), object_pairs_hook=_unique_keys,
-                         parse_constant=_no_constant)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CorruptDataError(f"{what} header is not JSON: {_clean(str(e))}") from None
-    if not isinstance(hdr, dict):
-        raise CorruptDataError(f"{what} header is not a JSON object")
-    return hdr, 8 + n
-
-
-def _unique_keys(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    """A JSON object whose keys are all different: json keeps the last of
-    a repeated key, another reader (or the writer that found the file's
-    regions) may keep the first, so a header that repeats one is corrupt
-    rather than read one way here and another way elsewhere."""
-    out: Dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise CorruptDataError(f"header repeats the key {printable(k)!r}")
-        out[k] = v
-    return out
-
-
-def _no_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON; json.loads takes them unless told.
-    raise CorruptDataError(f"header holds {name}, which is not JSON")
-
-
-def _tensor_entry(e: Any, name: str, data_size: int, what: str) -> Tuple[int, int, str, List[int]]:
-    """(offset, nbytes, dtype, shape) of one header entry, every field
-    checked: offsets inside the data, shape a list of ints >= 0, a dtype
-    tpde knows, and nbytes = prod(shape) x width."""
-    if not isinstance(e, dict):
-        raise CorruptDataError(f"{what} entry {printable(name)!r} is not an object")
-    dtype, shape = e.get("dtype"), e.get("shape")
-    if what == "safetensors":
-        offs = e.get("data_offsets")
-        if not (isinstance(offs, list) and len(offs) == 2 and all(type(x) is int for x in offs)):
-            raise CorruptDataError(f"safetensors entry {printable(name)!r}: data_offsets {offs!r}")
-        offset, nbytes = offs[0], offs[1] - offs[0]
-    else:
-        offset, nbytes = e.get("offset"), e.get("nbytes")
-        if type(offset) is not int or type(nbytes) is not int:
-            raise CorruptDataError(f"state dict entry {printable(name)!r}: offset {offset!r}, nbytes {nbytes!r}")
-    if not (isinstance(shape, list) and all(type(x) is int and x >= 0 for x in shape)):
-        raise CorruptDataError(f"{what} entry {printable(name)!r}: shape {shape!r}")
-    if not isinstance(dtype, str):
-        raise CorruptDataError(f"{what} entry {printable(name)!r}: dtype {dtype!r}")
-    if offset < 0 or nbytes < 0 or offset + nbytes > data_size:
-        raise CorruptDataError(f"{what} entry {printable(name)!r}: bytes [{offset}, {offset + nbytes}) outside "
-                               f"the {data_size} bytes of data")
-    return offset, nbytes, dtype, shape
-
-
-def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any) -> Any:
+def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any,
+               table: Optional[Dict[str, Any]] = None) -> Any:
+    """One file of checkpoint step as torch objects: a torch pickle through
+    torch.load(weights_only=True); a safetensors or state-dict file from the
+    table Go read from its header (table, or one call now), every tensor
+    allocated here and decoded into in one call."""
     import torch
 
     rel, size = f["path"], f["size"]
@@ -214,45 +166,40 @@ def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any) -> 
             rd.read_into(step, rel, 0, ctypes.addressof((ctypes.c_char * size).from_buffer(data)), size)
         with _numpy_globals(torch):
             return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    if f["layout"] == "safetensors":
-        hdr, start = _header(rd, step, rel, size, "safetensors")
-        out = {}
-        for name, e in hdr.items():
-            if name == "__metadata__":
-                # As safetensors (and core/safetensors) read it: a map of
-                # strings to strings, nothing else.
-                if not (isinstance(e, dict) and all(isinstance(v, str) for v in e.values())):
-                    raise CorruptDataError("safetensors __metadata__ is not a map of strings to strings")
-                continue
-            off, n, dtype, shape = _tensor_entry(e, name, size - start, "safetensors")
-            out[name] = _read_tensor(rd, step, rel, start + off, n, dtype, shape, map_location)
-        return out
-    hdr, start = _header(rd, step, rel, size, "state dict")
-    if hdr.get("format") != _SD_FORMAT or hdr.get("version") != 1:
-        raise CorruptDataError(f"not a tpde state dict (format {hdr.get('format')!r})")
-    entries = hdr.get("tensors")
-    if not isinstance(entries, list):
-        raise CorruptDataError("state dict header: tensors is not a list")
+    if table is None:
+        call("tpde_store_reader_tensors", rd.handle, step, 0, _utf8(rel, "file name"))
+        files = _result(rd.handle)["files"]
+        if not files:
+            raise CorruptDataError("holds no tensor table")
+        table = files[0]
+    entries = table["tensors"]
     tensors: Dict[str, Any] = {}
-    for e in entries:
-        name = e.get("name") if isinstance(e, dict) else None
-        if not isinstance(name, str) or name in tensors:
-            raise CorruptDataError(f"state dict header: tensor name {name!r}")
-        off, n, dtype, shape = _tensor_entry(e, name, size - start, "state dict")
-        tensors[name] = _read_tensor(rd, step, rel, start + off, n, dtype, shape, map_location)
-    aliases = hdr.get("aliases") or {}
-    if not isinstance(aliases, dict) or not all(isinstance(v, str) and v in tensors for v in aliases.values()):
-        raise CorruptDataError("state dict header: aliases name tensors it does not hold")
+    spans = (_native.StoreSpan * max(len(entries), 1))()
+    for i, e in enumerate(entries):
+        t = _empty_tensor(e["dtype"], e["shape"], e["nbytes"])
+        tensors[e["name"]] = t
+        ptr = _tensors.address(t)[0] if e["nbytes"] else None
+        spans[i] = _native.StoreSpan(e["offset"], ptr, e["nbytes"])
+    call("tpde_store_read_tensors", rd.handle, step, _utf8(rel, "file name"), spans, len(entries))
+    if map_location is not None:
+        tensors = {k: v.to(map_location) for k, v in tensors.items()}
+    if f["layout"] == "safetensors":
+        return tensors
+    meta = table["meta"] or {}
+    aliases = meta.get("aliases") or {}
+    if not isinstance(aliases, dict):
+        raise CorruptDataError("state dict header: aliases is not a map")
+    order = [e["name"] for e in entries]
     for alias, name in aliases.items():
-        tensors[alias] = tensors[name]
-    if hdr.get("skeleton") is None:
+        tensors[alias] = tensors[name]  # Go checked that each names a tensor
+    if meta.get("skeleton") is None:
         import collections
 
-        od = collections.OrderedDict((e["name"], tensors[e["name"]]) for e in entries)
+        od = collections.OrderedDict((n, tensors[n]) for n in order)
         for alias in aliases:
             od[alias] = tensors[alias]
-        return _structure.with_state_dict_metadata(od, hdr.get("state_dict_metadata"))
-    return _structure.rebuild(hdr["skeleton"], tensors)
+        return _structure.with_state_dict_metadata(od, meta.get("state_dict_metadata"))
+    return _structure.rebuild(meta["skeleton"], tensors)
 
 
 def _numpy_globals(torch: Any) -> Any:
@@ -269,8 +216,9 @@ def _numpy_globals(torch: Any) -> Any:
     return torch.serialization.safe_globals(allowed)
 
 
-def _read_tensor(rd: _Reader, step: int, rel: str, offset: int, nbytes: int, dtype: str, shape: List[int],
-                 map_location: Any) -> Any:
+def _empty_tensor(dtype: str, shape: List[int], nbytes: int) -> Any:
+    """An uninitialised torch tensor for a header's entry (Go checked that
+    shape and dtype make nbytes)."""
     try:
         code = _tensors.dtype_code(dtype)
     except (KeyError, ValueError, TPDEError):
@@ -280,10 +228,4 @@ def _read_tensor(rd: _Reader, step: int, rel: str, offset: int, nbytes: int, dty
         n *= d
     if n * _tensors.WIDTHS[code] != nbytes:
         raise CorruptDataError(f"a {dtype} tensor of shape {shape} in {nbytes} bytes")
-    t = _tensors.empty(code, tuple(shape), "torch")
-    if nbytes:
-        ptr, cap = _tensors.address(t)
-        rd.read_into(step, rel, offset, ptr, nbytes)
-    if map_location is not None:
-        t = t.to(map_location)
-    return t
+    return _tensors.empty(code, tuple(shape), "torch")
