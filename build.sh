@@ -8,9 +8,11 @@
 #   ./build.sh bench      the benchmarks behind every figure in README.md and docs/
 #   ./build.sh series     the checkpoint-series benchmark (trains MiniLM on the CPU once, cached)
 #   ./build.sh store      the checkpoint-store benchmark (bench/store.py; trains two short runs once, cached)
-#   ./build.sh integrations  the Trainer-callback overhead and DCP benchmarks (bench/hf_overhead.py, bench/dcp.py)
+#   ./build.sh integrations  the Trainer-callback overhead, DCP and DeepSpeed benchmarks (bench/hf_overhead.py, bench/dcp.py, bench/deepspeed_store.py)
+#   ./build.sh deepspeed  DeepSpeed tags in a store against DeepSpeed's own files + zstd-3 (bench/deepspeed_store.py)
 #   ./build.sh legacy     legacy (pre-zip) torch files against the same tensors as .safetensors (bench/legacy.py)
 #   ./build.sh scale      the store's ls, info and load at 10, 100 and 1,000 checkpoints (bench/store_scale.py)
+#   ./build.sh runs       two fine-tunes of one base in one store, as runs (bench/runs.py)
 #   ./build.sh render     README.md's measured blocks from bench/results/*.json (--check: diff only)
 #   ./build.sh fuzz-corpus  fuzz every core/ target a while, keep the inputs in testdata/fuzz
 #   ./build.sh venv       print the path of the cached venv (creating it if needed)
@@ -168,13 +170,31 @@ scale)
 	[ "$#" -gt 0 ] || set -- --json bench/results/store_scale.json
 	py bench/store_scale.py "$@"
 	;;
+runs)
+	build_lib
+	VENV="$(ensure_venv)"
+	# Runs in one store: a second fine-tune's first checkpoint against its
+	# own store, recorded in the committed bench/results/runs.json.
+	[ "$#" -gt 0 ] || set -- --json bench/results/runs.json
+	py bench/runs.py "$@"
+	;;
 integrations)
 	build_lib
 	VENV="$(ensure_venv)"
-	# The training integrations' targets: the Trainer callback's overhead
-	# and DCP's rank scaling and size, recorded in bench/results/.
+	# The training integrations' targets: the Trainer callback's overhead,
+	# DCP's rank scaling and size, DeepSpeed's size across tags, recorded in
+	# bench/results/.
 	py bench/hf_overhead.py --json bench/results/hf_overhead.json
 	py bench/dcp.py --json bench/results/dcp.json
+	py bench/deepspeed_store.py --json bench/results/deepspeed.json
+	;;
+deepspeed)
+	build_lib
+	VENV="$(ensure_venv)"
+	# A real MiniLM fine-tuning run under DeepSpeed, its tags in one store,
+	# recorded in the committed bench/results/deepspeed.json.
+	[ "$#" -gt 0 ] || set -- --json bench/results/deepspeed.json
+	py bench/deepspeed_store.py "$@"
 	;;
 render)
 	# README.md's (and docs/*.md's) measured blocks from bench/results/*.json;

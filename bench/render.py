@@ -11,6 +11,7 @@ bench/results/ (written by `./build.sh bench` and `./build.sh series`):
     series   bench/results/series.json   bench/series.py --json
     store    bench/results/store.json    bench/store.py --memory --json
     integrations  bench/results/hf_overhead.json + dcp.json   bench/hf_overhead.py, bench/dcp.py --json
+    deepspeed  bench/results/deepspeed.json   bench/deepspeed_store.py --json
     legacy   bench/results/legacy.json   bench/legacy.py --json
     scale    bench/results/store_scale.json   bench/store_scale.py --json
 
@@ -47,8 +48,10 @@ SERIES_JSON = "bench/results/series.json"
 STORE_JSON = "bench/results/store.json"
 HF_OVERHEAD_JSON = "bench/results/hf_overhead.json"
 DCP_JSON = "bench/results/dcp.json"
+DEEPSPEED_JSON = "bench/results/deepspeed.json"
 LEGACY_JSON = "bench/results/legacy.json"
 SCALE_JSON = "bench/results/store_scale.json"
+RUNS_JSON = "bench/results/runs.json"
 # A speed ratio within this fraction of its target line is flagged "within N% of the line": on a shared
 # machine runs spread by 10-30% (bench/README.md, "Reading the numbers"), so such a PASS or FAIL is a tie.
 TIE = 0.05
@@ -528,6 +531,48 @@ def render_integrations(hf: Dict[str, Any], dcp: Dict[str, Any]) -> str:
     return out.text()
 
 
+# --- DeepSpeed block (bench/deepspeed_store.py) ---------------------------------------------
+
+def render_deepspeed(ds: Dict[str, Any]) -> str:
+    if ds.get("quick"):
+        raise RenderError(f"{DEEPSPEED_JSON} is from a --quick run: rerun ./build.sh deepspeed (no options)")
+    su, th, tg, tags = ds["setup"], ds["targets_thresholds"], ds["targets"], ds["tags"]
+    if len(tags) < 2:
+        raise RenderError(f"{DEEPSPEED_JSON} has fewer than two tags: rerun ./build.sh deepspeed (no options)")
+    out = Block()
+    out.para(f"DeepSpeed, from `bench/deepspeed_store.py` ({_provenance(ds, DEEPSPEED_JSON)}, on {_machine(ds)}): "
+             f"the real all-MiniLM-L6-v2 weights fine-tuned on the CPU under DeepSpeed "
+             f"{ds['versions'].get('deepspeed', '')} (ZeRO stage {su['zero_stage']}, {su['ranks']} rank, "
+             f"{su['dtype']}, AdamW lr {_g(su['lr'])}), a tag every {su['steps_between']} steps, each saved from the "
+             "same state through `TPDECheckpointEngine` (all tags in one store) and through DeepSpeed's own "
+             "engine. A tag's tpde size is the store's growth on that save plus what stays in the tag folder "
+             "(pointer and stubs); every tag was read back from the store and compared bit for bit with "
+             f"DeepSpeed's files.{_load(ds)}")
+    add = out.line
+    add("| tag | DeepSpeed's files | zstd-3 | ZipNN | tpde, each file alone | tpde store | zstd-3 / tpde store |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for t in tags:
+        p = t["plain_bytes"]
+        add(f"| `{t['tag']}` | {_mib(p)} | {_r(p, t['zstd3_bytes'])}x | {_r(p, t['zipnn_bytes'])}x "
+            f"| {_r(p, t['per_file_tpde_bytes'])}x | **{_r(p, t['tpde_bytes'])}x** "
+            f"| {t['zstd3_over_tpde']:.2f}x |")
+    z = ds["zstd3_over_tpde"]
+    later = tags[1:]
+    out.bullets([
+        f"Size: zstd-3 of DeepSpeed's files is {_range(z['after_first'], '.2f', 'x')} the size of what each tag "
+        f"after the first costs tpde ({z['after_first_total']:.2f}x over those tags); target >= "
+        f"{th['zstd3_over_tpde_after_first']:g} for every one: {_met(tg['zstd3_over_tpde_after_first'])}. The "
+        f"first tag, with nothing to be a delta against: {z['first']:.2f}x. \"tpde, each file alone\" is what "
+        "the earlier engine wrote (every file a tpde file, no deltas across tags); the store also keeps once "
+        "a tensor that several files of a tag hold.",
+        f"Save time per tag after the first: {_range([t['tpde_save_s'] for t in later], '.1f', ' s')} through tpde "
+        f"(coding, and re-coding the previous tag as deltas, in the saving process), against "
+        f"{_range([t['plain_save_s'] for t in later], '.1f', ' s')} for DeepSpeed's own engine; one run, no "
+        "repetitions.",
+    ])
+    return out.text()
+
+
 # --- legacy torch files block (bench/legacy.py) ------------------------------------------
 
 _FORMAT_LABELS = {"safetensors": "`.safetensors`", "pth": "`.pth`, legacy (pre-zip)", "pt": "`.pt`, zip"}
@@ -602,6 +647,28 @@ def render_scale(sc: Dict[str, Any]) -> str:
     return out.text()
 
 
+def render_runs(rn: Dict[str, Any]) -> str:
+    f = rn["first_checkpoint"]
+    out = Block()
+    out.para(f"From one run of `./build.sh runs` (bench/runs.py), {_provenance(rn, RUNS_JSON)}, on "
+             f"{_machine(rn)}: two real fine-tunes of all-MiniLM-L6-v2 on the CPU (seeds 1 and 2, "
+             "Trainer checkpoint folders with weights, AdamW state, scheduler, rng and tokenizer), kept in one "
+             "store as runs `a` and `b` whose parent is the pretrained weights, the main run's step 0.")
+    out.bullets([
+        f"Fine-tune `b`'s first checkpoint ({f['raw_bytes'] / 1e6:.1f} MB) grows that store by "
+        f"{f['grown_bytes'] / 1e6:.1f} MB; in a store of its own it costs {f['own_store_bytes'] / 1e6:.1f} MB "
+        f"(zstd-3, each file alone: {f['zstd3_bytes'] / 1e6:.1f} MB): {f['ratio']:.2f}x (target at most "
+        f"{rn['target']:g}x): {_met(rn['pass'])}. Its weights alone: {f['weights_ratio']:.2f}x; its AdamW "
+        "moments share little with the base, and stay keyframes.",
+        "Every checkpoint of every run restored byte-identical"
+        + ("" if rn["byte_identical"] else " (NOT: see the JSON)")
+        + ", and again after run `a` was removed"
+        + ("" if rn["byte_identical_after_removing_a"] else " (NOT)") + "; `verify` "
+        + ("found nothing." if rn["verify_ok"] else "found damage."),
+    ])
+    return out.text()
+
+
 class Block:
     """Markdown text built from paragraphs, bullet lists and raw lines (tables)."""
 
@@ -660,7 +727,7 @@ def load_results(results: Path = RESULTS) -> Dict[str, Optional[Dict[str, Any]]]
     out: Dict[str, Optional[Dict[str, Any]]] = {}
     for name, fname in (("run", "run.json"), ("series", "series.json"), ("store", "store.json"),
                         ("hf_overhead", "hf_overhead.json"), ("dcp", "dcp.json"), ("legacy", "legacy.json"),
-                        ("scale", "store_scale.json")):
+                        ("scale", "store_scale.json"), ("runs", "runs.json"), ("deepspeed", "deepspeed.json")):
         p = results / fname
         out[name] = json.loads(p.read_text()) if p.is_file() else None
     return out
@@ -684,6 +751,8 @@ def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
         "integrations": lambda: render_integrations(need("hf_overhead", "hf_overhead.json"), need("dcp", "dcp.json")),
         "legacy": lambda: render_legacy(need("legacy", "legacy.json")),
         "scale": lambda: render_scale(need("scale", "store_scale.json")),
+        "deepspeed": lambda: render_deepspeed(need("deepspeed", "deepspeed.json")),
+        "runs": lambda: render_runs(need("runs", "runs.json")),
     }
 
 

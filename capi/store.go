@@ -22,6 +22,7 @@ import (
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/handles"
 	"github.com/tpde/tpde/core/layout"
+	"github.com/tpde/tpde/core/statedict"
 	"github.com/tpde/tpde/core/store"
 )
 
@@ -262,15 +263,15 @@ func stopFrom(cancel *C.int32_t) func() error {
 }
 
 //export tpde_store_add_state_dict
-func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, header unsafe.Pointer, headerLen C.uint64_t,
+func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, meta *C.char, metaLen C.uint64_t,
 	tensors *C.tpde_store_tensor, n C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withFile(handle, rel, cerr, cerrLen, func(tx *store.Tx, r string) error {
-		hdr, err := bytesAt(header, headerLen, "header")
-		if err != nil {
+		var m statedict.Meta
+		if err := jsonArg(meta, metaLen, "meta", &m); err != nil {
 			return err
 		}
-		if n > 0 && tensors == nil || uint64(n) > 1<<24 {
+		if n > 0 && tensors == nil || uint64(n) > statedict.MaxTensors {
 			return fmt.Errorf("%w: %d tensors at NULL or too many", errs.Invalid, uint64(n))
 		}
 		var cs []C.tpde_store_tensor
@@ -295,9 +296,9 @@ func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, header unsafe.Poi
 			if err != nil {
 				return err
 			}
-			ts[i] = store.Tensor{Name: C.GoString(c.name), DType: dtype.DType(d), Shape: shape, Offset: uint64(c.offset), Data: data}
+			ts[i] = store.Tensor{Name: C.GoString(c.name), DType: dtype.DType(d), Shape: shape, Data: data}
 		}
-		return tx.AddStateDict(r, hdr, ts)
+		return tx.AddStateDict(r, m, ts)
 	})
 }
 
@@ -491,6 +492,71 @@ func tpde_store_remove_run(handle C.uint64_t, run *C.char, cerr *C.char, cerrLen
 	})
 }
 
+//export tpde_store_reader_tensors
+func tpde_store_reader_tensors(reader C.uint64_t, step C.int64_t, which C.int32_t, rel *C.char, cerr *C.char,
+	cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
+		c, err := r.checkpoint(step, which)
+		if err != nil {
+			return err
+		}
+		only := ""
+		if rel != nil {
+			only = C.GoString(rel)
+		}
+		files := []*store.FileTensors{}
+		for i := range c.Files {
+			if !store.Loadable(&c.Files[i]) || (only != "" && c.Files[i].Path != only) {
+				continue
+			}
+			ft, err := r.rd.Tensors(c, c.Files[i].Path)
+			if err != nil {
+				return err
+			}
+			files = append(files, ft)
+		}
+		return keep(&r.result, struct {
+			Step  int64                `json:"step"`
+			Files []*store.FileTensors `json:"files"`
+		}{c.Step, files})
+	})
+}
+
+// maxSpans bounds one tpde_store_read_tensors call.
+const maxSpans = 1 << 24
+
+//export tpde_store_read_tensors
+func tpde_store_read_tensors(reader C.uint64_t, step C.int64_t, rel *C.char, spans *C.tpde_store_span, n C.uint64_t,
+	cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
+		path, err := goString(rel, "rel")
+		if err != nil {
+			return err
+		}
+		if n > 0 && spans == nil || uint64(n) > maxSpans {
+			return fmt.Errorf("%w: %d spans at NULL or too many", errs.Invalid, uint64(n))
+		}
+		var cs []C.tpde_store_span
+		if n > 0 {
+			cs = unsafe.Slice(spans, int(n))
+		}
+		out := make([]store.Span, len(cs))
+		for i := range cs {
+			if out[i].Dst, err = bytesAt(cs[i].dst, cs[i].nbytes, "span dst"); err != nil {
+				return err
+			}
+			out[i].Offset = uint64(cs[i].offset)
+		}
+		c, err := r.rd.Checkpoint(int64(step), false)
+		if err != nil {
+			return err
+		}
+		return r.rd.ReadTensors(c, path, out)
+	})
+}
+
 //export tpde_store_reader_use
 func tpde_store_reader_use(reader C.uint64_t, run *C.char, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
@@ -581,25 +647,29 @@ func tpde_store_reader_steps(reader C.uint64_t, cerr *C.char, cerrLen C.size_t) 
 	})
 }
 
+// checkpoint is the record which (TPDE_STORE_STEP, _LATEST, _BASE) names.
+func (r *openReader) checkpoint(step C.int64_t, which C.int32_t) (*store.Checkpoint, error) {
+	switch which {
+	case C.TPDE_STORE_STEP:
+		return r.rd.Checkpoint(int64(step), false)
+	case C.TPDE_STORE_LATEST:
+		return r.rd.Checkpoint(0, true)
+	case C.TPDE_STORE_BASE:
+		c, err := r.rd.Base()
+		if err == nil && c == nil {
+			err = fmt.Errorf("%w: the store has no base", errs.Invalid)
+		}
+		return c, err
+	}
+	return nil, fmt.Errorf("%w: which %d (must be TPDE_STORE_STEP, _LATEST or _BASE)", errs.Invalid, int32(which))
+}
+
 //export tpde_store_reader_record
 func tpde_store_reader_record(reader C.uint64_t, step C.int64_t, which C.int32_t, cerr *C.char,
 	cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withReader(reader, cerr, cerrLen, func(r *openReader) error {
-		var c *store.Checkpoint
-		var err error
-		switch which {
-		case C.TPDE_STORE_STEP:
-			c, err = r.rd.Checkpoint(int64(step), false)
-		case C.TPDE_STORE_LATEST:
-			c, err = r.rd.Checkpoint(0, true)
-		case C.TPDE_STORE_BASE:
-			if c, err = r.rd.Base(); err == nil && c == nil {
-				err = fmt.Errorf("%w: the store has no base", errs.Invalid)
-			}
-		default:
-			err = fmt.Errorf("%w: which %d (must be TPDE_STORE_STEP, _LATEST or _BASE)", errs.Invalid, int32(which))
-		}
+		c, err := r.checkpoint(step, which)
 		if err != nil {
 			return err
 		}

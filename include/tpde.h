@@ -245,8 +245,8 @@ typedef struct tpde_bundle_entry {
     uint32_t reserved;
 } tpde_bundle_entry;
 
-/* One tensor of a state dict handed to tpde_store_add_state_dict: its bytes
- * lie at offset in the state dict's file (see that function). */
+/* One tensor of a state dict handed to tpde_store_add_state_dict. offset
+ * is not read: the library lays the file out (docs/FORMAT.md §10). */
 typedef struct tpde_store_tensor {
     const char *name;      /* NUL-terminated UTF-8 */
     int32_t dtype;         /* a TPDE_DTYPE_* code */
@@ -256,6 +256,14 @@ typedef struct tpde_store_tensor {
     const void *data;      /* nbytes bytes, read during the call only */
     uint64_t nbytes;
 } tpde_store_tensor;
+
+/* Where tpde_store_read_tensors puts one tensor: the file's bytes
+ * [offset, offset + nbytes) into dst, which the caller allocated. */
+typedef struct tpde_store_span {
+    uint64_t offset;
+    void *dst;
+    uint64_t nbytes;
+} tpde_store_span;
 
 #ifndef TPDE_NO_PROTOTYPES
 
@@ -548,12 +556,12 @@ int tpde_store_begin(uint64_t handle, int64_t step, int32_t has_step, const char
 int tpde_store_add_file(uint64_t handle, const char *rel, const char *src, const char *hints,
                         uint64_t hints_len, const char *note, uint64_t *progress,
                         const int32_t *cancel, char *err, size_t err_len);
-/* Add a state dict from memory as the file rel whose bytes are header,
- * then each tensor at its offset (ascending, after the header), zeros
- * between. */
-int tpde_store_add_state_dict(uint64_t handle, const char *rel, const void *header,
-                              uint64_t header_len, const tpde_store_tensor *tensors, uint64_t n,
-                              char *err, size_t err_len);
+/* Add a state dict from memory as the file rel, in the state-dict layout
+ * (docs/FORMAT.md §10), which the library lays out: meta is JSON
+ * {"skeleton", "aliases", "state_dict_metadata"} (each any JSON, null when
+ * absent; NULL meta: all null), the tensors in file order. */
+int tpde_store_add_state_dict(uint64_t handle, const char *rel, const char *meta, uint64_t meta_len,
+                              const tpde_store_tensor *tensors, uint64_t n, char *err, size_t err_len);
 /* Make the checkpoint durable and visible (result: its record), or drop it. */
 int tpde_store_commit(uint64_t handle, char *err, size_t err_len);
 int tpde_store_abort(uint64_t handle, char *err, size_t err_len);
@@ -608,6 +616,20 @@ int tpde_store_reader_open(uint64_t handle, uint64_t *reader, char *err, size_t 
 int tpde_store_reader_close(uint64_t reader, char *err, size_t err_len);
 /* The steps the reader's snapshot holds. Result: {"steps": [oldest first]}. */
 int tpde_store_reader_steps(uint64_t reader, char *err, size_t err_len);
+/* Describe every safetensors and state-dict file of checkpoint step (which
+ * as for tpde_store_reader_record) from its header, parsed and checked:
+ * result {"step", "files": [{"path", "layout", "tensors": [{"name",
+ * "dtype", "shape", "offset", "nbytes"}], "meta"}]}, offsets in the file;
+ * meta: a state dict's {"skeleton", "aliases", "state_dict_metadata"}, a
+ * safetensors file's __metadata__. rel: NULL for every such file, else
+ * that file only. A file whose header is damaged or hostile is
+ * TPDE_E_CORRUPT naming it. */
+int tpde_store_reader_tensors(uint64_t reader, int64_t step, int32_t which, const char *rel, char *err,
+                              size_t err_len);
+/* Decode n spans of file rel of checkpoint step into the caller's buffers:
+ * one call loads every tensor of a file. */
+int tpde_store_read_tensors(uint64_t reader, int64_t step, const char *rel, const tpde_store_span *spans,
+                            uint64_t n, char *err, size_t err_len);
 /* Make the reader read run (it reads the main run when opened) of the same
  * snapshot. Result: {"count": its checkpoints}. */
 int tpde_store_reader_use(uint64_t reader, const char *run, char *err, size_t err_len);

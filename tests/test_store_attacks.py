@@ -410,9 +410,9 @@ def test_listing_reads_each_record_once_and_loading_the_newest_reads_one(tmp_pat
         calls[name] = calls.get(name, 0) + 1
         return real(name, *a, **kw)
 
-    import tpde.store as store_mod
+    import tpde.store.handle as store_handle  # where the reader's native calls are made
 
-    monkeypatch.setattr(store_mod, "call", counting)
+    monkeypatch.setattr(store_handle, "call", counting)
     with tpde.Store(store) as st:
         calls.clear()
         infos = st.list()

@@ -18,6 +18,7 @@ import (
 	"github.com/tpde/tpde/core/frame"
 	"github.com/tpde/tpde/core/layout"
 	"github.com/tpde/tpde/core/mapped"
+	"github.com/tpde/tpde/core/statedict"
 )
 
 // MinRegion is the smallest tensor that gets its own object; smaller ones
@@ -285,34 +286,39 @@ type Tensor struct {
 	Data   []byte
 }
 
-// AddStateDict adds a state dict given from memory as a file rel whose
-// bytes are header followed by each tensor at its Offset (ascending, after
-// the header), zeros between: Python lays that file out, Go stores it.
-func (tx *Tx) AddStateDict(rel string, header []byte, tensors []Tensor) error {
+// AddStateDict adds a state dict given from memory as file rel, laid out
+// in the state-dict layout (core/statedict, docs/FORMAT.md §10): meta and
+// the tensors' names, dtypes and shapes make the header; each tensor's
+// bytes are its Data, read in place (never copied). Offset is ignored.
+func (tx *Tx) AddStateDict(rel string, meta statedict.Meta, tensors []Tensor) error {
 	if err := tx.claim(rel); err != nil {
 		return err
 	}
-	pos := uint64(len(header))
-	var regions []planned
+	entries := make([]statedict.Tensor, len(tensors))
 	for i := range tensors {
 		t := &tensors[i]
-		if !t.DType.Valid() {
-			return fmt.Errorf("%w: tensor %q: dtype code %d", errs.Invalid, t.Name, uint8(t.DType))
+		if !t.DType.Valid() || len(t.Shape) > frame.MaxNDim {
+			return fmt.Errorf("%w: tensor %q: dtype code %d, %d dims", errs.Invalid, t.Name, uint8(t.DType), len(t.Shape))
 		}
-		n := uint64(t.DType.Width())
-		for _, s := range t.Shape {
-			n *= s
-		}
-		if n != uint64(len(t.Data)) || len(t.Shape) > frame.MaxNDim {
+		entries[i] = statedict.Tensor{Name: t.Name, DType: t.DType.String(), Shape: t.Shape}
+	}
+	header, laid, err := statedict.Build(meta, entries)
+	if err != nil {
+		return err
+	}
+	base := uint64(len(header))
+	pos := base
+	regions := make([]planned, 0, len(tensors))
+	for i := range tensors {
+		t, e := &tensors[i], laid[i]
+		if e.NBytes != uint64(len(t.Data)) {
 			return fmt.Errorf("%w: tensor %q: shape %v of %s is not %d bytes", errs.Invalid, t.Name, t.Shape, t.DType, len(t.Data))
 		}
-		if t.Offset < pos || t.Offset+n < t.Offset {
-			return fmt.Errorf("%w: tensor %q at %d overlaps what comes before it", errs.Invalid, t.Name, t.Offset)
-		}
-		pos = t.Offset + n
+		t.Offset = base + e.Offset
+		pos = t.Offset + e.NBytes
 		regions = append(regions, planned{
-			reg: &Region{Name: t.Name, Offset: t.Offset, Size: n, DType: t.DType.String(), Shape: append([]uint64{}, t.Shape...)},
-			dt:  t.DType, begin: t.Offset, end: t.Offset + n})
+			reg: &Region{Name: t.Name, Offset: t.Offset, Size: e.NBytes, DType: e.DType, Shape: append([]uint64{}, t.Shape...)},
+			dt:  t.DType, begin: t.Offset, end: pos})
 	}
 	v := &virtualFile{size: pos, pieces: make([]piece, 0, len(tensors)+1)}
 	v.add(0, header)

@@ -15,6 +15,7 @@ import (
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
+	"github.com/tpde/tpde/core/strictjson"
 )
 
 // Version is the store layout version (docs/FORMAT.md §11). A reader
@@ -234,84 +235,8 @@ func decodeJSON(what string, b []byte, v any) error {
 	return nil
 }
 
-// checkDuplicateKeys refuses an object with a key twice: encoding/json
-// keeps the last, another reader might keep the first. It scans the bytes
-// once, tracking the keys of each open object (json.Decoder.Token, which
-// did this before, cost more than the decode itself). It does not validate
-// the JSON: the decode that follows does, and refuses what this lets pass.
-func checkDuplicateKeys(b []byte) error {
-	type object struct {
-		keys      []string // few keys: a slice beats a map
-		set       map[string]bool
-		expectKey bool
-		isObject  bool
-	}
-	var stack []object
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; c {
-		case '{', '[':
-			if len(stack) >= 64 {
-				return fmt.Errorf("nested deeper than 64")
-			}
-			stack = append(stack, object{isObject: c == '{', expectKey: c == '{'})
-		case '}', ']':
-			if len(stack) == 0 {
-				return fmt.Errorf("unbalanced %q", c)
-			}
-			stack = stack[:len(stack)-1]
-		case ',':
-			if n := len(stack); n > 0 && stack[n-1].isObject {
-				stack[n-1].expectKey = true
-			}
-		case '"':
-			start, escaped := i+1, false
-			for i++; i < len(b) && b[i] != '"'; i++ {
-				if b[i] == '\\' {
-					escaped = true
-					i++
-				}
-			}
-			if i >= len(b) {
-				return fmt.Errorf("unterminated string")
-			}
-			n := len(stack)
-			if n == 0 || !stack[n-1].isObject || !stack[n-1].expectKey {
-				continue
-			}
-			top := &stack[n-1]
-			top.expectKey = false
-			key := string(b[start:i])
-			if escaped {
-				// "a" and "\u0061" are the same key.
-				if err := json.Unmarshal(b[start-1:i+1], &key); err != nil {
-					return err
-				}
-			}
-			if top.set == nil && len(top.keys) >= 16 {
-				top.set = make(map[string]bool, 2*len(top.keys))
-				for _, k := range top.keys {
-					top.set[k] = true
-				}
-			}
-			dup := false
-			if top.set != nil {
-				dup = top.set[key]
-				top.set[key] = true
-			} else {
-				for _, k := range top.keys {
-					if k == key {
-						dup = true
-					}
-				}
-				top.keys = append(top.keys, key)
-			}
-			if dup {
-				return fmt.Errorf("key %q appears twice", key)
-			}
-		}
-	}
-	return nil
-}
+// checkDuplicateKeys: see strictjson.CheckDuplicateKeys.
+var checkDuplicateKeys = strictjson.CheckDuplicateKeys
 
 func validHash(h string) bool {
 	if len(h) != 64 {

@@ -18,6 +18,7 @@ package store
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +32,7 @@ import (
 
 	"github.com/tpde/tpde/core/dirfd"
 	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/mapped"
 )
 
 const (
@@ -73,19 +75,46 @@ func (s *Store) stagePart() error {
 		return hostile(err)
 	}
 	defer tmp.Close()
-	part, name, err := tmp.MkdirTemp(partPrefix)
+	part, name, err := lockedPart(tmp)
 	if err != nil {
 		return err
-	}
-	if err := syscall.Flock(part.Fd(), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		_ = part.Close()
-		return ioErr(tmp.Path(name), err)
 	}
 	s.tmp, s.partName = part, name
 	if s.objects, err = s.root.MkdirAll("objects"); err != nil {
 		return hostile(err)
 	}
 	return nil
+}
+
+// lockedPart makes a new part folder in tmp and locks it. Until it is
+// locked, a cleanup takes it for a dead participant's: that cleanup locks
+// it first and removes it, holding the lock while it does (liveParts).
+// So a folder this participant could lock and that is still at its name
+// is its own for good; otherwise it makes another.
+func lockedPart(tmp *dirfd.Dir) (*dirfd.Dir, string, error) {
+	for try := 0; ; try++ {
+		part, name, err := tmp.MkdirTemp(partPrefix)
+		if err == nil {
+			err = syscall.Flock(part.Fd(), syscall.LOCK_EX|syscall.LOCK_NB)
+			if err == nil {
+				var st syscall.Stat_t
+				info, serr := tmp.Stat(name)
+				if serr == nil && syscall.Fstat(part.Fd(), &st) == nil && info.SameFile(dirfd.Info{Dev: uint64(st.Dev), Ino: st.Ino}) {
+					return part, name, nil
+				}
+				err = syscall.ENOENT // removed by a cleanup between its lock and ours
+			}
+			_ = part.Close()
+			if err != nil && !errors.Is(err, syscall.EWOULDBLOCK) && !errors.Is(err, fs.ErrNotExist) {
+				return nil, "", ioErr(tmp.Path(name), err)
+			}
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return nil, "", err
+		}
+		if try >= 100 {
+			return nil, "", ioErr(tmp.Path(name), err)
+		}
+	}
 }
 
 // Staging reports whether the store was opened for a participant
@@ -290,6 +319,23 @@ func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []str
 			tx.converted[key] = r
 		}
 	}
+	// Parts that all staged nothing would publish a checkpoint without a
+	// file, which no add makes (a folder with no file is refused): a
+	// coordinator that got only empty descriptors has lost its writers'.
+	if len(tx.cp.Files) == 0 {
+		return nil, fmt.Errorf("%w: the parts hold no file: nothing to commit", errs.Invalid)
+	}
+	// The record must be one every reader accepts: parsed as a reader
+	// parses it (paths inside the folder, no file that is also another's
+	// folder, the limits), or a commit would publish a newest checkpoint
+	// that cannot be read.
+	rec, err := json.Marshal(tx.cp)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errs.Internal, err)
+	}
+	if _, err := parseCheckpoint(rec, tx.cp.Step, false); err != nil {
+		return nil, fmt.Errorf("%w: the parts' files: %v", errs.Invalid, err)
+	}
 	if err := s.checkParts(tx); err != nil {
 		return nil, err
 	}
@@ -322,18 +368,49 @@ func (s *Store) checkParts(tx *Tx) error {
 		}
 		return nil
 	}
+	// What an object holds must be what the part says, as far as its
+	// header tells without decoding (a frame's dtype and size, a
+	// skeleton's length): a reader sizes its buffers from the record.
+	// What it decodes to is checked against the sha256 by every read.
+	frameOf := func(r *Region, what string) error {
+		if err := exists(r.Object, what); err != nil {
+			return err
+		}
+		if err := s.checkFrame(r); err != nil {
+			return fmt.Errorf("%w: %s: %v", errs.Invalid, what, err)
+		}
+		return nil
+	}
 	byKey := map[string]*Region{}
 	for i := range tx.cp.Files {
 		f := &tx.cp.Files[i]
 		if err := exists(f.Skeleton, f.Path); err != nil {
 			return err
 		}
+		var regions uint64
 		for j := range f.Regions {
 			r := &f.Regions[j]
 			byKey[regionKey(f.Path, r.Name)] = r
-			if err := exists(r.Object, f.Path+": "+r.Name); err != nil {
+			if err := frameOf(r, f.Path+": "+r.Name); err != nil {
 				return err
 			}
+			regions += r.Size
+		}
+		o, err := s.mapObject(f.Skeleton.Object, f.Skeleton.Object, f.Skeleton.Stored, f.Path, false)
+		if err != nil {
+			return err
+		}
+		var ok bool
+		err = mapped.Reading(s.objectPath(f.Skeleton.Object), func() error {
+			ok = len(o.Data) >= 8 && binary.LittleEndian.Uint64(o.Data) == f.Size-regions
+			return nil
+		})
+		o.release()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: %s: its skeleton object does not hold the %d verbatim bytes its part says", errs.Invalid, f.Path, f.Size-regions)
 		}
 	}
 	for key, nr := range tx.converted {
@@ -350,7 +427,7 @@ func (s *Store) checkParts(tx *Tx) error {
 				return fmt.Errorf("%w: %s: its delta names a tensor this checkpoint lacks", errs.Invalid, what)
 			}
 		}
-		if err := exists(nr.Object, what); err != nil {
+		if err := frameOf(&nr, what); err != nil {
 			return err
 		}
 	}
@@ -553,10 +630,14 @@ func (s *Store) liveParts(live map[string]bool, c *Cleaned) error {
 			continue
 		}
 		if syscall.Flock(d.Fd(), syscall.LOCK_EX|syscall.LOCK_NB) == nil {
-			_ = d.Close()
+			// Unlocked: its participant closed it or died, or has just
+			// made it and not locked it yet. The lock is held while the
+			// folder goes, so that such a participant cannot lock it
+			// meanwhile and believe it kept (lockedPart makes another).
 			if s.tmp.RemoveAll(e.Name) == nil {
 				c.Temporary++
 			}
+			_ = d.Close()
 			continue
 		}
 		b, err := d.ReadFile(partObjects, math.MaxInt32)

@@ -310,3 +310,129 @@ func FuzzParsePart(f *testing.F) {
 		}
 	})
 }
+
+func TestPartsThatHoldNoFileCommitNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	rs := newRankSeries()
+	commitSave(t, dir, rs.step(t), "")
+	empty, p := stage(t, dir, nil)
+	defer p.Close()
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.CommitParts([][]byte{empty, empty}, 0, false, nil, "")
+	require.ErrorIs(t, err, errs.Invalid)
+	assert.Equal(t, []int64{0}, stepsOf(t, dir))
+	// Beside a part with files, an empty part adds nothing and is fine.
+	d, q := stage(t, dir, map[string][]byte{"rank0.safetensors": rs.step(t)[0]})
+	defer q.Close()
+	c, err := w.CommitParts([][]byte{empty, d}, 0, false, nil, "")
+	require.NoError(t, err)
+	require.Len(t, c.Files, 1)
+	assert.Equal(t, "rank0.safetensors", c.Files[0].Path)
+}
+
+func TestAParticipantOpensBesideACleanupThatRunsAtTheSameTime(t *testing.T) {
+	// A cleanup (any writer's open or commit) that meets a part folder
+	// made a moment ago, not locked yet, must not take it from its
+	// participant: each Open for staging here succeeds and stages.
+	dir := filepath.Join(t.TempDir(), "s")
+	rs := newRankSeries()
+	commitSave(t, dir, rs.step(t), "")
+	shard := rs.step(t)[0]
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	stop := make(chan struct{})
+	done := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				done <- n
+				return
+			default:
+			}
+			_, err := w.cleanup()
+			assert.NoError(t, err)
+			n++
+		}
+	}()
+	var failed []error
+	for i := 0; i < 300; i++ {
+		s, err := Open(dir, Options{Stage: true})
+		if err != nil {
+			failed = append(failed, err)
+			continue
+		}
+		tx, err := s.BeginPart()
+		if err == nil {
+			src := t.TempDir()
+			if err = tx.AddFile("rank0.safetensors", write(t, src, "rank0.safetensors", shard), nil, ""); err == nil {
+				_, err = tx.Finish()
+			}
+		}
+		if err != nil {
+			failed = append(failed, err)
+		}
+		s.Close()
+	}
+	close(stop)
+	cleanups := <-done
+	assert.Empty(t, failed, "%d of 300 participants failed beside %d cleanups", len(failed), cleanups)
+	_, err = w.cleanup()
+	require.NoError(t, err)
+	ents, err := os.ReadDir(filepath.Join(dir, "tmp"))
+	require.NoError(t, err)
+	assert.Empty(t, ents)
+}
+
+func TestPartsThatWouldMakeAnUnreadableRecordAreRefused(t *testing.T) {
+	// Each of these was published before, as a newest checkpoint that
+	// no reader accepts (a path that leaves the folder, a file that is
+	// another's folder) or that verify finds damaged (sizes its objects
+	// do not hold).
+	dir := filepath.Join(t.TempDir(), "s")
+	rs := newRankSeries()
+	commitSave(t, dir, rs.step(t), "")
+	shards := rs.step(t)
+	d0, p0 := stage(t, dir, map[string][]byte{"model": shards[0]})
+	defer p0.Close()
+	d1, p1 := stage(t, dir, map[string][]byte{"model/rank1.safetensors": shards[1]})
+	defer p1.Close()
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.CommitParts([][]byte{d0, d1}, 0, false, nil, "")
+	require.ErrorIs(t, err, errs.Invalid, "a file that is also the other part's folder")
+
+	edit := func(f func(p *Part)) []byte {
+		var p Part
+		require.NoError(t, json.Unmarshal(d1, &p))
+		p.Converted = []ConvertedRegion{}
+		f(&p)
+		b, err := json.Marshal(p)
+		require.NoError(t, err)
+		return b
+	}
+	for what, b := range map[string][]byte{
+		"leaves the folder": edit(func(p *Part) { p.Files[0].Path = "../../escaped.safetensors" }),
+		"absolute":          edit(func(p *Part) { p.Files[0].Path = "/etc/x" }),
+		"not clean":         edit(func(p *Part) { p.Files[0].Path = "a//b" }),
+		"2 GiB more file":   edit(func(p *Part) { p.Files[0].Size += 2 << 30 }),
+		"2 GiB tensor": edit(func(p *Part) {
+			f := &p.Files[0]
+			r := &f.Regions[len(f.Regions)-1]
+			r.Size, r.Shape = 2<<30, []uint64{(2 << 30) / 4}
+			f.Size = r.Offset + r.Size
+		}),
+	} {
+		_, err = w.CommitParts([][]byte{b}, 0, false, nil, "")
+		require.ErrorIs(t, err, errs.Invalid, what)
+	}
+	assert.Equal(t, []int64{0}, stepsOf(t, dir))
+	c, err := w.CommitParts([][]byte{d1}, 0, false, nil, "")
+	require.NoError(t, err)
+	assert.Equal(t, "model/rank1.safetensors", c.Files[0].Path)
+}

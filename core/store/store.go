@@ -379,9 +379,15 @@ func (s *Store) create() error {
 	defer tmp.Close()
 	body := []byte(fmt.Sprintf("{\"format\": %q, \"version\": %d}\n", markerFormat, Version))
 	// The marker goes last: a directory that has it has every folder. If
-	// another creator linked its marker first, that one stands.
+	// another creator linked its marker first, that one stands. A writer
+	// that opened the store that creator made may clean tmp/ under this
+	// one's temporary file: then the link fails, and the marker that is
+	// there stands too.
 	err = writeDurable(tmp, s.root, "tpde-store.json", body, true)
-	if errors.Is(err, syscall.EEXIST) {
+	if err == nil || errors.Is(err, syscall.EEXIST) {
+		return nil
+	}
+	if b, rerr := s.root.ReadFile("tpde-store.json", 1<<16); rerr == nil && checkMarker(s.path("tpde-store.json"), b) == nil {
 		return nil
 	}
 	return err

@@ -2,13 +2,14 @@
 
     PYTHONPATH=python python docs/examples/deepspeed_engine.py --workdir /tmp/ds-example
 
-Trains a small MLP for 4 steps with the config block
-"checkpoint": {"compression": {"enabled": true, "method": "tpde"}}, saves a
-checkpoint (its .pt files are tpde files), loads it into a fresh engine,
-checks weights and optimizer state bit for bit and 3 more steps' losses
-against the run that never stopped, and reads the weights back with
-DeepSpeed's zero_to_fp32 from a materialized plain copy. Exits nonzero on
-any mismatch. The first DeepSpeed run on a machine JIT-builds one small
+Trains a small MLP with the config block
+"checkpoint": {"compression": {"enabled": true, "method": "tpde"}}, saves
+two tags (checkpoints of one tpde store, ckpt/.tpde-store: the older is
+kept as a delta against the newer), removes the older tag folder, loads
+the newer into a fresh engine, checks weights and optimizer state bit for
+bit and 3 more steps' losses against the run that never stopped, and reads
+the weights back with DeepSpeed's zero_to_fp32 after materializing the tag
+in place. Exits nonzero on any mismatch. The first DeepSpeed run on a machine JIT-builds one small
 op with g++ (about a minute on 2 cores; cached afterwards).
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -31,7 +33,6 @@ with socket.socket() as _s:
 import torch  # noqa: E402
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint  # noqa: E402
 
-import tpde  # noqa: E402
 import tpde.integrations.deepspeed as tds  # noqa: E402
 
 CONFIG = {
@@ -96,39 +97,46 @@ def main() -> int:
     ckpt = args.workdir / "ckpt"
 
     g = torch.Generator().manual_seed(0)
-    batches = [(torch.randn(16, 128, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(7)]
+    batches = [(torch.randn(16, 128, generator=g), torch.randint(0, 10, (16,), generator=g)) for _ in range(10)]
     a = make_engine(seed=0)
     if not isinstance(a.checkpoint_engine, tds.TPDECheckpointEngine):
         return fail("the config block did not install the tpde engine")
-    train(a, batches[:4])
+    grown = []
+    for segment in (batches[:4], batches[4:7]):
+        train(a, segment)
+        before = folder_bytes(ckpt / tds.STORE_NAME)
+        a.save_checkpoint(str(ckpt))
+        grown.append(folder_bytes(ckpt / tds.STORE_NAME) - before)
     saved = state(a)
-    a.save_checkpoint(str(ckpt))
-    uninterrupted = train(a, batches[4:])
+    uninterrupted = train(a, batches[7:])
+
+    tag = (ckpt / "latest").read_text()
+    older = sorted(p for p in ckpt.iterdir() if p.name.startswith("global_step") and p.name != tag)
+    print(f"store {ckpt / tds.STORE_NAME}: +{grown[0]:,} bytes for {older[0].name}, +{grown[1]:,} for {tag}")
+    print(f"{ckpt / tag}: " + ", ".join(f"{p.name} ({p.stat().st_size} bytes)" for p in sorted((ckpt / tag).iterdir())))
+    if grown[1] >= grown[0]:
+        return fail("the second tag cost the store as much as the first: no deltas")
+    shutil.rmtree(older[0])  # removing a tag folder breaks no other tag
 
     b = make_engine(seed=1)
     b.load_checkpoint(str(ckpt))
     if not same_bits(state(b), saved):
         return fail("the loaded weights or optimizer state differ from the saved ones")
-    resumed = train(b, batches[4:])
+    resumed = train(b, batches[7:])
     if resumed != uninterrupted:
         return fail(f"losses after the resume {resumed} differ from the uninterrupted run's {uninterrupted}")
 
-    tag = (ckpt / "latest").read_text()
-    print(f"checkpoint {ckpt}/{tag}:")
-    for path in sorted((ckpt / tag).iterdir()):
-        if not tds.is_tpde_file(path):
-            return fail(f"{path} is not a tpde file")
-        original = tpde.file_info(path)["original_size"]
-        print(f"  {path.name}: {original:,} bytes as a torch file -> {path.stat().st_size:,} as tpde "
-              f"({original / path.stat().st_size:.2f}x)")
-
-    plain = tds.materialize(ckpt, args.workdir / "plain")
-    fp32 = get_fp32_state_dict_from_zero_checkpoint(str(plain))
+    tds.materialize(ckpt)  # the tag's files as plain torch files again, in place
+    fp32 = get_fp32_state_dict_from_zero_checkpoint(str(ckpt))
     if not same_bits({k: fp32[k] for k in saved["module"]}, saved["module"]):
-        return fail("zero_to_fp32 on the materialized copy does not give the saved weights")
+        return fail("zero_to_fp32 on the materialized tag does not give the saved weights")
     print(f"resume: weights, optimizer state and {len(resumed)} more losses identical; "
-          f"zero_to_fp32 reads the plain copy in {plain}")
+          f"zero_to_fp32 reads {ckpt / tag} after materialize")
     return 0
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
 def fail(message: str) -> int:

@@ -45,6 +45,12 @@ _ERRORS: dict[int, type[TPDEError]] = {
 _ERRNO_SUFFIX = re.compile(r" \[errno (\d+)\]$")
 
 
+class StoreSpan(ctypes.Structure):
+    """struct tpde_store_span: where tpde_store_read_tensors puts one tensor."""
+
+    _fields_ = [("offset", c_uint64), ("dst", c_void_p), ("nbytes", c_uint64)]
+
+
 class FrameInfo(ctypes.Structure):
     """struct tpde_frame_info."""
 
@@ -243,7 +249,7 @@ class StoreTensor(ctypes.Structure):
     ]
 
 
-# The checkpoint store: python/tpde/store.py.
+# The checkpoint store: python/tpde/store/ (handle.py holds its handles).
 _SIGNATURES.update({
     "tpde_store_open": (c_int, [c_char_p, c_int32, c_char_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
@@ -251,7 +257,7 @@ _SIGNATURES.update({
     "tpde_store_add_file": (
         c_int, [c_uint64, c_char_p, c_char_p, c_char_p, c_uint64, c_char_p, _U64P, _I32P, _ERRBUF, c_size_t]),
     "tpde_store_add_state_dict": (
-        c_int, [c_uint64, c_char_p, c_void_p, c_uint64, POINTER(StoreTensor), c_uint64, _ERRBUF, c_size_t]),
+        c_int, [c_uint64, c_char_p, c_char_p, c_uint64, POINTER(StoreTensor), c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_commit": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_abort": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_finish_part": (c_int, [c_uint64, _ERRBUF, c_size_t]),
@@ -263,6 +269,9 @@ _SIGNATURES.update({
     "tpde_store_remove_from": (c_int, [c_uint64, c_char_p, ctypes.c_int64, _ERRBUF, c_size_t]),
     "tpde_store_remove_run": (c_int, [c_uint64, c_char_p, _ERRBUF, c_size_t]),
     "tpde_store_reader_use": (c_int, [c_uint64, c_char_p, _ERRBUF, c_size_t]),
+    "tpde_store_reader_tensors": (c_int, [c_uint64, ctypes.c_int64, c_int32, c_char_p, _ERRBUF, c_size_t]),
+    "tpde_store_read_tensors": (c_int, [c_uint64, ctypes.c_int64, c_char_p, POINTER(StoreSpan), c_uint64,
+                                        _ERRBUF, c_size_t]),
     "tpde_store_reader_runs": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_read_pointer": (c_int, [c_char_p, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_remove": (c_int, [c_uint64, ctypes.c_int64, _ERRBUF, c_size_t]),

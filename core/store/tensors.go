@@ -1,0 +1,135 @@
+package store
+
+// Loading a checkpoint's tensors: the seam Python loads through. One call
+// describes every tensor file of a checkpoint (its tensors' names, dtypes,
+// shapes and where their bytes lie), parsed and checked here; then one call
+// per file decodes all its tensors into buffers the caller allocated.
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/safetensors"
+	"github.com/tpde/tpde/core/statedict"
+)
+
+// TensorEntry is one tensor of a file, where its bytes lie in the file.
+type TensorEntry struct {
+	Name   string   `json:"name"`
+	DType  string   `json:"dtype"`
+	Shape  []uint64 `json:"shape"`
+	Offset uint64   `json:"offset"`
+	NBytes uint64   `json:"nbytes"`
+}
+
+// FileTensors is what a file's header says: its tensors, and for a state
+// dict the structure to rebuild it with, for safetensors its metadata.
+type FileTensors struct {
+	Path    string          `json:"path"`
+	Layout  string          `json:"layout"`
+	Tensors []TensorEntry   `json:"tensors"`
+	Meta    json.RawMessage `json:"meta"`
+}
+
+// Tensors describes file rel of c, a safetensors or state-dict file,
+// reading only its header.
+func (rd *Reader) Tensors(c *Checkpoint, rel string) (*FileTensors, error) {
+	f, err := c.file(rel)
+	if err != nil {
+		return nil, err
+	}
+	what := fmt.Sprintf("checkpoint %d: %s", c.Step, rel)
+	var first [8]byte
+	if f.Size < 8 {
+		return nil, fmt.Errorf("%w: %s: %d bytes, too short for a header", errs.Corrupt, what, f.Size)
+	}
+	if err := rd.ReadRange(c, rel, 0, first[:]); err != nil {
+		return nil, err
+	}
+	hl, err := statedict.HeaderLen(first[:], f.Size)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	head := make([]byte, hl)
+	if err := rd.ReadRange(c, rel, 0, head); err != nil {
+		return nil, err
+	}
+	out := &FileTensors{Path: rel, Layout: f.Layout, Tensors: []TensorEntry{}, Meta: json.RawMessage("null")}
+	switch f.Layout {
+	case LayoutStateDict:
+		h, err := statedict.Parse(head, f.Size)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		for _, t := range h.Tensors {
+			out.Tensors = append(out.Tensors, TensorEntry{t.Name, t.DType, t.Shape, h.DataStart + t.Offset, t.NBytes})
+		}
+		if out.Meta, err = json.Marshal(h.Meta); err != nil {
+			return nil, fmt.Errorf("%w: %v", errs.Internal, err)
+		}
+	case LayoutSafetensors:
+		// The writer planned the file's regions from this header; the
+		// bytes are still untrusted here, and a key twice is read one way
+		// by one reader and another way by the next.
+		if err := checkDuplicateKeys(head[8:]); err != nil {
+			return nil, fmt.Errorf("%w: %s: safetensors header: %v", errs.Corrupt, what, err)
+		}
+		sf, err := safetensors.ParseHeader(head, f.Size)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", what, err)
+		}
+		for _, t := range sf.Tensors {
+			out.Tensors = append(out.Tensors, TensorEntry{t.Name, t.DType, t.Shape, t.Begin, t.End - t.Begin})
+		}
+		if out.Meta, err = json.Marshal(sf.Metadata); err != nil {
+			return nil, fmt.Errorf("%w: %v", errs.Internal, err)
+		}
+	default:
+		return nil, fmt.Errorf("%w: %s is a %s file, not a safetensors or state-dict file", errs.Invalid, what, f.Layout)
+	}
+	return out, nil
+}
+
+// Span is where one tensor's bytes go: file bytes [Offset, Offset+len(Dst)).
+type Span struct {
+	Offset uint64
+	Dst    []byte
+}
+
+// ReadTensors decodes every span of file rel of c into its buffer: one
+// call per file, however many tensors. Spans are checked against the file
+// (and the reader's output limit, in total) before anything is decoded.
+func (rd *Reader) ReadTensors(c *Checkpoint, rel string, spans []Span) error {
+	f, err := c.file(rel)
+	if err != nil {
+		return err
+	}
+	total := uint64(0)
+	for _, sp := range spans {
+		end := sp.Offset + uint64(len(sp.Dst))
+		if end < sp.Offset || end > f.Size {
+			return fmt.Errorf("%w: bytes [%d, %d) of %q, which is %d bytes", errs.Invalid, sp.Offset, end, rel, f.Size)
+		}
+		total += uint64(len(sp.Dst))
+	}
+	if err := rd.checkOutput(total); err != nil {
+		return err
+	}
+	for _, sp := range spans {
+		if len(sp.Dst) == 0 {
+			continue
+		}
+		if err := rd.ReadRange(c, rel, sp.Offset, sp.Dst); err != nil {
+			return fmt.Errorf("tensor at byte %d of %s: %w", sp.Offset, rel, err)
+		}
+	}
+	return nil
+}
+
+// Loadable says whether Tensors describes file f (the others are loaded
+// whole: torch files through torch.load, the rest not at all).
+func Loadable(f *File) bool {
+	return f.Layout == LayoutStateDict || f.Layout == LayoutSafetensors
+}
+

@@ -1,0 +1,380 @@
+"""The store's native handles and the checks every argument passes first.
+
+Go owns the store (core/store, through capi/store.go); what Python holds of
+it are handles: a store opened to read, to write (the writer lock) or to
+stage a part, and a reader of one committed snapshot (_Reader). Every
+argument that reaches C is checked here first: a path without NUL, a name
+in UTF-8, a step that a C int64 cannot wrap, lossy rules, tags. Errors are
+renamed here to name the store (or checkpoint) they are about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import math
+import numbers
+import os
+import re
+from ctypes import byref, c_uint64
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .. import _memory, _native, _options
+from .._native import call
+from .._text import has_control, printable
+from ..errors import InvalidArgumentError, TPDEError, TPDEIOError, UnsupportedFormatError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# tpde_store_open's write argument for a participant (TPDE_STORE_STAGE).
+_STAGE = 2
+
+
+class StoreLockedError(TPDEIOError):
+    """Another process is writing the store: one writer at a time."""
+
+
+#: errnos of the OS refusing this user access: not damage of the store.
+_DENIED = (errno.EACCES, errno.EPERM)
+
+#: The largest step a store holds: steps are signed 64-bit in the format.
+MAX_STEP = (1 << 63) - 1
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _json_reply(name: str, *args: Any, cap: int) -> Any:
+    """The JSON the C function name writes after args into a buffer of
+    cap bytes, grown to the size it asks for while it answers
+    E_BUFFER_TOO_SMALL."""
+    needed = c_uint64(0)
+    while True:
+        buf = ctypes.create_string_buffer(cap)
+        rc = call(name, *args, buf, cap, byref(needed), allow=(_native.E_BUFFER_TOO_SMALL,))
+        if rc == _native.OK:
+            return json.loads(buf.raw[: needed.value].decode("utf-8"))
+        cap = int(needed.value)
+
+
+def _result(handle: int) -> Any:
+    return _json_reply("tpde_store_result", handle, cap=1 << 16)
+
+
+def _json_arg(v: Any) -> Tuple[Optional[bytes], int]:
+    if v is None:
+        return None, 0
+    b = json.dumps(v, allow_nan=False).encode("utf-8")
+    return b, len(b)
+
+
+def _path_arg(p: Any, what: str) -> str:
+    """A path argument, checked before it reaches C: a str or os.PathLike,
+    not empty, without NUL (a C string would end there, and "a<NUL>/b" be "a").
+    Bytes and names that are not UTF-8 travel as the OS's bytes
+    (os.fsencode)."""
+    try:
+        s = os.fspath(p)
+    except TypeError:
+        raise InvalidArgumentError(f"{what} must be a path, not {type(p).__name__}") from None
+    if isinstance(s, bytes):
+        s = os.fsdecode(s)
+    if not s:
+        raise InvalidArgumentError(f"{what} is empty")
+    if "\0" in s:
+        raise InvalidArgumentError(f"{what} {printable(s)!r} holds a NUL character")
+    return s
+
+
+def _utf8(name: str, what: str) -> bytes:
+    """name as UTF-8: the store names files and tensors in UTF-8 only
+    (docs/FORMAT.md §11.4), so a name that has none (bytes the OS gave that
+    are not UTF-8, a lone surrogate) is refused, naming it."""
+    try:
+        return name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(f"{what} {printable(repr(name))} is not UTF-8; a store holds UTF-8 names") from None
+
+
+def check_step(step: Any, what: str = "step", *, latest: bool = True) -> Optional[int]:
+    """A step as the store takes it: an int in [0, 2**63), or "latest" (and
+    None) for the newest where latest is allowed. Checked here, before any
+    C call: a C int64 would silently wrap 2**64 + 10 to 10."""
+    if latest and (step is None or step == "latest"):
+        return None
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise InvalidArgumentError(f"{what} must be an int" + (" or 'latest'" if latest else "") + f", not {step!r}")
+    step = int(step)
+    if not 0 <= step <= MAX_STEP:
+        raise InvalidArgumentError(f"{what} {step} is out of range: steps are 0 to 2**63 - 1")
+    return step
+
+
+MAIN_RUN = "main"
+_RUN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def _run_arg(run: Any) -> str:
+    """A run name: 1 to 128 letters, digits, '-', '_' or '.'."""
+    if not isinstance(run, str) or not _RUN_NAME.match(run) or run in (".", ".."):
+        raise InvalidArgumentError(f"run must be a name of 1 to 128 letters, digits, '-', '_' or '.', not {run!r}")
+    return run
+
+
+def _in_run(run: str) -> str:
+    return "" if run == MAIN_RUN else f" in run {run!r}"
+
+
+def _parent_arg(parent: Any) -> Optional[Dict[str, Any]]:
+    """parent= of add: "base", (run, step) or {"run", "step"}."""
+    if parent is None:
+        return None
+    if parent == "base":
+        return {"base": True}
+    if isinstance(parent, Mapping) and set(parent) == {"run", "step"}:
+        run, step = parent["run"], parent["step"]
+    elif isinstance(parent, tuple) and len(parent) == 2:
+        run, step = parent
+    else:
+        raise InvalidArgumentError(f"parent must be 'base', (run, step) or {{'run': ..., 'step': ...}}, not {parent!r}")
+    return {"run": _run_arg(run), "step": check_step(step, "parent step", latest=False)}
+
+
+def _lossy_rules(lossy: Any) -> Optional[List[Dict[str, Any]]]:
+    """lossy: None (as stored; lossless for a new store), {} for lossless,
+    or {pattern: absolute error bound}, e.g. {"*exp_avg*": 1e-6}."""
+    if lossy is None:
+        return None
+    if not isinstance(lossy, Mapping):
+        raise InvalidArgumentError("lossy must be a mapping of tensor-name pattern -> absolute error bound")
+    rules = []
+    for pattern, bound in lossy.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise InvalidArgumentError(f"lossy pattern {pattern!r} must be a non-empty string")
+        try:
+            b = float(bound)
+        except (TypeError, ValueError, OverflowError):
+            raise InvalidArgumentError(f"lossy bound for {pattern!r} must be a number, not {bound!r}") from None
+        if not (math.isfinite(b) and b > 0):
+            raise InvalidArgumentError(f"lossy bound for {pattern!r} must be a finite number > 0, not {bound!r}")
+        rules.append({"pattern": pattern, "threshold": b})
+    return rules
+
+
+def _renamed(e: TPDEError, prefix: str) -> TPDEError:
+    """e with prefix (the store's path) in front of its message, same class
+    and errno."""
+    if isinstance(e, OSError) and e.errno is not None:
+        new: TPDEError = type(e)(e.errno, f"{prefix}: {e.strerror}")
+    else:
+        new = type(e)(f"{prefix}: {e}")
+    new.__cause__ = e.__cause__
+    return new
+
+
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """Errors raised inside name the store they are about."""
+    try:
+        yield
+    except TPDEError as e:
+        if path in str(e):
+            raise
+        raise _renamed(e, f"store {path}") from e
+
+
+class _Reader:
+    """One committed snapshot (a Go reader handle). Records are fetched one
+    at a time, when first asked for: opening a reader costs the same
+    whatever the store's history."""
+
+    def __init__(self, store_handle: int) -> None:
+        h = c_uint64(0)
+        call("tpde_store_reader_open", store_handle, byref(h))
+        self.handle = h.value
+        #: {"generation", "config", "base": bool, "count"}: what the
+        #: manifest says, none of it growing with the history.
+        self.head = _result(self.handle)
+        self._steps: Optional[List[int]] = None
+        self._held: Optional[set] = None  # the steps as a set, made when first asked about one
+        self._entries: Dict[Any, Dict[str, Any]] = {}
+
+    @property
+    def steps(self) -> List[int]:
+        """The steps held, oldest first (fetched when first asked for: the
+        newest checkpoint is read without them)."""
+        if self._steps is None:
+            call("tpde_store_reader_steps", self.handle)
+            self._steps = _result(self.handle)["steps"]
+        return self._steps
+
+    def use(self, run: str) -> None:
+        """Read run (a named run) from now on: its steps and records."""
+        call("tpde_store_reader_use", self.handle, _utf8(_run_arg(run), "run"))
+        self.head = {**self.head, "count": _result(self.handle)["count"]}
+
+    def runs(self) -> List[Dict[str, Any]]:
+        """The store's runs as Go lists them, main first."""
+        call("tpde_store_reader_runs", self.handle)
+        return _result(self.handle)["runs"]
+
+    def close(self) -> None:
+        if self.handle:
+            h, self.handle = self.handle, 0
+            call("tpde_store_reader_close", h)
+
+    def __enter__(self) -> "_Reader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def entry(self, step: Optional[int], base: bool = False, *, keep: bool = True) -> Dict[str, Any]:
+        """{"record", "object", "chains", "problem"} of checkpoint step (the
+        newest when None; the base when base). keep=False does not cache it:
+        a listing of the whole history must not keep every record alive
+        (Python's cyclic GC walks what is kept, at a cost that grows with
+        it)."""
+        key: Any = "base" if base else step
+        if key in self._entries:
+            return self._entries[key]
+        if base:
+            call("tpde_store_reader_record", self.handle, 0, 2)
+        elif step is None:
+            if not self.head["count"]:
+                raise InvalidArgumentError("the store holds no checkpoint")
+            call("tpde_store_reader_record", self.handle, 0, 1)
+        else:
+            if self._held is None:
+                self._held = set(self.steps)  # membership per call must not cost the history
+            if step not in self._held:
+                held = self.steps if len(self.steps) <= 20 else [*self.steps[:10], "...", *self.steps[-10:]]
+                raise InvalidArgumentError(f"the store holds no checkpoint {step} (it holds {held})")
+            call("tpde_store_reader_record", self.handle, step, 0)
+        e = _result(self.handle)
+        if keep:
+            self._entries[key] = e
+            self._entries[e["record"]["step"] if not base else "base"] = e
+        return e
+
+    def record(self, step: Optional[int]) -> Dict[str, Any]:
+        return self.entry(step)["record"]
+
+    def read_into(self, step: int, rel: str, offset: int, ptr: int, n: int) -> None:
+        call("tpde_store_read_range", self.handle, step, rel.encode("utf-8"), offset, ptr, n)
+
+    def read(self, step: int, rel: str, offset: int, n: int) -> bytes:
+        buf = ctypes.create_string_buffer(max(n, 1))
+        self.read_into(step, rel, offset, ctypes.addressof(buf), n)
+        return buf.raw[:n]
+
+    @property
+    def manifest(self) -> Dict[str, Any]:
+        """The manifest generation as docs/FORMAT.md §11.3 lays it out,
+        rebuilt from every record's entry (linear in the history: for stats
+        and inspection, not for loading)."""
+        h = self.head
+        return {"format": "tpde-store-manifest", "version": 1, "generation": h["generation"], "config": h["config"],
+                "base": {"step": 0, "object": self.entry(None, base=True)["object"]} if h["base"] else None,
+                "checkpoints": [{"step": s, "object": self.entry(s)["object"]} for s in self.steps]}
+
+    @property
+    def snapshot(self) -> Dict[str, Any]:
+        """{"manifest", "base", "checkpoints": [every record]}: the whole
+        history, for stats (linear in it)."""
+        return {"manifest": self.manifest,
+                "base": self.entry(None, base=True)["record"] if self.head["base"] else None,
+                "checkpoints": [self.record(s) for s in self.steps]}
+
+    def chain_lengths(self) -> Dict[Tuple[int, str, str], int]:
+        """Frames each region's decode walks, by (step, file, region)."""
+        out: Dict[Tuple[int, str, str], int] = {}
+        for s in self.steps:
+            e = self.entry(s)
+            for f, chains in zip(e["record"]["files"], e["chains"]):
+                for r, n in zip(f["regions"], chains):
+                    out[(s, f["path"], r["name"])] = n
+        return out
+
+
+# --- arguments of Store --------------------------------------------------
+
+def _store_path(path: Any) -> str:
+    """The store's path: a local folder; a URL ("s3://...") is refused,
+    never taken for a folder."""
+    p = _path_arg(path, "the store path")
+    if _SCHEME.match(p):
+        raise UnsupportedFormatError(
+            f"{p}: tpde cannot serve {p.split('://')[0]}:// stores; a store is a local folder")
+    return p
+
+
+def _config(compression_method: str, keyframe_interval: Optional[int], reference: Optional[str], lossy: Any,
+            base: Any, max_output_bytes: Optional[int]) -> Dict[str, Any]:
+    """The config a Store passes to tpde_store_open: only what was given
+    (None means "as stored")."""
+    cfg: Dict[str, Any] = {}
+    positions = _options.code(_options.POSITION_CODINGS, compression_method, "compression_method")
+    if positions:
+        cfg["positions"] = positions
+    if keyframe_interval is not None:
+        if isinstance(keyframe_interval, bool) or not isinstance(keyframe_interval, numbers.Integral):
+            raise InvalidArgumentError(f"keyframe_interval must be an int, not {keyframe_interval!r}")
+        if not 1 <= keyframe_interval <= 1000:
+            raise InvalidArgumentError(f"keyframe_interval must be 1 to 1000, not {keyframe_interval}")
+        cfg["keyframe_interval"] = int(keyframe_interval)
+    if reference is not None:
+        if reference not in ("previous", "base"):
+            raise InvalidArgumentError(f"reference must be 'previous' or 'base', not {reference!r}")
+        cfg["reference"] = reference
+    rules = _lossy_rules(lossy)
+    if rules is not None:
+        cfg["lossy"] = rules
+    if base is not None and cfg.get("reference", "base") != "base":
+        raise InvalidArgumentError("base= is used with reference='base'")
+    if base is not None:
+        cfg["reference"] = "base"
+    limit = _memory.output_limit(max_output_bytes, to_memory=False)
+    if limit < _memory.UNLIMITED:
+        cfg["max_output"] = limit
+    return cfg
+
+
+def _tags_arg(tags: Optional[Sequence[str]]) -> Tuple[Optional[bytes], int]:
+    if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
+        raise InvalidArgumentError("tags must be a list of strings")
+    for t in tags or ():
+        _utf8(t, "tag")
+        if has_control(t):
+            raise InvalidArgumentError(f"tag {printable(t)!r} has a control character")
+    return _json_arg(list(tags) if tags is not None else None)
+
+
+# --- opening ---------------------------------------------------------------
+
+def _open(path: str, mode: int, config: Dict[str, Any], threads: int) -> int:
+    """A store handle: mode 0 reads, 1 writes (the writer lock), _STAGE
+    stages a part."""
+    h = c_uint64(0)
+    js, n = _json_arg(config or None)
+    call("tpde_store_open", os.fsencode(path), mode, js, n, threads, byref(h))
+    return h.value
+
+
+def _open_locking(path: str, write: bool, config: Dict[str, Any], threads: int) -> int:
+    """_open to read or write; another process holding the writer lock is
+    StoreLockedError."""
+    try:
+        return _open(path, int(write), config, threads)
+    except TPDEIOError as e:
+        if e.errno == errno.EWOULDBLOCK:  # the writer lock (flock), nothing else returns it
+            raise StoreLockedError(e.errno, str(e)) from None
+        raise
+
+
+def read_pointer(folder: PathLike) -> Dict[str, Any]:
+    """The pointer a holder folder keeps (.tpde-checkpoint.json):
+    {"store": the store's path, "step": int}. TPDEIOError (ENOENT) when
+    the folder has none."""
+    p = _path_arg(folder, "the folder")
+    return _json_reply("tpde_store_read_pointer", os.fsencode(p), cap=4096)
