@@ -309,14 +309,14 @@ def report(s: Dict[str, Any]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one rep instead of three")
-    ap.add_argument("--reps", type=int, default=None, help="timed series (default 3, --quick 1)")
+    ap.add_argument("--quick", action="store_true", help="one rep instead of five")
+    ap.add_argument("--reps", type=int, default=None, help="timed series (default 5, --quick 1)")
     ap.add_argument("--json", help="write every figure here")
     ap.add_argument("--workdir", help="scratch folder (default: a temporary one, removed at the end)")
     ap.add_argument("--worker", metavar="WORKDIR", help=argparse.SUPPRESS)
     ap.add_argument("--saves", type=int, default=RUN["checkpoints"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    reps = args.reps or (1 if args.quick else 3)
+    reps = args.reps or (1 if args.quick else 5)
     if args.worker:
         worker(Path(args.worker), reps, args.saves)
         return 0
