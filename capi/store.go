@@ -184,8 +184,8 @@ func tpde_store_begin(handle C.uint64_t, step C.int64_t, hasStep C.int32_t, tags
 	base C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
-		if o.tx != nil {
-			return fmt.Errorf("%w: a checkpoint is already being added on this handle", errs.Invalid)
+		if err := o.idle(); err != nil {
+			return err
 		}
 		var tagList []string
 		if err := jsonArg(tags, tagsLen, "tags", &tagList); err != nil {
@@ -201,6 +201,21 @@ func tpde_store_begin(handle C.uint64_t, step C.int64_t, hasStep C.int32_t, tags
 		}
 		return err
 	})
+}
+
+// take hands over the checkpoint being added (the handle no longer holds it).
+func (o *openStore) take() (*store.Tx, error) {
+	tx, err := o.current()
+	o.tx = nil
+	return tx, err
+}
+
+// idle refuses a call that needs no checkpoint being added on the handle.
+func (o *openStore) idle() error {
+	if o.tx != nil {
+		return fmt.Errorf("%w: a checkpoint is already being added on this handle", errs.Invalid)
+	}
+	return nil
 }
 
 func (o *openStore) current() (*store.Tx, error) {
@@ -306,11 +321,10 @@ func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, meta *C.char, met
 func tpde_store_commit(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
-		tx, err := o.current()
+		tx, err := o.take()
 		if err != nil {
 			return err
 		}
-		o.tx = nil
 		c, err := tx.Commit()
 		if err != nil {
 			tx.Abort()
@@ -324,11 +338,10 @@ func tpde_store_commit(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.
 func tpde_store_finish_part(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
-		tx, err := o.current()
+		tx, err := o.take()
 		if err != nil {
 			return err
 		}
-		o.tx = nil
 		desc, err := tx.Finish()
 		if err != nil {
 			tx.Abort()
@@ -347,8 +360,8 @@ func tpde_store_commit_parts(handle C.uint64_t, step C.int64_t, hasStep C.int32_
 	holder *C.char, parts *C.char, partsLen C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
-		if o.tx != nil {
-			return fmt.Errorf("%w: a checkpoint is already being added on this handle", errs.Invalid)
+		if err := o.idle(); err != nil {
+			return err
 		}
 		var tagList []string
 		if err := jsonArg(tags, tagsLen, "tags", &tagList); err != nil {
@@ -427,8 +440,8 @@ func tpde_store_abort(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.i
 func tpde_store_remove(handle C.uint64_t, step C.int64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
-		if o.tx != nil {
-			return fmt.Errorf("%w: a checkpoint is being added on this handle", errs.Invalid)
+		if err := o.idle(); err != nil {
+			return err
 		}
 		return o.s.Remove(int64(step))
 	})
@@ -450,8 +463,8 @@ func tpde_store_begin_run(handle C.uint64_t, run *C.char, parent *C.char, parent
 	hasStep C.int32_t, tags *C.char, tagsLen C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
-		if o.tx != nil {
-			return fmt.Errorf("%w: a checkpoint is already being added on this handle", errs.Invalid)
+		if err := o.idle(); err != nil {
+			return err
 		}
 		var tagList []string
 		if err := jsonArg(tags, tagsLen, "tags", &tagList); err != nil {
@@ -471,8 +484,8 @@ func tpde_store_begin_run(handle C.uint64_t, run *C.char, parent *C.char, parent
 func tpde_store_remove_from(handle C.uint64_t, run *C.char, step C.int64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
-		if o.tx != nil {
-			return fmt.Errorf("%w: a checkpoint is being added on this handle", errs.Invalid)
+		if err := o.idle(); err != nil {
+			return err
 		}
 		return o.s.RemoveFrom(runArg(run), int64(step))
 	})
@@ -482,8 +495,8 @@ func tpde_store_remove_from(handle C.uint64_t, run *C.char, step C.int64_t, cerr
 func tpde_store_remove_run(handle C.uint64_t, run *C.char, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
-		if o.tx != nil {
-			return fmt.Errorf("%w: a checkpoint is being added on this handle", errs.Invalid)
+		if err := o.idle(); err != nil {
+			return err
 		}
 		if run == nil {
 			return fmt.Errorf("%w: run is NULL", errs.Invalid)
