@@ -360,6 +360,11 @@ func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []str
 func (s *Store) checkParts(tx *Tx) error {
 	exists := func(o Object, what string) error {
 		info, err := s.objectInfo(o.Object)
+		if errors.Is(err, fs.ErrNotExist) {
+			// The usual cause: the part's participant closed it, or died,
+			// before this commit, and a cleanup took its objects.
+			return fmt.Errorf("%s: object %s: %w (a part's objects last only while its participant keeps the part open: was it closed, or its process killed, before this commit?)", what, o.Object, err)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: object %s: %w", what, o.Object, err)
 		}
