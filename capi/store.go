@@ -227,7 +227,7 @@ func (o *openStore) current() (*store.Tx, error) {
 
 // withFile is withStore for a call that adds file rel to the checkpoint
 // being added on the handle.
-func withFile(handle C.uint64_t, rel *C.char, cerr *C.char, cerrLen C.size_t, fn func(*store.Tx, string) error) C.int {
+func withFile(handle C.uint64_t, rel *C.char, cerr *C.char, cerrLen C.size_t, fn func(*openStore, *store.Tx, string) error) C.int {
 	return withStore(handle, cerr, cerrLen, func(o *openStore) error {
 		tx, err := o.current()
 		if err != nil {
@@ -237,7 +237,7 @@ func withFile(handle C.uint64_t, rel *C.char, cerr *C.char, cerrLen C.size_t, fn
 		if err != nil {
 			return err
 		}
-		return fn(tx, r)
+		return fn(o, tx, r)
 	})
 }
 
@@ -245,7 +245,7 @@ func withFile(handle C.uint64_t, rel *C.char, cerr *C.char, cerrLen C.size_t, fn
 func tpde_store_add_file(handle C.uint64_t, rel, src *C.char, hints *C.char, hintsLen C.uint64_t, note *C.char,
 	progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	return withFile(handle, rel, cerr, cerrLen, func(tx *store.Tx, r string) error {
+	return withFile(handle, rel, cerr, cerrLen, func(_ *openStore, tx *store.Tx, r string) error {
 		p, err := goString(src, "src")
 		if err != nil {
 			return err
@@ -281,7 +281,7 @@ func stopFrom(cancel *C.int32_t) func() error {
 func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, meta *C.char, metaLen C.uint64_t,
 	tensors *C.tpde_store_tensor, n C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	return withFile(handle, rel, cerr, cerrLen, func(tx *store.Tx, r string) error {
+	return withFile(handle, rel, cerr, cerrLen, func(o *openStore, tx *store.Tx, r string) error {
 		var m statedict.Meta
 		if err := jsonArg(meta, metaLen, "meta", &m); err != nil {
 			return err
@@ -313,7 +313,23 @@ func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, meta *C.char, met
 			}
 			ts[i] = store.Tensor{Name: C.GoString(c.name), DType: dtype.DType(d), Shape: shape, Data: data}
 		}
-		return tx.AddStateDict(r, m, ts)
+		if err := tx.AddStateDict(r, m, ts); err != nil {
+			return err
+		}
+		// Where the layout put each tensor: a DCP rank names its items by
+		// byte offset in the file, and must not lay the file out itself.
+		type laid struct {
+			Name   string `json:"name"`
+			Offset uint64 `json:"offset"`
+			NBytes uint64 `json:"nbytes"`
+		}
+		out := make([]laid, len(ts))
+		for i := range ts {
+			out[i] = laid{ts[i].Name, ts[i].Offset, uint64(len(ts[i].Data))}
+		}
+		return keep(&o.result, struct {
+			Tensors []laid `json:"tensors"`
+		}{out})
 	})
 }
 

@@ -559,7 +559,9 @@ int tpde_store_add_file(uint64_t handle, const char *rel, const char *src, const
 /* Add a state dict from memory as the file rel, in the state-dict layout
  * (docs/FORMAT.md §10), which the library lays out: meta is JSON
  * {"skeleton", "aliases", "state_dict_metadata"} (each any JSON, null when
- * absent; NULL meta: all null), the tensors in file order. */
+ * absent; NULL meta: all null), the tensors in file order. Result:
+ * {"tensors": [{"name", "offset", "nbytes"}]}, where the layout put each
+ * tensor's bytes in the file. */
 int tpde_store_add_state_dict(uint64_t handle, const char *rel, const char *meta, uint64_t meta_len,
                               const tpde_store_tensor *tensors, uint64_t n, char *err, size_t err_len);
 /* Make the checkpoint durable and visible (result: its record), or drop it. */

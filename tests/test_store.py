@@ -1239,3 +1239,24 @@ def test_loading_the_newest_crosses_the_abi_once_per_file_plus_a_constant(tmp_pa
     assert len(per_file) == files, counter.calls
     constant = len(counter.calls) - len(per_file)
     assert constant <= 8, counter.calls
+
+
+def test_a_parts_state_dict_offsets_are_where_the_layout_put_each_tensor(tmp_path: Path) -> None:
+    """Part.add of a state dict returns where Go's layout (FORMAT §10) put
+    each tensor in the file, aliases included: a DCP rank names its items
+    by these offsets rather than laying the file out itself."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(300, 7, generator=g)
+    sd = {"w": w, "tied": w, "small": torch.arange(5, dtype=torch.int16), "b": torch.randn(3000, generator=g)}
+    (tmp_path / "other.txt").write_text("x")
+    st = tpde.Store(tmp_path / "s")
+    with st.stage() as part:
+        offsets = part.add(sd, name="rank0.tpde")
+        assert part.add(tmp_path / "other.txt") is None
+        st.commit([part.finish()])
+    assert set(offsets) == set(sd) and offsets["tied"] == offsets["w"]
+    st.restore("latest", tmp_path / "out")
+    raw = (tmp_path / "out" / "rank0.tpde").read_bytes()
+    for name, t in sd.items():
+        b = t.contiguous().view(torch.uint8).numpy().tobytes()
+        assert raw[offsets[name]:offsets[name] + len(b)] == b, name

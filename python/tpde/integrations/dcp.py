@@ -43,7 +43,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import io
-import json
 import os
 import pickle
 import time
@@ -61,7 +60,7 @@ from torch.distributed.checkpoint.planner import (LoadItemType, LoadPlan, LoadPl
 from torch.distributed.checkpoint.storage import WriteResult
 from torch.futures import Future
 
-from .. import _structure, _tensors
+from .. import _tensors
 from .._atomic import fsync_dir
 from .._options import POSITION_CODINGS, code, int_arg, threads_arg
 from ..checkpoint import CompressedCheckpoint, TPDECheckpointCompressor
@@ -158,45 +157,6 @@ class _Staged:
     offset: int
     length: int
     descriptor: Optional[str] = None
-
-
-def _region_offsets(descriptor: str, file: str) -> Dict[str, int]:
-    """{tensor name: byte offset in the file} of the tensors a part's
-    descriptor lists as regions of file (those of 4 KiB and more)."""
-    try:
-        d = json.loads(descriptor)
-        for f in d.get("files", []):
-            if isinstance(f, dict) and f.get("path") == file:
-                return {r["name"]: int(r["offset"]) for r in f.get("regions") or ()
-                        if isinstance(r, dict) and isinstance(r.get("name"), str) and isinstance(r.get("offset"), int)}
-    except (ValueError, TypeError, AttributeError, KeyError):
-        pass
-    return {}
-
-
-def _offsets(tensors: Dict[str, torch.Tensor], descriptor: str, file: str) -> Dict[str, int]:
-    """{tensor name: byte offset in the state-dict file} for every tensor.
-    The file's layout (docs/FORMAT.md §10) puts the tensors after its
-    header in order, each at a multiple of 64 from the header's end (a
-    tensor sharing another's memory is stored once, and named as an alias
-    of it); the regions the descriptor lists give where the header ends.
-    Where they do not agree with that layout, or list none (every tensor
-    under 4 KiB), only the listed regions get offsets."""
-    regions = _region_offsets(descriptor, file)
-    flat = _structure.Flat(tensors, "the rank's items")
-    rel: Dict[str, int] = {}
-    pos = 0
-    for name, t in flat.tensors.items():
-        pos = -(-pos // 64) * 64
-        rel[name] = pos
-        pos += t.nbytes
-    for alias, name in flat.aliases.items():
-        rel[alias] = rel[name]
-    starts = {off - rel[n] for n, off in regions.items() if n in rel}
-    if len(starts) != 1 or set(regions) - set(rel):
-        return regions
-    start = starts.pop()
-    return {n: start + r for n, r in rel.items()}
 
 
 class Writer(FileSystemWriter):
@@ -328,7 +288,7 @@ class Writer(FileSystemWriter):
         try:
             part = st.stage()
             try:
-                part.add(tensors, name=file)
+                offsets = part.add(tensors, name=file) or {}  # where the store's layout put each item
                 desc = part.finish()
             except BaseException:
                 part.close()
@@ -340,7 +300,6 @@ class Writer(FileSystemWriter):
             st.close()
             raise
         self._part, self._store = part, st  # its objects stay protected until the commit; closed at reset()
-        offsets = _offsets(tensors, desc, file)
         del tensors
         results = [WriteResult(index=item.index, size_in_bytes=n,
                                storage_data=_Staged(file, name, offsets.get(name, 0), n, desc if i == 0 else None))

@@ -179,13 +179,15 @@ class Store:
             self._fill_and_commit(h, base, None, False, None)
 
     def _fill(self, h: int, what: Any, progress: Optional[Callable[[int, int], None]], follow_links: bool,
-              cancel: Optional[Any], name: Optional[str] = None) -> None:
+              cancel: Optional[Any], name: Optional[str] = None) -> Optional[Dict[str, int]]:
         """Add what (a path or a state dict) to the checkpoint or part begun
-        on handle h; name: the state dict's file, or a single file's."""
+        on handle h; name: the state dict's file, or a single file's. For a
+        state dict: where its file's layout put each tensor (byte offsets)."""
         if isinstance(what, Mapping):
-            _add_state_dict(h, what, name or STATE_DICT_FILE)
+            return _add_state_dict(h, what, name or STATE_DICT_FILE)
         elif isinstance(what, (str, bytes, os.PathLike)):
             _add_files(h, what, self.path, follow_links, name, progress, cancel)
+            return None
         else:
             raise InvalidArgumentError(
                 f"add() takes a path or a state dict, not {type(what).__module__}.{type(what).__qualname__}")
@@ -409,10 +411,12 @@ class Part:
             self._handle = _open(store.path, _STAGE, store._config, store._threads)
 
     def add(self, path_or_state_dict: Any, name: Optional[str] = None, *, follow_links: bool = False,
-            cancel: Optional[Any] = None) -> None:
+            cancel: Optional[Any] = None) -> Optional[Dict[str, int]]:
         """Stage a file, a folder (its files with their relative paths) or
         a state dict (the state-dict file name, default "state_dict.tpde").
-        name renames a single file, or names a state dict's file."""
+        name renames a single file, or names a state dict's file. For a
+        state dict, returns {tensor name: byte offset in its file} as the
+        layout (docs/FORMAT.md §10) put them, aliases included."""
         if name is not None:
             _utf8(name, "file name")
         with self._lock, _naming(self._store.path):
@@ -421,7 +425,7 @@ class Part:
                 call("tpde_store_begin", h, 0, 0, None, 0, 0)
                 self._begun = True
             try:
-                self._store._fill(h, path_or_state_dict, None, follow_links, cancel, name)
+                return self._store._fill(h, path_or_state_dict, None, follow_links, cancel, name)
             except OSError as e:
                 if isinstance(e, TPDEError):
                     raise

@@ -30,11 +30,12 @@ from .handle import _Reader, _renamed, _result, _utf8, call
 STATE_DICT_FILE = "state_dict.tpde"
 
 
-def _add_state_dict(h: int, sd: Mapping[str, Any], rel: str = STATE_DICT_FILE) -> None:
+def _add_state_dict(h: int, sd: Mapping[str, Any], rel: str = STATE_DICT_FILE) -> Dict[str, int]:
     """Add sd to the checkpoint or part begun on handle h, as the file rel.
     Python walks the dict (_structure.Flat: tensors by name, a JSON
     skeleton of the rest); Go lays the file out (core/statedict) and reads
-    each tensor from the memory it points to, in one call."""
+    each tensor from the memory it points to, in one call. Returns
+    {tensor name: byte offset in the file} (aliases: their tensor's)."""
     flat = _structure.Flat(sd, "state dict")
     srcs = [_tensors.source(t) for t in flat.tensors.values()]
     arr = (_native.StoreTensor * max(len(srcs), 1))()
@@ -48,6 +49,10 @@ def _add_state_dict(h: int, sd: Mapping[str, Any], rel: str = STATE_DICT_FILE) -
                        "state_dict_metadata": flat.state_dict_metadata}, separators=(",", ":")).encode("utf-8")
     call("tpde_store_add_state_dict", h, _utf8(rel, "file name"), meta, len(meta), arr, len(srcs))
     del keep, srcs
+    offsets = {t["name"]: int(t["offset"]) for t in _result(h)["tensors"]}
+    for alias, name in flat.aliases.items():
+        offsets[alias] = offsets[name]
+    return offsets
 
 
 def _load_checkpoint(rd: _Reader, rec: Dict[str, Any], file: Optional[str], unpickle: bool, limit: int,
