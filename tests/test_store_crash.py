@@ -287,3 +287,103 @@ def test_disk_full_commits_nothing(tmp_path: Path, small_tmpfs: Path) -> None:
         st.restore(1, tmp_path / "r1")
         assert tree_digest(tmp_path / "r1") == tree_digest(a)
         assert st.verify(deep=True).ok
+
+
+# --- runs, killed at random moments --------------------------------------------
+
+_RUN_CHILD = r"""
+import sys, time, tpde
+store, op, step, src = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.perf_counter()
+st = tpde.Store(store)
+if op == "add":
+    st.add(src, step=step, run="ft", parent=None if "ft" in [r["name"] for r in st.runs()] else ("main", 0))
+elif op == "remove":
+    st.remove(step, run="ft")
+else:
+    st.remove_run("ft")
+st.close()
+print("done", time.perf_counter() - t0, flush=True)
+"""
+
+
+def test_sigkill_during_run_adds_and_removals(tmp_path: Path, py_env) -> None:
+    """A second run coded against the main run's checkpoint 0: adds to it,
+    removals of its checkpoints and of the whole run, each SIGKILLed at a
+    random moment. The store always lists one committed state of both
+    runs, verifies deep, and restores every listed checkpoint exactly;
+    the main run is never touched."""
+    pool = [_source(tmp_path / f"src-{i}", i, 4.0) for i in range(4)]
+    digests = [tree_digest(p) for p in pool]
+    store = tmp_path / "store"
+    with tpde.Store(store, keyframe_interval=3) as st:
+        st.add(pool[0], step=0)
+
+    def start(op: str, step: int) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c", _RUN_CHILD, str(store), op, str(step), str(pool[step % 4])],
+                             env=py_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        return p
+
+    calib = start("add", 1)
+    out, err = calib.communicate(timeout=120)
+    assert calib.returncode == 0, err
+    duration = float(out.split()[-1]) * 1.3 + 0.02
+    rnd = random.Random(20261206)
+    ft: List[int] = [1]
+    next_step, kills, completed = 2, 0, 0
+    for iteration in range(60):
+        if kills >= 15:
+            break
+        if len(ft) >= 3:
+            op, step = rnd.choice([("remove", rnd.choice(ft)), ("remove-run", 0)])
+        else:
+            op, step = "add", next_step
+            next_step += 1
+        child = start(op, step)
+        time.sleep(rnd.uniform(0, duration))
+        killed = False
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+            killed = child.returncode == -9
+        if killed:
+            kills += 1
+        else:
+            out, err = child.communicate(timeout=120)
+            assert child.returncode == 0, (op, step, err)
+            completed += 1
+        after = {"add": sorted(ft + [step]), "remove": [s for s in ft if s != step], "remove-run": []}[op]
+        with tpde.Store(store) as st:
+            runs = {r["name"]: r for r in st.runs()}
+            got = st.steps(run="ft") if "ft" in runs else []
+            assert got in ((ft, after) if killed else (after,)), (iteration, op, step, ft, got)
+            assert st.steps() == [0]
+            rep = st.verify(deep=True)
+            assert rep.ok, (iteration, rep.problems)
+            for s in got:
+                assert {f.path: (f.sha256, f.mode) for f in st.info(s, run="ft").files} == digests[s % 4]
+            if got:
+                out_dir = tmp_path / "restored"
+                st.restore(got[-1], out_dir, run="ft")
+                assert tree_digest(out_dir) == digests[got[-1] % 4], iteration
+                shutil.rmtree(out_dir)
+            if "ft" in runs and not got:
+                st.remove_run("ft")  # an empty run left by a removal: start it again from main
+        ft = got
+    assert kills >= 15 and completed >= 1, (kills, completed)
+    with tpde.Store(store) as st:
+        assert st.verify(deep=True, repair=True).ok
+        assert os.listdir(store / "tmp") == []
+        if "ft" in [r["name"] for r in st.runs()]:
+            st.remove_run("ft")
+        # Nothing of the run, of its killed adds or of its removals is left
+        # (_live names the main run's objects).
+        assert _on_disk(store) == _live(st)
+        assert st.steps() == [0] and st.runs() == [{"name": "main", "parent": None, "count": 1, "newest": 0}]
+    print(f"{kills} kills, {completed} completed")

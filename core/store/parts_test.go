@@ -3,9 +3,12 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -140,13 +143,9 @@ func TestADeadParticipantsObjectsAreReclaimedAndNeverCommitted(t *testing.T) {
 }
 
 func stepsOf(t *testing.T, dir string) []int64 {
-	s, err := Open(dir, Options{})
-	require.NoError(t, err)
-	defer s.Close()
-	rd, err := s.Reader()
-	require.NoError(t, err)
-	defer rd.Close()
-	return rd.Steps()
+	var steps []int64
+	require.NoError(t, withReader(dir, MainRun, func(_ *Store, rd *Reader) error { steps = rd.Steps(); return nil }))
+	return steps
 }
 
 func TestPartsThatClashOrLieAreRefused(t *testing.T) {
@@ -435,4 +434,57 @@ func TestPartsThatWouldMakeAnUnreadableRecordAreRefused(t *testing.T) {
 	c, err := w.CommitParts([][]byte{d1}, 0, false, nil, "")
 	require.NoError(t, err)
 	assert.Equal(t, "model/rank1.safetensors", c.Files[0].Path)
+}
+
+func TestAPointerThatIsALinkOrAFIFOIsNeverFollowedOrRead(t *testing.T) {
+	parent := t.TempDir()
+	dir := filepath.Join(parent, "st")
+	rs := newRankSeries()
+	for i := 0; i < 2; i++ {
+		folder := fmt.Sprintf("f%d", i)
+		require.NoError(t, os.Mkdir(filepath.Join(parent, folder), 0o755))
+		commitSave(t, dir, rs.step(t), folder)
+	}
+	// f0's pointer becomes a link to f1's (which names step 1), f1's a FIFO.
+	p0, p1 := filepath.Join(parent, "f0", PointerName), filepath.Join(parent, "f1", PointerName)
+	require.NoError(t, os.Remove(p0))
+	require.NoError(t, os.Symlink(p1, p0))
+	_, _, err := ReadPointer(filepath.Join(parent, "f0"))
+	require.Error(t, err)
+	require.NoError(t, os.Remove(p1))
+	require.NoError(t, syscall.Mkfifo(p1, 0o644))
+	_, _, err = ReadPointer(filepath.Join(parent, "f1"))
+	require.Error(t, err)
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	var removed []int64
+	require.NoError(t, inTime(t, 10*time.Second, func() error { removed, err = w.Reclaim(); return err }))
+	assert.Empty(t, removed, "an unreadable pointer reclaims nothing")
+	assert.Equal(t, []int64{0, 1}, stepsOf(t, dir))
+}
+
+func TestTensorSpansOutsideTheFileAreRefusedBeforeDecoding(t *testing.T) {
+	dir, want := fiveSteps(t)
+	require.NoError(t, withCheckpoint(dir, 5, func(_ *Store, rd *Reader, c *Checkpoint) error {
+		ft, err := rd.Tensors(c, "model.safetensors")
+		require.NoError(t, err)
+		require.NotEmpty(t, ft.Tensors)
+		size := uint64(len(want[5]))
+		for _, sp := range []Span{{Offset: size, Dst: make([]byte, 1)}, {Offset: math.MaxUint64 - 2, Dst: make([]byte, 8)}} {
+			require.ErrorIs(t, rd.ReadTensors(c, "model.safetensors", []Span{sp}), errs.Invalid)
+		}
+		_, err = rd.Tensors(c, "sub/config.json")
+		require.ErrorIs(t, err, errs.Invalid, "a raw file has no tensor table")
+		// Every tensor, decoded in one call, is the file's bytes.
+		spans := make([]Span, len(ft.Tensors))
+		for i, e := range ft.Tensors {
+			spans[i] = Span{Offset: e.Offset, Dst: make([]byte, e.NBytes)}
+		}
+		require.NoError(t, rd.ReadTensors(c, "model.safetensors", spans))
+		for _, sp := range spans {
+			assert.Equal(t, want[5][sp.Offset:sp.Offset+uint64(len(sp.Dst))], sp.Dst)
+		}
+		return nil
+	}))
 }

@@ -6,12 +6,14 @@ package store
 // per file decodes all its tensors into buffers the caller allocated.
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/safetensors"
 	"github.com/tpde/tpde/core/statedict"
+	"github.com/tpde/tpde/core/strictjson"
 )
 
 // TensorEntry is one tensor of a file, where its bytes lie in the file.
@@ -40,6 +42,11 @@ func (rd *Reader) Tensors(c *Checkpoint, rel string) (*FileTensors, error) {
 		return nil, err
 	}
 	what := fmt.Sprintf("checkpoint %d: %s", c.Step, rel)
+	if !Loadable(f) {
+		return nil, fmt.Errorf("%w: %s is a %s file, not a safetensors or state-dict file", errs.Invalid, what, f.Layout)
+	}
+	// Both layouts start with a u64 header length; each checks it against
+	// its own cap before anything that size is read.
 	var first [8]byte
 	if f.Size < 8 {
 		return nil, fmt.Errorf("%w: %s: %d bytes, too short for a header", errs.Corrupt, what, f.Size)
@@ -47,11 +54,15 @@ func (rd *Reader) Tensors(c *Checkpoint, rel string) (*FileTensors, error) {
 	if err := rd.ReadRange(c, rel, 0, first[:]); err != nil {
 		return nil, err
 	}
-	hl, err := statedict.HeaderLen(first[:], f.Size)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
+	limit := uint64(statedict.MaxHeader)
+	if f.Layout == LayoutSafetensors {
+		limit = safetensors.MaxHeaderLen
 	}
-	head := make([]byte, hl)
+	n := binary.LittleEndian.Uint64(first[:])
+	if n > limit || n > f.Size-8 {
+		return nil, fmt.Errorf("%w: %s: a header of %d bytes in a file of %d", errs.Corrupt, what, n, f.Size)
+	}
+	head := make([]byte, 8+n)
 	if err := rd.ReadRange(c, rel, 0, head); err != nil {
 		return nil, err
 	}
@@ -72,7 +83,7 @@ func (rd *Reader) Tensors(c *Checkpoint, rel string) (*FileTensors, error) {
 		// The writer planned the file's regions from this header; the
 		// bytes are still untrusted here, and a key twice is read one way
 		// by one reader and another way by the next.
-		if err := checkDuplicateKeys(head[8:]); err != nil {
+		if err := strictjson.CheckDuplicateKeys(head[8:]); err != nil {
 			return nil, fmt.Errorf("%w: %s: safetensors header: %v", errs.Corrupt, what, err)
 		}
 		sf, err := safetensors.ParseHeader(head, f.Size)
@@ -85,8 +96,6 @@ func (rd *Reader) Tensors(c *Checkpoint, rel string) (*FileTensors, error) {
 		if out.Meta, err = json.Marshal(sf.Metadata); err != nil {
 			return nil, fmt.Errorf("%w: %v", errs.Internal, err)
 		}
-	default:
-		return nil, fmt.Errorf("%w: %s is a %s file, not a safetensors or state-dict file", errs.Invalid, what, f.Layout)
 	}
 	return out, nil
 }
@@ -132,4 +141,3 @@ func (rd *Reader) ReadTensors(c *Checkpoint, rel string, spans []Span) error {
 func Loadable(f *File) bool {
 	return f.Layout == LayoutStateDict || f.Layout == LayoutSafetensors
 }
-
