@@ -2,7 +2,6 @@ package store
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"math"
 	"math/bits"
@@ -218,25 +217,11 @@ func corrupt(what, format string, a ...any) error {
 // decodeJSON parses b strictly into v: unknown fields, trailing data and
 // duplicate keys are refused, so that what a reader checks is what it uses.
 func decodeJSON(what string, b []byte, v any) error {
-	if !utf8.Valid(b) {
-		return corrupt(what, "not UTF-8")
-	}
-	if err := checkDuplicateKeys(b); err != nil {
+	if err := strictjson.Decode(b, v); err != nil {
 		return corrupt(what, "%v", err)
-	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return corrupt(what, "%v", err)
-	}
-	if dec.More() {
-		return corrupt(what, "trailing data after the JSON value")
 	}
 	return nil
 }
-
-// checkDuplicateKeys: see strictjson.CheckDuplicateKeys.
-var checkDuplicateKeys = strictjson.CheckDuplicateKeys
 
 func validHash(h string) bool {
 	if len(h) != 64 {

@@ -23,17 +23,14 @@ func addTo(t *testing.T, s *Store, run string, parent *RunParent, b []byte) *Che
 }
 
 func restoreRun(t *testing.T, dir, run string, step int64) []byte {
-	s, err := Open(dir, Options{})
-	require.NoError(t, err)
-	defer s.Close()
-	rd, err := s.Reader()
-	require.NoError(t, err)
-	defer rd.Close()
-	require.NoError(t, rd.Use(run))
-	c, err := rd.Checkpoint(step, false)
-	require.NoError(t, err)
 	dest := t.TempDir()
-	require.NoError(t, rd.Restore(c, dest, false))
+	require.NoError(t, withReader(dir, run, func(_ *Store, rd *Reader) error {
+		c, err := rd.Checkpoint(step, false)
+		if err != nil {
+			return err
+		}
+		return rd.Restore(c, dest, false)
+	}))
 	b, err := os.ReadFile(filepath.Join(dest, "model.safetensors"))
 	require.NoError(t, err)
 	return b

@@ -103,9 +103,9 @@ func addFiles(t testing.TB, s *Store, step int64, files map[string]string) *Chec
 	return c
 }
 
-// withCheckpoint opens the store in dir for reading and runs fn on
-// checkpoint step of its newest snapshot.
-func withCheckpoint(dir string, step int64, fn func(s *Store, rd *Reader, c *Checkpoint) error) error {
+// withReader opens the store in dir for reading and runs fn on a reader
+// of run of its newest snapshot.
+func withReader(dir, run string, fn func(s *Store, rd *Reader) error) error {
 	s, err := Open(dir, Options{})
 	if err != nil {
 		return err
@@ -116,11 +116,22 @@ func withCheckpoint(dir string, step int64, fn func(s *Store, rd *Reader, c *Che
 		return err
 	}
 	defer rd.Close()
-	c, err := rd.Checkpoint(step, false)
-	if err != nil {
+	if err := rd.Use(run); err != nil {
 		return err
 	}
-	return fn(s, rd, c)
+	return fn(s, rd)
+}
+
+// withCheckpoint runs fn on checkpoint step of the main run of the
+// newest snapshot of the store in dir.
+func withCheckpoint(dir string, step int64, fn func(s *Store, rd *Reader, c *Checkpoint) error) error {
+	return withReader(dir, MainRun, func(s *Store, rd *Reader) error {
+		c, err := rd.Checkpoint(step, false)
+		if err != nil {
+			return err
+		}
+		return fn(s, rd, c)
+	})
 }
 
 func restoreAll(t testing.TB, dir string, step int64) map[string][]byte {

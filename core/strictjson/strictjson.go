@@ -5,9 +5,9 @@
 package strictjson
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"unicode/utf8"
 )
 
@@ -20,7 +20,7 @@ func Decode(b []byte, v any) error {
 	if err := CheckDuplicateKeys(b); err != nil {
 		return err
 	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b)) // no copy: a manifest may be 64 MiB
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return err

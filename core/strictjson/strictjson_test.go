@@ -1,4 +1,4 @@
-package store
+package strictjson
 
 import (
 	"encoding/json"
@@ -30,25 +30,26 @@ func TestDuplicateKeysAreFoundWhereverTheyAre(t *testing.T) {
 		{"{" + strings.Join(many, ", ") + "}", false},
 		{"{" + strings.Join(many, ", ") + `, "k7": 1}`, true},
 	} {
-		err := checkDuplicateKeys([]byte(c.json))
+		err := CheckDuplicateKeys([]byte(c.json))
 		assert.Equal(t, c.dup, err != nil, "%s: %v", c.json, err)
 		assert.Equal(t, c.dup, referenceDuplicateKeys([]byte(c.json)) != nil, c.json)
 	}
-	assert.Error(t, checkDuplicateKeys([]byte(strings.Repeat("[", 65)+strings.Repeat("]", 65))))
-	assert.Error(t, checkDuplicateKeys([]byte(`{"a": "unterminated`)))
+	assert.Error(t, CheckDuplicateKeys([]byte(strings.Repeat("[", 65)+strings.Repeat("]", 65))))
+	assert.Error(t, CheckDuplicateKeys([]byte(`{"a": "unterminated`)))
 }
 
 // FuzzDuplicateKeys checks the one-pass scanner against the token-by-token
 // reference on every valid JSON document.
 func FuzzDuplicateKeys(f *testing.F) {
 	f.Add([]byte(`{"a": 1, "\u0061": [ {"b": 2, "b": 3} ]}`))
-	f.Add(seedManifest())
+	// A store manifest's shape: nested objects, lists of objects, escapes.
+	f.Add([]byte(`{"format":"tpde-store-manifest","version":1,"generation":7,"config":{"keyframe_interval":10,"reference":"previous","lossy":[{"pattern":"*exp_avg*","threshold":0.001}]},"base":null,"checkpoints":[{"step":3,"object":"ca978112"},{"step":4,"object":"3e23e816"}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if !json.Valid(b) {
-			_ = checkDuplicateKeys(b) // must not panic
+			_ = CheckDuplicateKeys(b) // must not panic
 			return
 		}
-		got, want := checkDuplicateKeys(b), referenceDuplicateKeys(b)
+		got, want := CheckDuplicateKeys(b), referenceDuplicateKeys(b)
 		dup := func(err error) bool { return err != nil && strings.Contains(err.Error(), "appears twice") }
 		if want != nil && !dup(want) {
 			return // the reference refused something else (a number float64 cannot hold)
