@@ -450,9 +450,22 @@ def test_ctrl_c_in_a_library_call_stops_it_and_leaves_nothing(big_checkpoint, tm
         except KeyboardInterrupt:
             print("interrupted", sorted(os.listdir(out_dir)))
     """)
-    p = run_py("-c", code, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.strip() == "interrupted []", p.stdout
+    # The signal is sent once the output is open; on a loaded machine the
+    # library may finish before Python delivers it. That race lost is no
+    # failure if the output is then whole: try again, up to three times.
+    # An interrupt must always leave nothing, and one must land.
+    outcomes = []
+    for _ in range(3):
+        for f in os.listdir(tmp_path):
+            os.remove(tmp_path / f)
+        p = run_py("-c", code, timeout=300)
+        assert p.returncode == 0, p.stderr[-3000:]
+        outcomes.append(p.stdout.strip())
+        if outcomes[-1] != "completed":
+            break
+        assert sorted(os.listdir(tmp_path)) == ["out.tpde"]
+        tpde.decompress_file(tmp_path / "out.tpde", tmp_path / "back")  # whole: it decodes
+    assert outcomes[-1] == "interrupted []", outcomes
 
 
 @pytest.mark.parametrize("umask,src_mode,want", [(0o077, 0o644, 0o600), (0o022, 0o600, 0o600),
