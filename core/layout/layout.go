@@ -34,6 +34,11 @@ const (
 type Hints struct {
 	// TorchZip: the dtype name of each storage key of a torch.save zip.
 	TorchZip map[string]string `json:"torch_zip,omitempty"`
+	// TorchZipNames: the region name of each storage key of a torch.save
+	// zip (the state-dict path of its first tensor), with TorchZip. A key
+	// without one is named "data/<key>", as are all of a zip's keys when
+	// any name is empty, overlong, not UTF-8 or repeated.
+	TorchZipNames map[string]string `json:"torch_zip_names,omitempty"`
 	// TorchLegacy: where a legacy file's storages lie and what they hold.
 	TorchLegacy *torchlegacy.Layout `json:"torch_legacy,omitempty"`
 }
@@ -53,7 +58,7 @@ type Region struct {
 // a file not known to be a torch file. A file that looks like a container
 // but does not check out is Raw, and why says what was wrong.
 func Plan(data []byte, hints *Hints) (kind Kind, regions []Region, why string) {
-	var torchDTypes map[string]string
+	var torchDTypes, torchNames map[string]string
 	if hints != nil {
 		if hints.TorchZip != nil && hints.TorchLegacy != nil {
 			return Raw, nil, "torch file stored whole: hints name both a zip and a legacy layout"
@@ -61,7 +66,7 @@ func Plan(data []byte, hints *Hints) (kind Kind, regions []Region, why string) {
 		if hints.TorchLegacy != nil {
 			return planLegacy(data, *hints.TorchLegacy)
 		}
-		torchDTypes = hints.TorchZip
+		torchDTypes, torchNames = hints.TorchZip, hints.TorchZipNames
 	}
 	switch {
 	case safetensors.Sniff(data):
@@ -97,12 +102,39 @@ func Plan(data []byte, hints *Hints) (kind Kind, regions []Region, why string) {
 			if !ok || !known || rec.Size == 0 || rec.Size%uint64(d.Width()) != 0 {
 				continue // stays verbatim: still lossless, just not modelled
 			}
-			regions = append(regions, Region{Name: "data/" + key, Begin: rec.Offset, End: rec.Offset + rec.Size, DType: d, Shape: []uint64{rec.Size / uint64(d.Width())}})
+			regions = append(regions, Region{Name: key, Begin: rec.Offset, End: rec.Offset + rec.Size, DType: d, Shape: []uint64{rec.Size / uint64(d.Width())}})
 		}
+		nameZipRegions(regions, torchNames)
 		sort.Slice(regions, func(i, j int) bool { return regions[i].Begin < regions[j].Begin })
 		return TorchZip, regions, ""
 	}
 	return Raw, nil, ""
+}
+
+// nameZipRegions renames regions, named by storage key, by the names the
+// caller read from the pickle; by their records' names, data/<key>, when
+// it gave none for a key, or when any name would be unusable (empty,
+// overlong, not UTF-8) or given twice: a name is what pairs a region with
+// the previous checkpoint's, so two regions may never share one.
+func nameZipRegions(regions []Region, names map[string]string) {
+	out := make([]string, len(regions))
+	used := make(map[string]bool, len(regions))
+	for i, r := range regions {
+		n, ok := names[r.Name]
+		if !ok {
+			n = "data/" + r.Name
+		}
+		if n == "" || len(n) > MaxNameBytes || !utf8.ValidString(n) || used[n] {
+			for i := range regions {
+				regions[i].Name = "data/" + regions[i].Name
+			}
+			return
+		}
+		used[n], out[i] = true, n
+	}
+	for i := range regions {
+		regions[i].Name = out[i]
+	}
 }
 
 // planLegacy types a legacy torch file's storages: each becomes a region

@@ -127,3 +127,37 @@ func TestPlanStoresALegacyFileWholeWhenItsBytesDisagree(t *testing.T) {
 	assert.Equal(t, Raw, kind)
 	assert.Contains(t, why, "both")
 }
+
+func TestPlanNamesATorchZipsStoragesByTheNamesGiven(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "torchzip", "testdata", "state.pt"))
+	require.NoError(t, err)
+	dtypes := map[string]string{"0": "F32", "1": "F64"}
+	names := func(regs []Region) []string {
+		var out []string
+		for _, r := range regs {
+			out = append(out, r.Name)
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		what  string
+		given map[string]string
+		want  []string
+	}{
+		{"every key named", map[string]string{"0": "model/w", "1": "state/0/exp_avg"}, []string{"model/w", "state/0/exp_avg"}},
+		{"a key without a name keeps its record's", map[string]string{"1": "state/0/exp_avg"}, []string{"data/0", "state/0/exp_avg"}},
+		{"no names at all", nil, []string{"data/0", "data/1"}},
+		{"a name given twice: none used", map[string]string{"0": "w", "1": "w"}, []string{"data/0", "data/1"}},
+		{"a name that is another key's record name: none used", map[string]string{"1": "data/0"}, []string{"data/0", "data/1"}},
+		{"an empty name: none used", map[string]string{"0": "", "1": "b"}, []string{"data/0", "data/1"}},
+		{"a name that is not UTF-8: none used", map[string]string{"0": "\xff", "1": "b"}, []string{"data/0", "data/1"}},
+		{"an overlong name: none used", map[string]string{"0": string(make([]byte, MaxNameBytes+1)), "1": "b"}, []string{"data/0", "data/1"}},
+	} {
+		kind, regs, why := Plan(data, &Hints{TorchZip: dtypes, TorchZipNames: tc.given})
+		require.Equal(t, TorchZip, kind, why)
+		assert.ElementsMatch(t, tc.want, names(regs), tc.what)
+	}
+	var h Hints
+	require.NoError(t, json.Unmarshal([]byte(`{"torch_zip": {"0": "F32"}, "torch_zip_names": {"0": "w"}}`), &h))
+	assert.Equal(t, map[string]string{"0": "w"}, h.TorchZipNames, "the C ABI's JSON spelling")
+}

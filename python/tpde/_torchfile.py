@@ -16,7 +16,10 @@ Nothing is imported, called or constructed, so a pickle that names
 ``os.system`` is as harmless here as any other.
 
 :func:`hints` is what the callers use: it also reads legacy (pre-zip)
-torch.save files, through tpde._torchlegacy.
+torch.save files, through tpde._torchlegacy. It names each storage by the
+state-dict path of its first tensor ("state/0/exp_avg"), as a legacy file's
+are, rather than by its record's name (data/<key>): that is the name
+``tpde stats``, ``tpde info`` and lossy rules show and match.
 
 Only the standard library is imported; this module must not load torch.
 """
@@ -32,7 +35,7 @@ from . import _torchpickle
 from ._torchpickle import DTYPE_WIDTH
 from .errors import CorruptDataError, UnsupportedFormatError
 
-__all__ = ["storage_dtypes", "scan", "hints", "DTYPE_WIDTH"]
+__all__ = ["storage_dtypes", "storage_names", "scan", "hints", "count_tensors", "DTYPE_WIDTH"]
 
 #: data.pkl records larger than this are not scanned (a real one holds a
 #: few hundred bytes per tensor).
@@ -98,6 +101,25 @@ def storage_dtypes(pickle_bytes: bytes) -> Dict[str, Tuple[str, int]]:
     return _Claims(_torchpickle.run(bytes(pickle_bytes), "torch data.pkl")).result()
 
 
+def storage_names(walk: _torchpickle.Walk, keys: Any) -> Dict[str, str]:
+    """A region name for each of keys: the state-dict path of the first
+    tensor on that storage ("model/encoder.weight", "state/0/exp_avg"), else
+    "data/<key>" (its record's name); unique, a repeat getting "#<key>"."""
+    try:
+        found = _torchpickle.paths(walk.value)
+    except _torchpickle.Unnameable:
+        found = {}
+    names: Dict[str, str] = {}
+    used = set()
+    for key in sorted(keys, key=lambda k: (len(k), k)):
+        name = found.get(key) or f"data/{key}"
+        if name in used:
+            name = f"{name}#{key}"
+        used.add(name)
+        names[key] = name
+    return names
+
+
 def _zip_reason(infos: list) -> Tuple[Optional[str], Optional[str]]:
     """(root, None) when the records are laid out as torch.save writes
     them, else (None, reason). Mirrors core/torchzip's Parse."""
@@ -135,6 +157,13 @@ def scan(path: Union[str, "os.PathLike[str]"]) -> Tuple[Optional[Dict[str, str]]
     match its record's size, is left out (its bytes stay verbatim). Raises
     CorruptDataError when data.pkl is broken, or fails its CRC.
     """
+    found, reason = _scan(path)
+    return (None, reason) if found is None else (found[0], None)
+
+
+def _scan(path: Union[str, "os.PathLike[str]"]) -> Tuple[Optional[Tuple[Dict[str, str], Dict[str, str]]],
+                                                         Optional[str]]:
+    """scan, with the region name of each key it types (storage_names)."""
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -166,23 +195,53 @@ def scan(path: Union[str, "os.PathLike[str]"]) -> Tuple[Optional[Dict[str, str]]
         except (zipfile.BadZipFile, EOFError) as e:
             raise CorruptDataError(f"torch data.pkl in {os.fspath(path)}: {e}") from None
         try:
-            found = storage_dtypes(pickle_bytes)
+            walk = _torchpickle.run(pickle_bytes, "torch data.pkl")
         except UnsupportedFormatError as e:
             return None, str(e)
         dtypes = {}
-        for key, (dtype, numel) in found.items():
+        for key, (dtype, numel) in _Claims(walk).result().items():
             rec = by_name.get(f"{root}/data/{key}")
             if rec is not None and rec.file_size == numel * DTYPE_WIDTH[dtype]:
                 dtypes[key] = dtype
-        return dtypes, None
+        return (dtypes, storage_names(walk, dtypes)), None
+
+
+def count_tensors(source: Any) -> Optional[int]:
+    """How many tensors the torch.save zip source (a path, or a seekable
+    binary file) holds, as its data.pkl rebuilds them (a parameter and a
+    tensor shared by two entries are one each); None for a file that is no
+    torch.save zip (TorchScript, several roots, a data.pkl over
+    MAX_PICKLE_BYTES). Nothing is unpickled. Raises CorruptDataError for a
+    data.pkl that does not parse."""
+    try:
+        zf = zipfile.ZipFile(source)
+    except (zipfile.BadZipFile, EOFError, ValueError, struct.error):
+        return None
+    with zf:
+        root, reason = _zip_reason(zf.infolist())
+        if reason is not None:
+            return None
+        pkl = zf.getinfo(f"{root}/data.pkl")
+        if pkl.file_size > MAX_PICKLE_BYTES:
+            return None
+        try:
+            with zf.open(pkl) as f:
+                pickle_bytes = f.read(MAX_PICKLE_BYTES + 1)
+        except (zipfile.BadZipFile, EOFError, NotImplementedError) as e:
+            raise CorruptDataError(f"torch data.pkl: {e}") from None
+    try:
+        return _torchpickle.run(pickle_bytes, "torch data.pkl").tensors
+    except _torchpickle.TooLarge:
+        return None
 
 
 def hints(path: Union[str, bytes, "os.PathLike[str]"]) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     """What the C ABI's torch hints should say of the file at path
     (include/tpde.h, TPDE_TORCH_HINTS), read from its pickles.
 
-    Returns (hints, None) for a torch.save zip ({"torch_zip": dtypes}) or a
-    legacy torch.save file ({"torch_legacy": layout}); (None, note) for a
+    Returns (hints, None) for a torch.save zip ({"torch_zip": dtypes,
+    "torch_zip_names": region names}) or a legacy torch.save file
+    ({"torch_legacy": layout}); (None, note) for a
     torch file tpde stores whole, the note saying why; (None, None) for
     any other file, and for a stream (a pipe or FIFO, which must not be
     read ahead of the library). Raises CorruptDataError when a zip's
@@ -196,10 +255,10 @@ def hints(path: Union[str, bytes, "os.PathLike[str]"]) -> Tuple[Optional[Dict[st
     with open(p, "rb") as fh:
         head = fh.read(32)
     if head[:4] == b"PK\x03\x04":
-        dtypes, reason = scan(p)
-        if dtypes is None:
+        found, reason = _scan(p)
+        if found is None:
             return None, f"torch file stored whole: {reason}"
-        return {"torch_zip": dtypes}, None
+        return {"torch_zip": found[0], "torch_zip_names": found[1]}, None
     if _torchlegacy.sniff(head):
         layout, reason = _torchlegacy.scan(p)
         if layout is None:

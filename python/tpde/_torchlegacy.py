@@ -32,6 +32,7 @@ Only the standard library is imported; this module must not load torch.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -39,7 +40,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from . import _torchpickle as tp
 from .errors import CorruptDataError, UnsupportedFormatError
 
-__all__ = ["scan", "sniff", "MAGIC_NUMBER", "PROTOCOL_VERSION", "MAX_PICKLE_BYTES"]
+__all__ = ["scan", "sniff", "count_tensors", "MAGIC_NUMBER", "PROTOCOL_VERSION", "MAX_PICKLE_BYTES"]
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -119,6 +120,25 @@ def scan(path: Union[str, "os.PathLike[str]"]) -> Tuple[Optional[Dict[str, Any]]
                 return None, f"a pickle does not parse: {e}"
 
 
+def count_tensors(head: bytes) -> Optional[int]:
+    """How many tensors the legacy torch.save file whose first bytes are
+    head (its five pickles, or more) holds, as its pickle 4 rebuilds them;
+    None when pickle 4 does not end within head or is too large to model.
+    Nothing is unpickled. Raises CorruptDataError for pickles that do not
+    parse."""
+    src = io.BytesIO(head)
+    try:
+        for what in ("pickle 1 (magic number)", "pickle 2 (protocol version)", "pickle 3 (system info)"):
+            tp.run(src, what)
+        return tp.run(src, "pickle 4 (the saved object)").tensors
+    except tp.TooLarge:
+        return None
+    except CorruptDataError:
+        if src.tell() >= len(head):
+            return None  # cut short by head, not damaged
+        raise
+
+
 def _plain(rd: _Reader, what: str) -> Any:
     walk = tp.run(rd, what)
     if walk.globals:
@@ -191,62 +211,14 @@ def _typed(cls: Tuple[str, str], classes: set, views: set) -> Tuple[int, str]:
     raise _Odd(f"storage class {module}.{name} is not one of torch's")
 
 
-# A path from the root: (the parent's path, this key); the root is None.
-_Path = Tuple[Any, str]
-
-
-def _spell(path: Optional[_Path]) -> str:
-    """The string of a path, as joining its keys one by one with
-    f"{p}/{k}" if p else k spells it: keys are joined with "/" from the
-    first non-empty one on (a leading run of "" keys leaves no trace)."""
-    keys: List[str] = []
-    while path is not None:
-        path, key = path
-        keys.append(key)
-    keys.reverse()
-    start = next((i for i, k in enumerate(keys) if k), len(keys))
-    return "/".join(keys[start:])
-
-
-def _key(k: Any) -> str:
-    """A dict key as a path component. An int key too long for str()
-    (Python refuses past 4300 digits) names nothing a state dict holds: the
-    file is stored whole, with that reason."""
-    try:
-        return str(k)
-    except ValueError:
-        raise _Odd("a dict key is an integer too long to name") from None
-
-
 def _names(root: Any, keys: List[str]) -> Dict[str, str]:
-    """Name each storage key by the first path (dict keys and list indexes
-    joined by "/") that reaches a tensor on it, walking the object in
-    pickle order; a storage no path reaches is "storage/<key>"."""
-    found: Dict[str, str] = {}
-    seen = set()
-    # A path is held as a chain of (parent, key) links, None at the root,
-    # and spelt out only for the first tensor on each storage: making its
-    # string for every element cost time and memory proportional to depth
-    # per element, quadratic in the pickle for deeply nested lists
-    # (issue 17).
-    todo: List[Tuple[Any, Optional[_Path]]] = [(root, None)]
-    while todo:  # iterative: a hostile pickle may nest deeper than recursion can
-        value, path = todo.pop()
-        if isinstance(value, (tp.TensorRef, tp.StorageRef)):
-            if value.key not in found:
-                found[value.key] = _spell(path) or "tensor"
-            continue
-        if id(value) in seen:
-            continue
-        if isinstance(value, tp.Dict):
-            children = [(v, _key(k)) for k, v in value.items if type(k) in (str, int)]
-        elif isinstance(value, (tp.List, tuple)):
-            items = value.items if isinstance(value, tp.List) else value
-            children = [(v, str(i)) for i, v in enumerate(items)]
-        else:
-            continue
-        seen.add(id(value))
-        todo.extend((v, (path, k)) for v, k in reversed(children))
+    """Name each storage key by the first state-dict path that reaches a
+    tensor on it (tpde._torchpickle.paths); a storage no path reaches is
+    "storage/<key>"."""
+    try:
+        found = tp.paths(root)
+    except tp.Unnameable as e:
+        raise _Odd(str(e)) from None
     names: Dict[str, str] = {}
     used = set()
     for key in keys:
@@ -256,4 +228,3 @@ def _names(root: Any, keys: List[str]) -> Dict[str, str]:
         used.add(name)
         names[key] = name
     return names
-

@@ -141,14 +141,17 @@ class StorageId:
 
 class Walk:
     """What :func:`run` found: the value the pickle makes, every global it
-    names, every storage id (in pickle order) and every tensor view's
-    (storage key, dtype global) for _rebuild_tensor_v3."""
+    names, every storage id (in pickle order), every tensor view's
+    (storage key, dtype global) for _rebuild_tensor_v3, and how many
+    tensors it rebuilds (a tensor the pickle refers to twice, through its
+    memo, is one)."""
 
     def __init__(self) -> None:
         self.value: Any = OPAQUE
         self.globals: ListT[Tuple[str, str]] = []
         self.storage_ids: ListT[StorageId] = []
         self.views: ListT[Tuple[str, Optional[Tuple[str, str]]]] = []
+        self.tensors = 0
         self.end = 0  # the offset just past STOP, from the start of the walk
 
 
@@ -238,6 +241,7 @@ def _run(source: Any, what: str) -> Walk:
             if ident == REBUILD_V3 and len(args) >= 7:
                 dtype = args[6].ident() if isinstance(args[6], Global) else None
                 walk.views.append((args[0].key, dtype))
+            walk.tensors += 1
             return TensorRef(args[0].key)
         if ident in REBUILD_PARAMETER and args and isinstance(args[0], TensorRef):
             return args[0]
@@ -347,3 +351,72 @@ def _run(source: Any, what: str) -> Walk:
     else:
         raise CorruptDataError(f"{what}: ends without a STOP opcode")
     return walk
+
+
+class Unnameable(UnsupportedFormatError):
+    """A dict key no state-dict path can spell (an integer too long for
+    str(): Python refuses past 4300 digits)."""
+
+
+# A path from the root: (the parent's path, this key); the root is None.
+_Path = Tuple[Any, str]
+
+
+def _spell(path: Optional[_Path]) -> str:
+    """The string of a path, as joining its keys one by one with
+    f"{p}/{k}" if p else k spells it: keys are joined with "/" from the
+    first non-empty one on (a leading run of "" keys leaves no trace)."""
+    keys: ListT[str] = []
+    while path is not None:
+        path, key = path
+        keys.append(key)
+    keys.reverse()
+    start = next((i for i, k in enumerate(keys) if k), len(keys))
+    return "/".join(keys[start:])
+
+
+def _key(k: Any) -> str:
+    try:
+        return str(k)
+    except ValueError:
+        raise Unnameable("a dict key is an integer too long to name") from None
+
+
+def paths(root: Any) -> Dict[str, str]:
+    """The state-dict path of each storage key a tensor of root (a walk's
+    value) lies on: the first path, dict keys and list indexes joined by
+    "/" ("encoder.weight", "state/0/exp_avg"), that reaches it, walking
+    the object in pickle order; "tensor" for a tensor at the root. A key
+    no path reaches is left out.
+
+    A storage key is an address in the saving process (a legacy file) or a
+    counter (a zip), so it names nothing a user knows, and a legacy key
+    differs between two saves of the same model; the path is what a user
+    reads and what lets the store code a storage against the same storage
+    of the previous checkpoint. Raises Unnameable for a key no path can
+    spell."""
+    found: Dict[str, str] = {}
+    seen = set()
+    # A path is held as a chain of (parent, key) links, None at the root,
+    # and spelt out only for the first tensor on each storage: making its
+    # string for every element cost time and memory proportional to depth
+    # per element, quadratic in the pickle for deeply nested lists.
+    todo: ListT[Tuple[Any, Optional[_Path]]] = [(root, None)]
+    while todo:  # iterative: a hostile pickle may nest deeper than recursion can
+        value, path = todo.pop()
+        if isinstance(value, (TensorRef, StorageRef)):
+            if value.key not in found:
+                found[value.key] = _spell(path) or "tensor"
+            continue
+        if id(value) in seen:
+            continue
+        if isinstance(value, Dict):
+            children = [(v, _key(k)) for k, v in value.items if type(k) in (str, int)]
+        elif isinstance(value, (List, tuple)):
+            items = value.items if isinstance(value, List) else value
+            children = [(v, str(i)) for i, v in enumerate(items)]
+        else:
+            continue
+        seen.add(id(value))
+        todo.extend((v, (path, k)) for v, k in reversed(children))
+    return found
