@@ -20,7 +20,7 @@ from .handle import (_STAGE, MAIN_RUN, PathLike, _config, _in_run, _json_arg, _n
                      _parent_arg, _path_arg, _Reader, _renamed, _result, _run_arg, _store_path, _tags_arg, _utf8,
                      call, check_step)
 from .state_dict import STATE_DICT_FILE, _add_state_dict, _load_checkpoint, _load_guarded
-from .stats import _info, _infos, _records, _report, _runs, _stats
+from .stats import _counted, _infos, _records, _report, _runs, _stats
 from .types import CheckpointInfo, VerifyReport
 
 
@@ -211,8 +211,8 @@ class Store:
         rec = _result(h)
         with self._reader(run) as rd:
             if rec.get("source"):  # the base
-                return _info(rd.entry(None, base=True))
-            return _info(rd.entry(rec["step"]))
+                return _counted(rd, rd.entry(None, base=True), base=True)
+            return _counted(rd, rd.entry(rec["step"]))
 
     # -- many writers, one commit ---------------------------------------
 
@@ -248,7 +248,7 @@ class Store:
                  None if holder is None else _utf8(holder, "holder"), body, len(body))
             rec = _result(h)
             with self._reader() as rd:
-                return _info(rd.entry(rec["step"]))
+                return _counted(rd, rd.entry(rec["step"]))
 
     def reclaim(self) -> List[int]:
         """Remove every checkpoint whose holder folder no longer holds it
@@ -282,7 +282,7 @@ class Store:
         be read raises CorruptDataError naming it."""
         step = check_step(step)
         with _naming(self.path), self._reader(run) as rd:
-            return _info(rd.entry(step))
+            return _counted(rd, rd.entry(step))
 
     def list(self, run: Optional[str] = None) -> List[CheckpointInfo]:
         """Every checkpoint's info (of run, default "main"), oldest first,

@@ -10,7 +10,7 @@ import os
 import shutil
 import stat
 import tempfile
-from ctypes import byref
+from ctypes import byref, c_uint64
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from .. import _torchfile
@@ -36,17 +36,24 @@ def _add_files(h: int, what: Any, store_path: str, follow_links: bool, name: Opt
     for rel, p in files:
         if cancel is not None and cancel.is_set():
             raise CancelledError(f"adding {os.fspath(what)} was cancelled; nothing was committed")
-        _add_file(h, rel, p, cancel)
+        # The library counts the bytes its transaction has coded, over
+        # every file added to it: what was added before this call included.
+        _add_file(h, rel, p, cancel, None if progress is None else lambda n: progress(min(n, total), total))
         done += os.stat(p).st_size
         if progress is not None:
             progress(done, total)
 
 
-def _add_file(h: int, rel: str, p: str, cancel: Optional[Any]) -> None:
+def _add_file(h: int, rel: str, p: str, cancel: Optional[Any], progress: Optional[Callable[[int], None]]) -> None:
+    """Code the file p into the checkpoint as rel; progress(bytes the
+    transaction has coded), as the library counts them, while it works."""
     hints, note = _torchfile.hints(p)
     hj, hn = _json_arg(hints)
-    args = (h, _utf8(rel, "file name"), os.fsencode(p), hj, hn, note.encode("utf-8") if note else None, None)
-    run_cancellable(lambda flag: call("tpde_store_add_file", *args, byref(flag)), cancel)
+    counter = c_uint64(0)  # stored atomically by the library
+    args = (h, _utf8(rel, "file name"), os.fsencode(p), hj, hn, note.encode("utf-8") if note else None,
+            byref(counter))
+    run_cancellable(lambda flag: call("tpde_store_add_file", *args, byref(flag)), cancel,
+                    None if progress is None else lambda: progress(counter.value))
 
 
 def _inside(path: str, folder: str) -> bool:

@@ -15,8 +15,16 @@ class FileInfo:
     mode: int
     layout: str
     sha256: str
-    tensors: int
+    #: The tensors the file holds, as its header or pickle lists them (a
+    #: state dict's tied names included); 0 for a file that holds none.
+    #: None where not counted: Store.list() reads records only, and a
+    #: torch file stored whole, or a header that cannot be read, is not.
+    tensors: Optional[int]
+    #: Why a file that looks like a container was stored whole; "" else.
     note: str = ""
+    #: Of its tensors (a torch file: its storages), those stored as frames
+    #: of their own; smaller ones stay in the file's zstd-coded rest.
+    frames: int = 0
 
 
 @dataclass(frozen=True)
