@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Tuple
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -198,3 +198,46 @@ def tree_digest(root: Path) -> Dict[str, tuple]:
 def tree_sha256() -> Callable[[Path], Dict[str, tuple]]:
     """tree_sha256(folder) -> {relative path: (sha256, mode bits)} of its files."""
     return tree_digest
+
+
+def run_on_a_terminal(args: List[str], env: Dict[str, str], cwd: Path, *, delay: str = "0",
+                      timeout: float = 120) -> Tuple[int, str]:
+    """Run `python -m tpde *args` with stderr on a pseudo-terminal of 120
+    columns (stdout to /dev/null) and TPDE_PROGRESS_DELAY=delay; return
+    (exit status, what it wrote to the terminal)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    # A pty starts 0 columns wide, where a bar has no room to draw.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "tpde", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=slave, env={**env, "TPDE_PROGRESS_DELAY": delay}, cwd=cwd)
+    os.close(slave)
+    chunks = []
+    while True:
+        r, _, _ = select.select([master], [], [], timeout)
+        if not r:
+            break
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return proc.wait(timeout=timeout), b"".join(chunks).decode()
+
+
+@pytest.fixture(scope="session")
+def on_a_terminal(py_env: Dict[str, str]) -> Callable[..., Tuple[int, str]]:
+    """on_a_terminal(args, cwd, delay="0"): run_on_a_terminal with this checkout's tpde."""
+
+    def run(args: List[str], cwd: Path, delay: str = "0") -> Tuple[int, str]:
+        return run_on_a_terminal(args, py_env, cwd, delay=delay)
+
+    return run

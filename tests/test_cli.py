@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import io
+import argparse
 import json
 import os
-import pty
 import re
-import select
 import subprocess
 import sys
 import threading
@@ -254,53 +252,100 @@ def test_main_in_process(tmp_path: Path, capsys) -> None:
     assert err.count("\n") == 1 and err.startswith("tpde: error: ")
 
 
-def test_progress_bar_draws_in_place() -> None:
-    stream = io.StringIO()
-    bar = cli._Bar("compress", stream)
-    bar(0, 200 << 20)
-    bar(100 << 20, 200 << 20)
-    bar(200 << 20, 200 << 20)
-    bar.close()
-    text = stream.getvalue()
-    frames = text.split("\r")[1:]
-    assert len(frames) == 3 and text.endswith("\n") and "\n" not in "".join(frames)[:-1]
-    assert " 50.0%" in frames[1] and "100.0%" in frames[2] and "200.0 MiB" in frames[2]
-
-
-def _run_on_a_tty(args: List[str], env: Dict[str, str], cwd: Path) -> tuple:
-    """Run python -m tpde with stderr on a pseudo-terminal; return (rc, stderr text)."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "tpde", *args], stdout=subprocess.DEVNULL, stderr=slave,
-                            env=env, cwd=cwd)
-    os.close(slave)
-    chunks = []
-    while True:
-        r, _, _ = select.select([master], [], [], 60)
-        if not r:
-            break
-        try:
-            data = os.read(master, 4096)
-        except OSError:  # EIO: the child closed its end
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    return proc.wait(timeout=60), b"".join(chunks).decode()
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty behaviour")
-def test_progress_bar_only_for_large_files_on_a_tty(tmp_path: Path, py_env: Dict[str, str]) -> None:
+def test_progress_bar_on_a_terminal_quiet_with_q_and_in_a_pipe(tmp_path: Path, on_a_terminal, run_py,
+                                                               py_env: Dict[str, str]) -> None:
     big = tmp_path / "big.bin"
     with open(big, "wb") as f:  # sparse: cheap to write, fast to compress
-        f.truncate(cli.PROGRESS_MIN_BYTES + (1 << 20))
-    (tmp_path / "small.bin").write_bytes(bytes(1 << 20))
-    rc, err = _run_on_a_tty(["compress", "big.bin"], py_env, tmp_path)
-    assert rc == 0 and "100.0%" in err and "\r" in err
-    rc, err = _run_on_a_tty(["compress", "big.bin", "-o", "q.tpde", "--quiet"], py_env, tmp_path)
-    assert rc == 0 and err == ""
-    rc, err = _run_on_a_tty(["compress", "small.bin"], py_env, tmp_path)
-    assert rc == 0 and err == ""
-    rc, err = _run_on_a_tty(["decompress", "big.bin.tpde", "-o", "back.bin"], py_env, tmp_path)
-    assert rc == 0 and "100.0%" in err
+        f.truncate(48 << 20)
+    rc, err = on_a_terminal(["compress", "big.bin"], tmp_path)
+    assert rc == 0, err
+    assert "compressing big.bin:" in err and "100%|" in err and "48.0 MiB / 48.0 MiB" in err, err
+    assert "\r" in err  # drawn in place
+    rc, err = on_a_terminal(["decompress", "big.bin.tpde", "-o", "back.bin"], tmp_path)
+    assert rc == 0 and "decompressing big.bin.tpde:" in err and "100%|" in err, err
     assert (tmp_path / "back.bin").stat().st_size == big.stat().st_size
+    # -q: nothing at all on the terminal.
+    rc, err = on_a_terminal(["compress", "big.bin", "-o", "q.tpde", "--quiet"], tmp_path)
+    assert rc == 0 and err == ""
+    # Work quicker than the delay draws no bar.
+    rc, err = on_a_terminal(["compress", "big.bin", "-o", "d.tpde"], tmp_path, delay="60")
+    assert rc == 0 and err == ""
+    # In a pipe: no bar, the summary line only.
+    p = run_py("-m", "tpde", "compress", "big.bin", "-o", "p.tpde", cwd=tmp_path, env={**py_env, "TPDE_PROGRESS_DELAY": "0"})
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert p.stdout.startswith("big.bin -> p.tpde: 48.0 MiB -> ")
+
+
+def test_help_for_every_argument_and_option() -> None:
+    """Every argument and option of every command says what it is."""
+    parser = cli._parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert missing == []
+    assert {"compress", "decompress", "info", "add", "restore", "ls", "rm", "verify", "stats"} <= set(sub.choices)
+
+
+@pytest.mark.parametrize("command,says,never", [
+    ("compress", "default: FILE.tpde", "without its .tpde"),
+    ("decompress", "default: FILE without its .tpde suffix, else FILE.restored", "default: FILE.tpde"),
+])
+def test_each_command_states_its_own_default_output(tpde_cmd, command: str, says: str, never: str) -> None:
+    p = tpde_cmd(command, "--help")
+    assert p.returncode == 0
+    text = " ".join(p.stdout.split())
+    assert says in text and never not in text, text
+
+
+@pytest.mark.parametrize("command", ["restore", "rm", "info"])
+def test_help_says_where_latest_is_a_step(tpde_cmd, command: str) -> None:
+    p = tpde_cmd(command, "--help")
+    assert p.returncode == 0 and "'latest'" in p.stdout, p.stdout
+
+
+@pytest.mark.parametrize("make,says", [
+    ("safetensors", "not a tpde file (a safetensors file, uncompressed; tpde compress makes one of it)"),
+    ("torch", "not a tpde file (a zip file (a torch checkpoint?), uncompressed"),
+    ("json", "not a tpde file"),
+    ("empty", "not a tpde file (an empty file"),
+])
+def test_a_file_that_is_not_a_tpde_file_is_called_that(tmp_path: Path, tpde_cmd, make_safetensors, make: str,
+                                                         says: str) -> None:
+    import torch
+
+    f = tmp_path / f"x.{make}"
+    if make == "safetensors":
+        make_safetensors(f)
+    elif make == "torch":
+        torch.save({"w": torch.zeros(4)}, f)
+    elif make == "json":
+        f.write_text('{"a": 1}')
+    else:
+        f.write_bytes(b"")
+    for command in (["info", str(f)], ["decompress", str(f), "-o", str(tmp_path / "out")]):
+        p = tpde_cmd(*command)
+        assert p.returncode == 1, (p.stdout, p.stderr)
+        line = _one_error_line(p)
+        assert says in line, line
+        assert line.count(str(f)) == 1, line  # the file named once
+        assert "magic" not in line and "corrupt" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_error_names_the_file_once(tmp_path: Path, tpde_cmd, make_safetensors) -> None:
+    src = make_safetensors(tmp_path / "m.safetensors")
+    tpde.compress_file(src, tmp_path / "m.tpde")
+    data = (tmp_path / "m.tpde").read_bytes()
+    (tmp_path / "cut.tpde").write_bytes(data[: len(data) // 2])
+    for command in ("info", "decompress"):
+        p = tpde_cmd(command, str(tmp_path / "cut.tpde"), *(["-o", str(tmp_path / "x")] if command == "decompress"
+                                                            else []))
+        assert p.returncode == 1
+        line = _one_error_line(p)
+        assert line.count("cut.tpde") == 1, line

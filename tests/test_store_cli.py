@@ -101,14 +101,18 @@ def test_add_ls_info_stats_restore_rm_verify(tmp_path: Path, tpde_cli, run_dirs,
     assert "restored checkpoint 351" in p.stderr
     assert tree_digest(tmp_path / "latest") == tree_digest(extra)
 
-    ok(tpde_cli("rm", store, "200"))
+    p = ok(tpde_cli("rm", store, "200"))
+    assert p.stderr.startswith("removed checkpoint 200 in ") and p.stdout == ""
     p = ok(tpde_cli("ls", store, "--json"))
     assert [c["step"] for c in json.loads(p.stdout)] == [100, 300, 350, 351]
     ok(tpde_cli("restore", store, "100", tmp_path / "r100b", "-q"))
     assert tree_digest(tmp_path / "r100b") == tree_digest(run_dirs[100])
 
     p = ok(tpde_cli("verify", store))
-    assert p.stderr.strip() == "ok" and p.stdout == ""
+    assert p.stderr.startswith("ok: every object and chain checked (decoded) in ") and p.stdout == ""
+    assert p.stderr.count("\n") == 1
+    p = ok(tpde_cli("verify", store, "-q"))
+    assert p.stderr == "" and p.stdout == ""
     p = ok(tpde_cli("verify", store, "--json", "--shallow"))
     assert json.loads(p.stdout) == {"ok": True, "affected_steps": [], "cleaned": None, "problems": []}
 
@@ -160,7 +164,7 @@ def test_verify_repair_removes_leftovers(tmp_path: Path, tpde_cli, run_dirs) -> 
     assert os.listdir(store / "tmp") == []
     assert not (store / "objects" / junk[:2] / junk).exists()
     p = ok(tpde_cli("verify", store, "--repair"))
-    assert "removed 0 unfinished file(s), 0 unreferenced object(s)" in p.stderr
+    assert "removed 0 unfinished files, 0 unreferenced objects, " in p.stderr
     # What the first repair removed is what it reports.
     assert rep["cleaned"]["temporary"] == 1 and rep["cleaned"]["objects"] == 1, rep["cleaned"]
 

@@ -77,6 +77,7 @@ def _metadata() -> str:
         "Summary: Lossless compression for deep-learning checkpoints and checkpoint series\n"
         "License: Apache-2.0\n"
         "Requires-Python: >=3.9\n"
+        "Requires-Dist: tqdm>=4.62\n"
         "Provides-Extra: torch\n"
         "Requires-Dist: torch>=2.0; extra == \"torch\"\n"
         "Provides-Extra: numpy\n"

@@ -11,7 +11,8 @@
 
 STEP is a number from 0 to 2**63 - 1, or "latest" (the newest). Names and
 tags read from a store are untrusted: control characters in them are
-printed escaped.
+printed escaped. add, restore, rm and verify show a progress bar on a
+terminal and end with a summary line on stderr; -q leaves out both.
 """
 
 from __future__ import annotations
@@ -25,8 +26,11 @@ import time
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
+from . import _cli_stats
 from ._interrupt import Stop
+from ._progress import Bar
 from ._text import human as _human
+from ._text import plural
 from ._text import printable as _p
 from .errors import CancelledError, InvalidArgumentError
 from .store import CheckpointInfo, Store, check_step
@@ -82,63 +86,79 @@ def add_parsers(sub: Any, usage_error: type) -> None:
                        description="add each PATH (a file or a folder, e.g. a Trainer's checkpoint-N/) to STORE "
                                    "as one checkpoint; the step is --step, else the number ending the folder's "
                                    "name (checkpoint-500 -> 500), else the newest step + 1")
-    a.add_argument("store", metavar="STORE")
-    a.add_argument("paths", metavar="PATH", nargs="+")
-    a.add_argument("--step", type=step_arg, default=None, metavar="N")
+    a.add_argument("store", metavar="STORE", help="the store: a folder, made by the first add")
+    a.add_argument("paths", metavar="PATH", nargs="+",
+                   help="a checkpoint: a folder (every file in it, with its relative path and mode) or one file")
+    a.add_argument("--step", type=step_arg, default=None, metavar="N",
+                   help="the checkpoint's step, 0 to 2**63-1, after the newest (one PATH only; default: the "
+                        "number ending a folder's name, else the newest step + 1)")
     a.add_argument("--tag", action="append", default=None, metavar="T", help="a tag (repeat for more)")
     a.add_argument("--keyframe-interval", type=interval_arg, default=None, metavar="K",
-                   help="for a new store: decode at most K frames per tensor (default 10)")
+                   help="for a new store: decode at most K frames per tensor, 1 to 1000 (default 10)")
     a.add_argument("--reference", choices=("previous", "base"), default=None,
                    help="for a new store: code each checkpoint against the previous one (default) or a base")
-    a.add_argument("--base", default=None, metavar="PATH", help="the base (with --reference base)")
+    a.add_argument("--base", default=None, metavar="PATH",
+                   help="for a new store with --reference base: the base checkpoint, a folder or a file")
     a.add_argument("--lossy", action="append", default=None, metavar="PATTERN=BOUND",
                    help="for a new store: tensors matching PATTERN (file:name or name) may be stored within "
-                        "BOUND (absolute); lossless otherwise")
+                        "BOUND (absolute); lossless otherwise (repeat for more)")
     a.add_argument("--run", default=None, metavar="NAME", help="add to the named run (default main)")
     a.add_argument("--parent", default=None, metavar="RUN:STEP|base",
                    help="a new run's parent: a checkpoint of another run, or the store's base; its first "
                         "checkpoint is coded against it")
     a.add_argument("--follow-links", action="store_true",
                    help="store what a symlink pointing outside an added folder points to (refused otherwise)")
-    a.add_argument("-q", "--quiet", action="store_true")
-    a.add_argument("--json", action="store_true")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary lines")
+    a.add_argument("--json", action="store_true",
+                   help="print what was added as JSON on stdout (a list: one checkpoint's info per PATH)")
 
-    r = sub.add_parser("restore", help="write a checkpoint's original files", description="write checkpoint STEP "
-                       "of STORE into the folder DEST, every file byte-identical to what was added")
-    r.add_argument("store", metavar="STORE")
-    r.add_argument("step", metavar="STEP", type=step_or_latest)
-    r.add_argument("dest", metavar="DEST")
+    r = sub.add_parser("restore", help="write a checkpoint's original files",
+                       description="write checkpoint STEP of STORE into the folder DEST, every file "
+                                   "byte-identical to what was added; all or nothing")
+    r.add_argument("store", metavar="STORE", help="the store")
+    r.add_argument("step", metavar="STEP", type=step_or_latest,
+                   help="the checkpoint: its step, or 'latest' (the newest)")
+    r.add_argument("dest", metavar="DEST", help="the folder to write into: new, or empty unless -f")
     r.add_argument("-f", "--force", action="store_true",
                    help="restore into a folder that is not empty, replacing the files of the same names")
     r.add_argument("--run", default=None, metavar="NAME", help="the run (default main)")
-    r.add_argument("-q", "--quiet", action="store_true")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
 
     ls = sub.add_parser("ls", help="list a store's checkpoints", description="list the checkpoints of STORE")
-    ls.add_argument("store", metavar="STORE")
+    ls.add_argument("store", metavar="STORE", help="the store")
     ls.add_argument("--run", default=None, metavar="NAME", help="the run to list (default main)")
     ls.add_argument("--runs", action="store_true", help="list the store's runs instead")
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--json", action="store_true", help="print the list as JSON")
 
-    rm = sub.add_parser("rm", help="remove a checkpoint", description="remove checkpoint STEP; checkpoints coded "
-                        "against it are re-coded first")
-    rm.add_argument("store", metavar="STORE")
+    rm = sub.add_parser("rm", help="remove a checkpoint, or a run",
+                        description="remove checkpoint STEP; checkpoints coded against it are re-coded first, "
+                                    "so every other one still restores exactly")
+    rm.add_argument("store", metavar="STORE", help="the store")
     # default False, not None: None is what "latest" parses to.
-    rm.add_argument("step", metavar="STEP", type=step_or_latest, nargs="?", default=False)
+    rm.add_argument("step", metavar="STEP", type=step_or_latest, nargs="?", default=False,
+                    help="the checkpoint: its step, or 'latest' (the newest); none with --run removes the run")
     rm.add_argument("--run", default=None, metavar="NAME",
                     help="the run (default main); with no STEP, remove the whole run")
+    rm.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
 
     v = sub.add_parser("verify", help="check a store", description="check every object and chain of STORE (exit 1 "
                        "and name what is affected if anything is damaged)")
-    v.add_argument("store", metavar="STORE")
-    v.add_argument("--repair", action="store_true", help="first remove what dead writers left behind")
-    v.add_argument("--shallow", action="store_true", help="check hashes only; do not decode")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("store", metavar="STORE", help="the store")
+    v.add_argument("--repair", action="store_true",
+                   help="first remove what dead writers left behind, rewrite damaged copies of records and "
+                        "manifests from their intact twins, and reclaim checkpoints no folder holds any more")
+    v.add_argument("--shallow", action="store_true", help="check hashes only; do not decode (default: decode all)")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary line (problems are still printed)")
 
     st = sub.add_parser("stats", help="sizes, ratios and changes per checkpoint",
-                        description="size per checkpoint, ratio per tensor group, change per layer")
-    st.add_argument("store", metavar="STORE")
-    st.add_argument("--json", action="store_true")
-    st.add_argument("--plot", metavar="FILE.png", default=None, help="draw the figures with matplotlib")
+                        description="bytes each checkpoint added, ratio per tensor group (the same parameter of "
+                                    "every layer), and the share of elements changed per layer")
+    st.add_argument("store", metavar="STORE", help="the store")
+    st.add_argument("--json", action="store_true", help="print the figures as JSON")
+    st.add_argument("--plot", metavar="FILE.png", default=None,
+                    help="also draw them into FILE.png (needs matplotlib)")
 
 
 def _info_json(i: CheckpointInfo) -> Dict[str, Any]:
@@ -162,20 +182,28 @@ def _parse_step(text: str, usage_error: type) -> Optional[int]:
         raise usage_error(str(e)) from None
 
 
-def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
+def _summary(args: argparse.Namespace, line: str) -> None:
+    """A command's last line, on stderr (stdout is for what --json and the
+    read commands print), unless -q."""
+    if not args.quiet:
+        print(line, file=sys.stderr)
+
+
+def run(args: argparse.Namespace, usage_error: type) -> int:
     cmd = args.command
     if cmd == "add":
-        return _add(args, usage_error, bar_factory)
+        return _add(args, usage_error)
     _need_store(args.store, usage_error)
     run_name = getattr(args, "run", None)
     with Store(args.store) as store:
         if cmd == "restore":
             info = store.info(args.step, run=run_name)  # the step restored, named once: "latest" may move
             t0 = time.perf_counter()
-            out = store.restore(info.step, args.dest, force=args.force, run=run_name)
-            if not args.quiet:
-                print(f"restored checkpoint {info.step}: {len(info.files)} files, {_human(info.raw_bytes)} "
-                      f"into {out} in {time.perf_counter() - t0:.2f} s", file=sys.stderr)
+            with Bar(f"restoring checkpoint {info.step} ({plural(len(info.files), 'file')}, "
+                     f"{_human(info.raw_bytes)})", quiet=args.quiet):
+                out = store.restore(info.step, args.dest, force=args.force, run=run_name)
+            _summary(args, f"restored checkpoint {info.step}: {plural(len(info.files), 'file')}, "
+                           f"{_human(info.raw_bytes)} into {_p(str(out))} in {time.perf_counter() - t0:.2f} s")
             return 0
         if cmd == "ls" and args.runs:
             runs = store.runs()
@@ -218,7 +246,8 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
                 cfg = store.config
                 st = store.stats()
                 lossy = "lossless" if not cfg.get("lossy") else "lossy rules " + json.dumps(cfg["lossy"])
-                print(f"store {_p(args.store)}: {len(st['checkpoints'])} checkpoints, {_human(st['raw_bytes'])} raw "
+                print(f"store {_p(args.store)}: {plural(len(st['checkpoints']), 'checkpoint')}, "
+                      f"{_human(st['raw_bytes'])} raw "
                       f"in {_human(st['disk_bytes'])} on disk ({(st['ratio'] or 0):.2f}x); keyframe interval "
                       f"{cfg.get('keyframe_interval')}, reference {cfg.get('reference')}, {lossy}")
                 if st["damaged"]:
@@ -233,11 +262,13 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
                 print(json.dumps(_info_json(info), indent=1))
                 return 0
             print(f"checkpoint {info.step} ({_p(info.created)}) tags: {_p(','.join(info.tags)) or '-'}; "
-                  f"{_human(info.raw_bytes)} in {_human(info.stored_bytes)} ({info.ratio:.2f}x), "
-                  f"at most {info.max_chain} frame(s) per tensor, "
+                  f"{plural(len(info.files), 'file')}, {_human(info.raw_bytes)} in {_human(info.stored_bytes)} "
+                  f"({info.ratio:.2f}x), at most {plural(info.max_chain, 'frame')} per tensor, "
                   + ("bit-exact" if info.lossless else f"lossy, max error {info.max_error:.3g}"))
+            width = max([len(_p(f.path)) for f in info.files] + [4])
             for f in info.files:
-                print(f"  {_p(f.path):<40} {_human(f.size):>10}  {f.layout:<12} {f.tensors:>4} tensors"
+                n = "-" if f.tensors is None or (f.tensors == 0 and f.layout == "raw") else plural(f.tensors, "tensor")
+                print(f"  {_p(f.path):<{width}}  {_human(f.size):>10}  {f.layout:<12}  {n:>13}"
                       + (f"  ({_p(f.note)})" if f.note else ""))
             if info.damaged:
                 print(f"damaged: {_p(info.problem)}")
@@ -246,26 +277,40 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
         if cmd == "rm":
             if args.step is False and run_name is None:
                 raise usage_error("rm needs STEP (or --run NAME to remove a whole run)")
+            t0 = time.perf_counter()
             if args.step is False:
-                store.remove_run(run_name)
-            else:
-                store.remove(args.step, run=run_name)
+                with Bar(f"removing run {_p(run_name)}", quiet=args.quiet):
+                    store.remove_run(run_name)
+                _summary(args, f"removed run {_p(run_name)} in {time.perf_counter() - t0:.2f} s")
+                return 0
+            held = store.steps(run=run_name) if args.step is None else []
+            step = held[-1] if held else args.step  # "latest": named once, as restore does
+            in_run = "" if run_name is None else f" of run {_p(run_name)}"
+            with Bar(f"removing checkpoint {step}{in_run} (re-coding what was coded against it)", quiet=args.quiet):
+                store.remove(step, run=run_name)
+            _summary(args, f"removed checkpoint {step}{in_run} in {time.perf_counter() - t0:.2f} s")
             return 0
         if cmd == "verify":
-            rep = store.verify(deep=not args.shallow, repair=args.repair)
+            t0 = time.perf_counter()
+            how = "hashes of" if args.shallow else "decoding"
+            with Bar(f"verifying {_p(args.store)} ({how} every object)" + (", after a repair" if args.repair else ""),
+                     quiet=args.quiet or args.json):
+                rep = store.verify(deep=not args.shallow, repair=args.repair)
+            took = f"in {time.perf_counter() - t0:.2f} s"
             if args.json:
                 print(json.dumps({"ok": rep.ok, "affected_steps": rep.affected_steps, "cleaned": rep.cleaned,
                                   "problems": [asdict(p) for p in rep.problems]}, indent=1))
             else:
                 if rep.cleaned:
                     c = rep.cleaned
-                    print(f"removed {c['temporary']} unfinished file(s), {c['objects']} unreferenced object(s), "
-                          f"{c['manifests']} old manifest(s); rewrote {c.get('copies', 0)} damaged or missing "
-                          "copies" + (" (readers busy: objects kept)" if c.get("readers_busy") else ""),
+                    print(f"removed {plural(c['temporary'], 'unfinished file')}, "
+                          f"{plural(c['objects'], 'unreferenced object')}, {plural(c['manifests'], 'old manifest')}; "
+                          f"rewrote {plural(c.get('copies', 0), 'damaged or missing copy', 'damaged or missing copies')}"
+                          + (" (readers busy: objects kept)" if c.get("readers_busy") else ""),
                           file=sys.stderr)
                     if c.get("reclaimed"):
-                        print("removed checkpoint(s) no folder holds any more: "
-                              + ", ".join(map(str, c["reclaimed"])), file=sys.stderr)
+                        print(f"removed {'checkpoints' if len(c['reclaimed']) > 1 else 'checkpoint'} no folder "
+                              "holds any more: " + ", ".join(map(str, c["reclaimed"])), file=sys.stderr)
                     if c.get("kept"):
                         print(f"kept unreferenced objects: {_p(c['kept'])}", file=sys.stderr)
                     for f in c.get("foreign") or []:
@@ -278,9 +323,11 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
                           + (" (its other copy serves; nothing is lost; --repair rewrites it)" if p.degraded else "")
                           + (" (not checked, not damaged)" if p.unchecked else ""))
                 if rep.ok:
-                    print("ok", file=sys.stderr)
+                    _summary(args, f"ok: every object and chain checked ({'hashes only' if args.shallow else 'decoded'}"
+                                   f") {took}")
                 elif rep.affected_steps:
-                    print(f"damaged: checkpoints {', '.join(map(str, rep.affected_steps))}", file=sys.stderr)
+                    print(f"damaged: {'checkpoints' if len(rep.affected_steps) > 1 else 'checkpoint'} "
+                          f"{', '.join(map(str, rep.affected_steps))}", file=sys.stderr)
                 elif rep.unchecked_steps and not rep.degraded:
                     print(f"not checked: checkpoints {', '.join(map(str, rep.unchecked_steps))} decode beyond the "
                           "decode limit (raise TPDE_MAX_OUTPUT to check them)", file=sys.stderr)
@@ -289,25 +336,18 @@ def run(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             return 0 if rep.ok else 1
         if cmd == "stats":
             st = store.stats()
+            reference = store.config.get("reference", "previous")
             if args.plot:
-                _plot(st, args.plot)
+                _plot(st, args.plot, reference)
             if args.json:
                 print(json.dumps(st, indent=1))
                 return 0
-            print(f"{'step':>10}  {'raw':>10}  {'new bytes':>10}")
-            for r in st["checkpoints"]:
-                print(f"{r['step']:>10}  {_human(r['raw_bytes']):>10}  {_human(r['new_bytes']):>10}")
-            print(f"total: {_human(st['raw_bytes'])} raw, {_human(st['disk_bytes'])} on disk "
-                  f"({(st['ratio'] or 0):.2f}x)" + (f"; damaged, left out: checkpoints {', '.join(st['damaged'])}"
-                                                    if st["damaged"] else ""))
-            print("\nratio per tensor group:")
-            for g, v in st["groups"].items():
-                print(f"  {_p(g):<60} {v['ratio']:.2f}x" if v["ratio"] else f"  {_p(g):<60} -")
+            print(_cli_stats.text(st, reference))
             return 0
     raise usage_error(f"unknown command {cmd}")
 
 
-def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
+def _add(args: argparse.Namespace, usage_error: type) -> int:
     if _SCHEME.match(args.store):
         raise usage_error(f"{args.store}: tpde cannot serve {args.store.split('://')[0]}:// stores; a store is a "
                           "local folder")
@@ -352,62 +392,35 @@ def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             if step is None:
                 m = _STEP_IN_NAME.search(os.path.basename(os.path.normpath(p)))
                 step = int(m.group(1)) if m and os.path.isdir(p) else None
-            bar = bar_factory(f"adding {_p(os.path.basename(os.path.normpath(p)))}") if not args.quiet else None
+            bar = Bar(f"adding {_p(os.path.basename(os.path.normpath(p)))}", quiet=args.quiet)
             t0 = time.perf_counter()
             try:
-                info = store.add(p, step=step, tags=args.tag, progress=bar, follow_links=args.follow_links,
-                                 cancel=stop.event, run=args.run, parent=parent)
+                info = store.add(p, step=step, tags=args.tag, progress=bar if bar.drawn else None,
+                                 follow_links=args.follow_links, cancel=stop.event, run=args.run, parent=parent)
             except CancelledError:
-                if bar is not None:
-                    bar.close()
+                bar.close()
                 print(f"tpde: error: interrupted by {stop.name()}: stopped; nothing of {p} was committed",
                       file=sys.stderr)
                 return stop.exit_status()
             finally:
-                if bar is not None:
-                    bar.close()
+                bar.close()
             dt = time.perf_counter() - t0
             out.append(_info_json(info))
-            if not args.quiet and not args.json:
-                print(f"added checkpoint {info.step}: {len(info.files)} files, {_human(info.raw_bytes)} -> "
-                      f"{_human(info.stored_bytes)} ({info.ratio:.2f}x) in {dt:.2f} s", file=sys.stderr)
+            if not args.json:
+                _summary(args, f"added checkpoint {info.step}: {plural(len(info.files), 'file')}, "
+                               f"{_human(info.raw_bytes)} -> {_human(info.stored_bytes)} ({info.ratio:.2f}x) "
+                               f"in {dt:.2f} s")
     if args.json:
         print(json.dumps(out, indent=1))
     return 0
 
 
-def _plot(st: Dict[str, Any], path: str) -> None:
+def _plot(st: Dict[str, Any], path: str, reference: str) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        from .errors import InvalidArgumentError
-
         raise InvalidArgumentError("--plot needs matplotlib (pip install matplotlib)") from None
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    steps = [r["step"] for r in st["checkpoints"]]
-    axes[0].bar([str(s) for s in steps], [r["new_bytes"] / 2**20 for r in st["checkpoints"]])
-    axes[0].set_title("bytes each checkpoint added (MiB)")
-    axes[0].set_xlabel("step")
-    groups = [(g, v["ratio"]) for g, v in st["groups"].items() if v["ratio"]]
-    groups.sort(key=lambda x: -x[1])
-    groups = groups[:20]
-    axes[1].barh([g[-45:] for g, _ in groups], [r for _, r in groups])
-    axes[1].set_title("ratio per tensor group")
-    axes[1].tick_params(axis="y", labelsize=6)
-    layers = sorted({layer for v in st["changed"].values() for layer in v})
-    for layer in layers[:12]:
-        xs = [int(s) for s, v in st["changed"].items() if layer in v]
-        axes[2].plot(xs, [st["changed"][str(s)][layer] for s in xs], marker="o", label=layer[-30:])
-    axes[2].set_title("fraction of elements changed vs the next checkpoint")
-    axes[2].set_xlabel("step")
-    if layers:
-        axes[2].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _cli_stats.plot(st, path, reference)
 
 
 __all__: List[str] = ["COMMANDS", "add_parsers", "run", "is_store"]

@@ -23,10 +23,12 @@ __all__ = ["Stop", "run_cancellable"]
 _POLL_S = 0.05
 
 
-def run_cancellable(fn: Callable[[c_int32], Any], cancel: Optional[Any] = None) -> Any:
+def run_cancellable(fn: Callable[[c_int32], Any], cancel: Optional[Any] = None,
+                    poll: Optional[Callable[[], None]] = None) -> Any:
     """fn(flag) on a helper thread; flag is the c_int32 the library polls.
     cancel: anything with is_set() (a threading.Event) that stops the call
-    with CancelledError."""
+    with CancelledError. poll() is called while the call runs (to report
+    its progress); an exception from it stops the call too."""
     flag = c_int32(1 if cancel is not None and cancel.is_set() else 0)
     result: List[Any] = []
     failure: List[BaseException] = []
@@ -44,6 +46,8 @@ def run_cancellable(fn: Callable[[c_int32], Any], cancel: Optional[Any] = None) 
             worker.join(_POLL_S)
             if cancel is not None and cancel.is_set():
                 flag.value = 1
+            if poll is not None and worker.is_alive():
+                poll()
     except BaseException:
         flag.value = 1
         worker.join()

@@ -12,6 +12,12 @@ def human(n: float) -> str:
     raise AssertionError("unreachable")
 
 
+def plural(n: int, noun: str, nouns: str = "") -> str:
+    """"1 file", "2 files", "0 files": n and the noun in its number (nouns
+    for an irregular plural)."""
+    return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
+
+
 def printable(text: str) -> str:
     """text with every control character (C0, DEL, C1: a newline, an
     escape sequence that retitles a terminal) shown as an escape: names

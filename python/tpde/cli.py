@@ -6,6 +6,11 @@
     tpde add STORE PATH... [--step N] [--tag T]      (and restore, ls, info, rm, verify, stats:
                                                     see python/tpde/_cli_store.py)
 
+Work that takes more than half a second shows a progress bar on stderr
+when stderr is a terminal and -q is not given (python/tpde/_progress.py);
+every command that changes something ends with a one-line summary, which
+-q leaves out.
+
 compress and decompress never replace an existing OUT (FILE.tpde, FILE, or
 the -o path) unless -f/--force is given, as gzip and zstd: the refusal is
 made by the step that publishes the output, so a file that appears while
@@ -33,11 +38,12 @@ import os
 import stat
 import sys
 import traceback
-from typing import IO, Any, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 from ._interrupt import Stop
+from ._progress import Bar
 from ._text import human as _human
-from ._text import printable
+from ._text import plural, printable
 from . import __version__, _cli_store
 from ._memory import parse_size
 from .codec import (_compress_file, _decompress_file, _original_size, _output_flags, _output_path, _refuse_same,
@@ -53,8 +59,6 @@ from .errors import (
 )
 
 PROG = "tpde"
-#: Inputs at least this large get a progress bar (on a terminal, without --quiet).
-PROGRESS_MIN_BYTES = 64 << 20
 
 
 class _UsageError(Exception):
@@ -82,28 +86,38 @@ def _parser() -> _Parser:
     p = _Parser(prog=PROG, description="Lossless compression for deep-learning checkpoints.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, what in (("compress", "compress FILE (a .safetensors checkpoint or any file) into FILE.tpde"),
-                       ("decompress", "restore the original file from a .tpde file")):
+    for name, what in (("compress", "compress FILE (a .safetensors or torch checkpoint, or any file) into a "
+                                     "tpde file, losslessly"),
+                       ("decompress", "restore the original file, byte for byte, from a tpde file")):
+        compress = name == "compress"
         c = sub.add_parser(name, help=what, description=what)
-        c.add_argument("file", metavar="FILE")
+        c.add_argument("file", metavar="FILE",
+                       help="the file to compress (a pipe or FIFO works too)" if compress else
+                       "a tpde file (tpde compress made it)")
         c.add_argument("-o", "--output", metavar="OUT",
-                       help="output path (default: FILE.tpde; for decompress FILE without .tpde, else FILE.restored); "
-                            "an existing one is refused unless -f")
+                       help=("output path (default: FILE.tpde)" if compress else
+                             "output path (default: FILE without its .tpde suffix, else FILE.restored)")
+                       + "; an existing one is refused unless -f")
         c.add_argument("-f", "--force", action="store_true",
                        help="replace an existing output file (never a symlink, directory or FIFO, nor FILE itself)")
-        c.add_argument("--threads", type=_threads_arg, default=0, metavar="N", help="worker threads (0: all CPUs)")
-        c.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
-        if name == "decompress":
+        c.add_argument("--threads", type=_threads_arg, default=0, metavar="N",
+                       help="worker threads (default 0: one per CPU)")
+        c.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary line")
+        if not compress:
             c.add_argument("--max-output", type=_size_arg, default=None, metavar="SIZE",
                            help="refuse a file that restores to more than SIZE bytes (K/M/G/T suffixes; "
                                 "default $TPDE_MAX_OUTPUT, else no limit)")
-    i = sub.add_parser("info", help="describe a .tpde file or checkpoint", description="describe a .tpde file or compressed checkpoint")
-    i.add_argument("file", metavar="FILE", help="a .tpde file, a compressed checkpoint, or a store")
-    i.add_argument("step", metavar="STEP", nargs="?", default=None, help="for a store: the checkpoint to describe")
+    i = sub.add_parser("info", help="describe a tpde file, a compressed checkpoint, or a store",
+                       description="describe a tpde file (its tensors, sizes and coding), a compressed "
+                                   "checkpoint, or a store (with STEP: one of its checkpoints)")
+    i.add_argument("file", metavar="FILE", help="a tpde file, a compressed checkpoint, or a store")
+    i.add_argument("step", metavar="STEP", nargs="?", default=None,
+                   help="for a store: the checkpoint to describe, a step number or 'latest' "
+                        "(default: the whole store)")
     i.add_argument("--json", action="store_true", help="print the description as JSON")
     i.add_argument("--run", default=None, metavar="NAME", help="for a store: the run (default main)")
     i.add_argument("--limit", type=int, default=10000, metavar="N",
-                   help="list at most N segments of a file (default 10000; all are checked)")
+                   help="for a tpde file: list at most N segments (default 10000; all are checked)")
     _cli_store.add_parsers(sub, _UsageError)
     return p
 
@@ -117,33 +131,6 @@ def _size_arg(text: str) -> int:
 
 def _ratio(orig: int, stored: int) -> str:
     return f"{orig / stored:.3f}x" if stored else "-"
-
-
-class _Bar:
-    """A one-line progress bar redrawn in place with carriage returns."""
-
-    width = 30
-
-    def __init__(self, label: str, stream: IO[str]) -> None:
-        self.label, self.stream, self.drawn = label, stream, False
-
-    def __call__(self, done: int, total: int) -> None:
-        frac = min(done / total, 1.0) if total else 1.0
-        fill = int(frac * self.width)
-        bar = "#" * fill + "." * (self.width - fill)
-        self.stream.write(f"\r{self.label} [{bar}] {frac * 100:5.1f}% {_human(done)} / {_human(total)}")
-        self.stream.flush()
-        self.drawn = True
-
-    def close(self) -> None:
-        if self.drawn:
-            self.stream.write("\n")
-            self.stream.flush()
-            self.drawn = False
-
-
-def _bar_for(label: str) -> Optional[_Bar]:
-    return _Bar(label, sys.stderr) if sys.stderr.isatty() else None
 
 
 def _check_input(path: str) -> None:
@@ -184,34 +171,34 @@ def _convert(args: argparse.Namespace) -> int:
     # With -f a regular file is replaced, but a symlink that appears
     # meanwhile is replaced itself, never written through.
     flags = _output_flags(args.force, follow_symlinks=False)
+    if not compress:
+        _refuse_non_tpde(args.file)
     size = (os.path.getsize(args.file) if compress else _original_size(args.file)) if os.path.isfile(args.file) else 0
-    bar = None
-    if not args.quiet and size >= PROGRESS_MIN_BYTES and sys.stderr.isatty():
-        bar = _Bar(args.command, sys.stderr)
+    what = "compressing" if compress else "decompressing"
+    bar = Bar(f"{what} {printable(os.path.basename(args.file))}", quiet=args.quiet, total=size or None)
     stop = Stop()
     note = None
     try:
         with stop.installed():
+            progress = bar if bar.drawn and size else None
             if compress:
-                out, note = _compress_file(args.file, out_path, threads=args.threads, progress=bar,
+                out, note = _compress_file(args.file, out_path, threads=args.threads, progress=progress,
                                            cancel=stop.event, flags=flags)
             else:
-                out = _decompress_file(args.file, out_path, threads=args.threads, progress=bar, cancel=stop.event,
-                                       max_output_bytes=args.max_output, flags=flags)
+                out = _decompress_file(args.file, out_path, threads=args.threads, progress=progress,
+                                       cancel=stop.event, max_output_bytes=args.max_output, flags=flags)
     except TPDEIOError as e:
         if e.errno == errno.EEXIST and not args.force:
             # Created by someone else while tpde worked: the same refusal.
             raise _UsageError(f"{out_path}: already exists; not overwritten (-f replaces it)") from None
         raise
     except CancelledError:
-        if bar is not None:
-            bar.close()
+        bar.close()
         name = stop.name()
         _fail(f"interrupted by {name}: stopped, nothing was written")
         return stop.exit_status()
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     if not args.quiet:
         # Sizes from the output: the input may have been a pipe.
         if compress:
@@ -239,6 +226,40 @@ def _is_bundle(path: str) -> bool:
 
     with open(path, "rb") as f:
         return f.read(4) == BUNDLE_MAGIC
+
+
+# What opens a tpde file, a file holding one frame, and a compressed
+# checkpoint (docs/FORMAT.md).
+_MAGICS = (b"\x89TPC", b"\x89TPF", b"\x89TPB")
+
+
+def _kind_of(head: bytes) -> str:
+    """What a file that is not a tpde file looks like, from its first bytes."""
+    from ._torchlegacy import sniff
+
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 30:
+        return "a safetensors file, uncompressed"
+    if head[:4] == b"PK\x03\x04":
+        return "a zip file (a torch checkpoint?), uncompressed"
+    if sniff(head):
+        return "a legacy torch file, uncompressed"
+    if not head:
+        return "an empty file"
+    return ""
+
+
+def _refuse_non_tpde(path: str) -> None:
+    """Raise UnsupportedFormatError for a regular file that does not open
+    like a tpde file, saying what it looks like (a pipe is left to the
+    library: reading ahead of it would lose its bytes)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if head[:4] in _MAGICS:
+        return
+    kind = _kind_of(head)
+    raise UnsupportedFormatError("not a tpde file" + (f" ({kind}; tpde compress makes one of it)" if kind else ""))
 
 
 def _bundle_info(args: argparse.Namespace) -> int:
@@ -273,6 +294,7 @@ def _bundle_info(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     _check_input(args.file)
+    _refuse_non_tpde(args.file)
     if _is_bundle(args.file):
         return _bundle_info(args)
     if args.limit < 1:
@@ -305,7 +327,7 @@ def _info(args: argparse.Namespace) -> int:
         lines.append("  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4])
     more = int(fi.get("segment_count", 0)) - len(fi.get("segments") or [])
     if more > 0:
-        lines.append(f"... and {more:,} more segments, all checked (--limit N lists more)")
+        lines.append(f"... and {plural(more, 'more segment')}, all checked (--limit N lists more)")
     print("\n".join(line.rstrip() for line in lines))
     return 0
 
@@ -335,13 +357,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     try:
         if store_cmd:
-            return _cli_store.run(args, _UsageError, _bar_for)
+            return _cli_store.run(args, _UsageError)
         return _info(args) if args.command == "info" else _convert(args)
     except _UsageError as e:
         _fail(str(e))
         return 2
     except (CorruptDataError, UnsupportedFormatError, DecodeLimitError) as e:
-        _fail(f"{args.file}: {e}")
+        # Named once: the library's messages often name the file already.
+        msg = str(e)
+        _fail(msg if msg.startswith(f"{args.file}:") else f"{args.file}: {msg}")
         return 1
     except InvalidArgumentError as e:
         _fail(str(e))
