@@ -270,3 +270,164 @@ def test_failures_exit_1(tmp_path: Path, tpde_cli, run_dirs, py_env) -> None:
     p = tpde_cli("restore", store, "200", tmp_path / "afile")
     assert p.returncode == 1
     one_error_line(p)
+
+
+def _layered_run(root: Path, steps: List[int]) -> Dict[int, Path]:
+    """checkpoint-N folders of a 12-layer model whose layer i changes
+    (i + 1) / 16 of its elements at every step (so no two layers read the
+    same), with a real AdamW state as optimizer.pt (a torch zip)."""
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = torch.nn.ModuleDict({"layers": torch.nn.ModuleList([torch.nn.Linear(48, 48) for _ in range(12)])})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    out = {}
+    for step in steps:
+        opt.zero_grad()
+        x = torch.randn(4, 48)
+        for layer in model["layers"]:
+            x = torch.tanh(layer(x))
+        x.sum().backward()
+        opt.step()
+        with torch.no_grad():
+            for i, layer in enumerate(model["layers"]):  # the weights as each test wants them
+                w = layer.weight.view(-1)
+                w.copy_(torch.arange(w.numel(), dtype=torch.float32) * 1e-3 + i)
+                w[: (i + 1) * w.numel() // 16] += step * 1e-2
+        d = root / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+        torch.save(opt.state_dict(), d / "optimizer.pt")
+        out[step] = d
+    return out
+
+
+def test_stats_rows_are_named_by_parameter_and_ordered_by_number(tmp_path: Path, tpde_cli) -> None:
+    dirs = _layered_run(tmp_path / "out", [10, 20, 30])
+    store = tmp_path / "s"
+    ok(tpde_cli("add", store, *dirs.values(), "-q"))
+    st = json.loads(ok(tpde_cli("stats", store, "--json")).stdout)
+    groups = list(st["groups"])
+    # Zip storages by state-dict path, never data/N; a parameter of every layer is one row.
+    assert not any(":data/" in g for g in groups), groups
+    assert {"optimizer.pt:state/N/exp_avg", "optimizer.pt:state/N/exp_avg_sq",
+            "model.safetensors:layers.N.weight"} <= set(groups), groups
+    assert st["groups"]["optimizer.pt:state/N/exp_avg"]["tensors"] == 12  # the weights; biases are too small
+    changed = st["changed"]["10"]
+    layers = [k for k in changed if k.startswith("model.safetensors:")]
+    assert layers == [f"model.safetensors:layers.{i}" for i in range(12)]  # 2 before 10
+    for i in range(12):
+        assert changed[f"model.safetensors:layers.{i}"] == pytest.approx((i + 1) / 16, abs=0.01)
+    assert [k for k in changed if k.startswith("optimizer.pt:")][:3] == [
+        "optimizer.pt:state/0", "optimizer.pt:state/2", "optimizer.pt:state/4"]
+
+    text = ok(tpde_cli("stats", store)).stdout
+    assert "data/" not in text
+    lines = text.splitlines()
+    assert "ratio per tensor group" in text and "state/N/exp_avg" in text
+    head = next(i for i, line in enumerate(lines) if line.startswith("elements changed per layer"))
+    rows = {line.split()[0]: line.split()[1:] for line in lines[head + 1:] if line.startswith("    ")}
+    assert [r for r in rows if r.startswith("layers.")] == [f"layers.{i}" for i in range(12)]
+    for i in range(12):  # the text shows what --json has, per step
+        assert rows[f"layers.{i}"] == [f"{100 * st['changed'][s][f'model.safetensors:layers.{i}']:.1f}%"
+                                       for s in ("10", "20")]
+    # Every optimizer state changes wholly at every step: one row for them all.
+    assert [r for r in rows if r.startswith("state/")] == ["state/0-22"]
+
+
+def _tensor_count(obj: object) -> int:
+    import torch
+
+    seen: set = set()
+    todo = [obj]
+    while todo:
+        o = todo.pop()
+        if isinstance(o, torch.Tensor):
+            seen.add(id(o))
+        elif isinstance(o, dict):
+            todo.extend(o.values())
+        elif isinstance(o, (list, tuple)):
+            todo.extend(o)
+    return len(seen)
+
+
+def test_info_counts_tensors_and_files_as_a_user_does(tmp_path: Path, tpde_cli, run_dirs) -> None:
+    import torch
+    from safetensors import safe_open
+
+    store = tmp_path / "s"
+    ok(tpde_cli("add", store, run_dirs[100], "-q"))
+    with safe_open(str(run_dirs[100] / "model.safetensors"), "pt") as f:
+        n_model = len(list(f.keys()))
+    n_opt = _tensor_count(torch.load(run_dirs[100] / "optimizer.pt", weights_only=True))
+    info = json.loads(ok(tpde_cli("info", store, "100", "--json")).stdout)
+    files = {f["path"]: f for f in info["files"]}
+    assert files["model.safetensors"]["tensors"] == n_model
+    assert files["model.safetensors"]["frames"] < n_model  # biases stay in the skeleton: counted all the same
+    assert files["optimizer.pt"]["tensors"] == n_opt
+    assert files["config.json"]["tensors"] == 0
+    text = ok(tpde_cli("info", store, "100")).stdout
+    rows = {line.split()[0]: line for line in text.splitlines()[1:]}
+    assert rows["model.safetensors"].rstrip().endswith(f"{n_model} tensors")
+    assert rows["optimizer.pt"].rstrip().endswith(f"{n_opt} tensors")
+    assert rows["config.json"].rstrip().endswith(" -")
+    assert f"{len(files)} files," in text.splitlines()[0]
+
+    # One file of one tensor: singular words.
+    from safetensors.torch import save_file
+
+    one = tmp_path / "one"
+    one.mkdir()
+    save_file({"w": torch.zeros(64, 64)}, str(one / "w.safetensors"))
+    one_store = tmp_path / "one.tpde"
+    p = ok(tpde_cli("add", one_store, one, "--step", "1"))
+    assert "added checkpoint 1: 1 file, " in p.stderr
+    text = ok(tpde_cli("info", one_store, "1")).stdout
+    assert "; 1 file, " in text and "at most 1 frame per tensor" in text and text.rstrip().endswith(" 1 tensor")
+    assert "1 files" not in text and "1 tensors" not in text
+    assert ok(tpde_cli("info", one_store)).stdout.startswith(f"store {one_store}: 1 checkpoint, ")
+    p = ok(tpde_cli("restore", one_store, "latest", tmp_path / "back"))
+    assert p.stderr.startswith("restored checkpoint 1: 1 file, ")
+
+
+def _seen(terminal: str) -> List[str]:
+    """The lines a terminal shows at the end: each line as its last
+    carriage return left it, blank ones left out."""
+    lines = terminal.replace("\r\n", "\n").split("\n")
+    return [v for v in (line.split("\r")[-1].strip() for line in lines) if v]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty behaviour")
+def test_progress_on_a_terminal_for_every_store_command(tmp_path: Path, on_a_terminal, tpde_cli, run_dirs,
+                                                        py_env) -> None:
+    store = tmp_path / "s"
+    rc, err = on_a_terminal(["add", store, run_dirs[100], run_dirs[200]], tmp_path)
+    assert rc == 0, err
+    assert "adding checkpoint-100:" in err and "adding checkpoint-200:" in err and "%|" in err, err
+    seen = _seen(err)
+    assert len(seen) == 2 and seen[0].startswith("added checkpoint 100: ") and seen[1].startswith(
+        "added checkpoint 200: "), err
+    for args, label, summary in (
+            (["restore", store, "latest", tmp_path / "r"], "restoring checkpoint 200 (", "restored checkpoint 200: "),
+            (["verify", store], "verifying ", "ok: every object and chain checked"),
+            (["rm", store, "100"], "removing checkpoint 100 ", "removed checkpoint 100 in ")):
+        rc, err = on_a_terminal(args, tmp_path)
+        assert rc == 0, err
+        assert label in err, err  # drawn,
+        seen = _seen(err)
+        assert len(seen) == 1 and seen[0].startswith(summary), err  # then cleared: the summary is what stays
+    # -q: nothing on the terminal; in a pipe: the summary, no bar.
+    ok(tpde_cli("add", store, run_dirs[300], "-q"))
+    for args in (["add", store, run_dirs[100], "--step", "400", "-q"], ["restore", store, "latest", tmp_path / "q", "-q"],
+                 ["verify", store, "-q"], ["rm", store, "latest", "-q"]):
+        rc, err = on_a_terminal(args, tmp_path)
+        assert rc == 0 and err == "", (args, err)
+    env = {**py_env, "TPDE_PROGRESS_DELAY": "0"}
+    for args, summary in ((["add", store, run_dirs[100], "--step", "500"], "added checkpoint 500: "),
+                          (["restore", store, "latest", tmp_path / "p"], "restored checkpoint 500: "),
+                          (["verify", store], "ok: "), (["rm", store, "latest"], "removed checkpoint 500 in ")):
+        p = subprocess.run([sys.executable, "-m", "tpde", *map(str, args)], env=env, capture_output=True, text=True,
+                           timeout=300)
+        assert p.returncode == 0, p.stderr
+        assert p.stderr.startswith(summary) and p.stderr.count("\n") == 1 and "\r" not in p.stderr, p.stderr

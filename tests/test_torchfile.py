@@ -17,7 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tpde._torchfile import DTYPE_WIDTH, scan, storage_dtypes
+from tpde import _torchpickle
+from tpde._torchfile import DTYPE_WIDTH, count_tensors, scan, storage_dtypes, storage_names
+from tpde._torchfile import hints as hints_of
 from tpde.errors import CorruptDataError, UnsupportedFormatError
 
 torch = pytest.importorskip("torch")
@@ -127,6 +129,62 @@ def test_adamw_optimizer_state(tmp_path: Path) -> None:
     assert len(found) == n_params * 4 + 1
     assert sorted(d for d, _ in found.values()).count("F16") == 1
     assert all(d in ("F32", "F16") for d, _ in found.values())
+
+
+def _tensors_in(obj: object) -> int:
+    """Tensors torch.load builds for obj, each object once (as a pickle's memo does)."""
+    seen: set = set()
+
+    def walk(o: object) -> None:
+        if isinstance(o, torch.Tensor):
+            seen.add(id(o))
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    walk(obj)
+    return len(seen)
+
+
+def test_storages_are_named_by_state_dict_path_and_tensors_counted(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(12)])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opt.zero_grad()
+    model(torch.randn(8, 4)).sum().backward()
+    opt.step()
+    path = tmp_path / "train.pt"
+    shared = model[0].weight.detach()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "tied": shared, "view": shared[1:]},
+               path)
+    hints, note = hints_of(path)
+    assert note is None
+    names = hints["torch_zip_names"]
+    assert set(names) == set(hints["torch_zip"])
+    assert len(set(names.values())) == len(names)
+    assert {"optimizer/state/0/exp_avg", "optimizer/state/23/exp_avg_sq", "optimizer/state/5/step",
+            "model/0.weight", "model/11.bias"} <= set(names.values())
+    assert not any(n.startswith("data/") or n in ("tied", "view") for n in names.values()), names
+    # Counted as torch.load builds them: the tied tensor and the view are
+    # tensors of their own on a shared storage.
+    want = _tensors_in(torch.load(path, weights_only=True))
+    assert want == 12 * 2 + 24 * 3 + 2
+    assert count_tensors(path) == want
+
+
+def test_a_storage_no_path_reaches_keeps_its_record_name() -> None:
+    walk = _torchpickle.Walk()
+    root = _torchpickle.Dict()
+    root.items.append(("w", _torchpickle.TensorRef("0")))
+    root.items.append((1, _torchpickle.TensorRef("1")))
+    root.items.append(("1", _torchpickle.TensorRef("2")))  # spelt as the int key 1 is
+    walk.value = root
+    assert storage_names(walk, ["0", "1", "2", "3"]) == {"0": "w", "1": "1", "2": "1#2", "3": "data/3"}
+    walk.value = _torchpickle.TensorRef("0")
+    assert storage_names(walk, ["0"]) == {"0": "tensor"}
 
 
 def test_shared_storage_is_one_key(tmp_path: Path) -> None:

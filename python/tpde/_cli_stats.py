@@ -160,6 +160,11 @@ def _against(reference: str) -> str:
     return "the base" if reference == "base" else "the next checkpoint"
 
 
+#: Inches per character of the figure's 8-point labels (DejaVu Sans,
+#: generously), to make the figure wide enough for its longest ones.
+_INCH_PER_CHAR = 0.075
+
+
 def figure(st: Dict[str, Any], reference: str = "previous") -> Any:
     """The stats figure, a matplotlib Figure: bytes each checkpoint added,
     elements changed per layer, and ratio per tensor group. Sized for its
@@ -167,22 +172,35 @@ def figure(st: Dict[str, Any], reference: str = "previous") -> Any:
     (what a delta is coded against). Raises ImportError without
     matplotlib."""
     import matplotlib
-
-    matplotlib.use("Agg")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator, PercentFormatter
+    from matplotlib.ticker import EngFormatter, MaxNLocator, PercentFormatter
 
+    split = _splitter(st)
     groups = [(k, v) for k, v in st["groups"].items() if v["ratio"]]
     n_groups = len(groups)
     if n_groups > PLOT_GROUPS:  # the largest, still in file and name order
         keep = {k for k, _ in sorted(groups, key=lambda kv: -kv[1]["raw_bytes"])[:PLOT_GROUPS]}
         groups = [(k, v) for k, v in groups if k in keep]
+    # One file: named once, in the title; several: each label says which.
+    group_files = {split(k)[0] for k, _ in groups}
+    group_labels = [_p(split(k)[1] if len(group_files) == 1 else k) for k, _ in groups]
 
-    bottom_h = 1.2 + 0.25 * max(len(groups), 3)
-    fig = Figure(figsize=(13, 4.4 + bottom_h), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[4.4, bottom_h])
-    ax_new, ax_chg = top.subplots(1, 2, width_ratios=[1, 1.5])
-    ax_grp = bottom.subplots()
+    steps = list(st["changed"])
+    rows_c = change_rows(st, steps, cell=lambda x: None if x is None else round(x, 3)) if steps else []
+    shown = rows_c[:PLOT_LAYERS]
+    layer_files = {r.file for r in shown}
+    line_labels = [_p(r.label() if len(layer_files) == 1 else f"{r.file}:{r.label()}") for r in shown]
+
+    longest_group = max([len(t) for t in group_labels] + [0])
+    longest_line = max([len(t) for t in line_labels] + [0])
+    width = max(13.0, 6.0 + _INCH_PER_CHAR * longest_group, 9.5 + _INCH_PER_CHAR * longest_line)
+    bottom_h = 1.4 + 0.25 * max(len(groups), 3)
+    # A Figure of its own, drawn by Agg: no pyplot state, no GUI backend.
+    fig = Figure(figsize=(width, 4.6 + bottom_h), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[4.6, bottom_h])
+    ax_new, ax_chg = top.subplots(1, 2, width_ratios=[1, 1.4])
 
     # Bytes each checkpoint added to the store.
     rows = st["checkpoints"]
@@ -192,52 +210,58 @@ def figure(st: Dict[str, Any], reference: str = "previous") -> Any:
     ax_new.set_title("bytes each checkpoint added")
     ax_new.set_ylabel(unit)
     ax_new.set_xlabel("step")
-    every = max(1, -(-len(rows) // 12))
-    slant = len(rows) > 6
-    ax_new.set_xticks(xs[::every], [str(r["step"]) for r in rows][::every], rotation=45 if slant else 0,
-                      ha="right" if slant else "center")
+    every = max(1, -(-len(rows) // 8))
+    slant = len(rows) > 5
+    ax_new.set_xticks(xs[::every], [str(r["step"]) for r in rows][::every], rotation=40 if slant else 0,
+                      ha="right" if slant else "center", rotation_mode="anchor" if slant else "default")
 
     # Elements changed per layer, folded as in the text, one colour each.
     # Lines that coincide (every layer of a fine-tune changes wholly) stay
     # visible: each is drawn thinner, with smaller markers, than the one
     # before it.
-    steps = list(st["changed"])
     ax_chg.set_title(f"elements changed per layer, vs {_against(reference)}")
     ax_chg.set_xlabel("step")
     ax_chg.set_ylim(-0.04, 1.04)
     ax_chg.yaxis.set_major_formatter(PercentFormatter(1.0))
-    if steps:
-        rows_c = change_rows(st, steps, cell=lambda x: None if x is None else round(x, 3))
-        shown = rows_c[:PLOT_LAYERS]
+    if shown:
         colours = matplotlib.colormaps["tab10"].colors
         markers = "osD^v<>ph*"
         x = [int(s) for s in steps]
-        for i, r in enumerate(shown):
+        for i, (r, label) in enumerate(zip(shown, line_labels)):
             pts = [(xi, c) for xi, c in zip(x, r.cells) if c is not None]
             ax_chg.plot([p[0] for p in pts], [p[1] for p in pts], color=colours[i], marker=markers[i],
-                        markersize=11 - 0.7 * i, linewidth=3.0 - 0.2 * i, label=f"{r.file}:{r.label()}")
-        if len(x) <= 10:
-            ax_chg.set_xticks(x, [str(v) for v in x], rotation=45 if len(x) > 6 else 0)
+                        markersize=10 - 0.5 * i, linewidth=2.6 - 0.15 * i, label=label)
+        if len(x) <= 8:
+            ax_chg.set_xticks(x, [str(v) for v in x])
         else:
-            ax_chg.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+            ax_chg.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
+            if max(x) >= 10000:  # 20k, not 20000 run into its neighbours
+                ax_chg.xaxis.set_major_formatter(EngFormatter(sep=""))
         span = (max(x) - min(x)) or 1
         ax_chg.set_xlim(min(x) - 0.06 * span, max(x) + 0.06 * span)
-        title = "layer" if len(rows_c) <= PLOT_LAYERS else f"the first {PLOT_LAYERS} of {len(rows_c)} (--json: all)"
+        title = _p(next(iter(layer_files))) if len(layer_files) == 1 else "layer"
+        if len(rows_c) > len(shown):
+            title += f"\nthe first {len(shown)} of {len(rows_c)} (--json: all)"
         ax_chg.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, title=title, title_fontsize=8,
-                      frameon=False, borderaxespad=0)
+                      frameon=False, borderaxespad=0, alignment="left")
     else:
         ax_chg.text(0.5, 0.5, "no delta frames yet", transform=ax_chg.transAxes, ha="center", va="center")
 
     # Ratio per tensor group, full names, in file and name order, top down.
+    # Its title is the subfigure's: long names narrow the axes, and a title
+    # centred over them would run off the figure.
+    ax_grp = bottom.subplots()
     title = "ratio per tensor group (raw / stored bytes; layer numbers as N)"
+    if len(group_files) == 1:
+        title += f" of {_p(next(iter(group_files)))}"
     if n_groups > len(groups):
         title += f": the {len(groups)} largest of {n_groups}"
-    ax_grp.set_title(title)
+    bottom.suptitle(title)
     if groups:
         ys = list(range(len(groups)))[::-1]
         ratios = [v["ratio"] for _, v in groups]
         bars = ax_grp.barh(ys, ratios, color="tab:green")
-        ax_grp.set_yticks(ys, [_p(k) for k, _ in groups], fontsize=8)
+        ax_grp.set_yticks(ys, group_labels, fontsize=8)
         ax_grp.bar_label(bars, [f"{r:.2f}x" for r in ratios], padding=3, fontsize=8)
         ax_grp.set_xlim(0, max(ratios) * 1.12)
         ax_grp.set_ylim(-0.6, len(groups) - 0.4)
