@@ -685,14 +685,32 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 			visit(c, step, base)
 		}
 	}
+	views := make([]*snapshot, 0, len(sn.runNames()))
+	var total, done uint64
 	if sn.m.Base != nil {
-		record(-1, *sn.m.Base, 0, true)
+		total++
 	}
 	for _, name := range sn.runNames() {
 		v, err := sn.view(name)
 		if err != nil {
 			return nil, err
 		}
+		views = append(views, v)
+		total += uint64(len(v.m.Checkpoints))
+	}
+	report := func() {
+		if s.Progress != nil {
+			s.Progress(done, total)
+		}
+	}
+	tick := func() { done++; report() }
+	report()
+	if sn.m.Base != nil {
+		record(-1, *sn.m.Base, 0, true)
+		tick()
+	}
+	for k, name := range sn.runNames() {
+		v := views[k]
 		rd.sn, run = v, ""
 		if name != MainRun {
 			run = name
@@ -702,6 +720,7 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 				break
 			}
 			record(i, ref, ref.Step, false)
+			tick()
 		}
 	}
 	if refused != nil {

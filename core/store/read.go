@@ -188,7 +188,13 @@ type Reader struct {
 	tmp     buffer
 	// wholeFile: the walk under way is checked against the file's sha256.
 	wholeFile bool
-	skel      struct {
+	// Progress, if set, is told how many bytes of how many Restore or
+	// RestoreFile has written, as it writes them (from the calling
+	// goroutine).
+	Progress func(done, total uint64)
+	written  uint64
+	toWrite  uint64
+	skel     struct {
 		obj  string
 		data []byte
 	}
@@ -588,6 +594,7 @@ func (rd *Reader) writeFile(f *File, out *os.File) error {
 		if _, err := bw.Write(b); err != nil {
 			return ioErr(out.Name(), err)
 		}
+		rd.wrote(uint64(len(b)))
 		return nil
 	}, nil, 0)
 	if err != nil {
@@ -605,6 +612,21 @@ func (rd *Reader) writeFile(f *File, out *os.File) error {
 	return nil
 }
 
+// startWriting begins counting the total bytes a restore writes, for Progress.
+func (rd *Reader) startWriting(total uint64) {
+	rd.written, rd.toWrite = 0, total
+	if rd.Progress != nil {
+		rd.Progress(0, total)
+	}
+}
+
+func (rd *Reader) wrote(n uint64) {
+	rd.written += n
+	if rd.Progress != nil {
+		rd.Progress(rd.written, rd.toWrite)
+	}
+}
+
 // RestoreFile writes one stored file to the path dst, whole or not at all:
 // through a temporary file beside it, renamed into place. An existing dst
 // is refused unless force (then it is replaced; a symlink at dst is
@@ -616,6 +638,7 @@ func (rd *Reader) RestoreFile(f *File, dst string, force bool) error {
 	if err := rd.s.refuseOverlap(dst, nil); err != nil {
 		return err
 	}
+	rd.startWriting(f.Size)
 	parent, base, err := openParent(dst)
 	if err != nil {
 		return err
@@ -801,6 +824,7 @@ func (rd *Reader) Restore(c *Checkpoint, dest string, force bool) error {
 	if err := rd.s.refuseOverlap(dest, c); err != nil {
 		return err
 	}
+	rd.startWriting(total)
 	parent, base, err := openParent(dest)
 	if err != nil {
 		return err

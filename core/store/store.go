@@ -120,6 +120,10 @@ type Store struct {
 	// replaced lists store entries Open removed because they were not
 	// what tpde makes there (a symlinked tmp/).
 	replaced []string
+	// Progress, if set, is told how many checkpoints (the base counted as
+	// one) of how many Verify has checked, as it goes (from the calling
+	// goroutine).
+	Progress func(done, total uint64)
 	// records caches parsed checkpoint records by object name: an object
 	// never changes, so a record read once serves every later snapshot.
 	records recordCache
