@@ -817,7 +817,8 @@ def test_damaged_object(tmp_path: Path, pristine, py_env, target: str, damage: s
                           text=True, timeout=120)
     assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
     assert rel in proc.stdout and (region == "" or region in proc.stdout)
-    assert proc.stderr.strip().splitlines()[-1] == "damaged: checkpoints " + ", ".join(map(str, affected))
+    word = "checkpoint " if len(affected) == 1 else "checkpoints "
+    assert proc.stderr.strip().splitlines()[-1] == "damaged: " + word + ", ".join(map(str, affected))
 
     for step, src in srcs.items():
         out = tmp_path / f"r{step}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ._text import human, plural
+from ._text import checkpoints, human, plural
 from ._text import printable as _p
 
 #: Steps shown as columns of the text report's change table; --json and
@@ -108,7 +108,7 @@ def text(st: Dict[str, Any], reference: str = "previous") -> str:
     for r in st["checkpoints"]:
         lines.append(f"{r['step']:>10}  {human(r['raw_bytes']):>10}  {human(r['new_bytes']):>10}  {r['files']:>5}")
     lines.append(f"total: {human(st['raw_bytes'])} raw, {human(st['disk_bytes'])} on disk "
-                 f"({(st['ratio'] or 0):.2f}x)" + (f"; damaged, left out: checkpoints {', '.join(st['damaged'])}"
+                 f"({(st['ratio'] or 0):.2f}x)" + (f"; damaged, left out: {checkpoints(list(st['damaged']))}"
                                                   if st.get("damaged") else ""))
 
     split = _splitter(st)

@@ -30,7 +30,7 @@ from . import _cli_stats
 from ._interrupt import Stop
 from ._progress import Bar
 from ._text import human as _human
-from ._text import plural
+from ._text import checkpoints, plural
 from ._text import printable as _p
 from .errors import CancelledError, InvalidArgumentError
 from .store import CheckpointInfo, Store, check_step
@@ -233,7 +233,7 @@ def run(args: argparse.Namespace, usage_error: type) -> int:
                       + (f"  damaged: {_p(i.problem)}" if i.damaged else ""))
             damaged = [i.step for i in infos if i.damaged]
             if damaged:
-                print(f"damaged: checkpoints {', '.join(map(str, damaged))} (tpde verify names what)", file=sys.stderr)
+                print(f"damaged: {checkpoints(damaged)} (tpde verify names what)", file=sys.stderr)
                 return 1
             return 0
         if cmd == "info":
@@ -251,7 +251,7 @@ def run(args: argparse.Namespace, usage_error: type) -> int:
                       f"in {_human(st['disk_bytes'])} on disk ({(st['ratio'] or 0):.2f}x); keyframe interval "
                       f"{cfg.get('keyframe_interval')}, reference {cfg.get('reference')}, {lossy}")
                 if st["damaged"]:
-                    print(f"damaged: checkpoints {', '.join(st['damaged'])} (tpde verify names what)")
+                    print(f"damaged: {checkpoints(list(st['damaged']))} (tpde verify names what)")
                     return 1
                 return 0
             if args.step is None:
@@ -326,10 +326,9 @@ def run(args: argparse.Namespace, usage_error: type) -> int:
                     _summary(args, f"ok: every object and chain checked ({'hashes only' if args.shallow else 'decoded'}"
                                    f") {took}")
                 elif rep.affected_steps:
-                    print(f"damaged: {'checkpoints' if len(rep.affected_steps) > 1 else 'checkpoint'} "
-                          f"{', '.join(map(str, rep.affected_steps))}", file=sys.stderr)
+                    print(f"damaged: {checkpoints(rep.affected_steps)}", file=sys.stderr)
                 elif rep.unchecked_steps and not rep.degraded:
-                    print(f"not checked: checkpoints {', '.join(map(str, rep.unchecked_steps))} decode beyond the "
+                    print(f"not checked: {checkpoints(rep.unchecked_steps)} decode beyond the "
                           "decode limit (raise TPDE_MAX_OUTPUT to check them)", file=sys.stderr)
                 else:
                     print("degraded: nothing is lost, but a copy is damaged (tpde verify --repair)", file=sys.stderr)

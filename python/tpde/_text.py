@@ -18,6 +18,12 @@ def plural(n: int, noun: str, nouns: str = "") -> str:
     return f"{n:,} {noun if n == 1 else (nouns or noun + 's')}"
 
 
+def checkpoints(steps: "list") -> str:
+    """"checkpoint 20", "checkpoints 10, 20": steps named with the word in
+    their number."""
+    return ("checkpoint " if len(steps) == 1 else "checkpoints ") + ", ".join(map(str, steps))
+
+
 def printable(text: str) -> str:
     """text with every control character (C0, DEL, C1: a newline, an
     escape sequence that retitles a terminal) shown as an escape: names

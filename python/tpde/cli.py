@@ -83,7 +83,10 @@ def _threads_arg(text: str) -> int:
 
 
 def _parser() -> _Parser:
-    p = _Parser(prog=PROG, description="Lossless compression for deep-learning checkpoints.")
+    p = _Parser(prog=PROG, description="Lossless compression for deep-learning checkpoints.",
+                epilog="Work that takes more than half a second shows a progress bar when stderr is a terminal "
+                       "($TPDE_PROGRESS_DELAY sets the delay in seconds); -q on a command leaves out the bar and "
+                       "its summary line. 'tpde COMMAND --help' describes each command.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, what in (("compress", "compress FILE (a .safetensors or torch checkpoint, or any file) into a "
