@@ -161,8 +161,8 @@ def test_stats_plot_stays_legible_with_long_names_and_many_rows() -> None:
     st = _extreme_stats()
     fig = _cli_stats.figure(st)
     _check_legible(fig)
-    ax_grp = _group_axes(fig)
     assert f"the {_cli_stats.PLOT_GROUPS} largest of 40" in _group_title(fig).get_text()
+    assert len(_group_axes(fig).get_yticklabels()) == _cli_stats.PLOT_GROUPS
     ax_chg = next(ax for ax in fig.get_axes() if ax.get_title().startswith("elements changed per layer"))
     assert len(ax_chg.get_lines()) == _cli_stats.PLOT_LAYERS
     assert ax_chg.get_legend().get_title().get_text() == (

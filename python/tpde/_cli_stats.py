@@ -11,11 +11,11 @@ per parameter, and each changes entirely at every step.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ._text import checkpoints, human, plural
 from ._text import printable as _p
+from .store.stats import _NUMBER, natural_key
 
 #: Steps shown as columns of the text report's change table; --json and
 #: --plot have them all.
@@ -24,8 +24,6 @@ TEXT_STEPS = 8
 PLOT_LAYERS = 10
 #: Tensor groups drawn in the figure's ratio panel (the largest).
 PLOT_GROUPS = 24
-
-_NUMBER = re.compile(r"(?:(?<=[._/])|^)\d+(?=[._/]|$)")
 
 
 def _splitter(st: Dict[str, Any]) -> Any:
@@ -93,8 +91,6 @@ def change_rows(st: Dict[str, Any], steps: Sequence[str], cell: Any = _pct) -> L
     for s in changed:
         for key in changed[s]:
             layers.setdefault(key, None)
-    from .store.stats import natural_key
-
     split = _splitter(st)
     rows = [_Row(*split(key), [cell(changed[s].get(key)) for s in steps])
             for key in sorted(layers, key=natural_key)]

@@ -382,7 +382,7 @@ def _key(k: Any) -> str:
         raise Unnameable("a dict key is an integer too long to name") from None
 
 
-def paths(root: Any) -> Dict[str, str]:
+def paths(root: Any) -> "dict[str, str]":
     """The state-dict path of each storage key a tensor of root (a walk's
     value) lies on: the first path, dict keys and list indexes joined by
     "/" ("encoder.weight", "state/0/exp_avg"), that reaches it, walking
@@ -395,7 +395,7 @@ def paths(root: Any) -> Dict[str, str]:
     reads and what lets the store code a storage against the same storage
     of the previous checkpoint. Raises Unnameable for a key no path can
     spell."""
-    found: Dict[str, str] = {}
+    found: "dict[str, str]" = {}
     seen = set()
     # A path is held as a chain of (parent, key) links, None at the root,
     # and spelt out only for the first tensor on each storage: making its
