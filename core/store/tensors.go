@@ -37,7 +37,7 @@ type FileTensors struct {
 // Tensors describes file rel of c, a safetensors or state-dict file,
 // reading only its header.
 func (rd *Reader) Tensors(c *Checkpoint, rel string) (*FileTensors, error) {
-	f, err := c.file(rel)
+	f, err := c.File(rel)
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +110,7 @@ type Span struct {
 // call per file, however many tensors. Spans are checked against the file
 // (and the reader's output limit, in total) before anything is decoded.
 func (rd *Reader) ReadTensors(c *Checkpoint, rel string, spans []Span) error {
-	f, err := c.file(rel)
+	f, err := c.File(rel)
 	if err != nil {
 		return err
 	}
