@@ -17,8 +17,8 @@ from .. import _memory
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError
 from .folders import _add_files, _restore_state_dict
 from .handle import (_STAGE, MAIN_RUN, PathLike, _config, _in_run, _json_arg, _naming, _open, _open_locking,
-                     _parent_arg, _path_arg, _Reader, _renamed, _result, _run_arg, _store_path, _tags_arg, _utf8,
-                     call, check_step)
+                     _parent_arg, _path_arg, _Reader, _renamed, _run_arg, _store_path, _tags_arg, _utf8, call,
+                     call_json, check_step)
 from .state_dict import STATE_DICT_FILE, _add_state_dict, _load_checkpoint, _load_guarded
 from .stats import _info, _infos, _records, _report, _runs, _stats
 from .types import CheckpointInfo, VerifyReport
@@ -196,7 +196,7 @@ class Store:
                          follow_links: bool, cancel: Optional[Any], run: Optional[str] = None) -> CheckpointInfo:
         try:
             self._fill(h, what, progress, follow_links, cancel)
-            call("tpde_store_commit", h)
+            rec = call_json("tpde_store_commit", h)
         except OSError as e:
             call("tpde_store_abort", h)
             if isinstance(e, TPDEError):
@@ -208,7 +208,6 @@ class Store:
         except BaseException:
             call("tpde_store_abort", h)
             raise
-        rec = _result(h)
         with self._reader(run) as rd:
             if rec.get("source"):  # the base
                 return _info(rd.entry(None, base=True))
@@ -244,9 +243,8 @@ class Store:
         body = ("[" + ",".join(parts) + "]").encode("utf-8")
         with self._lock, _naming(self.path):
             h = self._writer()
-            call("tpde_store_commit_parts", h, 0 if step is None else step, int(step is not None), tj, tn,
-                 None if holder is None else _utf8(holder, "holder"), body, len(body))
-            rec = _result(h)
+            rec = call_json("tpde_store_commit_parts", h, 0 if step is None else step, int(step is not None), tj, tn,
+                            None if holder is None else _utf8(holder, "holder"), body, len(body))
             with self._reader() as rd:
                 return _info(rd.entry(rec["step"]))
 
@@ -257,8 +255,7 @@ class Store:
         none is while a holder cannot be checked."""
         with self._lock, _naming(self.path):
             h = self._writer()
-            call("tpde_store_reclaim", h)
-            return [int(s) for s in _result(h)["removed"]]
+            return [int(s) for s in call_json("tpde_store_reclaim", h)["removed"]]
 
     # -- reading -------------------------------------------------------
 
@@ -367,7 +364,7 @@ class Store:
                     if not rd.steps:
                         raise InvalidArgumentError(f"the store holds no checkpoint{_in_run(run_name)}")
                     step = rd.steps[-1]
-            call("tpde_store_remove_from", h, _utf8(run_name, "run"), step)
+            call("tpde_store_remove", h, _utf8(run_name, "run"), step)
 
     def remove_run(self, name: str) -> None:
         """Drop run name and every checkpoint of it. Other runs' checkpoints
@@ -388,8 +385,7 @@ class Store:
             if h is None:
                 self._reader().close()
                 h = self._read
-            call("tpde_store_verify", h, int(deep), int(repair))
-            res = _result(h)
+            res = call_json("tpde_store_verify", h, int(deep), int(repair))
         return _report(res)
 
 
@@ -438,8 +434,7 @@ class Part:
             if not self._begun:
                 call("tpde_store_begin", h, 0, 0, None, 0, 0)
                 self._begun = True
-            call("tpde_store_finish_part", h)
-            self.descriptor = json.dumps(_result(h), separators=(",", ":"))
+            self.descriptor = json.dumps(call_json("tpde_store_finish_part", h), separators=(",", ":"))
             return self.descriptor
 
     def _live(self) -> int:
