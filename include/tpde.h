@@ -5,7 +5,7 @@
  * `go build -buildmode=c-shared` emits beside the library is not. It is in
  * sections, in the order of capi/'s files (one file per section), each over
  * the Go facade core/api: statuses, the library, frames, delta frames,
- * files, bundles, the store, store readers.
+ * files, bundles, chains, the store, store readers.
  *
  * The result convention, which every function follows:
  *
@@ -117,7 +117,7 @@ extern "C" {
  * ====================================================================== */
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 7
+#define TPDE_ABI_VERSION 8
 
 #ifndef TPDE_NO_PROTOTYPES
 
@@ -497,6 +497,28 @@ int tpde_bundle_decode(uint64_t handle, const tpde_bundle_out *outs, uint64_t n,
 
 /* Release an opened bundle's handle (its src may then go). */
 int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
+
+#endif /* TPDE_NO_PROTOTYPES */
+
+/* ======================================================================
+ * Chains (capi/chain.go; docs/FORMAT.md section 6.14)
+ * ====================================================================== */
+
+/* One chain and keyframe policy bounds every series, forward (the bundle
+ * compressor) or reverse (the store): no decode of one tensor walks more
+ * than K frames. */
+
+#ifndef TPDE_NO_PROTOTYPES
+
+/* policy is a JSON object {"keyframe_interval": K (1..1000, default 10),
+ * "reference": "previous" | "base" (default "previous")}; NULL or length 0
+ * is the default. A bad policy is TPDE_E_INVALID, naming the field.
+ *
+ * On success *keyframe is 1 when the next checkpoint of a forward chain,
+ * since_keyframe checkpoints after its last keyframe (0: none yet), must be
+ * a keyframe, else 0; *interval is the K in effect. Either may be NULL. */
+int tpde_chain_forward(const char *policy, uint64_t policy_len, int64_t since_keyframe, int32_t *keyframe,
+                       int32_t *interval, char *err, size_t err_len);
 
 #endif /* TPDE_NO_PROTOTYPES */
 

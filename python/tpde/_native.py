@@ -25,7 +25,7 @@ from . import errors
 from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 7
+ABI_VERSION = 8
 MAX_NDIM = 32
 ERR_LEN = 1024
 
@@ -165,6 +165,8 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_bundle_open": (c_int, [c_void_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
     "tpde_bundle_decode": (c_int, [c_uint64, POINTER(BundleOut), c_uint64, c_int32, _ERRBUF, c_size_t]),
     "tpde_bundle_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    # The chain and keyframe policy: python/tpde/_chain.py.
+    "tpde_chain_forward": (c_int, [c_char_p, c_uint64, _I64, _I32P, _I32P, _ERRBUF, c_size_t]),
     # The store: python/tpde/store/ (handle.py holds its handles).
     "tpde_store_open": (c_int, [c_char_p, c_int32, c_char_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
