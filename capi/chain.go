@@ -20,9 +20,10 @@ import (
 func tpde_chain_forward(policy *C.char, policyLen C.uint64_t, sinceKeyframe C.int64_t, keyframe *C.int32_t,
 	interval *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	p, err := document(policy, policyLen, "policy")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	p := a.document(policy, policyLen, "policy")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	kf, k, err := api.ChainForward(p, int64(sinceKeyframe))
 	if err != nil {

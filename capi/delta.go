@@ -44,28 +44,13 @@ func tpde_encode_delta(src unsafe.Pointer, srcLen C.uint64_t, ref unsafe.Pointer
 	dst unsafe.Pointer, dstCap C.uint64_t, outLen *C.uint64_t, recon unsafe.Pointer, reconCap C.uint64_t,
 	cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if outLen == nil {
-		return status(null("out_len"), cerr, cerrLen)
-	}
-	t, err := tensorAt(src, srcLen, dt, shape, ndim, "src")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	r, err := bytesAt(ref, refLen, "ref")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	r2, err := optionalBytes(ref2, ref2Len, "ref2")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	out, err := bytesAt(dst, dstCap, "dst")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	rec, err := optionalBytes(recon, reconCap, "recon")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	a.need(outLen != nil, "out_len")
+	t := a.tensor(src, srcLen, dt, shape, ndim, "src")
+	r, r2 := a.bytes(ref, refLen, "ref"), a.optional(ref2, ref2Len, "ref2")
+	out, rec := a.bytes(dst, dstCap, "dst"), a.optional(recon, reconCap, "recon")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	n, err := api.EncodeDelta(t, r, r2, api.DeltaArgs{Residual: int32(residualKind), Threshold: float64(threshold),
 		QuantBits: int32(quantBits), Flags: uint32(flags), ChunkElems: uint32(chunkElems), Effort: int32(effort),
@@ -78,24 +63,12 @@ func tpde_decode_delta(src unsafe.Pointer, srcLen C.uint64_t, ref unsafe.Pointer
 	ref2 unsafe.Pointer, ref2Len C.uint64_t, dst unsafe.Pointer, dstCap C.uint64_t, nthreads C.int32_t,
 	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if outLen == nil {
-		return status(null("out_len"), cerr, cerrLen)
-	}
-	in, err := bytesAt(src, srcLen, "src")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	r, err := optionalBytes(ref, refLen, "ref")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	r2, err := optionalBytes(ref2, ref2Len, "ref2")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	out, err := bytesAt(dst, dstCap, "dst")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	a.need(outLen != nil, "out_len")
+	in, out := a.bytes(src, srcLen, "src"), a.bytes(dst, dstCap, "dst")
+	r, r2 := a.optional(ref, refLen, "ref"), a.optional(ref2, ref2Len, "ref2")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	n, err := api.DecodeDelta(in, r, r2, out, int32(nthreads))
 	return put(outLen, n, err, cerr, cerrLen)
@@ -104,9 +77,10 @@ func tpde_decode_delta(src unsafe.Pointer, srcLen C.uint64_t, ref unsafe.Pointer
 //export tpde_inspect_delta
 func tpde_inspect_delta(src unsafe.Pointer, srcLen C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	in, err := bytesAt(src, srcLen, "src")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	in := a.bytes(src, srcLen, "src")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.InspectDelta(caller(), in), cerr, cerrLen)
 }
@@ -115,17 +89,12 @@ func tpde_inspect_delta(src unsafe.Pointer, srcLen C.uint64_t, cerr *C.char, cer
 func tpde_delta_threshold(src, ref unsafe.Pointer, n C.uint64_t, dt C.int32_t, percentile C.double,
 	threshold *C.double, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if threshold == nil {
-		return status(null("threshold"), cerr, cerrLen)
+	var a args
+	a.need(threshold != nil, "threshold")
+	x, r := a.bytes(src, n, "src"), a.bytes(ref, n, "ref")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
-	a, err := bytesAt(src, n, "src")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	b, err := bytesAt(ref, n, "ref")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	t, err := api.DeltaThreshold(a, b, int32(dt), float64(percentile))
+	t, err := api.DeltaThreshold(x, r, int32(dt), float64(percentile))
 	return put(threshold, t, err, cerr, cerrLen)
 }

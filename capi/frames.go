@@ -31,16 +31,11 @@ func tpde_encode(src unsafe.Pointer, srcLen C.uint64_t, dt C.int32_t, shape *C.u
 	chunkElems C.uint32_t, effort C.int32_t, nthreads C.int32_t, dst unsafe.Pointer, dstCap C.uint64_t,
 	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if outLen == nil {
-		return status(null("out_len"), cerr, cerrLen)
-	}
-	t, err := tensorAt(src, srcLen, dt, shape, ndim, "src")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	out, err := bytesAt(dst, dstCap, "dst")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	a.need(outLen != nil, "out_len")
+	t, out := a.tensor(src, srcLen, dt, shape, ndim, "src"), a.bytes(dst, dstCap, "dst")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	n, err := api.Encode(t, uint32(chunkElems), int32(effort), int32(nthreads), out)
 	return put(outLen, n, err, cerr, cerrLen)
@@ -50,16 +45,11 @@ func tpde_encode(src unsafe.Pointer, srcLen C.uint64_t, dt C.int32_t, shape *C.u
 func tpde_decode(src unsafe.Pointer, srcLen C.uint64_t, dst unsafe.Pointer, dstCap C.uint64_t, nthreads C.int32_t,
 	outLen *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if outLen == nil {
-		return status(null("out_len"), cerr, cerrLen)
-	}
-	in, err := bytesAt(src, srcLen, "src")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	out, err := bytesAt(dst, dstCap, "dst")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	a.need(outLen != nil, "out_len")
+	in, out := a.bytes(src, srcLen, "src"), a.bytes(dst, dstCap, "dst")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	n, err := api.Decode(in, out, int32(nthreads))
 	return put(outLen, n, err, cerr, cerrLen)
@@ -68,9 +58,10 @@ func tpde_decode(src unsafe.Pointer, srcLen C.uint64_t, dst unsafe.Pointer, dstC
 //export tpde_inspect
 func tpde_inspect(src unsafe.Pointer, srcLen C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	in, err := bytesAt(src, srcLen, "src")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	in := a.bytes(src, srcLen, "src")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.Inspect(caller(), in), cerr, cerrLen)
 }
@@ -79,12 +70,11 @@ func tpde_inspect(src unsafe.Pointer, srcLen C.uint64_t, cerr *C.char, cerrLen C
 func tpde_entropy_bound(src unsafe.Pointer, srcLen C.uint64_t, dt C.int32_t, bits *C.double, cerr *C.char,
 	cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if bits == nil {
-		return status(null("bits"), cerr, cerrLen)
-	}
-	in, err := bytesAt(src, srcLen, "src")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	a.need(bits != nil, "bits")
+	in := a.bytes(src, srcLen, "src")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	b, err := api.EntropyBound(api.Tensor{DType: int32(dt), Data: in})
 	return put(bits, b, err, cerr, cerrLen)

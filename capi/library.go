@@ -48,12 +48,11 @@ func tpde_get_num_threads(n *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.in
 func tpde_result(handle C.uint64_t, out *C.char, capacity C.uint64_t, needed *C.uint64_t, cerr *C.char,
 	cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if needed == nil {
-		return status(null("needed"), cerr, cerrLen)
-	}
-	buf, err := bytesAt(unsafe.Pointer(out), capacity, "out")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	a.need(needed != nil, "needed")
+	buf := a.bytes(unsafe.Pointer(out), capacity, "out")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	n, err := api.CopyResult(uint64(handle), caller(), buf)
 	return put(needed, n, err, cerr, cerrLen)

@@ -73,20 +73,16 @@ func tpde_store_reader_tensors(reader C.uint64_t, step C.int64_t, which C.int32_
 func tpde_store_read_tensors(reader C.uint64_t, step C.int64_t, rel *C.char, spans *C.tpde_store_span, n C.uint64_t,
 	cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	path, err := goString(rel, "rel")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
+	var a args
+	path := a.str(rel, "rel")
 	cs, err := cArray(spans, n, api.MaxSpans, "spans")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
+	a.fail(err)
 	out := make([]api.Span, len(cs))
 	for i := range cs {
-		if out[i].Dst, err = bytesAt(cs[i].dst, cs[i].nbytes, "span dst"); err != nil {
-			return status(err, cerr, cerrLen)
-		}
-		out[i].Offset = uint64(cs[i].offset)
+		out[i] = api.Span{Offset: uint64(cs[i].offset), Dst: a.bytes(cs[i].dst, cs[i].nbytes, "span dst")}
+	}
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.ReadTensors(uint64(reader), int64(step), path, out), cerr, cerrLen)
 }
@@ -95,13 +91,10 @@ func tpde_store_read_tensors(reader C.uint64_t, step C.int64_t, rel *C.char, spa
 func tpde_store_read_range(reader C.uint64_t, step C.int64_t, rel *C.char, offset C.uint64_t, dst unsafe.Pointer,
 	n C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	path, err := goString(rel, "rel")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	buf, err := bytesAt(dst, n, "dst")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	path, buf := a.str(rel, "rel"), a.bytes(dst, n, "dst")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.ReadRange(uint64(reader), int64(step), path, uint64(offset), buf), cerr, cerrLen)
 }
@@ -110,9 +103,10 @@ func tpde_store_read_range(reader C.uint64_t, step C.int64_t, rel *C.char, offse
 func tpde_store_restore(reader C.uint64_t, step C.int64_t, rel *C.char, dest *C.char, flags C.int32_t,
 	cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	d, err := goString(dest, "dest")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	d := a.str(dest, "dest")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.Restore(uint64(reader), int64(step), optString(rel), d, int32(flags)), cerr, cerrLen)
 }

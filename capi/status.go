@@ -104,8 +104,57 @@ func caller() api.Caller { return api.Caller(C.tpde_caller()) }
 // null is the error of a required pointer argument that is NULL.
 func null(what string) error { return fmt.Errorf("%w: %s is NULL", errs.Invalid, what) }
 
-// bytesAt views C memory as a Go slice without copying. Go keeps it only for
-// the duration of the call.
+// args converts one call's C arguments and keeps the first error: an
+// export converts them all, checks a.err once, then calls core/api.
+type args struct{ err error }
+
+func (a *args) fail(err error) {
+	if a.err == nil && err != nil {
+		a.err = err
+	}
+}
+
+// need refuses a required pointer that is NULL (ok false).
+func (a *args) need(ok bool, what string) {
+	if !ok {
+		a.fail(null(what))
+	}
+}
+
+// bytes views C memory as a Go slice without copying. Go keeps it only
+// for the duration of the call.
+func (a *args) bytes(p unsafe.Pointer, n C.uint64_t, what string) []byte {
+	b, err := bytesAt(p, n, what)
+	a.fail(err)
+	return b
+}
+
+// optional is bytes for an argument that may be NULL (nil result).
+func (a *args) optional(p unsafe.Pointer, n C.uint64_t, what string) []byte {
+	if p == nil && n == 0 {
+		return nil
+	}
+	return a.bytes(p, n, what)
+}
+
+// document is a JSON argument (config, tags, hints, ...): NULL is none.
+func (a *args) document(p *C.char, n C.uint64_t, what string) []byte {
+	return a.optional(unsafe.Pointer(p), n, what)
+}
+
+// str is a required NUL-terminated string argument.
+func (a *args) str(p *C.char, what string) string {
+	a.need(p != nil, what)
+	return optString(p)
+}
+
+// tensor views a caller's tensor: its bytes in place, its shape copied.
+func (a *args) tensor(data unsafe.Pointer, n C.uint64_t, dt C.int32_t, shape *C.uint64_t, ndim C.int32_t, what string) api.Tensor {
+	dims, err := shapeAt(shape, ndim)
+	a.fail(err)
+	return api.Tensor{DType: int32(dt), Shape: dims, Data: a.bytes(data, n, what)}
+}
+
 func bytesAt(p unsafe.Pointer, n C.uint64_t, what string) ([]byte, error) {
 	if n == 0 {
 		return []byte{}, nil
@@ -117,27 +166,6 @@ func bytesAt(p unsafe.Pointer, n C.uint64_t, what string) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %s length %d", errs.Invalid, what, uint64(n))
 	}
 	return unsafe.Slice((*byte)(p), int(n)), nil
-}
-
-// optionalBytes is bytesAt for an argument that may be NULL (nil result).
-func optionalBytes(p unsafe.Pointer, n C.uint64_t, what string) ([]byte, error) {
-	if p == nil && n == 0 {
-		return nil, nil
-	}
-	return bytesAt(p, n, what)
-}
-
-// document is a JSON argument (config, tags, hints, ...): NULL is none.
-func document(p *C.char, n C.uint64_t, what string) ([]byte, error) {
-	return optionalBytes(unsafe.Pointer(p), n, what)
-}
-
-// goString is a required NUL-terminated string argument.
-func goString(p *C.char, what string) (string, error) {
-	if p == nil {
-		return "", null(what)
-	}
-	return C.GoString(p), nil
 }
 
 // optString is an optional string argument: NULL is "".
@@ -158,16 +186,6 @@ func shapeAt(p *C.uint64_t, ndim C.int32_t) ([]uint64, error) {
 		copy(shape, unsafe.Slice((*uint64)(unsafe.Pointer(p)), int(ndim)))
 	}
 	return shape, nil
-}
-
-// tensorAt views a caller's tensor: its bytes in place, its shape copied.
-func tensorAt(data unsafe.Pointer, n C.uint64_t, dt C.int32_t, shape *C.uint64_t, ndim C.int32_t, what string) (api.Tensor, error) {
-	dims, err := shapeAt(shape, ndim)
-	if err != nil {
-		return api.Tensor{}, err
-	}
-	b, err := bytesAt(data, n, what)
-	return api.Tensor{DType: int32(dt), Shape: dims, Data: b}, err
 }
 
 // cArray views n C structs at p (nil for n == 0), n at most max.

@@ -24,14 +24,13 @@ var _ = [1]struct{}{}[api.StoreStage-C.TPDE_STORE_STAGE]
 func tpde_store_open(path *C.char, write C.int32_t, config *C.char, configLen C.uint64_t, nthreads C.int32_t,
 	handle *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if path == nil || handle == nil {
-		return status(null("path or handle"), cerr, cerrLen)
+	var a args
+	a.need(handle != nil, "handle")
+	dir, cfg := a.str(path, "path"), a.document(config, configLen, "config")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
-	cfg, err := document(config, configLen, "config")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	h, err := api.OpenStore(C.GoString(path), int32(write), cfg, int32(nthreads))
+	h, err := api.OpenStore(dir, int32(write), cfg, int32(nthreads))
 	return put(handle, h, err, cerr, cerrLen)
 }
 
@@ -45,9 +44,10 @@ func tpde_store_close(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.i
 func tpde_store_begin(handle C.uint64_t, step C.int64_t, hasStep C.int32_t, tags *C.char, tagsLen C.uint64_t,
 	base C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	t, err := document(tags, tagsLen, "tags")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	t := a.document(tags, tagsLen, "tags")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.Begin(uint64(handle), int64(step), hasStep != 0, t, base != 0), cerr, cerrLen)
 }
@@ -56,13 +56,10 @@ func tpde_store_begin(handle C.uint64_t, step C.int64_t, hasStep C.int32_t, tags
 func tpde_store_begin_run(handle C.uint64_t, run *C.char, parent *C.char, parentLen C.uint64_t, step C.int64_t,
 	hasStep C.int32_t, tags *C.char, tagsLen C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	p, err := document(parent, parentLen, "parent")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	t, err := document(tags, tagsLen, "tags")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	p, t := a.document(parent, parentLen, "parent"), a.document(tags, tagsLen, "tags")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.BeginRun(uint64(handle), optString(run), p, int64(step), hasStep != 0, t), cerr, cerrLen)
 }
@@ -71,43 +68,41 @@ func tpde_store_begin_run(handle C.uint64_t, run *C.char, parent *C.char, parent
 func tpde_store_add_file(handle C.uint64_t, rel, src *C.char, hints *C.char, hintsLen C.uint64_t, note *C.char,
 	progress *C.uint64_t, cancel *C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	if rel == nil || src == nil {
-		return status(null("rel or src"), cerr, cerrLen)
+	var a args
+	r, s, h := a.str(rel, "rel"), a.str(src, "src"), a.document(hints, hintsLen, "hints")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
-	h, err := document(hints, hintsLen, "hints")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	return status(api.AddFile(uint64(handle), r, s, h, optString(note), progressTo(progress), cancelFrom(cancel)),
+		cerr, cerrLen)
+}
+
+// tensors views the caller's n tpde_store_tensors (bytes in place).
+func (a *args) tensors(p *C.tpde_store_tensor, n C.uint64_t) []api.NamedTensor {
+	cs, err := cArray(p, n, api.MaxStateDictTensors, "tensors")
+	a.fail(err)
+	ts := make([]api.NamedTensor, len(cs))
+	for i := range cs {
+		c := &cs[i]
+		var one args
+		ts[i].Name = one.str(c.name, "name")
+		ts[i].Tensor = one.tensor(c.data, c.nbytes, c.dtype, (*C.uint64_t)(unsafe.Pointer(c.shape)), c.ndim, "data")
+		if one.err != nil {
+			a.fail(fmt.Errorf("tensor %d (%q): %w", i, ts[i].Name, one.err))
+			return nil
+		}
 	}
-	return status(api.AddFile(uint64(handle), C.GoString(rel), C.GoString(src), h, optString(note),
-		progressTo(progress), cancelFrom(cancel)), cerr, cerrLen)
+	return ts
 }
 
 //export tpde_store_add_state_dict
 func tpde_store_add_state_dict(handle C.uint64_t, rel *C.char, meta *C.char, metaLen C.uint64_t,
 	tensors *C.tpde_store_tensor, n C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	r, err := goString(rel, "rel")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	m, err := document(meta, metaLen, "meta")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	cs, err := cArray(tensors, n, api.MaxStateDictTensors, "tensors")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	ts := make([]api.NamedTensor, len(cs))
-	for i := range cs {
-		c := &cs[i]
-		if c.name == nil {
-			return status(fmt.Errorf("tensor %d: %w", i, null("name")), cerr, cerrLen)
-		}
-		ts[i].Name = C.GoString(c.name)
-		if ts[i].Tensor, err = tensorAt(c.data, c.nbytes, c.dtype, (*C.uint64_t)(unsafe.Pointer(c.shape)), c.ndim, "data"); err != nil {
-			return status(fmt.Errorf("tensor %q: %w", ts[i].Name, err), cerr, cerrLen)
-		}
+	var a args
+	r, m, ts := a.str(rel, "rel"), a.document(meta, metaLen, "meta"), a.tensors(tensors, n)
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.AddStateDict(uint64(handle), r, m, ts), cerr, cerrLen)
 }
@@ -134,13 +129,10 @@ func tpde_store_finish_part(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (
 func tpde_store_commit_parts(handle C.uint64_t, step C.int64_t, hasStep C.int32_t, tags *C.char, tagsLen C.uint64_t,
 	holder *C.char, parts *C.char, partsLen C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	t, err := document(tags, tagsLen, "tags")
-	if err != nil {
-		return status(err, cerr, cerrLen)
-	}
-	p, err := document(parts, partsLen, "parts")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	t, p := a.document(tags, tagsLen, "tags"), a.document(parts, partsLen, "parts")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.CommitParts(uint64(handle), int64(step), hasStep != 0, t, optString(holder), p), cerr, cerrLen)
 }
@@ -154,9 +146,10 @@ func tpde_store_reclaim(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C
 //export tpde_store_read_pointer
 func tpde_store_read_pointer(folder *C.char, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	dir, err := goString(folder, "folder")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	dir := a.str(folder, "folder")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.ReadPointer(caller(), dir), cerr, cerrLen)
 }
@@ -170,9 +163,10 @@ func tpde_store_remove(handle C.uint64_t, run *C.char, step C.int64_t, cerr *C.c
 //export tpde_store_remove_run
 func tpde_store_remove_run(handle C.uint64_t, run *C.char, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	r, err := goString(run, "run")
-	if err != nil {
-		return status(err, cerr, cerrLen)
+	var a args
+	r := a.str(run, "run")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
 	}
 	return status(api.RemoveRun(uint64(handle), r), cerr, cerrLen)
 }

@@ -222,17 +222,28 @@ func AddStateDict(h uint64, rel string, meta []byte, tensors []NamedTensor) erro
 	})
 }
 
-// Commit makes the checkpoint being added durable and visible. Its
-// document: the checkpoint's record.
-func Commit(h uint64) error {
+// endTx ends the checkpoint being added on store session h with fn,
+// which aborts it when it fails: the session no longer holds it either way.
+func endTx(h uint64, fn func(*storeSession, *store.Tx) error) error {
 	return with(stores, h, func(o *storeSession) error {
 		tx, err := o.take()
 		if err != nil {
 			return err
 		}
+		if err := fn(o, tx); err != nil {
+			tx.Abort()
+			return err
+		}
+		return nil
+	})
+}
+
+// Commit makes the checkpoint being added durable and visible. Its
+// document: the checkpoint's record.
+func Commit(h uint64) error {
+	return endTx(h, func(o *storeSession, tx *store.Tx) error {
 		c, err := tx.Commit()
 		if err != nil {
-			tx.Abort()
 			return err
 		}
 		return o.keep(c)
@@ -250,18 +261,12 @@ func Abort(h uint64) error {
 // FinishPart ends the part begun on a staging session. Its document: the
 // part's descriptor, for the coordinator's CommitParts.
 func FinishPart(h uint64) error {
-	return with(stores, h, func(o *storeSession) error {
-		tx, err := o.take()
-		if err != nil {
-			return err
-		}
+	return endTx(h, func(o *storeSession, tx *store.Tx) error {
 		desc, err := tx.Finish()
-		if err != nil {
-			tx.Abort()
-			return err
+		if err == nil {
+			o.doc = desc
 		}
-		o.doc = desc
-		return nil
+		return err
 	})
 }
 

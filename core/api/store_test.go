@@ -44,12 +44,17 @@ func addCheckpoint(t *testing.T, h uint64, step int, notes string) store.Checkpo
 	return rec
 }
 
+// storeAndNotes is where a test's store goes, and a small text file to add.
+func storeAndNotes(t *testing.T, text string) (dir, notes string) {
+	dir, notes = filepath.Join(t.TempDir(), "store"), filepath.Join(t.TempDir(), "notes.txt")
+	require.NoError(t, os.WriteFile(notes, []byte(text), 0o644))
+	return dir, notes
+}
+
 func TestStoreAddCommitReadRestore(t *testing.T) {
 	before := open()
 	defer noSessionsLeft(t, before)
-	dir := filepath.Join(t.TempDir(), "store")
-	notes := filepath.Join(t.TempDir(), "notes.txt")
-	require.NoError(t, os.WriteFile(notes, []byte("epoch 3, loss 0.25\n"), 0o644))
+	dir, notes := storeAndNotes(t, "epoch 3, loss 0.25\n")
 
 	h, err := OpenStore(dir, StoreWrite, []byte(`{"keyframe_interval": 3}`), 0)
 	require.NoError(t, err)
@@ -164,9 +169,7 @@ func TestStoreAddCommitReadRestore(t *testing.T) {
 func TestStoreRuns(t *testing.T) {
 	before := open()
 	defer noSessionsLeft(t, before)
-	dir := filepath.Join(t.TempDir(), "store")
-	notes := filepath.Join(t.TempDir(), "notes.txt")
-	require.NoError(t, os.WriteFile(notes, []byte("run notes\n"), 0o644))
+	dir, notes := storeAndNotes(t, "run notes\n")
 	h, err := OpenStore(dir, StoreWrite, nil, 0)
 	require.NoError(t, err)
 	defer func() { require.NoError(t, CloseStore(h)) }()
