@@ -111,17 +111,24 @@ func TestCodesAreChecked(t *testing.T) {
 	require.ErrorIs(t, err, errs.Invalid)
 }
 
-// FuzzParseStoreConfig: the config document is the caller's, so any bytes
-// are either a config or errs.Invalid, never a panic, and a config that
-// parses gives options or errs.Invalid.
+// FuzzParseStoreConfig: the option documents are the caller's, so any
+// bytes are a config (tags, a parent) or errs.Invalid, never a panic, and
+// a config that parses gives options for every mode.
 func FuzzParseStoreConfig(f *testing.F) {
 	for _, s := range []string{
 		`{"positions": 2, "keyframe_interval": 4, "reference": "base", "lossy": [{"pattern": "*", "threshold": 1e-6}], "max_output": 1}`,
 		`{"lossy": []}`, `{}`, `{"keyframe_interval": 4, "keyframe_interval": 5}`, `{"positions": 3}`, ``, `null`,
+		`["best", "epoch-3"]`, `{"run": "sweep-1", "step": 20}`, `{"base": true}`,
 	} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if _, err := parseTags(b); err != nil {
+			require.ErrorIs(t, err, errs.Invalid)
+		}
+		if _, err := parseParent(b); err != nil {
+			require.ErrorIs(t, err, errs.Invalid)
+		}
 		c, err := ParseStoreConfig(b)
 		if err != nil {
 			require.ErrorIs(t, err, errs.Invalid)
