@@ -580,7 +580,7 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 		}
 		ref = &Ref{Step: tx.sn.m.Checkpoints[ci].Step, File: file, Region: kr.Name}
 	default:
-		if tx.tails[old]+2 > cfg.KeyframeInterval {
+		if !cfg.Policy().Demote(tx.tails[old]) {
 			return nil // old stays a keyframe: the chains below it are K long
 		}
 		ref = &Ref{Step: tx.cp.Step, File: file, Region: r.Name}

@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/tpde/tpde/core/chain"
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
@@ -46,7 +47,7 @@ const (
 	maxTags            = 256
 	// MaxKeyframeInterval bounds K, and so the frames one region's decode
 	// may walk; a chain longer than the manifest's K is refused.
-	MaxKeyframeInterval = 1000
+	MaxKeyframeInterval = chain.MaxInterval
 )
 
 // Reference policies: what an older checkpoint's tensor is coded against.
@@ -54,10 +55,10 @@ const (
 	// RefPrevious codes each checkpoint against its neighbour: the design
 	// document's approach A. The chains run backwards from the newest
 	// checkpoint (see Tx.convert).
-	RefPrevious = "previous"
+	RefPrevious = chain.Previous
 	// RefBase codes every checkpoint against one base (approach B), such
 	// as the pretrained weights a run started from.
-	RefBase = "base"
+	RefBase = chain.Base
 )
 
 // Config is fixed when a store is created.
@@ -272,12 +273,15 @@ func validPath(p string) error {
 	return nil
 }
 
+// Policy is the store's chain and keyframe policy, the one the bundle
+// compressor shares (core/chain).
+func (c *Config) Policy() chain.Policy {
+	return chain.Policy{Interval: c.KeyframeInterval, Reference: c.Reference}
+}
+
 func (c *Config) validate() error {
-	if c.KeyframeInterval < 1 || c.KeyframeInterval > MaxKeyframeInterval {
-		return fmt.Errorf("keyframe_interval %d (must be 1..%d)", c.KeyframeInterval, MaxKeyframeInterval)
-	}
-	if c.Reference != RefPrevious && c.Reference != RefBase {
-		return fmt.Errorf("reference %q (must be %q or %q)", c.Reference, RefPrevious, RefBase)
+	if err := c.Policy().Validate(); err != nil {
+		return err
 	}
 	if len(c.Lossy) > 1024 {
 		return fmt.Errorf("%d lossy rules", len(c.Lossy))
