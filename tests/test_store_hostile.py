@@ -170,6 +170,16 @@ def _swap_objects(recs: List[Dict[str, Any]]) -> None:
     a["object"], a["stored"] = b["object"], b["stored"]
 
 
+def _drop_crcs_and_swap(recs: List[Dict[str, Any]]) -> None:
+    # Without its CRC a region is checked by its sha256, as in a record
+    # written before CRCs: dropping them must not let a swapped object by.
+    for f in recs[-1]["files"]:
+        for r in f["regions"]:
+            r.pop("crc32c", None)
+    recs[-1]["version"] = 1
+    _swap_objects(recs)
+
+
 def _cycle(recs: List[Dict[str, Any]]) -> None:
     region(recs[0], "b")["ref"] = {"step": 1, "file": "model.safetensors", "region": "b"}
     region(recs[1], "b")["ref"] = {"step": 0, "file": "model.safetensors", "region": "b"}
@@ -396,7 +406,15 @@ CASES: Dict[str, Tuple[Case, type]] = {
     "holder-in-version-1": (_manifest_case(lambda m: m["checkpoints"][0].update(holder="step-1")), CorruptDataError),
     "holder-outside": (_manifest_case(lambda m: m.update(version=2) or m["checkpoints"][0].update(holder="../x")),
                        CorruptDataError),
-    "record-version-2": (_rec_case(lambda r: r[4].update(version=2)), UnsupportedFormatError),
+    "record-version-3": (_rec_case(lambda r: r[4].update(version=3)), UnsupportedFormatError),
+    # region CRCs (record version 2): a lie, a value that is no u32, one in
+    # a version 1 record, and dropped ones (the sha256 then still checks)
+    "region-crc-lies": (_rec_case(lambda r: region(r[4], "a").update(crc32c=(region(r[4], "a")["crc32c"] + 1) % 2**32)),
+                        CorruptDataError),
+    "region-crc-not-u32": (_rec_case(lambda r: region(r[4], "a").update(crc32c=2**32)), CorruptDataError),
+    "region-crc-negative": (_rec_case(lambda r: region(r[4], "a").update(crc32c=-1)), CorruptDataError),
+    "region-crc-in-version-1": (_rec_case(lambda r: r[4].update(version=1)), CorruptDataError),
+    "region-crc-dropped-and-object-swapped": (_rec_case(_drop_crcs_and_swap), CorruptDataError),
     "marker-version-2": (_marker_version, UnsupportedFormatError),
     "marker-unknown-field": (_marker_unknown, CorruptDataError),
 }

@@ -498,6 +498,7 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 func (tx *Tx) region(file string, r *Region, d dtype.DType, raw []byte) error {
 	sum := sha256.Sum256(raw)
 	r.SHA256 = hex.EncodeToString(sum[:])
+	r.CRC32C = crcOf(raw)
 	key := contentKey(r.SHA256, r.DType, r.Shape)
 	if obj, ok := tx.keyframes[key]; ok {
 		r.Object = obj
@@ -623,6 +624,9 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 	}
 	nr := *old
 	nr.Object, nr.Ref, nr.MaxError = obj, ref, res.MaxErr
+	if nr.CRC32C, err = frameCRC(coded); err != nil { // the reconstruction's, when lossy
+		return err
+	}
 	nr.Changed = 0
 	if n := old.Size / uint64(d.Width()); n > 0 {
 		nr.Changed = float64(res.Changed) / float64(n)
@@ -771,6 +775,7 @@ func (tx *Tx) sourceHash() string {
 }
 
 func (tx *Tx) putRecord(c *Checkpoint) (string, error) {
+	c.stamp()
 	b, err := json.MarshalIndent(c, "", " ")
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", errs.Internal, err)

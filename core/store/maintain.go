@@ -488,6 +488,7 @@ func (s *Store) recodeRegion(sn *snapshot, r *Region, mustWhole bool, b *recodeB
 	}
 	d, _ := dtype.FromName(r.DType)
 	nr := *r
+	nr.CRC32C = crcOf(raw) // what both codings below decode to
 	if !mustWhole && target.Ref != nil && r.MaxError == 0 && target.MaxError == 0 {
 		// Skip over the removed checkpoint.
 		next, nview, _, err := tview.resolveAt(target.Ref)

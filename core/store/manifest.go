@@ -30,6 +30,10 @@ const Version = 1
 // manifest as unsupported rather than misreading it.
 const ManifestVersionHolders = 2
 
+// RecordVersionCRC is the version of a checkpoint record whose regions may
+// carry their CRC32C (docs/FORMAT.md §11.4).
+const RecordVersionCRC = 2
+
 const (
 	manifestFormat   = "tpde-store-manifest"
 	checkpointFormat = "tpde-store-checkpoint"
@@ -189,6 +193,11 @@ type Region struct {
 	DType  string   `json:"dtype"`
 	Shape  []uint64 `json:"shape"`
 	SHA256 string   `json:"sha256"`
+	// CRC32C is the CRC32C of the bytes the region decodes to (record
+	// version 2; absent in older records). A load compares it with the
+	// CRC its frame's chunk table combines to, which decoding has checked
+	// chunk by chunk, instead of hashing the decoded bytes again.
+	CRC32C *uint32 `json:"crc32c,omitempty"`
 	Object
 	// Ref is nil for a keyframe (a whole frame), else the region the delta
 	// frame is coded against.
@@ -406,8 +415,11 @@ func parseCheckpoint(b []byte, step int64, base bool) (*Checkpoint, error) {
 	if c.Format != checkpointFormat {
 		return nil, corrupt(what, "format %q", c.Format)
 	}
-	if c.Version != Version {
-		return nil, fmt.Errorf("%w: %s: layout version %d (this tpde reads %d)", errs.Unsupported, what, c.Version, Version)
+	if c.Version != Version && c.Version != RecordVersionCRC {
+		return nil, fmt.Errorf("%w: %s: record version %d (this tpde reads %d and %d)", errs.Unsupported, what, c.Version, Version, RecordVersionCRC)
+	}
+	if c.Version == Version && c.hasCRC() {
+		return nil, corrupt(what, "a version %d record with region CRCs", Version)
 	}
 	if !base && c.Step != step {
 		return nil, corrupt(what, "record says step %d", c.Step)
@@ -534,4 +546,25 @@ func (f *File) validate() error {
 		}
 	}
 	return nil
+}
+
+func (c *Checkpoint) hasCRC() bool {
+	for i := range c.Files {
+		for j := range c.Files[i].Regions {
+			if c.Files[i].Regions[j].CRC32C != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// stamp sets the record version its contents need: 2 once a region
+// carries a CRC, so that a reader that predates CRCs refuses the record as
+// unsupported rather than as corrupt.
+func (c *Checkpoint) stamp() {
+	c.Version = Version
+	if c.hasCRC() {
+		c.Version = RecordVersionCRC
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"math/rand"
 	"os"
@@ -180,8 +181,14 @@ func TestSeriesRestoresEveryCheckpointByteForByte(t *testing.T) {
 			defer rd.Close()
 			deltas := 0
 			for i, c := range records(t, rd) {
+				assert.Equal(t, RecordVersionCRC, c.Version)
 				for _, f := range c.Files {
 					for ri := range f.Regions {
+						// Keyframe or reverse delta, each region records the
+						// CRC32C of its own bytes: what a load checks.
+						r := &f.Regions[ri]
+						require.NotNil(t, r.CRC32C, "step %d region %s", c.Step, r.Name)
+						assert.Equal(t, crc32.Checksum(want[c.Step/10][r.Offset:r.Offset+r.Size], castagnoli), *r.CRC32C)
 						ch, err := rd.sn.chain(&f.Regions[ri])
 						require.NoError(t, err)
 						assert.LessOrEqual(t, len(ch), max(k, 1))
@@ -475,4 +482,63 @@ func (ts *testSnapshot) link() error {
 		}
 	}
 	return nil
+}
+
+// ReadTensors spreads small tensors over threads, each decoding its own
+// chain with its own buffers: every tensor of every checkpoint, keyframe
+// or reverse delta, comes back as it was added (run under -race, this is
+// also the test that the workers share nothing they write).
+func TestReadTensorsInParallelIsBitExact(t *testing.T) {
+	dir, src := t.TempDir(), t.TempDir()
+	s, err := Open(dir, Options{Write: true, KeyframeInterval: 3, Threads: 4})
+	require.NoError(t, err)
+	r := rand.New(rand.NewSource(7))
+	tensors := map[string][]float32{}
+	for i := 0; i < 40; i++ {
+		v := make([]float32, 1024+64*i) // each over the 4096 bytes a region needs
+		for j := range v {
+			v[j] = float32(r.NormFloat64())
+		}
+		tensors[fmt.Sprintf("layer.%02d.weight", i)] = v
+	}
+	want := map[int64][]byte{}
+	for step := int64(1); step <= 5; step++ {
+		for _, v := range tensors {
+			for j := range v {
+				if r.Intn(3) == 0 {
+					v[j] += float32(r.NormFloat64() * 1e-3)
+				}
+			}
+		}
+		want[step] = safetensorsFile(t, tensors)
+		addFiles(t, s, step, map[string]string{"model.safetensors": write(t, src, fmt.Sprintf("%d.safetensors", step), want[step])})
+	}
+	s.Close()
+	s, err = Open(dir, Options{Threads: 4})
+	require.NoError(t, err)
+	defer s.Close()
+	rd, err := s.Reader()
+	require.NoError(t, err)
+	defer rd.Close()
+	deltas := 0
+	for step, b := range want {
+		c, err := rd.Checkpoint(step, false)
+		require.NoError(t, err)
+		for _, reg := range c.Files[0].Regions {
+			if reg.Ref != nil {
+				deltas++
+			}
+		}
+		ft, err := rd.Tensors(c, "model.safetensors")
+		require.NoError(t, err)
+		spans := make([]Span, len(ft.Tensors))
+		for i, e := range ft.Tensors {
+			spans[i] = Span{Offset: e.Offset, Dst: make([]byte, e.NBytes)}
+		}
+		require.NoError(t, rd.ReadTensors(c, "model.safetensors", spans))
+		for _, sp := range spans {
+			require.Equal(t, b[sp.Offset:sp.Offset+uint64(len(sp.Dst))], sp.Dst, "step %d at %d", step, sp.Offset)
+		}
+	}
+	assert.Positive(t, deltas, "older checkpoints should decode through chains")
 }
