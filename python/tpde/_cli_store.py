@@ -72,8 +72,8 @@ def add_parsers(sub: Any, usage_error: type) -> None:
 
     a = sub.add_parser("add", help="add checkpoints (files or folders) to a store",
                        description="add each PATH (a file or a folder, e.g. a Trainer's checkpoint-N/) to STORE "
-                                   "as one checkpoint; the step is --step, else the number ending the folder's "
-                                   "name (checkpoint-500 -> 500), else the newest step + 1")
+                                   "as one checkpoint; the step is --step, else N of a folder named checkpoint-N, "
+                                   "step-N or N (checkpoint-500 -> 500), else the newest step + 1")
     a.add_argument("store", metavar="STORE")
     a.add_argument("paths", metavar="PATH", nargs="+")
     a.add_argument("--step", type=step_arg, default=None, metavar="N")
