@@ -105,6 +105,21 @@ def test_the_readme_has_no_indented_code() -> None:
     assert not found, f"indented code blocks (fence them, ```sh or ```python): {found}"
 
 
+# tpde.X.Y as the text names it; not a file (tpde.h) or a format tag (tpde.store/1).
+_NAME = re.compile(r"(?<![\w./-])tpde(?:\.[A-Za-z_]\w*)+(?![\w/])")
+
+
+def test_every_tpde_name_the_docs_mention_resolves_after_import_tpde(run_py) -> None:
+    names = sorted({m.group() for p in FILES for m in _NAME.finditer(p.read_text())})
+    assert "tpde.integrations.deepspeed.initialize" in names and "tpde.Store" in names, names
+    code = ("import functools, tpde\n"
+            f"for name in {names!r}:\n"
+            "    functools.reduce(getattr, name.split('.')[1:], tpde)\n"
+            "print('ok')\n")
+    proc = run_py("-c", code, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
 def test_a_failing_block_fails(tmp_path: Path) -> None:
     # The runner below reports a block's failure (and would not pass a block
     # that never ran): the check of the checker.
