@@ -8,6 +8,9 @@ nothing else. A block that cannot run here carries, on the line before its
 fence, `<!-- not run: WHY -->`; NOT_RUN below lists every such block and
 why, so one cannot be added unnoticed. Fenced blocks without a language
 (diagrams, byte layouts) and ```json / ```text are not code.
+
+The longer programs of docs/examples/ run in tests/test_examples.py, the
+design document's examples in tests/test_seed_examples.py.
 """
 
 from __future__ import annotations

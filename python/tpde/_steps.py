@@ -3,11 +3,12 @@
 A step is a number from 0 to 2**63 - 1: an int, or its decimal digits as
 text (what a command line, an environment variable or a file name gives);
 "latest" (or None, from Python) names the newest checkpoint wherever an
-existing checkpoint is meant. A checkpoint added from a folder named
-``checkpoint-N`` (a Hugging Face Trainer's) or ``step-N`` (torch.distributed
-checkpoint's, torchtitan's), or just ``N``, without a step takes N; any other
-path takes the newest step + 1. Everything else is refused before it reaches the library,
-naming what was given (a C int64 would wrap 2**64 + 10 to 10).
+existing checkpoint is meant. A checkpoint added without a step from a
+folder named ``checkpoint-N`` (a Hugging Face Trainer's), ``step-N``
+(torch.distributed.checkpoint's, torchtitan's) or just ``N`` takes N; from
+any other path, the newest step + 1. Everything else is refused before it
+reaches the library, naming what was given (a C int64 would wrap 2**64 + 10
+to 10).
 
 ``Store.add``, ``Store.load`` and the rest check their step here, and so do
 ``tpde add``, ``restore``, ``info`` and ``rm``: Python and the command line
@@ -25,6 +26,7 @@ from .errors import InvalidArgumentError
 
 __all__ = ["MAX_STEP", "check_step", "step_from_name"]
 
+#: The largest step a store holds: steps are signed 64-bit in the format.
 MAX_STEP = (1 << 63) - 1
 _RANGE = "steps are 0 to 2**63 - 1"
 
@@ -61,10 +63,10 @@ def check_step(step: Any, what: str = "step", *, latest: bool = True) -> Optiona
 def step_from_name(path: Any) -> Optional[int]:
     """The step a folder's name gives when a checkpoint is added without
     one: checkpoint-500/, step-500/ (or checkpoint_500/, step_500/) and
-    500/ -> 500. None for any other name, and
-    for anything that is not a folder (a file's digits are a version or a
-    shard number more often than a step), so the store takes the newest
-    step + 1. A name whose number is out of range is refused."""
+    500/ -> 500. None for any other name, and for anything that is not a
+    folder (a file's digits are a version or a shard number more often
+    than a step), so the store takes the newest step + 1. A name whose
+    number is out of range is refused."""
     if not isinstance(path, (str, bytes, os.PathLike)):
         return None
     name = os.path.basename(os.path.normpath(os.fsdecode(path)))
