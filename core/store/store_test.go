@@ -539,6 +539,14 @@ func TestReadTensorsInParallelIsBitExact(t *testing.T) {
 		for _, sp := range spans {
 			require.Equal(t, b[sp.Offset:sp.Offset+uint64(len(sp.Dst))], sp.Dst, "step %d at %d", step, sp.Offset)
 		}
+		// A range over the whole file decodes its regions the same way,
+		// and the bytes between them from the skeleton.
+		whole := make([]byte, len(b))
+		require.NoError(t, rd.ReadRange(c, "model.safetensors", 0, whole))
+		require.Equal(t, b, whole, "step %d", step)
+		part := make([]byte, len(b)/2)
+		require.NoError(t, rd.ReadRange(c, "model.safetensors", 100, part))
+		require.Equal(t, b[100:100+len(part)], part, "step %d", step)
 	}
 	assert.Positive(t, deltas, "older checkpoints should decode through chains")
 }

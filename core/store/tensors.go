@@ -113,12 +113,9 @@ type Span struct {
 // (and the reader's output limit, in total) before anything is decoded.
 //
 // A span that is exactly one region (a tensor the store coded as a frame:
-// the common case) decodes straight into its buffer. Large ones go one
-// after another, each with its chunks on every thread; the others, most
-// of a model's tensors, are too small to split into chunks on every
-// thread, so they are spread over the threads one tensor each. Anything
-// else (a tensor kept in the skeleton, a span across regions) is read
-// through ReadRange.
+// the common case) decodes straight into its buffer (decodeRegions).
+// Anything else (a tensor kept in the skeleton, a span across regions) is
+// read through ReadRange.
 func (rd *Reader) ReadTensors(c *Checkpoint, rel string, spans []Span) error {
 	f, err := c.file(rel)
 	if err != nil {
@@ -135,23 +132,39 @@ func (rd *Reader) ReadTensors(c *Checkpoint, rel string, spans []Span) error {
 	if err := rd.checkOutput(total); err != nil {
 		return err
 	}
-	threads := max(rd.threads, 1)
-	var small []int // spans decoded one per thread
-	for i, sp := range spans {
+	var jobs []regionJob
+	for _, sp := range spans {
 		if len(sp.Dst) == 0 {
 			continue
 		}
-		r := f.regionAt(sp.Offset, uint64(len(sp.Dst)))
-		switch {
-		case r != nil && threads > 1 && r.Size < uint64(threads)*parallelRegionBytes:
-			small = append(small, i)
-		case r != nil:
-			err = rd.s.decodeRegion(rd.sn, r, sp.Dst, threads, &rd.spare)
-		default:
-			err = rd.ReadRange(c, rel, sp.Offset, sp.Dst)
-		}
-		if err != nil {
+		if r := f.regionAt(sp.Offset, uint64(len(sp.Dst))); r != nil {
+			jobs = append(jobs, regionJob{r, sp.Dst})
+		} else if err := rd.ReadRange(c, rel, sp.Offset, sp.Dst); err != nil {
 			return fmt.Errorf("tensor at byte %d of %s: %w", sp.Offset, rel, err)
+		}
+	}
+	return rd.decodeRegions(rel, jobs)
+}
+
+// regionJob is a region to decode into dst (exactly its size).
+type regionJob struct {
+	r   *Region
+	dst []byte
+}
+
+// decodeRegions decodes each job's region into its buffer. Large regions
+// go one after another, each with its chunks on every thread; the others,
+// most of a model's tensors, are too small to split into chunks on every
+// thread, so they are spread over the threads one region each, each
+// worker with its own chain buffers.
+func (rd *Reader) decodeRegions(rel string, jobs []regionJob) error {
+	threads := max(rd.threads, 1)
+	var small []regionJob
+	for _, j := range jobs {
+		if threads > 1 && j.r.Size < uint64(threads)*parallelRegionBytes {
+			small = append(small, j)
+		} else if err := rd.s.decodeRegion(rd.sn, j.r, j.dst, threads, &rd.spare); err != nil {
+			return fmt.Errorf("tensor at byte %d of %s: %w", j.r.Offset, rel, err)
 		}
 	}
 	if len(small) == 0 {
@@ -164,9 +177,9 @@ func (rd *Reader) ReadTensors(c *Checkpoint, rel string, spans []Span) error {
 		}
 	}()
 	return par.For(len(small), len(spares), func(w, k int) error {
-		sp := spans[small[k]]
-		if err := rd.s.decodeRegion(rd.sn, f.regionAt(sp.Offset, uint64(len(sp.Dst))), sp.Dst, 1, &spares[w]); err != nil {
-			return fmt.Errorf("tensor at byte %d of %s: %w", sp.Offset, rel, err)
+		j := small[k]
+		if err := rd.s.decodeRegion(rd.sn, j.r, j.dst, 1, &spares[w]); err != nil {
+			return fmt.Errorf("tensor at byte %d of %s: %w", j.r.Offset, rel, err)
 		}
 		return nil
 	})
