@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Any, Callable, Counter, Dict, List, Tuple
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -241,3 +242,28 @@ def on_a_terminal(py_env: Dict[str, str]) -> Callable[..., Tuple[int, str]]:
         return run_on_a_terminal(args, py_env, cwd, delay=delay)
 
     return run
+
+
+class _CountingLibrary:
+    """libtpde with every function looked up counted: _native.call looks
+    each one up once per call, so this counts ABI crossings."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.calls: Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("tpde_"):
+            self.calls[name] += 1
+        return getattr(self._lib, name)
+
+
+@pytest.fixture
+def abi_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """The ABI calls made from here on, by function name (clear() it to
+    count one part of a test)."""
+    from tpde import _native
+
+    counting = _CountingLibrary(_native.lib())
+    monkeypatch.setattr(_native, "_lib", counting)
+    return counting.calls

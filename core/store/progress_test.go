@@ -56,7 +56,7 @@ func TestRestoreAndVerifyTellTheirProgress(t *testing.T) {
 
 		var one progressLog
 		rd.Progress = one.report
-		f, err := c.file("model.safetensors")
+		f, err := c.File("model.safetensors")
 		require.NoError(t, err)
 		require.NoError(t, rd.RestoreFile(f, filepath.Join(t.TempDir(), "m"), false))
 		one.check(t, f.Size)

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .. import _memory
-from ..errors import InvalidArgumentError, TPDEError, TPDEIOError
+from .._steps import step_from_name
+from ..errors import InvalidArgumentError, TPDEError, TPDEIOError, require
 from .folders import _add_files, _restore_state_dict
 from .handle import (_STAGE, MAIN_RUN, PathLike, _config, _in_run, _json_arg, _naming, _open, _open_locking,
-                     _parent_arg, _path_arg, _Reader, _renamed, _result, _run_arg, _store_path, _tags_arg, _utf8,
-                     call, check_step)
+                     _parent_arg, _path_arg, _Reader, _renamed, _run_arg, _store_path, _tags_arg, _utf8, call,
+                     call_json, check_step)
 from .state_dict import STATE_DICT_FILE, _add_state_dict, _load_checkpoint, _load_guarded
 from .stats import _counted, _infos, _records, _report, _runs, _stats
 from .types import CheckpointInfo, VerifyReport
@@ -141,8 +142,10 @@ class Store:
             *, progress: Optional[Callable[[int, int], None]] = None, follow_links: bool = False,
             cancel: Optional[Any] = None, run: Optional[str] = None, parent: Any = None) -> CheckpointInfo:
         """Add a checkpoint: a file, a folder (every file in it, with its
-        relative path and mode) or a state dict. step defaults to the newest
-        step + 1; steps only grow (0 to 2**63 - 1). progress(done_bytes,
+        relative path and mode) or a state dict. step: as ``tpde add`` reads
+        it, N of a folder named checkpoint-N, step-N or N (checkpoint-500/
+        -> 500), else the newest step + 1; steps only grow (0 to
+        2**63 - 1). progress(done_bytes,
         total_bytes) is called as files are coded.
 
         A symlink in a folder is stored as the file it points to when that
@@ -157,7 +160,7 @@ class Store:
         step) / {"run": ..., "step": ...}, a checkpoint of another run (a
         fine-tune of a fine-tune). A run's first checkpoint is coded against
         its parent, so runs that share a start share its bytes."""
-        step = None if step is None else check_step(step, latest=False)
+        step = step_from_name(path_or_state_dict) if step is None else check_step(step, latest=False)
         tj, tn = _tags_arg(tags)
         run_name = None if run is None else _run_arg(run)
         pj, pn = _json_arg(_parent_arg(parent))
@@ -196,7 +199,7 @@ class Store:
                          follow_links: bool, cancel: Optional[Any], run: Optional[str] = None) -> CheckpointInfo:
         try:
             self._fill(h, what, progress, follow_links, cancel)
-            call("tpde_store_commit", h)
+            rec = call_json("tpde_store_commit", h)
         except OSError as e:
             call("tpde_store_abort", h)
             if isinstance(e, TPDEError):
@@ -208,7 +211,6 @@ class Store:
         except BaseException:
             call("tpde_store_abort", h)
             raise
-        rec = _result(h)
         with self._reader(run) as rd:
             if rec.get("source"):  # the base
                 return _counted(rd, rd.entry(None, base=True), base=True)
@@ -244,9 +246,8 @@ class Store:
         body = ("[" + ",".join(parts) + "]").encode("utf-8")
         with self._lock, _naming(self.path):
             h = self._writer()
-            call("tpde_store_commit_parts", h, 0 if step is None else step, int(step is not None), tj, tn,
-                 None if holder is None else _utf8(holder, "holder"), body, len(body))
-            rec = _result(h)
+            rec = call_json("tpde_store_commit_parts", h, 0 if step is None else step, int(step is not None), tj, tn,
+                            None if holder is None else _utf8(holder, "holder"), body, len(body))
             with self._reader() as rd:
                 return _counted(rd, rd.entry(rec["step"]))
 
@@ -257,8 +258,7 @@ class Store:
         none is while a holder cannot be checked."""
         with self._lock, _naming(self.path):
             h = self._writer()
-            call("tpde_store_reclaim", h)
-            return [int(s) for s in _result(h)["removed"]]
+            return [int(s) for s in call_json("tpde_store_reclaim", h)["removed"]]
 
     # -- reading -------------------------------------------------------
 
@@ -302,7 +302,7 @@ class Store:
         torch.load(weights_only=True), only when unpickle=True. Every
         failure is a TPDEError naming the store, the checkpoint and the
         file; nothing larger than the decode limit is allocated."""
-        import torch  # noqa: F401 - the tensors returned are torch tensors
+        require("torch", "Store.load()")  # the tensors returned are torch tensors
 
         step = check_step(step)
         limit = _memory.output_limit(max_output_bytes if max_output_bytes is not None else self._max_output)
@@ -367,7 +367,7 @@ class Store:
                     if not rd.steps:
                         raise InvalidArgumentError(f"the store holds no checkpoint{_in_run(run_name)}")
                     step = rd.steps[-1]
-            call("tpde_store_remove_from", h, _utf8(run_name, "run"), step)
+            call("tpde_store_remove", h, _utf8(run_name, "run"), step)
 
     def remove_run(self, name: str) -> None:
         """Drop run name and every checkpoint of it. Other runs' checkpoints
@@ -388,8 +388,7 @@ class Store:
             if h is None:
                 self._reader().close()
                 h = self._read
-            call("tpde_store_verify", h, int(deep), int(repair))
-            res = _result(h)
+            res = call_json("tpde_store_verify", h, int(deep), int(repair))
         return _report(res)
 
 
@@ -438,8 +437,7 @@ class Part:
             if not self._begun:
                 call("tpde_store_begin", h, 0, 0, None, 0, 0)
                 self._begun = True
-            call("tpde_store_finish_part", h)
-            self.descriptor = json.dumps(_result(h), separators=(",", ":"))
+            self.descriptor = json.dumps(call_json("tpde_store_finish_part", h), separators=(",", ":"))
             return self.descriptor
 
     def _live(self) -> int:
