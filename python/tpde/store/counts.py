@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 from .. import _torchfile, _torchlegacy
 from ..errors import CorruptDataError, InvalidArgumentError, TPDEError
-from .handle import _Reader, _result, call
+from .handle import _Reader, call_json
 
 #: A torch file's bytes read to find its pickle: a legacy file's five
 #: pickles lie before its storages; a zip's data.pkl and directory are read
@@ -66,8 +66,7 @@ def tensor_counts(rd: _Reader, step: int, files: List[Dict[str, Any]], which: in
     out: Dict[str, Optional[int]] = {}
     if any(f["layout"] in ("safetensors", "state-dict") for f in files):
         try:
-            call("tpde_store_reader_tensors", rd.handle, step, which, None)
-            for t in _result(rd.handle)["files"]:
+            for t in call_json("tpde_store_reader_tensors", rd.handle, step, which, None)["files"]:
                 aliases = (t.get("meta") or {}).get("aliases") if t["layout"] == "state-dict" else None
                 out[t["path"]] = len(t["tensors"]) + len(aliases or {})
         except (CorruptDataError, InvalidArgumentError):
