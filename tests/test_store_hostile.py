@@ -396,7 +396,12 @@ CASES: Dict[str, Tuple[Case, type]] = {
     "holder-in-version-1": (_manifest_case(lambda m: m["checkpoints"][0].update(holder="step-1")), CorruptDataError),
     "holder-outside": (_manifest_case(lambda m: m.update(version=2) or m["checkpoints"][0].update(holder="../x")),
                        CorruptDataError),
-    "record-version-2": (_rec_case(lambda r: r[4].update(version=2)), UnsupportedFormatError),
+    "record-version-3": (_rec_case(lambda r: r[4].update(version=3)), UnsupportedFormatError),
+    # A regions digest (FORMAT §11.4) exists only in version 2 records.
+    "record-version-1-with-a-digest": (_rec_case(lambda r: model_file(r[4]).update(digest="regions")),
+                                       CorruptDataError),
+    "digest-of-no-known-kind": (_rec_case(lambda r: r[4].update(version=2) or model_file(r[4]).update(digest="x")),
+                                CorruptDataError),
     "marker-version-2": (_marker_version, UnsupportedFormatError),
     "marker-unknown-field": (_marker_unknown, CorruptDataError),
 }
@@ -945,3 +950,48 @@ def test_restore_gives_a_crafted_mode_less_the_umask(tmp_path: Path, healthy, um
 
 def stat_mode(p: Path) -> int:
     return p.stat().st_mode & 0o7777
+
+
+# --- a state dict's regions digest (FORMAT §11.4): each tensor byte hashed once at add, wrong data still caught
+
+def _state_dict_store(root: Path) -> Tuple[Path, Dict[str, Any]]:
+    store = root / "sd-store"
+    g = torch.Generator().manual_seed(3)
+    sd = {"a": torch.randn(64, 64, generator=g), "b": torch.randn(64, 64, generator=g), "n": torch.arange(3)}
+    with tpde.Store(store) as st:
+        st.add(sd, step=1)
+        f = st.info(1).files[0]
+        assert (f.layout, f.digest, f.tensors) == ("state-dict", "regions", 2)
+    return store, sd
+
+
+def test_a_state_dict_named_with_another_tensors_object_is_refused(tmp_path: Path) -> None:
+    # a and b are both 64x64 float32: b's frame decodes into a's place
+    # with every CRC of its own intact; only a's sha256 tells.
+    store, sd = _state_dict_store(tmp_path)
+    recs = records(store)
+    f = recs[0]["files"][0]
+    ra, rb = (next(r for r in f["regions"] if r["name"] == n) for n in ("a", "b"))
+    ra["object"], ra["stored"] = rb["object"], rb["stored"]
+    publish_records(store, {0: recs[0]})
+    with tpde.Store(store) as st:
+        with pytest.raises(CorruptDataError, match="decodes to bytes other than were added"):
+            st.load(1)
+        with pytest.raises(CorruptDataError):
+            st.restore(1, tmp_path / "out")
+        assert not st.verify(deep=True).ok
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_state_dict_whose_digest_lies_is_refused_on_restore_and_loads_checked(tmp_path: Path) -> None:
+    store, sd = _state_dict_store(tmp_path)
+    recs = records(store)
+    recs[0]["files"][0]["sha256"] = hashlib.sha256(b"another file").hexdigest()
+    publish_records(store, {0: recs[0]})
+    with tpde.Store(store) as st:
+        # Each tensor is checked against its own sha256: the load is right.
+        got = st.load(1)
+        assert all(torch.equal(got[k], v) for k, v in sd.items())
+        with pytest.raises(CorruptDataError, match="restores to bytes that hash to"):
+            st.restore(1, tmp_path / "out")
+        assert not st.verify(deep=True).ok

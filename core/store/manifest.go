@@ -29,6 +29,12 @@ const Version = 1
 // manifest as unsupported rather than misreading it.
 const ManifestVersionHolders = 2
 
+// RecordVersionDigest is the version of a checkpoint record that holds a
+// file whose sha256 is its regions digest (File.Digest, docs/FORMAT.md
+// §11.4); a record without one keeps Version, so readers of version 1 only
+// still read it.
+const RecordVersionDigest = 2
+
 const (
 	manifestFormat   = "tpde-store-manifest"
 	checkpointFormat = "tpde-store-checkpoint"
@@ -167,6 +173,10 @@ type File struct {
 	Mode   uint32 `json:"mode"`
 	Size   uint64 `json:"size"`
 	SHA256 string `json:"sha256"`
+	// Digest says what SHA256 hashes: "" the file's bytes, DigestRegions
+	// its verbatim bytes and its regions' sha256s (fileDigest), which an
+	// add computes without a second pass over the regions' bytes.
+	Digest string `json:"digest,omitempty"`
 	Layout string `json:"layout"`
 	// Note says why a file that looks like a container was stored whole.
 	Note     string   `json:"note,omitempty"`
@@ -402,8 +412,8 @@ func parseCheckpoint(b []byte, step int64, base bool) (*Checkpoint, error) {
 	if c.Format != checkpointFormat {
 		return nil, corrupt(what, "format %q", c.Format)
 	}
-	if c.Version != Version {
-		return nil, fmt.Errorf("%w: %s: layout version %d (this tpde reads %d)", errs.Unsupported, what, c.Version, Version)
+	if c.Version != Version && c.Version != RecordVersionDigest {
+		return nil, fmt.Errorf("%w: %s: layout version %d (this tpde reads %d and %d)", errs.Unsupported, what, c.Version, Version, RecordVersionDigest)
 	}
 	if !base && c.Step != step {
 		return nil, corrupt(what, "record says step %d", c.Step)
@@ -449,6 +459,9 @@ func parseCheckpoint(b []byte, step int64, base bool) (*Checkpoint, error) {
 		if err := f.validate(); err != nil {
 			return nil, corrupt(what, "file %q: %v", f.Path, err)
 		}
+		if f.Digest != "" && c.Version < RecordVersionDigest {
+			return nil, corrupt(what, "file %q: a digest in a version %d record", f.Path, c.Version)
+		}
 	}
 	// A file may not also be a folder of another ("a" and "a/b"):
 	// restoring both would have to replace one with the other.
@@ -471,6 +484,9 @@ func (f *File) validate() error {
 	}
 	if !validHash(f.SHA256) || !validHash(f.Skeleton.Object) {
 		return fmt.Errorf("bad hash")
+	}
+	if f.Digest != "" && f.Digest != DigestRegions {
+		return fmt.Errorf("digest %q", printable(f.Digest))
 	}
 	switch f.Layout {
 	case LayoutSafetensors, LayoutTorchZip, LayoutTorchLegacy, LayoutRaw, LayoutStateDict:

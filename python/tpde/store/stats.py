@@ -18,7 +18,8 @@ def _info(entry: Dict[str, Any]) -> CheckpointInfo:
     files, stored, max_err, max_chain = [], 0, 0.0, 1
     for f, chains in zip(rec["files"], entry["chains"]):
         files.append(FileInfo(path=f["path"], size=f["size"], mode=f["mode"], layout=f["layout"],
-                              sha256=f["sha256"], tensors=len(f["regions"]), note=f.get("note", "")))
+                              sha256=f["sha256"], tensors=len(f["regions"]), note=f.get("note", ""),
+                              digest=f.get("digest", "")))
         stored += f["skeleton"]["stored"]
         for r, n in zip(f["regions"], chains):
             stored += r["stored"]
