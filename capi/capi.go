@@ -141,7 +141,7 @@ func tpde_version() *C.char { return cVersion }
 // abiVersion is the TPDE_ABI_VERSION this glue implements: bump both when
 // a function's signature or meaning changes. The array index below fails
 // to compile while include/tpde.h says otherwise.
-const abiVersion = 6
+const abiVersion = 7
 
 var _ = [1]struct{}{}[abiVersion-C.TPDE_ABI_VERSION]
 

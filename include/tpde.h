@@ -59,7 +59,7 @@ extern "C" {
 #endif
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 6
+#define TPDE_ABI_VERSION 7
 
 /* Status codes. */
 #define TPDE_OK 0
@@ -510,6 +510,19 @@ int tpde_bundle_decode(uint64_t handle, const tpde_bundle_out *outs, uint64_t n,
 
 /* Release an opened bundle's handle (its src may then go). */
 int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
+
+/* ---- The chain and keyframe policy (docs/FORMAT.md section 6.14) ----
+ * One policy bounds every series, forward (the bundle compressor) or
+ * reverse (the store): no decode of one tensor walks more than K frames.
+ * policy is a JSON object {"keyframe_interval": K (1..1000, default 10),
+ * "reference": "previous" | "base" (default "previous")}; NULL or length 0
+ * is the default. A bad policy is TPDE_E_INVALID, naming the field.
+ *
+ * On success *keyframe is 1 when the next checkpoint of a forward chain,
+ * since_keyframe checkpoints after its last keyframe (0: none yet), must be
+ * a keyframe, else 0; *interval is the K in effect. Either may be NULL. */
+int tpde_chain_forward(const char *policy, uint64_t policy_len, int64_t since_keyframe, int32_t *keyframe,
+                       int32_t *interval, char *err, size_t err_len);
 
 /* ---- The checkpoint store (docs/FORMAT.md section 11) ----
  * A store is a directory holding one run. A store handle holds the open

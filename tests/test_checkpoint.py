@@ -100,16 +100,53 @@ def test_lossless_chain_of_21_every_dtype(dtype: torch.dtype, reference: str) ->
         blob = enc.compress(state, epoch=epoch)
         meta = blob.metadata
         assert meta["lossless"] and meta["max_error"] == 0.0
-        assert meta["checkpoint_type"] == ("full" if epoch == 0 else "delta")
-        if epoch:
+        # The store's default K = 10: every 10th checkpoint is full.
+        assert meta["checkpoint_type"] == ("full" if epoch % 10 == 0 else "delta")
+        if epoch % 10:
             assert meta["reference"] == reference
-            assert meta["reference_epoch"] == (epoch - 1 if reference == "previous" else 0)
+            assert meta["reference_epoch"] == (epoch - 1 if reference == "previous" else epoch - epoch % 10)
         got = dec.decompress(bytes(blob))
         assert_same_state(got, state)
         sizes.append(len(blob))
         state = step_state(state, g)
     # Deltas are smaller than the full checkpoint they follow.
-    assert max(sizes[1:]) < sizes[0]
+    assert max(s for i, s in enumerate(sizes) if i % 10) < sizes[0]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 7])
+@pytest.mark.parametrize("reference", ["previous", "base"])
+def test_chain_policy_is_the_stores(tmp_path: Path, k: int, reference: str) -> None:
+    """The compressor's forward chains obey the store's K (one policy,
+    core/chain): no checkpoint needs more than K blobs to be decoded, and
+    decoding restarts cleanly at each keyframe."""
+    g = torch.Generator().manual_seed(k)
+    enc = tpde.TPDECheckpointCompressor(reference=reference, keyframe_interval=k)
+    assert enc.keyframe_interval == k
+    state = random_state(g, torch.float32)
+    since_full = 0
+    for epoch in range(2 * k + 3):
+        blob = enc.compress(state, epoch=epoch)
+        since_full = 0 if blob.metadata["checkpoint_type"] == "full" else since_full + 1
+        assert since_full + 1 <= k, f"checkpoint {epoch} needs {since_full + 1} blobs with K={k}"
+        assert (blob.metadata["checkpoint_type"] == "full") == (epoch % k == 0)
+        # Decoding from the newest keyframe alone works: a lost blob before
+        # it costs nothing after it.
+        if blob.metadata["checkpoint_type"] == "full":
+            dec = tpde.TPDECheckpointCompressor(reference=reference, keyframe_interval=k)
+        assert_same_state(dec.decompress(bytes(blob)), state)
+        state = step_state(state, g)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1001, 2.5, True, "10"])
+def test_chain_policy_refusals_are_the_stores(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(tpde.InvalidArgumentError) as compressor:
+        tpde.TPDECheckpointCompressor(keyframe_interval=bad)
+    with pytest.raises(tpde.InvalidArgumentError) as store:
+        tpde.Store(tmp_path / "s", keyframe_interval=bad)
+    assert str(compressor.value) == str(store.value)
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(tpde.InvalidArgumentError, match="reference"):
+        tpde.TPDECheckpointCompressor(reference="next")
 
 
 def test_encoder_chain_each_approach_with_standalone_decoder() -> None:

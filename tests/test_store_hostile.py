@@ -170,6 +170,25 @@ def _swap_objects(recs: List[Dict[str, Any]]) -> None:
     a["object"], a["stored"] = b["object"], b["stored"]
 
 
+def _drop_crcs_and_swap(recs: List[Dict[str, Any]]) -> None:
+    # Without its CRC a region is checked by its sha256, as in a record
+    # written before CRCs: dropping them must not let a swapped object by.
+    for f in recs[-1]["files"]:
+        for r in f["regions"]:
+            r.pop("crc32c", None)
+    recs[-1]["version"] = 1
+    _swap_objects(recs)
+
+
+def _digest_in_version_1(recs: List[Dict[str, Any]]) -> None:
+    # a version 1 record in all else (no region CRCs): only the digest is wrong there
+    for f in recs[4]["files"]:
+        for r in f["regions"]:
+            r.pop("crc32c", None)
+    recs[4]["version"] = 1
+    model_file(recs[4])["digest"] = "regions"
+
+
 def _cycle(recs: List[Dict[str, Any]]) -> None:
     region(recs[0], "b")["ref"] = {"step": 1, "file": "model.safetensors", "region": "b"}
     region(recs[1], "b")["ref"] = {"step": 0, "file": "model.safetensors", "region": "b"}
@@ -397,11 +416,17 @@ CASES: Dict[str, Tuple[Case, type]] = {
     "holder-outside": (_manifest_case(lambda m: m.update(version=2) or m["checkpoints"][0].update(holder="../x")),
                        CorruptDataError),
     "record-version-3": (_rec_case(lambda r: r[4].update(version=3)), UnsupportedFormatError),
-    # A regions digest (FORMAT §11.4) exists only in version 2 records.
-    "record-version-1-with-a-digest": (_rec_case(lambda r: model_file(r[4]).update(digest="regions")),
-                                       CorruptDataError),
-    "digest-of-no-known-kind": (_rec_case(lambda r: r[4].update(version=2) or model_file(r[4]).update(digest="x")),
-                                CorruptDataError),
+    # region CRCs (record version 2): a lie, a value that is no u32, one in
+    # a version 1 record, and dropped ones (the sha256 then still checks)
+    "region-crc-lies": (_rec_case(lambda r: region(r[4], "a").update(crc32c=(region(r[4], "a")["crc32c"] + 1) % 2**32)),
+                        CorruptDataError),
+    "region-crc-not-u32": (_rec_case(lambda r: region(r[4], "a").update(crc32c=2**32)), CorruptDataError),
+    "region-crc-negative": (_rec_case(lambda r: region(r[4], "a").update(crc32c=-1)), CorruptDataError),
+    "region-crc-in-version-1": (_rec_case(lambda r: r[4].update(version=1)), CorruptDataError),
+    "region-crc-dropped-and-object-swapped": (_rec_case(_drop_crcs_and_swap), CorruptDataError),
+    # A regions digest (FORMAT §11.4): only in version 2 records, and of a known kind.
+    "record-version-1-with-a-digest": (_rec_case(_digest_in_version_1), CorruptDataError),
+    "digest-of-no-known-kind": (_rec_case(lambda r: model_file(r[4]).update(digest="x")), CorruptDataError),
     "marker-version-2": (_marker_version, UnsupportedFormatError),
     "marker-unknown-field": (_marker_unknown, CorruptDataError),
 }
@@ -983,15 +1008,32 @@ def test_a_state_dict_named_with_another_tensors_object_is_refused(tmp_path: Pat
     assert not (tmp_path / "out").exists()
 
 
-def test_a_state_dict_whose_digest_lies_is_refused_on_restore_and_loads_checked(tmp_path: Path) -> None:
-    store, sd = _state_dict_store(tmp_path)
+def test_state_dicts_whose_digest_lies_are_refused_on_restore_and_load_checked(tmp_path: Path) -> None:
+    # Two ranks' state dicts, as DCP stages them: a checkpoint of several
+    # files is restored file by file in Go, each checked against its sha256.
+    store = tmp_path / "sd-store"
+    g = torch.Generator().manual_seed(4)
+    sds = [{"a": torch.randn(64, 64, generator=g)}, {"a": torch.randn(64, 64, generator=g)}]
+    with tpde.Store(store) as st:
+        parts = [st.stage() for _ in sds]
+        descs = []
+        for k, (part, sd) in enumerate(zip(parts, sds)):
+            part.add(sd, name=f"__{k}.tpde")
+            descs.append(part.finish())
+        st.commit(descs, step=1)
+        for part in parts:
+            part.close()
+        assert [(f.path, f.digest) for f in st.info(1).files] == [("__0.tpde", "regions"), ("__1.tpde", "regions")]
+        st.restore(1, tmp_path / "good")
     recs = records(store)
-    recs[0]["files"][0]["sha256"] = hashlib.sha256(b"another file").hexdigest()
+    recs[0]["files"][1]["sha256"] = hashlib.sha256(b"another file").hexdigest()
     publish_records(store, {0: recs[0]})
     with tpde.Store(store) as st:
-        # Each tensor is checked against its own sha256: the load is right.
-        got = st.load(1)
-        assert all(torch.equal(got[k], v) for k, v in sd.items())
+        # Each tensor is checked on its own (its CRC): the load is right.
+        got = st.load(1, file="__1.tpde")
+        assert torch.equal(got["a"], sds[1]["a"])
         with pytest.raises(CorruptDataError, match="restores to bytes that hash to"):
             st.restore(1, tmp_path / "out")
-        assert not st.verify(deep=True).ok
+        rep = st.verify(deep=True)
+        assert not rep.ok and {p.file for p in rep.problems} == {"__1.tpde"}
+    assert not (tmp_path / "out").exists()

@@ -171,3 +171,24 @@ func combineTensorChunks(crcs []uint32, chunkBytes, rawSize uint64) uint32 {
 	}
 	return combineChunks(crcs, chunkBytes, rawSize-uint64(len(crcs)-1)*chunkBytes)
 }
+
+// RawCRC is the CRC32C of the whole tensor the frame decodes to, combined
+// from its chunk table alone (O(chunks), no pass over the data). Decoding
+// checks every chunk's bytes against its entry, so a decode that succeeds
+// produced bytes with this CRC: a store compares it with the CRC it
+// recorded for the region instead of hashing the decoded bytes again. An
+// identical delta frame decodes to its reference: its CRC is RefCRC.
+func (h *Header) RawCRC() uint32 {
+	if h.Delta != nil && h.Delta.Identical {
+		return h.Delta.RefCRC
+	}
+	crcs := make([]uint32, h.NChunks)
+	for i := range crcs {
+		if h.Kind == KindDelta {
+			crcs[i] = h.dchunks[i].crc
+		} else {
+			crcs[i] = h.chunks[i].crc
+		}
+	}
+	return combineTensorChunks(crcs, uint64(h.ChunkElems)*uint64(h.DType.Width()), h.RawSize)
+}

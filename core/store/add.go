@@ -480,7 +480,7 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 		return err
 	}
 	if vh != nil {
-		f.SHA256 = fileDigest(f, vh.Sum(nil))
+		f.SHA256 = fileDigest(f.Size, vh.Sum(nil), regionSums(f))
 	}
 	if f.Layout == LayoutRaw {
 		tx.rawFiles[f.SHA256] = *f
@@ -494,6 +494,7 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 func (tx *Tx) region(file string, r *Region, d dtype.DType, raw []byte) error {
 	sum := sha256.Sum256(raw)
 	r.SHA256 = hex.EncodeToString(sum[:])
+	r.CRC32C = crcOf(raw)
 	key := contentKey(r.SHA256, r.DType, r.Shape)
 	if obj, ok := tx.keyframes[key]; ok {
 		r.Object = obj
@@ -576,7 +577,7 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 		}
 		ref = &Ref{Step: tx.sn.m.Checkpoints[ci].Step, File: file, Region: kr.Name}
 	default:
-		if tx.tails[old]+2 > cfg.KeyframeInterval {
+		if !cfg.Policy().Demote(tx.tails[old]) {
 			return nil // old stays a keyframe: the chains below it are K long
 		}
 		ref = &Ref{Step: tx.cp.Step, File: file, Region: r.Name}
@@ -619,6 +620,9 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 	}
 	nr := *old
 	nr.Object, nr.Ref, nr.MaxError = obj, ref, res.MaxErr
+	if nr.CRC32C, err = frameCRC(coded); err != nil { // the reconstruction's, when lossy
+		return err
+	}
 	nr.Changed = 0
 	if n := old.Size / uint64(d.Width()); n > 0 {
 		nr.Changed = float64(res.Changed) / float64(n)
@@ -756,17 +760,6 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 	return tx.cp, nil
 }
 
-// recordVersion is the version c's record is written with: the first
-// that has everything it holds, so older readers read what they can.
-func recordVersion(c *Checkpoint) int {
-	for i := range c.Files {
-		if c.Files[i].Digest != "" {
-			return RecordVersionDigest
-		}
-	}
-	return Version
-}
-
 func (tx *Tx) sourceHash() string {
 	h := sha256.New()
 	files := append([]File{}, tx.cp.Files...)
@@ -778,7 +771,7 @@ func (tx *Tx) sourceHash() string {
 }
 
 func (tx *Tx) putRecord(c *Checkpoint) (string, error) {
-	c.Version = recordVersion(c)
+	c.stamp()
 	b, err := json.MarshalIndent(c, "", " ")
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", errs.Internal, err)

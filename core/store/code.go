@@ -1,8 +1,12 @@
 package store
 
 import (
+	"fmt"
+	"hash/crc32"
+
 	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dtype"
+	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
 )
 
@@ -41,4 +45,23 @@ func (s *Store) encodeDelta(buf *buffer, raw, ref []byte, d dtype.DType, shape [
 		return nil, res, err
 	}
 	return b[:res.Len], res, nil
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// crcOf is the CRC32C a region records for bytes b (Region.CRC32C).
+func crcOf(b []byte) *uint32 {
+	c := crc32.Checksum(b, castagnoli)
+	return &c
+}
+
+// frameCRC is the CRC32C of what a frame just coded decodes to, from its
+// chunk table (frame.Header.RawCRC).
+func frameCRC(coded []byte) (*uint32, error) {
+	h, err := frame.ParseAny(coded)
+	if err != nil {
+		return nil, fmt.Errorf("%w: a frame just coded does not parse: %v", errs.Internal, err)
+	}
+	c := h.RawCRC()
+	return &c, nil
 }

@@ -26,48 +26,65 @@ const DigestRegions = "regions"
 
 const digestHeader = "tpde-file-digest/1\n"
 
-// fileDigest is the regions digest of f, given the sha256 of its verbatim
-// bytes (those outside its regions, in file order).
-func fileDigest(f *File, verbatim []byte) string {
-	h := sha256.New()
-	fmt.Fprintf(h, "%ssize %d\nverbatim %s\n", digestHeader, f.Size, hex.EncodeToString(verbatim))
+// regionSum is what a regions digest says of one region.
+type regionSum struct {
+	offset, size uint64
+	sha256       string
+}
+
+func regionSums(f *File) []regionSum {
+	out := make([]regionSum, len(f.Regions))
 	for i := range f.Regions {
 		r := &f.Regions[i]
-		fmt.Fprintf(h, "region %d %d %s\n", r.Offset, r.Size, r.SHA256)
+		out[i] = regionSum{r.Offset, r.Size, r.SHA256}
+	}
+	return out
+}
+
+// fileDigest is the regions digest of a file of size bytes, given the
+// sha256 of its verbatim bytes (those outside its regions, in file order)
+// and its regions' sha256s.
+func fileDigest(size uint64, verbatim []byte, regions []regionSum) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%ssize %d\nverbatim %s\n", digestHeader, size, hex.EncodeToString(verbatim))
+	for _, r := range regions {
+		fmt.Fprintf(h, "region %d %d %s\n", r.offset, r.size, r.sha256)
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// fileCheck checks a whole file's bytes, as a walk emits them in order,
-// against the sha256 its record gives: of every byte (Digest ""), or,
-// for a regions digest, of its verbatim bytes, each region being checked
-// against its own sha256 as it decodes (regionsChecked).
+// fileCheck hashes a whole file's bytes, as a walk emits them in order,
+// the way its record's sha256 was made: every byte (Digest ""), or, for a
+// regions digest, the verbatim bytes and each region's bytes apart, the
+// digest then made of what they hash to. Either way each byte is hashed
+// once, with sha256: a restore and verify --deep check what they write
+// as strongly as the whole-file sha256 does.
 type fileCheck struct {
-	f    *File
-	h    hash.Hash
-	next int // the next region a regions digest expects
+	f        *File
+	h        hash.Hash // every byte, or the verbatim bytes
+	next     int       // the next region a regions digest expects
+	computed []regionSum
 }
 
 func newFileCheck(f *File) *fileCheck { return &fileCheck{f: f, h: sha256.New()} }
 
-// regionsChecked says whether the walk must check each region's sha256:
-// a regions digest counts on it, a whole-file sha256 does not need it
-// (it would be a second pass over the same bytes).
-func (c *fileCheck) regionsChecked() bool { return c.f.Digest == DigestRegions }
-
-// write takes the bytes a whole-file walk emits at pos.
+// write takes the bytes a whole-file walk emits at pos: a region whole
+// (in order), verbatim bytes in pieces.
 func (c *fileCheck) write(pos uint64, b []byte) {
-	if c.f.Digest == DigestRegions && c.next < len(c.f.Regions) && pos == c.f.Regions[c.next].Offset && uint64(len(b)) == c.f.Regions[c.next].Size {
-		c.next++ // a region: a whole-file walk emits it whole, checked by its decode
-		return
+	if c.f.Digest == DigestRegions && c.next < len(c.f.Regions) {
+		if r := &c.f.Regions[c.next]; pos == r.Offset && uint64(len(b)) == r.Size {
+			c.next++
+			c.computed = append(c.computed, regionSum{r.Offset, r.Size, hashHex(b)})
+			return
+		}
 	}
 	c.h.Write(b)
 }
 
-// sum is what the file's bytes hash to, as its record's sha256 is made.
+// sum is what the walked bytes hash to, made as the record's sha256 is.
 func (c *fileCheck) sum() string {
 	if c.f.Digest == DigestRegions {
-		return fileDigest(c.f, c.h.Sum(nil))
+		return fileDigest(c.f.Size, c.h.Sum(nil), c.computed)
 	}
 	return hex.EncodeToString(c.h.Sum(nil))
 }

@@ -138,7 +138,7 @@ func TestAStateDictIsHashedOnceAndRestoresToItsDigest(t *testing.T) {
 		require.NoError(t, withCheckpoint(dir, step, func(_ *Store, rd *Reader, c *Checkpoint) error {
 			rec, err := rd.sn.record(rd.sn.byStep[step])
 			require.NoError(t, err)
-			assert.Equal(t, RecordVersionDigest, rec.Version)
+			assert.Equal(t, RecordVersionCRC, rec.Version)
 			f := &c.Files[0]
 			assert.Equal(t, DigestRegions, f.Digest)
 			require.Len(t, f.Regions, 2, "a and b have objects, bias stays verbatim")
@@ -153,7 +153,7 @@ func TestAStateDictIsHashedOnceAndRestoresToItsDigest(t *testing.T) {
 				pos = reg.Offset + reg.Size
 			}
 			vh.Write(got[pos:])
-			assert.Equal(t, fileDigest(f, vh.Sum(nil)), f.SHA256)
+			assert.Equal(t, fileDigest(f.Size, vh.Sum(nil), regionSums(f)), f.SHA256)
 			for _, tn := range ts[:2] {
 				var reg *Region
 				for k := range f.Regions {
@@ -223,6 +223,22 @@ func TestAWrongObjectOrAWrongDigestOfAStateDictIsCaught(t *testing.T) {
 		assert.Len(t, b, 4*4096)
 	})
 
+	t.Run("another tensor's keyframe, without the region's CRC", func(t *testing.T) {
+		// A region without crc32c (as a version 1 writer left it) is
+		// checked by its sha256: on a load alone, and within the digest
+		// on a restore, which hashes each region's bytes once.
+		dir := build(t)
+		republish(t, dir, 2, func(c *Checkpoint) {
+			a, b := regionOf(c, "a"), regionOf(c, "b")
+			a.Object, a.CRC32C = b.Object, nil
+		})
+		_, err := readTensor(dir, 2, "a")
+		assert.ErrorIs(t, err, errs.Corrupt)
+		err = restoreErr(dir, 2, filepath.Join(t.TempDir(), "out"))
+		assert.ErrorIs(t, err, errs.Corrupt)
+		assert.ErrorContains(t, err, "restores to bytes that hash to")
+	})
+
 	t.Run("a delta naming the wrong reference", func(t *testing.T) {
 		dir := build(t)
 		republish(t, dir, 1, func(c *Checkpoint) {
@@ -271,7 +287,12 @@ func TestAWrongObjectOrAWrongDigestOfAStateDictIsCaught(t *testing.T) {
 
 	t.Run("a digest in a version 1 record, or one of no known kind", func(t *testing.T) {
 		dir := build(t)
-		republish(t, dir, 2, func(c *Checkpoint) { c.Version = Version })
+		republish(t, dir, 2, func(c *Checkpoint) {
+			c.Version = Version
+			for k := range c.Files[0].Regions {
+				c.Files[0].Regions[k].CRC32C = nil // what else version 1 lacks
+			}
+		})
 		_, err := readTensor(dir, 2, "a")
 		assert.ErrorIs(t, err, errs.Corrupt)
 		assert.ErrorContains(t, err, "a digest in a version 1 record")
@@ -283,7 +304,7 @@ func TestAWrongObjectOrAWrongDigestOfAStateDictIsCaught(t *testing.T) {
 	})
 }
 
-func TestFilesFromDiskKeepTheirOwnSHA256AndRecordVersionOne(t *testing.T) {
+func TestFilesFromDiskKeepTheSHA256OfTheirBytes(t *testing.T) {
 	dir, src := t.TempDir(), t.TempDir()
 	s, err := Open(dir, Options{Write: true})
 	require.NoError(t, err)
@@ -293,5 +314,4 @@ func TestFilesFromDiskKeepTheirOwnSHA256AndRecordVersionOne(t *testing.T) {
 	sum := sha256.Sum256(b)
 	assert.Equal(t, hex.EncodeToString(sum[:]), c.Files[0].SHA256, "a user compares it with sha256sum")
 	assert.Empty(t, c.Files[0].Digest)
-	assert.Equal(t, Version, c.Version, "readers of version 1 still read it")
 }

@@ -488,6 +488,7 @@ func (s *Store) recodeRegion(sn *snapshot, r *Region, mustWhole bool, b *recodeB
 	}
 	d, _ := dtype.FromName(r.DType)
 	nr := *r
+	nr.CRC32C = crcOf(raw) // what both codings below decode to
 	if !mustWhole && target.Ref != nil && r.MaxError == 0 && target.MaxError == 0 {
 		// Skip over the removed checkpoint.
 		next, nview, _, err := tview.resolveAt(target.Ref)
@@ -648,7 +649,7 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 			}
 			if deep && !fileBad {
 				check := newFileCheck(f)
-				rd.wholeFile = !f.Lossy() && !check.regionsChecked()
+				rd.wholeFile = !f.Lossy()
 				err := rd.walk(f, 0, f.Size, func(pos uint64, b []byte) error { check.write(pos, b); return nil }, nil, 0)
 				rd.wholeFile = false
 				if err == nil {

@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/tpde/tpde/core/chain"
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
@@ -29,11 +30,10 @@ const Version = 1
 // manifest as unsupported rather than misreading it.
 const ManifestVersionHolders = 2
 
-// RecordVersionDigest is the version of a checkpoint record that holds a
-// file whose sha256 is its regions digest (File.Digest, docs/FORMAT.md
-// §11.4); a record without one keeps Version, so readers of version 1 only
-// still read it.
-const RecordVersionDigest = 2
+// RecordVersionCRC is the version of a checkpoint record whose regions may
+// carry their CRC32C, and whose files may carry a regions digest
+// (docs/FORMAT.md §11.4).
+const RecordVersionCRC = 2
 
 const (
 	manifestFormat   = "tpde-store-manifest"
@@ -52,7 +52,7 @@ const (
 	maxTags            = 256
 	// MaxKeyframeInterval bounds K, and so the frames one region's decode
 	// may walk; a chain longer than the manifest's K is refused.
-	MaxKeyframeInterval = 1000
+	MaxKeyframeInterval = chain.MaxInterval
 )
 
 // Reference policies: what an older checkpoint's tensor is coded against.
@@ -60,10 +60,10 @@ const (
 	// RefPrevious codes each checkpoint against its neighbour: the design
 	// document's approach A. The chains run backwards from the newest
 	// checkpoint (see Tx.convert).
-	RefPrevious = "previous"
+	RefPrevious = chain.Previous
 	// RefBase codes every checkpoint against one base (approach B), such
 	// as the pretrained weights a run started from.
-	RefBase = "base"
+	RefBase = chain.Base
 )
 
 // Config is fixed when a store is created.
@@ -198,6 +198,11 @@ type Region struct {
 	DType  string   `json:"dtype"`
 	Shape  []uint64 `json:"shape"`
 	SHA256 string   `json:"sha256"`
+	// CRC32C is the CRC32C of the bytes the region decodes to (record
+	// version 2; absent in older records). A load compares it with the
+	// CRC its frame's chunk table combines to, which decoding has checked
+	// chunk by chunk, instead of hashing the decoded bytes again.
+	CRC32C *uint32 `json:"crc32c,omitempty"`
 	Object
 	// Ref is nil for a keyframe (a whole frame), else the region the delta
 	// frame is coded against.
@@ -282,12 +287,15 @@ func validPath(p string) error {
 	return nil
 }
 
+// Policy is the store's chain and keyframe policy, the one the bundle
+// compressor shares (core/chain).
+func (c *Config) Policy() chain.Policy {
+	return chain.Policy{Interval: c.KeyframeInterval, Reference: c.Reference}
+}
+
 func (c *Config) validate() error {
-	if c.KeyframeInterval < 1 || c.KeyframeInterval > MaxKeyframeInterval {
-		return fmt.Errorf("keyframe_interval %d (must be 1..%d)", c.KeyframeInterval, MaxKeyframeInterval)
-	}
-	if c.Reference != RefPrevious && c.Reference != RefBase {
-		return fmt.Errorf("reference %q (must be %q or %q)", c.Reference, RefPrevious, RefBase)
+	if err := c.Policy().Validate(); err != nil {
+		return err
 	}
 	if len(c.Lossy) > 1024 {
 		return fmt.Errorf("%d lossy rules", len(c.Lossy))
@@ -412,8 +420,11 @@ func parseCheckpoint(b []byte, step int64, base bool) (*Checkpoint, error) {
 	if c.Format != checkpointFormat {
 		return nil, corrupt(what, "format %q", c.Format)
 	}
-	if c.Version != Version && c.Version != RecordVersionDigest {
-		return nil, fmt.Errorf("%w: %s: layout version %d (this tpde reads %d and %d)", errs.Unsupported, what, c.Version, Version, RecordVersionDigest)
+	if c.Version != Version && c.Version != RecordVersionCRC {
+		return nil, fmt.Errorf("%w: %s: record version %d (this tpde reads %d and %d)", errs.Unsupported, what, c.Version, Version, RecordVersionCRC)
+	}
+	if c.Version == Version && c.hasCRC() {
+		return nil, corrupt(what, "a version %d record with region CRCs", Version)
 	}
 	if !base && c.Step != step {
 		return nil, corrupt(what, "record says step %d", c.Step)
@@ -459,7 +470,7 @@ func parseCheckpoint(b []byte, step int64, base bool) (*Checkpoint, error) {
 		if err := f.validate(); err != nil {
 			return nil, corrupt(what, "file %q: %v", f.Path, err)
 		}
-		if f.Digest != "" && c.Version < RecordVersionDigest {
+		if f.Digest != "" && c.Version < RecordVersionCRC {
 			return nil, corrupt(what, "file %q: a digest in a version %d record", f.Path, c.Version)
 		}
 	}
@@ -546,4 +557,34 @@ func (f *File) validate() error {
 		}
 	}
 	return nil
+}
+
+func (c *Checkpoint) hasCRC() bool {
+	for i := range c.Files {
+		for j := range c.Files[i].Regions {
+			if c.Files[i].Regions[j].CRC32C != nil {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// stamp sets the record version its contents need: 2 once a region
+// carries a CRC or a file a regions digest, so that a reader that predates
+// them refuses the record as unsupported rather than as corrupt.
+func (c *Checkpoint) stamp() {
+	c.Version = Version
+	if c.hasCRC() || c.hasDigest() {
+		c.Version = RecordVersionCRC
+	}
+}
+
+func (c *Checkpoint) hasDigest() bool {
+	for i := range c.Files {
+		if c.Files[i].Digest != "" {
+			return true
+		}
+	}
+	return false
 }

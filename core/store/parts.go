@@ -329,7 +329,7 @@ func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []str
 	// parses it (paths inside the folder, no file that is also another's
 	// folder, the limits), or a commit would publish a newest checkpoint
 	// that cannot be read.
-	tx.cp.Version = recordVersion(tx.cp)
+	tx.cp.stamp()
 	rec, err := json.Marshal(tx.cp)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errs.Internal, err)

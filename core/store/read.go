@@ -25,13 +25,16 @@ import (
 )
 
 // decodeKeyframe decodes a keyframe region into dst.
-func (s *Store) decodeKeyframe(r *Region, dst []byte, threads int) error {
+// decodeKeyframe decodes r's keyframe into dst and returns the CRC32C of
+// what it decoded (checked chunk by chunk on the way).
+func (s *Store) decodeKeyframe(r *Region, dst []byte, threads int) (uint32, error) {
 	o, err := s.openFrame(r.Object.Object, r.Stored, fmt.Sprintf("tensor %q", r.Name))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer o.release()
-	return mapped.Reading(s.objectPath(r.Object.Object), func() error {
+	var crc uint32
+	return crc, mapped.Reading(s.objectPath(r.Object.Object), func() error {
 		h, err := frame.Decode(o.Data, dst, threads)
 		if err != nil {
 			return fmt.Errorf("tensor %q: %w", r.Name, err)
@@ -39,6 +42,7 @@ func (s *Store) decodeKeyframe(r *Region, dst []byte, threads int) error {
 		if h.Delta != nil || h.DType.String() != r.DType || h.RawSize != r.Size {
 			return fmt.Errorf("%w: tensor %q: its object holds a %s frame of %d bytes, not the %s keyframe of %d bytes the record says", errs.Corrupt, r.Name, h.DType, h.RawSize, r.DType, r.Size)
 		}
+		crc = h.RawCRC()
 		return nil
 	})
 }
@@ -85,16 +89,25 @@ func (s *Store) fits(r *Region, buffers uint64) error {
 }
 
 // decodeRegion decodes r into dst (r.Size bytes), walking its chain from
-// the keyframe up, and checks that an exact region decodes to the bytes
-// that were added (its sha256): a record that names the wrong object must
-// not return wrong data. Two buffers serve the whole chain: dst and *spare
-// take turns as reference and output, so a chain of K frames needs no more
-// memory than a chain of two.
+// the keyframe up, and checks that it decodes to the bytes that were
+// added: a record that names the wrong object must not return wrong data.
+// A region that records its CRC32C is checked against the CRC its last
+// frame's chunk table combines to, which decoding verified chunk by chunk
+// (no second pass over the bytes); an older record's region is hashed
+// (sha256). Two buffers serve the whole chain: dst and *spare take turns
+// as reference and output, so a chain of K frames needs no more memory
+// than a chain of two.
 func (s *Store) decodeRegion(sn *snapshot, r *Region, dst []byte, threads int, spare *buffer) error {
-	if err := s.decodeChain(sn, r, dst, threads, spare); err != nil {
+	crc, err := s.decodeChain(sn, r, dst, threads, spare)
+	if err != nil {
 		return err
 	}
-	if r.MaxError == 0 {
+	switch {
+	case r.CRC32C != nil:
+		if crc != *r.CRC32C {
+			return fmt.Errorf("%w: tensor %q decodes to bytes other than were added (CRC32C %08x, not %08x)", errs.Corrupt, r.Name, crc, *r.CRC32C)
+		}
+	case r.MaxError == 0:
 		if got := hashHex(dst); got != r.SHA256 {
 			return fmt.Errorf("%w: tensor %q decodes to bytes other than were added (sha256 %s, not %s)", errs.Corrupt, r.Name, got, r.SHA256)
 		}
@@ -102,39 +115,42 @@ func (s *Store) decodeRegion(sn *snapshot, r *Region, dst []byte, threads int, s
 	return nil
 }
 
-func (s *Store) decodeChain(sn *snapshot, r *Region, dst []byte, threads int, spare *buffer) error {
+// decodeChain decodes r into dst and returns the CRC32C of the bytes it
+// decoded, combined from its last frame's chunk table.
+func (s *Store) decodeChain(sn *snapshot, r *Region, dst []byte, threads int, spare *buffer) (uint32, error) {
 	ch, err := sn.chain(r)
 	if err != nil {
-		return fmt.Errorf("%w: tensor %q: %v", errs.Corrupt, r.Name, err)
+		return 0, fmt.Errorf("%w: tensor %q: %v", errs.Corrupt, r.Name, err)
 	}
 	if uint64(len(dst)) != r.Size {
-		return fmt.Errorf("%w: tensor %q is %d bytes, %d given", errs.Invalid, r.Name, r.Size, len(dst))
+		return 0, fmt.Errorf("%w: tensor %q is %d bytes, %d given", errs.Invalid, r.Name, r.Size, len(dst))
 	}
 	if err := s.fits(r, uint64(min(len(ch), 2))); err != nil {
-		return err
+		return 0, err
 	}
 	if len(ch) == 1 {
 		return s.decodeKeyframe(r, dst, threads)
 	}
 	if err := s.checkFrame(ch[len(ch)-1]); err != nil {
-		return err
+		return 0, err
 	}
 	other, err := spare.get(r.Size)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer spare.drop()
 	// Pick the first buffer so that the last frame lands in dst.
 	bufs := [2][]byte{dst, other}
 	cur := (len(ch) - 1) % 2
-	if err := s.decodeKeyframe(ch[len(ch)-1], bufs[cur], threads); err != nil {
-		return err
+	crc, err := s.decodeKeyframe(ch[len(ch)-1], bufs[cur], threads)
+	if err != nil {
+		return 0, err
 	}
 	for i := len(ch) - 2; i >= 0; i-- {
 		d := ch[i]
 		o, err := s.openFrame(d.Object.Object, d.Stored, fmt.Sprintf("tensor %q", d.Name))
 		if err != nil {
-			return err
+			return 0, err
 		}
 		err = mapped.Reading(s.objectPath(d.Object.Object), func() error {
 			h, err := frame.DecodeDelta(o.Data, bufs[cur], nil, bufs[1-cur], threads)
@@ -145,15 +161,18 @@ func (s *Store) decodeChain(sn *snapshot, r *Region, dst []byte, threads int, sp
 			if err == nil && (h.DType.String() != d.DType || h.RawSize != d.Size) {
 				err = fmt.Errorf("%w: its object holds a %s frame of %d bytes, not %s of %d", errs.Corrupt, h.DType, h.RawSize, d.DType, d.Size)
 			}
+			if err == nil {
+				crc = h.RawCRC()
+			}
 			return err
 		})
 		o.release()
 		if err != nil {
-			return fmt.Errorf("tensor %q: %w", d.Name, err)
+			return 0, fmt.Errorf("tensor %q: %w", d.Name, err)
 		}
 		cur = 1 - cur
 	}
-	return nil
+	return crc, nil
 }
 
 // Reader reads checkpoints of one snapshot: what a reader sees does not
@@ -166,7 +185,8 @@ type Reader struct {
 	spare   buffer
 	tmp     buffer
 	// wholeFile: the walk under way is checked against the file's sha256
-	// of every byte, so its regions need no check of their own.
+	// (of every byte, or its regions digest made of each region's sha256),
+	// so its regions need no check of their own.
 	wholeFile bool
 	skel      struct {
 		obj  string
@@ -517,10 +537,11 @@ func (rd *Reader) walk(f *File, off, end uint64, emit func(pos uint64, b []byte)
 
 // decode decodes one region for a walk. Where the walk's caller checks the
 // whole file's hash (wholeFile), the region's own hash would be a second
-// pass over the same bytes.
+// pass over the same bytes (its CRC costs nothing: it is still checked).
 func (rd *Reader) decode(r *Region, dst []byte) error {
-	if rd.wholeFile {
-		return rd.s.decodeChain(rd.sn, r, dst, rd.threads, &rd.spare)
+	if rd.wholeFile && r.CRC32C == nil {
+		_, err := rd.s.decodeChain(rd.sn, r, dst, rd.threads, &rd.spare)
+		return err
 	}
 	return rd.s.decodeRegion(rd.sn, r, dst, rd.threads, &rd.spare)
 }
@@ -560,7 +581,7 @@ func (rd *Reader) restoreInto(dir *dirfd.Dir, f *File) error {
 func (rd *Reader) writeFile(f *File, out *os.File) error {
 	check := newFileCheck(f)
 	bw := bufio.NewWriterSize(out, 1<<20)
-	rd.wholeFile = !f.Lossy() && !check.regionsChecked()
+	rd.wholeFile = !f.Lossy()
 	defer func() { rd.wholeFile = false }()
 	err := rd.walk(f, 0, f.Size, func(pos uint64, b []byte) error {
 		check.write(pos, b)

@@ -341,7 +341,7 @@ func (sn *snapshot) resolveLocal(r *Ref) (*Region, int, error) {
 
 // maxChain is the most frames a region's decode may walk: K, and at least
 // 2 so that a delta against the base is always allowed.
-func (sn *snapshot) maxChain() int { return max(sn.m.Config.KeyframeInterval, 2) }
+func (sn *snapshot) maxChain() int { return sn.m.Config.Policy().MaxFrames() }
 
 // chain returns the regions a decode of r walks, r first and its keyframe
 // last. A chain longer than the store's K, or one that loops, is refused:

@@ -35,6 +35,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/tpde/tpde/core/chain"
 	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dirfd"
 	"github.com/tpde/tpde/core/errs"
@@ -42,7 +43,7 @@ import (
 
 // DefaultKeyframeInterval is K when a store is created without one: a
 // random-access load decodes at most this many frames per tensor.
-const DefaultKeyframeInterval = 10
+const DefaultKeyframeInterval = chain.DefaultInterval
 
 // Options tune Open.
 type Options struct {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"hash/crc32"
 	"math"
 	"math/rand"
 	"os"
@@ -180,8 +181,14 @@ func TestSeriesRestoresEveryCheckpointByteForByte(t *testing.T) {
 			defer rd.Close()
 			deltas := 0
 			for i, c := range records(t, rd) {
+				assert.Equal(t, RecordVersionCRC, c.Version)
 				for _, f := range c.Files {
 					for ri := range f.Regions {
+						// Keyframe or reverse delta, each region records the
+						// CRC32C of its own bytes: what a load checks.
+						r := &f.Regions[ri]
+						require.NotNil(t, r.CRC32C, "step %d region %s", c.Step, r.Name)
+						assert.Equal(t, crc32.Checksum(want[c.Step/10][r.Offset:r.Offset+r.Size], castagnoli), *r.CRC32C)
 						ch, err := rd.sn.chain(&f.Regions[ri])
 						require.NoError(t, err)
 						assert.LessOrEqual(t, len(ch), max(k, 1))

@@ -22,7 +22,7 @@ from . import errors
 from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 6
+ABI_VERSION = 7
 MAX_NDIM = 32
 ERR_LEN = 1024
 
@@ -233,6 +233,7 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
                 _ERRBUF, c_size_t]),
     "tpde_bundle_decode": (c_int, [c_uint64, POINTER(BundleOut), c_uint64, c_int32, _ERRBUF, c_size_t]),
     "tpde_bundle_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    "tpde_chain_forward": (c_int, [c_char_p, c_uint64, ctypes.c_int64, _I32P, _I32P, _ERRBUF, c_size_t]),
 }
 
 class StoreTensor(ctypes.Structure):

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
 
-from . import _bundle, _load, _memory, _structure, _tensors
+from . import _bundle, _chain, _load, _memory, _structure, _tensors
 from ._load import FORMAT_VERSION, Checkpoint, Source, checkpoint_info, load_checkpoint
 from ._options import POSITION_CODINGS, RESIDUALS, code, threads_arg
 from ._structure import state_dict_nbytes
@@ -502,8 +502,10 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
     first compress() is a full checkpoint, every later one a delta against
     the previous checkpoint (reference="previous", approach A) or against
     the first one (reference="base", approach B: each checkpoint decodes
-    with the base alone). keyframe_interval N > 0 makes every N-th
-    checkpoint full, which bounds the replay needed to reach any one.
+    with the base alone). keyframe_interval K (1 to 1000, default 10, the
+    store's policy: docs/FORMAT.md §6.14) makes every K-th checkpoint full,
+    so that no checkpoint needs more than K to be decoded, and one lost
+    checkpoint costs at most the K - 1 after it.
     predict=True (approach A) also keeps the checkpoint before the previous
     and lets the encoder predict each element from the last two (one more
     checkpoint of memory on both sides; often smaller deltas).
@@ -519,14 +521,11 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
 
     def __init__(self, adaptive_threshold: bool = False, compression_method: str = "auto", *,
                  threshold: float = 0.0, adaptive_thresholds: Optional[Mapping[str, float]] = None,
-                 reference: str = "previous", keyframe_interval: int = 0, predict: bool = False,
+                 reference: str = "previous", keyframe_interval: Optional[int] = None, predict: bool = False,
                  version: Optional[str] = None, **kw: Any) -> None:
         if version is not None and str(version).split(".")[:1] != _version().split(".")[:1]:
             raise UnsupportedFormatError(f"tpde {_version()} cannot act as version {version}")
-        if reference not in ("previous", "base"):
-            raise InvalidArgumentError(f"reference must be 'previous' or 'base', got {reference!r}")
-        if not isinstance(keyframe_interval, int) or keyframe_interval < 0:
-            raise InvalidArgumentError(f"keyframe_interval must be an int >= 0, got {keyframe_interval!r}")
+        policy = _chain.policy(keyframe_interval, reference)
         super().__init__(threshold=threshold, adaptive=adaptive_threshold, compression_method=compression_method,
                          **kw)
         if adaptive_thresholds is not None:
@@ -536,10 +535,12 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
             self._thresholds = dict(adaptive_thresholds)
         if not self.keep_reference:
             raise InvalidArgumentError("TPDECheckpointCompressor needs keep_reference=True: it is a chain")
+        self._policy = policy
         self.reference = reference
-        self.keyframe_interval = keyframe_interval
+        self.keyframe_interval: int = policy["keyframe_interval"]
+        self._keyframe_interval_given = keyframe_interval is not None  # else an existing store's K stands
         self.predict = predict and reference == "previous"
-        self._count = 0
+        self._since_keyframe = 0
         self._base: Optional[Dict[str, Any]] = None
         self._base_epoch: Optional[int] = None
         # Decoder side.
@@ -551,8 +552,8 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
                  metadata: Optional[Mapping[str, Any]] = None) -> CompressedCheckpoint:
         """Compress the next checkpoint of the chain; returns bytes (a
         CompressedCheckpoint, whose .metadata has the statistics)."""
-        full = self._reference is None or (self.keyframe_interval and self._count % self.keyframe_interval == 0)
-        self._count += 1
+        full = self._reference is None or _chain.keyframe_next(self._policy, self._since_keyframe)
+        self._since_keyframe = 1 if full else self._since_keyframe + 1
         call = _Call(self.compression_method)
         if full:
             c = self._compress(checkpoint, None, epoch, metadata, call)
@@ -593,7 +594,8 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
                                        "store= outside it")
         new = not os.path.exists(os.path.join(dest, "tpde-store.json"))
         base = found[0][1] if self.reference == "base" and new and found else None
-        with Store(dest, keyframe_interval=self.keyframe_interval or None, reference=self.reference,
+        with Store(dest, keyframe_interval=self.keyframe_interval if self._keyframe_interval_given else None,
+                   reference=self.reference,
                    base=base, lossy={"*": self.threshold} if self.threshold > 0 else None) as st:
             held = set() if new else set(st.steps())
             if not found:

@@ -270,6 +270,18 @@ int main(void) {
 
     bundle_checks();
 
+    /* the chain policy: K = 3 keyframes every third checkpoint */
+    const char *pol = "{\"keyframe_interval\": 3}";
+    int32_t kf = -1, k = -1;
+    CHECK(tpde_chain_forward(pol, strlen(pol), 0, &kf, &k, err, sizeof err) == TPDE_OK && kf == 1 && k == 3,
+          "first is a keyframe: %s", err);
+    CHECK(tpde_chain_forward(pol, strlen(pol), 2, &kf, NULL, err, sizeof err) == TPDE_OK && kf == 0, "delta");
+    CHECK(tpde_chain_forward(pol, strlen(pol), 3, &kf, NULL, err, sizeof err) == TPDE_OK && kf == 1, "K-th");
+    CHECK(tpde_chain_forward(NULL, 0, 5, &kf, &k, err, sizeof err) == TPDE_OK && kf == 0 && k == 10, "default");
+    const char *bad = "{\"keyframe_interval\": 0}";
+    CHECK(tpde_chain_forward(bad, strlen(bad), 1, &kf, &k, err, sizeof err) == TPDE_E_INVALID &&
+          strstr(err, "keyframe_interval") != NULL, "K = 0 refused: %s", err);
+
     /* threads */
     pthread_t th[8];
     for (size_t i = 0; i < 8; i++) pthread_create(&th[i], NULL, worker, (void *)i);

@@ -21,7 +21,7 @@ import re
 from ctypes import byref, c_uint64
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .. import _memory, _native, _options
+from .. import _chain, _memory, _native, _options
 from .._native import call
 from .._text import has_control, printable
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError, UnsupportedFormatError
@@ -317,16 +317,13 @@ def _config(compression_method: str, keyframe_interval: Optional[int], reference
     positions = _options.code(_options.POSITION_CODINGS, compression_method, "compression_method")
     if positions:
         cfg["positions"] = positions
-    if keyframe_interval is not None:
-        if isinstance(keyframe_interval, bool) or not isinstance(keyframe_interval, numbers.Integral):
-            raise InvalidArgumentError(f"keyframe_interval must be an int, not {keyframe_interval!r}")
-        if not 1 <= keyframe_interval <= 1000:
-            raise InvalidArgumentError(f"keyframe_interval must be 1 to 1000, not {keyframe_interval}")
-        cfg["keyframe_interval"] = int(keyframe_interval)
-    if reference is not None:
-        if reference not in ("previous", "base"):
-            raise InvalidArgumentError(f"reference must be 'previous' or 'base', not {reference!r}")
-        cfg["reference"] = reference
+    if keyframe_interval is not None or reference is not None:
+        # Checked by the one chain policy (core/chain) before the store opens.
+        policy = _chain.policy(keyframe_interval, reference)
+        if keyframe_interval is not None:
+            cfg["keyframe_interval"] = policy["keyframe_interval"]
+        if reference is not None:
+            cfg["reference"] = policy["reference"]
     rules = _lossy_rules(lossy)
     if rules is not None:
         cfg["lossy"] = rules
