@@ -253,6 +253,10 @@ def test_hf_folder_load_by_file(tmp_path: Path, hf_run) -> None:
         want = torch.load(p / "optimizer.pt", weights_only=True)
         assert_bitwise(opt, want)
         assert set(opt["state"]) == set(want["state"]) and "exp_avg" in opt["state"][0]
+        # Loaded tensors are views of the decoded file (torch.load(mmap=True)):
+        # each load's are its own, and writable without touching another's.
+        opt["state"][0]["exp_avg"].add_(1)
+        assert_bitwise(st.load(s, file="optimizer.pt", unpickle=True), want)
     # A folder holding torch pickles is not unpickled unless asked.
     with pytest.raises(InvalidArgumentError, match="unpickle"):
         st.load(2)

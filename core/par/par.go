@@ -14,6 +14,10 @@
 //     Fault() is true, which callers report as an I/O error, instead of
 //     the runtime's fatal "unexpected fault address".
 //
+// It also keeps a third: workers run at the priority of the thread that
+// called For (priority_linux.go), so a caller that lowered its thread to
+// stay out of training's way is not undone by the runtime's threads.
+//
 // Callers size per-worker scratch with the count that Workers returns and
 // pass that same count to For: the process default (SetDefaultThreads) can
 // change between two reads of it, from another thread.
@@ -147,10 +151,14 @@ func For(n, threads int, fn func(worker, i int) error) error {
 		mu.Unlock()
 		failed.Store(true)
 	}
+	prio := lowered()
 	for w := 0; w < threads; w++ {
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
+			if prio != nil {
+				prio.apply()
+			}
 			i := -1
 			err := Guard(func() error {
 				for !failed.Load() {

@@ -188,6 +188,8 @@ type Reader struct {
 	// (of every byte, or its regions digest made of each region's sha256),
 	// so its regions need no check of their own.
 	wholeFile bool
+	// decoded: regions a ReadRange decoded before its walk.
+	decoded map[*Region]bool
 	skel      struct {
 		obj  string
 		data []byte
@@ -438,6 +440,26 @@ func (rd *Reader) ReadRange(c *Checkpoint, rel string, off uint64, dst []byte) e
 	if end < off || end > f.Size {
 		return fmt.Errorf("%w: bytes [%d, %d) of %q, which is %d bytes", errs.Invalid, off, end, rel, f.Size)
 	}
+	// The regions wholly inside dst decode first, spread over the threads
+	// (a torch file's storages, most of them small); the walk then fills
+	// in the bytes between them.
+	var jobs []regionJob
+	for i := range f.Regions {
+		r := &f.Regions[i]
+		if r.Offset >= off && r.Offset+r.Size <= end {
+			jobs = append(jobs, regionJob{r, dst[r.Offset-off : r.Offset+r.Size-off]})
+		}
+	}
+	if len(jobs) > 1 {
+		if err := rd.decodeRegions(rel, jobs); err != nil {
+			return err
+		}
+		rd.decoded = make(map[*Region]bool, len(jobs))
+		for _, j := range jobs {
+			rd.decoded[j.r] = true
+		}
+		defer func() { rd.decoded = nil }()
+	}
 	return rd.walk(f, off, end, func(pos uint64, b []byte) error {
 		copy(dst[pos-off:], b)
 		return nil
@@ -497,7 +519,9 @@ func (rd *Reader) walk(f *File, off, end uint64, emit func(pos uint64, b []byte)
 		pos = r.Offset
 		rEnd := r.Offset + r.Size
 		if rEnd > off && r.Offset < end {
-			if direct != nil && r.Offset >= directOff && rEnd <= directOff+uint64(len(direct)) {
+			if rd.decoded[r] {
+				// ReadRange decoded it already.
+			} else if direct != nil && r.Offset >= directOff && rEnd <= directOff+uint64(len(direct)) {
 				if err := rd.decode(r, direct[r.Offset-directOff:rEnd-directOff]); err != nil {
 					return err
 				}

@@ -9,8 +9,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"sort"
 
 	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/safetensors"
 	"github.com/tpde/tpde/core/statedict"
 	"github.com/tpde/tpde/core/strictjson"
@@ -109,6 +111,11 @@ type Span struct {
 // ReadTensors decodes every span of file rel of c into its buffer: one
 // call per file, however many tensors. Spans are checked against the file
 // (and the reader's output limit, in total) before anything is decoded.
+//
+// A span that is exactly one region (a tensor the store coded as a frame:
+// the common case) decodes straight into its buffer (decodeRegions).
+// Anything else (a tensor kept in the skeleton, a span across regions) is
+// read through ReadRange.
 func (rd *Reader) ReadTensors(c *Checkpoint, rel string, spans []Span) error {
 	f, err := c.file(rel)
 	if err != nil {
@@ -125,13 +132,70 @@ func (rd *Reader) ReadTensors(c *Checkpoint, rel string, spans []Span) error {
 	if err := rd.checkOutput(total); err != nil {
 		return err
 	}
+	var jobs []regionJob
 	for _, sp := range spans {
 		if len(sp.Dst) == 0 {
 			continue
 		}
-		if err := rd.ReadRange(c, rel, sp.Offset, sp.Dst); err != nil {
+		if r := f.regionAt(sp.Offset, uint64(len(sp.Dst))); r != nil {
+			jobs = append(jobs, regionJob{r, sp.Dst})
+		} else if err := rd.ReadRange(c, rel, sp.Offset, sp.Dst); err != nil {
 			return fmt.Errorf("tensor at byte %d of %s: %w", sp.Offset, rel, err)
 		}
+	}
+	return rd.decodeRegions(rel, jobs)
+}
+
+// regionJob is a region to decode into dst (exactly its size).
+type regionJob struct {
+	r   *Region
+	dst []byte
+}
+
+// decodeRegions decodes each job's region into its buffer. Large regions
+// go one after another, each with its chunks on every thread; the others,
+// most of a model's tensors, are too small to split into chunks on every
+// thread, so they are spread over the threads one region each, each
+// worker with its own chain buffers.
+func (rd *Reader) decodeRegions(rel string, jobs []regionJob) error {
+	threads := max(rd.threads, 1)
+	var small []regionJob
+	for _, j := range jobs {
+		if threads > 1 && j.r.Size < uint64(threads)*parallelRegionBytes {
+			small = append(small, j)
+		} else if err := rd.s.decodeRegion(rd.sn, j.r, j.dst, threads, &rd.spare); err != nil {
+			return fmt.Errorf("tensor at byte %d of %s: %w", j.r.Offset, rel, err)
+		}
+	}
+	if len(small) == 0 {
+		return nil
+	}
+	spares := make([]buffer, min(threads, len(small)))
+	defer func() {
+		for i := range spares {
+			spares[i].free()
+		}
+	}()
+	return par.For(len(small), len(spares), func(w, k int) error {
+		j := small[k]
+		if err := rd.s.decodeRegion(rd.sn, j.r, j.dst, 1, &spares[w]); err != nil {
+			return fmt.Errorf("tensor at byte %d of %s: %w", j.r.Offset, rel, err)
+		}
+		return nil
+	})
+}
+
+// parallelRegionBytes is how many bytes of a region one thread should
+// have before a region's decode is split over threads by chunks rather
+// than regions spread over threads (a chunk is 512 KiB of F32 or so).
+const parallelRegionBytes = 4 << 20
+
+// regionAt is f's region of exactly bytes [off, off+n), or nil. Regions are
+// in file order (parseCheckpoint checks it).
+func (f *File) regionAt(off, n uint64) *Region {
+	i := sort.Search(len(f.Regions), func(i int) bool { return f.Regions[i].Offset >= off })
+	if i < len(f.Regions) && f.Regions[i].Offset == off && f.Regions[i].Size == n {
+		return &f.Regions[i]
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
 import pickle
 import re
 from ctypes import c_uint64
@@ -154,6 +155,30 @@ def _clean(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def _load_zip_mapped(rd: _Reader, step: int, rel: str, size: int, map_location: Any) -> Any:
+    """A torch zip file decoded into an anonymous memory file, then loaded
+    with torch.load(mmap=True): its tensors are views of the decoded bytes.
+    Through a bytearray, a load paid twice over: zeroing the buffer, then
+    torch.load copying every storage out of it."""
+    import mmap
+
+    import torch
+
+    fd = os.memfd_create("tpde-load", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        with mmap.mmap(fd, size) as mm:
+            view = (ctypes.c_char * size).from_buffer(mm)
+            try:
+                rd.read_into(step, rel, 0, ctypes.addressof(view), size)
+            finally:
+                del view  # the mapping closes only once nothing exports it
+        with _numpy_globals(torch):
+            return torch.load(f"/proc/self/fd/{fd}", map_location=map_location, weights_only=True, mmap=True)
+    finally:
+        os.close(fd)  # the tensors' mapping keeps the memory alive
+
+
 def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any,
                table: Optional[Dict[str, Any]] = None) -> Any:
     """One file of checkpoint step as torch objects: a torch pickle through
@@ -164,6 +189,8 @@ def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any,
 
     rel, size = f["path"], f["size"]
     if _is_pickle(f):
+        if f["layout"] == "torch-zip" and size and hasattr(os, "memfd_create"):
+            return _load_zip_mapped(rd, step, rel, size, map_location)
         import io
 
         data = bytearray(size)  # decoded straight into it: no copy before torch.load's own

@@ -1,0 +1,127 @@
+package par
+
+import (
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// prioritiesSeen runs For from a goroutine whose thread has been set up by
+// lower, and returns the priority every job ran at.
+func prioritiesSeen(t *testing.T, lower func()) []priority {
+	var (
+		mu   sync.Mutex
+		seen []priority
+		done = make(chan error)
+	)
+	go func() {
+		// Locked and never unlocked: the lowered thread ends with this
+		// goroutine instead of going back to the runtime.
+		runtime.LockOSThread()
+		lower()
+		done <- For(64, 4, func(_, _ int) error {
+			p := threadPriority()
+			mu.Lock()
+			seen = append(seen, p)
+			mu.Unlock()
+			return nil
+		})
+	}()
+	require.NoError(t, <-done)
+	return seen
+}
+
+func TestWorkersRunAtTheCallersLoweredPriority(t *testing.T) {
+	cases := map[string]struct {
+		lower func()
+		want  priority
+	}{
+		"nice": {func() { require.NoError(t, syscall.Setpriority(syscall.PRIO_PROCESS, 0, normal.nice+7)) },
+			priority{policy: normal.policy, nice: normal.nice + 7}},
+		"idle": {func() {
+			param := struct{ priority int32 }{0}
+			_, _, e := syscall.RawSyscall(syscall.SYS_SCHED_SETSCHEDULER, 0, schedIdle, uintptr(unsafe.Pointer(&param)))
+			require.Zero(t, e)
+		}, priority{policy: schedIdle, nice: normal.nice}},
+	}
+	for name, c := range cases {
+		t.Run(name, func(t *testing.T) {
+			seen := prioritiesSeen(t, c.lower)
+			require.Len(t, seen, 64)
+			for _, p := range seen {
+				assert.Equal(t, c.want, p)
+			}
+			// Nothing lowered went back to the runtime: a caller at
+			// normal priority gets workers at normal priority.
+			for _, p := range prioritiesSeen(t, func() {}) {
+				assert.Equal(t, normal, p)
+			}
+		})
+	}
+}
+
+// idleThreads lists the process's threads under SCHED_IDLE.
+func idleThreads(t *testing.T) []int {
+	ents, err := os.ReadDir("/proc/self/task")
+	require.NoError(t, err)
+	var out []int
+	for _, e := range ents {
+		tid, err := strconv.Atoi(e.Name())
+		require.NoError(t, err)
+		r, _, errno := syscall.RawSyscall(syscall.SYS_SCHED_GETSCHEDULER, uintptr(tid), 0, 0)
+		if errno == 0 && int(r) == schedIdle {
+			out = append(out, tid)
+		}
+	}
+	return out
+}
+
+func TestRunLowersTheWorkAndLeavesNoLoweredThreadBehind(t *testing.T) {
+	// Those of earlier tests end soon after their goroutines.
+	require.Eventually(t, func() bool { return len(idleThreads(t)) == 0 }, 5*time.Second, 10*time.Millisecond)
+	var (
+		mu   sync.Mutex
+		seen []priority
+	)
+	for round := 0; round < 20; round++ {
+		require.NoError(t, Run(Idle, func() error {
+			mu.Lock()
+			seen = append(seen, threadPriority())
+			mu.Unlock()
+			// Blocking work makes the runtime start threads while it
+			// runs: none may be cloned from a lowered one.
+			return For(32, 4, func(_, _ int) error {
+				time.Sleep(100 * time.Microsecond)
+				mu.Lock()
+				seen = append(seen, threadPriority())
+				mu.Unlock()
+				return nil
+			})
+		}))
+	}
+	require.Len(t, seen, 20*33)
+	for _, p := range seen {
+		require.Equal(t, Idle.of(), p)
+	}
+	// The lowered threads end with their goroutines.
+	require.Eventually(t, func() bool { return len(idleThreads(t)) == 0 }, 5*time.Second, 10*time.Millisecond,
+		"threads left under SCHED_IDLE: %v", idleThreads(t))
+	for _, p := range prioritiesSeen(t, func() {}) {
+		assert.Equal(t, normal, p)
+	}
+	assert.NoError(t, Run(Low, func() error {
+		assert.Equal(t, priority{policy: normal.policy, nice: 19}, threadPriority())
+		return nil
+	}))
+	p, err := ParsePriority("realtime")
+	assert.Error(t, err)
+	assert.Equal(t, Normal, p)
+}
