@@ -315,3 +315,21 @@ func TestFilesFromDiskKeepTheSHA256OfTheirBytes(t *testing.T) {
 	assert.Equal(t, hex.EncodeToString(sum[:]), c.Files[0].SHA256, "a user compares it with sha256sum")
 	assert.Empty(t, c.Files[0].Digest)
 }
+
+// The example of docs/FORMAT.md §11.4.
+func TestTheRegionsDigestOfFormatsExample(t *testing.T) {
+	sha := func(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+	v := sha256.Sum256([]byte("abcdef"))
+	h := sha([]byte{0, 1, 2, 3})
+	assert.Equal(t, "bef57ec7f53a6d40beb640a780a639c83bc29ac8a9816f1fc6c5c6dcd93c4721", hex.EncodeToString(v[:]))
+	assert.Equal(t, "054edec1d0211f624fed0cbca9d4f9400b0e491c43742af2c5b0abebf0c990d8", h)
+	assert.Equal(t, "00ad95fe50dce8bf077d5674a0fba0f056ddd88023a79ac1746293ef7cd75809",
+		fileDigest(10, v[:], []regionSum{{offset: 2, size: 4, sha256: h}}))
+	f := &File{Size: 10, Digest: DigestRegions, Regions: []Region{{Offset: 2, Size: 4, SHA256: h}}}
+	c := newFileCheck(f)
+	c.write(0, []byte("ab"))
+	c.write(2, []byte{0, 1, 2, 3})
+	c.write(6, []byte("cd"))
+	c.write(8, []byte("ef"))
+	assert.Equal(t, "00ad95fe50dce8bf077d5674a0fba0f056ddd88023a79ac1746293ef7cd75809", c.sum())
+}
