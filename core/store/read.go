@@ -190,7 +190,7 @@ type Reader struct {
 	wholeFile bool
 	// decoded: regions a ReadRange decoded before its walk.
 	decoded map[*Region]bool
-	skel      struct {
+	skel    struct {
 		obj  string
 		data []byte
 	}
