@@ -17,6 +17,7 @@
 #   ./build.sh render     README.md's measured blocks from bench/results/*.json (--check: diff only)
 #   ./build.sh fuzz-corpus  fuzz every core/ target a while, keep the inputs in testdata/fuzz
 #   ./build.sh venv       print the path of the cached venv (creating it if needed)
+#   ./build.sh venv-size  measure that venv on disk, as du does, into bench/results/venv.json (README quotes it)
 #   ./build.sh wheel      build a platform wheel into dist/
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -118,6 +119,11 @@ lib | build)
 	;;
 venv)
 	ensure_venv
+	;;
+venv-size)
+	VENV="$(ensure_venv)"
+	[ "$#" -gt 0 ] || set -- --json bench/results/venv.json
+	python3 bench/venv_size.py "$VENV" "$@"
 	;;
 test)
 	build_lib

@@ -23,7 +23,9 @@ What a user does with tpde, on a real model:
 Exits 1 if any file is not restored byte-identical (or a comparison tool
 fails to round-trip). About 1-2 minutes on 2 cores with the run cached
 (+1 minute to train it once). Times are one run each; bench/store.py
-measures repeatedly.
+measures repeatedly. Sizes are in MiB (2^20 bytes), the unit tpde's own
+commands print. The store and the restored folders are in a temporary
+folder (--tmpdir) removed when the demo ends; the training run stays cached.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from typing import Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import hf_run  # noqa: E402
-from common import MB, BenchError  # noqa: E402
+from common import MiB, BenchError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoints", type=int, default=4, help="checkpoints in the run (default 4)")
     ap.add_argument("--steps-between", type=int, default=10, help="training steps between them (default 10)")
-    ap.add_argument("--tmpdir", metavar="DIR", help="where the store and the restored folders go")
+    ap.add_argument("--tmpdir", metavar="DIR",
+                    help="where the temporary folder for the store and the restored folders goes (removed at the end)")
     ap.add_argument("--no-file-demo", action="store_true", help="skip the single-file compress_file round trip")
     args = ap.parse_args(argv)
 
@@ -82,7 +85,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tpde-demo-", dir=args.tmpdir) as tmp:
         work = Path(tmp)
         store = work / "run.tpde"
-        print(f"store:    {store} ({common.fs_type(work)})")
+        print(f"store:    {store} ({common.fs_type(work)}; temporary: removed with the restored folders when the "
+              "demo ends)")
         print()
         for step, d in zip(run.steps, run.dirs):
             src = hf_run.sha_tree(d)
@@ -95,12 +99,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"$ tpde add {store.name} {d.name}    # {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ''}",
                   flush=True)
             tools = hf_run.per_file_tools([f for _, f in hf_run.tree_files(d)])
-            rows.append([d.name, str(len(src)), f"{raw / MB:.1f}",
-                         f"{tools['zstd-3']['bytes'] / MB:.1f} ({raw / tools['zstd-3']['bytes']:.2f}x)",
+            rows.append([d.name, str(len(src)), f"{raw / MiB:.1f}",
+                         f"{tools['zstd-3']['bytes'] / MiB:.1f} ({raw / tools['zstd-3']['bytes']:.2f}x)",
                          f"{tools['zstd-3']['seconds']:.2f}",
-                         f"{tools['ZipNN']['bytes'] / MB:.1f} ({raw / tools['ZipNN']['bytes']:.2f}x)",
+                         f"{tools['ZipNN']['bytes'] / MiB:.1f} ({raw / tools['ZipNN']['bytes']:.2f}x)",
                          f"{tools['ZipNN']['seconds']:.2f}",
-                         f"{grew / MB:.1f}", f"{add_s:.2f}"])
+                         f"{grew / MiB:.1f}", f"{add_s:.2f}"])
             tot["raw"] += raw
             tot["zstd"] += tools["zstd-3"]["bytes"]
             tot["zstd_s"] += tools["zstd-3"]["seconds"]
@@ -136,20 +140,20 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     print()
     print(common.render_table(
-        ["checkpoint", "files", "raw MB", "zstd-3 MB", "zstd s", "ZipNN MB", "ZipNN s", "store +MB", "add s"],
-        rows + [["total", str(sum(int(r[1]) for r in rows)), f"{tot['raw'] / MB:.1f}",
-                 f"{tot['zstd'] / MB:.1f} ({tot['raw'] / tot['zstd']:.2f}x)", f"{tot['zstd_s']:.2f}",
-                 f"{tot['znn'] / MB:.1f} ({tot['raw'] / tot['znn']:.2f}x)", f"{tot['znn_s']:.2f}",
-                 f"{final / MB:.1f} ({tot['raw'] / final:.2f}x)", f"{tot['add_s']:.2f}"]]))
+        ["checkpoint", "files", "raw MiB", "zstd-3 MiB", "zstd s", "ZipNN MiB", "ZipNN s", "store +MiB", "add s"],
+        rows + [["total", str(sum(int(r[1]) for r in rows)), f"{tot['raw'] / MiB:.1f}",
+                 f"{tot['zstd'] / MiB:.1f} ({tot['raw'] / tot['zstd']:.2f}x)", f"{tot['zstd_s']:.2f}",
+                 f"{tot['znn'] / MiB:.1f} ({tot['raw'] / tot['znn']:.2f}x)", f"{tot['znn_s']:.2f}",
+                 f"{final / MiB:.1f} ({tot['raw'] / final:.2f}x)", f"{tot['add_s']:.2f}"]]))
     print()
-    print(f"store on disk after the last add: {final / MB:.1f} MB = {tot['raw'] / final:.2f}x the raw folders, "
+    print(f"store on disk after the last add: {final / MiB:.1f} MiB = {tot['raw'] / final:.2f}x the raw folders, "
           f"{tot['znn'] / final:.2f}x smaller than ZipNN per file, {tot['zstd'] / final:.2f}x smaller than zstd-3; "
           f"restoring all {len(restore_rows)} checkpoints took {tot['restore_s']:.2f} s")
-    print("MB = 10^6 bytes. zstd-3 / ZipNN: each file compressed alone, in memory (reading not timed), "
+    print("MiB = 2^20 bytes, as tpde prints sizes. zstd-3 / ZipNN: each file compressed alone, in memory (reading not timed), "
           f"zstd at {os.cpu_count()} threads, ZipNN 0.5.4 byte mode with the file's float dtype, its other "
-          "settings at their defaults (files without float tensors: zstd-3, see hf_run.zipnn_file_codec); both round trip checked. store +MB: growth of the store's directory by "
+          "settings at their defaults (files without float tensors: zstd-3, see hf_run.zipnn_file_codec); both round trip checked. store +MiB: growth of the store's directory by "
           "that add (an add re-codes the previous newest checkpoint as a delta against the new one, so the "
-          "growth can be smaller than the checkpoint's own keyframe); add s: wall time of `python -m tpde add` "
+          "growth can be smaller than the size `tpde add` reports for the checkpoint itself); add s: wall time of `python -m tpde add` "
           "(read, code, write, fsync, interpreter start included).")
     print()
     print("$ tpde ls " + store.name)
@@ -187,7 +191,7 @@ def file_demo(work: Path, failures: List[str]) -> List[str]:
     if not ok:
         failures.append(f"{src}: decompress_file did not restore it byte-identical")
     c = packed.stat().st_size
-    return [f"{src.name} (fp32, the package's)", f"{size / MB:.2f} MB", f"{c / MB:.2f} MB", f"{size / c:.3f}",
+    return [f"{src.name} (fp32, the package's)", f"{size / MiB:.2f} MiB", f"{c / MiB:.2f} MiB", f"{size / c:.3f}",
             f"{t1 - t0:.2f} s", f"{t2 - t1:.2f} s", "yes" if ok else "NO"]
 
 

@@ -14,6 +14,7 @@ bench/results/ (written by `./build.sh bench` and `./build.sh series`):
     deepspeed  bench/results/deepspeed.json   bench/deepspeed_store.py --json
     legacy   bench/results/legacy.json   bench/legacy.py --json
     scale    bench/results/store_scale.json   bench/store_scale.py --json
+    venv     bench/results/venv.json     bench/venv_size.py (./build.sh venv-size)
 
 Every measured figure in a block comes from that JSON, and so do the
 targets' thresholds; the templates below hold words, names that contain
@@ -52,6 +53,7 @@ DEEPSPEED_JSON = "bench/results/deepspeed.json"
 LEGACY_JSON = "bench/results/legacy.json"
 SCALE_JSON = "bench/results/store_scale.json"
 RUNS_JSON = "bench/results/runs.json"
+VENV_JSON = "bench/results/venv.json"
 # A speed ratio within this fraction of its target line is flagged "within N% of the line": on a shared
 # machine runs spread by 10-30% (bench/README.md, "Reading the numbers"), so such a PASS or FAIL is a tie.
 TIE = 0.05
@@ -669,6 +671,17 @@ def render_runs(rn: Dict[str, Any]) -> str:
     return out.text()
 
 
+def render_venv(v: Dict[str, Any]) -> str:
+    gib = 1 << 30
+    out = Block()
+    out.para(f"The venv takes {v['venv_disk_bytes'] / gib:.2f} GiB on disk ({v['distributions']} packages), of "
+             f"which torch {v['torch_version']}, a CUDA build, takes {v['torch_disk_bytes'] / gib:.2f} GiB and "
+             f"the NVIDIA CUDA libraries it depends on {v['nvidia_disk_bytes'] / gib:.2f} GiB: measured as `du` "
+             f"counts by `./build.sh venv-size` (bench/venv_size.py), {_provenance(v, VENV_JSON)}, for the lock "
+             f"file whose sha256 begins `{v['lock_sha256_16']}` (`du -sh $(./build.sh venv)` shows it on yours).")
+    return out.text()
+
+
 class Block:
     """Markdown text built from paragraphs, bullet lists and raw lines (tables)."""
 
@@ -727,7 +740,8 @@ def load_results(results: Path = RESULTS) -> Dict[str, Optional[Dict[str, Any]]]
     out: Dict[str, Optional[Dict[str, Any]]] = {}
     for name, fname in (("run", "run.json"), ("series", "series.json"), ("store", "store.json"),
                         ("hf_overhead", "hf_overhead.json"), ("dcp", "dcp.json"), ("legacy", "legacy.json"),
-                        ("scale", "store_scale.json"), ("runs", "runs.json"), ("deepspeed", "deepspeed.json")):
+                        ("scale", "store_scale.json"), ("runs", "runs.json"), ("deepspeed", "deepspeed.json"),
+                        ("venv", "venv.json")):
         p = results / fname
         out[name] = json.loads(p.read_text()) if p.is_file() else None
     return out
@@ -740,7 +754,7 @@ def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
     def need(name: str, fname: str) -> Dict[str, Any]:
         d = data[name]
         if d is None:
-            cmd = {"run": "bench", "hf_overhead": "integrations"}.get(name, name)
+            cmd = {"run": "bench", "hf_overhead": "integrations", "venv": "venv-size"}.get(name, name)
             raise RenderError(f"{results / fname} is missing: run ./build.sh {cmd}")
         return d
 
@@ -753,6 +767,7 @@ def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
         "scale": lambda: render_scale(need("scale", "store_scale.json")),
         "deepspeed": lambda: render_deepspeed(need("deepspeed", "deepspeed.json")),
         "runs": lambda: render_runs(need("runs", "runs.json")),
+        "venv": lambda: render_venv(need("venv", "venv.json")),
     }
 
 

@@ -112,3 +112,17 @@ def test_render_is_idempotent(blocks):
     text = README.read_text()
     once = render.render_text(text, blocks)
     assert render.render_text(once, blocks) == once
+
+
+def test_the_venv_size_is_of_the_venv_the_lock_file_makes():
+    """bench/results/venv.json (the README's venv size) was measured on the
+    venv of today's .ci/requirements.lock; a changed lock needs
+    ./build.sh venv-size (then ./build.sh render)."""
+    import hashlib
+    import json
+
+    v = json.loads((ROOT / "bench" / "results" / "venv.json").read_text())
+    lock = hashlib.sha256((ROOT / ".ci" / "requirements.lock").read_bytes()).hexdigest()[:16]
+    assert v["lock_sha256_16"] == lock, (f"bench/results/venv.json is of the lock file {v['lock_sha256_16']}, not "
+                                         f"today's {lock}: run ./build.sh venv-size, then ./build.sh render")
+    assert v["venv_disk_bytes"] > v["torch_disk_bytes"] + v["nvidia_disk_bytes"] > 0

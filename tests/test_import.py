@@ -180,3 +180,47 @@ def test_integration_names_resolve_lazily_to_their_modules(run_py) -> None:
         print('ok')
     """)
     assert _ok(run_py("-c", code)).strip() == "ok"
+
+
+def _lazy_names() -> list:
+    """Every name `import tpde` promises to resolve on first use: the
+    integration modules (one per file), the top-level integration classes,
+    and tpde.dcp's Writer and Reader."""
+    mods = sorted(p.stem for p in (ROOT / "python" / "tpde" / "integrations").glob("*.py") if p.stem != "__init__")
+    return ([f"integrations.{m}" for m in mods] + sorted(tpde._LAZY)
+            + ["dcp", "dcp.Writer", "dcp.Reader", "integrations.deepspeed.initialize",
+               "integrations.hf.materialize", "integrations.lightning.load_from_store"])
+
+
+@pytest.mark.parametrize("name", _lazy_names())
+def test_each_lazy_name_resolves_in_a_fresh_process(run_py, name: str) -> None:
+    # Only `import tpde`, then the attribute chain, as the README writes it
+    # (tpde.integrations.deepspeed.initialize(...)); each in its own process,
+    # so no earlier import can have bound the submodule.
+    code = textwrap.dedent(f"""
+        import tpde
+        obj = tpde.{name}
+        assert obj is not None
+        print('ok')
+    """)
+    proc = run_py("-c", code, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+def test_every_public_name_resolves_in_a_fresh_process(run_py) -> None:
+    code = textwrap.dedent("""
+        import sys
+        import tpde
+        missing = [n for n in tpde.__all__ if getattr(tpde, n, None) is None]
+        assert not missing, missing
+        assert 'torch' not in sys.modules and 'numpy' not in sys.modules
+        assert set(tpde.integrations.__dir__()) >= {'dcp', 'deepspeed', 'hf', 'lightning'}
+        try:
+            tpde.integrations.nosuch
+        except AttributeError as e:
+            assert 'nosuch' in str(e)
+        else:
+            raise AssertionError('tpde.integrations.nosuch resolved')
+        print('ok')
+    """)
+    assert _ok(run_py("-c", code)).strip() == "ok"

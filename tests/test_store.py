@@ -420,7 +420,8 @@ def test_restore_folder_whose_only_file_is_named_state_dict_tpde(tmp_path: Path)
 def test_add_arguments_and_steps(tmp_path: Path, hf_run) -> None:
     run = hf_run(tmp_path / "out")
     st = tpde.Store(tmp_path / "store")
-    a, b, c = run.save(1), run.save(2), run.save(3)
+    # Folders whose names give no step (checkpoint-N would: tests/test_steps.py).
+    a, b, c = run.save(1, name="a"), run.save(2, name="b"), run.save(3, name="c")
     assert st.add(a).step == 0  # no step: the newest + 1, from 0
     assert st.add(b, step=7, tags=["best", "eval"]).tags == ("best", "eval")
     assert st.add(c).step == 8

@@ -196,7 +196,7 @@ def test_steps_never_wrap(tmp_path: Path, run3, cli) -> None:
         assert p.returncode == 2 and "out of range" in p.stderr, (step, p.stderr)
         with tpde.Store(store) as st, pytest.raises(InvalidArgumentError, match="out of range"):
             st.remove(step)
-    for bad in (True, 1.0, "10"):
+    for bad in (True, 1.0, "1e1", " 10"):  # decimal text ("10") is a step, as on the command line
         with tpde.Store(store) as st, pytest.raises(InvalidArgumentError):
             st.remove(bad)
     p = cli("add", store, run3["run"].save(40), "--step", "99999999999999999999")
@@ -205,7 +205,7 @@ def test_steps_never_wrap(tmp_path: Path, run3, cli) -> None:
         assert st.steps() == [10, 20, 30]
         st.add(run3["srcs"][10], step=np.int64(2**63 - 1))
         with pytest.raises(InvalidArgumentError, match="no step comes after"):
-            st.add(run3["srcs"][20])
+            st.add(run3["run"].save(40, name="final"))  # no step, and none in the name: the newest + 1
         st.remove("latest")
         assert st.steps() == [10, 20, 30]
         assert st.info("latest").step == 30

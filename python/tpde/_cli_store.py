@@ -34,7 +34,6 @@ from .store import CheckpointInfo, Store, check_step
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 COMMANDS = ("add", "restore", "ls", "rm", "verify", "stats")
-_STEP_IN_NAME = re.compile(r"(?:^|[-_])(\d+)$")
 
 
 def is_store(path: str) -> bool:
@@ -49,15 +48,8 @@ def is_store(path: str) -> bool:
 
 
 def _step(text: str, latest: bool) -> Optional[int]:
-    if latest and text == "latest":
-        return None
     try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid step {text!r} (a number" + (" or 'latest')" if latest else ")")) \
-            from None
-    try:
-        return check_step(n, latest=False)
+        return check_step(text, latest=latest)
     except InvalidArgumentError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -80,8 +72,8 @@ def add_parsers(sub: Any, usage_error: type) -> None:
 
     a = sub.add_parser("add", help="add checkpoints (files or folders) to a store",
                        description="add each PATH (a file or a folder, e.g. a Trainer's checkpoint-N/) to STORE "
-                                   "as one checkpoint; the step is --step, else the number ending the folder's "
-                                   "name (checkpoint-500 -> 500), else the newest step + 1")
+                                   "as one checkpoint; the step is --step, else N of a folder named checkpoint-N, "
+                                   "step-N or N (checkpoint-500 -> 500), else the newest step + 1")
     a.add_argument("store", metavar="STORE")
     a.add_argument("paths", metavar="PATH", nargs="+")
     a.add_argument("--step", type=step_arg, default=None, metavar="N")
@@ -155,10 +147,10 @@ def _need_store(path: str, usage_error: type) -> None:
         raise usage_error(f"{path}: not a tpde store")
 
 
-def _parse_step(text: str, usage_error: type) -> Optional[int]:
+def _parse_step(text: str, usage_error: type, *, latest: bool = True, what: str = "step") -> Optional[int]:
     try:
-        return _step(text, latest=True)
-    except argparse.ArgumentTypeError as e:
+        return check_step(text, what, latest=latest)
+    except InvalidArgumentError as e:
         raise usage_error(str(e)) from None
 
 
@@ -335,9 +327,9 @@ def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
             parent = "base"
         else:
             prun, sep, pstep = args.parent.rpartition(":")
-            if not sep or not prun or not pstep.isdigit():
+            if not sep or not prun:
                 raise usage_error(f"--parent {args.parent!r}: expected RUN:STEP or base")
-            parent = (prun, int(pstep))
+            parent = (prun, _parse_step(pstep, usage_error, latest=False, what="parent step"))
     if args.base is not None and args.reference not in (None, "base"):
         raise usage_error("--base goes with --reference base")
     out = []
@@ -348,14 +340,10 @@ def _add(args: argparse.Namespace, usage_error: type, bar_factory: Any) -> int:
     with stop.installed(), Store(args.store, keyframe_interval=args.keyframe_interval, reference=args.reference,
                                  base=args.base, lossy=lossy) as store:
         for p in args.paths:
-            step = args.step
-            if step is None:
-                m = _STEP_IN_NAME.search(os.path.basename(os.path.normpath(p)))
-                step = int(m.group(1)) if m and os.path.isdir(p) else None
             bar = bar_factory(f"adding {_p(os.path.basename(os.path.normpath(p)))}") if not args.quiet else None
             t0 = time.perf_counter()
             try:
-                info = store.add(p, step=step, tags=args.tag, progress=bar, follow_links=args.follow_links,
+                info = store.add(p, step=args.step, tags=args.tag, progress=bar, follow_links=args.follow_links,
                                  cancel=stop.event, run=args.run, parent=parent)
             except CancelledError:
                 if bar is not None:

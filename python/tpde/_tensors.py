@@ -15,7 +15,7 @@ import ctypes
 import sys
 from typing import Any, Dict, Optional, Tuple
 
-from .errors import InternalError, InvalidArgumentError, TPDEMemoryError
+from .errors import InternalError, InvalidArgumentError, TPDEMemoryError, require
 
 __all__ = [
     "DTYPES", "WIDTHS", "TORCH", "NUMPY", "NUMPY_NATIVE",
@@ -269,14 +269,12 @@ def empty(code: int, shape: Tuple[int, ...], like: str) -> Any:
         n *= d
     try:
         if like == "torch":
-            import torch
-
+            torch = require("torch", "a torch tensor (like='torch', the default)")
             tdt = getattr(torch, TORCH[code], None)
             if tdt is None:
                 raise InvalidArgumentError(f"this torch has no {TORCH[code]}; use like='numpy'")
             return torch.empty(shape, dtype=tdt)
-        import numpy as np
-
+        np = require("numpy", "a numpy array (like='numpy')")
         return np.empty(shape, dtype=np.dtype(NUMPY[code]))
     except MemoryError as e:
         raise TPDEMemoryError(f"cannot allocate {n:,} elements of {DTYPES[code]} for shape {list(shape)}: "

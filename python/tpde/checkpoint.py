@@ -49,7 +49,6 @@ from __future__ import annotations
 import datetime
 import math
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +57,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 from . import _bundle, _chain, _load, _memory, _structure, _tensors
 from ._load import FORMAT_VERSION, Checkpoint, Source, checkpoint_info, load_checkpoint
 from ._options import POSITION_CODINGS, RESIDUALS, code, threads_arg
+from ._steps import step_from_name
 from ._structure import state_dict_nbytes
 from ._tensors import DTYPES, WIDTHS
 from .errors import InvalidArgumentError, ReferenceMismatchError, UnsupportedFormatError
@@ -584,9 +584,10 @@ class TPDECheckpointCompressor(TemporalPositionDeltaEncoder):
         dest = os.fspath(store) if store is not None else os.path.join(root, "tpde-store")
         found = []
         for name in os.listdir(root):
-            m = re.fullmatch(r"checkpoint-(\d+)", name)
-            if m and os.path.isdir(os.path.join(root, name)):
-                found.append((int(m.group(1)), os.path.join(root, name)))
+            # The Trainer's folders only; their step read as Store.add reads it.
+            step = step_from_name(os.path.join(root, name)) if name.startswith("checkpoint-") else None
+            if step is not None:
+                found.append((step, os.path.join(root, name)))
         found.sort()
         inside = os.path.commonpath([os.path.abspath(dest), os.path.abspath(root)]) == os.path.abspath(root)
         if not found and inside:

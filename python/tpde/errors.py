@@ -6,6 +6,8 @@ which status code the library returned (see include/tpde.h).
 
 from __future__ import annotations
 
+import types
+
 __all__ = [
     "TPDEError",
     "InvalidArgumentError",
@@ -19,6 +21,7 @@ __all__ = [
     "CancelledError",
     "TPDEMemoryError",
     "ForkedProcessError",
+    "MissingDependencyError",
 ]
 
 
@@ -108,3 +111,31 @@ class ForkedProcessError(TPDEError, RuntimeError):
     threads stay behind in the parent, so calls in the child could hang.
     Start workers with the 'spawn' or 'forkserver' method instead (see the
     README, "Processes and fork")."""
+
+
+class MissingDependencyError(TPDEError, ModuleNotFoundError):
+    """A function needs an optional dependency that is not installed: torch
+    for torch tensors and Store.load, numpy for like="numpy". The message
+    names the extra that installs it (pip install 'tpde[torch]'); .name is
+    the missing module.
+
+    A TPDEError, so that one ``except tpde.TPDEError`` catches every failure
+    of tpde; and a ModuleNotFoundError (an ImportError), which is what a
+    missing module raised before this class existed, so that code which
+    falls back when torch is absent (``except ImportError``) still does."""
+
+
+def require(module: str, what: str) -> "types.ModuleType":
+    """import module (torch or numpy), or raise MissingDependencyError
+    naming what needs it and the tpde extra that installs it. A module that
+    is installed but fails to import (a broken CUDA build, say) raises its
+    own error: that is not a missing dependency."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        raise MissingDependencyError(f"{what} needs {module}, which is not installed: "
+                                     f"pip install 'tpde[{module}]' (or pip install {module})", name=module) from e

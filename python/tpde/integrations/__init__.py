@@ -12,3 +12,23 @@ They use the frameworks' official extension points only (callbacks,
 CheckpointIO plugins, StorageWriter/StorageReader, CheckpointEngine) and
 never patch a framework.
 """
+
+from __future__ import annotations
+
+import importlib as _importlib
+
+# Resolved on first use (PEP 562), so `import tpde; tpde.integrations.hf`
+# works as the README writes it, while importing this package imports no
+# framework: each submodule imports its own when it is first named.
+_MODULES = ("dcp", "deepspeed", "hf", "lightning")
+
+
+def __getattr__(name: str) -> object:
+    if name in _MODULES:
+        # import_module also binds the submodule here, so later lookups skip this hook.
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted({*globals(), *_MODULES})

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .. import _memory
-from ..errors import InvalidArgumentError, TPDEError, TPDEIOError
+from .._steps import step_from_name
+from ..errors import InvalidArgumentError, TPDEError, TPDEIOError, require
 from .folders import _add_files, _restore_state_dict
 from .handle import (_STAGE, MAIN_RUN, PathLike, _config, _in_run, _json_arg, _naming, _open, _open_locking,
                      _parent_arg, _path_arg, _Reader, _renamed, _result, _run_arg, _store_path, _tags_arg, _utf8,
@@ -141,8 +142,10 @@ class Store:
             *, progress: Optional[Callable[[int, int], None]] = None, follow_links: bool = False,
             cancel: Optional[Any] = None, run: Optional[str] = None, parent: Any = None) -> CheckpointInfo:
         """Add a checkpoint: a file, a folder (every file in it, with its
-        relative path and mode) or a state dict. step defaults to the newest
-        step + 1; steps only grow (0 to 2**63 - 1). progress(done_bytes,
+        relative path and mode) or a state dict. step: as ``tpde add`` reads
+        it, N of a folder named checkpoint-N, step-N or N (checkpoint-500/
+        -> 500), else the newest step + 1; steps only grow (0 to
+        2**63 - 1). progress(done_bytes,
         total_bytes) is called as files are coded.
 
         A symlink in a folder is stored as the file it points to when that
@@ -157,7 +160,7 @@ class Store:
         step) / {"run": ..., "step": ...}, a checkpoint of another run (a
         fine-tune of a fine-tune). A run's first checkpoint is coded against
         its parent, so runs that share a start share its bytes."""
-        step = None if step is None else check_step(step, latest=False)
+        step = step_from_name(path_or_state_dict) if step is None else check_step(step, latest=False)
         tj, tn = _tags_arg(tags)
         run_name = None if run is None else _run_arg(run)
         pj, pn = _json_arg(_parent_arg(parent))
@@ -302,7 +305,7 @@ class Store:
         torch.load(weights_only=True), only when unpickle=True. Every
         failure is a TPDEError naming the store, the checkpoint and the
         file; nothing larger than the decode limit is allocated."""
-        import torch  # noqa: F401 - the tensors returned are torch tensors
+        require("torch", "Store.load()")  # the tensors returned are torch tensors
 
         step = check_step(step)
         limit = _memory.output_limit(max_output_bytes if max_output_bytes is not None else self._max_output)

@@ -17,7 +17,7 @@ from .. import _torchfile
 from .._atomic import fsync_dir
 from .._interrupt import run_cancellable
 from .._text import printable
-from ..errors import CancelledError, InvalidArgumentError, TPDEError, TPDEIOError
+from ..errors import CancelledError, InvalidArgumentError, TPDEError, TPDEIOError, require
 from .handle import _json_arg, _path_arg, _utf8, call
 
 
@@ -148,7 +148,7 @@ def _write_state_dict(sd: Any, dest: str, force: bool) -> None:
     beside dest when dest is missing and then renamed to it, inside dest
     when it exists and then moved out of it), a non-empty dest refused
     unless force, nothing written through a link inside dest."""
-    import torch
+    torch = require("torch", "restoring a state dict added from Python (torch.save)")
 
     dest = os.path.abspath(dest)
     if os.path.islink(dest):

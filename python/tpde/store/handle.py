@@ -23,6 +23,9 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from .. import _chain, _memory, _native, _options
 from .._native import call
+# The step grammar is the command line's too (_steps.py); the store reads
+# steps only through check_step.
+from .._steps import MAX_STEP, check_step  # noqa: F401
 from .._text import has_control, printable
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError, UnsupportedFormatError
 
@@ -39,8 +42,6 @@ class StoreLockedError(TPDEIOError):
 #: errnos of the OS refusing this user access: not damage of the store.
 _DENIED = (errno.EACCES, errno.EPERM)
 
-#: The largest step a store holds: steps are signed 64-bit in the format.
-MAX_STEP = (1 << 63) - 1
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -94,20 +95,6 @@ def _utf8(name: str, what: str) -> bytes:
         return name.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidArgumentError(f"{what} {printable(repr(name))} is not UTF-8; a store holds UTF-8 names") from None
-
-
-def check_step(step: Any, what: str = "step", *, latest: bool = True) -> Optional[int]:
-    """A step as the store takes it: an int in [0, 2**63), or "latest" (and
-    None) for the newest where latest is allowed. Checked here, before any
-    C call: a C int64 would silently wrap 2**64 + 10 to 10."""
-    if latest and (step is None or step == "latest"):
-        return None
-    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
-        raise InvalidArgumentError(f"{what} must be an int" + (" or 'latest'" if latest else "") + f", not {step!r}")
-    step = int(step)
-    if not 0 <= step <= MAX_STEP:
-        raise InvalidArgumentError(f"{what} {step} is out of range: steps are 0 to 2**63 - 1")
-    return step
 
 
 MAIN_RUN = "main"

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .. import _memory, _native, _structure, _tensors
 from .._text import printable
-from ..errors import CorruptDataError, InvalidArgumentError, TPDEError
+from ..errors import CorruptDataError, InvalidArgumentError, TPDEError, require
 from .handle import _Reader, _renamed, _result, _utf8, call
 
 #: The file name a state dict added from Python is stored under.
@@ -185,7 +185,7 @@ def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any,
     torch.load(weights_only=True); a safetensors or state-dict file from the
     table Go read from its header (table, or one call now), every tensor
     allocated here and decoded into in one call."""
-    import torch
+    torch = require("torch", "loading a checkpoint's tensors")
 
     rel, size = f["path"], f["size"]
     if _is_pickle(f):
