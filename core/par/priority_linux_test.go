@@ -85,13 +85,15 @@ func idleThreads(t *testing.T) []int {
 }
 
 func TestRunLowersTheWorkAndLeavesNoLoweredThreadBehind(t *testing.T) {
-	// Those of earlier tests end soon after their goroutines.
-	require.Eventually(t, func() bool { return len(idleThreads(t)) == 0 }, 5*time.Second, 10*time.Millisecond)
+	// Those of earlier tests end after their goroutines: slowly on a busy
+	// machine, where an idle thread gets a core last (a bound on
+	// liveness, not a timing).
+	require.Eventually(t, func() bool { return len(idleThreads(t)) == 0 }, 2*time.Minute, 10*time.Millisecond)
 	var (
 		mu   sync.Mutex
 		seen []priority
 	)
-	for round := 0; round < 20; round++ {
+	for round := 0; round < 5; round++ {
 		require.NoError(t, Run(Idle, func() error {
 			mu.Lock()
 			seen = append(seen, threadPriority())
@@ -107,12 +109,12 @@ func TestRunLowersTheWorkAndLeavesNoLoweredThreadBehind(t *testing.T) {
 			})
 		}))
 	}
-	require.Len(t, seen, 20*33)
+	require.Len(t, seen, 5*33)
 	for _, p := range seen {
 		require.Equal(t, Idle.of(), p)
 	}
 	// The lowered threads end with their goroutines.
-	require.Eventually(t, func() bool { return len(idleThreads(t)) == 0 }, 5*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return len(idleThreads(t)) == 0 }, 2*time.Minute, 10*time.Millisecond,
 		"threads left under SCHED_IDLE: %v", idleThreads(t))
 	for _, p := range prioritiesSeen(t, func() {}) {
 		assert.Equal(t, normal, p)
