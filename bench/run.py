@@ -237,7 +237,7 @@ def _library_call_costs(t: Any, reps: int) -> Optional[Dict[str, float]]:
         return None
     blob = dst.raw[: got.value]
     out = ctypes.create_string_buffer(n)
-    info = _native.FrameInfo()
+    doc, needed = ctypes.create_string_buffer(1024), ctypes.c_uint64()
     ptr = a.ctypes.data
 
     def per_call(fn: Callable[[], int]) -> float:
@@ -249,7 +249,9 @@ def _library_call_costs(t: Any, reps: int) -> Optional[Dict[str, float]]:
                                                       None, 0)),
         "bound_us": per_call(lambda: lib.tpde_encode_bound(n, code, 1, 0, ctypes.byref(got), None, 0)),
         "decode_us": per_call(lambda: lib.tpde_decode(blob, len(blob), out, n, 1, ctypes.byref(got), None, 0)),
-        "inspect_us": per_call(lambda: lib.tpde_inspect(blob, len(blob), ctypes.byref(info), None, 0)),
+        # A frame's description: tpde_inspect, then its document (tpde_result).
+        "inspect_us": per_call(lambda: lib.tpde_inspect(blob, len(blob), None, 0)
+                               or lib.tpde_result(0, doc, len(doc), ctypes.byref(needed), None, 0)),
     }
     if bytes(out.raw) != a.tobytes():
         raise BenchError("tpde_decode through ctypes did not restore the tensor")

@@ -2,18 +2,56 @@
  * tpde.h - the C ABI of libtpde, the tpde checkpoint codec.
  *
  * This header is written by hand and is the stable contract; the header that
- * `go build -buildmode=c-shared` emits beside the library is not.
+ * `go build -buildmode=c-shared` emits beside the library is not. It is in
+ * sections, in the order of capi/'s files (one file per section), each over
+ * the Go facade core/api: statuses, the library, frames, delta frames,
+ * files, bundles, chains, the store, store readers.
+ *
+ * The result convention, which every function follows:
+ *
+ *  - Every function returns an int status, TPDE_OK (0) or one of the
+ *    TPDE_E_* codes below, and takes `char *err, size_t err_len` as its last
+ *    two arguments. On failure a NUL-terminated, one-line message naming
+ *    what failed is written there (truncated to err_len - 1 bytes). err may
+ *    be NULL. The message belongs to that call alone, so concurrent calls
+ *    from many threads never see each other's messages. The two exceptions
+ *    are tpde_version and tpde_abi_version, which cannot fail and are what
+ *    a binding calls before it trusts anything else.
+ *  - Scalars (a handle, a length, a bound, a count) come back through typed
+ *    out-pointers, written on success (and, for a TPDE_E_BUFFER_TOO_SMALL,
+ *    with the size needed).
+ *  - Every structured result (a description, a list, a record) is one JSON
+ *    document (UTF-8, not NUL-terminated), read with tpde_result. The call
+ *    keeps it where it acted: in the handle it acted on, or the handle it
+ *    opened; a call that acts on no handle (tpde_inspect, tpde_file_info,
+ *    ...) keeps it for the calling thread, as errno is kept, and
+ *    tpde_result reads it with handle 0. The document stays, to be read as
+ *    often as asked, until the next call there that leaves one; a failed
+ *    call leaves the previous one. So a call with side effects (a commit)
+ *    never has to be repeated to read what it did. Each function's comment
+ *    says what its document holds ("Result: ..."). A "table" in a document
+ *    is an object of columns, one array per field, entry i at index i of
+ *    each: {"name": ["a", "b"], "kind": [1, 0]}. The bundle documents,
+ *    whose lists have an entry per tensor of a whole checkpoint, use
+ *    tables; other lists are arrays of objects.
+ *  - Inputs cross as they are: a tensor is (pointer, length, dtype, shape),
+ *    read in place during the call, once, never copied or kept; arrays of
+ *    tensors are arrays of the structs below; options are codes, flags or
+ *    small JSON documents (config, tags, parent), which are parsed
+ *    strictly: an unknown or repeated key is TPDE_E_INVALID, never ignored.
+ *
+ * Why JSON documents rather than structs: one rule for every structured
+ * result replaces three (structs filled in place, JSON grown into a
+ * caller's buffer, JSON kept in a handle), and a document can gain a field
+ * without an ABI version bump, which a struct cannot. The cost is a
+ * second call and a parse; docs/ARCHITECTURE.md ("The C ABI") weighs it
+ * against the structs it replaced.
  *
  * Conventions that hold for every function:
  *
- *  - Every function that can fail returns an int status: TPDE_OK (0) or one
- *    of the TPDE_E_* codes below.
- *  - Every such function takes `char *err, size_t err_len` as its last two
- *    arguments. On failure a NUL-terminated, one-line message naming what
- *    failed is written there (truncated to err_len - 1 bytes). err may be
- *    NULL. The message belongs to that call alone, so concurrent calls from
- *    many threads never see each other's messages.
- *  - All functions are safe to call from many threads at once.
+ *  - All functions are safe to call from many threads at once; a handle
+ *    is used by one thread at a time (a second waits), except an opened
+ *    bundle, which many threads may decode from at once.
  *  - The library keeps no pointer the caller passed after the call returns
  *    (except tpde_bundle_open, which reads its bundle in place until
  *    tpde_bundle_close), and returns no pointer into its own memory (except
@@ -58,10 +96,10 @@
 extern "C" {
 #endif
 
-/* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 7
+/* ======================================================================
+ * Statuses (capi/status.go)
+ * ====================================================================== */
 
-/* Status codes. */
 #define TPDE_OK 0
 #define TPDE_E_INVALID 1          /* bad argument: dtype, shape/size mismatch, NULL pointer */
 #define TPDE_E_CORRUPT 2          /* input is not a valid tpde object: checksum, truncation, bad header */
@@ -73,6 +111,40 @@ extern "C" {
                                      was encoded against (wrong size or checksum), or none */
 #define TPDE_E_LIMIT 8            /* decoding would exceed the caller's output limit (max_output) */
 #define TPDE_E_CANCELLED 9        /* the caller's cancel flag was set; nothing was written */
+
+/* ======================================================================
+ * The library (capi/library.go)
+ * ====================================================================== */
+
+/* Bumped when a function's signature or meaning changes. */
+#define TPDE_ABI_VERSION 8
+
+#ifndef TPDE_NO_PROTOTYPES
+
+/* Library version string, e.g. "0.1.0". Static; never free it. */
+const char *tpde_version(void);
+
+/* TPDE_ABI_VERSION of the loaded library. */
+int tpde_abi_version(void);
+
+/* The default worker count of calls that pass nthreads = 0.
+ * n <= 0 restores the default: the number of CPUs. */
+int tpde_set_num_threads(int32_t n, char *err, size_t err_len);
+int tpde_get_num_threads(int32_t *n, char *err, size_t err_len);
+
+/* Copy the JSON document the last call on handle left (handle 0: the last
+ * call of this thread that acted on no handle) into out: at most cap bytes,
+ * not NUL-terminated; *needed is set to its length. When it does not fit,
+ * nothing is copied and the status is TPDE_E_BUFFER_TOO_SMALL: call again
+ * with room for *needed bytes (the document stays). A handle that is not
+ * open, or handle 0 on a thread that has no document, is TPDE_E_INVALID. */
+int tpde_result(uint64_t handle, char *out, uint64_t cap, uint64_t *needed, char *err, size_t err_len);
+
+#endif /* TPDE_NO_PROTOTYPES */
+
+/* ======================================================================
+ * Frames (capi/frames.go; docs/FORMAT.md, keyframes)
+ * ====================================================================== */
 
 /* Element types. The codes are stored in frames and never change meaning. */
 #define TPDE_BOOL 0
@@ -98,185 +170,7 @@ extern "C" {
 
 #define TPDE_MAX_NDIM 32
 
-/* Flags of tpde_compress_file2 and tpde_decompress_file2, for dst_path. */
-#define TPDE_FILE_NO_REPLACE 1u /* dst_path must not exist: anything there (a file, a symlink
-                                   even dangling, a directory) is TPDE_E_IO with errno EEXIST,
-                                   before the input is read. The output is then published with
-                                   link(2), which cannot replace a name, not rename(2): a file
-                                   another process creates at dst_path meanwhile is refused
-                                   the same way, not replaced. (On a filesystem with neither
-                                   hard links nor RENAME_NOREPLACE the last check is made just
-                                   before the rename.) A symlink is never followed. */
-#define TPDE_FILE_NO_FOLLOW 2u  /* a dst_path that is a symlink is TPDE_E_IO with errno ELOOP
-                                   instead of written through; one that appears while the
-                                   output is written is itself replaced by the rename, and the
-                                   file it points to is untouched. */
-
-/* What tpde_inspect reports about a frame without decoding it. */
-typedef struct tpde_frame_info {
-    uint8_t version_major;
-    uint8_t version_minor;
-    uint8_t kind;  /* 0: keyframe, 1: delta frame (see tpde_inspect_delta) */
-    uint8_t dtype; /* TPDE_* dtype code */
-    uint32_t ndim;
-    uint64_t shape[TPDE_MAX_NDIM];
-    uint64_t raw_size;   /* bytes the decoded tensor occupies */
-    uint64_t frame_size; /* bytes of the frame itself */
-    uint32_t chunk_elems;
-    uint32_t nchunks;
-} tpde_frame_info;
-
-/* Delta frames (frame kind 1, docs/FORMAT.md section 6): a tensor coded
- * against a reference tensor of the same dtype and shape. Residual kinds: */
-#define TPDE_RESIDUAL_AUTO -1 /* tpde_encode_delta picks from a sample (PRED only given ref2) */
-#define TPDE_RESIDUAL_XOR 0   /* cur ^ ref, on bit patterns */
-#define TPDE_RESIDUAL_DIFF 1  /* zigzag(cur - ref), bit patterns as integers, wrapping */
-#define TPDE_RESIDUAL_PRED 2  /* zigzag(cur - (ref + (ref - ref2) / 2)), needs ref2 */
-
-/* Flags of tpde_encode_delta. With none (0) the encoder chooses per chunk
- * between the dense and the sparse coding, whichever is smaller, and, at
- * TPDE_EFFORT_MAX only, how many exponent contexts to use (they make some
- * frames smaller but encoding and decoding several times slower). */
-#define TPDE_DELTA_DENSE_ONLY 1u   /* never the sparse coding */
-#define TPDE_DELTA_SPARSE_ONLY 2u  /* the sparse coding ("elias_delta_zstd": positions of the changed
-                                      elements, then their residuals) for every changed chunk */
-#define TPDE_DELTA_NO_CONTEXT 4u   /* one context: no grouping by the reference's exponent */
-#define TPDE_DELTA_FULL_CONTEXT 8u /* always 16 exponent contexts (float dtypes) */
-
-/* What tpde_inspect_delta reports about a frame of either kind. */
-typedef struct tpde_delta_info {
-    tpde_frame_info frame;   /* as tpde_inspect fills it; frame.kind is 0 or 1 */
-    int32_t residual_kind;   /* TPDE_RESIDUAL_XOR/DIFF/PRED; -1 for a keyframe */
-    uint32_t identical;      /* 1: every residual is zero (a header-only frame) */
-    uint32_t lossy;          /* 1: elements are within `bound` of the input, not exact */
-    int32_t quant_bits;      /* 0, 8 or 4 */
-    uint32_t ref_crc;        /* CRC32C of the reference's bytes */
-    uint32_t ref2_crc;       /* CRC32C of the second reference's (when needs_ref2) */
-    uint32_t needs_ref2;     /* 1: decoding needs the second reference too */
-    uint32_t reserved;
-    double bound;            /* lossy: the error bound (the threshold); 0 when lossless */
-    double max_error;        /* lossy: the largest |input - decoded| the encoder measured */
-    uint64_t changed_elems;  /* elements whose residual is not zero */
-    double sparsity;         /* percent of elements whose residual is zero (100 for an identical
-                                or empty tensor; 0 for a keyframe) */
-    uint32_t chunks_copy;    /* chunks equal to the reference */
-    uint32_t chunks_dense;   /* chunks coded densely (exact or quantized) */
-    uint32_t chunks_sparse;  /* chunks coded sparsely (exact or quantized) */
-    uint32_t chunks_quantized; /* of the dense and sparse chunks, those quantized */
-} tpde_delta_info;
-
-/* Checkpoint bundles (docs/FORMAT.md section 9): the named tensors of one
- * checkpoint, each a keyframe or a delta frame against the tensor of the
- * same name in a reference checkpoint, plus a JSON metadata object. */
-
-/* One tensor to code into a bundle. The library reads the inputs and
- * writes the outputs of each item; it keeps no pointer after the call. */
-typedef struct tpde_bundle_item {
-    /* inputs */
-    const char *name;       /* UTF-8, not NUL-terminated; unique in the bundle */
-    uint64_t name_len;      /* 1..65535 */
-    int32_t dtype;          /* TPDE_* element type */
-    int32_t ndim;           /* 0..32 */
-    const uint64_t *shape;  /* ndim dimensions (may be NULL when ndim is 0) */
-    const void *data;       /* the tensor, C-contiguous */
-    uint64_t nbytes;
-    const void *ref;        /* NULL: a keyframe; else the reference (same dtype and shape) */
-    uint64_t ref_nbytes;
-    const void *ref2;       /* NULL, or the older reference (see tpde_encode_delta) */
-    uint64_t ref2_nbytes;
-    int32_t residual_kind;  /* TPDE_RESIDUAL_* (delta items) */
-    uint32_t flags;         /* TPDE_DELTA_* (delta items) */
-    double threshold;       /* 0: lossless; > 0 lossy, float dtypes, delta items only */
-    int32_t quant_bits;     /* 0, 8 or 4 (with threshold > 0) */
-    int32_t reserved;       /* must be 0 */
-    void *recon;            /* NULL, or nbytes of room for what a decoder will get back */
-    uint64_t recon_cap;
-    /* outputs */
-    uint64_t frame_size;    /* bytes of this tensor's frame */
-    double max_error;       /* largest |src - decoded| (lossy items; else 0) */
-    uint64_t changed_elems; /* delta items: elements with a non-zero residual */
-    int32_t residual_used;  /* delta items: the TPDE_RESIDUAL_* kind chosen; -1 for keyframes */
-    int32_t identical;      /* 1 when equal to its reference (a header-only frame) */
-} tpde_bundle_item;
-
-/* One tensor to decode from a bundle. */
-typedef struct tpde_bundle_out {
-    uint64_t index;         /* entry number (tpde_bundle_index's order) */
-    void *dst;
-    uint64_t dst_cap;       /* >= the entry's raw_size */
-    const void *ref;        /* the reference tensor for a delta entry; ignored for keyframes */
-    uint64_t ref_nbytes;
-    const void *ref2;       /* the second reference when the entry needs_ref2, else NULL */
-    uint64_t ref2_nbytes;
-} tpde_bundle_out;
-
-/* What tpde_bundle_open reports: the bundle, and the sizes of what
- * tpde_bundle_index fills in. */
-typedef struct tpde_bundle_info {
-    uint64_t size;          /* bytes of the bundle */
-    uint64_t count;         /* tensors: tpde_bundle_entry records */
-    uint64_t names_len;     /* bytes of all the names, back to back */
-    uint64_t dims;          /* dimensions of all the shapes, back to back */
-    uint64_t meta_len;      /* bytes of the metadata JSON object */
-    uint32_t version_minor;
-    uint32_t reserved;
-} tpde_bundle_info;
-
-/* One tensor of an opened bundle, as its validated frame header describes
- * it. Its name and shape lie in the names and dims arrays that
- * tpde_bundle_index fills beside the records. */
-typedef struct tpde_bundle_entry {
-    uint64_t offset;        /* of the frame, from the start of the bundle */
-    uint64_t frame_size;    /* bytes of the frame */
-    uint64_t raw_size;      /* bytes the decoded tensor occupies */
-    uint64_t name_offset;   /* the name is names[name_offset .. name_offset + name_len), UTF-8 */
-    uint64_t dims_offset;   /* the shape is dims[dims_offset .. dims_offset + ndim) */
-    uint64_t changed_elems; /* delta: elements whose residual is not zero; 0 for a keyframe */
-    double bound;           /* lossy: the error bound; else 0 */
-    double max_error;       /* lossy: the largest |input - decoded| the encoder measured; else 0 */
-    uint32_t name_len;
-    int32_t dtype;          /* TPDE_* element type */
-    uint32_t ndim;
-    int32_t residual;       /* TPDE_RESIDUAL_XOR/DIFF/PRED; -1 for a keyframe */
-    uint8_t kind;           /* 0: keyframe, 1: delta frame */
-    uint8_t identical;      /* 1: equal to its reference (a header-only delta frame) */
-    uint8_t lossy;          /* 1: elements are within bound of the input, not exact */
-    uint8_t needs_ref2;     /* 1: decoding needs the second reference too */
-    uint32_t reserved;
-} tpde_bundle_entry;
-
-/* One tensor of a state dict handed to tpde_store_add_state_dict. offset
- * is not read: the library lays the file out (docs/FORMAT.md §10). */
-typedef struct tpde_store_tensor {
-    const char *name;      /* NUL-terminated UTF-8 */
-    int32_t dtype;         /* a TPDE_DTYPE_* code */
-    int32_t ndim;
-    const uint64_t *shape; /* ndim entries */
-    uint64_t offset;
-    const void *data;      /* nbytes bytes, read during the call only */
-    uint64_t nbytes;
-} tpde_store_tensor;
-
-/* Where tpde_store_read_tensors puts one tensor: the file's bytes
- * [offset, offset + nbytes) into dst, which the caller allocated. */
-typedef struct tpde_store_span {
-    uint64_t offset;
-    void *dst;
-    uint64_t nbytes;
-} tpde_store_span;
-
 #ifndef TPDE_NO_PROTOTYPES
-
-/* Library version string, e.g. "0.1.0". Static; never free it. */
-const char *tpde_version(void);
-
-/* TPDE_ABI_VERSION of the loaded library. */
-int tpde_abi_version(void);
-
-/* Default worker count for calls that pass nthreads = 0.
- * n <= 0 restores the default: the number of CPUs. */
-void tpde_set_num_threads(int32_t n);
-int32_t tpde_get_num_threads(void);
 
 /* Largest frame tpde_encode can write for raw_size bytes of dtype with ndim
  * dimensions. chunk_elems 0 means the default chunk size. */
@@ -298,8 +192,13 @@ int tpde_encode(const void *src, uint64_t src_len, int32_t dtype, const uint64_t
 int tpde_decode(const void *src, uint64_t src_len, void *dst, uint64_t dst_cap, int32_t nthreads,
                 uint64_t *out_len, char *err, size_t err_len);
 
-/* Read and validate a frame's header and chunk table without decoding. */
-int tpde_inspect(const void *src, uint64_t src_len, tpde_frame_info *info, char *err, size_t err_len);
+/* Read and validate a keyframe's header and chunk table without decoding
+ * (a delta frame is TPDE_E_UNSUPPORTED: see tpde_inspect_delta). Result,
+ * for this thread: {"version_major", "version_minor", "kind": 0, "dtype": a
+ * TPDE_* code, "shape": [dims], "raw_size": bytes the decoded tensor
+ * occupies, "frame_size": bytes of the frame itself, "chunk_elems",
+ * "nchunks"}. */
+int tpde_inspect(const void *src, uint64_t src_len, char *err, size_t err_len);
 
 /* The sum, over the byte streams tpde splits this tensor into, of each
  * stream's order-0 entropy, in bits: the floor for any coder that codes the
@@ -308,66 +207,30 @@ int tpde_inspect(const void *src, uint64_t src_len, tpde_frame_info *info, char 
 int tpde_entropy_bound(const void *src, uint64_t src_len, int32_t dtype, double *bits, char *err,
                        size_t err_len);
 
-/* TPDE_TORCH_HINTS: the JSON a caller passes for a torch.save file, with
- * one of two members (Go never reads pickles; the caller does):
- *   {"torch_zip": {storage key: dtype name}}   the dtype of each storage of
- *       a torch.save zip, from its data.pkl;
- *   {"torch_legacy": {"data_start": N, "storages": [{"key": k, "name": n,
- *       "dtype": d, "count": c, "element_size": e}, ...]}}   for a legacy
- *       (pre-zip) file: the offset just past its keys pickle, and each
- *       storage in the keys list's order, with its region name, dtype name
- *       ("" for bytes kept verbatim), element count and element size
- *       (docs/FORMAT.md, "Legacy torch files").
- * The library trusts none of it: a file whose bytes disagree is coded as
- * bytes, which is still lossless. */
+#endif /* TPDE_NO_PROTOTYPES */
 
-/* Compress a file into a tpde file (docs/FORMAT.md, "Files"): a
- * .safetensors file tensor by tensor, a torch.save file (zip or legacy)
- * storage by storage when torch_hints (TPDE_TORCH_HINTS below, read from
- * its pickles by the caller; NULL for any other file) says what they hold,
- * any other file as bytes. A regular
- * input is memory-mapped; anything else that can be read (a pipe, FIFO,
- * /dev/stdin, a /proc file) is first copied to an unnamed temporary file
- * in dst_path's directory. The output is written atomically (see the
- * conventions above). If progress is not NULL, the library stores there,
- * atomically, the count of input bytes processed so far, so another thread
- * may poll it for a progress bar. If cancel is not NULL, the library polls
- * it (read atomically) between chunks; once it is non-zero the call stops
- * with TPDE_E_CANCELLED and leaves no output. */
-int tpde_compress_file(const char *src_path, const char *dst_path, int32_t nthreads,
-                       const char *torch_hints, uint64_t torch_hints_len, uint64_t *progress,
-                       const int32_t *cancel, char *err, size_t err_len);
+/* ======================================================================
+ * Delta frames (capi/delta.go; docs/FORMAT.md, delta frames)
+ * ====================================================================== */
 
-/* tpde_compress_file2 / tpde_decompress_file2: the same calls with flags,
- * TPDE_FILE_* (above); tpde_compress_file and tpde_decompress_file are
- * these with flags 0. Any other bit is TPDE_E_INVALID. Added without an
- * ABI version bump: no existing function changed. */
-int tpde_compress_file2(const char *src_path, const char *dst_path, int32_t nthreads,
-                        const char *torch_hints, uint64_t torch_hints_len, uint32_t flags,
-                        uint64_t *progress, const int32_t *cancel, char *err, size_t err_len);
+/* A tensor coded against a reference tensor of the same dtype and shape
+ * (frame kind 1). Residual kinds: */
+#define TPDE_RESIDUAL_AUTO -1 /* tpde_encode_delta picks from a sample (PRED only given ref2) */
+#define TPDE_RESIDUAL_XOR 0   /* cur ^ ref, on bit patterns */
+#define TPDE_RESIDUAL_DIFF 1  /* zigzag(cur - ref), bit patterns as integers, wrapping */
+#define TPDE_RESIDUAL_PRED 2  /* zigzag(cur - (ref + (ref - ref2) / 2)), needs ref2 */
 
-/* Restore the original file, byte for byte, from a tpde file (or from a
- * file holding one frame); written atomically like tpde_compress_file.
- * max_output: 0 for no limit, else the most bytes the restored file may
- * have; a larger one is refused with TPDE_E_LIMIT before anything is
- * written. progress counts output bytes; cancel as for
- * tpde_compress_file. */
-int tpde_decompress_file(const char *src_path, const char *dst_path, int32_t nthreads,
-                         uint64_t max_output, uint64_t *progress, const int32_t *cancel, char *err,
-                         size_t err_len);
-int tpde_decompress_file2(const char *src_path, const char *dst_path, int32_t nthreads,
-                          uint64_t max_output, uint32_t flags, uint64_t *progress,
-                          const int32_t *cancel, char *err, size_t err_len);
+/* Flags of tpde_encode_delta. With none (0) the encoder chooses per chunk
+ * between the dense and the sparse coding, whichever is smaller, and, at
+ * TPDE_EFFORT_MAX only, how many exponent contexts to use (they make some
+ * frames smaller but encoding and decoding several times slower). */
+#define TPDE_DELTA_DENSE_ONLY 1u   /* never the sparse coding */
+#define TPDE_DELTA_SPARSE_ONLY 2u  /* the sparse coding ("elias_delta_zstd": positions of the changed
+                                      elements, then their residuals) for every changed chunk */
+#define TPDE_DELTA_NO_CONTEXT 4u   /* one context: no grouping by the reference's exponent */
+#define TPDE_DELTA_FULL_CONTEXT 8u /* always 16 exponent contexts (float dtypes) */
 
-/* Describe a tpde file (or a raw frame file) as JSON: the container fields,
- * segment_count, and per segment (the first max_segments of them; 0 means
- * 10000) kind, sizes and, for tensors, name, dtype and shape. Every
- * segment's checksum is verified whether listed or not. Writes at most cap
- * bytes (not NUL-terminated) and sets *needed to the full length; call
- * again with a larger buffer if *needed > cap (the status is then
- * TPDE_E_BUFFER_TOO_SMALL). */
-int tpde_file_info(const char *path, uint32_t max_segments, char *json, uint64_t cap, uint64_t *needed,
-                   char *err, size_t err_len);
+#ifndef TPDE_NO_PROTOTYPES
 
 /* Largest frame tpde_encode_delta can write for raw_size bytes of dtype with
  * ndim dimensions (chunk_elems 0: the default). tpde_encode_bound does not
@@ -412,19 +275,28 @@ int tpde_encode_delta(const void *src, uint64_t src_len, const void *ref, uint64
  * and, when tpde_inspect_delta reports needs_ref2, the second one; a
  * missing reference, or one of another size or checksum, is refused with
  * TPDE_E_REFERENCE (never garbage: the checksum is checked before success
- * is returned). ref2 may be NULL otherwise and is then ignored. A keyframe decodes as with tpde_decode (the
- * references are ignored). dst must not overlap the references. On
- * success *out_len is raw_size; on any failure dst's contents are
- * unspecified. */
+ * is returned). ref2 may be NULL otherwise and is then ignored. A keyframe
+ * decodes as with tpde_decode (the references are ignored). dst must not
+ * overlap the references. On success *out_len is raw_size; on any failure
+ * dst's contents are unspecified. */
 int tpde_decode_delta(const void *src, uint64_t src_len, const void *ref, uint64_t ref_len,
                       const void *ref2, uint64_t ref2_len, void *dst, uint64_t dst_cap,
                       int32_t nthreads, uint64_t *out_len, char *err, size_t err_len);
 
-/* Read and validate a frame of either kind without decoding it: the fields
- * of tpde_inspect plus, for a delta frame, the residual kind, the
- * reference checksums, the lossy bound and maximum error, and sparsity. */
-int tpde_inspect_delta(const void *src, uint64_t src_len, tpde_delta_info *info, char *err,
-                       size_t err_len);
+/* Read and validate a frame of either kind without decoding it. Result,
+ * for this thread: tpde_inspect's fields ("kind" 0 or 1), plus "residual"
+ * (TPDE_RESIDUAL_XOR/DIFF/PRED; -1 for a keyframe), "identical" (every
+ * residual is zero: a header-only frame), "lossy" (elements are within
+ * "bound" of the input, not exact), "quant_bits" (0, 8 or 4), "ref_crc"
+ * and "ref2_crc" (CRC32C of the references), "needs_ref2", "bound" (the
+ * lossy error bound; 0 when lossless), "max_error" (the largest |input -
+ * decoded| the encoder measured), "changed_elems" (elements whose residual
+ * is not zero), "sparsity" (percent of elements whose residual is zero:
+ * 100 for an identical or empty tensor, 0 for a keyframe), and chunk
+ * counts "chunks_copy" (equal to the reference), "chunks_dense",
+ * "chunks_sparse" and, of those two, "chunks_quantized". A keyframe's
+ * delta fields are 0 or false. */
+int tpde_inspect_delta(const void *src, uint64_t src_len, char *err, size_t err_len);
 
 /* An adaptive lossy threshold: the given percentile (0 to 100) of
  * |src - ref| over the elements of a float tensor (as real numbers; NaN and
@@ -432,6 +304,119 @@ int tpde_inspect_delta(const void *src, uint64_t src_len, tpde_delta_info *info,
  * about half of the elements. Exact (nearest rank). */
 int tpde_delta_threshold(const void *src, const void *ref, uint64_t len, int32_t dtype,
                          double percentile, double *threshold, char *err, size_t err_len);
+
+#endif /* TPDE_NO_PROTOTYPES */
+
+/* ======================================================================
+ * Files (capi/files.go; docs/FORMAT.md, files)
+ * ====================================================================== */
+
+/* Flags of tpde_compress_file and tpde_decompress_file, for dst_path. */
+#define TPDE_FILE_NO_REPLACE 1u /* dst_path must not exist: anything there (a file, a symlink
+                                   even dangling, a directory) is TPDE_E_IO with errno EEXIST,
+                                   before the input is read. The output is then published with
+                                   link(2), which cannot replace a name, not rename(2): a file
+                                   another process creates at dst_path meanwhile is refused
+                                   the same way, not replaced. (On a filesystem with neither
+                                   hard links nor RENAME_NOREPLACE the last check is made just
+                                   before the rename.) A symlink is never followed. */
+#define TPDE_FILE_NO_FOLLOW 2u  /* a dst_path that is a symlink is TPDE_E_IO with errno ELOOP
+                                   instead of written through; one that appears while the
+                                   output is written is itself replaced by the rename, and the
+                                   file it points to is untouched. */
+
+/* TPDE_TORCH_HINTS: the JSON a caller passes for a torch.save file, with
+ * one of two members (Go never reads pickles; the caller does):
+ *   {"torch_zip": {storage key: dtype name}}   the dtype of each storage of
+ *       a torch.save zip, from its data.pkl;
+ *   {"torch_legacy": {"data_start": N, "storages": [{"key": k, "name": n,
+ *       "dtype": d, "count": c, "element_size": e}, ...]}}   for a legacy
+ *       (pre-zip) file: the offset just past its keys pickle, and each
+ *       storage in the keys list's order, with its region name, dtype name
+ *       ("" for bytes kept verbatim), element count and element size
+ *       (docs/FORMAT.md, "Legacy torch files").
+ * The library trusts none of it: a file whose bytes disagree is coded as
+ * bytes, which is still lossless. */
+
+#ifndef TPDE_NO_PROTOTYPES
+
+/* Compress a file into a tpde file (docs/FORMAT.md, "Files"): a
+ * .safetensors file tensor by tensor, a torch.save file (zip or legacy)
+ * storage by storage when torch_hints (TPDE_TORCH_HINTS above, read from
+ * its pickles by the caller; NULL for any other file) says what they hold,
+ * any other file as bytes. A regular input is memory-mapped; anything else
+ * that can be read (a pipe, FIFO, /dev/stdin, a /proc file) is first
+ * copied to an unnamed temporary file in dst_path's directory. The output
+ * is written atomically (see the conventions above). flags: TPDE_FILE_*;
+ * any other bit is TPDE_E_INVALID. If progress is not NULL, the library
+ * stores there, atomically, the count of input bytes processed so far, so
+ * another thread may poll it for a progress bar. If cancel is not NULL,
+ * the library polls it (read atomically) between chunks; once it is
+ * non-zero the call stops with TPDE_E_CANCELLED and leaves no output. */
+int tpde_compress_file(const char *src_path, const char *dst_path, int32_t nthreads,
+                       const char *torch_hints, uint64_t torch_hints_len, uint32_t flags,
+                       uint64_t *progress, const int32_t *cancel, char *err, size_t err_len);
+
+/* Restore the original file, byte for byte, from a tpde file (or from a
+ * file holding one frame); written atomically like tpde_compress_file.
+ * max_output: 0 for no limit, else the most bytes the restored file may
+ * have; a larger one is refused with TPDE_E_LIMIT before anything is
+ * written. flags as for tpde_compress_file; progress counts output bytes;
+ * cancel as for tpde_compress_file. */
+int tpde_decompress_file(const char *src_path, const char *dst_path, int32_t nthreads,
+                         uint64_t max_output, uint32_t flags, uint64_t *progress,
+                         const int32_t *cancel, char *err, size_t err_len);
+
+/* Describe a tpde file (or a raw frame file). Every segment's checksum is
+ * verified whether listed or not. Result, for this thread: the container
+ * fields, segment_count, and per segment (the first max_segments of them;
+ * 0 means 10000) kind, sizes and, for tensors, name, dtype and shape. */
+int tpde_file_info(const char *path, uint32_t max_segments, char *err, size_t err_len);
+
+#endif /* TPDE_NO_PROTOTYPES */
+
+/* ======================================================================
+ * Bundles (capi/bundles.go; docs/FORMAT.md, bundles)
+ * ====================================================================== */
+
+/* A bundle holds the named tensors of one checkpoint, each a keyframe or a
+ * delta frame against the tensor of the same name in a reference
+ * checkpoint, plus a JSON metadata object. */
+
+/* One tensor to code into a bundle, read during the call only. */
+typedef struct tpde_bundle_item {
+    const char *name;       /* UTF-8, not NUL-terminated; unique in the bundle */
+    uint64_t name_len;      /* 1..65535 */
+    int32_t dtype;          /* TPDE_* element type */
+    int32_t ndim;           /* 0..32 */
+    const uint64_t *shape;  /* ndim dimensions (may be NULL when ndim is 0) */
+    const void *data;       /* the tensor, C-contiguous */
+    uint64_t nbytes;
+    const void *ref;        /* NULL: a keyframe; else the reference (same dtype and shape) */
+    uint64_t ref_nbytes;
+    const void *ref2;       /* NULL, or the older reference (see tpde_encode_delta) */
+    uint64_t ref2_nbytes;
+    int32_t residual_kind;  /* TPDE_RESIDUAL_* (delta items) */
+    uint32_t flags;         /* TPDE_DELTA_* (delta items) */
+    double threshold;       /* 0: lossless; > 0 lossy, float dtypes, delta items only */
+    int32_t quant_bits;     /* 0, 8 or 4 (with threshold > 0) */
+    int32_t reserved;       /* must be 0 */
+    void *recon;            /* NULL, or nbytes of room for what a decoder will get back */
+    uint64_t recon_cap;
+} tpde_bundle_item;
+
+/* One tensor to decode from a bundle. */
+typedef struct tpde_bundle_out {
+    uint64_t index;         /* entry number (the order of tpde_bundle_open's "entries") */
+    void *dst;
+    uint64_t dst_cap;       /* >= the entry's raw_size */
+    const void *ref;        /* the reference tensor for a delta entry; ignored for keyframes */
+    uint64_t ref_nbytes;
+    const void *ref2;       /* the second reference when the entry needs_ref2, else NULL */
+    uint64_t ref2_nbytes;
+} tpde_bundle_out;
+
+#ifndef TPDE_NO_PROTOTYPES
 
 /* Largest bundle these items make with meta_len bytes of metadata; with
  * meta_len 0, room that always suffices for their tpde_bundle_writer_add. */
@@ -443,7 +428,8 @@ int tpde_bundle_bound(const tpde_bundle_item *items, uint64_t n, uint64_t meta_l
  * call for the tensors of a checkpoint, several at a time on nthreads
  * threads (0: the default). Every item needs a reference (ref, ref_nbytes
  * = nbytes) and a float dtype; the other delta fields are ignored. An
- * error names the tensor. */
+ * error names the tensor. (One number per input item, into the caller's
+ * array, as a tensor's bytes are: a scalar result, not a document.) */
 int tpde_bundle_thresholds(const tpde_bundle_item *items, uint64_t n, double percentile,
                            int32_t nthreads, double *thresholds, char *err, size_t err_len);
 
@@ -452,9 +438,8 @@ int tpde_bundle_thresholds(const tpde_bundle_item *items, uint64_t n, double per
  * tensors were coded. Small tensors are coded several at a time on
  * nthreads threads (0: the default), large ones one at a time with their
  * chunks in parallel; the bytes do not depend on nthreads or on how the
- * tensors are split between add calls. Each item's output fields are
- * filled in; an error names the tensor that failed. A handle is used by
- * one thread at a time.
+ * tensors are split between add calls. An error names the tensor that
+ * failed. A handle is used by one thread at a time.
  *
  * open with a path writes to a temporary file beside it (add and close
  * then take no dst: NULL, 0); close with commit = 1 appends meta (a UTF-8
@@ -468,15 +453,21 @@ int tpde_bundle_thresholds(const tpde_bundle_item *items, uint64_t n, double per
  * is coded); close with commit = 1 writes the rest (the metadata, index
  * and trailer) to dst. The bundle is the concatenation of the pieces, in
  * call order; the library keeps no pointer to them. If close's dst is too
- * small, it returns TPDE_E_BUFFER_TOO_SMALL, sets *out_len, and the writer
- * stays open for another close.
+ * small, it returns TPDE_E_BUFFER_TOO_SMALL, sets *out_len to the
+ * bundle's total length, and the writer stays open for another close.
+ *
+ * add's result, in the writer: {"items": a table, one entry per item in
+ * order, of "frame_size", "residual" (the TPDE_RESIDUAL_* kind chosen; -1
+ * for a keyframe), "identical" (equal to its reference: a header-only
+ * frame), "max_error" (largest |src - decoded| of a lossy item; else 0)
+ * and "changed_elems" (delta items: elements with a non-zero residual)}.
  *
  * close sets *out_len (may be NULL) to the bundle's total length. Closing
  * with commit = 0, or any failure of close other than that too-small dst,
  * abandons the bundle (removing a temporary file) and releases the handle;
  * after a failed add, close fails with that add's error. */
 int tpde_bundle_writer_open(const char *path, uint64_t *handle, char *err, size_t err_len);
-int tpde_bundle_writer_add(uint64_t handle, tpde_bundle_item *items, uint64_t n, int32_t effort,
+int tpde_bundle_writer_add(uint64_t handle, const tpde_bundle_item *items, uint64_t n, int32_t effort,
                            int32_t nthreads, void *dst, uint64_t dst_cap, uint64_t *out_len,
                            char *err, size_t err_len);
 int tpde_bundle_writer_close(uint64_t handle, const char *meta, uint64_t meta_len, int32_t commit,
@@ -485,36 +476,41 @@ int tpde_bundle_writer_close(uint64_t handle, const char *meta, uint64_t meta_le
 
 /* Open a bundle (exactly src_len bytes) for reading: its preamble,
  * trailer, index, metadata and every frame's header and chunk table are
- * validated once, here; *info receives its sizes and *handle a handle for
- * tpde_bundle_index and tpde_bundle_decode. The library reads src in place
- * until tpde_bundle_close: it must stay valid and unchanged until then. */
-int tpde_bundle_open(const void *src, uint64_t src_len, uint64_t *handle, tpde_bundle_info *info,
-                     char *err, size_t err_len);
-
-/* Describe an opened bundle: entries[0..count) (n >= count), the names
- * back to back (names_cap >= names_len), the shapes' dimensions back to
- * back (dims_cap >= dims) and the metadata JSON (meta_cap >= meta_len), the
- * sizes being those tpde_bundle_open reported; nothing is NUL-terminated.
- * Any of the four outputs may be NULL to skip it; one that is too small is
- * TPDE_E_BUFFER_TOO_SMALL. */
-int tpde_bundle_index(uint64_t handle, tpde_bundle_entry *entries, uint64_t n, char *names,
-                      uint64_t names_cap, uint64_t *dims, uint64_t dims_cap, char *meta,
-                      uint64_t meta_cap, char *err, size_t err_len);
+ * validated once, here; *handle receives a handle for tpde_bundle_decode.
+ * The library reads src in place until tpde_bundle_close: it must stay
+ * valid and unchanged until then. Result, in the new handle: {"size":
+ * bytes of the bundle, "version_minor", "entries": a table, one entry per
+ * tensor in index order, of "name", "kind" (0: keyframe, 1: delta frame),
+ * "dtype", "shape", "raw_size" (bytes the decoded tensor occupies),
+ * "frame_size", "offset" (of the frame, from the start of the bundle),
+ * "residual" (-1 for a keyframe), "identical", "lossy", "bound",
+ * "max_error", "changed_elems" and "needs_ref2", "meta": the metadata
+ * object, verbatim}. */
+int tpde_bundle_open(const void *src, uint64_t src_len, uint64_t *handle, char *err, size_t err_len);
 
 /* Decode n entries of an opened bundle into their destinations, small ones
  * several at a time. A wrong or missing reference is TPDE_E_REFERENCE. An
  * error names the tensor; on failure the destinations' contents are
- * unspecified. */
+ * unspecified. Many threads may decode from one opened bundle at once. */
 int tpde_bundle_decode(uint64_t handle, const tpde_bundle_out *outs, uint64_t n, int32_t nthreads,
                        char *err, size_t err_len);
 
 /* Release an opened bundle's handle (its src may then go). */
 int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
 
-/* ---- The chain and keyframe policy (docs/FORMAT.md section 6.14) ----
- * One policy bounds every series, forward (the bundle compressor) or
- * reverse (the store): no decode of one tensor walks more than K frames.
- * policy is a JSON object {"keyframe_interval": K (1..1000, default 10),
+#endif /* TPDE_NO_PROTOTYPES */
+
+/* ======================================================================
+ * Chains (capi/chain.go; docs/FORMAT.md section 6.14)
+ * ====================================================================== */
+
+/* One chain and keyframe policy bounds every series, forward (the bundle
+ * compressor) or reverse (the store): no decode of one tensor walks more
+ * than K frames. */
+
+#ifndef TPDE_NO_PROTOTYPES
+
+/* policy is a JSON object {"keyframe_interval": K (1..1000, default 10),
  * "reference": "previous" | "base" (default "previous")}; NULL or length 0
  * is the default. A bad policy is TPDE_E_INVALID, naming the field.
  *
@@ -524,13 +520,34 @@ int tpde_bundle_close(uint64_t handle, char *err, size_t err_len);
 int tpde_chain_forward(const char *policy, uint64_t policy_len, int64_t since_keyframe, int32_t *keyframe,
                        int32_t *interval, char *err, size_t err_len);
 
-/* ---- The checkpoint store (docs/FORMAT.md section 11) ----
- * A store is a directory holding one run. A store handle holds the open
- * store (and, when write is non-zero, its one-writer lock) and at most one
- * checkpoint being added. A reader handle holds one committed snapshot:
- * what it reads does not change while a writer commits beside it. Calls
- * that produce JSON keep it in their handle; tpde_store_result copies it
- * out. Handles are not for use by two threads at once. */
+#endif /* TPDE_NO_PROTOTYPES */
+
+/* ======================================================================
+ * The store (capi/store.go; docs/FORMAT.md, stores)
+ * ====================================================================== */
+
+/* A store is a directory of checkpoints sharing content-addressed objects,
+ * in named runs (the main run: run NULL or ""). A store handle holds the
+ * open store (and, when opened to write, its one-writer lock) and at most
+ * one checkpoint being added. */
+
+/* tpde_store_open's write argument, besides 0 (read). */
+#define TPDE_STORE_WRITE 1
+#define TPDE_STORE_STAGE 2
+
+/* One tensor of a state dict handed to tpde_store_add_state_dict: read
+ * during the call only; the library lays the file out (docs/FORMAT.md,
+ * state dict files). */
+typedef struct tpde_store_tensor {
+    const char *name;      /* NUL-terminated UTF-8 */
+    int32_t dtype;         /* a TPDE_* element type */
+    int32_t ndim;          /* 0..32 */
+    const uint64_t *shape; /* ndim entries */
+    const void *data;      /* nbytes bytes */
+    uint64_t nbytes;
+} tpde_store_tensor;
+
+#ifndef TPDE_NO_PROTOTYPES
 
 /* Open the store at path: write 0 reads; TPDE_STORE_WRITE creates it if
  * missing or empty, and locks it; TPDE_STORE_STAGE opens it for one
@@ -546,43 +563,51 @@ int tpde_chain_forward(const char *policy, uint64_t policy_len, int64_t since_ke
  * limit of this handle's reads, as max_output elsewhere (a restore's total
  * bytes, and any one decode's memory; 0 or omitted: the memory this
  * process may use bounds decodes, nothing bounds a restore), and
- * "positions" (TPDE_DELTA_*) for this writer's delta frames. A path with a
- * URL scheme ("s3://...") is TPDE_E_UNSUPPORTED, never a local folder.
+ * "positions" (TPDE_DELTA_DENSE_ONLY or _SPARSE_ONLY; 0: per chunk) for
+ * this writer's delta frames. Any other key is TPDE_E_INVALID. A path with
+ * a URL scheme ("s3://...") is TPDE_E_UNSUPPORTED, never a local folder.
  * Nothing inside the store is followed through a symlink, or opened if it
  * is not a regular file or folder. Another writer holding the store is
- * TPDE_E_IO with errno EWOULDBLOCK. Result: the store's config. */
+ * TPDE_E_IO with errno EWOULDBLOCK. Result, in the new handle: the store's
+ * config. */
 int tpde_store_open(const char *path, int32_t write, const char *config, uint64_t config_len,
                     int32_t nthreads, uint64_t *handle, char *err, size_t err_len);
+/* Drop the checkpoint being added, if any, and close the store. */
 int tpde_store_close(uint64_t handle, char *err, size_t err_len);
-#define TPDE_STORE_WRITE 1
-#define TPDE_STORE_STAGE 2
 
-/* Start adding a checkpoint at step (the newest step + 1 when has_step is
- * 0), with tags (NULL or a JSON list of strings); or, when base is
- * non-zero, the base that reference "base" codes against. */
+/* Start adding a checkpoint to the main run at step (the newest step + 1
+ * when has_step is 0), with tags (NULL or a JSON list of strings); or,
+ * when base is non-zero, the base that reference "base" codes against. On
+ * a staging handle: start a part (step, tags and base are ignored). */
 int tpde_store_begin(uint64_t handle, int64_t step, int32_t has_step, const char *tags,
                      uint64_t tags_len, int32_t base, char *err, size_t err_len);
+/* tpde_store_begin for run, created with parent (JSON {"run", "step"} or
+ * {"base": true}; NULL: none) when it does not exist; a run's first
+ * checkpoint is coded against its parent (docs/FORMAT.md, "Runs"). */
+int tpde_store_begin_run(uint64_t handle, const char *run, const char *parent, uint64_t parent_len,
+                         int64_t step, int32_t has_step, const char *tags, uint64_t tags_len, char *err,
+                         size_t err_len);
 /* Add the file at src as rel (a relative path with '/' separators). hints:
- * NULL, or for a torch.save file TPDE_TORCH_HINTS (above); note: NULL, or
- * why a container-like file is stored whole.
- * progress and cancel as for tpde_compress_file. */
+ * NULL, or for a torch.save file TPDE_TORCH_HINTS (see Files); note: NULL,
+ * or why a container-like file is stored whole. progress and cancel as for
+ * tpde_compress_file. */
 int tpde_store_add_file(uint64_t handle, const char *rel, const char *src, const char *hints,
                         uint64_t hints_len, const char *note, uint64_t *progress,
                         const int32_t *cancel, char *err, size_t err_len);
 /* Add a state dict from memory as the file rel, in the state-dict layout
- * (docs/FORMAT.md §10), which the library lays out: meta is JSON
- * {"skeleton", "aliases", "state_dict_metadata"} (each any JSON, null when
- * absent; NULL meta: all null), the tensors in file order. Result:
+ * (docs/FORMAT.md, state dict files), which the library lays out: meta is
+ * JSON {"skeleton", "aliases", "state_dict_metadata"} (each any JSON, null
+ * when absent; NULL meta: all null), the tensors in file order. Result:
  * {"tensors": [{"name", "offset", "nbytes"}]}, where the layout put each
  * tensor's bytes in the file. */
 int tpde_store_add_state_dict(uint64_t handle, const char *rel, const char *meta, uint64_t meta_len,
                               const tpde_store_tensor *tensors, uint64_t n, char *err, size_t err_len);
-/* Make the checkpoint durable and visible (result: its record), or drop it. */
+/* Make the checkpoint durable and visible (result: its record, FORMAT.md
+ * "Checkpoint record"), or drop it. */
 int tpde_store_commit(uint64_t handle, char *err, size_t err_len);
 int tpde_store_abort(uint64_t handle, char *err, size_t err_len);
-/* On a staging handle: end the part begun with tpde_store_begin (step,
- * tags and base ignored). Result: the part's descriptor, JSON, for the
- * coordinator. */
+/* On a staging handle: end the part begun with tpde_store_begin. Result:
+ * the part's descriptor, for the coordinator. */
 int tpde_store_finish_part(uint64_t handle, char *err, size_t err_len);
 /* On a writer handle: publish one checkpoint made of every part's files.
  * parts: a JSON array of descriptors. holder: NULL, or one folder name
@@ -596,25 +621,13 @@ int tpde_store_commit_parts(uint64_t handle, int64_t step, int32_t has_step, con
  * or its pointer names another checkpoint); none when a holder cannot be
  * checked. Result: {"removed": [steps]}. */
 int tpde_store_reclaim(uint64_t handle, char *err, size_t err_len);
-/* Read the pointer file a holder folder keeps: JSON {"store": the store's
- * path (folder joined with the pointer's), "step"}, with the
- * grow-and-call-again protocol of tpde_file_info. A folder without one is
- * TPDE_E_IO with errno ENOENT. */
-int tpde_store_read_pointer(const char *folder, char *json, uint64_t cap, uint64_t *needed, char *err,
-                            size_t err_len);
-/* Remove a checkpoint; what was coded against it is re-coded first. */
-int tpde_store_remove(uint64_t handle, int64_t step, char *err, size_t err_len);
-
-/* Runs (docs/FORMAT.md, "Runs"): named series in one store, sharing its
- * objects; run NULL or "" is the main run. tpde_store_begin_run is
- * tpde_store_begin for run, created with parent (JSON {"run", "step"} or
- * {"base": true}; NULL: none) when it does not exist; a run's first
- * checkpoint is coded against its parent. */
-int tpde_store_begin_run(uint64_t handle, const char *run, const char *parent, uint64_t parent_len,
-                         int64_t step, int32_t has_step, const char *tags, uint64_t tags_len, char *err,
-                         size_t err_len);
-/* Remove checkpoint step of run; what any run coded against it is re-coded. */
-int tpde_store_remove_from(uint64_t handle, const char *run, int64_t step, char *err, size_t err_len);
+/* Read the pointer file a holder folder keeps. Result, for this thread:
+ * {"store": the store's path (folder joined with the pointer's), "step"}.
+ * A folder without one is TPDE_E_IO with errno ENOENT. */
+int tpde_store_read_pointer(const char *folder, char *err, size_t err_len);
+/* Remove checkpoint step of run (NULL or "": the main run); what any run
+ * coded against it is re-coded first. */
+int tpde_store_remove(uint64_t handle, const char *run, int64_t step, char *err, size_t err_len);
 /* Remove a run and its checkpoints; other runs' deltas against it become
  * keyframes first. */
 int tpde_store_remove_run(uint64_t handle, const char *run, char *err, size_t err_len);
@@ -623,14 +636,55 @@ int tpde_store_remove_run(uint64_t handle, const char *run, char *err, size_t er
  * "region", "object", "message"}], "cleaned": {...} or null}. */
 int tpde_store_verify(uint64_t handle, int32_t deep, int32_t repair, char *err, size_t err_len);
 
-/* Open a reader on the newest committed state. Result: {"generation",
- * "config", "base": whether the store has a base, "count": how many
- * checkpoints it holds}: nothing that grows with the history, so that
- * reading the newest checkpoint costs the same however long the run. */
+#endif /* TPDE_NO_PROTOTYPES */
+
+/* ======================================================================
+ * Store readers (capi/reader.go)
+ * ====================================================================== */
+
+/* A reader handle holds one committed snapshot of a store: what it reads
+ * does not change while a writer commits beside it. */
+
+/* Which record tpde_store_reader_record and _tensors read. */
+#define TPDE_STORE_STEP 0   /* the checkpoint step */
+#define TPDE_STORE_LATEST 1 /* the newest checkpoint (step ignored) */
+#define TPDE_STORE_BASE 2   /* the base (step ignored) */
+
+/* Overwrite what exists at a restore's destination. */
+#define TPDE_RESTORE_FORCE 1
+
+/* Where tpde_store_read_tensors puts one tensor: the file's bytes
+ * [offset, offset + nbytes) into dst, which the caller allocated. */
+typedef struct tpde_store_span {
+    uint64_t offset;
+    void *dst;
+    uint64_t nbytes;
+} tpde_store_span;
+
+#ifndef TPDE_NO_PROTOTYPES
+
+/* Open a reader on the newest committed state. Result, in the new handle:
+ * {"generation", "config", "base": whether the store has a base, "count":
+ * how many checkpoints its main run holds}: nothing that grows with the
+ * history, so that reading the newest checkpoint costs the same however
+ * long the run. */
 int tpde_store_reader_open(uint64_t handle, uint64_t *reader, char *err, size_t err_len);
 int tpde_store_reader_close(uint64_t reader, char *err, size_t err_len);
-/* The steps the reader's snapshot holds. Result: {"steps": [oldest first]}. */
+/* The steps of the run the reader reads. Result: {"steps": [oldest first]}. */
 int tpde_store_reader_steps(uint64_t reader, char *err, size_t err_len);
+/* Make the reader read run (NULL or "": the main run, which it reads when
+ * opened) of the same snapshot. Result: {"count": its checkpoints}. */
+int tpde_store_reader_use(uint64_t reader, const char *run, char *err, size_t err_len);
+/* Result: {"runs": [{"name", "parent", "count", "newest"}]}, main first. */
+int tpde_store_reader_runs(uint64_t reader, char *err, size_t err_len);
+/* Read one checkpoint's record (which: TPDE_STORE_*). Result: {"record":
+ * the record (FORMAT.md "Checkpoint record"), "object": the name of the
+ * object that holds it, "chains": [[frames each region's decode walks, 0
+ * where its chain cannot be followed] per file], "problem": "" or why a
+ * chain cannot be followed}. A record that cannot be read (both copies
+ * damaged) is TPDE_E_CORRUPT naming the checkpoint; the other checkpoints
+ * still read. */
+int tpde_store_reader_record(uint64_t reader, int64_t step, int32_t which, char *err, size_t err_len);
 /* Describe every safetensors and state-dict file of checkpoint step (which
  * as for tpde_store_reader_record) from its header, parsed and checked:
  * result {"step", "files": [{"path", "layout", "tensors": [{"name",
@@ -645,27 +699,9 @@ int tpde_store_reader_tensors(uint64_t reader, int64_t step, int32_t which, cons
  * one call loads every tensor of a file. */
 int tpde_store_read_tensors(uint64_t reader, int64_t step, const char *rel, const tpde_store_span *spans,
                             uint64_t n, char *err, size_t err_len);
-/* Make the reader read run (it reads the main run when opened) of the same
- * snapshot. Result: {"count": its checkpoints}. */
-int tpde_store_reader_use(uint64_t reader, const char *run, char *err, size_t err_len);
-/* Result: {"runs": [{"name", "parent", "count", "newest"}]}, main first. */
-int tpde_store_reader_runs(uint64_t reader, char *err, size_t err_len);
-/* Which record tpde_store_reader_record reads. */
-#define TPDE_STORE_STEP 0   /* the checkpoint step */
-#define TPDE_STORE_LATEST 1 /* the newest checkpoint (step ignored) */
-#define TPDE_STORE_BASE 2   /* the base (step ignored) */
-/* Read one checkpoint's record. Result: {"record": the record (FORMAT.md
- * section 11.4), "object": the name of the object that holds it, "chains": [[frames each region's decode walks, 0 where its
- * chain cannot be followed] per file], "problem": "" or why a chain
- * cannot be followed}. A record that cannot be read (both copies damaged)
- * is TPDE_E_CORRUPT naming the checkpoint; the other checkpoints still
- * read. */
-int tpde_store_reader_record(uint64_t reader, int64_t step, int32_t which, char *err, size_t err_len);
 /* Read bytes [offset, offset+n) of a stored file of checkpoint step. */
 int tpde_store_read_range(uint64_t reader, int64_t step, const char *rel, uint64_t offset, void *dst,
                           uint64_t n, char *err, size_t err_len);
-/* Overwrite what exists at a restore's destination. */
-#define TPDE_RESTORE_FORCE 1
 /* Restore checkpoint step: every file into the folder dest (rel NULL), or
  * the one file rel to the path dest. All or nothing: the files are written
  * beside dest, checked against the hashes they were added with, fsynced,
@@ -677,10 +713,6 @@ int tpde_store_read_range(uint64_t reader, int64_t step, const char *rel, uint64
  * is kept. */
 int tpde_store_restore(uint64_t reader, int64_t step, const char *rel, const char *dest, int32_t flags,
                        char *err, size_t err_len);
-/* Copy the JSON result the last call on handle (a store or a reader) left,
- * with the grow-and-call-again protocol of tpde_file_info. */
-int tpde_store_result(uint64_t handle, char *json, uint64_t cap, uint64_t *needed, char *err,
-                      size_t err_len);
 
 #endif /* TPDE_NO_PROTOTYPES */
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Counter, Dict, List
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -222,3 +223,28 @@ def tree_digest(root: Path) -> Dict[str, tuple]:
 def tree_sha256() -> Callable[[Path], Dict[str, tuple]]:
     """tree_sha256(folder) -> {relative path: (sha256, mode bits)} of its files."""
     return tree_digest
+
+
+class _CountingLibrary:
+    """libtpde with every function looked up counted: _native.call looks
+    each one up once per call, so this counts ABI crossings."""
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib
+        self.calls: Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("tpde_"):
+            self.calls[name] += 1
+        return getattr(self._lib, name)
+
+
+@pytest.fixture
+def abi_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """The ABI calls made from here on, by function name (clear() it to
+    count one part of a test)."""
+    from tpde import _native
+
+    counting = _CountingLibrary(_native.lib())
+    monkeypatch.setattr(_native, "_lib", counting)
+    return counting.calls

@@ -588,24 +588,8 @@ def test_a_saved_checkpoints_info_has_its_ratio_sparsity_and_max_error(how: str,
         assert info["sparsity"] == 0.0 and info["max_error"] == 0.0 and info["lossless"]
 
 
-def _counting_calls(monkeypatch: pytest.MonkeyPatch) -> "collections.Counter[str]":
-    from tpde import _bundle, delta
-
-    calls: "collections.Counter[str]" = collections.Counter()
-    for module in (_bundle, delta):
-        real = module.call
-
-        def counted(name: str, *args: Any, _real: Any = real, **kw: Any) -> int:
-            calls[name] += 1
-            return _real(name, *args, **kw)
-
-        monkeypatch.setattr(module, "call", counted)
-    return calls
-
-
 @pytest.mark.parametrize("tensors", [3, 40])
-def test_adaptive_thresholds_are_one_library_call_per_checkpoint(tensors: int,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_adaptive_thresholds_are_one_library_call_per_checkpoint(tensors: int, abi_calls) -> None:
     """docs/ARCHITECTURE.md: one ABI call per checkpoint, not per tensor;
     the percentiles are those tpde.delta_threshold gives tensor by tensor."""
     g = torch.Generator().manual_seed(tensors)
@@ -614,10 +598,12 @@ def test_adaptive_thresholds_are_one_library_call_per_checkpoint(tensors: int,
     b = {k: v + 1e-2 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in a.items()}
     enc = tpde.TemporalPositionDeltaEncoder(adaptive=True, percentile=80.0)
     enc.compress_checkpoint(a)
-    calls = _counting_calls(monkeypatch)
+    abi_calls.clear()
     data, meta = enc.compress_checkpoint_delta(b)
-    assert calls["tpde_bundle_thresholds"] == 1 and calls["tpde_delta_threshold"] == 0, calls
-    assert sum(calls.values()) <= 5, calls  # bound, thresholds, open, add, close: not per tensor
+    calls = dict(abi_calls)
+    assert calls["tpde_bundle_thresholds"] == 1 and "tpde_delta_threshold" not in calls, calls
+    # bound, thresholds, open, add and its result, close: not per tensor
+    assert sum(calls.values()) <= 6, calls
     bounds = {t["name"]: t["bound"] for t in tpde.checkpoint_info(data)["tensors"]}
     for k in a:
         if a[k].is_floating_point():
@@ -627,18 +613,19 @@ def test_adaptive_thresholds_are_one_library_call_per_checkpoint(tensors: int,
     assert meta["error_bound"] == max(bounds.values())
 
 
-def test_decoding_validates_the_bundle_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One open (the library validates the bundle there and keeps it), one
-    index query, one decode, one close: whatever the tensor count."""
+def test_decoding_validates_the_bundle_once(abi_calls) -> None:
+    """One open (the library validates the bundle there and keeps it), its
+    index read once (tpde_result), one decode, one close: whatever the
+    tensor count."""
     a, b = _lossy_pair(22)
     enc = tpde.TemporalPositionDeltaEncoder()
     full = enc.compress_checkpoint(a)
     delta = enc.compress_checkpoint_delta(b)
-    calls = _counting_calls(monkeypatch)
+    abi_calls.clear()
     back = tpde.load_checkpoint(delta, previous=tpde.load_checkpoint(full))
+    calls = dict(abi_calls)
     assert_same_state(back, b)
-    assert dict(calls) == {"tpde_bundle_open": 2, "tpde_bundle_index": 2, "tpde_bundle_decode": 2,
-                           "tpde_bundle_close": 2}
+    assert calls == {"tpde_bundle_open": 2, "tpde_result": 2, "tpde_bundle_decode": 2, "tpde_bundle_close": 2}
 
 
 @pytest.mark.parametrize("ckpt", [{}, {"w": torch.arange(3.0)}])

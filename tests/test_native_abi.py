@@ -203,7 +203,7 @@ def test_the_header_parser_found_every_declaration() -> None:
     assert len(re.findall(r"\bstruct\b[^;{}]*\{", strip_comments(HEADER.read_text()))) == len(H.structs)
     # What the header is known to have had since ABI version 1.
     assert {"tpde_version", "tpde_encode", "tpde_decode", "tpde_bundle_decode"} <= set(H.prototypes)
-    assert {"tpde_frame_info", "tpde_delta_info", "tpde_bundle_item", "tpde_bundle_out"} <= set(H.structs)
+    assert {"tpde_bundle_item", "tpde_bundle_out", "tpde_store_tensor", "tpde_store_span"} <= set(H.structs)
     assert H.defines["TPDE_OK"] == 0 and H.defines["TPDE_E_INVALID"] == 1
     for proto in H.prototypes.values():
         for p in proto.params:
@@ -305,6 +305,21 @@ def test_function_signature_matches_the_header(name: str) -> None:
 
 
 # --- constants and status codes ---------------------------------------------
+
+
+def test_the_calls_that_keep_their_result_for_the_thread_are_those_the_header_says() -> None:
+    """_native.call_json reads the document of a call on no handle with
+    tpde_result(0, ...): the calls it does so for must be exactly those whose
+    comment in the header says "Result, for this thread"."""
+    raw = HEADER.read_text()
+    said = set()
+    for name in H.prototypes:
+        at = re.search(rf"\b{name}\s*\(", raw).start()
+        comment = re.sub(r"\n\s*\*(?!/)", " ", raw[:at].rsplit("/*", 1)[1])  # one line, without the " * "
+        if "Result, for this thread" in " ".join(comment.split()):
+            said.add(name)
+    assert said, "no call of the header keeps its result for the thread"
+    assert _native.THREAD_RESULTS == said
 
 
 def test_abi_version_and_max_ndim_match_the_header() -> None:

@@ -1192,28 +1192,12 @@ def test_a_file_deleted_during_an_add_is_a_tpde_io_error_and_adds_nothing(tmp_pa
         assert not (tmp_path / "st" / "tpde-store.json").exists() or st.steps() == []
 
 
-class _CountingLibrary:
-    """libtpde with every function looked up counted: _native.call looks
-    each one up once per call, so this counts ABI crossings."""
-
-    def __init__(self, lib: Any) -> None:
-        self._lib = lib
-        self.calls: List[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("tpde_"):
-            self.calls.append(name)
-        return getattr(self._lib, name)
-
-
 @pytest.mark.parametrize("files", [1, 3, 6])
-def test_loading_the_newest_crosses_the_abi_once_per_file_plus_a_constant(tmp_path: Path, monkeypatch,
+def test_loading_the_newest_crosses_the_abi_once_per_file_plus_a_constant(tmp_path: Path, abi_calls,
                                                                            files: int) -> None:
     """The seam: Store.load of the newest checkpoint makes at most one ABI
     call per file plus a constant, however many tensors each file holds
     (here 40 per file) and however long the history."""
-    from tpde import _native
-
     src = tmp_path / "ckpt"
     src.mkdir()
     g = torch.Generator().manual_seed(0)
@@ -1231,19 +1215,18 @@ def test_loading_the_newest_crosses_the_abi_once_per_file_plus_a_constant(tmp_pa
     st.close()
 
     st = tpde.Store(tmp_path / "s")
-    counter = _CountingLibrary(_native.lib())
-    monkeypatch.setattr(_native, "_lib", counter)
+    abi_calls.clear()
     got = st.load()
-    monkeypatch.undo()
+    calls = list(abi_calls.elements())
     if files == 1:  # one file: its state dict alone
         got = {"model-0.safetensors": got}
     assert got.keys() == want.keys()
     for name, sd in want.items():
         assert got[name].keys() == sd.keys() and all(torch.equal(got[name][k], sd[k]) for k in sd)
-    per_file = [c for c in counter.calls if c == "tpde_store_read_tensors"]
-    assert len(per_file) == files, counter.calls
-    constant = len(counter.calls) - len(per_file)
-    assert constant <= 8, counter.calls
+    per_file = [c for c in calls if c == "tpde_store_read_tensors"]
+    assert len(per_file) == files, calls
+    constant = len(calls) - len(per_file)
+    assert constant <= 8, calls
 
 
 def test_a_parts_state_dict_offsets_are_where_the_layout_put_each_tensor(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ import pytest
 import torch
 
 import tpde
-from tpde import _native
 from tpde.errors import CorruptDataError, DecodeLimitError, InvalidArgumentError, TPDEIOError
 
 from conftest import HFRun, tree_digest
@@ -398,21 +397,12 @@ def test_a_decode_bomb_is_refused_before_it_is_allocated(tmp_path: Path, bomb: P
 # --- cost ----------------------------------------------------------------------------
 
 
-def test_listing_reads_each_record_once_and_loading_the_newest_reads_one(tmp_path: Path, monkeypatch) -> None:
+def test_listing_reads_each_record_once_and_loading_the_newest_reads_one(tmp_path: Path, abi_calls) -> None:
     store = tmp_path / "store"
     with tpde.Store(store, keyframe_interval=4) as st:
         for s in range(12):
             st.add({"w": torch.full((2048,), float(s))}, step=s)
-    calls: Dict[str, int] = {}
-    real = _native.call
-
-    def counting(name: str, *a: object, **kw: object) -> int:
-        calls[name] = calls.get(name, 0) + 1
-        return real(name, *a, **kw)
-
-    import tpde.store.handle as store_handle  # where the reader's native calls are made
-
-    monkeypatch.setattr(store_handle, "call", counting)
+    calls = abi_calls
     with tpde.Store(store) as st:
         calls.clear()
         infos = st.list()

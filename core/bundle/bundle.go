@@ -46,10 +46,10 @@ const (
 	TrailerLen = 16
 
 	// MaxEntries caps the tensors in one bundle. Reading the index costs a
-	// reader time and memory per entry (a parsed frame header, a
-	// tpde_bundle_entry, Python objects): about 1.5 KiB for an entry of 73
-	// bytes with its frame, so the cap bounds what a bundle of tiny frames
-	// can make a reader spend. Checkpoints of the largest public
+	// reader time and memory per entry (a parsed frame header, its entry
+	// in the ABI's index document, Python objects): a kilobyte or more for
+	// an entry of 73 bytes with its frame, so the cap bounds what a bundle
+	// of tiny frames can make a reader spend. Checkpoints of the largest public
 	// models hold around 10^5 tensors, a few times that with optimizer
 	// state.
 	MaxEntries = 1 << 20

@@ -406,7 +406,7 @@ func TestDecodesOverTheLimitAreRefusedBeforeAllocating(t *testing.T) {
 		assert.ErrorIs(t, err, errs.Limit, "%+v", lim)
 		if lim.Memory != 0 {
 			buf := make([]byte, 8)
-			f, err := c.file("model.safetensors")
+			f, err := c.File("model.safetensors")
 			require.NoError(t, err)
 			assert.ErrorIs(t, rd.ReadRange(c, "model.safetensors", f.Size-100, buf), errs.Limit)
 			ps, err := s.Verify(true)

@@ -308,7 +308,9 @@ func (f *File) Lossy() bool {
 	return false
 }
 
-func (c *Checkpoint) file(rel string) (*File, error) {
+// File is the file rel of the checkpoint; one it does not hold is
+// errs.Invalid, naming it.
+func (c *Checkpoint) File(rel string) (*File, error) {
 	for i := range c.Files {
 		if c.Files[i].Path == rel {
 			return &c.Files[i], nil
@@ -432,7 +434,7 @@ func (sk *skeleton) close() {
 
 // ReadRange reads bytes [off, off+len(dst)) of a stored file into dst.
 func (rd *Reader) ReadRange(c *Checkpoint, rel string, off uint64, dst []byte) error {
-	f, err := c.file(rel)
+	f, err := c.File(rel)
 	if err != nil {
 		return err
 	}

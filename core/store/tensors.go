@@ -39,7 +39,7 @@ type FileTensors struct {
 // Tensors describes file rel of c, a safetensors or state-dict file,
 // reading only its header.
 func (rd *Reader) Tensors(c *Checkpoint, rel string) (*FileTensors, error) {
-	f, err := c.file(rel)
+	f, err := c.File(rel)
 	if err != nil {
 		return nil, err
 	}
@@ -117,7 +117,7 @@ type Span struct {
 // Anything else (a tensor kept in the skeleton, a span across regions) is
 // read through ReadRange.
 func (rd *Reader) ReadTensors(c *Checkpoint, rel string, spans []Span) error {
-	f, err := c.file(rel)
+	f, err := c.File(rel)
 	if err != nil {
 		return err
 	}

@@ -16,7 +16,7 @@ from typing import Callable, Iterator, Optional, Tuple, Union
 
 from .errors import InternalError
 
-__all__ = ["Buffer", "readable", "OutBuffer", "into_new_bytes", "grow_into_bytes"]
+__all__ = ["Buffer", "readable", "OutBuffer", "into_new_bytes"]
 
 Buffer = Union[bytes, bytearray, memoryview]
 
@@ -27,9 +27,6 @@ _scratch = threading.local()
 # call and their unused pages dropped, so a huge output is not held on to.
 _KEEP_MAX = 64 << 20
 _KEEP_MIN = 1 << 16
-#: How many times grow_into_bytes asks again: the answer could change
-#: between calls (a file being rewritten), so do not loop forever.
-_GROW_TRIES = 8
 
 
 @contextlib.contextmanager
@@ -132,16 +129,3 @@ def into_new_bytes(cap: int, fill: Callable[[int, int], int]) -> bytes:
         return buf.take(fill(buf.address, cap))
 
 
-def grow_into_bytes(cap: int, fill: Callable[[int, int], Tuple[bool, int]], what: str) -> bytes:
-    """The grow-and-call-again protocol (tpde_file_info): fill(address,
-    cap) returns (done, needed): done when the answer, needed bytes, fits;
-    else it asks again with needed bytes of room."""
-    for _ in range(_GROW_TRIES):
-        with OutBuffer(cap) as buf:
-            done, needed = fill(buf.address, cap)
-            if done:
-                return buf.take(needed)
-        if needed <= cap:
-            raise InternalError(f"{what} asked for {needed} bytes with {cap} given")
-        cap = needed
-    raise InternalError(f"{what} kept asking for a larger buffer")

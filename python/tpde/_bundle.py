@@ -16,16 +16,15 @@ from __future__ import annotations
 import collections
 import ctypes
 import json
-import struct
 from ctypes import byref, c_double, c_uint64
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _native, _tensors
 from ._buffers import OutBuffer
-from ._native import call
+from ._native import call, call_json
 from ._options import effort_code
-from .errors import CorruptDataError, InternalError, InvalidArgumentError
+from .errors import InternalError, InvalidArgumentError
 
 __all__ = ["BUNDLE_MAGIC", "ItemSpec", "ItemResult", "encode", "FileWriter", "Entry", "Reader", "decode"]
 
@@ -132,14 +131,14 @@ class _Items:
         call("tpde_bundle_thresholds", sub, len(which), float(pct), threads, out)
         return list(out)
 
-    def results(self) -> List[ItemResult]:
-        out = []
-        for i in range(self.n):
-            it = self.array[i]
-            out.append(ItemResult(int(it.frame_size), float(it.max_error), int(it.changed_elems),
-                                  int(it.residual_used), bool(it.identical), self.nelem[i], int(it.nbytes),
-                                  self.thresholds[i]))
-        return out
+    def results(self, coded: Dict[str, List[Any]]) -> List[ItemResult]:
+        """ItemResults of these items from how tpde_bundle_writer_add says
+        it coded them (its document's "items": a column per field)."""
+        if len(coded["frame_size"]) != self.n:
+            raise InternalError(f"tpde_bundle_writer_add reported {len(coded['frame_size'])} items of {self.n}")
+        return list(map(ItemResult, coded["frame_size"], map(float, coded["max_error"]), coded["changed_elems"],
+                        coded["residual"], coded["identical"], self.nelem, (int(it.nbytes) for it in self.array),
+                        self.thresholds))
 
 
 def _meta_bytes(meta: Dict[str, Any]) -> bytes:
@@ -204,11 +203,12 @@ class _Writer(_Handle):
     def _release(self, handle: int) -> None:
         call("tpde_bundle_writer_close", handle, None, 0, 0, None, 0, None)
 
-    def _add(self, items: _Items, dst: Optional[int] = None, cap: int = 0) -> int:
+    def _add(self, items: _Items, dst: Optional[int] = None, cap: int = 0) -> Tuple[int, List[ItemResult]]:
+        """Code items: (bytes written, how each was coded)."""
         n = c_uint64()
-        call("tpde_bundle_writer_add", self.handle, items.array, items.n, self._effort, self._threads, dst,
-             cap, byref(n))
-        return n.value
+        doc = call_json("tpde_bundle_writer_add", self.handle, items.array, items.n, self._effort, self._threads,
+                        dst, cap, byref(n))
+        return n.value, items.results(doc["items"])
 
     def _close(self, meta: bytes, dst: Optional[int] = None, cap: int = 0) -> Tuple[int, int]:
         """Commit: (status, total length); the handle is gone unless the
@@ -240,8 +240,7 @@ def encode(specs: Sequence[ItemSpec], finish: Finish, *, effort: str = "balanced
     w = _Writer(None, effort, threads)
     try:
         with OutBuffer(bound.value) as out:
-            n = w._add(items, out.address, out.cap)
-            results = items.results()
+            n, results = w._add(items, out.address, out.cap)
             meta = _meta_bytes(finish(results))
             rc, total = w._close(meta, out.address + n, out.cap - n)
             if rc == _native.OK:
@@ -264,9 +263,7 @@ class FileWriter:
         self._threads = threads
 
     def add(self, specs: Sequence[ItemSpec]) -> List[ItemResult]:
-        items = _Items(specs, self._threads)
-        self._w._add(items)
-        return items.results()
+        return self._w._add(_Items(specs, self._threads))[1]
 
     def commit(self, meta: Dict[str, Any]) -> int:
         """Write meta and the index and put the file in place; return its size."""
@@ -287,18 +284,10 @@ class FileWriter:
 
 # --- reading ------------------------------------------------------------------
 
-#: One tensor of an opened bundle (struct tpde_bundle_entry, with its name
-#: and shape): kind is "keyframe" or "delta", dtype a TPDE_* code.
+#: One tensor of an opened bundle (a row of tpde_bundle_open's "entries"):
+#: kind is "keyframe" or "delta", dtype a TPDE_* code.
 Entry = collections.namedtuple("Entry", "name kind dtype shape raw_size frame_size offset residual identical lossy "
                                         "bound max_error changed_elems needs_ref2")
-
-# struct tpde_bundle_entry as the struct module reads it, thousands of
-# times faster than ctypes field by field. No padding: the fields are in
-# order of alignment (tests/test_native_abi.py checks BundleEntry against
-# the C compiler; this against BundleEntry).
-_ENTRY = struct.Struct("<6Q2dIiIi4BI")
-if _ENTRY.size != ctypes.sizeof(_native.BundleEntry):
-    raise InternalError(f"tpde_bundle_entry is {ctypes.sizeof(_native.BundleEntry)} bytes, _ENTRY reads {_ENTRY.size}")
 _KINDS = ("keyframe", "delta")
 
 
@@ -311,64 +300,24 @@ class Reader(_Handle):
     _what = "bundle"
 
     def __init__(self, src: object, n: int) -> None:
-        h, info = c_uint64(), _native.BundleInfo()
-        call("tpde_bundle_open", src, n, byref(h), byref(info))
+        h = c_uint64()
+        index = call_json("tpde_bundle_open", src, n, byref(h), into=h)
         self._handle = h.value
         try:
-            self.size = int(info.size)
-            self.version_minor = int(info.version_minor)
-            self.entries, meta = self._index(info)
-            self.metadata = _parse_meta(meta)
+            self.size = index["size"]
+            self.version_minor = index["version_minor"]
+            e = index["entries"]  # a column per field
+            self.entries = list(map(Entry, e["name"], [_KINDS[k] for k in e["kind"]], e["dtype"], map(tuple, e["shape"]),
+                                    e["raw_size"], e["frame_size"], e["offset"], e["residual"], e["identical"],
+                                    e["lossy"], map(float, e["bound"]), map(float, e["max_error"]),
+                                    e["changed_elems"], e["needs_ref2"]))
+            self.metadata = index["meta"]
         except BaseException:
             self.close()
             raise
 
-    def _index(self, info: Any) -> Tuple[List[Entry], bytes]:
-        count = int(info.count)
-        records = bytearray(count * _ENTRY.size)
-        names = ctypes.create_string_buffer(max(int(info.names_len), 1))
-        dims = (c_uint64 * max(int(info.dims), 1))()
-        meta = ctypes.create_string_buffer(max(int(info.meta_len), 1))
-        entries = (_native.BundleEntry * max(count, 1)).from_buffer(records) if count else None
-        call("tpde_bundle_index", self.handle, entries, count, names, info.names_len, dims, info.dims, meta,
-             info.meta_len)
-        del entries  # release the export of records
-        name_bytes = names.raw[: info.names_len]
-        try:
-            # Byte offsets are character offsets in ASCII, the common case:
-            # one decode instead of one per tensor.
-            text: Optional[str] = name_bytes.decode("ascii")
-        except UnicodeDecodeError:
-            text = None
-        shape = list(dims[: info.dims])
-        out = []
-        for (off, fsize, raw, name_at, dims_at, changed, bound, maxerr, name_len, dtype, ndim, residual, kind,
-             identical, lossy, needs_ref2, _) in _ENTRY.iter_unpack(records):
-            end = name_at + name_len
-            name = text[name_at:end] if text is not None else name_bytes[name_at:end].decode("utf-8")
-            out.append(Entry(name, _KINDS[kind], dtype, tuple(shape[dims_at:dims_at + ndim]), raw, fsize, off, residual,
-                             bool(identical), bool(lossy), bound, maxerr, changed, bool(needs_ref2)))
-        return out, meta.raw[: info.meta_len]
-
     def _release(self, handle: int) -> None:
         call("tpde_bundle_close", handle)
-
-
-# The library checks that the metadata is a UTF-8 JSON object nested at
-# most 100 deep (docs/FORMAT.md section 9.5); an older library did not,
-# and Python's parser recurses, so these failures are still the input's.
-
-def _parse_meta(meta: bytes) -> Any:
-    try:
-        text = str(meta, "utf-8")
-    except UnicodeDecodeError as e:
-        raise CorruptDataError(f"bundle metadata is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise CorruptDataError("bundle metadata nests too deeply to parse") from None
-    except ValueError as e:
-        raise CorruptDataError(f"bundle metadata is not valid JSON ({e})") from None
 
 
 def decode(reader: Reader, requests: Sequence[Tuple[int, Any, Any, Any]], *, threads: int = 0) -> None:

@@ -4,25 +4,28 @@ The library is looked up in $TPDE_LIBRARY, else as libtpde.so beside this
 file. Functions are called through :func:`call`, which passes the calling
 thread's error buffer (the ABI writes messages there, so concurrent calls on
 other threads never share one) and turns a non-zero status into the matching
-exception.
+exception. A call's structured result is a JSON document the library keeps
+(in the handle the call acted on or opened, or for the calling thread);
+:func:`call_json` makes the call and returns that document, parsed.
 ctypes.CDLL releases the GIL for the duration of each foreign call.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import re
 import threading
-from ctypes import POINTER, c_char, c_char_p, c_double, c_int, c_int32, c_size_t, c_uint8, c_uint32, c_uint64, c_void_p
+from ctypes import POINTER, byref, c_char, c_char_p, c_double, c_int, c_int32, c_size_t, c_uint32, c_uint64, c_void_p
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from . import errors
 from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 7
+ABI_VERSION = 8
 MAX_NDIM = 32
 ERR_LEN = 1024
 
@@ -31,7 +34,7 @@ OK = 0
 E_BUFFER_TOO_SMALL = 4
 E_IO = 5
 
-# Flags of tpde_compress_file2 / tpde_decompress_file2 (TPDE_FILE_*).
+# Flags of tpde_compress_file / tpde_decompress_file (TPDE_FILE_*).
 FILE_NO_REPLACE = 1
 FILE_NO_FOLLOW = 2
 
@@ -43,53 +46,6 @@ _ERRORS: dict[int, type[TPDEError]] = {
 }
 # An I/O error's message ends with its errno (include/tpde.h).
 _ERRNO_SUFFIX = re.compile(r" \[errno (\d+)\]$")
-
-
-class StoreSpan(ctypes.Structure):
-    """struct tpde_store_span: where tpde_store_read_tensors puts one tensor."""
-
-    _fields_ = [("offset", c_uint64), ("dst", c_void_p), ("nbytes", c_uint64)]
-
-
-class FrameInfo(ctypes.Structure):
-    """struct tpde_frame_info."""
-
-    _fields_ = [
-        ("version_major", c_uint8),
-        ("version_minor", c_uint8),
-        ("kind", c_uint8),
-        ("dtype", c_uint8),
-        ("ndim", c_uint32),
-        ("shape", c_uint64 * MAX_NDIM),
-        ("raw_size", c_uint64),
-        ("frame_size", c_uint64),
-        ("chunk_elems", c_uint32),
-        ("nchunks", c_uint32),
-    ]
-
-
-class DeltaInfo(ctypes.Structure):
-    """struct tpde_delta_info."""
-
-    _fields_ = [
-        ("frame", FrameInfo),
-        ("residual_kind", c_int32),
-        ("identical", c_uint32),
-        ("lossy", c_uint32),
-        ("quant_bits", c_int32),
-        ("ref_crc", c_uint32),
-        ("ref2_crc", c_uint32),
-        ("needs_ref2", c_uint32),
-        ("reserved", c_uint32),
-        ("bound", c_double),
-        ("max_error", c_double),
-        ("changed_elems", c_uint64),
-        ("sparsity", c_double),
-        ("chunks_copy", c_uint32),
-        ("chunks_dense", c_uint32),
-        ("chunks_sparse", c_uint32),
-        ("chunks_quantized", c_uint32),
-    ]
 
 
 class BundleItem(ctypes.Structure):
@@ -114,11 +70,6 @@ class BundleItem(ctypes.Structure):
         ("reserved", c_int32),
         ("recon", c_void_p),
         ("recon_cap", c_uint64),
-        ("frame_size", c_uint64),
-        ("max_error", c_double),
-        ("changed_elems", c_uint64),
-        ("residual_used", c_int32),
-        ("identical", c_int32),
     ]
 
 
@@ -136,55 +87,40 @@ class BundleOut(ctypes.Structure):
     ]
 
 
-class BundleInfo(ctypes.Structure):
-    """struct tpde_bundle_info."""
+class StoreTensor(ctypes.Structure):
+    """struct tpde_store_tensor."""
 
     _fields_ = [
-        ("size", c_uint64),
-        ("count", c_uint64),
-        ("names_len", c_uint64),
-        ("dims", c_uint64),
-        ("meta_len", c_uint64),
-        ("version_minor", c_uint32),
-        ("reserved", c_uint32),
-    ]
-
-
-class BundleEntry(ctypes.Structure):
-    """struct tpde_bundle_entry."""
-
-    _fields_ = [
-        ("offset", c_uint64),
-        ("frame_size", c_uint64),
-        ("raw_size", c_uint64),
-        ("name_offset", c_uint64),
-        ("dims_offset", c_uint64),
-        ("changed_elems", c_uint64),
-        ("bound", c_double),
-        ("max_error", c_double),
-        ("name_len", c_uint32),
+        ("name", c_char_p),
         ("dtype", c_int32),
-        ("ndim", c_uint32),
-        ("residual", c_int32),
-        ("kind", c_uint8),
-        ("identical", c_uint8),
-        ("lossy", c_uint8),
-        ("needs_ref2", c_uint8),
-        ("reserved", c_uint32),
+        ("ndim", c_int32),
+        ("shape", c_void_p),
+        ("data", c_void_p),
+        ("nbytes", c_uint64),
     ]
+
+
+class StoreSpan(ctypes.Structure):
+    """struct tpde_store_span: where tpde_store_read_tensors puts one tensor."""
+
+    _fields_ = [("offset", c_uint64), ("dst", c_void_p), ("nbytes", c_uint64)]
 
 
 _ERRBUF = POINTER(c_char)
 _U64P = POINTER(c_uint64)
 _I32P = POINTER(c_int32)
+_I64 = ctypes.c_int64
 
-# name: (restype, argtypes). Every status-returning function ends in
-# (char *err, size_t err_len).
+# name: (restype, argtypes), in include/tpde.h's sections and order. Every
+# status-returning function ends in (char *err, size_t err_len).
 _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
+    # The library.
     "tpde_version": (c_char_p, []),
     "tpde_abi_version": (c_int, []),
-    "tpde_set_num_threads": (None, [c_int32]),
-    "tpde_get_num_threads": (c_int32, []),
+    "tpde_set_num_threads": (c_int, [c_int32, _ERRBUF, c_size_t]),
+    "tpde_get_num_threads": (c_int, [_I32P, _ERRBUF, c_size_t]),
+    "tpde_result": (c_int, [c_uint64, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
+    # Frames: python/tpde/codec.py.
     "tpde_encode_bound": (c_int, [c_uint64, c_int32, c_int32, c_uint32, _U64P, _ERRBUF, c_size_t]),
     "tpde_encode": (
         c_int,
@@ -192,15 +128,8 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
          _ERRBUF, c_size_t],
     ),
     "tpde_decode": (c_int, [c_void_p, c_uint64, c_void_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
-    "tpde_inspect": (c_int, [c_void_p, c_uint64, POINTER(FrameInfo), _ERRBUF, c_size_t]),
+    "tpde_inspect": (c_int, [c_void_p, c_uint64, _ERRBUF, c_size_t]),
     "tpde_entropy_bound": (c_int, [c_void_p, c_uint64, c_int32, POINTER(c_double), _ERRBUF, c_size_t]),
-    "tpde_compress_file": (c_int, [c_char_p, c_char_p, c_int32, c_char_p, c_uint64, _U64P, _I32P, _ERRBUF, c_size_t]),
-    "tpde_decompress_file": (c_int, [c_char_p, c_char_p, c_int32, c_uint64, _U64P, _I32P, _ERRBUF, c_size_t]),
-    "tpde_compress_file2": (
-        c_int, [c_char_p, c_char_p, c_int32, c_char_p, c_uint64, c_uint32, _U64P, _I32P, _ERRBUF, c_size_t]),
-    "tpde_decompress_file2": (
-        c_int, [c_char_p, c_char_p, c_int32, c_uint64, c_uint32, _U64P, _I32P, _ERRBUF, c_size_t]),
-    "tpde_file_info": (c_int, [c_char_p, c_uint32, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
     # Delta frames (kind 1): python/tpde/delta.py.
     "tpde_encode_delta_bound": (c_int, [c_uint64, c_int32, c_int32, c_uint32, _U64P, _ERRBUF, c_size_t]),
     "tpde_encode_delta": (
@@ -214,9 +143,15 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
         [c_void_p, c_uint64, c_void_p, c_uint64, c_void_p, c_uint64, c_void_p, c_uint64, c_int32, _U64P,
          _ERRBUF, c_size_t],
     ),
-    "tpde_inspect_delta": (c_int, [c_void_p, c_uint64, POINTER(DeltaInfo), _ERRBUF, c_size_t]),
+    "tpde_inspect_delta": (c_int, [c_void_p, c_uint64, _ERRBUF, c_size_t]),
     "tpde_delta_threshold": (
         c_int, [c_void_p, c_void_p, c_uint64, c_int32, c_double, POINTER(c_double), _ERRBUF, c_size_t]),
+    # Files: python/tpde/codec.py.
+    "tpde_compress_file": (
+        c_int, [c_char_p, c_char_p, c_int32, c_char_p, c_uint64, c_uint32, _U64P, _I32P, _ERRBUF, c_size_t]),
+    "tpde_decompress_file": (
+        c_int, [c_char_p, c_char_p, c_int32, c_uint64, c_uint32, _U64P, _I32P, _ERRBUF, c_size_t]),
+    "tpde_file_info": (c_int, [c_char_p, c_uint32, _ERRBUF, c_size_t]),
     # Checkpoint bundles: python/tpde/_bundle.py.
     "tpde_bundle_bound": (c_int, [POINTER(BundleItem), c_uint64, c_uint64, _U64P, _ERRBUF, c_size_t]),
     "tpde_bundle_thresholds": (
@@ -227,34 +162,17 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
                 c_size_t]),
     "tpde_bundle_writer_close": (
         c_int, [c_uint64, c_char_p, c_uint64, c_int32, c_void_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
-    "tpde_bundle_open": (c_int, [c_void_p, c_uint64, _U64P, POINTER(BundleInfo), _ERRBUF, c_size_t]),
-    "tpde_bundle_index": (
-        c_int, [c_uint64, POINTER(BundleEntry), c_uint64, c_char_p, c_uint64, _U64P, c_uint64, c_char_p, c_uint64,
-                _ERRBUF, c_size_t]),
+    "tpde_bundle_open": (c_int, [c_void_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
     "tpde_bundle_decode": (c_int, [c_uint64, POINTER(BundleOut), c_uint64, c_int32, _ERRBUF, c_size_t]),
     "tpde_bundle_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
-    "tpde_chain_forward": (c_int, [c_char_p, c_uint64, ctypes.c_int64, _I32P, _I32P, _ERRBUF, c_size_t]),
-}
-
-class StoreTensor(ctypes.Structure):
-    """struct tpde_store_tensor."""
-
-    _fields_ = [
-        ("name", c_char_p),
-        ("dtype", c_int32),
-        ("ndim", c_int32),
-        ("shape", c_void_p),
-        ("offset", c_uint64),
-        ("data", c_void_p),
-        ("nbytes", c_uint64),
-    ]
-
-
-# The checkpoint store: python/tpde/store/ (handle.py holds its handles).
-_SIGNATURES.update({
+    # The chain and keyframe policy: python/tpde/_chain.py.
+    "tpde_chain_forward": (c_int, [c_char_p, c_uint64, _I64, _I32P, _I32P, _ERRBUF, c_size_t]),
+    # The store: python/tpde/store/ (handle.py holds its handles).
     "tpde_store_open": (c_int, [c_char_p, c_int32, c_char_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
-    "tpde_store_begin": (c_int, [c_uint64, ctypes.c_int64, c_int32, c_char_p, c_uint64, c_int32, _ERRBUF, c_size_t]),
+    "tpde_store_begin": (c_int, [c_uint64, _I64, c_int32, c_char_p, c_uint64, c_int32, _ERRBUF, c_size_t]),
+    "tpde_store_begin_run": (c_int, [c_uint64, c_char_p, c_char_p, c_uint64, _I64, c_int32, c_char_p, c_uint64,
+                                     _ERRBUF, c_size_t]),
     "tpde_store_add_file": (
         c_int, [c_uint64, c_char_p, c_char_p, c_char_p, c_uint64, c_char_p, _U64P, _I32P, _ERRBUF, c_size_t]),
     "tpde_store_add_state_dict": (
@@ -262,30 +180,30 @@ _SIGNATURES.update({
     "tpde_store_commit": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_abort": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_finish_part": (c_int, [c_uint64, _ERRBUF, c_size_t]),
-    "tpde_store_commit_parts": (c_int, [c_uint64, ctypes.c_int64, c_int32, c_char_p, c_uint64, c_char_p, c_char_p,
+    "tpde_store_commit_parts": (c_int, [c_uint64, _I64, c_int32, c_char_p, c_uint64, c_char_p, c_char_p,
                                         c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_reclaim": (c_int, [c_uint64, _ERRBUF, c_size_t]),
-    "tpde_store_begin_run": (c_int, [c_uint64, c_char_p, c_char_p, c_uint64, ctypes.c_int64, c_int32, c_char_p,
-                                     c_uint64, _ERRBUF, c_size_t]),
-    "tpde_store_remove_from": (c_int, [c_uint64, c_char_p, ctypes.c_int64, _ERRBUF, c_size_t]),
+    "tpde_store_read_pointer": (c_int, [c_char_p, _ERRBUF, c_size_t]),
+    "tpde_store_remove": (c_int, [c_uint64, c_char_p, _I64, _ERRBUF, c_size_t]),
     "tpde_store_remove_run": (c_int, [c_uint64, c_char_p, _ERRBUF, c_size_t]),
-    "tpde_store_reader_use": (c_int, [c_uint64, c_char_p, _ERRBUF, c_size_t]),
-    "tpde_store_reader_tensors": (c_int, [c_uint64, ctypes.c_int64, c_int32, c_char_p, _ERRBUF, c_size_t]),
-    "tpde_store_read_tensors": (c_int, [c_uint64, ctypes.c_int64, c_char_p, POINTER(StoreSpan), c_uint64,
-                                        _ERRBUF, c_size_t]),
-    "tpde_store_reader_runs": (c_int, [c_uint64, _ERRBUF, c_size_t]),
-    "tpde_store_read_pointer": (c_int, [c_char_p, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
-    "tpde_store_remove": (c_int, [c_uint64, ctypes.c_int64, _ERRBUF, c_size_t]),
     "tpde_store_verify": (c_int, [c_uint64, c_int32, c_int32, _ERRBUF, c_size_t]),
+    # Store readers.
     "tpde_store_reader_open": (c_int, [c_uint64, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_reader_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
-    "tpde_store_read_range": (
-        c_int, [c_uint64, ctypes.c_int64, c_char_p, c_uint64, c_void_p, c_uint64, _ERRBUF, c_size_t]),
-    "tpde_store_reader_record": (c_int, [c_uint64, ctypes.c_int64, c_int32, _ERRBUF, c_size_t]),
     "tpde_store_reader_steps": (c_int, [c_uint64, _ERRBUF, c_size_t]),
-    "tpde_store_restore": (c_int, [c_uint64, ctypes.c_int64, c_char_p, c_char_p, c_int32, _ERRBUF, c_size_t]),
-    "tpde_store_result": (c_int, [c_uint64, c_char_p, c_uint64, _U64P, _ERRBUF, c_size_t]),
-})
+    "tpde_store_reader_use": (c_int, [c_uint64, c_char_p, _ERRBUF, c_size_t]),
+    "tpde_store_reader_runs": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_reader_record": (c_int, [c_uint64, _I64, c_int32, _ERRBUF, c_size_t]),
+    "tpde_store_reader_tensors": (c_int, [c_uint64, _I64, c_int32, c_char_p, _ERRBUF, c_size_t]),
+    "tpde_store_read_tensors": (c_int, [c_uint64, _I64, c_char_p, POINTER(StoreSpan), c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_read_range": (c_int, [c_uint64, _I64, c_char_p, c_uint64, c_void_p, c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_restore": (c_int, [c_uint64, _I64, c_char_p, c_char_p, c_int32, _ERRBUF, c_size_t]),
+}
+
+#: The calls that act on no handle: each keeps its result document for the
+#: calling thread, read with tpde_result(0, ...) (include/tpde.h: "Result,
+#: for this thread").
+THREAD_RESULTS = frozenset({"tpde_inspect", "tpde_inspect_delta", "tpde_file_info", "tpde_store_read_pointer"})
 
 _lib: Optional[ctypes.CDLL] = None
 _lock = threading.Lock()
@@ -398,6 +316,40 @@ def call(name: str, *args: object, allow: tuple[int, ...] = ()) -> int:
     if rc != OK and rc not in allow:
         raise error_for(rc, err.value, name)
     return rc
+
+
+# The per-thread buffer tpde_result copies documents into starts at this
+# size; it grows to a document that does not fit, and keeps that size up to
+# _RESULT_KEEP (a larger one gets a buffer of its own, freed after).
+_RESULT_CAP = 1 << 16
+_RESULT_KEEP = 1 << 22
+
+
+def result(handle: int = 0) -> Any:
+    """The JSON document the last call on handle left, parsed (handle 0:
+    this thread's last call that acted on no handle)."""
+    buf = getattr(_local, "result", None)
+    if buf is None:
+        buf = _local.result = ctypes.create_string_buffer(_RESULT_CAP)
+    needed = c_uint64(0)
+    for _ in range(3):
+        rc = call("tpde_result", handle, buf, len(buf), byref(needed), allow=(E_BUFFER_TOO_SMALL,))
+        if rc == OK:
+            return json.loads(ctypes.string_at(buf, needed.value))
+        buf = ctypes.create_string_buffer(needed.value)
+        if needed.value <= _RESULT_KEEP:
+            _local.result = buf
+    raise InternalError(f"tpde_result kept asking for a larger buffer ({needed.value} bytes)")
+
+
+def call_json(name: str, *args: object, into: Optional[c_uint64] = None) -> Any:
+    """call(name, *args), then the document it left (parsed): in the handle
+    it opened (into: the c_uint64 it filled), else in the handle it acted
+    on (args[0]), or, for a call on no handle, this thread's."""
+    call(name, *args)
+    if into is not None:
+        return result(into.value)
+    return result(0 if name in THREAD_RESULTS else int(args[0]))  # type: ignore[call-overload]
 
 
 def library_version() -> str:

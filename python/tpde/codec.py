@@ -12,12 +12,12 @@ import functools
 import json
 import os
 import threading
-from ctypes import byref, c_char_p, c_double, c_int32, c_uint64
+from ctypes import byref, c_double, c_int32, c_uint64
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _memory, _native, _tensors
-from ._buffers import Buffer, grow_into_bytes, into_new_bytes, readable
-from ._native import call
+from ._buffers import Buffer, into_new_bytes, readable
+from ._native import call, call_json
 from ._options import effort_code, int_arg, threads_arg
 from .errors import InternalError, InvalidArgumentError, TPDEError, TPDEIOError
 
@@ -40,8 +40,6 @@ PathLike = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 Progress = Callable[[int, int], Any]
 
 _MAX_NDIM = _native.MAX_NDIM
-# Initial tpde_file_info buffer; grown to the reported size when too small.
-_INFO_CAP = 1 << 14
 _POLL_S = 0.1
 _FILE_MAGIC = b"\x89TPC"
 
@@ -105,10 +103,8 @@ def _encode_bound_of(fn: str, nbytes: int, code: int, ndim: int, chunk_elems: in
 
 # --- frames ---------------------------------------------------------------
 
-def _frame_info(src: object, n: int) -> _native.FrameInfo:
-    info = _native.FrameInfo()
-    call("tpde_inspect", src, n, byref(info))
-    return info
+def _frame_info(src: object, n: int) -> Dict[str, Any]:
+    return call_json("tpde_inspect", src, n)
 
 
 def decompress_tensor(blob: Buffer, *, out: Any = None, like: str = "torch", threads: int = 0,
@@ -146,14 +142,9 @@ def _decode_into(src: object, n: int, out: Any, like: str, th: int, limit: int, 
     fn(src, n, *refs, dst, raw, threads, &got): tpde_decode, or
     tpde_decode_delta with its references. A frame decoding to more than
     limit bytes is refused before anything is allocated."""
-    if refs:
-        dinfo = _native.DeltaInfo()
-        call("tpde_inspect_delta", src, n, byref(dinfo))
-        info = dinfo.frame
-    else:
-        info = _frame_info(src, n)
-    code, raw = info.dtype, info.raw_size
-    shape = tuple(info.shape[: info.ndim])
+    info = call_json("tpde_inspect_delta", src, n) if refs else _frame_info(src, n)
+    code, raw = info["dtype"], info["raw_size"]
+    shape = tuple(info["shape"])
     if out is not None:
         dst = _tensors.check_out(out, code, shape, raw)
         result = out
@@ -178,14 +169,14 @@ def inspect(blob: Buffer) -> Dict[str, Any]:
     with readable(blob) as (src, n):
         info = _frame_info(src, n)
     return {
-        "dtype": DTYPES[info.dtype],
-        "shape": tuple(int(d) for d in info.shape[: info.ndim]),
-        "raw_size": int(info.raw_size),
-        "frame_size": int(info.frame_size),
-        "chunk_elems": int(info.chunk_elems),
-        "nchunks": int(info.nchunks),
-        "version": f"{info.version_major}.{info.version_minor}",
-        "kind": int(info.kind),
+        "dtype": DTYPES[info["dtype"]],
+        "shape": tuple(info["shape"]),
+        "raw_size": info["raw_size"],
+        "frame_size": info["frame_size"],
+        "chunk_elems": info["chunk_elems"],
+        "nchunks": info["nchunks"],
+        "version": f"{info['version_major']}.{info['version_minor']}",
+        "kind": info["kind"],
     }
 
 
@@ -205,12 +196,14 @@ def entropy_bound_bits(x: Any) -> float:
 
 def set_num_threads(n: int) -> None:
     """Set the worker count used when a call passes threads=0; n <= 0 restores the CPU count."""
-    _native.lib().tpde_set_num_threads(int_arg(n, "n", -(2**31), 2**31 - 1))
+    call("tpde_set_num_threads", int_arg(n, "n", -(2**31), 2**31 - 1))
 
 
 def get_num_threads() -> int:
     """The worker count used when a call passes threads=0."""
-    return int(_native.lib().tpde_get_num_threads())
+    n = c_int32()
+    call("tpde_get_num_threads", byref(n))
+    return n.value
 
 
 # --- files ----------------------------------------------------------------
@@ -237,7 +230,7 @@ def _refuse_same(src: Union[str, bytes], dst: Union[str, bytes]) -> None:
 def _file_op(fn: str, src: Union[str, bytes], dst: Union[str, bytes], threads: int,
              progress: Optional[Progress], total: int, extra: Tuple[object, ...] = (),
              cancel: Optional[Any] = None) -> None:
-    """Run tpde_compress_file2 / tpde_decompress_file2 on a helper thread.
+    """Run tpde_compress_file / tpde_decompress_file on a helper thread.
 
     The calling thread waits in short, interruptible steps, so a signal
     handler (Ctrl-C) runs promptly; the exception it raises (or one from
@@ -373,7 +366,7 @@ def _compress_file(src: PathLike, dst: Optional[PathLike], *, threads: int, prog
             total = os.path.getsize(s)
     hints, note = torch_hints(s)
     js = None if hints is None else json.dumps(hints).encode("utf-8")
-    _file_op("tpde_compress_file2", s, d, threads, progress, total, (js, len(js or b""), flags), cancel=cancel)
+    _file_op("tpde_compress_file", s, d, threads, progress, total, (js, len(js or b""), flags), cancel=cancel)
     return os.fsdecode(d), note
 
 
@@ -437,7 +430,7 @@ def _decompress_file(src: PathLike, dst: Optional[PathLike], *, threads: int, pr
     _refuse_same(s, d)
     limit = _memory.output_limit(max_output_bytes, to_memory=False)
     total = _original_size(s) if progress is not None else 0
-    _file_op("tpde_decompress_file2", s, d, threads, progress, total,
+    _file_op("tpde_decompress_file", s, d, threads, progress, total,
              extra=(0 if limit >= _memory.UNLIMITED else limit, flags), cancel=cancel)
     return os.fsdecode(d)
 
@@ -455,16 +448,7 @@ def file_info(path: PathLike, *, max_segments: int = 10000) -> Dict[str, Any]:
     p = _path_bytes(os.fspath(path))
     ms = int_arg(max_segments, "max_segments", 1, 2**30)
 
-    def fill(dst: int, cap: int) -> Tuple[bool, int]:
-        needed = c_uint64()
-        rc = call("tpde_file_info", p, ms, c_char_p(dst), cap, byref(needed), allow=(_native.E_BUFFER_TOO_SMALL,))
-        return rc == _native.OK and needed.value <= cap, needed.value
-
-    text = grow_into_bytes(_INFO_CAP, fill, "tpde_file_info")
-    try:
-        info: Dict[str, Any] = json.loads(text)
-    except ValueError as e:
-        raise InternalError(f"tpde_file_info returned invalid JSON: {e}") from None
+    info: Dict[str, Any] = call_json("tpde_file_info", p, ms)
     for seg in info.get("segments") or ():
         # The library's JSON omits empty shapes; a frame without one is a scalar.
         if seg.get("kind") == "frame":

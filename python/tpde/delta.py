@@ -15,9 +15,9 @@ from __future__ import annotations
 from ctypes import byref, c_double, c_uint64
 from typing import Any, Dict, Optional, Tuple, Union
 
-from . import _memory, _native, _tensors
+from . import _memory, _tensors
 from ._buffers import into_new_bytes, readable
-from ._native import call
+from ._native import call, call_json
 from ._options import POSITION_CODINGS, RESIDUALS, code, effort_code, int_arg, threads_arg
 from ._tensors import DTYPES
 from .codec import _decode_into, _encode_bound_of
@@ -110,26 +110,24 @@ def inspect_delta(blob: Any) -> Dict[str, Any]:
     sizes, and for a delta frame the residual kind, whether it is lossy with
     its bound and measured max_error, and sparsity (percent of elements
     whose residual is zero)."""
-    info = _native.DeltaInfo()
     with readable(blob) as (src, n):
-        call("tpde_inspect_delta", src, n, byref(info))
-    f = info.frame
+        info = call_json("tpde_inspect_delta", src, n)
     kinds = {v: k for k, v in RESIDUALS.items()}
     return {
-        "kind": "delta" if f.kind == 1 else "keyframe",
-        "dtype": DTYPES[f.dtype],
-        "shape": tuple(f.shape[: f.ndim]),
-        "raw_size": f.raw_size,
-        "frame_size": f.frame_size,
-        "residual": kinds.get(info.residual_kind) if f.kind == 1 else None,
-        "identical": bool(info.identical),
-        "lossy": bool(info.lossy),
-        "bound": info.bound,
-        "max_error": info.max_error,
-        "quant_bits": info.quant_bits,
-        "needs_ref2": bool(info.needs_ref2),
-        "changed_elems": info.changed_elems,
-        "sparsity": info.sparsity,
+        "kind": "delta" if info["kind"] == 1 else "keyframe",
+        "dtype": DTYPES[info["dtype"]],
+        "shape": tuple(info["shape"]),
+        "raw_size": info["raw_size"],
+        "frame_size": info["frame_size"],
+        "residual": kinds.get(info["residual"]) if info["kind"] == 1 else None,
+        "identical": info["identical"],
+        "lossy": info["lossy"],
+        "bound": float(info["bound"]),
+        "max_error": float(info["max_error"]),
+        "quant_bits": info["quant_bits"],
+        "needs_ref2": info["needs_ref2"],
+        "changed_elems": info["changed_elems"],
+        "sparsity": float(info["sparsity"]),
     }
 
 

@@ -1,6 +1,8 @@
 /* Links include/tpde.h against the built libtpde.so and checks the contract
  * from C: round trip, bounds, error codes with per-call messages, inspect,
- * checkpoint bundles, and concurrent calls from several threads. Exits non-zero on any failure. */
+ * result documents (kept per handle, and per thread for calls on no
+ * handle), checkpoint bundles, and concurrent calls from several threads.
+ * Exits non-zero on any failure. */
 #define _POSIX_C_SOURCE 200809L /* mkstemp */
 #define _DEFAULT_SOURCE /* mkdtemp */
 #include "tpde.h"
@@ -22,6 +24,24 @@ static int failures = 0;
             failures++;                                                   \
         }                                                                 \
     } while (0)
+
+/* The document the last call on handle left (0: this thread's last call
+ * on no handle), NUL-terminated in buf; "" when it cannot be read. */
+static const char *result_into(uint64_t handle, char *buf, size_t cap) {
+    char err[256];
+    uint64_t needed = 0;
+    if (tpde_result(handle, buf, cap - 1, &needed, err, sizeof err) != TPDE_OK) {
+        fprintf(stderr, "tpde_result(%llu): %s\n", (unsigned long long)handle, err);
+        buf[0] = 0;
+        return buf;
+    }
+    buf[needed] = 0;
+    return buf;
+}
+
+static char doc[1 << 16];
+/* result_into a buffer of the main thread. */
+static const char *result(uint64_t handle) { return result_into(handle, doc, sizeof doc); }
 
 static float *make_floats(size_t n, unsigned seed) {
     float *x = malloc(n * sizeof(float));
@@ -46,6 +66,12 @@ static int round_trip(size_t n, unsigned seed, int32_t nthreads) {
     if (rc != TPDE_OK) ok = 0;
     if (ok && tpde_decode(frame, len, back, n * 4, nthreads, &out_len, err, sizeof err) != TPDE_OK) ok = 0;
     if (ok && (out_len != n * 4 || memcmp(src, back, n * 4) != 0)) ok = 0;
+    /* This thread's description of its own frame, whatever other threads
+     * inspect meanwhile. */
+    char want[64], mine[512];
+    snprintf(want, sizeof want, "\"raw_size\":%zu,", n * 4);
+    if (ok && tpde_inspect(frame, len, err, sizeof err) != TPDE_OK) ok = 0;
+    if (ok && strstr(result_into(0, mine, sizeof mine), want) == NULL) ok = 0;
     free(src);
     free(frame);
     free(back);
@@ -100,8 +126,9 @@ static void bundle_checks(void) {
           TPDE_E_BUFFER_TOO_SMALL, "add below the bound");
     CHECK(tpde_bundle_writer_add(h, items, 2, TPDE_EFFORT_BALANCED, 0, blob, bound, &piece, err, sizeof err) ==
           TPDE_OK, "memory writer add: %s", err);
-    CHECK(items[0].residual_used >= 0 && items[1].residual_used == -1 && items[0].frame_size > 0 &&
-          memcmp(recon, cur, n * 4) == 0, "bundle item outputs");
+    CHECK(strncmp(result(h), "{\"items\":{\"frame_size\":[", 24) == 0 && strstr(doc, "\"residual\":[") != NULL &&
+          strstr(doc, ",-1],\"identical\":[false,false]") != NULL && memcmp(recon, cur, n * 4) == 0,
+          "how the items were coded: %s", doc);
     CHECK(tpde_bundle_writer_close(h, meta, strlen(meta), 1, blob + piece, 4, &len, err, sizeof err) ==
           TPDE_E_BUFFER_TOO_SMALL && len > piece, "close into too small a buffer");
     CHECK(tpde_bundle_writer_close(h, meta, strlen(meta), 1, blob + piece, bound + 64 - piece, &len, err,
@@ -133,23 +160,21 @@ static void bundle_checks(void) {
           one > 0, "batched threshold %g, single %g", thr[0], one);
     CHECK(tpde_bundle_thresholds(items + 1, 1, 90, 0, thr, err, sizeof err) == TPDE_E_INVALID, "keyframe threshold");
 
-    tpde_bundle_info info;
     uint64_t rh = 0;
-    CHECK(tpde_bundle_open(blob, len, &rh, &info, err, sizeof err) == TPDE_OK, "open: %s", err);
-    CHECK(info.size == len && info.count == 2 && info.names_len == 4 && info.dims == 4 &&
-          info.meta_len == strlen(meta) && info.version_minor == 0, "bundle info");
-    tpde_bundle_entry entries[2];
-    char names[4], mjson[64];
-    uint64_t dims[4];
-    CHECK(tpde_bundle_index(rh, entries, 2, names, 4, dims, 3, NULL, 0, err, sizeof err) ==
-          TPDE_E_BUFFER_TOO_SMALL, "dims too small");
-    CHECK(tpde_bundle_index(rh, entries, 2, names, 4, dims, 4, mjson, sizeof mjson, err, sizeof err) == TPDE_OK,
-          "index: %s", err);
-    CHECK(memcmp(names, "wkey", 4) == 0 && memcmp(mjson, meta, strlen(meta)) == 0, "names and metadata");
-    CHECK(entries[0].kind == 1 && entries[1].kind == 0 && entries[0].raw_size == n * 4 && entries[0].ndim == 2 &&
-          dims[entries[1].dims_offset + 1] == 100 && entries[1].name_offset == 1 && entries[1].name_len == 3 &&
-          entries[1].residual == -1 && entries[0].changed_elems > 0 && entries[0].offset == 8 &&
-          entries[1].offset == 8 + entries[0].frame_size, "entries");
+    CHECK(tpde_bundle_open(blob, len, &rh, err, sizeof err) == TPDE_OK, "open: %s", err);
+    /* Its index, a document kept in the opened bundle: read twice, and too
+     * small a buffer refused with the size it needs. */
+    char want[64], small[8];
+    uint64_t needed = 0;
+    snprintf(want, sizeof want, "{\"size\":%llu,\"version_minor\":0,", (unsigned long long)len);
+    CHECK(strncmp(result(rh), want, strlen(want)) == 0, "bundle index %s", doc);
+    CHECK(strstr(doc, "\"entries\":{\"name\":[\"w\",\"key\"],\"kind\":[1,0],\"dtype\":[11,11],"
+                      "\"shape\":[[50,100],[50,100]],\"raw_size\":[20000,20000],") != NULL &&
+          strstr(doc, "\"offset\":[8,") != NULL && strstr(doc, "\"meta\":{\"epoch\":2}}") != NULL,
+          "entries and metadata: %s", doc);
+    size_t first = strlen(doc);
+    CHECK(tpde_result(rh, small, sizeof small, &needed, err, sizeof err) == TPDE_E_BUFFER_TOO_SMALL &&
+          needed == first && strlen(result(rh)) == first, "a document too large for the buffer stays");
     tpde_bundle_out outs[2] = {{0, back, n * 4, ref, n * 4, NULL, 0}, {1, recon, n * 4, NULL, 0, NULL, 0}};
     CHECK(tpde_bundle_decode(rh, outs, 2, 0, err, sizeof err) == TPDE_OK, "bundle decode: %s", err);
     CHECK(memcmp(back, cur, n * 4) == 0 && memcmp(recon, cur, n * 4) == 0, "bundle round trip");
@@ -159,7 +184,7 @@ static void bundle_checks(void) {
     CHECK(tpde_bundle_close(rh, err, sizeof err) == TPDE_OK, "close: %s", err);
     CHECK(tpde_bundle_decode(rh, outs, 1, 0, err, sizeof err) == TPDE_E_INVALID, "closed reader");
     blob[len - 20] ^= 1;
-    CHECK(tpde_bundle_open(blob, len, &rh, &info, err, sizeof err) == TPDE_E_CORRUPT, "damaged");
+    CHECK(tpde_bundle_open(blob, len, &rh, err, sizeof err) == TPDE_E_CORRUPT, "damaged");
     free(blob);
     free(ref);
     free(cur);
@@ -181,11 +206,13 @@ int main(void) {
     unsigned char *frame = malloc(bound);
     CHECK(tpde_encode(src, n * 4, TPDE_F32, shape, 1, 0, 0, 0, frame, bound, &len, err, sizeof err) == TPDE_OK,
           "encode: %s", err);
-    tpde_frame_info info;
-    CHECK(tpde_inspect(frame, len, &info, err, sizeof err) == TPDE_OK, "inspect: %s", err);
-    CHECK(info.dtype == TPDE_F32 && info.ndim == 1 && info.shape[0] == n && info.raw_size == n * 4 &&
-              info.frame_size == len,
-          "inspect fields");
+    CHECK(tpde_inspect(frame, len, err, sizeof err) == TPDE_OK, "inspect: %s", err);
+    char want[128];
+    snprintf(want, sizeof want, "\"kind\":0,\"dtype\":11,\"shape\":[%zu],\"raw_size\":%zu,\"frame_size\":%llu,", n,
+             n * 4, (unsigned long long)len);
+    CHECK(strstr(result(0), want) != NULL, "inspect: %s", doc);
+    CHECK(tpde_result(987654321, doc, sizeof doc, &out_len, err, sizeof err) == TPDE_E_INVALID,
+          "a handle that is not open has no document");
 
     /* errors carry a code and a message for that call */
     err[0] = 0;
@@ -206,8 +233,9 @@ int main(void) {
           "small output buffer");
     CHECK(tpde_decode(NULL, 10, back, n * 4, 0, &out_len, NULL, 0) == TPDE_E_INVALID, "NULL src, NULL err");
     frame[4] = 9;
-    CHECK(tpde_inspect(frame, len, &info, err, sizeof err) == TPDE_E_UNSUPPORTED, "future major version");
-    CHECK(tpde_decompress_file("/nonexistent/x.tpde", "/nonexistent/y", 0, 0, NULL, NULL, err, sizeof err) == TPDE_E_IO,
+    CHECK(tpde_inspect(frame, len, err, sizeof err) == TPDE_E_UNSUPPORTED, "future major version");
+    CHECK(strstr(result(0), want) != NULL, "a failed call leaves the thread's document: %s", doc);
+    CHECK(tpde_decompress_file("/nonexistent/x.tpde", "/nonexistent/y", 0, 0, 0, NULL, NULL, err, sizeof err) == TPDE_E_IO,
           "missing file is TPDE_E_IO");
     CHECK(strstr(err, " [errno 2]") != NULL, "an I/O error ends with its errno: %s", err);
     {
@@ -224,41 +252,39 @@ int main(void) {
         fclose(f);
         int32_t cancel = 0;
         uint64_t progress = 0;
-        CHECK(tpde_compress_file(in, packed, 0, NULL, 0, &progress, &cancel, err, sizeof err) == TPDE_OK, "compress_file: %s", err);
+        CHECK(tpde_compress_file(in, packed, 0, NULL, 0, 0, &progress, &cancel, err, sizeof err) == TPDE_OK, "compress_file: %s", err);
         CHECK(progress == 100000, "progress %llu", (unsigned long long)progress);
-        CHECK(tpde_decompress_file(packed, out, 0, 99999, NULL, NULL, err, sizeof err) == TPDE_E_LIMIT,
+        CHECK(tpde_decompress_file(packed, out, 0, 99999, 0, NULL, NULL, err, sizeof err) == TPDE_E_LIMIT,
               "a decode limit below the size is TPDE_E_LIMIT: %s", err);
         CHECK(access(out, F_OK) != 0, "nothing written past the limit");
         cancel = 1;
-        CHECK(tpde_decompress_file(packed, out, 0, 0, NULL, &cancel, err, sizeof err) == TPDE_E_CANCELLED,
+        CHECK(tpde_decompress_file(packed, out, 0, 0, 0, NULL, &cancel, err, sizeof err) == TPDE_E_CANCELLED,
               "a set cancel flag is TPDE_E_CANCELLED: %s", err);
         CHECK(access(out, F_OK) != 0, "nothing written when cancelled");
-        CHECK(tpde_decompress_file(packed, out, 0, 100000, NULL, NULL, err, sizeof err) == TPDE_OK, "decompress: %s", err);
-        /* The flags of the file functions' second versions: an existing
+        CHECK(tpde_decompress_file(packed, out, 0, 100000, 0, NULL, NULL, err, sizeof err) == TPDE_OK, "decompress: %s", err);
+        /* The flags of the file functions: an existing
          * output refused with EEXIST, a symlink with ELOOP, unknown bits
          * refused rather than ignored. */
         char eexist[32], eloop[32], link_path[64];
         snprintf(eexist, sizeof eexist, " [errno %d]", EEXIST);
         snprintf(eloop, sizeof eloop, " [errno %d]", ELOOP);
         snprintf(link_path, sizeof link_path, "%s/link", dir);
-        CHECK(tpde_decompress_file2(packed, out, 0, 0, TPDE_FILE_NO_REPLACE, NULL, NULL, err, sizeof err) == TPDE_E_IO,
+        CHECK(tpde_decompress_file(packed, out, 0, 0, TPDE_FILE_NO_REPLACE, NULL, NULL, err, sizeof err) == TPDE_E_IO,
               "NO_REPLACE onto an existing file is TPDE_E_IO: %s", err);
         CHECK(strstr(err, eexist) != NULL && strstr(err, "already exists") != NULL, "EEXIST: %s", err);
-        CHECK(tpde_compress_file2(in, packed, 0, NULL, 0, TPDE_FILE_NO_REPLACE, NULL, NULL, err, sizeof err) == TPDE_E_IO,
+        CHECK(tpde_compress_file(in, packed, 0, NULL, 0, TPDE_FILE_NO_REPLACE, NULL, NULL, err, sizeof err) == TPDE_E_IO,
               "NO_REPLACE onto an existing tpde file is TPDE_E_IO: %s", err);
         CHECK(symlink(out, link_path) == 0, "symlink");
-        CHECK(tpde_decompress_file2(packed, link_path, 0, 0, TPDE_FILE_NO_FOLLOW, NULL, NULL, err, sizeof err) == TPDE_E_IO,
+        CHECK(tpde_decompress_file(packed, link_path, 0, 0, TPDE_FILE_NO_FOLLOW, NULL, NULL, err, sizeof err) == TPDE_E_IO,
               "NO_FOLLOW onto a symlink is TPDE_E_IO: %s", err);
         CHECK(strstr(err, eloop) != NULL, "ELOOP: %s", err);
-        CHECK(tpde_decompress_file2(packed, out, 0, 0, 0x80, NULL, NULL, err, sizeof err) == TPDE_E_INVALID,
+        CHECK(tpde_decompress_file(packed, out, 0, 0, 0x80, NULL, NULL, err, sizeof err) == TPDE_E_INVALID,
               "unknown flags are TPDE_E_INVALID: %s", err);
-        CHECK(tpde_decompress_file2(packed, out, 0, 0, TPDE_FILE_NO_FOLLOW, NULL, NULL, err, sizeof err) == TPDE_OK,
+        CHECK(tpde_decompress_file(packed, out, 0, 0, TPDE_FILE_NO_FOLLOW, NULL, NULL, err, sizeof err) == TPDE_OK,
               "NO_FOLLOW replaces a regular file: %s", err);
         unlink(link_path);
-        char json[4096];
-        uint64_t needed = 0;
-        CHECK(tpde_file_info(packed, 1, json, sizeof json, &needed, err, sizeof err) == TPDE_OK, "file_info: %s", err);
-        CHECK(needed < sizeof json && strstr(json, "\"segment_count\":1") != NULL, "segment_count in %.*s", (int)needed, json);
+        CHECK(tpde_file_info(packed, 1, err, sizeof err) == TPDE_OK, "file_info: %s", err);
+        CHECK(strstr(result(0), "\"segment_count\":1") != NULL, "segment_count in %s", doc);
         unlink(in);
         unlink(packed);
         unlink(out);
@@ -290,9 +316,10 @@ int main(void) {
         pthread_join(th[i], &r);
         CHECK(r == NULL, "thread %zu", i);
     }
-    tpde_set_num_threads(1);
-    CHECK(tpde_get_num_threads() == 1, "set_num_threads");
-    tpde_set_num_threads(0);
+    int32_t threads = 0;
+    CHECK(tpde_set_num_threads(1, err, sizeof err) == TPDE_OK && tpde_get_num_threads(&threads, err, sizeof err) == TPDE_OK &&
+          threads == 1, "set_num_threads");
+    CHECK(tpde_set_num_threads(0, err, sizeof err) == TPDE_OK, "set_num_threads(0)");
 
     if (failures) {
         fprintf(stderr, "abi_test: %d failed\n", failures);

@@ -18,8 +18,8 @@ from .._steps import step_from_name
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError, require
 from .folders import _add_files, _restore_state_dict
 from .handle import (_STAGE, MAIN_RUN, PathLike, _config, _in_run, _json_arg, _naming, _open, _open_locking,
-                     _parent_arg, _path_arg, _Reader, _renamed, _result, _run_arg, _store_path, _tags_arg, _utf8,
-                     call, check_step)
+                     _parent_arg, _path_arg, _Reader, _renamed, _run_arg, _store_path, _tags_arg, _utf8, call,
+                     call_json, check_step)
 from .state_dict import STATE_DICT_FILE, _add_state_dict, _load_checkpoint, _load_guarded
 from .stats import _info, _infos, _records, _report, _runs, _stats
 from .types import CheckpointInfo, VerifyReport
@@ -42,6 +42,11 @@ class Store:
     elements ("auto", "dense" or "elias_delta_zstd", as in
     TemporalPositionDeltaEncoder); a choice of this writer, not of the
     store: any reader decodes every kind.
+    threads: how many threads the coding may use (0: every core).
+    priority: "normal", or "low" (nice 19) or "idle" (SCHED_IDLE: only
+    cores nothing else wants) for adds, removes and repairs, which then run
+    on lowered threads (Linux): for coding in the background while
+    training runs, as TPDETrainerCallback does.
     max_output_bytes: the decode limit of reads (a load's tensors, a
     restore's files, any one tensor's decode), as elsewhere in tpde: else
     $TPDE_MAX_OUTPUT, else (for memory) what this process may use.
@@ -57,9 +62,11 @@ class Store:
 
     def __init__(self, path: PathLike, keyframe_interval: Optional[int] = None, reference: Optional[str] = None,
                  base: Any = None, lossy: Optional[Mapping[str, float]] = None, *, threads: int = 0,
-                 compression_method: str = "auto", max_output_bytes: Optional[int] = None) -> None:
+                 compression_method: str = "auto", max_output_bytes: Optional[int] = None,
+                 priority: str = "normal") -> None:
         self.path = _store_path(path)
-        self._config = _config(compression_method, keyframe_interval, reference, lossy, base, max_output_bytes)
+        self._config = _config(compression_method, keyframe_interval, reference, lossy, base, max_output_bytes,
+                               priority)
         self._max_output = max_output_bytes
         self._threads = int(threads)
         self._write: Optional[int] = None
@@ -199,7 +206,7 @@ class Store:
                          follow_links: bool, cancel: Optional[Any], run: Optional[str] = None) -> CheckpointInfo:
         try:
             self._fill(h, what, progress, follow_links, cancel)
-            call("tpde_store_commit", h)
+            rec = call_json("tpde_store_commit", h)
         except OSError as e:
             call("tpde_store_abort", h)
             if isinstance(e, TPDEError):
@@ -211,7 +218,6 @@ class Store:
         except BaseException:
             call("tpde_store_abort", h)
             raise
-        rec = _result(h)
         with self._reader(run) as rd:
             if rec.get("source"):  # the base
                 return _info(rd.entry(None, base=True))
@@ -247,9 +253,8 @@ class Store:
         body = ("[" + ",".join(parts) + "]").encode("utf-8")
         with self._lock, _naming(self.path):
             h = self._writer()
-            call("tpde_store_commit_parts", h, 0 if step is None else step, int(step is not None), tj, tn,
-                 None if holder is None else _utf8(holder, "holder"), body, len(body))
-            rec = _result(h)
+            rec = call_json("tpde_store_commit_parts", h, 0 if step is None else step, int(step is not None), tj, tn,
+                            None if holder is None else _utf8(holder, "holder"), body, len(body))
             with self._reader() as rd:
                 return _info(rd.entry(rec["step"]))
 
@@ -260,8 +265,7 @@ class Store:
         none is while a holder cannot be checked."""
         with self._lock, _naming(self.path):
             h = self._writer()
-            call("tpde_store_reclaim", h)
-            return [int(s) for s in _result(h)["removed"]]
+            return [int(s) for s in call_json("tpde_store_reclaim", h)["removed"]]
 
     # -- reading -------------------------------------------------------
 
@@ -370,7 +374,7 @@ class Store:
                     if not rd.steps:
                         raise InvalidArgumentError(f"the store holds no checkpoint{_in_run(run_name)}")
                     step = rd.steps[-1]
-            call("tpde_store_remove_from", h, _utf8(run_name, "run"), step)
+            call("tpde_store_remove", h, _utf8(run_name, "run"), step)
 
     def remove_run(self, name: str) -> None:
         """Drop run name and every checkpoint of it. Other runs' checkpoints
@@ -391,8 +395,7 @@ class Store:
             if h is None:
                 self._reader().close()
                 h = self._read
-            call("tpde_store_verify", h, int(deep), int(repair))
-            res = _result(h)
+            res = call_json("tpde_store_verify", h, int(deep), int(repair))
         return _report(res)
 
 
@@ -441,8 +444,7 @@ class Part:
             if not self._begun:
                 call("tpde_store_begin", h, 0, 0, None, 0, 0)
                 self._begun = True
-            call("tpde_store_finish_part", h)
-            self.descriptor = json.dumps(_result(h), separators=(",", ":"))
+            self.descriptor = json.dumps(call_json("tpde_store_finish_part", h), separators=(",", ":"))
             return self.descriptor
 
     def _live(self) -> int:

@@ -22,7 +22,7 @@ from ctypes import byref, c_uint64
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import _chain, _memory, _native, _options
-from .._native import call
+from .._native import call, call_json
 # The step grammar is the command line's too (_steps.py); the store reads
 # steps only through check_step.
 from .._steps import MAX_STEP, check_step  # noqa: F401
@@ -33,6 +33,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # tpde_store_open's write argument for a participant (TPDE_STORE_STAGE).
 _STAGE = 2
+# Which record a reader call reads (TPDE_STORE_STEP, _LATEST, _BASE).
+_STEP, _LATEST, _BASE = 0, 1, 2
 
 
 class StoreLockedError(TPDEIOError):
@@ -43,23 +45,6 @@ class StoreLockedError(TPDEIOError):
 _DENIED = (errno.EACCES, errno.EPERM)
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def _json_reply(name: str, *args: Any, cap: int) -> Any:
-    """The JSON the C function name writes after args into a buffer of
-    cap bytes, grown to the size it asks for while it answers
-    E_BUFFER_TOO_SMALL."""
-    needed = c_uint64(0)
-    while True:
-        buf = ctypes.create_string_buffer(cap)
-        rc = call(name, *args, buf, cap, byref(needed), allow=(_native.E_BUFFER_TOO_SMALL,))
-        if rc == _native.OK:
-            return json.loads(buf.raw[: needed.value].decode("utf-8"))
-        cap = int(needed.value)
-
-
-def _result(handle: int) -> Any:
-    return _json_reply("tpde_store_result", handle, cap=1 << 16)
 
 
 def _json_arg(v: Any) -> Tuple[Optional[bytes], int]:
@@ -177,11 +162,10 @@ class _Reader:
 
     def __init__(self, store_handle: int) -> None:
         h = c_uint64(0)
-        call("tpde_store_reader_open", store_handle, byref(h))
-        self.handle = h.value
         #: {"generation", "config", "base": bool, "count"}: what the
         #: manifest says, none of it growing with the history.
-        self.head = _result(self.handle)
+        self.head = call_json("tpde_store_reader_open", store_handle, byref(h), into=h)
+        self.handle = h.value
         self._steps: Optional[List[int]] = None
         self._held: Optional[set] = None  # the steps as a set, made when first asked about one
         self._entries: Dict[Any, Dict[str, Any]] = {}
@@ -191,19 +175,17 @@ class _Reader:
         """The steps held, oldest first (fetched when first asked for: the
         newest checkpoint is read without them)."""
         if self._steps is None:
-            call("tpde_store_reader_steps", self.handle)
-            self._steps = _result(self.handle)["steps"]
+            self._steps = call_json("tpde_store_reader_steps", self.handle)["steps"]
         return self._steps
 
     def use(self, run: str) -> None:
         """Read run (a named run) from now on: its steps and records."""
-        call("tpde_store_reader_use", self.handle, _utf8(_run_arg(run), "run"))
-        self.head = {**self.head, "count": _result(self.handle)["count"]}
+        count = call_json("tpde_store_reader_use", self.handle, _utf8(_run_arg(run), "run"))["count"]
+        self.head = {**self.head, "count": count}
 
     def runs(self) -> List[Dict[str, Any]]:
         """The store's runs as Go lists them, main first."""
-        call("tpde_store_reader_runs", self.handle)
-        return _result(self.handle)["runs"]
+        return call_json("tpde_store_reader_runs", self.handle)["runs"]
 
     def close(self) -> None:
         if self.handle:
@@ -226,19 +208,18 @@ class _Reader:
         if key in self._entries:
             return self._entries[key]
         if base:
-            call("tpde_store_reader_record", self.handle, 0, 2)
+            e = call_json("tpde_store_reader_record", self.handle, 0, _BASE)
         elif step is None:
             if not self.head["count"]:
                 raise InvalidArgumentError("the store holds no checkpoint")
-            call("tpde_store_reader_record", self.handle, 0, 1)
+            e = call_json("tpde_store_reader_record", self.handle, 0, _LATEST)
         else:
             if self._held is None:
                 self._held = set(self.steps)  # membership per call must not cost the history
             if step not in self._held:
                 held = self.steps if len(self.steps) <= 20 else [*self.steps[:10], "...", *self.steps[-10:]]
                 raise InvalidArgumentError(f"the store holds no checkpoint {step} (it holds {held})")
-            call("tpde_store_reader_record", self.handle, step, 0)
-        e = _result(self.handle)
+            e = call_json("tpde_store_reader_record", self.handle, step, _STEP)
         if keep:
             self._entries[key] = e
             self._entries[e["record"]["step"] if not base else "base"] = e
@@ -296,11 +277,19 @@ def _store_path(path: Any) -> str:
     return p
 
 
+#: Store(priority=...): how much CPU the store's writes may take.
+PRIORITIES = ("normal", "low", "idle")
+
+
 def _config(compression_method: str, keyframe_interval: Optional[int], reference: Optional[str], lossy: Any,
-            base: Any, max_output_bytes: Optional[int]) -> Dict[str, Any]:
+            base: Any, max_output_bytes: Optional[int], priority: str = "normal") -> Dict[str, Any]:
     """The config a Store passes to tpde_store_open: only what was given
     (None means "as stored")."""
     cfg: Dict[str, Any] = {}
+    if priority not in PRIORITIES:
+        raise InvalidArgumentError(f"priority must be one of {', '.join(map(repr, PRIORITIES))}, not {priority!r}")
+    if priority != "normal":
+        cfg["priority"] = priority
     positions = _options.code(_options.POSITION_CODINGS, compression_method, "compression_method")
     if positions:
         cfg["positions"] = positions
@@ -361,4 +350,4 @@ def read_pointer(folder: PathLike) -> Dict[str, Any]:
     {"store": the store's path, "step": int}. TPDEIOError (ENOENT) when
     the folder has none."""
     p = _path_arg(folder, "the folder")
-    return _json_reply("tpde_store_read_pointer", os.fsencode(p), cap=4096)
+    return _native.call_json("tpde_store_read_pointer", os.fsencode(p))

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from .. import _memory, _native, _structure, _tensors
 from .._text import printable
 from ..errors import CorruptDataError, InvalidArgumentError, TPDEError, require
-from .handle import _Reader, _renamed, _result, _utf8, call
+from .handle import _Reader, _renamed, _utf8, call, call_json
 
 #: The file name a state dict added from Python is stored under.
 STATE_DICT_FILE = "state_dict.tpde"
@@ -45,12 +45,12 @@ def _add_state_dict(h: int, sd: Mapping[str, Any], rel: str = STATE_DICT_FILE) -
         shape = (c_uint64 * max(len(src.shape), 1))(*src.shape)
         keep.append(shape)
         arr[i] = _native.StoreTensor(_utf8(name, "tensor name"), src.code, len(src.shape), ctypes.addressof(shape),
-                                     0, src.ptr, src.nbytes)
+                                     src.ptr, src.nbytes)
     meta = json.dumps({"skeleton": flat.skeleton, "aliases": flat.aliases,
                        "state_dict_metadata": flat.state_dict_metadata}, separators=(",", ":")).encode("utf-8")
-    call("tpde_store_add_state_dict", h, _utf8(rel, "file name"), meta, len(meta), arr, len(srcs))
+    laid = call_json("tpde_store_add_state_dict", h, _utf8(rel, "file name"), meta, len(meta), arr, len(srcs))
     del keep, srcs
-    offsets = {t["name"]: int(t["offset"]) for t in _result(h)["tensors"]}
+    offsets = {t["name"]: int(t["offset"]) for t in laid["tensors"]}
     for alias, name in flat.aliases.items():
         offsets[alias] = offsets[name]
     return offsets
@@ -103,8 +103,9 @@ def _tensor_tables(rd: _Reader, step: int, files: List[Dict[str, Any]], only: Op
     if not wanted:
         return {}
     try:
-        call("tpde_store_reader_tensors", rd.handle, step, 0, None if only is None else _utf8(only, "file name"))
-        return {t["path"]: t for t in _result(rd.handle)["files"]}
+        described = call_json("tpde_store_reader_tensors", rd.handle, step, 0,
+                              None if only is None else _utf8(only, "file name"))
+        return {t["path"]: t for t in described["files"]}
     except (CorruptDataError, InvalidArgumentError):
         if len(wanted) == 1:
             raise
@@ -199,8 +200,7 @@ def _load_file(rd: _Reader, step: int, f: Dict[str, Any], map_location: Any,
         with _numpy_globals(torch):
             return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     if table is None:
-        call("tpde_store_reader_tensors", rd.handle, step, 0, _utf8(rel, "file name"))
-        files = _result(rd.handle)["files"]
+        files = call_json("tpde_store_reader_tensors", rd.handle, step, 0, _utf8(rel, "file name"))["files"]
         if not files:
             raise CorruptDataError("holds no tensor table")
         table = files[0]
