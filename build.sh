@@ -9,6 +9,7 @@
 #   ./build.sh series     the checkpoint-series benchmark (trains MiniLM on the CPU once, cached)
 #   ./build.sh store      the checkpoint-store benchmark (bench/store.py; trains two short runs once, cached)
 #   ./build.sh integrations  the Trainer-callback overhead, DCP and DeepSpeed benchmarks (bench/hf_overhead.py, bench/dcp.py, bench/deepspeed_store.py)
+#   ./build.sh dcp        DCP on the store: size against FileSystemWriter + zstd, 2-rank scaling against the codec's (bench/dcp.py)
 #   ./build.sh deepspeed  DeepSpeed tags in a store against DeepSpeed's own files + zstd-3 (bench/deepspeed_store.py)
 #   ./build.sh legacy     legacy (pre-zip) torch files against the same tensors as .safetensors (bench/legacy.py)
 #   ./build.sh scale      the store's ls, info and load at 10, 100 and 1,000 checkpoints (bench/store_scale.py)
@@ -193,6 +194,14 @@ integrations)
 	py bench/hf_overhead.py --json bench/results/hf_overhead.json
 	py bench/dcp.py --json bench/results/dcp.json
 	py bench/deepspeed_store.py --json bench/results/deepspeed.json
+	;;
+dcp)
+	build_lib
+	VENV="$(ensure_venv)"
+	# DCP alone (also part of integrations), recorded in the committed
+	# bench/results/dcp.json. With options: exactly as given.
+	[ "$#" -gt 0 ] || set -- --json bench/results/dcp.json
+	py bench/dcp.py "$@"
 	;;
 deepspeed)
 	build_lib

@@ -754,8 +754,7 @@ def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
     def need(name: str, fname: str) -> Dict[str, Any]:
         d = data[name]
         if d is None:
-            cmd = {"run": "bench", "hf_overhead": "integrations", "dcp": "integrations",
-                   "venv": "venv-size"}.get(name, name)
+            cmd = {"run": "bench", "hf_overhead": "integrations", "venv": "venv-size"}.get(name, name)
             raise RenderError(f"{results / fname} is missing: run ./build.sh {cmd}")
         return d
 

@@ -49,6 +49,30 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def regions_digest(path: Path, regions: List[Dict[str, Any]]) -> str:
+    """The regions digest (docs/FORMAT.md §11.4) of the file at path, whose
+    record lists regions (each with "offset" and "size"), written from the
+    spec alone: the sha256 of its verbatim bytes and of each region's."""
+    data = Path(path).read_bytes()
+    verbatim, lines, pos = hashlib.sha256(), [], 0
+    for r in regions:
+        off, size = int(r["offset"]), int(r["size"])
+        verbatim.update(data[pos:off])
+        lines.append(f"region {off} {size} {hashlib.sha256(data[off:off + size]).hexdigest()}\n")
+        pos = off + size
+    verbatim.update(data[pos:])
+    text = f"tpde-file-digest/1\nsize {len(data)}\nverbatim {verbatim.hexdigest()}\n" + "".join(lines)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def recorded_sha256(path: Path, rec_file: Dict[str, Any]) -> str:
+    """What the file at path hashes to, made as its record's sha256 is: of
+    its bytes, or its regions digest."""
+    if rec_file.get("digest") == "regions":
+        return regions_digest(path, rec_file["regions"])
+    return sha256(path)
+
+
 @pytest.fixture(scope="session")
 def file_sha256() -> Callable[[Path], str]:
     return sha256

@@ -180,6 +180,15 @@ def _drop_crcs_and_swap(recs: List[Dict[str, Any]]) -> None:
     _swap_objects(recs)
 
 
+def _digest_in_version_1(recs: List[Dict[str, Any]]) -> None:
+    # a version 1 record in all else (no region CRCs): only the digest is wrong there
+    for f in recs[4]["files"]:
+        for r in f["regions"]:
+            r.pop("crc32c", None)
+    recs[4]["version"] = 1
+    model_file(recs[4])["digest"] = "regions"
+
+
 def _cycle(recs: List[Dict[str, Any]]) -> None:
     region(recs[0], "b")["ref"] = {"step": 1, "file": "model.safetensors", "region": "b"}
     region(recs[1], "b")["ref"] = {"step": 0, "file": "model.safetensors", "region": "b"}
@@ -415,6 +424,9 @@ CASES: Dict[str, Tuple[Case, type]] = {
     "region-crc-negative": (_rec_case(lambda r: region(r[4], "a").update(crc32c=-1)), CorruptDataError),
     "region-crc-in-version-1": (_rec_case(lambda r: r[4].update(version=1)), CorruptDataError),
     "region-crc-dropped-and-object-swapped": (_rec_case(_drop_crcs_and_swap), CorruptDataError),
+    # A regions digest (FORMAT §11.4): only in version 2 records, and of a known kind.
+    "record-version-1-with-a-digest": (_rec_case(_digest_in_version_1), CorruptDataError),
+    "digest-of-no-known-kind": (_rec_case(lambda r: model_file(r[4]).update(digest="x")), CorruptDataError),
     "marker-version-2": (_marker_version, UnsupportedFormatError),
     "marker-unknown-field": (_marker_unknown, CorruptDataError),
 }
@@ -963,3 +975,65 @@ def test_restore_gives_a_crafted_mode_less_the_umask(tmp_path: Path, healthy, um
 
 def stat_mode(p: Path) -> int:
     return p.stat().st_mode & 0o7777
+
+
+# --- a state dict's regions digest (FORMAT §11.4): each tensor byte hashed once at add, wrong data still caught
+
+def _state_dict_store(root: Path) -> Tuple[Path, Dict[str, Any]]:
+    store = root / "sd-store"
+    g = torch.Generator().manual_seed(3)
+    sd = {"a": torch.randn(64, 64, generator=g), "b": torch.randn(64, 64, generator=g), "n": torch.arange(3)}
+    with tpde.Store(store) as st:
+        st.add(sd, step=1)
+        f = st.info(1).files[0]
+        assert (f.layout, f.digest, f.tensors) == ("state-dict", "regions", 2)
+    return store, sd
+
+
+def test_a_state_dict_named_with_another_tensors_object_is_refused(tmp_path: Path) -> None:
+    # a and b are both 64x64 float32: b's frame decodes into a's place
+    # with every CRC of its own intact; only a's sha256 tells.
+    store, sd = _state_dict_store(tmp_path)
+    recs = records(store)
+    f = recs[0]["files"][0]
+    ra, rb = (next(r for r in f["regions"] if r["name"] == n) for n in ("a", "b"))
+    ra["object"], ra["stored"] = rb["object"], rb["stored"]
+    publish_records(store, {0: recs[0]})
+    with tpde.Store(store) as st:
+        with pytest.raises(CorruptDataError, match="decodes to bytes other than were added"):
+            st.load(1)
+        with pytest.raises(CorruptDataError):
+            st.restore(1, tmp_path / "out")
+        assert not st.verify(deep=True).ok
+    assert not (tmp_path / "out").exists()
+
+
+def test_state_dicts_whose_digest_lies_are_refused_on_restore_and_load_checked(tmp_path: Path) -> None:
+    # Two ranks' state dicts, as DCP stages them: a checkpoint of several
+    # files is restored file by file in Go, each checked against its sha256.
+    store = tmp_path / "sd-store"
+    g = torch.Generator().manual_seed(4)
+    sds = [{"a": torch.randn(64, 64, generator=g)}, {"a": torch.randn(64, 64, generator=g)}]
+    with tpde.Store(store) as st:
+        parts = [st.stage() for _ in sds]
+        descs = []
+        for k, (part, sd) in enumerate(zip(parts, sds)):
+            part.add(sd, name=f"__{k}.tpde")
+            descs.append(part.finish())
+        st.commit(descs, step=1)
+        for part in parts:
+            part.close()
+        assert [(f.path, f.digest) for f in st.info(1).files] == [("__0.tpde", "regions"), ("__1.tpde", "regions")]
+        st.restore(1, tmp_path / "good")
+    recs = records(store)
+    recs[0]["files"][1]["sha256"] = hashlib.sha256(b"another file").hexdigest()
+    publish_records(store, {0: recs[0]})
+    with tpde.Store(store) as st:
+        # Each tensor is checked on its own (its CRC): the load is right.
+        got = st.load(1, file="__1.tpde")
+        assert torch.equal(got["a"], sds[1]["a"])
+        with pytest.raises(CorruptDataError, match="restores to bytes that hash to"):
+            st.restore(1, tmp_path / "out")
+        rep = st.verify(deep=True)
+        assert not rep.ok and {p.file for p in rep.problems} == {"__1.tpde"}
+    assert not (tmp_path / "out").exists()

@@ -25,7 +25,7 @@ from safetensors.numpy import save_file
 import tpde
 from tpde.errors import TPDEError
 
-from conftest import sha256, tree_digest
+from conftest import recorded_sha256, sha256, tree_digest
 from test_store_crash import _live, _on_disk
 
 # One worker script for every role; it talks to the test over stdin/stdout:
@@ -173,9 +173,15 @@ def _files(st: tpde.Store, step: int) -> Dict[str, str]:
 
 
 def _restored(st: tpde.Store, step: int, out: Path) -> Dict[str, str]:
+    """{path: what it hashes to, made as its record's sha256 is} of every
+    file restore writes: a state dict's file has a regions digest."""
     st.restore(step, out)
     try:
-        return {k: v[0] for k, v in tree_digest(out).items()}
+        with st._reader() as rd:
+            recorded = {f["path"]: f for f in rd.record(step)["files"]}
+        got = {k: recorded_sha256(out / k, recorded[k]) for k in tree_digest(out)}
+        assert {k for k, f in recorded.items() if f.get("digest")} == {k for k in got if k.endswith(".tpde")}
+        return got
     finally:
         shutil.rmtree(out)
 

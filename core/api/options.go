@@ -17,6 +17,7 @@ import (
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
 	"github.com/tpde/tpde/core/layout"
+	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/store"
 	"github.com/tpde/tpde/core/strictjson"
 )
@@ -161,6 +162,11 @@ type StoreConfig struct {
 	// MaxOutput: the decode limit of this session's reads (0: none beyond
 	// the memory this process may use), as max_output elsewhere.
 	MaxOutput uint64 `json:"max_output"`
+	// Priority: "normal" (or absent), "low" (nice 19) or "idle"
+	// (SCHED_IDLE) for this session's writes, which then run on threads
+	// lowered to it (par.Run): a training callback's, coding while
+	// training runs.
+	Priority string `json:"priority"`
 }
 
 // ParseStoreConfig reads a config document strictly: an unknown or
@@ -176,6 +182,9 @@ func ParseStoreConfig(b []byte) (StoreConfig, error) {
 	}
 	if c.Positions < int(delta.SparseAuto) || c.Positions > int(delta.SparseAlways) {
 		return c, fmt.Errorf("%w: config positions %d (must be 0, 1 or 2)", errs.Invalid, c.Positions)
+	}
+	if _, err := par.ParsePriority(c.Priority); err != nil {
+		return c, fmt.Errorf("config: %w", err)
 	}
 	return c, nil
 }

@@ -29,6 +29,11 @@ func TestStoreConfigAsPythonSendsIt(t *testing.T) {
 	c, err = ParseStoreConfig(nil)
 	require.NoError(t, err)
 	require.Equal(t, StoreConfig{}, c)
+	for _, p := range []string{"normal", "low", "idle"} {
+		c, err = ParseStoreConfig([]byte(`{"priority": "` + p + `"}`))
+		require.NoError(t, err)
+		require.Equal(t, p, c.Priority)
+	}
 }
 
 func TestStoreConfigRefusesWhatItDoesNotKnow(t *testing.T) {
@@ -37,6 +42,8 @@ func TestStoreConfigRefusesWhatItDoesNotKnow(t *testing.T) {
 		`{"keyframe_interval": 4, "keyframe_interval": 5}`, // repeated
 		`{"positions": 3}`,
 		`{"positions": -1}`,
+		`{"priority": "realtime"}`, // a priority tpde cannot lower to
+		`{"priority": 1}`,
 		`{"lossy": [{"pattern": "*", "threshold": 1, "extra": 0}]}`,
 		`{"reference": "base"} {}`,
 		`[1]`,

@@ -13,6 +13,7 @@ import (
 	"github.com/tpde/tpde/core/bundle"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/handles"
+	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/store"
 )
 
@@ -46,6 +47,8 @@ type storeSession struct {
 	session
 	s  *store.Store
 	tx *store.Tx
+	// prio is the priority of the session's work (StoreConfig.Priority).
+	prio par.Priority
 }
 
 // readerSession reads one committed snapshot of a store.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/statedict"
 	"github.com/tpde/tpde/core/store"
 )
@@ -36,6 +37,7 @@ func OpenStore(path string, mode int32, config []byte, threads int32) (uint64, e
 		return 0, err
 	}
 	o := &storeSession{s: s}
+	o.prio, _ = par.ParsePriority(cfg.Priority) // checked by ParseStoreConfig
 	if err := o.keep(s.Config()); err != nil {
 		s.Close()
 		return 0, err
@@ -87,9 +89,16 @@ func (o *storeSession) abort() {
 	}
 }
 
+// withStore runs fn on store session h at the session's priority.
+func withStore(h uint64, fn func(*storeSession) error) error {
+	return with(stores, h, func(o *storeSession) error {
+		return par.Run(o.prio, func() error { return fn(o) })
+	})
+}
+
 // withIdle runs fn on store session h when no checkpoint is being added.
 func withIdle(h uint64, fn func(*storeSession) error) error {
-	return with(stores, h, func(o *storeSession) error {
+	return withStore(h, func(o *storeSession) error {
 		if err := o.idle(); err != nil {
 			return err
 		}
@@ -146,7 +155,7 @@ func BeginRun(h uint64, run string, parent []byte, step int64, hasStep bool, tag
 
 // withTx runs fn on the checkpoint being added on store session h.
 func withTx(h uint64, fn func(*storeSession, *store.Tx) error) error {
-	return with(stores, h, func(o *storeSession) error {
+	return withStore(h, func(o *storeSession) error {
 		tx, err := o.current()
 		if err != nil {
 			return err
@@ -225,7 +234,7 @@ func AddStateDict(h uint64, rel string, meta []byte, tensors []NamedTensor) erro
 // endTx ends the checkpoint being added on store session h with fn,
 // which aborts it when it fails: the session no longer holds it either way.
 func endTx(h uint64, fn func(*storeSession, *store.Tx) error) error {
-	return with(stores, h, func(o *storeSession) error {
+	return withStore(h, func(o *storeSession) error {
 		tx, err := o.take()
 		if err != nil {
 			return err
@@ -252,7 +261,7 @@ func Commit(h uint64) error {
 
 // Abort drops the checkpoint being added, if any.
 func Abort(h uint64) error {
-	return with(stores, h, func(o *storeSession) error {
+	return withStore(h, func(o *storeSession) error {
 		o.abort()
 		return nil
 	})
@@ -302,7 +311,7 @@ func CommitParts(h uint64, step int64, hasStep bool, tags []byte, holder string,
 // Reclaim removes every checkpoint whose holder folder no longer holds
 // it. Its document: Reclaimed.
 func Reclaim(h uint64) error {
-	return with(stores, h, func(o *storeSession) error {
+	return withStore(h, func(o *storeSession) error {
 		removed, err := o.s.Reclaim()
 		if err != nil {
 			return err
@@ -339,7 +348,7 @@ func RemoveRun(h uint64, run string) error {
 // Verify checks every object (deep: decodes everything too); repair
 // first removes leftovers of dead writers. Its document: Verified.
 func Verify(h uint64, deep, repair bool) error {
-	return with(stores, h, func(o *storeSession) error {
+	return withStore(h, func(o *storeSession) error {
 		var out Verified
 		if repair {
 			c, err := o.s.Repair()

@@ -256,3 +256,27 @@ func TestStoreParts(t *testing.T) {
 	require.Equal(t, []int64{5}, rc.Removed)
 	require.ErrorIs(t, ReadPointer(caller, holder), errs.IO)
 }
+
+// A session opened at a lowered priority does the same work (on lowered
+// threads: tests/test_priority.py watches them from outside).
+func TestStoreSessionAtIdlePriority(t *testing.T) {
+	before := open()
+	defer noSessionsLeft(t, before)
+	dir, notes := storeAndNotes(t, "epoch 3\n")
+	h, err := OpenStore(dir, StoreWrite, []byte(`{"priority": "idle"}`), 2)
+	require.NoError(t, err)
+	addCheckpoint(t, h, 0, notes)
+	addCheckpoint(t, h, 1, notes)
+	require.NoError(t, Remove(h, "", 0))
+	require.NoError(t, CloseStore(h))
+	h, err = OpenStore(dir, StoreRead, nil, 0)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, CloseStore(h)) }()
+	r, err := OpenReader(h)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, CloseReader(r)) }()
+	require.NoError(t, ReaderSteps(r))
+	var steps Steps
+	doc(t, r, &steps)
+	require.Equal(t, []int64{1}, steps.Steps)
+}

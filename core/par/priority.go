@@ -39,10 +39,20 @@ func Run(p Priority, fn func() error) error {
 	if p == Normal {
 		return Guard(fn)
 	}
+	// A goroutine that lands on the runtime's first thread cannot lower
+	// it (priority_linux.go): it hands over to another goroutine, a few
+	// times, then runs the work as it is.
 	done := make(chan error, 1)
-	go func() {
-		lowerTo(p)
-		done <- Guard(fn)
-	}()
+	var start func(tries int)
+	start = func(tries int) {
+		go func() {
+			if !lowerTo(p) && tries > 0 {
+				start(tries - 1)
+				return
+			}
+			done <- Guard(fn)
+		}()
+	}
+	start(8)
 	return <-done
 }

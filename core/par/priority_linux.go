@@ -31,6 +31,12 @@ type priority struct {
 // runtime's threads have.
 var normal = threadPriority()
 
+// m0 is the runtime's first thread, on which package initialisation runs
+// (locked to it). It is never lowered: the runtime does not end it when a
+// goroutine locked to it exits, but parks it, so a lowered m0 would serve
+// other work lowered for good.
+var m0 = syscall.Gettid()
+
 func init() {
 	// Start the runtime's template thread now, from a thread at normal
 	// priority: every thread the runtime starts while a locked goroutine
@@ -73,18 +79,26 @@ func lowered() *priority {
 }
 
 // apply pins the calling goroutine to its thread and lowers that thread to
-// p for good (see above). Lowering needs no privilege; a failure leaves the
-// thread as it was, which costs speed, never correctness.
-func (p *priority) apply() {
+// p for good (see above), and says whether it did: not on m0, which it
+// leaves unpinned. Lowering needs no privilege; a failure leaves the thread
+// as it was, which costs speed, never correctness.
+func (p *priority) apply() bool {
 	runtime.LockOSThread()
+	if syscall.Gettid() == m0 {
+		runtime.UnlockOSThread()
+		return false
+	}
 	if p.policy == schedIdle || p.policy == schedBatch {
 		param := struct{ priority int32 }{0}
 		syscall.RawSyscall(syscall.SYS_SCHED_SETSCHEDULER, 0, uintptr(p.policy), uintptr(unsafe.Pointer(&param)))
 	}
 	_ = syscall.Setpriority(syscall.PRIO_PROCESS, 0, p.nice)
+	return true
 }
 
-func lowerTo(p Priority) {
+// lowerTo lowers the calling goroutine's thread to p, pinned to it; false:
+// it could not, the goroutine being on m0 (try another goroutine).
+func lowerTo(p Priority) bool {
 	q := p.of()
-	q.apply()
+	return q.apply()
 }

@@ -8,6 +8,6 @@ type priority struct{}
 
 func lowered() *priority { return nil }
 
-func (p *priority) apply() {}
+func (p *priority) apply() bool { return false }
 
-func lowerTo(Priority) {}
+func lowerTo(Priority) bool { return true }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"math"
 	"sort"
 	"time"
@@ -154,7 +155,7 @@ func (s *Store) begin(run string, parent *RunParent, step int64, hasStep bool, t
 func (tx *Tx) index() {
 	visit := func(c *Checkpoint) {
 		for _, f := range c.Files {
-			if f.Layout == LayoutRaw && len(f.Regions) == 0 {
+			if f.Layout == LayoutRaw && len(f.Regions) == 0 && f.Digest == "" {
 				tx.rawFiles[f.SHA256] = f
 			}
 			for i := range f.Regions {
@@ -325,7 +326,9 @@ func (tx *Tx) AddStateDict(rel string, meta statedict.Meta, tensors []Tensor) er
 	for i := range tensors {
 		v.add(tensors[i].Offset, tensors[i].Data)
 	}
-	f := File{Path: rel, Mode: 0o644, Size: pos, Layout: LayoutStateDict, Regions: []Region{}, SHA256: v.sha256()}
+	// Its bytes exist only as the store lays them out: its sha256 is the
+	// regions digest, so each tensor byte is hashed once (its region's).
+	f := File{Path: rel, Mode: 0o644, Size: pos, Layout: LayoutStateDict, Regions: []Region{}, Digest: DigestRegions}
 	return tx.store(&f, v, keepLarge(regions))
 }
 
@@ -384,28 +387,6 @@ func (v *virtualFile) bytes(begin, end uint64) []byte {
 
 func (v *virtualFile) done(begin, end uint64) {}
 
-func (v *virtualFile) sha256() string {
-	h := sha256.New()
-	var zeros [4096]byte
-	pos := uint64(0)
-	for _, p := range v.pieces {
-		off, b := p.off, p.b
-		for pos < off {
-			n := min(off-pos, uint64(len(zeros)))
-			h.Write(zeros[:n])
-			pos += n
-		}
-		h.Write(b)
-		pos = off + uint64(len(b))
-	}
-	for pos < v.size {
-		n := min(v.size-pos, uint64(len(zeros)))
-		h.Write(zeros[:n])
-		pos += n
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
 func keepLarge(ps []planned) []planned {
 	out := ps[:0]
 	for _, p := range ps {
@@ -455,6 +436,18 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 	if err != nil {
 		return fmt.Errorf("%w: zstd: %v", errs.Internal, err)
 	}
+	// A regions digest hashes the verbatim bytes as they are stored.
+	var vh hash.Hash
+	if f.Digest == DigestRegions {
+		vh = sha256.New()
+	}
+	stored := func(b []byte) error {
+		if vh != nil {
+			vh.Write(b)
+		}
+		_, err := zw.Write(b)
+		return err
+	}
 
 	pos := uint64(0)
 	for _, p := range ps {
@@ -463,7 +456,7 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 				return err
 			}
 		}
-		if _, err := zw.Write(data.bytes(pos, p.begin)); err != nil {
+		if err := stored(data.bytes(pos, p.begin)); err != nil {
 			return ioErr(tx.s.dir, err)
 		}
 		r := *p.reg
@@ -475,7 +468,7 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 		tx.advance(p.begin - pos + r.Size)
 		pos = p.end
 	}
-	if _, err := zw.Write(data.bytes(pos, f.Size)); err != nil {
+	if err := stored(data.bytes(pos, f.Size)); err != nil {
 		return ioErr(tx.s.dir, err)
 	}
 	if err := zw.Close(); err != nil {
@@ -485,6 +478,9 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 	f.Skeleton, err = skel.commit()
 	if err != nil {
 		return err
+	}
+	if vh != nil {
+		f.SHA256 = fileDigest(f.Size, vh.Sum(nil), regionSums(f))
 	}
 	if f.Layout == LayoutRaw {
 		tx.rawFiles[f.SHA256] = *f

@@ -648,12 +648,12 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 				return
 			}
 			if deep && !fileBad {
-				h := sha256.New()
+				check := newFileCheck(f)
 				rd.wholeFile = !f.Lossy()
-				err := rd.walk(f, 0, f.Size, func(_ uint64, b []byte) error { h.Write(b); return nil }, nil, 0)
+				err := rd.walk(f, 0, f.Size, func(pos uint64, b []byte) error { check.write(pos, b); return nil }, nil, 0)
 				rd.wholeFile = false
 				if err == nil {
-					if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 && !f.Lossy() {
+					if got := check.sum(); got != f.SHA256 && !f.Lossy() {
 						err = fmt.Errorf("%w: restores to bytes that hash to %s, not %s", errs.Corrupt, got, f.SHA256)
 					}
 				}

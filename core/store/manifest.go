@@ -31,7 +31,8 @@ const Version = 1
 const ManifestVersionHolders = 2
 
 // RecordVersionCRC is the version of a checkpoint record whose regions may
-// carry their CRC32C (docs/FORMAT.md §11.4).
+// carry their CRC32C, and whose files may carry a regions digest
+// (docs/FORMAT.md §11.4).
 const RecordVersionCRC = 2
 
 const (
@@ -172,6 +173,10 @@ type File struct {
 	Mode   uint32 `json:"mode"`
 	Size   uint64 `json:"size"`
 	SHA256 string `json:"sha256"`
+	// Digest says what SHA256 hashes: "" the file's bytes, DigestRegions
+	// its verbatim bytes and its regions' sha256s (fileDigest), which an
+	// add computes without a second pass over the regions' bytes.
+	Digest string `json:"digest,omitempty"`
 	Layout string `json:"layout"`
 	// Note says why a file that looks like a container was stored whole.
 	Note     string   `json:"note,omitempty"`
@@ -465,6 +470,9 @@ func parseCheckpoint(b []byte, step int64, base bool) (*Checkpoint, error) {
 		if err := f.validate(); err != nil {
 			return nil, corrupt(what, "file %q: %v", f.Path, err)
 		}
+		if f.Digest != "" && c.Version < RecordVersionCRC {
+			return nil, corrupt(what, "file %q: a digest in a version %d record", f.Path, c.Version)
+		}
 	}
 	// A file may not also be a folder of another ("a" and "a/b"):
 	// restoring both would have to replace one with the other.
@@ -487,6 +495,9 @@ func (f *File) validate() error {
 	}
 	if !validHash(f.SHA256) || !validHash(f.Skeleton.Object) {
 		return fmt.Errorf("bad hash")
+	}
+	if f.Digest != "" && f.Digest != DigestRegions {
+		return fmt.Errorf("digest %q", printable(f.Digest))
 	}
 	switch f.Layout {
 	case LayoutSafetensors, LayoutTorchZip, LayoutTorchLegacy, LayoutRaw, LayoutStateDict:
@@ -560,11 +571,20 @@ func (c *Checkpoint) hasCRC() bool {
 }
 
 // stamp sets the record version its contents need: 2 once a region
-// carries a CRC, so that a reader that predates CRCs refuses the record as
-// unsupported rather than as corrupt.
+// carries a CRC or a file a regions digest, so that a reader that predates
+// them refuses the record as unsupported rather than as corrupt.
 func (c *Checkpoint) stamp() {
 	c.Version = Version
-	if c.hasCRC() {
+	if c.hasCRC() || c.hasDigest() {
 		c.Version = RecordVersionCRC
 	}
+}
+
+func (c *Checkpoint) hasDigest() bool {
+	for i := range c.Files {
+		if c.Files[i].Digest != "" {
+			return true
+		}
+	}
+	return false
 }

@@ -78,6 +78,7 @@ func (w *objectWriter) finish() (string, error) {
 		w.abort()
 		return "", ioErr(w.s.tmp.Path(w.name), err)
 	}
+	startWriteback(w.f)
 	if err := w.f.Close(); err != nil {
 		w.abort()
 		return "", ioErr(w.s.tmp.Path(w.name), err)

@@ -3,9 +3,7 @@ package store
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -186,7 +184,9 @@ type Reader struct {
 	threads int
 	spare   buffer
 	tmp     buffer
-	// wholeFile: the walk under way is checked against the file's sha256.
+	// wholeFile: the walk under way is checked against the file's sha256
+	// (of every byte, or its regions digest made of each region's sha256),
+	// so its regions need no check of their own.
 	wholeFile bool
 	// decoded: regions a ReadRange decoded before its walk.
 	decoded map[*Region]bool
@@ -611,12 +611,12 @@ func (rd *Reader) restoreInto(dir *dirfd.Dir, f *File) error {
 // writeFile writes f's bytes to out, checks them against f's sha256 and
 // fsyncs out.
 func (rd *Reader) writeFile(f *File, out *os.File) error {
-	h := sha256.New()
+	check := newFileCheck(f)
 	bw := bufio.NewWriterSize(out, 1<<20)
 	rd.wholeFile = !f.Lossy()
 	defer func() { rd.wholeFile = false }()
 	err := rd.walk(f, 0, f.Size, func(pos uint64, b []byte) error {
-		h.Write(b)
+		check.write(pos, b)
 		if _, err := bw.Write(b); err != nil {
 			return ioErr(out.Name(), err)
 		}
@@ -629,7 +629,7 @@ func (rd *Reader) writeFile(f *File, out *os.File) error {
 	if err := bw.Flush(); err != nil {
 		return ioErr(out.Name(), err)
 	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != f.SHA256 && !f.Lossy() {
+	if got := check.sum(); got != f.SHA256 && !f.Lossy() {
 		return fmt.Errorf("%w: file %q restores to bytes that hash to %s, not the %s it was added with", errs.Corrupt, f.Path, got, f.SHA256)
 	}
 	if err := out.Sync(); err != nil {

@@ -33,6 +33,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from ..checkpoint import COMPRESSION_METHODS
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError
 from ..store import Store
+from ..store.handle import PRIORITIES
 
 __all__ = ["TPDETrainerCallback", "materialize"]
 
@@ -69,6 +70,12 @@ class TPDETrainerCallback(TrainerCallback):
         Trainer(model=model, args=args, train_dataset=ds, callbacks=[cb]).train()
         print(cb.profile[-1])  # {'step': 30, 'ratio': ..., 'original_bytes': ..., 'stored_bytes': ..., 'seconds': ...}
 
+    priority ("idle", the default: SCHED_IDLE, so that coding takes only
+    cores training leaves idle; "low": nice 19; "normal") and threads (how
+    many threads the coding may use; 0, the default: every core) keep the
+    background add out of training's way (Linux). While the Trainer waits
+    for an add, its cores are idle and the add gets them all.
+
     The add of checkpoint N runs on one background thread; the Trainer waits
     for it just before it writes the next checkpoint (before its rotation can
     delete folder N) and before training ends. An add that failed is raised
@@ -79,7 +86,7 @@ class TPDETrainerCallback(TrainerCallback):
 
     def __init__(self, compression_output_dir: Optional[PathLike] = None, keep_last_uncompressed: int = 1,
                  enable_profiling: bool = False, compression_method: str = "auto",
-                 lossy: Optional[Mapping[str, float]] = None) -> None:
+                 lossy: Optional[Mapping[str, float]] = None, *, priority: str = "idle", threads: int = 0) -> None:
         if compression_output_dir is not None:
             _refuse_checkpoint_name(os.fspath(compression_output_dir))
         if isinstance(keep_last_uncompressed, bool) or not isinstance(keep_last_uncompressed, int) \
@@ -88,6 +95,13 @@ class TPDETrainerCallback(TrainerCallback):
         if compression_method not in COMPRESSION_METHODS:
             raise InvalidArgumentError(f"compression_method must be one of {sorted(COMPRESSION_METHODS)}, "
                                        f"not {compression_method!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise InvalidArgumentError(f"threads must be an int >= 0, not {threads!r}")
+        if priority not in PRIORITIES:
+            raise InvalidArgumentError(f"priority must be one of {', '.join(map(repr, PRIORITIES))}, "
+                                       f"not {priority!r}")
+        self.priority = priority
+        self.threads = threads
         self.compression_output_dir = compression_output_dir
         self.keep_last_uncompressed = keep_last_uncompressed
         self.enable_profiling = enable_profiling
@@ -111,7 +125,8 @@ class TPDETrainerCallback(TrainerCallback):
             return
         run_dir = _run_dir(args, state)
         path = self._store_path(args, state, run_dir)
-        self._store = Store(path, compression_method=self.compression_method, lossy=self.lossy)
+        self._store = Store(path, compression_method=self.compression_method, lossy=self.lossy,
+                            threads=self.threads, priority=self.priority)
         held = self._store.steps() if os.path.exists(os.path.join(path, "tpde-store.json")) else []
         if held and held[-1] > state.global_step:
             self._close_store()

@@ -42,6 +42,11 @@ class Store:
     elements ("auto", "dense" or "elias_delta_zstd", as in
     TemporalPositionDeltaEncoder); a choice of this writer, not of the
     store: any reader decodes every kind.
+    threads: how many threads the coding may use (0: every core).
+    priority: "normal", or "low" (nice 19) or "idle" (SCHED_IDLE: only
+    cores nothing else wants) for adds, removes and repairs, which then run
+    on lowered threads (Linux): for coding in the background while
+    training runs, as TPDETrainerCallback does.
     max_output_bytes: the decode limit of reads (a load's tensors, a
     restore's files, any one tensor's decode), as elsewhere in tpde: else
     $TPDE_MAX_OUTPUT, else (for memory) what this process may use.
@@ -57,9 +62,11 @@ class Store:
 
     def __init__(self, path: PathLike, keyframe_interval: Optional[int] = None, reference: Optional[str] = None,
                  base: Any = None, lossy: Optional[Mapping[str, float]] = None, *, threads: int = 0,
-                 compression_method: str = "auto", max_output_bytes: Optional[int] = None) -> None:
+                 compression_method: str = "auto", max_output_bytes: Optional[int] = None,
+                 priority: str = "normal") -> None:
         self.path = _store_path(path)
-        self._config = _config(compression_method, keyframe_interval, reference, lossy, base, max_output_bytes)
+        self._config = _config(compression_method, keyframe_interval, reference, lossy, base, max_output_bytes,
+                               priority)
         self._max_output = max_output_bytes
         self._threads = int(threads)
         self._write: Optional[int] = None

@@ -277,11 +277,19 @@ def _store_path(path: Any) -> str:
     return p
 
 
+#: Store(priority=...): how much CPU the store's writes may take.
+PRIORITIES = ("normal", "low", "idle")
+
+
 def _config(compression_method: str, keyframe_interval: Optional[int], reference: Optional[str], lossy: Any,
-            base: Any, max_output_bytes: Optional[int]) -> Dict[str, Any]:
+            base: Any, max_output_bytes: Optional[int], priority: str = "normal") -> Dict[str, Any]:
     """The config a Store passes to tpde_store_open: only what was given
     (None means "as stored")."""
     cfg: Dict[str, Any] = {}
+    if priority not in PRIORITIES:
+        raise InvalidArgumentError(f"priority must be one of {', '.join(map(repr, PRIORITIES))}, not {priority!r}")
+    if priority != "normal":
+        cfg["priority"] = priority
     positions = _options.code(_options.POSITION_CODINGS, compression_method, "compression_method")
     if positions:
         cfg["positions"] = positions

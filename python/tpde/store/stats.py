@@ -22,7 +22,7 @@ def _info(entry: Dict[str, Any], counts: Optional[Dict[str, Optional[int]]] = No
     for f, chains in zip(rec["files"], entry["chains"]):
         files.append(FileInfo(path=f["path"], size=f["size"], mode=f["mode"], layout=f["layout"],
                               sha256=f["sha256"], tensors=None if counts is None else counts.get(f["path"]),
-                              note=f.get("note", ""), frames=len(f["regions"])))
+                              note=f.get("note", ""), frames=len(f["regions"]), digest=f.get("digest", "")))
         stored += f["skeleton"]["stored"]
         for r, n in zip(f["regions"], chains):
             stored += r["stored"]

@@ -10,6 +10,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 @dataclass(frozen=True)
 class FileInfo:
+    """One file of a checkpoint. sha256 is of the file's bytes, or, when
+    digest is "regions" (a state dict added from memory, whose file only
+    the store lays out), its regions digest (docs/FORMAT.md §11.4), which
+    pins the same bytes and costs an add one hash of each tensor byte."""
+
     path: str
     size: int
     mode: int
@@ -25,6 +30,7 @@ class FileInfo:
     #: Of its tensors (a torch file: its storages), those stored as frames
     #: of their own; smaller ones stay in the file's zstd-coded rest.
     frames: int = 0
+    digest: str = ""
 
 
 @dataclass(frozen=True)
