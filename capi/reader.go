@@ -101,12 +101,13 @@ func tpde_store_read_range(reader C.uint64_t, step C.int64_t, rel *C.char, offse
 
 //export tpde_store_restore
 func tpde_store_restore(reader C.uint64_t, step C.int64_t, rel *C.char, dest *C.char, flags C.int32_t,
-	cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	progress *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	var a args
 	d := a.str(dest, "dest")
 	if a.err != nil {
 		return status(a.err, cerr, cerrLen)
 	}
-	return status(api.Restore(uint64(reader), int64(step), optString(rel), d, int32(flags)), cerr, cerrLen)
+	return status(api.Restore(uint64(reader), int64(step), optString(rel), d, int32(flags), progressPairTo(progress)),
+		cerr, cerrLen)
 }

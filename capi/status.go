@@ -218,6 +218,21 @@ func progressTo(p *C.uint64_t) func(uint64) {
 	}
 }
 
+// progressPairTo returns a report into the caller's two counters [done,
+// total], or nil: total first, so that a reader never sees done > total.
+func progressPairTo(p *C.uint64_t) func(done, total uint64) {
+	if p == nil {
+		return nil
+	}
+	pair := unsafe.Slice((*uint64)(unsafe.Pointer(p)), 2)
+	atomic.StoreUint64(&pair[0], 0)
+	atomic.StoreUint64(&pair[1], 0)
+	return func(done, total uint64) {
+		atomic.StoreUint64(&pair[1], total)
+		atomic.StoreUint64(&pair[0], min(done, total))
+	}
+}
+
 // cancelFrom returns a poll of a caller's cancel flag, or nil.
 func cancelFrom(p *C.int32_t) func() bool {
 	if p == nil {

@@ -172,7 +172,8 @@ func tpde_store_remove_run(handle C.uint64_t, run *C.char, cerr *C.char, cerrLen
 }
 
 //export tpde_store_verify
-func tpde_store_verify(handle C.uint64_t, deep C.int32_t, repair C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+func tpde_store_verify(handle C.uint64_t, deep C.int32_t, repair C.int32_t, progress *C.uint64_t, cerr *C.char,
+	cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
-	return status(api.Verify(uint64(handle), deep != 0, repair != 0), cerr, cerrLen)
+	return status(api.Verify(uint64(handle), deep != 0, repair != 0, progressPairTo(progress)), cerr, cerrLen)
 }

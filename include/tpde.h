@@ -117,7 +117,7 @@ extern "C" {
  * ====================================================================== */
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 8
+#define TPDE_ABI_VERSION 9
 
 #ifndef TPDE_NO_PROTOTYPES
 
@@ -328,7 +328,10 @@ int tpde_delta_threshold(const void *src, const void *ref, uint64_t len, int32_t
 /* TPDE_TORCH_HINTS: the JSON a caller passes for a torch.save file, with
  * one of two members (Go never reads pickles; the caller does):
  *   {"torch_zip": {storage key: dtype name}}   the dtype of each storage of
- *       a torch.save zip, from its data.pkl;
+ *       a torch.save zip, from its data.pkl, optionally with
+ *       "torch_zip_names": {storage key: region name} (the state-dict path
+ *       of its first tensor; if any is empty, repeated or too long, every
+ *       storage keeps the name data/<key>);
  *   {"torch_legacy": {"data_start": N, "storages": [{"key": k, "name": n,
  *       "dtype": d, "count": c, "element_size": e}, ...]}}   for a legacy
  *       (pre-zip) file: the offset just past its keys pickle, and each
@@ -633,8 +636,11 @@ int tpde_store_remove(uint64_t handle, const char *run, int64_t step, char *err,
 int tpde_store_remove_run(uint64_t handle, const char *run, char *err, size_t err_len);
 /* Check every object (deep: decode everything too); repair first removes
  * leftovers of dead writers. Result: {"problems": [{"step", "file",
- * "region", "object", "message"}], "cleaned": {...} or null}. */
-int tpde_store_verify(uint64_t handle, int32_t deep, int32_t repair, char *err, size_t err_len);
+ * "region", "object", "message"}], "cleaned": {...} or null}.
+ * progress: NULL, or two counters the library stores atomically while it
+ * works: [0] checkpoints checked so far, [1] how many it will check. */
+int tpde_store_verify(uint64_t handle, int32_t deep, int32_t repair, uint64_t *progress, char *err,
+                      size_t err_len);
 
 #endif /* TPDE_NO_PROTOTYPES */
 
@@ -710,9 +716,10 @@ int tpde_store_read_range(uint64_t reader, int64_t step, const char *rel, uint64
  * symlink. A dest folder that is not empty (or a dest file that exists) is
  * TPDE_E_IO with errno EEXIST unless flags has TPDE_RESTORE_FORCE: then the
  * checkpoint's files replace those of the same names, and the rest of dest
- * is kept. */
+ * is kept. progress: NULL, or two counters the library stores atomically
+ * while it works: [0] bytes written so far, [1] bytes it will write. */
 int tpde_store_restore(uint64_t reader, int64_t step, const char *rel, const char *dest, int32_t flags,
-                       char *err, size_t err_len);
+                       uint64_t *progress, char *err, size_t err_len);
 
 #endif /* TPDE_NO_PROTOTYPES */
 

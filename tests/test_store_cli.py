@@ -408,13 +408,15 @@ def test_progress_on_a_terminal_for_every_store_command(tmp_path: Path, on_a_ter
     seen = _seen(err)
     assert len(seen) == 2 and seen[0].startswith("added checkpoint 100: ") and seen[1].startswith(
         "added checkpoint 200: "), err
-    for args, label, summary in (
-            (["restore", store, "latest", tmp_path / "r"], "restoring checkpoint 200 (", "restored checkpoint 200: "),
-            (["verify", store], "verifying ", "ok: every object and chain checked"),
-            (["rm", store, "100"], "removing checkpoint 100 ", "removed checkpoint 100 in ")):
+    for args, label, counted, summary in (
+            (["restore", store, "latest", tmp_path / "r"], "restoring checkpoint 200 (", "100%|",
+             "restored checkpoint 200: "),
+            (["verify", store], "verifying ", ": 100%|", "ok: every object and chain checked"),
+            (["rm", store, "100"], "removing checkpoint 100 ", "", "removed checkpoint 100 in ")):
         rc, err = on_a_terminal(args, tmp_path)
         assert rc == 0, err
         assert label in err, err  # drawn,
+        assert counted in err, err  # with the library's count where it has one,
         seen = _seen(err)
         assert len(seen) == 1 and seen[0].startswith(summary), err  # then cleared: the summary is what stays
     # -q: nothing on the terminal; in a pipe: the summary, no bar.

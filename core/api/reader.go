@@ -158,7 +158,7 @@ func ReadRange(r uint64, step int64, rel string, offset uint64, dst []byte) erro
 // Restore writes checkpoint step, all or nothing: every file into the
 // folder dest (rel ""), or the one file rel to the path dest. flags:
 // RestoreForce replaces what exists there.
-func Restore(r uint64, step int64, rel, dest string, flags int32) error {
+func Restore(r uint64, step int64, rel, dest string, flags int32, progress func(done, total uint64)) error {
 	if flags&^RestoreForce != 0 {
 		return fmt.Errorf("%w: restore flags %#x", errs.Invalid, flags)
 	}
@@ -168,6 +168,8 @@ func Restore(r uint64, step int64, rel, dest string, flags int32) error {
 		if err != nil {
 			return err
 		}
+		rs.rd.Progress = progress
+		defer func() { rs.rd.Progress = nil }()
 		if rel == "" {
 			return rs.rd.Restore(c, dest, force)
 		}

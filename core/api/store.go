@@ -347,8 +347,10 @@ func RemoveRun(h uint64, run string) error {
 
 // Verify checks every object (deep: decodes everything too); repair
 // first removes leftovers of dead writers. Its document: Verified.
-func Verify(h uint64, deep, repair bool) error {
+func Verify(h uint64, deep, repair bool, progress func(done, total uint64)) error {
 	return withStore(h, func(o *storeSession) error {
+		o.s.Progress = progress
+		defer func() { o.s.Progress = nil }()
 		var out Verified
 		if repair {
 			c, err := o.s.Repair()

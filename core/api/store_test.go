@@ -124,20 +124,20 @@ func TestStoreAddCommitReadRestore(t *testing.T) {
 
 	// Restore: the whole checkpoint, one file, and what refuses.
 	out := filepath.Join(t.TempDir(), "out")
-	require.NoError(t, Restore(r, 0, "", out, 0))
+	require.NoError(t, Restore(r, 0, "", out, 0, nil))
 	b, err := os.ReadFile(filepath.Join(out, "notes.txt"))
 	require.NoError(t, err)
 	require.Equal(t, "epoch 3, loss 0.25\n", string(b))
 	one := filepath.Join(t.TempDir(), "notes-again.txt")
-	require.NoError(t, Restore(r, 2, "notes.txt", one, 0))
-	require.ErrorIs(t, Restore(r, 2, "notes.txt", one, 0), errs.IO, "exists")
-	require.NoError(t, Restore(r, 2, "notes.txt", one, RestoreForce))
-	err = Restore(r, 2, "missing.bin", one, RestoreForce)
+	require.NoError(t, Restore(r, 2, "notes.txt", one, 0, nil))
+	require.ErrorIs(t, Restore(r, 2, "notes.txt", one, 0, nil), errs.IO, "exists")
+	require.NoError(t, Restore(r, 2, "notes.txt", one, RestoreForce, nil))
+	err = Restore(r, 2, "missing.bin", one, RestoreForce, nil)
 	require.ErrorIs(t, err, errs.Invalid)
 	require.Contains(t, err.Error(), "missing.bin")
-	require.ErrorIs(t, Restore(r, 2, "", out, 2), errs.Invalid, "unknown restore flag")
+	require.ErrorIs(t, Restore(r, 2, "", out, 2, nil), errs.Invalid, "unknown restore flag")
 
-	require.NoError(t, Verify(h, true, true))
+	require.NoError(t, Verify(h, true, true, nil))
 	var v Verified
 	doc(t, h, &v)
 	require.Empty(t, v.Problems)

@@ -192,8 +192,9 @@ def run(args: argparse.Namespace, usage_error: type) -> int:
             info = store.info(args.step, run=run_name)  # the step restored, named once: "latest" may move
             t0 = time.perf_counter()
             with Bar(f"restoring checkpoint {info.step} ({plural(len(info.files), 'file')}, "
-                     f"{_human(info.raw_bytes)})", quiet=args.quiet):
-                out = store.restore(info.step, args.dest, force=args.force, run=run_name)
+                     f"{_human(info.raw_bytes)})", quiet=args.quiet) as bar:
+                out = store.restore(info.step, args.dest, force=args.force, run=run_name,
+                                    progress=bar if bar.drawn else None)
             _summary(args, f"restored checkpoint {info.step}: {plural(len(info.files), 'file')}, "
                            f"{_human(info.raw_bytes)} into {_p(str(out))} in {time.perf_counter() - t0:.2f} s")
             return 0
@@ -286,8 +287,8 @@ def run(args: argparse.Namespace, usage_error: type) -> int:
             t0 = time.perf_counter()
             how = "hashes of" if args.shallow else "decoding"
             with Bar(f"verifying {_p(args.store)} ({how} every object)" + (", after a repair" if args.repair else ""),
-                     quiet=args.quiet or args.json):
-                rep = store.verify(deep=not args.shallow, repair=args.repair)
+                     quiet=args.quiet or args.json, unit="checkpoints") as bar:
+                rep = store.verify(deep=not args.shallow, repair=args.repair, progress=bar if bar.drawn else None)
             took = f"in {time.perf_counter() - t0:.2f} s"
             if args.json:
                 print(json.dumps({"ok": rep.ok, "affected_steps": rep.affected_steps, "cleaned": rep.cleaned,

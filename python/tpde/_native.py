@@ -25,7 +25,7 @@ from . import errors
 from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 8
+ABI_VERSION = 9
 MAX_NDIM = 32
 ERR_LEN = 1024
 
@@ -186,7 +186,7 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_store_read_pointer": (c_int, [c_char_p, _ERRBUF, c_size_t]),
     "tpde_store_remove": (c_int, [c_uint64, c_char_p, _I64, _ERRBUF, c_size_t]),
     "tpde_store_remove_run": (c_int, [c_uint64, c_char_p, _ERRBUF, c_size_t]),
-    "tpde_store_verify": (c_int, [c_uint64, c_int32, c_int32, _ERRBUF, c_size_t]),
+    "tpde_store_verify": (c_int, [c_uint64, c_int32, c_int32, _U64P, _ERRBUF, c_size_t]),
     # Store readers.
     "tpde_store_reader_open": (c_int, [c_uint64, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_reader_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
@@ -197,7 +197,7 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_store_reader_tensors": (c_int, [c_uint64, _I64, c_int32, c_char_p, _ERRBUF, c_size_t]),
     "tpde_store_read_tensors": (c_int, [c_uint64, _I64, c_char_p, POINTER(StoreSpan), c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_read_range": (c_int, [c_uint64, _I64, c_char_p, c_uint64, c_void_p, c_uint64, _ERRBUF, c_size_t]),
-    "tpde_store_restore": (c_int, [c_uint64, _I64, c_char_p, c_char_p, c_int32, _ERRBUF, c_size_t]),
+    "tpde_store_restore": (c_int, [c_uint64, _I64, c_char_p, c_char_p, c_int32, _U64P, _ERRBUF, c_size_t]),
 }
 
 #: The calls that act on no handle: each keeps its result document for the

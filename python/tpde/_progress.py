@@ -70,8 +70,13 @@ def _tqdm() -> Any:
         def format_dict(self) -> Dict[str, Any]:
             d = super().format_dict
             rate = d.get("rate")
-            d.update(done=human(d["n"] or 0), todo=human(d["total"] or 0),
-                     speed=f"{human(rate)}/s" if rate else "?/s")
+            unit = getattr(self, "tpde_unit", None)  # None: bytes
+            if unit is None:
+                d.update(done=human(d["n"] or 0), todo=human(d["total"] or 0),
+                         speed=f"{human(rate)}/s" if rate else "?/s")
+            else:
+                d.update(done=f"{d['n'] or 0:,}", todo=f"{d['total'] or 0:,} {unit}",
+                         speed=f"{rate:.1f} {unit}/s" if rate else f"? {unit}/s")
             return d
 
     return Sized
@@ -79,11 +84,11 @@ def _tqdm() -> Any:
 
 class Bar:
     """One operation's bar. As a callback, bar(done, total) sets its
-    count of bytes; total=None until then, or when the work has no count
+    count of bytes (or of unit, e.g. "checkpoints"); total=None until then, or when the work has no count
     (only the label and the time taken are shown). Use it as a context
     manager, or close() it."""
 
-    def __init__(self, label: str, *, quiet: bool, total: Optional[int] = None) -> None:
+    def __init__(self, label: str, *, quiet: bool, total: Optional[int] = None, unit: Optional[str] = None) -> None:
         self._t: Any = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -95,6 +100,7 @@ class Bar:
             return
         self._t = tqdm(desc=label, total=total, leave=False, delay=_delay(), file=sys.stderr, dynamic_ncols=True,
                        bar_format=_UNCOUNTED if total is None else _COUNTED, miniters=0, mininterval=_TICK_S / 2)
+        self._t.tpde_unit = unit  # what it counts: None for bytes, else a plural noun
         self._ticker = threading.Thread(target=self._tick, name="tpde-progress", daemon=True)
         self._ticker.start()
 

@@ -464,7 +464,8 @@ def _restore_file(st: Store, step: int, name: str, dest: str, *, force: bool, wh
     own file and not every rank's."""
     try:
         with _store._naming(st.path), st._reader() as rd:
-            call("tpde_store_restore", rd.handle, step, name.encode("utf-8"), os.fsencode(dest), 1 if force else 0)
+            call("tpde_store_restore", rd.handle, step, name.encode("utf-8"), os.fsencode(dest), 1 if force else 0,
+                 None)
     except TPDEError as e:
         raise _store._renamed(e, f"{where}: checkpoint {step}") from e
 

@@ -10,10 +10,12 @@ import errno
 import json
 import os
 import threading
+from ctypes import c_uint64
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .. import _memory
+from .._interrupt import run_cancellable
 from .._steps import step_from_name
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError, require
 from .folders import _add_files, _restore_state_dict
@@ -322,7 +324,8 @@ class Store:
             raise InvalidArgumentError(f"checkpoint {rec['step']} holds no tensor file")
         return out
 
-    def restore(self, step: Any, dest: PathLike, *, force: bool = False, run: Optional[str] = None) -> Path:
+    def restore(self, step: Any, dest: PathLike, *, force: bool = False, run: Optional[str] = None,
+                progress: Optional[Callable[[int, int], None]] = None) -> Path:
         """Write checkpoint step's files (the newest when None or "latest")
         into the folder dest, each byte-identical to what was added, with
         its mode (less the umask). All or nothing: the files are written
@@ -330,7 +333,8 @@ class Store:
         A dest that exists and is not empty is refused unless force; then
         the checkpoint's files replace those of the same names and the rest
         of dest stays. A state dict added from Python is written as
-        dest/state_dict.pt (torch.save)."""
+        dest/state_dict.pt (torch.save). progress(done_bytes, total_bytes)
+        is called now and then while the files are written."""
         step = check_step(step)
         d = _path_arg(dest, "the destination")
         with _naming(self.path), self._reader(run) as rd:
@@ -342,7 +346,8 @@ class Store:
                 _restore_state_dict(sd, d, force)
                 return Path(d)
             try:
-                call("tpde_store_restore", rd.handle, rec["step"], None, os.fsencode(d), 1 if force else 0)
+                _with_progress(lambda counters: call("tpde_store_restore", rd.handle, rec["step"], None,
+                                                     os.fsencode(d), 1 if force else 0, counters), progress)
             except TPDEError as e:
                 # Go names the file; the checkpoint is named here, as load
                 # names it.
@@ -384,19 +389,33 @@ class Store:
         with self._lock, _naming(self.path):
             call("tpde_store_remove_run", self._writer(), _utf8(run_name, "run"))
 
-    def verify(self, deep: bool = True, *, repair: bool = False) -> VerifyReport:
+    def verify(self, deep: bool = True, *, repair: bool = False,
+               progress: Optional[Callable[[int, int], None]] = None) -> VerifyReport:
         """Check every object and every chain (deep: decode everything and
         compare with the hashes recorded at add). A damaged checkpoint is
         named, and the others are still checked. repair first removes what
         dead writers left behind and writes anew any damaged copy of a
-        record or of the manifest whose twin is intact."""
+        record or of the manifest whose twin is intact. progress(checked,
+        total) counts checkpoints while it works."""
         with self._lock, _naming(self.path):
             h = self._writer() if repair else (self._write or self._read)
             if h is None:
                 self._reader().close()
                 h = self._read
-            res = call_json("tpde_store_verify", h, int(deep), int(repair))
+            res = _with_progress(lambda counters: call_json("tpde_store_verify", h, int(deep), int(repair), counters),
+                                 progress)
         return _report(res)
+
+
+def _with_progress(fn: Callable[[Any], Any], progress: Optional[Callable[[int, int], None]]) -> Any:
+    """fn(counters): a call whose library stores [done, total] into
+    counters while it works, reported to progress from this thread."""
+    if progress is None:
+        return fn(None)
+    counters = (c_uint64 * 2)()
+    out = run_cancellable(lambda _flag: fn(counters), None, lambda: progress(counters[0], counters[1]))
+    progress(counters[0], counters[1])
+    return out
 
 
 class Part:
