@@ -313,9 +313,12 @@ def resume(store: Path, d: Path, step: int, oldest: int, reps: int, cold_choice:
         return out
 
     def store_load(which: int) -> Callable[[], Dict[str, Any]]:
+        # The same files as raw_load: a Trainer folder's training_args.bin is
+        # a pickle of TrainingArguments, which torch.load(weights_only=True)
+        # refuses, in a store as on disk.
         def go() -> Dict[str, Any]:
             with trainer_safe_globals(), tpde.Store(store) as s:
-                return s.load(which, unpickle=True)
+                return {f.name: s.load(which, file=f.name, unpickle=True) for f in files}
         return go
 
     res: Dict[str, Any] = {"files": [f.name for f in files], "raw_bytes": sum(f.stat().st_size for f in files)}
