@@ -986,7 +986,7 @@ def _state_dict_store(root: Path) -> Tuple[Path, Dict[str, Any]]:
     with tpde.Store(store) as st:
         st.add(sd, step=1)
         f = st.info(1).files[0]
-        assert (f.layout, f.digest, f.tensors) == ("state-dict", "regions", 2)
+        assert (f.layout, f.digest, f.tensors, f.frames) == ("state-dict", "regions", 3, 2)  # n is in the skeleton
     return store, sd
 
 
