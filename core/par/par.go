@@ -152,13 +152,20 @@ func For(n, threads int, fn func(worker, i int) error) error {
 		failed.Store(true)
 	}
 	prio := lowered()
-	for w := 0; w < threads; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			if prio != nil {
-				prio.apply()
+	// A worker that must run lowered but landed on the runtime's first
+	// thread, which is never lowered, hands its place to another goroutine
+	// (handOff), a few times, then works as it is.
+	var start func(w, tries int, started chan struct{})
+	start = func(w, tries int, started chan struct{}) {
+		go func() {
+			if started != nil {
+				close(started)
 			}
+			if prio != nil && !prio.apply() && tries > 0 {
+				handOff(func(next chan struct{}) { start(w, tries-1, next) })
+				return
+			}
+			defer wg.Done()
 			i := -1
 			err := Guard(func() error {
 				for !failed.Load() {
@@ -175,7 +182,11 @@ func For(n, threads int, fn func(worker, i int) error) error {
 			if err != nil {
 				fail(i, err)
 			}
-		}(w)
+		}()
+	}
+	for w := 0; w < threads; w++ {
+		wg.Add(1)
+		start(w, 8, nil)
 	}
 	wg.Wait()
 	return firstEr

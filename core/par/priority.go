@@ -2,6 +2,7 @@ package par
 
 import (
 	"fmt"
+	"runtime"
 
 	"github.com/tpde/tpde/core/errs"
 )
@@ -39,20 +40,33 @@ func Run(p Priority, fn func() error) error {
 	if p == Normal {
 		return Guard(fn)
 	}
-	// A goroutine that lands on the runtime's first thread cannot lower
-	// it (priority_linux.go): it hands over to another goroutine, a few
-	// times, then runs the work as it is.
 	done := make(chan error, 1)
-	var start func(tries int)
-	start = func(tries int) {
+	var start func(tries int, started chan struct{})
+	start = func(tries int, started chan struct{}) {
 		go func() {
+			if started != nil {
+				close(started)
+			}
 			if !lowerTo(p) && tries > 0 {
-				start(tries - 1)
+				handOff(func(next chan struct{}) { start(tries-1, next) })
 				return
 			}
 			done <- Guard(fn)
 		}()
 	}
-	start(8)
+	start(8, nil)
 	return <-done
+}
+
+// handOff is how a goroutine on the runtime's first thread (m0), which is
+// never lowered (priority_linux.go), gives its work to another: it starts
+// the replacement with spawn and keeps m0 pinned until the replacement
+// runs, so that the replacement runs on another thread (a goroutine
+// started from m0 would otherwise most likely run next on m0 itself).
+func handOff(spawn func(started chan struct{})) {
+	runtime.LockOSThread()
+	started := make(chan struct{})
+	spawn(started)
+	<-started
+	runtime.UnlockOSThread()
 }
