@@ -167,6 +167,11 @@ type StoreConfig struct {
 	// lowered to it (par.Run): a training callback's, coding while
 	// training runs.
 	Priority string `json:"priority"`
+	// Recode: "background" (or absent) commits an add's checkpoint at once
+	// and re-codes the one before it as reverse deltas on a goroutine of
+	// its own, which the next write and the close wait for; "inline" does
+	// it inside the add (store.RecodeInline).
+	Recode string `json:"recode"`
 }
 
 // ParseStoreConfig reads a config document strictly: an unknown or
@@ -186,6 +191,11 @@ func ParseStoreConfig(b []byte) (StoreConfig, error) {
 	if _, err := par.ParsePriority(c.Priority); err != nil {
 		return c, fmt.Errorf("config: %w", err)
 	}
+	switch c.Recode {
+	case "", store.RecodeBackground, store.RecodeInline:
+	default:
+		return c, fmt.Errorf("%w: config recode %q (must be %q or %q)", errs.Invalid, c.Recode, store.RecodeBackground, store.RecodeInline)
+	}
 	return c, nil
 }
 
@@ -196,7 +206,11 @@ func (c StoreConfig) options(mode int32, threads int32) (store.Options, error) {
 	}
 	opt := store.Options{Write: mode == StoreWrite, Stage: mode == StoreStage, Reference: c.Reference,
 		Threads: int(threads), Positions: delta.SparseMode(c.Positions),
-		Limits: store.Limits{Output: c.MaxOutput, Memory: c.MaxOutput}}
+		Limits: store.Limits{Output: c.MaxOutput, Memory: c.MaxOutput}, Recode: c.Recode}
+	if opt.Recode == "" {
+		opt.Recode = store.RecodeBackground
+	}
+	opt.Priority, _ = par.ParsePriority(c.Priority) // checked by ParseStoreConfig
 	if c.KeyframeInterval != nil {
 		opt.KeyframeInterval, opt.KeyframeIntervalSet = *c.KeyframeInterval, true
 	}

@@ -45,8 +45,10 @@ func OpenStore(path string, mode int32, config []byte, threads int32) (uint64, e
 	return stores.Put(o), nil
 }
 
-// CloseStore drops the checkpoint being added, if any, and closes the
-// store (releasing its writer lock).
+// CloseStore drops the checkpoint being added, if any, waits for a
+// background re-code in flight, and closes the store (releasing its writer
+// lock). It is closed either way; the error is the re-code's, if it failed
+// (its checkpoint stays stored whole, which loses nothing).
 func CloseStore(h uint64) error {
 	o, err := stores.Take(h)
 	if err != nil {
@@ -55,8 +57,9 @@ func CloseStore(h uint64) error {
 	o.Lock()
 	defer o.Unlock()
 	o.abort()
+	err = o.s.Settle()
 	o.s.Close()
-	return nil
+	return err
 }
 
 // idle refuses a call that needs no checkpoint being added on the session.

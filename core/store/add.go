@@ -60,6 +60,9 @@ type Tx struct {
 	unlock func()
 	// holder names the folder that keeps the checkpoint (CommitParts).
 	holder string
+	// parts: the checkpoint is CommitParts', whose participants re-coded
+	// prev as they staged: no demotion follows it.
+	parts bool
 	// parent is the run's parent: its first checkpoint is coded against it.
 	parent *RunParent
 }
@@ -87,6 +90,9 @@ func (s *Store) BeginBase() (*Tx, error) { return s.begin(MainRun, nil, 0, true,
 func (s *Store) begin(run string, parent *RunParent, step int64, hasStep bool, tags []string, base bool) (*Tx, error) {
 	if !s.write {
 		return nil, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
+	}
+	if err := s.Settle(); err != nil {
+		return nil, err
 	}
 	root, err := s.snapshot()
 	if err != nil {
@@ -176,14 +182,26 @@ func (tx *Tx) index() {
 			visit(c) // a fine-tune's frozen tensors are its parent's
 		}
 	}
-	tx.childTails()
 	last := tx.sn.latest()
 	for ci := max(0, last-tx.sn.m.Config.KeyframeInterval-1); ci <= last; ci++ {
+		if c, err := tx.sn.record(ci); err == nil {
+			visit(c)
+		}
+	}
+	tx.countTails(last - tx.sn.m.Config.KeyframeInterval - 1)
+}
+
+// countTails counts, into tails, the deltas that chain into each keyframe
+// of this run from checkpoint from on, and from other runs (childTails).
+// A chain is at most K frames, so checkpoints from K before the one being
+// re-coded are all that can reach it.
+func (tx *Tx) countTails(from int) {
+	tx.childTails()
+	for ci := max(0, from); ci <= tx.sn.latest(); ci++ {
 		c, err := tx.sn.record(ci)
 		if err != nil {
 			continue
 		}
-		visit(c)
 		for _, f := range c.Files {
 			for j := range f.Regions {
 				r := &f.Regions[j]
@@ -512,6 +530,9 @@ func (tx *Tx) region(file string, r *Region, d dtype.DType, raw []byte) error {
 		}
 		return nil
 	}
+	if tx.s.recode == RecodeBackground && !tx.part {
+		return nil // the demotion after the commit re-codes prev (demote.go)
+	}
 	return tx.convert(file, r, d, raw)
 }
 
@@ -577,7 +598,18 @@ func (tx *Tx) convert(file string, r *Region, d dtype.DType, raw []byte) error {
 		}
 		ref = &Ref{Step: tx.sn.m.Checkpoints[ci].Step, File: file, Region: kr.Name}
 	default:
-		if !cfg.Policy().Demote(tx.tails[old]) {
+		// Demote assumes r is a keyframe; a demotion that catches up on an
+		// older checkpoint may find r already a delta, whose own frames
+		// the chains through old then walk too.
+		below := tx.tails[old]
+		if r.Ref != nil {
+			ch, err := tx.sn.chain(r)
+			if err != nil {
+				return nil // damage: old stays a keyframe, and verify names r
+			}
+			below += len(ch) - 1
+		}
+		if !cfg.Policy().Demote(below) {
 			return nil // old stays a keyframe: the chains below it are K long
 		}
 		ref = &Ref{Step: tx.cp.Step, File: file, Region: r.Name}
@@ -722,28 +754,8 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 		}
 		m.Base = &CheckpointRef{Object: obj}
 	} else {
-		if len(tx.converted) > 0 {
-			old, err := sn.record(tx.prev)
-			if err != nil {
-				return nil, err
-			}
-			prev := *old
-			prev.Files = append([]File{}, prev.Files...)
-			for i := range prev.Files {
-				f := &prev.Files[i]
-				f.Regions = append([]Region{}, f.Regions...)
-				for j := range f.Regions {
-					if nr, ok := tx.converted[regionKey(f.Path, f.Regions[j].Name)]; ok {
-						f.Regions[j] = nr
-					}
-				}
-			}
-			obj, err := tx.putRecord(&prev)
-			if err != nil {
-				return nil, err
-			}
-			cps := runCheckpoints(&m, sn.run)
-			cps[tx.prev] = CheckpointRef{Step: prev.Step, Object: obj, Holder: cps[tx.prev].Holder}
+		if err := tx.replacePrev(&m); err != nil {
+			return nil, err
 		}
 		sort.Slice(tx.cp.Files, func(i, j int) bool { return tx.cp.Files[i].Path < tx.cp.Files[j].Path })
 		obj, err := tx.putRecord(tx.cp)
@@ -757,7 +769,41 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 		return nil, err
 	}
 	_, _ = s.cleanup() // best effort: a reader may hold old objects; the next open retries
+	if !tx.base && !tx.parts && s.recode == RecodeBackground {
+		s.startDemotion(sn.run)
+	}
 	return tx.cp, nil
+}
+
+// replacePrev puts into m, whose run is tx's, a new record of checkpoint
+// prev with its converted regions, if any. The record is a new object, so
+// the generation that names it replaces the old one atomically.
+func (tx *Tx) replacePrev(m *Manifest) error {
+	if len(tx.converted) == 0 {
+		return nil
+	}
+	old, err := tx.sn.record(tx.prev)
+	if err != nil {
+		return err
+	}
+	prev := *old
+	prev.Files = append([]File{}, prev.Files...)
+	for i := range prev.Files {
+		f := &prev.Files[i]
+		f.Regions = append([]Region{}, f.Regions...)
+		for j := range f.Regions {
+			if nr, ok := tx.converted[regionKey(f.Path, f.Regions[j].Name)]; ok {
+				f.Regions[j] = nr
+			}
+		}
+	}
+	obj, err := tx.putRecord(&prev)
+	if err != nil {
+		return err
+	}
+	cps := runCheckpoints(m, tx.sn.run)
+	cps[tx.prev] = CheckpointRef{Step: prev.Step, Object: obj, Holder: cps[tx.prev].Holder}
+	return nil
 }
 
 func (tx *Tx) sourceHash() string {

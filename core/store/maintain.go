@@ -200,6 +200,9 @@ func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned) (kept int, 
 // already removed; and writes anew every copy of a record or of the newest
 // manifest that is missing or damaged while the other copy is intact.
 func (s *Store) Repair() (Cleaned, error) {
+	if err := s.Settle(); err != nil {
+		return Cleaned{}, err
+	}
 	c, err := s.cleanup()
 	c.Temporary += s.opened.Temporary
 	c.Objects += s.opened.Objects
@@ -306,6 +309,9 @@ func (s *Store) RemoveFrom(run string, step int64) error {
 	if !s.write {
 		return fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
+	if err := s.Settle(); err != nil {
+		return err
+	}
 	root, err := s.snapshot()
 	if err != nil {
 		return err
@@ -353,6 +359,9 @@ func (s *Store) RemoveFrom(run string, step int64) error {
 func (s *Store) RemoveRun(run string) error {
 	if !s.write {
 		return fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
+	}
+	if err := s.Settle(); err != nil {
+		return err
 	}
 	root, err := s.snapshot()
 	if err != nil {

@@ -281,6 +281,7 @@ func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []str
 		return nil, err
 	}
 	tx.done = true // nothing is coded here: the parts were
+	tx.parts = true
 	sn := tx.sn
 	var prevRef *CheckpointRef
 	if tx.prev >= 0 {
@@ -541,6 +542,9 @@ func readPointer(d *dirfd.Dir) (*Pointer, error) {
 func (s *Store) Reclaim() ([]int64, error) {
 	if !s.write {
 		return nil, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
+	}
+	if err := s.Settle(); err != nil {
+		return nil, err
 	}
 	sn, err := s.snapshot()
 	if err != nil {

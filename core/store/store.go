@@ -39,6 +39,7 @@ import (
 	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dirfd"
 	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/par"
 )
 
 // DefaultKeyframeInterval is K when a store is created without one: a
@@ -73,6 +74,12 @@ type Options struct {
 	Positions delta.SparseMode
 	// Limits bound what a read decodes.
 	Limits Limits
+	// Recode is when an add re-codes the previous newest checkpoint as
+	// reverse deltas (demote.go): RecodeInline ("" too), inside the add;
+	// RecodeBackground, after its commit, on a goroutine of its own.
+	Recode string
+	// Priority is the priority of background re-codes (core/par).
+	Priority par.Priority
 }
 
 // Limits bound what one read of a store may decode, as every other tpde
@@ -130,6 +137,14 @@ type Store struct {
 	// lastManifest is the newest generation parsed, shared (read-only) by
 	// the snapshots of that generation.
 	lastManifest atomic.Pointer[Manifest]
+	// recode and prio are Options.Recode and Options.Priority; demoting is
+	// the background re-code in flight (nil: none), which every write
+	// waits for (Settle); caughtUp lists the runs whose demotion has
+	// already looked back K checkpoints in this session.
+	recode   string
+	prio     par.Priority
+	demoting *demotion
+	caughtUp map[string]bool
 }
 
 func (s *Store) path(parts ...string) string {
@@ -191,7 +206,16 @@ func Open(dir string, opt Options) (*Store, error) {
 	if opt.Write && opt.Stage {
 		return nil, fmt.Errorf("%w: a store is opened for writing or for staging, not both", errs.Invalid)
 	}
-	s := &Store{dir: dir, write: opt.Write, stage: opt.Stage, threads: opt.Threads, positions: opt.Positions, limits: opt.Limits}
+	if opt.Recode == "" {
+		opt.Recode = defaultRecode
+	}
+	switch opt.Recode {
+	case RecodeInline, RecodeBackground:
+	default:
+		return nil, fmt.Errorf("%w: recode %q (must be %q or %q)", errs.Invalid, printable(opt.Recode), RecodeInline, RecodeBackground)
+	}
+	s := &Store{dir: dir, write: opt.Write, stage: opt.Stage, threads: opt.Threads, positions: opt.Positions, limits: opt.Limits,
+		recode: opt.Recode, prio: opt.Priority, caughtUp: map[string]bool{}}
 	if opt.Write || opt.Stage {
 		if err := os.MkdirAll(dir, 0o777); err != nil {
 			return nil, ioErr(dir, err)
@@ -441,8 +465,11 @@ func printable(t string) string {
 	}, t)
 }
 
-// Close releases the writer lock and the store's folders.
+// Close waits for a background re-code in flight (Settle reports its
+// error; Close cannot), then releases the writer lock and the store's
+// folders.
 func (s *Store) Close() {
+	_ = s.Settle()
 	if s.wlock != nil {
 		_ = s.wlock.Close()
 		s.wlock = nil
