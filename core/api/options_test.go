@@ -7,6 +7,7 @@ import (
 
 	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/store"
 )
 
@@ -18,7 +19,8 @@ func TestStoreConfigAsPythonSendsIt(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, store.Options{Write: true, KeyframeInterval: 4, KeyframeIntervalSet: true, Reference: "base",
 		Lossy: []store.LossyRule{{Pattern: "*exp_avg*", Threshold: 1e-6}}, LossySet: true, Threads: 3,
-		Positions: delta.SparseAlways, Limits: store.Limits{Output: 1 << 20, Memory: 1 << 20}}, opt)
+		Positions: delta.SparseAlways, Limits: store.Limits{Output: 1 << 20, Memory: 1 << 20},
+		Recode: store.RecodeBackground}, opt)
 
 	// Omitted keys are "as stored"; an empty lossy list is "lossless".
 	c, err = ParseStoreConfig([]byte(`{"lossy": []}`))
@@ -33,6 +35,17 @@ func TestStoreConfigAsPythonSendsIt(t *testing.T) {
 		c, err = ParseStoreConfig([]byte(`{"priority": "` + p + `"}`))
 		require.NoError(t, err)
 		require.Equal(t, p, c.Priority)
+		opt, err = c.options(StoreWrite, 0)
+		require.NoError(t, err)
+		want, _ := par.ParsePriority(p)
+		require.Equal(t, want, opt.Priority, "the background re-code runs at the session's priority")
+	}
+	for _, r := range []string{"inline", "background"} {
+		c, err = ParseStoreConfig([]byte(`{"recode": "` + r + `"}`))
+		require.NoError(t, err)
+		opt, err = c.options(StoreWrite, 0)
+		require.NoError(t, err)
+		require.Equal(t, r, opt.Recode)
 	}
 }
 
@@ -44,6 +57,8 @@ func TestStoreConfigRefusesWhatItDoesNotKnow(t *testing.T) {
 		`{"positions": -1}`,
 		`{"priority": "realtime"}`, // a priority tpde cannot lower to
 		`{"priority": 1}`,
+		`{"recode": "later"}`,
+		`{"recode": true}`,
 		`{"lossy": [{"pattern": "*", "threshold": 1, "extra": 0}]}`,
 		`{"reference": "base"} {}`,
 		`[1]`,

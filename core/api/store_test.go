@@ -280,3 +280,40 @@ func TestStoreSessionAtIdlePriority(t *testing.T) {
 	doc(t, r, &steps)
 	require.Equal(t, []int64{1}, steps.Steps)
 }
+
+// A write session re-codes the previous newest checkpoint in the
+// background (at its own priority) by default, "inline" inside the add;
+// either way, once the session is closed the older checkpoint is a reverse
+// delta, and every checkpoint reads back.
+func TestStoreRecodesInTheBackgroundUntilClose(t *testing.T) {
+	before := open()
+	defer noSessionsLeft(t, before)
+	for _, config := range []string{`{"priority": "idle"}`, `{"recode": "inline"}`, `{}`} {
+		dir, notes := storeAndNotes(t, "epoch 3\n")
+		h, err := OpenStore(dir, StoreWrite, []byte(config), 2)
+		require.NoError(t, err)
+		addCheckpoint(t, h, 0, notes)
+		addCheckpoint(t, h, 1, notes)
+		require.NoError(t, CloseStore(h))
+		s, err := store.Open(dir, store.Options{})
+		require.NoError(t, err)
+		rd, err := s.Reader()
+		require.NoError(t, err)
+		c, err := rd.Checkpoint(0, false)
+		require.NoError(t, err)
+		deltas := 0
+		for _, f := range c.Files {
+			for _, r := range f.Regions {
+				if r.Ref != nil {
+					deltas++
+				}
+			}
+		}
+		require.Equal(t, 1, deltas, "%s: the weight of step 0 is a delta against step 1", config)
+		problems, err := s.Verify(true)
+		require.NoError(t, err)
+		require.Empty(t, problems)
+		rd.Close()
+		s.Close()
+	}
+}
