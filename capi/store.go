@@ -40,6 +40,12 @@ func tpde_store_close(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.i
 	return status(api.CloseStore(uint64(handle)), cerr, cerrLen)
 }
 
+//export tpde_store_wait
+func tpde_store_wait(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	return status(api.WaitStore(uint64(handle)), cerr, cerrLen)
+}
+
 //export tpde_store_begin
 func tpde_store_begin(handle C.uint64_t, step C.int64_t, hasStep C.int32_t, tags *C.char, tagsLen C.uint64_t,
 	base C.int32_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {

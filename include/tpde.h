@@ -117,7 +117,7 @@ extern "C" {
  * ====================================================================== */
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 9
+#define TPDE_ABI_VERSION 10
 
 #ifndef TPDE_NO_PROTOTYPES
 
@@ -567,7 +567,12 @@ typedef struct tpde_store_tensor {
  * bytes, and any one decode's memory; 0 or omitted: the memory this
  * process may use bounds decodes, nothing bounds a restore), and
  * "positions" (TPDE_DELTA_DENSE_ONLY or _SPARSE_ONLY; 0: per chunk) for
- * this writer's delta frames. Any other key is TPDE_E_INVALID. A path with
+ * this writer's delta frames, "priority" ("normal", "low", "idle") for
+ * this handle's writes, and "recode": "background" (or omitted) commits an
+ * add at once and re-codes the checkpoint before it as reverse deltas on a
+ * thread of its own, which this handle's next write and tpde_store_close
+ * wait for (readers never do); "inline" re-codes it inside
+ * tpde_store_commit. Any other key is TPDE_E_INVALID. A path with
  * a URL scheme ("s3://...") is TPDE_E_UNSUPPORTED, never a local folder.
  * Nothing inside the store is followed through a symlink, or opened if it
  * is not a regular file or folder. Another writer holding the store is
@@ -575,8 +580,15 @@ typedef struct tpde_store_tensor {
  * config. */
 int tpde_store_open(const char *path, int32_t write, const char *config, uint64_t config_len,
                     int32_t nthreads, uint64_t *handle, char *err, size_t err_len);
-/* Drop the checkpoint being added, if any, and close the store. */
+/* Drop the checkpoint being added, if any, wait for a background re-code
+ * in flight, and close the store. The handle is closed either way; an
+ * error is that re-code's failure (its checkpoint stays stored whole,
+ * which loses nothing), also reported by the next write on the handle. */
 int tpde_store_close(uint64_t handle, char *err, size_t err_len);
+/* Wait for the background re-code in flight on this handle, if any (see
+ * "recode" of tpde_store_open); its failure is the error, reported once
+ * (its checkpoint stays stored whole, which loses nothing). */
+int tpde_store_wait(uint64_t handle, char *err, size_t err_len);
 
 /* Start adding a checkpoint to the main run at step (the newest step + 1
  * when has_step is 0), with tags (NULL or a JSON list of strings); or,

@@ -62,6 +62,12 @@ func CloseStore(h uint64) error {
 	return err
 }
 
+// WaitStore waits for the background re-code in flight on store session
+// h, if any, and returns its error (once).
+func WaitStore(h uint64) error {
+	return with(stores, h, func(o *storeSession) error { return o.s.Settle() })
+}
+
 // idle refuses a call that needs no checkpoint being added on the session.
 func (o *storeSession) idle() error {
 	if o.tx != nil {

@@ -34,6 +34,10 @@ const (
 type demotion struct {
 	done chan struct{}
 	err  error
+	// untidy: a cleanup after its publish left objects behind (a reader
+	// held the store; often this process's own, reading the add's
+	// result): Settle cleans up again.
+	untidy bool
 }
 
 // defaultRecode is the Recode of Options that give none. Tests set it
@@ -62,7 +66,7 @@ func (s *Store) startDemotion(run string) {
 				d.err = fmt.Errorf("%w: %v", errs.Internal, r)
 			}
 		}()
-		d.err = par.Run(s.prio, func() error { return s.demote(run) })
+		d.err = par.Run(s.prio, func() error { return s.demote(run, d) })
 		if d.err != nil {
 			delete(s.caughtUp, run) // the next demotion looks back K again
 		}
@@ -79,6 +83,9 @@ func (s *Store) Settle() error {
 	}
 	<-d.done
 	s.demoting = nil
+	if d.untidy {
+		_, _ = s.cleanup() // best effort, as a commit's
+	}
 	if d.err != nil {
 		return fmt.Errorf("the background re-code of the checkpoint before the newest failed (that checkpoint stays stored whole, which loses nothing): %w", d.err)
 	}
@@ -91,7 +98,7 @@ func (s *Store) Settle() error {
 // may have left whole: a checkpoint there that holds no delta of its own
 // run is re-coded against its successor, oldest first, as the adds would
 // have done. The cost is bounded by K checkpoints, never the history.
-func (s *Store) demote(run string) error {
+func (s *Store) demote(run string, d *demotion) error {
 	if demoteHook != nil {
 		demoteHook("start", -1)
 	}
@@ -117,7 +124,7 @@ func (s *Store) demote(run string) error {
 		}
 		// Each checkpoint is published before the next is looked at: the
 		// chains the next one's decision counts run through it.
-		if sn, err = s.demoteOne(sn, run, ci); err != nil {
+		if sn, err = s.demoteOne(sn, run, ci, d); err != nil {
 			return err
 		}
 	}
@@ -148,7 +155,7 @@ func (s *Store) demoted(sn *snapshot, ci int) bool {
 // run, exactly as the add of ci+1 would have inline (Tx.convert), and
 // publishes the record that holds them. It returns the snapshot to go on
 // from: the new generation, or sn if nothing changed.
-func (s *Store) demoteOne(sn *snapshot, run string, ci int) (*snapshot, error) {
+func (s *Store) demoteOne(sn *snapshot, run string, ci int, d *demotion) (*snapshot, error) {
 	next, err := sn.record(ci + 1)
 	if err != nil {
 		return sn, nil // nothing is coded against what cannot be read
@@ -183,7 +190,9 @@ func (s *Store) demoteOne(sn *snapshot, run string, ci int) (*snapshot, error) {
 	if err := s.publish(&m); err != nil {
 		return sn, err
 	}
-	_, _ = s.cleanup() // best effort, as a commit's
+	if c, err := s.cleanup(); err != nil || c.ReadersBusy {
+		d.untidy = true
+	}
 	root, err := s.snapshot()
 	if err != nil {
 		return sn, err

@@ -326,9 +326,26 @@ func TestAReaderDoesNotWaitForADemotion(t *testing.T) {
 		require.NoError(t, rd.ReadTensors(c, "sd.tpde", []Span{{Offset: ft.Tensors[0].Offset, Dst: got}}))
 		assert.Equal(t, want[step][0].Data, got)
 	}
-	rd.Close()
+	// The demotion publishes, and its cleanup finds the reader: the
+	// replaced keyframes stay until Settle cleans up again.
 	close(release)
+	<-s.demoting.done
+	rd.Close()
 	require.NoError(t, s.Settle())
+	sn, err := s.snapshot()
+	require.NoError(t, err)
+	live, err := sn.live()
+	require.NoError(t, err)
+	onDisk := map[string]bool{}
+	require.NoError(t, filepath.Walk(filepath.Join(dir, "objects"), func(p string, info os.FileInfo, err error) error {
+		if err == nil && !info.IsDir() {
+			onDisk[filepath.Base(p)] = true
+		}
+		return err
+	}))
+	for name := range onDisk {
+		assert.True(t, live[name] || live[strings.TrimSuffix(name, copySuffix)], "%s is on disk, and nothing needs it", name)
+	}
 	s.Close()
 	deltas := checkStore(t, dir, DefaultKeyframeInterval, want)
 	assert.True(t, deltas[1])

@@ -49,6 +49,16 @@ class Store:
     cores nothing else wants) for adds, removes and repairs, which then run
     on lowered threads (Linux): for coding in the background while
     training runs, as TPDETrainerCallback does.
+    recode: "background" (default) or "inline". Each add stores its
+    checkpoint whole and then re-codes the one before it as reverse deltas
+    (what keeps the store small). "background" commits the add at once and
+    re-codes on a thread of its own, at this store's priority; the next
+    add, remove or repair, and close(), wait for it, and reads never do.
+    Until it ends the store is larger, never less safe: killed at any
+    moment, every checkpoint still restores, and a later add catches up.
+    "inline" re-codes inside add(), so the store is minimal when add
+    returns. A failed background re-code (its checkpoint simply stays
+    whole) is raised by the next write or by close().
     max_output_bytes: the decode limit of reads (a load's tensors, a
     restore's files, any one tensor's decode), as elsewhere in tpde: else
     $TPDE_MAX_OUTPUT, else (for memory) what this process may use.
@@ -65,10 +75,10 @@ class Store:
     def __init__(self, path: PathLike, keyframe_interval: Optional[int] = None, reference: Optional[str] = None,
                  base: Any = None, lossy: Optional[Mapping[str, float]] = None, *, threads: int = 0,
                  compression_method: str = "auto", max_output_bytes: Optional[int] = None,
-                 priority: str = "normal") -> None:
+                 priority: str = "normal", recode: str = "background") -> None:
         self.path = _store_path(path)
         self._config = _config(compression_method, keyframe_interval, reference, lossy, base, max_output_bytes,
-                               priority)
+                               priority, recode)
         self._max_output = max_output_bytes
         self._threads = int(threads)
         self._write: Optional[int] = None
@@ -117,14 +127,31 @@ class Store:
         return rd
 
     def close(self) -> None:
-        """Release the store (and its writer lock)."""
+        """Wait for a background re-code, then release the store (and its
+        writer lock). The store is closed either way; a re-code that failed
+        is raised here (its checkpoint stays whole, which loses nothing)."""
         with self._lock:
             self._closed = True
+            failed: Optional[BaseException] = None
             for attr in ("_write", "_read"):
                 h = getattr(self, attr)
                 if h:
                     setattr(self, attr, None)
-                    call("tpde_store_close", h)
+                    try:
+                        call("tpde_store_close", h)
+                    except TPDEError as e:
+                        failed = failed or e
+            if failed is not None:
+                raise failed
+
+    def wait(self) -> None:
+        """Wait for the background re-code of the checkpoint before the
+        newest (recode="background"), so that the store is as small as it
+        gets; raise its error if it failed (its checkpoint stays whole,
+        which loses nothing). Reads never need this."""
+        with self._lock:
+            if self._write:
+                call("tpde_store_wait", self._write)
 
     def __enter__(self) -> "Store":
         return self

@@ -280,9 +280,13 @@ def _store_path(path: Any) -> str:
 #: Store(priority=...): how much CPU the store's writes may take.
 PRIORITIES = ("normal", "low", "idle")
 
+#: Store(recode=...): when an add re-codes the checkpoint before it.
+RECODES = ("background", "inline")
+
 
 def _config(compression_method: str, keyframe_interval: Optional[int], reference: Optional[str], lossy: Any,
-            base: Any, max_output_bytes: Optional[int], priority: str = "normal") -> Dict[str, Any]:
+            base: Any, max_output_bytes: Optional[int], priority: str = "normal",
+            recode: str = "background") -> Dict[str, Any]:
     """The config a Store passes to tpde_store_open: only what was given
     (None means "as stored")."""
     cfg: Dict[str, Any] = {}
@@ -290,6 +294,10 @@ def _config(compression_method: str, keyframe_interval: Optional[int], reference
         raise InvalidArgumentError(f"priority must be one of {', '.join(map(repr, PRIORITIES))}, not {priority!r}")
     if priority != "normal":
         cfg["priority"] = priority
+    if recode not in RECODES:
+        raise InvalidArgumentError(f"recode must be one of {', '.join(map(repr, RECODES))}, not {recode!r}")
+    if recode != "background":
+        cfg["recode"] = recode
     positions = _options.code(_options.POSITION_CODINGS, compression_method, "compression_method")
     if positions:
         cfg["positions"] = positions
