@@ -82,3 +82,23 @@ func TestGuardRecoversOnTheCallingGoroutine(t *testing.T) {
 	assert.Contains(t, err.Error(), "boom")
 	assert.NoError(t, Guard(func() error { return nil }))
 }
+
+// Start runs its work on a goroutine of its own: the caller goes on at
+// once, and a panic there is an error for wait, never the end of the
+// process.
+func TestStartReturnsAtOnceAndItsPanicIsAnError(t *testing.T) {
+	for _, p := range []Priority{Normal, Low} {
+		release := make(chan struct{})
+		wait := Start(p, func() error {
+			<-release
+			panic("background work broke")
+		})
+		close(release) // had Start run fn on this goroutine, it would never get here
+		err := wait()
+		require.ErrorIs(t, err, errs.Internal)
+		require.ErrorContains(t, err, "background work broke")
+		require.Equal(t, err, wait(), "wait gives the same error again")
+	}
+	wait := Start(Normal, func() error { return nil })
+	require.NoError(t, wait())
+}

@@ -3,6 +3,7 @@ package par
 import (
 	"fmt"
 	"runtime"
+	"runtime/debug"
 
 	"github.com/tpde/tpde/core/errs"
 )
@@ -56,6 +57,30 @@ func Run(p Priority, fn func() error) error {
 	}
 	start(8, nil)
 	return <-done
+}
+
+// Start calls fn at priority p, as Run does, on a goroutine of its own, and
+// returns at once; wait blocks until fn has returned and gives its error (a
+// panic or fault of fn's included, as in Guard), and may be called again.
+func Start(p Priority, fn func() error) (wait func() error) {
+	done := make(chan struct{})
+	var err error
+	go func() {
+		defer close(done)
+		defer func() {
+			// Run guards fn; this catches what could escape it (a panic
+			// while formatting fn's panic), since a goroutine's panic
+			// would end the process.
+			if r := recover(); r != nil {
+				err = &PanicError{Value: r, Stack: debug.Stack()}
+			}
+		}()
+		err = Run(p, fn)
+	}()
+	return func() error {
+		<-done
+		return err
+	}
 }
 
 // handOff is how a goroutine on the runtime's first thread (m0), which is

@@ -15,7 +15,6 @@ import (
 	"fmt"
 
 	"github.com/tpde/tpde/core/dtype"
-	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/par"
 )
 
@@ -32,8 +31,8 @@ const (
 
 // demotion is one background re-code in flight.
 type demotion struct {
-	done chan struct{}
-	err  error
+	wait func() error
+	run  string
 	// untidy: a cleanup after its publish left objects behind (a reader
 	// held the store; often this process's own, reading the add's
 	// result): Settle cleans up again.
@@ -54,23 +53,9 @@ var demoteHook func(point string, step int64)
 // run that the commit just made older than the newest. Its error (a panic
 // included) is kept for settle.
 func (s *Store) startDemotion(run string) {
-	d := &demotion{done: make(chan struct{})}
+	d := &demotion{run: run}
 	s.demoting = d
-	go func() {
-		defer close(d.done)
-		defer func() {
-			// par.Run turns a panic into an error; this catches one it
-			// could not (a panic of the error's own formatting): a
-			// goroutine's panic would end the process.
-			if r := recover(); r != nil {
-				d.err = fmt.Errorf("%w: %v", errs.Internal, r)
-			}
-		}()
-		d.err = par.Run(s.prio, func() error { return s.demote(run, d) })
-		if d.err != nil {
-			delete(s.caughtUp, run) // the next demotion looks back K again
-		}
-	}()
+	d.wait = par.Start(s.prio, func() error { return s.demote(run, d) })
 }
 
 // Settle waits for a background re-code in flight, if any, and returns its
@@ -81,13 +66,16 @@ func (s *Store) Settle() error {
 	if d == nil {
 		return nil
 	}
-	<-d.done
+	err := d.wait()
 	s.demoting = nil
+	if err != nil {
+		delete(s.caughtUp, d.run) // the next demotion looks back K again
+	}
 	if d.untidy {
 		_, _ = s.cleanup() // best effort, as a commit's
 	}
-	if d.err != nil {
-		return fmt.Errorf("the background re-code of the checkpoint before the newest failed (that checkpoint stays stored whole, which loses nothing): %w", d.err)
+	if err != nil {
+		return fmt.Errorf("the background re-code of the checkpoint before the newest failed (that checkpoint stays stored whole, which loses nothing): %w", err)
 	}
 	return nil
 }

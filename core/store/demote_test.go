@@ -329,7 +329,7 @@ func TestAReaderDoesNotWaitForADemotion(t *testing.T) {
 	// The demotion publishes, and its cleanup finds the reader: the
 	// replaced keyframes stay until Settle cleans up again.
 	close(release)
-	<-s.demoting.done
+	_ = s.demoting.wait()
 	rd.Close()
 	require.NoError(t, s.Settle())
 	sn, err := s.snapshot()
