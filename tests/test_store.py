@@ -1258,3 +1258,29 @@ def test_a_parts_state_dict_offsets_are_where_the_layout_put_each_tensor(tmp_pat
     for name, t in sd.items():
         b = t.contiguous().view(torch.uint8).numpy().tobytes()
         assert raw[offsets[name]:offsets[name] + len(b)] == b, name
+
+
+def test_recode_background_or_inline_ends_in_the_same_store(tmp_path: Path) -> None:
+    """recode="inline" re-codes the checkpoint before the newest inside
+    add(); "background" (the default) after it returns, which wait() and
+    close() wait for: both end with the same reverse deltas, and the same
+    sizes. An unknown mode is refused."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(256, 1024, generator=g)
+    steps = [a + 1e-4 * k * (torch.rand(a.shape, generator=g) < 0.1) for k in range(4)]
+    sizes = {}
+    for mode in ("inline", "background"):
+        with tpde.Store(tmp_path / mode, recode=mode, keyframe_interval=3) as st:
+            for k, sd in enumerate(steps):
+                st.add({"w": sd}, step=k)
+            if mode == "background":
+                st.wait()  # inline: the store is minimal as add returns
+            chains_now = {(s, n): len(c) for (s, _, n), c in chains(snap(st)).items()}
+            # K=3: 0 -> 1 -> 2 walks three frames, so 2 stays a keyframe.
+            assert chains_now == {(0, "w"): 3, (1, "w"): 2, (2, "w"): 1, (3, "w"): 1}, chains_now
+            sizes[mode] = [st.info(k).stored_bytes for k in range(4)]
+            for k, sd in enumerate(steps):
+                assert torch.equal(st.load(k)["w"].view(torch.int32), sd.view(torch.int32))
+    assert sizes["inline"] == sizes["background"]
+    with pytest.raises(InvalidArgumentError, match="recode"):
+        tpde.Store(tmp_path / "bad", recode="later")
