@@ -294,6 +294,8 @@ func TestStoreRecodesInTheBackgroundUntilClose(t *testing.T) {
 		require.NoError(t, err)
 		addCheckpoint(t, h, 0, notes)
 		addCheckpoint(t, h, 1, notes)
+		require.NoError(t, WaitStore(h))
+		require.NoError(t, WaitStore(h), "nothing in flight: nothing to wait for")
 		require.NoError(t, CloseStore(h))
 		s, err := store.Open(dir, store.Options{})
 		require.NoError(t, err)
