@@ -51,7 +51,7 @@ var demoteHook func(point string, step int64)
 
 // startDemotion re-codes, on a goroutine of its own, the checkpoints of
 // run that the commit just made older than the newest. Its error (a panic
-// included) is kept for settle.
+// included) is kept for Settle.
 func (s *Store) startDemotion(run string) {
 	d := &demotion{run: run}
 	s.demoting = d
@@ -60,7 +60,9 @@ func (s *Store) startDemotion(run string) {
 
 // Settle waits for a background re-code in flight, if any, and returns its
 // error (once). A failed re-code leaves its checkpoint stored whole, which
-// is valid; the next session's first demotion tries it again.
+// is valid; the next demotion of its run looks back K checkpoints, and so
+// tries it again. Every write of the Store calls it first (Begin,
+// CommitParts, Remove, RemoveRun, Reclaim, Repair), and Close.
 func (s *Store) Settle() error {
 	d := s.demoting
 	if d == nil {
