@@ -207,6 +207,10 @@ class TPDETrainerCallback(TrainerCallback):
             t0 = time.perf_counter()
             info = self._store.add(folder, step=step)
             seconds = time.perf_counter() - t0
+            # The checkpoint before this one is re-coded after add returns;
+            # this thread is already off training's path, so it waits, and
+            # the growth it reports is the store's once that is done.
+            self._store.wait()
             grown = _disk_bytes(self._store.path) - before
             self.profile.append({"step": step, "ratio": info.raw_bytes / grown if grown > 0 else float("inf"),
                                  "original_bytes": info.raw_bytes, "stored_bytes": grown, "seconds": seconds})
