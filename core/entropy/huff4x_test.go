@@ -48,7 +48,8 @@ func encodeHuff(t testing.TB, src []byte) []byte {
 }
 
 // The multi-symbol decoder takes every stream klauspost's encoder writes at
-// the lengths it handles, and reproduces the bytes.
+// the lengths it handles, and reproduces the bytes (where this build and
+// CPU have its kernel); Decode reproduces them everywhere.
 func TestHuffMultiDecodes(t *testing.T) {
 	r := rand.New(rand.NewSource(4))
 	for _, n := range []int{multiMinLen, multiMinLen + 1, multiMinLen + 2, multiMinLen + 3, 1 << 17, 3<<16 + 5, huff0.BlockSizeMax} {
@@ -59,8 +60,10 @@ func TestHuffMultiDecodes(t *testing.T) {
 			require.NoError(t, err)
 			var h huffMulti
 			dst := make([]byte, n)
-			require.True(t, h.decode4X(enc, rem, dst), "%s n=%d: multi-symbol decoder refused a valid stream", name, n)
-			require.Equal(t, src, dst, "%s n=%d", name, n)
+			if haveMulti {
+				require.True(t, h.decode4X(enc, rem, dst), "%s n=%d: multi-symbol decoder refused a valid stream", name, n)
+				require.Equal(t, src, dst, "%s n=%d", name, n)
+			}
 			var d Decoder
 			clear(dst)
 			require.NoError(t, d.Decode(Huff0, enc, dst))
