@@ -43,9 +43,9 @@ type huffMulti struct {
 	weights [256]byte
 	single  [1 << huffTableLogMax]uint16 // symbol<<8 | code length
 	// multi[window] is, for the top 11 bits of the container, the
-	// complete codes they hold (up to multiSyms): bits consumed in bits
-	// 0-7 (so that a shift by the entry consumes them), symbol count in
-	// bits 8-15, symbols in bits 16-47 (first symbol lowest).
+	// complete codes they hold (up to multiSyms): symbols in bits 0-31
+	// (first symbol lowest), bits consumed in byte 6, symbol count in
+	// byte 7 (huff4x_amd64.s).
 	multi [1 << huffTableLogMax]uint64
 }
 
@@ -154,7 +154,7 @@ func (h *huffMulti) buildMulti(tl uint) {
 // fillMulti fills the entries [base, base+2^r), which share k decoded
 // symbols (syms, used bits) and differ in their r remaining bits.
 func (h *huffMulti) fillMulti(tl, base, r, used uint, syms uint64, k int) {
-	done := uint64(used) | uint64(k)<<8 | syms<<16
+	done := syms | uint64(used)<<48 | uint64(k)<<56
 	if k == multiSyms {
 		m := h.multi[base : base+1<<r]
 		for i := range m {
@@ -264,13 +264,14 @@ type huffCtx struct {
 // fast4 decodes the four streams in lockstep with the assembly kernel
 // while each has a full 8-byte window of its own input left below its read
 // position and room for a whole round of output (5 lookups, each storing
-// 4 bytes). It advances the streams and their output offsets, leaving each
+// 8 bytes and advancing up to 4). It advances the streams and their output offsets, leaving each
 // stream with at most 7 bits used of its window.
 func (h *huffMulti) fast4(st *[4]bitStream, o *[4]int, end *[4]int, dst []byte) {
-	// A round writes at most 5 lookups of 4 bytes; one byte more keeps
-	// the output pointers inside dst (a pointer one past its end could
-	// name another object for the garbage collector).
-	const round = 5*multiSyms + 1
+	// A round advances at most 5 lookups of 4 bytes and its last lookup
+	// stores 8 bytes; one byte more keeps the output pointers inside dst
+	// (a pointer one past its end could name another object for the
+	// garbage collector).
+	const round = 4*multiSyms + 8 + 1
 	ctx := huffCtx{tbl: &h.multi[0]}
 	for i := range st {
 		s := &st[i]

@@ -12,19 +12,19 @@
 
 // One lookup for one stream: V is the container (unread bits at the top,
 // a sentinel bit below them), OP the output pointer. The table entry (BX)
-// holds the bits consumed (bits 0-7), the symbol count (8-15) and up to
-// four symbols (16-47); four bytes are always stored, and the output
-// advances by the count.
+// holds up to four symbols (bits 0-31), the bits consumed (byte 6) and the
+// symbol count (byte 7). All 8 bytes are stored: the bytes past the count
+// are rewritten by the next lookup or by the Go tail. RORX brings the
+// bits consumed to the bottom for SHLX (which reads its count mod 64)
+// without a mask or a second table.
 #define LOOKUP(V, OP) \
-	MOVQ    V, BX         \
-	SHRQ    $53, BX       \
+	MOVQ    V, BX          \
+	SHRQ    $53, BX        \
 	MOVQ    (DI)(BX*8), BX \
-	SHLXQ   BX, V, V      \
-	MOVQ    BX, CX        \
-	SHRQ    $16, CX       \
-	MOVL    CX, (OP)      \
-	SHRQ    $8, BX        \
-	MOVBQZX BX, BX        \
+	RORXQ   $48, BX, CX    \
+	SHLXQ   CX, V, V       \
+	MOVQ    BX, (OP)       \
+	SHRQ    $56, BX        \
 	ADDQ    BX, OP
 
 // Reload: the sentinel's trailing-zero count is the bits used of the window

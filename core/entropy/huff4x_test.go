@@ -156,6 +156,18 @@ func BenchmarkHuffDecode(b *testing.B) {
 				_ = d.Decode(Huff0, enc, dst)
 			}
 		})
+		b.Run(name+"/kernel", func(b *testing.B) {
+			if !haveMulti {
+				b.Skip("no multi-symbol kernel in this build or on this CPU")
+			}
+			var s huff0.Scratch
+			var h huffMulti
+			b.SetBytes(int64(len(src)))
+			for i := 0; i < b.N; i++ {
+				_, rem, _ := huff0.ReadTable(enc, &s)
+				h.decode4X(enc, rem, dst)
+			}
+		})
 		b.Run(name+"/klauspost", func(b *testing.B) {
 			var s huff0.Scratch
 			b.SetBytes(int64(len(src)))
