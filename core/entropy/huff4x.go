@@ -14,6 +14,7 @@ package entropy
 // refuses is handed to klauspost's, so errors stay its errors.
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"math/bits"
@@ -47,6 +48,12 @@ type huffMulti struct {
 	// (first symbol lowest), bits consumed in byte 6, symbol count in
 	// byte 7 (huff4x_amd64.s).
 	multi [1 << huffTableLogMax]uint64
+	// desc is the tree description single and multi were built from:
+	// neighbouring chunks of a tensor often carry the same one, and
+	// rebuilding the table cost up to a tenth of decoding a bf16 tensor.
+	desc     []byte
+	descLog  uint
+	descGood bool
 }
 
 // readWeights parses the Huffman tree description at the start of src (one
@@ -217,11 +224,20 @@ func (h *huffMulti) decode4X(src, rem, dst []byte) bool {
 	if !haveMulti {
 		return false
 	}
-	tl, ok := h.readWeights(src[:len(src)-len(rem)])
-	if !ok || len(rem) < 6+4 {
+	if len(rem) < 6+4 {
 		return false
 	}
-	h.buildMulti(tl)
+	desc := src[:len(src)-len(rem)]
+	tl := h.descLog
+	if !h.descGood || !bytes.Equal(desc, h.desc) {
+		var ok bool
+		h.descGood = false
+		if tl, ok = h.readWeights(desc); !ok {
+			return false
+		}
+		h.buildMulti(tl)
+		h.desc, h.descLog, h.descGood = append(h.desc[:0], desc...), tl, true
+	}
 	var st [4]bitStream
 	start := 6
 	for i := 0; i < 3; i++ {

@@ -178,3 +178,30 @@ func BenchmarkHuffDecode(b *testing.B) {
 		})
 	}
 }
+
+// One decoder across blocks with different and with equal tree
+// descriptions: the table kept from the previous block is reused only
+// for the same description.
+func TestHuffMultiReusesTableOnlyForSameDescription(t *testing.T) {
+	r := rand.New(rand.NewSource(7))
+	var d Decoder
+	samples := huffSamples(r, 1<<15)
+	names := []string{"narrow", "geometric", "narrow", "narrow", "two", "geometric", "two"}
+	encs := map[string][]byte{}
+	for _, name := range names {
+		if encs[name] == nil {
+			encs[name] = encodeHuff(t, samples[name])
+		}
+		dst := make([]byte, len(samples[name]))
+		require.NoError(t, d.Decode(Huff0, encs[name], dst))
+		require.Equal(t, samples[name], dst, name)
+	}
+	// Same description, other streams: a second plane of the same
+	// distribution usually gets the same code lengths.
+	a, b := huffSamples(rand.New(rand.NewSource(8)), 1<<15)["narrow"], huffSamples(rand.New(rand.NewSource(9)), 1<<15)["narrow"]
+	for _, src := range [][]byte{a, b, a} {
+		dst := make([]byte, len(src))
+		require.NoError(t, d.Decode(Huff0, encodeHuff(t, src), dst))
+		require.Equal(t, src, dst)
+	}
+}
