@@ -9,6 +9,9 @@ var X86 struct {
 	// HasAVX512Fold: AVX512F, AVX512VL and VPCLMULQDQ, with the OS saving
 	// the ZMM state, and SSE4.2 (the CRC32 instruction).
 	HasAVX512Fold bool
+	// HasAVX512VBMI: AVX512F, AVX512BW and AVX512VBMI (VPERMB), with the
+	// OS saving the ZMM state.
+	HasAVX512VBMI bool
 }
 
 func init() { detect() }

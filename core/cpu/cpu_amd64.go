@@ -22,6 +22,7 @@ func detect() {
 	if xcr0, _ := xgetbv0(); xcr0&0xe6 != 0xe6 {
 		return
 	}
-	const avx512f, avx512vl, vpclmulqdq = 1 << 16, 1 << 31, 1 << 10
+	const avx512f, avx512bw, avx512vl, vpclmulqdq, vbmi = 1 << 16, 1 << 30, 1 << 31, 1 << 10, 1 << 1
 	X86.HasAVX512Fold = b7&avx512f != 0 && b7&avx512vl != 0 && c7&vpclmulqdq != 0
+	X86.HasAVX512VBMI = b7&avx512f != 0 && b7&avx512bw != 0 && c7&vbmi != 0
 }
