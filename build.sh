@@ -77,6 +77,9 @@ run_go_tests() {
 	log "go vet + go test"
 	go vet ./...
 	go test -count=1 ./...
+	# The store's tests again with each add's re-code in the background
+	# (core/store/main_test.go; the Go default is inline).
+	TPDE_STORE_RECODE=background go test -count=1 ./core/store/
 	# The pure-Go fallback (what non-amd64 machines run) of the SSE2 kernels
 	# in core/transform and core/delta; it must keep building and passing.
 	log "go vet + go test, -tags purego"
