@@ -229,18 +229,18 @@ type plan struct {
 	tryDense, trySparse bool
 }
 
-// makePlan estimates, from the sample in s.sv and s.sr (ns elements), the
-// best context map for the dense and the sparse coding and which of them
-// to try.
-// effectiveContext resolves ContextAuto: contexts are weighed only at
-// effort Max.
+// effectiveContext resolves ContextAuto: contexts are weighed at every
+// effort but Fast.
 func effectiveContext(p *Params) ContextMode {
-	if p.Context == ContextAuto && p.Effort != entropy.Max {
+	if p.Context == ContextAuto && p.Effort == entropy.Fast {
 		return contextAutoOff
 	}
 	return p.Context
 }
 
+// makePlan estimates, from the sample in s.sv and s.sr (ns elements), the
+// best context map for the dense and the sparse coding and which of them
+// to try.
 func makePlan[T, V word](s *Scratch, ns, n int, p *Params, ef expField) plan {
 	e := &s.est
 	fill[T, V](e, s.sv, s.sr, ns, ef)
