@@ -223,8 +223,8 @@ int tpde_entropy_bound(const void *src, uint64_t src_len, int32_t dtype, double 
 /* Flags of tpde_encode_delta. With none (0) the encoder chooses per chunk
  * between the dense and the sparse coding, whichever is smaller, and, at
  * TPDE_EFFORT_BALANCED and TPDE_EFFORT_MAX, how many exponent contexts to
- * use (where they are estimated to make the frame at least 3% smaller; they
- * halve encoding and decoding speed where used). */
+ * use (where they are estimated to make the frame at least 8% smaller, 3%
+ * at MAX; they halve encoding and decoding speed where used). */
 #define TPDE_DELTA_DENSE_ONLY 1u   /* never the sparse coding */
 #define TPDE_DELTA_SPARSE_ONLY 2u  /* the sparse coding ("elias_delta_zstd": positions of the changed
                                       elements, then their residuals) for every changed chunk */

@@ -163,4 +163,3 @@ func TestContextsRoundTripSpecialValues(t *testing.T) {
 		}
 	}
 }
-

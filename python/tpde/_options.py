@@ -23,8 +23,8 @@ RESIDUALS = {"auto": -1, "xor": 0, "diff": 1, "pred": 2}
 #: (positions as Elias-delta gaps, then zstd); "dense" never codes positions.
 POSITION_CODINGS = {"auto": 0, "dense": 1, "elias_delta_zstd": 2}
 #: How residuals are grouped by the reference element's exponent (TPDE_DELTA_*
-#: flags): "auto" uses up to 16 groups where a sample estimates they save 3%
-#: (at efforts "balanced" and "max"; "fast" uses one); "one" never groups;
+#: flags): "auto" uses up to 16 groups where a sample estimates they save 8%
+#: at effort "balanced", 3% at "max" ("fast" uses one); "one" never groups;
 #: "full" always uses 16 (float dtypes).
 CONTEXTS = {"auto": 0, "one": 4, "full": 8}
 
