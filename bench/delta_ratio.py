@@ -2,7 +2,7 @@
 effort next to z4ai's compress_delta (the closest peer on deltas).
 
     PYTHONPATH=python HF_HUB_OFFLINE=1 python bench/delta_ratio.py                    # full series
-    ... bench/delta_ratio.py --streams bf16 --pairs 2 --no-z4ai-levels               # quicker look
+    ... bench/delta_ratio.py --streams bf16 --pairs 2                                 # quicker look
     ... bench/delta_ratio.py --json bench/results/delta_ratio.json
 
 Every checkpoint k of bench/series_data.py's series (generated and cached
@@ -11,9 +11,12 @@ the bf16 and the fp32 weights. Tools, all single-threaded:
 
   tpde-<effort>   tpde.compress_delta(x, ref, effort=..., threads=1), residual
                   "auto" (what the store does); "balanced" is the default
+  tpde-balanced-one  the default with contexts="one": no grouping by the
+                  reference's exponent (the default before it weighed them)
   z4ai            z4ai.compress_delta(cur, ref, dtype=...), its defaults
-  z4ai-l19        the same with level=19, the strongest setting compress_delta
-                  exposes (it has no effort knob)
+  z4ai-l19        with --z4ai-l19: the same with level=19, the strongest
+                  setting compress_delta exposes (it has no effort knob);
+                  under 1 MB/s, so not by default
 
 Sizes are summed over the tensors and checkpoints; times are CPU seconds of
 this process (time.process_time: the machine is shared, wall time is not
@@ -52,9 +55,9 @@ def tools(with_levels: bool) -> Dict[str, Tuple[Callable[[Any, Any, str], Any], 
     import tpde
     import z4ai
 
-    def tpde_tool(effort: str):
+    def tpde_tool(effort: str, contexts: str = "auto"):
         def enc(cur: Any, ref: Any, stream: str) -> Any:
-            return tpde.compress_delta(cur, ref, effort=effort, threads=1)
+            return tpde.compress_delta(cur, ref, effort=effort, contexts=contexts, threads=1)
 
         def dec(blob: Any, cur: Any, ref: Any) -> Any:
             return tpde.decompress_delta(blob, ref, threads=1)
@@ -76,6 +79,7 @@ def tools(with_levels: bool) -> Dict[str, Tuple[Callable[[Any, Any, str], Any], 
         return enc, dec
 
     out = {f"tpde-{e}": tpde_tool(e) for e in EFFORTS}
+    out["tpde-balanced-one"] = tpde_tool("balanced", "one")
     out["z4ai"] = z4ai_tool()
     if with_levels:
         out["z4ai-l19"] = z4ai_tool(level=19)
@@ -107,7 +111,7 @@ def main(argv: List[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--streams", default="bf16,fp32")
     ap.add_argument("--pairs", type=int, default=0, help="checkpoint pairs to code (0: all)")
-    ap.add_argument("--no-z4ai-levels", action="store_true", help="skip z4ai at level=19 (slow)")
+    ap.add_argument("--z4ai-l19", action="store_true", help="also z4ai at level=19 (under 1 MB/s)")
     ap.add_argument("--dir", type=Path, help="a series directory (ckpt-000, ckpt-001, ...) instead of the cached "
                     "reference series, which is generated when missing")
     ap.add_argument("--json", help="write the results here")
@@ -118,7 +122,7 @@ def main(argv: List[str] | None = None) -> int:
     else:
         s, _ = series_data.load_series()
     pairs = range(1, len(s)) if args.pairs <= 0 else range(1, min(len(s), args.pairs + 1))
-    tl = tools(not args.no_z4ai_levels)
+    tl = tools(args.z4ai_l19)
     results: Dict[str, Any] = {}
     ok = True
     for stream in args.streams.split(","):
@@ -151,9 +155,9 @@ def main(argv: List[str] | None = None) -> int:
             t["dec_MBps"] = raw / t["dec_s"] / common.MB if t["dec_s"] else None
         results[stream] = {"raw": raw, "tools": tot, "checkpoints": rows}
         print(f"\n{stream} deltas, {len(rows)} checkpoints, {raw} raw bytes")
-        print(f"  {'tool':14} {'bytes':>11} {'ratio':>7} {'vs z4ai':>8} {'enc MB/s':>9} {'dec MB/s':>9}")
+        print(f"  {'tool':18} {'bytes':>11} {'ratio':>7} {'vs z4ai':>8} {'enc MB/s':>9} {'dec MB/s':>9}")
         for n, t in tot.items():
-            print(f"  {n:14} {t['bytes']:11d} {t['ratio']:7.3f} {tot['z4ai']['bytes'] / t['bytes']:7.3f}x "
+            print(f"  {n:18} {t['bytes']:11d} {t['ratio']:7.3f} {tot['z4ai']['bytes'] / t['bytes']:7.3f}x "
                   f"{t['enc_MBps']:9.1f} {t['dec_MBps']:9.1f}")
     if "bf16" in results:
         t = results["bf16"]["tools"]
