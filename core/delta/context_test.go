@@ -10,6 +10,7 @@ import (
 
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/entropy"
+	"github.com/tpde/tpde/core/errs"
 )
 
 // adamStep returns ref (float weights of dtype d) moved by one step of the
@@ -162,4 +163,39 @@ func TestContextsRoundTripSpecialValues(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A chunk with contexts whose header or streams were tampered with is
+// refused as corrupt, never decoded into wrong bytes silently.
+func TestContextsHostilePayloadsRefused(t *testing.T) {
+	r := rand.New(rand.NewSource(44))
+	d := dtype.BF16
+	ref := weightsOf(r, d, 4096)
+	cur := adamStep(r, d, ref, 2e-4)
+	p := Params{DType: d, Kind: Diff, Context: ContextOn, Sparse: SparseNever}
+	res := preparedRoundTrip(t, cur, ref, p)
+	require.Equal(t, MaxContexts, res.Contexts)
+	good := append([]byte(nil), res.Payload...)
+	decode := func(payload []byte, pp Params) error {
+		dst := make([]byte, len(cur))
+		return NewScratch().Decode(res.Mode, res.Count, payload, ref, nil, dst, &pp)
+	}
+	require.NoError(t, decode(good, p))
+	mutate := func(f func(b []byte) []byte) []byte { return f(append([]byte(nil), good...)) }
+	for name, bad := range map[string][]byte{
+		"no contexts":     mutate(func(b []byte) []byte { b[0] = 0; return b }),
+		"17 contexts":     mutate(func(b []byte) []byte { b[0] = MaxContexts + 1; return b }),
+		"reserved byte":   mutate(func(b []byte) []byte { b[1] = 1; return b }),
+		"base past range": mutate(func(b []byte) []byte { binary.LittleEndian.PutUint16(b[2:], 256); return b }),
+		"fewer contexts":  mutate(func(b []byte) []byte { b[0] = 4; return b }),
+		"truncated":       good[:len(good)-1],
+		"header only":     good[:ctxHdrLen],
+		"trailing byte":   append(append([]byte(nil), good...), 0),
+	} {
+		assert.ErrorIs(t, decode(bad, p), errs.Corrupt, name)
+	}
+	// Contexts on a dtype without an exponent.
+	i16 := p
+	i16.DType = dtype.I16
+	assert.ErrorIs(t, decode(good, i16), errs.Corrupt)
 }
