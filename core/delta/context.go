@@ -67,7 +67,7 @@ const (
 	// scalar scatter by bucket when encoding and gather when decoding,
 	// about half the speed of the vector K = 1 paths), so Fast never
 	// weighs them. Balanced does, where they save 8% (ctxMargin): on the
-	// bf16 weights of a real fine-tuning series they made delta frames 20%
+	// bf16 weights of a real fine-tuning series they made delta frames 18%
 	// smaller (bench/delta_ratio.py), and delta frames are coded in the
 	// store's background work and decoded only to read an older
 	// checkpoint.

@@ -223,9 +223,9 @@ const closeCall = 1.5
 // estimated to cost under this fraction of the single-bucket size, since
 // they halve encoding and decoding speed: at Max, a saving of 3% is worth
 // it; at Balanced only one of 8%. Measured on a real fine-tuning series
-// (bench/delta_ratio.py): bf16 weights saved 20% either way, fp32 weights
-// 4% at 3% and nothing at 8% (so they keep the full speed), optimizer
-// moments 0.3% at 3%.
+// (bench/delta_ratio.py, checkpoints 1-4): bf16 weights saved 19% at 3%
+// and 18% at 8%, fp32 weights 4% at 3% and nothing at 8% (so they keep
+// the full speed), AdamW's moments 0.35% either way.
 func ctxMargin(e entropy.Effort) float64 {
 	if e == entropy.Max {
 		return 0.97
