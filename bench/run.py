@@ -85,7 +85,7 @@ class Report:
 # --- per-dtype comparison ----------------------------------------------------
 
 def build_codecs(path: Path, data: bytes, sha: str, tensors: Dict[str, Any], dt: str, workdir: Path,
-                 quick: bool) -> List[common.Codec]:
+                 quick: bool, z4ai_max: bool) -> List[common.Codec]:
     zipnn_dtype = common.DTYPES[dt][1]
     codecs: List[common.Codec] = []
     for th in (1, 2):
@@ -102,11 +102,12 @@ def build_codecs(path: Path, data: bytes, sha: str, tensors: Dict[str, Any], dt:
         codecs.append(common.ZipNNConcat(tensors, th, zipnn_dtype))
         codecs.append(common.Z4aiTensors(tensors, th))
         codecs.append(common.TpdeTensors(tensors, th))
-    if not quick:
-        for th in (1, 2):
-            z = common.Z4aiTensors(tensors, th, effort=Z4AI_MAX)
-            z.compress_reps = 1  # a few MB/s: one compression, then every repetition decodes its output
-            codecs.append(z)
+    if z4ai_max:
+        # z4ai's high-ratio tier compresses at well under 1 MB/s per core here (brotli-11, zstd-19 and rANS
+        # tried per stream) and decodes at a few MB/s: one thread only, one compression, two decodes.
+        z = common.Z4aiTensors(tensors, 1, effort=Z4AI_MAX)
+        z.reps, z.compress_reps = 2, 1
+        codecs.append(z)
     return codecs
 
 
@@ -118,13 +119,13 @@ def by_tool(results: List[Result]) -> Dict[str, Dict[int, Result]]:
 
 
 def bench_dtype(rep: Report, dt: str, path: Path, workdir: Path, reps: int, quick: bool,
-                verbose: bool, core: Optional[int]) -> Dict[str, Any]:
+                verbose: bool, core: Optional[int], z4ai_max: bool) -> Dict[str, Any]:
     import tpde
 
     data = path.read_bytes()
     sha = common.sha256_file(path)
     tensors = common.load_tensors(path)
-    codecs = build_codecs(path, data, sha, tensors, dt, workdir, quick)
+    codecs = build_codecs(path, data, sha, tensors, dt, workdir, quick, z4ai_max)
     log: Callable[[str], None] = (lambda s: print(s, file=sys.stderr, flush=True)) if verbose else (lambda s: None)
     memcpy = common.memcpy_speed(core, reps=max(reps, 3))
     results = common.measure(codecs, reps, log, core=core)
@@ -158,7 +159,8 @@ def bench_dtype(rep: Report, dt: str, path: Path, workdir: Path, reps: int, quic
     rep.table(headers, rows)
     reps_note = {n: len(per[1].ctimes) for n, per in tools.items()}
     rep.note(f"MB/s = 10^6 uncompressed bytes per second, best of {reps} repetitions"
-             + (f" (zstd-19: 1 run; z4ai {Z4AI_MAX}: 1 compression, {reps} decompressions of it)" if not quick else "")
+             + (" (zstd-19: 1 run)" if not quick else "")
+             + (f" (z4ai {Z4AI_MAX}: 1 compression, 2 decompressions of it, 1 thread only)" if z4ai_max else "")
              + "; 'file' rows code the whole .safetensors file (tpde file: read + write + fsync),"
              + " the others the tensors' bytes in memory. zstd decompresses on one thread. "
              + (f"1T rows pinned to core {core}. " if core is not None else "1T rows not pinned (one usable core). ")
@@ -447,7 +449,7 @@ def bench_memory(rep: Report, fp32: Path, workdir: Path) -> Dict[str, Any]:
             "peak_bytes": peak, "baseline_bytes": base, "after_load_bytes": loaded}
 
 
-def run_method(reps: int, core: Optional[int], quick: bool) -> Dict[str, Any]:
+def run_method(reps: int, core: Optional[int], z4ai_max: bool) -> Dict[str, Any]:
     """What is timed, in words and settings: the JSON's `method` block (bench/render.py quotes it)."""
     return {
         "timed": "compress: each tool's compress call(s) on the input; decompress: each tensor's compressed "
@@ -473,9 +475,9 @@ def run_method(reps: int, core: Optional[int], quick: bool) -> Dict[str, Any]:
                                 "tensor's bytes (byte mode: ZipNN's mode for raw buffers)",
             "ZipNN concat": "the same on all float tensors concatenated (as ZipNN's file tools feed it)",
             "z4ai per-tensor": "z4ai.compress(bytes, dtype=<dtype>, threads=n) (default tier) / z4ai.decompress",
-            f"z4ai per-tensor {Z4AI_MAX}": f"the same with effort='{Z4AI_MAX}' (its high-ratio tier); one "
-                                            "compression (a few MB/s), every repetition decodes it"
-                                            + (" (not run with --quick)" if quick else ""),
+            f"z4ai per-tensor {Z4AI_MAX}": (f"the same with effort='{Z4AI_MAX}' (its high-ratio tier), 1 thread "
+                                            "only: one compression and two decodes (it compresses at well under "
+                                            "1 MB/s)" if z4ai_max else "not run (--quick or --no-z4ai-max)"),
             "zstd-3, zstd-19": "zstandard on the whole file's bytes",
             "tpde file": "tpde.compress_file / decompress_file, file to file (read, write, fsync)",
         },
@@ -497,8 +499,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--tmpdir", metavar="DIR", help="where to put the converted and compressed files "
                                                     "(default: the system temp dir)")
     ap.add_argument("--dtypes", default="fp32,bf16,fp16", help="comma-separated subset of fp32,bf16,fp16")
+    ap.add_argument("--no-z4ai-max", action="store_true",
+                    help=f"leave out z4ai effort={Z4AI_MAX!r} (well under 1 MB/s: minutes per dtype); "
+                         "--quick leaves it out too")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every repetition on stderr")
     args = ap.parse_args(argv)
+    z4ai_max = not (args.quick or args.no_z4ai_max)
     reps = args.reps or (3 if args.quick else 5)
     dts = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for d in dts:
@@ -514,7 +520,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     mach, vers = common.machine(), common.versions()
     z4 = common.z4ai_status()  # builds z4ai's JIT rANS kernel now, untimed
     core = common.pin_core()
-    method = run_method(reps, core, args.quick)
+    method = run_method(reps, core, z4ai_max)
     with tempfile.TemporaryDirectory(prefix="tpde-bench-", dir=args.tmpdir) as tmp:
         work = Path(tmp)
         rep.out("tpde benchmark" + (" (--quick)" if args.quick else ""))
@@ -537,7 +543,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         variants = common.make_variants(work)
         per_dtype = {}
         for d in dts:
-            per_dtype[d] = bench_dtype(rep, d, variants[d], work, reps, args.quick, args.verbose, core)
+            per_dtype[d] = bench_dtype(rep, d, variants[d], work, reps, args.quick, args.verbose, core, z4ai_max)
         overhead = bench_overhead(rep, max(reps, 3))
         memory = bench_memory(rep, variants["fp32"], work)
 
@@ -555,7 +561,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                           "machine": mach, "versions": vers, "quick": args.quick, "dtypes_run": dts,
                           "temp_dir_fs": fs, "default_threads": tpde.get_num_threads(),
                           "repetitions": reps, "timing": "best (minimum) of the repetitions; all times in seconds",
-                          "method": method, "z4ai": z4,
+                          "method": method, "z4ai": z4, "z4ai_max": z4ai_max,
                           "dtypes": per_dtype, "overhead": overhead, "memory": memory, "targets": rep.targets,
                           "targets_met": counted})
         rep.out(f"wrote {args.json}")
