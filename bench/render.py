@@ -344,20 +344,21 @@ def render_series(ser: Dict[str, Any], run: Optional[Dict[str, Any]] = None) -> 
              f"{_load(ser)}")
     add = out.line
     streams = ser["streams"]
-    if "z4ai" not in ser or any("z4ai_delta" not in streams[s]["total_deltas"] for s in STREAMS):
-        raise RenderError(f"{SERIES_JSON} predates the z4ai column: rerun ./build.sh series")
-    add("| stream | zstd-3 | ZipNN | ZipNN xor delta | z4ai delta | tpde alone | tpde delta vs previous "
-        "| at effort max | tpde delta vs base | order-0 bound of the residual |")
-    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    # z4ai's column and target exist from the series.py of issue 20 on; an older series.json renders without them
+    has_z4 = "z4ai" in ser and all("z4ai_delta" in streams[s]["total_deltas"] for s in STREAMS)
+    add("| stream | zstd-3 | ZipNN | ZipNN xor delta |" + (" z4ai delta |" if has_z4 else "")
+        + " tpde alone | tpde delta vs previous | at effort max | tpde delta vs base | order-0 bound of the residual |")
+    add("| --- | ---: | ---: | ---: |" + (" ---: |" if has_z4 else "") + " ---: | ---: | ---: | ---: | ---: |")
     for s in STREAMS:
         t = streams[s]["total_deltas"]
         raw = t["raw"]
         add(f"| {STREAM_LABELS[s]} | {_r(raw, t['zstd'])} | {_r(raw, t['zipnn'])} | {_r(raw, t['zipnn_delta'])} "
-            f"| {_r(raw, t['z4ai_delta'])} | {_r(raw, t['key'])} | **{_r(raw, t['dprev'])}** | {_r(raw, t['dmax'])} | {_r(raw, t['dbase'])} "
+            + (f"| {_r(raw, t['z4ai_delta'])} " if has_z4 else "") + f"| {_r(raw, t['key'])} | **{_r(raw, t['dprev'])}** | {_r(raw, t['dmax'])} | {_r(raw, t['dbase'])} "
             f"| {_r(raw, t['h_best'])} |")
     note = ("\"ZipNN xor delta\" is ZipNN's own delta mode (`delta_second_data`: XOR with the previous "
-            f"checkpoint); \"z4ai delta\" is z4ai {ser['z4ai']['version']}'s `compress_delta(tensor, previous, "
-            "dtype)`, tensor by tensor (XOR with the previous checkpoint, then its default codec). The order-0 bound is that of the better of the xor and integer-difference residuals, "
+            "checkpoint)" + (f"; \"z4ai delta\" is z4ai {ser['z4ai']['version']}'s `compress_delta(tensor, "
+                             "previous, dtype)`, tensor by tensor (XOR with the previous checkpoint, then its default "
+                             "codec)" if has_z4 else "") + ". The order-0 bound is that of the better of the xor and integer-difference residuals, "
             "byte plane by byte plane; tpde goes below it where its sparse chunks and zstd code runs of "
             "unchanged elements.")
     if ser.get("bundle_ok") and all(streams[s].get("bundle") for s in STREAMS):
@@ -381,14 +382,15 @@ def render_series(ser: Dict[str, Any], run: Optional[Dict[str, Any]] = None) -> 
     bullets.append(f"bf16 weight series, lossless, at least {v['limit']:g}x per delta: {_met(t['pass'])}, "
                    f"min {v['min']:.2f}x, median {v['median']:.2f}x (ZipNN's delta: median "
                    f"{v['zipnn_delta_median']:.2f}x).")
-    res = []
-    for s_ in ("bf16", "fp32"):
-        t = T[f"z4ai.{s_}"]
-        v = t["values"]
-        res.append((f"{s_} weights", t["pass"], f"min {v['min']:.3f}x, median {v['median']:.3f}x"))
-    lim = T["z4ai.bf16"]["values"]["limit"]
-    bullets.append(f"tpde's delta frames at least {lim:.2f}x smaller than z4ai's `compress_delta` on every delta "
-                   f"(z4ai's bytes over tpde's): {_yes_no(res)}.")
+    if has_z4:
+        res = []
+        for s_ in ("bf16", "fp32"):
+            t = T[f"z4ai.{s_}"]
+            v = t["values"]
+            res.append((f"{s_} weights", t["pass"], f"min {v['min']:.3f}x, median {v['median']:.3f}x"))
+        lim = T["z4ai.bf16"]["values"]["limit"]
+        bullets.append(f"tpde's delta frames at least {lim:.2f}x smaller than z4ai's `compress_delta` on every "
+                       f"delta (z4ai's bytes over tpde's): {_yes_no(res)}.")
     t, tmx = T["full"], T["full_max"]
     v, vm = t["values"], tmx["values"]
     fth = ser["throughput"]["full"]["MBps_best"]
