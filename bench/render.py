@@ -162,14 +162,15 @@ def render_bench(run: Dict[str, Any]) -> str:
         raise RenderError(f"{RUN_JSON} predates the z4ai rows and the method block: rerun ./build.sh bench")
     meth, z4 = run["method"], run["z4ai"]
     out = Block()
-    z4_state = ("its native accelerators loaded (SIMD byte shuffle, rANS kernels"
-                + (", brotli for effort max" if z4.get("brotli") else "") + ")" if z4.get("accelerated") else
-                "**its native accelerators did not all load, so its speeds are those of a fallback**")
+    z4_state = ("z4ai's native accelerators loaded: its SIMD byte shuffle and rANS kernels"
+                + (", and brotli for `effort=\"max\"`" if z4.get("brotli") else "") if z4.get("accelerated") else
+                "**z4ai's native accelerators did not all load, so its speeds are those of a fallback**")
+    has_max = bool(run.get("z4ai_max"))
     out.para(f"All figures below come from one run of `./build.sh bench` (bench/run.py), "
              f"{_provenance(run, RUN_JSON)}; on {_machine(run)}; "
              + _versions(run, (("tpde", "tpde"), ("libtpde", "libtpde"), ("zipnn", "ZipNN"), ("z4ai", "z4ai"),
                                ("zstandard", "zstandard"), ("torch", "torch"), ("python", "Python")))
-             + f" ({z4_state}). The real all-MiniLM-L6-v2 weights (fp32 original, bf16 and fp16 copies), every "
+             + f"; {z4_state}. The real all-MiniLM-L6-v2 weights (fp32 original, bf16 and fp16 copies), every "
              f"tool round-trip-checked, timings the best of {reps} with tools interleaved. Two kinds of figure: "
              "**ratios** (compressed sizes, and one tool's speed over another's in the same run) are what to "
              "compare; sizes are deterministic, and tools timed interleaved in one run share the machine's "
@@ -192,11 +193,12 @@ def render_bench(run: Dict[str, Any]) -> str:
     out.para("Compression ratios (input bytes over compressed bytes) above. tpde, ZipNN, z4ai and the bound "
              "code each tensor on its own (ZipNN in the better of its two modes, per tensor or on the "
              "concatenated tensors, as the targets judge; z4ai at its default tier and at `effort=\"max\"`, "
-             "its high-ratio tier); zstd-3 codes the whole file. Whole files, header included: `tpde compress` "
+             "its high-ratio tier" + ("" if has_max else ", which this run left out (`--no-z4ai-max`): -")
+             + "); zstd-3 codes the whole file. Whole files, header included: `tpde compress` "
              f"gives {files} ({' / '.join(dts)}). A negative distance to the bound means some planes were "
              "coded below their order-0 entropy (run-length and zstd). Below, speeds on one core: MB/s of "
-             "uncompressed bytes, compress / decompress, and decompression as a share of a plain memory copy "
-             "on the same core in the same run (memcpy).")
+             "uncompressed bytes, compress / decompress (ZipNN: its faster mode in each direction), and "
+             "decompression as a share of a plain memory copy on the same core in the same run (memcpy).")
     add("| dtype | memcpy GB/s | tpde | ZipNN | z4ai | z4ai max |")
     add("| --- | ---: | ---: | ---: | ---: | ---: |")
 
@@ -214,10 +216,10 @@ def render_bench(run: Dict[str, Any]) -> str:
             f"| {cell(z['compress_MBps_1'], z['decompress_MBps_1'], mc)} "
             f"| {cell(zm['compress_MBps_1'], zm['decompress_MBps_1'], mc) if zm else '-'} |")
     out.para(f"How it is timed (the `method` block of `{RUN_JSON}`): {meth['timed']}. Best of {meth['best_of']} "
-             f"repetitions, {meth['interleaved']}. The 1-thread rows are {meth['one_thread']}; ZipNN in byte "
+             f"repetitions, {meth['interleaved']}. One thread: {meth['one_thread']}; ZipNN in byte "
              "mode with `threads=1`, z4ai with `threads=1` (its decoder has no thread setting and starts its own "
              "pool, which the pinning holds to the one core), tpde with `threads=1`. Tensors: "
-             f"{meth['tensors']}. memcpy: {meth['memcpy']}. The 2-thread rows are {meth['two_threads']}.")
+             f"{meth['tensors']}. memcpy: {meth['memcpy']}. Two threads: {meth['two_threads']}.")
     # decode method variants
     add("| dtype | tensors decoded | tpde | ZipNN byte mode | ZipNN torch mode | z4ai |")
     add("| --- | --- | ---: | ---: | ---: | ---: |")

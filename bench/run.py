@@ -462,11 +462,11 @@ def run_method(reps: int, core: Optional[int], z4ai_max: bool) -> Dict[str, Any]
         "interleaved": "repetitions round-robin across tools (rep 1 of every tool, then rep 2, ...)",
         "tensors": "every tensor of the file, the same set for every per-tensor tool; ZipNN codes the float "
                    "tensors and its rows code the one int64 tensor with zstd-3 inside the timed region",
-        "one_thread": ("pinned: every thread of the process (Go's runtime and the tools' pools included) on "
-                       f"core {core} with sched_setaffinity for the 1-thread rows" if core is not None else
+        "one_thread": ("every thread of the process (Go's runtime and the tools' pools included) pinned to "
+                       f"core {core} with sched_setaffinity" if core is not None else
                        "not pinned: the process may use one core only"),
         "pinned_core": core,
-        "two_threads": "not pinned; each tool told 2 threads (zstd: threads=2 workers, decompression single-"
+        "two_threads": "not pinned, each tool told 2 threads (zstd: threads=2 workers, decompression single-"
                        "threaded; ZipNN: threads=2; z4ai: threads=2 for compression, its decompression always "
                        "uses a pool of os.cpu_count() threads; tpde: threads=2)",
         "tools": {
