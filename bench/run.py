@@ -1,14 +1,19 @@
 """tpde benchmarks: the figures behind README.md and docs/ (./build.sh bench).
 
-    ./build.sh bench                   # full run (about 5-10 minutes on 2 cores)
-    ./build.sh bench --quick           # 3 repetitions instead of 5, no zstd-19 (about 1 minute)
+    ./build.sh bench                   # full run (about 15-25 minutes on 2 idle cores)
+    ./build.sh bench --quick           # 3 repetitions instead of 5, no zstd-19, no z4ai max (a few minutes)
     ./build.sh bench --json out.json --markdown out.md
 
 On the real all-MiniLM-L6-v2 weights (fp32, and bf16/fp16 conversions), per
-dtype: zstd-3, zstd-19, ZipNN (per tensor and on the concatenated tensor
-data), tpde per tensor and tpde on the whole file, each at 1 and 2 threads,
-next to the order-0 entropy bound. Then the per-call overhead of the Python
-API and the peak memory of tpde.decompress_file.
+dtype: zstd-3, zstd-19, ZipNN (per tensor in byte mode and on the
+concatenated tensor data), z4ai per tensor (default tier; effort="max" at
+one thread), tpde per tensor and tpde on the whole file, each at 1 thread
+(every thread of the process pinned to one core) and 2 threads, next to
+the order-0 entropy bound and a one-core memcpy. Then decode alone under
+the methods earlier measurements used (ZipNN torch vs byte mode, all vs
+large tensors, pinned or not), the per-call overhead of the Python API and
+the peak memory of tpde.decompress_file. The JSON's `method` block says
+exactly what is timed (bench/README.md, "How it is timed").
 
 This script reports; it asserts nothing about speed or size. Targets are
 printed as PASS/FAIL lines. It exits non-zero only when a tool fails to
@@ -492,7 +497,7 @@ def run_method(reps: int, core: Optional[int], z4ai_max: bool) -> Dict[str, Any]
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 repetitions instead of 5, no zstd-19 (about 1 minute)")
+    ap.add_argument("--quick", action="store_true", help="3 repetitions instead of 5, no zstd-19, no z4ai max (a few minutes)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 5, --quick 3)")
     ap.add_argument("--json", metavar="PATH", help="also write every measurement as JSON")
     ap.add_argument("--markdown", metavar="PATH", help="also write the tables as Markdown")

@@ -9,7 +9,8 @@ AdamW on the CPU, a checkpoint every --steps-between steps (cached under
 bench/out/). Three streams are measured per checkpoint and in total: the bf16
 weights, the fp32 weights, and the full training state (fp32 weights + AdamW
 exp_avg + exp_avg_sq). Tools: zstd-3, ZipNN (per tensor), ZipNN's XOR delta
-against the previous checkpoint, tpde keyframes, tpde delta frames against the
+against the previous checkpoint, z4ai's compress_delta against the previous
+checkpoint (per tensor), tpde keyframes, tpde delta frames against the
 previous checkpoint (a chain) at the default effort and at effort="max",
 with linear prediction from the two previous ones, and against the base
 checkpoint 0; next to order-0 entropy bounds. Then: unchanged elements, the
