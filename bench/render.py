@@ -115,6 +115,17 @@ def _load(d: Dict[str, Any]) -> str:
             f"the end.")
 
 
+def _busy(d: Dict[str, Any]) -> str:
+    """A warning when other processes outnumbered the cores during the run (then
+    even a pinned core was shared, and one-core speeds are noise-dominated)."""
+    a, b = d.get("load_average_start"), d.get("load_average_end")
+    cores = d["machine"].get("affinity") or d["machine"].get("cores")
+    if not a or not b or not cores or max(a[0], b[0]) <= cores:
+        return ""
+    return (" That is more than its cores: other processes shared even the pinned core, so the speeds below "
+            "are noisy; quote a run on an idle machine.")
+
+
 def _versions(d: Dict[str, Any], keys: Sequence[Tuple[str, str]]) -> str:
     v = d["versions"]
     return ", ".join(f"{label} {v[k]}" for k, label in keys if k in v)
@@ -176,7 +187,7 @@ def render_bench(run: Dict[str, Any]) -> str:
              "compare; sizes are deterministic, and tools timed interleaved in one run share the machine's "
              "state, so their speed ratios are fair to within its noise. **MB/s** are absolute speeds: they "
              f"move with the machine and its load, so compare the tools within a row, not across runs."
-             f"{_load(run)} Full tables: `./build.sh bench --markdown out.md`.")
+             f"{_load(run)}{_busy(run)} Full tables: `./build.sh bench --markdown out.md`.")
     add = out.line
     add("| dtype | tpde | ZipNN | z4ai | z4ai max | zstd-3 | order-0 bound | tpde vs bound |")
     add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -193,7 +204,8 @@ def render_bench(run: Dict[str, Any]) -> str:
     out.para("Compression ratios (input bytes over compressed bytes) above. tpde, ZipNN, z4ai and the bound "
              "code each tensor on its own (ZipNN in the better of its two modes, per tensor or on the "
              "concatenated tensors, as the targets judge; z4ai at its default tier and at `effort=\"max\"`, "
-             "its high-ratio tier" + ("" if has_max else ", which this run left out (`--no-z4ai-max`): -")
+             "its high-ratio tier" + ("" if has_max else ", which this run left out with `--no-z4ai-max`: "
+                                       "its column holds dashes")
              + "); zstd-3 codes the whole file. Whole files, header included: `tpde compress` "
              f"gives {files} ({' / '.join(dts)}). A negative distance to the bound means some planes were "
              "coded below their order-0 entropy (run-length and zstd). Below, speeds on one core: MB/s of "
@@ -259,7 +271,8 @@ def render_bench(run: Dict[str, Any]) -> str:
         t = T[f"{dt}.ratio_vs_z4ai"]
         v = t["values"]
         res.append((dt, t["pass"], f"{v['tpde_ratio']:.4f} vs {v['z4ai_ratio']:.4f}"))
-    bullets.append(f"ratio at least z4ai's best tier: {_yes_no(res)};")
+    tiers = "its better tier" if has_max else "its default tier; effort max did not run"
+    bullets.append(f"ratio at least z4ai's ({tiers}): {_yes_no(res)};")
     # bound
     lim = T[f"{dts[0]}.bound"]["values"]["limit_pct"]
     res = [(dt, T[f"{dt}.bound"]["pass"], "" if T[f"{dt}.bound"]["pass"] else
