@@ -713,6 +713,8 @@ class Result:
         self.sizes: List[int] = []
         self.ctimes: List[float] = []
         self.dtimes: List[float] = []
+        self.ccpu: List[float] = []  # process CPU seconds of the same calls (all threads)
+        self.dcpu: List[float] = []
 
     @property
     def size(self) -> int:
@@ -738,18 +740,29 @@ class Result:
             "tool": c.name, "group": c.group, "threads": c.threads, "input_bytes": c.input_bytes,
             "compressed_bytes": self.size, "sizes": self.sizes, "ratio": self.ratio,
             "compress_s": self.ctimes, "decompress_s": self.dtimes,
+            "compress_cpu_s": self.ccpu, "decompress_cpu_s": self.dcpu,
             "compress_MBps_best": self.mbps("c"), "decompress_MBps_best": self.mbps("d"),
             "decompress_threads_supported": c.decompress_threads,
         }
 
 
 def _timed(fn: Callable[[], Any]) -> Tuple[Any, float]:
+    out, wall, _ = _timed_cpu(fn)
+    return out, wall
+
+
+def _timed_cpu(fn: Callable[[], Any]) -> Tuple[Any, float, float]:
+    """(result, wall seconds, process CPU seconds, all threads) of fn(). On a
+    shared machine the CPU time is the steadier of the two: time spent waiting
+    for the core is not in it (page faults and the tools' helper threads are)."""
     gc.collect()
     gc.disable()
     try:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         out = fn()
-        return out, time.perf_counter() - t0
+        t1 = time.perf_counter()
+        return out, t1 - t0, time.process_time() - c0
     finally:
         gc.enable()
 
@@ -775,12 +788,12 @@ def measure(codecs: Sequence[Codec], reps: int, log: Callable[[str], None] = lam
             with pinned(core if c.threads == 1 else None):
                 again = c.compress_reps is not None and rep >= c.compress_reps
                 if again:
-                    state, tc = kept[i], None
+                    state, tc, cc = kept[i], None, None
                 else:
                     c.prepare()
-                    state, tc = _timed(c.compress)
+                    state, tc, cc = _timed_cpu(c.compress)
                     r.sizes.append(c.size(state))
-                out, td = _timed(lambda: c.decompress(state))
+                out, td, cd = _timed_cpu(lambda: c.decompress(state))
             if rep == 0 and not c.verify(out):
                 raise BenchError(f"{c.name} (threads={c.threads}) did not restore its input bit-exactly")
             del out
@@ -790,7 +803,9 @@ def measure(codecs: Sequence[Codec], reps: int, log: Callable[[str], None] = lam
             if not again:
                 c.release()
                 r.ctimes.append(tc)
+                r.ccpu.append(cc)
             r.dtimes.append(td)
+            r.dcpu.append(cd)
             log(f"  rep {rep + 1}/{reps} {c.name:<18} t={c.threads} "
                 + (f"{c.input_bytes / MB / tc:8.1f}" if tc else "       -")
                 + f" / {c.input_bytes / MB / td:8.1f} MB/s")
@@ -813,14 +828,18 @@ def decode_only(codecs: Sequence[Tuple[Codec, Optional[int]]], reps: int) -> Lis
         c.release()
         states.append(st)
         times.append([])
+    cpus: List[List[float]] = [[] for _ in codecs]
     for _ in range(reps):
-        for (c, core), st, ts in zip(codecs, states, times):
+        for (c, core), st, ts, cs in zip(codecs, states, times, cpus):
             with pinned(core):
-                ts.append(_timed(lambda: c.decompress(st))[1])
+                _, wall, cpu = _timed_cpu(lambda: c.decompress(st))
+            ts.append(wall)
+            cs.append(cpu)
     return [{"tool": c.name, "threads": c.threads, "pinned": core is not None, "core": core,
              "input_bytes": c.input_bytes, "compressed_bytes": c.size(st), "decompress_s": ts,
-             "decompress_MBps_best": c.input_bytes / MB / min(ts)}
-            for (c, core), st, ts in zip(codecs, states, times)]
+             "decompress_cpu_s": cs, "decompress_MBps_best": c.input_bytes / MB / min(ts),
+             "decompress_MBps_cpu_best": c.input_bytes / MB / min(cs)}
+            for (c, core), st, ts, cs in zip(codecs, states, times, cpus)]
 
 
 # --- formatting ---------------------------------------------------------------
