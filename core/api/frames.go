@@ -37,6 +37,7 @@ func Encode(t Tensor, chunkElems uint32, effort, threads int32, dst []byte) (uin
 
 // Decode decodes the keyframe src into dst and returns the bytes written.
 func Decode(src, dst []byte, threads int32) (uint64, error) {
+	hugePageOut(dst)
 	h, err := frame.Decode(src, dst, int(threads))
 	if err != nil {
 		return 0, err

@@ -8,8 +8,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 
+	"github.com/tpde/tpde/core/crc32c"
 	"github.com/tpde/tpde/core/errs"
 )
 
@@ -78,9 +78,7 @@ type Header struct {
 	FileLen                    uint64
 }
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func crc(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+func crc(b []byte) uint32 { return crc32c.Checksum(b) }
 
 func corrupt(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", errs.Corrupt, fmt.Sprintf(format, a...))

@@ -428,7 +428,8 @@ var ErrCorrupt = errs.Corrupt
 
 // Decoder decodes streams. The zero value is ready to use.
 type Decoder struct {
-	huff huff0.Scratch
+	huff  huff0.Scratch
+	multi *huffMulti // allocated on the first stream long enough to use it
 }
 
 // Decode decodes src, coded with m, into exactly len(dst) bytes of dst.
@@ -453,18 +454,7 @@ func (d *Decoder) Decode(m Method, src, dst []byte) error {
 		if len(dst) == 0 || len(dst) > huff0.BlockSizeMax {
 			return fmt.Errorf("%w: huff0 stream of %d bytes is out of range", ErrCorrupt, len(dst))
 		}
-		s, rem, err := huff0.ReadTable(src, &d.huff)
-		if err != nil {
-			return fmt.Errorf("%w: huff0 table: %v", ErrCorrupt, err)
-		}
-		out, err := s.Decoder().Decompress4X(dst[:0:len(dst)], rem)
-		if err != nil {
-			return fmt.Errorf("%w: huff0: %v", ErrCorrupt, err)
-		}
-		if len(out) != len(dst) {
-			return fmt.Errorf("%w: huff0 gave %d bytes, want %d", ErrCorrupt, len(out), len(dst))
-		}
-		return nil
+		return d.decodeHuff0(src, dst)
 	case Zstd:
 		out, err := sharedZstdDec.DecodeAll(src, dst[:0:len(dst)])
 		if err != nil {

@@ -7,9 +7,9 @@ package frame
 import (
 	"encoding/binary"
 	"fmt"
-	"hash/crc32"
 	"math/bits"
 
+	"github.com/tpde/tpde/core/crc32c"
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/entropy"
 	"github.com/tpde/tpde/core/errs"
@@ -52,9 +52,7 @@ const (
 	maxStreams    = 8
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func crc(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+func crc(b []byte) uint32 { return crc32c.Checksum(b) }
 
 // chunk is one row of the chunk table.
 type chunk struct {

@@ -1,8 +1,12 @@
 package frame
 
 import (
+	"encoding/binary"
+	"math"
 	"os"
 	"testing"
+
+	"github.com/x448/float16"
 
 	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dtype"
@@ -71,6 +75,80 @@ func BenchmarkRealEncode1(b *testing.B) { benchReal(b, 1, false) }
 func BenchmarkRealDecode1(b *testing.B) { benchReal(b, 1, true) }
 func BenchmarkRealEncode2(b *testing.B) { benchReal(b, 2, false) }
 func BenchmarkRealDecode2(b *testing.B) { benchReal(b, 2, true) }
+
+// BenchmarkRealDecodeDType is single-thread keyframe decode of every F32
+// tensor of at least 64 Ki elements in TPDE_BENCH_SAFETENSORS, each its own
+// frame, as stored (fp32) and converted to bf16 and fp16 (round to nearest
+// even, as torch's .to() does): the per-dtype comparison with ZipNN that
+// bench/decode_single.py makes from Python.
+func BenchmarkRealDecodeDType(b *testing.B) {
+	data, ts := realTensors(b)
+	for _, dt := range []dtype.DType{dtype.F32, dtype.BF16, dtype.F16} {
+		var tensors [][]byte
+		var shapes [][]uint64
+		for _, t := range ts {
+			src := data[t.Begin:t.End]
+			if t.DType != "F32" || len(src)/4 < 64<<10 {
+				continue
+			}
+			tensors = append(tensors, convertF32(src, dt))
+			shapes = append(shapes, t.Shape)
+		}
+		b.Run(dt.String(), func(b *testing.B) {
+			if len(tensors) == 0 {
+				b.Skip("no F32 tensor of 64 Ki elements or more")
+			}
+			var total, packed int64
+			blobs := make([][]byte, len(tensors))
+			outs := make([][]byte, len(tensors))
+			for i, src := range tensors {
+				bound, _ := Bound(uint64(len(src)), dt, len(shapes[i]), 0)
+				blobs[i] = make([]byte, bound)
+				n, err := Encode(blobs[i], src, dt, shapes[i], Options{Threads: 1})
+				if err != nil {
+					b.Fatal(err)
+				}
+				blobs[i] = blobs[i][:n]
+				outs[i] = make([]byte, len(src))
+				total += int64(len(src))
+				packed += int64(n)
+			}
+			b.SetBytes(total)
+			b.ResetTimer()
+			for it := 0; it < b.N; it++ {
+				for i := range blobs {
+					if _, err := Decode(blobs[i], outs[i], 1); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			b.ReportMetric(float64(total)/float64(packed), "ratio")
+		})
+	}
+}
+
+// convertF32 returns little-endian F32 data as dt (F32: a copy).
+func convertF32(src []byte, dt dtype.DType) []byte {
+	n := len(src) / 4
+	out := make([]byte, n*dt.Width())
+	for i := 0; i < n; i++ {
+		v := binary.LittleEndian.Uint32(src[4*i:])
+		switch dt {
+		case dtype.BF16:
+			if math.IsNaN(float64(math.Float32frombits(v))) {
+				v |= 1 << 22 // quiet, as torch makes it
+			} else {
+				v += 0x7fff + (v>>16)&1
+			}
+			binary.LittleEndian.PutUint16(out[2*i:], uint16(v>>16))
+		case dtype.F16:
+			binary.LittleEndian.PutUint16(out[2*i:], uint16(float16.Fromfloat32(math.Float32frombits(v))))
+		default:
+			binary.LittleEndian.PutUint32(out[4*i:], v)
+		}
+	}
+	return out
+}
 
 // Delta benchmarks on two checkpoints of a real run: set
 // TPDE_BENCH_DELTA_REF and TPDE_BENCH_DELTA_CUR to .safetensors files with

@@ -2,8 +2,8 @@ package store
 
 import (
 	"fmt"
-	"hash/crc32"
 
+	"github.com/tpde/tpde/core/crc32c"
 	"github.com/tpde/tpde/core/delta"
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
@@ -47,11 +47,9 @@ func (s *Store) encodeDelta(buf *buffer, raw, ref []byte, d dtype.DType, shape [
 	return b[:res.Len], res, nil
 }
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // crcOf is the CRC32C a region records for bytes b (Region.CRC32C).
 func crcOf(b []byte) *uint32 {
-	c := crc32.Checksum(b, castagnoli)
+	c := crc32c.Checksum(b)
 	return &c
 }
 

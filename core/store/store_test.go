@@ -20,6 +20,8 @@ import (
 	"github.com/tpde/tpde/core/errs"
 )
 
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
 // safetensorsFile lays out tensors (name -> f32 values) as a safetensors
 // file, names sorted, as the reference writer does.
 func safetensorsFile(t testing.TB, tensors map[string][]float32) []byte {

@@ -2,8 +2,19 @@
 
 package transform
 
+import "github.com/tpde/tpde/core/cpu"
+
 // SSE2 kernels in planes_amd64.s: part of the amd64 baseline, so no CPU
-// feature check. Each takes whole blocks of 16 elements.
+// feature check. Each takes whole blocks of 16 elements. Merge, the decode
+// side, also has AVX-512 VBMI kernels (merge_avx512_amd64.s, blocks of 32
+// elements for 2-byte elements and 16 for 4-byte ones), which run instead
+// where the CPU has them: a VPERMB does what a ladder of unpacks does.
+
+//go:noescape
+func merge2avx512(p0, p1, dst *byte, n int, rot bool)
+
+//go:noescape
+func merge4avx512(p0, p1, p2, p3, dst *byte, n int, rot bool)
 
 //go:noescape
 func split2asm(src, p0, p1 *byte, n int, rot bool)
@@ -37,7 +48,15 @@ func vectorMerge2(rot bool, p0, p1, dst []byte) int {
 		return 0
 	}
 	_, _, _ = dst[2*n-1], p0[n-1], p1[n-1]
-	merge2asm(&p0[0], &p1[0], &dst[0], n, rot)
+	i := 0
+	if cpu.X86.HasAVX512VBMI {
+		if i = n &^ 31; i > 0 {
+			merge2avx512(&p0[0], &p1[0], &dst[0], i, rot)
+		}
+	}
+	if i < n {
+		merge2asm(&p0[i], &p1[i], &dst[2*i], n-i, rot)
+	}
 	return n
 }
 
@@ -57,6 +76,10 @@ func vectorMerge4(rot bool, p0, p1, p2, p3, dst []byte) int {
 		return 0
 	}
 	_, _, _, _, _ = dst[4*n-1], p0[n-1], p1[n-1], p2[n-1], p3[n-1]
-	merge4asm(&p0[0], &p1[0], &p2[0], &p3[0], &dst[0], n, rot)
+	if cpu.X86.HasAVX512VBMI {
+		merge4avx512(&p0[0], &p1[0], &p2[0], &p3[0], &dst[0], n, rot)
+	} else {
+		merge4asm(&p0[0], &p1[0], &p2[0], &p3[0], &dst[0], n, rot)
+	}
 	return n
 }
