@@ -17,6 +17,10 @@ the bf16 and the fp32 weights. Tools, all single-threaded:
   z4ai-l19        with --z4ai-l19: the same with level=19, the strongest
                   setting compress_delta exposes (it has no effort knob);
                   under 1 MB/s, so not by default
+  z4ai-max        with --z4ai-max: what compress_delta would give at effort
+                  "max" if it took one (it does not): the XOR it computes,
+                  then z4ai.compress(xor, dtype=..., effort="max"); decoded
+                  with z4ai.decompress, then XORed back; well under 1 MB/s
 
 Sizes are summed over the tensors and checkpoints; times are CPU seconds of
 this process (time.process_time: the machine is shared, wall time is not
@@ -49,7 +53,7 @@ def _cpu(fn: Callable[[], Any]) -> Tuple[Any, float]:
     return out, time.process_time() - t0
 
 
-def tools(with_levels: bool) -> Dict[str, Tuple[Callable[[Any, Any, str], Any], Callable[[Any, Any, Any], bool]]]:
+def tools(with_levels: bool, with_max: bool) -> Dict[str, Tuple[Callable[[Any, Any, str], Any], Callable[[Any, Any, Any], bool]]]:
     """name -> (encode(cur, ref, stream) -> blob, check(blob, cur, ref) -> bit-exact)."""
     import numpy as np
     import tpde
@@ -83,7 +87,17 @@ def tools(with_levels: bool) -> Dict[str, Tuple[Callable[[Any, Any, str], Any], 
     out["z4ai"] = z4ai_tool()
     if with_levels:
         out["z4ai-l19"] = z4ai_tool(level=19)
-    _ = np
+    if with_max:
+        def xor(a: bytes, b: bytes) -> bytes:
+            return np.bitwise_xor(np.frombuffer(a, np.uint8), np.frombuffer(b, np.uint8)).tobytes()
+
+        def max_enc(cur: Any, ref: Any, stream: str) -> Any:
+            return z4ai.compress(xor(raw(cur), raw(ref)), dtype=Z4AI_DTYPE[stream], effort="max")
+
+        def max_dec(blob: Any, cur: Any, ref: Any) -> Any:
+            return xor(bytes(z4ai.decompress(blob)), raw(ref))
+
+        out["z4ai-max"] = (max_enc, max_dec)
     return out
 
 
@@ -112,6 +126,7 @@ def main(argv: List[str] | None = None) -> int:
     ap.add_argument("--streams", default="bf16,fp32")
     ap.add_argument("--pairs", type=int, default=0, help="checkpoint pairs to code (0: all)")
     ap.add_argument("--z4ai-l19", action="store_true", help="also z4ai at level=19 (under 1 MB/s)")
+    ap.add_argument("--z4ai-max", action="store_true", help="also z4ai's effort='max' on the XOR (well under 1 MB/s)")
     ap.add_argument("--dir", type=Path, help="a series directory (ckpt-000, ckpt-001, ...) instead of the cached "
                     "reference series, which is generated when missing")
     ap.add_argument("--json", help="write the results here")
@@ -122,7 +137,7 @@ def main(argv: List[str] | None = None) -> int:
     else:
         s, _ = series_data.load_series()
     pairs = range(1, len(s)) if args.pairs <= 0 else range(1, min(len(s), args.pairs + 1))
-    tl = tools(args.z4ai_l19)
+    tl = tools(args.z4ai_l19, args.z4ai_max)
     results: Dict[str, Any] = {}
     ok = True
     for stream in args.streams.split(","):
