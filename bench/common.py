@@ -12,6 +12,14 @@ demo.py measure every tool the same way:
     size(state)      compressed bytes
     decompress(st)   timed: returns the restored data
     verify(out)      True when out is bit-identical to the input
+
+Timed regions hold only the tool's own calls: each tool's decompress turns
+each tensor's compressed bytes into a new buffer holding that tensor's bytes
+(tpde: a torch.Tensor; ZipNN byte mode: a bytearray; z4ai: bytes); wrapping
+such a buffer as a tensor is zero-copy and not timed. Rows run at one thread
+are pinned to one core (every thread of the process, see pin_one_core), so a
+tool that starts helper threads whatever it is told (z4ai's pools, Go's
+runtime) gets one core like the others.
 """
 
 from __future__ import annotations
@@ -54,6 +62,122 @@ def quiet_import_zipnn() -> Any:
         import zipnn  # noqa: F401  (imported for its side effect on sys.modules)
         from zipnn import ZipNN
     return ZipNN
+
+
+def z4ai_status() -> Dict[str, Any]:
+    """z4ai's version and which of its native accelerators loaded (without
+    them its codec runs NumPy / pure-Python fallbacks and its speed says
+    nothing about z4ai). Building the JIT-compiled rANS kernel happens here,
+    untimed, not inside the first timed call."""
+    try:
+        import z4ai
+    except ImportError as e:
+        return {"version": "missing", "error": str(e)}
+    st: Dict[str, Any] = {"version": z4ai.__version__}
+    try:
+        from z4ai import _accel
+
+        st["native_shuffle"] = bool(_accel.HAVE_NATIVE)
+    except Exception as e:  # noqa: BLE001 - report what failed, do not stop the run
+        st["native_shuffle"] = False
+        st["native_shuffle_error"] = f"{type(e).__name__}: {e}"
+    for mod in ("rans", "rans_o1"):
+        try:
+            m = importlib.import_module(f"z4ai.{mod}")
+            st[f"native_{mod}"] = bool(m.available())
+        except Exception as e:  # noqa: BLE001
+            st[f"native_{mod}"] = False
+            st[f"native_{mod}_error"] = f"{type(e).__name__}: {e}"
+    try:
+        from z4ai import chunked
+
+        st["native_codec"] = chunked._native is not None
+    except Exception as e:  # noqa: BLE001
+        st["native_codec"] = False
+        st["native_codec_error"] = f"{type(e).__name__}: {e}"
+    try:
+        import brotli  # noqa: F401  (effort="max" needs it; without it z4ai falls back to the default tier)
+
+        st["brotli"] = True
+    except ImportError:
+        st["brotli"] = False
+    # What the default tier's speed depends on: the SIMD shuffle and the rANS
+    # kernel (z4ai.chunked's fused codec is a separate API the benchmarks do not call).
+    st["accelerated"] = bool(st.get("native_shuffle") and st.get("native_rans"))
+    return st
+
+
+def z4ai_dtype(t: Any) -> str:
+    """z4ai's dtype code for a tensor (its element width sets the byte-plane split)."""
+    name = str(t.dtype).replace("torch.", "")
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(name, name)
+
+
+# --- one core -----------------------------------------------------------------
+
+def pin_core() -> Optional[int]:
+    """The core 1-thread rows run on: the last one this process may use, or
+    None where affinity cannot be set (then nothing is pinned)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[-1] if len(cores) > 1 else None
+
+
+def _set_affinity_all_threads(cores: Any) -> None:
+    """sched_setaffinity on every thread of the process: os.sched_setaffinity(0)
+    moves only the calling thread, and Go's runtime threads and the tools'
+    thread pools already exist. Threads started later inherit the mask of the
+    thread that starts them."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that ended meanwhile
+
+
+class pinned:
+    """Context manager: every thread of the process on `core` (None: no-op);
+    restores the previous affinity on exit."""
+
+    def __init__(self, core: Optional[int]) -> None:
+        self.core = core
+        self._old: Optional[set] = None
+
+    def __enter__(self) -> "pinned":
+        if self.core is not None:
+            self._old = os.sched_getaffinity(0)
+            _set_affinity_all_threads({self.core})
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            _set_affinity_all_threads(self._old)
+
+
+def memcpy_speed(core: Optional[int], nbytes: int = 64 * MiB, reps: int = 5) -> Dict[str, Any]:
+    """A plain copy's speed on one core: the ceiling of any decoder that writes
+    its output once. Two forms, best of reps each: numpy.copyto into a buffer
+    written before (pages mapped: the memcpy ceiling), and ndarray.copy() into
+    a new buffer (includes the page faults of fresh memory, as a decoder that
+    returns a new buffer pays them)."""
+    import numpy as np
+
+    src = np.frombuffer(os.urandom(1 << 20), dtype=np.uint8)
+    src = np.tile(src, nbytes >> 20)
+    dst = np.empty_like(src)
+    dst.fill(1)
+    with pinned(core):
+        t_into = min(_timed(lambda: np.copyto(dst, src))[1] for _ in range(reps))
+        t_new = min(_timed(lambda: src.copy())[1] for _ in range(reps))
+    if not np.array_equal(dst, src):
+        raise BenchError("memcpy check: the copy differs")
+    return {"bytes": int(src.nbytes), "core": core, "reps": reps,
+            "copyto_s": t_into, "new_buffer_s": t_new,
+            "GBps": src.nbytes / 1e9 / t_into, "new_buffer_GBps": src.nbytes / 1e9 / t_new,
+            "method": "numpy.copyto(dst, src) into a preallocated, already written buffer (GBps), and "
+                      "src.copy() into a new buffer (new_buffer_GBps), of a 64 MiB buffer, best of reps, "
+                      "pinned to one core"}
 
 
 def model_path() -> Path:
@@ -131,7 +255,7 @@ def versions() -> Dict[str, str]:
     import tpde
 
     v: Dict[str, str] = {"python": platform.python_version()}
-    for pkg in ("torch", "numpy", "safetensors", "zstandard", "zipnn"):
+    for pkg in ("torch", "numpy", "safetensors", "zstandard", "zipnn", "z4ai", "brotli"):
         try:
             v[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
@@ -245,6 +369,9 @@ class Codec:
     group = "?"  # "file": the whole .safetensors file; "tensors": its tensors' bytes
     threads = 1
     reps: Optional[int] = None  # cap on repetitions (slow tools); None: as many as the run does
+    # cap on compress repetitions only: later repetitions decompress the last
+    # compressed state again, so a slow compressor still gets a best-of decode
+    compress_reps: Optional[int] = None
     decompress_threads = True  # False: the tool decompresses on one thread whatever we ask
 
     def __init__(self, input_bytes: int) -> None:
@@ -411,12 +538,57 @@ class _ZipNNBase(Codec):
 
 
 class ZipNNPerTensor(_ZipNNBase):
-    """ZipNN(input_format="torch") on each float tensor: the same split as tpde per-tensor."""
+    """ZipNN(input_format="byte", bytearray_dtype=...) on each float tensor's
+    bytes: the same split as tpde per-tensor, in ZipNN's byte mode (its
+    documented mode for raw buffers; the torch mode wraps the same C calls
+    and adds a tensor conversion per call, see ZipNNPerTensorTorch). The
+    output is a bytearray per tensor (ZipNN's own return value)."""
+
+    def __init__(self, tensors: Dict[str, Any], threads: int) -> None:
+        super().__init__(tensors, threads)
+        import torch
+
+        ZipNN = quiet_import_zipnn()
+        self.name = "ZipNN per-tensor"
+        self.raw = {k: t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() for k, t in self.floats.items()}
+        self._objs: Dict[str, Tuple[Any, Any]] = {}
+        for zdt in {_zipnn_dtype_name(t) for t in self.floats.values()}:
+            self._objs[zdt] = (ZipNN(input_format="byte", bytearray_dtype=zdt, threads=threads),
+                               ZipNN(input_format="byte", bytearray_dtype=zdt, threads=threads))
+        self._dt = {k: _zipnn_dtype_name(t) for k, t in self.floats.items()}
+        self._work: Dict[str, bytearray] = {}
+
+    def prepare(self) -> None:
+        self._work = {k: bytearray(b) for k, b in self.raw.items()}
+
+    def compress(self) -> Tuple[Dict[str, bytes], Dict[str, bytes]]:
+        objs, dt = self._objs, self._dt
+        return {k: bytes(objs[dt[k]][0].compress(b)) for k, b in self._work.items()}, self._pack_others()
+
+    def size(self, state: Tuple[Dict[str, bytes], Dict[str, bytes]]) -> int:
+        return sum(len(b) for b in state[0].values()) + sum(len(b) for b in state[1].values())
+
+    def decompress(self, state: Tuple[Dict[str, bytes], Dict[str, bytes]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        objs, dt = self._objs, self._dt
+        return {k: objs[dt[k]][1].decompress(b) for k, b in state[0].items()}, self._unpack_others(state[1])
+
+    def verify(self, out: Tuple[Dict[str, Any], Dict[str, Any]]) -> bool:
+        return (out[0].keys() == self.raw.keys() and all(bytes(out[0][k]) == self.raw[k] for k in self.raw)
+                and tensors_equal(self.others, out[1]))
+
+    def release(self) -> None:
+        self._work = {}
+
+
+class ZipNNPerTensorTorch(_ZipNNBase):
+    """ZipNN(input_format="torch") on each float tensor (what run.py timed as
+    "ZipNN per-tensor" before it moved to byte mode): decompress returns a
+    torch.Tensor per call. Kept for the decode-method comparison."""
 
     def __init__(self, tensors: Dict[str, Any], threads: int) -> None:
         super().__init__(tensors, threads)
         ZipNN = quiet_import_zipnn()
-        self.name = "ZipNN per-tensor"
+        self.name = "ZipNN per-tensor, torch mode"
         self._c = ZipNN(input_format="torch", threads=threads)
         self._d = ZipNN(input_format="torch", threads=threads)
         self._work: Dict[str, Any] = {}
@@ -442,6 +614,50 @@ class ZipNNPerTensor(_ZipNNBase):
 
     def release(self) -> None:
         self._work = {}
+
+
+def _zipnn_dtype_name(t: Any) -> str:
+    name = str(t.dtype).replace("torch.", "")
+    if name not in ("float32", "bfloat16", "float16"):
+        raise BenchError(f"ZipNN codes float32/bfloat16/float16, not {name}")
+    return name
+
+
+class Z4aiTensors(Codec):
+    """z4ai.compress(tensor bytes, dtype=..., threads=...) on each tensor (every
+    dtype, the int64 one included: z4ai takes any element width), decoded with
+    z4ai.decompress into new bytes. effort=None is z4ai's default tier;
+    effort="max" its high-ratio tier (brotli context modelling on top of the
+    default frame, the smaller kept). z4ai's decompress has no thread setting:
+    it decodes blocks on a pool of os.cpu_count() threads, so its 1-thread row
+    is one pinned core, like every other 1-thread row."""
+
+    group = "tensors"
+
+    def __init__(self, tensors: Dict[str, Any], threads: int, effort: Optional[str] = None) -> None:
+        super().__init__(sum(t.numel() * t.element_size() for t in tensors.values()))
+        import torch
+        import z4ai
+
+        self._z = z4ai
+        self.threads, self.effort = threads, effort
+        self.name = "z4ai per-tensor" + (f" {effort}" if effort else "")
+        self.raw = {k: t.contiguous().view(-1).view(torch.uint8).numpy().tobytes() for k, t in tensors.items()}
+        self._dt = {k: z4ai_dtype(t) for k, t in tensors.items()}
+
+    def compress(self) -> Dict[str, bytes]:
+        z, dt, th, eff = self._z, self._dt, self.threads, self.effort
+        return {k: z.compress(b, dtype=dt[k], threads=th, effort=eff) for k, b in self.raw.items()}
+
+    def size(self, state: Dict[str, bytes]) -> int:
+        return sum(len(b) for b in state.values())
+
+    def decompress(self, state: Dict[str, bytes]) -> Dict[str, bytes]:
+        d = self._z.decompress
+        return {k: d(b) for k, b in state.items()}
+
+    def verify(self, out: Dict[str, bytes]) -> bool:
+        return out.keys() == self.raw.keys() and all(bytes(out[k]) == self.raw[k] for k in self.raw)
 
 
 class ZipNNConcat(_ZipNNBase):
@@ -497,6 +713,8 @@ class Result:
         self.sizes: List[int] = []
         self.ctimes: List[float] = []
         self.dtimes: List[float] = []
+        self.ccpu: List[float] = []  # process CPU seconds of the same calls (all threads)
+        self.dcpu: List[float] = []
 
     @property
     def size(self) -> int:
@@ -522,47 +740,106 @@ class Result:
             "tool": c.name, "group": c.group, "threads": c.threads, "input_bytes": c.input_bytes,
             "compressed_bytes": self.size, "sizes": self.sizes, "ratio": self.ratio,
             "compress_s": self.ctimes, "decompress_s": self.dtimes,
+            "compress_cpu_s": self.ccpu, "decompress_cpu_s": self.dcpu,
             "compress_MBps_best": self.mbps("c"), "decompress_MBps_best": self.mbps("d"),
             "decompress_threads_supported": c.decompress_threads,
         }
 
 
 def _timed(fn: Callable[[], Any]) -> Tuple[Any, float]:
+    out, wall, _ = _timed_cpu(fn)
+    return out, wall
+
+
+def _timed_cpu(fn: Callable[[], Any]) -> Tuple[Any, float, float]:
+    """(result, wall seconds, process CPU seconds, all threads) of fn(). On a
+    shared machine the CPU time is the steadier of the two: time spent waiting
+    for the core is not in it (page faults and the tools' helper threads are)."""
     gc.collect()
     gc.disable()
     try:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         out = fn()
-        return out, time.perf_counter() - t0
+        t1 = time.perf_counter()
+        return out, t1 - t0, time.process_time() - c0
     finally:
         gc.enable()
 
 
-def measure(codecs: Sequence[Codec], reps: int, log: Callable[[str], None] = lambda s: None) -> List[Result]:
+def measure(codecs: Sequence[Codec], reps: int, log: Callable[[str], None] = lambda s: None,
+            core: Optional[int] = None) -> List[Result]:
     """Run every codec reps times, round-robin (so load changes hit all tools alike).
 
     The first repetition of every codec checks the round-trip and raises
     BenchError on any difference; every repetition's size is recorded.
+    Codecs at threads=1 run with every thread of the process pinned to
+    `core` (None: not pinned); the pinning itself is not timed. A codec with
+    compress_reps compresses that many times and decompresses its last
+    output again in the remaining repetitions.
     """
     results = [Result(c) for c in codecs]
+    kept: Dict[int, Any] = {}
     for rep in range(reps):
-        for r in results:
+        for i, r in enumerate(results):
             c = r.codec
             if c.reps is not None and rep >= c.reps:
                 continue
-            c.prepare()
-            state, tc = _timed(c.compress)
-            r.sizes.append(c.size(state))
-            out, td = _timed(lambda: c.decompress(state))
+            with pinned(core if c.threads == 1 else None):
+                again = c.compress_reps is not None and rep >= c.compress_reps
+                if again:
+                    state, tc, cc = kept[i], None, None
+                else:
+                    c.prepare()
+                    state, tc, cc = _timed_cpu(c.compress)
+                    r.sizes.append(c.size(state))
+                out, td, cd = _timed_cpu(lambda: c.decompress(state))
             if rep == 0 and not c.verify(out):
                 raise BenchError(f"{c.name} (threads={c.threads}) did not restore its input bit-exactly")
-            del out, state
-            c.release()
-            r.ctimes.append(tc)
+            del out
+            if c.compress_reps is not None:
+                kept[i] = state
+            del state
+            if not again:
+                c.release()
+                r.ctimes.append(tc)
+                r.ccpu.append(cc)
             r.dtimes.append(td)
+            r.dcpu.append(cd)
             log(f"  rep {rep + 1}/{reps} {c.name:<18} t={c.threads} "
-                f"{c.input_bytes / MB / tc:8.1f} / {c.input_bytes / MB / td:8.1f} MB/s")
+                + (f"{c.input_bytes / MB / tc:8.1f}" if tc else "       -")
+                + f" / {c.input_bytes / MB / td:8.1f} MB/s")
     return results
+
+
+def decode_only(codecs: Sequence[Tuple[Codec, Optional[int]]], reps: int) -> List[Dict[str, Any]]:
+    """Each (codec, core) compressed once (untimed) and its round trip checked;
+    then decompress alone, reps times, round-robin across the codecs (as
+    measure() does), each pinned to its core (None: not pinned). Best kept."""
+    states, times = [], []
+    for c, core in codecs:
+        with pinned(core):
+            c.prepare()
+            st = c.compress()
+            out = c.decompress(st)
+        if not c.verify(out):
+            raise BenchError(f"{c.name} (threads={c.threads}) did not restore its input bit-exactly")
+        del out
+        c.release()
+        states.append(st)
+        times.append([])
+    cpus: List[List[float]] = [[] for _ in codecs]
+    for _ in range(reps):
+        for (c, core), st, ts, cs in zip(codecs, states, times, cpus):
+            with pinned(core):
+                _, wall, cpu = _timed_cpu(lambda: c.decompress(st))
+            ts.append(wall)
+            cs.append(cpu)
+    return [{"tool": c.name, "threads": c.threads, "pinned": core is not None, "core": core,
+             "input_bytes": c.input_bytes, "compressed_bytes": c.size(st), "decompress_s": ts,
+             "decompress_cpu_s": cs, "decompress_MBps_best": c.input_bytes / MB / min(ts),
+             "decompress_MBps_cpu_best": c.input_bytes / MB / min(cs)}
+            for (c, core), st, ts, cs in zip(codecs, states, times, cpus)]
 
 
 # --- formatting ---------------------------------------------------------------

@@ -115,6 +115,17 @@ def _load(d: Dict[str, Any]) -> str:
             f"the end.")
 
 
+def _busy(d: Dict[str, Any]) -> str:
+    """A warning when other processes outnumbered the cores during the run (then
+    even a pinned core was shared, and one-core speeds are noise-dominated)."""
+    a, b = d.get("load_average_start"), d.get("load_average_end")
+    cores = d["machine"].get("affinity") or d["machine"].get("cores")
+    if not a or not b or not cores or max(a[0], b[0]) <= cores:
+        return ""
+    return (" That is more than its cores: other processes shared even the pinned core, so the speeds below "
+            "are noisy; quote a run on an idle machine.")
+
+
 def _versions(d: Dict[str, Any], keys: Sequence[Tuple[str, str]]) -> str:
     v = d["versions"]
     return ", ".join(f"{label} {v[k]}" for k, label in keys if k in v)
@@ -158,38 +169,89 @@ def render_bench(run: Dict[str, Any]) -> str:
         raise RenderError(f"{RUN_JSON} covers {dts}, not all of {list(DTYPE_ORDER)}: rerun ./build.sh bench")
     T = _targets(run)
     reps = run["repetitions"]
+    if "method" not in run or "z4ai" not in run or f"{dts[0]}.ratio_vs_z4ai" not in T:
+        raise RenderError(f"{RUN_JSON} predates the z4ai rows and the method block: rerun ./build.sh bench")
+    meth, z4 = run["method"], run["z4ai"]
     out = Block()
+    z4_state = ("z4ai's native accelerators loaded: its SIMD byte shuffle and rANS kernels"
+                + (", and brotli for `effort=\"max\"`" if z4.get("brotli") else "") if z4.get("accelerated") else
+                "**z4ai's native accelerators did not all load, so its speeds are those of a fallback**")
+    has_max = bool(run.get("z4ai_max"))
     out.para(f"All figures below come from one run of `./build.sh bench` (bench/run.py), "
              f"{_provenance(run, RUN_JSON)}; on {_machine(run)}; "
-             + _versions(run, (("tpde", "tpde"), ("libtpde", "libtpde"), ("zipnn", "ZipNN"),
+             + _versions(run, (("tpde", "tpde"), ("libtpde", "libtpde"), ("zipnn", "ZipNN"), ("z4ai", "z4ai"),
                                ("zstandard", "zstandard"), ("torch", "torch"), ("python", "Python")))
-             + ". The real all-MiniLM-L6-v2 weights (fp32 original, bf16 and fp16 copies), every tool "
-             f"round-trip-checked, timings the best of {reps} with tools interleaved. Two kinds of figure: "
+             + f"; {z4_state}. The real all-MiniLM-L6-v2 weights (fp32 original, bf16 and fp16 copies), every "
+             f"tool round-trip-checked, timings the best of {reps} with tools interleaved. Two kinds of figure: "
              "**ratios** (compressed sizes, and one tool's speed over another's in the same run) are what to "
              "compare; sizes are deterministic, and tools timed interleaved in one run share the machine's "
-             "state, so their speed ratios are fair to within its noise. **MB/s** are absolute speeds, "
-             "single-thread, per tensor, in memory: they move with the machine and its load, so compare the "
-             f"tools within a row, not across runs.{_load(run)} Full "
-             "tables: `./build.sh bench --markdown out.md`.")
+             "state, so their speed ratios are fair to within its noise. **MB/s** are absolute speeds: they "
+             f"move with the machine and its load, so compare the tools within a row, not across runs."
+             f"{_load(run)}{_busy(run)} Full tables: `./build.sh bench --markdown out.md`.")
     add = out.line
-    add("| dtype | tpde ratio | ZipNN ratio | zstd-3 ratio | order-0 bound | tpde vs bound "
-        "| tpde comp / decomp MB/s | ZipNN comp / decomp MB/s | tpde / ZipNN speed, comp / decomp |")
-    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    add("| dtype | tpde | ZipNN | z4ai | z4ai max | zstd-3 | order-0 bound | tpde vs bound |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for dt in dts:
         d = run["dtypes"][dt]
         tools = d["tools"]
         rt, bt = T[f"{dt}.ratio_vs_zipnn"]["values"], T[f"{dt}.bound"]["values"]
-        sc, sd = T[f"{dt}.speed_vs_zipnn.compress"]["values"], T[f"{dt}.speed_vs_zipnn.decompress"]["values"]
-        add(f"| {dt} | {rt['tpde_ratio']:.4f} | {rt['zipnn_ratio']:.4f} | {tools['zstd-3']['ratio']:.4f} "
-            f"| {d['entropy_bound_ratio']:.4f} | {bt['gap_pct']:+.2f}% "
-            f"| {sc['tpde_MBps']:.0f} / {sd['tpde_MBps']:.0f} | {sc['zipnn_MBps']:.0f} / {sd['zipnn_MBps']:.0f} "
-            f"| {sc['tpde_over_zipnn']:.2f}x / {sd['tpde_over_zipnn']:.2f}x |")
+        z4max = tools.get("z4ai per-tensor max")
+        z4max_ratio = f"{z4max['ratio']:.4f}" if z4max else "-"
+        add(f"| {dt} | {rt['tpde_ratio']:.4f} | {rt['zipnn_ratio']:.4f} | {tools['z4ai per-tensor']['ratio']:.4f} "
+            f"| {z4max_ratio} | {tools['zstd-3']['ratio']:.4f} | {d['entropy_bound_ratio']:.4f} "
+            f"| {bt['gap_pct']:+.2f}% |")
     files = " / ".join(f"{run['dtypes'][dt]['tools']['tpde file']['ratio']:.4f}" for dt in dts)
-    out.para("Ratios are input bytes over compressed bytes. tpde, ZipNN and the bound code each tensor on its "
-             "own (tpde per tensor; ZipNN in the better of its two modes for each column, per tensor or on the "
-             "concatenated tensors, as the targets judge); zstd-3 codes the whole file. Whole files, header "
-             f"included: `tpde compress` gives {files} ({' / '.join(dts)}). A negative distance to the bound "
-             "means some planes were coded below their order-0 entropy (run-length and zstd).")
+    out.para("Compression ratios (input bytes over compressed bytes) above. tpde, ZipNN, z4ai and the bound "
+             "code each tensor on its own (ZipNN in the better of its two modes, per tensor or on the "
+             "concatenated tensors, as the targets judge; z4ai at its default tier and at `effort=\"max\"`, "
+             "its high-ratio tier" + ("" if has_max else ", which this run left out with `--no-z4ai-max`: "
+                                       "its column holds dashes")
+             + "); zstd-3 codes the whole file. Whole files, header included: `tpde compress` "
+             f"gives {files} ({' / '.join(dts)}). A negative distance to the bound means some planes were "
+             "coded below their order-0 entropy (run-length and zstd). Below, speeds on one core: MB/s of "
+             "uncompressed bytes, compress / decompress (ZipNN: its faster mode in each direction), and "
+             "decompression as a share of a plain memory copy on the same core in the same run (memcpy).")
+    add("| dtype | memcpy GB/s | tpde | ZipNN | z4ai | z4ai max |")
+    add("| --- | ---: | ---: | ---: | ---: | ---: |")
+
+    def cell(c: float, dmb: float, mc: float) -> str:
+        return f"{c:.0f} / {dmb:.0f} ({100 * dmb / mc:.0f}%)"
+
+    for dt in dts:
+        d = run["dtypes"][dt]
+        tools = d["tools"]
+        mc = d["memcpy"]["GBps"] * 1e3
+        sc, sd = T[f"{dt}.speed_vs_zipnn.compress"]["values"], T[f"{dt}.speed_vs_zipnn.decompress"]["values"]
+        z, zm = tools["z4ai per-tensor"], tools.get("z4ai per-tensor max")
+        add(f"| {dt} | {d['memcpy']['GBps']:.2f} | {cell(sc['tpde_MBps'], sd['tpde_MBps'], mc)} "
+            f"| {cell(sc['zipnn_MBps'], sd['zipnn_MBps'], mc)} "
+            f"| {cell(z['compress_MBps_1'], z['decompress_MBps_1'], mc)} "
+            f"| {cell(zm['compress_MBps_1'], zm['decompress_MBps_1'], mc) if zm else '-'} |")
+    out.para(f"How it is timed (the `method` block of `{RUN_JSON}`): {meth['timed']}. Best of {meth['best_of']} "
+             f"repetitions, {meth['interleaved']}. One thread: {meth['one_thread']}; ZipNN in byte "
+             "mode with `threads=1`, z4ai with `threads=1` (its decoder has no thread setting and starts its own "
+             "pool, which the pinning holds to the one core), tpde with `threads=1`. Tensors: "
+             f"{meth['tensors']}. memcpy: {meth['memcpy']}. Two threads: {meth['two_threads']}.")
+    # decode method variants
+    add("| dtype | tensors decoded | tpde | ZipNN byte mode | ZipNN torch mode | z4ai |")
+    add("| --- | --- | ---: | ---: | ---: | ---: |")
+    setname = {"all": "all {n}, pinned", "large": "{n} with at least {m} elements, pinned",
+               "all, unpinned": "all {n}, not pinned"}
+    for dt in dts:
+        v = run["dtypes"][dt]["decode_variants"]
+        for label, st in v["sets"].items():
+            tl = st["tools"]
+            name = setname[label].format(n=st["tensors"], m=f"{v['large_min_elements']:,}")
+            add(f"| {dt} | {name} | {tl['tpde per-tensor']['decompress_MBps_best']:.0f} "
+                f"| {tl['ZipNN per-tensor']['decompress_MBps_best']:.0f} "
+                f"| {tl['ZipNN per-tensor, torch mode']['decompress_MBps_best']:.0f} "
+                f"| {tl['z4ai per-tensor']['decompress_MBps_best']:.0f} |")
+    out.para("The table above is the decode alone (1 thread, MB/s, compressed once, every variant interleaved "
+             "with the others) under the methods earlier measurements used, so that their figures can be told "
+             "apart: ZipNN's byte mode (what the rows above time) against its torch mode (a tensor built per "
+             "call), every tensor against only the large ones (the small tensors cost a call each and carry "
+             "almost no bytes), and pinned against not pinned. A 1-thread decode figure is comparable only "
+             "with one measured the same way.")
     tm = run["targets_met"]
     out.para(f"Where the issue's targets stand (PASS/FAIL lines of the same run, {tm['met']} of {tm['total']} "
              "met):")
@@ -204,6 +266,13 @@ def render_bench(run: Dict[str, Any]) -> str:
     behind = "" if all(ok for _, ok, _ in res) else \
         " (tpde's frames carry per-chunk Huffman tables and two checksums per chunk)"
     bullets = [f"ratio at least ZipNN's: {_yes_no(res)}{behind};"]
+    res = []
+    for dt in dts:
+        t = T[f"{dt}.ratio_vs_z4ai"]
+        v = t["values"]
+        res.append((dt, t["pass"], f"{v['tpde_ratio']:.4f} vs {v['z4ai_ratio']:.4f}"))
+    tiers = "its better tier" if has_max else "its default tier; effort max did not run"
+    bullets.append(f"ratio at least z4ai's ({tiers}): {_yes_no(res)};")
     # bound
     lim = T[f"{dts[0]}.bound"]["values"]["limit_pct"]
     res = [(dt, T[f"{dt}.bound"]["pass"], "" if T[f"{dt}.bound"]["pass"] else
@@ -218,6 +287,10 @@ def render_bench(run: Dict[str, Any]) -> str:
         parts.append(f"{noun[label]} {_yes_no(res)}")
     bullets.append("single-thread speed at least ZipNN's (tpde's MB/s over ZipNN's, same run): "
                    + "; ".join(parts) + ";")
+    res = [(dt, T[f"{dt}.speed_vs_z4ai.decompress"]["pass"],
+            f"{T[f'{dt}.speed_vs_z4ai.decompress']['values']['tpde_over_z4ai']:.2f}x") for dt in dts]
+    bullets.append("single-thread decompression at least z4ai's (tpde's MB/s over z4ai's faster tier, same run): "
+                   + _yes_no(res) + ";")
     # threads
     lim = T[f"{dts[0]}.threads.per-tensor.compress"]["values"]["limit"]
     thr = {label: [T[f"{dt}.threads.{label}.{wl}"] for dt in dts for wl in ("compress", "decompress")]
@@ -285,18 +358,22 @@ def render_series(ser: Dict[str, Any], run: Optional[Dict[str, Any]] = None) -> 
              "deltas together; they depend only on the series and the codecs, not on the machine's speed."
              f"{_load(ser)}")
     add = out.line
-    add("| stream | zstd-3 | ZipNN | ZipNN xor delta | tpde alone | tpde delta vs previous | at effort max "
-        "| tpde delta vs base | order-0 bound of the residual |")
-    add("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     streams = ser["streams"]
+    # z4ai's column and target exist from the series.py of issue 20 on; an older series.json renders without them
+    has_z4 = "z4ai" in ser and all("z4ai_delta" in streams[s]["total_deltas"] for s in STREAMS)
+    add("| stream | zstd-3 | ZipNN | ZipNN xor delta |" + (" z4ai delta |" if has_z4 else "")
+        + " tpde alone | tpde delta vs previous | at effort max | tpde delta vs base | order-0 bound of the residual |")
+    add("| --- | ---: | ---: | ---: |" + (" ---: |" if has_z4 else "") + " ---: | ---: | ---: | ---: | ---: |")
     for s in STREAMS:
         t = streams[s]["total_deltas"]
         raw = t["raw"]
         add(f"| {STREAM_LABELS[s]} | {_r(raw, t['zstd'])} | {_r(raw, t['zipnn'])} | {_r(raw, t['zipnn_delta'])} "
-            f"| {_r(raw, t['key'])} | **{_r(raw, t['dprev'])}** | {_r(raw, t['dmax'])} | {_r(raw, t['dbase'])} "
+            + (f"| {_r(raw, t['z4ai_delta'])} " if has_z4 else "") + f"| {_r(raw, t['key'])} | **{_r(raw, t['dprev'])}** | {_r(raw, t['dmax'])} | {_r(raw, t['dbase'])} "
             f"| {_r(raw, t['h_best'])} |")
     note = ("\"ZipNN xor delta\" is ZipNN's own delta mode (`delta_second_data`: XOR with the previous "
-            "checkpoint). The order-0 bound is that of the better of the xor and integer-difference residuals, "
+            "checkpoint)" + (f"; \"z4ai delta\" is z4ai {ser['z4ai']['version']}'s `compress_delta(tensor, "
+                             "previous, dtype)`, tensor by tensor (XOR with the previous checkpoint, then its default "
+                             "codec)" if has_z4 else "") + ". The order-0 bound is that of the better of the xor and integer-difference residuals, "
             "byte plane by byte plane; tpde goes below it where its sparse chunks and zstd code runs of "
             "unchanged elements.")
     if ser.get("bundle_ok") and all(streams[s].get("bundle") for s in STREAMS):
@@ -320,6 +397,15 @@ def render_series(ser: Dict[str, Any], run: Optional[Dict[str, Any]] = None) -> 
     bullets.append(f"bf16 weight series, lossless, at least {v['limit']:g}x per delta: {_met(t['pass'])}, "
                    f"min {v['min']:.2f}x, median {v['median']:.2f}x (ZipNN's delta: median "
                    f"{v['zipnn_delta_median']:.2f}x).")
+    if has_z4:
+        res = []
+        for s_ in ("bf16", "fp32"):
+            t = T[f"z4ai.{s_}"]
+            v = t["values"]
+            res.append((f"{s_} weights", t["pass"], f"min {v['min']:.3f}x, median {v['median']:.3f}x"))
+        lim = T["z4ai.bf16"]["values"]["limit"]
+        bullets.append(f"tpde's delta frames at least {lim:.2f}x smaller than z4ai's `compress_delta` on every "
+                       f"delta (z4ai's bytes over tpde's): {_yes_no(res)}.")
     t, tmx = T["full"], T["full_max"]
     v, vm = t["values"], tmx["values"]
     fth = ser["throughput"]["full"]["MBps_best"]

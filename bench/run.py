@@ -1,14 +1,19 @@
 """tpde benchmarks: the figures behind README.md and docs/ (./build.sh bench).
 
-    ./build.sh bench                   # full run (about 5-10 minutes on 2 cores)
-    ./build.sh bench --quick           # 3 repetitions instead of 5, no zstd-19 (about 1 minute)
+    ./build.sh bench                   # full run (about 15-25 minutes on 2 idle cores)
+    ./build.sh bench --quick           # 3 repetitions instead of 5, no zstd-19, no z4ai max (a few minutes)
     ./build.sh bench --json out.json --markdown out.md
 
 On the real all-MiniLM-L6-v2 weights (fp32, and bf16/fp16 conversions), per
-dtype: zstd-3, zstd-19, ZipNN (per tensor and on the concatenated tensor
-data), tpde per tensor and tpde on the whole file, each at 1 and 2 threads,
-next to the order-0 entropy bound. Then the per-call overhead of the Python
-API and the peak memory of tpde.decompress_file.
+dtype: zstd-3, zstd-19, ZipNN (per tensor in byte mode and on the
+concatenated tensor data), z4ai per tensor (default tier; effort="max" at
+one thread), tpde per tensor and tpde on the whole file, each at 1 thread
+(every thread of the process pinned to one core) and 2 threads, next to
+the order-0 entropy bound and a one-core memcpy. Then decode alone under
+the methods earlier measurements used (ZipNN torch vs byte mode, all vs
+large tensors, pinned or not), the per-call overhead of the Python API and
+the peak memory of tpde.decompress_file. The JSON's `method` block says
+exactly what is timed (bench/README.md, "How it is timed").
 
 This script reports; it asserts nothing about speed or size. Targets are
 printed as PASS/FAIL lines. It exits non-zero only when a tool fails to
@@ -35,6 +40,10 @@ from common import MB, MiB, BenchError, Result  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 OVERHEAD_N = 10_000  # tensors
+Z4AI_MAX = "max"  # z4ai's high-ratio tier (effort="max"), beside its default
+# The decode-method comparison: the issue's measurement coded only the tensors
+# with at least this many elements, each alone.
+LARGE_ELEMS = 65_536
 OVERHEAD_ELEMS = 256  # fp32 elements each: 1 KiB
 
 
@@ -81,7 +90,7 @@ class Report:
 # --- per-dtype comparison ----------------------------------------------------
 
 def build_codecs(path: Path, data: bytes, sha: str, tensors: Dict[str, Any], dt: str, workdir: Path,
-                 quick: bool) -> List[common.Codec]:
+                 quick: bool, z4ai_max: bool) -> List[common.Codec]:
     zipnn_dtype = common.DTYPES[dt][1]
     codecs: List[common.Codec] = []
     for th in (1, 2):
@@ -96,7 +105,14 @@ def build_codecs(path: Path, data: bytes, sha: str, tensors: Dict[str, Any], dt:
     for th in (1, 2):
         codecs.append(common.ZipNNPerTensor(tensors, th))
         codecs.append(common.ZipNNConcat(tensors, th, zipnn_dtype))
+        codecs.append(common.Z4aiTensors(tensors, th))
         codecs.append(common.TpdeTensors(tensors, th))
+    if z4ai_max:
+        # z4ai's high-ratio tier compresses at well under 1 MB/s per core here (brotli-11, zstd-19 and rANS
+        # tried per stream) and decodes at a few MB/s: one thread only, one compression, two decodes.
+        z = common.Z4aiTensors(tensors, 1, effort=Z4AI_MAX)
+        z.reps, z.compress_reps = 2, 1
+        codecs.append(z)
     return codecs
 
 
@@ -108,28 +124,31 @@ def by_tool(results: List[Result]) -> Dict[str, Dict[int, Result]]:
 
 
 def bench_dtype(rep: Report, dt: str, path: Path, workdir: Path, reps: int, quick: bool,
-                verbose: bool) -> Dict[str, Any]:
+                verbose: bool, core: Optional[int], z4ai_max: bool) -> Dict[str, Any]:
     import tpde
 
     data = path.read_bytes()
     sha = common.sha256_file(path)
     tensors = common.load_tensors(path)
-    codecs = build_codecs(path, data, sha, tensors, dt, workdir, quick)
+    codecs = build_codecs(path, data, sha, tensors, dt, workdir, quick, z4ai_max)
     log: Callable[[str], None] = (lambda s: print(s, file=sys.stderr, flush=True)) if verbose else (lambda s: None)
-    results = common.measure(codecs, reps, log)
+    memcpy = common.memcpy_speed(core, reps=max(reps, 3))
+    results = common.measure(codecs, reps, log, core=core)
     tools = by_tool(results)
     tensor_bytes = sum(t.numel() * t.element_size() for t in tensors.values())
     bound = sum(tpde.entropy_bound_bits(t) for t in tensors.values()) / 8
 
     rep.section(f"{dt}: {path.name}, {len(data):,} bytes, {len(tensors)} tensors ({tensor_bytes:,} tensor bytes)")
-    headers = ["tool", "input", "compressed", "ratio", "comp 1T", "decomp 1T", "comp 2T", "decomp 2T", "2T/1T c,d"]
+    headers = ["tool", "input", "compressed", "ratio", "comp 1T", "decomp 1T", "/memcpy", "comp 2T", "decomp 2T",
+               "2T/1T c,d"]
     rows: List[List[str]] = []
     notes: List[str] = []
+    mc = memcpy["GBps"] * 1e3  # MB/s
     for name, per in tools.items():
         r1, r2 = per[1], per.get(2)
         c = r1.codec
         row = [name, common.fmt_bytes(c.input_bytes), f"{r1.size:,}", f"{r1.ratio:.4f}",
-               f"{r1.mbps('c'):.0f}", f"{r1.mbps('d'):.0f}"]
+               f"{r1.mbps('c'):.0f}", f"{r1.mbps('d'):.0f}", f"{r1.mbps('d') / mc:.2f}"]
         if r2 is not None:
             d2 = f"{r2.mbps('d'):.0f}" if c.decompress_threads else "n/a"
             sc = f"{r1.best('c') / r2.best('c'):.2f}x"
@@ -141,13 +160,17 @@ def bench_dtype(rep: Report, dt: str, path: Path, workdir: Path, reps: int, quic
             row += ["-", "-", "-"]
         rows.append(row)
     rows.append(["order-0 bound", common.fmt_bytes(tensor_bytes), f"{bound:,.0f}", f"{tensor_bytes / bound:.4f}",
-                 "", "", "", "", ""])
+                 "", "", "", "", "", ""])
     rep.table(headers, rows)
     reps_note = {n: len(per[1].ctimes) for n, per in tools.items()}
     rep.note(f"MB/s = 10^6 uncompressed bytes per second, best of {reps} repetitions"
              + (" (zstd-19: 1 run)" if not quick else "")
+             + (f" (z4ai {Z4AI_MAX}: 1 compression, 2 decompressions of it, 1 thread only)" if z4ai_max else "")
              + "; 'file' rows code the whole .safetensors file (tpde file: read + write + fsync),"
-             + " the others the tensors' bytes in memory. zstd decompresses on one thread.")
+             + " the others the tensors' bytes in memory. zstd decompresses on one thread. "
+             + (f"1T rows pinned to core {core}. " if core is not None else "1T rows not pinned (one usable core). ")
+             + f"/memcpy = decomp 1T over a plain copy on the same core: {memcpy['GBps']:.2f} GB/s "
+             + f"(numpy.copyto, 64 MiB; into a new buffer: {memcpy['new_buffer_GBps']:.2f} GB/s).")
     for n in notes:
         rep.note(n)
 
@@ -177,6 +200,20 @@ def bench_dtype(rep: Report, dt: str, path: Path, workdir: Path, reps: int, quic
                    key=f"{dt}.speed_vs_zipnn.{label}",
                    values={"tpde_MBps": tp1.mbps(which), "zipnn_MBps": bz.mbps(which), "zipnn_tool": bz.codec.name,
                            "tpde_over_zipnn": tp1.mbps(which) / bz.mbps(which)})
+    z4 = [per[1] for name, per in tools.items() if name.startswith("z4ai")]
+    bz4 = max(z4, key=lambda r: r.ratio)
+    rep.target(f"{dt} ratio tpde >= z4ai", tp1.ratio >= bz4.ratio,
+               f"tpde per-tensor {tp1.ratio:.4f} vs best z4ai ({bz4.codec.name}) {bz4.ratio:.4f}",
+               key=f"{dt}.ratio_vs_z4ai",
+               values={"tpde_ratio": tp1.ratio, "z4ai_ratio": bz4.ratio, "z4ai_tool": bz4.codec.name,
+                       "tpde_bytes": tp1.size, "z4ai_bytes": bz4.size})
+    fz4 = max(z4, key=lambda r: r.mbps("d"))
+    rep.target(f"{dt} 1-thread decompress MB/s tpde >= z4ai", tp1.mbps("d") >= fz4.mbps("d"),
+               f"tpde per-tensor {tp1.mbps('d'):.0f} vs fastest z4ai ({fz4.codec.name}) {fz4.mbps('d'):.0f} MB/s "
+               f"(memcpy {memcpy['GBps']:.2f} GB/s on the same core)",
+               key=f"{dt}.speed_vs_z4ai.decompress",
+               values={"tpde_MBps": tp1.mbps("d"), "z4ai_MBps": fz4.mbps("d"), "z4ai_tool": fz4.codec.name,
+                       "tpde_over_z4ai": tp1.mbps("d") / fz4.mbps("d"), "memcpy_GBps": memcpy["GBps"]})
     for label, a, b in (("per-tensor", tp1, tp2), ("file", tf1, tf2)):
         for which, wl in (("c", "compress"), ("d", "decompress")):
             s = a.best(which) / b.best(which)
@@ -191,7 +228,10 @@ def bench_dtype(rep: Report, dt: str, path: Path, workdir: Path, reps: int, quic
         r1, r2 = per[1], per.get(2)
         row: Dict[str, Any] = {"group": r1.codec.group, "input_bytes": r1.codec.input_bytes,
                                "compressed_bytes": r1.size, "ratio": r1.ratio,
-                               "compress_MBps_1": r1.mbps("c"), "decompress_MBps_1": r1.mbps("d")}
+                               "compress_MBps_1": r1.mbps("c"), "decompress_MBps_1": r1.mbps("d"),
+                               "decompress_GBps_1": r1.mbps("d") / 1e3,
+                               "decompress_over_memcpy_1": r1.mbps("d") / mc,
+                               "compress_repetitions": len(r1.ctimes), "decompress_repetitions": len(r1.dtimes)}
         if r2 is not None:
             row.update(compress_MBps_2=r2.mbps("c"), compress_speedup_2=r1.best("c") / r2.best("c"),
                        compressed_bytes_2=r2.size)
@@ -199,12 +239,44 @@ def bench_dtype(rep: Report, dt: str, path: Path, workdir: Path, reps: int, quic
                 row.update(decompress_MBps_2=r2.mbps("d"), decompress_speedup_2=r1.best("d") / r2.best("d"))
         summary[name] = row
 
+    variants = decode_variants(rep, dt, tensors, reps, core, memcpy)
+
     return {
         "file": path.name, "file_sha256": sha, "file_bytes": len(data), "tensor_bytes": tensor_bytes,
-        "tensors": len(tensors),
+        "tensors": len(tensors), "memcpy": memcpy, "decode_variants": variants,
         "entropy_bound_bytes": bound, "entropy_bound_ratio": tensor_bytes / bound, "tpde_vs_bound_pct": gap,
         "tools": summary, "results": [r.as_dict() for r in results], "repetitions": reps_note,
     }
+
+
+def decode_variants(rep: Report, dt: str, tensors: Dict[str, Any], reps: int, core: Optional[int],
+                    memcpy: Dict[str, Any]) -> Dict[str, Any]:
+    """Decode alone, one thread, under the methods earlier measurements used:
+    ZipNN in byte and in torch mode, every tensor or only those with at least
+    LARGE_ELEMS elements (the issue's set), pinned or not. Explains why
+    1-thread decode figures disagreed between measurements."""
+    large = {k: t for k, t in tensors.items() if t.numel() >= LARGE_ELEMS}
+    sets = [("all", tensors, core), ("large", large, core)]
+    if core is not None:  # else nothing is pinned anyway: the first set is this one
+        sets.append(("all, unpinned", tensors, None))
+    out: Dict[str, Any] = {"large_min_elements": LARGE_ELEMS, "core": core, "sets": {}}
+    makers = (lambda ts: common.TpdeTensors(ts, 1), lambda ts: common.ZipNNPerTensor(ts, 1),
+              lambda ts: common.ZipNNPerTensorTorch(ts, 1), lambda ts: common.Z4aiTensors(ts, 1))
+    pairs = [(mk(ts), c) for _, ts, c in sets for mk in makers]
+    res = common.decode_only(pairs, reps)  # every variant interleaved with the others
+    rows = []
+    for i, (label, ts, c) in enumerate(sets):
+        part = res[i * len(makers):(i + 1) * len(makers)]
+        nbytes = part[0]["input_bytes"]
+        out["sets"][label] = {"tensors": len(ts), "bytes": nbytes, "pinned": c is not None,
+                              "tools": {r["tool"]: r for r in part}}
+        rows.append([label, str(len(ts)), common.fmt_bytes(nbytes),
+                     *(f"{r['decompress_MBps_best']:.0f}" for r in part)])
+    rep.table(["tensors", "n", "bytes", "tpde", "ZipNN byte", "ZipNN torch", "z4ai"], rows, "lrrrrrr")
+    rep.note(f"decode method: 1-thread decompress MB/s alone (compressed once, untimed), best of {reps}; 'large' = "
+             f"tensors with >= {LARGE_ELEMS:,} elements; pinned to core {core} except 'unpinned'. "
+             f"memcpy {memcpy['GBps']:.2f} GB/s.")
+    return out
 
 
 # --- call overhead -------------------------------------------------------------
@@ -382,19 +454,62 @@ def bench_memory(rep: Report, fp32: Path, workdir: Path) -> Dict[str, Any]:
             "peak_bytes": peak, "baseline_bytes": base, "after_load_bytes": loaded}
 
 
+def run_method(reps: int, core: Optional[int], z4ai_max: bool) -> Dict[str, Any]:
+    """What is timed, in words and settings: the JSON's `method` block (bench/render.py quotes it)."""
+    return {
+        "timed": "compress: each tool's compress call(s) on the input; decompress: each tensor's compressed "
+                 "bytes decoded into a new buffer holding that tensor's bytes (tpde: decompress_tensor, a "
+                 "torch.Tensor; ZipNN byte mode: a bytearray; z4ai: bytes), summed over the tensors; file rows "
+                 "time the whole file to file. Python's garbage collector is paused; input copies a tool needs "
+                 "(ZipNN rewrites its input) are made before the timer starts",
+        "best_of": reps,
+        "throughput": "10^6 uncompressed bytes per second (MB/s) from the best (shortest) repetition",
+        "interleaved": "repetitions round-robin across tools (rep 1 of every tool, then rep 2, ...)",
+        "tensors": "every tensor of the file, the same set for every per-tensor tool; ZipNN codes the float "
+                   "tensors and its rows code the one int64 tensor with zstd-3 inside the timed region",
+        "one_thread": ("every thread of the process (Go's runtime and the tools' pools included) pinned to "
+                       f"core {core} with sched_setaffinity" if core is not None else
+                       "not pinned: the process may use one core only"),
+        "pinned_core": core,
+        "two_threads": "not pinned, each tool told 2 threads (zstd: threads=2 workers, decompression single-"
+                       "threaded; ZipNN: threads=2; z4ai: threads=2 for compression, its decompression always "
+                       "uses a pool of os.cpu_count() threads; tpde: threads=2)",
+        "tools": {
+            "tpde per-tensor": "tpde.compress_tensor(t, threads=n) / tpde.decompress_tensor(blob, threads=n)",
+            "ZipNN per-tensor": "ZipNN(input_format='byte', bytearray_dtype=<dtype>, threads=n) on each float "
+                                "tensor's bytes (byte mode: ZipNN's mode for raw buffers)",
+            "ZipNN concat": "the same on all float tensors concatenated (as ZipNN's file tools feed it)",
+            "z4ai per-tensor": "z4ai.compress(bytes, dtype=<dtype>, threads=n) (default tier) / z4ai.decompress",
+            f"z4ai per-tensor {Z4AI_MAX}": (f"the same with effort='{Z4AI_MAX}' (its high-ratio tier), 1 thread "
+                                            "only: one compression and two decodes (it compresses at well under "
+                                            "1 MB/s)" if z4ai_max else "not run (--quick or --no-z4ai-max)"),
+            "zstd-3, zstd-19": "zstandard on the whole file's bytes",
+            "tpde file": "tpde.compress_file / decompress_file, file to file (read, write, fsync)",
+        },
+        "memcpy": "numpy.copyto of a 64 MiB buffer into a preallocated buffer, pinned to the same core, best "
+                  "of max(reps, 3), measured before each dtype's tools; /memcpy = decompress MB/s over it",
+        "decode_variants": f"decode alone, 1 thread, under earlier methods: ZipNN torch vs byte mode, every "
+                           f"tensor vs tensors >= {LARGE_ELEMS:,} elements, pinned vs not",
+    }
+
+
 # --- main ------------------------------------------------------------------------
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 repetitions instead of 5, no zstd-19 (about 1 minute)")
+    ap.add_argument("--quick", action="store_true", help="3 repetitions instead of 5, no zstd-19, no z4ai max (a few minutes)")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per measurement (default 5, --quick 3)")
     ap.add_argument("--json", metavar="PATH", help="also write every measurement as JSON")
     ap.add_argument("--markdown", metavar="PATH", help="also write the tables as Markdown")
     ap.add_argument("--tmpdir", metavar="DIR", help="where to put the converted and compressed files "
                                                     "(default: the system temp dir)")
     ap.add_argument("--dtypes", default="fp32,bf16,fp16", help="comma-separated subset of fp32,bf16,fp16")
+    ap.add_argument("--no-z4ai-max", action="store_true",
+                    help=f"leave out z4ai effort={Z4AI_MAX!r} (well under 1 MB/s: minutes per dtype); "
+                         "--quick leaves it out too")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every repetition on stderr")
     args = ap.parse_args(argv)
+    z4ai_max = not (args.quick or args.no_z4ai_max)
     reps = args.reps or (3 if args.quick else 5)
     dts = [d.strip() for d in args.dtypes.split(",") if d.strip()]
     for d in dts:
@@ -408,6 +523,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     rep = Report()
     info = common.run_info()
     mach, vers = common.machine(), common.versions()
+    z4 = common.z4ai_status()  # builds z4ai's JIT rANS kernel now, untimed
+    core = common.pin_core()
+    method = run_method(reps, core, z4ai_max)
     with tempfile.TemporaryDirectory(prefix="tpde-bench-", dir=args.tmpdir) as tmp:
         work = Path(tmp)
         rep.out("tpde benchmark" + (" (--quick)" if args.quick else ""))
@@ -417,7 +535,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         fs = common.fs_type(work)
         rep.out(f"temp dir: {work} ({fs})")
         rep.out(f"timing:   best of {reps} repetitions, tools interleaved round-robin; "
-                f"tpde default threads = {tpde.get_num_threads()}")
+                f"tpde default threads = {tpde.get_num_threads()}; 1-thread rows "
+                + (f"pinned to core {core}" if core is not None else "not pinned (one usable core)"))
+        rep.out("z4ai:     " + ", ".join(f"{k} {v}" for k, v in z4.items()))
+        if not z4.get("accelerated"):
+            rep.out("WARNING:  z4ai's native accelerators did not all load: its speeds are those of a fallback")
         rep.md += ["# tpde benchmark", "", f"- command: `{common.command_line()}`",
                    f"- machine: {mach['cpu']}, {mach['cores']} cores",
                    "- versions: " + ", ".join(f"{k} {v}" for k, v in vers.items()),
@@ -426,7 +548,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         variants = common.make_variants(work)
         per_dtype = {}
         for d in dts:
-            per_dtype[d] = bench_dtype(rep, d, variants[d], work, reps, args.quick, args.verbose)
+            per_dtype[d] = bench_dtype(rep, d, variants[d], work, reps, args.quick, args.verbose, core, z4ai_max)
         overhead = bench_overhead(rep, max(reps, 3))
         memory = bench_memory(rep, variants["fp32"], work)
 
@@ -444,6 +566,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                           "machine": mach, "versions": vers, "quick": args.quick, "dtypes_run": dts,
                           "temp_dir_fs": fs, "default_threads": tpde.get_num_threads(),
                           "repetitions": reps, "timing": "best (minimum) of the repetitions; all times in seconds",
+                          "method": method, "z4ai": z4, "z4ai_max": z4ai_max,
                           "dtypes": per_dtype, "overhead": overhead, "memory": memory, "targets": rep.targets,
                           "targets_met": counted})
         rep.out(f"wrote {args.json}")

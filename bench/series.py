@@ -9,7 +9,8 @@ AdamW on the CPU, a checkpoint every --steps-between steps (cached under
 bench/out/). Three streams are measured per checkpoint and in total: the bf16
 weights, the fp32 weights, and the full training state (fp32 weights + AdamW
 exp_avg + exp_avg_sq). Tools: zstd-3, ZipNN (per tensor), ZipNN's XOR delta
-against the previous checkpoint, tpde keyframes, tpde delta frames against the
+against the previous checkpoint, z4ai's compress_delta against the previous
+checkpoint (per tensor), tpde keyframes, tpde delta frames against the
 previous checkpoint (a chain) at the default effort and at effort="max",
 with linear prediction from the two previous ones, and against the base
 checkpoint 0; next to order-0 entropy bounds. Then: unchanged elements, the
@@ -49,7 +50,7 @@ STREAM_TITLES = {
 }
 # Per-part measurements; "full" = "fp32" + "optim".
 PARTS = ("bf16", "fp32", "optim")
-SIZE_KEYS = ("raw", "zstd", "zipnn", "zipnn_delta", "key", "dprev", "dmax", "dpred", "dbase", "h_key", "h_xor",
+SIZE_KEYS = ("raw", "zstd", "zipnn", "zipnn_delta", "z4ai_delta", "z4ai_key", "key", "dprev", "dmax", "dpred", "dbase", "h_key", "h_xor",
              "h_diff", "h_best")
 # effort="max" (weighs exponent contexts and more coders: smaller frames, slower) next to the default
 EFFORT_MAX = "max"
@@ -63,6 +64,7 @@ T_IDENT = 64
 T_LOSSY = 30.0
 T_LOSS_REL = 0.01
 T_SPEED = 0.8
+T_Z4AI = 1.10  # issue 20: tpde's delta frames at least this much smaller than z4ai's compress_delta
 
 
 def _bits_equal(a: Any, b: Any) -> bool:
@@ -134,6 +136,9 @@ class Tools:
         self.zc = zstandard.ZstdCompressor(level=3)
         self.zd = zstandard.ZstdDecompressor()
         self._zipnn: Dict[Tuple[str, bool], Tuple[Any, Any]] = {}
+        import z4ai
+
+        self.z4ai = z4ai
 
     def zipnn(self, dtype: str, delta: bool) -> Tuple[Any, Any]:
         """(compressor, decompressor) ZipNN objects in byte mode; separate objects,
@@ -148,7 +153,9 @@ class Tools:
 
 
 def baseline_sizes(tools: Tools, name: str, cur: Any, prev: Optional[Any]) -> Dict[str, int]:
-    """zstd-3, ZipNN and ZipNN's XOR delta (vs prev) of one tensor, each round-trip checked."""
+    """zstd-3, ZipNN, ZipNN's XOR delta and z4ai's compress_delta (vs prev) of
+    one tensor, each round-trip checked; z4ai alone (its keyframe) only for the
+    first checkpoint, the start of its chain."""
     data = _u8(cur)
     raw = data.tobytes()
     out: Dict[str, int] = {}
@@ -156,6 +163,21 @@ def baseline_sizes(tools: Tools, name: str, cur: Any, prev: Optional[Any]) -> Di
     if tools.zd.decompress(z, max_output_size=len(raw)) != raw:
         raise BenchError(f"zstd-3 did not restore {name}")
     out["zstd"] = len(z)
+    zt = tools.z4ai
+    z4dt = common.z4ai_dtype(cur)
+    if prev is None:
+        blob = zt.compress(raw, dtype=z4dt)
+        if bytes(zt.decompress(blob)) != raw:
+            raise BenchError(f"z4ai did not restore {name}")
+        out["z4ai_key"] = len(blob)
+    else:
+        praw = _u8(prev).tobytes()
+        # z4ai's delta: XOR with the reference, then its default codec on the
+        # result at the tensor's element width (z4ai/delta.py, 0.2.0)
+        blob = zt.compress_delta(raw, praw, dtype=z4dt)
+        if bytes(zt.decompress_delta(blob, praw)) != raw:
+            raise BenchError(f"z4ai compress_delta did not restore {name}")
+        out["z4ai_delta"] = len(blob)
     zdt = _zipnn_dtype(cur)
     if zdt is None or len(raw) == 0:
         out["zipnn"] = len(z)  # ZipNN codes floats only; others go through zstd-3, as in run.py
@@ -168,7 +190,6 @@ def baseline_sizes(tools: Tools, name: str, cur: Any, prev: Optional[Any]) -> Di
         raise BenchError(f"ZipNN did not restore {name}")
     out["zipnn"] = len(blob)
     if prev is not None:
-        praw = _u8(prev).tobytes()
         c, d = tools.zipnn(zdt, True)
         # delta_compressed_type="byte": ZipNN XORs data with delta_second_data and
         # codes the result as usual; both must be bytes-like (not numpy: it tests truthiness).
@@ -359,7 +380,8 @@ def _ratio(raw: float, size: float) -> str:
 def report_stream(rep: Report, stream: str, rows_in: List[Dict[str, Any]],
                   bundle: Optional[List[int]]) -> Dict[str, Any]:
     n = len(rows_in)
-    headers = ["ckpt", "step", "raw MB", "unchg %", "zstd-3", "ZipNN", "ZipNN xor", "tpde key", "H0 key",
+    headers = ["ckpt", "step", "raw MB", "unchg %", "zstd-3", "ZipNN", "ZipNN xor", "z4ai delta", "tpde key",
+               "H0 key",
                "tpde prev", "tpde prev max", "tpde pred", "tpde base", "H0 xor", "H0 diff", "H0 best"]
     if bundle:
         headers.append("tpde bundle")
@@ -371,6 +393,7 @@ def report_stream(rep: Report, stream: str, rows_in: List[Dict[str, Any]],
                  f"{100 * r['unchanged'] / r['elements']:.1f}" if delta else "-",
                  _ratio(raw, r["zstd"]), _ratio(raw, r["zipnn"]),
                  _ratio(raw, r["zipnn_delta"]) if delta else "-",
+                 _ratio(raw, r["z4ai_delta"]) if delta else "-",
                  _ratio(raw, r["key"]), _ratio(raw, r["h_key"])]
         if delta:
             cells += [_ratio(raw, r["dprev"]), _ratio(raw, r["dmax"]), _ratio(raw, r["dpred"]),
@@ -396,6 +419,7 @@ def report_stream(rep: Report, stream: str, rows_in: List[Dict[str, Any]],
         allr[key] = tot[key] + k0[key]
     for key in ("zipnn_delta",):
         allr[key] = tot[key] + k0["zipnn"]
+    allr["z4ai_delta"] = tot["z4ai_delta"] + k0["z4ai_key"]  # z4ai's chain starts with z4ai.compress
     for key in ("dprev", "dpred", "dbase"):
         allr[key] = tot[key] + k0["key"]
     allr["dmax"] = tot["dmax"] + k0["key_max"]  # the max chain starts with a keyframe at effort max
@@ -417,6 +441,9 @@ def report_stream(rep: Report, stream: str, rows_in: List[Dict[str, Any]],
         "dpred_ratio": [r["raw"] / r["dpred"] for r in deltas],
         "dbase_ratio": [r["raw"] / r["dbase"] for r in deltas],
         "zipnn_delta_ratio": [r["raw"] / r["zipnn_delta"] for r in deltas],
+        "z4ai_delta_ratio": [r["raw"] / r["z4ai_delta"] for r in deltas],
+        # z4ai's bytes over tpde's (vs previous, default effort), per delta: how much smaller tpde's frames are
+        "z4ai_over_tpde": [r["z4ai_delta"] / r["dprev"] for r in deltas],
         "key_ratio": [r["raw"] / r["key"] for r in rows_in],
         "unchanged_pct": unchg,
         "bundle": bundle,
@@ -1038,6 +1065,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             ", ".join(f"{series.meta(k)['eval_loss']:.4f}" for k in range(len(series))))
     rep.md.append(f"- series dir: `{series.root}` ({gen})")
     rep.out(f"tpde default threads = {tpde.get_num_threads()} (sizes do not depend on it); ZipNN threads=2")
+    z4 = common.z4ai_status()
+    rep.out("z4ai:     " + ", ".join(f"{k} {v}" for k, v in z4.items()))
 
     rep.section("lossless: measuring every checkpoint")
     lossless = measure_lossless(rep, series, log)
@@ -1050,7 +1079,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     rep.note("Ratios = raw tensor bytes / compressed bytes (higher is better); every output decoded and compared "
              "bit-exactly. unchg % = elements whose bit pattern equals the previous checkpoint's. zstd-3, ZipNN, "
              "tpde key: each checkpoint alone (per tensor). ZipNN xor: ZipNN's delta mode (XOR with the previous "
-             "checkpoint, then its usual coding). tpde prev: delta frame against the previous checkpoint (a chain, "
+             "checkpoint, then its usual coding). z4ai delta: z4ai.compress_delta(tensor, previous, dtype) per "
+             "tensor (XOR, then z4ai's default codec; its 0..N row starts with z4ai.compress of checkpoint 0). tpde prev: delta frame against the previous checkpoint (a chain, "
              f"approach A), default effort; tpde prev max: the same at effort=\"{EFFORT_MAX}\" (its 0..N row "
              f"counts checkpoint 0 as a keyframe at effort {EFFORT_MAX}); tpde pred: tpde prev with the checkpoint "
              "before as second reference (linear prediction a candidate); tpde base: against checkpoint 0 "
@@ -1111,6 +1141,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                        "deltas": len(f["dmax_ratio"]),
                        "min_without_delta1": min(f["dmax_ratio"][1:]) if rest else None})
     rep.targets[-1]["informational"] = True
+    for s_ in ("bf16", "fp32"):
+        st_ = streams_out[s_]
+        r = st_["z4ai_over_tpde"]
+        tot_ = st_["total_deltas"]
+        rep.target(f"{s_} weights lossless: tpde delta frames >= {T_Z4AI:.2f}x smaller than z4ai compress_delta, "
+                   f"per delta checkpoint",
+                   min(r) >= T_Z4AI,
+                   f"z4ai / tpde bytes min {min(r):.3f}x, median {statistics.median(r):.3f}x over {len(r)} deltas, "
+                   f"{tot_['z4ai_delta'] / tot_['dprev']:.3f}x over all of them (ratios: tpde median "
+                   f"{st_['dprev_median']:.2f}x, z4ai median {statistics.median(st_['z4ai_delta_ratio']):.2f}x)",
+                   key=f"z4ai.{s_}",
+                   values={"limit": T_Z4AI, "min": min(r), "median": statistics.median(r),
+                           "total": tot_["z4ai_delta"] / tot_["dprev"], "deltas": len(r),
+                           "tpde_median_ratio": st_["dprev_median"],
+                           "z4ai_median_ratio": statistics.median(st_["z4ai_delta_ratio"]),
+                           "z4ai_version": common.z4ai_status().get("version")})
 
     rep.section("unchanged elements vs the previous checkpoint, per stream")
     urows = [[s, *(f"{u:.1f}" for u in streams_out[s]["unchanged_pct"])] for s in STREAMS]
@@ -1151,7 +1197,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.json:
         common.write_json(args.json, {"benchmark": "bench/series.py", "command": common.command_line(), **run_info,
                           "load_average_end": common.load_average(), "machine": mach, "versions": vers,
-                          "quick": args.quick, "no_lossy": args.no_lossy, "repetitions": reps,
+                          "quick": args.quick, "no_lossy": args.no_lossy, "repetitions": reps, "z4ai": z4,
                           "default_threads": tpde.get_num_threads(),
                           "series": {"dir": _rel(series.root), "params": dataclasses.asdict(params),
                                      "info": series.info, "generated_now": made,

@@ -222,8 +222,9 @@ int tpde_entropy_bound(const void *src, uint64_t src_len, int32_t dtype, double 
 
 /* Flags of tpde_encode_delta. With none (0) the encoder chooses per chunk
  * between the dense and the sparse coding, whichever is smaller, and, at
- * TPDE_EFFORT_MAX only, how many exponent contexts to use (they make some
- * frames smaller but encoding and decoding several times slower). */
+ * TPDE_EFFORT_BALANCED and TPDE_EFFORT_MAX, how many exponent contexts to
+ * use (where they are estimated to make the frame at least 8% smaller, 3%
+ * at MAX; they halve encoding and decoding speed where used). */
 #define TPDE_DELTA_DENSE_ONLY 1u   /* never the sparse coding */
 #define TPDE_DELTA_SPARSE_ONLY 2u  /* the sparse coding ("elias_delta_zstd": positions of the changed
                                       elements, then their residuals) for every changed chunk */
@@ -254,9 +255,10 @@ int tpde_encode_delta_bound(uint64_t raw_size, int32_t dtype, int32_t ndim, uint
  * quantizes the other residuals to int8/int4 codes of a per-chunk scale,
  * keeping the same bound (elements it cannot keep within it stay exact).
  * NaNs and infinities are never approximated. flags: TPDE_DELTA_*.
- * chunk_elems 0: default; effort: TPDE_EFFORT_* (MAX also weighs exponent
- * contexts and sparse chunks with up to half the elements changed: the
- * smallest frames, slower to write and read); nthreads 0: default.
+ * chunk_elems 0: default; effort: TPDE_EFFORT_* (MAX also tries every
+ * stream coder and sparse chunks with up to half the elements changed: the
+ * smallest frames, slower to write and read; FAST never weighs exponent
+ * contexts); nthreads 0: default.
  * dst must have room for tpde_encode_delta_bound bytes; *out_len receives
  * the frame's length. recon, if not NULL, must have room for src_len bytes
  * (recon_cap) and receives what tpde_decode_delta will return: src itself

@@ -114,3 +114,54 @@ def test_numpy_delta() -> None:
     blob = tpde.compress_delta(b, a)
     back = tpde.decompress_delta(blob, a, like="numpy")
     assert back.tobytes() == b.tobytes()
+
+
+def adam_step(w: torch.Tensor, step: float, seed: int) -> torch.Tensor:
+    """w moved by the same absolute amount everywhere, of random sign, as
+    Adam's update is: small weights move by many ulps, large ones by few."""
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, w.shape, generator=g).to(torch.float64) * 2 - 1
+    return (w.to(torch.float64) + sign * step).to(w.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_default_groups_residuals_by_exponent(dtype: torch.dtype) -> None:
+    # The default effort weighs exponent contexts: on an Adam-like update it
+    # beats the one-context coding; "fast" keeps one context.
+    g = torch.Generator().manual_seed(5)
+    ref = (torch.randn(256, 512, generator=g, dtype=torch.float64) * 0.02).to(dtype)
+    cur = adam_step(ref, 2e-4, 6)
+    sizes = {}
+    for contexts in ("auto", "one", "full"):
+        blob = tpde.compress_delta(cur, ref, contexts=contexts)
+        assert bits_equal(tpde.decompress_delta(blob, ref), cur)
+        sizes[contexts] = len(blob)
+    assert sizes["auto"] < 0.97 * sizes["one"]
+    assert len(tpde.compress_delta(cur, ref)) == sizes["auto"]
+    fast = tpde.compress_delta(cur, ref, effort="fast")
+    assert fast == tpde.compress_delta(cur, ref, effort="fast", contexts="one")
+    with pytest.raises(tpde.InvalidArgumentError):
+        tpde.compress_delta(cur, ref, contexts="many")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("contexts", ["auto", "full"])
+def test_contexts_round_trip_special_values(dtype: torch.dtype, contexts: str) -> None:
+    g = torch.Generator().manual_seed(7)
+    ref = (torch.randn(64, 1024, generator=g, dtype=torch.float64) * 0.02).to(dtype)
+    cur = adam_step(ref, 1e-3, 8)
+    info = torch.finfo(dtype)
+    special = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), float("nan"), info.tiny, info.tiny / 4,
+                            -info.tiny / 2, info.max, -info.max], dtype=torch.float64).to(dtype)
+    iv = INT_VIEW[dtype]
+    # NaNs with payloads, positive and negative, as bit patterns.
+    nan_bits = special[4:5].view(iv).repeat(3)
+    nan_bits[1] |= 1
+    nan_bits[2] = nan_bits[2] | 3 | torch.tensor(-1, dtype=iv).bitwise_left_shift(8 * ref.element_size() - 1)
+    special = torch.cat([special, nan_bits.view(dtype)])
+    flat_ref, flat_cur = ref.view(-1), cur.view(-1)
+    idx = torch.arange(0, flat_ref.numel(), 11)
+    flat_ref[idx] = special[idx % special.numel()]
+    flat_cur[idx[::2]] = special[(idx[::2] // 3) % special.numel()]
+    blob = tpde.compress_delta(cur, ref, contexts=contexts)
+    assert bits_equal(tpde.decompress_delta(blob, ref), cur)

@@ -220,27 +220,36 @@ func sparseLimit(e entropy.Effort, n int) int {
 const closeCall = 1.5
 
 // ctxMargin: in ContextAuto, more buckets are used only when they are
-// estimated to save this fraction of the single-bucket size, since they
-// cost decoding speed.
-const ctxMargin = 0.97
+// estimated to cost under this fraction of the single-bucket size, since
+// they halve encoding and decoding speed: at Max, a saving of 3% is worth
+// it; at Balanced only one of 8%. Measured on a real fine-tuning series
+// (bench/delta_ratio.py, checkpoints 1-4): bf16 weights saved 19% at 3%
+// and 18% at 8%, fp32 weights 4% at 3% and nothing at 8% (so they keep
+// the full speed), AdamW's moments 0.35% either way.
+func ctxMargin(e entropy.Effort) float64 {
+	if e == entropy.Max {
+		return 0.97
+	}
+	return 0.92
+}
 
 type plan struct {
 	dense, sparse       ctxCfg
 	tryDense, trySparse bool
 }
 
-// makePlan estimates, from the sample in s.sv and s.sr (ns elements), the
-// best context map for the dense and the sparse coding and which of them
-// to try.
-// effectiveContext resolves ContextAuto: contexts are weighed only at
-// effort Max.
+// effectiveContext resolves ContextAuto: contexts are weighed at every
+// effort but Fast.
 func effectiveContext(p *Params) ContextMode {
-	if p.Context == ContextAuto && p.Effort != entropy.Max {
+	if p.Context == ContextAuto && p.Effort == entropy.Fast {
 		return contextAutoOff
 	}
 	return p.Context
 }
 
+// makePlan estimates, from the sample in s.sv and s.sr (ns elements), the
+// best context map for the dense and the sparse coding and which of them
+// to try.
 func makePlan[T, V word](s *Scratch, ns, n int, p *Params, ef expField) plan {
 	e := &s.est
 	fill[T, V](e, s.sv, s.sr, ns, ef)
@@ -253,7 +262,7 @@ func makePlan[T, V word](s *Scratch, ns, n int, p *Params, ef expField) plan {
 		base := cost
 		for _, c := range cands[1:] {
 			cc := e.cost(c, P, dense, scale)
-			if p.Context == ContextAuto && cc >= base*ctxMargin {
+			if p.Context == ContextAuto && cc >= base*ctxMargin(p.Effort) {
 				continue
 			}
 			if cc < cost {
