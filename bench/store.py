@@ -69,7 +69,8 @@ from common import MB, MiB, BenchError  # noqa: E402
 
 FULL = {"checkpoints": 8, "steps_between": 100}
 QUICK = {"checkpoints": 4, "steps_between": 10}
-TARGETS = {"fp32": 1.5, "bf16": 3.0, "torch_vs_safetensors": 0.01, "resume": 1.5, "add": 1.0}
+TARGETS = {"fp32": 1.5, "bf16": 3.0, "torch_vs_safetensors": 0.01, "resume": 1.5, "resume_cold": 1.0,
+           "add": 1.0}
 TENSOR_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth")
 
 _verbose = False
@@ -313,7 +314,9 @@ def resume(store: Path, d: Path, step: int, oldest: int, reps: int, cold_choice:
 
     def raw_load_copied() -> Dict[str, Any]:
         # load_file's tensors are views of an mmap (pages read when touched); this variant copies
-        # them, as a resume's load_state_dict does, so the bytes are really read: informational
+        # them, as a resume's load_state_dict does, so the bytes are really read. Store.load's
+        # tensors are in memory too, so this is what the resume targets compare with (issue:
+        # "loading the raw files and materialising their tensors").
         out = raw_load()
         out["model.safetensors"] = {k: v.clone() for k, v in out["model.safetensors"].items()}
         return out
@@ -344,7 +347,8 @@ def resume(store: Path, d: Path, step: int, oldest: int, reps: int, cold_choice:
     method = drop_method(cold_choice)
     res["cold_method"] = method
     times: Dict[str, List[float]] = {k: [] for k in ("store_warm", "raw_warm", "raw_copied_warm",
-                                                     "store_oldest_warm", "store_cold", "raw_cold")}
+                                                     "store_oldest_warm", "store_cold", "raw_cold",
+                                                     "raw_copied_cold")}
     for fn in (store_load(step), raw_load, store_load(oldest)):
         fn()  # warm the page cache
     for rep in range(reps):
@@ -353,7 +357,8 @@ def resume(store: Path, d: Path, step: int, oldest: int, reps: int, cold_choice:
             out, t = timed(fn)
             del out
             times[key].append(t)
-        for key, fn, paths in (("store_cold", store_load(step), [store]), ("raw_cold", raw_load, files)):
+        for key, fn, paths in (("store_cold", store_load(step), [store]), ("raw_cold", raw_load, files),
+                               ("raw_copied_cold", raw_load_copied, files)):
             make_cold(method, paths)
             out, t = timed(fn)
             del out
@@ -362,8 +367,12 @@ def resume(store: Path, d: Path, step: int, oldest: int, reps: int, cold_choice:
     res["seconds"] = times
     res["median_s"] = {k: med(v) for k, v in times.items()}
     m = res["median_s"]
-    res["ratio_warm"] = m["store_warm"] / m["raw_warm"]
-    res["ratio_cold"] = m["store_cold"] / m["raw_cold"]
+    # The targets: against the raw files loaded with their tensors materialised.
+    res["ratio_warm"] = m["store_warm"] / m["raw_copied_warm"]
+    res["ratio_cold"] = m["store_cold"] / m["raw_copied_cold"]
+    # Informational: against load_file's lazily mapped tensors (bytes not yet read).
+    res["ratio_warm_lazy"] = m["store_warm"] / m["raw_warm"]
+    res["ratio_cold_lazy"] = m["store_cold"] / m["raw_cold"]
     res["oldest_step"] = oldest
     return res
 
@@ -481,8 +490,17 @@ import json, resource, sys, time
 import tpde
 store, a, b, ra, rb = sys.argv[1:6]
 out = {}
+def hwm_kib():
+    # VmHWM: this process's own peak RSS. getrusage's ru_maxrss is not: Linux
+    # carries the peak from before exec over, so it starts at the RSS of the
+    # benchmark process that forked it.
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 def mark(name):
-    out[name + "_maxrss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out[name + "_maxrss_kib"] = hwm_kib()
     print("PHASE " + name, flush=True)
 with tpde.Store(store) as s:
     mark("open")
@@ -697,19 +715,24 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"(c) resume: load checkpoint {fp32.steps[-1]}'s {', '.join(rs['files'])} "
                   f"({rs['raw_bytes'] / MB:.1f} MB) as torch objects; median of {args.reps}; cold cache by "
                   f"{rs['cold_method']}")
-            print(common.render_table(["cache", "Store.load s", "load_file + torch.load s", "store / raw"], [
-                ["warm", f"{m['store_warm']:.3f}", f"{m['raw_warm']:.3f}", f"{rs['ratio_warm']:.2f}"],
-                ["cold", f"{m['store_cold']:.3f}", f"{m['raw_cold']:.3f}", f"{rs['ratio_cold']:.2f}"],
+            print(common.render_table(["cache", "Store.load s", "raw, materialised s", "store / raw",
+                                       "raw, mapped s", "store / mapped"], [
+                ["warm", f"{m['store_warm']:.3f}", f"{m['raw_copied_warm']:.3f}", f"{rs['ratio_warm']:.2f}",
+                 f"{m['raw_warm']:.3f}", f"{rs['ratio_warm_lazy']:.2f}"],
+                ["cold", f"{m['store_cold']:.3f}", f"{m['raw_copied_cold']:.3f}", f"{rs['ratio_cold']:.2f}",
+                 f"{m['raw_cold']:.3f}", f"{rs['ratio_cold_lazy']:.2f}"],
             ]))
-            print(f"informational: raw with model.safetensors' tensors copied out of load_file's mmap (as "
-                  f"load_state_dict reads them) {m['raw_copied_warm']:.3f} s warm, store / that "
-                  f"{m['store_warm'] / m['raw_copied_warm']:.2f}.")
+            print("raw, materialised: load_file + torch.load with model.safetensors' tensors copied out of "
+                  "load_file's mmap (as load_state_dict reads them); raw, mapped: left as views of the map.")
             print(f"Store.load of the oldest checkpoint ({rs['oldest_step']}, a delta chain) warm: "
                   f"{m['store_oldest_warm']:.3f} s. Both sides under the Trainer's numpy allowlist for "
                   f"rng_state.pth; Store.load(unpickle=True) without it: {rs['plain_load_unpickle']}")
-            target("resume.warm", f"resume (warm): Store.load / raw = {rs['ratio_warm']:.2f} (target <= 1.5)",
-                   rs["ratio_warm"] <= TARGETS["resume"], ratio=rs["ratio_warm"], ratio_cold=rs["ratio_cold"])
-            print(f"resume (cold, informational): Store.load / raw = {rs['ratio_cold']:.2f}")
+            target("resume.warm", f"resume (warm): Store.load / raw materialised = {rs['ratio_warm']:.2f} "
+                   f"(target <= {TARGETS['resume']:g})", rs["ratio_warm"] <= TARGETS["resume"],
+                   ratio=rs["ratio_warm"], threshold=TARGETS["resume"])
+            target("resume.cold", f"resume (cold): Store.load / raw materialised = {rs['ratio_cold']:.2f} "
+                   f"(target <= {TARGETS['resume_cold']:g})", rs["ratio_cold"] <= TARGETS["resume_cold"],
+                   ratio=rs["ratio_cold"], threshold=TARGETS["resume_cold"])
             print()
 
         # (d)
@@ -755,7 +778,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                              f"{mem['times_s'].get(ph.replace(' ', '_') + '_s', float('nan')):.1f}"])
             print(common.render_table(["phase", "peak RSS MiB", "anon MiB", "file MiB", "s"], rows))
             ok = mem["peak_rss_bytes"] <= mem["bound_bytes"]
-            print(f"peak RSS (getrusage, whole subprocess): {mem['peak_rss_bytes'] / MiB:.0f} MiB; bound 2 x "
+            print(f"peak RSS (VmHWM, whole subprocess): {mem['peak_rss_bytes'] / MiB:.0f} MiB; bound 2 x "
                   f"{mem['largest_tensor_bytes'] / MiB:.0f} MiB + 256 MiB = {mem['bound_bytes'] / MiB:.0f} MiB; "
                   f"store {mem['store_disk_bytes'] / MB:.0f} MB; restored byte-identical")
             target("memory", f"memory: peak RSS {mem['peak_rss_bytes'] / MiB:.0f} MiB (bound "
