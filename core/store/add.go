@@ -468,17 +468,32 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 	}
 
 	pos := uint64(0)
-	for _, p := range ps {
+	var pre []precoded // the batch of small tensors coded side by side, from ps[batch]
+	batch, batchEnd := 0, 0
+	for i, p := range ps {
 		if tx.Stop != nil {
 			if err := tx.Stop(); err != nil {
 				return err
 			}
 		}
+		if i >= batchEnd {
+			batch, batchEnd = i, tx.smallBatch(ps, i)
+			pre = pre[:0]
+			if batchEnd > i {
+				if pre, err = tx.precode(data, ps[i:batchEnd], pre); err != nil {
+					return fmt.Errorf("%s: %w", f.Path, err)
+				}
+			}
+		}
+		var pr *precoded
+		if i < batchEnd {
+			pr = &pre[i-batch]
+		}
 		if err := stored(data.bytes(pos, p.begin)); err != nil {
 			return ioErr(tx.s.dir, err)
 		}
 		r := *p.reg
-		if err := tx.region(f.Path, &r, p.dt, data.bytes(p.begin, p.end)); err != nil {
+		if err := tx.region(f.Path, &r, p.dt, data.bytes(p.begin, p.end), pr); err != nil {
 			return fmt.Errorf("%s: tensor %q: %w", f.Path, r.Name, err)
 		}
 		data.done(p.begin, p.end)
@@ -509,13 +524,20 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 
 // region stores one tensor as a keyframe, then turns the previous newest
 // checkpoint's keyframe of the same tensor into a delta (convert).
-func (tx *Tx) region(file string, r *Region, d dtype.DType, raw []byte) error {
-	sum := sha256.Sum256(raw)
-	r.SHA256 = hex.EncodeToString(sum[:])
-	r.CRC32C = crcOf(raw)
+func (tx *Tx) region(file string, r *Region, d dtype.DType, raw []byte, pre *precoded) error {
+	if pre != nil {
+		r.SHA256, r.CRC32C = pre.sha, pre.crc
+	} else {
+		sum := sha256.Sum256(raw)
+		r.SHA256 = hex.EncodeToString(sum[:])
+		r.CRC32C = crcOf(raw)
+	}
 	key := contentKey(r.SHA256, r.DType, r.Shape)
 	if obj, ok := tx.keyframes[key]; ok {
 		r.Object = obj
+	} else if pre != nil && pre.coded {
+		r.Object = pre.obj
+		tx.keyframes[key] = pre.obj
 	} else {
 		obj, err := tx.keyframe(raw, d, r.Shape)
 		if err != nil {
