@@ -18,9 +18,9 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"hash/crc32"
 	"unicode/utf8"
 
+	"github.com/tpde/tpde/core/crc32c"
 	"github.com/tpde/tpde/core/errs"
 	"github.com/tpde/tpde/core/frame"
 )
@@ -69,13 +69,11 @@ const (
 	entryFixedLen = 2 + 8 + 8
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
 // indexCRC is the CRC32C of the preamble followed by the index: the
 // preamble's version and flags are covered too, so no byte outside the
 // frames (which carry their own checksums) changes unnoticed.
 func indexCRC(preamble, index []byte) uint32 {
-	return crc32.Update(crc32.Checksum(preamble, castagnoli), castagnoli, index)
+	return crc32c.Update(crc32c.Checksum(preamble), index)
 }
 
 func corrupt(format string, a ...any) error {

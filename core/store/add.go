@@ -560,7 +560,7 @@ func (tx *Tx) region(file string, r *Region, d dtype.DType, raw []byte, pre *pre
 
 func (tx *Tx) keyframe(raw []byte, d dtype.DType, shape []uint64) (Object, error) {
 	defer tx.bufA.drop()
-	coded, err := tx.s.encodeKeyframe(&tx.bufA, raw, d, shape, tx.Stop)
+	coded, err := tx.s.encodeKeyframe(&tx.bufA, raw, d, shape, tx.s.threads, tx.Stop)
 	if err != nil {
 		return Object{}, err
 	}

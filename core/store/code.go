@@ -11,8 +11,8 @@ import (
 )
 
 // encodeKeyframe codes raw as a keyframe into buf, which the caller drops
-// once the frame is stored.
-func (s *Store) encodeKeyframe(buf *buffer, raw []byte, d dtype.DType, shape []uint64, stop func() error) ([]byte, error) {
+// once the frame is stored, its chunks on threads threads.
+func (s *Store) encodeKeyframe(buf *buffer, raw []byte, d dtype.DType, shape []uint64, threads int, stop func() error) ([]byte, error) {
 	bound, err := frame.Bound(uint64(len(raw)), d, len(shape), 0)
 	if err != nil {
 		return nil, err
@@ -21,7 +21,7 @@ func (s *Store) encodeKeyframe(buf *buffer, raw []byte, d dtype.DType, shape []u
 	if err != nil {
 		return nil, err
 	}
-	n, err := frame.Encode(b, raw, d, shape, frame.Options{Threads: s.threads, Stop: stop})
+	n, err := frame.Encode(b, raw, d, shape, frame.Options{Threads: threads, Stop: stop})
 	if err != nil {
 		return nil, err
 	}

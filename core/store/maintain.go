@@ -524,7 +524,7 @@ func (s *Store) recodeRegion(sn *snapshot, r *Region, mustWhole bool, b *recodeB
 	}
 	// A keyframe of what the region decodes to: exact for a lossless
 	// region, the same reconstruction (and bound) for a lossy one.
-	coded, err := s.encodeKeyframe(&b.out, raw, d, r.Shape, nil)
+	coded, err := s.encodeKeyframe(&b.out, raw, d, r.Shape, s.threads, nil)
 	if err != nil {
 		return Region{}, err
 	}

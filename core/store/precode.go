@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 
-	"github.com/tpde/tpde/core/frame"
 	"github.com/tpde/tpde/core/par"
 )
 
@@ -86,19 +85,11 @@ func (tx *Tx) precode(data source, ps []planned, out []precoded) ([]precoded, er
 		}
 		buf := &bufs[w]
 		defer buf.drop()
-		bound, err := frame.Bound(uint64(len(raw)), p.dt, len(p.reg.Shape), 0)
-		if err != nil {
-			return err
-		}
-		b, err := buf.get(bound)
-		if err != nil {
-			return err
-		}
-		n, err := frame.Encode(b, raw, p.dt, p.reg.Shape, frame.Options{Threads: 1, Stop: tx.Stop})
+		coded, err := tx.s.encodeKeyframe(buf, raw, p.dt, p.reg.Shape, 1, tx.Stop)
 		if err != nil {
 			return fmt.Errorf("tensor %q: %w", p.reg.Name, err)
 		}
-		if pc.obj, err = tx.s.putBytes(b[:n]); err != nil {
+		if pc.obj, err = tx.s.putBytes(coded); err != nil {
 			return fmt.Errorf("tensor %q: %w", p.reg.Name, err)
 		}
 		pc.coded = true
