@@ -516,7 +516,17 @@ func TestReadTensorsInParallelIsBitExact(t *testing.T) {
 		addFiles(t, s, step, map[string]string{"model.safetensors": write(t, src, fmt.Sprintf("%d.safetensors", step), want[step])})
 	}
 	s.Close()
-	s, err = Open(dir, Options{Threads: 4})
+	// Threads 0 is "every core", as Python's Store opens a store.
+	for _, threads := range []int{4, 0} {
+		deltas := readEveryTensor(t, dir, threads, want)
+		assert.Positive(t, deltas, "older checkpoints should decode through chains")
+	}
+}
+
+// readEveryTensor reads every checkpoint of want through ReadTensors and
+// ReadRange, checks the bytes, and counts the regions decoded from deltas.
+func readEveryTensor(t *testing.T, dir string, threads int, want map[int64][]byte) int {
+	s, err := Open(dir, Options{Threads: threads})
 	require.NoError(t, err)
 	defer s.Close()
 	rd, err := s.Reader()
@@ -550,5 +560,5 @@ func TestReadTensorsInParallelIsBitExact(t *testing.T) {
 		require.NoError(t, rd.ReadRange(c, "model.safetensors", 100, part))
 		require.Equal(t, b[100:100+len(part)], part, "step %d", step)
 	}
-	assert.Positive(t, deltas, "older checkpoints should decode through chains")
+	return deltas
 }
