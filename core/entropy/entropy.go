@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 
 	"github.com/klauspost/compress/huff0"
 	"github.com/klauspost/compress/zstd"
@@ -73,6 +74,9 @@ const (
 // Balanced tries zstd.
 const MatchEntropyBits = 2.0
 
+// maxZstdStates caps the zstd encoder states per level (see init).
+const maxZstdStates = 16
+
 var (
 	sharedZstdEnc *zstd.Encoder
 	// sharedZstdFast is zstd's fastest level, for Encoder.FastZstd.
@@ -83,10 +87,17 @@ var (
 func init() {
 	var err error
 	// EncodeAll and DecodeAll are safe for concurrent use; one instance of
-	// each serves every goroutine.
+	// each serves every goroutine. An encoder's concurrency is how many
+	// EncodeAll calls run at once (each takes one of that many encoder
+	// states, the others wait for one), so it is one per core: with 1,
+	// the chunks that par.For spreads over the cores were zstd-coded one
+	// at a time (bench/PROFILE.md, "Add and resume"). A state's match
+	// tables (about 1.3 MiB at the default level) are allocated on the
+	// first EncodeAll, hence the cap.
+	conc := min(max(runtime.NumCPU(), 1), maxZstdStates)
 	sharedZstdFast, err = zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(zstd.SpeedFastest),
-		zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderConcurrency(conc),
 		zstd.WithZeroFrames(true),
 		zstd.WithEncoderCRC(false))
 	if err != nil {
@@ -94,7 +105,7 @@ func init() {
 	}
 	sharedZstdEnc, err = zstd.NewWriter(nil,
 		zstd.WithEncoderLevel(zstd.SpeedDefault),
-		zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderConcurrency(conc),
 		zstd.WithZeroFrames(true),
 		zstd.WithEncoderCRC(false)) // frames carry their own CRC32C
 	if err != nil {
