@@ -33,10 +33,20 @@ func (s *buffer) get(n uint64) ([]byte, error) {
 	return s.b[:n], nil
 }
 
-// drop returns the pages to the OS; the next use sees zeros.
+// residentBytes is how much of a buffer drop keeps mapped. Most tensors
+// fit in it, and the next tensor reuses its pages instead of faulting in
+// fresh zeroed ones, 4 KiB at a time (bench/PROFILE.md, "Add and resume":
+// about a sixth of an add's CPU went to those faults). Only the pages past
+// it go back, so a buffer's resident size stays bounded by this, not by
+// the largest tensor it ever held.
+const residentBytes = 32 << 20
+
+// drop returns the pages past residentBytes to the OS. The bytes kept are
+// whatever the last use left there: every user of a buffer writes each
+// byte it then reads (encoders and decoders fill exactly what they return).
 func (s *buffer) drop() {
-	if len(s.b) > 0 {
-		_ = syscall.Madvise(s.b, syscall.MADV_DONTNEED)
+	if len(s.b) > residentBytes {
+		_ = syscall.Madvise(s.b[residentBytes:], syscall.MADV_DONTNEED)
 	}
 }
 
