@@ -191,3 +191,32 @@ func For(n, threads int, fn func(worker, i int) error) error {
 	wg.Wait()
 	return firstEr
 }
+
+// Go calls fn on a goroutine of its own, with Guard's protections (a
+// panic or memory fault becomes an error) and at the caller's thread
+// priority, as For's workers run, and returns at once; wait blocks until
+// fn has returned and gives its error, and may be called again.
+func Go(fn func() error) (wait func() error) {
+	prio := lowered()
+	done := make(chan struct{})
+	var err error
+	var start func(tries int, started chan struct{})
+	start = func(tries int, started chan struct{}) {
+		go func() {
+			if started != nil {
+				close(started)
+			}
+			if prio != nil && !prio.apply() && tries > 0 {
+				handOff(func(next chan struct{}) { start(tries-1, next) })
+				return
+			}
+			defer close(done)
+			err = Guard(fn)
+		}()
+	}
+	start(8, nil)
+	return func() error {
+		<-done
+		return err
+	}
+}

@@ -102,3 +102,19 @@ func TestStartReturnsAtOnceAndItsPanicIsAnError(t *testing.T) {
 	wait := Start(Normal, func() error { return nil })
 	require.NoError(t, wait())
 }
+
+// Go runs its work beside the caller: the caller goes on at once, a panic
+// there is an error for wait, and wait gives the same result again.
+func TestGoReturnsAtOnceAndItsPanicIsAnError(t *testing.T) {
+	release := make(chan struct{})
+	wait := Go(func() error {
+		<-release
+		panic("hashing broke")
+	})
+	close(release) // had Go run fn on this goroutine, it would never get here
+	err := wait()
+	require.ErrorIs(t, err, errs.Internal)
+	require.ErrorContains(t, err, "hashing broke")
+	require.Equal(t, err, wait())
+	require.NoError(t, Go(func() error { return nil })())
+}

@@ -2,6 +2,7 @@ package par
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -82,6 +83,36 @@ func TestWorkersRunAtTheCallersLoweredPriority(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Go's goroutine runs at its caller's lowered priority, as For's workers
+// do: an add at idle priority hashes its files at idle priority too.
+func TestGoRunsAtTheCallersLoweredPriority(t *testing.T) {
+	got := make(chan priority, 1)
+	var try func()
+	try = func() {
+		runtime.LockOSThread() // never unlocked: the lowered thread ends with this goroutine
+		if syscall.Gettid() == m0 {
+			runtime.UnlockOSThread()
+			go try()
+			return
+		}
+		require.NoError(t, syscall.Setpriority(syscall.PRIO_PROCESS, 0, normal.nice+5))
+		var seen priority
+		wait := Go(func() error {
+			if syscall.Gettid() == m0 {
+				return errors.New("ran on m0, which is never lowered")
+			}
+			seen = threadPriority()
+			return nil
+		})
+		if err := wait(); err != nil {
+			t.Error(err)
+		}
+		got <- seen
+	}
+	go try()
+	assert.Equal(t, priority{policy: normal.policy, nice: normal.nice + 5}, <-got)
 }
 
 // idleThreads lists the process's threads under SCHED_IDLE.

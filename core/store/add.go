@@ -9,6 +9,7 @@ import (
 	"hash"
 	"math"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -19,6 +20,7 @@ import (
 	"github.com/tpde/tpde/core/frame"
 	"github.com/tpde/tpde/core/layout"
 	"github.com/tpde/tpde/core/mapped"
+	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/statedict"
 )
 
@@ -266,29 +268,51 @@ func (tx *Tx) AddFile(rel, src string, hints *layout.Hints, note string) error {
 
 func (tx *Tx) addMapped(rel string, data []byte, mode uint32, hints *layout.Hints, note string) error {
 	f := File{Path: rel, Mode: mode, Size: uint64(len(data)), Layout: LayoutRaw, Note: note, Regions: []Region{}}
-	f.SHA256 = hashMapped(data)
 	layout, regions, why := planFile(data, hints)
 	if why != "" && f.Note == "" {
 		f.Note = why
 	}
 	if layout == LayoutRaw {
+		f.SHA256 = hashMapped(data, nil)
 		if old, ok := tx.rawFiles[f.SHA256]; ok && old.Size == f.Size {
 			f.Skeleton = old.Skeleton
 			tx.cp.Files = append(tx.cp.Files, f)
 			tx.advance(f.Size)
 			return nil
 		}
+		return tx.store(&f, mappedFile(data), regions, nil)
 	}
 	f.Layout = layout
-	return tx.store(&f, mappedFile(data), regions)
+	if par.Threads(tx.s.threads) < 2 {
+		f.SHA256 = hashMapped(data, nil)
+		return tx.store(&f, mappedFile(data), regions, nil)
+	}
+	// The file's sha256 is one sequential pass that nothing needs before
+	// the file's record: it runs beside the coding, on the core that the
+	// coding's serial parts (a large tensor's own hashes, the skeleton's
+	// zstd, the writes) leave idle (bench/PROFILE.md, "Add and resume").
+	var quit atomic.Bool
+	hashed := par.Go(func() error {
+		f.SHA256 = hashMapped(data, &quit)
+		return nil
+	})
+	err := tx.store(&f, mappedFile(data), regions, hashed)
+	if err != nil {
+		quit.Store(true) // the record will not be written: stop hashing
+	}
+	if herr := hashed(); err == nil {
+		err = herr
+	}
+	return err
 }
 
 // hashMapped is the sha256 of a mapped file, read in pieces whose pages are
 // released as it goes: hashing a file must not make all of it resident.
-func hashMapped(data []byte) string {
+// quit, if not nil, stops it early (its result is then of no use).
+func hashMapped(data []byte, quit *atomic.Bool) string {
 	h := sha256.New()
 	const piece = 16 << 20
-	for b := 0; b < len(data); b += piece {
+	for b := 0; b < len(data) && (quit == nil || !quit.Load()); b += piece {
 		e := min(b+piece, len(data))
 		h.Write(data[b:e])
 		release(data[b:e])
@@ -347,7 +371,7 @@ func (tx *Tx) AddStateDict(rel string, meta statedict.Meta, tensors []Tensor) er
 	// Its bytes exist only as the store lays them out: its sha256 is the
 	// regions digest, so each tensor byte is hashed once (its region's).
 	f := File{Path: rel, Mode: 0o644, Size: pos, Layout: LayoutStateDict, Regions: []Region{}, Digest: DigestRegions}
-	return tx.store(&f, v, keepLarge(regions))
+	return tx.store(&f, v, keepLarge(regions), nil)
 }
 
 // source is a file's bytes as store reads them: a mapped file, or a state
@@ -434,8 +458,10 @@ func (tx *Tx) advance(n uint64) {
 	}
 }
 
-// store codes a file's regions and skeleton.
-func (tx *Tx) store(f *File, data source, ps []planned) error {
+// store codes a file's regions and skeleton. hashed, if not nil, waits for
+// f.SHA256, which a goroutine beside store is computing: store reads it
+// only after hashed returns.
+func (tx *Tx) store(f *File, data source, ps []planned, hashed func() error) error {
 	skel, err := tx.s.newObject()
 	if err != nil {
 		return err
@@ -514,6 +540,11 @@ func (tx *Tx) store(f *File, data source, ps []planned) error {
 	}
 	if vh != nil {
 		f.SHA256 = fileDigest(f.Size, vh.Sum(nil), regionSums(f))
+	}
+	if hashed != nil {
+		if err := hashed(); err != nil {
+			return err
+		}
 	}
 	if f.Layout == LayoutRaw {
 		tx.rawFiles[f.SHA256] = *f
