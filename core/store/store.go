@@ -732,9 +732,23 @@ func writeAll(f *os.File, b []byte) error {
 			return err
 		}
 	}
-	_, err := f.Write(b)
-	return err
+	// In pieces: one write(2) of tens of MiB from a buffer mapped with
+	// mmap (buffer_linux.go) copied at about a tenth of the speed of the
+	// same bytes written 1 MiB at a time on this VM's kernel (6.18, ext4),
+	// and an add's writes of its large objects ran on one core meanwhile
+	// (bench/PROFILE.md, "Add and resume").
+	for len(b) > 0 {
+		n := min(len(b), writePiece)
+		if _, err := f.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
+	}
+	return nil
 }
+
+// writePiece is the most bytes writeAll hands to one write(2).
+const writePiece = 1 << 20
 
 // faultHook, when set by a test, runs before every write of store data.
 var faultHook func(n int) error
