@@ -148,6 +148,7 @@ def profile_add(base: Path, newest: Path, work: Path, reps: int) -> Dict[str, An
         dst = work / "add.tpde"
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(base, dst, symlinks=True)
+        os.sync()  # the copy's dirty pages are not the add's to flush (bench/store.py does the same)
         s = tpde.Store(dst)
         try:
             _, w, c = timed(lambda: s.add(newest))
