@@ -202,6 +202,10 @@ func TestObjectsThatAreNotFilesAreRefusedWithoutHanging(t *testing.T) {
 			}
 			err := inTime(t, 20*time.Second, func() error { return restoreErr(dir, 5, filepath.Join(t.TempDir(), "out")) })
 			require.ErrorIs(t, err, errs.Corrupt)
+			// A read of its files' bytes (decodeRegions, which also asks
+			// the kernel to read ahead every object it will decode).
+			err = inTime(t, 20*time.Second, func() error { return readRangesErr(dir, 5) })
+			require.ErrorIs(t, err, errs.Corrupt)
 			// The others do not decode through checkpoint 5's w... except
 			// the one whose delta is coded against it: 4.
 			require.NoError(t, restoreErr(dir, 1, filepath.Join(t.TempDir(), "out")))
@@ -742,4 +746,29 @@ func TestADeviceIsNoSourceAndAStreamCanBeStopped(t *testing.T) {
 	err = inTime(t, 30*time.Second, func() error { return tx.AddFile("stream", fifo, nil, "") })
 	require.ErrorIs(t, err, errs.Cancelled)
 	tx.Abort()
+}
+
+// readRangesErr reads every file of checkpoint step whole through
+// ReadRange and returns the first error.
+func readRangesErr(dir string, step int64) error {
+	s, err := Open(dir, Options{Threads: 2})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	rd, err := s.Reader()
+	if err != nil {
+		return err
+	}
+	defer rd.Close()
+	c, err := rd.Checkpoint(step, false)
+	if err != nil {
+		return err
+	}
+	for _, f := range c.Files {
+		if err := rd.ReadRange(c, f.Path, 0, make([]byte, f.Size)); err != nil {
+			return err
+		}
+	}
+	return nil
 }

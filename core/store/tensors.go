@@ -158,6 +158,7 @@ type regionJob struct {
 // thread, so they are spread over the threads one region each, each
 // worker with its own chain buffers.
 func (rd *Reader) decodeRegions(rel string, jobs []regionJob) error {
+	defer rd.prefetch(jobs)()
 	threads := par.Threads(rd.threads)
 	var small []regionJob
 	for _, j := range jobs {
