@@ -349,9 +349,13 @@ def resume(store: Path, d: Path, step: int, oldest: int, reps: int, cold_choice:
     times: Dict[str, List[float]] = {k: [] for k in ("store_warm", "raw_warm", "raw_copied_warm",
                                                      "store_oldest_warm", "store_cold", "raw_cold",
                                                      "raw_copied_cold")}
-    for fn in (store_load(step), raw_load, store_load(oldest)):
-        fn()  # warm the page cache
     for rep in range(reps):
+        # Warm the page cache at every rep: the previous rep's cold rows
+        # dropped it (drop_caches empties all of it, so the raw rows' drop
+        # evicted the store's objects too, and a "warm" row after it was
+        # cold in all but the first rep).
+        for fn in (store_load(step), raw_load, store_load(oldest)):
+            fn()
         for key, fn in (("store_warm", store_load(step)), ("raw_warm", raw_load),
                         ("raw_copied_warm", raw_load_copied), ("store_oldest_warm", store_load(oldest))):
             out, t = timed(fn)
