@@ -74,6 +74,8 @@ ensure_venv() {
 py() { PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 "$VENV/bin/python" "$@"; }
 
 run_go_tests() {
+	# The real S3 server core/s3's tests start (built once per machine).
+	.ci/versitygw.sh >/dev/null
 	log "go vet + go test"
 	go vet ./...
 	go test -count=1 ./...
