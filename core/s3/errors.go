@@ -145,7 +145,7 @@ func fail(parent context.Context, timeout time.Duration, url, op string, err err
 	attempts := ""
 	var ma *retry.MaxAttemptsError
 	if errors.As(err, &ma) {
-		attempts = fmt.Sprintf(" (gave up after %d attempts)", ma.Attempt)
+		attempts = " (gave up after " + plural(ma.Attempt, "attempt") + ")"
 	}
 	status := 0
 	var re *awshttp.ResponseError
@@ -188,7 +188,9 @@ func fail(parent context.Context, timeout time.Duration, url, op string, err err
 		e = newError(url, op, ErrExists, "exists (the conditional PUT found the key already there)")
 	case isCredentialsError(err):
 		e = newError(url, op, ErrAccess, "access: no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE")
-	case status != 0 || code != "":
+	case status >= 300 || code != "":
+		// (A transport error after a 2xx answer began, a body cut short,
+		// carries the 2xx status: it is the transport's failure below.)
 		text := fmt.Sprintf("HTTP %d", status)
 		if code != "" {
 			text += " " + code
@@ -235,4 +237,12 @@ func transportText(err error) string {
 		err = oe.Err
 	}
 	return err.Error()
+}
+
+// plural is "1 attempt", "3 attempts".
+func plural(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }

@@ -118,7 +118,7 @@ func (c *Client) bodyRetries(ctx context.Context, u, op string, fn func() error)
 			if strings.Contains(be.Error(), "checksum did not match") {
 				k = errs.Corrupt
 			}
-			return newError(u, op, k, "reading the body: %s (gave up after %d attempts)", transportText(be.err), attempt)
+			return newError(u, op, k, "reading the body: %s (gave up after %s)", transportText(be.err), plural(attempt, "attempt"))
 		}
 		if err := sleep(ctx, backoff(attempt)); err != nil {
 			return err

@@ -515,3 +515,30 @@ func TestBoundedRetriesDoNotLeakTheEndpointCredentials(t *testing.T) {
 	assert.Equal(t, 2, l.Count("GET"))
 	assert.False(t, strings.Contains(err.Error(), "Signature="), err.Error())
 }
+
+// Answers cut short by a closed connection (FIN, as from a server process
+// that died) are retried too: before the headers, and in the middle of an
+// answer the SDK reads itself (a listing's XML) or one the client reads (a
+// GET's body).
+func TestClosedAnswersRetried(t *testing.T) {
+	c, srv := setup(t, nil)
+	ctx := context.Background()
+	data := random(t, 100_000)
+	require.NoError(t, c.Put(ctx, bucket, "k", bytes.NewReader(data), int64(len(data))))
+	p := s3test.NewProxy(t, srv.Endpoint)
+	pc := client(t, p.URL, nil)
+
+	p.DropAnswers(1)
+	require.NoError(t, pc.Put(ctx, bucket, "k2", bytes.NewReader(data), int64(len(data))))
+	p.CloseResponses(1, 100)
+	var keys []string
+	require.NoError(t, pc.List(ctx, bucket, "", func(k string, _ int64) error { keys = append(keys, k); return nil }))
+	assert.Equal(t, []string{"k", "k2"}, keys)
+	p.CloseResponses(1, 1000)
+	got, err := pc.Get(ctx, bucket, "k", 1<<20)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(data, got))
+	assert.Equal(t, 3, p.Injected())
+	assert.Equal(t, 2, p.Count("PUT"))
+	assert.Equal(t, 4, p.Count("GET"), "LIST and GET, each twice")
+}

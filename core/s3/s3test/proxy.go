@@ -21,12 +21,14 @@ import (
 //   - Fail503(n): the next n requests are answered 503 SlowDown, with
 //     S3's XML error body (n < 0: every request until Fail503(0));
 //   - ResetResponses(n, k): the next n responses are cut after k body
-//     bytes by a TCP reset;
+//     bytes by a TCP reset; CloseResponses(n, k) the same by a plain close
+//     (FIN), as a server process that dies does;
 //   - ResetRequests(n, k): the next n requests with a body are cut after
 //     k body bytes by a TCP reset, before the server sees them;
 //   - DropAnswers(n): the next n requests reach the server, and their
-//     answers are lost (a TCP reset before the response headers), as when
-//     a link drops after the server acted;
+//     answers are lost: the connection is closed (FIN, not a reset) before
+//     the response headers, as when the server's process dies after it
+//     acted;
 //   - Delay(d): every response waits d before its headers;
 //   - Bandwidth(b): bodies in both directions share b bytes per second.
 //
@@ -43,6 +45,7 @@ type Proxy struct {
 	fail503     int
 	resetResp   int
 	resetRespAt int64
+	closeResp   bool // cut responses with FIN, not RST
 	resetReq    int
 	resetReqAt  int64
 	drop        int
@@ -84,7 +87,15 @@ func (p *Proxy) Fail503(n int) { p.mu.Lock(); p.fail503 = n; p.mu.Unlock() }
 // ResetResponses cuts the next n responses after k bytes of their body.
 func (p *Proxy) ResetResponses(n int, k int64) {
 	p.mu.Lock()
-	p.resetResp, p.resetRespAt = n, k
+	p.resetResp, p.resetRespAt, p.closeResp = n, k, false
+	p.mu.Unlock()
+}
+
+// CloseResponses cuts the next n responses after k bytes of their body by
+// closing the connection (FIN).
+func (p *Proxy) CloseResponses(n int, k int64) {
+	p.mu.Lock()
+	p.resetResp, p.resetRespAt, p.closeResp = n, k, true
 	p.mu.Unlock()
 }
 
@@ -96,7 +107,7 @@ func (p *Proxy) ResetRequests(n int, k int64) {
 	p.mu.Unlock()
 }
 
-// DropAnswers lets the next n requests reach the server and resets their
+// DropAnswers lets the next n requests reach the server and closes their
 // connection before the answer.
 func (p *Proxy) DropAnswers(n int) { p.mu.Lock(); p.drop = n; p.mu.Unlock() }
 
@@ -155,7 +166,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	reqAt := p.resetReqAt
 	resetResp := !fail && !resetReq && take(&p.resetResp)
 	drop := !fail && !resetReq && !resetResp && take(&p.drop)
-	respAt := p.resetRespAt
+	respAt, closeResp := p.resetRespAt, p.closeResp
 	delay := p.delay
 	if fail || resetReq || resetResp || drop {
 		p.injected++
@@ -198,7 +209,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer resp.Body.Close()
 	if drop {
 		_, _ = io.Copy(io.Discard, resp.Body)
-		p.reset(w)
+		p.close(w)
 		return
 	}
 	if delay > 0 {
@@ -211,7 +222,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body := p.throttled(resp.Body)
 	if resetResp {
 		_, _ = io.CopyN(w, body, respAt)
-		p.reset(w)
+		if closeResp {
+			p.close(w)
+		} else {
+			p.reset(w)
+		}
 		return
 	}
 	_, _ = io.Copy(w, body)
@@ -231,6 +246,20 @@ func (p *Proxy) reset(w http.ResponseWriter) {
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetLinger(0)
 	}
+	_ = conn.Close()
+}
+
+// close closes the client's connection without an answer, as the exit of
+// a server's process does (FIN).
+func (p *Proxy) close(w http.ResponseWriter) {
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
+	conn, buf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	_ = buf.Flush()
 	_ = conn.Close()
 }
 
