@@ -542,3 +542,37 @@ func TestClosedAnswersRetried(t *testing.T) {
 	assert.Equal(t, 2, p.Count("PUT"))
 	assert.Equal(t, 4, p.Count("GET"), "LIST and GET, each twice")
 }
+
+// The harness: a server killed with SIGKILL keeps what it stored, and a
+// restart on the same port and credentials serves it again; between the
+// two, requests fail with a bounded, one-line error.
+func TestServerKill9AndRestart(t *testing.T) {
+	c, srv := setup(t, func(c *s3.Config) { c.MaxAttempts = 2 })
+	ctx := context.Background()
+	require.NoError(t, c.PutIfAbsent(ctx, bucket, "m/1", []byte("committed")))
+	pid := srv.Pid
+	srv.Kill9()
+	require.ErrorIs(t, syscall.Kill(pid, 0), syscall.ESRCH, "the server still runs")
+	_, err := c.Get(ctx, bucket, "m/1", 100)
+	require.ErrorIs(t, err, errs.IO)
+	oneLine(t, err, "GET", "m/1")
+	srv.Restart()
+	assert.NotEqual(t, pid, srv.Pid)
+	got, err := c.Get(ctx, bucket, "m/1", 100)
+	require.NoError(t, err)
+	assert.Equal(t, "committed", string(got))
+}
+
+// The bandwidth cap slows bodies in both directions, and changes no byte.
+func TestProxyBandwidthCapKeepsBytes(t *testing.T) {
+	_, srv := setup(t, nil)
+	p := s3test.NewProxy(t, srv.Endpoint)
+	pc := client(t, p.URL, nil)
+	ctx := context.Background()
+	p.Bandwidth(4 << 20)
+	data := random(t, 300_000)
+	require.NoError(t, pc.Put(ctx, bucket, "k", bytes.NewReader(data), int64(len(data))))
+	got, err := pc.Get(ctx, bucket, "k", int64(len(data)))
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(data, got))
+}
