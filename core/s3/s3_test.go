@@ -576,3 +576,19 @@ func TestProxyBandwidthCapKeepsBytes(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, bytes.Equal(data, got))
 }
+
+func TestNoCredentials(t *testing.T) {
+	_, srv := setup(t, nil)
+	for k, v := range map[string]string{
+		"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_EC2_METADATA_DISABLED": "true",
+		"AWS_CONFIG_FILE": filepath.Join(t.TempDir(), "none"), "AWS_SHARED_CREDENTIALS_FILE": filepath.Join(t.TempDir(), "none"),
+		"AWS_CONTAINER_CREDENTIALS_FULL_URI": "", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "", "AWS_WEB_IDENTITY_TOKEN_FILE": "",
+	} {
+		t.Setenv(k, v)
+	}
+	c := client(t, srv.Endpoint, nil)
+	_, err := c.Get(context.Background(), bucket, "k", 10)
+	require.ErrorIs(t, err, s3.ErrAccess)
+	oneLine(t, err, "GET", "k")
+	assert.Contains(t, err.Error(), "no credentials")
+}
