@@ -301,8 +301,9 @@ def _start_s3_server(data_dir: Path | None = None):
 
     try:
         return S3Server(data_dir).start()
-    except S3ServerError as e:  # never a skip: ./build.sh test must run these tests
-        pytest.fail(str(e), pytrace=False)
+    except S3ServerError as e:
+        why = str(e)
+    pytest.fail(why, pytrace=False)  # never a skip: ./build.sh test must run these tests
 
 
 @pytest.fixture(scope="session")

@@ -391,12 +391,13 @@ class FaultProxy:
         link = self._links[direction]
         if link is not None:
             link.take(len(data))
-        sock.sendall(data)
+        # Counted before it is sent: a client that has the bytes finds them counted.
         with self._lock:
             if direction == "up":
                 self.bytes_up += len(data)
             else:
                 self.bytes_down += len(data)
+        sock.sendall(data)
 
     def _reset(self, client: socket.socket) -> None:
         # SO_LINGER 0: close() sends RST, as a dropped connection does.
@@ -500,17 +501,17 @@ class FaultProxy:
             nonlocal sent
             if reset is not None and sent + len(data) >= reset.after:
                 part = data[:max(0, reset.after - sent)]
+                self._count(rec, direction, len(part))
                 if part and dst is not None:
                     self._send(dst, part, direction)
-                self._count(rec, direction, len(part))
                 self._reset(client)
+            sent += len(data)
+            self._count(rec, direction, len(data))  # before it is sent, as _send counts
             if dst is not None:
                 self._send(dst, data, direction)
             elif direction == "up":
                 with self._lock:
                     self.bytes_up += len(data)
-            sent += len(data)
-            self._count(rec, direction, len(data))
 
         def exactly(n: int) -> None:
             while n > 0:
@@ -570,6 +571,6 @@ class FaultProxy:
         head = (f"HTTP/1.1 {f.status} {reason}\r\nContent-Type: application/xml\r\n"
                 f"Content-Length: {len(body)}\r\nx-amz-request-id: {request_id}\r\nConnection: close\r\n\r\n").encode()
         rec.status = f.status
-        self._send(client, head if method == "HEAD" else head + body, "down")
         if method != "HEAD":
             self._count(rec, "down", len(body))
+        self._send(client, head if method == "HEAD" else head + body, "down")

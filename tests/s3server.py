@@ -115,14 +115,15 @@ class S3Server:
             "AWS_REGION": self.region,
         }
 
-    def client(self, endpoint: Optional[str] = None, *, max_attempts: int = 3, **config: Any) -> Any:
+    def client(self, endpoint: Optional[str] = None, *, attempts: int = 3, **config: Any) -> Any:
         """A boto3 S3 client of this server (or of endpoint, a proxy in front
-        of it): path-style, standard retry mode with max_attempts attempts;
-        config adds botocore Config options."""
+        of it): path-style, standard retry mode with at most attempts
+        attempts in all (1: no retry); config adds botocore Config options."""
         import boto3
         from botocore.config import Config
 
-        cfg = Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "max_attempts": max_attempts},
+        # total_max_attempts counts the first; botocore's max_attempts does not.
+        cfg = Config(s3={"addressing_style": "path"}, retries={"mode": "standard", "total_max_attempts": attempts},
                      **config)
         return boto3.client("s3", endpoint_url=endpoint or self.endpoint, aws_access_key_id=self.access_key,
                             aws_secret_access_key=self.secret_key, region_name=self.region, config=cfg)
