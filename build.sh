@@ -4,7 +4,8 @@
 #
 #   ./build.sh            build python/tpde/libtpde.so (same as ./build.sh lib)
 #   ./build.sh demo       the main job: real MiniLM weights, compress + restore + compare
-#   ./build.sh test       every test: Go (with short fuzz runs), the C ABI, Python
+#   ./build.sh test       every test: Go (with short fuzz runs), the C ABI, Python (builds the
+#                         S3 test server once per machine: .ci/versitygw.sh)
 #   ./build.sh bench      the benchmarks behind every figure in README.md and docs/
 #   ./build.sh series     the checkpoint-series benchmark (trains MiniLM on the CPU once, cached)
 #   ./build.sh store      the checkpoint-store benchmark (bench/store.py; trains two short runs once, cached)
@@ -71,11 +72,23 @@ ensure_venv() {
 	echo "$venv"
 }
 
+# ensure_versitygw builds the S3 server of the object-storage tests once per
+# machine (.ci/versitygw.sh, cached by version) and exports its path as
+# TPDE_VERSITYGW, which the Go and Python tests read. A TPDE_VERSITYGW
+# already set to a binary is used as it is.
+ensure_versitygw() {
+	if [ -n "${TPDE_VERSITYGW:-}" ] && [ -x "$TPDE_VERSITYGW" ]; then
+		export TPDE_VERSITYGW
+		return
+	fi
+	local bin
+	bin="$(.ci/versitygw.sh)"
+	export TPDE_VERSITYGW="$bin"
+}
+
 py() { PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 "$VENV/bin/python" "$@"; }
 
 run_go_tests() {
-	# The real S3 server core/s3's tests start (built once per machine).
-	.ci/versitygw.sh >/dev/null
 	log "go vet + go test"
 	go vet ./...
 	go test -count=1 ./...
@@ -133,6 +146,7 @@ venv-size)
 test)
 	build_lib
 	VENV="$(ensure_venv)"
+	ensure_versitygw
 	run_go_tests
 	run_c_tests
 	log "pytest"

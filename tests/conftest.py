@@ -291,3 +291,56 @@ def abi_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     counting = _CountingLibrary(_native.lib())
     monkeypatch.setattr(_native, "_lib", counting)
     return counting.calls
+
+
+# --- the S3 server of the object-storage tests (tests/s3server.py) ---------
+
+
+def _start_s3_server(data_dir: Path | None = None):
+    from s3server import S3Server, S3ServerError
+
+    try:
+        return S3Server(data_dir).start()
+    except S3ServerError as e:
+        why = str(e)
+    pytest.fail(why, pytrace=False)  # never a skip: ./build.sh test must run these tests
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A VersityGW on 127.0.0.1 for the whole session (tests/s3server.py):
+    .env(), .client(), .make_bucket(). A test that kills or stops the server
+    uses own_s3_server instead."""
+    srv = _start_s3_server()
+    yield srv
+    srv.stop()
+
+
+_bucket_seq = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A fresh, empty bucket on s3_server, for this test alone."""
+    import secrets
+
+    return s3_server.make_bucket(f"tpde-test-{next(_bucket_seq)}-{secrets.token_hex(3)}")
+
+
+@pytest.fixture
+def own_s3_server(tmp_path: Path):
+    """A VersityGW of this test alone, on tmp_path/s3data, which the test may
+    kill9() and restart()."""
+    srv = _start_s3_server(tmp_path / "s3data")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def s3_proxy(s3_server):
+    """A FaultProxy (tests/s3proxy.py) in front of s3_server: pass
+    s3_server.client(s3_proxy.endpoint) or s3_server.env(s3_proxy.endpoint)."""
+    from s3proxy import FaultProxy
+
+    with FaultProxy(s3_server.endpoint) as proxy:
+        yield proxy

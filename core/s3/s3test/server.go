@@ -141,7 +141,7 @@ func (s *Server) start() error {
 	s.cmd, s.exited, s.Pid, s.stopped = cmd, exited, cmd.Process.Pid, false
 	s.mu.Unlock()
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil}}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second) // a cold 84 MB binary on a loaded machine
 	for time.Now().Before(deadline) {
 		select {
 		case <-exited:
@@ -156,7 +156,7 @@ func (s *Server) start() error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	s.kill(syscall.SIGKILL)
-	return fmt.Errorf("versitygw did not answer on port %d within 30 s: %s", s.port, s.Log())
+	return fmt.Errorf("versitygw did not answer on port %d within 60 s: %s", s.port, s.Log())
 }
 
 // kill sends sig to the server by its pid and waits until it has exited.
