@@ -124,7 +124,11 @@ func freePort() (int, error) {
 // start launches the server on s.port and waits until it answers HTTP.
 func (s *Server) start() error {
 	s.Endpoint = fmt.Sprintf("http://127.0.0.1:%d", s.port)
-	cmd := exec.Command(s.bin, "--port", fmt.Sprintf("127.0.0.1:%d", s.port), "posix", filepath.Join(s.dir, "data"))
+	// Without --keep-alive (tests/s3server.py, for the benchmarks, passes
+	// it): a server with idle kept-alive connections waits for them on
+	// SIGTERM, and each test's Stop would then take the 10 s timeout.
+	cmd := exec.Command(s.bin, "--port", fmt.Sprintf("127.0.0.1:%d", s.port), "--quiet",
+		"posix", filepath.Join(s.dir, "data"))
 	cmd.Dir = s.dir
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+s.AccessKey, "ROOT_SECRET_KEY="+s.Secret)
 	s.log = &lockedBuffer{}
