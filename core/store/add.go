@@ -917,6 +917,19 @@ func (s *Store) publish(m *Manifest) error {
 	}
 	b = append(b, '\n')
 	name := manifestName(m.Generation)
+	if s.remote != nil {
+		// On a remote store the commit is the remote's conditional PUT;
+		// the cache follows it (a cache that misses a generation is
+		// brought up to date at the next open: the remote is the truth).
+		if err := s.commitRemote(name, b); err != nil {
+			return err
+		}
+		s.gen = m.Generation
+		_ = writeDurable(s.tmp, s.manifests, name, b, true)
+		_ = writeDurable(s.tmp, s.manifests, name+copySuffix, b, true)
+		s.afterCommitRemote(name, b, m.Generation)
+		return nil
+	}
 	// The link of the first copy is the commit; the second, a file of its
 	// own, only follows a committed generation (so a reader may take
 	// either), and serves when the first is damaged.

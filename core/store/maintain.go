@@ -33,6 +33,9 @@ type Cleaned struct {
 	// Reclaimed lists the checkpoints a repair removed because no holder
 	// folder names them any more (Reclaim).
 	Reclaimed []int64 `json:"reclaimed,omitempty"`
+	// Remote says what a remote store's cleanup could not do ("" if
+	// nothing failed): its objects then stay until a later cleanup.
+	Remote string `json:"remote,omitempty"`
 }
 
 // cleanup removes what no committed state needs: a dead writer's unfinished
@@ -92,12 +95,18 @@ func (s *Store) cleanup() (Cleaned, error) {
 			return c, err
 		}
 	}
-	kept, err := s.removeUnreferenced(live, &c)
+	var removed []string
+	kept, err := s.removeUnreferenced(live, &c, &removed)
 	if err != nil {
 		return c, err
 	}
 	if kept > 0 {
 		c.Kept = fmt.Sprintf("%d object(s): %s", kept, why)
+	}
+	if s.remote != nil && live != nil {
+		if err := s.remoteCleanup(live, removed); err != nil {
+			c.Remote = err.Error()
+		}
 	}
 	gens, err := s.generations()
 	if err != nil {
@@ -165,7 +174,7 @@ func (s *Store) orphanRecords() (int, error) {
 // removeUnreferenced removes every object file live does not name (none
 // when live is nil: it is not known; it returns how many it kept), and
 // reports entries of objects/ that tpde did not write.
-func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned) (kept int, err error) {
+func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned, removed *[]string) (kept int, err error) {
 	dirs, err := s.objects.ReadDir()
 	if err != nil {
 		return 0, err
@@ -188,6 +197,9 @@ func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned) (kept int, 
 					kept++
 				case !live[o.Name] && sub.Remove(o.Name) == nil:
 					c.Objects++
+					if removed != nil {
+						*removed = append(*removed, d.Name+"/"+o.Name)
+					}
 				}
 			}
 		}
@@ -200,6 +212,9 @@ func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned) (kept int, 
 // already removed; and writes anew every copy of a record or of the newest
 // manifest that is missing or damaged while the other copy is intact.
 func (s *Store) Repair() (Cleaned, error) {
+	if err := s.refuseRemote("repair"); err != nil {
+		return Cleaned{}, err
+	}
 	if err := s.Settle(); err != nil {
 		return Cleaned{}, err
 	}
@@ -306,6 +321,9 @@ func (s *Store) Remove(step int64) error { return s.RemoveFrom(MainRun, step) }
 // other runs coded against it (a child run's first checkpoint) are re-coded
 // too.
 func (s *Store) RemoveFrom(run string, step int64) error {
+	if err := s.refuseRemote("removing a checkpoint"); err != nil {
+		return err
+	}
 	if !s.write {
 		return fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
@@ -357,6 +375,9 @@ func (s *Store) RemoveFrom(run string, step int64) error {
 // runs coded against it are re-coded as keyframes first: removing a run
 // never breaks another.
 func (s *Store) RemoveRun(run string) error {
+	if err := s.refuseRemote("removing a run"); err != nil {
+		return err
+	}
 	if !s.write {
 		return fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
@@ -563,6 +584,9 @@ type Problem struct {
 // A damaged object is reported once for each checkpoint and tensor whose
 // decode needs it.
 func (s *Store) Verify(deep bool) ([]Problem, error) {
+	if err := s.refuseRemote("verify"); err != nil {
+		return nil, err
+	}
 	unlock, err := s.readLock()
 	if err != nil {
 		return nil, err

@@ -98,6 +98,11 @@ func (w *objectWriter) linkAs(h, name string) error {
 	if err := w.s.tmp.Link(w.name, sub, name); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return err
 	}
+	if w.s.remote != nil {
+		// Linked or already there (an earlier add that did not commit may
+		// have left it): either way the next commit uploads it.
+		w.s.linked(h, name)
+	}
 	return nil
 }
 
@@ -222,6 +227,13 @@ func (s *Store) mapObject(h, name string, want uint64, what string, hashed bool)
 		return nil, missingError{fmt.Errorf("%w: %s: object %s is missing (the store has no objects folder)", errs.Corrupt, what, h)}
 	}
 	f, err := s.objects.Open(h[:2] + "/" + name)
+	if errors.Is(err, fs.ErrNotExist) && s.remote != nil && validHash(h) {
+		// Not in the cache yet: fetched (and checked) from the remote.
+		if err := s.fetchObject(h, name, want); err != nil {
+			return nil, err
+		}
+		f, err = s.objects.Open(h[:2] + "/" + name)
+	}
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, missingError{fmt.Errorf("%w: %s: object %s is missing", errs.Corrupt, what, name)}

@@ -74,6 +74,9 @@ type Options struct {
 	Positions delta.SparseMode
 	// Limits bound what a read decodes.
 	Limits Limits
+	// Remote, if not nil, is where the store lives; the directory given to
+	// Open is then its local cache (remote.go).
+	Remote Remote
 	// Recode is when an add re-codes the previous newest checkpoint as
 	// reverse deltas (demote.go): RecodeInline ("" too), inside the add;
 	// RecodeBackground, after its commit, on a goroutine of its own.
@@ -145,6 +148,9 @@ type Store struct {
 	prio     par.Priority
 	demoting *demotion
 	caughtUp map[string]bool
+	// remote, for a store on object storage (remote.go): dir is then its
+	// local cache.
+	remote *remoteState
 }
 
 func (s *Store) path(parts ...string) string {
@@ -216,7 +222,13 @@ func Open(dir string, opt Options) (*Store, error) {
 	}
 	s := &Store{dir: dir, write: opt.Write, stage: opt.Stage, threads: opt.Threads, positions: opt.Positions, limits: opt.Limits,
 		recode: opt.Recode, prio: opt.Priority, caughtUp: map[string]bool{}}
-	if opt.Write || opt.Stage {
+	if opt.Remote != nil {
+		if opt.Stage {
+			return nil, fmt.Errorf("%w: %s: a multi-writer commit (DCP, DeepSpeed) is not supported on a remote store yet", errs.Unsupported, opt.Remote.URL(""))
+		}
+		s.remote = &remoteState{r: opt.Remote}
+	}
+	if opt.Write || opt.Stage || s.remote != nil {
 		if err := os.MkdirAll(dir, 0o777); err != nil {
 			return nil, ioErr(dir, err)
 		}
@@ -226,6 +238,12 @@ func Open(dir string, opt Options) (*Store, error) {
 		return nil, err
 	}
 	s.root = root
+	if s.remote != nil {
+		if err := s.openRemote(opt); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	b, err := root.ReadFile("tpde-store.json", 1<<16)
 	err = hostile(err)
 	switch {
@@ -485,6 +503,13 @@ func (s *Store) Close() {
 			_ = tmp.Close()
 		}
 		s.partName = ""
+	}
+	if s.remote != nil {
+		s.remote.closeUploaders()
+		if s.remote.fetch != nil {
+			_ = s.remote.fetch.Close()
+			s.remote.fetch = nil
+		}
 	}
 	for _, d := range []**dirfd.Dir{&s.tmp, &s.objects, &s.manifests, &s.root} {
 		if *d != nil {

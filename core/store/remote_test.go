@@ -1,0 +1,262 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/s3"
+	"github.com/tpde/tpde/core/s3/s3test"
+)
+
+// remoteFor starts nothing: it is a client of srv on a fresh bucket, and
+// the store.Remote of prefix "run" in it.
+func remoteFor(t *testing.T, srv *s3test.Server, bucket string) (*s3.Client, *s3.Remote) {
+	t.Helper()
+	srv.SetEnv(t)
+	cfg, err := s3.ConfigFromEnv()
+	require.NoError(t, err)
+	c, err := s3.New(context.Background(), cfg)
+	require.NoError(t, err)
+	require.NoError(t, c.CreateBucket(context.Background(), bucket))
+	return c, s3.NewRemote(c, s3.Location{Bucket: bucket, Prefix: "run"})
+}
+
+// A store in a bucket holds what a local store holds, and a second cache
+// (another machine) reads every checkpoint from the bucket alone.
+func TestARemoteStoreRoundTripsThroughAFreshCache(t *testing.T) {
+	srv := s3test.Start(t)
+	_, rm := remoteFor(t, srv, "tpde-store-rt")
+	src := t.TempDir()
+	s, err := Open(filepath.Join(t.TempDir(), "cache1"), Options{Write: true, KeyframeInterval: 3, Remote: rm})
+	require.NoError(t, err)
+	ser := newSeries(3)
+	want := map[int64][]byte{}
+	for step := int64(1); step <= 5; step++ {
+		want[step] = ser.step(t)
+		addFiles(t, s, step, map[string]string{"model.safetensors": write(t, src, fmt.Sprintf("%d.st", step), want[step])})
+	}
+	require.NoError(t, s.Settle())
+	s.Close()
+
+	cache2 := filepath.Join(t.TempDir(), "cache2")
+	r, err := Open(cache2, Options{Remote: rm})
+	require.NoError(t, err)
+	rd, err := r.Reader()
+	require.NoError(t, err)
+	assert.Equal(t, []int64{1, 2, 3, 4, 5}, rd.Steps())
+	deltas := 0
+	for step, b := range want {
+		c, err := rd.Checkpoint(step, false)
+		require.NoError(t, err)
+		for _, reg := range c.Files[0].Regions {
+			if reg.Ref != nil {
+				deltas++
+			}
+		}
+		got := make([]byte, len(b))
+		require.NoError(t, rd.ReadRange(c, "model.safetensors", 0, got))
+		require.Equal(t, b, got, "step %d", step)
+	}
+	assert.Positive(t, deltas, "the older checkpoints decode through reverse deltas fetched from the bucket")
+	rd.Close()
+	r.Close()
+}
+
+// Two writers that opened the store at the same generation race for the
+// next: exactly one commits; the other is told so and commits nothing.
+func TestTwoRemoteWritersRacingCommitExactlyOne(t *testing.T) {
+	srv := s3test.Start(t)
+	_, rm := remoteFor(t, srv, "tpde-store-race")
+	src := t.TempDir()
+	ser := newSeries(5)
+	first := ser.step(t)
+	s, err := Open(filepath.Join(t.TempDir(), "c0"), Options{Write: true, Remote: rm})
+	require.NoError(t, err)
+	addFiles(t, s, 1, map[string]string{"m.st": write(t, src, "1.st", first)})
+	s.Close()
+
+	a, err := Open(filepath.Join(t.TempDir(), "ca"), Options{Write: true, Remote: rm, Recode: RecodeInline})
+	require.NoError(t, err)
+	defer a.Close()
+	b, err := Open(filepath.Join(t.TempDir(), "cb"), Options{Write: true, Remote: rm, Recode: RecodeInline})
+	require.NoError(t, err)
+	defer b.Close()
+	second, third := ser.step(t), ser.step(t)
+	addFiles(t, a, 2, map[string]string{"m.st": write(t, src, "2.st", second)})
+	tx, err := b.Begin(2, true, nil)
+	require.NoError(t, err)
+	require.NoError(t, tx.AddFile("m.st", write(t, src, "3.st", third), nil, ""))
+	_, err = tx.Commit()
+	require.Error(t, err)
+	assert.ErrorIs(t, err, syscall.EEXIST)
+	assert.Contains(t, err.Error(), "another writer committed")
+
+	r, err := Open(filepath.Join(t.TempDir(), "check"), Options{Remote: rm})
+	require.NoError(t, err)
+	defer r.Close()
+	got := restoreAllFrom(t, r, 2)
+	assert.Equal(t, second, got["m.st"], "the winner's checkpoint is the one stored")
+	assert.Equal(t, first, restoreAllFrom(t, r, 1)["m.st"])
+}
+
+// An object the bucket serves with other bytes than its name says is
+// refused before anything decodes it, and never enters the cache.
+func TestAnObjectTheBucketAltersIsRefusedAndNotCached(t *testing.T) {
+	srv := s3test.Start(t)
+	c, rm := remoteFor(t, srv, "tpde-store-lie")
+	src := t.TempDir()
+	s, err := Open(filepath.Join(t.TempDir(), "c0"), Options{Write: true, Remote: rm})
+	require.NoError(t, err)
+	ser := newSeries(9)
+	addFiles(t, s, 1, map[string]string{"m.st": write(t, src, "1.st", ser.step(t))})
+	s.Close()
+
+	var frames []string
+	require.NoError(t, c.List(context.Background(), "tpde-store-lie", "run/objects/", func(key string, size int64) error {
+		if !strings.HasSuffix(key, ".copy") && size > 4096 {
+			frames = append(frames, key)
+		}
+		return nil
+	}))
+	require.NotEmpty(t, frames)
+	for _, key := range frames {
+		body, err := c.Get(context.Background(), "tpde-store-lie", key, 1<<30)
+		require.NoError(t, err)
+		body[len(body)/2] ^= 1
+		require.NoError(t, c.Put(context.Background(), "tpde-store-lie", key, bytes.NewReader(body), int64(len(body))))
+	}
+	cache := filepath.Join(t.TempDir(), "c1")
+	r, err := Open(cache, Options{Remote: rm})
+	require.NoError(t, err)
+	defer r.Close()
+	rd, err := r.Reader()
+	require.NoError(t, err)
+	defer rd.Close()
+	ck, err := rd.Checkpoint(1, false)
+	require.NoError(t, err)
+	err = rd.ReadRange(ck, "m.st", 0, make([]byte, ck.Files[0].Size))
+	require.ErrorIs(t, err, errs.Corrupt)
+	assert.Contains(t, err.Error(), "hashes to")
+	for _, key := range frames {
+		rel := strings.TrimPrefix(key, "run/")
+		_, err := os.Lstat(filepath.Join(cache, rel))
+		assert.True(t, errors.Is(err, fs.ErrNotExist), "%s entered the cache: %v", rel, err)
+	}
+}
+
+// Loading the newest checkpoint lists nothing: it reads the marker, the
+// hint, the generations it probes, the manifest, the record and the
+// objects it decodes, each once.
+func TestLoadingTheNewestListsNothingAndGetsEachObjectOnce(t *testing.T) {
+	srv := s3test.Start(t)
+	c, rm := remoteFor(t, srv, "tpde-store-count")
+	src := t.TempDir()
+	s, err := Open(filepath.Join(t.TempDir(), "c0"), Options{Write: true, Remote: rm})
+	require.NoError(t, err)
+	ser := newSeries(4)
+	for step := int64(1); step <= 4; step++ {
+		addFiles(t, s, step, map[string]string{"m.st": write(t, src, fmt.Sprintf("%d.st", step), ser.step(t))})
+	}
+	require.NoError(t, s.Settle())
+	s.Close()
+
+	c.ResetCounts()
+	r, err := Open(filepath.Join(t.TempDir(), "c1"), Options{Remote: rm})
+	require.NoError(t, err)
+	defer r.Close()
+	rd, err := r.Reader()
+	require.NoError(t, err)
+	defer rd.Close()
+	ck, err := rd.Checkpoint(4, true)
+	require.NoError(t, err)
+	require.NoError(t, rd.ReadRange(ck, "m.st", 0, make([]byte, ck.Files[0].Size)))
+	n := c.Counts()
+	assert.Zero(t, n.List, "a load lists nothing")
+	objects := map[string]bool{}
+	for _, reg := range ck.Files[0].Regions {
+		objects[reg.Object.Object] = true
+	}
+	objects[ck.Files[0].Skeleton.Object] = true
+	// marker + hint + manifest (and its copy) + the record + its objects
+	assert.LessOrEqual(t, n.Get, int64(2+2+1+len(objects)), "%+v", n)
+}
+
+// restoreAllFrom restores checkpoint step of the open store s and returns
+// its files.
+func restoreAllFrom(t *testing.T, s *Store, step int64) map[string][]byte {
+	t.Helper()
+	rd, err := s.Reader()
+	require.NoError(t, err)
+	defer rd.Close()
+	c, err := rd.Checkpoint(step, false)
+	require.NoError(t, err)
+	dest := filepath.Join(t.TempDir(), "out")
+	require.NoError(t, rd.Restore(c, dest, false))
+	out := map[string][]byte{}
+	for _, f := range c.Files {
+		b, err := os.ReadFile(filepath.Join(dest, f.Path))
+		require.NoError(t, err)
+		out[f.Path] = b
+	}
+	return out
+}
+
+// Objects a commit leaves unreferenced (keyframes its re-code replaced by
+// deltas) leave the bucket once the grace period is over, and only then;
+// every checkpoint still restores from a fresh cache.
+func TestARemoteStoreRemovesWhatNoGenerationNamesAfterTheGrace(t *testing.T) {
+	for _, grace := range []string{"3600", "0"} {
+		t.Run("grace="+grace, func(t *testing.T) {
+			t.Setenv("TPDE_S3_GRACE", grace)
+			srv := s3test.Start(t)
+			bucket := "tpde-store-gc-" + grace
+			c, rm := remoteFor(t, srv, bucket)
+			src := t.TempDir()
+			s, err := Open(filepath.Join(t.TempDir(), "c0"), Options{Write: true, KeyframeInterval: 4, Remote: rm})
+			require.NoError(t, err)
+			ser := newSeries(6)
+			want := map[int64][]byte{}
+			for step := int64(1); step <= 4; step++ {
+				want[step] = ser.step(t)
+				addFiles(t, s, step, map[string]string{"m.st": write(t, src, fmt.Sprintf("%d.st", step), want[step])})
+			}
+			require.NoError(t, s.Settle())
+			sn, err := s.snapshot()
+			require.NoError(t, err)
+			live, err := sn.live()
+			require.NoError(t, err)
+			s.Close()
+
+			stale := 0
+			require.NoError(t, c.List(context.Background(), bucket, "run/objects/", func(key string, _ int64) error {
+				if !live[key[strings.LastIndex(key, "/")+1:]] {
+					stale++
+				}
+				return nil
+			}))
+			if grace == "0" {
+				assert.Zero(t, stale, "objects no generation names are gone")
+			} else {
+				assert.Positive(t, stale, "within the grace period the replaced keyframes stay")
+			}
+			r, err := Open(filepath.Join(t.TempDir(), "check"), Options{Remote: rm})
+			require.NoError(t, err)
+			defer r.Close()
+			for step, b := range want {
+				assert.Equal(t, b, restoreAllFrom(t, r, step)["m.st"], "step %d", step)
+			}
+		})
+	}
+}
