@@ -30,6 +30,7 @@ func tpde_store_open(path *C.char, write C.int32_t, config *C.char, configLen C.
 	if a.err != nil {
 		return status(a.err, cerr, cerrLen)
 	}
+	refreshRemoteEnv(dir)
 	h, err := api.OpenStore(dir, int32(write), cfg, int32(nthreads))
 	return put(handle, h, err, cerr, cerrLen)
 }

@@ -32,7 +32,7 @@ func OpenStore(path string, mode int32, config []byte, threads int32) (uint64, e
 	if err != nil {
 		return 0, err
 	}
-	s, err := store.Open(path, opt)
+	s, err := openPath(path, opt)
 	if err != nil {
 		return 0, err
 	}

@@ -1,0 +1,58 @@
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/s3"
+	"github.com/tpde/tpde/core/store"
+)
+
+// openPath opens the store at path: a local folder, or "s3://bucket/prefix"
+// (served through a local cache folder, core/store/remote.go). Any other
+// URL is refused by store.Open, never taken for a folder.
+func openPath(path string, opt store.Options) (*store.Store, error) {
+	if store.SchemeOf(path) != "s3" {
+		return store.Open(path, opt)
+	}
+	loc, err := s3.ParseURL(path)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := s3.ConfigFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	c, err := s3.New(context.Background(), cfg)
+	if err != nil {
+		return nil, err
+	}
+	cache, err := cacheDir(cfg.Endpoint, loc)
+	if err != nil {
+		return nil, err
+	}
+	opt.Remote = s3.NewRemote(c, loc)
+	return store.Open(cache, opt)
+}
+
+// cacheDir is the local folder that caches the remote store at loc:
+// $TPDE_S3_CACHE, else the user's cache folder, then tpde/s3/ and a name
+// made from the endpoint, bucket and prefix (so two stores never share a
+// cache, and the same store always finds its own).
+func cacheDir(endpoint string, loc s3.Location) (string, error) {
+	root := os.Getenv("TPDE_S3_CACHE")
+	if root == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			return "", errs.IOf("cache", syscall.ENOENT, "no folder to cache s3:// stores in (set TPDE_S3_CACHE): %v", err)
+		}
+		root = filepath.Join(base, "tpde", "s3")
+	}
+	sum := sha256.Sum256([]byte(endpoint + "\x00" + loc.Bucket + "\x00" + loc.Prefix))
+	return filepath.Join(root, loc.Bucket+"-"+hex.EncodeToString(sum[:12])), nil
+}
