@@ -35,6 +35,8 @@ NOT_RUN = [
     ("README.md", "./build.sh test runs this file's blocks, and the demo takes minutes: run it by hand"),
     ("README.md", "installs into the current environment; tests/test_build.py builds the wheel and installs "
                   "it, and an editable install, in fresh venvs"),
+    ("README.md", "it needs a bucket and its credentials; tests/test_store_s3.py makes these calls against a real "
+                  "S3 server"),
 ]
 
 _FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[A-Za-z0-9_+-]*)[ \t]*$")

@@ -402,3 +402,24 @@ def test_ddp_two_ranks_only_the_main_process_writes_after_every_rank_saved(minil
             assert {"rng_state_0.pth", "rng_state_1.pth"} <= files, sorted(files)
             st.restore(step, work / f"ddp-restored-{step}")
             assert digest(work / f"ddp-restored-{step}") == digest(out / f"checkpoint-{step}")
+
+
+def test_the_callback_stores_the_run_in_a_bucket(minilm_model_dir: Path, work: Path, s3_server: Any, s3_bucket: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """compression_output_dir="s3://...": the Trainer writes its folders on
+    the local disk, and every checkpoint lands in the bucket (read back
+    through a fresh cache, so from the bucket alone)."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("TPDE_S3_CACHE", str(work / "s3-cache-train"))
+    url = f"s3://{s3_bucket}/runs/minilm"
+    out, spy = work / "s3-run", Spy()
+    cb = TPDETrainerCallback(compression_output_dir=url, keep_last_uncompressed=1)
+    train(minilm_model_dir, out, callbacks=[cb, spy], save_steps=10, max_steps=20)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-")) == ["checkpoint-20"]
+    monkeypatch.setenv("TPDE_S3_CACHE", str(work / "s3-cache-check"))
+    with tpde.Store(url) as store:
+        assert store.steps() == [10, 20]
+        for step, want in spy.digests.items():
+            store.restore(step, work / f"s3-restored-{step}")
+            assert digest(work / f"s3-restored-{step}") == want

@@ -161,8 +161,11 @@ def _info_json(i: CheckpointInfo) -> Dict[str, Any]:
 
 
 def _need_store(path: str, usage_error: type) -> None:
+    if path.startswith("s3://"):
+        return  # the store says whether it is one when it is opened
     if _SCHEME.match(path):
-        raise usage_error(f"{path}: tpde cannot serve {path.split('://')[0]}:// stores; a store is a local folder")
+        raise usage_error(f"{path}: tpde cannot serve {path.split('://')[0]}:// stores; a store is a local folder "
+                          "or s3://bucket/prefix")
     if not is_store(path):
         raise usage_error(f"{path}: not a tpde store")
 
@@ -340,9 +343,9 @@ def run(args: argparse.Namespace, usage_error: type) -> int:
 
 
 def _add(args: argparse.Namespace, usage_error: type) -> int:
-    if _SCHEME.match(args.store):
+    if _SCHEME.match(args.store) and not args.store.startswith("s3://"):
         raise usage_error(f"{args.store}: tpde cannot serve {args.store.split('://')[0]}:// stores; a store is a "
-                          "local folder")
+                          "local folder or s3://bucket/prefix")
     if args.step is not None and len(args.paths) > 1:
         raise usage_error("--step takes one PATH")
     for p in args.paths:

@@ -67,6 +67,7 @@ from ..checkpoint import CompressedCheckpoint, TPDECheckpointCompressor
 from ..codec import decompress_tensor
 from ..delta import decompress_delta
 from ..errors import CorruptDataError, InvalidArgumentError, TPDEError, TPDEIOError, UnsupportedFormatError
+from ..store.handle import local_path
 
 __all__ = ["Writer", "Reader", "DistributedTPDECompressor", "DEFAULT_STORE"]
 
@@ -191,7 +192,7 @@ class Writer(FileSystemWriter):
             int_arg(keyframe_interval, "keyframe_interval", 1, 1000)
         super().__init__(path, single_file_per_rank=True, sync_files=sync_files, thread_count=1,
                          overwrite=overwrite, cache_staged_state_dict=cache_staged_state_dict)
-        self.store: Optional[str] = None if store is None else os.path.abspath(os.fspath(store))
+        self.store: Optional[str] = None if store is None else local_path(store, "the store")
         self.keyframe_interval = keyframe_interval
         self.compression_method = compression_method
         self.codec_threads = threads_arg(codec_threads)

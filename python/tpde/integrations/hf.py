@@ -33,7 +33,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from ..checkpoint import COMPRESSION_METHODS
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError
 from ..store import Store
-from ..store.handle import PRIORITIES
+from ..store.handle import PRIORITIES, is_s3
 
 __all__ = ["TPDETrainerCallback", "materialize"]
 
@@ -49,6 +49,9 @@ class TPDETrainerCallback(TrainerCallback):
     compression_output_dir (None: <output_dir>/tpde-store). In a
     hyperparameter search (run with hp_name=) each trial has its own store:
     <output_dir>/<trial name>/tpde-store, or <compression_output_dir>/<trial name>.
+    compression_output_dir may be "s3://bucket/prefix": the Trainer writes
+    its folders locally, and the run lands compressed in the bucket
+    (docs/FORMAT.md §11.12; configured by the AWS_* variables).
 
     keep_last_uncompressed: how many of the newest checkpoint-N folders to
     leave on disk; older ones are deleted once their add has committed (0
@@ -127,7 +130,7 @@ class TPDETrainerCallback(TrainerCallback):
         path = self._store_path(args, state, run_dir)
         self._store = Store(path, compression_method=self.compression_method, lossy=self.lossy,
                             threads=self.threads, priority=self.priority)
-        held = self._store.steps() if os.path.exists(os.path.join(path, "tpde-store.json")) else []
+        held = _held_steps(self._store) if is_s3(path) or os.path.exists(os.path.join(path, "tpde-store.json")) else []
         if held and held[-1] > state.global_step:
             self._close_store()
             raise InvalidArgumentError(
@@ -262,6 +265,8 @@ class TPDETrainerCallback(TrainerCallback):
             path = os.path.join(os.fspath(self.compression_output_dir), str(state.trial_name))
         else:
             path = os.fspath(self.compression_output_dir)
+        if is_s3(path):
+            return path  # in a bucket: no Trainer rotation reaches it
         rel = os.path.relpath(os.path.abspath(path), os.path.abspath(run_dir))
         if not rel.startswith(os.pardir) and fnmatch.fnmatch(rel.split(os.sep)[0], _CHECKPOINT_GLOB):
             raise InvalidArgumentError(f"the tpde store {path} lies inside a Trainer checkpoint folder: the "
@@ -272,6 +277,17 @@ class TPDETrainerCallback(TrainerCallback):
         if self._store is not None:
             store, self._store = self._store, None
             store.close()
+
+
+def _held_steps(store: Store) -> List[int]:
+    """The steps store holds; none when it does not exist yet (a store in a
+    bucket is created by its first add, as a local one is)."""
+    try:
+        return store.steps()
+    except TPDEIOError as e:
+        if e.errno != errno.ENOENT:
+            raise
+        return []
 
 
 def materialize(store: Union[PathLike, Store], step: Optional[int] = None, *, output_dir: PathLike) -> Path:

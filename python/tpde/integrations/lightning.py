@@ -52,6 +52,7 @@ from .._atomic import fsync_dir, write_atomically
 from .._options import POSITION_CODINGS, code
 from ..errors import CorruptDataError, InvalidArgumentError, TPDEIOError
 from ..store import Store
+from ..store.handle import local_path
 
 __all__ = ["TPDECheckpointIO", "TPDECallback", "load_from_store", "materialize", "POINTER_FORMAT"]
 
@@ -276,7 +277,7 @@ class TPDECheckpointIO(*_CHECKPOINT_IO_BASES):  # type: ignore[misc]
         super().__init__()
         code(POSITION_CODINGS, compression_method, "compression_method")
         self.compression_method = compression_method
-        self.store_dir = os.path.abspath(os.fspath(store_dir))
+        self.store_dir = local_path(store_dir, "the store folder")
         self.lossy = _lossy_bound(lossy, "lossy")
         self._init_state()
 
@@ -445,7 +446,7 @@ class TPDECallback(*_CHECKPOINT_CALLBACK_BASES):  # type: ignore[misc]
             raise InvalidArgumentError(f"save_every_n_epochs must be an int >= 1, not {save_every_n_epochs!r}")
         self.save_every_n_epochs = save_every_n_epochs
         self.compression_threshold = _lossy_bound(compression_threshold, "compression_threshold")
-        self.output_dir = os.path.abspath(os.fspath(output_dir))
+        self.output_dir = local_path(output_dir, "output_dir")
         if self.compression_threshold:
             warnings.warn(f"TPDECallback(compression_threshold={compression_threshold}) stores model weights LOSSY "
                           f"(each element within {compression_threshold} of the original in older checkpoints); "

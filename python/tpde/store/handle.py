@@ -268,13 +268,29 @@ class _Reader:
 # --- arguments of Store --------------------------------------------------
 
 def _store_path(path: Any) -> str:
-    """The store's path: a local folder; a URL ("s3://...") is refused,
-    never taken for a folder."""
+    """The store's path: a local folder or "s3://bucket/prefix" (checked in
+    Go); any other URL is refused, never taken for a folder."""
     p = _path_arg(path, "the store path")
+    if _SCHEME.match(p) and not is_s3(p):
+        raise UnsupportedFormatError(
+            f"{p}: tpde cannot serve {p.split('://')[0]}:// stores; a store is a local folder or s3://bucket/prefix")
+    return p
+
+
+def is_s3(path: str) -> bool:
+    """Whether path names a store on S3 (served through a local cache)."""
+    return path.startswith("s3://")
+
+
+def local_path(path: Any, what: str) -> str:
+    """path as an absolute local path, for what needs a local folder; a URL
+    is refused, never made a folder named after its scheme."""
+    p = _path_arg(path, what)
     if _SCHEME.match(p):
         raise UnsupportedFormatError(
-            f"{p}: tpde cannot serve {p.split('://')[0]}:// stores; a store is a local folder")
-    return p
+            f"{p}: {what} must be a local folder here; s3:// stores are taken by tpde.Store, the tpde command "
+            "and TPDETrainerCallback so far")
+    return os.path.abspath(p)
 
 
 #: Store(priority=...): how much CPU the store's writes may take.
