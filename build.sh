@@ -13,6 +13,7 @@
 #   ./build.sh dcp        DCP on the store: size against FileSystemWriter + zstd, 2-rank scaling against the codec's (bench/dcp.py)
 #   ./build.sh deepspeed  DeepSpeed tags in a store against DeepSpeed's own files + zstd-3 (bench/deepspeed_store.py)
 #   ./build.sh legacy     legacy (pre-zip) torch files against the same tensors as .safetensors (bench/legacy.py)
+#   ./build.sh s3         an s3:// store against boto3 on the raw files, on a local S3 server (bench/s3.py)
 #   ./build.sh scale      the store's ls, info and load at 10, 100 and 1,000 checkpoints (bench/store_scale.py)
 #   ./build.sh runs       two fine-tunes of one base in one store, as runs (bench/runs.py)
 #   ./build.sh render     README.md's measured blocks from bench/results/*.json (--check: diff only)
@@ -179,6 +180,14 @@ store)
 	# committed bench/results/store.json. With options: exactly as given.
 	[ "$#" -gt 0 ] || set -- --memory --json bench/results/store.json
 	py bench/store.py "$@"
+	;;
+s3)
+	build_lib
+	VENV="$(ensure_venv)"
+	ensure_versitygw
+	# No options: the full run, recorded in the committed bench/results/s3.json.
+	[ "$#" -gt 0 ] || set -- --json bench/results/s3.json
+	PYTHONPATH="$ROOT/tests" py bench/s3.py "$@"
 	;;
 legacy)
 	build_lib

@@ -54,6 +54,7 @@ LEGACY_JSON = "bench/results/legacy.json"
 SCALE_JSON = "bench/results/store_scale.json"
 RUNS_JSON = "bench/results/runs.json"
 VENV_JSON = "bench/results/venv.json"
+S3_JSON = "bench/results/s3.json"
 # A speed ratio within this fraction of its target line is flagged "within N% of the line": on a shared
 # machine runs spread by 10-30% (bench/README.md, "Reading the numbers"), so such a PASS or FAIL is a tie.
 TIE = 0.05
@@ -761,6 +762,46 @@ def render_runs(rn: Dict[str, Any]) -> str:
     return out.text()
 
 
+def render_s3(d: Dict[str, Any]) -> str:
+    up, res = d["upload"], d["resume"]
+    cup, cres = d["capped"]["upload"], d["capped"]["resume"]
+    t = d["targets"]
+    cap = f"{d['capped']['mbit_s']:g} Mbit/s"
+    req = res["requests"]["by_method"]
+    out = Block()
+    out.para(f"From one run of `./build.sh s3` (bench/s3.py), {_provenance(d, S3_JSON)}, on {_machine(d)}, with "
+             "the S3 server (VersityGW) on the same machine's loopback: the store benchmark's fp32 Trainer run "
+             f"({up['raw_bytes'] / 1e6:.1f} MB per checkpoint folder) in `s3://`, against boto3 on the raw files. "
+             f"Medians of {d['reps']}; the capped rows go through tests/s3proxy.py at {cap}.{_load(d)}")
+    out.line("| | tpde | boto3 | tpde / boto3 | target |")
+    out.line("| --- | --- | --- | --- | --- |")
+    out.line(f"| upload: `Store.add` of the newest folder, committed / `upload_file` of its files | "
+             f"{up['median_s']['store_add']:.2f} s | {up['median_s']['boto3']:.2f} s | {up['ratio']:.2f} | "
+             f"at most {t['upload']:g}: {_met(up['ratio'] <= t['upload'])} |")
+    out.line(f"| resume: `Store.load` of its tensor files through an empty cache / download and load | "
+             f"{res['median_s']['store']:.3f} s | {res['median_s']['boto3']:.3f} s | {res['ratio']:.2f} | "
+             f"at most {t['resume']:g}: {_met(res['ratio'] <= t['resume'])} |")
+    out.line(f"| upload at {cap} | {cup['median_s']['store_add']:.2f} s | {cup['median_s']['boto3']:.2f} s | "
+             f"{cup['ratio']:.2f} | |")
+    out.line(f"| resume at {cap} | {cres['median_s']['store']:.3f} s | {cres['median_s']['boto3']:.3f} s | "
+             f"{cres['ratio']:.2f} | |")
+    sent = up["bytes_sent"]
+    out.bullets([
+        f"Bytes an add sent: {sent['store'] / 1e6:.1f} MB, against {sent['boto3'] / 1e6:.1f} MB for the raw files "
+        f"({sent['boto3'] / sent['store']:.2f}x fewer). The newest checkpoint is stored as keyframes (a resume "
+        "decodes no chain), so an add sends a keyframe's size; the previous newest's reverse deltas follow in "
+        f"the background ({up['median_s']['store_recode']:.2f} s more, not in the add's time), and the keyframes "
+        "they replace leave the bucket after the grace period.",
+        f"A load of the newest checkpoint through an empty cache made {req['GET']} GETs for "
+        f"{res['requests']['objects_fetched']} objects (a large object is fetched as ranges in parallel, and the "
+        f"rest are the store's marker, the hint, the manifest and its copy, the record), {req['HEAD']} HEADs "
+        f"(the generation probe) and {req['LIST']} LISTs.",
+        "On loopback the server shares the 2 cores with the add's coding, so an upload is CPU-bound here; "
+        "the capped rows are closer to a network between machines.",
+    ])
+    return out.text()
+
+
 def render_venv(v: Dict[str, Any]) -> str:
     gib = 1 << 30
     out = Block()
@@ -831,7 +872,7 @@ def load_results(results: Path = RESULTS) -> Dict[str, Optional[Dict[str, Any]]]
     for name, fname in (("run", "run.json"), ("series", "series.json"), ("store", "store.json"),
                         ("hf_overhead", "hf_overhead.json"), ("dcp", "dcp.json"), ("legacy", "legacy.json"),
                         ("scale", "store_scale.json"), ("runs", "runs.json"), ("deepspeed", "deepspeed.json"),
-                        ("venv", "venv.json")):
+                        ("venv", "venv.json"), ("s3", "s3.json")):
         p = results / fname
         out[name] = json.loads(p.read_text()) if p.is_file() else None
     return out
@@ -858,6 +899,7 @@ def render_blocks(results: Path = RESULTS) -> Dict[str, Callable[[], str]]:
         "deepspeed": lambda: render_deepspeed(need("deepspeed", "deepspeed.json")),
         "runs": lambda: render_runs(need("runs", "runs.json")),
         "venv": lambda: render_venv(need("venv", "venv.json")),
+        "s3": lambda: render_s3(need("s3", "s3.json")),
     }
 
 
