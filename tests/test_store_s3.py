@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -213,3 +214,10 @@ def test_the_cli_adds_lists_and_restores_through_s3(s3env, s3_bucket, tmp_path: 
     p = cli("restore", url, "5", str(tmp_path / "out"))
     assert p.returncode == 0, p.stderr
     assert tree(tmp_path / "out") == tree(src)
+    # stats sizes the store by what its checkpoints name in the bucket (a
+    # walk of a local folder named like the URL would find nothing)
+    p = cli("stats", url)
+    assert p.returncode == 0 and "in the bucket" in p.stdout, (p.stdout, p.stderr)
+    p = cli("stats", url, "--json")
+    st = json.loads(p.stdout)
+    assert st["where"] == "bucket" and 0 < st["disk_bytes"] == st["stored_bytes"] < st["raw_bytes"], st

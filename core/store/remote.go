@@ -90,6 +90,12 @@ func (s *Store) remoteCtx() context.Context { return context.Background() }
 func (s *Store) openRemote(opt Options) error {
 	rm := s.remote
 	ctx := s.remoteCtx()
+	if _, err := s.root.Stat("tpde-store.json"); err == nil && !opt.Write && !opt.Stage {
+		// A reader whose cache has the marker saw it on the remote before:
+		// one request fewer. A writer asks every time, since it must never
+		// commit into a prefix whose marker is gone.
+		return s.openCacheFolders()
+	}
 	body, err := rm.r.Get(ctx, "tpde-store.json", 1<<16)
 	switch {
 	case err == nil:
@@ -113,6 +119,13 @@ func (s *Store) openRemote(opt Options) error {
 	} else if err != nil {
 		return hostile(err)
 	}
+	return s.openCacheFolders()
+}
+
+// openCacheFolders makes the cache's folders and brings its manifests up
+// to date.
+func (s *Store) openCacheFolders() error {
+	rm := s.remote
 	for _, d := range []string{"manifests", "objects", "fetch"} {
 		sub, err := s.root.MkdirAll(d)
 		if err != nil {
@@ -212,6 +225,8 @@ func (s *Store) pullManifests() error {
 		return err
 	}
 	defer tmp.Close()
+	// The generation, and its copy only if the generation cannot be read
+	// or parsed (then a reader takes the copy, as from a local store).
 	got := 0
 	var firstErr error
 	for _, name := range []string{manifestName(newest), manifestName(newest) + copySuffix} {
@@ -226,6 +241,9 @@ func (s *Store) pullManifests() error {
 			return err
 		}
 		got++
+		if _, err := parseManifest(b, newest); err == nil {
+			break
+		}
 	}
 	if got == 0 {
 		if firstErr != nil {

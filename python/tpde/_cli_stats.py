@@ -103,7 +103,8 @@ def text(st: Dict[str, Any], reference: str = "previous") -> str:
     lines = [f"{'step':>10}  {'raw':>10}  {'new bytes':>10}  {'files':>5}"]
     for r in st["checkpoints"]:
         lines.append(f"{r['step']:>10}  {human(r['raw_bytes']):>10}  {human(r['new_bytes']):>10}  {r['files']:>5}")
-    lines.append(f"total: {human(st['raw_bytes'])} raw, {human(st['disk_bytes'])} on disk "
+    where = "in the bucket" if st.get("where") == "bucket" else "on disk"
+    lines.append(f"total: {human(st['raw_bytes'])} raw, {human(st['disk_bytes'])} {where} "
                  f"({(st['ratio'] or 0):.2f}x)" + (f"; damaged, left out: {checkpoints(list(st['damaged']))}"
                                                   if st.get("damaged") else ""))
 

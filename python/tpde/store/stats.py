@@ -171,12 +171,17 @@ def _stats(snap: Dict[str, Any], chains: Dict[Tuple[int, str, str], int], path: 
                                        for f in c["files"] for r in f["regions"]] or [1])})
     raw_total = sum(r["raw_bytes"] for r in rows)
     stored = sum(r["new_bytes"] for r in rows)
-    disk = _disk_bytes(path)
+    # A store in a bucket: the bytes of the objects its checkpoints name
+    # (objects awaiting removal after the grace period are not counted:
+    # they are the bucket's, not the store's); a local store: its folder.
+    remote = path.startswith("s3://")
+    disk = stored if remote else _disk_bytes(path)
     return {
         "checkpoints": rows,
         "raw_bytes": raw_total,
         "stored_bytes": stored,
         "disk_bytes": disk,
+        "where": "bucket" if remote else "disk",
         "ratio": raw_total / disk if disk else None,
         # Every file path the checkpoints hold: what the "file:" of a key
         # below is (a path may hold a colon).
