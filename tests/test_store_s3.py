@@ -221,3 +221,37 @@ def test_the_cli_adds_lists_and_restores_through_s3(s3env, s3_bucket, tmp_path: 
     p = cli("stats", url, "--json")
     st = json.loads(p.stdout)
     assert st["where"] == "bucket" and 0 < st["disk_bytes"] == st["stored_bytes"] < st["raw_bytes"], st
+
+
+def test_throttling_and_resets_are_retried_and_a_dead_server_ends_in_one_line(s3_server, s3_proxy, s3_bucket,
+                                                                              tmp_path, monkeypatch) -> None:
+    from s3proxy import on
+
+    for k, v in {**s3_server.env(s3_proxy.endpoint), "TPDE_S3_CACHE": str(tmp_path / "cache"),
+                 "TPDE_S3_MAX_ATTEMPTS": "3", "TPDE_S3_TIMEOUT": "10"}.items():
+        monkeypatch.setenv(k, v)
+    url = f"s3://{s3_bucket}/faults"
+    src = checkpoint(tmp_path / "s1", 10)
+    # Two 503 SlowDown answers and a connection reset mid-body on the
+    # uploads: each retried, the add commits, and the bytes are right.
+    s3_proxy.slow_down(2, on("PUT", path_prefix=f"/{s3_bucket}/faults/objects/"))
+    s3_proxy.reset_after(1000, on("PUT", path_prefix=f"/{s3_bucket}/faults/objects/"))
+    with tpde.Store(url) as st:
+        st.add(src, step=1)
+    assert s3_proxy.pending_faults() == 0, "every fault was met and retried"
+    fresh_cache(monkeypatch, tmp_path, "cache-2")
+    with tpde.Store(url) as st:
+        st.restore(1, tmp_path / "out")
+    assert tree(tmp_path / "out") == tree(src)
+    # A server that only ever answers 503: the add gives up after its
+    # attempts, with one line naming the URL, and commits nothing.
+    s3_proxy.slow_down(10_000)
+    with pytest.raises(tpde.TPDEError) as e:
+        with tpde.Store(url) as st:
+            st.add(checkpoint(tmp_path / "s2", 20), step=2)
+    msg = str(e.value)
+    assert "s3://" in msg and "\n" not in msg.strip(), msg
+    s3_proxy.clear_faults()
+    fresh_cache(monkeypatch, tmp_path, "cache-3")
+    with tpde.Store(url) as st:
+        assert st.steps() == [1]
