@@ -210,6 +210,8 @@ def test_the_cli_adds_lists_and_restores_through_s3(s3env, s3_bucket, tmp_path: 
     assert not (tmp_path / "s3:").exists()
     p = cli("ls", url)
     assert p.returncode == 0 and "5" in p.stdout, (p.stdout, p.stderr)
+    p = cli("info", url)
+    assert p.returncode == 0 and "5" in p.stdout, (p.stdout, p.stderr)
     env["TPDE_S3_CACHE"] = str(tmp_path / "cli-cache-2")
     p = cli("restore", url, "5", str(tmp_path / "out"))
     assert p.returncode == 0, p.stderr

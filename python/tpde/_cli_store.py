@@ -41,7 +41,10 @@ COMMANDS = ("add", "restore", "ls", "rm", "verify", "stats")
 
 
 def is_store(path: str) -> bool:
-    """Whether path is (or may be: it cannot be read) a store."""
+    """Whether path is (or may be: it cannot be read) a store. An s3://
+    URL names a store (opening it says whether one is there)."""
+    if path.startswith("s3://"):
+        return True
     try:
         os.stat(os.path.join(path, "tpde-store.json"))
     except PermissionError:
@@ -244,7 +247,9 @@ def run(args: argparse.Namespace, usage_error: type) -> int:
                 lossy = "lossless" if not cfg.get("lossy") else "lossy rules " + json.dumps(cfg["lossy"])
                 print(f"store {_p(args.store)}: {plural(len(st['checkpoints']), 'checkpoint')}, "
                       f"{_human(st['raw_bytes'])} raw "
-                      f"in {_human(st['disk_bytes'])} on disk ({(st['ratio'] or 0):.2f}x); keyframe interval "
+                      + (f"in {_human(st['disk_bytes'])} on disk" if st.get("where") != "bucket"
+                         else f"as {_human(st['disk_bytes'])} in the bucket")
+                      + f" ({(st['ratio'] or 0):.2f}x); keyframe interval "
                       f"{cfg.get('keyframe_interval')}, reference {cfg.get('reference')}, {lossy}")
                 if st["damaged"]:
                     print(f"damaged: {checkpoints(list(st['damaged']))} (tpde verify names what)")
