@@ -499,6 +499,30 @@ const gcFormat = "tpde-store-gc"
 // maxGCNoteBytes caps a note a cleanup reads.
 const maxGCNoteBytes = 64 << 20
 
+// parseGCNote reads a removal note (untrusted: the bucket's) and returns
+// the object names it holds, each "<hh>/<sha256>" or "<hh>/<sha256>.copy"
+// with hh its first two digits; a note with anything else is refused
+// whole.
+func parseGCNote(what string, b []byte) ([]string, error) {
+	if len(b) > maxGCNoteBytes {
+		return nil, corrupt(what, "%d bytes (max %d)", len(b), maxGCNoteBytes)
+	}
+	var note gcNote
+	if err := decodeJSON(what, b, &note); err != nil {
+		return nil, err
+	}
+	if note.Format != gcFormat {
+		return nil, corrupt(what, "format %q", printable(note.Format))
+	}
+	for _, n := range note.Objects {
+		base := strings.TrimSuffix(n, copySuffix)
+		if len(base) != 3+64 || base[2] != '/' || !validHash(base[3:]) || base[:2] != base[3:5] {
+			return nil, corrupt(what, "names %q, not an object", printable(n))
+		}
+	}
+	return note.Objects, nil
+}
+
 // remoteGrace is how long an unreferenced object stays on a remote store:
 // TPDE_S3_GRACE seconds, else an hour (longer than any load should take).
 func remoteGrace() time.Duration {
@@ -562,15 +586,12 @@ func (s *Store) remoteCleanup(live map[string]bool, removed []string) error {
 		if err != nil {
 			return err
 		}
-		var note gcNote
-		if err := decodeJSON(rm.r.URL(rel), b, &note); err != nil || note.Format != gcFormat {
-			// Not a note tpde wrote: left alone, never acted on.
-			continue
+		names, err := parseGCNote(rm.r.URL(rel), b)
+		if err != nil {
+			continue // not a note tpde wrote: left alone, never acted on
 		}
-		for _, n := range note.Objects {
-			h, _, _ := strings.Cut(strings.TrimSuffix(n, copySuffix), "/")
-			base := strings.TrimSuffix(n[strings.LastIndex(n, "/")+1:], copySuffix)
-			if len(h) != 2 || !validHash(base) || base[:2] != h || (n != h+"/"+base && n != h+"/"+base+copySuffix) || live[n[3:]] {
+		for _, n := range names {
+			if live[n[3:]] {
 				continue
 			}
 			obj := "objects/" + n
