@@ -178,14 +178,23 @@ def test_wrong_credentials_give_one_line_naming_access_and_no_secret(s3env, s3_b
     assert secret not in msg and s3env["AWS_ACCESS_KEY_ID"] not in msg, msg
 
 
-def test_what_a_remote_store_cannot_do_yet_is_refused(s3env, s3_bucket, tmp_path) -> None:
+def test_a_checkpoint_is_removed_and_what_cannot_be_done_yet_is_refused(s3env, s3_bucket, tmp_path,
+                                                                         monkeypatch) -> None:
     url = f"s3://{s3_bucket}/refuse"
+    srcs = {s: checkpoint(tmp_path / f"s{s}", s * 10) for s in (1, 2, 3)}
     with tpde.Store(url) as st:
-        st.add(checkpoint(tmp_path / "s", 10), step=1)
-        st.add(checkpoint(tmp_path / "t", 20), step=2)
+        for s, d in srcs.items():
+            st.add(d, step=s)
+        st.remove(2)
+        assert st.steps() == [1, 3]
         with pytest.raises(tpde.UnsupportedFormatError, match="remote store"):
-            st.remove(1)
-        assert st.steps() == [1, 2]
+            st.verify()
+    fresh_cache(monkeypatch, tmp_path, "cache-2")
+    with tpde.Store(url) as st:
+        assert st.steps() == [1, 3]
+        for s in (1, 3):
+            st.restore(s, tmp_path / f"out{s}")
+            assert tree(tmp_path / f"out{s}") == tree(srcs[s])
 
 
 def test_other_urls_are_refused_never_taken_for_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -921,6 +921,7 @@ func (s *Store) publish(m *Manifest) error {
 		// On a remote store the commit is the remote's conditional PUT;
 		// the cache follows it (a cache that misses a generation is
 		// brought up to date at the next open: the remote is the truth).
+		before := s.liveNow()
 		if err := s.commitRemote(name, b); err != nil {
 			return err
 		}
@@ -928,6 +929,7 @@ func (s *Store) publish(m *Manifest) error {
 		_ = writeDurable(s.tmp, s.manifests, name, b, true)
 		_ = writeDurable(s.tmp, s.manifests, name+copySuffix, b, true)
 		s.afterCommitRemote(name, b, m.Generation)
+		s.noteDropped(before)
 		return nil
 	}
 	// The link of the first copy is the commit; the second, a file of its

@@ -321,9 +321,6 @@ func (s *Store) Remove(step int64) error { return s.RemoveFrom(MainRun, step) }
 // other runs coded against it (a child run's first checkpoint) are re-coded
 // too.
 func (s *Store) RemoveFrom(run string, step int64) error {
-	if err := s.refuseRemote("removing a checkpoint"); err != nil {
-		return err
-	}
 	if !s.write {
 		return fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
@@ -375,9 +372,6 @@ func (s *Store) RemoveFrom(run string, step int64) error {
 // runs coded against it are re-coded as keyframes first: removing a run
 // never breaks another.
 func (s *Store) RemoveRun(run string) error {
-	if err := s.refuseRemote("removing a run"); err != nil {
-		return err
-	}
 	if !s.write {
 		return fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}

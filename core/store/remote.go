@@ -72,6 +72,42 @@ type remoteState struct {
 	queue   chan string
 	busy    sync.WaitGroup // uploads queued or running
 	workers []func() error
+	// dropped lists objects ("<hh>/<name>") that a commit's generation no
+	// longer names and its predecessor did, for the next cleanup's note:
+	// they may never have been in this cache (so its own listing would
+	// not find them).
+	dropped []string
+}
+
+// liveNow is what the cache's newest generation names (nil if that cannot
+// be told: then nothing is noted for removal).
+func (s *Store) liveNow() map[string]bool {
+	sn, err := s.snapshot()
+	if err != nil || sn.m.Generation == 0 {
+		return nil
+	}
+	live, err := sn.live()
+	if err != nil {
+		return nil
+	}
+	return live
+}
+
+// noteDropped records for removal what before named and the newest
+// generation does not.
+func (s *Store) noteDropped(before map[string]bool) {
+	if before == nil {
+		return
+	}
+	after := s.liveNow()
+	if after == nil {
+		return
+	}
+	for n := range before {
+		if !after[n] && len(n) >= 2 {
+			s.remote.dropped = append(s.remote.dropped, n[:2]+"/"+n)
+		}
+	}
 }
 
 // latestHint names the remote file that says which generation was
@@ -541,9 +577,17 @@ func remoteGrace() time.Duration {
 func (s *Store) remoteCleanup(live map[string]bool, removed []string) error {
 	rm := s.remote
 	ctx := s.remoteCtx()
-	if len(removed) > 0 {
+	seen := map[string]bool{}
+	var names []string
+	for _, n := range append(append([]string{}, removed...), rm.dropped...) {
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	if len(names) > 0 {
 		note := gcNote{Format: gcFormat}
-		for _, n := range removed {
+		for _, n := range names {
 			note.Objects = append(note.Objects, n)
 			if !strings.HasSuffix(n, copySuffix) {
 				// A record's copy is never read, so never in a cache: its
@@ -559,6 +603,7 @@ func (s *Store) remoteCleanup(live map[string]bool, removed []string) error {
 		if err := rm.r.Put(ctx, name, strings.NewReader(string(b)), int64(len(b))); err != nil {
 			return err
 		}
+		rm.dropped = nil
 	}
 	var notes []string
 	if err := rm.r.List(ctx, "gc/", func(rel string) error {

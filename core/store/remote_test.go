@@ -261,3 +261,53 @@ func TestARemoteStoreRemovesWhatNoGenerationNamesAfterTheGrace(t *testing.T) {
 		})
 	}
 }
+
+// Removing a checkpoint of a remote store re-codes what depended on it,
+// commits, and (after the grace period, here none) takes out of the bucket
+// every object no generation names, including ones this cache never held.
+func TestRemovingACheckpointOfARemoteStore(t *testing.T) {
+	t.Setenv("TPDE_S3_GRACE", "0")
+	srv := s3test.Start(t)
+	c, rm := remoteFor(t, srv, "tpde-store-rm")
+	src := t.TempDir()
+	s, err := Open(filepath.Join(t.TempDir(), "c0"), Options{Write: true, KeyframeInterval: 4, Remote: rm})
+	require.NoError(t, err)
+	ser := newSeries(8)
+	want := map[int64][]byte{}
+	for step := int64(1); step <= 4; step++ {
+		want[step] = ser.step(t)
+		addFiles(t, s, step, map[string]string{"m.st": write(t, src, fmt.Sprintf("%d.st", step), want[step])})
+	}
+	require.NoError(t, s.Settle())
+	s.Close()
+
+	// Another machine, whose cache holds nothing yet, removes step 2.
+	w, err := Open(filepath.Join(t.TempDir(), "c1"), Options{Write: true, Remote: rm})
+	require.NoError(t, err)
+	require.NoError(t, w.Remove(2))
+	sn, err := w.snapshot()
+	require.NoError(t, err)
+	live, err := sn.live()
+	require.NoError(t, err)
+	w.Close()
+	delete(want, 2)
+
+	stale := 0
+	require.NoError(t, c.List(context.Background(), "tpde-store-rm", "run/objects/", func(key string, _ int64) error {
+		if !live[key[strings.LastIndex(key, "/")+1:]] {
+			stale++
+		}
+		return nil
+	}))
+	assert.Zero(t, stale, "every object the newest generation does not name has left the bucket")
+	r, err := Open(filepath.Join(t.TempDir(), "check"), Options{Remote: rm})
+	require.NoError(t, err)
+	defer r.Close()
+	rd, err := r.Reader()
+	require.NoError(t, err)
+	assert.Equal(t, []int64{1, 3, 4}, rd.Steps())
+	rd.Close()
+	for step, b := range want {
+		assert.Equal(t, b, restoreAllFrom(t, r, step)["m.st"], "step %d", step)
+	}
+}
