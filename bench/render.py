@@ -786,19 +786,24 @@ def render_s3(d: Dict[str, Any]) -> str:
     out.line(f"| resume at {cap} | {cres['median_s']['store']:.3f} s | {cres['median_s']['boto3']:.3f} s | "
              f"{cres['ratio']:.2f} | |")
     sent = up["bytes_sent"]
-    out.bullets([
+    out.bullets([b for b in [
         f"Bytes an add sent: {sent['store'] / 1e6:.1f} MB, against {sent['boto3'] / 1e6:.1f} MB for the raw files "
         f"({sent['boto3'] / sent['store']:.2f}x fewer). The newest checkpoint is stored as keyframes (a resume "
         "decodes no chain), so an add sends a keyframe's size; the previous newest's reverse deltas follow in "
         f"the background ({up['median_s']['store_recode']:.2f} s more, not in the add's time), and the keyframes "
         "they replace leave the bucket after the grace period.",
+        f"The whole series ({res['series']['checkpoints']} checkpoints, "
+        f"{res['series']['raw_bytes'] / 1e6:.0f} MB raw) takes {res['series']['bucket_bytes'] / 1e6:.0f} MB in "
+        f"the bucket once the replaced keyframes are gone ({res['series']['ratio']:.2f}x): what boto3 would "
+        "store is the raw size."
+        if "series" in res else "",
         f"A load of the newest checkpoint through an empty cache made {req['GET']} GETs for "
         f"{res['requests']['objects_fetched']} objects (a large object is fetched as ranges in parallel, and the "
         f"rest are the store's marker, the hint, the manifest and its copy, the record), {req['HEAD']} HEADs "
         f"(the generation probe) and {req['LIST']} LISTs.",
         "On loopback the server shares the 2 cores with the add's coding, so an upload is CPU-bound here; "
         "the capped rows are closer to a network between machines.",
-    ])
+    ] if b])
     return out.text()
 
 
