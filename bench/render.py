@@ -798,9 +798,9 @@ def render_s3(d: Dict[str, Any]) -> str:
         "store is the raw size."
         if "series" in res else "",
         f"A load of the newest checkpoint through an empty cache made {req['GET']} GETs for "
-        f"{res['requests']['objects_fetched']} objects (a large object is fetched as ranges in parallel, and the "
-        f"rest are the store's marker, the hint, the manifest and its copy, the record), {req['HEAD']} HEADs "
-        f"(the generation probe) and {req['LIST']} LISTs.",
+        f"{res['requests']['objects_fetched']} objects (an object larger than a part, 8 MiB, is fetched as "
+        f"ranges in parallel; the others are the store's marker, the hint, the manifest and the record), "
+        f"{req['HEAD']} HEADs (the generation probe) and {req['LIST']} LISTs.",
         "On loopback the server shares the 2 cores with the add's coding, so an upload is CPU-bound here; "
         "the capped rows are closer to a network between machines.",
     ] if b])
