@@ -751,24 +751,12 @@ func TestADeviceIsNoSourceAndAStreamCanBeStopped(t *testing.T) {
 // readRangesErr reads every file of checkpoint step whole through
 // ReadRange and returns the first error.
 func readRangesErr(dir string, step int64) error {
-	s, err := Open(dir, Options{Threads: 2})
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	rd, err := s.Reader()
-	if err != nil {
-		return err
-	}
-	defer rd.Close()
-	c, err := rd.Checkpoint(step, false)
-	if err != nil {
-		return err
-	}
-	for _, f := range c.Files {
-		if err := rd.ReadRange(c, f.Path, 0, make([]byte, f.Size)); err != nil {
-			return err
+	return withCheckpoint(dir, step, func(_ *Store, rd *Reader, c *Checkpoint) error {
+		for _, f := range c.Files {
+			if err := rd.ReadRange(c, f.Path, 0, make([]byte, f.Size)); err != nil {
+				return err
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }

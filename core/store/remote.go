@@ -188,7 +188,7 @@ func (s *Store) pullManifests() error {
 		return err
 	}
 	defer manifests.Close()
-	local, err := listGenerations(manifests)
+	local, err := generationsIn(manifests)
 	if err != nil {
 		return err
 	}
@@ -256,11 +256,6 @@ func (s *Store) pullManifests() error {
 	if newest == 0 || (len(local) > 0 && local[0] == newest) {
 		return nil
 	}
-	tmp, err := s.root.MkdirAll("fetch")
-	if err != nil {
-		return err
-	}
-	defer tmp.Close()
 	// The generation, and its copy only if the generation cannot be read
 	// or parsed (then a reader takes the copy, as from a local store).
 	got := 0
@@ -273,7 +268,7 @@ func (s *Store) pullManifests() error {
 			}
 			continue
 		}
-		if err := writeDurable(tmp, manifests, name, b, true); err != nil && !errors.Is(err, syscall.EEXIST) {
+		if err := writeDurable(rm.fetch, manifests, name, b, true); err != nil && !errors.Is(err, syscall.EEXIST) {
 			return err
 		}
 		got++
@@ -288,13 +283,6 @@ func (s *Store) pullManifests() error {
 		return corrupt(rm.r.URL("manifests/"+manifestName(newest)), "the generation vanished while it was read")
 	}
 	return nil
-}
-
-// listGenerations lists the generations in a manifests folder, newest
-// first (generations does it for the store's own folder).
-func listGenerations(d *dirfd.Dir) ([]uint64, error) {
-	s := &Store{manifests: d}
-	return s.generations()
 }
 
 // fetchObject downloads object file name (h, or h.copy) into the cache,

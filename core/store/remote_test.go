@@ -203,15 +203,7 @@ func restoreAllFrom(t *testing.T, s *Store, step int64) map[string][]byte {
 	defer rd.Close()
 	c, err := rd.Checkpoint(step, false)
 	require.NoError(t, err)
-	dest := filepath.Join(t.TempDir(), "out")
-	require.NoError(t, rd.Restore(c, dest, false))
-	out := map[string][]byte{}
-	for _, f := range c.Files {
-		b, err := os.ReadFile(filepath.Join(dest, f.Path))
-		require.NoError(t, err)
-		out[f.Path] = b
-	}
-	return out
+	return restoredFiles(t, rd, c)
 }
 
 // Objects a commit leaves unreferenced (keyframes its re-code replaced by

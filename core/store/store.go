@@ -560,10 +560,16 @@ const maxGeneration = math.MaxInt64
 // generations lists the manifest generations present (by either name),
 // newest first.
 func (s *Store) generations() ([]uint64, error) {
-	if s.manifests == nil {
+	return generationsIn(s.manifests)
+}
+
+// generationsIn lists the generations of a manifests folder (nil: none),
+// newest first.
+func generationsIn(manifests *dirfd.Dir) ([]uint64, error) {
+	if manifests == nil {
 		return nil, nil
 	}
-	ents, err := s.manifests.ReadDir()
+	ents, err := manifests.ReadDir()
 	if err != nil {
 		return nil, err
 	}
@@ -758,9 +764,9 @@ func writeAll(f *os.File, b []byte) error {
 		}
 	}
 	// In pieces: one write(2) of tens of MiB from a buffer mapped with
-	// mmap (buffer_linux.go) copied at about a tenth of the speed of the
-	// same bytes written 1 MiB at a time on this VM's kernel (6.18, ext4),
-	// and an add's writes of its large objects ran on one core meanwhile
+	// mmap (buffer_linux.go) copied many times slower than the same bytes
+	// written 1 MiB at a time on this VM's kernel (6.18, ext4), and an
+	// add's writes of its large objects ran on one core meanwhile
 	// (bench/PROFILE.md, "Add and resume").
 	for len(b) > 0 {
 		n := min(len(b), writePiece)

@@ -138,17 +138,25 @@ func withCheckpoint(dir string, step int64, fn func(s *Store, rd *Reader, c *Che
 }
 
 func restoreAll(t testing.TB, dir string, step int64) map[string][]byte {
-	dest := t.TempDir()
-	out := map[string][]byte{}
+	var out map[string][]byte
 	require.NoError(t, withCheckpoint(dir, step, func(_ *Store, rd *Reader, c *Checkpoint) error {
-		require.NoError(t, rd.Restore(c, dest, false))
-		for _, f := range c.Files {
-			b, err := os.ReadFile(filepath.Join(dest, f.Path))
-			require.NoError(t, err)
-			out[f.Path] = b
-		}
+		out = restoredFiles(t, rd, c)
 		return nil
 	}))
+	return out
+}
+
+// restoredFiles restores checkpoint c through rd into a new folder and
+// returns its files.
+func restoredFiles(t testing.TB, rd *Reader, c *Checkpoint) map[string][]byte {
+	dest := filepath.Join(t.TempDir(), "out")
+	require.NoError(t, rd.Restore(c, dest, false))
+	out := map[string][]byte{}
+	for _, f := range c.Files {
+		b, err := os.ReadFile(filepath.Join(dest, f.Path))
+		require.NoError(t, err)
+		out[f.Path] = b
+	}
 	return out
 }
 
