@@ -77,6 +77,8 @@ type remoteState struct {
 	// they may never have been in this cache (so its own listing would
 	// not find them).
 	dropped []string
+	// grace is remoteGrace, read when the store was opened.
+	grace time.Duration
 }
 
 // liveNow is what the cache's newest generation names (nil if that cannot
@@ -126,6 +128,10 @@ func (s *Store) remoteCtx() context.Context { return context.Background() }
 func (s *Store) openRemote(opt Options) error {
 	rm := s.remote
 	ctx := s.remoteCtx()
+	var err error
+	if rm.grace, err = remoteGrace(); err != nil {
+		return err
+	}
 	if _, err := s.root.Stat("tpde-store.json"); err == nil && !opt.Write && !opt.Stage {
 		// A reader whose cache has the marker saw it on the remote before:
 		// one request fewer. A writer asks every time, since it must never
@@ -549,13 +555,18 @@ func parseGCNote(what string, b []byte) ([]string, error) {
 
 // remoteGrace is how long an unreferenced object stays on a remote store:
 // TPDE_S3_GRACE seconds, else an hour (longer than any load should take).
-func remoteGrace() time.Duration {
-	if v := os.Getenv("TPDE_S3_GRACE"); v != "" {
-		if n, err := strconv.ParseFloat(v, 64); err == nil && n >= 0 && n <= 30*86400 {
-			return time.Duration(n * float64(time.Second))
-		}
+// A value that is set but malformed is refused, never taken for the
+// default: a typo must not change when objects are deleted.
+func remoteGrace() (time.Duration, error) {
+	v := os.Getenv("TPDE_S3_GRACE")
+	if v == "" {
+		return time.Hour, nil
 	}
-	return time.Hour
+	n, err := strconv.ParseFloat(v, 64)
+	if err != nil || !(n >= 0) || n > 30*86400 {
+		return 0, fmt.Errorf("%w: TPDE_S3_GRACE=%q: want seconds, from 0 to 2592000", errs.Invalid, printable(v))
+	}
+	return time.Duration(n * float64(time.Second)), nil
 }
 
 // remoteCleanup notes the objects the cache's cleanup found unreferenced
@@ -600,7 +611,6 @@ func (s *Store) remoteCleanup(live map[string]bool, removed []string) error {
 	}); err != nil {
 		return err
 	}
-	grace := remoteGrace()
 	for _, rel := range notes {
 		written, err := rm.r.Modified(ctx, rel)
 		if rm.r.NotFound(err) {
@@ -609,7 +619,7 @@ func (s *Store) remoteCleanup(live map[string]bool, removed []string) error {
 		if err != nil {
 			return err
 		}
-		if time.Since(written) < grace {
+		if time.Since(written) < rm.grace {
 			continue
 		}
 		b, err := rm.r.Get(ctx, rel, maxGCNoteBytes)

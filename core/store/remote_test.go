@@ -303,3 +303,93 @@ func TestRemovingACheckpointOfARemoteStore(t *testing.T) {
 		assert.Equal(t, b, restoreAllFrom(t, r, step)["m.st"], "step %d", step)
 	}
 }
+
+// A malformed grace period is refused when the store opens, never taken
+// for the default: it decides when objects are deleted.
+func TestAMalformedGraceIsRefused(t *testing.T) {
+	srv := s3test.Start(t)
+	_, rm := remoteFor(t, srv, "tpde-store-grace")
+	for _, v := range []string{"1h", "-1", "nan", "1e9"} {
+		t.Setenv("TPDE_S3_GRACE", v)
+		_, err := Open(filepath.Join(t.TempDir(), "c"), Options{Write: true, Remote: rm})
+		require.ErrorIs(t, err, errs.Invalid, v)
+		assert.Contains(t, err.Error(), "TPDE_S3_GRACE", v)
+	}
+}
+
+// remoteSeries adds steps 1..n to a remote store and returns them.
+func remoteSeries(t *testing.T, rm *s3.Remote, n int64) map[int64][]byte {
+	t.Helper()
+	src := t.TempDir()
+	s, err := Open(filepath.Join(t.TempDir(), "c0"), Options{Write: true, Remote: rm})
+	require.NoError(t, err)
+	defer s.Close()
+	ser := newSeries(12)
+	want := map[int64][]byte{}
+	for step := int64(1); step <= n; step++ {
+		want[step] = ser.step(t)
+		addFiles(t, s, step, map[string]string{"m.st": write(t, src, fmt.Sprintf("%d.st", step), want[step])})
+	}
+	require.NoError(t, s.Settle())
+	return want
+}
+
+// newestKeys is the bucket's newest manifest generation and its copy.
+func newestKeys(t *testing.T, c *s3.Client, bucket string) (string, string) {
+	t.Helper()
+	newest := ""
+	require.NoError(t, c.List(context.Background(), bucket, "run/manifests/", func(key string, _ int64) error {
+		if strings.HasSuffix(key, ".json") && key > newest {
+			newest = key
+		}
+		return nil
+	}))
+	require.NotEmpty(t, newest)
+	return newest, newest + copySuffix
+}
+
+func put(t *testing.T, c *s3.Client, bucket, key, body string) {
+	t.Helper()
+	require.NoError(t, c.Put(context.Background(), bucket, key, strings.NewReader(body), int64(len(body))))
+}
+
+// The hint is advice from the bucket: one that names a generation far
+// past the newest, a stale one, or no number at all never hides a
+// committed generation or invents one.
+func TestAHostileHintNeverHidesOrInventsAGeneration(t *testing.T) {
+	srv := s3test.Start(t)
+	c, rm := remoteFor(t, srv, "tpde-store-hint")
+	want := remoteSeries(t, rm, 3)
+	for _, hint := range []string{"18446744073709551615\n", "9223372036854775807\n", "99999\n", "1\n", "garbage", ""} {
+		put(t, c, "tpde-store-hint", "run/"+latestHint, hint)
+		r, err := Open(filepath.Join(t.TempDir(), "c"), Options{Remote: rm})
+		require.NoError(t, err, "hint %q", hint)
+		rd, err := r.Reader()
+		require.NoError(t, err)
+		assert.Equal(t, []int64{1, 2, 3}, rd.Steps(), "hint %q", hint)
+		rd.Close()
+		assert.Equal(t, want[3], restoreAllFrom(t, r, 3)["m.st"], "hint %q", hint)
+		r.Close()
+	}
+}
+
+// A damaged newest manifest in the bucket falls back to its copy, as in a
+// local store; with both damaged, the open fails as corrupt rather than
+// showing an older state.
+func TestADamagedRemoteManifestFallsBackToItsCopy(t *testing.T) {
+	srv := s3test.Start(t)
+	c, rm := remoteFor(t, srv, "tpde-store-man")
+	want := remoteSeries(t, rm, 3)
+	first, second := newestKeys(t, c, "tpde-store-man")
+	body, err := c.Get(context.Background(), "tpde-store-man", first, 1<<20)
+	require.NoError(t, err)
+	put(t, c, "tpde-store-man", first, string(body[:len(body)/2])) // truncated
+	r, err := Open(filepath.Join(t.TempDir(), "c1"), Options{Remote: rm})
+	require.NoError(t, err)
+	assert.Equal(t, want[3], restoreAllFrom(t, r, 3)["m.st"])
+	r.Close()
+
+	put(t, c, "tpde-store-man", second, "{\"format\": \"nonsense\"}")
+	_, err = Open(filepath.Join(t.TempDir(), "c2"), Options{Remote: rm})
+	require.ErrorIs(t, err, errs.Corrupt)
+}
