@@ -393,3 +393,44 @@ func TestADamagedRemoteManifestFallsBackToItsCopy(t *testing.T) {
 	_, err = Open(filepath.Join(t.TempDir(), "c2"), Options{Remote: rm})
 	require.ErrorIs(t, err, errs.Corrupt)
 }
+
+// A link planted in the cache where an object was is refused, never
+// followed and never replaced by a download through it.
+func TestALinkPlantedInTheCacheIsNeverFollowed(t *testing.T) {
+	srv := s3test.Start(t)
+	_, rm := remoteFor(t, srv, "tpde-store-link")
+	remoteSeries(t, rm, 2)
+	cache := filepath.Join(t.TempDir(), "c")
+	r, err := Open(cache, Options{Remote: rm})
+	require.NoError(t, err)
+	restoreAllFrom(t, r, 2) // every object of step 2 now in the cache
+	rd0, err := r.Reader()
+	require.NoError(t, err)
+	c0, err := rd0.Checkpoint(2, false)
+	require.NoError(t, err)
+	h := c0.Files[0].Regions[0].Object.Object // a frame: it has no copy to fall back to
+	rd0.Close()
+	r.Close()
+	outside := filepath.Join(t.TempDir(), "outside")
+	require.NoError(t, os.WriteFile(outside, []byte("not an object"), 0o644))
+	planted := filepath.Join(cache, "objects", h[:2], h)
+	require.NoError(t, os.Remove(planted))
+	require.NoError(t, os.Symlink(outside, planted))
+
+	r, err = Open(cache, Options{Remote: rm})
+	require.NoError(t, err)
+	defer r.Close()
+	rd, err := r.Reader()
+	require.NoError(t, err)
+	defer rd.Close()
+	c, err := rd.Checkpoint(2, false)
+	require.NoError(t, err)
+	err = rd.ReadRange(c, "m.st", 0, make([]byte, c.Files[0].Size))
+	require.ErrorIs(t, err, errs.Corrupt)
+	b, err := os.ReadFile(outside)
+	require.NoError(t, err)
+	assert.Equal(t, "not an object", string(b))
+	st, err := os.Lstat(planted)
+	require.NoError(t, err)
+	assert.NotZero(t, st.Mode()&fs.ModeSymlink, "the link is left as it is")
+}
