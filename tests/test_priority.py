@@ -135,7 +135,12 @@ def test_a_training_run_with_the_callback_codes_on_idle_threads(tmp_path: Path, 
         train(minilm_model_dir, tmp_path / "out", callbacks=[cb], max_steps=20)
     seen, most = s.lowered(want)
     assert seen, "the callback's adds ran on no SCHED_IDLE thread"
-    assert most <= 2
+    # The bound of test_a_stores_writes_run_on_lowered_threads: one leader
+    # and threads=1 worker, plus as many finished ones still listed as
+    # runnable while they wait, behind training's threads, for a core to
+    # exit on (an add follows its predecessor's background re-code, whose
+    # threads may still be exiting: CI saw 4).
+    assert most <= 2 * (1 + 1), most
     assert settled(want)
     with tpde.Store(tmp_path / "store") as st:
         assert st.steps() == [10, 20]
