@@ -14,6 +14,16 @@ package store
 //     and lists every object the part names (tmp/part-<random>/objects);
 //     cleanup keeps what a locked part lists, and removes an unlocked part
 //     folder (its participant closed it, or died).
+//
+// On a remote store (remote.go) each participant stages into its own cache,
+// which may be on another machine than the coordinator's: its Finish
+// uploads every object the part linked before it returns the descriptor,
+// so the descriptor names only objects that are in the bucket, and the
+// coordinator's CommitParts fetches into its own cache what it checks
+// there. In the bucket, a part's objects are kept from removal by the
+// grace period (an object uploaded after a removal note is never removed
+// by that note, and one noted is removed only a grace period later): a
+// part must be committed within the grace period of its Finish.
 
 import (
 	"bufio"
@@ -160,6 +170,13 @@ func (tx *Tx) Finish() ([]byte, error) {
 	tx.done = true
 	tx.freeBuffers()
 	defer tx.release()
+	if tx.s.remote != nil {
+		// Ranks of one save stage in caches of their own, on machines of
+		// their own: the bucket is what the coordinator commits from.
+		if err := tx.s.pushPending(); err != nil {
+			return nil, err
+		}
+	}
 	p := Part{Format: partFormat, Version: Version, Generation: tx.sn.m.Generation, Files: tx.cp.Files, Converted: []ConvertedRegion{}}
 	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Path < p.Files[j].Path })
 	if tx.prev >= 0 {
@@ -272,7 +289,7 @@ func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []str
 		return nil, fmt.Errorf("%w: no parts to commit", errs.Invalid)
 	}
 	if holder != "" {
-		if err := validHolder(holder); err != nil {
+		if err := s.validHolder(holder); err != nil {
 			return nil, err
 		}
 	}
@@ -346,7 +363,12 @@ func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []str
 			return nil, err
 		}
 	}
-	tx.holder = holder
+	if s.remote == nil {
+		// A remote store's checkpoints are never reclaimed (Reclaim): its
+		// holder folders are on machines it cannot see, so the manifest
+		// names none, and the checkpoint lives until it is removed.
+		tx.holder = holder
+	}
 	tx.done = false
 	c, err := tx.commit()
 	if err != nil {
@@ -361,6 +383,9 @@ func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []str
 // of the same dtype and size.
 func (s *Store) checkParts(tx *Tx) error {
 	exists := func(o Object, what string) error {
+		if err := s.cacheObject(o); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
 		info, err := s.objectInfo(o.Object)
 		if errors.Is(err, fs.ErrNotExist) {
 			// The usual cause: the part's participant closed it, or died,
@@ -458,12 +483,45 @@ const (
 	maxPointerBytes = 1 << 16
 )
 
-// validHolder: a holder is one folder name beside the store.
+// validHolder: a holder is one folder name beside a local store; for a
+// remote store, whose folder is a cache, it is the absolute path of a local
+// folder.
+func (s *Store) validHolder(h string) error {
+	if s.remote != nil {
+		if !filepath.IsAbs(h) || filepath.Clean(h) != h || strings.ContainsRune(h, 0) || len(h) > 4096 {
+			return fmt.Errorf("%w: holder %q: for a remote store, must be the absolute path of a local folder", errs.Invalid, printable(h))
+		}
+		return nil
+	}
+	return validHolder(h)
+}
+
 func validHolder(h string) error {
 	if err := validPath(h); err != nil || strings.Contains(h, "/") {
 		return fmt.Errorf("%w: holder %q: must be one folder name beside the store", errs.Invalid, printable(h))
 	}
 	return nil
+}
+
+// cacheObject brings object o of a remote store into the cache (checked
+// against its name) if it is not there yet: a part staged by another
+// process is in the bucket, not in this cache. A local store has every
+// object it has.
+func (s *Store) cacheObject(o Object) error {
+	if s.remote == nil || !validHash(o.Object) {
+		return nil
+	}
+	if _, err := s.objectInfo(o.Object); !errors.Is(err, fs.ErrNotExist) {
+		return nil // there (or an error objectInfo reports again)
+	}
+	if o.Stored > maxObjectBytes {
+		return fmt.Errorf("%w: object %s: %d bytes", errs.Invalid, o.Object, o.Stored)
+	}
+	err := s.fetchObject(o.Object, o.Object, o.Stored)
+	if isMissing(err) {
+		return fmt.Errorf("%w: object %s is not in %s (a part's Finish uploads its objects: did it fail, or was the part committed after the grace period, TPDE_S3_GRACE, since its Finish?)", errs.Invalid, o.Object, s.remote.r.URL(""))
+	}
+	return err
 }
 
 // parent opens the folder that holds the store (and its holders).
@@ -478,6 +536,21 @@ func baseName(dir string) string { return filepath.Base(filepath.Clean(dir)) }
 // writePointer writes holder/PointerName, naming step, durably, replacing
 // what was there (a folder is reused for its newest checkpoint only).
 func (s *Store) writePointer(holder string, step int64) error {
+	if s.remote != nil {
+		// The folder is local, the store is not: the pointer names it by
+		// its URL (the endpoint and credentials come from the reader's
+		// environment, never from a file).
+		h, err := dirfd.Open(holder)
+		if err != nil {
+			return fmt.Errorf("holder folder: %w", err)
+		}
+		defer h.Close()
+		b, err := json.Marshal(Pointer{Format: pointerFormat, Version: Version, Store: s.remote.r.URL(""), Step: step})
+		if err != nil {
+			return fmt.Errorf("%w: %v", errs.Internal, err)
+		}
+		return writeDurable(h, h, PointerName, append(b, '\n'), false)
+	}
 	par, err := s.parent()
 	if err != nil {
 		return err
@@ -506,6 +579,10 @@ func ReadPointer(folder string) (string, int64, error) {
 	p, err := readPointer(d)
 	if err != nil {
 		return "", 0, err
+	}
+	if SchemeOf(p.Store) != "" {
+		// A remote store, named by its URL (opening it checks the URL).
+		return p.Store, p.Step, nil
 	}
 	return filepath.Join(folder, p.Store), p.Step, nil
 }
@@ -539,9 +616,17 @@ func readPointer(d *dirfd.Dir) (*Pointer, error) {
 // nor is any checkpoint when a holder cannot be checked (a permission
 // error, a damaged pointer): a reclaim only removes what is certainly
 // no longer named. It returns the steps removed.
+//
+// A remote store is never reclaimed: its holder folders lie on the
+// machines that saved, and a folder this machine cannot see may well be
+// held on another, so no process can tell that a checkpoint is unheld.
+// Its checkpoints are removed by step (Remove).
 func (s *Store) Reclaim() ([]int64, error) {
 	if !s.write {
 		return nil, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
+	}
+	if s.remote != nil {
+		return nil, fmt.Errorf("%w: %s: a remote store's checkpoints are not reclaimed by their folders (those lie on the machines that saved, which this one cannot see); remove checkpoints by step", errs.Unsupported, s.remote.r.URL(""))
 	}
 	if err := s.Settle(); err != nil {
 		return nil, err

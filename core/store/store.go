@@ -223,9 +223,6 @@ func Open(dir string, opt Options) (*Store, error) {
 	s := &Store{dir: dir, write: opt.Write, stage: opt.Stage, threads: opt.Threads, positions: opt.Positions, limits: opt.Limits,
 		recode: opt.Recode, prio: opt.Priority, caughtUp: map[string]bool{}}
 	if opt.Remote != nil {
-		if opt.Stage {
-			return nil, fmt.Errorf("%w: %s: a multi-writer commit (DCP, DeepSpeed) is not supported on a remote store yet", errs.Unsupported, opt.Remote.URL(""))
-		}
 		s.remote = &remoteState{r: opt.Remote}
 	}
 	if opt.Write || opt.Stage || s.remote != nil {

@@ -1,0 +1,158 @@
+package store
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/s3"
+	"github.com/tpde/tpde/core/s3/s3test"
+)
+
+// stageRemote stages files as one participant through a cache of its own
+// (a rank on its own machine) and returns its descriptor and the open
+// staging store.
+func stageRemote(t *testing.T, rm *s3.Remote, cache string, files map[string][]byte) ([]byte, *Store) {
+	t.Helper()
+	s, err := Open(cache, Options{Stage: true, Remote: rm})
+	require.NoError(t, err)
+	tx, err := s.BeginPart()
+	require.NoError(t, err)
+	src := t.TempDir()
+	for name, b := range files {
+		require.NoError(t, tx.AddFile(name, write(t, src, name, b), nil, ""))
+	}
+	desc, err := tx.Finish()
+	require.NoError(t, err)
+	return desc, s
+}
+
+// Two ranks stage their files in caches of their own and a coordinator,
+// with a third cache, commits both as one checkpoint: the bucket alone
+// carries the parts. Each save's folder holds a pointer naming the bucket's
+// URL; a fresh cache restores every save bit-exact, older ones through the
+// reverse deltas the ranks made.
+func TestRemotePartsFromSeparateCachesCommitAsOneCheckpoint(t *testing.T) {
+	srv := s3test.Start(t)
+	_, rm := remoteFor(t, srv, "tpde-store-parts")
+	caches := t.TempDir()
+	folders := t.TempDir()
+	rs := newRankSeries()
+	var saves [][2][]byte
+	for i := 0; i < 3; i++ {
+		shards := rs.step(t)
+		saves = append(saves, shards)
+		d0, p0 := stageRemote(t, rm, filepath.Join(caches, "rank0"), map[string][]byte{"rank0.safetensors": shards[0]})
+		d1, p1 := stageRemote(t, rm, filepath.Join(caches, "rank1"), map[string][]byte{"rank1.safetensors": shards[1]})
+		folder := filepath.Join(folders, "step-"+string(rune('0'+i)))
+		require.NoError(t, os.Mkdir(folder, 0o755))
+		w, err := Open(filepath.Join(caches, "coordinator"), Options{Write: true, Remote: rm, Recode: RecodeInline})
+		require.NoError(t, err)
+		c, err := w.CommitParts([][]byte{d0, d1}, 0, false, nil, folder)
+		require.NoError(t, err)
+		assert.Equal(t, int64(i), c.Step)
+		w.Close()
+		p0.Close()
+		p1.Close()
+
+		store, step, err := ReadPointer(folder)
+		require.NoError(t, err)
+		assert.Equal(t, rm.URL(""), store, "the folder's pointer names the store by its URL")
+		assert.Equal(t, int64(i), step)
+	}
+
+	r, err := Open(filepath.Join(caches, "reader"), Options{Remote: rm})
+	require.NoError(t, err)
+	defer r.Close()
+	deltas := 0
+	for step, shards := range saves {
+		got := restoreAllFrom(t, r, int64(step))
+		assert.Equal(t, shards[0], got["rank0.safetensors"], "step %d", step)
+		assert.Equal(t, shards[1], got["rank1.safetensors"], "step %d", step)
+		rd, err := r.Reader()
+		require.NoError(t, err)
+		c, err := rd.Checkpoint(int64(step), false)
+		require.NoError(t, err)
+		for _, f := range c.Files {
+			for _, reg := range f.Regions {
+				if reg.Ref != nil {
+					deltas++
+				}
+			}
+		}
+		rd.Close()
+	}
+	sn, err := r.snapshot()
+	require.NoError(t, err)
+	for _, ref := range sn.m.Checkpoints {
+		assert.Empty(t, ref.Holder, "a remote store's manifest names no local folder")
+	}
+	assert.Positive(t, deltas, "the ranks re-coded the older saves as deltas, through the bucket")
+}
+
+// A remote store is never reclaimed by its folders: a folder this machine
+// cannot see may be held on another.
+func TestARemoteStoreRefusesToReclaim(t *testing.T) {
+	srv := s3test.Start(t)
+	_, rm := remoteFor(t, srv, "tpde-store-reclaim")
+	caches := t.TempDir()
+	folder := filepath.Join(t.TempDir(), "step-0")
+	require.NoError(t, os.Mkdir(folder, 0o755))
+	d0, p0 := stageRemote(t, rm, filepath.Join(caches, "rank0"), map[string][]byte{"m.st": newSeries(1).step(t)})
+	defer p0.Close()
+	w, err := Open(filepath.Join(caches, "coordinator"), Options{Write: true, Remote: rm})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.CommitParts([][]byte{d0}, 0, false, nil, folder)
+	require.NoError(t, err)
+	require.NoError(t, os.RemoveAll(folder))
+	_, err = w.Reclaim()
+	require.ErrorIs(t, err, errs.Unsupported)
+	assert.Contains(t, err.Error(), "remove checkpoints by step")
+	assert.Equal(t, []int64{0}, remoteSteps(t, w))
+	// A holder of a remote store is an absolute local folder, never a
+	// name relative to the cache.
+	_, err = w.CommitParts([][]byte{d0}, 0, false, nil, "step-1")
+	require.ErrorIs(t, err, errs.Invalid)
+}
+
+// A part whose objects are not in the bucket (its Finish never ran, or
+// they were removed) is refused by the coordinator, naming what is
+// missing, and nothing is committed.
+func TestARemotePartWhoseObjectsAreGoneIsRefused(t *testing.T) {
+	srv := s3test.Start(t)
+	c, rm := remoteFor(t, srv, "tpde-store-partgone")
+	caches := t.TempDir()
+	d0, p0 := stageRemote(t, rm, filepath.Join(caches, "rank0"), map[string][]byte{"m.st": newSeries(1).step(t)})
+	defer p0.Close()
+	var objects []string
+	require.NoError(t, c.List(context.Background(), "tpde-store-partgone", "run/objects/", func(key string, _ int64) error {
+		objects = append(objects, key)
+		return nil
+	}))
+	require.NotEmpty(t, objects, "Finish uploaded the part's objects")
+	for _, k := range objects {
+		require.NoError(t, c.Delete(context.Background(), "tpde-store-partgone", k))
+	}
+	w, err := Open(filepath.Join(caches, "coordinator"), Options{Write: true, Remote: rm})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.CommitParts([][]byte{d0}, 0, false, nil, "")
+	require.Error(t, err)
+	assert.True(t, strings.Contains(err.Error(), "is not in s3://tpde-store-partgone/run"), err.Error())
+	assert.Empty(t, remoteSteps(t, w))
+}
+
+func remoteSteps(t *testing.T, s *Store) []int64 {
+	t.Helper()
+	rd, err := s.Reader()
+	require.NoError(t, err)
+	defer rd.Close()
+	return rd.Steps()
+}
