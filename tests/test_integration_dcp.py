@@ -203,6 +203,44 @@ def test_two_ranks_torchrun(tmp_path: Path, py_env: Dict[str, str]) -> None:
         assert_same(want, load(copy / f"s{k}", want), f"copy s{k} after s5")
 
 
+def test_two_ranks_torchrun_s3_store(tmp_path: Path, py_env: Dict[str, str], s3_server: Any, s3_bucket: str,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/dcp_s3_worker.py: three saves of 2 ranks into local folders with the store in
+    a bucket of a real S3 server, each rank through a cache of its own (bit-exact loads on
+    both ranks, checked in the worker); here: the pointers name the URL, the older saves
+    are deltas in the bucket, removing a folder kept its checkpoint, and a fresh cache
+    (another machine) loads every save bit for bit, resharded to 1 rank."""
+    url = f"s3://{s3_bucket}/run"
+    env = dict(py_env, OMP_NUM_THREADS="1", **s3_server.env())
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(HERE / "dcp_s3_worker.py"), str(tmp_path), url]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-8000:]
+    rec = json.loads((tmp_path / "rank0.json").read_text())
+    assert [len(s) for s in rec["steps"]] == [1, 2, 3], rec["steps"]
+    first, second, third = rec["steps"][-1]
+    # s1's folder was removed before the third save: its checkpoint stays in the bucket
+    assert rec["steps"][0] == [first]
+    assert {k: v["step"] for k, v in rec["pointers"].items()} == {"2": second, "3": third}
+    assert all(v["store"] == url for v in rec["pointers"].values()), rec["pointers"]
+    assert rec["files_s3"] == [".metadata", ".tpde-checkpoint.json"]  # the tensors are in the bucket
+    assert all(v[:2] == ["tpde.store/1", f"step={third}"] for v in rec["descriptors_s3"].values())
+    stored = {int(k): v for k, v in rec["stored"].items()}
+    assert stored[first] * 3 < stored[third] and stored[second] * 3 < stored[third], stored
+    # each rank had a cache of its own; the test's loads use a third, fresh one
+    for r in (0, 1):
+        assert len(list((tmp_path / f"cache-rank{r}").glob("*/tpde-store.json"))) == 1, r
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("TPDE_S3_CACHE", str(tmp_path / "cache-test"))
+    for k in (2, 3):
+        want = torch.load(tmp_path / f"want{k}.pt", weights_only=True)
+        assert_same(want, load(tmp_path / "run" / f"s{k}", want), f"s{k}")
+    with tpde.Store(url) as st:
+        assert st.steps() == [first, second, third]
+        assert sorted(f.path for f in st.info(third).files) == ["__0.tpde", "__1.tpde"]
+
+
 # --- one process -------------------------------------------------------------------
 
 def test_round_trip_every_dtype_and_bytes(tmp_path: Path) -> None:

@@ -266,3 +266,39 @@ def test_throttling_and_resets_are_retried_and_a_dead_server_ends_in_one_line(s3
     fresh_cache(monkeypatch, tmp_path, "cache-3")
     with tpde.Store(url) as st:
         assert st.steps() == [1]
+
+
+def test_parts_staged_through_separate_caches_commit_from_the_bucket(s3env, s3_bucket, tmp_path,
+                                                                     monkeypatch) -> None:
+    """Store.stage on s3://: two participants, each through a cache of its own,
+    and a committer with a third: the bucket alone carries the parts. The holder
+    folder's pointer names the URL, and reclaim is refused (a folder this machine
+    cannot see may be held on another)."""
+    url = f"s3://{s3_bucket}/parts"
+    descs, parts = [], []
+    for r in (0, 1):
+        fresh_cache(monkeypatch, tmp_path, f"cache-rank{r}")
+        st = tpde.Store(url)
+        part = st.stage()
+        part.add(checkpoint(tmp_path / f"src{r}", r * 10) / "model.safetensors", name=f"rank{r}.safetensors")
+        descs.append(part.finish())
+        parts.append((part, st))
+    folder = tmp_path / "save-1"
+    folder.mkdir()
+    fresh_cache(monkeypatch, tmp_path, "cache-coordinator")
+    with tpde.Store(url) as st:
+        with pytest.raises(tpde.InvalidArgumentError, match="absolute path"):
+            st.commit(descs, holder="save-1")
+        info = st.commit(descs, holder=str(folder))
+        assert tpde.store.read_pointer(folder) == {"store": url, "step": info.step}
+        with pytest.raises(tpde.UnsupportedFormatError, match="remove checkpoints by step"):
+            st.reclaim()
+    for part, st in parts:
+        part.close()
+        st.close()
+    fresh_cache(monkeypatch, tmp_path, "cache-reader")
+    with tpde.Store(url) as st:
+        assert st.steps() == [info.step]
+        st.restore(info.step, tmp_path / "out")
+    for r in (0, 1):
+        assert sha(tmp_path / "out" / f"rank{r}.safetensors") == sha(tmp_path / f"src{r}" / "model.safetensors")

@@ -36,6 +36,19 @@ How a save runs (docs/FORMAT.md §19.1):
 tpde.dcp.Reader reads these folders, plain FileSystemWriter folders, and
 the folders of tpde's first DCP writer (forward delta chains across
 folders, "tpde.frame/1" and "tpde.delta/1" items).
+
+The store may be in a bucket: ``Writer("ckpt/step-200",
+store="s3://bucket/run")``. The checkpoint folders stay local (each holds
+its ``.metadata`` and a pointer naming the store's URL, which the Reader
+follows), and every rank stages through a local cache of its own
+(``TPDE_S3_CACHE``), so ranks on separate machines share nothing but the
+bucket: each rank's part is uploaded before the coordinator commits it
+(docs/FORMAT.md §11.12). Such a store is never reclaimed by its folders,
+which lie on the machines that saved and which no one process can see:
+removing a folder does not remove its checkpoint from the bucket (remove
+it by step, ``tpde.Store(url).remove(step)``, or ``tpde rm``). The
+endpoint and credentials come from the environment (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ...) of every rank and every reader.
 """
 
 from __future__ import annotations
@@ -67,7 +80,7 @@ from ..checkpoint import CompressedCheckpoint, TPDECheckpointCompressor
 from ..codec import decompress_tensor
 from ..delta import decompress_delta
 from ..errors import CorruptDataError, InvalidArgumentError, TPDEError, TPDEIOError, UnsupportedFormatError
-from ..store.handle import local_path
+from ..store.handle import is_s3, local_path
 
 __all__ = ["Writer", "Reader", "DistributedTPDECompressor", "DEFAULT_STORE"]
 
@@ -168,7 +181,10 @@ class Writer(FileSystemWriter):
 
     store: the store's folder, in the same parent folder as the checkpoint
     folders (the store names each checkpoint's folder relative to that
-    parent); default <parent>/.tpde-store. keyframe_interval: the store's K
+    parent); default <parent>/.tpde-store. Or an "s3://bucket/prefix"
+    store, anywhere: the folders stay local, and the store keeps every
+    checkpoint until it is removed by step (see the module docstring).
+    keyframe_interval: the store's K
     (a load decodes at most K frames per tensor; the newest always one),
     fixed when the store is created: None takes the store's (10 for a new
     one). compression_method: how delta frames code the positions of changed
@@ -192,7 +208,8 @@ class Writer(FileSystemWriter):
             int_arg(keyframe_interval, "keyframe_interval", 1, 1000)
         super().__init__(path, single_file_per_rank=True, sync_files=sync_files, thread_count=1,
                          overwrite=overwrite, cache_staged_state_dict=cache_staged_state_dict)
-        self.store: Optional[str] = None if store is None else local_path(store, "the store")
+        remote = isinstance(store, str) and is_s3(store)
+        self.store: Optional[str] = None if store is None else store if remote else local_path(store, "the store")
         self.keyframe_interval = keyframe_interval
         self.compression_method = compression_method
         self.codec_threads = threads_arg(codec_threads)
@@ -227,11 +244,14 @@ class Writer(FileSystemWriter):
                      threads=self.codec_threads)
 
     def _where(self) -> Tuple[str, str, str]:
-        """(checkpoint folder, its name: the holder, store path), checked."""
+        """(checkpoint folder, the holder: its name beside a local store or
+        the folder itself for an s3:// one, store path), checked."""
         folder = os.path.abspath(os.fspath(self.path))
         parent, holder = os.path.split(folder)
         if not holder or holder in (".", ".."):
             raise InvalidArgumentError(f"{folder}: a checkpoint folder must have a name inside a parent folder")
+        if self.store is not None and is_s3(self.store):
+            return folder, folder, self.store
         store = self.store if self.store is not None else os.path.join(parent, DEFAULT_STORE)
         sparent, sname = os.path.split(store)
         same = sparent == parent
@@ -342,6 +362,8 @@ class Writer(FileSystemWriter):
             metadata.storage_meta = self.storage_meta()
             self._write_metadata(folder, metadata)
             self._release()  # this rank's part is in the commit
+            if is_s3(store):
+                return  # never reclaimed by its folders (see the module docstring)
             try:
                 st.reclaim()
             except TPDEError as e:

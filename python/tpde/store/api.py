@@ -21,7 +21,7 @@ from ..errors import InvalidArgumentError, TPDEError, TPDEIOError, require
 from .folders import _add_files, _restore_state_dict
 from .handle import (_STAGE, MAIN_RUN, PathLike, _config, _in_run, _json_arg, _naming, _open, _open_locking,
                      _parent_arg, _path_arg, _Reader, _renamed, _run_arg, _store_path, _tags_arg, _utf8, call,
-                     call_json, check_step)
+                     call_json, check_step, is_s3)
 from .state_dict import STATE_DICT_FILE, _add_state_dict, _load_checkpoint, _load_guarded
 from .stats import _counted, _infos, _records, _report, _runs, _stats
 from .types import CheckpointInfo, VerifyReport
@@ -271,11 +271,18 @@ class Store:
         defaults to the newest + 1. holder: a folder beside the store (one
         name, e.g. "step-200"); its pointer file (.tpde-checkpoint.json) is
         written before the checkpoint is published, and reclaim() removes
-        the checkpoint once no folder holds it."""
+        the checkpoint once no folder holds it. On an s3:// store, holder
+        is the absolute path of a local folder: its pointer names the
+        store's URL, and the checkpoint lives until it is removed (reclaim
+        refuses: a folder this machine cannot see may be held on another)."""
         step = None if step is None else check_step(step, latest=False)
         if isinstance(parts, (str, bytes)) or not parts or not all(isinstance(p, str) for p in parts):
             raise InvalidArgumentError("parts must be a non-empty list of descriptors (str) from Part.finish()")
-        if holder is not None:
+        if holder is not None and is_s3(self.path):
+            if not isinstance(holder, str) or not os.path.isabs(holder) or os.path.normpath(holder) != holder:
+                raise InvalidArgumentError(f"holder must be the absolute path of a local folder for an s3:// store, "
+                                           f"not {holder!r}")
+        elif holder is not None:
             if not isinstance(holder, str) or not holder or "/" in holder or os.sep in holder or holder in (".", ".."):
                 raise InvalidArgumentError(f"holder must be one folder name beside the store, not {holder!r}")
         tj, tn = _tags_arg(tags)
@@ -291,7 +298,9 @@ class Store:
         """Remove every checkpoint whose holder folder no longer holds it
         (removed, or its pointer names another checkpoint); returns their
         steps. Checkpoints added without a holder are never reclaimed, and
-        none is while a holder cannot be checked."""
+        none is while a holder cannot be checked. An s3:// store refuses
+        (UnsupportedFormatError): its folders lie on the machines that
+        saved, so no process can tell that one is gone; remove by step."""
         with self._lock, _naming(self.path):
             h = self._writer()
             return [int(s) for s in call_json("tpde_store_reclaim", h)["removed"]]
