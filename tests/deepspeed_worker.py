@@ -2,6 +2,7 @@
 
     python tests/deepspeed_worker.py WORKDIR RESULT.json STAGES            # one process, e.g. STAGES=0,1,2,3
     torchrun --standalone --nproc_per_node=2 tests/deepspeed_worker.py WORKDIR RESULT.json STAGES   # gloo
+    torchrun ... tests/deepspeed_worker.py WORKDIR RESULT.json STAGES s3://bucket/prefix   # run_s3
 
 A 2-layer BERT (the MiniLM config, vocabulary cut to 1000 tokens, random
 weights, no dropout) trains on the CPU under each ZeRO stage given. Run A
@@ -176,10 +177,11 @@ def tree_bytes(path: Path) -> int:
 
 
 def resumed(stage: int, seed: int, save_dir: Path, tag: str, want: Dict[str, Any], data: List[Any],
-            want_losses: List[str]) -> Dict[str, Any]:
-    """A fresh engine loads save_dir/tag: its state equal to want, and the
-    losses of training on data equal to want_losses."""
-    e = make_engine(stage, seed, checkpoint_block=TPDE_BLOCK)
+            want_losses: List[str], block: Any = None) -> Dict[str, Any]:
+    """A fresh engine (tpde on through block, default TPDE_BLOCK) loads
+    save_dir/tag: its state equal to want, and the losses of training on
+    data equal to want_losses."""
+    e = make_engine(stage, seed, checkpoint_block=TPDE_BLOCK if block is None else block)
     differed = not bits_equal(snapshot(e)["module"], want["module"])
     path, _ = e.load_checkpoint(str(save_dir), tag=tag)
     got = snapshot(e)
@@ -299,9 +301,48 @@ def run_stage(stage: int, work: Path) -> Dict[str, Any]:
     return result
 
 
+def run_s3(stage: int, work: Path, url: str) -> Dict[str, Any]:
+    """The store in a bucket (the block's "store"), each rank through a cache
+    of its own: two tags saved into a local save_dir, the first tag's folder
+    removed, then a fresh engine resumes the second bit for bit and saves a
+    third, which reclaims nothing (a remote store is never reclaimed by its
+    folders)."""
+    # RANK: torchrun's (the process group is not up before the first engine).
+    os.environ["TPDE_S3_CACHE"] = str(work / f"cache-rank{os.environ['RANK']}")
+    block = {"compression": {"enabled": True, "method": "tpde", "store": url}}
+    data = batches()
+    seg = [data[i * SEGMENT:(i + 1) * SEGMENT] for i in range(SEGMENTS)]
+    save_dir = work / f"s3-stage{stage}"
+    a = make_engine(stage, seed=0, checkpoint_block=block)
+    losses = [train(a, seg[0])]
+    states = []
+    for tag in TAGS[:2]:
+        states.append(snapshot(a))
+        a.save_checkpoint(str(save_dir), tag=tag)
+        losses.append(train(a, seg[len(states)]))
+    result: Dict[str, Any] = {
+        "engine": type(a.checkpoint_engine).__name__,
+        "save_dir": on_rank0(lambda: sorted(p.name for p in save_dir.iterdir())),
+        "tag_folder_files": on_rank0(lambda: sorted(p.name for p in (save_dir / TAGS[1]).iterdir())),
+        "pointers": on_rank0(lambda: [tds._store.read_pointer(str(save_dir / t)) for t in TAGS[:2]]),
+    }
+    on_rank0(lambda: shutil.rmtree(save_dir / TAGS[0]))
+    r = resumed(stage, 10, save_dir, TAGS[1], states[1], seg[2], losses[2], block=block)
+    e = r.pop("engine")
+    result["resumed"] = r
+    e.save_checkpoint(str(save_dir), tag=TAGS[2])
+    result["steps_after_third_save"] = on_rank0(lambda: steps_of(url))  # type: ignore[arg-type]
+    result["third_pointer"] = on_rank0(lambda: tds._store.read_pointer(str(save_dir / TAGS[2])))
+    barrier()
+    return result
+
+
 def main() -> None:
     work, out, stages = Path(sys.argv[1]), sys.argv[2], [int(s) for s in sys.argv[3].split(",")]
-    results = {str(stage): run_stage(stage, work) for stage in stages}
+    if len(sys.argv) > 4:
+        results = {str(stage): run_s3(stage, work, sys.argv[4]) for stage in stages}
+    else:
+        results = {str(stage): run_stage(stage, work) for stage in stages}
     if dist.is_initialized():
         results = {k: dict(v, world_size=dist.get_world_size()) for k, v in results.items()}
     if rank() == 0:

@@ -424,7 +424,10 @@ def test_config_block_is_validated() -> None:
     assert tds.compression_enabled(block(enabled=True, method="tpde")) is True
     assert tds.compression_enabled(block(enabled=True, method="tpde", threshold=0)) is True
     assert tds.compression_enabled(block(method="tpde")) is False
-    for bad, why in [(block(enabled=True, method="tpde", threshold=1e-3), "lossy"),
+    assert tds.compression_enabled(block(enabled=True, store="s3://bucket-1/run")) is True
+    for bad, why in [(block(enabled=True, store="/ckpt/elsewhere"), "s3://bucket/prefix URL"),
+                     (block(enabled=True, store=7), "s3://bucket/prefix URL"),
+(block(enabled=True, method="tpde", threshold=1e-3), "lossy"),
                      (block(enabled=True, method="zipnn"), "method"),
                      (block(enabled="yes"), "enabled"),
                      (block(enabled=True, level=3), "unknown keys"),
@@ -436,6 +439,10 @@ def test_config_block_is_validated() -> None:
     engine = SimpleNamespace(_config=SimpleNamespace(_param_dict=block(enabled=True, threshold=1e-3)))
     with pytest.raises(tpde.InvalidArgumentError, match="lossy"):
         tds.install(engine)
+    with pytest.raises(tpde.InvalidArgumentError, match="s3://bucket/prefix URL"):
+        tds.TPDECheckpointEngine(store="gs://bucket/run")
+    engine = SimpleNamespace(_config=SimpleNamespace(_param_dict=block(enabled=True, store="s3://bucket-1/run")))
+    assert tds.install(engine).checkpoint_engine.store == "s3://bucket-1/run"
 
 
 def test_a_tag_that_is_not_one_folder_name_is_saved_plain(tmp_path: Path) -> None:
@@ -449,3 +456,33 @@ def test_a_tag_that_is_not_one_folder_name_is_saved_plain(tmp_path: Path) -> Non
     engine.commit(info)
     assert (tmp_path / "run1" / "step5" / "a.pt").read_bytes() == _torch_bytes(state, tmp_path, "a.pt")
     assert not (tmp_path / tds.STORE_NAME).exists()
+
+
+# --- the store in a bucket ----------------------------------------------------------
+
+def test_two_ranks_save_to_an_s3_store_and_resume_bit_exact(tmp_path: Path, s3_server: Any, s3_bucket: str) -> None:
+    """ZeRO-2 on 2 ranks with the block's "store": "s3://...", each rank through a
+    cache of its own (tests/deepspeed_worker.py run_s3): the tag folders stay local
+    (pointer naming the URL, stubs), nothing is stored in save_dir, a fresh engine
+    resumes bit for bit with the same next losses, and removing a tag folder never
+    drops its checkpoint from the bucket."""
+    url = f"s3://{s3_bucket}/ds"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    env = dict(_env(), **s3_server.env())
+    proc = subprocess.run([*torchrun, str(WORKER), str(tmp_path), str(tmp_path / "result.json"), "2", url],
+                          env=env, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
+    assert proc.returncode == 0, f"deepspeed worker failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    r = json.loads((tmp_path / "result.json").read_text())["2"]
+    assert r["engine"] == tds.ENGINE_NAME
+    assert tds.STORE_NAME not in r["save_dir"] and {TAGS[0], TAGS[1], "latest"} <= set(r["save_dir"])
+    files = r["tag_folder_files"]
+    assert files[0] == tds.POINTER_NAME and sum(f.endswith("_optim_states.pt") for f in files) == 2
+    steps = [p["step"] for p in r["pointers"]]
+    assert all(p["store"] == url for p in r["pointers"]) and steps[0] < steps[1]
+    c = r["resumed"]
+    assert c["loaded"] and c["differed_before"] and c["module_equal"] and c["optimizer_equal"] and c["losses_equal"]
+    third = r["third_pointer"]
+    assert third["store"] == url
+    assert r["steps_after_third_save"] == [steps[0], steps[1], third["step"]]  # the removed folder's stays
+    for rk in (0, 1):
+        assert len(list((tmp_path / f"cache-rank{rk}").glob("*/tpde-store.json"))) == 1, rk

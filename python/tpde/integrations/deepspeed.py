@@ -75,6 +75,17 @@ torch.load itself):
   refused: one store needs one file system that every rank writes to.
 The config's "checkpoint_serialization": false (the legacy torch format) is
 not honoured: files are always torch zips, the layout tpde codes by dtype.
+
+The store may be in a bucket instead of ``save_dir/.tpde-store``: the
+block's ``"store": "s3://bucket/prefix"`` (or install(engine,
+store=...)). The tag folders stay in save_dir, holding their stubs and a
+pointer that names the store's URL; each rank stages its files through a
+local cache of its own (``TPDE_S3_CACHE``) and uploads its part before
+rank 0 commits it (docs/FORMAT.md §11.12); the endpoint and credentials
+come from every rank's environment (``AWS_ENDPOINT_URL``, ...). Such a
+store is never reclaimed by its tag folders, which lie on the machines
+that saved: removing a tag folder leaves its checkpoint in the bucket
+until it is removed by step (``tpde.Store(url).remove(step)``).
 """
 
 from __future__ import annotations
@@ -102,6 +113,7 @@ from .._options import threads_arg
 from ..codec import _FILE_MAGIC, decompress_file
 from ..errors import CorruptDataError, InvalidArgumentError, TPDEError, TPDEIOError, UnsupportedFormatError
 from ..store import Store
+from ..store.handle import is_s3
 
 __all__ = ["TPDECheckpointEngine", "install", "initialize", "compression_enabled", "is_tpde_file", "materialize",
            "STORE_NAME"]
@@ -148,13 +160,19 @@ class TPDECheckpointEngine(CheckpointEngine):
     path; a file from the store is written to a temporary file in
     tempfile's folder ($TMPDIR) first, which needs room for its size.
 
-    threads: tpde worker threads per rank (0: tpde's default).
+    threads: tpde worker threads per rank (0: tpde's default). store: None
+    for ``<save_dir>/.tpde-store``, or an "s3://bucket/prefix" store (see
+    the module docstring).
     """
 
-    def __init__(self, config_params: Any = None, *, threads: int = 0) -> None:
+    def __init__(self, config_params: Any = None, *, threads: int = 0, store: Optional[str] = None) -> None:
         super().__init__(config_params)
         self.name = ENGINE_NAME
         self.threads = threads_arg(threads)
+        if store is not None and not (isinstance(store, str) and is_s3(store)):
+            raise InvalidArgumentError(f"store must be an s3://bucket/prefix URL (a local store is "
+                                       f"save_dir/{STORE_NAME}), not {store!r}")
+        self.store = store
         if getattr(config_params, "use_node_local_storage", False) is True:
             raise InvalidArgumentError(
                 'the DeepSpeed config\'s "checkpoint": {"use_node_local_storage": true} saves each node\'s files '
@@ -219,11 +237,11 @@ class TPDECheckpointEngine(CheckpointEngine):
 
     def _store_path(self) -> str:
         assert self._tag_dir is not None
-        return os.path.join(os.path.dirname(self._tag_dir), STORE_NAME)
+        return self.store or os.path.join(os.path.dirname(self._tag_dir), STORE_NAME)
 
     def commit(self, info: CheckpointCommitInfo) -> bool:
         tag_dir = self._tag_dir or os.path.abspath(os.path.join(info.save_dir, str(info.tag)))
-        store_path = os.path.join(os.path.dirname(tag_dir), STORE_NAME)
+        store_path = self.store or os.path.join(os.path.dirname(tag_dir), STORE_NAME)
         dist = _distributed()
         rank = dist.get_rank() if dist else 0
         try:
@@ -300,6 +318,10 @@ def _commit_parts(store_path: str, tag_dir: str, tag: str, gathered: List[Any], 
         return {}, None  # no file of this save lies in the tag folder
     try:
         with Store(store_path, threads=threads) as st:
+            if is_s3(store_path):
+                # Held by the folder's pointer, never reclaimed by it.
+                info = st.commit(descs, holder=tag_dir, tags=[tag])
+                return {"step": info.step, "files": {f.path: [f.size, f.sha256] for f in info.files}}, None
             holder = os.path.relpath(tag_dir, os.path.dirname(os.path.abspath(store_path)))
             info = st.commit(descs, holder=holder, tags=[tag])
             try:
@@ -480,7 +502,8 @@ def compression_enabled(config: Mapping[str, Any]) -> bool:
         compression_enabled({"checkpoint": {"compression": {"enabled": True, "method": "tpde"}}})  # True
 
     Keys: enabled (bool, default False, as DeepSpeed's own "enabled" flags),
-    method ("tpde", the default), threshold (0 only). A threshold > 0 would
+    method ("tpde", the default), threshold (0 only), store (an
+    "s3://bucket/prefix" store instead of save_dir/.tpde-store). A threshold > 0 would
     be lossy coding; it is refused rather than supported because a
     DeepSpeed checkpoint is what a run resumes from: master weights and
     optimizer moments off by even one ulp change every step after the
@@ -493,9 +516,13 @@ def compression_enabled(config: Mapping[str, Any]) -> bool:
     where = 'the DeepSpeed config\'s "checkpoint": {"compression": ...}'
     if not isinstance(block, Mapping):
         raise InvalidArgumentError(f"{where} must be a dict, not {block!r}")
-    unknown = sorted(set(block) - {"enabled", "method", "threshold"})
+    unknown = sorted(set(block) - {"enabled", "method", "threshold", "store"})
     if unknown:
-        raise InvalidArgumentError(f"{where} has unknown keys {unknown} (known: enabled, method, threshold)")
+        raise InvalidArgumentError(f"{where} has unknown keys {unknown} (known: enabled, method, threshold, store)")
+    store = block.get("store")
+    if store is not None and not (isinstance(store, str) and is_s3(store)):
+        raise InvalidArgumentError(f"{where}: store must be an s3://bucket/prefix URL (a local store is "
+                                   f"save_dir/{STORE_NAME}), not {store!r}")
     enabled = block.get("enabled", False)
     if not isinstance(enabled, bool):
         raise InvalidArgumentError(f"{where}: enabled must be true or false, not {enabled!r}")
@@ -513,7 +540,7 @@ def compression_enabled(config: Mapping[str, Any]) -> bool:
     return enabled
 
 
-def install(engine: Any, *, threads: int = 0) -> Any:
+def install(engine: Any, *, threads: int = 0, store: Optional[str] = None) -> Any:
     """Make a DeepSpeed engine checkpoint through tpde, and return it.
 
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=config)
@@ -522,10 +549,13 @@ def install(engine: Any, *, threads: int = 0) -> Any:
     It installs unconditionally (call it only when wanted); a
     "checkpoint": {"compression": ...} block in the engine's config is
     still checked, so a lossy threshold or another method is an error
-    rather than silently ignored.
+    rather than silently ignored. store: an "s3://bucket/prefix" store
+    (default: the block's "store", else save_dir/.tpde-store).
     """
     compression_enabled(engine._config._param_dict)
-    engine.checkpoint_engine = TPDECheckpointEngine(engine._config, threads=threads)
+    if store is None:
+        store = ((engine._config._param_dict.get("checkpoint") or {}).get("compression") or {}).get("store")
+    engine.checkpoint_engine = TPDECheckpointEngine(engine._config, threads=threads, store=store)
     return engine
 
 
