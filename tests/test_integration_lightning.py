@@ -3,6 +3,8 @@
 Bit-exactness is checked on losses (==) and on tensor bits; the runs are
 deterministic at one thread with dropout off (a Lightning checkpoint holds
 no RNG state, so dropout masks after a resume differ with any plugin).
+Stores in a bucket are tested against a real S3 server on loopback
+(VersityGW, tests/s3server.py), each read back through an empty cache.
 """
 
 from __future__ import annotations
