@@ -289,7 +289,7 @@ def local_path(path: Any, what: str) -> str:
     if _SCHEME.match(p):
         raise UnsupportedFormatError(
             f"{p}: {what} must be a local folder here; s3:// stores are taken by tpde.Store, the tpde command, "
-            "TPDETrainerCallback, tpde.dcp and the DeepSpeed engine so far")
+            "TPDETrainerCallback, the Lightning plugin and callback, tpde.dcp and the DeepSpeed engine so far")
     return os.path.abspath(p)
 
 
