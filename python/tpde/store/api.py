@@ -259,7 +259,11 @@ class Store:
         the ranks of a job, or nodes sharing a file system, each stage their
         files with Part.add and Part.finish, beside each other and without
         the writer lock; one process then commits every part's descriptor
-        as one checkpoint (commit). The store is created if missing."""
+        as one checkpoint (commit). The store is created if missing. On an
+        s3:// store each participant may stage through a cache of its own
+        (TPDE_S3_CACHE), on its own machine: finish() uploads the part's
+        objects before it returns, and the commit must come within the
+        store's grace period (TPDE_S3_GRACE) of it."""
         if self._closed:
             raise InvalidArgumentError("the store is closed")
         return Part(self)
