@@ -32,7 +32,7 @@ from ._progress import Bar
 from ._text import human as _human
 from ._text import checkpoints, plural
 from ._text import printable as _p
-from .errors import CancelledError, InvalidArgumentError
+from .errors import CancelledError, InvalidArgumentError, TPDEError
 from .store import CheckpointInfo, Store, check_step
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -337,6 +337,9 @@ def run(args: argparse.Namespace, usage_error: type) -> int:
         if cmd == "stats":
             st = store.stats()
             reference = store.config.get("reference", "previous")
+            # What this command cost in the bucket: the Store was opened
+            # for it, so its counts are the command's (null: a local store).
+            st["requests"] = store.requests()
             if args.plot:
                 _plot(st, args.plot, reference)
             if args.json:
@@ -388,7 +391,9 @@ def _add(args: argparse.Namespace, usage_error: type) -> int:
     with stop.installed(), Store(args.store, keyframe_interval=args.keyframe_interval, reference=args.reference,
                                  base=args.base, lossy=lossy) as store:
         for p in args.paths:
-            bar = Bar(f"adding {_p(os.path.basename(os.path.normpath(p)))}", quiet=args.quiet)
+            before = store._transfer()  # None for a local store (a missing store: opened by the add)
+            bar = Bar(f"adding {_p(os.path.basename(os.path.normpath(p)))}", quiet=args.quiet,
+                      status=_sent_status(store, before))
             t0 = time.perf_counter()
             try:
                 info = store.add(p, step=args.step, tags=args.tag, progress=bar if bar.drawn else None,
@@ -401,14 +406,53 @@ def _add(args: argparse.Namespace, usage_error: type) -> int:
             finally:
                 bar.close()
             dt = time.perf_counter() - t0
-            out.append(_info_json(info))
+            cost = _since(before, store._transfer())
+            out.append({**_info_json(info), "requests": None if cost is None else _requests_of(cost)})
             if not args.json:
+                sent = "" if cost is None else (f"; sent {plural(cost['uploaded_objects'], 'object')} "
+                                                f"({_human(cost['uploaded_bytes'])}) to the bucket")
                 _summary(args, f"added checkpoint {info.step}: {plural(len(info.files), 'file')}, "
                                f"{_human(info.raw_bytes)} -> {_human(info.stored_bytes)} ({info.ratio:.2f}x) "
-                               f"in {dt:.2f} s")
+                               f"in {dt:.2f} s{sent}")
     if args.json:
         print(json.dumps(out, indent=1))
     return 0
+
+
+def _since(before: Optional[Dict[str, int]], after: Optional[Dict[str, int]]) -> Optional[Dict[str, int]]:
+    """The traffic between two readings of Store._transfer; None for a
+    local store. before is None when the add opened the store's first
+    handle (a new store): everything after is the add's."""
+    if after is None:
+        return None
+    return {k: v - (before or {}).get(k, 0) for k, v in after.items()}
+
+
+def _requests_of(t: Dict[str, int]) -> Dict[str, int]:
+    """The request counts of a reading (Store.requests()'s keys)."""
+    return {k: t[k] for k in ("get", "put", "head", "list", "delete", "parts", "multipart", "other",
+                              "bytes_sent", "bytes_received")}
+
+
+def _sent_status(store: Store, before: Optional[Dict[str, int]]) -> Any:
+    """The status of an add's bar to an s3:// store: the objects and bytes
+    the bucket has taken out of those queued for it, asked of the library
+    at each redraw (one call, which never waits for the add). A local
+    store shows none."""
+    if not store.path.startswith("s3://"):
+        return None
+
+    def status() -> Optional[str]:
+        try:
+            t = _since(before, store._transfer())
+        except TPDEError:
+            return None  # the handle closed as the add ended: the bar closes too
+        if t is None:
+            return None  # the add has not opened its writer yet
+        return (f"sent {_human(t['uploaded_bytes'])} / {_human(t['queued_bytes'])} "
+                f"({t['uploaded_objects']:,} / {plural(t['queued_objects'], 'object')})")
+
+    return status
 
 
 def _plot(st: Dict[str, Any], path: str, reference: str) -> None:
