@@ -127,3 +127,38 @@ def test_stats_and_add_json_carry_the_requests_of_the_command(s3env, s3_bucket, 
     assert p.returncode == 0 and json.loads(p.stdout)[0]["requests"] is None, p.stdout
     p = cli(env, tmp_path, "stats", str(local), "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["requests"] is None, p.stdout
+
+
+SENT = re.compile(r"sent ([\d.]+ [KMGT]?i?B) / ([\d.]+ [KMGT]?i?B) \(([\d,]+) / ([\d,]+) objects?\)")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pty behaviour")
+def test_an_add_on_a_terminal_shows_what_it_sent_to_the_bucket_and_in_a_pipe_does_not(
+        s3_server, s3_proxy, s3_bucket, tmp_path: Path) -> None:
+    from conftest import run_on_a_terminal
+    from s3proxy import on
+
+    url = f"s3://{s3_bucket}/tty"
+    env = {**os.environ, **s3_server.env(s3_proxy.endpoint), "TPDE_S3_CACHE": str(tmp_path / "cache"),
+           "PYTHONPATH": str(ROOT / "python")}
+    src = checkpoint_folder(tmp_path / "checkpoint-1", 1)
+    # The bucket answers the first object uploads late: the commit waits
+    # for them, and the bar must show that wait (some sent, more queued).
+    s3_proxy.delay(1.0, on("PUT", path_prefix=f"/{s3_bucket}/tty/objects/"), n=3)
+    rc, err = run_on_a_terminal(["add", url, str(src)], env, tmp_path)
+    assert rc == 0, err
+    seen = [(int(m[3].replace(",", "")), int(m[4].replace(",", ""))) for m in SENT.finditer(err)]
+    assert seen, err
+    assert all(done <= queued for done, queued in seen), seen
+    assert any(done < queued for done, queued in seen), seen  # drawn while uploads were still out
+    assert max(q for _, q in seen) >= 3, seen  # the safetensors' tensors, its skeleton, the JSON file, the record
+    assert s3_proxy.pending_faults() == 0  # the delays did happen
+    assert "added checkpoint 1: " in err and "to the bucket" in err, err
+
+    # In a pipe: the summary line, never the bar's count.
+    p = cli({**env, "TPDE_PROGRESS_DELAY": "0"}, tmp_path, "add", url, str(checkpoint_folder(tmp_path / "c2", 2)))
+    assert p.returncode == 0, p.stderr
+    assert not SENT.search(p.stderr) and p.stderr.count("\n") == 1, p.stderr
+    # A local store on a terminal: a bar, and nothing about a bucket.
+    rc, err = run_on_a_terminal(["add", str(tmp_path / "local"), str(src)], env, tmp_path)
+    assert rc == 0 and "adding checkpoint-1" in err and "sent" not in err, err
