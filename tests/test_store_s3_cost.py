@@ -81,9 +81,13 @@ def test_a_load_of_the_newest_gets_its_manifest_record_and_objects_once_and_list
 
 
 def test_a_local_store_has_no_requests(tmp_path: Path) -> None:
+    from tpde.store.handle import call
+
     with tpde.Store(tmp_path / "s") as st:
         st.add(state(1), step=1)
         assert st.requests() is None and st.uploads() is None
+        with pytest.raises(tpde.InvalidArgumentError, match="written"):
+            call("tpde_store_transfer", st._write, None, 0, None)
 
 
 def cli(env: Dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:

@@ -12,7 +12,10 @@
 STEP is a number from 0 to 2**63 - 1, or "latest" (the newest). Names and
 tags read from a store are untrusted: control characters in them are
 printed escaped. add, restore, rm and verify show a progress bar on a
-terminal and end with a summary line on stderr; -q leaves out both.
+terminal and end with a summary line on stderr; -q leaves out both. On an
+s3:// store, add's bar and summary also say what was sent to the bucket,
+and add --json and stats --json carry "requests": the S3 requests the
+command sent, by kind (null on a local store).
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ def add_parsers(sub: Any, usage_error: type) -> None:
                    help="store what a symlink pointing outside an added folder points to (refused otherwise)")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary lines")
     a.add_argument("--json", action="store_true",
-                   help="print what was added as JSON on stdout (a list: one checkpoint's info per PATH)")
+                   help="print what was added as JSON on stdout (a list: one checkpoint's info per PATH, with "
+                        "\"requests\": the S3 requests its add sent, null on a local store)")
 
     r = sub.add_parser("restore", help="write a checkpoint's original files",
                        description="write checkpoint STEP of STORE into the folder DEST, every file "
@@ -151,7 +155,9 @@ def add_parsers(sub: Any, usage_error: type) -> None:
                         description="bytes each checkpoint added, ratio per tensor group (the same parameter of "
                                     "every layer), and the share of elements changed per layer")
     st.add_argument("store", metavar="STORE", help="the store")
-    st.add_argument("--json", action="store_true", help="print the figures as JSON")
+    st.add_argument("--json", action="store_true",
+                    help="print the figures as JSON, with \"requests\": the S3 requests this command sent "
+                         "(null on a local store)")
     st.add_argument("--plot", metavar="FILE.png", default=None,
                     help="also draw them into FILE.png (needs matplotlib)")
 
