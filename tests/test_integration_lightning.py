@@ -3,6 +3,8 @@
 Bit-exactness is checked on losses (==) and on tensor bits; the runs are
 deterministic at one thread with dropout off (a Lightning checkpoint holds
 no RNG state, so dropout masks after a resume differ with any plugin).
+Stores in a bucket are tested against a real S3 server on loopback
+(VersityGW, tests/s3server.py), each read back through an empty cache.
 """
 
 from __future__ import annotations
@@ -348,3 +350,121 @@ def test_arguments_are_checked_and_the_plugin_pickles(tmp_path: Path) -> None:
     with pytest.raises(tpde.InvalidArgumentError, match="TorchCheckpointIO"):
         fit(MLP(), tmp_path, data=mlp_data, plugins=[TPDECheckpointIO(tmp_path / "s")],
             callbacks=[TPDECallback(output_dir=tmp_path / "cb")])
+
+
+# --- a store in a bucket (docs/FORMAT.md §11.12), on a real S3 server ----
+
+@pytest.fixture
+def s3env(s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]:
+    """The AWS variables of the test server, and a cache of this test's own."""
+    env = {**s3_server.env(), "TPDE_S3_CACHE": str(tmp_path / "cache-train")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+def fresh_cache(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Point the store's cache at a new, empty folder: whatever is read
+    from here on came from the bucket."""
+    assert not path.exists()
+    monkeypatch.setenv("TPDE_S3_CACHE", str(path))
+
+
+class LoggedMLP(MLP):
+    """MLP logging its loss, for a ModelCheckpoint that monitors it (save_top_k > 1)."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        self.log("loss", loss)
+        return loss
+
+
+def test_checkpoint_io_keeps_top_k_and_last_in_a_bucket(s3env: Dict[str, str], s3_bucket: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"s3://{s3_bucket}/runs/mlp"
+
+    def ckpt(d: Path) -> ModelCheckpoint:
+        return ModelCheckpoint(dirpath=d, every_n_train_steps=4, monitor="loss", save_top_k=2, save_last=True)
+
+    fit(LoggedMLP(), tmp_path, data=mlp_data, callbacks=[ckpt(tmp_path / "plain")])
+    fit(LoggedMLP(), tmp_path, data=mlp_data, callbacks=[ckpt(tmp_path / "ptr")], plugins=[TPDECheckpointIO(url)])
+    names = sorted(os.listdir(tmp_path / "ptr"))
+    assert names == sorted(os.listdir(tmp_path / "plain")) and len(names) == 3 and "last.ckpt" in names
+    held = pointers(tmp_path / "ptr")  # the pointers stay local and name the bucket's store
+    assert {json.loads((tmp_path / "ptr" / n).read_text())["store"] for n in names} == {url}
+
+    # From here on every read goes to the bucket: the training run's cache is out of reach.
+    fresh_cache(monkeypatch, tmp_path / "cache-check")
+    with tpde.Store(url) as store:
+        steps = store.steps()
+    # Each save is the next step (from 0): 7 of last.ckpt alone, plus the
+    # top-k ones. Their removals (top-k's, and each replaced last.ckpt's)
+    # reached the bucket: it holds the 3 steps pointed to, no other.
+    assert steps == sorted(held.values()) and max(steps) >= 7
+    io = TPDECheckpointIO(url)
+    for name in names:
+        assert_bit_equal(io.load_checkpoint(tmp_path / "ptr" / name)["state_dict"],
+                         torch.load(tmp_path / "plain" / name, weights_only=True)["state_dict"])
+    assert_bit_equal(load_from_store(LoggedMLP, tmp_path / "ptr" / "last.ckpt").state_dict(),
+                     torch.load(tmp_path / "plain" / "last.ckpt", weights_only=True)["state_dict"])
+
+    # ckpt_path="last" resumes from the bucket, through another empty cache.
+    fresh_cache(monkeypatch, tmp_path / "cache-resume")
+    again = fit(LoggedMLP(), tmp_path, data=mlp_data, ckpt_path="last", callbacks=[ckpt(tmp_path / "ptr")],
+                plugins=[TPDECheckpointIO(url)])
+    default = fit(LoggedMLP(), tmp_path, data=mlp_data, ckpt_path="last", callbacks=[ckpt(tmp_path / "plain")])
+    assert len(again.losses) == 2 and again.losses == default.losses
+    assert_bit_equal(again.state_dict(), default.state_dict())
+    assert os.listdir(tmp_path / "cache-resume")  # what it resumed from was fetched into it
+    assert sorted(os.listdir(tmp_path / "ptr")) == names  # no scratch folder left beside the pointers
+
+    # A pointer to a step the bucket does not hold is a damaged reference, named.
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text(json.dumps({**json.loads((tmp_path / "ptr" / "last.ckpt").read_text()), "step": 99}))
+    with pytest.raises(tpde.CorruptDataError, match=str(bad)):
+        io.load_checkpoint(bad)
+
+
+def test_callback_and_materialize_through_a_bucket(s3env: Dict[str, str], s3_bucket: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"s3://{s3_bucket}/runs/epochs"
+    uninterrupted = fit(MLP(), tmp_path / "plain", data=mlp_data).losses
+    root = tmp_path / "root"
+    run = fit(MLP(), root, data=mlp_data, callbacks=[TPDECallback(save_every_n_epochs=1, output_dir=url)])
+    assert len(uninterrupted) == 30 and run.losses == uninterrupted
+    assert not root.exists() or os.listdir(root) == []  # the scratch folders went; nothing else is local
+
+    fresh_cache(monkeypatch, tmp_path / "cache-check")
+    with tpde.Store(url) as store:
+        tags = {s: store.info(s).tags for s in store.steps()}
+    assert list(tags.values()) == [(f"epoch={e}", f"global_step={10 * (e + 1)}") for e in range(3)]
+    step20 = next(s for s, t in tags.items() if "global_step=20" in t)
+    ckpt = materialize(url, step20, path=tmp_path / "resume.ckpt")
+    assert ckpt == tmp_path / "resume.ckpt" and torch.load(ckpt, weights_only=True)["global_step"] == 20
+    resumed = fit(MLP(), tmp_path / "resumed", data=mlp_data, ckpt_path=ckpt)
+    assert resumed.losses == uninterrupted[20:]
+    assert_bit_equal(load_from_store(MLP, url).state_dict(), run.state_dict())  # the newest step
+
+    # A second run adds to the bucket's store after its steps, as to a folder.
+    fresh_cache(monkeypatch, tmp_path / "cache-more")
+    fit(MLP(), root, data=mlp_data, epochs=1, callbacks=[TPDECallback(output_dir=url)])
+    with tpde.Store(url) as store:
+        assert store.steps() == [*tags, max(tags) + 1]
+
+
+def test_local_files_refuse_urls(tmp_path: Path) -> None:
+    """The store may be in a bucket; the files that name its checkpoints
+    (Lightning's checkpoint paths, materialize's .ckpt) are local, and a URL
+    there is refused by name, never written as a folder named "s3:"."""
+    io = TPDECheckpointIO("s3://tpde-test-refusals/run")
+    for call in (lambda: io.save_checkpoint({}, "s3://tpde-test-refusals/ckpt/last.ckpt"),
+                 lambda: io.remove_checkpoint("s3://tpde-test-refusals/ckpt/last.ckpt")):
+        with pytest.raises(tpde.InvalidArgumentError, match="checkpoint path of TPDECheckpointIO.*local path"):
+            call()
+    with pytest.raises(tpde.InvalidArgumentError, match="materialize's path.*local path"):
+        materialize("s3://tpde-test-refusals/run", path="s3://tpde-test-refusals/resume.ckpt")
+    for make in (TPDECheckpointIO, lambda u: TPDECallback(output_dir=u), lambda u: materialize(u, path="x.ckpt")):
+        with pytest.raises(tpde.UnsupportedFormatError, match="gs://"):
+            make("gs://tpde-test-refusals/run")
+    assert pickle.loads(pickle.dumps(io)).store_dir == "s3://tpde-test-refusals/run"
+    assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()

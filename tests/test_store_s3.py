@@ -188,7 +188,7 @@ def test_a_checkpoint_is_removed_and_what_cannot_be_done_yet_is_refused(s3env, s
         st.remove(2)
         assert st.steps() == [1, 3]
         with pytest.raises(tpde.UnsupportedFormatError, match="remote store"):
-            st.verify()
+            st.verify(repair=True)
     fresh_cache(monkeypatch, tmp_path, "cache-2")
     with tpde.Store(url) as st:
         assert st.steps() == [1, 3]
@@ -205,7 +205,7 @@ def test_other_urls_are_refused_never_taken_for_a_folder(tmp_path: Path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_cli_adds_lists_and_restores_through_s3(s3env, s3_bucket, tmp_path: Path) -> None:
+def test_the_cli_adds_lists_and_restores_through_s3(s3env, s3_server, s3_bucket, tmp_path: Path) -> None:
     url = f"s3://{s3_bucket}/cli"
     src = checkpoint(tmp_path / "src", 10)
     env = {**os.environ, **s3env, "PYTHONPATH": str(ROOT / "python")}
@@ -232,6 +232,19 @@ def test_the_cli_adds_lists_and_restores_through_s3(s3env, s3_bucket, tmp_path: 
     p = cli("stats", url, "--json")
     st = json.loads(p.stdout)
     assert st["where"] == "bucket" and 0 < st["disk_bytes"] == st["stored_bytes"] < st["raw_bytes"], st
+    # verify checks the bucket, not the cache: an object deleted from the
+    # bucket is named though this cache still holds it
+    p = cli("verify", url)
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    client = s3_server.client()
+    listed = client.list_objects_v2(Bucket=s3_bucket, Prefix="cli/objects/")["Contents"]
+    victims = [o["Key"] for o in listed if not o["Key"].endswith(".copy") and o["Size"] > 4096]
+    assert victims, listed
+    for key in victims:
+        client.delete_object(Bucket=s3_bucket, Key=key)
+    p = cli("verify", url)
+    assert p.returncode != 0 and "missing from" in p.stdout + p.stderr, \
+        (p.stdout, p.stderr)
 
 
 def test_throttling_and_resets_are_retried_and_a_dead_server_ends_in_one_line(s3_server, s3_proxy, s3_bucket,

@@ -576,11 +576,9 @@ type Problem struct {
 // hashing to its name. deep also decodes every region along its chain and
 // every file, and checks them against the hashes they were added with.
 // A damaged object is reported once for each checkpoint and tensor whose
-// decode needs it.
+// decode needs it. On a remote store every object is looked up in the
+// remote, and hashed where the cache holds it (remote_verify.go).
 func (s *Store) Verify(deep bool) ([]Problem, error) {
-	if err := s.refuseRemote("verify"); err != nil {
-		return nil, err
-	}
 	unlock, err := s.readLock()
 	if err != nil {
 		return nil, err
@@ -631,9 +629,12 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 		if err, checked := bad[o.Object]; checked {
 			return err
 		}
-		ob, err := s.openObject(o.Object, o.Stored, what)
-		if err == nil {
-			ob.release()
+		err := s.checkInRemote(o.Object, o.Object, o.Stored, what)
+		if err == nil && s.inCache(o.Object, o.Object) {
+			var ob *object
+			if ob, err = s.openObject(o.Object, o.Stored, what); err == nil {
+				ob.release()
+			}
 		}
 		bad[o.Object] = err
 		return err
@@ -698,7 +699,11 @@ func (s *Store) Verify(deep bool) ([]Problem, error) {
 		}
 		// A record that reads may still have lost one of its two copies.
 		for _, name := range []string{ref.Object, ref.Object + copySuffix} {
-			o, err := s.mapObject(ref.Object, name, anySize, "record", true)
+			err := s.checkInRemote(ref.Object, name, anySize, "record")
+			var o *object
+			if err == nil {
+				o, err = s.mapObject(ref.Object, name, anySize, "record", true)
+			}
 			if err == nil {
 				o.release()
 				continue

@@ -14,6 +14,17 @@
     trainer = pl.Trainer(callbacks=[TPDECallback(save_every_n_epochs=1, output_dir="ckpt.tpde")])
     trainer.fit(model, ckpt_path=materialize("ckpt.tpde", path="resume.ckpt"))   # newest by default
 
+    # Either store may be in a bucket (docs/FORMAT.md §11.12; the AWS_* variables configure the client).
+    trainer = pl.Trainer(plugins=[TPDECheckpointIO("s3://bucket/run")],
+                         callbacks=[pl.callbacks.ModelCheckpoint(dirpath="ckpt", monitor="loss", save_top_k=2,
+                                                                 save_last=True)])
+    trainer.fit(model, ckpt_path="last")                      # ckpt/last.ckpt names the bucket's step
+
+A store may be "s3://bucket/prefix": its checkpoints go to the bucket
+(through the local cache $TPDE_S3_CACHE), while the files that name them
+stay local: the pointers at ModelCheckpoint's dirpath and the .ckpt that
+materialize writes. A URL where a local file is meant is refused.
+
 Each store step holds the checkpoint as the torch.save file Lightning's
 default plugin writes (checkpoint.ckpt): its tensors are delta-coded against
 the previous save and every other byte is kept, so it comes back byte for
@@ -52,7 +63,7 @@ from .._atomic import fsync_dir, write_atomically
 from .._options import POSITION_CODINGS, code
 from ..errors import CorruptDataError, InvalidArgumentError, TPDEIOError
 from ..store import Store
-from ..store.handle import local_path
+from ..store.handle import _store_path, is_s3
 
 __all__ = ["TPDECheckpointIO", "TPDECallback", "load_from_store", "materialize", "POINTER_FORMAT"]
 
@@ -107,12 +118,30 @@ def _store(path: str, bound: Optional[float], compression_method: str = "auto") 
     return Store(path, lossy={f"{WEIGHTS_FILE}:*": bound} if bound else None, compression_method=compression_method)
 
 
+def _store_location(path: PathLike) -> str:
+    """Where a store is: "s3://bucket/prefix" as given (served through a
+    local cache, docs/FORMAT.md §11.12), else an absolute local path. Any
+    other URL is refused, never taken for a folder named after its scheme."""
+    s = _store_path(path)
+    return s if is_s3(s) else os.path.abspath(s)
+
+
 def _scratch_dir(beside: str) -> str:
     """A fresh hidden folder next to beside (same file system, so files
     written there are renamed into place, never copied)."""
     parent = os.path.dirname(os.path.abspath(beside))
     os.makedirs(parent, exist_ok=True)
     return tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(beside))}.tpde-scratch-", dir=parent)
+
+
+def _scratch_in(parent: str) -> str:
+    """A fresh hidden folder in the local folder parent, for a checkpoint on
+    its way to a store in a bucket. Its name holds no "last": in a
+    ModelCheckpoint dirpath, Lightning takes any name with "last" in it for
+    a last checkpoint (ckpt_path="last"), and one left by a crash must never
+    be resumed from."""
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=".tpde-scratch-", dir=parent)
 
 
 def _split_weights(checkpoint: Dict[str, Any], folder: str) -> None:
@@ -134,14 +163,24 @@ def _add_step(store_path: str, bound: Optional[float], folder: str, step: int, t
     return next(f.sha256 for f in info.files if f.path == CHECKPOINT_FILE)
 
 
+def _held_steps(store_path: str) -> List[int]:
+    """The steps the store holds; none when it does not exist yet (its
+    first add creates it, in a folder or in a bucket alike)."""
+    if not is_s3(store_path) and not os.path.exists(os.path.join(store_path, "tpde-store.json")):
+        return []
+    try:
+        with Store(store_path) as st:
+            return st.steps()
+    except TPDEIOError as e:
+        if not is_s3(store_path) or e.errno != errno.ENOENT:
+            raise
+        return []  # no manifest under the prefix: the bucket holds no store there yet
+
+
 def _next_step(store_path: str, after: int) -> int:
     """A step above every step the store holds and above after: steps only
     grow, also for a resumed run adding to the store of an earlier one."""
-    held: List[int] = []
-    if os.path.exists(os.path.join(store_path, "tpde-store.json")):
-        with Store(store_path) as st:
-            held = st.steps()
-    return max([after, *held]) + 1
+    return max([after, *_held_steps(store_path)]) + 1
 
 
 @contextlib.contextmanager
@@ -225,13 +264,24 @@ def _read_pointer(path: str) -> Optional[_Pointer]:
         raise CorruptDataError(f"{path}: a truncated or damaged tpde checkpoint pointer ({e})") from None
 
 
-def _local_path(path: PathLike) -> str:
+def _local_path(path: PathLike, what: str) -> str:
+    """path as an absolute local path, for what must be a local file: a URL
+    is refused (naming what), never made a folder named after its scheme.
+    The store itself may be in a bucket; the files Lightning and the user
+    name here are local."""
     s = os.fspath(path)
+    if isinstance(s, bytes):
+        s = os.fsdecode(s)
     if s.startswith("file://"):
         s = s[len("file://"):]
     elif "://" in s:
-        raise InvalidArgumentError(f"{s}: TPDECheckpointIO writes local paths only")
+        raise InvalidArgumentError(
+            f"{s}: {what} must be a local path, not a URL; a store may be s3://bucket/prefix, the files that "
+            "name its checkpoints are local")
     return os.path.abspath(s)
+
+
+_POINTER_PATH = "the checkpoint path of TPDECheckpointIO (where its pointer file goes: ModelCheckpoint's dirpath)"
 
 
 def _keep_storage(storage: Any, location: str) -> Any:
@@ -265,8 +315,15 @@ class TPDECheckpointIO(*_CHECKPOINT_IO_BASES):  # type: ignore[misc]
     how delta frames code the positions of changed elements ("auto",
     "dense" or "elias_delta_zstd"; see tpde.Store).
 
+    store_dir may be "s3://bucket/prefix" (docs/FORMAT.md §11.12): the
+    pointers stay at Lightning's local paths and name the bucket's store; a
+    save passes through a scratch folder beside its pointer, and removing a
+    pointer removes its step from the bucket's store. The paths Lightning
+    hands the plugin must be local (a URL there is refused).
+
     Save and remove run on global rank 0 (Lightning calls them there only),
-    each holding the store's writer lock for its duration; load runs on
+    each holding the store's writer lock for its duration (in a bucket,
+    which has no lock, each commits with a conditional PUT); load runs on
     every rank and needs no lock. Under AsyncCheckpointIO a remove may
     arrive before its save has run: it is then applied when that save
     comes (a remove of a path that is never saved is remembered as well,
@@ -277,7 +334,7 @@ class TPDECheckpointIO(*_CHECKPOINT_IO_BASES):  # type: ignore[misc]
         super().__init__()
         code(POSITION_CODINGS, compression_method, "compression_method")
         self.compression_method = compression_method
-        self.store_dir = local_path(store_dir, "the store folder")
+        self.store_dir = _store_location(store_dir)
         self.lossy = _lossy_bound(lossy, "lossy")
         self._init_state()
 
@@ -301,7 +358,7 @@ class TPDECheckpointIO(*_CHECKPOINT_IO_BASES):  # type: ignore[misc]
         """Add checkpoint to the store and write its pointer at path."""
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        dst = _local_path(path)
+        dst = _local_path(path, _POINTER_PATH)
         with self._state:
             remover = self._removed_early.pop(dst, None)
             # A remove from another thread before this save began: AsyncCheckpointIO
@@ -312,7 +369,8 @@ class TPDECheckpointIO(*_CHECKPOINT_IO_BASES):  # type: ignore[misc]
                 return
             self._saving[dst] = False
         try:
-            folder = _scratch_dir(self.store_dir)
+            # A bucket has no "beside": the scratch goes beside the pointer.
+            folder = _scratch_in(os.path.dirname(dst)) if is_s3(self.store_dir) else _scratch_dir(self.store_dir)
             try:
                 if self.lossy:
                     _split_weights(checkpoint, folder)
@@ -347,7 +405,7 @@ class TPDECheckpointIO(*_CHECKPOINT_IO_BASES):  # type: ignore[misc]
         map_location and weights_only are torch.load's; by default tensors
         load on the CPU, as with the default plugin."""
         s = os.fspath(path)
-        where = None if "://" in s and not s.startswith("file://") else _local_path(s)
+        where = None if "://" in s and not s.startswith("file://") else _local_path(s, _POINTER_PATH)
         # A missing path, a folder or a remote URL: the default plugin's answer.
         pointer = _read_pointer(where) if where is not None and os.path.isfile(where) else None
         if pointer is None:
@@ -358,7 +416,7 @@ class TPDECheckpointIO(*_CHECKPOINT_IO_BASES):  # type: ignore[misc]
     def remove_checkpoint(self, path: PathLike) -> None:
         """Delete the pointer at path and the store step it names. A plain
         file or folder is removed as the default plugin does."""
-        dst = _local_path(path)
+        dst = _local_path(path, _POINTER_PATH)
         with self._state:
             if dst in self._saving:
                 self._saving[dst] = True
@@ -432,6 +490,9 @@ class TPDECallback(*_CHECKPOINT_CALLBACK_BASES):  # type: ignore[misc]
     alone adds to the store. Being a Checkpoint callback, it replaces the
     Trainer's default ModelCheckpoint.
 
+    output_dir may be "s3://bucket/prefix": the checkpoint passes through a
+    scratch folder in the Trainer's default_root_dir on its way there.
+
     compression_threshold: 0.0, the default, is bit-exact. A value > 0 is
     the absolute per-element error bound of the model weights
     (checkpoint["state_dict"]) in older checkpoints, recorded in the store
@@ -446,7 +507,7 @@ class TPDECallback(*_CHECKPOINT_CALLBACK_BASES):  # type: ignore[misc]
             raise InvalidArgumentError(f"save_every_n_epochs must be an int >= 1, not {save_every_n_epochs!r}")
         self.save_every_n_epochs = save_every_n_epochs
         self.compression_threshold = _lossy_bound(compression_threshold, "compression_threshold")
-        self.output_dir = local_path(output_dir, "output_dir")
+        self.output_dir = _store_location(output_dir)
         if self.compression_threshold:
             warnings.warn(f"TPDECallback(compression_threshold={compression_threshold}) stores model weights LOSSY "
                           f"(each element within {compression_threshold} of the original in older checkpoints); "
@@ -461,12 +522,21 @@ class TPDECallback(*_CHECKPOINT_CALLBACK_BASES):  # type: ignore[misc]
                                        f"TorchCheckpointIO, not {type(io).__name__}; with a TPDECheckpointIO plugin "
                                        "use ModelCheckpoint instead")
 
+    def _scratch(self, trainer: Any) -> str:
+        """Rank 0's folder for the checkpoint on its way into the store:
+        beside a local store, else in the Trainer's default_root_dir (the
+        system's temporary folder if that is a URL too)."""
+        if not is_s3(self.output_dir):
+            return _scratch_dir(self.output_dir)
+        root = os.fspath(trainer.default_root_dir)
+        return _scratch_in(tempfile.gettempdir() if "://" in root else os.path.abspath(root))
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run or (trainer.current_epoch + 1) % self.save_every_n_epochs:
             return
         # Every rank saves to the same path (rank 0's scratch folder): a
         # strategy may gather there; only global rank 0 writes the file.
-        folder = _scratch_dir(self.output_dir) if trainer.is_global_zero else None
+        folder = self._scratch(trainer) if trainer.is_global_zero else None
         folder = trainer.strategy.broadcast(folder, src=0)
         ckpt = os.path.join(folder, CHECKPOINT_FILE)
         try:
@@ -489,8 +559,12 @@ class TPDECallback(*_CHECKPOINT_CALLBACK_BASES):  # type: ignore[misc]
 
 def _source(path_or_store: PathLike, step: Optional[int]) -> Optional[Tuple[str, Optional[int], Optional[str], str]]:
     """(store, step, sha256 to check, what to name in errors) of a store
-    folder or a pointer file; None for a plain checkpoint file."""
-    p = os.path.abspath(os.fspath(path_or_store))
+    (a folder or s3://bucket/prefix) or a pointer file; None for a plain
+    checkpoint file."""
+    s = _store_path(path_or_store)  # a URL other than s3:// is refused
+    if is_s3(s):
+        return s, step, None, s
+    p = os.path.abspath(s)
     if os.path.isdir(p):
         return p, step, None, p
     if not os.path.exists(p):
@@ -506,8 +580,9 @@ def _source(path_or_store: PathLike, step: Optional[int]) -> Optional[Tuple[str,
 def materialize(store_dir: PathLike, step: Optional[int] = None, *, path: PathLike) -> Path:
     """Write checkpoint step of a store (the newest when None) as a real
     .ckpt at path, atomically, and return path: for trainer.fit(ckpt_path=)
-    without the plugin, or to hand a checkpoint on. store_dir may also be a
-    TPDECheckpointIO pointer (step then None).
+    without the plugin, or to hand a checkpoint on. store_dir may be a
+    folder, "s3://bucket/prefix" or a TPDECheckpointIO pointer (step then
+    None); path is a local file.
 
         trainer.fit(model, ckpt_path=materialize("checkpoints_compressed", step=3, path="resume.ckpt"))
     """
@@ -515,7 +590,7 @@ def materialize(store_dir: PathLike, step: Optional[int] = None, *, path: PathLi
     if src is None:
         raise InvalidArgumentError(f"{os.fspath(store_dir)} is a plain checkpoint already, not a tpde store or pointer")
     store, st_step, sha, where = src
-    dst = os.path.abspath(os.fspath(path))
+    dst = _local_path(path, "materialize's path (the .ckpt it writes)")
     with _restored(store, st_step, where, sha256=sha, scratch_beside=dst) as ckpt:
         os.replace(ckpt, dst)
     fsync_dir(os.path.dirname(dst))
@@ -525,8 +600,8 @@ def materialize(store_dir: PathLike, step: Optional[int] = None, *, path: PathLi
 def load_from_store(cls: Any, path_or_store: PathLike, step: Optional[int] = None, **kwargs: Any) -> Any:
     """cls.load_from_checkpoint on a checkpoint kept by tpde: a
     TPDECheckpointIO pointer (load_from_checkpoint itself calls torch.load
-    on the path, which cannot read a pointer), or step of a store folder
-    (the newest when None); a plain .ckpt is passed through. kwargs go to
+    on the path, which cannot read a pointer), or step of a store (a folder
+    or "s3://bucket/prefix"; the newest when None); a plain .ckpt is passed through. kwargs go to
     load_from_checkpoint (map_location, strict, hparams overrides, ...).
 
         model = load_from_store(MyModule, "ckpt/last.ckpt")

@@ -288,8 +288,8 @@ def local_path(path: Any, what: str) -> str:
     p = _path_arg(path, what)
     if _SCHEME.match(p):
         raise UnsupportedFormatError(
-            f"{p}: {what} must be a local folder here; s3:// stores are taken by tpde.Store, the tpde command "
-            "and TPDETrainerCallback so far")
+            f"{p}: {what} must be a local folder here; s3:// stores are taken by tpde.Store, the tpde command, "
+            "TPDETrainerCallback and the Lightning plugin and callback so far")
     return os.path.abspath(p)
 
 
