@@ -25,14 +25,6 @@ REQUEST_KEYS = {"get", "put", "head", "list", "delete", "parts", "multipart", "o
                 "bytes_received"}
 
 
-@pytest.fixture
-def s3env(s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]:
-    env = {**s3_server.env(), "TPDE_S3_CACHE": str(tmp_path / "cache-1")}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return env
-
-
 def state(step: int) -> Dict[str, "torch.Tensor"]:
     g = torch.Generator().manual_seed(0)
     base = {f"layer.{i}.weight": torch.randn(128, 64, generator=g) for i in range(3)}
