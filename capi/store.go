@@ -19,6 +19,10 @@ import (
 
 var _ = [1]struct{}{}[api.StoreWrite-C.TPDE_STORE_WRITE]
 var _ = [1]struct{}{}[api.StoreStage-C.TPDE_STORE_STAGE]
+var _ = [1]struct{}{}[api.TransferCount-C.TPDE_TRANSFER_COUNT]
+var _ = [1]struct{}{}[api.TransferUploadedBytes-C.TPDE_TRANSFER_UPLOADED_BYTES]
+var _ = [1]struct{}{}[api.TransferBytesSent-C.TPDE_TRANSFER_BYTES_SENT]
+var _ = [1]struct{}{}[api.TransferGet-C.TPDE_TRANSFER_GET]
 
 //export tpde_store_open
 func tpde_store_open(path *C.char, write C.int32_t, config *C.char, configLen C.uint64_t, nthreads C.int32_t,
@@ -45,6 +49,28 @@ func tpde_store_close(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.i
 func tpde_store_wait(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
 	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
 	return status(api.WaitStore(uint64(handle)), cerr, cerrLen)
+}
+
+//export tpde_store_transfer
+func tpde_store_transfer(handle C.uint64_t, counts *C.uint64_t, n C.uint64_t, written *C.uint64_t, cerr *C.char,
+	cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	var a args
+	a.need(written != nil, "written")
+	a.need(counts != nil || n == 0, "counts")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
+	}
+	t, remote, err := api.StoreTransfer(uint64(handle))
+	k := 0
+	if err == nil && remote {
+		v := t.Values()
+		k = int(min(uint64(n), uint64(len(v))))
+		if k > 0 {
+			copy(unsafe.Slice((*uint64)(unsafe.Pointer(counts)), k), v[:k])
+		}
+	}
+	return put(written, uint64(k), err, cerr, cerrLen)
 }
 
 //export tpde_store_begin

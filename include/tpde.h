@@ -117,7 +117,7 @@ extern "C" {
  * ====================================================================== */
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 10
+#define TPDE_ABI_VERSION 11
 
 #ifndef TPDE_NO_PROTOTYPES
 
@@ -540,6 +540,28 @@ int tpde_chain_forward(const char *policy, uint64_t policy_len, int64_t since_ke
 #define TPDE_STORE_WRITE 1
 #define TPDE_STORE_STAGE 2
 
+/* The counts tpde_store_transfer writes, by index: the S3 requests the
+ * handle's client sent since tpde_store_open, by kind (every attempt
+ * counts, a retried request twice, since every attempt is billed), the
+ * body bytes it sent and received (headers not counted), and the objects
+ * its adds handed to the uploaders (queued) and the bucket has taken
+ * (uploaded), with their bytes. Indices are only ever appended. */
+#define TPDE_TRANSFER_GET 0               /* GetObject, whole or one range of a parallel download */
+#define TPDE_TRANSFER_PUT 1               /* PutObject (a commit's conditional PUT included) */
+#define TPDE_TRANSFER_HEAD 2              /* HeadObject */
+#define TPDE_TRANSFER_LIST 3              /* ListObjectsV2 and the listings of uploads and parts */
+#define TPDE_TRANSFER_DELETE 4            /* DeleteObject */
+#define TPDE_TRANSFER_PARTS 5             /* UploadPart of a multipart upload */
+#define TPDE_TRANSFER_MULTIPART 6         /* create, complete and abort of a multipart upload */
+#define TPDE_TRANSFER_OTHER 7             /* any other request */
+#define TPDE_TRANSFER_BYTES_SENT 8
+#define TPDE_TRANSFER_BYTES_RECEIVED 9
+#define TPDE_TRANSFER_QUEUED_OBJECTS 10
+#define TPDE_TRANSFER_QUEUED_BYTES 11
+#define TPDE_TRANSFER_UPLOADED_OBJECTS 12 /* never more than queued */
+#define TPDE_TRANSFER_UPLOADED_BYTES 13
+#define TPDE_TRANSFER_COUNT 14
+
 /* One tensor of a state dict handed to tpde_store_add_state_dict: read
  * during the call only; the library lays the file out (docs/FORMAT.md,
  * state dict files). */
@@ -591,6 +613,15 @@ int tpde_store_close(uint64_t handle, char *err, size_t err_len);
  * "recode" of tpde_store_open); its failure is the error, reported once
  * (its checkpoint stays stored whole, which loses nothing). */
 int tpde_store_wait(uint64_t handle, char *err, size_t err_len);
+
+/* The handle's traffic with its bucket (TPDE_TRANSFER_*): the first
+ * min(n, TPDE_TRANSFER_COUNT) counts are written into counts[0..], and
+ * their number into *written; a local store has none (*written is 0,
+ * counts untouched). Unlike every other call on a handle, this one never
+ * waits for the handle: it reads counters only, so that a progress display
+ * may poll it while another thread adds or commits on the same handle. */
+int tpde_store_transfer(uint64_t handle, uint64_t *counts, uint64_t n, uint64_t *written, char *err,
+                        size_t err_len);
 
 /* Start adding a checkpoint to the main run at step (the newest step + 1
  * when has_step is 0), with tags (NULL or a JSON list of strings); or,

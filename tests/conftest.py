@@ -328,6 +328,16 @@ def s3_bucket(s3_server) -> str:
 
 
 @pytest.fixture
+def s3env(s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]:
+    """s3_server's AWS variables set in this process (returned too, for
+    subprocesses), and a store cache of this test's own, tmp_path/cache-1."""
+    env = {**s3_server.env(), "TPDE_S3_CACHE": str(tmp_path / "cache-1")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
+
+
+@pytest.fixture
 def own_s3_server(tmp_path: Path):
     """A VersityGW of this test alone, on tmp_path/s3data, which the test may
     kill9() and restart()."""

@@ -354,15 +354,6 @@ def test_arguments_are_checked_and_the_plugin_pickles(tmp_path: Path) -> None:
 
 # --- a store in a bucket (docs/FORMAT.md §11.12), on a real S3 server ----
 
-@pytest.fixture
-def s3env(s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]:
-    """The AWS variables of the test server, and a cache of this test's own."""
-    env = {**s3_server.env(), "TPDE_S3_CACHE": str(tmp_path / "cache-train")}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return env
-
-
 def fresh_cache(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     """Point the store's cache at a new, empty folder: whatever is read
     from here on came from the bucket."""

@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Dict
 
@@ -28,14 +27,6 @@ torch = pytest.importorskip("torch")
 from safetensors.numpy import save_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def s3env(s3_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Dict[str, str]:
-    env = {**s3_server.env(), "TPDE_S3_CACHE": str(tmp_path / "cache-1")}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    return env
 
 
 def fresh_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> Path:

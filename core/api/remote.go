@@ -56,3 +56,62 @@ func cacheDir(endpoint string, loc s3.Location) (string, error) {
 	sum := sha256.Sum256([]byte(endpoint + "\x00" + loc.Bucket + "\x00" + loc.Prefix))
 	return filepath.Join(root, loc.Bucket+"-"+hex.EncodeToString(sum[:12])), nil
 }
+
+// Transfer is a store session's traffic with its bucket since it was
+// opened: the requests its client sent, by kind, with the body bytes sent
+// and received (every attempt counts, as every attempt is billed), and
+// the objects its adds uploaded.
+type Transfer struct {
+	Requests s3.Counts
+	Uploads  store.Uploads
+}
+
+// The order of Transfer.Values, which the C ABI copies out as is
+// (include/tpde.h, TPDE_TRANSFER_*): counts are only ever appended, so a
+// caller that knows fewer reads a prefix.
+const (
+	TransferGet = iota
+	TransferPut
+	TransferHead
+	TransferList
+	TransferDelete
+	TransferParts
+	TransferMultipart
+	TransferOther
+	TransferBytesSent
+	TransferBytesReceived
+	TransferQueuedObjects
+	TransferQueuedBytes
+	TransferUploadedObjects
+	TransferUploadedBytes
+	TransferCount
+)
+
+// Values are t's counts in the order above.
+func (t Transfer) Values() []uint64 {
+	r, u := t.Requests, t.Uploads
+	v := []int64{r.Get, r.Put, r.Head, r.List, r.Delete, r.Parts, r.Multipart, r.Other, r.BytesSent,
+		r.BytesReceived, u.QueuedObjects, u.QueuedBytes, u.UploadedObjects, u.UploadedBytes}
+	out := make([]uint64, len(v))
+	for i, x := range v {
+		out[i] = uint64(max(x, 0))
+	}
+	return out
+}
+
+// StoreTransfer is store session h's Transfer, and false for a local
+// store (which has no bucket). It takes no lock, since it reads atomic
+// counters only: a progress display polls it while another thread adds
+// or commits on the same session.
+func StoreTransfer(h uint64) (Transfer, bool, error) {
+	o, err := stores.Get(h)
+	if err != nil {
+		return Transfer{}, false, err
+	}
+	// o.s is set once, when the session is made, and never changes.
+	r, ok := o.s.Remote().(interface{ Client() *s3.Client })
+	if !ok {
+		return Transfer{}, false, nil
+	}
+	return Transfer{Requests: r.Client().Counts(), Uploads: o.s.Uploads()}, true, nil
+}

@@ -101,7 +101,7 @@ func (w *objectWriter) linkAs(h, name string) error {
 	if w.s.remote != nil {
 		// Linked or already there (an earlier add that did not commit may
 		// have left it): either way the next commit uploads it.
-		w.s.linked(h, name)
+		w.s.linked(h, name, w.n)
 	}
 	return nil
 }

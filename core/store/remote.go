@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -79,6 +80,45 @@ type remoteState struct {
 	dropped []string
 	// grace is remoteGrace, read when the store was opened.
 	grace time.Duration
+	// uploads counts the objects handed to the uploaders and those the
+	// bucket has taken, for a progress display (Store.Uploads).
+	uploads uploadCounters
+}
+
+// Uploads are a remote store's object uploads since it was opened: the
+// objects (and their bytes) handed to the uploaders, and those the bucket
+// has taken. Queued grows as an add codes; Uploaded catches up as uploads
+// finish, and equals Queued once a commit has uploaded what it needs (a
+// failed upload that the commit retries is counted once, when it lands).
+type Uploads struct {
+	QueuedObjects, QueuedBytes     int64
+	UploadedObjects, UploadedBytes int64
+}
+
+type uploadCounters struct {
+	queuedObjects, queuedBytes, uploadedObjects, uploadedBytes atomic.Int64
+}
+
+// Uploads is a snapshot of the store's upload counts; all zero for a local
+// store. It takes no lock, so a progress display may read it while an add
+// or a commit runs on another goroutine.
+func (s *Store) Uploads() Uploads {
+	if s.remote == nil {
+		return Uploads{}
+	}
+	u := &s.remote.uploads
+	// Uploaded first: a reader never sees more uploaded than queued.
+	up, upBytes := u.uploadedObjects.Load(), u.uploadedBytes.Load()
+	return Uploads{QueuedObjects: u.queuedObjects.Load(), QueuedBytes: u.queuedBytes.Load(),
+		UploadedObjects: up, UploadedBytes: upBytes}
+}
+
+// Remote is where the store lives, or nil for a local store.
+func (s *Store) Remote() Remote {
+	if s.remote == nil {
+		return nil
+	}
+	return s.remote.r
 }
 
 // liveNow is what the cache's newest generation names (nil if that cannot
@@ -371,17 +411,25 @@ func (s *Store) checkFetched(tname, h, what string) error {
 // maxObjectBytes caps an object a record may make a reader download.
 const maxObjectBytes = 1 << 46
 
-// linked notes that object file name (below objects/) was linked since the
-// last commit, and hands it to the uploaders; the commit waits for them and
-// uploads whatever they could not.
-func (s *Store) linked(h, name string) {
+// linked notes that object file name (below objects/), of size bytes, was
+// linked since the last commit, and hands it to the uploaders; the commit
+// waits for them and uploads whatever they could not. An object already
+// pending (the same content linked twice in one add) is not queued again:
+// its upload is in flight, or failed and is the commit's to retry.
+func (s *Store) linked(h, name string, size uint64) {
 	rm := s.remote
 	n := h[:2] + "/" + name
 	rm.mu.Lock()
 	if rm.pending == nil {
 		rm.pending = map[string]bool{}
 	}
+	if rm.pending[n] {
+		rm.mu.Unlock()
+		return
+	}
 	rm.pending[n] = true
+	rm.uploads.queuedObjects.Add(1)
+	rm.uploads.queuedBytes.Add(int64(size))
 	if rm.queue == nil {
 		q := make(chan string)
 		rm.queue = q
@@ -420,7 +468,12 @@ func (s *Store) uploadObject(n string) error {
 	if err != nil {
 		return ioErr(f.Name(), err)
 	}
-	return s.remote.r.Put(s.remoteCtx(), "objects/"+n, f, st.Size())
+	if err := s.remote.r.Put(s.remoteCtx(), "objects/"+n, f, st.Size()); err != nil {
+		return err
+	}
+	s.remote.uploads.uploadedBytes.Add(st.Size())
+	s.remote.uploads.uploadedObjects.Add(1)
+	return nil
 }
 
 // closeUploaders stops the uploaders (Close).

@@ -434,3 +434,54 @@ func TestALinkPlantedInTheCacheIsNeverFollowed(t *testing.T) {
 	require.NoError(t, err)
 	assert.NotZero(t, st.Mode()&fs.ModeSymlink, "the link is left as it is")
 }
+
+// An add's uploads are counted as they are queued and as the bucket takes
+// them (what a progress display shows): after the commit every queued
+// object is uploaded, and the counts are the objects the add made; a
+// local store counts none.
+func TestAnAddCountsItsUploadsEachObjectOnce(t *testing.T) {
+	srv := s3test.Start(t)
+	c, rm := remoteFor(t, srv, "tpde-store-uploads")
+	cache := filepath.Join(t.TempDir(), "c0")
+	s, err := Open(cache, Options{Write: true, Remote: rm})
+	require.NoError(t, err)
+	defer s.Close()
+	assert.Equal(t, Uploads{}, s.Uploads())
+	assert.Same(t, rm, s.Remote().(*s3.Remote))
+
+	src := t.TempDir()
+	b := newSeries(5).step(t)
+	c.ResetCounts()
+	addFiles(t, s, 1, map[string]string{"a.st": write(t, src, "a.st", b)})
+	require.NoError(t, s.Settle())
+	u := s.Uploads()
+
+	// Every object file of the cache is new with this first add.
+	var objects, bytes int64
+	require.NoError(t, filepath.WalkDir(filepath.Join(cache, "objects"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		st, err := d.Info()
+		if err != nil {
+			return err
+		}
+		objects++
+		bytes += st.Size()
+		return nil
+	}))
+	require.Positive(t, objects)
+	assert.Equal(t, Uploads{QueuedObjects: objects, QueuedBytes: bytes, UploadedObjects: objects, UploadedBytes: bytes}, u)
+	n := c.Counts()
+	// The objects, then the manifest generation, its copy and the hint
+	// (and perhaps a removal note).
+	assert.LessOrEqual(t, n.Put, objects+4, "%+v", n)
+	assert.GreaterOrEqual(t, n.BytesSent, bytes, "%+v", n)
+
+	local, err := Open(t.TempDir(), Options{Write: true})
+	require.NoError(t, err)
+	defer local.Close()
+	addFiles(t, local, 1, map[string]string{"a.st": write(t, src, "c.st", b)})
+	assert.Equal(t, Uploads{}, local.Uploads())
+	assert.Nil(t, local.Remote())
+}

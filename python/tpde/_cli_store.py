@@ -12,7 +12,10 @@
 STEP is a number from 0 to 2**63 - 1, or "latest" (the newest). Names and
 tags read from a store are untrusted: control characters in them are
 printed escaped. add, restore, rm and verify show a progress bar on a
-terminal and end with a summary line on stderr; -q leaves out both.
+terminal and end with a summary line on stderr; -q leaves out both. On an
+s3:// store, add's bar and summary also say what was sent to the bucket,
+and add --json and stats --json carry "requests": the S3 requests the
+command sent, by kind (null on a local store).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ._progress import Bar
 from ._text import human as _human
 from ._text import checkpoints, plural
 from ._text import printable as _p
-from .errors import CancelledError, InvalidArgumentError
+from .errors import CancelledError, InvalidArgumentError, TPDEError
 from .store import CheckpointInfo, Store, check_step
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -105,7 +108,8 @@ def add_parsers(sub: Any, usage_error: type) -> None:
                    help="store what a symlink pointing outside an added folder points to (refused otherwise)")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary lines")
     a.add_argument("--json", action="store_true",
-                   help="print what was added as JSON on stdout (a list: one checkpoint's info per PATH)")
+                   help="print what was added as JSON on stdout (a list: one checkpoint's info per PATH, with "
+                        "\"requests\": the S3 requests its add sent, null on a local store)")
 
     r = sub.add_parser("restore", help="write a checkpoint's original files",
                        description="write checkpoint STEP of STORE into the folder DEST, every file "
@@ -151,7 +155,9 @@ def add_parsers(sub: Any, usage_error: type) -> None:
                         description="bytes each checkpoint added, ratio per tensor group (the same parameter of "
                                     "every layer), and the share of elements changed per layer")
     st.add_argument("store", metavar="STORE", help="the store")
-    st.add_argument("--json", action="store_true", help="print the figures as JSON")
+    st.add_argument("--json", action="store_true",
+                    help="print the figures as JSON, with \"requests\": the S3 requests this command sent "
+                         "(null on a local store)")
     st.add_argument("--plot", metavar="FILE.png", default=None,
                     help="also draw them into FILE.png (needs matplotlib)")
 
@@ -337,6 +343,9 @@ def run(args: argparse.Namespace, usage_error: type) -> int:
         if cmd == "stats":
             st = store.stats()
             reference = store.config.get("reference", "previous")
+            # What this command cost in the bucket: the Store was opened
+            # for it, so its counts are the command's (null: a local store).
+            st["requests"] = store.requests()
             if args.plot:
                 _plot(st, args.plot, reference)
             if args.json:
@@ -388,7 +397,9 @@ def _add(args: argparse.Namespace, usage_error: type) -> int:
     with stop.installed(), Store(args.store, keyframe_interval=args.keyframe_interval, reference=args.reference,
                                  base=args.base, lossy=lossy) as store:
         for p in args.paths:
-            bar = Bar(f"adding {_p(os.path.basename(os.path.normpath(p)))}", quiet=args.quiet)
+            before = store._transfer()  # None for a local store (a missing store: opened by the add)
+            bar = Bar(f"adding {_p(os.path.basename(os.path.normpath(p)))}", quiet=args.quiet,
+                      status=_sent_status(store, before))
             t0 = time.perf_counter()
             try:
                 info = store.add(p, step=args.step, tags=args.tag, progress=bar if bar.drawn else None,
@@ -401,14 +412,53 @@ def _add(args: argparse.Namespace, usage_error: type) -> int:
             finally:
                 bar.close()
             dt = time.perf_counter() - t0
-            out.append(_info_json(info))
+            cost = _since(before, store._transfer())
+            out.append({**_info_json(info), "requests": None if cost is None else _requests_of(cost)})
             if not args.json:
+                sent = "" if cost is None else (f"; sent {plural(cost['uploaded_objects'], 'object')} "
+                                                f"({_human(cost['uploaded_bytes'])}) to the bucket")
                 _summary(args, f"added checkpoint {info.step}: {plural(len(info.files), 'file')}, "
                                f"{_human(info.raw_bytes)} -> {_human(info.stored_bytes)} ({info.ratio:.2f}x) "
-                               f"in {dt:.2f} s")
+                               f"in {dt:.2f} s{sent}")
     if args.json:
         print(json.dumps(out, indent=1))
     return 0
+
+
+def _since(before: Optional[Dict[str, int]], after: Optional[Dict[str, int]]) -> Optional[Dict[str, int]]:
+    """The traffic between two readings of Store._transfer; None for a
+    local store. before is None when the add opened the store's first
+    handle (a new store): everything after is the add's."""
+    if after is None:
+        return None
+    return {k: v - (before or {}).get(k, 0) for k, v in after.items()}
+
+
+def _requests_of(t: Dict[str, int]) -> Dict[str, int]:
+    """The request counts of a reading (Store.requests()'s keys)."""
+    return {k: t[k] for k in ("get", "put", "head", "list", "delete", "parts", "multipart", "other",
+                              "bytes_sent", "bytes_received")}
+
+
+def _sent_status(store: Store, before: Optional[Dict[str, int]]) -> Any:
+    """The status of an add's bar to an s3:// store: the objects and bytes
+    the bucket has taken out of those queued for it, asked of the library
+    at each redraw (one call, which never waits for the add). A local
+    store shows none."""
+    if not store.path.startswith("s3://"):
+        return None
+
+    def status() -> Optional[str]:
+        try:
+            t = _since(before, store._transfer())
+        except TPDEError:
+            return None  # the handle closed as the add ended: the bar closes too
+        if t is None:
+            return None  # the add has not opened its writer yet
+        return (f"sent {_human(t['uploaded_bytes'])} / {_human(t['queued_bytes'])} "
+                f"({t['uploaded_objects']:,} / {plural(t['queued_objects'], 'object')})")
+
+    return status
 
 
 def _plot(st: Dict[str, Any], path: str, reference: str) -> None:

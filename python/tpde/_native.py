@@ -25,9 +25,16 @@ from . import errors
 from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 10
+ABI_VERSION = 11
 MAX_NDIM = 32
 ERR_LEN = 1024
+
+#: How many counts tpde_store_transfer knows (TPDE_TRANSFER_*), and their
+#: names, in index order: the S3 requests by kind and their body bytes,
+#: then the objects an add queued for upload and those the bucket took.
+TRANSFER_COUNT = 14
+TRANSFER_NAMES = ("get", "put", "head", "list", "delete", "parts", "multipart", "other", "bytes_sent",
+                  "bytes_received", "queued_objects", "queued_bytes", "uploaded_objects", "uploaded_bytes")
 
 # Status codes (TPDE_E_*).
 OK = 0
@@ -171,6 +178,7 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_store_open": (c_int, [c_char_p, c_int32, c_char_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_wait": (c_int, [c_uint64, _ERRBUF, c_size_t]),
+    "tpde_store_transfer": (c_int, [c_uint64, _U64P, c_uint64, _U64P, _ERRBUF, c_size_t]),
     "tpde_store_begin": (c_int, [c_uint64, _I64, c_int32, c_char_p, c_uint64, c_int32, _ERRBUF, c_size_t]),
     "tpde_store_begin_run": (c_int, [c_uint64, c_char_p, c_char_p, c_uint64, _I64, c_int32, c_char_p, c_uint64,
                                      _ERRBUF, c_size_t]),

@@ -11,7 +11,10 @@ through a progress callback), and a Bar without a total, for work it does
 not count (restore, verify, rm: the C ABI has no counter for them yet),
 which shows what is being done and for how long. A ticker thread redraws
 both while the library holds the calling thread, so the elapsed time moves
-even when the count does not.
+even when the count does not. A bar may also show a status line of its own
+(an add to an s3:// store: what was sent to the bucket), which the ticker
+asks for anew at each redraw, so that it moves while the library holds the
+calling thread (a commit waiting for the last uploads).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ._text import human
 
@@ -49,8 +52,8 @@ def _delay() -> float:
 
 # Sizes in the units every tpde line uses (KiB, MiB: _text.human), not
 # tqdm's, which scales counts by 1024 and rates by 1000 with one "M".
-_COUNTED = "{desc}: {percentage:3.0f}%|{bar}| {done} / {todo} [{elapsed}<{remaining}, {speed}]"
-_UNCOUNTED = "{desc} [{elapsed}]"
+_COUNTED = "{desc}: {percentage:3.0f}%|{bar}| {done} / {todo} [{elapsed}<{remaining}, {speed}{postfix}]"
+_UNCOUNTED = "{desc} [{elapsed}{postfix}]"
 
 
 def _tqdm() -> Any:
@@ -88,8 +91,12 @@ class Bar:
     (only the label and the time taken are shown). Use it as a context
     manager, or close() it."""
 
-    def __init__(self, label: str, *, quiet: bool, total: Optional[int] = None, unit: Optional[str] = None) -> None:
+    def __init__(self, label: str, *, quiet: bool, total: Optional[int] = None, unit: Optional[str] = None,
+                 status: Optional[Callable[[], Optional[str]]] = None) -> None:
         self._t: Any = None
+        # status() -> the text shown after the rate (None: nothing), asked
+        # at each redraw by the ticker thread, never under the lock.
+        self._status = status
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: Optional[threading.Thread] = None
@@ -111,8 +118,11 @@ class Bar:
 
     def _tick(self) -> None:
         while not self._stop.wait(_TICK_S):
+            text = self._status() if self._status is not None else None
             with self._lock:
                 if self._t is not None:
+                    if text is not None and text != self._t.postfix:
+                        self._t.set_postfix_str(text, refresh=False)
                     self._t.update(0)
 
     def __call__(self, done: int, total: int) -> None:

@@ -20,8 +20,8 @@ from .._steps import step_from_name
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError, require
 from .folders import _add_files, _restore_state_dict
 from .handle import (_STAGE, MAIN_RUN, PathLike, _config, _in_run, _json_arg, _naming, _open, _open_locking,
-                     _parent_arg, _path_arg, _Reader, _renamed, _run_arg, _store_path, _tags_arg, _utf8, call,
-                     call_json, check_step, is_s3)
+                     _parent_arg, _path_arg, _Reader, _renamed, _run_arg, _store_path, _tags_arg, _transfer, _utf8,
+                     call, call_json, check_step, is_s3)
 from .state_dict import STATE_DICT_FILE, _add_state_dict, _load_checkpoint, _load_guarded
 from .stats import _counted, _infos, _records, _report, _runs, _stats
 from .types import CheckpointInfo, VerifyReport
@@ -63,8 +63,9 @@ class Store:
     restore's files, any one tensor's decode), as elsewhere in tpde: else
     $TPDE_MAX_OUTPUT, else (for memory) what this process may use.
 
-    path is a local folder; a URL ("s3://...") is refused, never taken for a
-    folder. Nothing inside a store is followed through a symlink: a store is
+    path is a local folder, or s3://bucket/prefix (a store in a bucket,
+    served through a local cache; requests() and uploads() count its
+    traffic); any other URL is refused, never taken for a folder. Nothing inside a store is followed through a symlink: a store is
     untrusted input.
 
     Reading needs no lock. The first add/remove takes the store's writer
@@ -165,6 +166,42 @@ class Store:
                 self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown; the kernel drops the lock anyway
             pass
+
+    # -- traffic with the bucket ---------------------------------------
+
+    def _transfer(self) -> Optional[Dict[str, int]]:
+        """The counts of tpde_store_transfer, summed over this Store's
+        handles (its reader's and its writer's, each with a client of its
+        own); None for a local store. It takes no lock (neither this
+        Store's nor the handles'), so a progress display may call it from
+        another thread while an add runs."""
+        total: Optional[Dict[str, int]] = None
+        for h in (self._read, self._write):
+            t = _transfer(h) if h else None
+            if t is not None:
+                total = t if total is None else {k: total[k] + t[k] for k in t}
+        return total
+
+    def requests(self) -> Optional[Dict[str, int]]:
+        """The S3 requests this Store has sent since it was opened, by
+        kind: "get", "put", "head", "list", "delete", "parts" (multipart
+        UploadPart), "multipart" (a multipart upload's create, complete and
+        abort), "other"; and "bytes_sent", "bytes_received" (bodies only).
+        Every attempt counts, a retried request twice, as every attempt is
+        billed. None for a local store. The cost of one operation is the
+        difference of two readings around it (tpde add --json and tpde
+        stats --json report theirs so)."""
+        t = self._transfer()
+        return None if t is None else {k: t[k] for k in _REQUEST_KEYS}
+
+    def uploads(self) -> Optional[Dict[str, int]]:
+        """The objects this Store's adds have handed to its uploaders since
+        it was opened ("queued_objects", "queued_bytes") and those the
+        bucket has taken ("uploaded_objects", "uploaded_bytes"): uploads
+        start as soon as an object is coded, and a commit waits for the
+        rest. None for a local store."""
+        t = self._transfer()
+        return None if t is None else {k: t[k] for k in _UPLOAD_KEYS}
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -445,6 +482,11 @@ class Store:
             res = _with_progress(lambda counters: call_json("tpde_store_verify", h, int(deep), int(repair), counters),
                                  progress)
         return _report(res)
+
+
+_REQUEST_KEYS = ("get", "put", "head", "list", "delete", "parts", "multipart", "other", "bytes_sent",
+                 "bytes_received")
+_UPLOAD_KEYS = ("queued_objects", "queued_bytes", "uploaded_objects", "uploaded_bytes")
 
 
 def _with_progress(fn: Callable[[Any], Any], progress: Optional[Callable[[int, int], None]]) -> Any:

@@ -369,6 +369,19 @@ def _open_locking(path: str, write: bool, config: Dict[str, Any], threads: int) 
         raise
 
 
+def _transfer(h: int) -> Optional[Dict[str, int]]:
+    """Store handle h's traffic with its bucket since it was opened
+    (tpde_store_transfer, which never waits for the handle: it may be
+    called while another thread adds on it), by the names of
+    _native.TRANSFER_NAMES; None for a local store."""
+    counts = (c_uint64 * _native.TRANSFER_COUNT)()
+    written = c_uint64(0)
+    call("tpde_store_transfer", h, counts, _native.TRANSFER_COUNT, byref(written))
+    if written.value == 0:
+        return None
+    return {name: int(counts[i]) for i, name in enumerate(_native.TRANSFER_NAMES[:written.value])}
+
+
 def read_pointer(folder: PathLike) -> Dict[str, Any]:
     """The pointer a holder folder keeps (.tpde-checkpoint.json):
     {"store": the store's path, "step": int}. TPDEIOError (ENOENT) when
