@@ -158,54 +158,91 @@ func Parse(blob []byte) (*Header, error) { return parse(blob, false) }
 // DecodeDelta.
 func ParseAny(blob []byte) (*Header, error) { return parse(blob, true) }
 
+// HeadLen is the length of the header of the frame that starts with
+// prefix (its fixed fields, shape, extension area and header CRC), from
+// its first 32 bytes; ok is false when prefix is shorter than that.
+// ParseHead needs this many bytes.
+func HeadLen(prefix []byte) (n int, ok bool) {
+	if len(prefix) < fixedHeaderLen {
+		return 0, false
+	}
+	return headerLen(min(int(prefix[10]), MaxNDim+1)) + int(binary.LittleEndian.Uint16(prefix[28:])), true
+}
+
+// ParseHead validates a frame's header alone (every check of ParseAny up to
+// the chunk table: magic, version, header CRC, kind, dtype, transform,
+// reserved bytes, chunk size, shape against raw size) from the frame's
+// first HeadLen bytes, for a caller that checks what an object holds
+// without fetching all of it. The chunk table, delta fields and payload
+// are not read: ParseAny before a decode still checks them.
+func ParseHead(prefix []byte) (*Header, error) {
+	h, _, _, _, err := parseHead(prefix, true)
+	return h, err
+}
+
 func parse(blob []byte, acceptDelta bool) (*Header, error) {
+	h, nelem, nchunks, extLen, err := parseHead(blob, acceptDelta)
+	if err != nil {
+		return nil, err
+	}
+	if h.Kind == KindDelta {
+		return parseDelta(blob, h, nelem, nchunks, extLen)
+	}
+	return parseKeyframe(blob, h, nelem, nchunks)
+}
+
+// parseHead checks the header of the frame in blob (at least its header's
+// bytes) and returns it with its element and chunk counts and its
+// extension length.
+func parseHead(blob []byte, acceptDelta bool) (*Header, uint64, uint64, int, error) {
+	fail := func(err error) (*Header, uint64, uint64, int, error) { return nil, 0, 0, 0, err }
 	if len(blob) < fixedHeaderLen+4 {
-		return nil, corrupt("truncated header: %d bytes", len(blob))
+		return fail(corrupt("truncated header: %d bytes", len(blob)))
 	}
 	if [4]byte(blob[0:4]) != Magic {
-		return nil, corrupt("bad magic % x", blob[0:4])
+		return fail(corrupt("bad magic % x", blob[0:4]))
 	}
 	h := &Header{VersionMajor: blob[4], VersionMinor: blob[5], Kind: blob[6]}
 	if h.VersionMajor != VersionMajor {
-		return nil, fmt.Errorf("%w: frame version %d.%d (this build reads %d.x)",
-			errs.Unsupported, h.VersionMajor, h.VersionMinor, VersionMajor)
+		return fail(fmt.Errorf("%w: frame version %d.%d (this build reads %d.x)",
+			errs.Unsupported, h.VersionMajor, h.VersionMinor, VersionMajor))
 	}
 	ndim := int(blob[10])
 	extLen := int(binary.LittleEndian.Uint16(blob[28:]))
 	if ndim > MaxNDim {
-		return nil, corrupt("ndim %d exceeds %d", ndim, MaxNDim)
+		return fail(corrupt("ndim %d exceeds %d", ndim, MaxNDim))
 	}
 	hl := headerLen(ndim) + extLen
 	if len(blob) < hl {
-		return nil, corrupt("truncated header: %d of %d bytes", len(blob), hl)
+		return fail(corrupt("truncated header: %d of %d bytes", len(blob), hl))
 	}
 	if got, want := crc(blob[:hl-4]), binary.LittleEndian.Uint32(blob[hl-4:]); got != want {
-		return nil, corrupt("header checksum mismatch (stored %08x, computed %08x)", want, got)
+		return fail(corrupt("header checksum mismatch (stored %08x, computed %08x)", want, got))
 	}
 	// From here the header bytes are what the writer wrote; values are still
 	// checked because a buggy or hostile writer can compute a CRC too.
 	if h.Kind == KindDelta && !acceptDelta {
-		return nil, fmt.Errorf("%w: frame kind 1 is a delta frame: it decodes only against its reference tensor (DecodeDelta, tpde_decode_delta)", errs.Unsupported)
+		return fail(fmt.Errorf("%w: frame kind 1 is a delta frame: it decodes only against its reference tensor (DecodeDelta, tpde_decode_delta)", errs.Unsupported))
 	}
 	if h.Kind != KindKeyframe && h.Kind != KindDelta {
-		return nil, fmt.Errorf("%w: frame kind %d", errs.Unsupported, h.Kind)
+		return fail(fmt.Errorf("%w: frame kind %d", errs.Unsupported, h.Kind))
 	}
 	h.DType = dtype.DType(blob[7])
 	if !h.DType.Valid() {
-		return nil, fmt.Errorf("%w: dtype code %d", errs.Unsupported, blob[7])
+		return fail(fmt.Errorf("%w: dtype code %d", errs.Unsupported, blob[7]))
 	}
 	tk, ns := transform.For(h.DType)
 	h.Transform = transform.Kind(blob[8])
 	h.NStreams = int(blob[9])
 	if h.Transform != tk || h.NStreams != ns {
-		return nil, corrupt("transform %d with %d streams does not match dtype %s", h.Transform, h.NStreams, h.DType)
+		return fail(corrupt("transform %d with %d streams does not match dtype %s", h.Transform, h.NStreams, h.DType))
 	}
 	if blob[11] != 0 || blob[30] != 0 || blob[31] != 0 {
-		return nil, corrupt("reserved header bytes are not zero")
+		return fail(corrupt("reserved header bytes are not zero"))
 	}
 	h.ChunkElems = binary.LittleEndian.Uint32(blob[12:])
 	if h.ChunkElems == 0 || h.ChunkElems > MaxChunkElems {
-		return nil, corrupt("chunk size %d elements is out of range", h.ChunkElems)
+		return fail(corrupt("chunk size %d elements is out of range", h.ChunkElems))
 	}
 	h.RawSize = binary.LittleEndian.Uint64(blob[16:])
 	nchunks := uint64(binary.LittleEndian.Uint32(blob[24:]))
@@ -216,16 +253,19 @@ func parse(blob []byte, acceptDelta bool) (*Header, error) {
 	nelem, ok := elems(h.Shape)
 	w := uint64(h.DType.Width())
 	if !ok || nelem > (1<<62)/w || nelem*w != h.RawSize {
-		return nil, corrupt("shape %v of %s does not match %d raw bytes", h.Shape, h.DType, h.RawSize)
+		return fail(corrupt("shape %v of %s does not match %d raw bytes", h.Shape, h.DType, h.RawSize))
 	}
-	if h.Kind == KindDelta {
-		return parseDelta(blob, h, nelem, nchunks, extLen)
-	}
+	h.HeaderLen = hl
+	return h, nelem, nchunks, extLen, nil
+}
+
+// parseKeyframe reads a keyframe's chunk table after its header.
+func parseKeyframe(blob []byte, h *Header, nelem, nchunks uint64) (*Header, error) {
 	if nchunksFor(nelem, h.ChunkElems) != nchunks {
 		return nil, corrupt("%d chunks recorded, %d expected", nchunks, nchunksFor(nelem, h.ChunkElems))
 	}
 	h.NChunks = int(nchunks)
-	h.HeaderLen = hl
+	hl, w := h.HeaderLen, uint64(h.DType.Width())
 	el := entryLen(h.NStreams)
 	table, err := h.readChunkTable(blob, el)
 	if err != nil {

@@ -189,54 +189,96 @@ func (c *Client) Download(ctx context.Context, bucket, key string, w io.WriterAt
 		if parts > 1 {
 			op = fmt.Sprintf("GET (range %d of %d, bytes %d-%d)", i+1, parts, off, end)
 		}
-		octx, cancel := context.WithTimeout(ctx, c.cfg.OpTimeout)
-		defer cancel()
-		err := c.bodyRetries(octx, u, op, func() error {
-			resp, err := c.api.GetObject(octx, &awss3.GetObjectInput{
-				Bucket: &bucket, Key: &key, Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, end)),
-			})
-			if err != nil {
-				var re *awshttp.ResponseError
-				if errors.As(err, &re) && re.HTTPStatusCode() == 416 {
-					return newError(u, op, errs.Corrupt, "the object is shorter than the %d bytes expected (the server refused the range)", size)
-				}
-				return err
-			}
-			defer resp.Body.Close()
-			first, last, total, ok := parseContentRange(aws.ToString(resp.ContentRange))
-			if !ok {
-				return newError(u, op, errs.IO, "the server did not answer with the range asked for (Content-Range %q)", aws.ToString(resp.ContentRange))
-			}
-			if total != size {
-				return newError(u, op, errs.Corrupt, "the object is %d bytes, expected %d", total, size)
-			}
-			if first != off || last != end {
-				return newError(u, op, errs.IO, "the server answered bytes %d-%d for a range of %d-%d", first, last, off, end)
-			}
+		return c.getRange(ctx, bucket, key, off, end, size, op, w, func(tag string) bool {
 			mu.Lock()
+			defer mu.Unlock()
 			if etag == "" {
-				etag = aws.ToString(resp.ETag)
+				etag = tag
 			}
-			changed := etag != aws.ToString(resp.ETag)
-			mu.Unlock()
-			if changed {
-				return newError(u, op, errs.IO, "the object changed while it was read (its ETag changed)")
-			}
-			body := &readErr{r: resp.Body}
-			n := end - off + 1
-			if k, err := io.CopyN(io.NewOffsetWriter(w, off), body, n); err != nil {
-				if body.err == nil {
-					return newError(u, op, errs.IO, "writing at offset %d: %v", off+k, err)
-				}
-				return &bodyError{fmt.Errorf("the body ended after %d of its %d bytes: %w", k, n, err)}
-			}
-			return c.expectEOF(resp.Body, u, op, n)
+			return etag == tag
+		})
+	})
+}
+
+// GetRange reads bytes [off, off+n) of an object that must be size bytes
+// (Content-Range says how long the object is, so a wrong size is caught by
+// this one request): a check of an object's head that should not fetch
+// all of it. n must be at least 1 and off+n at most size.
+func (c *Client) GetRange(ctx context.Context, bucket, key string, off, n, size int64) ([]byte, error) {
+	u := URL(bucket, key)
+	if off < 0 || n < 1 || size < 0 || off > size-n {
+		return nil, newError(u, "GET", errs.Invalid, "range of %d bytes at %d of a %d-byte object", n, off, size)
+	}
+	buf := make([]byte, n)
+	op := fmt.Sprintf("GET (bytes %d-%d)", off, off+n-1)
+	if err := c.getRange(ctx, bucket, key, off, off+n-1, size, op, window{buf, off}, func(string) bool { return true }); err != nil {
+		return nil, err
+	}
+	return buf, nil
+}
+
+// window is GetRange's buffer: the object's bytes from base on.
+type window struct {
+	b    []byte
+	base int64
+}
+
+func (w window) WriteAt(p []byte, off int64) (int, error) {
+	off -= w.base
+	if off < 0 || off > int64(len(w.b)) || int64(len(p)) > int64(len(w.b))-off {
+		return 0, io.ErrShortWrite
+	}
+	return copy(w.b[off:], p), nil
+}
+
+// getRange is one ranged GET, bytes first..last of an object of size
+// bytes, written to w at offset first (io.WriterAt offsets are the
+// object's), with retries. sameETag reports whether an answer's ETag is
+// the object's that the other ranges read.
+func (c *Client) getRange(ctx context.Context, bucket, key string, off, end, size int64, op string, w io.WriterAt,
+	sameETag func(string) bool) error {
+	u := URL(bucket, key)
+	octx, cancel := context.WithTimeout(ctx, c.cfg.OpTimeout)
+	defer cancel()
+	err := c.bodyRetries(octx, u, op, func() error {
+		resp, err := c.api.GetObject(octx, &awss3.GetObjectInput{
+			Bucket: &bucket, Key: &key, Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, end)),
 		})
 		if err != nil {
-			return fail(ctx, c.cfg.OpTimeout, u, op, err)
+			var re *awshttp.ResponseError
+			if errors.As(err, &re) && re.HTTPStatusCode() == 416 {
+				return newError(u, op, errs.Corrupt, "the object is shorter than the %d bytes expected (the server refused the range)", size)
+			}
+			return err
 		}
-		return nil
+		defer resp.Body.Close()
+		first, last, total, ok := parseContentRange(aws.ToString(resp.ContentRange))
+		if !ok {
+			return newError(u, op, errs.IO, "the server did not answer with the range asked for (Content-Range %q)", aws.ToString(resp.ContentRange))
+		}
+		if total != size {
+			return newError(u, op, errs.Corrupt, "the object is %d bytes, expected %d", total, size)
+		}
+		if first != off || last != end {
+			return newError(u, op, errs.IO, "the server answered bytes %d-%d for a range of %d-%d", first, last, off, end)
+		}
+		if !sameETag(aws.ToString(resp.ETag)) {
+			return newError(u, op, errs.IO, "the object changed while it was read (its ETag changed)")
+		}
+		body := &readErr{r: resp.Body}
+		n := end - off + 1
+		if k, err := io.CopyN(io.NewOffsetWriter(w, off), body, n); err != nil {
+			if body.err == nil {
+				return newError(u, op, errs.IO, "writing at offset %d: %v", off+k, err)
+			}
+			return &bodyError{fmt.Errorf("the body ended after %d of its %d bytes: %w", k, n, err)}
+		}
+		return c.expectEOF(resp.Body, u, op, n)
 	})
+	if err != nil {
+		return fail(ctx, c.cfg.OpTimeout, u, op, err)
+	}
+	return nil
 }
 
 // readErr remembers a read error, to tell it from a write error in a copy.

@@ -43,6 +43,10 @@ func (r *Remote) GetToFile(ctx context.Context, rel string, f *os.File, size int
 	return r.c.GetToFile(ctx, r.loc.Bucket, r.loc.Key(rel), f, size)
 }
 
+func (r *Remote) GetRange(ctx context.Context, rel string, off, n, size int64) ([]byte, error) {
+	return r.c.GetRange(ctx, r.loc.Bucket, r.loc.Key(rel), off, n, size)
+}
+
 func (r *Remote) Head(ctx context.Context, rel string) (int64, error) {
 	return r.c.Head(ctx, r.loc.Bucket, r.loc.Key(rel))
 }

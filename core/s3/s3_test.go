@@ -221,6 +221,32 @@ func TestGetOverLimitRefusedBeforeReading(t *testing.T) {
 	assert.EqualValues(t, 1, c.Counts().Get)
 }
 
+// GetRange reads a piece of an object in one GET and, from the answer's
+// Content-Range, refuses an object of another size than the caller's.
+func TestGetRange(t *testing.T) {
+	c, _ := setup(t, nil)
+	ctx := context.Background()
+	data := random(t, 10000)
+	require.NoError(t, c.Put(ctx, bucket, "r", bytes.NewReader(data), int64(len(data))))
+	c.ResetCounts()
+	got, err := c.GetRange(ctx, bucket, "r", 100, 50, int64(len(data)))
+	require.NoError(t, err)
+	assert.Equal(t, data[100:150], got)
+	assert.Equal(t, s3.Counts{Get: 1, BytesReceived: 50}, c.Counts())
+	got, err = c.GetRange(ctx, bucket, "r", 0, int64(len(data)), int64(len(data)))
+	require.NoError(t, err)
+	assert.Equal(t, data, got)
+	_, err = c.GetRange(ctx, bucket, "r", 0, 8, int64(len(data))+1)
+	require.ErrorIs(t, err, errs.Corrupt)
+	oneLine(t, err, "GET", "r")
+	_, err = c.GetRange(ctx, bucket, "no/such", 0, 8, 100)
+	require.ErrorIs(t, err, s3.ErrNotFound)
+	for _, bad := range [][3]int64{{-1, 8, 100}, {0, 0, 100}, {95, 8, 100}, {0, 8, -1}} {
+		_, err = c.GetRange(ctx, bucket, "r", bad[0], bad[1], bad[2])
+		require.ErrorIs(t, err, errs.Invalid, "%v", bad)
+	}
+}
+
 func TestMissingKey(t *testing.T) {
 	c, _ := setup(t, nil)
 	ctx := context.Background()

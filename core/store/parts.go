@@ -42,6 +42,7 @@ import (
 
 	"github.com/tpde/tpde/core/dirfd"
 	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/frame"
 	"github.com/tpde/tpde/core/mapped"
 )
 
@@ -383,8 +384,9 @@ func (s *Store) CommitParts(parts [][]byte, step int64, hasStep bool, tags []str
 // of the same dtype and size.
 func (s *Store) checkParts(tx *Tx) error {
 	exists := func(o Object, what string) error {
-		if err := s.cacheObject(o); err != nil {
-			return fmt.Errorf("%s: %w", what, err)
+		if s.inBucketOnly(o) {
+			_, err := s.remoteHead(o, 0, what)
+			return err
 		}
 		info, err := s.objectInfo(o.Object)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -405,6 +407,9 @@ func (s *Store) checkParts(tx *Tx) error {
 	// skeleton's length): a reader sizes its buffers from the record.
 	// What it decodes to is checked against the sha256 by every read.
 	frameOf := func(r *Region, what string) error {
+		if s.inBucketOnly(r.Object) {
+			return s.checkRemoteFrame(r, what)
+		}
 		if err := exists(r.Object, what); err != nil {
 			return err
 		}
@@ -428,18 +433,26 @@ func (s *Store) checkParts(tx *Tx) error {
 			}
 			regions += r.Size
 		}
-		o, err := s.mapObject(f.Skeleton.Object, f.Skeleton.Object, f.Skeleton.Stored, f.Path, false)
-		if err != nil {
-			return err
-		}
 		var ok bool
-		err = mapped.Reading(s.objectPath(f.Skeleton.Object), func() error {
-			ok = len(o.Data) >= 8 && binary.LittleEndian.Uint64(o.Data) == f.Size-regions
-			return nil
-		})
-		o.release()
-		if err != nil {
-			return err
+		if s.inBucketOnly(f.Skeleton) {
+			b, err := s.remoteHead(f.Skeleton, 8, f.Path)
+			if err != nil {
+				return err
+			}
+			ok = len(b) >= 8 && binary.LittleEndian.Uint64(b) == f.Size-regions
+		} else {
+			o, err := s.mapObject(f.Skeleton.Object, f.Skeleton.Object, f.Skeleton.Stored, f.Path, false)
+			if err != nil {
+				return err
+			}
+			err = mapped.Reading(s.objectPath(f.Skeleton.Object), func() error {
+				ok = len(o.Data) >= 8 && binary.LittleEndian.Uint64(o.Data) == f.Size-regions
+				return nil
+			})
+			o.release()
+			if err != nil {
+				return err
+			}
 		}
 		if !ok {
 			return fmt.Errorf("%w: %s: its skeleton object does not hold the %d verbatim bytes its part says", errs.Invalid, f.Path, f.Size-regions)
@@ -503,25 +516,66 @@ func validHolder(h string) error {
 	return nil
 }
 
-// cacheObject brings object o of a remote store into the cache (checked
-// against its name) if it is not there yet: a part staged by another
-// process is in the bucket, not in this cache. A local store has every
-// object it has.
-func (s *Store) cacheObject(o Object) error {
-	if s.remote == nil || !validHash(o.Object) {
-		return nil
-	}
-	if _, err := s.objectInfo(o.Object); !errors.Is(err, fs.ErrNotExist) {
-		return nil // there (or an error objectInfo reports again)
-	}
+// inBucketOnly reports whether object o of a part is in a remote store's
+// bucket and not in this cache: a part staged by another process. Its
+// checks read its head from the bucket (remoteHead), never all of it: a
+// coordinator must not download every participant's checkpoint.
+func (s *Store) inBucketOnly(o Object) bool {
+	return s.remote != nil && validHash(o.Object) && !s.inCache(o.Object, o.Object)
+}
+
+// remoteHead checks that part object o is in the bucket with the size its
+// part gives, and returns its first min(n, size) bytes (n 0: none, one
+// HEAD; else one ranged GET, whose answer also gives the object's size).
+func (s *Store) remoteHead(o Object, n int64, what string) ([]byte, error) {
+	r := s.remote.r
+	rel := "objects/" + o.Object[:2] + "/" + o.Object
 	if o.Stored > maxObjectBytes {
-		return fmt.Errorf("%w: object %s: %d bytes", errs.Invalid, o.Object, o.Stored)
+		return nil, fmt.Errorf("%w: %s: object %s: %d bytes", errs.Invalid, what, o.Object, o.Stored)
 	}
-	err := s.fetchObject(o.Object, o.Object, o.Stored)
-	if isMissing(err) {
-		return fmt.Errorf("%w: object %s is not in %s (a part's Finish uploads its objects: did it fail, or was the part committed after the grace period, TPDE_S3_GRACE, since its Finish?)", errs.Invalid, o.Object, s.remote.r.URL(""))
+	size := int64(o.Stored)
+	var b []byte
+	var err error
+	if n = min(n, size); n > 0 {
+		b, err = r.GetRange(s.remoteCtx(), rel, 0, n, size)
+	} else {
+		var got int64
+		if got, err = r.Head(s.remoteCtx(), rel); err == nil && got != size {
+			err = fmt.Errorf("%w: the object is %d bytes", errs.Corrupt, got)
+		}
 	}
-	return err
+	switch {
+	case r.NotFound(err):
+		return nil, fmt.Errorf("%w: %s: object %s is not in %s (a part's Finish uploads its objects: did it fail, or was the part committed after the grace period, TPDE_S3_GRACE, since its Finish?)", errs.Invalid, what, o.Object, r.URL(""))
+	case errors.Is(err, errs.Corrupt):
+		return nil, fmt.Errorf("%w: %s: object %s is not the %d bytes its part says: %v", errs.Invalid, what, o.Object, o.Stored, err)
+	case err != nil:
+		return nil, err
+	}
+	return b, nil
+}
+
+// headRead is how much of a frame object checkRemoteFrame reads first: a
+// header with a shape of the most dimensions and no extension area fits.
+const headRead = 4096
+
+// checkRemoteFrame checks a part's frame object that only the bucket
+// holds, as checkFrame checks a local one, from its header alone.
+func (s *Store) checkRemoteFrame(reg *Region, what string) error {
+	b, err := s.remoteHead(reg.Object, headRead, what)
+	if err != nil {
+		return err
+	}
+	if hl, ok := frame.HeadLen(b); ok && hl > len(b) && uint64(hl) <= reg.Stored {
+		if b, err = s.remoteHead(reg.Object, int64(hl), what); err != nil {
+			return err
+		}
+	}
+	h, err := frame.ParseHead(b)
+	if err := frameIsRegion(h, err, reg); err != nil {
+		return fmt.Errorf("%w: %s: %v", errs.Invalid, what, err)
+	}
+	return nil
 }
 
 // parent opens the folder that holds the store (and its holders).

@@ -58,14 +58,20 @@ func (s *Store) checkFrame(r *Region) error {
 	defer o.release()
 	return mapped.Reading(s.objectPath(r.Object.Object), func() error {
 		h, err := frame.ParseAny(o.Data)
-		if err != nil {
-			return fmt.Errorf("tensor %q: %w", r.Name, err)
-		}
-		if h.DType.String() != r.DType || h.RawSize != r.Size {
-			return fmt.Errorf("%w: tensor %q: its object holds a %s frame of %d bytes, not the %s of %d bytes the record says", errs.Corrupt, r.Name, h.DType, h.RawSize, r.DType, r.Size)
-		}
-		return nil
+		return frameIsRegion(h, err, r)
 	})
+}
+
+// frameIsRegion checks a parsed frame header (or its parse error) against
+// what the record says region r holds.
+func frameIsRegion(h *frame.Header, err error, r *Region) error {
+	if err != nil {
+		return fmt.Errorf("tensor %q: %w", r.Name, err)
+	}
+	if h.DType.String() != r.DType || h.RawSize != r.Size {
+		return fmt.Errorf("%w: tensor %q: its object holds a %s frame of %d bytes, not the %s of %d bytes the record says", errs.Corrupt, r.Name, h.DType, h.RawSize, r.DType, r.Size)
+	}
+	return nil
 }
 
 // memLimit is the most bytes one decode may hold in memory.

@@ -41,6 +41,8 @@ type Remote interface {
 	Get(ctx context.Context, rel string, limit int64) ([]byte, error)
 	// GetToFile writes rel, which must be size bytes, into f.
 	GetToFile(ctx context.Context, rel string, f *os.File, size int64) error
+	// GetRange reads bytes [off, off+n) of rel, which must be size bytes.
+	GetRange(ctx context.Context, rel string, off, n, size int64) ([]byte, error)
 	// Head is rel's size.
 	Head(ctx context.Context, rel string) (int64, error)
 	// Put writes rel (replacing it: objects are named by their content).

@@ -2,6 +2,8 @@ package store
 
 import (
 	"context"
+	"encoding/json"
+	"math/rand"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,6 +59,17 @@ func TestRemotePartsFromSeparateCachesCommitAsOneCheckpoint(t *testing.T) {
 		c, err := w.CommitParts([][]byte{d0, d1}, 0, false, nil, folder)
 		require.NoError(t, err)
 		assert.Equal(t, int64(i), c.Step)
+		// The coordinator checks the parts' objects in the bucket: none
+		// of their frames enters its cache.
+		for _, f := range c.Files {
+			for _, reg := range f.Regions {
+				if reg.Ref == nil {
+					h := reg.Object.Object
+					_, err := os.Lstat(filepath.Join(caches, "coordinator", "objects", h[:2], h))
+					assert.True(t, os.IsNotExist(err), "%s: a part's frame in the coordinator's cache: %v", reg.Name, err)
+				}
+			}
+		}
 		w.Close()
 		p0.Close()
 		p1.Close()
@@ -155,4 +168,56 @@ func remoteSteps(t *testing.T, s *Store) []int64 {
 	require.NoError(t, err)
 	defer rd.Close()
 	return rd.Steps()
+}
+
+// A coordinator reads of a part's large frames only their headers: the
+// bytes it downloads do not grow with the checkpoint (a job of many ranks
+// would otherwise pull every rank's checkpoint through one machine).
+func TestACoordinatorReadsOnlyTheHeadsOfAPartsFrames(t *testing.T) {
+	srv := s3test.Start(t)
+	cl, rm := remoteFor(t, srv, "tpde-store-heads")
+	caches := t.TempDir()
+	r := rand.New(rand.NewSource(5))
+	big := make([]float32, 1<<20) // 4 MiB of fp32
+	for i := range big {
+		big[i] = float32(r.NormFloat64() * 0.02)
+	}
+	shard := safetensorsFile(t, map[string][]float32{"w": big, "b": {1, 2, 3}})
+	d0, p0 := stageRemote(t, rm, filepath.Join(caches, "rank0"), map[string][]byte{"m.safetensors": shard})
+	defer p0.Close()
+	w, err := Open(filepath.Join(caches, "coordinator"), Options{Write: true, Remote: rm})
+	require.NoError(t, err)
+	defer w.Close()
+	before := cl.Counts()
+	c, err := w.CommitParts([][]byte{d0}, 0, false, nil, "")
+	require.NoError(t, err)
+	got := cl.Counts().BytesReceived - before.BytesReceived
+	var stored uint64
+	for _, reg := range c.Files[0].Regions {
+		stored += reg.Stored
+	}
+	require.Greater(t, stored, uint64(2<<20))
+	assert.Less(t, got, int64(64<<10), "bytes the commit downloaded, of %d stored", stored)
+	assert.Equal(t, shard, restoreAllFrom(t, w, 0)["m.safetensors"], "the commit is whole")
+}
+
+// A part that lies about a frame (its descriptor names a frame of another
+// tensor's size) is refused from the frame's header in the bucket.
+func TestARemotePartThatLiesAboutAFrameIsRefused(t *testing.T) {
+	srv := s3test.Start(t)
+	_, rm := remoteFor(t, srv, "tpde-store-liar")
+	caches := t.TempDir()
+	d0, p0 := stageRemote(t, rm, filepath.Join(caches, "rank0"), map[string][]byte{"m.st": newSeries(3).step(t)})
+	defer p0.Close()
+	var desc map[string]any
+	require.NoError(t, json.Unmarshal(d0, &desc))
+	lied := strings.Replace(string(d0), `"dtype":"F32"`, `"dtype":"I32"`, 1)
+	require.NotEqual(t, string(d0), lied, "the descriptor names an F32 region")
+	w, err := Open(filepath.Join(caches, "coordinator"), Options{Write: true, Remote: rm})
+	require.NoError(t, err)
+	defer w.Close()
+	_, err = w.CommitParts([][]byte{[]byte(lied)}, 0, false, nil, "")
+	require.ErrorIs(t, err, errs.Invalid)
+	assert.Contains(t, err.Error(), "frame")
+	assert.Empty(t, remoteSteps(t, w))
 }
