@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"slices"
 	"strings"
 	"syscall"
@@ -36,6 +37,9 @@ type Cleaned struct {
 	// Remote says what a remote store's cleanup could not do ("" if
 	// nothing failed): its objects then stay until a later cleanup.
 	Remote string `json:"remote,omitempty"`
+	// Trimmed is how many objects a remote store's cleanup removed from
+	// its cache that the remote still holds (trimCache).
+	Trimmed int `json:"trimmed,omitempty"`
 }
 
 // cleanup removes what no committed state needs: a dead writer's unfinished
@@ -89,7 +93,11 @@ func (s *Store) cleanup() (Cleaned, error) {
 		why = "the store has no manifest generation yet"
 		live = nil
 	}
+	var committed map[string]bool // what the generation names, for trimCache
 	if live != nil {
+		if s.remote != nil {
+			committed = maps.Clone(live)
+		}
 		// Objects staged for a commit that has not happened yet.
 		if err := s.liveParts(live, &c); err != nil {
 			return c, err
@@ -106,6 +114,11 @@ func (s *Store) cleanup() (Cleaned, error) {
 	if s.remote != nil && live != nil {
 		if err := s.remoteCleanup(live, removed); err != nil {
 			c.Remote = err.Error()
+		}
+		// Best effort, as the rest of a cleanup: a cache left larger
+		// loses nothing.
+		if n, err := s.trimCache(sn, committed); err == nil {
+			c.Trimmed = n
 		}
 	}
 	gens, err := s.generations()
