@@ -401,6 +401,15 @@ func (s *Store) create() error {
 		switch e.Name {
 		case "manifests", "objects", "tmp", "writer.lock", "readers.lock":
 			continue
+		case "tpde-store.json":
+			// That creator finished between our look for the marker and
+			// this listing: its store stands (a marker is linked last,
+			// whole), if the marker is one.
+			b, err := s.root.ReadFile("tpde-store.json", 1<<16)
+			if err != nil {
+				return err
+			}
+			return checkMarker(s.path("tpde-store.json"), b)
 		}
 		return fmt.Errorf("%w: %s is not empty and is not a tpde store; tpde will not mix a store into it", errs.Invalid, s.dir)
 	}

@@ -570,3 +570,17 @@ func readEveryTensor(t *testing.T, dir string, threads int, want map[int64][]byt
 	}
 	return deltas
 }
+
+// Two processes create a store at once: one that found no marker, then
+// lists the folder after the other linked its marker, opens that store
+// instead of calling the folder foreign (a stage worker in
+// tests/test_store_parts.py::test_many_processes_create_a_store_at_once
+// was refused so).
+func TestCreateAfterAnotherCreatorFinishedOpensItsStore(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "s"), Options{Write: true})
+	require.NoError(t, err)
+	defer s.Close()
+	require.NoError(t, s.create(), "the marker another creator linked stands")
+	require.NoError(t, os.WriteFile(filepath.Join(s.dir, "tpde-store.json"), []byte("{\"format\": \"other\"}\n"), 0o644))
+	require.ErrorIs(t, s.create(), errs.Corrupt, "a marker that is not tpde's is refused")
+}
