@@ -375,7 +375,8 @@ def test_ddp_two_ranks_only_the_main_process_writes_after_every_rank_saved(minil
         LateRankOneTrainer(model=make_model(Path({str(minilm_model_dir)!r})), args=args,
                            train_dataset=TokenDataset(64, 1), callbacks=[cb]).train()
         rank = int(os.environ["RANK"])
-        print("RANK-RESULT", json.dumps({{"rank": rank, "stored": len(cb.profile)}}), flush=True)
+        # A file per rank, not a line on the stdout both ranks share.
+        Path({str(work)!r}, f"rank-{{rank}}.json").write_text(json.dumps({{"rank": rank, "stored": len(cb.profile)}}))
         # The Trainer leaves the process group to the script. Exiting with it
         # alive lets gloo's worker threads be torn down during interpreter
         # finalization, which now and then aborts a rank (SIGABRT, "terminate
@@ -392,8 +393,9 @@ def test_ddp_two_ranks_only_the_main_process_writes_after_every_rank_saved(minil
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"the 2-rank run hung; its stderr ends: {str(e.stderr)[-3000:]}")
     assert r.returncode == 0, r.stderr[-3000:]
-    ranks = {d["rank"]: d for d in (json.loads(ln.split(" ", 1)[1]) for ln in r.stdout.splitlines()
-                                    if ln.startswith("RANK-RESULT "))}
+    ranks = {k: json.loads((work / f"rank-{k}.json").read_text()) for k in (0, 1)
+             if (work / f"rank-{k}.json").exists()}
+    assert sorted(ranks) == [0, 1], (r.stdout[-2000:], r.stderr[-3000:])
     assert ranks[0]["stored"] == 2 and ranks[1]["stored"] == 0
     with tpde.Store(store) as st:
         assert st.steps() == [5, 10]

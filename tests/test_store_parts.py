@@ -299,10 +299,12 @@ def test_many_processes_create_a_store_at_once(tmp_path: Path, py_env) -> None:
             w.go()
         for w in crew[1:]:
             line = w.line()
-            if not line.startswith("staged "):
-                failures.append((trial, w.p.stderr.read().strip().splitlines()[-1:]))
             w.send("close")
-            w.finish()
+            if line.startswith("staged "):
+                w.finish()
+            else:  # reported with its error below, not as a bare exit status
+                _, err = w.p.communicate(timeout=120)
+                failures.append((trial, w.role, w.p.returncode, line, err.strip().splitlines()[-3:]))
         crew[0].finish()
         if not crew[0].lines[0].startswith("repaired"):
             failures.append((trial, crew[0].lines))
