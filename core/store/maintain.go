@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/tpde/tpde/core/dirfd"
 	"github.com/tpde/tpde/core/dtype"
 	"github.com/tpde/tpde/core/errs"
 )
@@ -157,11 +158,25 @@ func (s *Store) orphanRecords() (int, error) {
 	if s.objects == nil {
 		return 0, nil
 	}
+	n := 0
+	err := s.eachObjectFolder(func(_ *dirfd.Dir, ents []dirfd.Entry) {
+		for _, e := range ents {
+			if strings.HasSuffix(e.Name, copySuffix) {
+				n++
+			}
+		}
+	})
+	return n, err
+}
+
+// eachObjectFolder calls fn with each folder of objects/ and its entries,
+// skipping what is not a folder or cannot be opened; the first folder
+// that cannot be listed ends it with that error.
+func (s *Store) eachObjectFolder(fn func(sub *dirfd.Dir, ents []dirfd.Entry)) error {
 	dirs, err := s.objects.ReadDir()
 	if err != nil {
-		return 0, err
+		return err
 	}
-	n := 0
 	for _, d := range dirs {
 		if d.Type != fs.ModeDir {
 			continue
@@ -171,17 +186,15 @@ func (s *Store) orphanRecords() (int, error) {
 			continue
 		}
 		ents, err := sub.ReadDir()
+		if err == nil {
+			fn(sub, ents)
+		}
 		_ = sub.Close()
 		if err != nil {
-			return 0, err
-		}
-		for _, e := range ents {
-			if strings.HasSuffix(e.Name, copySuffix) {
-				n++
-			}
+			return err
 		}
 	}
-	return n, nil
+	return nil
 }
 
 // removeUnreferenced removes every object file live does not name (none

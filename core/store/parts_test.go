@@ -19,7 +19,13 @@ import (
 // stage stages files (name -> bytes) as one participant and returns its
 // descriptor and the open staging store (close it after the commit).
 func stage(t *testing.T, dir string, files map[string][]byte) ([]byte, *Store) {
-	s, err := Open(dir, Options{Stage: true})
+	return stageWith(t, dir, Options{Stage: true}, files)
+}
+
+// stageWith is stage with the store opened with opt.
+func stageWith(t *testing.T, dir string, opt Options, files map[string][]byte) ([]byte, *Store) {
+	t.Helper()
+	s, err := Open(dir, opt)
 	require.NoError(t, err)
 	tx, err := s.BeginPart()
 	require.NoError(t, err)

@@ -12,7 +12,7 @@ package store
 // against the newest and re-codes the one before it. Records stay: they
 // are small, and listing the store reads them.
 
-import "io/fs"
+import "github.com/tpde/tpde/core/dirfd"
 
 // trimCache removes the cache files of the objects in committed (what the
 // generation names, parts staged in this cache excluded) that the newest
@@ -64,31 +64,13 @@ func (s *Store) trimCache(sn *snapshot, committed map[string]bool) (int, error) 
 			}
 		}
 	}
-	dirs, err := s.objects.ReadDir()
-	if err != nil {
-		return 0, err
-	}
 	n := 0
-	for _, d := range dirs {
-		if d.Type != fs.ModeDir {
-			continue
-		}
-		sub, err := s.objects.OpenDir(d.Name)
-		if err != nil {
-			continue
-		}
-		objs, err := sub.ReadDir()
-		if err == nil {
-			for _, o := range objs {
-				if committed[o.Name] && !keep[o.Name] && sub.Remove(o.Name) == nil {
-					n++
-				}
+	err := s.eachObjectFolder(func(sub *dirfd.Dir, ents []dirfd.Entry) {
+		for _, o := range ents {
+			if committed[o.Name] && !keep[o.Name] && sub.Remove(o.Name) == nil {
+				n++
 			}
 		}
-		_ = sub.Close()
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+	})
+	return n, err
 }

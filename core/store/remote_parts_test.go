@@ -22,17 +22,7 @@ import (
 // staging store.
 func stageRemote(t *testing.T, rm *s3.Remote, cache string, files map[string][]byte) ([]byte, *Store) {
 	t.Helper()
-	s, err := Open(cache, Options{Stage: true, Remote: rm})
-	require.NoError(t, err)
-	tx, err := s.BeginPart()
-	require.NoError(t, err)
-	src := t.TempDir()
-	for name, b := range files {
-		require.NoError(t, tx.AddFile(name, write(t, src, name, b), nil, ""))
-	}
-	desc, err := tx.Finish()
-	require.NoError(t, err)
-	return desc, s
+	return stageWith(t, cache, Options{Stage: true, Remote: rm}, files)
 }
 
 // Two ranks stage their files in caches of their own and a coordinator,
