@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -245,6 +246,58 @@ func TestGetRange(t *testing.T) {
 		_, err = c.GetRange(ctx, bucket, "r", bad[0], bad[1], bad[2])
 		require.ErrorIs(t, err, errs.Invalid, "%v", bad)
 	}
+}
+
+// A server, or a cache in front of it, that answers a ranged GET with the
+// whole object, another range, another object's length or a header it
+// cannot parse is refused by name: its bytes are never taken for the
+// range asked for. An object whose ETag changes between the ranges of one
+// download is an I/O error, not a file stitched from two versions.
+func TestLyingRangeAnswersRefused(t *testing.T) {
+	c, srv := setup(t, nil)
+	ctx := context.Background()
+	data := random(t, 10000)
+	require.NoError(t, c.Put(ctx, bucket, "r", bytes.NewReader(data), int64(len(data))))
+	p := s3test.NewProxy(t, srv.Endpoint)
+	pc := client(t, p.URL, nil)
+	setRange := func(v string) func(int, http.Header) int {
+		return func(status int, h http.Header) int { h.Set("Content-Range", v); return status }
+	}
+	for _, tc := range []struct {
+		name string
+		f    func(int, http.Header) int
+		kind error
+		text string
+	}{
+		{"the whole object, as a server ignoring Range does", func(_ int, h http.Header) int {
+			h.Del("Content-Range")
+			return http.StatusOK
+		}, errs.IO, `did not answer with the range asked for (Content-Range "")`},
+		{"another range", setRange("bytes 0-49/10000"), errs.IO, "answered bytes 0-49 for a range of 100-149"},
+		{"another length", setRange("bytes 100-149/20000"), errs.Corrupt, "the object is 20000 bytes, expected 10000"},
+		{"an unparsable header", setRange("bytes 100-1x9/10000"), errs.IO, "did not answer with the range asked for"},
+		{"an unknown length", setRange("bytes 100-149/*"), errs.IO, "did not answer with the range asked for"},
+	} {
+		p.RewriteAnswers(1, tc.f)
+		got, err := pc.GetRange(ctx, bucket, "r", 100, 50, int64(len(data)))
+		require.ErrorIs(t, err, tc.kind, tc.name)
+		assert.Nil(t, got, tc.name)
+		oneLine(t, err, "GET", "r")
+		assert.Contains(t, err.Error(), tc.text, tc.name)
+	}
+	assert.Equal(t, 5, p.Injected())
+	got, err := pc.GetRange(ctx, bucket, "r", 100, 50, int64(len(data)))
+	require.NoError(t, err, "an honest answer after the lies")
+	assert.Equal(t, data[100:150], got)
+
+	big := random(t, 2*s3.MinPartSize+1000)
+	require.NoError(t, c.Put(ctx, bucket, "multi", bytes.NewReader(big), int64(len(big))))
+	p.RewriteAnswers(1, func(status int, h http.Header) int { h.Set("ETag", `"0123456789abcdef0123456789abcdef"`); return status })
+	f := tempFile(t)
+	err = pc.GetToFile(ctx, bucket, "multi", f, int64(len(big)))
+	require.ErrorIs(t, err, errs.IO)
+	oneLine(t, err, "GET", "multi")
+	assert.Contains(t, err.Error(), "the object changed while it was read")
 }
 
 func TestMissingKey(t *testing.T) {

@@ -29,6 +29,9 @@ import (
 //     answers are lost: the connection is closed (FIN, not a reset) before
 //     the response headers, as when the server's process dies after it
 //     acted;
+//   - RewriteAnswers(n, f): the next n answers reach the client with the
+//     status and headers f makes of the server's (the body unchanged), as
+//     a broken or hostile server or cache would answer;
 //   - Delay(d): every response waits d before its headers;
 //   - Bandwidth(b): bodies in both directions share b bytes per second.
 //
@@ -49,6 +52,8 @@ type Proxy struct {
 	resetReq    int
 	resetReqAt  int64
 	drop        int
+	rewrite     int
+	rewriteFn   func(status int, h http.Header) int
 	delay       time.Duration
 	rate        int64
 	next        time.Time // bandwidth: when the link is free again
@@ -111,6 +116,15 @@ func (p *Proxy) ResetRequests(n int, k int64) {
 // connection before the answer.
 func (p *Proxy) DropAnswers(n int) { p.mu.Lock(); p.drop = n; p.mu.Unlock() }
 
+// RewriteAnswers hands the status and headers of the next n answers (n <
+// 0: every answer until RewriteAnswers(0, nil)) to f, which may change
+// the headers in place and returns the status to send.
+func (p *Proxy) RewriteAnswers(n int, f func(status int, h http.Header) int) {
+	p.mu.Lock()
+	p.rewrite, p.rewriteFn = n, f
+	p.mu.Unlock()
+}
+
 // Delay holds every response d before its headers.
 func (p *Proxy) Delay(d time.Duration) { p.mu.Lock(); p.delay = d; p.mu.Unlock() }
 
@@ -126,7 +140,8 @@ func (p *Proxy) Count(method string) int {
 	return p.counts[method]
 }
 
-// Injected is the number of faults injected so far (503s and resets).
+// Injected is the number of faults injected so far (503s, resets, dropped
+// and rewritten answers).
 func (p *Proxy) Injected() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -166,9 +181,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	reqAt := p.resetReqAt
 	resetResp := !fail && !resetReq && take(&p.resetResp)
 	drop := !fail && !resetReq && !resetResp && take(&p.drop)
+	var rewrite func(int, http.Header) int
+	if !fail && !resetReq && !drop && take(&p.rewrite) {
+		rewrite = p.rewriteFn
+	}
 	respAt, closeResp := p.resetRespAt, p.closeResp
 	delay := p.delay
-	if fail || resetReq || resetResp || drop {
+	if fail || resetReq || resetResp || drop || rewrite != nil {
 		p.injected++
 	}
 	p.mu.Unlock()
@@ -218,7 +237,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	for k, v := range resp.Header {
 		w.Header()[k] = v
 	}
-	w.WriteHeader(resp.StatusCode)
+	status := resp.StatusCode
+	if rewrite != nil {
+		status = rewrite(status, w.Header())
+	}
+	w.WriteHeader(status)
 	body := p.throttled(resp.Body)
 	if resetResp {
 		_, _ = io.CopyN(w, body, respAt)
