@@ -292,7 +292,10 @@ func TestLyingRangeAnswersRefused(t *testing.T) {
 
 	big := random(t, 2*s3.MinPartSize+1000)
 	require.NoError(t, c.Put(ctx, bucket, "multi", bytes.NewReader(big), int64(len(big))))
-	p.RewriteAnswers(1, func(status int, h http.Header) int { h.Set("ETag", `"0123456789abcdef0123456789abcdef"`); return status })
+	p.RewriteAnswers(1, func(status int, h http.Header) int {
+		h.Set("ETag", `"0123456789abcdef0123456789abcdef"`)
+		return status
+	})
 	f := tempFile(t)
 	err = pc.GetToFile(ctx, bucket, "multi", f, int64(len(big)))
 	require.ErrorIs(t, err, errs.IO)
