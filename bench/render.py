@@ -725,7 +725,7 @@ def render_scale(sc: Dict[str, Any]) -> str:
              "size.")
     add = out.line
     add("| checkpoints | open | `list()` (every checkpoint) | `info()` of the newest | `load()` of the newest "
-        "| `tpde ls` | `tpde info STORE latest` | the last add |")
+        "| `tpde ls` | `tpde info STORE latest` | an add |")
     add("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for p in pts:
         add(f"| {p['checkpoints']:,} | {p['open_s'] * 1e3:.2f} ms | {p['ls_s'] * 1e3:.1f} ms "
@@ -737,10 +737,20 @@ def render_scale(sc: Dict[str, Any]) -> str:
         f"newest {r['load']:.2f}x (at most {t['load']:g}x): {_met(ok['load'])}. Opening {r['open']:.2f}x: "
         "it parses the manifest, one line a checkpoint. As commands, which open the store each time, "
         f"`tpde ls` {r['ls_cli']:.2f}x and `tpde info` {r['info_cli']:.2f}x.",
-        "An add is not bounded this way: it codes against the K + 1 newest records only, but its cleanup "
-        f"reads every record once per process ({r['add']:.2f}x from 100 to 1,000).",
+        _scale_add_line(sc),
     ])
     return out.text()
+
+
+def _scale_add_line(sc: Dict[str, Any]) -> str:
+    r, t, ok = sc["ratios"], sc["targets"], sc["pass"]
+    if "add" not in t:  # a run from before adds had a target
+        return ("An add is not bounded this way: it codes against the K + 1 newest records only, but its cleanup "
+                f"reads every record once per process ({r['add']:.2f}x from 100 to 1,000).")
+    return (f"An add (the median of the {sc.get('add_window', 1)} adds before each size, on one open `Store`): "
+            f"{r['add']:.2f}x from 100 to 1,000 (at most {t['add']:g}x): {_met(ok['add'])}. It codes against the "
+            "K + 1 newest records, and its cleanup reads only the records its commit listed or dropped; the "
+            "whole store is swept once, when a writer opens it.")
 
 
 def render_runs(rn: Dict[str, Any]) -> str:

@@ -821,7 +821,7 @@ func (tx *Tx) commit() (*Checkpoint, error) {
 	if err := s.publish(&m); err != nil {
 		return nil, err
 	}
-	_, _ = s.cleanup() // best effort: a reader may hold old objects; the next open retries
+	_, _ = s.tidy() // best effort: a reader may hold old objects; the next commit or open retries
 	if !tx.base && !tx.parts && s.recode == RecodeBackground {
 		s.startDemotion(sn.run)
 	}

@@ -74,7 +74,7 @@ func (s *Store) Settle() error {
 		delete(s.caughtUp, d.run) // the next demotion looks back K again
 	}
 	if d.untidy {
-		_, _ = s.cleanup() // best effort, as a commit's
+		_, _ = s.tidy() // best effort, as a commit's
 	}
 	if err != nil {
 		return fmt.Errorf("the background re-code of the checkpoint before the newest failed (that checkpoint stays stored whole, which loses nothing): %w", err)
@@ -180,7 +180,7 @@ func (s *Store) demoteOne(sn *snapshot, run string, ci int, d *demotion) (*snaps
 	if err := s.publish(&m); err != nil {
 		return sn, err
 	}
-	if c, err := s.cleanup(); err != nil || c.ReadersBusy {
+	if c, err := s.tidy(); err != nil || c.ReadersBusy {
 		d.untidy = true
 	}
 	root, err := s.snapshot()

@@ -54,19 +54,8 @@ func (s *Store) cleanup() (Cleaned, error) {
 	if !s.write {
 		return c, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
-	ents, err := s.tmp.ReadDir()
-	if err != nil {
+	if err := s.removeTemporary(&c); err != nil {
 		return c, err
-	}
-	for _, e := range ents {
-		// A part's folder belongs to a participant, perhaps alive (see
-		// liveParts); everything else in tmp/ is a dead writer's.
-		if strings.HasPrefix(e.Name, partPrefix) && e.Type == fs.ModeDir {
-			continue
-		}
-		if s.tmp.RemoveAll(e.Name) == nil {
-			c.Temporary++
-		}
 	}
 	lf, err := s.root.Open("readers.lock")
 	if err != nil {
@@ -81,7 +70,13 @@ func (s *Store) cleanup() (Cleaned, error) {
 	if err != nil {
 		return c, err
 	}
-	live, err := sn.live()
+	s.sweeps++
+	ix, err := s.buildIndex(sn)
+	var live map[string]bool
+	if err == nil {
+		live = ix.live()
+	}
+	s.index.Store(nil)
 	why := ""
 	switch {
 	case err != nil:
@@ -93,6 +88,8 @@ func (s *Store) cleanup() (Cleaned, error) {
 		// Only a commit tells the two apart; until then, keep all.
 		why = "the store has no manifest generation yet"
 		live = nil
+	default:
+		s.index.Store(ix) // tidy follows the writer's commits from here
 	}
 	var committed map[string]bool // what the generation names, for trimCache
 	if live != nil {
@@ -122,9 +119,38 @@ func (s *Store) cleanup() (Cleaned, error) {
 			c.Trimmed = n
 		}
 	}
+	if err := s.removeOldGenerations(&c); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// removeTemporary removes tmp/'s entries but the participants' folders
+// (parts): a dead writer's unfinished files.
+func (s *Store) removeTemporary(c *Cleaned) error {
+	ents, err := s.tmp.ReadDir()
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		// A part's folder belongs to a participant, perhaps alive (see
+		// liveParts); everything else in tmp/ is a dead writer's.
+		if strings.HasPrefix(e.Name, partPrefix) && e.Type == fs.ModeDir {
+			continue
+		}
+		if s.tmp.RemoveAll(e.Name) == nil {
+			c.Temporary++
+		}
+	}
+	return nil
+}
+
+// removeOldGenerations removes every manifest generation but the newest
+// (called with readers.lock held exclusively).
+func (s *Store) removeOldGenerations(c *Cleaned) error {
 	gens, err := s.generations()
 	if err != nil {
-		return c, err
+		return err
 	}
 	for i, g := range gens {
 		if i == 0 {
@@ -138,7 +164,7 @@ func (s *Store) cleanup() (Cleaned, error) {
 		}
 		c.Manifests += n
 	}
-	return c, nil
+	return nil
 }
 
 // refuseOrphans refuses to write a first manifest into a store whose
@@ -390,7 +416,7 @@ func (s *Store) RemoveFrom(run string, step int64) error {
 	if err := s.publish(&m); err != nil {
 		return err
 	}
-	_, _ = s.cleanup()
+	_, _ = s.tidy()
 	return nil
 }
 
@@ -430,7 +456,7 @@ func (s *Store) RemoveRun(run string) error {
 	if err := s.publish(&m); err != nil {
 		return err
 	}
-	_, _ = s.cleanup()
+	_, _ = s.tidy()
 	return nil
 }
 

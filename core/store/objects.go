@@ -98,6 +98,7 @@ func (w *objectWriter) linkAs(h, name string) error {
 	if err := w.s.tmp.Link(w.name, sub, name); err != nil && !errors.Is(err, syscall.EEXIST) {
 		return err
 	}
+	w.s.noteWritten(name)
 	if w.s.remote != nil {
 		// Linked or already there (an earlier add that did not commit may
 		// have left it): either way the next commit uploads it.

@@ -137,6 +137,12 @@ type Store struct {
 	// records caches parsed checkpoint records by object name: an object
 	// never changes, so a record read once serves every later snapshot.
 	records recordCache
+	// index counts what the newest generation names, for a writer's
+	// cleanup after its own commits (tidy); nil until a full cleanup has
+	// built it. sweeps counts full cleanups (tests: a commit's cleanup
+	// must not be one).
+	index  atomic.Pointer[liveIndex]
+	sweeps int
 	// lastManifest is the newest generation parsed, shared (read-only) by
 	// the snapshots of that generation.
 	lastManifest atomic.Pointer[Manifest]
