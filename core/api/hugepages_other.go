@@ -1,5 +1,0 @@
-//go:build !linux
-
-package api
-
-func hugePageOut(dst []byte) {}
