@@ -921,7 +921,12 @@ func (s *Store) publish(m *Manifest) error {
 		// On a remote store the commit is the remote's conditional PUT;
 		// the cache follows it (a cache that misses a generation is
 		// brought up to date at the next open: the remote is the truth).
-		before := s.liveNow()
+		// Without an index (tidy then sweeps), what this commit drops is
+		// told from the whole generation before and after it.
+		var before map[string]bool
+		if s.index.Load() == nil {
+			before = s.liveNow()
+		}
 		if err := s.commitRemote(name, b); err != nil {
 			return err
 		}

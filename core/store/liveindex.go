@@ -28,6 +28,7 @@ type liveIndex struct {
 	records map[string]int  // record object -> times the generation lists it
 	objects map[string]int  // object -> listed records naming it, per listing
 	pending map[string]bool // named by nothing, not yet removed (readers were busy)
+	noted   map[string]bool // pending objects already in a remote store's gc notes
 
 	// written is every object this writer linked since the last tidy:
 	// one that no record names (a tx that wrote an object it then did
@@ -92,7 +93,7 @@ func recordObjects(c *Checkpoint) []string {
 // buildIndex counts what sn names. It fails as live does, when a record
 // cannot be read.
 func (s *Store) buildIndex(sn *snapshot) (*liveIndex, error) {
-	ix := &liveIndex{gen: sn.m.Generation, records: map[string]int{}, objects: map[string]int{}, pending: map[string]bool{}}
+	ix := &liveIndex{gen: sn.m.Generation, records: map[string]int{}, objects: map[string]int{}, pending: map[string]bool{}, noted: map[string]bool{}}
 	for _, l := range sn.listed() {
 		c, err := s.readRecord(l.object, l.step, l.base)
 		if err != nil {
@@ -127,11 +128,13 @@ func stripCopy(o string) (string, bool) {
 
 // tidy is the cleanup after one of this writer's commits: tmp/ leftovers,
 // the objects that commit left unnamed, and older manifest generations.
-// Without an index (none built yet, a record that could not be read, a
-// remote store) it is the full cleanup.
+// On a remote store what the commit dropped also goes into the bucket's
+// gc notes, and the cache is trimmed, as the full cleanup does. Without an
+// index (none built yet, a record that could not be read) it is the full
+// cleanup.
 func (s *Store) tidy() (Cleaned, error) {
 	ix := s.index.Load()
-	if ix == nil || s.remote != nil {
+	if ix == nil {
 		return s.cleanup()
 	}
 	ix.mu.Lock()
@@ -165,6 +168,16 @@ func (s *Store) tidy() (Cleaned, error) {
 	if len(ix.pending) == 0 && !followed {
 		return c, nil // nothing committed since, nothing waiting
 	}
+	if s.remote != nil {
+		// What the commit dropped goes into the bucket's gc notes whether
+		// or not this cache holds it (a trimmed cache does not), once.
+		for _, o := range slices.Sorted(maps.Keys(ix.pending)) {
+			if !ix.noted[o] && !ix.names(o) && len(o) >= 2 {
+				s.remote.dropped = append(s.remote.dropped, o[:2]+"/"+o)
+				ix.noted[o] = true
+			}
+		}
+	}
 	lf, err := s.root.Open("readers.lock")
 	if err != nil {
 		return c, err
@@ -181,6 +194,7 @@ func (s *Store) tidy() (Cleaned, error) {
 	for _, o := range slices.Sorted(maps.Keys(ix.pending)) {
 		if ix.names(o) {
 			delete(ix.pending, o) // named again (the same content added anew)
+			delete(ix.noted, o)
 			continue
 		}
 		if staged[o] {
@@ -198,6 +212,17 @@ func (s *Store) tidy() (Cleaned, error) {
 			_ = sub.Close()
 		}
 		delete(ix.pending, o)
+		delete(ix.noted, o)
+	}
+	if s.remote != nil {
+		// Best effort, as the full cleanup's: what fails stays noted, and
+		// a cache left larger loses nothing.
+		if err := s.remoteCleanup(ix.names, nil); err != nil {
+			c.Remote = err.Error()
+		}
+		if n, err := s.trimCache(sn, ix.names); err == nil {
+			c.Trimmed = n
+		}
 	}
 	if err := s.removeOldGenerations(&c); err != nil {
 		return c, err

@@ -110,12 +110,12 @@ func (s *Store) cleanup() (Cleaned, error) {
 		c.Kept = fmt.Sprintf("%d object(s): %s", kept, why)
 	}
 	if s.remote != nil && live != nil {
-		if err := s.remoteCleanup(live, removed); err != nil {
+		if err := s.remoteCleanup(func(o string) bool { return live[o] }, removed); err != nil {
 			c.Remote = err.Error()
 		}
 		// Best effort, as the rest of a cleanup: a cache left larger
 		// loses nothing.
-		if n, err := s.trimCache(sn, committed); err == nil {
+		if n, err := s.trimCache(sn, func(o string) bool { return committed[o] }); err == nil {
 			c.Trimmed = n
 		}
 	}

@@ -628,7 +628,7 @@ func remoteGrace() (time.Duration, error) {
 // (removed, the local names below objects/), then removes what older notes
 // name and no one needs any more. live is the newest generation's objects.
 // It never fails a commit: what it could not do, it says.
-func (s *Store) remoteCleanup(live map[string]bool, removed []string) error {
+func (s *Store) remoteCleanup(named func(string) bool, removed []string) error {
 	rm := s.remote
 	ctx := s.remoteCtx()
 	seen := map[string]bool{}
@@ -689,7 +689,7 @@ func (s *Store) remoteCleanup(live map[string]bool, removed []string) error {
 			continue // not a note tpde wrote: left alone, never acted on
 		}
 		for _, n := range names {
-			if live[n[3:]] {
+			if named(n[3:]) {
 				continue
 			}
 			obj := "objects/" + n

@@ -18,7 +18,7 @@ import "github.com/tpde/tpde/core/dirfd"
 // generation names, parts staged in this cache excluded) that the newest
 // two checkpoints of every run, and the base, do not need. It returns how
 // many it removed. Cleanup calls it holding the readers' lock exclusively.
-func (s *Store) trimCache(sn *snapshot, committed map[string]bool) (int, error) {
+func (s *Store) trimCache(sn *snapshot, committed func(string) bool) (int, error) {
 	keep := map[string]bool{} // frames and skeletons to keep, and every record
 	need := func(c *Checkpoint, v *snapshot) error {
 		for fi := range c.Files {
@@ -67,7 +67,7 @@ func (s *Store) trimCache(sn *snapshot, committed map[string]bool) (int, error) 
 	n := 0
 	err := s.eachObjectFolder(func(sub *dirfd.Dir, ents []dirfd.Entry) {
 		for _, o := range ents {
-			if committed[o.Name] && !keep[o.Name] && sub.Remove(o.Name) == nil {
+			if committed(o.Name) && !keep[o.Name] && sub.Remove(o.Name) == nil {
 				n++
 			}
 		}

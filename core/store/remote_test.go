@@ -221,11 +221,21 @@ func TestARemoteStoreRemovesWhatNoGenerationNamesAfterTheGrace(t *testing.T) {
 			require.NoError(t, err)
 			ser := newSeries(6)
 			want := map[int64][]byte{}
-			for step := int64(1); step <= 4; step++ {
+			swept := 0
+			for step := int64(1); step <= 6; step++ {
 				want[step] = ser.step(t)
 				addFiles(t, s, step, map[string]string{"m.st": write(t, src, fmt.Sprintf("%d.st", step), want[step])})
+				if step == 1 {
+					require.NoError(t, s.Settle())
+					swept = s.sweeps
+				}
 			}
 			require.NoError(t, s.Settle())
+			// After the first commit built the count of what names each
+			// object, no add swept the cache or read every record; what
+			// they dropped still reached the bucket's gc notes (stale is
+			// zero without a grace period).
+			assert.Equal(t, swept, s.sweeps)
 			sn, err := s.snapshot()
 			require.NoError(t, err)
 			live, err := sn.live()
