@@ -4,7 +4,6 @@ package api
 
 import (
 	"github.com/tpde/tpde/core/frame"
-	"github.com/tpde/tpde/core/outmem"
 	"github.com/tpde/tpde/core/transform"
 )
 
@@ -38,7 +37,7 @@ func Encode(t Tensor, chunkElems uint32, effort, threads int32, dst []byte) (uin
 
 // Decode decodes the keyframe src into dst and returns the bytes written.
 func Decode(src, dst []byte, threads int32) (uint64, error) {
-	outmem.HugePages(dst)
+	hugePageOut(dst)
 	h, err := frame.Decode(src, dst, int(threads))
 	if err != nil {
 		return 0, err

@@ -465,7 +465,7 @@ func (rd *Reader) ReadRange(c *Checkpoint, rel string, off uint64, dst []byte) e
 		}
 	}
 	if len(jobs) > 1 {
-		if err := rd.decodeRegions(rel, jobs, [][]byte{dst}); err != nil {
+		if err := rd.decodeRegions(rel, jobs); err != nil {
 			return err
 		}
 		rd.decoded = make(map[*Region]bool, len(jobs))

@@ -12,7 +12,6 @@ import (
 	"sort"
 
 	"github.com/tpde/tpde/core/errs"
-	"github.com/tpde/tpde/core/outmem"
 	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/safetensors"
 	"github.com/tpde/tpde/core/statedict"
@@ -144,11 +143,7 @@ func (rd *Reader) ReadTensors(c *Checkpoint, rel string, spans []Span) error {
 			return fmt.Errorf("tensor at byte %d of %s: %w", sp.Offset, rel, err)
 		}
 	}
-	out := make([][]byte, len(jobs))
-	for i, j := range jobs {
-		out[i] = j.dst
-	}
-	return rd.decodeRegions(rel, jobs, out)
+	return rd.decodeRegions(rel, jobs)
 }
 
 // regionJob is a region to decode into dst (exactly its size).
@@ -162,15 +157,9 @@ type regionJob struct {
 // most of a model's tensors, are too small to split into chunks on every
 // thread, so they are spread over the threads one region each, each
 // worker with its own chain buffers.
-//
-// out is the caller's memory the jobs write (their buffers, or one buffer
-// around them): its pages are faulted in on every thread while the
-// kernel reads the objects ahead, instead of one fault per page inside the
-// decode (outmem.Prepare).
-func (rd *Reader) decodeRegions(rel string, jobs []regionJob, out [][]byte) error {
+func (rd *Reader) decodeRegions(rel string, jobs []regionJob) error {
 	defer rd.prefetch(jobs)()
 	threads := par.Threads(rd.threads)
-	outmem.Prepare(out, threads)
 	var small []regionJob
 	for _, j := range jobs {
 		if threads > 1 && j.r.Size < uint64(threads)*parallelRegionBytes {

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package api
+
+func hugePageOut(dst []byte) {}
