@@ -766,7 +766,13 @@ func (s *Store) Reclaim() ([]int64, error) {
 // under readers.lock held exclusively: no participant is coding, so each
 // live part's list is complete.
 func (s *Store) liveParts(live map[string]bool, c *Cleaned) error {
-	ents, err := s.tmp.ReadDir()
+	return s.livePartsIn(s.tmp, live, c)
+}
+
+// livePartsIn is liveParts over the part folders in tmp (a participant's
+// own s.tmp is its part's folder, not the store's tmp/).
+func (s *Store) livePartsIn(tmp *dirfd.Dir, live map[string]bool, c *Cleaned) error {
+	ents, err := tmp.ReadDir()
 	if err != nil {
 		return err
 	}
@@ -774,7 +780,7 @@ func (s *Store) liveParts(live map[string]bool, c *Cleaned) error {
 		if !strings.HasPrefix(e.Name, partPrefix) || e.Type != fs.ModeDir {
 			continue
 		}
-		d, err := s.tmp.OpenDir(e.Name)
+		d, err := tmp.OpenDir(e.Name)
 		if err != nil {
 			continue
 		}
@@ -783,7 +789,7 @@ func (s *Store) liveParts(live map[string]bool, c *Cleaned) error {
 			// made it and not locked it yet. The lock is held while the
 			// folder goes, so that such a participant cannot lock it
 			// meanwhile and believe it kept (lockedPart makes another).
-			if s.tmp.RemoveAll(e.Name) == nil {
+			if tmp.RemoveAll(e.Name) == nil {
 				c.Temporary++
 			}
 			_ = d.Close()

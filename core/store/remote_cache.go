@@ -12,7 +12,11 @@ package store
 // against the newest and re-codes the one before it. Records stay: they
 // are small, and listing the store reads them.
 
-import "github.com/tpde/tpde/core/dirfd"
+import (
+	"syscall"
+
+	"github.com/tpde/tpde/core/dirfd"
+)
 
 // trimCache removes the cache files of the objects in committed (what the
 // generation names, parts staged in this cache excluded) that the newest
@@ -73,4 +77,45 @@ func (s *Store) trimCache(sn *snapshot, committed func(string) bool) (int, error
 		}
 	})
 	return n, err
+}
+
+// trimStageCache trims a participant's cache (a store opened for staging
+// on a remote store) as a writer's cleanup trims its own: a rank on a
+// machine of its own never commits, so without this its cache would keep
+// every object it ever staged, a second copy of its share of the store on
+// the rank's disk. It runs when the participant opens, before it stages:
+// what the newest two checkpoints of every run, the base and the records
+// need stays, and so does every object a live part in this cache listed
+// (another participant sharing the cache, staging now). The newest
+// generation is this cache's (brought up to date at open). Best effort,
+// skipped while a reader or a coding participant holds readers.lock: a
+// cache left larger loses nothing.
+func (s *Store) trimStageCache() {
+	if s.remote == nil || !s.stage || s.objects == nil {
+		return
+	}
+	lf, err := s.root.Open("readers.lock")
+	if err != nil {
+		return
+	}
+	defer lf.Close()
+	if syscall.Flock(int(lf.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+		return
+	}
+	defer syscall.Flock(int(lf.Fd()), syscall.LOCK_UN)
+	sn, err := s.snapshot()
+	if err != nil || sn.m.Generation == 0 {
+		return
+	}
+	tmp, err := s.root.OpenDir("tmp")
+	if err != nil {
+		return
+	}
+	defer tmp.Close()
+	staged := map[string]bool{}
+	var c Cleaned
+	if s.livePartsIn(tmp, staged, &c) != nil {
+		return
+	}
+	_, _ = s.trimCache(sn, func(o string) bool { return !staged[o] })
 }

@@ -99,6 +99,74 @@ func TestRemotePartsFromSeparateCachesCommitAsOneCheckpoint(t *testing.T) {
 	assert.Positive(t, deltas, "the ranks re-coded the older saves as deltas, through the bucket")
 }
 
+// A rank's cache is trimmed when it opens to stage, as a writer's is after
+// each commit: after five saves it holds none of the frames that only the
+// oldest checkpoints need (every save is still in the bucket, and restores
+// through a fresh cache), so a rank's disk does not collect a second copy
+// of its share of the store.
+func TestARanksCacheKeepsOnlyWhatTheNewestCheckpointsNeed(t *testing.T) {
+	srv := s3test.Start(t)
+	_, rm := remoteFor(t, srv, "tpde-store-rank-cache")
+	caches := t.TempDir()
+	rs := newRankSeries()
+	var saves [][2][]byte
+	for i := 0; i < 5; i++ {
+		shards := rs.step(t)
+		saves = append(saves, shards)
+		d0, p0 := stageRemote(t, rm, filepath.Join(caches, "rank0"), map[string][]byte{"rank0.safetensors": shards[0]})
+		d1, p1 := stageRemote(t, rm, filepath.Join(caches, "rank1"), map[string][]byte{"rank1.safetensors": shards[1]})
+		w, err := Open(filepath.Join(caches, "coordinator"), Options{Write: true, Remote: rm, Recode: RecodeInline})
+		require.NoError(t, err)
+		_, err = w.CommitParts([][]byte{d0, d1}, 0, false, nil, "")
+		require.NoError(t, err)
+		w.Close()
+		p0.Close()
+		p1.Close()
+	}
+	r, err := Open(filepath.Join(caches, "reader"), Options{Remote: rm})
+	require.NoError(t, err)
+	defer r.Close()
+	// The last open trimmed against the generation of save 3: saves 0
+	// and 1 are neither of the two newest, and their frames are deltas
+	// no newer chain walks.
+	// (A frame a newer checkpoint names too, such as an unchanged
+	// tensor's, is not one of them.)
+	old, newer := map[string]bool{}, map[string]bool{}
+	rd, err := r.Reader()
+	require.NoError(t, err)
+	for step := int64(0); step < int64(len(saves)); step++ {
+		c, err := rd.Checkpoint(step, false)
+		require.NoError(t, err)
+		for _, f := range c.Files {
+			for _, reg := range f.Regions {
+				if step <= 1 {
+					old[reg.Object.Object] = true
+				} else {
+					newer[reg.Object.Object] = true
+				}
+			}
+		}
+	}
+	rd.Close()
+	for o := range newer {
+		delete(old, o)
+	}
+	require.NotEmpty(t, old)
+	for _, rank := range []string{"rank0", "rank1"} {
+		ents, err := filepath.Glob(filepath.Join(caches, rank, "objects", "*", "*"))
+		require.NoError(t, err)
+		require.NotEmpty(t, ents, "%s: its cache holds its newest frames", rank)
+		for _, e := range ents {
+			assert.False(t, old[filepath.Base(e)], "%s: %s, a frame only saves 0 and 1 need, is still cached", rank, filepath.Base(e))
+		}
+	}
+	for step, shards := range saves {
+		got := restoreAllFrom(t, r, int64(step))
+		assert.Equal(t, shards[0], got["rank0.safetensors"], "step %d", step)
+		assert.Equal(t, shards[1], got["rank1.safetensors"], "step %d", step)
+	}
+}
+
 // A remote store is never reclaimed by its folders: a folder this machine
 // cannot see may be held on another.
 func TestARemoteStoreRefusesToReclaim(t *testing.T) {

@@ -293,6 +293,9 @@ func Open(dir string, opt Options) (*Store, error) {
 		}
 		s.opened.Foreign = append(s.opened.Foreign, s.replaced...)
 	}
+	if opt.Stage {
+		s.trimStageCache()
+	}
 	return s, nil
 }
 
