@@ -248,18 +248,25 @@ func TestGetRange(t *testing.T) {
 	}
 }
 
+// behindProxy puts n random bytes at key and returns a client of the
+// server, a fault proxy in front of it, a client through the proxy, and
+// the bytes.
+func behindProxy(t *testing.T, key string, n int) (*s3.Client, *s3test.Proxy, *s3.Client, []byte) {
+	c, srv := setup(t, nil)
+	data := random(t, n)
+	require.NoError(t, c.Put(context.Background(), bucket, key, bytes.NewReader(data), int64(len(data))))
+	p := s3test.NewProxy(t, srv.Endpoint)
+	return c, p, client(t, p.URL, nil), data
+}
+
 // A server, or a cache in front of it, that answers a ranged GET with the
 // whole object, another range, another object's length or a header it
 // cannot parse is refused by name: its bytes are never taken for the
 // range asked for. An object whose ETag changes between the ranges of one
 // download is an I/O error, not a file stitched from two versions.
 func TestLyingRangeAnswersRefused(t *testing.T) {
-	c, srv := setup(t, nil)
+	c, p, pc, data := behindProxy(t, "r", 10000)
 	ctx := context.Background()
-	data := random(t, 10000)
-	require.NoError(t, c.Put(ctx, bucket, "r", bytes.NewReader(data), int64(len(data))))
-	p := s3test.NewProxy(t, srv.Endpoint)
-	pc := client(t, p.URL, nil)
 	setRange := func(v string) func(int, http.Header) int {
 		return func(status int, h http.Header) int { h.Set("Content-Range", v); return status }
 	}
@@ -603,12 +610,8 @@ func TestBoundedRetriesDoNotLeakTheEndpointCredentials(t *testing.T) {
 // answer the SDK reads itself (a listing's XML) or one the client reads (a
 // GET's body).
 func TestClosedAnswersRetried(t *testing.T) {
-	c, srv := setup(t, nil)
+	_, p, pc, data := behindProxy(t, "k", 100_000)
 	ctx := context.Background()
-	data := random(t, 100_000)
-	require.NoError(t, c.Put(ctx, bucket, "k", bytes.NewReader(data), int64(len(data))))
-	p := s3test.NewProxy(t, srv.Endpoint)
-	pc := client(t, p.URL, nil)
 
 	p.DropAnswers(1)
 	require.NoError(t, pc.Put(ctx, bucket, "k2", bytes.NewReader(data), int64(len(data))))
