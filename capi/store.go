@@ -51,6 +51,21 @@ func tpde_store_wait(handle C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.in
 	return status(api.WaitStore(uint64(handle)), cerr, cerrLen)
 }
 
+//export tpde_store_object_bytes
+func tpde_store_object_bytes(handle C.uint64_t, out *C.int64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	var a args
+	a.need(out != nil, "out")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
+	}
+	n, err := api.StoreObjectBytes(uint64(handle))
+	if err == nil {
+		*out = C.int64_t(n)
+	}
+	return status(err, cerr, cerrLen)
+}
+
 //export tpde_store_transfer
 func tpde_store_transfer(handle C.uint64_t, counts *C.uint64_t, n C.uint64_t, written *C.uint64_t, cerr *C.char,
 	cerrLen C.size_t) (rc C.int) {

@@ -117,7 +117,7 @@ extern "C" {
  * ====================================================================== */
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 11
+#define TPDE_ABI_VERSION 12
 
 #ifndef TPDE_NO_PROTOTYPES
 
@@ -613,6 +613,13 @@ int tpde_store_close(uint64_t handle, char *err, size_t err_len);
  * "recode" of tpde_store_open); its failure is the error, reported once
  * (its checkpoint stays stored whole, which loses nothing). */
 int tpde_store_wait(uint64_t handle, char *err, size_t err_len);
+
+/* The bytes of the objects this handle has added to the store since it
+ * was opened, less those its cleanups removed, into *out: the store's
+ * growth from its adds, re-codes and removes, without a walk of the store
+ * (manifests are not counted). On a remote store, what its cache took.
+ * Like tpde_store_transfer it never waits for the handle. */
+int tpde_store_object_bytes(uint64_t handle, int64_t *out, char *err, size_t err_len);
 
 /* The handle's traffic with its bucket (TPDE_TRANSFER_*): the first
  * min(n, TPDE_TRANSFER_COUNT) counts are written into counts[0..], and

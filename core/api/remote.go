@@ -99,6 +99,17 @@ func (t Transfer) Values() []uint64 {
 	return out
 }
 
+// StoreObjectBytes is store session h's store.ObjectBytes: the bytes of
+// the objects it added less those its cleanups removed. Like
+// StoreTransfer it takes no lock.
+func StoreObjectBytes(h uint64) (int64, error) {
+	o, err := stores.Get(h)
+	if err != nil {
+		return 0, err
+	}
+	return o.s.ObjectBytes(), nil
+}
+
 // StoreTransfer is store session h's Transfer, and false for a local
 // store (which has no bucket). It takes no lock, since it reads atomic
 // counters only: a progress display polls it while another thread adds

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+
+	"github.com/tpde/tpde/core/dirfd"
 )
 
 // liveIndex is a writer's count of what the newest generation names: how
@@ -206,7 +208,7 @@ func (s *Store) tidy() (Cleaned, error) {
 		}
 		sub, err := s.objects.OpenDir(o[:2])
 		if err == nil {
-			if sub.Remove(o) == nil {
+			if s.removeObject(sub, o) {
 				c.Objects++
 			}
 			_ = sub.Close()
@@ -320,4 +322,17 @@ func (ix *liveIndex) live() map[string]bool {
 		live[r+copySuffix] = true
 	}
 	return live
+}
+
+// removeObject removes object file name from its folder sub and takes its
+// size off objectBytes; it reports whether it removed it.
+func (s *Store) removeObject(sub *dirfd.Dir, name string) bool {
+	info, serr := sub.Stat(name)
+	if sub.Remove(name) != nil {
+		return false
+	}
+	if serr == nil {
+		s.objectBytes.Add(-info.Size)
+	}
+	return true
 }

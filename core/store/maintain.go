@@ -247,7 +247,7 @@ func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned, removed *[]
 				switch {
 				case live == nil:
 					kept++
-				case !live[o.Name] && sub.Remove(o.Name) == nil:
+				case !live[o.Name] && s.removeObject(sub, o.Name):
 					c.Objects++
 					if removed != nil {
 						*removed = append(*removed, d.Name+"/"+o.Name)

@@ -95,7 +95,10 @@ func (w *objectWriter) linkAs(h, name string) error {
 		return err
 	}
 	defer sub.Close()
-	if err := w.s.tmp.Link(w.name, sub, name); err != nil && !errors.Is(err, syscall.EEXIST) {
+	switch err := w.s.tmp.Link(w.name, sub, name); {
+	case err == nil:
+		w.s.objectBytes.Add(int64(w.n))
+	case !errors.Is(err, syscall.EEXIST):
 		return err
 	}
 	w.s.noteWritten(name)

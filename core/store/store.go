@@ -141,8 +141,11 @@ type Store struct {
 	// cleanup after its own commits (tidy); nil until a full cleanup has
 	// built it. sweeps counts full cleanups (tests: a commit's cleanup
 	// must not be one).
-	index  atomic.Pointer[liveIndex]
-	sweeps int
+	index atomic.Pointer[liveIndex]
+	// objectBytes is the bytes of the objects this handle linked into
+	// objects/, less those its cleanups removed (ObjectBytes).
+	objectBytes atomic.Int64
+	sweeps      int
 	// lastManifest is the newest generation parsed, shared (read-only) by
 	// the snapshots of that generation.
 	lastManifest atomic.Pointer[Manifest]
@@ -211,6 +214,15 @@ func SchemeOf(dir string) string {
 }
 
 // Open opens the store in dir.
+// ObjectBytes is the bytes of the objects this handle has added to
+// objects/ since it was opened (after its open's own cleanup), less the bytes of those its cleanups have
+// removed: the store's growth from this handle's adds, removes and
+// re-codes, without a walk of the store (manifests, a few kilobytes, are
+// not counted). On a remote store it is what the cache took; the bucket
+// loses its dropped objects later, after the grace period. It takes no
+// lock: a caller may read it while an add runs.
+func (s *Store) ObjectBytes() int64 { return s.objectBytes.Load() }
+
 func Open(dir string, opt Options) (*Store, error) {
 	if sc := SchemeOf(dir); sc != "" {
 		return nil, fmt.Errorf("%w: %s: tpde cannot serve %s:// stores; a store is a local folder", errs.Unsupported, dir, sc)
@@ -296,6 +308,7 @@ func Open(dir string, opt Options) (*Store, error) {
 	if opt.Stage {
 		s.trimStageCache()
 	}
+	s.objectBytes.Store(0) // the growth from here: what open's cleanup removed is not this handle's work
 	return s, nil
 }
 

@@ -25,7 +25,7 @@ from . import errors
 from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 11
+ABI_VERSION = 12
 MAX_NDIM = 32
 ERR_LEN = 1024
 
@@ -179,6 +179,7 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     "tpde_store_close": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_wait": (c_int, [c_uint64, _ERRBUF, c_size_t]),
     "tpde_store_transfer": (c_int, [c_uint64, _U64P, c_uint64, _U64P, _ERRBUF, c_size_t]),
+    "tpde_store_object_bytes": (c_int, [c_uint64, POINTER(_I64), _ERRBUF, c_size_t]),
     "tpde_store_begin": (c_int, [c_uint64, _I64, c_int32, c_char_p, c_uint64, c_int32, _ERRBUF, c_size_t]),
     "tpde_store_begin_run": (c_int, [c_uint64, c_char_p, c_char_p, c_uint64, _I64, c_int32, c_char_p, c_uint64,
                                      _ERRBUF, c_size_t]),

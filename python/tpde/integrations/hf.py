@@ -206,7 +206,7 @@ class TPDETrainerCallback(TrainerCallback):
         """The worker thread: add folder to the store, then record its figures."""
         try:
             assert self._store is not None
-            before = _disk_bytes(self._store.path)
+            before = self._store.object_bytes()
             t0 = time.perf_counter()
             info = self._store.add(folder, step=step)
             seconds = time.perf_counter() - t0
@@ -214,7 +214,7 @@ class TPDETrainerCallback(TrainerCallback):
             # this thread is already off training's path, so it waits, and
             # the growth it reports is the store's once that is done.
             self._store.wait()
-            grown = _disk_bytes(self._store.path) - before
+            grown = self._store.object_bytes() - before
             self.profile.append({"step": step, "ratio": info.raw_bytes / grown if grown > 0 else float("inf"),
                                  "original_bytes": info.raw_bytes, "stored_bytes": grown, "seconds": seconds})
         except BaseException as e:  # noqa: BLE001 - handed to the main thread by _settle, which raises it
@@ -347,6 +347,3 @@ def _wait_for_every_rank() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
-
-def _disk_bytes(path: str) -> int:
-    return sum(os.lstat(os.path.join(root, name)).st_size for root, _, names in os.walk(path) for name in names)

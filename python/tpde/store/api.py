@@ -20,7 +20,7 @@ from .._steps import step_from_name
 from ..errors import InvalidArgumentError, TPDEError, TPDEIOError, require
 from .folders import _add_files, _restore_state_dict
 from .handle import (_STAGE, MAIN_RUN, PathLike, _config, _in_run, _json_arg, _naming, _open, _open_locking,
-                     _parent_arg, _path_arg, _Reader, _renamed, _run_arg, _store_path, _tags_arg, _transfer, _utf8,
+                     _parent_arg, _path_arg, _Reader, _renamed, _run_arg, _store_path, _tags_arg, _transfer, _object_bytes, _utf8,
                      call, call_json, check_step, is_s3)
 from .state_dict import STATE_DICT_FILE, _add_state_dict, _load_checkpoint, _load_guarded
 from .stats import _counted, _infos, _records, _report, _runs, _stats
@@ -166,6 +166,15 @@ class Store:
                 self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown; the kernel drops the lock anyway
             pass
+
+    def object_bytes(self) -> int:
+        """The bytes of the objects this Store has added to the store since
+        it was opened, less those its cleanups removed: the store's growth
+        from its adds (their re-codes included) and removes, read from a
+        counter, not by walking the store (manifests, a few kilobytes, are
+        not counted). On a store in a bucket, what its cache took. It takes
+        no lock, so another thread may read it while an add runs."""
+        return _object_bytes(self._write) if self._write else 0
 
     # -- traffic with the bucket ---------------------------------------
 

@@ -382,6 +382,15 @@ def _transfer(h: int) -> Optional[Dict[str, int]]:
     return {name: int(counts[i]) for i, name in enumerate(_native.TRANSFER_NAMES[:written.value])}
 
 
+def _object_bytes(h: int) -> int:
+    """The bytes of the objects store handle h added, less those its
+    cleanups removed (tpde_store_object_bytes; never waits for the
+    handle)."""
+    n = ctypes.c_int64(0)
+    call("tpde_store_object_bytes", h, byref(n))
+    return int(n.value)
+
+
 def read_pointer(folder: PathLike) -> Dict[str, Any]:
     """The pointer a holder folder keeps (.tpde-checkpoint.json):
     {"store": the store's path, "step": int}. TPDEIOError (ENOENT) when
