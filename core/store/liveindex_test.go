@@ -35,10 +35,6 @@ func namedNow(t *testing.T, s *Store) map[string]bool {
 	return ix.live()
 }
 
-func addNamed(t *testing.T, s *Store, step int64, b []byte) {
-	addFiles(t, s, step, map[string]string{"model.safetensors": write(t, t.TempDir(), "m.st", b)})
-}
-
 // A writer's cleanup after its own commit removes exactly what the commit
 // left unnamed (a demoted checkpoint's keyframes, an object written and
 // not used) without a full sweep of the store: after each add objects/
@@ -53,12 +49,12 @@ func TestACommitsCleanupRemovesWhatItLeftUnnamedWithoutASweep(t *testing.T) {
 	require.NoError(t, err)
 	defer s.Close()
 	sr := newSeries(3)
-	addNamed(t, s, 1, sr.step(t))
+	addOne(t, s, 1, "model.safetensors", sr.step(t))
 	require.NoError(t, s.Settle())
 	swept := s.sweeps
 	require.NotNil(t, s.index.Load(), "the first commit's full cleanup built the index")
 	for step := int64(2); step <= 12; step++ {
-		addNamed(t, s, step, sr.step(t))
+		addOne(t, s, step, "model.safetensors", sr.step(t))
 		require.Equal(t, namedNow(t, s), objectFiles(t, dir), "after adding %d", step)
 	}
 	ft := fineTune(sr, 7)
@@ -69,7 +65,7 @@ func TestACommitsCleanupRemovesWhatItLeftUnnamedWithoutASweep(t *testing.T) {
 
 	// The same bytes as an earlier checkpoint: objects named again before
 	// their removal stay.
-	addNamed(t, s, 13, sr.step(t))
+	addOne(t, s, 13, "model.safetensors", sr.step(t))
 	require.Equal(t, namedNow(t, s), objectFiles(t, dir))
 	require.NoError(t, s.Remove(5))
 	require.Equal(t, namedNow(t, s), objectFiles(t, dir), "after a remove")
@@ -90,12 +86,12 @@ func TestWhatAReaderHeldGoesAtTheNextCommit(t *testing.T) {
 	require.NoError(t, err)
 	defer s.Close()
 	sr := newSeries(4)
-	addNamed(t, s, 1, sr.step(t))
-	addNamed(t, s, 2, sr.step(t))
+	addOne(t, s, 1, "model.safetensors", sr.step(t))
+	addOne(t, s, 2, "model.safetensors", sr.step(t))
 	require.NoError(t, s.Settle())
 	swept := s.sweeps
 	require.NoError(t, withReader(dir, MainRun, func(_ *Store, _ *Reader) error {
-		addNamed(t, s, 3, sr.step(t))
+		addOne(t, s, 3, "model.safetensors", sr.step(t))
 		return s.Settle()
 	}))
 	named, files := namedNow(t, s), objectFiles(t, dir)
@@ -103,7 +99,7 @@ func TestWhatAReaderHeldGoesAtTheNextCommit(t *testing.T) {
 		assert.True(t, files[o], "%s is named and missing", o)
 	}
 	assert.Greater(t, len(files), len(named), "the demotion's dropped keyframes stayed while the reader held them")
-	addNamed(t, s, 4, sr.step(t))
+	addOne(t, s, 4, "model.safetensors", sr.step(t))
 	require.Equal(t, namedNow(t, s), objectFiles(t, dir))
 	assert.Equal(t, swept, s.sweeps)
 }
@@ -122,12 +118,12 @@ func TestObjectBytesIsTheGrowthOfObjects(t *testing.T) {
 	require.NoError(t, err)
 	sr := newSeries(5)
 	for step := int64(1); step <= 6; step++ {
-		addNamed(t, s, step, sr.step(t))
+		addOne(t, s, step, "model.safetensors", sr.step(t))
 		require.NoError(t, s.Settle())
 		assert.Equal(t, objectsSize(t, dir), s.ObjectBytes(), "after adding %d", step)
 	}
 	require.NoError(t, withReader(dir, MainRun, func(_ *Store, _ *Reader) error {
-		addNamed(t, s, 7, sr.step(t))
+		addOne(t, s, 7, "model.safetensors", sr.step(t))
 		return s.Settle()
 	}))
 	assert.Equal(t, objectsSize(t, dir), s.ObjectBytes(), "what a reader held is still there, and counted")
@@ -141,7 +137,7 @@ func TestObjectBytesIsTheGrowthOfObjects(t *testing.T) {
 	defer s.Close()
 	assert.Zero(t, s.ObjectBytes())
 	before := objectsSize(t, dir)
-	addNamed(t, s, 8, sr.step(t))
+	addOne(t, s, 8, "model.safetensors", sr.step(t))
 	require.NoError(t, s.Settle())
 	assert.Equal(t, objectsSize(t, dir)-before, s.ObjectBytes())
 }

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -18,7 +17,6 @@ import (
 func TestAWritersCacheKeepsOnlyTheNewestTwoCheckpoints(t *testing.T) {
 	srv := s3test.Start(t)
 	_, rm := remoteFor(t, srv, "tpde-store-trim")
-	src := t.TempDir()
 	cache := filepath.Join(t.TempDir(), "cache")
 	s, err := Open(cache, Options{Write: true, KeyframeInterval: 3, Remote: rm, Recode: RecodeInline})
 	require.NoError(t, err)
@@ -26,7 +24,7 @@ func TestAWritersCacheKeepsOnlyTheNewestTwoCheckpoints(t *testing.T) {
 	want := map[int64][]byte{}
 	for step := int64(1); step <= 5; step++ {
 		want[step] = ser.step(t)
-		addFiles(t, s, step, map[string]string{"m.st": write(t, src, fmt.Sprintf("%d.st", step), want[step])})
+		addOne(t, s, step, "m.st", want[step])
 	}
 	require.NoError(t, s.Settle())
 	rd, err := s.Reader()

@@ -25,6 +25,23 @@ func stageRemote(t *testing.T, rm *s3.Remote, cache string, files map[string][]b
 	return stageWith(t, cache, Options{Stage: true, Remote: rm}, files)
 }
 
+// commitRanks stages shards as ranks 0 and 1, each through a cache of its
+// own under caches, and commits them as one checkpoint from a coordinator's
+// cache there (holder folder, "" for none), every handle closed after.
+func commitRanks(t *testing.T, rm *s3.Remote, caches string, shards [2][]byte, folder string) *Checkpoint {
+	t.Helper()
+	d0, p0 := stageRemote(t, rm, filepath.Join(caches, "rank0"), map[string][]byte{"rank0.safetensors": shards[0]})
+	defer p0.Close()
+	d1, p1 := stageRemote(t, rm, filepath.Join(caches, "rank1"), map[string][]byte{"rank1.safetensors": shards[1]})
+	defer p1.Close()
+	w, err := Open(filepath.Join(caches, "coordinator"), Options{Write: true, Remote: rm, Recode: RecodeInline})
+	require.NoError(t, err)
+	defer w.Close()
+	c, err := w.CommitParts([][]byte{d0, d1}, 0, false, nil, folder)
+	require.NoError(t, err)
+	return c
+}
+
 // Two ranks stage their files in caches of their own and a coordinator,
 // with a third cache, commits both as one checkpoint: the bucket alone
 // carries the parts. Each save's folder holds a pointer naming the bucket's
@@ -40,14 +57,9 @@ func TestRemotePartsFromSeparateCachesCommitAsOneCheckpoint(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		shards := rs.step(t)
 		saves = append(saves, shards)
-		d0, p0 := stageRemote(t, rm, filepath.Join(caches, "rank0"), map[string][]byte{"rank0.safetensors": shards[0]})
-		d1, p1 := stageRemote(t, rm, filepath.Join(caches, "rank1"), map[string][]byte{"rank1.safetensors": shards[1]})
 		folder := filepath.Join(folders, "step-"+string(rune('0'+i)))
 		require.NoError(t, os.Mkdir(folder, 0o755))
-		w, err := Open(filepath.Join(caches, "coordinator"), Options{Write: true, Remote: rm, Recode: RecodeInline})
-		require.NoError(t, err)
-		c, err := w.CommitParts([][]byte{d0, d1}, 0, false, nil, folder)
-		require.NoError(t, err)
+		c := commitRanks(t, rm, caches, shards, folder)
 		assert.Equal(t, int64(i), c.Step)
 		// The coordinator checks the parts' objects in the bucket: none
 		// of their frames enters its cache.
@@ -60,9 +72,6 @@ func TestRemotePartsFromSeparateCachesCommitAsOneCheckpoint(t *testing.T) {
 				}
 			}
 		}
-		w.Close()
-		p0.Close()
-		p1.Close()
 
 		store, step, err := ReadPointer(folder)
 		require.NoError(t, err)
@@ -113,15 +122,7 @@ func TestARanksCacheKeepsOnlyWhatTheNewestCheckpointsNeed(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		shards := rs.step(t)
 		saves = append(saves, shards)
-		d0, p0 := stageRemote(t, rm, filepath.Join(caches, "rank0"), map[string][]byte{"rank0.safetensors": shards[0]})
-		d1, p1 := stageRemote(t, rm, filepath.Join(caches, "rank1"), map[string][]byte{"rank1.safetensors": shards[1]})
-		w, err := Open(filepath.Join(caches, "coordinator"), Options{Write: true, Remote: rm, Recode: RecodeInline})
-		require.NoError(t, err)
-		_, err = w.CommitParts([][]byte{d0, d1}, 0, false, nil, "")
-		require.NoError(t, err)
-		w.Close()
-		p0.Close()
-		p1.Close()
+		commitRanks(t, rm, caches, shards, "")
 	}
 	r, err := Open(filepath.Join(caches, "reader"), Options{Remote: rm})
 	require.NoError(t, err)

@@ -216,7 +216,6 @@ func TestARemoteStoreRemovesWhatNoGenerationNamesAfterTheGrace(t *testing.T) {
 			srv := s3test.Start(t)
 			bucket := "tpde-store-gc-" + grace
 			c, rm := remoteFor(t, srv, bucket)
-			src := t.TempDir()
 			s, err := Open(filepath.Join(t.TempDir(), "c0"), Options{Write: true, KeyframeInterval: 4, Remote: rm})
 			require.NoError(t, err)
 			ser := newSeries(6)
@@ -224,7 +223,7 @@ func TestARemoteStoreRemovesWhatNoGenerationNamesAfterTheGrace(t *testing.T) {
 			swept := 0
 			for step := int64(1); step <= 6; step++ {
 				want[step] = ser.step(t)
-				addFiles(t, s, step, map[string]string{"m.st": write(t, src, fmt.Sprintf("%d.st", step), want[step])})
+				addOne(t, s, step, "m.st", want[step])
 				if step == 1 {
 					require.NoError(t, s.Settle())
 					swept = s.sweeps
@@ -271,14 +270,13 @@ func TestRemovingACheckpointOfARemoteStore(t *testing.T) {
 	t.Setenv("TPDE_S3_GRACE", "0")
 	srv := s3test.Start(t)
 	c, rm := remoteFor(t, srv, "tpde-store-rm")
-	src := t.TempDir()
 	s, err := Open(filepath.Join(t.TempDir(), "c0"), Options{Write: true, KeyframeInterval: 4, Remote: rm})
 	require.NoError(t, err)
 	ser := newSeries(8)
 	want := map[int64][]byte{}
 	for step := int64(1); step <= 4; step++ {
 		want[step] = ser.step(t)
-		addFiles(t, s, step, map[string]string{"m.st": write(t, src, fmt.Sprintf("%d.st", step), want[step])})
+		addOne(t, s, step, "m.st", want[step])
 	}
 	require.NoError(t, s.Settle())
 	s.Close()
@@ -330,7 +328,6 @@ func TestAMalformedGraceIsRefused(t *testing.T) {
 // remoteSeries adds steps 1..n to a remote store and returns them.
 func remoteSeries(t *testing.T, rm *s3.Remote, n int64) map[int64][]byte {
 	t.Helper()
-	src := t.TempDir()
 	s, err := Open(filepath.Join(t.TempDir(), "c0"), Options{Write: true, Remote: rm})
 	require.NoError(t, err)
 	defer s.Close()
@@ -338,7 +335,7 @@ func remoteSeries(t *testing.T, rm *s3.Remote, n int64) map[int64][]byte {
 	want := map[int64][]byte{}
 	for step := int64(1); step <= n; step++ {
 		want[step] = ser.step(t)
-		addFiles(t, s, step, map[string]string{"m.st": write(t, src, fmt.Sprintf("%d.st", step), want[step])})
+		addOne(t, s, step, "m.st", want[step])
 	}
 	require.NoError(t, s.Settle())
 	return want

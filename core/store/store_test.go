@@ -106,6 +106,11 @@ func addFiles(t testing.TB, s *Store, step int64, files map[string]string) *Chec
 	return c
 }
 
+// addOne adds b as the checkpoint's one file, name.
+func addOne(t testing.TB, s *Store, step int64, name string, b []byte) *Checkpoint {
+	return addFiles(t, s, step, map[string]string{name: write(t, t.TempDir(), name, b)})
+}
+
 // withReader opens the store in dir for reading and runs fn on a reader
 // of run of its newest snapshot.
 func withReader(dir, run string, fn func(s *Store, rd *Reader) error) error {
