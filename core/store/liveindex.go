@@ -3,6 +3,7 @@ package store
 import (
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -115,17 +116,10 @@ func (ix *liveIndex) names(o string) bool {
 	if ix.objects[o] > 0 || ix.records[o] > 0 {
 		return true
 	}
-	if r, ok := stripCopy(o); ok {
+	if r, ok := strings.CutSuffix(o, copySuffix); ok {
 		return ix.records[r] > 0
 	}
 	return false
-}
-
-func stripCopy(o string) (string, bool) {
-	if len(o) > len(copySuffix) && o[len(o)-len(copySuffix):] == copySuffix {
-		return o[:len(o)-len(copySuffix)], true
-	}
-	return "", false
 }
 
 // tidy is the cleanup after one of this writer's commits: tmp/ leftovers,

@@ -386,51 +386,15 @@ func (sn *snapshot) checkChains(c *Checkpoint, what string) error {
 }
 
 // live is every object the snapshot names, records and their copies
-// included. It fails if any record cannot be read: then no one can know
-// which objects that checkpoint needs, and cleanup must remove nothing.
+// included (the count a writer's cleanup keeps, liveIndex). It fails if
+// any record cannot be read: then no one can know which objects that
+// checkpoint needs, and cleanup must remove nothing.
 func (sn *snapshot) live() (map[string]bool, error) {
-	live := map[string]bool{}
-	for _, name := range sn.runNames() {
-		v, err := sn.view(name)
-		if err != nil {
-			return nil, err
-		}
-		if err := v.liveInto(live, name == MainRun); err != nil {
-			return nil, err
-		}
+	ix, err := sn.s.buildIndex(sn)
+	if err != nil {
+		return nil, err
 	}
-	return live, nil
-}
-
-// liveInto adds what this view's run names (and the base, with base).
-func (sn *snapshot) liveInto(live map[string]bool, base bool) error {
-	add := func(c *Checkpoint) {
-		for _, f := range c.Files {
-			live[f.Skeleton.Object] = true
-			for _, r := range f.Regions {
-				live[r.Object.Object] = true
-			}
-		}
-	}
-	refs := append([]CheckpointRef{}, sn.m.Checkpoints...)
-	idx := make([]int, 0, len(refs)+1)
-	for i := range sn.m.Checkpoints {
-		idx = append(idx, i)
-	}
-	if sn.m.Base != nil && base {
-		refs = append(refs, *sn.m.Base)
-		idx = append(idx, -1)
-	}
-	for k, ref := range refs {
-		live[ref.Object] = true
-		live[ref.Object+copySuffix] = true
-		c, err := sn.record(idx[k])
-		if err != nil {
-			return err
-		}
-		add(c)
-	}
-	return nil
+	return ix.live(), nil
 }
 
 func (sn *snapshot) checkpoint(step int64) (*Checkpoint, int, error) {
