@@ -17,8 +17,10 @@ import (
 	"fmt"
 	"math/bits"
 	"sort"
+	"unicode/utf8"
 
 	"github.com/tpde/tpde/core/errs"
+	"github.com/tpde/tpde/core/strictjson"
 )
 
 // MaxHeaderLen is the largest JSON header accepted, as in the reference
@@ -96,6 +98,15 @@ func ParseHeader(data []byte, fileSize uint64) (*File, error) {
 	hdr := data[8 : 8+n]
 	if len(bytes.TrimLeft(hdr, " ")) == 0 || hdr[0] != '{' {
 		return nil, corrupt("header does not start with '{'")
+	}
+	// The format's header is UTF-8 JSON. encoding/json would read invalid
+	// bytes as U+FFFD and keep the last of a repeated name, where another
+	// reader may refuse or keep the first: one header, two sets of tensors.
+	if !utf8.Valid(hdr) {
+		return nil, corrupt("header is not UTF-8")
+	}
+	if err := strictjson.CheckDuplicateKeys(hdr); err != nil {
+		return nil, corrupt("header JSON: %v", err)
 	}
 	var raw map[string]json.RawMessage
 	dec := json.NewDecoder(bytes.NewReader(hdr))

@@ -248,6 +248,24 @@ func TestAttackNotJSON(t *testing.T) {
 	}
 }
 
+// A name twice, or a name whose bytes are not UTF-8 (which encoding/json
+// reads as U+FFFD, so "\xff" and "\xfe" would be one name), is refused:
+// one header must not list one set of tensors to us and another to torch.
+func TestAttackNameReadTwoWays(t *testing.T) {
+	e := `{"dtype":"U8","shape":[1],"data_offsets":[0,1]}`
+	f := `{"dtype":"U8","shape":[1],"data_offsets":[1,2]}`
+	for _, h := range []string{
+		`{"a":` + e + `,"a":` + f + `}`,
+		`{"a":` + e + `,"\u0061":` + f + `}`,
+		`{"__metadata__":{"k":"1","k":"2"},"a":` + e + `}`,
+		"{\"\xff\":" + e + ",\"\xfe\":" + f + "}",
+		"{\"a\xff\":" + e + "}",
+		`{"__metadata__":{"k":"\xff"},"a":` + e + `}`,
+	} {
+		corruptHeader(t, h, 2)
+	}
+}
+
 func TestAttackHeaderNotObject(t *testing.T) {
 	for _, h := range []string{"[]", `"x"`, "1", "null", " {}", "\n{}", "\xef\xbb\xbf{}"} {
 		corruptHeader(t, h, 0)

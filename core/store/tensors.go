@@ -15,7 +15,6 @@ import (
 	"github.com/tpde/tpde/core/par"
 	"github.com/tpde/tpde/core/safetensors"
 	"github.com/tpde/tpde/core/statedict"
-	"github.com/tpde/tpde/core/strictjson"
 )
 
 // TensorEntry is one tensor of a file, where its bytes lie in the file.
@@ -83,11 +82,8 @@ func (rd *Reader) Tensors(c *Checkpoint, rel string) (*FileTensors, error) {
 		}
 	case LayoutSafetensors:
 		// The writer planned the file's regions from this header; the
-		// bytes are still untrusted here, and a key twice is read one way
-		// by one reader and another way by the next.
-		if err := strictjson.CheckDuplicateKeys(head[8:]); err != nil {
-			return nil, fmt.Errorf("%w: %s: safetensors header: %v", errs.Corrupt, what, err)
-		}
+		// bytes are still untrusted here, and ParseHeader refuses a name
+		// twice or not UTF-8, as the writer's Plan did.
 		sf, err := safetensors.ParseHeader(head, f.Size)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", what, err)

@@ -31,7 +31,8 @@ func Decode(b []byte, v any) error {
 	return nil
 }
 
-// CheckDuplicateKeys refuses an object with a key twice: encoding/json
+// CheckDuplicateKeys refuses an object with a key twice, or a key that is
+// not UTF-8 (which cannot be compared as the decoder will read it): encoding/json
 // keeps the last, another reader might keep the first. It scans the bytes
 // once, tracking the keys of each open object (json.Decoder.Token, which
 // did this before, cost more than the decode itself). It does not validate
@@ -78,6 +79,11 @@ func CheckDuplicateKeys(b []byte) error {
 			top := &stack[n-1]
 			top.expectKey = false
 			key := string(b[start:i])
+			if !utf8.ValidString(key) {
+				// encoding/json reads every invalid byte as U+FFFD, so
+				// "\xff" and "\xef" would be one key to it and two here.
+				return fmt.Errorf("key %q is not UTF-8", key)
+			}
 			if escaped {
 				// "a" and "\u0061" are the same key.
 				if err := json.Unmarshal(b[start-1:i+1], &key); err != nil {
