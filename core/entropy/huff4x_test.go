@@ -205,3 +205,37 @@ func TestHuffMultiReusesTableOnlyForSameDescription(t *testing.T) {
 		require.Equal(t, src, dst)
 	}
 }
+
+// Every entry of the multi-symbol table is what decoding its 11-bit window
+// code by code gives: the first up-to-multiSyms codes that fit whole, their
+// symbols, the bits they use and their count.
+func TestHuffMultiTableIsGreedyDecodeOfEachWindow(t *testing.T) {
+	r := rand.New(rand.NewSource(10))
+	for name, src := range huffSamples(r, 1<<15) {
+		enc := encodeHuff(t, src)
+		var s huff0.Scratch
+		_, rem, err := huff0.ReadTable(enc, &s)
+		require.NoError(t, err)
+		var h huffMulti
+		tl, ok := h.readWeights(enc[:len(enc)-len(rem)])
+		require.True(t, ok, name)
+		h.buildMulti(tl)
+		for x := uint(0); x < 1<<huffTableLogMax; x++ {
+			var want uint64
+			used := uint(0)
+			for k := 0; k < multiSyms; k++ {
+				left := huffTableLogMax - used
+				window := (x << used) & (1<<huffTableLogMax - 1) // the unread bits at the top, zeros below
+				e := h.single[window>>(huffTableLogMax-tl)]
+				l := uint(e & 0xff)
+				if l > left {
+					break
+				}
+				want |= uint64(e>>8) << (8 * k)
+				used += l
+				want = want&^(0xffff<<48) | uint64(used)<<48 | uint64(k+1)<<56
+			}
+			require.Equal(t, want, h.multi[x], "%s window %011b", name, x)
+		}
+	}
+}
