@@ -67,6 +67,11 @@ func Encode(dst, src []byte, d dtype.DType, shape []uint64, opt Options) (int, e
 	defer crew.release()
 	return encodeChunks(dst, l, crew, opt.Stop, func(s *scratch, i, lo, hi int, e, slot []byte) ([]byte, uint32, error) {
 		s.enc.Effort = opt.Effort
+		// The keyframe streams zstd wins on are mostly runs of zeros
+		// (optimizer state of embedding rows a fine-tune never touches),
+		// where its fastest level loses little (bench/PROFILE.md,
+		// "Trainer callback"). Max keeps the default level.
+		s.enc.FastZstd = opt.Effort != entropy.Max
 		raw := src[lo:hi]
 		var planes [maxStreams][]byte
 		if ns == 1 {
