@@ -479,3 +479,27 @@ def test_random_bytes_only_fail_cleanly(raw: bytes) -> None:
     except (CorruptDataError, UnsupportedFormatError):
         pass
 
+
+
+def test_a_pickle_walked_again_is_the_same_walk_and_only_for_the_same_bytes(tmp_path: Path) -> None:
+    """A store's add walks data.pkl for its hints and again to count the
+    tensors of what it stored: the second walk of identical bytes is the
+    first one reused, a pickle that differs in one byte is walked anew, and
+    the cache stays bounded."""
+    from tpde import _torchfile
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save({"w": torch.ones(4), "v": torch.zeros(2)}, a)
+    torch.save({"w": torch.ones(4), "u": torch.zeros(2)}, b)  # same length, other name
+    pa, pb = read_zip(a)[2], read_zip(b)[2]
+    assert len(pa) == len(pb) and pa != pb
+    first = _torchfile._walk(pa)
+    assert _torchfile._walk(bytes(bytearray(pa))) is first  # equal bytes, another object
+    other = _torchfile._walk(pb)
+    assert other is not first
+    assert hints_of(a)[0] is not None and count_tensors(a) == 2
+    for i in range(2 * _torchfile._WALKS_MAX):
+        pk = pickle.dumps({"n": i}, protocol=2)
+        _torchfile._walk(pk)
+    assert len(_torchfile._WALKS) <= _torchfile._WALKS_MAX
+    assert sum(map(len, _torchfile._WALKS)) <= _torchfile._WALKS_MAX_BYTES

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zipfile
+from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple, Union
 
 from . import _torchpickle
@@ -88,6 +90,35 @@ class _Claims:
         return out
 
 
+#: The last few walks, by the exact pickle bytes walked. A store's add walks
+#: a torch file's data.pkl for its hints, then walks the same pickle again,
+#: read back from the store, to count the tensors of the checkpoint it
+#: returns: that second walk, in Python under the GIL, was most of what an
+#: add spent outside the library (cProfile of a Trainer checkpoint). The
+#: key is the bytes themselves, so a hit is the same pickle, never a guess.
+_WALKS: "OrderedDict[bytes, _torchpickle.Walk]" = OrderedDict()
+_WALKS_LOCK = threading.Lock()
+_WALKS_MAX = 8
+_WALKS_MAX_BYTES = 16 << 20
+
+
+def _walk(pickle_bytes: bytes) -> _torchpickle.Walk:
+    """_torchpickle.run on a torch data.pkl, reusing a recent walk of the
+    same bytes (walks are only read, never changed)."""
+    with _WALKS_LOCK:
+        hit = _WALKS.get(pickle_bytes)
+        if hit is not None:
+            _WALKS.move_to_end(pickle_bytes)
+            return hit
+    walk = _torchpickle.run(pickle_bytes, "torch data.pkl")
+    if len(pickle_bytes) <= _WALKS_MAX_BYTES:
+        with _WALKS_LOCK:
+            _WALKS[pickle_bytes] = walk
+            while len(_WALKS) > _WALKS_MAX or sum(map(len, _WALKS)) > _WALKS_MAX_BYTES:
+                _WALKS.popitem(last=False)
+    return walk
+
+
 def storage_dtypes(pickle_bytes: bytes) -> Dict[str, Tuple[str, int]]:
     """Map each storage key named in a torch data.pkl to (dtype, numel).
 
@@ -98,7 +129,7 @@ def storage_dtypes(pickle_bytes: bytes) -> Dict[str, Tuple[str, int]]:
     never executed. Raises CorruptDataError for a broken pickle and
     UnsupportedFormatError for one too large to model.
     """
-    return _Claims(_torchpickle.run(bytes(pickle_bytes), "torch data.pkl")).result()
+    return _Claims(_walk(bytes(pickle_bytes))).result()
 
 
 def storage_names(walk: _torchpickle.Walk, keys: Any) -> Dict[str, str]:
@@ -195,7 +226,7 @@ def _scan(path: Union[str, "os.PathLike[str]"]) -> Tuple[Optional[Tuple[Dict[str
         except (zipfile.BadZipFile, EOFError) as e:
             raise CorruptDataError(f"torch data.pkl in {os.fspath(path)}: {e}") from None
         try:
-            walk = _torchpickle.run(pickle_bytes, "torch data.pkl")
+            walk = _walk(pickle_bytes)
         except UnsupportedFormatError as e:
             return None, str(e)
         dtypes = {}
@@ -230,7 +261,7 @@ def count_tensors(source: Any) -> Optional[int]:
         except (zipfile.BadZipFile, EOFError, NotImplementedError) as e:
             raise CorruptDataError(f"torch data.pkl: {e}") from None
     try:
-        return _torchpickle.run(pickle_bytes, "torch data.pkl").tensors
+        return _walk(pickle_bytes).tensors
     except _torchpickle.TooLarge:
         return None
 
