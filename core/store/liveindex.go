@@ -1,13 +1,16 @@
 package store
 
 import (
+	"errors"
 	"maps"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/tpde/tpde/core/dirfd"
+	"github.com/tpde/tpde/core/par"
 )
 
 // liveIndex is a writer's count of what the newest generation names: how
@@ -32,27 +35,132 @@ type liveIndex struct {
 	objects map[string]int  // object -> listed records naming it, per listing
 	pending map[string]bool // named by nothing, not yet removed (readers were busy)
 	noted   map[string]bool // pending objects already in a remote store's gc notes
+}
 
-	// written is every object this writer linked since the last tidy:
-	// one that no record names (a tx that wrote an object it then did
-	// not use, an aborted one) is removed by the next tidy.
-	writtenMu sync.Mutex
-	written   map[string]bool
+// writtenSet is every object a writer linked into objects/ since its last
+// tidy or sweep: one that no record names (a tx that wrote an object it
+// then did not use, an aborted one) is removed by the next tidy. It is
+// kept whether or not an index exists yet (one being counted beside the
+// writer's work, indexBuild), so that nothing written meanwhile escapes.
+type writtenSet struct {
+	mu    sync.Mutex
+	names map[string]bool
+	any   bool // an object was linked since the writer opened
 }
 
 // noteWritten records that object name was linked into objects/ (by any of
 // the coding threads).
 func (s *Store) noteWritten(name string) {
-	ix := s.index.Load()
-	if ix == nil {
-		return // the next full cleanup sees it
+	w := &s.written
+	w.mu.Lock()
+	if w.names == nil {
+		w.names = map[string]bool{}
 	}
-	ix.writtenMu.Lock()
-	if ix.written == nil {
-		ix.written = map[string]bool{}
+	w.names[name] = true
+	w.any = true
+	w.mu.Unlock()
+}
+
+// drainWritten moves what was written since the last tidy into pending.
+func (s *Store) drainWritten(pending map[string]bool) {
+	w := &s.written
+	w.mu.Lock()
+	for o := range w.names {
+		pending[o] = true
 	}
-	ix.written[name] = true
-	ix.writtenMu.Unlock()
+	w.names = nil
+	w.mu.Unlock()
+}
+
+// forgetWritten is called by a full sweep that holds readers.lock
+// exclusively, before it lists objects/: what was written before it is
+// either named by the generation it reads or removed by it.
+func (s *Store) forgetWritten() {
+	s.written.mu.Lock()
+	s.written.names = nil
+	s.written.mu.Unlock()
+}
+
+func (s *Store) writtenPending() bool {
+	s.written.mu.Lock()
+	defer s.written.mu.Unlock()
+	return len(s.written.names) > 0
+}
+
+// indexBuild counts a writer's liveIndex beside its work, after an open
+// that needed no sweep (cleanClose): reading every record is the one part
+// of a writer's open whose cost grows with the store's history, and no
+// add waits for it. It only reads records, which never change, of the
+// generation the open found; until it is done, a commit's tidy removes
+// nothing (what the commit left unnamed stays pending in the records and
+// in written), and the first tidy after it follows the index from that
+// generation to the newest (followIndex).
+type indexBuild struct {
+	done   chan struct{}
+	cancel atomic.Bool
+	ix     *liveIndex
+	err    error
+}
+
+// countHook, if set (tests), runs first in a background count.
+var countHook func()
+
+// errBuildCanceled ends a build nobody needs any more.
+var errBuildCanceled = errors.New("the count of the store's objects was canceled")
+
+// startIndexBuild counts what sn names, in the background.
+func (s *Store) startIndexBuild(sn *snapshot) {
+	b := &indexBuild{done: make(chan struct{})}
+	s.buildMu.Lock()
+	s.building = b
+	s.buildMu.Unlock()
+	par.Go(func() error {
+		defer close(b.done)
+		if countHook != nil {
+			countHook()
+		}
+		b.ix, b.err = s.countIndex(sn, &b.cancel)
+		return b.err
+	})
+}
+
+// takeIndexBuild installs a finished build's index and reports whether an
+// index is there now; with wait it waits for a build in flight. A build
+// that failed leaves none: tidy then sweeps, which says what is wrong.
+func (s *Store) takeIndexBuild(wait bool) bool {
+	s.buildMu.Lock()
+	defer s.buildMu.Unlock()
+	b := s.building
+	if b == nil {
+		return s.index.Load() != nil
+	}
+	if wait {
+		<-b.done
+	} else {
+		select {
+		case <-b.done:
+		default:
+			return false
+		}
+	}
+	s.building = nil
+	if b.err == nil && s.index.Load() == nil {
+		s.index.Store(b.ix)
+	}
+	return s.index.Load() != nil
+}
+
+// stopIndexBuild cancels a build in flight and waits for it to end (it
+// reads through the store's folders, which Close then closes).
+func (s *Store) stopIndexBuild() {
+	s.buildMu.Lock()
+	b := s.building
+	s.building = nil
+	s.buildMu.Unlock()
+	if b != nil {
+		b.cancel.Store(true)
+		<-b.done
+	}
 }
 
 // listedRecord is one listing of a record by a generation.
@@ -96,8 +204,16 @@ func recordObjects(c *Checkpoint) []string {
 // buildIndex counts what sn names. It fails as live does, when a record
 // cannot be read.
 func (s *Store) buildIndex(sn *snapshot) (*liveIndex, error) {
+	return s.countIndex(sn, nil)
+}
+
+// countIndex is buildIndex, which a set cancel ends early.
+func (s *Store) countIndex(sn *snapshot, cancel *atomic.Bool) (*liveIndex, error) {
 	ix := &liveIndex{gen: sn.m.Generation, records: map[string]int{}, objects: map[string]int{}, pending: map[string]bool{}, noted: map[string]bool{}}
 	for _, l := range sn.listed() {
+		if cancel != nil && cancel.Load() {
+			return nil, errBuildCanceled
+		}
 		c, err := s.readRecord(l.object, l.step, l.base)
 		if err != nil {
 			return nil, err
@@ -129,6 +245,18 @@ func (ix *liveIndex) names(o string) bool {
 // index (none built yet, a record that could not be read) it is the full
 // cleanup.
 func (s *Store) tidy() (Cleaned, error) {
+	if !s.takeIndexBuild(false) {
+		s.buildMu.Lock()
+		counting := s.building != nil
+		s.buildMu.Unlock()
+		if counting {
+			// Nothing is removed before the count is done; the first tidy
+			// after it (or Close) removes what is pending by then.
+			var c Cleaned
+			return c, s.removeTemporary(&c)
+		}
+		return s.cleanup()
+	}
 	ix := s.index.Load()
 	if ix == nil {
 		return s.cleanup()
@@ -148,12 +276,7 @@ func (s *Store) tidy() (Cleaned, error) {
 		s.index.Store(nil)
 		return s.cleanup()
 	}
-	ix.writtenMu.Lock()
-	for o := range ix.written {
-		ix.pending[o] = true
-	}
-	ix.written = nil
-	ix.writtenMu.Unlock()
+	s.drainWritten(ix.pending)
 	followed := sn.m.Generation != ix.gen
 	if err := s.followIndex(ix, sn); err != nil {
 		// A record that cannot be read: the full cleanup says which, and

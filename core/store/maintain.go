@@ -54,6 +54,7 @@ func (s *Store) cleanup() (Cleaned, error) {
 	if !s.write {
 		return c, fmt.Errorf("%w: the store was opened read-only", errs.Invalid)
 	}
+	s.stopIndexBuild() // this sweep counts the store itself
 	if err := s.removeTemporary(&c); err != nil {
 		return c, err
 	}
@@ -66,6 +67,7 @@ func (s *Store) cleanup() (Cleaned, error) {
 		c.ReadersBusy = true
 		return c, nil
 	}
+	s.forgetWritten()
 	sn, err := s.snapshot()
 	if err != nil {
 		return c, err
@@ -102,12 +104,18 @@ func (s *Store) cleanup() (Cleaned, error) {
 		}
 	}
 	var removed []string
-	kept, err := s.removeUnreferenced(live, &c, &removed)
+	kept, missed, err := s.removeUnreferenced(live, &c, &removed)
 	if err != nil {
 		return c, err
 	}
 	if kept > 0 {
 		c.Kept = fmt.Sprintf("%d object(s): %s", kept, why)
+	}
+	if live != nil && missed == 0 && s.remote == nil {
+		// objects/ now holds only what the generation or a locked part
+		// names: the sweep is done (cleanClose).
+		s.swept = true
+		s.forgetStaged()
 	}
 	if s.remote != nil && live != nil {
 		if err := s.remoteCleanup(func(o string) bool { return live[o] }, removed); err != nil {
@@ -225,11 +233,12 @@ func (s *Store) eachObjectFolder(fn func(sub *dirfd.Dir, ents []dirfd.Entry)) er
 
 // removeUnreferenced removes every object file live does not name (none
 // when live is nil: it is not known; it returns how many it kept), and
-// reports entries of objects/ that tpde did not write.
-func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned, removed *[]string) (kept int, err error) {
+// reports entries of objects/ that tpde did not write. missed counts the
+// folders it could not list and the objects it could not remove.
+func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned, removed *[]string) (kept, missed int, err error) {
 	dirs, err := s.objects.ReadDir()
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	for _, d := range dirs {
 		if d.Type != fs.ModeDir {
@@ -242,22 +251,26 @@ func (s *Store) removeUnreferenced(live map[string]bool, c *Cleaned, removed *[]
 			continue
 		}
 		objs, err := sub.ReadDir()
-		if err == nil {
-			for _, o := range objs {
-				switch {
-				case live == nil:
-					kept++
-				case !live[o.Name] && s.removeObject(sub, o.Name):
-					c.Objects++
-					if removed != nil {
-						*removed = append(*removed, d.Name+"/"+o.Name)
-					}
+		if err != nil {
+			missed++
+		}
+		for _, o := range objs {
+			switch {
+			case live == nil:
+				kept++
+			case live[o.Name]:
+			case s.removeObject(sub, o.Name):
+				c.Objects++
+				if removed != nil {
+					*removed = append(*removed, d.Name+"/"+o.Name)
 				}
+			default:
+				missed++
 			}
 		}
 		_ = sub.Close()
 	}
-	return kept, nil
+	return kept, missed, nil
 }
 
 // Repair removes leftovers and reports them, with what Open for writing

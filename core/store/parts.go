@@ -145,6 +145,12 @@ func (s *Store) BeginPart() (*Tx, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Before any object is linked: a writer's next open then sweeps for
+	// them if this part is never committed (cleanclose.go).
+	if err := s.markStaged(); err != nil {
+		unlock()
+		return nil, err
+	}
 	sn, err := s.snapshot()
 	if err != nil {
 		unlock()

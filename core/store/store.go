@@ -32,6 +32,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -142,6 +143,21 @@ type Store struct {
 	// built it. sweeps counts full cleanups (tests: a commit's cleanup
 	// must not be one).
 	index atomic.Pointer[liveIndex]
+	// building is the index being counted beside the writer's work after
+	// an open that skipped the sweep (cleanclose.go); written is what the
+	// writer linked since its last tidy or sweep.
+	buildMu  sync.Mutex
+	building *indexBuild
+	written  writtenSet
+	// closedClean and closedGen are what writer.lock said when this
+	// writer locked it: the last writer closed cleanly at closedGen.
+	// openGen is the generation this writer opened at; swept, that
+	// objects/ held nothing unnamed when it opened or since its last
+	// sweep.
+	closedClean bool
+	closedGen   uint64
+	openGen     uint64
+	swept       bool
 	// objectBytes is the bytes of the objects this handle linked into
 	// objects/, less those its cleanups removed (ObjectBytes).
 	objectBytes atomic.Int64
@@ -297,11 +313,28 @@ func Open(dir string, opt Options) (*Store, error) {
 		return nil, err
 	}
 	if opt.Write {
-		// Leftovers of a writer that died: its unfinished objects, and
-		// committed objects no manifest names any more.
-		if s.opened, err = s.cleanup(); err != nil {
-			s.Close()
-			return nil, err
+		s.openGen = s.gen
+		if s.needsSweep() {
+			// Leftovers of a writer that died: its unfinished objects, and
+			// committed objects no manifest names any more.
+			if s.opened, err = s.cleanup(); err != nil {
+				s.Close()
+				return nil, err
+			}
+		} else {
+			// The last writer closed cleanly: nothing to sweep. The count
+			// that tidy needs is made beside this writer's work.
+			s.swept = true
+			if err := s.removeTemporary(&s.opened); err != nil {
+				s.Close()
+				return nil, err
+			}
+			sn, err := s.snapshot()
+			if err != nil {
+				s.Close()
+				return nil, err
+			}
+			s.startIndexBuild(sn)
 		}
 		s.opened.Foreign = append(s.opened.Foreign, s.replaced...)
 	}
@@ -494,7 +527,10 @@ func (s *Store) lockWriter() error {
 		}
 		return ioErr(p, err)
 	}
-	// The pid is for the message above only; the lock is the flock.
+	// The pid is for the message above only; the lock is the flock. It
+	// replaces a clean close's line, which says whether this open may
+	// skip the sweep (cleanclose.go).
+	s.closedGen, s.closedClean = readClosed(f)
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	s.wlock = f
@@ -516,6 +552,8 @@ func printable(t string) string {
 // folders.
 func (s *Store) Close() {
 	_ = s.Settle()
+	s.closeClean()
+	s.stopIndexBuild()
 	if s.wlock != nil {
 		_ = s.wlock.Close()
 		s.wlock = nil
