@@ -249,3 +249,35 @@ func TestParseClosed(t *testing.T) {
 		assert.False(t, ok, "%q", bad)
 	}
 }
+
+// staged is anyone's to plant. A link there (to a file outside the store)
+// makes a writer sweep, and the sweep removes the link itself, never its
+// target; a participant finds it there and stages without following it.
+func TestAPlantedStagedLinkIsNeverFollowed(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	sr := newSeries(10)
+	addOne(t, w, 1, "model.safetensors", sr.step(t))
+	w.Close()
+	outside := filepath.Join(t.TempDir(), "victim")
+	require.NoError(t, os.WriteFile(outside, []byte("keep me"), 0o644))
+	require.NoError(t, os.Symlink(outside, filepath.Join(dir, stagedMarker)))
+
+	_, p := stage(t, dir, map[string][]byte{"rank0.safetensors": sr.step(t)})
+	p.Close()
+	b, err := os.ReadFile(outside)
+	require.NoError(t, err)
+	assert.Equal(t, "keep me", string(b), "staging wrote through the link")
+
+	w, err = Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	defer w.Close()
+	assert.Equal(t, 1, w.sweeps, "a planted link did not make the writer sweep")
+	_, err = os.Lstat(filepath.Join(dir, stagedMarker))
+	assert.ErrorIs(t, err, os.ErrNotExist, "the sweep left the link")
+	b, err = os.ReadFile(outside)
+	require.NoError(t, err)
+	assert.Equal(t, "keep me", string(b))
+	require.Equal(t, namedNow(t, w), objectFiles(t, dir))
+}
