@@ -205,8 +205,8 @@ def main() -> int:
                   "first_add": b["first_add_s"] / a["first_add_s"], "session": b["session_s"] / a["session_s"]}
         verdicts = {k: ratios[k] <= t for k, t in TARGETS.items()}
         for k, t in TARGETS.items():
-            print(f"{'PASS' if verdicts[k] else 'FAIL'}  {k}: 1000 / 100 checkpoints = {ratios[k]:.2f}x "
-                  f"(target <= {t:g}x)")
+            what = "at 1000 checkpoints, / a reader's open" if k == "open_write_vs_open" else "1000 / 100 checkpoints"
+            print(f"{'PASS' if verdicts[k] else 'FAIL'}  {k}: {what} = {ratios[k]:.2f}x (target <= {t:g}x)")
     out = {**info, "machine": common.machine(), "versions": common.versions(), "command": common.command_line(),
            "quick": sizes != list(SIZES), "tensors": len(weights), "raw_bytes_per_checkpoint": raw,
            "reps": args.reps, "add_window": ADD_WINDOW, "points": points, "ratios": ratios, "targets": TARGETS, "pass": verdicts}
