@@ -156,6 +156,17 @@ def test_sigkill_at_random_moments(tmp_path: Path, py_env) -> None:
                 st.restore(s, out_dir)
                 assert tree_digest(out_dir) == digests[src_of(s)], (iteration, s)
                 shutil.rmtree(out_dir)
+        # A writer that closed says so in writer.lock; the next writer's
+        # open then skips its sweep, and after a killed writer it sweeps
+        # (docs/FORMAT.md §11.6 step 5). Either way, once that writer has
+        # closed, objects/ holds exactly what the store names.
+        if not killed:
+            assert (store / "writer.lock").read_text().startswith("closed "), iteration
+        with tpde.Store(store) as st:
+            st._writer()
+        assert (store / "writer.lock").read_text().startswith("closed "), iteration
+        with tpde.Store(store) as st:
+            assert _on_disk(store) == _live(st), (iteration, killed)
         listed = steps
     elapsed = time.monotonic() - t_start
     assert kills >= want_kills, f"only {kills} kills landed in {iteration + 1} tries ({completed} completed)"
