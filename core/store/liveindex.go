@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"io/fs"
 	"maps"
 	"slices"
 	"strings"
@@ -327,8 +328,12 @@ func (s *Store) tidy() (Cleaned, error) {
 		if err == nil {
 			if s.removeObject(sub, o) {
 				c.Objects++
+			} else if _, err := sub.Stat(o); !errors.Is(err, fs.ErrNotExist) {
+				s.swept = false // left behind: the next writer must sweep (cleanClose)
 			}
 			_ = sub.Close()
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			s.swept = false
 		}
 		delete(ix.pending, o)
 		delete(ix.noted, o)

@@ -111,11 +111,14 @@ func (s *Store) cleanup() (Cleaned, error) {
 	if kept > 0 {
 		c.Kept = fmt.Sprintf("%d object(s): %s", kept, why)
 	}
-	if live != nil && missed == 0 && s.remote == nil {
+	if live != nil && s.remote == nil {
 		// objects/ now holds only what the generation or a locked part
-		// names: the sweep is done (cleanClose).
-		s.swept = true
-		s.forgetStaged()
+		// names, unless an object could not be removed: then only a later
+		// sweep may say so (cleanClose).
+		s.swept = missed == 0
+		if s.swept {
+			s.forgetStaged()
+		}
 	}
 	if s.remote != nil && live != nil {
 		if err := s.remoteCleanup(func(o string) bool { return live[o] }, removed); err != nil {

@@ -518,7 +518,7 @@ func (s *Store) lockWriter() error {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		holder := ""
 		b := make([]byte, 32)
-		if n, rerr := f.ReadAt(b, 0); n > 0 && (rerr == nil || errors.Is(rerr, io.EOF)) {
+		if n, rerr := f.ReadAt(b, 0); n > 0 && (rerr == nil || errors.Is(rerr, io.EOF)) && !strings.HasPrefix(string(b[:n]), closedPrefix) {
 			holder = " (pid " + strings.TrimSpace(printable(string(b[:n]))) + ")"
 		}
 		_ = f.Close()
@@ -533,6 +533,15 @@ func (s *Store) lockWriter() error {
 	s.closedGen, s.closedClean = readClosed(f)
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	// Durable before this writer links any object: after a power loss, a
+	// clean close's line left on disk would let the next writer skip the
+	// sweep that removes what this one left.
+	if s.closedClean {
+		if err := f.Sync(); err != nil {
+			_ = f.Close()
+			return ioErr(p, err)
+		}
+	}
 	s.wlock = f
 	return nil
 }

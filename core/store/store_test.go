@@ -342,6 +342,7 @@ func TestADiskFullAddCommitsNothing(t *testing.T) {
 	ser := newSeries(5)
 	first := ser.step(t)
 	addFiles(t, s, 1, map[string]string{"m.safetensors": write(t, src, "1.st", first)})
+	require.NoError(t, s.Settle()) // no background re-code reads faultHook while the loop sets it
 	before := listTree(t, dir)
 	second := write(t, src, "2.st", ser.step(t))
 	for fail := 1; fail < 12; fail++ {
@@ -361,6 +362,7 @@ func TestADiskFullAddCommitsNothing(t *testing.T) {
 		} else {
 			tx.Abort()
 		}
+		_ = s.Settle() // a background re-code (which may meet the fault too: it then stays whole) reads faultHook
 		faultHook = nil
 		if err == nil {
 			break // fail is past the last write: this add went through
