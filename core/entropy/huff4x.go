@@ -32,10 +32,12 @@ const (
 	// multiSyms is the most symbols one entry of the table holds.
 	multiSyms = 4
 	// multiMaxBits is the most coded bits per byte at which the
-	// multi-symbol loop beats klauspost's: at ~5.5 bits (fp16 exponent
-	// planes) one lookup averages under two symbols and the two run even;
-	// near 8 bits it is half as fast, its lookups being dearer.
-	multiMaxBits = 4.5
+	// multi-symbol loop beats klauspost's: about 1.5x at 5.6 bits (fp16
+	// exponent planes; BenchmarkHuffDecode's "medium", 128 KiB) and even at
+	// 7 bits ("wide"), where its lookups are dearer and seldom hold two
+	// symbols. It paid on fp16 planes only once klauspost's own table
+	// stopped being built beside it for every chunk (decodeHuff0).
+	multiMaxBits = 6.5
 )
 
 // huffMulti is the scratch of the multi-symbol decoder.
@@ -54,6 +56,20 @@ type huffMulti struct {
 	desc     []byte
 	descLog  uint
 	descGood bool
+}
+
+// huffDescLen is the length of the tree description that starts a huff0
+// block, as its first byte gives it (huff0's ReadTable: 4-bit weights
+// when it is 128 or more, else that many bytes of FSE-coded weights).
+func huffDescLen(src []byte) (int, bool) {
+	if len(src) < 2 {
+		return 0, false
+	}
+	n := 1 + int(src[0])
+	if src[0] >= 128 {
+		n = 1 + (int(src[0])-127+1)/2
+	}
+	return n, n < len(src)
 }
 
 // readWeights parses the Huffman tree description at the start of src (one
@@ -350,17 +366,22 @@ func (h *huffMulti) tail(s *bitStream, out []byte, tl uint) bool {
 // blocks that decoder does not accept get klauspost's decoder and its
 // error.
 func (d *Decoder) decodeHuff0(src, dst []byte) error {
-	s, rem, err := huff0.ReadTable(src, &d.huff)
-	if err != nil {
-		return fmt.Errorf("%w: huff0 table: %v", ErrCorrupt, err)
-	}
-	if len(dst) >= multiMinLen && float64(len(rem))*8 <= multiMaxBits*float64(len(dst)) {
+	// The multi-symbol decoder reads the tree description itself (and
+	// skips it when a neighbouring chunk's was the same), so klauspost's
+	// table, which ReadTable builds, is built only for blocks it does not
+	// take: building both cost every chunk a table it did not use.
+	if n, ok := huffDescLen(src); ok && len(dst) >= multiMinLen &&
+		float64(len(src)-n)*8 <= multiMaxBits*float64(len(dst)) {
 		if d.multi == nil {
 			d.multi = new(huffMulti)
 		}
-		if d.multi.decode4X(src, rem, dst) {
+		if d.multi.decode4X(src, src[n:], dst) {
 			return nil
 		}
+	}
+	s, rem, err := huff0.ReadTable(src, &d.huff)
+	if err != nil {
+		return fmt.Errorf("%w: huff0 table: %v", ErrCorrupt, err)
 	}
 	out, err := s.Decoder().Decompress4X(dst[:0:len(dst)], rem)
 	if err != nil {

@@ -86,6 +86,20 @@ func TestHuffMultiAgreesOnDamage(t *testing.T) {
 		bad[r.Intn(len(bad))] ^= 1 << r.Intn(8)
 		checkAgainstKlauspost(t, bad, len(src))
 	}
+	// The tree description, which the multi-symbol decoder parses without
+	// klauspost's ReadTable before it: every bit of it, and random bytes.
+	n, ok := huffDescLen(enc)
+	require.True(t, ok)
+	for i := 0; i < n*8+8; i++ {
+		bad := append([]byte(nil), enc...)
+		bad[i/8] ^= 1 << (i % 8)
+		checkAgainstKlauspost(t, bad, len(src))
+	}
+	for i := 0; i < 300; i++ {
+		bad := append([]byte(nil), enc...)
+		bad[r.Intn(n+1)] = byte(r.Intn(256))
+		checkAgainstKlauspost(t, bad, len(src))
+	}
 }
 
 func checkAgainstKlauspost(t *testing.T, src []byte, n int) {
