@@ -12,7 +12,7 @@ import (
 
 // Options tune encoding. The zero value is the default.
 type Options struct {
-	ChunkElems uint32         // elements per chunk; 0 means DefaultChunkElems
+	ChunkElems uint32         // elements per chunk; 0: KeyframeChunkElems
 	Threads    int            // goroutines; 0 means the process default
 	Effort     entropy.Effort // which stream methods to try
 	// Stop, if set, is called before each chunk; an error it returns ends
@@ -48,7 +48,7 @@ func Encode(dst, src []byte, d dtype.DType, shape []uint64, opt Options) (int, e
 	if opt.Effort > entropy.Max {
 		return 0, fmt.Errorf("%w: effort %d", errs.Invalid, opt.Effort)
 	}
-	ce := chunkElemsFor(opt.ChunkElems, nelem)
+	ce := chunkElemsFor(opt.ChunkElems, nelem, d, true)
 	bound, err := Bound(uint64(len(src)), d, len(shape), ce)
 	if err == nil {
 		err = checkRoom(dst, bound)

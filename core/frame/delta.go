@@ -237,7 +237,7 @@ type DeltaResult struct {
 // DeltaBound is the largest delta frame EncodeDelta can produce for rawSize
 // bytes of d with ndim dimensions; chunkElems 0 means the default.
 func DeltaBound(rawSize uint64, d dtype.DType, ndim int, chunkElems uint32) (uint64, error) {
-	nchunks, err := boundChunks(rawSize, d, ndim, chunkElems)
+	nchunks, err := boundChunks(rawSize, d, ndim, chunkElems, false)
 	if err != nil {
 		return 0, err
 	}
@@ -280,7 +280,7 @@ func EncodeDelta(dst, src, ref, ref2 []byte, d dtype.DType, shape []uint64, opt 
 	if err := pv.Validate(); err != nil {
 		return res, err
 	}
-	ce := chunkElemsFor(opt.ChunkElems, nelem)
+	ce := chunkElemsFor(opt.ChunkElems, nelem, d, false)
 	bound, err := DeltaBound(uint64(len(src)), d, len(shape), ce)
 	if err == nil {
 		err = checkRoom(dst, bound)

@@ -79,13 +79,17 @@ func checkTensor(src []byte, d dtype.DType, shape []uint64) (uint64, error) {
 	return nelem, nil
 }
 
-// chunkElemsFor is the chunk size of a frame of nelem elements when the
-// caller asked for requested (0: AutoChunkElems).
-func chunkElemsFor(requested uint32, nelem uint64) uint32 {
-	if requested == 0 {
-		return AutoChunkElems(nelem)
+// chunkElemsFor is the chunk size of a frame of nelem elements of d when
+// the caller asked for requested (0: KeyframeChunkElems for a keyframe,
+// AutoChunkElems for a delta frame).
+func chunkElemsFor(requested uint32, nelem uint64, d dtype.DType, keyframe bool) uint32 {
+	switch {
+	case requested != 0:
+		return requested
+	case keyframe:
+		return KeyframeChunkElems(nelem, d)
 	}
-	return requested
+	return AutoChunkElems(nelem)
 }
 
 // checkRoom refuses a dst shorter than the bound of the frame to be coded
@@ -99,7 +103,7 @@ func checkRoom(dst []byte, bound uint64) error {
 
 // boundChunks validates the arguments of Bound and DeltaBound and returns
 // the chunk count of such a frame.
-func boundChunks(rawSize uint64, d dtype.DType, ndim int, chunkElems uint32) (uint64, error) {
+func boundChunks(rawSize uint64, d dtype.DType, ndim int, chunkElems uint32, keyframe bool) (uint64, error) {
 	if !d.Valid() {
 		return 0, fmt.Errorf("%w: dtype code %d", errs.Invalid, uint8(d))
 	}
@@ -107,7 +111,7 @@ func boundChunks(rawSize uint64, d dtype.DType, ndim int, chunkElems uint32) (ui
 		return 0, fmt.Errorf("%w: ndim %d (max %d)", errs.Invalid, ndim, MaxNDim)
 	}
 	w := uint64(d.Width())
-	chunkElems = chunkElemsFor(chunkElems, rawSize/w)
+	chunkElems = chunkElemsFor(chunkElems, rawSize/w, d, keyframe)
 	if chunkElems > MaxChunkElems {
 		return 0, fmt.Errorf("%w: chunk size %d elements (max %d)", errs.Invalid, chunkElems, MaxChunkElems)
 	}

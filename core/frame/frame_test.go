@@ -157,6 +157,35 @@ func TestBound(t *testing.T) {
 	assert.Equal(t, uint64(headerLen(0)+4), b)
 }
 
+// A keyframe of a 2-byte dtype is cut into about two chunks where other
+// dtypes get eight, and delta frames keep eight: Encode, Bound and the
+// header agree on it, and the frame fits its bound.
+func TestKeyframeChunkElems(t *testing.T) {
+	const mid = 147456 // a 384x384 weight matrix
+	assert.Equal(t, uint32(mid/2), KeyframeChunkElems(mid, dtype.BF16))
+	assert.Equal(t, uint32(mid/2), KeyframeChunkElems(mid, dtype.F16))
+	assert.Equal(t, uint32(mid/8), KeyframeChunkElems(mid, dtype.F32))
+	assert.Equal(t, uint32(mid/8), AutoChunkElems(mid))
+	assert.Equal(t, uint32(MinAutoChunkElems), KeyframeChunkElems(100, dtype.BF16))
+	assert.Equal(t, uint32(DefaultChunkElems), KeyframeChunkElems(1<<24, dtype.BF16))
+	r := rand.New(rand.NewSource(9))
+	for _, d := range []dtype.DType{dtype.BF16, dtype.F16, dtype.F32} {
+		src := weights(r, d, mid)
+		shape := []uint64{384, 384}
+		blob := encode(t, src, d, shape, Options{})
+		h, err := Parse(blob)
+		require.NoError(t, err)
+		assert.Equal(t, KeyframeChunkElems(mid, d), h.ChunkElems, "%s", d)
+		b, err := Bound(uint64(len(src)), d, 2, 0)
+		require.NoError(t, err)
+		assert.LessOrEqual(t, uint64(len(blob)), b)
+		got := make([]byte, len(src))
+		_, err = Decode(blob, got, 1)
+		require.NoError(t, err)
+		assert.Equal(t, src, got)
+	}
+}
+
 // FuzzDecode: arbitrary bytes never panic; whatever decodes must re-encode
 // and decode to the same bytes, shape and dtype.
 func FuzzDecode(f *testing.F) {
