@@ -322,10 +322,10 @@ func AutoChunkElems(nelem uint64) uint32 {
 // 5.5 (fp16) bits a byte with tables that barely differ along a weight
 // matrix, so eight tables cost more bytes than local statistics save, and
 // building eight decode tables (one per chunk) cost a tenth of decoding
-// an fp16 tensor; two chunks still let two cores share one tensor. On
-// MiniLM in bf16, compress_tensor's frames shrank by 5.2 KB and single-
-// thread decode rose by about 14% (11% in fp16); fp32 keyframes gain from
-// local tables and keep AutoChunkElems, as do delta frames.
+// an fp16 tensor; two chunks still let two cores share one tensor
+// (bench/PROFILE.md, "Keyframe decode of one fp16 tensor"). fp32
+// keyframes gain from local tables and keep AutoChunkElems, as do delta
+// frames.
 func KeyframeChunkElems(nelem uint64, d dtype.DType) uint32 {
 	if d.Width() == 2 {
 		return autoChunkElems(nelem, autoChunks2)

@@ -33,7 +33,7 @@ import (
 // one: a forged or stale "closed" line costs disk space (which a repair
 // reclaims), never a checkpoint.
 
-// closedLine is what a clean close writes into writer.lock.
+// closedPrefix starts the line a clean close writes into writer.lock.
 const closedPrefix = "closed "
 
 // stagedMarker is the file a participant makes before it stages a part.
@@ -141,7 +141,7 @@ func (s *Store) closeClean() {
 	s.written.mu.Unlock()
 	if !touched {
 		s.stopIndexBuild()
-	} else if s.takeIndexBuild(true) {
+	} else if ready, _ := s.takeIndexBuild(true); ready {
 		c, err := s.tidy()
 		ix := s.index.Load()
 		if err != nil || c.ReadersBusy || ix == nil || ix.gen != s.gen || len(ix.pending) > 0 || s.writtenPending() {

@@ -126,29 +126,27 @@ func (s *Store) startIndexBuild(sn *snapshot) {
 }
 
 // takeIndexBuild installs a finished build's index and reports whether an
-// index is there now; with wait it waits for a build in flight. A build
-// that failed leaves none: tidy then sweeps, which says what is wrong.
-func (s *Store) takeIndexBuild(wait bool) bool {
+// index is there now, and whether a build is still counting; with wait it
+// waits for a build in flight. A build that failed leaves no index: tidy
+// then sweeps, which says what is wrong.
+func (s *Store) takeIndexBuild(wait bool) (ready, counting bool) {
 	s.buildMu.Lock()
 	defer s.buildMu.Unlock()
-	b := s.building
-	if b == nil {
-		return s.index.Load() != nil
-	}
-	if wait {
+	if b := s.building; b != nil {
+		if !wait {
+			select {
+			case <-b.done:
+			default:
+				return false, true
+			}
+		}
 		<-b.done
-	} else {
-		select {
-		case <-b.done:
-		default:
-			return false
+		s.building = nil
+		if b.err == nil && s.index.Load() == nil {
+			s.index.Store(b.ix)
 		}
 	}
-	s.building = nil
-	if b.err == nil && s.index.Load() == nil {
-		s.index.Store(b.ix)
-	}
-	return s.index.Load() != nil
+	return s.index.Load() != nil, false
 }
 
 // stopIndexBuild cancels a build in flight and waits for it to end (it
@@ -246,17 +244,11 @@ func (ix *liveIndex) names(o string) bool {
 // index (none built yet, a record that could not be read) it is the full
 // cleanup.
 func (s *Store) tidy() (Cleaned, error) {
-	if !s.takeIndexBuild(false) {
-		s.buildMu.Lock()
-		counting := s.building != nil
-		s.buildMu.Unlock()
-		if counting {
-			// Nothing is removed before the count is done; the first tidy
-			// after it (or Close) removes what is pending by then.
-			var c Cleaned
-			return c, s.removeTemporary(&c)
-		}
-		return s.cleanup()
+	if _, counting := s.takeIndexBuild(false); counting {
+		// Nothing is removed before the count is done; the first tidy
+		// after it (or Close) removes what is pending by then.
+		var c Cleaned
+		return c, s.removeTemporary(&c)
 	}
 	ix := s.index.Load()
 	if ix == nil {
