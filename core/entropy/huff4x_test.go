@@ -100,6 +100,10 @@ func TestHuffMultiAgreesOnDamage(t *testing.T) {
 		bad[r.Intn(n+1)] = byte(r.Intn(256))
 		checkAgainstKlauspost(t, bad, len(src))
 	}
+	// Truncated anywhere in or just after the description.
+	for cut := 0; cut <= n+16 && cut < len(enc); cut++ {
+		checkAgainstKlauspost(t, enc[:cut], len(src))
+	}
 }
 
 func checkAgainstKlauspost(t *testing.T, src []byte, n int) {

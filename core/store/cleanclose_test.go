@@ -4,7 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -280,4 +282,66 @@ func TestAPlantedStagedLinkIsNeverFollowed(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "keep me", string(b))
 	require.Equal(t, namedNow(t, w), objectFiles(t, dir))
+}
+
+// staged planted as a FIFO or a folder (with something in it): a writer
+// never opens it (no hang on the FIFO) and sweeps while it is there,
+// losing nothing; a participant stages beside it. The sweep unlinks a
+// FIFO as it would the file, so the next open skips the sweep; a folder
+// it cannot unlink makes every open sweep (as before clean closes).
+func TestAStagedThatIsNotAFileMakesEveryWriterSweep(t *testing.T) {
+	for _, kind := range []string{"fifo", "folder"} {
+		t.Run(kind, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "s")
+			w, err := Open(dir, Options{Write: true})
+			require.NoError(t, err)
+			sr := newSeries(11)
+			addOne(t, w, 1, "model.safetensors", sr.step(t))
+			w.Close()
+			p := filepath.Join(dir, stagedMarker)
+			if kind == "fifo" {
+				require.NoError(t, syscall.Mkfifo(p, 0o644))
+			} else {
+				require.NoError(t, os.MkdirAll(filepath.Join(p, "x"), 0o755))
+			}
+			_, part := stage(t, dir, map[string][]byte{"rank0.safetensors": sr.step(t)})
+			part.Close()
+			for i := 0; i < 2; i++ {
+				w, err = Open(dir, Options{Write: true})
+				require.NoError(t, err)
+				want := 1
+				if kind == "fifo" && i > 0 {
+					want = 0
+				}
+				assert.Equal(t, want, w.sweeps, "open %d", i)
+				require.Equal(t, namedNow(t, w), objectFiles(t, dir))
+				probs, err := w.Verify(true)
+				require.NoError(t, err)
+				assert.Empty(t, probs)
+				w.Close()
+			}
+		})
+	}
+}
+
+// writer.lock planted as a FIFO: opening to write never hangs on it, and
+// never skips the sweep on what it cannot read.
+func TestAWriterLockThatIsAFIFONeverSkipsTheSweep(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "s")
+	w, err := Open(dir, Options{Write: true})
+	require.NoError(t, err)
+	addOne(t, w, 1, "model.safetensors", newSeries(12).step(t))
+	w.Close()
+	lock := filepath.Join(dir, "writer.lock")
+	require.NoError(t, os.Remove(lock))
+	require.NoError(t, syscall.Mkfifo(lock, 0o644))
+	err = inTime(t, 30*time.Second, func() error {
+		s, err := Open(dir, Options{Write: true})
+		if err == nil {
+			assert.Equal(t, 1, s.sweeps)
+			s.Close()
+		}
+		return nil
+	})
+	require.NoError(t, err)
 }
