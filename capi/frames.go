@@ -66,6 +66,30 @@ func tpde_inspect(src unsafe.Pointer, srcLen C.uint64_t, cerr *C.char, cerrLen C
 	return status(api.Inspect(caller(), in), cerr, cerrLen)
 }
 
+//export tpde_frame_shape
+func tpde_frame_shape(src unsafe.Pointer, srcLen C.uint64_t, dt *C.int32_t, ndim *C.int32_t, shape *C.uint64_t,
+	rawSize *C.uint64_t, cerr *C.char, cerrLen C.size_t) (rc C.int) {
+	defer guard(&rc, cerr, cerrLen, debug.SetPanicOnFault(true))
+	var a args
+	a.need(dt != nil, "dtype")
+	a.need(ndim != nil, "ndim")
+	a.need(shape != nil, "shape")
+	a.need(rawSize != nil, "raw_size")
+	in := a.bytes(src, srcLen, "src")
+	if a.err != nil {
+		return status(a.err, cerr, cerrLen)
+	}
+	fs, err := api.Shape(in)
+	if err != nil {
+		return status(err, cerr, cerrLen)
+	}
+	// The caller's array holds TPDE_MAX_NDIM entries; Parse refuses more.
+	dims := unsafe.Slice((*uint64)(unsafe.Pointer(shape)), len(fs.Shape))
+	copy(dims, fs.Shape)
+	*dt, *ndim, *rawSize = C.int32_t(fs.DType), C.int32_t(len(fs.Shape)), C.uint64_t(fs.RawSize)
+	return status(nil, cerr, cerrLen)
+}
+
 //export tpde_entropy_bound
 func tpde_entropy_bound(src unsafe.Pointer, srcLen C.uint64_t, dt C.int32_t, bits *C.double, cerr *C.char,
 	cerrLen C.size_t) (rc C.int) {

@@ -117,7 +117,7 @@ extern "C" {
  * ====================================================================== */
 
 /* Bumped when a function's signature or meaning changes. */
-#define TPDE_ABI_VERSION 12
+#define TPDE_ABI_VERSION 13
 
 #ifndef TPDE_NO_PROTOTYPES
 
@@ -199,6 +199,14 @@ int tpde_decode(const void *src, uint64_t src_len, void *dst, uint64_t dst_cap, 
  * occupies, "frame_size": bytes of the frame itself, "chunk_elems",
  * "nchunks"}. */
 int tpde_inspect(const void *src, uint64_t src_len, char *err, size_t err_len);
+
+/* tpde_inspect's dtype, shape and raw_size, written to the caller's
+ * variables instead of a document: what a binding needs to allocate the
+ * tensor before tpde_decode, without the document's cost per call. shape
+ * must have room for TPDE_MAX_NDIM entries; *ndim of them are written. The
+ * frame is validated as tpde_inspect validates it. */
+int tpde_frame_shape(const void *src, uint64_t src_len, int32_t *dtype, int32_t *ndim, uint64_t *shape,
+                     uint64_t *raw_size, char *err, size_t err_len);
 
 /* The sum, over the byte streams tpde splits this tensor into, of each
  * stream's order-0 entropy, in bits: the floor for any coder that codes the

@@ -420,6 +420,45 @@ def test_inspect_fields() -> None:
         tpde.decompress_tensor(blob + b"\0")
 
 
+def test_frame_shape_agrees_with_inspect_and_refuses_what_it_refuses() -> None:
+    """tpde_frame_shape (what decompress_tensor allocates from) reads the
+    same header as tpde_inspect: the same dtype, shape and raw size for a
+    scalar, an empty tensor and the most dimensions a frame may have, and
+    the same refusal, with the same error class, for a frame inspect
+    refuses."""
+    from ctypes import byref, c_int32, c_uint64
+
+    from tpde import _native, codec
+
+    g = torch.Generator().manual_seed(3)
+    tensors = [torch.tensor(1.5), torch.empty(0, 7), torch.randn(2, 3, 4, generator=g).to(torch.bfloat16),
+               torch.zeros((1,) * 31 + (5,), dtype=torch.int16), torch.arange(300, dtype=torch.int64)]
+    for x in tensors:
+        blob = tpde.compress_tensor(x)
+        info = tpde.inspect(blob)
+        code, shape, raw = codec._frame_shape(blob, len(blob))
+        assert (tpde.DTYPES[code], shape, raw) == (info["dtype"], info["shape"], info["raw_size"]), x.shape
+        assert shape == tuple(x.shape)
+        got = tpde.decompress_tensor(blob)
+        assert got.dtype == x.dtype and got.shape == x.shape and torch.equal(got.view(-1).view(torch.uint8),
+                                                                             x.view(-1).view(torch.uint8))
+    blob = tpde.compress_tensor(tensors[2])
+    ref = tensors[2].clone()
+    delta = tpde.compress_delta(tensors[2], ref)
+    for bad in (blob[:20], blob[:-1], b"\0" * 64, delta):
+        with pytest.raises(tpde.TPDEError) as inspect_err:
+            tpde.inspect(bad)
+        with pytest.raises(type(inspect_err.value)):
+            codec._frame_shape(bad, len(bad))
+    # Every out-pointer is required: a NULL is refused, never written through.
+    vals = (c_int32(), c_int32(), (c_uint64 * _native.MAX_NDIM)(), c_uint64())
+    for i in range(4):
+        args = [byref(v) if j != 2 else v for j, v in enumerate(vals)]
+        args[i] = None
+        with pytest.raises(tpde.InvalidArgumentError):
+            _native.call("tpde_frame_shape", blob, len(blob), *args)
+
+
 def test_entropy_bound_bits() -> None:
     assert tpde.entropy_bound_bits(torch.zeros(1000)) == 0.0
     n = 1 << 16

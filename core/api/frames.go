@@ -55,6 +55,25 @@ func Inspect(c Caller, src []byte) error {
 	return keepFor(c, frameInfo(h))
 }
 
+// FrameShape is what a decoder needs to allocate a keyframe's tensor.
+type FrameShape struct {
+	DType   int32
+	Shape   []uint64
+	RawSize uint64
+}
+
+// Shape parses and validates a keyframe's header and chunk table, as
+// Inspect does, and returns its dtype, shape and decoded size directly:
+// the per-tensor decode path of the bindings, where building and parsing
+// Inspect's document cost more than decoding a small tensor.
+func Shape(src []byte) (FrameShape, error) {
+	h, err := frame.Parse(src)
+	if err != nil {
+		return FrameShape{}, err
+	}
+	return FrameShape{DType: int32(h.DType), Shape: h.Shape, RawSize: h.RawSize}, nil
+}
+
 // EntropyBound is the sum of the order-0 entropies, in bits, of the byte
 // streams a keyframe splits t into.
 func EntropyBound(t Tensor) (float64, error) {

@@ -8,7 +8,7 @@ const Version = "0.1.0"
 // ABIVersion is the TPDE_ABI_VERSION this façade implements: bumped, with
 // include/tpde.h and python/tpde/_native.py, when a call's signature or
 // meaning changes.
-const ABIVersion = 12
+const ABIVersion = 13
 
 // SetThreads sets the worker count of calls that pass threads 0; n <= 0
 // restores the default, the number of CPUs.

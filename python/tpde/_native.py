@@ -25,7 +25,7 @@ from . import errors
 from .errors import ForkedProcessError, InternalError, TPDEError, TPDEIOError
 
 #: The TPDE_ABI_VERSION this binding was written against.
-ABI_VERSION = 12
+ABI_VERSION = 13
 MAX_NDIM = 32
 ERR_LEN = 1024
 
@@ -136,6 +136,7 @@ _SIGNATURES: dict[str, tuple[Optional[type], list[type]]] = {
     ),
     "tpde_decode": (c_int, [c_void_p, c_uint64, c_void_p, c_uint64, c_int32, _U64P, _ERRBUF, c_size_t]),
     "tpde_inspect": (c_int, [c_void_p, c_uint64, _ERRBUF, c_size_t]),
+    "tpde_frame_shape": (c_int, [c_void_p, c_uint64, _I32P, _I32P, _U64P, _U64P, _ERRBUF, c_size_t]),
     "tpde_entropy_bound": (c_int, [c_void_p, c_uint64, c_int32, POINTER(c_double), _ERRBUF, c_size_t]),
     # Delta frames (kind 1): python/tpde/delta.py.
     "tpde_encode_delta_bound": (c_int, [c_uint64, c_int32, c_int32, c_uint32, _U64P, _ERRBUF, c_size_t]),

@@ -107,6 +107,21 @@ def _frame_info(src: object, n: int) -> Dict[str, Any]:
     return call_json("tpde_inspect", src, n)
 
 
+_shape_out = threading.local()
+
+
+def _frame_shape(src: object, n: int) -> Tuple[int, Tuple[int, ...], int]:
+    """(dtype code, shape, raw_size) of a keyframe, through out-variables
+    rather than tpde_inspect's document: on a small tensor the document's
+    second call and parse cost more than the decode itself."""
+    out = getattr(_shape_out, "vars", None)
+    if out is None:
+        out = _shape_out.vars = (c_int32(), c_int32(), (c_uint64 * _MAX_NDIM)(), c_uint64())
+    code, ndim, dims, raw = out
+    call("tpde_frame_shape", src, n, byref(code), byref(ndim), dims, byref(raw))
+    return code.value, tuple(dims[:ndim.value]), raw.value
+
+
 def decompress_tensor(blob: Buffer, *, out: Any = None, like: str = "torch", threads: int = 0,
                       max_output_bytes: Optional[int] = None) -> Any:
     """Decompress a frame from compress_tensor.
@@ -142,9 +157,11 @@ def _decode_into(src: object, n: int, out: Any, like: str, th: int, limit: int, 
     fn(src, n, *refs, dst, raw, threads, &got): tpde_decode, or
     tpde_decode_delta with its references. A frame decoding to more than
     limit bytes is refused before anything is allocated."""
-    info = call_json("tpde_inspect_delta", src, n) if refs else _frame_info(src, n)
-    code, raw = info["dtype"], info["raw_size"]
-    shape = tuple(info["shape"])
+    if refs:
+        info = call_json("tpde_inspect_delta", src, n)
+        code, shape, raw = info["dtype"], tuple(info["shape"]), info["raw_size"]
+    else:
+        code, shape, raw = _frame_shape(src, n)
     if out is not None:
         dst = _tensors.check_out(out, code, shape, raw)
         result = out
