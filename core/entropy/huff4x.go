@@ -56,6 +56,10 @@ type huffMulti struct {
 	desc     []byte
 	descLog  uint
 	descGood bool
+	// fit[r] is the first index of single whose code is at most r bits
+	// long (1<<tableLog if none): codes are laid out longest first
+	// (readWeights), so every index below it holds a longer code.
+	fit [huffTableLogMax + 1]uint32
 }
 
 // huffDescLen is the length of the tree description that starts a huff0
@@ -148,6 +152,18 @@ func (h *huffMulti) readWeights(src []byte) (tableLog uint, ok bool) {
 		rank[n] = start
 		start += c << (n - 1)
 	}
+	// Weight n is a code of tableLog+1-n bits, so codes of at most r bits
+	// start where weight tableLog+1-r does.
+	for r := range h.fit {
+		switch n := int(tableLog) + 1 - r; {
+		case n > int(tableLog):
+			h.fit[r] = 1 << tableLog
+		case n <= 1:
+			h.fit[r] = 0
+		default:
+			h.fit[r] = rank[n]
+		}
+	}
 	for sym, v := range w {
 		if v == 0 {
 			continue
@@ -185,7 +201,23 @@ func (h *huffMulti) fillMulti(tl, base, r, used uint, syms uint64, k int) {
 		}
 		return
 	}
-	for x := uint(0); x < 1<<r; {
+	// Below first, the next code is longer than the r bits left: those
+	// entries end with the symbols so far (k >= 1 there, as every code
+	// fits an empty window). Codes are laid out longest first, and the
+	// codes of one length in a complete code start on a multiple of their
+	// size, so these windows are one run, filled without a branch each.
+	var first uint
+	if fit := uint(h.fit[r]); r >= tl {
+		first = fit << (r - tl)
+	} else {
+		first = (fit + 1<<(tl-r) - 1) >> (tl - r)
+	}
+	first = min(first, 1<<r)
+	m := h.multi[base : base+first]
+	for i := range m {
+		m[i] = done
+	}
+	for x := first; x < 1<<r; {
 		// The next code is read from the top tl bits of the r remaining
 		// ones (zeros below them where r < tl).
 		var si uint
@@ -197,15 +229,26 @@ func (h *huffMulti) fillMulti(tl, base, r, used uint, syms uint64, k int) {
 		e := h.single[si]
 		l := uint(e & 0xff)
 		if l > r {
-			// The next code does not fit in the window: the entry ends
-			// with the symbols so far (k >= 1 here, as every code fits
-			// an empty window).
+			// Not reached for a table readWeights built; kept so that
+			// any other layout still gets greedy entries.
 			h.multi[base+x] = done
 			x++
 			continue
 		}
-		h.fillMulti(tl, base+x, r-l, used+l, syms|uint64(e>>8)<<(8*k), k+1)
-		x += 1 << (r - l)
+		next, left := syms|uint64(e>>8)<<(8*k), r-l
+		if k+1 == multiSyms || h.fit[left] == 1<<tl {
+			// The entry is full, or no code fits the bits left: the
+			// range ends here, filled without a call. Most ranges of
+			// a wide plane's table are such leaves.
+			leaf := next | uint64(used+l)<<48 | uint64(k+1)<<56
+			m := h.multi[base+x : base+x+1<<left]
+			for i := range m {
+				m[i] = leaf
+			}
+		} else {
+			h.fillMulti(tl, base+x, left, used+l, next, k+1)
+		}
+		x += 1 << left
 	}
 }
 

@@ -1,6 +1,7 @@
 package entropy
 
 import (
+	"fmt"
 	"math"
 	"math/rand"
 	"testing"
@@ -226,17 +227,36 @@ func TestHuffMultiReusesTableOnlyForSameDescription(t *testing.T) {
 
 // Every entry of the multi-symbol table is what decoding its 11-bit window
 // code by code gives: the first up-to-multiSyms codes that fit whole, their
-// symbols, the bits they use and their count.
+// symbols, the bits they use and their count. Beside the named samples,
+// streams of random alphabets and skews give tables of every table log and
+// of every mix of code lengths (buildMulti fills the windows whose next code
+// is too long as one run, which relies on how codes are laid out).
 func TestHuffMultiTableIsGreedyDecodeOfEachWindow(t *testing.T) {
 	r := rand.New(rand.NewSource(10))
-	for name, src := range huffSamples(r, 1<<15) {
-		enc := encodeHuff(t, src)
+	samples := huffSamples(r, 1<<15)
+	for i := 0; i < 200; i++ {
+		alphabet := 2 + r.Intn(255)
+		skew := 0.2 + 3*r.Float64()
+		b := make([]byte, 1<<10+r.Intn(1<<14))
+		for j := range b {
+			b[j] = byte(int(math.Pow(r.Float64(), skew) * float64(alphabet)))
+		}
+		samples[fmt.Sprintf("random %d (alphabet %d, skew %.2f)", i, alphabet, skew)] = b
+	}
+	logs := map[uint]bool{}
+	for name, src := range samples {
+		var s0 huff0.Scratch
+		enc, _, err := huff0.Compress4X(src, &s0)
+		if err != nil {
+			continue // RLE or incompressible: no table
+		}
 		var s huff0.Scratch
 		_, rem, err := huff0.ReadTable(enc, &s)
 		require.NoError(t, err)
 		var h huffMulti
 		tl, ok := h.readWeights(enc[:len(enc)-len(rem)])
 		require.True(t, ok, name)
+		logs[tl] = true
 		h.buildMulti(tl)
 		for x := uint(0); x < 1<<huffTableLogMax; x++ {
 			var want uint64
@@ -255,5 +275,27 @@ func TestHuffMultiTableIsGreedyDecodeOfEachWindow(t *testing.T) {
 			}
 			require.Equal(t, want, h.multi[x], "%s window %011b", name, x)
 		}
+	}
+	require.GreaterOrEqual(t, len(logs), 5, "table logs covered: %v", logs)
+}
+
+// BenchmarkHuffBuild is the multi-symbol table build alone, which every
+// chunk with a tree description of its own pays (bench/PROFILE.md, "Keyframe
+// decode of one fp16 tensor").
+func BenchmarkHuffBuild(b *testing.B) {
+	r := rand.New(rand.NewSource(1))
+	for name, src := range huffSamples(r, 1<<17) {
+		enc := encodeHuff(b, src)
+		n, _ := huffDescLen(enc)
+		var h huffMulti
+		tl, ok := h.readWeights(enc[:n])
+		if !ok {
+			b.Fatal(name)
+		}
+		b.Run(name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				h.buildMulti(tl)
+			}
+		})
 	}
 }
