@@ -459,6 +459,36 @@ def test_frame_shape_agrees_with_inspect_and_refuses_what_it_refuses() -> None:
             _native.call("tpde_frame_shape", blob, len(blob), *args)
 
 
+def test_frame_shape_on_every_truncation_and_header_bit_flip() -> None:
+    """A damaged frame gets from tpde_frame_shape what tpde_inspect gives
+    it: the same fields where the header still parses, else the same
+    error class, for every truncation and every bit flip of the header
+    and chunk table (where dtype, rank, shape and sizes live)."""
+    from tpde import codec
+
+    x = (torch.randn(4, 3, 40, generator=torch.Generator().manual_seed(5)) * 0.1).to(torch.bfloat16)
+    blob = tpde.compress_tensor(x, chunk_elems=160)
+    cases = [blob[:k] for k in range(len(blob))]
+    for i in range(min(128, len(blob))):  # the header and chunk table lie in the first bytes
+        for bit in range(8):
+            b = bytearray(blob)
+            b[i] ^= 1 << bit
+            cases.append(bytes(b))
+    agreed = refused = 0
+    for bad in cases:
+        try:
+            info = tpde.inspect(bad)
+        except tpde.TPDEError as e:
+            with pytest.raises(type(e)):
+                codec._frame_shape(bad, len(bad))
+            refused += 1
+            continue
+        code, shape, raw = codec._frame_shape(bad, len(bad))
+        assert (tpde.DTYPES[code], shape, raw) == (info["dtype"], info["shape"], info["raw_size"])
+        agreed += 1
+    assert refused > len(blob) and agreed > 0, (refused, agreed)
+
+
 def test_entropy_bound_bits() -> None:
     assert tpde.entropy_bound_bits(torch.zeros(1000)) == 0.0
     n = 1 << 16
