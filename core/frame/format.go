@@ -50,6 +50,10 @@ const (
 	// autoChunks2 is autoChunks for keyframes of 2-byte dtypes
 	// (KeyframeChunkElems).
 	autoChunks2 = 2
+	// maxKeyframeChunkElems2 is the largest chunk of a keyframe of a
+	// 2-byte dtype: its planes (one byte per element) stay within one huff0
+	// block, as DefaultChunkElems keeps those of every dtype.
+	maxKeyframeChunkElems2 = 3 << 16
 	// MaxChunkElems bounds the scratch a decoder allocates per chunk.
 	MaxChunkElems = entropy.MaxStreamLen
 	maxStreams    = 8
@@ -317,20 +321,23 @@ func AutoChunkElems(nelem uint64) uint32 {
 }
 
 // KeyframeChunkElems is the chunk size of a keyframe when the caller sets
-// none: AutoChunkElems, but about autoChunks2 chunks for a mid-sized
-// tensor of a 2-byte dtype. Their exponent planes code at 2.5 (bf16) to
-// 5.5 (fp16) bits a byte with tables that barely differ along a weight
-// matrix, so eight tables cost more bytes than local statistics save, and
-// building eight decode tables (one per chunk) cost a tenth of decoding
-// an fp16 tensor; two chunks still let two cores share one tensor
-// (bench/PROFILE.md, "Keyframe decode of one fp16 tensor"). fp32
-// keyframes gain from local tables and keep AutoChunkElems, as do delta
-// frames.
+// none: AutoChunkElems, but for a 2-byte dtype at least autoChunks2
+// chunks of at most maxKeyframeChunkElems2 elements, all of about the same
+// size. Their exponent planes code at 2.5 (bf16) to 5.5 (fp16) bits a byte
+// with tables that barely differ along a weight matrix, so every chunk's
+// table costs more bytes than its local statistics save, and building a
+// decode table per chunk costs a visible share of decoding an fp16 tensor;
+// two chunks still let two cores share one tensor (bench/PROFILE.md,
+// "Keyframe decode of one fp16 tensor"). Equal chunks because a short last
+// chunk pays a whole table for few elements. fp32 keyframes gain from
+// local tables and keep AutoChunkElems, as do delta frames.
 func KeyframeChunkElems(nelem uint64, d dtype.DType) uint32 {
-	if d.Width() == 2 {
-		return autoChunkElems(nelem, autoChunks2)
+	if d.Width() != 2 {
+		return AutoChunkElems(nelem)
 	}
-	return AutoChunkElems(nelem)
+	n := max((nelem+maxKeyframeChunkElems2-1)/maxKeyframeChunkElems2, autoChunks2)
+	ce := (nelem + n - 1) / n
+	return uint32(min(max(ce, MinAutoChunkElems), maxKeyframeChunkElems2))
 }
 
 func autoChunkElems(nelem, chunks uint64) uint32 {

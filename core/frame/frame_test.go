@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"testing"
 
+	"github.com/klauspost/compress/huff0"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -167,7 +168,21 @@ func TestKeyframeChunkElems(t *testing.T) {
 	assert.Equal(t, uint32(mid/8), KeyframeChunkElems(mid, dtype.F32))
 	assert.Equal(t, uint32(mid/8), AutoChunkElems(mid))
 	assert.Equal(t, uint32(MinAutoChunkElems), KeyframeChunkElems(100, dtype.BF16))
-	assert.Equal(t, uint32(DefaultChunkElems), KeyframeChunkElems(1<<24, dtype.BF16))
+	assert.Equal(t, uint32(196608), KeyframeChunkElems(589824, dtype.BF16), "a 384x1536 matrix: 3 chunks, not 4 and a half")
+	assert.Equal(t, uint32(DefaultChunkElems), KeyframeChunkElems(1<<24, dtype.F32))
+	// 2-byte keyframes: chunks within one huff0 block, at least two from
+	// 2 x MinAutoChunkElems elements, and none short by as many elements
+	// as there are chunks.
+	require.LessOrEqual(t, maxKeyframeChunkElems2, huff0.BlockSizeMax)
+	for _, n := range []uint64{1, MinAutoChunkElems, 2*MinAutoChunkElems + 1, 147456, 196609, 589824, 11720448, 1 << 24, 1<<24 + 7, 1 << 32} {
+		ce := uint64(KeyframeChunkElems(n, dtype.F16))
+		require.LessOrEqual(t, ce, uint64(maxKeyframeChunkElems2), "%d", n)
+		chunks := nchunksFor(n, uint32(ce))
+		if n > 2*MinAutoChunkElems {
+			assert.GreaterOrEqual(t, chunks, uint64(2), "%d", n)
+			assert.Less(t, chunks*ce-n, chunks, "%d elements: %d chunks of %d", n, chunks, ce)
+		}
+	}
 	r := rand.New(rand.NewSource(9))
 	for _, d := range []dtype.DType{dtype.BF16, dtype.F16, dtype.F32} {
 		src := weights(r, d, mid)
