@@ -410,6 +410,32 @@ def zipnn_file_codec(data: bytes, dtype: Optional[str], threads: int = 0) -> Any
     return ZipNNFile()
 
 
+def compress_file_like_a_user(src: Path, dst: Path, tool: str, dtype: Optional[str], zc: Any) -> int:
+    """What a user without a store runs on one checkpoint file: read it,
+    compress it (tool "zipnn": ZipNN with zipnn_file_codec's guards, zstd-3
+    for files without floats; "zstd": zstd-3 with zc), write dst and fsync
+    it. dtype is zipnn_dtype(src), looked up beforehand as a user would
+    pass it. Returns the bytes written."""
+    import common
+
+    data = bytearray(src.read_bytes())
+    tail = b""
+    if tool == "zstd" or dtype is None:
+        blob = zc.compress(data)
+    elif tool == "zipnn":
+        cut = len(data) - len(data) % (4 if dtype == "float32" else 2)
+        tail = bytes(data[cut:])
+        blob = common.quiet_import_zipnn()(input_format="byte", bytearray_dtype=dtype).compress(data[:cut])
+    else:
+        raise ValueError(f"tool must be zipnn or zstd, not {tool!r}")
+    with open(dst, "wb") as fh:
+        fh.write(blob)
+        fh.write(tail)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return len(blob) + len(tail)
+
+
 def per_file_tools(files: Sequence[Path], zstd_threads: int = 0, reps: int = 1) -> Dict[str, Dict[str, float]]:
     """zstd-3 and ZipNN on each of files, each file alone, in memory (the
     read is not timed), each round trip checked (common.measure raises

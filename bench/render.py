@@ -563,6 +563,19 @@ def render_store(st: Dict[str, Any]) -> str:
 
 # --- integrations block (bench/hf_overhead.py, bench/dcp.py) ----------------------------
 
+def _peer_sentence(hf: Dict[str, Any]) -> str:
+    """The peers of bench/hf_overhead.py (absent from runs with --no-peers)."""
+    peers = hf.get("peers") or {}
+    if not peers:
+        return ""
+    names = {"zipnn": "ZipNN (zstd-3 for files without floats)", "zstd": "zstd-3"}
+    parts = [f"{names[k]} {v['ratio']:.3f}x, writing {_mib(v['bytes'])}" for k, v in sorted(peers.items())]
+    return (" In the same run, the same training with a callback in the same position (one background "
+            "thread at `SCHED_IDLE`, waited for before the next save and at the end) that compresses each "
+            f"checkpoint's files one by one, as a user without a store would: {_join(parts)} for the "
+            f"{len(hf['store']['steps'])} checkpoints, against the store's {_mib(hf['store']['store_bytes'])}.")
+
+
 def render_integrations(hf: Dict[str, Any], dcp: Dict[str, Any]) -> str:
     for d, path in ((hf, HF_OVERHEAD_JSON), (dcp, DCP_JSON)):
         if d.get("quick"):
@@ -580,7 +593,8 @@ def render_integrations(hf: Dict[str, Any], dcp: Dict[str, Any]) -> str:
              f"{len(hf['store']['steps'])} checkpoints in {_mib(hf['store']['store_bytes'])}, against "
              f"{_mib(hf['store']['checkpoint_bytes'])} for one uncompressed folder.{_load(hf)} On this "
              "machine training and the background compression share the same two cores; a GPU run, where "
-             "the CPU is free while the GPU trains, was not measured.")
+             "the CPU is free while the GPU trains, was not measured."
+             + _peer_sentence(hf))
     if "saves" not in dcp:
         raise RenderError(f"{DCP_JSON} is from an older bench/dcp.py (one writer reused across saves): rerun it")
     th, tg, n = dcp["targets_thresholds"], dcp["targets"], dcp["saves"]

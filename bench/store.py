@@ -424,29 +424,15 @@ def resume(store: Path, d: Path, step: int, oldest: int, reps: int, cold_choice:
 
 def zipnn_files_to_files(files: Sequence[Path], outdir: Path) -> float:
     """ZipNN on each file: read, compress, write, fsync (timed), as a per-file tool would run
-    (with hf_run.zipnn_file_codec's guards: whole elements only, zstd-3 for files without floats)."""
+    (hf_run.compress_file_like_a_user)."""
     import zstandard
 
-    ZipNN = common.quiet_import_zipnn()
     outdir.mkdir(parents=True, exist_ok=True)
     dtypes = {f: hf_run.zipnn_dtype(f) for f in files}  # untimed: what a user would pass on the command line
     t0 = time.perf_counter()
     zc = zstandard.ZstdCompressor(level=3)
     for f in files:
-        dt = dtypes[f]
-        data = bytearray(f.read_bytes())
-        if dt is None:  # no float tensors: zstd-3 (hf_run.zipnn_file_codec says why)
-            blob, tail = zc.compress(data), b""
-        else:
-            cut = len(data) - len(data) % (4 if dt == "float32" else 2)
-            tail = bytes(data[cut:])
-            blob = ZipNN(input_format="byte", bytearray_dtype=dt).compress(data[:cut])
-        with open(outdir / (f.name + ".znn"), "wb") as fh:
-            fh.write(blob)
-            fh.write(tail)
-            fh.flush()
-            os.fsync(fh.fileno())
-        del data, blob
+        hf_run.compress_file_like_a_user(f, outdir / (f.name + ".znn"), "zipnn", dtypes[f], zc)
     dt = time.perf_counter() - t0
     shutil.rmtree(outdir)
     os.sync()  # untimed: the next timed row starts with nothing left to flush
