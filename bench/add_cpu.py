@@ -11,7 +11,11 @@ run it at each commit (./build.sh lib in between). To see where the CPU
 goes, run it under perf with --threads 1 --recode inline.
 
     PYTHONPATH=python python bench/add_cpu.py bench/out/hf-run-<id> [--checkpoints 4] \
-        [--threads 0] [--recode background]
+        [--threads 0] [--recode background] [--peers] [--json PATH]
+
+With --peers it also times, on each checkpoint, what bench/hf_overhead.py's
+peer callbacks do: its files coded one by one with ZipNN (zstd-3 for files
+without floats) and with zstd-3, read, coded, written and fsynced.
 
 It reports; it asserts nothing.
 """
@@ -23,14 +27,42 @@ import os
 import re
 import resource
 import shutil
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: The per-file peers timed with --peers (bench/hf_overhead.py's callbacks).
+PEERS = ("zipnn", "zstd")
 
 
 def cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def peer_cpu(folder: Path, tool: str, out: Path) -> Dict[str, float]:
+    """CPU and wall time of coding folder's files one by one with a peer
+    (hf_run.compress_file_like_a_user, as bench/hf_overhead.py's peer
+    callbacks do), and the bytes written."""
+    import zstandard
+
+    import hf_run
+
+    files = hf_run.tree_files(folder)
+    dtypes = {f: hf_run.zipnn_dtype(f) for _, f in files}  # what a user would pass on the command line
+    out.mkdir(parents=True)
+    zc = zstandard.ZstdCompressor(level=3)
+    c0, t0 = cpu_s(), time.perf_counter()
+    n = sum(hf_run.compress_file_like_a_user(f, out / rel.replace("/", "__"), tool, dtypes[f], zc)
+            for rel, f in files)
+    r = {"cpu_s": cpu_s() - c0, "wall_s": time.perf_counter() - t0, "bytes": n}
+    shutil.rmtree(out)
+    return r
 
 
 def main() -> int:
@@ -39,13 +71,23 @@ def main() -> int:
     ap.add_argument("--checkpoints", type=int, default=4)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--recode", choices=("background", "inline"), default="background")
+    ap.add_argument("--peers", action="store_true",
+                    help="also code each checkpoint's files one by one with ZipNN and with zstd-3")
+    ap.add_argument("--json", metavar="PATH", help="record the figures (with --peers: the medians too)")
     args = ap.parse_args()
     from tpde import Store
 
+    import common
+
+    rec: Dict[str, Any] = {"benchmark": "add_cpu", **common.run_info(), "command": common.command_line(),
+                           "machine": common.machine(), "versions": common.versions()}
     folders = sorted((p for p in args.run.iterdir() if re.fullmatch(r"checkpoint-\d+", p.name)),
                      key=lambda p: int(p.name.split("-")[1]))[:args.checkpoints]
     if not folders:
         raise SystemExit(f"{args.run}: no checkpoint-N folders")
+    if args.peers:
+        common.quiet_import_zipnn()  # untimed: zipnn imports torch on first use
+    rows: List[Dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="tpde-add-cpu-"))
     try:
         path = work / "store"
@@ -57,13 +99,34 @@ def main() -> int:
             c1, t1 = cpu_s(), time.perf_counter()
             s.wait()
             c2, t2 = cpu_s(), time.perf_counter()
-            print(f"step {step}: add cpu {c1 - c0:.2f} s wall {t1 - t0:.2f} s | "
-                  f"re-code cpu {c2 - c1:.2f} s wall {t2 - t1:.2f} s", flush=True)
+            row: Dict[str, Any] = {"step": step, "add_cpu_s": c1 - c0, "add_wall_s": t1 - t0,
+                                   "recode_cpu_s": c2 - c1, "recode_wall_s": t2 - t1}
+            line = (f"step {step}: add cpu {c1 - c0:.2f} s wall {t1 - t0:.2f} s | "
+                    f"re-code cpu {c2 - c1:.2f} s wall {t2 - t1:.2f} s")
+            if args.peers:
+                for tool in PEERS:
+                    row[tool] = peer_cpu(f, tool, work / tool)
+                    line += f" | {tool} cpu {row[tool]['cpu_s']:.2f} s"
+            print(line, flush=True)
+            rows.append(row)
         s.close()
         size = sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(path) for n in names)
         print(f"store bytes {size:,}")
     finally:
         shutil.rmtree(work)
+    if args.json:
+        later = rows[1:] or rows  # the first add has no predecessor to re-code
+        med = {"tpde_add_cpu_s": statistics.median(r["add_cpu_s"] for r in later),
+               "tpde_recode_cpu_s": statistics.median(r["recode_cpu_s"] for r in later)}
+        med["tpde_cpu_s"] = statistics.median(r["add_cpu_s"] + r["recode_cpu_s"] for r in later)
+        if args.peers:
+            for tool in PEERS:
+                med[f"{tool}_cpu_s"] = statistics.median(r[tool]["cpu_s"] for r in later)
+        rec.update({"params": {"run": args.run.name, "checkpoints": len(folders), "threads": args.threads,
+                               "recode": args.recode, "peers": args.peers},
+                    "checkpoints": rows, "store_bytes": size, "median_after_first": med,
+                    "load_average_end": common.load_average()})
+        common.write_json(args.json, rec)
     return 0
 
 
