@@ -563,16 +563,26 @@ def render_store(st: Dict[str, Any]) -> str:
 
 # --- integrations block (bench/hf_overhead.py, bench/dcp.py) ----------------------------
 
+def _spread(hf: Dict[str, Any]) -> str:
+    """How far each variant's runs spread: on a shared VM, wider than a
+    few percent of target."""
+    sec, med = hf["seconds"], hf["median_s"]
+    parts = [f"{k} {min(v):.1f}-{max(v):.1f} s ({(max(v) - min(v)) / med[k]:.0%} of its median)"
+             for k, v in sec.items() if k in ("plain", "tpde")]
+    margin = _targets(hf)["overhead"]["values"]["threshold"] - 1
+    return f" The runs spread over {_join(parts)}, against a target {margin:.0%} above plain."
+
+
 def _peer_sentence(hf: Dict[str, Any]) -> str:
     """The peers of bench/hf_overhead.py (absent from runs with --no-peers)."""
     peers = hf.get("peers") or {}
     if not peers:
         return ""
     names = {"zipnn": "ZipNN (zstd-3 for files without floats)", "zstd": "zstd-3"}
-    parts = [f"{names[k]} {v['ratio']:.3f}x, writing {_mib(v['bytes'])}" for k, v in sorted(peers.items())]
+    parts = "; ".join(f"{names[k]}: {v['ratio']:.3f}x, {_mib(v['bytes'])} written" for k, v in sorted(peers.items()))
     return (" In the same run, the same training with a callback in the same position (one background "
             "thread at `SCHED_IDLE`, waited for before the next save and at the end) that compresses each "
-            f"checkpoint's files one by one, as a user without a store would: {_join(parts)} for the "
+            f"checkpoint's files one by one, as a user without a store would: {parts} for the "
             f"{len(hf['store']['steps'])} checkpoints, against the store's {_mib(hf['store']['store_bytes'])}.")
 
 
@@ -588,7 +598,7 @@ def render_integrations(hf: Dict[str, Any], dcp: Dict[str, Any]) -> str:
              f"{hp['steps']} steps, saving every {hp['save_every']}, with and without `TPDETrainerCallback` "
              f"(runs alternated, medians of {hp['reps']}). Training took {med['plain']:.1f} s plain and "
              f"{med['tpde']:.1f} s with the callback, end-of-training wait included: {hf['ratio']:.3f}x "
-             f"({t['target']}: {_met(t['pass'])}). The losses were identical"
+             f"({t['target']}: {_met(t['pass'])}).{_spread(hf)} The losses were identical"
              f"{' in every run' if hf['losses_identical'] else ' NOT in every run'}; the store held "
              f"{len(hf['store']['steps'])} checkpoints in {_mib(hf['store']['store_bytes'])}, against "
              f"{_mib(hf['store']['checkpoint_bytes'])} for one uncompressed folder.{_load(hf)} On this "
