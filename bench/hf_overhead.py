@@ -151,7 +151,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--save-every", type=int, default=50)
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5,
+                    help="alternated runs of each variant (plain training's own runs spread widely on a shared VM: "
+                         "the JSON and the README keep each variant's spread)")
     ap.add_argument("--quick", action="store_true", help="40 steps, saving every 20, 1 repetition")
     ap.add_argument("--no-peers", action="store_true", help="leave out the zipnn and zstd callbacks")
     ap.add_argument("--json", metavar="PATH")
