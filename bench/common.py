@@ -493,6 +493,46 @@ class TpdeTensors(Codec):
         return tensors_equal(self.tensors, out)
 
 
+class TpdeConcat(Codec):
+    """tpde.compress_tensor on all float tensors concatenated into one 1-D
+    tensor (the counterpart of ZipNNConcat: one call, one frame), and on each
+    other tensor alone; the size is the sum of the frames."""
+
+    group = "tensors"
+
+    def __init__(self, tensors: Dict[str, Any], threads: int) -> None:
+        super().__init__(sum(t.numel() * t.element_size() for t in tensors.values()))
+        import torch
+
+        self.tensors, self.threads = tensors, threads
+        self.name = "tpde concat"
+        floats = {k: t for k, t in tensors.items() if t.is_floating_point()}
+        if len({t.dtype for t in floats.values()}) != 1:
+            raise BenchError(f"tpde concat needs one float dtype, the file has {({t.dtype for t in floats.values()})}")
+        self.others = {k: t for k, t in tensors.items() if not t.is_floating_point()}
+        self.data = torch.cat([t.contiguous().view(-1) for t in floats.values()])
+
+    def compress(self) -> Tuple[bytes, Dict[str, bytes]]:
+        import tpde
+
+        th = self.threads
+        return (tpde.compress_tensor(self.data, threads=th),
+                {k: tpde.compress_tensor(t, threads=th) for k, t in self.others.items()})
+
+    def size(self, state: Tuple[bytes, Dict[str, bytes]]) -> int:
+        return len(state[0]) + sum(len(b) for b in state[1].values())
+
+    def decompress(self, state: Tuple[bytes, Dict[str, bytes]]) -> Tuple[Any, Dict[str, Any]]:
+        import tpde
+
+        th = self.threads
+        return (tpde.decompress_tensor(state[0], threads=th),
+                {k: tpde.decompress_tensor(b, threads=th) for k, b in state[1].items()})
+
+    def verify(self, out: Tuple[Any, Dict[str, Any]]) -> bool:
+        return tensors_equal({"concat": self.data}, {"concat": out[0]}) and tensors_equal(self.others, out[1])
+
+
 class _ZipNNBase(Codec):
     """ZipNN 0.5.4 (zipnn/zipnn.py), used as its source intends.
 

@@ -210,7 +210,8 @@ def render_bench(run: Dict[str, Any]) -> str:
              + "); zstd-3 codes the whole file. Whole files, header included: `tpde compress` "
              f"gives {files} ({' / '.join(dts)}). A negative distance to the bound means some planes were "
              "coded below their order-0 entropy (run-length and zstd). Below, speeds on one core: MB/s of "
-             "uncompressed bytes, compress / decompress (ZipNN: its faster mode in each direction), and "
+             "uncompressed bytes, compress / decompress (tpde and ZipNN: each in its faster mode in each direction, "
+             "per tensor or on the concatenated tensors, as the targets judge), and "
              "decompression as a share of a plain memory copy on the same core in the same run (memcpy).")
     add("| dtype | memcpy GB/s | tpde | ZipNN | z4ai | z4ai max |")
     add("| --- | ---: | ---: | ---: | ---: | ---: |")
