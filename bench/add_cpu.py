@@ -47,19 +47,13 @@ def cpu_s() -> float:
 
 def peer_cpu(folder: Path, tool: str, out: Path) -> Dict[str, float]:
     """CPU and wall time of coding folder's files one by one with a peer
-    (hf_run.compress_file_like_a_user, as bench/hf_overhead.py's peer
+    (hf_run.compress_folder_like_a_user, as bench/hf_overhead.py's peer
     callbacks do), and the bytes written."""
-    import zstandard
-
     import hf_run
 
-    files = hf_run.tree_files(folder)
-    dtypes = {f: hf_run.zipnn_dtype(f) for _, f in files}  # what a user would pass on the command line
-    out.mkdir(parents=True)
-    zc = zstandard.ZstdCompressor(level=3)
+    dtypes = {f: hf_run.zipnn_dtype(f) for _, f in hf_run.tree_files(folder)}  # untimed, as a user passes them
     c0, t0 = cpu_s(), time.perf_counter()
-    n = sum(hf_run.compress_file_like_a_user(f, out / rel.replace("/", "__"), tool, dtypes[f], zc)
-            for rel, f in files)
+    n = hf_run.compress_folder_like_a_user(folder, out, tool, dtypes)
     r = {"cpu_s": cpu_s() - c0, "wall_s": time.perf_counter() - t0, "bytes": n}
     shutil.rmtree(out)
     return r

@@ -75,7 +75,6 @@ def peer_callback(tool: str, outdir: Path) -> Any:
     tool (hf_run.compress_file_like_a_user) on a background thread at
     SCHED_IDLE, waited for where TPDETrainerCallback waits for its add."""
     import transformers
-    import zstandard
 
     class PeerCallback(transformers.TrainerCallback):
         def __init__(self) -> None:
@@ -86,12 +85,7 @@ def peer_callback(tool: str, outdir: Path) -> Any:
         def _code(self, folder: Path) -> None:
             try:
                 os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # this thread only
-                dst = outdir / folder.name
-                dst.mkdir(parents=True)
-                zc = zstandard.ZstdCompressor(level=3)
-                for rel, f in hf_run.tree_files(folder):
-                    self.bytes += hf_run.compress_file_like_a_user(
-                        f, dst / (rel.replace("/", "__") + "." + tool), tool, hf_run.zipnn_dtype(f), zc)
+                self.bytes += hf_run.compress_folder_like_a_user(folder, outdir / folder.name, tool)
             except BaseException as e:  # raised in the training thread by _wait
                 self.failure = e
 

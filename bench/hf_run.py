@@ -436,6 +436,24 @@ def compress_file_like_a_user(src: Path, dst: Path, tool: str, dtype: Optional[s
     return len(blob) + len(tail)
 
 
+def compress_folder_like_a_user(folder: Path, dst: Path, tool: str,
+                                dtypes: Optional[Dict[Path, Optional[str]]] = None) -> int:
+    """compress_file_like_a_user on every file of a checkpoint folder, into
+    the new folder dst (one file each, named after its path in folder).
+    dtypes: zipnn_dtype of each file, when the caller looked them up
+    beforehand (untimed); else they are looked up here. Returns the bytes
+    written."""
+    import zstandard
+
+    files = tree_files(folder)
+    if dtypes is None:
+        dtypes = {f: zipnn_dtype(f) for _, f in files}
+    dst.mkdir(parents=True)
+    zc = zstandard.ZstdCompressor(level=3)
+    return sum(compress_file_like_a_user(f, dst / (rel.replace("/", "__") + "." + tool), tool, dtypes[f], zc)
+               for rel, f in files)
+
+
 def per_file_tools(files: Sequence[Path], zstd_threads: int = 0, reps: int = 1) -> Dict[str, Dict[str, float]]:
     """zstd-3 and ZipNN on each of files, each file alone, in memory (the
     read is not timed), each round trip checked (common.measure raises

@@ -317,7 +317,8 @@ func parseKeyframe(blob []byte, h *Header, nelem, nchunks uint64) (*Header, erro
 // than DefaultChunkElems. It depends on the tensor alone, never on the
 // thread count, so the same tensor always gives the same frame.
 func AutoChunkElems(nelem uint64) uint32 {
-	return autoChunkElems(nelem, autoChunks)
+	ce := (nelem + autoChunks - 1) / autoChunks
+	return uint32(min(max(ce, MinAutoChunkElems), DefaultChunkElems))
 }
 
 // KeyframeChunkElems is the chunk size of a keyframe when the caller sets
@@ -338,11 +339,6 @@ func KeyframeChunkElems(nelem uint64, d dtype.DType) uint32 {
 	n := max((nelem+maxKeyframeChunkElems2-1)/maxKeyframeChunkElems2, autoChunks2)
 	ce := (nelem + n - 1) / n
 	return uint32(min(max(ce, MinAutoChunkElems), maxKeyframeChunkElems2))
-}
-
-func autoChunkElems(nelem, chunks uint64) uint32 {
-	ce := (nelem + chunks - 1) / chunks
-	return uint32(min(max(ce, MinAutoChunkElems), DefaultChunkElems))
 }
 
 // Bound is the largest frame Encode can produce for rawSize bytes of d with
